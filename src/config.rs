@@ -1,0 +1,696 @@
+//! `warden.toml` and its overrides (SPEC §2).
+//!
+//! Precedence, highest first: command-line flags > process environment > `.env`
+//! in the home > `warden.toml` > built-in defaults. Every key has a default, so a
+//! missing file is a valid configuration. A typo must never be silently ignored:
+//! unknown keys and bad values are errors that name the file, the key and, for
+//! syntax errors, the line and column.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::env::{EnvSource, VarOrigin};
+use crate::home::Home;
+
+/// What the built-in offline upstream is called in `upstream.url`.
+pub const MOCK_UPSTREAM: &str = "mock";
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    pub max_concurrent: usize,
+    pub max_body_bytes: usize,
+    pub graceful_timeout: u64,
+    pub auth_token_env: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "127.0.0.1".into(),
+            port: 8000,
+            max_concurrent: 64,
+            max_body_bytes: 10 * 1024 * 1024,
+            graceful_timeout: 120,
+            auth_token_env: "WARDEN_AUTH_TOKEN".into(),
+        }
+    }
+}
+
+/// Which wire protocol the upstream speaks.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamApi {
+    Chat,
+    Responses,
+}
+
+impl UpstreamApi {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamApi::Chat => "chat",
+            UpstreamApi::Responses => "responses",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    pub url: String,
+    pub api: UpstreamApi,
+    pub api_key_env: String,
+    pub connect_timeout: u64,
+    /// Whole seconds; the default for the two finer timeouts below.
+    pub timeout: u64,
+    /// Seconds until the upstream's response headers arrive (default: `timeout`).
+    pub first_byte_timeout: Option<u64>,
+    /// Seconds allowed between two chunks of a streamed answer (default: `timeout`).
+    pub idle_timeout: Option<u64>,
+    pub attempts: u32,
+    pub models: Vec<String>,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            url: MOCK_UPSTREAM.into(),
+            api: UpstreamApi::Chat,
+            api_key_env: "OPENAI_API_KEY".into(),
+            connect_timeout: 10,
+            timeout: 600,
+            first_byte_timeout: None,
+            idle_timeout: None,
+            attempts: 3,
+            models: vec!["gpt-5".into(), "gpt-5-codex".into()],
+        }
+    }
+}
+
+impl UpstreamConfig {
+    pub fn is_mock(&self) -> bool {
+        self.url == MOCK_UPSTREAM
+    }
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout)
+    }
+    pub fn first_byte_timeout(&self) -> Duration {
+        Duration::from_secs(self.first_byte_timeout.unwrap_or(self.timeout))
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout.unwrap_or(self.timeout))
+    }
+    /// The base URL without a trailing slash, e.g. `http://127.0.0.1:9000/v1`.
+    pub fn base_url(&self) -> &str {
+        self.url.trim_end_matches('/')
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PromptSource {
+    pub name: String,
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sha256: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PromptsConfig {
+    pub ttl: u64,
+    pub fetch_timeout: u64,
+    pub attempts: u32,
+    #[serde(rename = "source")]
+    pub sources: Vec<PromptSource>,
+}
+
+/// The base prompt's name: what non-codex models receive as `instructions`.
+pub const BASE_PROMPT: &str = "base_instructions";
+/// The codex prompt's name: what `*codex*` models receive as `instructions`.
+pub const CODEX_PROMPT: &str = "gpt5_codex_instructions";
+
+impl Default for PromptsConfig {
+    fn default() -> Self {
+        PromptsConfig {
+            ttl: 86400,
+            fetch_timeout: 10,
+            attempts: 3,
+            sources: vec![
+                PromptSource {
+                    name: BASE_PROMPT.into(),
+                    url: "https://raw.githubusercontent.com/openai/codex/main/codex-rs/core/prompt.md"
+                        .into(),
+                    sha256: vec![],
+                    file: None,
+                },
+                PromptSource {
+                    name: CODEX_PROMPT.into(),
+                    url: "https://raw.githubusercontent.com/openai/codex/main/codex-rs/core/gpt_5_codex_prompt.md"
+                        .into(),
+                    sha256: vec![],
+                    file: None,
+                },
+            ],
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeaturesConfig {
+    pub verbose: bool,
+    pub expose_reasoning: bool,
+    pub enable_web_search: bool,
+    pub enable_responses_api: bool,
+    pub responses_no_base_instructions: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    pub startup_timeout: u64,
+    pub stop_timeout: u64,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            startup_timeout: 60,
+            stop_timeout: 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchdogConfig {
+    pub interval: u64,
+    pub health_timeout: u64,
+    pub strikes: u32,
+    pub on_give_up: String,
+}
+
+impl Default for WatchdogConfig {
+    fn default() -> Self {
+        WatchdogConfig {
+            interval: 30,
+            health_timeout: 5,
+            strikes: 3,
+            on_give_up: String::new(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsConfig {
+    pub max_bytes: u64,
+    pub format: LogFormat,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        LogsConfig {
+            max_bytes: 50 * 1024 * 1024,
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// The file's shape: every section optional, every key defaulted.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub prompts: PromptsConfig,
+    pub features: FeaturesConfig,
+    pub daemon: DaemonConfig,
+    pub watchdog: WatchdogConfig,
+    pub logs: LogsConfig,
+}
+
+/// Values given on the command line; they beat every other source.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub upstream_url: Option<String>,
+}
+
+/// The resolved configuration of one home.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub home: Home,
+    pub settings: Settings,
+    pub env: EnvSource,
+    /// True when `warden.toml` exists (false: all defaults).
+    pub file_present: bool,
+}
+
+impl std::ops::Deref for Config {
+    type Target = Settings;
+    fn deref(&self) -> &Settings {
+        &self.settings
+    }
+}
+
+/// A configuration problem, with everything an operator needs to find and fix it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file (or "the environment") the bad value came from.
+    pub origin: String,
+    /// The key or variable, e.g. `server.port` or `WARDEN_PORT`.
+    pub key: Option<String>,
+    /// 1-based line and column, for syntax errors.
+    pub line_col: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.origin)?;
+        if let Some((line, col)) = self.line_col {
+            write!(f, ":{line}:{col}")?;
+        }
+        write!(f, ": ")?;
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        write!(f, "{}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Loads the home's `.env` and `warden.toml` and applies environment and
+    /// command-line overrides.
+    pub fn load(home: &Home, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let env_path = home.env_file();
+        let env = EnvSource::load(&env_path).map_err(|message| ConfigError {
+            origin: env_path.display().to_string(),
+            key: None,
+            line_col: None,
+            message,
+        })?;
+        Self::load_with_env(home, overrides, env)
+    }
+
+    /// Like [`Config::load`] with an explicit variable source.
+    pub fn load_with_env(
+        home: &Home,
+        overrides: &Overrides,
+        env: EnvSource,
+    ) -> Result<Config, ConfigError> {
+        let path = home.config_file();
+        let (mut settings, file_present) = match std::fs::read_to_string(&path) {
+            Ok(text) => (parse_settings(&text, &path)?, true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Settings::default(), false),
+            Err(e) => {
+                return Err(ConfigError {
+                    origin: path.display().to_string(),
+                    key: None,
+                    line_col: None,
+                    message: format!("cannot read: {e}"),
+                });
+            }
+        };
+        validate(&settings).map_err(|(key, message)| ConfigError {
+            origin: path.display().to_string(),
+            key: Some(key),
+            line_col: None,
+            message,
+        })?;
+        apply_env(&mut settings, &env)?;
+        apply_overrides(&mut settings, overrides);
+        validate(&settings).map_err(|(key, message)| ConfigError {
+            origin: "command line".into(),
+            key: Some(key),
+            line_col: None,
+            message,
+        })?;
+        Ok(Config {
+            home: home.clone(),
+            settings,
+            env,
+            file_present,
+        })
+    }
+
+    /// A configuration with every default, for tests and templates.
+    pub fn defaults(home: &Home) -> Config {
+        Config {
+            home: home.clone(),
+            settings: Settings::default(),
+            env: EnvSource::default(),
+            file_present: false,
+        }
+    }
+
+    /// The bearer token clients must send, when one is configured.
+    pub fn auth_token(&self) -> Option<String> {
+        self.env.get(&self.server.auth_token_env)
+    }
+
+    /// The upstream's API key, when its variable is set.
+    pub fn upstream_api_key(&self) -> Option<String> {
+        self.env.get(&self.upstream.api_key_env)
+    }
+
+    /// `host:port` as configured (the port may be 0 for "any free port").
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        let host = self
+            .server
+            .host
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let host = if host == "localhost" {
+            "127.0.0.1"
+        } else {
+            host
+        };
+        let ip: std::net::IpAddr = host.parse().map_err(|_| ConfigError {
+            origin: self.home.config_file().display().to_string(),
+            key: Some("server.host".into()),
+            line_col: None,
+            message: format!(
+                "{:?} is not an IP address (use e.g. 127.0.0.1)",
+                self.server.host
+            ),
+        })?;
+        Ok(SocketAddr::new(ip, self.server.port))
+    }
+
+    /// The URL a client on this machine uses to reach the proxy.
+    pub fn base_url(&self) -> String {
+        base_url_for(&self.server.host, self.server.port)
+    }
+}
+
+/// `http://host:port`, with wildcard addresses mapped to loopback so the URL is usable.
+pub fn base_url_for(host: &str, port: u16) -> String {
+    let host = match host {
+        "0.0.0.0" | "" => "127.0.0.1",
+        "::" | "[::]" => "[::1]",
+        h if h.contains(':') && !h.starts_with('[') => return format!("http://[{h}]:{port}"),
+        h => h,
+    };
+    format!("http://{host}:{port}")
+}
+
+/// Parses the text of a `warden.toml`; `path` is only used in error messages.
+pub fn parse_settings(text: &str, path: &Path) -> Result<Settings, ConfigError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| toml_error(text, path, None, &e))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let key = (key != "." && !key.is_empty()).then_some(key);
+        toml_error(text, path, key, e.inner())
+    })
+}
+
+fn toml_error(text: &str, path: &Path, key: Option<String>, e: &toml::de::Error) -> ConfigError {
+    let line_col = e.span().map(|span| line_col(text, span.start));
+    ConfigError {
+        origin: path.display().to_string(),
+        key,
+        line_col,
+        message: e.message().trim().to_string(),
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// Checks values serde cannot: returns the offending key and why.
+fn validate(s: &Settings) -> Result<(), (String, String)> {
+    let err = |key: &str, msg: String| Err((key.to_string(), msg));
+    if s.server.host.trim().is_empty() {
+        return err("server.host", "must not be empty".into());
+    }
+    if s.server.max_concurrent == 0 {
+        return err("server.max_concurrent", "must be at least 1".into());
+    }
+    if s.server.max_body_bytes == 0 {
+        return err("server.max_body_bytes", "must be at least 1".into());
+    }
+    if s.upstream.url != MOCK_UPSTREAM {
+        match reqwest::Url::parse(&s.upstream.url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+            _ => {
+                return err(
+                    "upstream.url",
+                    format!(
+                        "{:?} is neither \"mock\" nor an http(s) base URL like http://127.0.0.1:9000/v1",
+                        s.upstream.url
+                    ),
+                );
+            }
+        }
+    }
+    if s.upstream.attempts == 0 {
+        return err("upstream.attempts", "must be at least 1".into());
+    }
+    if s.upstream.timeout == 0 {
+        return err("upstream.timeout", "must be at least 1 second".into());
+    }
+    if s.upstream.connect_timeout == 0 {
+        return err(
+            "upstream.connect_timeout",
+            "must be at least 1 second".into(),
+        );
+    }
+    if s.prompts.attempts == 0 {
+        return err("prompts.attempts", "must be at least 1".into());
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, src) in s.prompts.sources.iter().enumerate() {
+        if src.name.is_empty()
+            || !src
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return err(
+                &format!("prompts.source[{i}].name"),
+                format!(
+                    "{:?} must be non-empty letters, digits, '_' or '-'",
+                    src.name
+                ),
+            );
+        }
+        if !names.insert(src.name.as_str()) {
+            return err(
+                &format!("prompts.source[{i}].name"),
+                format!("{:?} is listed twice", src.name),
+            );
+        }
+        for digest in &src.sha256 {
+            if digest.len() != 64 || !digest.chars().all(|c| c.is_ascii_hexdigit()) {
+                return err(
+                    &format!("prompts.source[{i}].sha256"),
+                    format!("{digest:?} is not a 64-character hex SHA-256 digest"),
+                );
+            }
+        }
+    }
+    if s.watchdog.interval == 0 {
+        return err("watchdog.interval", "must be at least 1 second".into());
+    }
+    if s.watchdog.health_timeout == 0 {
+        return err(
+            "watchdog.health_timeout",
+            "must be at least 1 second".into(),
+        );
+    }
+    if s.watchdog.strikes == 0 {
+        return err("watchdog.strikes", "must be at least 1".into());
+    }
+    Ok(())
+}
+
+/// The feature flags and the variables that set them, `WARDEN_*` before `CHATMOCK_*`.
+const FEATURE_VARS: [(&str, fn(&mut FeaturesConfig) -> &mut bool); 5] = [
+    ("VERBOSE", |f| &mut f.verbose),
+    ("EXPOSE_REASONING", |f| &mut f.expose_reasoning),
+    ("ENABLE_WEB_SEARCH", |f| &mut f.enable_web_search),
+    ("ENABLE_RESPONSES_API", |f| &mut f.enable_responses_api),
+    ("RESPONSES_NO_BASE_INSTRUCTIONS", |f| {
+        &mut f.responses_no_base_instructions
+    }),
+];
+
+fn apply_env(s: &mut Settings, env: &EnvSource) -> Result<(), ConfigError> {
+    fn bad(var: &str, origin: VarOrigin, message: String) -> ConfigError {
+        ConfigError {
+            origin: origin.to_string(),
+            key: Some(var.to_string()),
+            line_col: None,
+            message,
+        }
+    }
+    if let Some((v, _)) = env.get_with_origin("WARDEN_HOST") {
+        s.server.host = v;
+    }
+    if let Some((v, origin)) = env.get_with_origin("WARDEN_PORT") {
+        s.server.port = v.trim().parse().map_err(|_| {
+            bad(
+                "WARDEN_PORT",
+                origin,
+                format!("{v:?} is not a port number (0-65535)"),
+            )
+        })?;
+    }
+    if let Some((v, _)) = env.get_with_origin("WARDEN_UPSTREAM_URL") {
+        s.upstream.url = v;
+    }
+    if let Some((v, origin)) = env.get_with_origin("WARDEN_UPSTREAM_API") {
+        s.upstream.api = match v.trim() {
+            "chat" => UpstreamApi::Chat,
+            "responses" => UpstreamApi::Responses,
+            _ => {
+                return Err(bad(
+                    "WARDEN_UPSTREAM_API",
+                    origin,
+                    format!("{v:?} must be \"chat\" or \"responses\""),
+                ));
+            }
+        };
+    }
+    for (name, field) in FEATURE_VARS {
+        for prefix in ["WARDEN_", "CHATMOCK_"] {
+            let var = format!("{prefix}{name}");
+            if let Some((v, origin)) = env.get_with_origin(&var) {
+                *field(&mut s.features) = parse_bool(&v).ok_or_else(|| {
+                    bad(
+                        &var,
+                        origin,
+                        format!("{v:?} is not a boolean (true/false, 1/0, yes/no, on/off)"),
+                    )
+                })?;
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn apply_overrides(s: &mut Settings, o: &Overrides) {
+    if let Some(host) = &o.host {
+        s.server.host = host.clone();
+    }
+    if let Some(port) = o.port {
+        s.server.port = port;
+    }
+    if let Some(url) = &o.upstream_url {
+        s.upstream.url = url.clone();
+    }
+}
+
+pub fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Settings, ConfigError> {
+        parse_settings(text, Path::new("/h/warden.toml"))
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let s = parse("").unwrap();
+        assert_eq!(s.server.port, 8000);
+        assert_eq!(s.upstream.url, "mock");
+        assert_eq!(s.prompts.sources.len(), 2);
+    }
+
+    #[test]
+    fn unknown_key_names_file_key_and_line() {
+        let err = parse("[server]\nport = 8001\nprot = 1\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("/h/warden.toml:3:"), "{text}");
+        assert!(text.contains("prot"), "{text}");
+    }
+
+    #[test]
+    fn bad_value_names_the_key() {
+        let err = parse("[server]\nport = \"eighty\"\n").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("server.port"), "{err}");
+        assert_eq!(err.line_col.map(|l| l.0), Some(2), "{err}");
+    }
+
+    #[test]
+    fn syntax_error_has_line_and_column() {
+        let err = parse("[server\nport = 1\n").unwrap_err();
+        assert_eq!(err.line_col.map(|l| l.0), Some(1), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        let home = Home::at("/nonexistent-warden-home");
+        let env = EnvSource::from_pairs([("WARDEN_PORT", "99999")]);
+        let err = Config::load_with_env(&home, &Overrides::default(), env).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("WARDEN_PORT"), "{err}");
+    }
+
+    #[test]
+    fn precedence_flags_then_env_then_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        std::fs::write(
+            home.config_file(),
+            "[server]\nport = 1111\nhost = \"127.0.0.2\"\n",
+        )
+        .unwrap();
+        let env = EnvSource::from_pairs([("WARDEN_PORT", "2222"), ("CHATMOCK_VERBOSE", "1")]);
+        let cfg = Config::load_with_env(&home, &Overrides::default(), env.clone()).unwrap();
+        assert_eq!(cfg.server.port, 2222);
+        assert_eq!(cfg.server.host, "127.0.0.2");
+        assert!(cfg.features.verbose);
+        let flags = Overrides {
+            port: Some(3333),
+            ..Default::default()
+        };
+        let cfg = Config::load_with_env(&home, &flags, env).unwrap();
+        assert_eq!(cfg.server.port, 3333);
+    }
+
+    #[test]
+    fn warden_variable_beats_chatmock_alias() {
+        let home = Home::at("/nonexistent-warden-home");
+        let env = EnvSource::from_pairs([
+            ("WARDEN_EXPOSE_REASONING", "false"),
+            ("CHATMOCK_EXPOSE_REASONING", "true"),
+        ]);
+        let cfg = Config::load_with_env(&home, &Overrides::default(), env).unwrap();
+        assert!(!cfg.features.expose_reasoning);
+    }
+}

@@ -1,0 +1,132 @@
+//! Variable lookup with the SPEC's precedence: the process environment first,
+//! then the home's `.env` file, which never overrides a variable already set.
+//!
+//! The `.env` file is read into a map instead of being exported into the process:
+//! mutating the environment of a multi-threaded program is unsound, and keeping the
+//! two apart lets errors say exactly where a bad value came from.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Where a variable's value was found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VarOrigin {
+    Process,
+    DotEnv(PathBuf),
+}
+
+impl std::fmt::Display for VarOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VarOrigin::Process => write!(f, "the environment"),
+            VarOrigin::DotEnv(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// The merged view of the process environment and the home's `.env`.
+#[derive(Clone, Debug, Default)]
+pub struct EnvSource {
+    dotenv: HashMap<String, String>,
+    dotenv_path: Option<PathBuf>,
+    /// When false, the process environment is ignored (used by tests).
+    use_process: bool,
+}
+
+impl EnvSource {
+    /// Reads `.env` at `path` if it exists. A file that does not parse is an error
+    /// naming the file and the offending line.
+    pub fn load(path: &Path) -> Result<EnvSource, String> {
+        let mut dotenv = HashMap::new();
+        let mut dotenv_path = None;
+        match dotenvy::from_path_iter(path) {
+            Ok(iter) => {
+                for item in iter {
+                    let (key, value) = item.map_err(|e| describe_dotenv_error(path, &e))?;
+                    dotenv.insert(key, value);
+                }
+                dotenv_path = Some(path.to_path_buf());
+            }
+            Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(describe_dotenv_error(path, &e)),
+        }
+        Ok(EnvSource {
+            dotenv,
+            dotenv_path,
+            use_process: true,
+        })
+    }
+
+    /// A source with only the given pairs (no process environment): for tests.
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> EnvSource {
+        EnvSource {
+            dotenv: pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            dotenv_path: Some(PathBuf::from(".env")),
+            use_process: false,
+        }
+    }
+
+    /// The value of `key` and where it came from; empty values count as unset.
+    pub fn get_with_origin(&self, key: &str) -> Option<(String, VarOrigin)> {
+        if self.use_process {
+            if let Ok(value) = std::env::var(key) {
+                if !value.is_empty() {
+                    return Some((value, VarOrigin::Process));
+                }
+            }
+        }
+        let value = self.dotenv.get(key)?;
+        if value.is_empty() {
+            return None;
+        }
+        let origin = VarOrigin::DotEnv(self.dotenv_path.clone().unwrap_or_default());
+        Some((value.clone(), origin))
+    }
+
+    pub fn get(&self, key: &str) -> Option<String> {
+        self.get_with_origin(key).map(|(v, _)| v)
+    }
+
+    /// True when the `.env` file exists and was read.
+    pub fn has_dotenv(&self) -> bool {
+        self.dotenv_path.is_some()
+    }
+}
+
+fn describe_dotenv_error(path: &Path, e: &dotenvy::Error) -> String {
+    match e {
+        dotenvy::Error::LineParse(line, index) => format!(
+            "{}: cannot parse line {:?} (at character {}); expected KEY=value",
+            path.display(),
+            line,
+            index + 1
+        ),
+        dotenvy::Error::Io(io) => format!("{}: cannot read: {io}", path.display()),
+        other => format!("{}: {other}", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dotenv_values_are_found_and_empty_means_unset() {
+        let env = EnvSource::from_pairs([("A", "1"), ("B", "")]);
+        assert_eq!(env.get("A").as_deref(), Some("1"));
+        assert_eq!(env.get("B"), None);
+        assert_eq!(env.get("C"), None);
+    }
+
+    #[test]
+    fn a_broken_dotenv_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".env");
+        std::fs::write(&path, "GOOD=1\nthis is not a pair\n").unwrap();
+        let err = EnvSource::load(&path).unwrap_err();
+        assert!(err.contains(".env"), "{err}");
+    }
+}

@@ -1,0 +1,134 @@
+//! The home directory: where everything warden owns lives (SPEC §1).
+//!
+//! Every binary resolves the same home the same way, so `daemon`, `doctor` and
+//! `watchdog` always look at the files the running `proxy` writes. Paths are made
+//! absolute at resolution time because the daemon detaches its children and a
+//! relative home would silently point somewhere else after a `chdir`.
+
+use std::path::{Path, PathBuf};
+
+/// Which log file under `logs/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogKind {
+    Proxy,
+    Watchdog,
+    Daemon,
+}
+
+impl LogKind {
+    pub fn file_name(self) -> &'static str {
+        match self {
+            LogKind::Proxy => "proxy.log",
+            LogKind::Watchdog => "watchdog.log",
+            LogKind::Daemon => "daemon.log",
+        }
+    }
+}
+
+/// A resolved, absolute home directory and the layout beneath it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Home {
+    root: PathBuf,
+}
+
+impl Home {
+    /// Resolves the home with the SPEC's precedence: `--home` flag, then
+    /// `WARDEN_HOME`, then `$XDG_STATE_HOME/warden`, then `~/.local/state/warden`.
+    pub fn resolve(flag: Option<&Path>) -> Result<Home, String> {
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        let root = if let Some(dir) = flag {
+            dir.to_path_buf()
+        } else if let Some(dir) = var("WARDEN_HOME") {
+            PathBuf::from(dir)
+        } else if let Some(state) = var("XDG_STATE_HOME") {
+            PathBuf::from(state).join("warden")
+        } else if let Some(home) = var("HOME") {
+            PathBuf::from(home).join(".local/state/warden")
+        } else {
+            return Err(
+                "cannot find a home directory: HOME is not set; pass --home DIR or set WARDEN_HOME"
+                    .into(),
+            );
+        };
+        Ok(Home::at(root))
+    }
+
+    /// A home at an explicit path (made absolute against the current directory).
+    pub fn at(root: impl Into<PathBuf>) -> Home {
+        let root = root.into();
+        let root = if root.is_absolute() {
+            root
+        } else {
+            std::env::current_dir()
+                .map(|cwd| cwd.join(&root))
+                .unwrap_or(root)
+        };
+        Home { root }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn config_file(&self) -> PathBuf {
+        self.root.join("warden.toml")
+    }
+    pub fn env_file(&self) -> PathBuf {
+        self.root.join(".env")
+    }
+    pub fn logs_dir(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+    pub fn log_file(&self, kind: LogKind) -> PathBuf {
+        self.logs_dir().join(kind.file_name())
+    }
+    pub fn run_dir(&self) -> PathBuf {
+        self.root.join("run")
+    }
+    pub fn proxy_pid_file(&self) -> PathBuf {
+        self.run_dir().join("proxy.pid")
+    }
+    pub fn watchdog_pid_file(&self) -> PathBuf {
+        self.run_dir().join("watchdog.pid")
+    }
+    pub fn cache_dir(&self) -> PathBuf {
+        self.root.join("cache")
+    }
+    pub fn prompts_cache_dir(&self) -> PathBuf {
+        self.cache_dir().join("prompts")
+    }
+    pub fn checks_dir(&self) -> PathBuf {
+        self.root.join("checks")
+    }
+
+    /// The directories the toolkit needs to run (`logs/`, `run/`, `cache/`).
+    pub fn required_dirs(&self) -> [PathBuf; 3] {
+        [self.logs_dir(), self.run_dir(), self.cache_dir()]
+    }
+
+    /// Creates the home and its required directories (idempotent).
+    pub fn ensure_dirs(&self) -> std::io::Result<()> {
+        for dir in self.required_dirs() {
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_wins_and_is_made_absolute() {
+        let home = Home::resolve(Some(Path::new("rel/home"))).unwrap();
+        assert!(home.root().is_absolute());
+        assert!(home.root().ends_with("rel/home"));
+        assert!(home.proxy_pid_file().ends_with("rel/home/run/proxy.pid"));
+        assert!(
+            home.log_file(LogKind::Watchdog)
+                .ends_with("logs/watchdog.log")
+        );
+    }
+}

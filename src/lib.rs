@@ -1,0 +1,14 @@
+//! warden keeps a local OpenAI-compatible LLM gateway running and honest.
+//!
+//! One library, five thin binaries (`src/bin/`): `proxy` (the gateway), `daemon`,
+//! `preflight`, `doctor` and `watchdog`. Each concern lives in one module so a
+//! newcomer can guess the file: configuration in [`config`], the home directory
+//! layout in [`home`], and so on. `shared/SPEC.md` is the external contract.
+
+pub mod atomic_file;
+pub mod config;
+pub mod env;
+pub mod home;
+
+/// The toolkit's version, printed by every binary's `--version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
