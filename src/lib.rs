@@ -6,9 +6,18 @@
 //! layout in [`home`], and so on. `shared/SPEC.md` is the external contract.
 
 pub mod atomic_file;
+pub mod cli;
 pub mod config;
 pub mod env;
+pub mod gateway;
+pub mod health;
 pub mod home;
+pub mod http_client;
+pub mod logging;
+pub mod metrics;
+pub mod openai;
+pub mod server;
+pub mod upstream;
 
 /// The toolkit's version, printed by every binary's `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
