@@ -103,12 +103,25 @@ mod tests {
     #[test]
     fn status_rules() {
         let mut prompts = BTreeMap::new();
-        assert_eq!(HealthReport::derive_status(true, &prompts), HealthStatus::Pass);
-        assert_eq!(HealthReport::derive_status(false, &prompts), HealthStatus::Fail);
+        assert_eq!(
+            HealthReport::derive_status(true, &prompts),
+            HealthStatus::Pass
+        );
+        assert_eq!(
+            HealthReport::derive_status(false, &prompts),
+            HealthStatus::Fail
+        );
         prompts.insert(
             "p".into(),
-            PromptHealth { source: "builtin".into(), age_secs: None, fresh: false },
+            PromptHealth {
+                source: "builtin".into(),
+                age_secs: None,
+                fresh: false,
+            },
         );
-        assert_eq!(HealthReport::derive_status(true, &prompts), HealthStatus::Warn);
+        assert_eq!(
+            HealthReport::derive_status(true, &prompts),
+            HealthStatus::Warn
+        );
     }
 }

@@ -17,20 +17,30 @@ use crate::home::{Home, LogKind};
 
 /// Installs the global subscriber for a binary writing to `logs/<kind>.log`.
 /// `verbose` lowers the level to debug; `RUST_LOG` overrides both.
-pub fn init(home: &Home, kind: LogKind, format: LogFormat, verbose: bool) -> std::io::Result<WorkerGuard> {
+pub fn init(
+    home: &Home,
+    kind: LogKind,
+    format: LogFormat,
+    verbose: bool,
+) -> std::io::Result<WorkerGuard> {
     std::fs::create_dir_all(home.logs_dir())?;
     let path = home.log_file(kind);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&path)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display())))?;
+        .map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))
+        })?;
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .finish(file);
     let level = if verbose { "debug" } else { "info" };
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},hyper=warn,reqwest=warn,h2=warn,rustls=warn")));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "{level},hyper=warn,reqwest=warn,h2=warn,rustls=warn"
+        ))
+    });
     let mirror = std::io::stderr().is_terminal();
     let stderr = std::io::stderr.with_filter(move |_| mirror);
     let builder = tracing_subscriber::fmt()

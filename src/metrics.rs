@@ -172,7 +172,11 @@ impl Metrics {
         build_info
             .get_or_create(&vec![("version".into(), crate::VERSION.into())])
             .set(1);
-        registry.register("build_info", "Version of the running warden proxy", build_info);
+        registry.register(
+            "build_info",
+            "Version of the running warden proxy",
+            build_info,
+        );
         registry.register(
             "http_requests",
             "HTTP requests answered, by route and status",
@@ -203,7 +207,11 @@ impl Metrics {
             "Requests refused before reaching the upstream, by reason",
             m.rejected.clone(),
         );
-        registry.register("model_requests", "Chat requests by model", m.model_requests.clone());
+        registry.register(
+            "model_requests",
+            "Chat requests by model",
+            m.model_requests.clone(),
+        );
         registry.register(
             "model_tokens",
             "Tokens reported by the upstream, by model and kind (prompt, completion)",
@@ -214,7 +222,11 @@ impl Metrics {
             "Upstream call attempts by outcome (ok, retried, failed)",
             m.upstream_attempts.clone(),
         );
-        registry.register("uptime_seconds", "Seconds since the proxy started", m.uptime.clone());
+        registry.register(
+            "uptime_seconds",
+            "Seconds since the proxy started",
+            m.uptime.clone(),
+        );
         registry.register(
             "process_resident_memory_bytes",
             "Resident set size of the proxy process",
@@ -253,7 +265,9 @@ impl Metrics {
 
     /// A response finished (or the client went away), for any route.
     pub fn request_finished(&self, route: &'static str, status: u16, elapsed: Duration, api: bool) {
-        self.requests.get_or_create(&RouteStatus { route, status }).inc();
+        self.requests
+            .get_or_create(&RouteStatus { route, status })
+            .inc();
         self.duration
             .get_or_create(&RouteLabel { route })
             .observe(elapsed.as_secs_f64());
@@ -281,11 +295,17 @@ impl Metrics {
         if matches!(why, Rejection::Concurrency) {
             self.stats.rejected.fetch_add(1, Ordering::Relaxed);
         }
-        self.rejected.get_or_create(&ReasonLabel { reason: why.label() }).inc();
+        self.rejected
+            .get_or_create(&ReasonLabel {
+                reason: why.label(),
+            })
+            .inc();
     }
 
     pub fn upstream_attempt(&self, outcome: &'static str) {
-        self.upstream_attempts.get_or_create(&OutcomeLabel { outcome }).inc();
+        self.upstream_attempts
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
 
     /// Records one exchange's upstream time and the overhead the gateway added.
@@ -296,9 +316,12 @@ impl Metrics {
     }
 
     pub fn model_usage(&self, model: &str, prompt_tokens: u64, completion_tokens: u64) {
-        let label = |model: &str| ModelLabel { model: model.to_string() };
+        let label = |model: &str| ModelLabel {
+            model: model.to_string(),
+        };
         let known = self.model_requests.get(&label(model)).is_some();
-        let model = if known || self.model_labels.fetch_add(1, Ordering::Relaxed) < MAX_MODEL_LABELS {
+        let model = if known || self.model_labels.fetch_add(1, Ordering::Relaxed) < MAX_MODEL_LABELS
+        {
             model
         } else {
             "other"
@@ -307,7 +330,10 @@ impl Metrics {
         for (kind, n) in [("prompt", prompt_tokens), ("completion", completion_tokens)] {
             if n > 0 {
                 self.model_tokens
-                    .get_or_create(&ModelTokenLabel { model: model.to_string(), kind })
+                    .get_or_create(&ModelTokenLabel {
+                        model: model.to_string(),
+                        kind,
+                    })
                     .inc_by(n);
             }
         }
@@ -315,10 +341,18 @@ impl Metrics {
 
     /// Sets the scrape-time gauges for one prompt.
     pub fn prompt_state(&self, name: &str, age_secs: Option<f64>, attempts: u64, failures: u64) {
-        let label = PromptLabel { prompt: name.to_string() };
-        self.prompt_age.get_or_create(&label).set(age_secs.unwrap_or(0.0));
-        self.prompt_fetch_attempts.get_or_create(&label).set(attempts as i64);
-        self.prompt_fetch_failures.get_or_create(&label).set(failures as i64);
+        let label = PromptLabel {
+            prompt: name.to_string(),
+        };
+        self.prompt_age
+            .get_or_create(&label)
+            .set(age_secs.unwrap_or(0.0));
+        self.prompt_fetch_attempts
+            .get_or_create(&label)
+            .set(attempts as i64);
+        self.prompt_fetch_failures
+            .get_or_create(&label)
+            .set(failures as i64);
     }
 
     /// Prometheus text exposition (OpenMetrics-compatible text format).
@@ -363,7 +397,9 @@ pub fn exposition_to_json(text: &str) -> Value {
         if line.is_empty() {
             continue;
         }
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
         let (name, labels) = match series.split_once('{') {
             Some((name, rest)) => (name, parse_labels(rest.trim_end_matches('}'))),
             None => (series, Map::new()),
@@ -373,7 +409,11 @@ pub fn exposition_to_json(text: &str) -> Value {
             .ok()
             .and_then(|v| serde_json::Number::from_f64(v).map(Value::Number))
             .unwrap_or_else(|| json!(value));
-        let owner = if name.starts_with(current.as_str()) { current.clone() } else { name.to_string() };
+        let owner = if name.starts_with(current.as_str()) {
+            current.clone()
+        } else {
+            name.to_string()
+        };
         let fam = family(&mut families, &owner);
         if let Some(Value::Array(samples)) = fam.get_mut("samples") {
             samples.push(json!({"name": name, "labels": labels, "value": value}));
@@ -419,7 +459,10 @@ mod tests {
         m.request_finished("/v1/models", 200, Duration::from_millis(3), true);
         m.model_usage("gpt-5", 7, 3);
         let text = m.render_text();
-        assert!(text.contains("warden_http_requests_total{route=\"/v1/models\",status=\"200\"} 2"), "{text}");
+        assert!(
+            text.contains("warden_http_requests_total{route=\"/v1/models\",status=\"200\"} 2"),
+            "{text}"
+        );
         let json = exposition_to_json(&text);
         let samples = &json["metrics"]["warden_http_requests"]["samples"];
         assert_eq!(samples[0]["value"], json!(2.0));
@@ -435,6 +478,9 @@ mod tests {
             m.model_usage(&format!("model-{i}"), 1, 1);
         }
         let text = m.render_text();
-        assert_eq!(text.matches("warden_model_requests_total{").count(), MAX_MODEL_LABELS + 1);
+        assert_eq!(
+            text.matches("warden_model_requests_total{").count(),
+            MAX_MODEL_LABELS + 1
+        );
     }
 }

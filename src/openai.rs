@@ -72,16 +72,20 @@ impl ApiError {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
-            format!("the gateway is at its limit of {limit} concurrent upstream calls; retry shortly"),
+            format!(
+                "the gateway is at its limit of {limit} concurrent upstream calls; retry shortly"
+            ),
         )
         .code("concurrency_limit")
         .retry_after(1)
     }
     pub fn bad_gateway(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", message).code("upstream_unavailable")
+        ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", message)
+            .code("upstream_unavailable")
     }
     pub fn gateway_timeout(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::GATEWAY_TIMEOUT, "upstream_error", message).code("upstream_timeout")
+        ApiError::new(StatusCode::GATEWAY_TIMEOUT, "upstream_error", message)
+            .code("upstream_timeout")
     }
 
     /// The JSON body, for responses and for SSE error frames.
@@ -140,7 +144,9 @@ impl ChatRequestView<'_> {
             let err = if e.to_string().contains("missing field `messages`") {
                 ApiError::bad_request("'messages' is a required property").param("messages")
             } else {
-                ApiError::bad_request(format!("request body is not valid JSON for a chat completion: {e}"))
+                ApiError::bad_request(format!(
+                    "request body is not valid JSON for a chat completion: {e}"
+                ))
             };
             err.code("invalid_request")
         })?;

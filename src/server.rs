@@ -13,8 +13,13 @@ use crate::home::LogKind;
 /// Serves until SIGTERM/SIGINT and returns after the drain. Errors are
 /// sentences for the operator.
 pub async fn serve_foreground(config: Config) -> Result<(), String> {
-    let _log_guard = crate::logging::init(&config.home, LogKind::Proxy, config.logs.format, config.features.verbose)
-        .map_err(|e| format!("cannot open the log: {e}"))?;
+    let _log_guard = crate::logging::init(
+        &config.home,
+        LogKind::Proxy,
+        config.logs.format,
+        config.features.verbose,
+    )
+    .map_err(|e| format!("cannot open the log: {e}"))?;
     let addr = config.listen_addr().map_err(|e| e.to_string())?;
     let listener = bind(addr).await?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
@@ -23,7 +28,10 @@ pub async fn serve_foreground(config: Config) -> Result<(), String> {
         e
     })?;
     // One machine-readable line on stdout, so callers that asked for port 0 learn the port.
-    println!("listening on {}", crate::config::base_url_for(&local.ip().to_string(), local.port()));
+    println!(
+        "listening on {}",
+        crate::config::base_url_for(&local.ip().to_string(), local.port())
+    );
     let result = gateway::run(listener, gw, shutdown_signal()).await;
     result.map_err(|e| format!("server error: {e}"))
 }

@@ -36,7 +36,11 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     let home = args.home.resolve_or_exit("proxy");
-    let overrides = Overrides { host: args.host, port: args.port, upstream_url: args.upstream };
+    let overrides = Overrides {
+        host: args.host,
+        port: args.port,
+        upstream_url: args.upstream,
+    };
     let config = match Config::load(&home, &overrides) {
         Ok(config) => config,
         Err(e) => {
@@ -45,7 +49,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("proxy: cannot start the async runtime: {e}");

@@ -18,13 +18,20 @@ use crate::metrics::{Metrics, Rejection};
 use crate::openai::ApiError;
 
 /// 401 unless the request carries the configured bearer token (when one is set).
-pub async fn require_bearer(State(gw): State<Arc<Gateway>>, request: Request, next: Next) -> Response {
+pub async fn require_bearer(
+    State(gw): State<Arc<Gateway>>,
+    request: Request,
+    next: Next,
+) -> Response {
     if let Some(expected) = &gw.auth_token {
         let given = request
             .headers()
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim);
         if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes())) {
             gw.metrics.rejected(Rejection::Auth);
@@ -54,7 +61,10 @@ impl Slot {
         match gw.slots.clone().try_acquire_owned() {
             Ok(permit) => {
                 gw.metrics.slot_taken();
-                Ok(Slot { _permit: permit, metrics: gw.metrics.clone() })
+                Ok(Slot {
+                    _permit: permit,
+                    metrics: gw.metrics.clone(),
+                })
             }
             Err(_) => {
                 gw.metrics.rejected(Rejection::Concurrency);

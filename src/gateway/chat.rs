@@ -40,12 +40,28 @@ pub async fn chat_completions(
         Err(e) => return e.into_response(),
     };
     let stats = Arc::new(ExchangeStats::default());
-    let info = ExchangeInfo { model: model.clone(), stats: stats.clone() };
-    let call = ChatCall { body, model, stream, include_usage, stats };
+    let info = ExchangeInfo {
+        model: model.clone(),
+        stats: stats.clone(),
+    };
+    let call = ChatCall {
+        body,
+        model,
+        stream,
+        include_usage,
+        stats,
+    };
     let mut response = match gw.upstream.chat(call).await {
         Ok(Reply::Complete(json)) => {
             drop(slot);
-            ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], json).into_response()
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                json,
+            )
+                .into_response()
         }
         Ok(Reply::Stream(frames)) => {
             // The body owns the slot: it is released when the stream ends or the
@@ -65,7 +81,10 @@ pub async fn chat_completions(
 fn sse_response(body: Body) -> Response {
     let mut response = Response::new(body);
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
@@ -85,5 +104,12 @@ pub async fn models(State(gw): State<Arc<Gateway>>) -> Response {
         Some(body) => body,
         None => Bytes::from(configured_models(&gw.config).to_string()),
     };
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], json).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        json,
+    )
+        .into_response()
 }

@@ -67,7 +67,10 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(chat::models))
-        .route_layer(axum::middleware::from_fn_with_state(gw.clone(), admission::require_bearer));
+        .route_layer(axum::middleware::from_fn_with_state(
+            gw.clone(),
+            admission::require_bearer,
+        ));
     Router::new()
         .merge(api)
         .route("/health", get(status::health))
@@ -77,12 +80,18 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(gw.config.server.max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(gw.clone(), observe::observe))
+        .layer(axum::middleware::from_fn_with_state(
+            gw.clone(),
+            observe::observe,
+        ))
         .with_state(gw)
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
-    ApiError::not_found(format!("no route for {}; see GET /v1/models, POST /v1/chat/completions", uri.path()))
+    ApiError::not_found(format!(
+        "no route for {}; see GET /v1/models, POST /v1/chat/completions",
+        uri.path()
+    ))
 }
 
 async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {

@@ -40,7 +40,14 @@ pub async fn observe(State(gw): State<Arc<Gateway>>, request: Request, next: Nex
         Body::new(ObservedBody {
             inner,
             finished: false,
-            record: Some(Record { gw, route, api, status, started, exchange }),
+            record: Some(Record {
+                gw,
+                route,
+                api,
+                status,
+                started,
+                exchange,
+            }),
         })
     })
 }

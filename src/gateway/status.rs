@@ -13,11 +13,16 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::Gateway;
-use crate::health::{HealthReport, HealthStatus, MemoryInfo, RequestCounts, UpstreamInfo, now_rfc3339, rss_bytes};
+use crate::health::{
+    HealthReport, HealthStatus, MemoryInfo, RequestCounts, UpstreamInfo, now_rfc3339, rss_bytes,
+};
 
 pub fn report(gw: &Gateway) -> HealthReport {
     let s = &gw.metrics.stats;
-    let (success, error) = (s.success.load(Ordering::Relaxed), s.error.load(Ordering::Relaxed));
+    let (success, error) = (
+        s.success.load(Ordering::Relaxed),
+        s.error.load(Ordering::Relaxed),
+    );
     let last_ms = s.last_request_ms.load(Ordering::Relaxed);
     let last_request_at = (last_ms > 0).then(|| {
         let when = std::time::UNIX_EPOCH + std::time::Duration::from_millis(last_ms);
@@ -40,19 +45,29 @@ pub fn report(gw: &Gateway) -> HealthReport {
             total: s.total.load(Ordering::Relaxed),
             success,
             error,
-            success_rate: if success + error == 0 { 1.0 } else { success as f64 / (success + error) as f64 },
+            success_rate: if success + error == 0 {
+                1.0
+            } else {
+                success as f64 / (success + error) as f64
+            },
             in_flight: s.in_flight.load(Ordering::Relaxed),
             rejected: s.rejected.load(Ordering::Relaxed),
             last_request_at,
         },
         prompts,
-        memory: MemoryInfo { rss_bytes: rss_bytes().unwrap_or(0) },
+        memory: MemoryInfo {
+            rss_bytes: rss_bytes().unwrap_or(0),
+        },
     }
 }
 
 pub async fn health(State(gw): State<Arc<Gateway>>) -> Response {
     let report = report(&gw);
-    let code = if report.status == HealthStatus::Fail { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let code = if report.status == HealthStatus::Fail {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
     (code, Json(report)).into_response()
 }
 
@@ -64,12 +79,18 @@ pub async fn ready(State(gw): State<Arc<Gateway>>) -> Response {
     if gw.is_ready() {
         Json(json!({"status": "pass"})).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "fail", "reason": "starting or draining"})))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "fail", "reason": "starting or draining"})),
+        )
             .into_response()
     }
 }
 
-pub async fn metrics(State(gw): State<Arc<Gateway>>, Query(query): Query<HashMap<String, String>>) -> Response {
+pub async fn metrics(
+    State(gw): State<Arc<Gateway>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
     if query.get("format").map(String::as_str) == Some("json") {
         return Json(gw.metrics.render_json()).into_response();
     }

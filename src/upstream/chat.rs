@@ -57,9 +57,13 @@ impl ChatUpstream {
             .map_err(|e| format!("cannot build the upstream HTTP client: {}", error_chain(&e)))?;
         let auth = match config.upstream_api_key() {
             Some(key) => {
-                let mut value = HeaderValue::from_str(&format!("Bearer {}", key.trim())).map_err(|_| {
-                    format!("the value of {} contains characters not allowed in an HTTP header", up.api_key_env)
-                })?;
+                let mut value =
+                    HeaderValue::from_str(&format!("Bearer {}", key.trim())).map_err(|_| {
+                        format!(
+                            "the value of {} contains characters not allowed in an HTTP header",
+                            up.api_key_env
+                        )
+                    })?;
                 value.set_sensitive(true);
                 Some(value)
             }
@@ -80,7 +84,11 @@ impl ChatUpstream {
     }
 
     /// Sends with retries until response headers with a final status arrive.
-    async fn send(&self, body: &Bytes, stats: &ExchangeStats) -> Result<reqwest::Response, ApiError> {
+    async fn send(
+        &self,
+        body: &Bytes,
+        stats: &ExchangeStats,
+    ) -> Result<reqwest::Response, ApiError> {
         let mut last_error = String::new();
         let mut last_retry_after = None;
         for attempt in 1..=self.attempts {
@@ -106,7 +114,11 @@ impl ChatUpstream {
                     )));
                 }
                 Ok(Err(e)) => {
-                    last_error = format!("cannot reach upstream {}: {}", self.display_url, error_chain(&e));
+                    last_error = format!(
+                        "cannot reach upstream {}: {}",
+                        self.display_url,
+                        error_chain(&e)
+                    );
                 }
                 Ok(Ok(response)) if retry::is_retryable(response.status()) => {
                     last_retry_after = retry::retry_after(response.headers());
@@ -115,7 +127,9 @@ impl ChatUpstream {
                         self.display_url,
                         response.status()
                     );
-                    if attempt == self.attempts && response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                    if attempt == self.attempts
+                        && response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS
+                    {
                         // The upstream's own rate limit: let the client back off.
                         self.metrics.upstream_attempt("failed");
                         return Ok(response);
@@ -190,13 +204,17 @@ impl ChatUpstream {
     async fn passthrough_error(&self, response: reqwest::Response) -> ApiError {
         let status = response.status();
         let retry_after = retry::retry_after(response.headers());
-        let body = timeout(self.idle_timeout, response.bytes()).await.ok().and_then(Result::ok);
+        let body = timeout(self.idle_timeout, response.bytes())
+            .await
+            .ok()
+            .and_then(Result::ok);
         let message = body
             .as_ref()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
             .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
             .unwrap_or_else(|| format!("upstream {} answered {status}", self.display_url));
-        let status = axum::http::StatusCode::from_u16(status.as_u16()).unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
+        let status = axum::http::StatusCode::from_u16(status.as_u16())
+            .unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
         let mut err = ApiError::new(status, "upstream_error", message);
         if let Some(after) = retry_after {
             err = err.retry_after(after.as_secs().max(1));
@@ -210,36 +228,42 @@ impl ChatUpstream {
         let display_url = self.display_url.clone();
         let upstream = response.bytes_stream();
         let state = (upstream, UsageScanner::default(), stats, false);
-        Box::pin(futures_util::stream::unfold(state, move |(mut upstream, mut scanner, stats, done)| {
-            let display_url = display_url.clone();
-            async move {
-                if done {
-                    return None;
-                }
-                let started = Instant::now();
-                let next = timeout(idle, upstream.next()).await;
-                stats.add_upstream_time(started.elapsed());
-                let error = match next {
-                    Ok(Some(Ok(chunk))) => {
-                        if let Some(usage) = scanner.scan(&chunk) {
-                            stats.set_usage(usage);
-                        }
-                        return Some((chunk, (upstream, scanner, stats, false)));
+        Box::pin(futures_util::stream::unfold(
+            state,
+            move |(mut upstream, mut scanner, stats, done)| {
+                let display_url = display_url.clone();
+                async move {
+                    if done {
+                        return None;
                     }
-                    Ok(None) => return None,
-                    Ok(Some(Err(e))) => ApiError::bad_gateway(format!(
-                        "upstream {display_url} broke off the stream: {}",
-                        error_chain(&e)
-                    )),
-                    Err(_) => ApiError::gateway_timeout(format!(
-                        "upstream {display_url} stalled for {} s mid-stream (upstream.idle_timeout)",
-                        idle.as_secs()
-                    )),
-                };
-                tracing::warn!(error = %error.message, "stream ended with an error");
-                Some((Bytes::from(error.sse_frame()), (upstream, scanner, stats, true)))
-            }
-        }))
+                    let started = Instant::now();
+                    let next = timeout(idle, upstream.next()).await;
+                    stats.add_upstream_time(started.elapsed());
+                    let error = match next {
+                        Ok(Some(Ok(chunk))) => {
+                            if let Some(usage) = scanner.scan(&chunk) {
+                                stats.set_usage(usage);
+                            }
+                            return Some((chunk, (upstream, scanner, stats, false)));
+                        }
+                        Ok(None) => return None,
+                        Ok(Some(Err(e))) => ApiError::bad_gateway(format!(
+                            "upstream {display_url} broke off the stream: {}",
+                            error_chain(&e)
+                        )),
+                        Err(_) => ApiError::gateway_timeout(format!(
+                            "upstream {display_url} stalled for {} s mid-stream (upstream.idle_timeout)",
+                            idle.as_secs()
+                        )),
+                    };
+                    tracing::warn!(error = %error.message, "stream ended with an error");
+                    Some((
+                        Bytes::from(error.sse_frame()),
+                        (upstream, scanner, stats, true),
+                    ))
+                }
+            },
+        ))
     }
 
     pub async fn models(&self) -> Option<Bytes> {
@@ -247,14 +271,20 @@ impl ChatUpstream {
         if let Some(auth) = &self.auth {
             request = request.header(AUTHORIZATION, auth.clone());
         }
-        let response = timeout(self.first_byte_timeout.min(Duration::from_secs(10)), request.send())
-            .await
-            .ok()?
-            .ok()?;
+        let response = timeout(
+            self.first_byte_timeout.min(Duration::from_secs(10)),
+            request.send(),
+        )
+        .await
+        .ok()?
+        .ok()?;
         if !response.status().is_success() {
             return None;
         }
-        let body = timeout(self.idle_timeout, response.bytes()).await.ok()?.ok()?;
+        let body = timeout(self.idle_timeout, response.bytes())
+            .await
+            .ok()?
+            .ok()?;
         let parsed: serde_json::Value = serde_json::from_slice(&body).ok()?;
         parsed["data"].is_array().then_some(body)
     }
@@ -324,7 +354,13 @@ mod tests {
             let a = scanner.scan(&frame[..split]);
             let b = scanner.scan(&frame[split..]);
             let usage = a.or(b).expect("usage found");
-            assert_eq!(usage, Usage { prompt_tokens: 3, completion_tokens: 4 });
+            assert_eq!(
+                usage,
+                Usage {
+                    prompt_tokens: 3,
+                    completion_tokens: 4
+                }
+            );
         }
     }
 

@@ -73,9 +73,15 @@ impl MockUpstream {
         struct Req {
             messages: Vec<Message>,
         }
-        let req: Req = serde_json::from_slice(&call.body)
-            .map_err(|e| ApiError::bad_request(format!("'messages' is not a list of messages: {e}")).param("messages"))?;
-        let prompt_tokens: u64 = req.messages.iter().map(|m| count_words(&content_text(&m.content))).sum();
+        let req: Req = serde_json::from_slice(&call.body).map_err(|e| {
+            ApiError::bad_request(format!("'messages' is not a list of messages: {e}"))
+                .param("messages")
+        })?;
+        let prompt_tokens: u64 = req
+            .messages
+            .iter()
+            .map(|m| count_words(&content_text(&m.content)))
+            .sum();
         let reply = req
             .messages
             .iter()
@@ -112,8 +118,15 @@ impl MockUpstream {
             });
             Bytes::from(format!("data: {c}\n\n"))
         };
-        let mut frames = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
-        frames.extend(pieces(&reply).into_iter().map(|p| chunk(json!({"content": p}), Value::Null)));
+        let mut frames = vec![chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        )];
+        frames.extend(
+            pieces(&reply)
+                .into_iter()
+                .map(|p| chunk(json!({"content": p}), Value::Null)),
+        );
         frames.push(chunk(json!({}), json!("stop")));
         if call.include_usage {
             let c = json!({
@@ -136,7 +149,10 @@ mod tests {
     fn pieces_keep_the_text() {
         let text = "Hello  brave\nnew world ";
         assert_eq!(pieces(text).concat(), text);
-        assert_eq!(pieces(text), vec!["Hello", "  brave", "\nnew", " world", " "]);
+        assert_eq!(
+            pieces(text),
+            vec!["Hello", "  brave", "\nnew", " world", " "]
+        );
         assert!(pieces("").is_empty());
     }
 

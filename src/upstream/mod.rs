@@ -49,7 +49,8 @@ pub struct ExchangeStats {
 
 impl ExchangeStats {
     pub fn set_usage(&self, usage: Usage) {
-        self.prompt_tokens.store(usage.prompt_tokens, Ordering::Relaxed);
+        self.prompt_tokens
+            .store(usage.prompt_tokens, Ordering::Relaxed);
         self.completion_tokens
             .store(usage.completion_tokens, Ordering::Relaxed);
     }
