@@ -365,10 +365,42 @@ impl Metrics {
         out
     }
 
+    /// The classic Prometheus text format (0.0.4), for scrapers and tools that do
+    /// not ask for OpenMetrics (`curl`, `promtool check metrics`): counter families
+    /// are named with their `_total` suffix and there is no `# EOF` line.
+    pub fn render_prometheus_text(&self) -> String {
+        openmetrics_to_prometheus(&self.render_text())
+    }
+
     /// The same figures as [`Metrics::render_text`], as JSON.
     pub fn render_json(&self) -> Value {
         exposition_to_json(&self.render_text())
     }
+}
+
+/// Rewrites OpenMetrics text as Prometheus 0.0.4 text (see
+/// [`Metrics::render_prometheus_text`]).
+pub fn openmetrics_to_prometheus(text: &str) -> String {
+    let counters: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "].into_iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(meta.as_deref().unwrap_or(line).trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// Converts Prometheus text exposition to
@@ -463,6 +495,12 @@ mod tests {
             text.contains("warden_http_requests_total{route=\"/v1/models\",status=\"200\"} 2"),
             "{text}"
         );
+        let classic = openmetrics_to_prometheus(&text);
+        assert!(
+            classic.contains("# TYPE warden_http_requests_total counter\n"),
+            "{classic}"
+        );
+        assert!(!classic.contains("# EOF"));
         let json = exposition_to_json(&text);
         let samples = &json["metrics"]["warden_http_requests"]["samples"];
         assert_eq!(samples[0]["value"], json!(2.0));

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::extract::{Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -87,19 +87,34 @@ pub async fn ready(State(gw): State<Arc<Gateway>>) -> Response {
     }
 }
 
+/// Prometheus text by default; OpenMetrics when the scraper asks for it (as
+/// Prometheus does); JSON with `?format=json`.
 pub async fn metrics(
     State(gw): State<Arc<Gateway>>,
     Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
 ) -> Response {
     if query.get("format").map(String::as_str) == Some("json") {
         return Json(gw.metrics.render_json()).into_response();
     }
+    let wants_openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/openmetrics-text"));
+    let (content_type, body) = if wants_openmetrics {
+        (
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            gw.metrics.render_text(),
+        )
+    } else {
+        (
+            "text/plain; version=0.0.4; charset=utf-8",
+            gw.metrics.render_prometheus_text(),
+        )
+    };
     (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        )],
-        gw.metrics.render_text(),
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body,
     )
         .into_response()
 }
