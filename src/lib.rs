@@ -9,6 +9,9 @@ pub mod atomic_file;
 pub mod config;
 pub mod env;
 pub mod home;
+pub mod http_client;
+pub mod responses_api;
+pub mod sse;
 
 /// The toolkit's version, printed by every binary's `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
