@@ -10,6 +10,7 @@ pub mod config;
 pub mod env;
 pub mod home;
 pub mod http_client;
+pub mod prompts;
 pub mod responses_api;
 pub mod sse;
 

@@ -29,8 +29,10 @@ pub const REASONING_EFFORTS: [&str; 4] = ["minimal", "low", "medium", "high"];
 /// `"gpt-5-codex-high"` → `("gpt-5-codex", Some("high"))`.
 pub fn split_reasoning_suffix(model: &str) -> (&str, Option<&'static str>) {
     for effort in REASONING_EFFORTS {
-        if let Some(base) = model.strip_suffix(effort).and_then(|m| m.strip_suffix('-'))
-            && !base.is_empty()
+        if let Some(base) = model
+            .strip_suffix(effort)
+            .and_then(|m| m.strip_suffix('-'))
+            .filter(|base| !base.is_empty())
         {
             return (base, Some(effort));
         }
@@ -123,8 +125,9 @@ pub fn chat_to_responses(
             out.insert(key.into(), v.clone());
         }
     }
-    if let Some(n) = chat.get("n").filter(|v| !v.is_null())
-        && n.as_u64() != Some(1)
+    if chat
+        .get("n")
+        .is_some_and(|n| !n.is_null() && n.as_u64() != Some(1))
     {
         return Err("n: only 1 choice is supported by a Responses API upstream".into());
     }
