@@ -16,7 +16,10 @@ pub mod http_client;
 pub mod logging;
 pub mod metrics;
 pub mod openai;
+pub mod prompts;
+pub mod responses_api;
 pub mod server;
+pub mod sse;
 pub mod upstream;
 
 /// The toolkit's version, printed by every binary's `--version`.
