@@ -9,6 +9,9 @@ pub mod atomic_file;
 pub mod config;
 pub mod env;
 pub mod home;
+pub mod pidfile;
+pub mod ports;
+pub mod process;
 
 /// The toolkit's version, printed by every binary's `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
