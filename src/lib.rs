@@ -10,6 +10,9 @@ pub mod checks;
 pub mod config;
 pub mod env;
 pub mod home;
+pub mod pidfile;
+pub mod ports;
+pub mod process;
 
 /// The toolkit's version, printed by every binary's `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
