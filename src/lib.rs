@@ -7,12 +7,24 @@
 
 pub mod atomic_file;
 pub mod checks;
+pub mod cli;
 pub mod config;
 pub mod env;
+pub mod gateway;
+pub mod health;
 pub mod home;
+pub mod http_client;
+pub mod logging;
+pub mod metrics;
+pub mod openai;
 pub mod pidfile;
 pub mod ports;
 pub mod process;
+pub mod prompts;
+pub mod responses_api;
+pub mod server;
+pub mod sse;
+pub mod upstream;
 
 /// The toolkit's version, printed by every binary's `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

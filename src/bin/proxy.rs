@@ -1,1 +1,69 @@
-fn main() {}
+//! `proxy`: the OpenAI-compatible gateway, in the foreground.
+//!
+//! Serves until SIGTERM or SIGINT, then stops accepting, drains in-flight
+//! requests for at most `server.graceful_timeout` and exits 0. Configuration
+//! errors exit 2 with the file, key and line. All the work is in the library
+//! (`warden::gateway`); this file only parses arguments and wires signals.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use warden::cli::HomeArgs;
+use warden::config::{Config, Overrides};
+
+/// The warden gateway: an OpenAI-compatible API in front of an upstream.
+///
+/// Examples:
+///   proxy                                  # serve on 127.0.0.1:8000, built-in offline upstream
+///   proxy --port 0                         # any free port (printed on stdout)
+///   proxy --upstream http://127.0.0.1:9000/v1
+#[derive(Parser, Debug)]
+#[command(name = "proxy", version = warden::VERSION, verbatim_doc_comment)]
+struct Args {
+    #[command(flatten)]
+    home: HomeArgs,
+    /// Address to listen on [env: WARDEN_HOST] [default: 127.0.0.1]
+    #[arg(long, value_name = "H")]
+    host: Option<String>,
+    /// Port to listen on; 0 picks a free one [env: WARDEN_PORT] [default: 8000]
+    #[arg(long, value_name = "P")]
+    port: Option<u16>,
+    /// Upstream base URL, or "mock" [env: WARDEN_UPSTREAM_URL] [default: mock]
+    #[arg(long, value_name = "URL")]
+    upstream: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let home = args.home.resolve_or_exit("proxy");
+    let overrides = Overrides {
+        host: args.host,
+        port: args.port,
+        upstream_url: args.upstream,
+    };
+    let config = match Config::load(&home, &overrides) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("proxy: configuration error: {e}");
+            eprintln!("proxy: fix the value (or run `doctor`) and start again");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("proxy: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(warden::server::serve_foreground(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

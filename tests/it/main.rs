@@ -1,1 +1,8 @@
+//! Integration tests: the real binaries over real loopback sockets, each test
+//! with its own temporary home and port 0, so they run in parallel.
+//! One test crate (with modules) keeps link time down.
+
+mod support;
+
 mod preflight;
+mod proxy;

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# End-to-end checks "as a new user would", outside the Rust test harness:
+#   1. the official openai Python SDK (v2) against the proxy on the built-in upstream;
+#   2. the same against a real OpenAI-compatible HTTP server (nginx with fixed answers);
+#   3. `promtool check metrics` on /metrics.
+# Installs what it needs (Debian's nginx-light and prometheus for promtool; openai from PyPI)
+# when missing. Everything listens on 127.0.0.1 only and is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v nginx >/dev/null || need_apt+=(nginx-light)
+command -v promtool >/dev/null || need_apt+=(prometheus)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "e2e: installing ${need_apt[*]}"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+python3 -c 'import openai, sys; sys.exit(0 if openai.__version__.startswith("2.") else 1)' 2>/dev/null \
+  || python3 -m pip install -q 'openai>=2,<3'
+
+cargo build --locked --bin proxy
+PROXY=target/debug/proxy
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+# Starts a proxy (own home, port 0) and sets $url; extra args are passed on.
+start_proxy() {
+  local home=$work/home-$1; shift
+  mkdir -p "$home"; : > "$home.out"
+  "$PROXY" --home "$home" --port 0 "$@" > "$home.out" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do
+    url=$(sed -n 's/^listening on //p' "$home.out" | head -1)
+    [ -n "$url" ] && return 0
+    sleep 0.1
+  done
+  echo "e2e: proxy did not start:"; cat "$home.out"; exit 1
+}
+
+echo "== openai SDK through the built-in upstream"
+start_proxy mock
+python3 tests/sdk/openai_sdk_check.py "$url" echo
+
+echo "== openai SDK through nginx (a real OpenAI-compatible HTTP server with fixed answers)"
+nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+sed "s/@PORT@/$nginx_port/g; s#@WORK@#$work#g" benches/nginx/fixed-upstream.conf > "$work/nginx.conf"
+nginx -c "$work/nginx.conf" -p "$work" -e "$work/nginx-error.log" &
+pids+=($!)
+for _ in $(seq 50); do curl -s "http://127.0.0.1:$nginx_port/json/v1/models" >/dev/null && break; sleep 0.1; done
+start_proxy nginx-json --upstream "http://127.0.0.1:$nginx_port/json/v1"
+json_url=$url
+start_proxy nginx-sse --upstream "http://127.0.0.1:$nginx_port/sse/v1"
+sse_url=$url
+python3 - "$json_url" "$sse_url" <<'PY'
+import subprocess, sys
+# Non-streaming calls go to the JSON location, streaming ones to the SSE one: run the
+# check against each proxy and accept the half that location can answer.
+import openai
+for base, stream in ((sys.argv[1], False), (sys.argv[2], True)):
+    c = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+    assert [m.id for m in c.models.list()] == ["nginx-model"]
+    if not stream:
+        r = c.chat.completions.create(model="nginx-model", messages=[{"role": "user", "content": "hi"}])
+        assert r.choices[0].message.content == "from nginx" and r.usage.total_tokens == 7, r
+    else:
+        text, usage = "", None
+        for ch in c.chat.completions.create(model="nginx-model", messages=[{"role": "user", "content": "hi"}],
+                                            stream=True, stream_options={"include_usage": True}):
+            usage = ch.usage or usage
+            text += "".join(x.delta.content or "" for x in ch.choices)
+        assert text == "from nginx" and usage.total_tokens == 7, (text, usage)
+print(f"openai {openai.__version__}: chat and streaming with usage through nginx OK")
+PY
+
+echo "== promtool check metrics"
+curl -sf "$json_url/metrics" | promtool check metrics
+echo "promtool: /metrics accepted"
+echo "e2e: all passed"

@@ -1,0 +1,91 @@
+//! Admission: who may use the API, and how many upstream calls may be in flight.
+//!
+//! The concurrency limit rejects at once with 429 and `Retry-After` instead of
+//! queueing: an unbounded queue is how a gateway's memory grows under a burst.
+//! The permit lives in a [`Slot`] that the response body owns, so a streamed
+//! answer holds its slot until the stream ends or the client goes away.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::Gateway;
+use crate::metrics::{Metrics, Rejection};
+use crate::openai::ApiError;
+
+/// 401 unless the request carries the configured bearer token (when one is set).
+pub async fn require_bearer(
+    State(gw): State<Arc<Gateway>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(expected) = &gw.auth_token {
+        let given = request
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes())) {
+            gw.metrics.rejected(Rejection::Auth);
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares without an early exit, so timing does not reveal the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// An upstream slot; releasing it (on drop) updates the in-flight figures.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Slot {
+    /// Takes a slot now or fails with 429; never waits.
+    pub fn try_take(gw: &Gateway) -> Result<Slot, ApiError> {
+        match gw.slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                gw.metrics.slot_taken();
+                Ok(Slot {
+                    _permit: permit,
+                    metrics: gw.metrics.clone(),
+                })
+            }
+            Err(_) => {
+                gw.metrics.rejected(Rejection::Concurrency);
+                Err(ApiError::overloaded(gw.config.server.max_concurrent))
+            }
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.metrics.slot_released();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn constant_time_eq_works() {
+        assert!(super::constant_time_eq(b"abc", b"abc"));
+        assert!(!super::constant_time_eq(b"abc", b"abd"));
+        assert!(!super::constant_time_eq(b"abc", b"ab"));
+    }
+}

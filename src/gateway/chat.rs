@@ -1,0 +1,115 @@
+//! `POST /v1/chat/completions` and `GET /v1/models`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+
+use super::Gateway;
+use super::admission::Slot;
+use super::observe::ExchangeInfo;
+use crate::metrics::Rejection;
+use crate::openai::{ApiError, ChatRequestView};
+use crate::upstream::{ChatCall, ExchangeStats, Reply, configured_models};
+
+pub async fn chat_completions(
+    State(gw): State<Arc<Gateway>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return body_rejection(&gw, rejection).into_response(),
+    };
+    let view = match ChatRequestView::parse(&body) {
+        Ok(view) => view,
+        Err(e) => return e.into_response(),
+    };
+    let model = view
+        .model
+        .clone()
+        .or_else(|| gw.config.upstream.models.first().cloned())
+        .unwrap_or_default();
+    let (stream, include_usage) = (view.stream, view.include_usage());
+    let slot = match Slot::try_take(&gw) {
+        Ok(slot) => slot,
+        Err(e) => return e.into_response(),
+    };
+    let stats = Arc::new(ExchangeStats::default());
+    let info = ExchangeInfo {
+        model: model.clone(),
+        stats: stats.clone(),
+    };
+    let call = ChatCall {
+        body,
+        model,
+        stream,
+        include_usage,
+        stats,
+    };
+    let mut response = match gw.upstream.chat(call).await {
+        Ok(Reply::Complete(json)) => {
+            drop(slot);
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                json,
+            )
+                .into_response()
+        }
+        Ok(Reply::Stream(frames)) => {
+            // The body owns the slot: it is released when the stream ends or the
+            // client disconnects (dropping the body cancels the upstream call).
+            let frames = frames.map(move |frame| {
+                let _slot = &slot;
+                Ok::<_, Infallible>(frame)
+            });
+            sse_response(Body::from_stream(frames))
+        }
+        Err(e) => e.into_response(),
+    };
+    response.extensions_mut().insert(info);
+    response
+}
+
+fn sse_response(body: Body) -> Response {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+fn body_rejection(gw: &Gateway, rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        gw.metrics.rejected(Rejection::BodyTooLarge);
+        ApiError::payload_too_large(gw.config.server.max_body_bytes)
+    } else {
+        ApiError::bad_request(format!("cannot read the request body: {rejection}"))
+    }
+}
+
+pub async fn models(State(gw): State<Arc<Gateway>>) -> Response {
+    let json = match gw.upstream.models().await {
+        Some(body) => body,
+        None => Bytes::from(configured_models(&gw.config).to_string()),
+    };
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        json,
+    )
+        .into_response()
+}

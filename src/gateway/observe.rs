@@ -1,0 +1,131 @@
+//! The observing layer: metrics and one access-log line per request.
+//!
+//! A request is only over when its response body is: for a stream that is the
+//! last frame, or the moment the client went away. So the layer wraps the body
+//! and records in the wrapper's `Drop`, which runs in both cases.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use http_body::{Frame, SizeHint};
+
+use super::Gateway;
+use crate::metrics::route_label;
+use crate::upstream::ExchangeStats;
+
+/// What a chat handler tells the layer about its exchange.
+#[derive(Clone)]
+pub struct ExchangeInfo {
+    pub model: String,
+    pub stats: Arc<ExchangeStats>,
+}
+
+pub async fn observe(State(gw): State<Arc<Gateway>>, request: Request, next: Next) -> Response {
+    let route = route_label(request.uri().path());
+    let api = route.starts_with("/v1/");
+    if api {
+        gw.metrics.request_started();
+    }
+    let started = Instant::now();
+    let mut response = next.run(request).await;
+    let status = response.status().as_u16();
+    let exchange = response.extensions_mut().remove::<ExchangeInfo>();
+    response.map(|inner| {
+        Body::new(ObservedBody {
+            inner,
+            finished: false,
+            record: Some(Record {
+                gw,
+                route,
+                api,
+                status,
+                started,
+                exchange,
+            }),
+        })
+    })
+}
+
+struct Record {
+    gw: Arc<Gateway>,
+    route: &'static str,
+    api: bool,
+    status: u16,
+    started: Instant,
+    exchange: Option<ExchangeInfo>,
+}
+
+impl Record {
+    fn finish(self, completed: bool) {
+        let elapsed = self.started.elapsed();
+        // 499 (nginx's "client closed request") for answers the client abandoned.
+        let status = if completed { self.status } else { 499 };
+        let metrics = &self.gw.metrics;
+        metrics.request_finished(self.route, status, elapsed, self.api);
+        let duration_ms = elapsed.as_secs_f64() * 1000.0;
+        match &self.exchange {
+            Some(x) => {
+                let usage = x.stats.usage();
+                metrics.model_usage(&x.model, usage.prompt_tokens, usage.completion_tokens);
+                metrics.exchange_timing(elapsed, x.stats.upstream_time());
+                tracing::info!(
+                    route = self.route,
+                    status,
+                    duration_ms,
+                    model = %x.model,
+                    prompt_tokens = usage.prompt_tokens,
+                    completion_tokens = usage.completion_tokens,
+                    "request"
+                );
+            }
+            None if self.api || status >= 400 => {
+                tracing::info!(route = self.route, status, duration_ms, "request");
+            }
+            None => tracing::debug!(route = self.route, status, duration_ms, "request"),
+        }
+    }
+}
+
+struct ObservedBody {
+    inner: Body,
+    finished: bool,
+    record: Option<Record>,
+}
+
+impl http_body::Body for ObservedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.finished = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        if let Some(record) = self.record.take() {
+            record.finish(self.finished || http_body::Body::is_end_stream(&self.inner));
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! Operational endpoints: `/health`, `/health/live`, `/health/ready`, `/metrics`.
+//! None of them requires the bearer token (probes and scrapers have none), and
+//! none of them shows a secret.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::Gateway;
+use crate::health::{
+    HealthReport, HealthStatus, MemoryInfo, RequestCounts, UpstreamInfo, now_rfc3339, rss_bytes,
+};
+
+pub fn report(gw: &Gateway) -> HealthReport {
+    let s = &gw.metrics.stats;
+    let (success, error) = (
+        s.success.load(Ordering::Relaxed),
+        s.error.load(Ordering::Relaxed),
+    );
+    let last_ms = s.last_request_ms.load(Ordering::Relaxed);
+    let last_request_at = (last_ms > 0).then(|| {
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_millis(last_ms);
+        humantime::format_rfc3339_seconds(when).to_string()
+    });
+    let prompts = BTreeMap::new();
+    let ready = gw.is_ready();
+    HealthReport {
+        status: HealthReport::derive_status(ready, &prompts),
+        version: crate::VERSION.to_string(),
+        pid: std::process::id(),
+        uptime_secs: (gw.metrics.uptime().as_secs_f64() * 1000.0).round() / 1000.0,
+        timestamp: now_rfc3339(),
+        ready,
+        upstream: UpstreamInfo {
+            url: gw.config.upstream.url.clone(),
+            api: gw.config.upstream.api.as_str().to_string(),
+        },
+        requests: RequestCounts {
+            total: s.total.load(Ordering::Relaxed),
+            success,
+            error,
+            success_rate: if success + error == 0 {
+                1.0
+            } else {
+                success as f64 / (success + error) as f64
+            },
+            in_flight: s.in_flight.load(Ordering::Relaxed),
+            rejected: s.rejected.load(Ordering::Relaxed),
+            last_request_at,
+        },
+        prompts,
+        memory: MemoryInfo {
+            rss_bytes: rss_bytes().unwrap_or(0),
+        },
+    }
+}
+
+pub async fn health(State(gw): State<Arc<Gateway>>) -> Response {
+    let report = report(&gw);
+    let code = if report.status == HealthStatus::Fail {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, Json(report)).into_response()
+}
+
+pub async fn live() -> Response {
+    Json(json!({"status": "pass"})).into_response()
+}
+
+pub async fn ready(State(gw): State<Arc<Gateway>>) -> Response {
+    if gw.is_ready() {
+        Json(json!({"status": "pass"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "fail", "reason": "starting or draining"})),
+        )
+            .into_response()
+    }
+}
+
+/// Prometheus text by default; OpenMetrics when the scraper asks for it (as
+/// Prometheus does); JSON with `?format=json`.
+pub async fn metrics(
+    State(gw): State<Arc<Gateway>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if query.get("format").map(String::as_str) == Some("json") {
+        return Json(gw.metrics.render_json()).into_response();
+    }
+    let wants_openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/openmetrics-text"));
+    let (content_type, body) = if wants_openmetrics {
+        (
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            gw.metrics.render_text(),
+        )
+    } else {
+        (
+            "text/plain; version=0.0.4; charset=utf-8",
+            gw.metrics.render_prometheus_text(),
+        )
+    };
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body,
+    )
+        .into_response()
+}

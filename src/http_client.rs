@@ -1,0 +1,31 @@
+//! The one place outgoing HTTP clients are configured.
+//!
+//! reqwest is built with `rustls-no-provider`, so a rustls crypto provider must be
+//! installed before the first client is built; [`client_builder`] does that, so
+//! every module that talks HTTP (prompt fetches, the proxy's upstream calls, health
+//! probes) starts from the same, correctly initialised builder.
+
+/// Installs ring as the process-wide rustls crypto provider (idempotent).
+pub fn ensure_crypto_provider() {
+    // Err only means a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A client builder with the crypto provider installed, `TCP_NODELAY` on and a
+/// `warden/X.Y.Z` user agent. Callers add their own timeouts.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    ensure_crypto_provider();
+    reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .user_agent(concat!("warden/", env!("CARGO_PKG_VERSION")))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn builds_twice() {
+        super::client_builder().build().unwrap();
+        super::client_builder().build().unwrap();
+    }
+}

@@ -1,0 +1,524 @@
+//! Prometheus metrics and the request counters `/health` reports.
+//!
+//! Everything is recorded with atomics (prometheus-client's counters and gauges;
+//! its histograms take a short per-histogram lock), so the hot path never waits on
+//! a global lock. `/metrics` renders the registry as Prometheus text;
+//! `/metrics?format=json` converts that same text to JSON, so the two can never
+//! disagree.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use serde_json::{Map, Value, json};
+
+/// The routes the gateway labels metrics with; anything else is `other`, which
+/// keeps label cardinality bounded whatever clients send.
+pub fn route_label(path: &str) -> &'static str {
+    match path {
+        "/v1/chat/completions" => "/v1/chat/completions",
+        "/v1/models" => "/v1/models",
+        "/v1/responses" => "/v1/responses",
+        "/health" => "/health",
+        "/health/live" => "/health/live",
+        "/health/ready" => "/health/ready",
+        "/metrics" => "/metrics",
+        _ => "other",
+    }
+}
+
+/// At most this many distinct model names get their own label; the rest are `other`.
+const MAX_MODEL_LABELS: usize = 64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteStatus {
+    route: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabel {
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelTokenLabel {
+    model: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PromptLabel {
+    prompt: String,
+}
+
+/// Why a request was turned away before reaching the upstream.
+#[derive(Clone, Copy, Debug)]
+pub enum Rejection {
+    Concurrency,
+    Auth,
+    BodyTooLarge,
+}
+
+impl Rejection {
+    fn label(self) -> &'static str {
+        match self {
+            Rejection::Concurrency => "concurrency",
+            Rejection::Auth => "auth",
+            Rejection::BodyTooLarge => "body_too_large",
+        }
+    }
+}
+
+/// Latency buckets from 50 µs to 10 min: fine enough to see gateway overhead,
+/// wide enough for slow model answers.
+const LATENCY_BUCKETS: [f64; 20] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0, 120.0, 600.0,
+];
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    LATENCY_BUCKETS.into_iter()
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(latency_buckets())
+}
+
+/// Request counters for `/health` (cheap atomics, read without locks).
+#[derive(Default)]
+pub struct RequestStats {
+    pub total: AtomicU64,
+    pub success: AtomicU64,
+    pub error: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub rejected: AtomicU64,
+    /// Unix time in milliseconds of the last API request, 0 for none.
+    pub last_request_ms: AtomicU64,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    started: Instant,
+    pub stats: RequestStats,
+    requests: Family<RouteStatus, Counter>,
+    duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    upstream_duration: Histogram,
+    overhead: Histogram,
+    in_flight: Gauge,
+    rejected: Family<ReasonLabel, Counter>,
+    model_requests: Family<ModelLabel, Counter>,
+    /// Distinct model labels handed out (bounded by MAX_MODEL_LABELS).
+    model_labels: std::sync::atomic::AtomicUsize,
+    model_tokens: Family<ModelTokenLabel, Counter>,
+    upstream_attempts: Family<OutcomeLabel, Counter>,
+    uptime: Gauge<f64, std::sync::atomic::AtomicU64>,
+    rss: Gauge,
+    prompt_age: Family<PromptLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    prompt_fetch_attempts: Family<PromptLabel, Gauge>,
+    prompt_fetch_failures: Family<PromptLabel, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("warden");
+        let m = Metrics {
+            registry: Registry::default(),
+            started: Instant::now(),
+            stats: RequestStats::default(),
+            requests: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            upstream_duration: latency_histogram(),
+            overhead: latency_histogram(),
+            in_flight: Gauge::default(),
+            rejected: Family::default(),
+            model_requests: Family::default(),
+            model_labels: Default::default(),
+            model_tokens: Family::default(),
+            upstream_attempts: Family::default(),
+            uptime: Gauge::default(),
+            rss: Gauge::default(),
+            prompt_age: Family::default(),
+            prompt_fetch_attempts: Family::default(),
+            prompt_fetch_failures: Family::default(),
+        };
+        let build_info: Family<Vec<(String, String)>, Gauge> = Family::default();
+        build_info
+            .get_or_create(&vec![("version".into(), crate::VERSION.into())])
+            .set(1);
+        registry.register(
+            "build_info",
+            "Version of the running warden proxy",
+            build_info,
+        );
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route and status",
+            m.requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request received to response body finished, by route",
+            m.duration.clone(),
+        );
+        registry.register(
+            "upstream_request_duration_seconds",
+            "Time spent waiting on the upstream, per request (all attempts)",
+            m.upstream_duration.clone(),
+        );
+        registry.register(
+            "gateway_overhead_seconds",
+            "Time the gateway itself added to a request (total minus upstream time)",
+            m.overhead.clone(),
+        );
+        registry.register(
+            "http_requests_in_flight",
+            "Chat requests currently holding an upstream slot",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "http_requests_rejected",
+            "Requests refused before reaching the upstream, by reason",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "model_requests",
+            "Chat requests by model",
+            m.model_requests.clone(),
+        );
+        registry.register(
+            "model_tokens",
+            "Tokens reported by the upstream, by model and kind (prompt, completion)",
+            m.model_tokens.clone(),
+        );
+        registry.register(
+            "upstream_attempts",
+            "Upstream call attempts by outcome (ok, retried, failed)",
+            m.upstream_attempts.clone(),
+        );
+        registry.register(
+            "uptime_seconds",
+            "Seconds since the proxy started",
+            m.uptime.clone(),
+        );
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident set size of the proxy process",
+            m.rss.clone(),
+        );
+        registry.register(
+            "prompt_cache_age_seconds",
+            "Age of the prompt text being served, by prompt",
+            m.prompt_age.clone(),
+        );
+        registry.register(
+            "prompt_fetch_attempts",
+            "Prompt fetch attempts since start, by prompt",
+            m.prompt_fetch_attempts.clone(),
+        );
+        registry.register(
+            "prompt_fetch_failures",
+            "Failed prompt fetch attempts since start, by prompt",
+            m.prompt_fetch_failures.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// A request entered an API route.
+    pub fn request_started(&self) {
+        self.stats.total.fetch_add(1, Ordering::Relaxed);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.stats.last_request_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// A response finished (or the client went away), for any route.
+    pub fn request_finished(&self, route: &'static str, status: u16, elapsed: Duration, api: bool) {
+        self.requests
+            .get_or_create(&RouteStatus { route, status })
+            .inc();
+        self.duration
+            .get_or_create(&RouteLabel { route })
+            .observe(elapsed.as_secs_f64());
+        if api {
+            let counter = if status < 400 {
+                &self.stats.success
+            } else {
+                &self.stats.error
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn slot_taken(&self) {
+        self.in_flight.inc();
+        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn slot_released(&self) {
+        self.in_flight.dec();
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn rejected(&self, why: Rejection) {
+        if matches!(why, Rejection::Concurrency) {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        }
+        self.rejected
+            .get_or_create(&ReasonLabel {
+                reason: why.label(),
+            })
+            .inc();
+    }
+
+    pub fn upstream_attempt(&self, outcome: &'static str) {
+        self.upstream_attempts
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// Records one exchange's upstream time and the overhead the gateway added.
+    pub fn exchange_timing(&self, total: Duration, upstream: Duration) {
+        self.upstream_duration.observe(upstream.as_secs_f64());
+        self.overhead
+            .observe(total.saturating_sub(upstream).as_secs_f64());
+    }
+
+    pub fn model_usage(&self, model: &str, prompt_tokens: u64, completion_tokens: u64) {
+        let label = |model: &str| ModelLabel {
+            model: model.to_string(),
+        };
+        let known = self.model_requests.get(&label(model)).is_some();
+        let model = if known || self.model_labels.fetch_add(1, Ordering::Relaxed) < MAX_MODEL_LABELS
+        {
+            model
+        } else {
+            "other"
+        };
+        self.model_requests.get_or_create(&label(model)).inc();
+        for (kind, n) in [("prompt", prompt_tokens), ("completion", completion_tokens)] {
+            if n > 0 {
+                self.model_tokens
+                    .get_or_create(&ModelTokenLabel {
+                        model: model.to_string(),
+                        kind,
+                    })
+                    .inc_by(n);
+            }
+        }
+    }
+
+    /// Sets the scrape-time gauges for one prompt.
+    pub fn prompt_state(&self, name: &str, age_secs: Option<f64>, attempts: u64, failures: u64) {
+        let label = PromptLabel {
+            prompt: name.to_string(),
+        };
+        self.prompt_age
+            .get_or_create(&label)
+            .set(age_secs.unwrap_or(0.0));
+        self.prompt_fetch_attempts
+            .get_or_create(&label)
+            .set(attempts as i64);
+        self.prompt_fetch_failures
+            .get_or_create(&label)
+            .set(failures as i64);
+    }
+
+    /// Prometheus text exposition (OpenMetrics-compatible text format).
+    pub fn render_text(&self) -> String {
+        self.uptime.set(self.uptime().as_secs_f64());
+        self.rss.set(crate::health::rss_bytes().unwrap_or(0) as i64);
+        let mut out = String::with_capacity(8 * 1024);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// The classic Prometheus text format (0.0.4), for scrapers and tools that do
+    /// not ask for OpenMetrics (`curl`, `promtool check metrics`): counter families
+    /// are named with their `_total` suffix and there is no `# EOF` line.
+    pub fn render_prometheus_text(&self) -> String {
+        openmetrics_to_prometheus(&self.render_text())
+    }
+
+    /// The same figures as [`Metrics::render_text`], as JSON.
+    pub fn render_json(&self) -> Value {
+        exposition_to_json(&self.render_text())
+    }
+}
+
+/// Rewrites OpenMetrics text as Prometheus 0.0.4 text (see
+/// [`Metrics::render_prometheus_text`]).
+pub fn openmetrics_to_prometheus(text: &str) -> String {
+    let counters: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "].into_iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(meta.as_deref().unwrap_or(line).trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Converts Prometheus text exposition to
+/// `{"metrics": {name: {"type","help","samples":[{"name","labels","value"}]}}}`.
+pub fn exposition_to_json(text: &str) -> Value {
+    fn family<'a>(families: &'a mut Map<String, Value>, name: &str) -> &'a mut Map<String, Value> {
+        families
+            .entry(name.to_string())
+            .or_insert_with(|| json!({"type": null, "help": null, "samples": []}))
+            .as_object_mut()
+            .expect("families are objects")
+    }
+    let mut families: Map<String, Value> = Map::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let (kind, name, value) = (parts.next(), parts.next(), parts.next());
+            if let (Some(kind @ ("HELP" | "TYPE")), Some(name)) = (kind, name) {
+                current = name.to_string();
+                let fam = family(&mut families, name);
+                fam.insert(kind.to_lowercase(), json!(value.unwrap_or("")));
+            }
+            continue;
+        }
+        if line.is_empty() {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => (name, parse_labels(rest.trim_end_matches('}'))),
+            None => (series, Map::new()),
+        };
+        let value: Value = value
+            .parse::<f64>()
+            .ok()
+            .and_then(|v| serde_json::Number::from_f64(v).map(Value::Number))
+            .unwrap_or_else(|| json!(value));
+        let owner = if name.starts_with(current.as_str()) {
+            current.clone()
+        } else {
+            name.to_string()
+        };
+        let fam = family(&mut families, &owner);
+        if let Some(Value::Array(samples)) = fam.get_mut("samples") {
+            samples.push(json!({"name": name, "labels": labels, "value": value}));
+        }
+    }
+    json!({ "metrics": families })
+}
+
+fn parse_labels(text: &str) -> Map<String, Value> {
+    let mut labels = Map::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
+        let key = key.trim_start_matches(',').trim().to_string();
+        if key.is_empty() || chars.next() != Some('"') {
+            break;
+        }
+        let mut value = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some('n') => value.push('\n'),
+                    Some(other) => value.push(other),
+                    None => break,
+                },
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        labels.insert(key, json!(value));
+    }
+    labels
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_has_the_same_figures_as_text() {
+        let m = Metrics::new();
+        m.request_finished("/v1/models", 200, Duration::from_millis(3), true);
+        m.request_finished("/v1/models", 200, Duration::from_millis(3), true);
+        m.model_usage("gpt-5", 7, 3);
+        let text = m.render_text();
+        assert!(
+            text.contains("warden_http_requests_total{route=\"/v1/models\",status=\"200\"} 2"),
+            "{text}"
+        );
+        let classic = openmetrics_to_prometheus(&text);
+        assert!(
+            classic.contains("# TYPE warden_http_requests_total counter\n"),
+            "{classic}"
+        );
+        assert!(!classic.contains("# EOF"));
+        let json = exposition_to_json(&text);
+        let samples = &json["metrics"]["warden_http_requests"]["samples"];
+        assert_eq!(samples[0]["value"], json!(2.0));
+        assert_eq!(samples[0]["labels"]["route"], json!("/v1/models"));
+        let tokens = &json["metrics"]["warden_model_tokens"]["samples"];
+        assert_eq!(tokens.as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn model_labels_are_bounded() {
+        let m = Metrics::new();
+        for i in 0..200 {
+            m.model_usage(&format!("model-{i}"), 1, 1);
+        }
+        let text = m.render_text();
+        assert_eq!(
+            text.matches("warden_model_requests_total{").count(),
+            MAX_MODEL_LABELS + 1
+        );
+    }
+}

@@ -1,0 +1,1237 @@
+//! Chat Completions ⇄ Responses API translation (pure, no I/O).
+//!
+//! With `upstream.api = "responses"` clients keep speaking Chat Completions while
+//! the upstream receives Responses API requests, the way ChatMock fronts Codex:
+//! [`chat_to_responses`] builds the request, [`responses_to_chat`] turns a
+//! non-streaming answer back, and [`StreamTranslator`] turns the upstream's SSE
+//! events into Chat Completions chunks one event at a time.
+//!
+//! Chat fields without a Responses equivalent that clients commonly send anyway
+//! (`stop`, `logprobs`, `presence_penalty`, `frequency_penalty`, `seed`, ...)
+//! are dropped; fields whose loss would change the answer's shape (`n` > 1) are
+//! refused with a message naming the field.
+
+use serde_json::{Map, Value, json};
+
+use crate::config;
+
+/// Switches that change the translated request.
+#[derive(Clone, Debug, Default)]
+pub struct TranslateOptions {
+    /// Adds a `{"type":"web_search"}` tool (SPEC `features.enable_web_search`).
+    pub enable_web_search: bool,
+}
+
+/// Reasoning efforts accepted as a model-name suffix, e.g. `gpt-5-high`.
+pub const REASONING_EFFORTS: [&str; 4] = ["minimal", "low", "medium", "high"];
+
+/// Splits a `-minimal/-low/-medium/-high` suffix off a model name:
+/// `"gpt-5-codex-high"` → `("gpt-5-codex", Some("high"))`.
+pub fn split_reasoning_suffix(model: &str) -> (&str, Option<&'static str>) {
+    for effort in REASONING_EFFORTS {
+        if let Some(base) = model
+            .strip_suffix(effort)
+            .and_then(|m| m.strip_suffix('-'))
+            .filter(|base| !base.is_empty())
+        {
+            return (base, Some(effort));
+        }
+    }
+    (model, None)
+}
+
+/// The prompt (by name, see [`config::BASE_PROMPT`]) a model receives as
+/// `instructions`: the codex prompt for `*codex*` models, the base prompt otherwise.
+pub fn instructions_for(model: &str) -> &'static str {
+    if model.to_ascii_lowercase().contains("codex") {
+        config::CODEX_PROMPT
+    } else {
+        config::BASE_PROMPT
+    }
+}
+
+/// Translates a Chat Completions request body into a Responses API request.
+///
+/// `Err` is a client error (HTTP 400) naming the offending field, e.g.
+/// `messages[2].tool_call_id: missing (required for role "tool")`.
+pub fn chat_to_responses(
+    chat: &Value,
+    instructions: &str,
+    opts: &TranslateOptions,
+) -> Result<Value, String> {
+    let chat = chat
+        .as_object()
+        .ok_or("the request body must be a JSON object")?;
+    let model = chat
+        .get("model")
+        .ok_or("model: missing")?
+        .as_str()
+        .ok_or("model: must be a string")?;
+    let (model, suffix_effort) = split_reasoning_suffix(model);
+
+    let mut out = Map::new();
+    out.insert("model".into(), json!(model));
+    if !instructions.is_empty() {
+        out.insert("instructions".into(), json!(instructions));
+    }
+    out.insert("input".into(), Value::Array(translate_messages(chat)?));
+
+    let mut tools = match chat.get("tools") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(tools)) => tools
+            .iter()
+            .enumerate()
+            .map(|(i, t)| translate_tool(t, i))
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err("tools: must be an array".into()),
+    };
+    if opts.enable_web_search
+        && !tools.iter().any(|t| {
+            t["type"]
+                .as_str()
+                .is_some_and(|ty| ty.starts_with("web_search"))
+        })
+    {
+        tools.push(json!({"type": "web_search"}));
+    }
+    if !tools.is_empty() {
+        out.insert("tools".into(), Value::Array(tools));
+    }
+    if let Some(choice) = chat.get("tool_choice").filter(|v| !v.is_null()) {
+        out.insert("tool_choice".into(), translate_tool_choice(choice)?);
+    }
+    if let Some(v) = chat.get("parallel_tool_calls").filter(|v| !v.is_null()) {
+        if !v.is_boolean() {
+            return Err("parallel_tool_calls: must be a boolean".into());
+        }
+        out.insert("parallel_tool_calls".into(), v.clone());
+    }
+
+    // `max_completion_tokens` supersedes the deprecated `max_tokens`.
+    for key in ["max_completion_tokens", "max_tokens"] {
+        if let Some(v) = chat.get(key).filter(|v| !v.is_null()) {
+            if v.as_u64().is_none() {
+                return Err(format!("{key}: must be a non-negative integer"));
+            }
+            out.insert("max_output_tokens".into(), v.clone());
+            break;
+        }
+    }
+    for key in ["temperature", "top_p"] {
+        if let Some(v) = chat.get(key).filter(|v| !v.is_null()) {
+            if !v.is_number() {
+                return Err(format!("{key}: must be a number"));
+            }
+            out.insert(key.into(), v.clone());
+        }
+    }
+    if chat
+        .get("n")
+        .is_some_and(|n| !n.is_null() && n.as_u64() != Some(1))
+    {
+        return Err("n: only 1 choice is supported by a Responses API upstream".into());
+    }
+
+    // Reasoning: an explicit `reasoning_effort` (or `reasoning` object) wins over
+    // the model-name suffix.
+    let mut reasoning = match chat.get("reasoning") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(r)) => r.clone(),
+        Some(_) => return Err("reasoning: must be an object".into()),
+    };
+    if let Some(v) = chat.get("reasoning_effort").filter(|v| !v.is_null()) {
+        let effort = v.as_str().ok_or("reasoning_effort: must be a string")?;
+        reasoning.insert("effort".into(), json!(effort));
+    }
+    if let Some(effort) = suffix_effort {
+        reasoning.entry("effort").or_insert(json!(effort));
+    }
+    if !reasoning.is_empty() {
+        out.insert("reasoning".into(), Value::Object(reasoning));
+    }
+
+    if let Some(format) = chat.get("response_format").filter(|v| !v.is_null()) {
+        out.insert(
+            "text".into(),
+            json!({"format": translate_response_format(format)?}),
+        );
+    }
+    if let Some(v) = chat.get("stream").filter(|v| !v.is_null()) {
+        if !v.is_boolean() {
+            return Err("stream: must be a boolean".into());
+        }
+        out.insert("stream".into(), v.clone());
+    }
+    for key in ["user", "metadata", "service_tier"] {
+        if let Some(v) = chat.get(key).filter(|v| !v.is_null()) {
+            out.insert(key.into(), v.clone());
+        }
+    }
+    out.insert("store".into(), json!(false));
+    Ok(Value::Object(out))
+}
+
+fn translate_messages(chat: &Map<String, Value>) -> Result<Vec<Value>, String> {
+    let messages = chat
+        .get("messages")
+        .ok_or("messages: missing")?
+        .as_array()
+        .ok_or("messages: must be an array")?;
+    let mut input = Vec::with_capacity(messages.len());
+    for (i, msg) in messages.iter().enumerate() {
+        let at = |field: &str| format!("messages[{i}]{field}");
+        let msg = msg
+            .as_object()
+            .ok_or_else(|| format!("{}: must be an object", at("")))?;
+        let role = msg
+            .get("role")
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("{}: missing or not a string", at(".role")))?;
+        let content = msg.get("content").unwrap_or(&Value::Null);
+        match role {
+            "system" | "developer" => {
+                let parts = text_parts(content, "input_text", &at(".content"))?;
+                input.push(json!({"type": "message", "role": "developer", "content": parts}));
+            }
+            "user" => {
+                let parts = user_parts(content, &at(".content"))?;
+                input.push(json!({"type": "message", "role": "user", "content": parts}));
+            }
+            "assistant" => {
+                let parts = text_parts(content, "output_text", &at(".content"))?;
+                if !parts.is_empty() {
+                    input.push(json!({"type": "message", "role": "assistant", "content": parts}));
+                }
+                match msg.get("tool_calls") {
+                    None | Some(Value::Null) => {}
+                    Some(Value::Array(calls)) => {
+                        for (j, call) in calls.iter().enumerate() {
+                            input.push(translate_tool_call(
+                                call,
+                                &at(&format!(".tool_calls[{j}]")),
+                            )?);
+                        }
+                    }
+                    Some(_) => return Err(format!("{}: must be an array", at(".tool_calls"))),
+                }
+            }
+            "tool" => {
+                let call_id = msg
+                    .get("tool_call_id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        format!(
+                            "{}: missing or not a string (required for role \"tool\")",
+                            at(".tool_call_id")
+                        )
+                    })?;
+                let output = plain_text(content, &at(".content"))?;
+                input.push(
+                    json!({"type": "function_call_output", "call_id": call_id, "output": output}),
+                );
+            }
+            "function" => {
+                return Err(format!(
+                    "{}: \"function\" is the deprecated form; send tool results with role \"tool\"",
+                    at(".role")
+                ));
+            }
+            other => return Err(format!("{}: unknown role {other:?}", at(".role"))),
+        }
+    }
+    Ok(input)
+}
+
+/// Text-only content (string or array of `text` parts) as `kind` parts.
+fn text_parts(content: &Value, kind: &str, at: &str) -> Result<Vec<Value>, String> {
+    match content {
+        Value::Null => Ok(Vec::new()),
+        Value::String(s) if s.is_empty() => Ok(Vec::new()),
+        Value::String(s) => Ok(vec![json!({"type": kind, "text": s})]),
+        Value::Array(parts) => parts
+            .iter()
+            .enumerate()
+            .map(|(j, part)| {
+                let at = format!("{at}[{j}]");
+                match part_type(part, &at)? {
+                    "text" => Ok(json!({"type": kind, "text": part_text(part, &at)?})),
+                    "refusal" if kind == "output_text" => {
+                        let refusal = part["refusal"]
+                            .as_str()
+                            .ok_or_else(|| format!("{at}.refusal: missing or not a string"))?;
+                        Ok(json!({"type": "refusal", "refusal": refusal}))
+                    }
+                    other => Err(format!(
+                        "{at}.type: {other:?} is not allowed here (only \"text\")"
+                    )),
+                }
+            })
+            .collect(),
+        _ => Err(format!("{at}: must be a string, an array of parts or null")),
+    }
+}
+
+/// User content: text and image parts.
+fn user_parts(content: &Value, at: &str) -> Result<Vec<Value>, String> {
+    let Value::Array(parts) = content else {
+        return text_parts(content, "input_text", at);
+    };
+    parts
+        .iter()
+        .enumerate()
+        .map(|(j, part)| {
+            let at = format!("{at}[{j}]");
+            match part_type(part, &at)? {
+                "text" => Ok(json!({"type": "input_text", "text": part_text(part, &at)?})),
+                "image_url" => {
+                    let (url, detail) = match &part["image_url"] {
+                        Value::String(url) => (url.as_str(), None),
+                        Value::Object(img) => (
+                            img.get("url").and_then(Value::as_str).ok_or_else(|| {
+                                format!("{at}.image_url.url: missing or not a string")
+                            })?,
+                            img.get("detail").and_then(Value::as_str),
+                        ),
+                        _ => return Err(format!("{at}.image_url: missing or not an object")),
+                    };
+                    let mut item = json!({"type": "input_image", "image_url": url});
+                    if let Some(detail) = detail {
+                        item["detail"] = json!(detail);
+                    }
+                    Ok(item)
+                }
+                other => Err(format!(
+                    "{at}.type: {other:?} is not supported (use \"text\" or \"image_url\")"
+                )),
+            }
+        })
+        .collect()
+}
+
+fn part_type<'a>(part: &'a Value, at: &str) -> Result<&'a str, String> {
+    part.get("type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("{at}.type: missing or not a string"))
+}
+
+fn part_text<'a>(part: &'a Value, at: &str) -> Result<&'a str, String> {
+    part.get("text")
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("{at}.text: missing or not a string"))
+}
+
+/// A tool result's content as one string (text parts are concatenated).
+fn plain_text(content: &Value, at: &str) -> Result<String, String> {
+    match content {
+        Value::Null => Ok(String::new()),
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(parts) => {
+            let mut text = String::new();
+            for (j, part) in parts.iter().enumerate() {
+                let at = format!("{at}[{j}]");
+                match part_type(part, &at)? {
+                    "text" => text.push_str(part_text(part, &at)?),
+                    other => return Err(format!("{at}.type: {other:?} is not allowed here")),
+                }
+            }
+            Ok(text)
+        }
+        _ => Err(format!("{at}: must be a string, an array of parts or null")),
+    }
+}
+
+fn translate_tool_call(call: &Value, at: &str) -> Result<Value, String> {
+    let id = call
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("{at}.id: missing or not a string"))?;
+    let function = call
+        .get("function")
+        .filter(|f| f.is_object())
+        .ok_or_else(|| format!("{at}.function: missing or not an object"))?;
+    let name = function
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("{at}.function.name: missing or not a string"))?;
+    let arguments = match function.get("arguments") {
+        None | Some(Value::Null) => "{}".to_string(),
+        Some(Value::String(s)) => s.clone(),
+        // Some clients send the arguments as an object; the wire form is a string.
+        Some(other) => other.to_string(),
+    };
+    Ok(json!({"type": "function_call", "call_id": id, "name": name, "arguments": arguments}))
+}
+
+fn translate_tool(tool: &Value, i: usize) -> Result<Value, String> {
+    let at = format!("tools[{i}]");
+    let ty = part_type(tool, &at)?;
+    if ty != "function" {
+        // Responses-native tools (web_search, file_search, ...) pass through unchanged.
+        return Ok(tool.clone());
+    }
+    let f = tool
+        .get("function")
+        .and_then(Value::as_object)
+        .ok_or_else(|| format!("{at}.function: missing or not an object"))?;
+    let name = f
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("{at}.function.name: missing or not a string"))?;
+    let mut out = json!({"type": "function", "name": name});
+    for key in ["description", "parameters", "strict"] {
+        if let Some(v) = f.get(key).filter(|v| !v.is_null()) {
+            out[key] = v.clone();
+        }
+    }
+    Ok(out)
+}
+
+fn translate_tool_choice(choice: &Value) -> Result<Value, String> {
+    match choice {
+        Value::String(s) if matches!(s.as_str(), "auto" | "none" | "required") => {
+            Ok(choice.clone())
+        }
+        Value::String(s) => Err(format!(
+            "tool_choice: {s:?} must be \"auto\", \"none\", \"required\" or an object"
+        )),
+        Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("function") => {
+            let name = o
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .or_else(|| o.get("name"))
+                .and_then(Value::as_str)
+                .ok_or("tool_choice.function.name: missing or not a string")?;
+            Ok(json!({"type": "function", "name": name}))
+        }
+        Value::Object(_) => Ok(choice.clone()),
+        _ => Err("tool_choice: must be a string or an object".into()),
+    }
+}
+
+fn translate_response_format(format: &Value) -> Result<Value, String> {
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(json!({"type": "text"})),
+        Some("json_object") => Ok(json!({"type": "json_object"})),
+        Some("json_schema") => {
+            let schema = format
+                .get("json_schema")
+                .and_then(Value::as_object)
+                .ok_or("response_format.json_schema: missing or not an object")?;
+            let mut out = Map::new();
+            out.insert("type".into(), json!("json_schema"));
+            for (key, value) in schema {
+                out.insert(key.clone(), value.clone());
+            }
+            Ok(Value::Object(out))
+        }
+        Some(other) => Err(format!("response_format.type: unknown type {other:?}")),
+        None => Err("response_format.type: missing or not a string".into()),
+    }
+}
+
+/// A Chat Completions id for a Responses id (`resp_abc` → `chatcmpl-abc`).
+pub fn chat_id(response_id: &str) -> String {
+    format!(
+        "chatcmpl-{}",
+        response_id.strip_prefix("resp_").unwrap_or(response_id)
+    )
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Chat `usage` from a Responses `usage` object.
+fn chat_usage(usage: &Value) -> Option<Value> {
+    let input = usage.get("input_tokens")?.as_u64()?;
+    let output = usage.get("output_tokens")?.as_u64()?;
+    let total = usage
+        .get("total_tokens")
+        .and_then(Value::as_u64)
+        .unwrap_or(input + output);
+    let mut out =
+        json!({"prompt_tokens": input, "completion_tokens": output, "total_tokens": total});
+    if let Some(cached) = usage["input_tokens_details"]["cached_tokens"].as_u64() {
+        out["prompt_tokens_details"] = json!({"cached_tokens": cached});
+    }
+    if let Some(reasoning) = usage["output_tokens_details"]["reasoning_tokens"].as_u64() {
+        out["completion_tokens_details"] = json!({"reasoning_tokens": reasoning});
+    }
+    Some(out)
+}
+
+/// The finish reason of a response that did not call a tool.
+fn stop_reason(resp: &Value) -> &'static str {
+    if resp["status"] == "incomplete" {
+        match resp["incomplete_details"]["reason"].as_str() {
+            Some("max_output_tokens") => return "length",
+            Some("content_filter") => return "content_filter",
+            _ => {}
+        }
+    }
+    "stop"
+}
+
+/// Translates a non-streaming Responses answer into a `chat.completion`.
+pub fn responses_to_chat(resp: &Value, model: &str) -> Value {
+    let mut text = String::new();
+    let mut refusal = String::new();
+    let mut tool_calls = Vec::new();
+    for item in resp["output"].as_array().into_iter().flatten() {
+        match item["type"].as_str() {
+            Some("message") => {
+                for part in item["content"].as_array().into_iter().flatten() {
+                    match part["type"].as_str() {
+                        Some("output_text") => text.push_str(part["text"].as_str().unwrap_or("")),
+                        Some("refusal") => refusal.push_str(part["refusal"].as_str().unwrap_or("")),
+                        _ => {}
+                    }
+                }
+            }
+            Some("function_call") => tool_calls.push(json!({
+                "id": item["call_id"].as_str().or(item["id"].as_str()).unwrap_or(""),
+                "type": "function",
+                "function": {
+                    "name": item["name"].as_str().unwrap_or(""),
+                    "arguments": item["arguments"].as_str().unwrap_or("{}"),
+                },
+            })),
+            _ => {}
+        }
+    }
+    let finish_reason = if tool_calls.is_empty() {
+        stop_reason(resp)
+    } else {
+        "tool_calls"
+    };
+    let mut message = json!({
+        "role": "assistant",
+        "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { json!(text) },
+    });
+    if !refusal.is_empty() {
+        message["refusal"] = json!(refusal);
+    }
+    if !tool_calls.is_empty() {
+        message["tool_calls"] = Value::Array(tool_calls);
+    }
+    let mut out = json!({
+        "id": chat_id(resp["id"].as_str().unwrap_or("")),
+        "object": "chat.completion",
+        "created": resp["created_at"].as_u64().unwrap_or_else(now_unix),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+    });
+    if let Some(usage) = chat_usage(&resp["usage"]) {
+        out["usage"] = usage;
+    }
+    out
+}
+
+/// One tool call seen in the stream.
+#[derive(Debug)]
+struct StreamedCall {
+    item_id: Option<String>,
+    output_index: Option<u64>,
+    /// Whether any part of the arguments was already sent.
+    sent_arguments: bool,
+}
+
+/// Turns Responses API stream events into Chat Completions chunk frames.
+///
+/// Every returned `String` is one complete SSE frame (`data: {...}\n\n`). The
+/// translator guarantees exactly one terminal outcome per stream: either one
+/// chunk with a `finish_reason` (then the usage chunk when asked, then
+/// `data: [DONE]`) or one error frame followed by `data: [DONE]`. Events after
+/// that are ignored.
+#[derive(Debug)]
+pub struct StreamTranslator {
+    model: String,
+    id: String,
+    created: u64,
+    include_usage: bool,
+    sent_role: bool,
+    calls: Vec<StreamedCall>,
+    done: bool,
+    usage: Option<(u64, u64)>,
+}
+
+impl StreamTranslator {
+    /// `id` is the `chatcmpl-...` id every chunk carries, `created` a unix time,
+    /// `include_usage` the client's `stream_options.include_usage`.
+    pub fn new(model: &str, id: &str, created: u64, include_usage: bool) -> StreamTranslator {
+        StreamTranslator {
+            model: model.to_string(),
+            id: id.to_string(),
+            created,
+            include_usage,
+            sent_role: false,
+            calls: Vec::new(),
+            done: false,
+            usage: None,
+        }
+    }
+
+    /// `(input_tokens, output_tokens)` from the upstream's final event, once seen.
+    pub fn usage(&self) -> Option<(u64, u64)> {
+        self.usage
+    }
+
+    /// True once the terminal frames (finish or error, then `[DONE]`) were produced.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Translates one upstream event (the parsed `data:` JSON of one SSE frame).
+    pub fn on_event(&mut self, event: &Value) -> Vec<String> {
+        if self.done {
+            return Vec::new();
+        }
+        match event["type"].as_str().unwrap_or("") {
+            "response.output_text.delta" => match event["delta"].as_str() {
+                Some(delta) if !delta.is_empty() => self.delta(json!({"content": delta})),
+                _ => Vec::new(),
+            },
+            "response.refusal.delta" => match event["delta"].as_str() {
+                Some(delta) if !delta.is_empty() => self.delta(json!({"refusal": delta})),
+                _ => Vec::new(),
+            },
+            "response.output_item.added" if event["item"]["type"] == "function_call" => {
+                self.start_call(event, &event["item"])
+            }
+            "response.function_call_arguments.delta" => {
+                let delta = event["delta"].as_str().unwrap_or("");
+                match self.find_call(event) {
+                    Some(index) if !delta.is_empty() => {
+                        self.calls[index].sent_arguments = true;
+                        self.arguments(index, delta)
+                    }
+                    _ => Vec::new(),
+                }
+            }
+            // Upstreams that send the arguments only whole (in `.done` or in the
+            // finished item) still produce them once.
+            "response.function_call_arguments.done" => {
+                let args = event["arguments"].as_str().unwrap_or("");
+                self.whole_arguments(event, args)
+            }
+            "response.output_item.done" if event["item"]["type"] == "function_call" => {
+                let item = &event["item"];
+                let mut frames = Vec::new();
+                if self.find_call(event).is_none() {
+                    frames = self.start_call(event, item);
+                }
+                frames
+                    .extend(self.whole_arguments(event, item["arguments"].as_str().unwrap_or("")));
+                frames
+            }
+            "response.completed" | "response.incomplete" => {
+                let response = &event["response"];
+                self.usage = response["usage"]["input_tokens"]
+                    .as_u64()
+                    .zip(response["usage"]["output_tokens"].as_u64());
+                let reason = if self.calls.is_empty() {
+                    stop_reason(response)
+                } else {
+                    "tool_calls"
+                };
+                let mut frames = self.chunk(json!({}), Some(reason));
+                if self.include_usage {
+                    let mut usage_chunk = self.base_chunk(Vec::new());
+                    usage_chunk["usage"] = chat_usage(&response["usage"]).unwrap_or(Value::Null);
+                    frames.push(frame(&usage_chunk));
+                }
+                frames.push(DONE_FRAME.to_string());
+                self.done = true;
+                frames
+            }
+            "response.failed" => {
+                let error = &event["response"]["error"];
+                let message = error["message"]
+                    .as_str()
+                    .unwrap_or("the upstream reported response.failed without a message");
+                self.fail(message, error["code"].as_str(), None)
+            }
+            "error" => {
+                // Some upstreams nest the details under `error`.
+                let error = if event["error"].is_object() {
+                    &event["error"]
+                } else {
+                    event
+                };
+                let message = error["message"]
+                    .as_str()
+                    .unwrap_or("the upstream sent an error event without a message");
+                self.fail(message, error["code"].as_str(), error["param"].as_str())
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Call when the upstream stream ends. Without a completion event this emits
+    /// an error frame and `[DONE]`; otherwise nothing.
+    pub fn finish(&mut self) -> Vec<String> {
+        if self.done {
+            return Vec::new();
+        }
+        self.fail(
+            "upstream closed the stream before response.completed",
+            Some("upstream_stream_incomplete"),
+            None,
+        )
+    }
+
+    fn fail(&mut self, message: &str, code: Option<&str>, param: Option<&str>) -> Vec<String> {
+        self.done = true;
+        let error = json!({"error": {
+            "message": message,
+            "type": "upstream_error",
+            "param": param,
+            "code": code,
+        }});
+        vec![frame(&error), DONE_FRAME.to_string()]
+    }
+
+    fn find_call(&self, event: &Value) -> Option<usize> {
+        if let Some(id) = event["item_id"].as_str().or(event["item"]["id"].as_str()) {
+            if let Some(i) = self
+                .calls
+                .iter()
+                .position(|c| c.item_id.as_deref() == Some(id))
+            {
+                return Some(i);
+            }
+        }
+        let index = event["output_index"].as_u64()?;
+        self.calls
+            .iter()
+            .position(|c| c.output_index == Some(index))
+    }
+
+    fn start_call(&mut self, event: &Value, item: &Value) -> Vec<String> {
+        let index = self.calls.len();
+        self.calls.push(StreamedCall {
+            item_id: item["id"].as_str().map(str::to_string),
+            output_index: event["output_index"].as_u64(),
+            sent_arguments: false,
+        });
+        let call_id = item["call_id"]
+            .as_str()
+            .or(item["id"].as_str())
+            .unwrap_or("");
+        self.delta(json!({"tool_calls": [{
+            "index": index,
+            "id": call_id,
+            "type": "function",
+            "function": {"name": item["name"].as_str().unwrap_or(""), "arguments": ""},
+        }]}))
+    }
+
+    fn whole_arguments(&mut self, event: &Value, args: &str) -> Vec<String> {
+        match self.find_call(event) {
+            Some(index) if !self.calls[index].sent_arguments && !args.is_empty() => {
+                self.calls[index].sent_arguments = true;
+                self.arguments(index, args)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn arguments(&mut self, index: usize, args: &str) -> Vec<String> {
+        self.delta(json!({"tool_calls": [{"index": index, "function": {"arguments": args}}]}))
+    }
+
+    fn delta(&mut self, delta: Value) -> Vec<String> {
+        self.chunk(delta, None)
+    }
+
+    fn chunk(&mut self, mut delta: Value, finish_reason: Option<&str>) -> Vec<String> {
+        if !self.sent_role {
+            self.sent_role = true;
+            delta["role"] = json!("assistant");
+        }
+        let choice = json!({"index": 0, "delta": delta, "finish_reason": finish_reason});
+        vec![frame(&self.base_chunk(vec![choice]))]
+    }
+
+    fn base_chunk(&self, choices: Vec<Value>) -> Value {
+        let mut chunk = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        });
+        if self.include_usage {
+            // OpenAI sends `usage: null` on every chunk but the last when usage was asked for.
+            chunk["usage"] = Value::Null;
+        }
+        chunk
+    }
+}
+
+/// The frame that ends every Chat Completions stream.
+pub const DONE_FRAME: &str = "data: [DONE]\n\n";
+
+fn frame(value: &Value) -> String {
+    format!("data: {value}\n\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn translate(chat: Value) -> Value {
+        chat_to_responses(&chat, "INSTR", &TranslateOptions::default()).unwrap()
+    }
+
+    fn translate_err(chat: Value) -> String {
+        chat_to_responses(&chat, "INSTR", &TranslateOptions::default()).unwrap_err()
+    }
+
+    #[test]
+    fn conversation_with_every_role() {
+        let chat = json!({
+            "model": "gpt-5",
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "developer", "content": [{"type": "text", "text": "dev note"}]},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "what is this?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAA", "detail": "low"}},
+                    {"type": "image_url", "image_url": "https://example.invalid/cat.png"}
+                ]},
+                {"role": "assistant", "content": "let me check", "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\":\"cat\"}"}}
+                ]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "a cat"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_2", "type": "function", "function": {"name": "noargs", "arguments": {"x": 1}}}
+                ]},
+                {"role": "tool", "tool_call_id": "call_2", "content": [{"type": "text", "text": "o"}, {"type": "text", "text": "k"}]},
+                {"role": "user", "content": "thanks"}
+            ]
+        });
+        assert_eq!(
+            translate(chat),
+            json!({
+                "model": "gpt-5",
+                "instructions": "INSTR",
+                "input": [
+                    {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "be brief"}]},
+                    {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "dev note"}]},
+                    {"type": "message", "role": "user", "content": [
+                        {"type": "input_text", "text": "what is this?"},
+                        {"type": "input_image", "image_url": "data:image/png;base64,AAA", "detail": "low"},
+                        {"type": "input_image", "image_url": "https://example.invalid/cat.png"}
+                    ]},
+                    {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "let me check"}]},
+                    {"type": "function_call", "call_id": "call_1", "name": "lookup", "arguments": "{\"q\":\"cat\"}"},
+                    {"type": "function_call_output", "call_id": "call_1", "output": "a cat"},
+                    {"type": "function_call", "call_id": "call_2", "name": "noargs", "arguments": "{\"x\":1}"},
+                    {"type": "function_call_output", "call_id": "call_2", "output": "ok"},
+                    {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "thanks"}]}
+                ],
+                "store": false
+            })
+        );
+    }
+
+    #[test]
+    fn tools_choice_and_sampling() {
+        let chat = json!({
+            "model": "gpt-5",
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [
+                {"type": "function", "function": {"name": "f", "description": "does f",
+                    "parameters": {"type": "object", "properties": {}}, "strict": true}},
+                {"type": "function", "function": {"name": "g"}}
+            ],
+            "tool_choice": {"type": "function", "function": {"name": "f"}},
+            "parallel_tool_calls": false,
+            "max_tokens": 100,
+            "temperature": 0.2,
+            "top_p": 0.9,
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "stop": ["x"]
+        });
+        let out = translate(chat);
+        assert_eq!(
+            out["tools"],
+            json!([
+                {"type": "function", "name": "f", "description": "does f",
+                    "parameters": {"type": "object", "properties": {}}, "strict": true},
+                {"type": "function", "name": "g"}
+            ])
+        );
+        assert_eq!(out["tool_choice"], json!({"type": "function", "name": "f"}));
+        assert_eq!(out["parallel_tool_calls"], json!(false));
+        assert_eq!(out["max_output_tokens"], json!(100));
+        assert_eq!(out["temperature"], json!(0.2));
+        assert_eq!(out["top_p"], json!(0.9));
+        assert_eq!(out["stream"], json!(true));
+        assert_eq!(out["store"], json!(false));
+        assert!(out.get("stream_options").is_none() && out.get("stop").is_none());
+        assert!(out.get("reasoning").is_none());
+
+        let out = translate(
+            json!({"model": "m", "messages": [], "tool_choice": "required",
+            "max_tokens": 5, "max_completion_tokens": 7}),
+        );
+        assert_eq!(out["tool_choice"], json!("required"));
+        assert_eq!(out["max_output_tokens"], json!(7));
+    }
+
+    #[test]
+    fn reasoning_from_suffix_or_field() {
+        let out = translate(json!({"model": "gpt-5-codex-high", "messages": []}));
+        assert_eq!(out["model"], json!("gpt-5-codex"));
+        assert_eq!(out["reasoning"], json!({"effort": "high"}));
+        let out = translate(json!({"model": "gpt-5-minimal", "messages": []}));
+        assert_eq!(out["model"], json!("gpt-5"));
+        assert_eq!(out["reasoning"], json!({"effort": "minimal"}));
+        let out = translate(json!({"model": "gpt-5", "reasoning_effort": "low", "messages": []}));
+        assert_eq!(out["reasoning"], json!({"effort": "low"}));
+        // The explicit field wins over the suffix.
+        let out =
+            translate(json!({"model": "gpt-5-high", "reasoning_effort": "low", "messages": []}));
+        assert_eq!(
+            (out["model"].as_str(), &out["reasoning"]),
+            (Some("gpt-5"), &json!({"effort": "low"}))
+        );
+        // Not a suffix: the whole name is kept.
+        assert_eq!(split_reasoning_suffix("gpt-5-mini"), ("gpt-5-mini", None));
+        assert_eq!(split_reasoning_suffix("-high"), ("-high", None));
+        assert_eq!(split_reasoning_suffix("o3-medium"), ("o3", Some("medium")));
+    }
+
+    #[test]
+    fn web_search_option_adds_one_tool() {
+        let opts = TranslateOptions {
+            enable_web_search: true,
+        };
+        let out = chat_to_responses(&json!({"model": "m", "messages": []}), "", &opts).unwrap();
+        assert_eq!(out["tools"], json!([{"type": "web_search"}]));
+        assert!(
+            out.get("instructions").is_none(),
+            "empty instructions are omitted"
+        );
+        let chat = json!({"model": "m", "messages": [], "tools": [{"type": "web_search_preview"}]});
+        let out = chat_to_responses(&chat, "", &opts).unwrap();
+        assert_eq!(out["tools"], json!([{"type": "web_search_preview"}]));
+    }
+
+    #[test]
+    fn response_format_maps_to_text_format() {
+        let out = translate(json!({"model": "m", "messages": [], "response_format":
+            {"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "object"}, "strict": true}}}));
+        assert_eq!(
+            out["text"],
+            json!({"format": {"type": "json_schema", "name": "s", "schema": {"type": "object"}, "strict": true}})
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(
+            translate_err(json!([])),
+            "the request body must be a JSON object"
+        );
+        assert_eq!(translate_err(json!({"messages": []})), "model: missing");
+        assert_eq!(translate_err(json!({"model": "m"})), "messages: missing");
+        let e =
+            translate_err(json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]}));
+        assert!(e.starts_with("messages[0].tool_call_id: missing"), "{e}");
+        let e = translate_err(
+            json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}),
+        );
+        assert!(
+            e.starts_with("messages[0].content[0].type: \"input_audio\""),
+            "{e}"
+        );
+        let e =
+            translate_err(json!({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}));
+        assert_eq!(e, "messages[0].role: unknown role \"wizard\"");
+        let e = translate_err(
+            json!({"model": "m", "messages": [{"role": "assistant", "tool_calls": [{"id": "c"}]}]}),
+        );
+        assert_eq!(
+            e,
+            "messages[0].tool_calls[0].function: missing or not an object"
+        );
+        let e = translate_err(
+            json!({"model": "m", "messages": [], "tools": [{"type": "function", "function": {}}]}),
+        );
+        assert_eq!(e, "tools[0].function.name: missing or not a string");
+        let e = translate_err(json!({"model": "m", "messages": [], "max_tokens": -1}));
+        assert_eq!(e, "max_tokens: must be a non-negative integer");
+        let e = translate_err(json!({"model": "m", "messages": [], "n": 2}));
+        assert!(e.starts_with("n: "), "{e}");
+        let e = translate_err(json!({"model": "m", "messages": [], "tool_choice": "sometimes"}));
+        assert!(e.starts_with("tool_choice: "), "{e}");
+    }
+
+    #[test]
+    fn instructions_by_model() {
+        assert_eq!(instructions_for("gpt-5-codex"), config::CODEX_PROMPT);
+        assert_eq!(instructions_for("GPT-5-Codex-high"), config::CODEX_PROMPT);
+        assert_eq!(instructions_for("gpt-5"), config::BASE_PROMPT);
+    }
+
+    #[test]
+    fn non_streaming_text_answer() {
+        let resp = json!({
+            "id": "resp_123", "object": "response", "created_at": 1700000000, "status": "completed",
+            "output": [
+                {"type": "reasoning", "id": "rs_1", "summary": []},
+                {"type": "message", "id": "msg_1", "role": "assistant", "content": [
+                    {"type": "output_text", "text": "Hello", "annotations": []},
+                    {"type": "output_text", "text": ", world", "annotations": []}
+                ]}
+            ],
+            "usage": {"input_tokens": 10, "output_tokens": 4, "total_tokens": 14,
+                "output_tokens_details": {"reasoning_tokens": 2}}
+        });
+        assert_eq!(
+            responses_to_chat(&resp, "gpt-5"),
+            json!({
+                "id": "chatcmpl-123", "object": "chat.completion", "created": 1700000000, "model": "gpt-5",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello, world"},
+                    "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14,
+                    "completion_tokens_details": {"reasoning_tokens": 2}}
+            })
+        );
+    }
+
+    #[test]
+    fn non_streaming_tool_call_and_length() {
+        let resp = json!({
+            "id": "resp_9", "created_at": 1, "status": "completed",
+            "output": [{"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "f", "arguments": "{\"a\":1}"}],
+            "usage": {"input_tokens": 3, "output_tokens": 2}
+        });
+        let chat = responses_to_chat(&resp, "m");
+        assert_eq!(
+            chat["choices"][0],
+            json!({"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}
+            ]}, "finish_reason": "tool_calls"})
+        );
+        assert_eq!(chat["usage"]["total_tokens"], json!(5));
+
+        let resp = json!({"id": "resp_8", "created_at": 1, "status": "incomplete",
+            "incomplete_details": {"reason": "max_output_tokens"},
+            "output": [{"type": "message", "content": [{"type": "output_text", "text": "trunc"}]}]});
+        let chat = responses_to_chat(&resp, "m");
+        assert_eq!(chat["choices"][0]["finish_reason"], json!("length"));
+        assert_eq!(chat["choices"][0]["message"]["content"], json!("trunc"));
+        assert!(chat.get("usage").is_none());
+    }
+
+    /// Parses the frames back: `Some(json)` per data frame, `None` for `[DONE]`.
+    fn frames(out: &[String]) -> Vec<Option<Value>> {
+        out.iter()
+            .map(|f| {
+                let body = f
+                    .strip_prefix("data: ")
+                    .and_then(|f| f.strip_suffix("\n\n"))
+                    .unwrap_or_else(|| panic!("not one SSE frame: {f:?}"));
+                (body != "[DONE]").then(|| serde_json::from_str(body).unwrap())
+            })
+            .collect()
+    }
+
+    fn run(t: &mut StreamTranslator, events: &[Value]) -> Vec<Option<Value>> {
+        let mut out = Vec::new();
+        for e in events {
+            out.extend(t.on_event(e));
+        }
+        out.extend(t.finish());
+        frames(&out)
+    }
+
+    #[test]
+    fn streaming_text_conversation() {
+        let mut t = StreamTranslator::new("gpt-5", "chatcmpl-1", 42, true);
+        let out = run(
+            &mut t,
+            &[
+                json!({"type": "response.created", "response": {"id": "resp_1"}}),
+                json!({"type": "response.output_item.added", "output_index": 0, "item": {"type": "message", "id": "msg_1"}}),
+                json!({"type": "response.output_text.delta", "item_id": "msg_1", "delta": "Hel"}),
+                json!({"type": "response.output_text.delta", "item_id": "msg_1", "delta": "lo"}),
+                json!({"type": "response.output_text.done", "item_id": "msg_1", "text": "Hello"}),
+                json!({"type": "response.completed", "response": {"id": "resp_1", "status": "completed",
+                    "usage": {"input_tokens": 7, "output_tokens": 2, "total_tokens": 9}}}),
+                json!({"type": "response.output_text.delta", "delta": "ignored after completion"}),
+            ],
+        );
+        let chunk = |choices: Value, usage: Value| {
+            Some(
+                json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 42,
+                "model": "gpt-5", "choices": choices, "usage": usage}),
+            )
+        };
+        assert_eq!(
+            out,
+            vec![
+                chunk(
+                    json!([{"index": 0, "delta": {"role": "assistant", "content": "Hel"}, "finish_reason": null}]),
+                    Value::Null
+                ),
+                chunk(
+                    json!([{"index": 0, "delta": {"content": "lo"}, "finish_reason": null}]),
+                    Value::Null
+                ),
+                chunk(
+                    json!([{"index": 0, "delta": {}, "finish_reason": "stop"}]),
+                    Value::Null
+                ),
+                chunk(
+                    json!([]),
+                    json!({"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9})
+                ),
+                None,
+            ]
+        );
+        assert_eq!(t.usage(), Some((7, 2)));
+        assert!(t.is_done());
+    }
+
+    #[test]
+    fn streaming_tool_call_with_split_arguments() {
+        let mut t = StreamTranslator::new("m", "chatcmpl-2", 1, false);
+        let out = run(
+            &mut t,
+            &[
+                json!({"type": "response.output_item.added", "output_index": 0,
+                    "item": {"type": "function_call", "id": "fc_1", "call_id": "call_a", "name": "get_weather", "arguments": ""}}),
+                json!({"type": "response.function_call_arguments.delta", "item_id": "fc_1", "output_index": 0, "delta": "{\"ci"}),
+                json!({"type": "response.function_call_arguments.delta", "item_id": "fc_1", "output_index": 0, "delta": "ty\":\"Paris\"}"}),
+                json!({"type": "response.function_call_arguments.done", "item_id": "fc_1", "output_index": 0, "arguments": "{\"city\":\"Paris\"}"}),
+                json!({"type": "response.output_item.done", "output_index": 0,
+                    "item": {"type": "function_call", "id": "fc_1", "call_id": "call_a", "name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}),
+                // A second call whose arguments arrive only whole.
+                json!({"type": "response.output_item.added", "output_index": 1,
+                    "item": {"type": "function_call", "id": "fc_2", "call_id": "call_b", "name": "now"}}),
+                json!({"type": "response.output_item.done", "output_index": 1,
+                    "item": {"type": "function_call", "id": "fc_2", "call_id": "call_b", "name": "now", "arguments": "{}"}}),
+                json!({"type": "response.completed", "response": {"usage": {"input_tokens": 1, "output_tokens": 1}}}),
+            ],
+        );
+        let deltas: Vec<Value> = out
+            .iter()
+            .flatten()
+            .map(|c| {
+                assert!(
+                    c.get("usage").is_none(),
+                    "no usage fields without include_usage"
+                );
+                c["choices"][0].clone()
+            })
+            .collect();
+        assert_eq!(
+            deltas,
+            vec![
+                json!({"index": 0, "delta": {"role": "assistant", "tool_calls": [{"index": 0, "id": "call_a", "type": "function",
+                    "function": {"name": "get_weather", "arguments": ""}}]}, "finish_reason": null}),
+                json!({"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"ci"}}]}, "finish_reason": null}),
+                json!({"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "ty\":\"Paris\"}"}}]}, "finish_reason": null}),
+                json!({"index": 0, "delta": {"tool_calls": [{"index": 1, "id": "call_b", "type": "function",
+                    "function": {"name": "now", "arguments": ""}}]}, "finish_reason": null}),
+                json!({"index": 0, "delta": {"tool_calls": [{"index": 1, "function": {"arguments": "{}"}}]}, "finish_reason": null}),
+                json!({"index": 0, "delta": {}, "finish_reason": "tool_calls"}),
+            ]
+        );
+        assert_eq!(out.last(), Some(&None), "ends with [DONE]");
+        assert_eq!(out.iter().filter(|f| f.is_none()).count(), 1);
+    }
+
+    #[test]
+    fn streaming_response_failed() {
+        let mut t = StreamTranslator::new("m", "chatcmpl-3", 1, true);
+        let out = run(
+            &mut t,
+            &[
+                json!({"type": "response.output_text.delta", "delta": "par"}),
+                json!({"type": "response.failed", "response": {"status": "failed",
+                    "error": {"code": "server_error", "message": "model overloaded"}}}),
+                json!({"type": "response.completed", "response": {}}),
+            ],
+        );
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert_eq!(
+            out[0].as_ref().unwrap()["choices"][0]["delta"]["content"],
+            json!("par")
+        );
+        assert_eq!(
+            out[1],
+            Some(
+                json!({"error": {"message": "model overloaded", "type": "upstream_error", "param": null, "code": "server_error"}})
+            )
+        );
+        assert_eq!(out[2], None);
+        assert_eq!(t.usage(), None);
+    }
+
+    #[test]
+    fn streaming_error_event() {
+        let mut t = StreamTranslator::new("m", "chatcmpl-4", 1, false);
+        let out = run(
+            &mut t,
+            &[
+                json!({"type": "error", "code": "rate_limit_exceeded", "message": "slow down", "param": null}),
+            ],
+        );
+        assert_eq!(
+            out,
+            vec![
+                Some(
+                    json!({"error": {"message": "slow down", "type": "upstream_error", "param": null, "code": "rate_limit_exceeded"}})
+                ),
+                None
+            ]
+        );
+    }
+
+    #[test]
+    fn stream_ending_without_completion() {
+        let mut t = StreamTranslator::new("m", "chatcmpl-5", 1, true);
+        let mut out = t.on_event(&json!({"type": "response.output_text.delta", "delta": "hi"}));
+        out.extend(t.finish());
+        out.extend(t.finish());
+        let out = frames(&out);
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert_eq!(
+            out[1].as_ref().unwrap()["error"]["message"],
+            json!("upstream closed the stream before response.completed")
+        );
+        assert_eq!(out[2], None);
+        assert!(
+            out.iter()
+                .flatten()
+                .all(|c| c["choices"][0]["finish_reason"].is_null())
+        );
+    }
+
+    #[test]
+    fn completed_without_output_still_carries_role_and_one_finish() {
+        let mut t = StreamTranslator::new("m", "c", 1, false);
+        let out = run(
+            &mut t,
+            &[
+                json!({"type": "response.incomplete", "response": {"status": "incomplete",
+                    "incomplete_details": {"reason": "max_output_tokens"}}}),
+                json!({"type": "response.completed", "response": {}}),
+            ],
+        );
+        assert_eq!(out.len(), 2);
+        assert_eq!(
+            out[0].as_ref().unwrap()["choices"][0],
+            json!({"index": 0, "delta": {"role": "assistant"}, "finish_reason": "length"})
+        );
+    }
+}

@@ -1,0 +1,137 @@
+//! Upstreams: where chat requests go. One enum, one variant per kind, so the
+//! gateway's hot path is a plain `match` with no dynamic dispatch or boxing
+//! beyond the streamed body.
+//!
+//! - [`mock`]: the built-in offline upstream (the default, `url = "mock"`).
+//! - [`chat`]: any OpenAI-compatible Chat Completions server.
+//!
+//! Every upstream answers with a [`Reply`]: a complete JSON body, or a stream of
+//! ready-to-send SSE frames. Failures are already in the OpenAI error shape.
+
+pub mod chat;
+pub mod mock;
+mod retry;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::openai::{ApiError, Usage};
+
+/// A stream of complete SSE frames (`data: ...\n\n`), ending after `[DONE]` or
+/// after an error frame. It never yields an error: failures mid-stream become an
+/// error frame, so a client's stream always ends cleanly.
+pub type FrameStream = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
+
+/// What an upstream answered.
+pub enum Reply {
+    /// A whole `chat.completion` JSON body.
+    Complete(Bytes),
+    /// Server-Sent Events, relayed as they arrive.
+    Stream(FrameStream),
+}
+
+/// Figures about one exchange, filled in by the upstream as they become known
+/// (tokens arrive at the end of a stream) and read when the response finishes.
+#[derive(Default, Debug)]
+pub struct ExchangeStats {
+    pub prompt_tokens: AtomicU64,
+    pub completion_tokens: AtomicU64,
+    /// Nanoseconds spent waiting on the upstream.
+    pub upstream_nanos: AtomicU64,
+}
+
+impl ExchangeStats {
+    pub fn set_usage(&self, usage: Usage) {
+        self.prompt_tokens
+            .store(usage.prompt_tokens, Ordering::Relaxed);
+        self.completion_tokens
+            .store(usage.completion_tokens, Ordering::Relaxed);
+    }
+    pub fn usage(&self) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
+            completion_tokens: self.completion_tokens.load(Ordering::Relaxed),
+        }
+    }
+    pub fn add_upstream_time(&self, d: Duration) {
+        self.upstream_nanos
+            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+    pub fn upstream_time(&self) -> Duration {
+        Duration::from_nanos(self.upstream_nanos.load(Ordering::Relaxed))
+    }
+}
+
+/// One chat request as the gateway hands it to an upstream.
+pub struct ChatCall {
+    /// The client's request body, byte for byte.
+    pub body: Bytes,
+    pub model: String,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub stats: Arc<ExchangeStats>,
+}
+
+pub enum Upstream {
+    Mock(mock::MockUpstream),
+    Chat(chat::ChatUpstream),
+}
+
+impl Upstream {
+    /// Builds the upstream the configuration names.
+    pub fn from_config(config: &Config, metrics: Arc<Metrics>) -> Result<Upstream, String> {
+        if config.upstream.is_mock() {
+            Ok(Upstream::Mock(mock::MockUpstream::new()))
+        } else {
+            Ok(Upstream::Chat(chat::ChatUpstream::new(config, metrics)?))
+        }
+    }
+
+    pub async fn chat(&self, call: ChatCall) -> Result<Reply, ApiError> {
+        match self {
+            Upstream::Mock(m) => m.chat(call),
+            Upstream::Chat(c) => c.chat(call).await,
+        }
+    }
+
+    /// The upstream's own model list (a `list` object), when it has one.
+    pub async fn models(&self) -> Option<Bytes> {
+        match self {
+            Upstream::Mock(_) => None,
+            Upstream::Chat(c) => c.models().await,
+        }
+    }
+}
+
+/// The model list the gateway serves when the upstream has none: the configured
+/// models plus, with `expose_reasoning`, their `-low/-medium/-high` variants.
+pub fn configured_models(config: &Config) -> serde_json::Value {
+    let mut ids: Vec<String> = Vec::new();
+    for model in &config.upstream.models {
+        ids.push(model.clone());
+        if config.features.expose_reasoning {
+            for effort in ["low", "medium", "high"] {
+                ids.push(format!("{model}-{effort}"));
+            }
+        }
+    }
+    let data: Vec<_> = ids
+        .into_iter()
+        .map(|id| serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "warden"}))
+        .collect();
+    serde_json::json!({"object": "list", "data": data})
+}
+
+/// Unix time in seconds, for `created` fields.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

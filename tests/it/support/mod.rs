@@ -1,0 +1,184 @@
+//! Shared test harness: temporary homes, the real binaries as child processes,
+//! and real HTTP upstreams (axum apps on 127.0.0.1:0) with scripted behaviour.
+//!
+//! Every process a test signals is one it spawned here; every address is loopback.
+
+#![allow(dead_code)]
+
+pub mod upstream;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Upper bound for anything a test waits on, so a broken build fails instead of
+/// hanging CI. Never used to assert speed.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A temporary home directory, removed on drop.
+pub struct TestHome {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestHome {
+    pub fn new() -> TestHome {
+        TestHome {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn file(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+    pub fn write(&self, rel: &str, text: &str) {
+        let path = self.file(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.file(rel)).unwrap_or_default()
+    }
+    /// Writes `warden.toml`.
+    pub fn config(&self, toml: &str) {
+        self.write("warden.toml", toml);
+    }
+}
+
+/// A `Command` for one of the crate's binaries with a clean environment: no
+/// WARDEN_*/CHATMOCK_*/OPENAI_* variable of the developer's leaks into a test.
+pub fn bin(name: &str) -> Command {
+    let path = match name {
+        "proxy" => env!("CARGO_BIN_EXE_proxy"),
+        other => panic!("unknown binary {other}"),
+    };
+    let mut cmd = Command::new(path);
+    cmd.env_clear();
+    for var in ["PATH", "HOME", "LANG", "TMPDIR"] {
+        if let Ok(value) = std::env::var(var) {
+            cmd.env(var, value);
+        }
+    }
+    cmd.env("NO_COLOR", "1");
+    cmd
+}
+
+/// A running `proxy` child, stopped (SIGKILL) on drop if still running.
+pub struct Proxy {
+    pub child: Child,
+    pub url: String,
+    stderr: Option<std::process::ChildStderr>,
+}
+
+impl Proxy {
+    /// Starts `proxy --home HOME --port 0 ARGS…` and waits for its "listening on" line.
+    pub fn start(home: &TestHome, args: &[&str], env: &[(&str, &str)]) -> Proxy {
+        let mut cmd = bin("proxy");
+        cmd.arg("--home")
+            .arg(home.path())
+            .args(["--port", "0"])
+            .args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn proxy");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(PATIENCE) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let mut err = String::new();
+                child.stderr.take().unwrap().read_to_string(&mut err).ok();
+                panic!("proxy did not report its address; stderr:\n{err}");
+            }
+        };
+        let url = line
+            .strip_prefix("listening on ")
+            .expect("listening line")
+            .to_string();
+        let stderr = child.stderr.take();
+        Proxy { child, url, stderr }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.pid()), sig).expect("signal our own child");
+    }
+
+    /// Waits for exit (bounded by PATIENCE).
+    pub fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "proxy did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stderr_text(&mut self) -> String {
+        let mut text = String::new();
+        if let Some(mut e) = self.stderr.take() {
+            e.read_to_string(&mut text).ok();
+        }
+        text
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A reqwest client for talking to the proxy.
+pub fn client() -> reqwest::Client {
+    warden::http_client::client_builder()
+        .timeout(PATIENCE)
+        .build()
+        .unwrap()
+}
+
+/// Reads a whole SSE body into its `data:` payloads.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|frame| {
+            frame
+                .trim()
+                .strip_prefix("data:")
+                .map(|d| d.trim().to_string())
+        })
+        .collect()
+}
+
+/// Polls `cond` until true, bounded by PATIENCE.
+pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
