@@ -11,9 +11,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, ConfigError, Overrides, Settings};
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, ConfigError, Overrides, PromptSource, Settings};
 use crate::env::EnvSource;
 use crate::home::Home;
+use crate::pidfile::{self, PidState};
+use crate::ports::{self, PortHolder};
+use crate::prompts::{self, PromptSourceKind};
+use crate::{http_client, process};
 
 use super::{BuiltinSpec, Outcome, Status, blocking};
 
@@ -48,7 +54,7 @@ pub(crate) async fn run(id: &str, ctx: Arc<Context>) -> Outcome {
         "port" => sync(check_port).await,
         "process" => sync(check_process).await,
         "upstream" => check_upstream(&ctx).await,
-        "prompts" => sync(check_prompts).await,
+        "prompts" => check_prompts(ctx).await,
         other => Outcome::fail(format!("no logic for built-in check {other:?}")),
     }
 }
@@ -615,39 +621,360 @@ fn check_disk(ctx: &Context) -> Outcome {
 }
 
 // ---------------------------------------------------------------------------
-// port, process, prompts: built on `ports`, `pidfile`, `process`, `prompts`.
+// port
+
+/// `PID 4242 (python3 -m http.server 8000)`, the command shortened for one line.
+fn describe_holder(holder: &PortHolder) -> String {
+    match (holder.pid, &holder.command) {
+        (Some(pid), Some(command)) => {
+            let mut short: String = command.chars().take(120).collect();
+            if short.len() < command.len() {
+                short.push('…');
+            }
+            format!("PID {pid} ({short})")
+        }
+        _ => holder.to_string(),
+    }
+}
 
 fn check_port(ctx: &Context) -> Outcome {
-    let _ = ctx;
-    Outcome::skip("not implemented yet")
+    let note = ctx.defaults_note();
+    let addr = match ctx.cfg.listen_addr() {
+        Ok(addr) => addr,
+        Err(e) => return Outcome::fail(format!("{e}{note}")),
+    };
+    if addr.port() == 0 {
+        return Outcome::pass(format!(
+            "server.port is 0: the proxy takes any free port{note}"
+        ));
+    }
+    // Binding (and closing at once) is the only reliable "is it free"; /proc then
+    // says who holds it when it is not.
+    let bind_error = match std::net::TcpListener::bind(addr) {
+        Ok(_probe) => return Outcome::pass(format!("{addr} is free{note}")),
+        Err(e) => e,
+    };
+    let holders = ports::listeners_on(addr.port());
+    if holders.is_empty() {
+        return Outcome::fail(format!("cannot listen on {addr}: {bind_error}{note}")).with_hint(
+            match bind_error.kind() {
+                std::io::ErrorKind::PermissionDenied => format!(
+                    "ports below 1024 need privileges: pick another server.port in {}",
+                    ctx.home.config_file().display()
+                ),
+                std::io::ErrorKind::AddrNotAvailable => format!(
+                    "{} is not an address of this host: fix server.host in {}",
+                    addr.ip(),
+                    ctx.home.config_file().display()
+                ),
+                _ => ctx.expand("pick another server.port in {config_file}, or WARDEN_PORT"),
+            },
+        );
+    }
+    // This home's own running proxy holds it: that is fine (a restart hands the
+    // socket over, so during one, several of our proxies may share it).
+    let pid_file = ctx.home.proxy_pid_file();
+    if let Ok(PidState::Running(record)) = pidfile::inspect(&pid_file) {
+        if holders.iter().any(|h| h.pid == Some(record.pid)) {
+            let ours: Vec<i32> = process::find_proxies_of_home(&ctx.home, "proxy")
+                .iter()
+                .map(|p| p.pid)
+                .chain([record.pid])
+                .collect();
+            let foreign: Vec<&PortHolder> = holders
+                .iter()
+                .filter(|h| !h.pid.is_some_and(|pid| ours.contains(&pid)))
+                .collect();
+            if foreign.is_empty() {
+                return Outcome::pass(format!(
+                    "{addr} is held by this home's proxy, PID {} (per {}){note}",
+                    record.pid,
+                    pid_file.display()
+                ));
+            }
+            return taken(ctx, addr, &foreign, note);
+        }
+    }
+    let all: Vec<&PortHolder> = holders.iter().collect();
+    taken(ctx, addr, &all, note)
 }
+
+fn taken(
+    ctx: &Context,
+    addr: std::net::SocketAddr,
+    holders: &[&PortHolder],
+    note: &str,
+) -> Outcome {
+    let names: Vec<String> = holders.iter().map(|h| describe_holder(h)).collect();
+    let outcome = Outcome::fail(format!("{addr} is taken by {}{note}", names.join(" and ")));
+    if holders.iter().all(|h| h.pid.is_none()) {
+        // Another user's process: its PID is not visible without privileges.
+        return outcome.with_hint(format!(
+            "find it with `sudo ss -ltnp 'sport = :{}'` and stop it yourself, or pick another \
+             server.port in {} (or WARDEN_PORT); warden never signals a process it did not start",
+            addr.port(),
+            ctx.home.config_file().display()
+        ));
+    }
+    outcome
+}
+
+// ---------------------------------------------------------------------------
+// process
 
 fn check_process(ctx: &Context) -> Outcome {
-    let _ = ctx;
-    Outcome::skip("not implemented yet")
+    let pid_file = ctx.home.proxy_pid_file();
+    let mut status = Status::Pass;
+    let mut messages = Vec::new();
+    let mut hints = Vec::new();
+    let mut known_pid = None;
+    match pidfile::inspect(&pid_file) {
+        Ok(PidState::Absent) => messages.push(format!("no {}", pid_file.display())),
+        Ok(PidState::Running(record)) => {
+            known_pid = Some(record.pid);
+            messages.push(format!(
+                "proxy running as PID {} (per {})",
+                record.pid,
+                pid_file.display()
+            ));
+        }
+        Ok(PidState::Busy { pid, problem }) => {
+            // Locked, so its owner is alive, but the content is not ours.
+            known_pid = pid;
+            status = status.worst(Status::Warn);
+            messages.push(format!(
+                "{} is locked by a live process but unreadable: {problem}",
+                pid_file.display()
+            ));
+            hints.push(format!(
+                "check which process holds it: `fuser {}`",
+                pid_file.display()
+            ));
+        }
+        Ok(PidState::Stale(record)) => {
+            status = Status::Fail;
+            // No process holds its lock, so its owner is gone, whatever runs under
+            // the recorded PID today.
+            let names = record
+                .map(|r| format!(" (it names PID {})", r.pid))
+                .unwrap_or_default();
+            messages.push(format!(
+                "stale PID file {}: no process holds its lock{names}",
+                pid_file.display()
+            ));
+            hints.push(format!(
+                "run `doctor --home {}` (removes stale PID files), or `rm {}`",
+                ctx.home.root().display(),
+                pid_file.display()
+            ));
+        }
+        Err(e) => {
+            status = Status::Fail;
+            messages.push(format!("cannot inspect {}: {e}", pid_file.display()));
+            hints.push(format!(
+                "check the permissions of {}",
+                ctx.home.run_dir().display()
+            ));
+        }
+    }
+    let orphans: Vec<String> = process::find_proxies_of_home(&ctx.home, "proxy")
+        .into_iter()
+        .filter(|p| Some(p.pid) != known_pid)
+        .map(|p| format!("PID {} ({})", p.pid, p.exe.display()))
+        .collect();
+    if orphans.is_empty() {
+        messages.push("no orphaned proxy of this home".into());
+    } else {
+        status = Status::Fail;
+        messages.push(format!(
+            "proxy of this home running outside {}: {}",
+            pid_file.display(),
+            orphans.join(", ")
+        ));
+        hints.push(format!(
+            "`doctor --home {} --yes` stops it (after checking it is this home's proxy), or stop it yourself",
+            ctx.home.root().display()
+        ));
+    }
+    Outcome {
+        status,
+        message: messages.join("; "),
+        hint: (!hints.is_empty()).then(|| hints.join("; ")),
+    }
 }
 
-fn check_prompts(ctx: &Context) -> Outcome {
-    let _ = ctx;
-    Outcome::skip("not implemented yet")
+// ---------------------------------------------------------------------------
+// prompts
+
+/// How long `prompts` waits for a remote that would be a prompt's only source.
+const PROMPT_PROBE_MAX: Duration = Duration::from_millis(2500);
+
+async fn check_prompts(ctx: Arc<Context>) -> Outcome {
+    let statuses = {
+        let ctx = Arc::clone(&ctx);
+        match tokio::task::spawn_blocking(move || prompts::disk_status(&ctx.home, &ctx.cfg.prompts))
+            .await
+        {
+            Ok(statuses) => statuses,
+            Err(e) => return Outcome::fail(format!("reading the prompt cache crashed: {e}")),
+        }
+    };
+    if statuses.is_empty() {
+        return Outcome::pass(format!(
+            "no [[prompts.source]] configured{}",
+            ctx.defaults_note()
+        ));
+    }
+    // Nothing on disk: the proxy would fetch it. Ask the remote whether it would
+    // get an answer, all prompts at once.
+    let budget = Duration::from_secs(ctx.cfg.prompts.fetch_timeout).min(PROMPT_PROBE_MAX);
+    let probes = statuses.iter().map(|st| {
+        let source = ctx
+            .cfg
+            .prompts
+            .sources
+            .iter()
+            .find(|s| s.name == st.name)
+            .cloned();
+        let needs_probe = st.source == PromptSourceKind::Builtin;
+        async move {
+            match (needs_probe, source) {
+                (true, Some(source)) => Some(probe_prompt(&source, budget).await),
+                _ => None,
+            }
+        }
+    });
+    let probes = futures_util::future::join_all(probes).await;
+
+    let mut status = Status::Pass;
+    let mut parts = Vec::new();
+    let mut builtin_only = Vec::new();
+    for (st, probe) in statuses.iter().zip(probes) {
+        let mut part = match (st.source, probe) {
+            (PromptSourceKind::Builtin, Some(Ok(()))) => format!("{}: remote", st.name),
+            (PromptSourceKind::Builtin, probe) => {
+                status = Status::Warn;
+                builtin_only.push(st.name.clone());
+                match probe {
+                    Some(Err(why)) => format!("{}: builtin only ({why})", st.name),
+                    _ => format!("{}: builtin only", st.name),
+                }
+            }
+            (PromptSourceKind::Cache, _) | (PromptSourceKind::StaleCache, _) => {
+                let age = st
+                    .age_secs
+                    .map(|a| {
+                        format!(
+                            ", {} old",
+                            humantime::format_duration(Duration::from_secs(a.max(0.0) as u64))
+                        )
+                    })
+                    .unwrap_or_default();
+                format!("{}: {}{age}", st.name, st.source.as_str())
+            }
+            (other, _) => format!("{}: {}", st.name, other.as_str()),
+        };
+        if let Some(problem) = &st.problem {
+            part.push_str(&format!(" [{problem}]"));
+        }
+        parts.push(part);
+    }
+    let mut outcome = Outcome {
+        status,
+        message: parts.join("; ") + ctx.defaults_note(),
+        hint: None,
+    };
+    if !builtin_only.is_empty() {
+        outcome.hint = Some(format!(
+            "{} would get the short built-in text: run `proxy --home {} prompts refresh` where the URL is reachable, \
+             or give the source a `file` fallback in {}",
+            builtin_only.join(", "),
+            ctx.home.root().display(),
+            ctx.home.config_file().display()
+        ));
+    }
+    outcome
+}
+
+/// Whether a fetch of the prompt would succeed now: a 2xx within `budget` and,
+/// with a `sha256` allow-list, content that passes it.
+async fn probe_prompt(source: &PromptSource, budget: Duration) -> Result<(), String> {
+    let client = http_client::client_builder()
+        .timeout(budget)
+        .connect_timeout(budget)
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+    let response = client.get(&source.url).send().await.map_err(|e| {
+        if e.is_timeout() {
+            format!(
+                "{} did not answer within {} ms",
+                source.url,
+                budget.as_millis()
+            )
+        } else {
+            format!("GET {}: {}", source.url, http_error(&e))
+        }
+    })?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(format!("{} answered HTTP {}", source.url, status.as_u16()));
+    }
+    if source.sha256.is_empty() {
+        return Ok(());
+    }
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| format!("GET {}: {}", source.url, http_error(&e)))?;
+    let digest = hex::encode(Sha256::digest(&body));
+    if source
+        .sha256
+        .iter()
+        .any(|d| d.eq_ignore_ascii_case(&digest))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} serves content with SHA-256 {digest}, not in the source's sha256 allow-list",
+            source.url
+        ))
+    }
 }
 
 // ---------------------------------------------------------------------------
 // upstream
 
-/// The error and its causes, `a: b: c`, which is what says *why* a request failed.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
+/// Why an HTTP request failed, in a few words: the innermost cause (`Connection
+/// refused (os error 111)`, `failed to lookup address information: …`), which is
+/// what says *why*; reqwest's outer layers only repeat the URL.
+pub(crate) fn http_error(e: &reqwest::Error) -> String {
+    let mut root: &dyn std::error::Error = e;
+    while let Some(cause) = root.source() {
+        root = cause;
     }
-    text
+    let why = root.to_string();
+    if e.is_connect() {
+        format!("cannot connect: {why}")
+    } else if std::ptr::addr_eq(root, e as &dyn std::error::Error) {
+        why
+    } else {
+        format!("{}: {why}", e.without_url_text())
+    }
+}
+
+/// reqwest's own message without the `(url)` it appends.
+trait WithoutUrl {
+    fn without_url_text(&self) -> String;
+}
+
+impl WithoutUrl for reqwest::Error {
+    fn without_url_text(&self) -> String {
+        let text = self.to_string();
+        match self.url() {
+            Some(url) => text.replace(&format!(" ({url})"), ""),
+            None => text,
+        }
+    }
 }
 
 async fn check_upstream(ctx: &Context) -> Outcome {
@@ -683,8 +1010,7 @@ async fn check_upstream(ctx: &Context) -> Outcome {
     let remaining = budget
         .saturating_sub(started.elapsed())
         .max(Duration::from_millis(100));
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut builder = reqwest::Client::builder()
+    let mut builder = http_client::client_builder()
         .connect_timeout(remaining)
         .timeout(remaining)
         .redirect(reqwest::redirect::Policy::none());
@@ -694,7 +1020,7 @@ async fn check_upstream(ctx: &Context) -> Outcome {
     let client = match builder.build() {
         Ok(client) => client,
         Err(e) => {
-            return Outcome::fail(format!("cannot build an HTTP client: {}", error_chain(&e)));
+            return Outcome::fail(format!("cannot build an HTTP client: {}", http_error(&e)));
         }
     };
     match client.get(url.clone()).send().await {
@@ -707,7 +1033,7 @@ async fn check_upstream(ctx: &Context) -> Outcome {
             "GET {shown}: no answer within upstream.connect_timeout ({} s)",
             budget.as_secs()
         )),
-        Err(e) => Outcome::fail(format!("GET {shown}: {}", error_chain(&e))),
+        Err(e) => Outcome::fail(format!("GET {shown}: {}", http_error(&e))),
     }
 }
 
@@ -843,6 +1169,46 @@ mod tests {
             "port 8000 on 127.0.0.1:8000"
         );
         assert!(ctx.expand("{config_file}").ends_with("warden.toml"));
+    }
+
+    #[test]
+    fn port_zero_passes_and_holders_are_described_on_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("warden.toml"), "[server]\nport = 0\n").unwrap();
+        let outcome = check_port(&ctx_for(dir.path()));
+        assert_eq!(outcome.status, Status::Pass, "{outcome:?}");
+        let holder = PortHolder {
+            pid: Some(42),
+            command: Some("x".repeat(300)),
+            inode: 1,
+            uid: Some(1000),
+        };
+        let text = describe_holder(&holder);
+        assert!(
+            text.starts_with("PID 42 (xxx") && text.ends_with("…)"),
+            "{text}"
+        );
+        assert!(text.chars().count() < 140, "{text}");
+    }
+
+    #[test]
+    fn a_listener_of_this_process_is_named_as_the_holder() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("warden.toml"),
+            format!("[server]\nport = {port}\n"),
+        )
+        .unwrap();
+        let outcome = check_port(&ctx_for(dir.path()));
+        assert_eq!(outcome.status, Status::Fail, "{outcome:?}");
+        assert!(
+            outcome
+                .message
+                .contains(&format!("PID {}", std::process::id())),
+            "{outcome:?}"
+        );
     }
 
     #[test]

@@ -333,13 +333,20 @@ pub fn parse(
             (Probe::File(path), title)
         }
     };
+    let hint = def.hint.unwrap_or_else(|| match &probe {
+        Probe::Command(command) => format!(
+            "run `{command}` yourself to see its full output; the check is defined in {}",
+            file.display()
+        ),
+        _ => format!("the check is defined in {}", file.display()),
+    });
     Ok(OperatorCheck {
         id,
         title: def.title.unwrap_or(default_title),
         file: file.to_path_buf(),
         severity: def.severity,
         timeout: Duration::from_secs(timeout_secs),
-        hint: def.hint,
+        hint: Some(hint),
         probe,
         home: home.root().to_path_buf(),
     })
@@ -470,7 +477,6 @@ async fn run_command(command: &str, check: &OperatorCheck) -> Outcome {
 }
 
 async fn run_http(url: &str, expected: Option<u16>, timeout: Duration) -> Outcome {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let parsed = match reqwest::Url::parse(url) {
         Ok(u) => u,
         Err(e) => return Outcome::fail(format!("{url}: {e}")),
@@ -482,7 +488,7 @@ async fn run_http(url: &str, expected: Option<u16>, timeout: Duration) -> Outcom
                 .parse::<std::net::IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback())
     };
-    let mut builder = reqwest::Client::builder()
+    let mut builder = crate::http_client::client_builder()
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none());
     if loopback {
@@ -512,15 +518,7 @@ async fn run_http(url: &str, expected: Option<u16>, timeout: Duration) -> Outcom
             "GET {url}: no answer within {} s",
             timeout.as_secs()
         )),
-        Err(e) => {
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                text.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            Outcome::fail(format!("GET {url}: {text}"))
-        }
+        Err(e) => Outcome::fail(format!("GET {url}: {}", super::builtin::http_error(&e))),
     }
 }
 

@@ -10,6 +10,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
+use warden::pidfile::{self, PidRecord};
+use warden::process::ProcessIdentity;
+
+use crate::support::{Proxy, TestHome};
 
 /// Variables that change what preflight checks; removed for every run.
 const LEAKY_VARS: &[&str] = &[
@@ -72,13 +76,16 @@ fn free_port() -> u16 {
 /// `warden.toml` on a free port whose prompts have local fallback files.
 fn prepared_home() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
+    prepare(dir.path(), free_port());
+    dir
+}
+
+fn prepare(root: &Path, port: u16) {
     for sub in ["logs", "run", "cache/prompts"] {
         std::fs::create_dir_all(root.join(sub)).unwrap();
     }
     write_private(&root.join(".env"), "# secrets and overrides\n");
-    write_config(root, free_port(), "");
-    dir
+    write_config(root, port, "");
 }
 
 fn write_private(path: &Path, text: &str) {
@@ -403,4 +410,143 @@ fn version_flag() {
         stdout(&out).trim(),
         format!("preflight {}", env!("CARGO_PKG_VERSION"))
     );
+}
+
+#[test]
+fn this_homes_own_proxy_may_hold_the_port_and_an_unrecorded_one_is_an_orphan() {
+    let home = TestHome::new();
+    prepare(home.path(), free_port());
+    // The real proxy, started by this test on a port of its choosing.
+    let proxy = Proxy::start(&home, &[], &[]);
+    let port: u16 = proxy.url.rsplit(':').next().unwrap().parse().unwrap();
+    write_config(home.path(), port, "");
+
+    // No PID file names it: it is an orphan of this home, and a foreign holder.
+    let out = run(preflight(home.path()).args(["--json", "--only", "port,process"]));
+    assert_eq!(out.status.code(), Some(1));
+    let report = json(&out);
+    let pid = format!("PID {}", proxy.pid());
+    let process = check(&report, "process");
+    assert_eq!(process["status"], "fail", "{process:#}");
+    assert!(
+        process["message"].as_str().unwrap().contains(&pid),
+        "{process:#}"
+    );
+    assert!(
+        process["hint"].as_str().unwrap().contains("doctor"),
+        "{process:#}"
+    );
+    let port_check = check(&report, "port");
+    assert_eq!(port_check["status"], "fail", "{port_check:#}");
+    assert!(
+        port_check["message"].as_str().unwrap().contains(&pid),
+        "{port_check:#}"
+    );
+
+    // Recorded in run/proxy.pid and locked, as the daemon keeps it: both pass.
+    let identity = ProcessIdentity::of(proxy.pid()).unwrap();
+    let record = PidRecord {
+        pid: identity.pid,
+        start_time: identity.start_time,
+        exe: identity.exe,
+        port: Some(port),
+        started_at: "2026-01-01T00:00:00Z".into(),
+        home: home.path().to_path_buf(),
+    };
+    let _lock = pidfile::acquire(&home.path().join("run/proxy.pid"), &record).unwrap();
+    let out = run(preflight(home.path()).args(["--json", "--only", "port,process"]));
+    let report = json(&out);
+    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    let port_check = check(&report, "port");
+    assert_eq!(port_check["status"], "pass", "{port_check:#}");
+    assert!(
+        port_check["message"]
+            .as_str()
+            .unwrap()
+            .contains("held by this home's proxy"),
+        "{port_check:#}"
+    );
+    assert_eq!(check(&report, "process")["status"], "pass");
+}
+
+#[test]
+fn a_stale_pid_file_fails_process() {
+    let home = prepared_home();
+    // A record nobody holds the lock of: stale by definition (SPEC §4).
+    let record = PidRecord::for_current_process(home.path(), None).unwrap();
+    std::fs::write(home.path().join("run/proxy.pid"), record.render()).unwrap();
+    let out = run(preflight(home.path()).args(["--json", "--only", "process"]));
+    assert_eq!(out.status.code(), Some(1));
+    let report = json(&out);
+    let process = check(&report, "process");
+    assert_eq!(process["status"], "fail", "{process:#}");
+    let message = process["message"].as_str().unwrap();
+    assert!(
+        message.contains("stale PID file") && message.contains("proxy.pid"),
+        "{message}"
+    );
+    assert!(
+        process["hint"].as_str().unwrap().contains("doctor"),
+        "{process:#}"
+    );
+}
+
+#[test]
+fn prompts_with_only_the_builtin_text_warn() {
+    let home = prepared_home();
+    // No cache, no local file, and a URL that refuses connections.
+    std::fs::write(
+        home.path().join("warden.toml"),
+        format!(
+            "[server]\nport = {}\n\n[[prompts.source]]\nname = \"base_instructions\"\nurl = \"http://127.0.0.1:9/p.md\"\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let out = run(preflight(home.path()).args(["--json", "--only", "prompts"]));
+    let report = json(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a warning is not a failure: {report:#}"
+    );
+    let prompts = check(&report, "prompts");
+    assert_eq!(prompts["status"], "warn", "{prompts:#}");
+    assert!(
+        prompts["message"]
+            .as_str()
+            .unwrap()
+            .contains("base_instructions: builtin only"),
+        "{prompts:#}"
+    );
+    assert!(
+        prompts["hint"]
+            .as_str()
+            .unwrap()
+            .contains("prompts refresh")
+    );
+}
+
+#[test]
+fn checks_run_concurrently() {
+    // Two operator checks that can only both pass when they run at the same
+    // time: each announces itself, then waits for the other. Run one after the
+    // other, the first would wait in vain and fail at its timeout.
+    let home = prepared_home();
+    let checks = home.path().join("checks");
+    std::fs::create_dir(&checks).unwrap();
+    for (me, other) in [("ping", "pong"), ("pong", "ping")] {
+        std::fs::write(
+            checks.join(format!("{me}.toml")),
+            format!(
+                "kind = \"command\"\ncommand = 'touch {me}.flag; while [ ! -e {other}.flag ]; do sleep 0.01; done'\ntimeout = 20\n"
+            ),
+        )
+        .unwrap();
+    }
+    let out = run(preflight(home.path()).args(["--json", "--only", "ping,pong"]));
+    let report = json(&out);
+    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    assert_eq!(check(&report, "ping")["status"], "pass");
+    assert_eq!(check(&report, "pong")["status"], "pass");
 }
