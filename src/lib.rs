@@ -6,6 +6,7 @@
 //! layout in [`home`], and so on. `shared/SPEC.md` is the external contract.
 
 pub mod atomic_file;
+pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod env;
