@@ -11,10 +11,12 @@ pub mod cli;
 pub mod config;
 pub mod env;
 pub mod gateway;
+pub mod handoff;
 pub mod health;
 pub mod home;
 pub mod http_client;
 pub mod logging;
+pub mod logs;
 pub mod metrics;
 pub mod openai;
 pub mod pidfile;
@@ -24,6 +26,7 @@ pub mod prompts;
 pub mod responses_api;
 pub mod server;
 pub mod sse;
+pub mod supervisor;
 pub mod upstream;
 
 /// The toolkit's version, printed by every binary's `--version`.

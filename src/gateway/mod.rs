@@ -183,7 +183,10 @@ pub async fn run(
         }
         connections.shutdown().await;
     };
-    if tokio::time::timeout(graceful_timeout, drained).await.is_err() {
+    if tokio::time::timeout(graceful_timeout, drained)
+        .await
+        .is_err()
+    {
         tracing::warn!(
             in_flight = gw.metrics.stats.in_flight.load(Ordering::Relaxed),
             "graceful_timeout reached: closing the remaining connections"
