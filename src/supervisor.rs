@@ -204,6 +204,18 @@ impl Supervisor {
         Ok(StartOutcome::Started { running, ready_in })
     }
 
+    /// Creates the home's folders and removes a stale PID file: what is always
+    /// safe before a start.
+    pub fn prepare(&self) -> Result<(), SupervisorError> {
+        self.home()
+            .ensure_dirs()
+            .map_err(|e| SupervisorError::new(e.to_string()))?;
+        if self.running().is_some() {
+            return Ok(());
+        }
+        self.clear_stale_pid_file()
+    }
+
     fn clear_stale_pid_file(&self) -> Result<(), SupervisorError> {
         let path = self.home().proxy_pid_file();
         match pidfile::inspect(&path) {

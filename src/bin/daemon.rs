@@ -114,10 +114,11 @@ async fn run(home: Home, command: Cmd) -> i32 {
         Cmd::Check { json } => check(&home, json).await.1,
         Cmd::Start { no_check, json } => {
             let Ok(config) = load(&home) else { return 1 };
-            if !no_check && !gate(&home).await {
+            let supervisor = Supervisor::new(config);
+            if !prepare(&supervisor) || (!no_check && !gate(&home).await) {
                 return 1;
             }
-            start(Supervisor::new(config), json).await
+            start(supervisor, json).await
         }
         Cmd::Stop { force } => {
             let Ok(config) = load(&home) else { return 1 };
@@ -125,10 +126,11 @@ async fn run(home: Home, command: Cmd) -> i32 {
         }
         Cmd::Restart { no_check } => {
             let Ok(config) = load(&home) else { return 1 };
-            if !no_check && !gate(&home).await {
+            let supervisor = Supervisor::new(config);
+            if !prepare(&supervisor) || (!no_check && !gate(&home).await) {
                 return 1;
             }
-            restart(Supervisor::new(config)).await
+            restart(supervisor).await
         }
         Cmd::Status { json } => {
             let Ok(config) = load(&home) else { return 1 };
@@ -146,14 +148,21 @@ async fn run(home: Home, command: Cmd) -> i32 {
     }
 }
 
-/// Runs the preflight checks; prints the failures and returns false when any failed.
-/// The home's own folders are created first: that is always safe, and a fresh
-/// machine should start with one command.
-async fn gate(home: &Home) -> bool {
-    if let Err(e) = home.ensure_dirs() {
-        eprintln!("daemon: {e}");
-        return false;
+/// What is always safe before a start: the home's own folders are created and a
+/// stale PID file (its lock is free) is removed, so a fresh machine or one after
+/// a crash starts with one command.
+fn prepare(supervisor: &Supervisor) -> bool {
+    match supervisor.prepare() {
+        Ok(()) => true,
+        Err(e) => {
+            report_error(&e);
+            false
+        }
     }
+}
+
+/// Runs the preflight checks; prints the failures and returns false when any failed.
+async fn gate(home: &Home) -> bool {
     let report = checks::run(home, &RunOptions::default()).await;
     let failed: Vec<_> = report.failed().collect();
     if failed.is_empty() {

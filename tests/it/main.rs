@@ -4,5 +4,6 @@
 
 mod support;
 
+mod daemon;
 mod preflight;
 mod proxy;

@@ -10,8 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use warden::pidfile::{self, PidRecord};
-use warden::process::ProcessIdentity;
+use warden::pidfile::PidRecord;
 
 use crate::support::{Proxy, TestHome};
 
@@ -416,12 +415,28 @@ fn version_flag() {
 fn this_homes_own_proxy_may_hold_the_port_and_an_unrecorded_one_is_an_orphan() {
     let home = TestHome::new();
     prepare(home.path(), free_port());
-    // The real proxy, started by this test on a port of its choosing.
+    // The real proxy, started by this test on a port of its choosing. It records
+    // itself in run/proxy.pid and keeps it locked.
     let proxy = Proxy::start(&home, &[], &[]);
     let port: u16 = proxy.url.rsplit(':').next().unwrap().parse().unwrap();
     write_config(home.path(), port, "");
+    let out = run(preflight(home.path()).args(["--json", "--only", "port,process"]));
+    let report = json(&out);
+    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    let port_check = check(&report, "port");
+    assert_eq!(port_check["status"], "pass", "{port_check:#}");
+    assert!(
+        port_check["message"]
+            .as_str()
+            .unwrap()
+            .contains("held by this home's proxy"),
+        "{port_check:#}"
+    );
+    assert_eq!(check(&report, "process")["status"], "pass");
 
-    // No PID file names it: it is an orphan of this home, and a foreign holder.
+    // Its PID file is deleted from under it: no PID file names it any more, so it
+    // is an orphan of this home, and a foreign holder of the port.
+    std::fs::remove_file(home.path().join("run/proxy.pid")).unwrap();
     let out = run(preflight(home.path()).args(["--json", "--only", "port,process"]));
     assert_eq!(out.status.code(), Some(1));
     let report = json(&out);
@@ -442,31 +457,6 @@ fn this_homes_own_proxy_may_hold_the_port_and_an_unrecorded_one_is_an_orphan() {
         port_check["message"].as_str().unwrap().contains(&pid),
         "{port_check:#}"
     );
-
-    // Recorded in run/proxy.pid and locked, as the daemon keeps it: both pass.
-    let identity = ProcessIdentity::of(proxy.pid()).unwrap();
-    let record = PidRecord {
-        pid: identity.pid,
-        start_time: identity.start_time,
-        exe: identity.exe,
-        port: Some(port),
-        started_at: "2026-01-01T00:00:00Z".into(),
-        home: home.path().to_path_buf(),
-    };
-    let _lock = pidfile::acquire(&home.path().join("run/proxy.pid"), &record).unwrap();
-    let out = run(preflight(home.path()).args(["--json", "--only", "port,process"]));
-    let report = json(&out);
-    assert_eq!(out.status.code(), Some(0), "{report:#}");
-    let port_check = check(&report, "port");
-    assert_eq!(port_check["status"], "pass", "{port_check:#}");
-    assert!(
-        port_check["message"]
-            .as_str()
-            .unwrap()
-            .contains("held by this home's proxy"),
-        "{port_check:#}"
-    );
-    assert_eq!(check(&report, "process")["status"], "pass");
 }
 
 #[test]
