@@ -17,6 +17,7 @@ pub mod logging;
 pub mod metrics;
 pub mod openai;
 pub mod prompts;
+pub mod prompts_cmd;
 pub mod responses_api;
 pub mod server;
 pub mod sse;
