@@ -4,4 +4,6 @@
 
 mod support;
 
+mod prompts;
 mod proxy;
+mod responses;
