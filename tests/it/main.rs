@@ -6,4 +6,6 @@ mod support;
 
 mod daemon;
 mod preflight;
+mod prompts;
 mod proxy;
+mod responses;
