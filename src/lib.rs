@@ -23,6 +23,7 @@ pub mod prompts;
 pub mod responses_api;
 pub mod server;
 pub mod sse;
+pub mod templates;
 pub mod upstream;
 
 /// The toolkit's version, printed by every binary's `--version`.
