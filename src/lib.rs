@@ -10,6 +10,7 @@ pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod env;
+pub mod fixes;
 pub mod gateway;
 pub mod handoff;
 pub mod health;

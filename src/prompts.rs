@@ -1172,6 +1172,116 @@ pub fn disk_status(home: &Home, cfg: &PromptsConfig) -> Vec<PromptStatus> {
         .collect()
 }
 
+/// What is damaged in the prompt cache on disk, judged without the network: what
+/// `doctor` deletes (the cache is only a cache: the fallback chain refills it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CacheDamage {
+    /// `metadata.json` does not parse: no cached prompt can be verified.
+    pub metadata: Option<String>,
+    /// Prompts whose metadata entry or cached file is unusable: (name, why).
+    pub entries: Vec<(String, String)>,
+    /// What cannot even be read (permissions, a directory in the way): not for
+    /// `doctor` to delete.
+    pub unreadable: Option<String>,
+}
+
+impl CacheDamage {
+    /// True when something should be deleted.
+    pub fn needs_repair(&self) -> bool {
+        self.metadata.is_some() || !self.entries.is_empty()
+    }
+
+    /// The configured prompts a repair deletes (all of them for a corrupt
+    /// `metadata.json`).
+    pub fn affected(&self, cfg: &PromptsConfig) -> Vec<String> {
+        if self.metadata.is_some() {
+            cfg.sources.iter().map(|s| s.name.clone()).collect()
+        } else {
+            self.entries.iter().map(|(name, _)| name.clone()).collect()
+        }
+    }
+}
+
+/// Finds corrupt cache entries and a corrupt `metadata.json` (read-only).
+pub fn inspect_cache(home: &Home, cfg: &PromptsConfig) -> CacheDamage {
+    let dir = home.prompts_cache_dir();
+    let path = dir.join(METADATA_FILE);
+    let mut damage = CacheDamage::default();
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return damage,
+        Err(e) => {
+            damage.unreadable = Some(format!("cannot read {}: {e}", path.display()));
+            return damage;
+        }
+    };
+    #[derive(Deserialize)]
+    struct Doc {
+        #[allow(dead_code)]
+        prompts: BTreeMap<String, Value>,
+    }
+    if let Err(e) = serde_json::from_slice::<Doc>(&bytes) {
+        damage.metadata = Some(format!("{} is corrupt: {e}", path.display()));
+        return damage;
+    }
+    for src in &cfg.sources {
+        if let Err(Miss::Invalid(problem)) = load_cached(&dir, src) {
+            damage.entries.push((src.name.clone(), problem));
+        }
+    }
+    damage
+}
+
+/// Deletes what `damage` names: a corrupt `metadata.json` with the cached files of
+/// every configured prompt, or each damaged prompt's file and metadata entry (the
+/// other entries are kept, rewritten atomically). Returns the paths removed.
+pub fn remove_damaged(
+    home: &Home,
+    cfg: &PromptsConfig,
+    damage: &CacheDamage,
+) -> io::Result<Vec<PathBuf>> {
+    let dir = home.prompts_cache_dir();
+    let meta_path = dir.join(METADATA_FILE);
+    let mut removed = Vec::new();
+    let mut remove = |path: PathBuf| -> io::Result<()> {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                removed.push(path);
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!("cannot remove {}: {e}", path.display()),
+            )),
+        }
+    };
+    if damage.metadata.is_some() {
+        remove(meta_path)?;
+    } else if !damage.entries.is_empty() {
+        // Re-read: the proxy may have rewritten it since it was inspected.
+        let bytes = std::fs::read(&meta_path)?;
+        let mut doc: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is corrupt: {e}", meta_path.display()),
+            )
+        })?;
+        if let Some(prompts) = doc.get_mut("prompts").and_then(Value::as_object_mut) {
+            for (name, _) in &damage.entries {
+                prompts.remove(name);
+            }
+        }
+        let mut bytes = serde_json::to_vec_pretty(&doc).map_err(io::Error::other)?;
+        bytes.push(b'\n');
+        atomic_file::write(&meta_path, &bytes, None)?;
+    }
+    for name in damage.affected(cfg) {
+        remove(dir.join(format!("{name}.md")))?;
+    }
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1707,5 +1817,42 @@ mod tests {
                 .min(BACKOFF_MAX);
             assert!(d >= full / 2 && d <= full, "retry {retry}: {d:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn damage_is_found_and_removed_entry_by_entry_or_whole() {
+        let (_server, base) = start_server(Mode::Up).await;
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let cfg = config(vec![
+            source(BASE_PROMPT, &base),
+            source(CODEX_PROMPT, &base),
+        ]);
+        let store = PromptStore::new(&home, &cfg);
+        store.get(BASE_PROMPT).await;
+        store.get(CODEX_PROMPT).await;
+        assert_eq!(inspect_cache(&home, &cfg), CacheDamage::default());
+
+        // One edited file: only that prompt is damaged, and only it is removed.
+        std::fs::write(cache_dir(&home).join("base_instructions.md"), "edited").unwrap();
+        let damage = inspect_cache(&home, &cfg);
+        assert!(damage.needs_repair() && damage.metadata.is_none());
+        assert_eq!(damage.entries.len(), 1, "{damage:?}");
+        assert_eq!(damage.affected(&cfg), [BASE_PROMPT]);
+        let removed = remove_damaged(&home, &cfg, &damage).unwrap();
+        assert_eq!(removed, [cache_dir(&home).join("base_instructions.md")]);
+        assert!(read_meta(&home)["prompts"].get(BASE_PROMPT).is_none());
+        assert!(read_meta(&home)["prompts"].get(CODEX_PROMPT).is_some());
+        assert!(!inspect_cache(&home, &cfg).needs_repair());
+        assert_eq!(disk_status(&home, &cfg)[1].source, PromptSourceKind::Cache);
+
+        // Garbage metadata.json: everything goes.
+        std::fs::write(cache_dir(&home).join(METADATA_FILE), "garbage{").unwrap();
+        let damage = inspect_cache(&home, &cfg);
+        assert!(damage.metadata.as_deref().unwrap().contains("corrupt"));
+        assert_eq!(damage.affected(&cfg).len(), 2);
+        remove_damaged(&home, &cfg, &damage).unwrap();
+        assert_eq!(std::fs::read_dir(cache_dir(&home)).unwrap().count(), 0);
+        assert_eq!(inspect_cache(&home, &cfg), CacheDamage::default());
     }
 }

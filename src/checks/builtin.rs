@@ -59,6 +59,23 @@ pub(crate) async fn run(id: &str, ctx: Arc<Context>) -> Outcome {
     }
 }
 
+/// Runs one of the checks that need neither the network nor a child process
+/// (`config`, `env`, `dirs`, `writable`, `disk`, `port`, `process`) inline on
+/// `ctx`: how `doctor` re-checks a home between its fixes. `None` for the others.
+pub fn run_blocking(id: &str, ctx: &Context) -> Option<Outcome> {
+    let check: fn(&Context) -> Outcome = match id {
+        "config" => check_config,
+        "env" => check_env,
+        "dirs" => check_dirs,
+        "writable" => check_writable,
+        "disk" => check_disk,
+        "port" => check_port,
+        "process" => check_process,
+        _ => return None,
+    };
+    Some(check(ctx))
+}
+
 /// What was found in the home's `.env`, without ever keeping a line's content.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DotEnv {
@@ -624,7 +641,7 @@ fn check_disk(ctx: &Context) -> Outcome {
 // port
 
 /// `PID 4242 (python3 -m http.server 8000)`, the command shortened for one line.
-fn describe_holder(holder: &PortHolder) -> String {
+pub fn describe_holder(holder: &PortHolder) -> String {
     match (holder.pid, &holder.command) {
         (Some(pid), Some(command)) => {
             let mut short: String = command.chars().take(120).collect();

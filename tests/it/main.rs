@@ -5,6 +5,7 @@
 mod support;
 
 mod daemon;
+mod doctor;
 mod preflight;
 mod prompts;
 mod proxy;

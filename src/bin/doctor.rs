@@ -1,0 +1,90 @@
+//! `doctor`: "something looks broken" — diagnose a home and fix what is safe to
+//! fix (SPEC §7). All the logic is in `warden::fixes`; this file parses flags and
+//! picks an output.
+//!
+//! Exit codes: 0 nothing is left broken, 1 something still needs fixing (in a dry
+//! run: something would be fixed), 2 doctor could not run (bad usage, no home).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use warden::checks::report::color_wanted;
+use warden::cli::HomeArgs;
+use warden::fixes::{self, Options, report};
+use warden::home::Home;
+
+/// Diagnoses a warden home and fixes what is safe to fix: creates the home,
+/// its folders, .env (mode 0600) and warden.toml from the templates, tightens
+/// .env, removes stale PID files, rotates oversized logs, repairs a corrupt
+/// prompt cache and, with --yes, stops an orphaned proxy of this home. A foreign
+/// process on the port is named, never touched; a wrong-looking API key is
+/// reported with where to change it, never printed.
+///
+/// Examples:
+///   doctor                         # fix what is safe, report the rest
+///   doctor --dry-run               # change nothing; say what would be done
+///   doctor --json                  # one JSON document: findings with id, status, action, hint
+///   doctor --yes                   # also stop an orphaned proxy of this home
+///   doctor --home /srv/warden      # another home
+///
+/// Exit status: 0 nothing left broken, 1 something needs you (or, with
+/// --dry-run, would be fixed), 2 bad usage.
+#[derive(Parser, Debug)]
+#[command(name = "doctor", version = warden::VERSION, verbatim_doc_comment)]
+struct Args {
+    #[command(flatten)]
+    home: HomeArgs,
+
+    /// Change nothing; say what would be done.
+    #[arg(long)]
+    dry_run: bool,
+
+    /// Print one JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+
+    /// Also stop an orphaned proxy of this home (a proxy no PID file knows; its
+    /// identity is checked before any signal).
+    #[arg(long, short = 'y')]
+    yes: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let home = match Home::resolve(args.home.home.as_deref()) {
+        Ok(home) => home,
+        Err(e) => {
+            eprintln!("doctor: {e}");
+            return ExitCode::from(report::EXIT_USAGE as u8);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("doctor: cannot start the async runtime: {e}");
+            return ExitCode::from(report::EXIT_USAGE as u8);
+        }
+    };
+    let opts = Options {
+        dry_run: args.dry_run,
+        yes: args.yes,
+    };
+    let result = runtime.block_on(fixes::run(&home, opts));
+    // A check that timed out may still sit in a blocking call: do not wait for it.
+    runtime.shutdown_background();
+    fixes::log_fixes(&home, &result);
+
+    let text = if args.json {
+        report::json(&result) + "\n"
+    } else {
+        report::human(&result, color_wanted())
+    };
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+    ExitCode::from(report::exit_code(&result) as u8)
+}
