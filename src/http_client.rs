@@ -21,6 +21,22 @@ pub fn client_builder() -> reqwest::ClientBuilder {
         .user_agent(concat!("warden/", env!("CARGO_PKG_VERSION")))
 }
 
+/// The full chain of an error's causes, `a: b: c`: reqwest's top-level message
+/// alone ("error sending request") does not tell an operator what happened.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

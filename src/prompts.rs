@@ -41,6 +41,7 @@ use sha2::{Digest, Sha256};
 use crate::atomic_file;
 use crate::config::{BASE_PROMPT, CODEX_PROMPT, PromptSource, PromptsConfig};
 use crate::home::Home;
+use crate::http_client::error_chain;
 
 /// The metadata file beside the cached prompts.
 pub const METADATA_FILE: &str = "metadata.json";
@@ -958,21 +959,6 @@ async fn fetch_once(
         etag,
         last_modified,
     })
-}
-
-/// An error and its sources, `a: b: c`, since reqwest's own message is terse.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }
 
 fn digest_allowed(src: &PromptSource, sha256: &str) -> bool {

@@ -19,6 +19,7 @@ use tokio::time::timeout;
 use super::retry;
 use super::{ExchangeStats, FrameStream, Reply};
 use crate::config::Config;
+use crate::http_client::error_chain;
 use crate::metrics::Metrics;
 use crate::openai::{ApiError, Usage};
 
@@ -39,22 +40,6 @@ pub struct HttpUpstream {
     first_byte_timeout: Duration,
     idle_timeout: Duration,
     metrics: Arc<Metrics>,
-}
-
-/// The full chain of an error's causes: reqwest's top-level message alone
-/// ("error sending request") does not tell an operator what happened.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }
 
 impl HttpUpstream {
