@@ -281,3 +281,37 @@ async fn restart_under_steady_load_fails_no_request() {
         ok.load(Ordering::Relaxed)
     );
 }
+
+#[test]
+fn restart_rotates_oversized_logs() {
+    let home = TestHome::new();
+    home.config(&format!(
+        "[server]\nport = {}\n[logs]\nmax_bytes = 1000\n",
+        free_port()
+    ));
+    let _guard = StopOnDrop(&home);
+    assert!(run("daemon", &home, &["start"]).status.success());
+    home.write("logs/watchdog.log", &"old watchdog line\n".repeat(200));
+    let before = std::fs::metadata(home.file("logs/proxy.log"))
+        .unwrap()
+        .len();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(home.file("logs/proxy.log"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, "filler\n".repeat(500).as_bytes()))
+        .unwrap();
+    let out = run("daemon", &home, &["restart"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rotated = home.read("logs/proxy.log.1");
+    assert!(
+        rotated.len() as u64 > before && rotated.contains("filler"),
+        "the old log moved to proxy.log.1"
+    );
+    assert!(
+        home.read("logs/watchdog.log.1")
+            .contains("old watchdog line")
+    );
+    // The new proxy writes to a fresh proxy.log.
+    assert!(home.read("logs/proxy.log").contains("warden proxy started"));
+    assert!(home.read("logs/daemon.log").contains("rotated"));
+}
