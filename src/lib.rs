@@ -23,6 +23,7 @@ pub mod prompts;
 pub mod responses_api;
 pub mod server;
 pub mod sse;
+pub mod systemd;
 pub mod templates;
 pub mod upstream;
 

@@ -37,6 +37,8 @@ pub struct Gateway {
     slots: Arc<Semaphore>,
     auth_token: Option<String>,
     ready: AtomicBool,
+    /// The same readiness, for tasks that wait on changes (systemd notification).
+    ready_watch: tokio::sync::watch::Sender<bool>,
 }
 
 impl Gateway {
@@ -47,6 +49,7 @@ impl Gateway {
             slots: Arc::new(Semaphore::new(config.server.max_concurrent)),
             auth_token: config.auth_token(),
             ready: AtomicBool::new(false),
+            ready_watch: tokio::sync::watch::Sender::new(false),
             upstream,
             metrics,
             config,
@@ -59,6 +62,12 @@ impl Gateway {
 
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
+        self.ready_watch.send_replace(ready);
+    }
+
+    /// Follows readiness: what `/health/ready` answers, as it changes.
+    pub fn watch_ready(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.ready_watch.subscribe()
     }
 }
 
