@@ -7,7 +7,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use warden::cli::HomeArgs;
 use warden::config::{Config, Overrides};
 
@@ -17,6 +17,7 @@ use warden::config::{Config, Overrides};
 ///   proxy                                  # serve on 127.0.0.1:8000, built-in offline upstream
 ///   proxy --port 0                         # any free port (printed on stdout)
 ///   proxy --upstream http://127.0.0.1:9000/v1
+///   proxy --generate man > proxy.1         # also complete-bash, complete-zsh, complete-fish
 #[derive(Parser, Debug)]
 #[command(name = "proxy", version = warden::VERSION, verbatim_doc_comment)]
 struct Args {
@@ -34,6 +35,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = warden::cli::handle_generate(Args::command) {
+        return code;
+    }
     let args = Args::parse();
     let home = args.home.resolve_or_exit("proxy");
     let overrides = Overrides {

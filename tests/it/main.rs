@@ -4,5 +4,6 @@
 
 mod support;
 
+mod completions;
 mod proxy;
 mod systemd;
