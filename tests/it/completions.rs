@@ -49,3 +49,40 @@ fn proxy_version_and_help() {
     // NO_COLOR is set by `bin`: plain text, no escape sequences.
     assert!(!out.contains('\x1b'), "{out:?}");
 }
+
+#[test]
+fn install_completions_script_installs_what_the_binaries_generate() {
+    let prefix = tempfile::tempdir().unwrap();
+    let proxy = std::path::Path::new(env!("CARGO_BIN_EXE_proxy"));
+    let out = std::process::Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/install-completions.sh"
+        ))
+        .arg("--prefix")
+        .arg(prefix.path())
+        .arg("--bin-dir")
+        .arg(proxy.parent().unwrap())
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (file, needle) in [
+        ("share/bash-completion/completions/proxy", "--home"),
+        ("share/zsh/site-functions/_proxy", "#compdef proxy"),
+        (
+            "share/fish/vendor_completions.d/proxy.fish",
+            "complete -c proxy",
+        ),
+        ("share/man/man1/proxy.1", ".TH proxy 1"),
+    ] {
+        let text = std::fs::read_to_string(prefix.path().join(file))
+            .unwrap_or_else(|e| panic!("{file}: {e}; output:\n{stdout}"));
+        assert!(text.contains(needle), "{file}: {text}");
+    }
+}
