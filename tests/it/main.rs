@@ -6,4 +6,5 @@ mod support;
 
 mod completions;
 mod proxy;
+mod safety_doc;
 mod systemd;
