@@ -61,6 +61,10 @@ for name in proxy daemon preflight doctor watchdog; do
         echo "skip  $name: not built or not installed yet"
         continue
     fi
+    if ! "$binary" --generate man >/dev/null 2>&1; then
+        echo "skip  $name: $binary does not support --generate yet"
+        continue
+    fi
     for kind in complete-bash complete-zsh complete-fish man; do
         case "$kind" in
             complete-bash) dest="$prefix/share/bash-completion/completions/$name" ;;

@@ -57,6 +57,16 @@ impl EnvSource {
         })
     }
 
+    /// The process environment alone, as when the home has no `.env` (used when
+    /// `.env` exists but does not parse, so the rest can still be checked).
+    pub fn process_only() -> EnvSource {
+        EnvSource {
+            dotenv: HashMap::new(),
+            dotenv_path: None,
+            use_process: true,
+        }
+    }
+
     /// A source with only the given pairs (no process environment): for tests.
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> EnvSource {
         EnvSource {

@@ -125,3 +125,50 @@ mod tests {
         );
     }
 }
+
+/// Probing a running proxy over HTTP (used by `daemon` and `watchdog`).
+pub mod probe {
+    use std::time::Duration;
+
+    use super::HealthReport;
+
+    /// A small client for health probes: no pooling surprises, short timeouts.
+    pub fn client(timeout: Duration) -> reqwest::Client {
+        crate::http_client::client_builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("a plain HTTP client builds")
+    }
+
+    /// `Ok` when `GET {base}/health/ready` answers 200.
+    pub async fn ready(client: &reqwest::Client, base_url: &str) -> Result<(), String> {
+        let url = format!("{base_url}/health/ready");
+        match client.get(&url).send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("{url} answered {}", r.status())),
+            Err(e) if e.is_timeout() => Err(format!("{url} did not answer in time")),
+            Err(e) => Err(format!("{url}: {}", crate::upstream::chat::error_chain(&e))),
+        }
+    }
+
+    /// `GET {base}/health`: the status code and the report.
+    pub async fn report(
+        client: &reqwest::Client,
+        base_url: &str,
+    ) -> Result<(u16, HealthReport), String> {
+        let url = format!("{base_url}/health");
+        let response = client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {}", crate::upstream::chat::error_chain(&e)))?;
+        let code = response.status().as_u16();
+        let report = response
+            .json::<HealthReport>()
+            .await
+            .map_err(|e| format!("{url} answered {code} with an unexpected body: {e}"))?;
+        Ok((code, report))
+    }
+}

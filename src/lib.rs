@@ -6,14 +6,17 @@
 //! layout in [`home`], and so on. `shared/SPEC.md` is the external contract.
 
 pub mod atomic_file;
+pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod env;
 pub mod gateway;
+pub mod handoff;
 pub mod health;
 pub mod home;
 pub mod http_client;
 pub mod logging;
+pub mod logs;
 pub mod metrics;
 pub mod openai;
 pub mod pidfile;
@@ -23,6 +26,7 @@ pub mod prompts;
 pub mod responses_api;
 pub mod server;
 pub mod sse;
+pub mod supervisor;
 pub mod systemd;
 pub mod templates;
 pub mod upstream;

@@ -3,15 +3,23 @@
 //! wrapper around [`serve_foreground`].
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 
 use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::gateway::{self, Gateway};
+use crate::handoff;
 use crate::home::LogKind;
+use crate::pidfile::{self, PidRecord};
 
 /// Serves until SIGTERM/SIGINT and returns after the drain. Errors are
 /// sentences for the operator.
+///
+/// Start-up order matters: the port is bound (or inherited) first, so a busy
+/// port fails fast; then `run/proxy.pid` is locked, so two proxies of one home
+/// can never both serve. A successor started by `daemon restart` instead takes
+/// the PID file over from its predecessor once it is about to serve.
 pub async fn serve_foreground(config: Config) -> Result<(), String> {
     let _log_guard = crate::logging::init(
         &config.home,
@@ -20,13 +28,43 @@ pub async fn serve_foreground(config: Config) -> Result<(), String> {
         config.features.verbose,
     )
     .map_err(|e| format!("cannot open the log: {e}"))?;
-    let addr = config.listen_addr().map_err(|e| e.to_string())?;
-    let listener = bind(addr).await?;
+    let fail = |message: String| {
+        tracing::error!("{message}");
+        message
+    };
+    let home = config.home.clone();
+    home.ensure_dirs().map_err(|e| fail(e.to_string()))?;
+    let takeover = std::env::var_os(handoff::HANDOFF_VAR).is_some();
+    let listener = match handoff::inherited_listener().map_err(|e| fail(e.to_string()))? {
+        Some(std_listener) => TcpListener::from_std(std_listener)
+            .map_err(|e| fail(format!("cannot adopt the inherited socket: {e}")))?,
+        None => bind(config.listen_addr().map_err(|e| e.to_string())?).await?,
+    };
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    let gw = Gateway::new(config).map_err(|e| {
-        tracing::error!(error = %e, "cannot start");
-        e
+    let pid_path = home.proxy_pid_file();
+    let record = PidRecord::for_current_process(home.root(), Some(local.port())).map_err(|e| {
+        fail(format!(
+            "cannot describe this process for {}: {e}",
+            pid_path.display()
+        ))
     })?;
+    let mut pid_guard = if takeover {
+        None
+    } else {
+        Some(pidfile::acquire(&pid_path, &record).map_err(|e| fail(e.to_string()))?)
+    };
+    let gw = Gateway::new(config).map_err(fail)?;
+    // The control socket is a convenience for restarts: without it (say, a home
+    // path too long for a Unix socket) the proxy still serves.
+    let _control = handoff::serve_control(&home, listener.as_raw_fd())
+        .map_err(|e| tracing::warn!(error = %e, "no control socket: `daemon restart` will stop, then start"))
+        .ok();
+    if takeover {
+        pid_guard = Some(
+            pidfile::replace(&pid_path, &record)
+                .map_err(|e| fail(format!("cannot take over {}: {e}", pid_path.display())))?,
+        );
+    }
     // Signal handlers go in before anyone learns the address: a SIGTERM right after the
     // "listening on" line must drain and exit 0, not kill the process outright.
     let signal = shutdown_signal();
@@ -43,6 +81,7 @@ pub async fn serve_foreground(config: Config) -> Result<(), String> {
         crate::systemd::notify_stopping();
     };
     let result = gateway::run(listener, gw, shutdown).await;
+    drop(pid_guard);
     result.map_err(|e| format!("server error: {e}"))
 }
 

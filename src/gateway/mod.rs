@@ -19,7 +19,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -37,6 +36,8 @@ pub struct Gateway {
     slots: Arc<Semaphore>,
     auth_token: Option<String>,
     ready: AtomicBool,
+    /// Set when the drain begins: responses then ask clients to close the connection.
+    draining: AtomicBool,
     /// The same readiness, for tasks that wait on changes (systemd notification).
     ready_watch: tokio::sync::watch::Sender<bool>,
 }
@@ -49,6 +50,7 @@ impl Gateway {
             slots: Arc::new(Semaphore::new(config.server.max_concurrent)),
             auth_token: config.auth_token(),
             ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             ready_watch: tokio::sync::watch::Sender::new(false),
             upstream,
             metrics,
@@ -68,6 +70,10 @@ impl Gateway {
     /// Follows readiness: what `/health/ready` answers, as it changes.
     pub fn watch_ready(&self) -> tokio::sync::watch::Receiver<bool> {
         self.ready_watch.subscribe()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 }
 
@@ -112,34 +118,32 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
     .code("method_not_allowed")
 }
 
-/// Serves until `shutdown` completes, then stops accepting, drains in-flight
-/// requests for at most `server.graceful_timeout`, and returns.
+/// How long, after the listener closes, connections get to finish on their own
+/// (every response now carries `Connection: close`) before idle keep-alive
+/// connections are closed by the server. Closing an idle connection is what can
+/// race with a client that is just sending its next request on it; lingering
+/// first lets busy clients move to the new process during a restart.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Serves until `shutdown` completes, then drains: readiness off, stop
+/// accepting, `Connection: close` on every response, a short linger, then close
+/// idle connections and wait for in-flight requests, all within
+/// `server.graceful_timeout`.
 pub async fn run(
     listener: TcpListener,
     gw: Arc<Gateway>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
     let addr = listener.local_addr()?;
-    let graceful = Duration::from_secs(gw.config.server.graceful_timeout);
-    let draining = Arc::new(tokio::sync::Notify::new());
-    let app = router(gw.clone());
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let signal = {
-        let gw = gw.clone();
-        let draining = draining.clone();
-        async move {
-            shutdown.await;
-            gw.set_ready(false);
-            tracing::info!(
-                in_flight = gw.metrics.stats.in_flight.load(Ordering::Relaxed),
-                graceful_timeout_secs = graceful.as_secs(),
-                "shutdown requested: readiness off, no longer accepting, draining in-flight requests"
-            );
-            draining.notify_one();
-        }
-    };
+    let graceful_timeout = Duration::from_secs(gw.config.server.graceful_timeout);
+    let service = TowerToHyperService::new(router(gw.clone()));
+    let builder = Builder::new(TokioExecutor::new());
+    let connections = GracefulShutdown::new();
     gw.set_ready(true);
     tracing::info!(
         version = crate::VERSION,
@@ -149,19 +153,53 @@ pub async fn run(
         pid = std::process::id(),
         "warden proxy started"
     );
-    let server = axum::serve(listener, app).with_graceful_shutdown(signal);
-    let deadline = async {
-        draining.notified().await;
-        tokio::time::sleep(graceful).await;
-    };
-    tokio::select! {
-        result = server => result?,
-        () = deadline => {
-            tracing::warn!(
-                in_flight = gw.metrics.stats.in_flight.load(Ordering::Relaxed),
-                "graceful_timeout reached: closing the remaining connections"
-            );
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service.clone())
+            .into_owned();
+        let conn = connections.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    gw.set_ready(false);
+    gw.draining.store(true, Ordering::Release);
+    tracing::info!(
+        in_flight = gw.metrics.stats.in_flight.load(Ordering::Relaxed),
+        connections = connections.count(),
+        graceful_timeout_secs = graceful_timeout.as_secs(),
+        "shutdown requested: readiness off, no longer accepting, draining in-flight requests"
+    );
+    let drained = async {
+        let linger_until = tokio::time::Instant::now() + LINGER.min(graceful_timeout);
+        while connections.count() > 0 && tokio::time::Instant::now() < linger_until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        connections.shutdown().await;
+    };
+    if tokio::time::timeout(graceful_timeout, drained)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            in_flight = gw.metrics.stats.in_flight.load(Ordering::Relaxed),
+            "graceful_timeout reached: closing the remaining connections"
+        );
     }
     tracing::info!(
         requests = gw.metrics.stats.total.load(Ordering::Relaxed),

@@ -36,6 +36,13 @@ pub async fn observe(State(gw): State<Arc<Gateway>>, request: Request, next: Nex
     let mut response = next.run(request).await;
     let status = response.status().as_u16();
     let exchange = response.extensions_mut().remove::<ExchangeInfo>();
+    if gw.is_draining() {
+        // Ask HTTP/1 clients to reconnect (to the new process, during a restart).
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
     response.map(|inner| {
         Body::new(ObservedBody {
             inner,

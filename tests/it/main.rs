@@ -5,6 +5,8 @@
 mod support;
 
 mod completions;
+mod daemon;
+mod preflight;
 mod proxy;
 mod safety_doc;
 mod systemd;

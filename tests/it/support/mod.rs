@@ -55,6 +55,8 @@ impl TestHome {
 pub fn bin(name: &str) -> Command {
     let path = match name {
         "proxy" => env!("CARGO_BIN_EXE_proxy"),
+        "daemon" => env!("CARGO_BIN_EXE_daemon"),
+        "preflight" => env!("CARGO_BIN_EXE_preflight"),
         other => panic!("unknown binary {other}"),
     };
     let mut cmd = Command::new(path);
@@ -180,5 +182,56 @@ pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a binary to completion with `--home HOME` and the given arguments.
+pub fn run(name: &str, home: &TestHome, args: &[&str]) -> std::process::Output {
+    let mut cmd = bin(name);
+    cmd.arg("--home")
+        .arg(home.path())
+        .args(args)
+        .stdin(Stdio::null());
+    cmd.output().expect("run binary")
+}
+
+pub fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).into_owned()
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process the test owns (`sleep`), killed on drop.
+pub struct Sleeper(pub Child);
+
+impl Sleeper {
+    pub fn spawn() -> Sleeper {
+        Sleeper(
+            Command::new("sleep")
+                .arg("300")
+                .spawn()
+                .expect("spawn sleep"),
+        )
+    }
+    pub fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+    /// Still running (and not a zombie)?
+    pub fn alive(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

@@ -1,0 +1,415 @@
+//! `daemon`: start, stop, restart, status, check and logs for the proxy of one
+//! home (SPEC §5). The work is in `warden::supervisor` (shared with `watchdog`)
+//! and `warden::checks` (shared with `preflight`); this file parses arguments,
+//! draws the spinner and chooses exit codes.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use warden::checks::{self, RunOptions, report};
+use warden::cli::HomeArgs;
+use warden::config::{Config, Overrides};
+use warden::home::{Home, LogKind};
+use warden::supervisor::{RestartOutcome, StartOutcome, StopOutcome, Supervisor, SupervisorError};
+
+/// Runs the warden proxy in the background and keeps track of it.
+///
+/// Examples:
+///   daemon start               # preflight checks, then start and wait until ready
+///   daemon status --json       # exit 0 healthy, 1 dead, 3 stopped, 4 unhealthy
+///   daemon restart             # zero-downtime: the new proxy takes over the socket
+///   daemon logs -f             # follow logs/proxy.log
+///   daemon stop                # SIGTERM, SIGKILL after daemon.stop_timeout
+#[derive(Parser, Debug)]
+#[command(name = "daemon", version = warden::VERSION, verbatim_doc_comment)]
+struct Args {
+    #[command(flatten)]
+    home: HomeArgs,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the preflight checks, start the proxy detached and wait until it is ready.
+    Start {
+        /// Skip the preflight checks.
+        #[arg(long)]
+        no_check: bool,
+        /// Print the outcome as one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the proxy: SIGTERM, then SIGKILL after daemon.stop_timeout.
+    Stop {
+        /// SIGKILL at once.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Replace the running proxy without refusing a request; rotates oversized logs.
+    Restart {
+        /// Skip the preflight checks.
+        #[arg(long)]
+        no_check: bool,
+    },
+    /// Is the proxy running and healthy? Exit 0 yes, 1 PID file but dead, 3 not running, 4 unhealthy.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The preflight checks (same as the `preflight` binary).
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a log: the last N lines, or follow it with -f.
+    Logs {
+        /// Keep printing new lines as they are written.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many lines to show.
+        #[arg(short = 'n', long = "lines", default_value_t = 50)]
+        lines: usize,
+        /// Which log.
+        #[arg(value_enum, default_value_t = Which::Proxy)]
+        which: Which,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Which {
+    Proxy,
+    Watchdog,
+    Daemon,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let home = args.home.resolve_or_exit("daemon");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime builds");
+    let code = runtime.block_on(run(home, args.command));
+    ExitCode::from(code as u8)
+}
+
+fn load(home: &Home) -> Result<Config, i32> {
+    Config::load(home, &Overrides::default()).map_err(|e| {
+        eprintln!("daemon: configuration error: {e}");
+        eprintln!("daemon: fix it (or run `doctor`), then try again");
+        1
+    })
+}
+
+async fn run(home: Home, command: Cmd) -> i32 {
+    match command {
+        Cmd::Logs {
+            follow,
+            lines,
+            which,
+        } => logs(&home, follow, lines, which),
+        Cmd::Check { json } => check(&home, json).await.1,
+        Cmd::Start { no_check, json } => {
+            let Ok(config) = load(&home) else { return 1 };
+            let supervisor = Supervisor::new(config);
+            if !prepare(&supervisor) || (!no_check && !gate(&home).await) {
+                return 1;
+            }
+            start(supervisor, json).await
+        }
+        Cmd::Stop { force } => {
+            let Ok(config) = load(&home) else { return 1 };
+            stop(Supervisor::new(config), force).await
+        }
+        Cmd::Restart { no_check } => {
+            let Ok(config) = load(&home) else { return 1 };
+            let supervisor = Supervisor::new(config);
+            if !prepare(&supervisor) || (!no_check && !gate(&home).await) {
+                return 1;
+            }
+            restart(supervisor).await
+        }
+        Cmd::Status { json } => {
+            let Ok(config) = load(&home) else { return 1 };
+            let status = Supervisor::new(config).status().await;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status).expect("status serialises")
+                );
+            } else {
+                print_status(&status);
+            }
+            status.exit_code()
+        }
+    }
+}
+
+/// What is always safe before a start: the home's own folders are created and a
+/// stale PID file (its lock is free) is removed, so a fresh machine or one after
+/// a crash starts with one command.
+fn prepare(supervisor: &Supervisor) -> bool {
+    match supervisor.prepare() {
+        Ok(()) => true,
+        Err(e) => {
+            report_error(&e);
+            false
+        }
+    }
+}
+
+/// Runs the preflight checks; prints the failures and returns false when any failed.
+async fn gate(home: &Home) -> bool {
+    let report = checks::run(home, &RunOptions::default()).await;
+    let failed: Vec<_> = report.failed().collect();
+    if failed.is_empty() {
+        return true;
+    }
+    eprintln!("daemon: preflight failed; not starting:");
+    for check in failed {
+        eprintln!("  ✗ {}: {}", check.id, check.message);
+        if let Some(hint) = &check.hint {
+            eprintln!("      fix: {hint}");
+        }
+    }
+    eprintln!(
+        "daemon: run `doctor` to fix what is safe to fix, or pass --no-check to start anyway"
+    );
+    false
+}
+
+async fn check(home: &Home, json: bool) -> (bool, i32) {
+    let report = checks::run(home, &RunOptions::default()).await;
+    if json {
+        println!("{}", report::json(&report));
+    } else {
+        print!("{}", report::human(&report, report::color_wanted()));
+    }
+    (report.ok, report::exit_code(&report))
+}
+
+/// A spinner on a terminal; silence otherwise.
+fn spinner() -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(Duration::from_millis(80));
+    Some(bar)
+}
+
+fn report_error(e: &SupervisorError) {
+    eprintln!("daemon: {}", e.message);
+    if !e.log_tail.is_empty() {
+        eprintln!("daemon: last lines of logs/proxy.log:");
+        for line in &e.log_tail {
+            eprintln!("  {line}");
+        }
+    }
+}
+
+async fn start(supervisor: Supervisor, json: bool) -> i32 {
+    let bar = spinner();
+    let tick = |msg: &str| {
+        if let Some(bar) = &bar {
+            bar.set_message(msg.to_string());
+        }
+    };
+    let outcome = supervisor.start(&tick).await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    match outcome {
+        Ok(StartOutcome::Started { running, ready_in }) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"started": true, "pid": running.pid, "url": running.url, "ready_ms": ready_in.as_millis() as u64})
+                );
+            } else {
+                println!(
+                    "proxy started: PID {}, {} (ready in {} ms)",
+                    running.pid,
+                    running.url,
+                    ready_in.as_millis()
+                );
+            }
+            0
+        }
+        Ok(StartOutcome::AlreadyRunning(running)) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"started": false, "pid": running.pid, "url": running.url, "already_running": true})
+                );
+            } else {
+                println!(
+                    "proxy already running: PID {}, {}",
+                    running.pid, running.url
+                );
+            }
+            0
+        }
+        Err(e) => {
+            report_error(&e);
+            supervisor.log_action(&format!("start failed: {}", e.message));
+            1
+        }
+    }
+}
+
+async fn stop(supervisor: Supervisor, force: bool) -> i32 {
+    match supervisor.stop(force).await {
+        Ok(StopOutcome::NotRunning) => {
+            println!("proxy is not running");
+            0
+        }
+        Ok(StopOutcome::StaleRemoved { pid }) => {
+            let pid = pid.map_or("?".to_string(), |p| p.to_string());
+            println!(
+                "proxy was not running; removed the stale PID file (PID {pid} was not signalled)"
+            );
+            0
+        }
+        Ok(StopOutcome::Stopped { pid, how, took }) => {
+            println!(
+                "proxy stopped: PID {pid} ({how:?} after {:.1} s)",
+                took.as_secs_f64()
+            );
+            0
+        }
+        Err(e) => {
+            report_error(&e);
+            1
+        }
+    }
+}
+
+async fn restart(supervisor: Supervisor) -> i32 {
+    let bar = spinner();
+    let tick = |msg: &str| {
+        if let Some(bar) = &bar {
+            bar.set_message(msg.to_string());
+        }
+    };
+    let outcome = supervisor.restart(&tick).await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    match outcome {
+        Ok(RestartOutcome::HandedOver {
+            old_pid,
+            running,
+            ready_in,
+        }) => {
+            println!(
+                "proxy restarted without downtime: PID {old_pid} → PID {}, {} (ready in {} ms)",
+                running.pid,
+                running.url,
+                ready_in.as_millis()
+            );
+            0
+        }
+        Ok(RestartOutcome::Started { running, ready_in }) => {
+            println!(
+                "proxy was not running; started: PID {}, {} (ready in {} ms)",
+                running.pid,
+                running.url,
+                ready_in.as_millis()
+            );
+            0
+        }
+        Ok(RestartOutcome::StopStart {
+            old_pid,
+            running,
+            why,
+            ..
+        }) => {
+            println!(
+                "proxy restarted by stop and start (no socket hand-off: {why}): PID {old_pid} → PID {}, {}",
+                running.pid, running.url
+            );
+            0
+        }
+        Err(e) => {
+            report_error(&e);
+            supervisor.log_action(&format!("restart failed: {}", e.message));
+            1
+        }
+    }
+}
+
+fn print_status(status: &warden::supervisor::StatusReport) {
+    match status.state {
+        "running" | "unhealthy" => {
+            let pid = status.pid.unwrap_or_default();
+            let url = status.url.as_deref().unwrap_or("?");
+            println!(
+                "proxy {}: PID {pid}, {url}",
+                if status.healthy {
+                    "running"
+                } else {
+                    "UNHEALTHY"
+                }
+            );
+            if let Some(h) = &status.health {
+                println!("  uptime    {:.0} s", h.uptime_secs);
+                println!(
+                    "  requests  {} total, {} ok, {} errors, {} in flight, {} rejected",
+                    h.requests.total,
+                    h.requests.success,
+                    h.requests.error,
+                    h.requests.in_flight,
+                    h.requests.rejected
+                );
+                println!("  upstream  {} ({})", h.upstream.url, h.upstream.api);
+                for (name, p) in &h.prompts {
+                    let age = p.age_secs.map_or("-".to_string(), |a| format!("{a:.0} s"));
+                    println!(
+                        "  prompt    {name}: {} (age {age}, {})",
+                        p.source,
+                        if p.fresh { "fresh" } else { "stale" }
+                    );
+                }
+                println!(
+                    "  memory    {:.1} MiB",
+                    h.memory.rss_bytes as f64 / 1048576.0
+                );
+            }
+            if !status.healthy {
+                println!("  {}", status.message);
+            }
+        }
+        "stopped" => println!("proxy is not running"),
+        _ => println!("proxy {}: {}", status.state, status.message),
+    }
+}
+
+fn logs(home: &Home, follow: bool, lines: usize, which: Which) -> i32 {
+    let kind = match which {
+        Which::Proxy => LogKind::Proxy,
+        Which::Watchdog => LogKind::Watchdog,
+        Which::Daemon => LogKind::Daemon,
+    };
+    let path = home.log_file(kind);
+    let result = if follow {
+        let mut out = std::io::stdout();
+        warden::logs::follow(&path, lines, &mut out, &|| false)
+    } else {
+        warden::logs::tail_lines(&path, lines).map(|l| {
+            for line in l {
+                println!("{line}");
+            }
+        })
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("daemon: cannot read {}: {e}", path.display());
+            1
+        }
+    }
+}

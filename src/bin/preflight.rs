@@ -1,0 +1,145 @@
+//! `preflight`: is this host ready to run the proxy? (SPEC §6)
+//!
+//! Runs the ten built-in checks and the operator's `$WARDEN_HOME/checks/*.toml`
+//! concurrently and prints the result for people, as one JSON document
+//! (`--json`) or as one Nagios-plugin line (`--format nagios`). All the logic is
+//! in `warden::checks`; this file only parses flags and picks an output.
+//!
+//! Exit codes: 0 nothing failed (warnings allowed), 1 a check failed, 2 it could
+//! not run (bad usage, unknown check id). With `--format nagios`: 0 OK,
+//! 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use warden::checks::{self, RunOptions, report};
+use warden::home::Home;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// `[n/10] PASS  title — message` lines, hints and a summary.
+    Human,
+    /// Exactly one JSON document on stdout (same as `--json`).
+    Json,
+    /// One Nagios-plugin line with perfdata; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+    Nagios,
+}
+
+/// Checks that this host is ready to run the proxy: config, .env, the proxy
+/// binary, directories, disk, port, processes, upstream and prompts, plus the
+/// operator's checks from $WARDEN_HOME/checks/*.toml.
+#[derive(Debug, Parser)]
+#[command(name = "preflight", version = warden::VERSION)]
+struct Cli {
+    /// The home directory (default: $WARDEN_HOME, else $XDG_STATE_HOME/warden,
+    /// else ~/.local/state/warden).
+    #[arg(long, value_name = "DIR")]
+    home: Option<PathBuf>,
+
+    /// Print one JSON document on stdout (for cron and CI).
+    #[arg(long, conflicts_with = "format")]
+    json: bool,
+
+    /// Output format.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    format: Option<Format>,
+
+    /// Run only these checks (comma-separated ids); the others are reported as skipped.
+    #[arg(long, value_name = "ID,..", value_delimiter = ',')]
+    only: Vec<String>,
+
+    /// Do not run these checks (comma-separated ids); they are reported as skipped.
+    #[arg(long, value_name = "ID,..", value_delimiter = ',')]
+    skip: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    // Decided before parsing, so even a usage error follows the Nagios convention.
+    let nagios_requested = args
+        .windows(2)
+        .any(|w| w[0] == "--format" && w[1] == "nagios")
+        || args.iter().any(|a| a == "--format=nagios");
+
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version: exit 0
+        Err(e) if nagios_requested => {
+            let first = e.to_string();
+            let first = first.lines().next().unwrap_or("bad usage");
+            return print_out(report::nagios_unknown(first), report::NAGIOS_UNKNOWN);
+        }
+        Err(e) => e.exit(), // clap prints the usage error and exits 2
+    };
+    let format = if cli.json {
+        Format::Json
+    } else {
+        cli.format.unwrap_or(Format::Human)
+    };
+    let usage_error = |message: String| -> ExitCode {
+        if format == Format::Nagios {
+            print_out(report::nagios_unknown(&message), report::NAGIOS_UNKNOWN)
+        } else {
+            eprintln!("preflight: {message}");
+            exit(report::EXIT_USAGE)
+        }
+    };
+
+    let home = match Home::resolve(cli.home.as_deref()) {
+        Ok(home) => home,
+        Err(message) => return usage_error(message),
+    };
+    let opts = RunOptions {
+        only: cli.only.iter().map(|s| s.trim().to_string()).collect(),
+        skip: cli.skip.iter().map(|s| s.trim().to_string()).collect(),
+        ..Default::default()
+    };
+    if let Err(message) = opts.validate(&home) {
+        return usage_error(message);
+    }
+
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return usage_error(format!("cannot start the async runtime: {e}")),
+    };
+    let result = runtime.block_on(checks::run(&home, &opts));
+    // A check that timed out may still sit in a blocking call (a hung NFS
+    // statvfs): do not wait for it.
+    runtime.shutdown_background();
+
+    match format {
+        Format::Human => print_out(
+            report::human(&result, report::color_wanted()),
+            report::exit_code(&result),
+        ),
+        Format::Json => print_out(report::json(&result), report::exit_code(&result)),
+        Format::Nagios => {
+            let (line, code) = report::nagios(&result);
+            print_out(line, code)
+        }
+    }
+}
+
+/// Prints `text` (with a final newline) and exits with `code`. A closed stdout
+/// (`preflight | head -1`) is not an error worth a panic.
+fn print_out(text: String, code: i32) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    let text = if text.ends_with('\n') {
+        text
+    } else {
+        text + "\n"
+    };
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+    exit(code)
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}

@@ -1,0 +1,175 @@
+//! Zero-downtime restart: handing the listening socket to a successor.
+//!
+//! nginx's binary upgrade is the model. The running proxy serves a small control
+//! socket (`run/proxy-<PID>.sock`, mode 0600, same user only). `daemon restart`
+//! asks it for the listening socket, which comes back over `SCM_RIGHTS`; the new
+//! proxy is started with that socket as an inherited descriptor, so the kernel's
+//! accept queue is shared and never closed. Only once the new process is serving
+//! (it then takes over `run/proxy.pid`) is the old one told to drain. At no point
+//! is the port unbound, so no connection is refused.
+//!
+//! The same inheritance path also accepts systemd socket activation
+//! (`LISTEN_FDS=1`, `LISTEN_PID`).
+
+use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+
+use crate::home::Home;
+
+/// The descriptor number of an inherited listener (set by `daemon restart`).
+pub const LISTEN_FD_VAR: &str = "WARDEN_LISTEN_FD";
+/// Set when the new process takes over from a running predecessor.
+pub const HANDOFF_VAR: &str = "WARDEN_HANDOFF";
+/// The descriptor a successor receives the listener on (systemd's first fd).
+pub const INHERITED_FD: RawFd = 3;
+
+const REQUEST: &[u8] = b"listener\n";
+
+/// The control socket of the proxy with this PID.
+pub fn control_socket_path(home: &Home, pid: i32) -> PathBuf {
+    home.run_dir().join(format!("proxy-{pid}.sock"))
+}
+
+/// A listening socket passed in by `daemon restart` or by systemd, if any.
+pub fn inherited_listener() -> std::io::Result<Option<std::net::TcpListener>> {
+    let fd = if let Ok(value) = std::env::var(LISTEN_FD_VAR) {
+        Some(value.trim().parse::<RawFd>().map_err(|_| {
+            std::io::Error::other(format!(
+                "{LISTEN_FD_VAR}={value:?} is not a descriptor number"
+            ))
+        })?)
+    } else {
+        let for_us = std::env::var("LISTEN_PID")
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            == Some(std::process::id());
+        let count = std::env::var("LISTEN_FDS")
+            .ok()
+            .and_then(|n| n.trim().parse::<u32>().ok());
+        (for_us && count >= Some(1)).then_some(INHERITED_FD)
+    };
+    let Some(fd) = fd else { return Ok(None) };
+    // Refuse anything that is not a listening TCP socket rather than serving on it.
+    let listening = nix::sys::socket::getsockopt(
+        &unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+        nix::sys::socket::sockopt::AcceptConn,
+    )
+    .map_err(|e| {
+        std::io::Error::other(format!("inherited descriptor {fd} is not a socket: {e}"))
+    })?;
+    if !listening {
+        return Err(std::io::Error::other(format!(
+            "inherited descriptor {fd} is not a listening socket"
+        )));
+    }
+    // SAFETY: the descriptor was handed to this process for exactly this use and
+    // was checked above to be a listening socket; nothing else owns it.
+    let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+    nix::fcntl::fcntl(
+        &listener,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(std::io::Error::other)?;
+    listener.set_nonblocking(true)?;
+    Ok(Some(listener))
+}
+
+/// Serves the control socket until dropped; removes its file on drop.
+pub struct ControlSocket {
+    path: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Starts answering listener requests on `run/proxy-<our PID>.sock`.
+pub fn serve_control(home: &Home, listener_fd: RawFd) -> std::io::Result<ControlSocket> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = control_socket_path(home, std::process::id() as i32);
+    // A file at our own PID-named path can only be a leftover of a dead process
+    // that had our PID; it is ours to replace.
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let Ok(stream) = stream.into_std() else {
+                continue;
+            };
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = answer(stream, listener_fd) {
+                    tracing::warn!(error = %e, "control socket request failed");
+                }
+            });
+        }
+    });
+    Ok(ControlSocket { path, task })
+}
+
+fn answer(mut stream: UnixStream, listener_fd: RawFd) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut request = [0u8; REQUEST.len()];
+    stream.read_exact(&mut request)?;
+    if request != REQUEST {
+        return Err(std::io::Error::other("unknown control request"));
+    }
+    let fds = [listener_fd];
+    sendmsg::<()>(
+        stream.as_raw_fd(),
+        &[IoSlice::new(b"1")],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(std::io::Error::other)?;
+    tracing::info!("listening socket handed to a successor");
+    Ok(())
+}
+
+/// Asks the proxy behind `path` for its listening socket.
+pub fn fetch_listener(path: &Path) -> std::io::Result<OwnedFd> {
+    let mut stream = UnixStream::connect(path).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot reach the control socket {}: {e}", path.display()),
+        )
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(REQUEST)?;
+    let mut byte = [0u8; 1];
+    let mut iov = [IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(std::io::Error::other)?;
+    for cmsg in msg.cmsgs().map_err(std::io::Error::other)? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            if let Some(&fd) = fds.first() {
+                // SAFETY: the kernel just installed this descriptor for us.
+                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    Err(std::io::Error::other(format!(
+        "{} sent no socket",
+        path.display()
+    )))
+}

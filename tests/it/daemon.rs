@@ -1,0 +1,283 @@
+//! `daemon`: start/stop/status exit codes, stale and foreign PID files, a busy
+//! port, zero-downtime restart under load, logs.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use serde_json::Value;
+use warden::pidfile::{self, PidState};
+
+use crate::support::{Sleeper, TestHome, client, free_port, run, text};
+
+/// A home configured for a free port, with its folders, so preflight passes.
+fn home() -> TestHome {
+    let home = TestHome::new();
+    home.config(&format!(
+        "[server]\nport = {}\n[daemon]\nstartup_timeout = 20\nstop_timeout = 5\n",
+        free_port()
+    ));
+    home
+}
+
+fn pid_record(home: &TestHome) -> pidfile::PidRecord {
+    match pidfile::inspect(&home.file("run/proxy.pid")).unwrap() {
+        PidState::Running(record) => record,
+        other => panic!("expected a running proxy, found {other:?}"),
+    }
+}
+
+/// Stops the daemon-started proxy when a test ends, whatever happened.
+struct StopOnDrop<'a>(&'a TestHome);
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = run("daemon", self.0, &["stop", "--force"]);
+    }
+}
+
+#[test]
+fn start_status_stop_with_lsb_exit_codes() {
+    let home = home();
+    let _guard = StopOnDrop(&home);
+    let out = run("daemon", &home, &["status"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "not running: {}",
+        text(&out.stdout)
+    );
+
+    let out = run("daemon", &home, &["start"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let said = text(&out.stdout);
+    let record = pid_record(&home);
+    assert!(
+        said.contains(&format!("PID {}", record.pid)) && said.contains("ready in"),
+        "{said}"
+    );
+    assert_eq!(
+        record.exe,
+        std::path::Path::new(env!("CARGO_BIN_EXE_proxy"))
+    );
+
+    let out = run("daemon", &home, &["start"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stdout).contains("already running"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(pid_record(&home).pid, record.pid, "nothing was replaced");
+
+    let out = run("daemon", &home, &["status", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["running"], true);
+    assert_eq!(status["healthy"], true);
+    assert_eq!(status["pid"], record.pid);
+    assert!(status["uptime_secs"].is_number());
+    assert_eq!(status["health"]["status"], "pass");
+
+    let out = run("daemon", &home, &["stop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!home.file("run/proxy.pid").exists());
+    assert!(!warden::process::is_alive(record.pid));
+    assert_eq!(run("daemon", &home, &["status"]).status.code(), Some(3));
+    assert_eq!(
+        run("daemon", &home, &["stop"]).status.code(),
+        Some(0),
+        "stop when stopped"
+    );
+
+    let log = home.read("logs/daemon.log");
+    assert!(
+        log.contains("start pid=") && log.contains("stop pid="),
+        "{log}"
+    );
+    let out = run("daemon", &home, &["logs", "-n", "2", "daemon"]);
+    assert_eq!(text(&out.stdout).lines().count(), 2);
+}
+
+#[test]
+fn a_killed_proxy_is_reported_dead() {
+    let home = home();
+    let _guard = StopOnDrop(&home);
+    assert!(run("daemon", &home, &["start"]).status.success());
+    let record = pid_record(&home);
+    // The proxy is ours (the test's daemon started it); kill -9 it through the
+    // identity-checked path so nothing else could be hit.
+    warden::process::signal(&record.identity(), nix::sys::signal::Signal::SIGKILL).unwrap();
+    assert!(warden::process::wait_exit(
+        &record.identity(),
+        crate::support::PATIENCE
+    ));
+    let out = run("daemon", &home, &["status"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    // start clears the stale file and starts again.
+    assert!(run("daemon", &home, &["start"]).status.success());
+    assert_ne!(pid_record(&home).pid, record.pid);
+}
+
+#[test]
+fn a_pid_file_naming_an_unrelated_process_is_never_signalled() {
+    let home = home();
+    let mut sleeper = Sleeper::spawn();
+    std::fs::create_dir_all(home.file("run")).unwrap();
+    // Unlocked: stale, whatever the PID now is.
+    home.write("run/proxy.pid", &format!("{}\n", sleeper.pid()));
+    let out = run("daemon", &home, &["status"]);
+    assert_ne!(out.status.code(), Some(0));
+    for args in [&["stop"][..], &["stop", "--force"][..]] {
+        home.write("run/proxy.pid", &format!("{}\n", sleeper.pid()));
+        let out = run("daemon", &home, args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains("not signalled"),
+            "{}",
+            text(&out.stdout)
+        );
+        assert!(
+            sleeper.alive(),
+            "{args:?} must leave the unrelated process alone"
+        );
+    }
+
+    // Locked by someone (the test holds the lock), with a record whose start time
+    // does not match the live PID: still never signalled.
+    let identity = warden::process::ProcessIdentity::of(sleeper.pid()).unwrap();
+    let record = format!(
+        "{}\nstart_time={}\nexe={}\nport=1\nstarted_at=2026-01-01T00:00:00Z\nhome={}\n",
+        sleeper.pid(),
+        identity.start_time + 1,
+        identity.exe.display(),
+        home.path().display()
+    );
+    home.write("run/proxy.pid", &record);
+    let file = std::fs::File::open(home.file("run/proxy.pid")).unwrap();
+    let _lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+    for args in [&["stop"][..], &["stop", "--force"][..]] {
+        let out = run("daemon", &home, args);
+        assert_ne!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stdout)
+        );
+        assert!(
+            text(&out.stderr).contains("leaves it alone"),
+            "{}",
+            text(&out.stderr)
+        );
+        assert!(sleeper.alive());
+    }
+    assert_ne!(run("daemon", &home, &["status"]).status.code(), Some(0));
+}
+
+#[test]
+fn a_port_held_by_another_program_is_named_and_start_refuses() {
+    let home = TestHome::new();
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    home.config(&format!("[server]\nport = {port}\n"));
+    let out = run("daemon", &home, &["start"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("PID {}", std::process::id())),
+        "{err}"
+    );
+    assert!(!home.file("run/proxy.pid").exists());
+
+    // Without the checks, the proxy itself fails to bind: start reports it with
+    // the log's last lines, and nothing is left running.
+    let out = run("daemon", &home, &["start", "--no-check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("exited during start-up") && err.contains("cannot listen"),
+        "{err}"
+    );
+    assert_eq!(run("daemon", &home, &["status"]).status.code(), Some(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restart_under_steady_load_fails_no_request() {
+    let home = home();
+    let _guard = StopOnDrop(&home);
+    assert!(run("daemon", &home, &["start"]).status.success());
+    let old = pid_record(&home);
+    let url = format!("http://127.0.0.1:{}/v1/chat/completions", old.port.unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let (url, stop, ok, failed) = (url.clone(), stop.clone(), ok.clone(), failed.clone());
+        workers.push(tokio::spawn(async move {
+            let c = client();
+            let body = serde_json::json!({"model": "gpt-5", "messages": [{"role": "user", "content": "steady"}]});
+            // Bounded: at most 20 000 requests per worker.
+            for _ in 0..20_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let good = match c.post(&url).json(&body).send().await {
+                    Ok(r) => r.status() == 200 && r.text().await.is_ok(),
+                    Err(_) => false,
+                };
+                let counter = if good { &ok } else { &failed };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    // Load is flowing before, during and after the restart.
+    while ok.load(Ordering::Relaxed) < 200 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let home_path = home.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        crate::support::bin("daemon")
+            .arg("--home")
+            .arg(home_path)
+            .arg("restart")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("without downtime"),
+        "{}",
+        text(&out.stdout)
+    );
+    let after_restart = ok.load(Ordering::Relaxed);
+    while ok.load(Ordering::Relaxed) < after_restart + 200 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let new = pid_record(&home);
+    assert_ne!(new.pid, old.pid);
+    assert!(
+        !warden::process::is_alive(old.pid),
+        "the old proxy drained and exited"
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "{} ok",
+        ok.load(Ordering::Relaxed)
+    );
+}
