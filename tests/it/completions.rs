@@ -1,6 +1,10 @@
-//! Shell completions, man pages and `--version` of the binaries (`--generate KIND`).
+//! Shell completions, man pages, `--version` and `--help` of the binaries
+//! (`--generate KIND`, SPEC §3, issue 9). Add a binary to `BINARIES` when it lands.
 
 use crate::support::bin;
+
+/// The binaries built so far.
+const BINARIES: [&str; 3] = ["proxy", "daemon", "preflight"];
 
 fn run(name: &str, args: &[&str]) -> (Option<i32>, String, String) {
     let out = bin(name).args(args).output().unwrap();
@@ -38,16 +42,32 @@ fn proxy_generates_a_man_page_and_completions() {
 }
 
 #[test]
-fn proxy_version_and_help() {
-    let (code, out, _) = run("proxy", &["--version"]);
-    assert_eq!(code, Some(0));
-    assert_eq!(out.trim(), format!("proxy {}", warden::VERSION));
+fn every_binary_generates_man_and_completions_even_without_a_subcommand() {
+    for name in BINARIES {
+        let (code, man, err) = run(name, &["--generate", "man"]);
+        assert_eq!(code, Some(0), "{name}: {err}");
+        assert!(man.contains(&format!(".TH {name} 1")), "{name}: {man}");
+        for kind in ["complete-bash", "complete-zsh", "complete-fish"] {
+            let (code, text, err) = run(name, &["--generate", kind]);
+            assert_eq!(code, Some(0), "{name} {kind}: {err}");
+            assert!(text.contains("home"), "{name} {kind}: {text}");
+        }
+    }
+}
 
-    let (code, out, _) = run("proxy", &["--help"]);
-    assert_eq!(code, Some(0));
-    assert!(out.contains("Examples:"), "{out}");
-    // NO_COLOR is set by `bin`: plain text, no escape sequences.
-    assert!(!out.contains('\x1b'), "{out:?}");
+#[test]
+fn every_binary_prints_name_and_version_and_help_with_examples() {
+    for name in BINARIES {
+        let (code, out, _) = run(name, &["--version"]);
+        assert_eq!(code, Some(0), "{name}");
+        assert_eq!(out.trim(), format!("{name} {}", warden::VERSION));
+
+        let (code, out, _) = run(name, &["--help"]);
+        assert_eq!(code, Some(0), "{name}");
+        assert!(out.contains("Examples:"), "{name}: {out}");
+        // NO_COLOR is set by `bin`: plain text, no escape sequences.
+        assert!(!out.contains('\x1b'), "{name}: {out:?}");
+    }
 }
 
 #[test]
@@ -72,17 +92,25 @@ fn install_completions_script_installs_what_the_binaries_generate() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for (file, needle) in [
-        ("share/bash-completion/completions/proxy", "--home"),
-        ("share/zsh/site-functions/_proxy", "#compdef proxy"),
-        (
-            "share/fish/vendor_completions.d/proxy.fish",
-            "complete -c proxy",
-        ),
-        ("share/man/man1/proxy.1", ".TH proxy 1"),
-    ] {
-        let text = std::fs::read_to_string(prefix.path().join(file))
-            .unwrap_or_else(|e| panic!("{file}: {e}; output:\n{stdout}"));
-        assert!(text.contains(needle), "{file}: {text}");
+    for name in BINARIES {
+        for (file, needle) in [
+            (
+                format!("share/bash-completion/completions/{name}"),
+                "--home".to_string(),
+            ),
+            (
+                format!("share/zsh/site-functions/_{name}"),
+                format!("#compdef {name}"),
+            ),
+            (
+                format!("share/fish/vendor_completions.d/{name}.fish"),
+                format!("complete -c {name}"),
+            ),
+            (format!("share/man/man1/{name}.1"), format!(".TH {name} 1")),
+        ] {
+            let text = std::fs::read_to_string(prefix.path().join(&file))
+                .unwrap_or_else(|e| panic!("{file}: {e}; output:\n{stdout}"));
+            assert!(text.contains(&needle), "{file}: {text}");
+        }
     }
 }
