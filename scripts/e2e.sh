@@ -2,7 +2,9 @@
 # End-to-end checks "as a new user would", outside the Rust test harness:
 #   1. the official openai Python SDK (v2) against the proxy on the built-in upstream;
 #   2. the same against a real OpenAI-compatible HTTP server (nginx with fixed answers);
-#   3. `promtool check metrics` on /metrics.
+#   3. the same against a Responses-API server (api = "responses"), which must receive
+#      the cached prompt as `instructions`;
+#   4. `promtool check metrics` on /metrics.
 # Installs what it needs (Debian's nginx-light and prometheus for promtool; openai from PyPI)
 # when missing. Everything listens on 127.0.0.1 only and is stopped on exit.
 set -euo pipefail
@@ -75,7 +77,42 @@ for base, stream in ((sys.argv[1], False), (sys.argv[2], True)):
 print(f"openai {openai.__version__}: chat and streaming with usage through nginx OK")
 PY
 
+echo "== openai SDK through the proxy against a Responses-API server (api = responses)"
+record=$work/responses-record.jsonl
+: > "$record"
+python3 tests/sdk/responses_server.py "$record" > "$work/responses.port" 2> "$work/responses.log" &
+pids+=($!)
+for _ in $(seq 50); do [ -s "$work/responses.port" ] && break; sleep 0.1; done
+rport=$(head -1 "$work/responses.port")
+[ -n "$rport" ] || { echo "e2e: the Responses server did not start:"; cat "$work/responses.log"; exit 1; }
+mkdir -p "$work/home-responses"
+cat > "$work/home-responses/warden.toml" <<TOML
+[[prompts.source]]
+name = "base_instructions"
+url = "http://127.0.0.1:$rport/prompts/base_instructions"
+[[prompts.source]]
+name = "gpt5_codex_instructions"
+url = "http://127.0.0.1:$rport/prompts/gpt5_codex_instructions"
+TOML
+export WARDEN_UPSTREAM_API=responses
+start_proxy responses --upstream "http://127.0.0.1:$rport/v1"
+unset WARDEN_UPSTREAM_API
+python3 tests/sdk/openai_sdk_check.py "$url" responses
+python3 - "$record" "$url" <<'PY'
+import json, sys, urllib.request
+calls = [json.loads(line) for line in open(sys.argv[1])]
+want = "E2E PROMPT base_instructions: answer the openai SDK check.\n"
+assert {c["stream"] for c in calls} == {False, True}, calls
+assert all(c["instructions"] == want for c in calls), calls
+health = json.load(urllib.request.urlopen(f"{sys.argv[2]}/health"))
+assert health["upstream"]["api"] == "responses", health
+assert health["prompts"]["base_instructions"]["source"] == "cache", health
+print(f"responses server: {len(calls)} requests, each with the cached prompt as instructions; /health {health['status']}")
+PY
+responses_url=$url
+
 echo "== promtool check metrics"
 curl -sf "$json_url/metrics" | promtool check metrics
+curl -sf "$responses_url/metrics" | promtool check metrics  # with the prompt gauges
 echo "promtool: /metrics accepted"
 echo "e2e: all passed"

@@ -23,6 +23,7 @@ pub mod pidfile;
 pub mod ports;
 pub mod process;
 pub mod prompts;
+pub mod prompts_cmd;
 pub mod responses_api;
 pub mod server;
 pub mod sse;

@@ -157,6 +157,17 @@ pub struct FetchCounters {
     pub failures: u64,
 }
 
+/// Whether the configured proxy sends prompts anywhere: with a Responses API
+/// upstream (its `instructions`), or when `/v1/responses` injects the base
+/// instructions. The built-in mock upstream never does. When this is false the
+/// proxy neither fetches prompts nor reports them in `/health` and `/metrics`.
+pub fn prompts_in_use(config: &crate::config::Config) -> bool {
+    let f = &config.features;
+    !config.upstream.is_mock()
+        && (config.upstream.api == crate::config::UpstreamApi::Responses
+            || (f.enable_responses_api && !f.responses_no_base_instructions))
+}
+
 /// The built-in text for a prompt name: the last link of the fallback chain.
 pub fn builtin_prompt(name: &str) -> &'static str {
     match name {

@@ -682,6 +682,15 @@ impl StreamTranslator {
         )
     }
 
+    /// Ends the stream with an error frame and `[DONE]`, e.g. when the upstream
+    /// connection broke or stalled; nothing when the stream already ended.
+    pub fn abort(&mut self, message: &str, code: Option<&str>) -> Vec<String> {
+        if self.done {
+            return Vec::new();
+        }
+        self.fail(message, code, None)
+    }
+
     fn fail(&mut self, message: &str, code: Option<&str>, param: Option<&str>) -> Vec<String> {
         self.done = true;
         let error = json!({"error": {

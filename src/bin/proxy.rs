@@ -2,14 +2,17 @@
 //!
 //! Serves until SIGTERM or SIGINT, then stops accepting, drains in-flight
 //! requests for at most `server.graceful_timeout` and exits 0. Configuration
-//! errors exit 2 with the file, key and line. All the work is in the library
-//! (`warden::gateway`); this file only parses arguments and wires signals.
+//! errors exit 2 with the file, key and line. `proxy prompts status|refresh|clear`
+//! manages the prompt cache without a running proxy. All the work is in the
+//! library (`warden::server`, `warden::prompts_cmd`); this file only parses
+//! arguments.
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
+use clap::{CommandFactory, Parser, Subcommand};
 use warden::cli::HomeArgs;
 use warden::config::{Config, Overrides};
+use warden::prompts_cmd::PromptsAction;
 
 /// The warden gateway: an OpenAI-compatible API in front of an upstream.
 ///
@@ -17,6 +20,7 @@ use warden::config::{Config, Overrides};
 ///   proxy                                  # serve on 127.0.0.1:8000, built-in offline upstream
 ///   proxy --port 0                         # any free port (printed on stdout)
 ///   proxy --upstream http://127.0.0.1:9000/v1
+///   proxy prompts status --json            # the prompt cache, no proxy needed
 ///   proxy --generate man > proxy.1         # also complete-bash, complete-zsh, complete-fish
 #[derive(Parser, Debug)]
 #[command(name = "proxy", version = warden::VERSION, verbatim_doc_comment)]
@@ -32,6 +36,20 @@ struct Args {
     /// Upstream base URL, or "mock" [env: WARDEN_UPSTREAM_URL] [default: mock]
     #[arg(long, value_name = "URL")]
     upstream: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Manage the prompt cache under the home (works whether or not a proxy runs)
+    Prompts {
+        #[command(subcommand)]
+        action: PromptsAction,
+        /// Print one JSON document instead of text
+        #[arg(long, global = true)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,6 +71,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Prompts { action, json }) = args.command {
+        let code = warden::prompts_cmd::run(&config, action, json, &mut std::io::stdout());
+        return ExitCode::from(code);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

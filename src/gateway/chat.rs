@@ -51,7 +51,14 @@ pub async fn chat_completions(
         include_usage,
         stats,
     };
-    let mut response = match gw.upstream.chat(call).await {
+    respond(gw.upstream.chat(call).await, slot, info)
+}
+
+/// The HTTP response for an upstream's reply. A stream's body owns the slot:
+/// it is released when the stream ends or the client disconnects (dropping the
+/// body cancels the upstream call).
+pub(super) fn respond(reply: Result<Reply, ApiError>, slot: Slot, info: ExchangeInfo) -> Response {
+    let mut response = match reply {
         Ok(Reply::Complete(json)) => {
             drop(slot);
             (
@@ -64,8 +71,6 @@ pub async fn chat_completions(
                 .into_response()
         }
         Ok(Reply::Stream(frames)) => {
-            // The body owns the slot: it is released when the stream ends or the
-            // client disconnects (dropping the body cancels the upstream call).
             let frames = frames.map(move |frame| {
                 let _slot = &slot;
                 Ok::<_, Infallible>(frame)
@@ -90,7 +95,7 @@ fn sse_response(body: Body) -> Response {
     response
 }
 
-fn body_rejection(gw: &Gateway, rejection: BytesRejection) -> ApiError {
+pub(super) fn body_rejection(gw: &Gateway, rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         gw.metrics.rejected(Rejection::BodyTooLarge);
         ApiError::payload_too_large(gw.config.server.max_body_bytes)

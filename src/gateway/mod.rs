@@ -5,10 +5,15 @@
 //! hand over a listening socket. The router is assembled from small layers, each
 //! with one job: [`observe`] (metrics and the access log), [`admission`] (bearer
 //! auth and the concurrency limit), then the handlers.
+//!
+//! The gateway owns the prompt cache ([`PromptStore`]): [`run`] warms it in the
+//! background when the upstream uses prompts, so readiness never waits for a
+//! network fetch.
 
 mod admission;
 mod chat;
 mod observe;
+mod responses;
 mod status;
 
 use std::future::Future;
@@ -25,6 +30,7 @@ use tokio::sync::Semaphore;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::openai::ApiError;
+use crate::prompts::{PromptStore, prompts_in_use};
 use crate::upstream::Upstream;
 
 /// Everything the handlers share. Read-mostly; counters are atomics.
@@ -32,6 +38,10 @@ pub struct Gateway {
     pub config: Config,
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
+    /// The prompt cache: `instructions` for a Responses upstream and `/v1/responses`.
+    pub prompts: PromptStore,
+    /// Whether prompts are sent upstream at all (see [`prompts_in_use`]).
+    uses_prompts: bool,
     /// One permit per upstream call allowed in flight (`server.max_concurrent`).
     slots: Arc<Semaphore>,
     auth_token: Option<String>,
@@ -45,8 +55,11 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(config: Config) -> Result<Arc<Gateway>, String> {
         let metrics = Arc::new(Metrics::new());
-        let upstream = Upstream::from_config(&config, metrics.clone())?;
+        let prompts = PromptStore::new(&config.home, &config.prompts);
+        let upstream = Upstream::from_config(&config, metrics.clone(), prompts.clone())?;
         Ok(Arc::new(Gateway {
+            uses_prompts: prompts_in_use(&config),
+            prompts,
             slots: Arc::new(Semaphore::new(config.server.max_concurrent)),
             auth_token: config.auth_token(),
             ready: AtomicBool::new(false),
@@ -75,17 +88,25 @@ impl Gateway {
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
+
+    /// Whether the upstream uses prompts, so `/health` and `/metrics` report them.
+    pub fn uses_prompts(&self) -> bool {
+        self.uses_prompts
+    }
 }
 
 /// The complete router for a gateway.
 pub fn router(gw: Arc<Gateway>) -> Router {
-    let api = Router::new()
+    let mut api = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
-        .route("/v1/models", get(chat::models))
-        .route_layer(axum::middleware::from_fn_with_state(
-            gw.clone(),
-            admission::require_bearer,
-        ));
+        .route("/v1/models", get(chat::models));
+    if gw.config.features.enable_responses_api {
+        api = api.route("/v1/responses", post(responses::responses));
+    }
+    let api = api.route_layer(axum::middleware::from_fn_with_state(
+        gw.clone(),
+        admission::require_bearer,
+    ));
     Router::new()
         .merge(api)
         .route("/health", get(status::health))
@@ -144,6 +165,12 @@ pub async fn run(
     let service = TowerToHyperService::new(router(gw.clone()));
     let builder = Builder::new(TokioExecutor::new());
     let connections = GracefulShutdown::new();
+    if gw.uses_prompts() {
+        // Loads the disk cache and fetches what is missing or expired, in the
+        // background: readiness does not wait for the network.
+        let prompts = gw.prompts.clone();
+        tokio::spawn(async move { prompts.warm().await });
+    }
     gw.set_ready(true);
     tracing::info!(
         version = crate::VERSION,

@@ -14,8 +14,44 @@ use serde_json::json;
 
 use super::Gateway;
 use crate::health::{
-    HealthReport, HealthStatus, MemoryInfo, RequestCounts, UpstreamInfo, now_rfc3339, rss_bytes,
+    HealthReport, HealthStatus, MemoryInfo, PromptHealth, RequestCounts, UpstreamInfo, now_rfc3339,
+    rss_bytes,
 };
+
+/// The `prompts` map of `/health`: empty unless the upstream uses prompts.
+fn prompt_report(gw: &Gateway) -> BTreeMap<String, PromptHealth> {
+    if !gw.uses_prompts() {
+        return BTreeMap::new();
+    }
+    gw.prompts
+        .status()
+        .into_iter()
+        .map(|s| {
+            let health = PromptHealth {
+                source: s.source.as_str().to_string(),
+                age_secs: s.age_secs.map(|a| (a * 10.0).round() / 10.0),
+                fresh: s.fresh,
+            };
+            (s.name, health)
+        })
+        .collect()
+}
+
+/// Sets the per-prompt gauges just before a scrape.
+fn record_prompt_metrics(gw: &Gateway) {
+    if !gw.uses_prompts() {
+        return;
+    }
+    let counters = gw.prompts.fetch_counters();
+    for status in gw.prompts.status() {
+        let (attempts, failures) = counters
+            .iter()
+            .find(|c| c.name == status.name)
+            .map_or((0, 0), |c| (c.attempts, c.failures));
+        gw.metrics
+            .prompt_state(&status.name, status.age_secs, attempts, failures);
+    }
+}
 
 pub fn report(gw: &Gateway) -> HealthReport {
     let s = &gw.metrics.stats;
@@ -28,7 +64,7 @@ pub fn report(gw: &Gateway) -> HealthReport {
         let when = std::time::UNIX_EPOCH + std::time::Duration::from_millis(last_ms);
         humantime::format_rfc3339_seconds(when).to_string()
     });
-    let prompts = BTreeMap::new();
+    let prompts = prompt_report(gw);
     let ready = gw.is_ready();
     HealthReport {
         status: HealthReport::derive_status(ready, &prompts),
@@ -94,6 +130,7 @@ pub async fn metrics(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
+    record_prompt_metrics(&gw);
     if query.get("format").map(String::as_str) == Some("json") {
         return Json(gw.metrics.render_json()).into_response();
     }

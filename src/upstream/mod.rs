@@ -4,12 +4,17 @@
 //!
 //! - [`mock`]: the built-in offline upstream (the default, `url = "mock"`).
 //! - [`chat`]: any OpenAI-compatible Chat Completions server.
+//! - [`responses`]: a Responses API server, spoken to in translation.
+//!
+//! The two HTTP kinds share one client, retry loop and timeouts ([`http`]).
 //!
 //! Every upstream answers with a [`Reply`]: a complete JSON body, or a stream of
 //! ready-to-send SSE frames. Failures are already in the OpenAI error shape.
 
 pub mod chat;
+pub mod http;
 pub mod mock;
+pub mod responses;
 mod retry;
 
 use std::pin::Pin;
@@ -20,9 +25,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::Stream;
 
-use crate::config::Config;
+use crate::config::{Config, UpstreamApi};
 use crate::metrics::Metrics;
 use crate::openai::{ApiError, Usage};
+use crate::prompts::PromptStore;
 
 /// A stream of complete SSE frames (`data: ...\n\n`), ending after `[DONE]` or
 /// after an error frame. It never yields an error: failures mid-stream become an
@@ -79,32 +85,80 @@ pub struct ChatCall {
     pub stats: Arc<ExchangeStats>,
 }
 
+/// One `POST /v1/responses` request as the gateway hands it on: the body is
+/// already final (instructions injected), and is forwarded as it is.
+pub struct ResponsesCall {
+    pub body: Bytes,
+    pub stream: bool,
+    pub stats: Arc<ExchangeStats>,
+}
+
 pub enum Upstream {
     Mock(mock::MockUpstream),
     Chat(chat::ChatUpstream),
+    Responses(responses::ResponsesUpstream),
 }
 
 impl Upstream {
-    /// Builds the upstream the configuration names.
-    pub fn from_config(config: &Config, metrics: Arc<Metrics>) -> Result<Upstream, String> {
+    /// Builds the upstream the configuration names. `prompts` supplies the
+    /// `instructions` of a Responses API upstream.
+    pub fn from_config(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        prompts: PromptStore,
+    ) -> Result<Upstream, String> {
         if config.upstream.is_mock() {
-            Ok(Upstream::Mock(mock::MockUpstream::new()))
-        } else {
-            Ok(Upstream::Chat(chat::ChatUpstream::new(config, metrics)?))
+            return Ok(Upstream::Mock(mock::MockUpstream::new()));
         }
+        Ok(match config.upstream.api {
+            UpstreamApi::Chat => Upstream::Chat(chat::ChatUpstream::new(config, metrics)?),
+            UpstreamApi::Responses => {
+                Upstream::Responses(responses::ResponsesUpstream::new(config, metrics, prompts)?)
+            }
+        })
     }
 
     pub async fn chat(&self, call: ChatCall) -> Result<Reply, ApiError> {
         match self {
             Upstream::Mock(m) => m.chat(call),
             Upstream::Chat(c) => c.chat(call).await,
+            Upstream::Responses(r) => r.chat(call).await,
         }
     }
 
-    /// The upstream's own model list (a `list` object), when it has one.
+    /// Forwards a Responses API request to `{base}/responses` (whatever
+    /// `upstream.api` says: OpenAI-compatible servers usually serve both).
+    /// Streams are relayed as they arrive, unchanged.
+    pub async fn responses(&self, call: ResponsesCall) -> Result<Reply, ApiError> {
+        let http = match self {
+            Upstream::Mock(_) => {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::NOT_IMPLEMENTED,
+                    "invalid_request_error",
+                    "the built-in mock upstream does not serve the Responses API; \
+                     set upstream.url to a Responses API server",
+                )
+                .code("unsupported_upstream"));
+            }
+            Upstream::Chat(c) => c.http(),
+            Upstream::Responses(r) => r.http(),
+        };
+        http.forward(
+            &http.url("/responses"),
+            &call.body,
+            call.stream,
+            call.stats,
+            responses::responses_usage,
+        )
+        .await
+    }
+
+    /// The upstream's own model list (a `list` object), when it has one. A
+    /// Responses upstream is not asked (ChatMock parity: Codex has no list), so
+    /// `/v1/models` serves the configured models and their reasoning variants.
     pub async fn models(&self) -> Option<Bytes> {
         match self {
-            Upstream::Mock(_) => None,
+            Upstream::Mock(_) | Upstream::Responses(_) => None,
             Upstream::Chat(c) => c.models().await,
         }
     }

@@ -7,6 +7,8 @@ mod support;
 mod completions;
 mod daemon;
 mod preflight;
+mod prompts;
 mod proxy;
+mod responses;
 mod safety_doc;
 mod systemd;

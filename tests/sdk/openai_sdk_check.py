@@ -2,8 +2,9 @@
 
 Usage: python3 openai_sdk_check.py BASE_URL EXPECT
   BASE_URL  the proxy's URL, e.g. http://127.0.0.1:8000
-  EXPECT    "echo"  (built-in mock upstream: replies echo the prompt)
-            "fixed" (nginx fixed-answer upstream: reply is "from nginx")
+  EXPECT    "echo"      (built-in mock upstream: replies echo the prompt)
+            "fixed"     (nginx fixed-answer upstream: reply is "from nginx")
+            "responses" (tests/sdk/responses_server.py behind api = "responses")
 Exits non-zero with a message on the first mismatch.
 """
 import sys
@@ -18,7 +19,7 @@ models = [m.id for m in client.models.list()]
 assert models, "no models listed"
 
 prompt = "hello from the openai sdk"
-want = prompt if expect == "echo" else "from nginx"
+want = {"echo": prompt, "fixed": "from nginx", "responses": "from the responses server"}[expect]
 
 reply = client.chat.completions.create(model=models[0], messages=[{"role": "user", "content": prompt}])
 assert reply.choices[0].message.content == want, reply

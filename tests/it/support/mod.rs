@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod prompt_server;
+pub mod responses_upstream;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader, Read};

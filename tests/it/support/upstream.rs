@@ -162,7 +162,7 @@ async fn chat(State(st): State<Arc<UpstreamState>>, headers: HeaderMap, body: By
 }
 
 /// A body fed by a task through a channel; the task is aborted when the body is dropped.
-fn async_stream<F, Fut>(f: F) -> Body
+pub fn async_stream<F, Fut>(f: F) -> Body
 where
     F: FnOnce(mpsc::Sender<Bytes>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,

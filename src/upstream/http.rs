@@ -1,0 +1,416 @@
+//! What every HTTP upstream shares: one pooled client, the bearer key, the
+//! retry loop, the timeouts, reading bodies and relaying streams.
+//!
+//! [`HttpUpstream`] knows nothing about the wire format: the Chat Completions
+//! upstream ([`super::chat`]) relays bytes as they are, the Responses upstream
+//! ([`super::responses`]) translates them, and both use the same `send` (retries
+//! only until response headers arrive), the same idle timeout between chunks and
+//! the same error shapes.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use tokio::time::timeout;
+
+use super::retry;
+use super::{ExchangeStats, FrameStream, Reply};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::openai::{ApiError, Usage};
+
+/// Reads token counts from one JSON document (a whole body or one SSE `data:`
+/// payload); `None` when it carries none.
+pub type UsageFn = fn(&[u8]) -> Option<Usage>;
+
+/// An upstream body as chunks, each awaited with the idle timeout. It ends after
+/// the first `Err` (a broken or stalled stream), which it has already logged.
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Bytes, ApiError>> + Send>>;
+
+pub struct HttpUpstream {
+    client: reqwest::Client,
+    /// The base URL without a trailing slash, e.g. `http://127.0.0.1:9000/v1`.
+    base: String,
+    auth: Option<HeaderValue>,
+    attempts: u32,
+    first_byte_timeout: Duration,
+    idle_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+/// The full chain of an error's causes: reqwest's top-level message alone
+/// ("error sending request") does not tell an operator what happened.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+impl HttpUpstream {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<HttpUpstream, String> {
+        let up = &config.upstream;
+        let client = crate::http_client::client_builder()
+            .connect_timeout(up.connect_timeout())
+            .pool_max_idle_per_host(config.server.max_concurrent.max(8))
+            .build()
+            .map_err(|e| format!("cannot build the upstream HTTP client: {}", error_chain(&e)))?;
+        let auth = match config.upstream_api_key() {
+            Some(key) => {
+                let mut value =
+                    HeaderValue::from_str(&format!("Bearer {}", key.trim())).map_err(|_| {
+                        format!(
+                            "the value of {} contains characters not allowed in an HTTP header",
+                            up.api_key_env
+                        )
+                    })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        Ok(HttpUpstream {
+            client,
+            base: up.base_url().to_string(),
+            auth,
+            attempts: up.attempts,
+            first_byte_timeout: up.first_byte_timeout(),
+            idle_timeout: up.idle_timeout(),
+            metrics,
+        })
+    }
+
+    /// `{base}{path}`, e.g. `url("/chat/completions")`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// The base URL, for messages (never the key).
+    pub fn display_url(&self) -> &str {
+        &self.base
+    }
+
+    /// POSTs `body` to `url` with retries until response headers with a final
+    /// status arrive.
+    pub async fn send(
+        &self,
+        url: &str,
+        body: &Bytes,
+        stats: &ExchangeStats,
+    ) -> Result<reqwest::Response, ApiError> {
+        let mut last_error = String::new();
+        for attempt in 1..=self.attempts {
+            let mut request = self
+                .client
+                .post(url)
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.clone());
+            if let Some(auth) = &self.auth {
+                request = request.header(AUTHORIZATION, auth.clone());
+            }
+            let started = Instant::now();
+            let outcome = timeout(self.first_byte_timeout, request.send()).await;
+            stats.add_upstream_time(started.elapsed());
+            let mut retry_after = None;
+            match outcome {
+                Err(_) => {
+                    self.metrics.upstream_attempt("timeout");
+                    return Err(ApiError::gateway_timeout(format!(
+                        "upstream {} sent no response within {} s (upstream.first_byte_timeout)",
+                        self.base,
+                        self.first_byte_timeout.as_secs()
+                    )));
+                }
+                Ok(Err(e)) => {
+                    last_error =
+                        format!("cannot reach upstream {}: {}", self.base, error_chain(&e));
+                }
+                Ok(Ok(response)) if retry::is_retryable(response.status()) => {
+                    retry_after = retry::retry_after(response.headers());
+                    last_error = format!("upstream {} answered {}", self.base, response.status());
+                    if attempt == self.attempts
+                        && response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS
+                    {
+                        // The upstream's own rate limit: let the client back off.
+                        self.metrics.upstream_attempt("failed");
+                        return Ok(response);
+                    }
+                }
+                Ok(Ok(response)) => {
+                    self.metrics.upstream_attempt("ok");
+                    return Ok(response);
+                }
+            }
+            if attempt < self.attempts {
+                self.metrics.upstream_attempt("retried");
+                tokio::time::sleep(retry::backoff(attempt, retry_after)).await;
+            } else {
+                self.metrics.upstream_attempt("failed");
+            }
+        }
+        Err(ApiError::bad_gateway(format!(
+            "{last_error} (after {} attempt{})",
+            self.attempts,
+            if self.attempts == 1 { "" } else { "s" }
+        )))
+    }
+
+    /// The usual exchange: send, relay a non-success status as an error, then
+    /// either relay the stream as it arrives or read the whole body. `usage`
+    /// reads token counts from the body or from each SSE `data:` line.
+    pub async fn forward(
+        &self,
+        url: &str,
+        body: &Bytes,
+        stream: bool,
+        stats: Arc<ExchangeStats>,
+        usage: UsageFn,
+    ) -> Result<Reply, ApiError> {
+        let response = self.send(url, body, &stats).await?;
+        if !response.status().is_success() {
+            return Err(self.passthrough_error(response).await);
+        }
+        if stream {
+            return Ok(Reply::Stream(self.relay(response, stats, usage)));
+        }
+        let body = self.read_body(response, &stats).await?;
+        if let Some(u) = usage(&body) {
+            stats.set_usage(u);
+        }
+        Ok(Reply::Complete(body))
+    }
+
+    /// Reads a whole body, with the idle timeout between chunks.
+    pub async fn read_body(
+        &self,
+        mut response: reqwest::Response,
+        stats: &ExchangeStats,
+    ) -> Result<Bytes, ApiError> {
+        let started = Instant::now();
+        let mut buf = bytes::BytesMut::new();
+        let result = loop {
+            match timeout(self.idle_timeout, response.chunk()).await {
+                Err(_) => {
+                    break Err(ApiError::gateway_timeout(format!(
+                        "upstream {} stalled for {} s mid-answer (upstream.idle_timeout)",
+                        self.base,
+                        self.idle_timeout.as_secs()
+                    )));
+                }
+                Ok(Err(e)) => {
+                    break Err(ApiError::bad_gateway(format!(
+                        "upstream {} broke off its answer: {}",
+                        self.base,
+                        error_chain(&e)
+                    )));
+                }
+                Ok(Ok(None)) => break Ok(buf.freeze()),
+                Ok(Ok(Some(chunk))) => buf.extend_from_slice(&chunk),
+            }
+        };
+        stats.add_upstream_time(started.elapsed());
+        result
+    }
+
+    /// A non-retryable upstream error (4xx, or 429 after all attempts), relayed
+    /// with its status; its body is kept when it already is an OpenAI error.
+    pub async fn passthrough_error(&self, response: reqwest::Response) -> ApiError {
+        let status = response.status();
+        let retry_after = retry::retry_after(response.headers());
+        let body = timeout(self.idle_timeout, response.bytes())
+            .await
+            .ok()
+            .and_then(Result::ok);
+        let message = body
+            .as_ref()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("upstream {} answered {status}", self.base));
+        let status = axum::http::StatusCode::from_u16(status.as_u16())
+            .unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
+        let mut err = ApiError::new(status, "upstream_error", message);
+        if let Some(after) = retry_after {
+            err = err.retry_after(after.as_secs().max(1));
+        }
+        err
+    }
+
+    /// The body as chunks, each awaited with the idle timeout; upstream time is
+    /// added to `stats`. A broken or stalled stream yields one `Err` and ends.
+    /// Dropping the stream closes the upstream connection.
+    pub fn chunks(&self, response: reqwest::Response, stats: Arc<ExchangeStats>) -> ChunkStream {
+        let idle = self.idle_timeout;
+        let display_url = self.base.clone();
+        let upstream = response.bytes_stream();
+        Box::pin(futures_util::stream::unfold(
+            (upstream, stats, false),
+            move |(mut upstream, stats, done)| {
+                let display_url = display_url.clone();
+                async move {
+                    if done {
+                        return None;
+                    }
+                    let started = Instant::now();
+                    let next = timeout(idle, upstream.next()).await;
+                    stats.add_upstream_time(started.elapsed());
+                    let error = match next {
+                        Ok(Some(Ok(chunk))) => return Some((Ok(chunk), (upstream, stats, false))),
+                        Ok(None) => return None,
+                        Ok(Some(Err(e))) => ApiError::bad_gateway(format!(
+                            "upstream {display_url} broke off the stream: {}",
+                            error_chain(&e)
+                        )),
+                        Err(_) => ApiError::gateway_timeout(format!(
+                            "upstream {display_url} stalled for {} s mid-stream (upstream.idle_timeout)",
+                            idle.as_secs()
+                        )),
+                    };
+                    tracing::warn!(error = %error.message, "stream ended with an error");
+                    Some((Err(error), (upstream, stats, true)))
+                }
+            },
+        ))
+    }
+
+    /// Relays an upstream SSE body chunk by chunk, unchanged; a failure ends it
+    /// with an error frame. Only `usage` is read on the way.
+    pub fn relay(
+        &self,
+        response: reqwest::Response,
+        stats: Arc<ExchangeStats>,
+        usage: UsageFn,
+    ) -> FrameStream {
+        let mut scanner = UsageScanner::new(usage);
+        let chunks = self.chunks(response, stats.clone());
+        Box::pin(chunks.map(move |item| match item {
+            Ok(chunk) => {
+                if let Some(u) = scanner.scan(&chunk) {
+                    stats.set_usage(u);
+                }
+                chunk
+            }
+            Err(error) => Bytes::from(error.sse_frame()),
+        }))
+    }
+
+    /// `GET {base}{path}` when it answers a `list` object in time.
+    pub async fn get_list(&self, path: &str) -> Option<Bytes> {
+        let mut request = self.client.get(self.url(path));
+        if let Some(auth) = &self.auth {
+            request = request.header(AUTHORIZATION, auth.clone());
+        }
+        let response = timeout(
+            self.first_byte_timeout.min(Duration::from_secs(10)),
+            request.send(),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        let body = timeout(self.idle_timeout, response.bytes())
+            .await
+            .ok()?
+            .ok()?;
+        let parsed: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        parsed["data"].is_array().then_some(body)
+    }
+}
+
+/// Finds `usage` in relayed SSE without buffering the stream: only the current
+/// incomplete line is kept, and only lines mentioning `"usage"` are parsed.
+pub struct UsageScanner {
+    partial: Vec<u8>,
+    parse: UsageFn,
+}
+
+impl UsageScanner {
+    pub fn new(parse: UsageFn) -> UsageScanner {
+        UsageScanner {
+            partial: Vec::new(),
+            parse,
+        }
+    }
+
+    pub fn scan(&mut self, chunk: &[u8]) -> Option<Usage> {
+        let mut found = None;
+        let mut rest = chunk;
+        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+            let line_end = &rest[..pos];
+            let line: &[u8] = if self.partial.is_empty() {
+                line_end
+            } else {
+                self.partial.extend_from_slice(line_end);
+                &self.partial
+            };
+            if let Some(usage) = Self::line_usage(line, self.parse) {
+                found = Some(usage);
+            }
+            self.partial.clear();
+            rest = &rest[pos + 1..];
+        }
+        // Keep an incomplete line only while it could still matter (bounded).
+        if self.partial.len() + rest.len() <= 1 << 20 {
+            self.partial.extend_from_slice(rest);
+        } else {
+            self.partial.clear();
+        }
+        found
+    }
+
+    fn line_usage(line: &[u8], parse: UsageFn) -> Option<Usage> {
+        let data = line.strip_prefix(b"data:")?;
+        if !data.windows(7).any(|w| w == b"\"usage\"") {
+            return None;
+        }
+        parse(data.trim_ascii())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat_usage(body: &[u8]) -> Option<Usage> {
+        #[derive(serde::Deserialize)]
+        struct WithUsage {
+            usage: Option<Usage>,
+        }
+        serde_json::from_slice::<WithUsage>(body).ok()?.usage
+    }
+
+    #[test]
+    fn usage_is_found_across_chunk_boundaries() {
+        let frame = b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\ndata: [DONE]\n\n";
+        for split in 0..frame.len() {
+            let mut scanner = UsageScanner::new(chat_usage);
+            let a = scanner.scan(&frame[..split]);
+            let b = scanner.scan(&frame[split..]);
+            let usage = a.or(b).expect("usage found");
+            assert_eq!(
+                usage,
+                Usage {
+                    prompt_tokens: 3,
+                    completion_tokens: 4
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn null_usage_is_not_an_error() {
+        let mut scanner = UsageScanner::new(chat_usage);
+        assert_eq!(scanner.scan(b"data: {\"usage\":null}\n"), None);
+    }
+}

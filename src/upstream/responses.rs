@@ -1,0 +1,313 @@
+//! A Responses API upstream (`upstream.api = "responses"`), the way ChatMock
+//! fronts Codex: clients speak Chat Completions, the upstream receives a
+//! Responses request (`POST {base}/responses`) whose `instructions` come from the
+//! prompt cache, and its answer is translated back.
+//!
+//! - Non-streaming: the `response` object becomes a `chat.completion` (an
+//!   upstream that streams anyway is read to its `response.completed`).
+//! - Streaming: the upstream's SSE is parsed incrementally ([`SseParser`]) and
+//!   each event translated at once ([`StreamTranslator`]) into
+//!   `chat.completion.chunk` frames, sent as they arrive. The client gets exactly
+//!   one `finish_reason` (or one error frame), the usage chunk when it asked for
+//!   it, then `[DONE]`. A broken or stalled upstream stream ends with an error
+//!   frame and `[DONE]`, never a hang.
+//!
+//! Sending, retries and timeouts are the same as for the Chat Completions
+//! upstream ([`super::http`]).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use reqwest::header::CONTENT_TYPE;
+use serde_json::Value;
+
+use super::http::{ChunkStream, HttpUpstream};
+use super::{ChatCall, ExchangeStats, FrameStream, Reply, unix_now};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::openai::{ApiError, Usage};
+use crate::prompts::PromptStore;
+use crate::responses_api::{
+    StreamTranslator, TranslateOptions, chat_to_responses, instructions_for, responses_to_chat,
+};
+use crate::sse::{SseEvent, SseParser};
+
+pub struct ResponsesUpstream {
+    http: HttpUpstream,
+    responses_url: String,
+    prompts: PromptStore,
+    options: TranslateOptions,
+}
+
+impl ResponsesUpstream {
+    pub fn new(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        prompts: PromptStore,
+    ) -> Result<ResponsesUpstream, String> {
+        let http = HttpUpstream::new(config, metrics)?;
+        Ok(ResponsesUpstream {
+            responses_url: http.url("/responses"),
+            http,
+            prompts,
+            options: TranslateOptions {
+                enable_web_search: config.features.enable_web_search,
+            },
+        })
+    }
+
+    /// The shared HTTP side, for `/v1/responses` passthrough.
+    pub fn http(&self) -> &HttpUpstream {
+        &self.http
+    }
+
+    /// A Chat Completions request, answered through the Responses API.
+    pub async fn chat(&self, call: ChatCall) -> Result<Reply, ApiError> {
+        let mut chat: Value = serde_json::from_slice(&call.body).map_err(|e| {
+            ApiError::bad_request(format!("request body is not valid JSON: {e}"))
+                .code("invalid_request")
+        })?;
+        if chat.get("model").is_none_or(Value::is_null) {
+            chat["model"] = Value::String(call.model.clone());
+        }
+        let prompt = self.prompts.get(instructions_for(&call.model)).await;
+        let request = chat_to_responses(&chat, &prompt.text, &self.options)
+            .map_err(|e| ApiError::bad_request(e).code("invalid_request"))?;
+        let body = Bytes::from(serde_json::to_vec(&request).expect("JSON serialises"));
+        let response = self
+            .http
+            .send(&self.responses_url, &body, &call.stats)
+            .await?;
+        if !response.status().is_success() {
+            return Err(self.http.passthrough_error(response).await);
+        }
+        if call.stream {
+            let chunks = self.http.chunks(response, call.stats.clone());
+            let id = format!(
+                "chatcmpl-{:016x}{:016x}",
+                rand::random::<u64>(),
+                rand::random::<u64>()
+            );
+            let translator =
+                StreamTranslator::new(&call.model, &id, unix_now(), call.include_usage);
+            return Ok(Reply::Stream(translate_stream(
+                chunks, translator, call.stats,
+            )));
+        }
+        let streamed = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("text/event-stream"));
+        let body = self.http.read_body(response, &call.stats).await?;
+        let resp = if streamed {
+            final_response(&body, self.http.display_url())?
+        } else {
+            serde_json::from_slice::<Value>(&body)
+                .ok()
+                .filter(Value::is_object)
+                .ok_or_else(|| {
+                    ApiError::bad_gateway(format!(
+                        "upstream {} answered something that is not a Responses API object",
+                        self.http.display_url()
+                    ))
+                })?
+        };
+        if resp["status"] == "failed" {
+            return Err(failed(&resp["error"], self.http.display_url()));
+        }
+        let completion = responses_to_chat(&resp, &call.model);
+        if let Some(usage) = responses_usage_of(&resp) {
+            call.stats.set_usage(usage);
+        }
+        Ok(Reply::Complete(Bytes::from(completion.to_string())))
+    }
+}
+
+/// Token counts from a Responses object or stream event (`usage` or
+/// `response.usage`, with `input_tokens` / `output_tokens`).
+fn responses_usage_of(value: &Value) -> Option<Usage> {
+    let usage = if value["response"]["usage"].is_object() {
+        &value["response"]["usage"]
+    } else {
+        &value["usage"]
+    };
+    Some(Usage {
+        prompt_tokens: usage["input_tokens"].as_u64()?,
+        completion_tokens: usage["output_tokens"].as_u64()?,
+    })
+}
+
+/// [`responses_usage_of`] on raw JSON, for the passthrough relay of `/v1/responses`.
+pub fn responses_usage(json: &[u8]) -> Option<Usage> {
+    responses_usage_of(&serde_json::from_slice(json).ok()?)
+}
+
+/// A `response.failed` (or `error`) as the client's error.
+fn failed(error: &Value, display_url: &str) -> ApiError {
+    let message = error["message"].as_str().map_or_else(
+        || format!("upstream {display_url} reported that the response failed"),
+        |m| format!("upstream {display_url} reported: {m}"),
+    );
+    tracing::warn!(error = %message, "upstream response failed");
+    ApiError::bad_gateway(message)
+}
+
+/// The event's JSON, with `type` taken from the `event:` field when the data
+/// lacks it. `None` for `[DONE]` and for data that is not a JSON object.
+fn event_json(event: &SseEvent) -> Option<Value> {
+    let mut value: Value = serde_json::from_str(&event.data).ok()?;
+    let object = value.as_object_mut()?;
+    if !object.contains_key("type") {
+        if let Some(name) = &event.event {
+            object.insert("type".into(), Value::String(name.clone()));
+        }
+    }
+    Some(value)
+}
+
+/// The final `response` object of a whole SSE body (an upstream that streams
+/// although the request said `stream: false`).
+fn final_response(body: &[u8], display_url: &str) -> Result<Value, ApiError> {
+    let mut parser = SseParser::new();
+    let mut events = parser.feed(body);
+    events.extend(parser.finish());
+    for event in events.iter().filter_map(event_json) {
+        match event["type"].as_str().unwrap_or("") {
+            "response.completed" | "response.incomplete" => return Ok(event["response"].clone()),
+            "response.failed" => return Err(failed(&event["response"]["error"], display_url)),
+            "error" if event["error"].is_object() => {
+                return Err(failed(&event["error"], display_url));
+            }
+            "error" => return Err(failed(&event, display_url)),
+            _ => {}
+        }
+    }
+    Err(ApiError::bad_gateway(format!(
+        "upstream {display_url} closed the stream before response.completed"
+    )))
+}
+
+/// Translates the upstream's event stream frame by frame, as it arrives.
+fn translate_stream(
+    chunks: ChunkStream,
+    translator: StreamTranslator,
+    stats: Arc<ExchangeStats>,
+) -> FrameStream {
+    struct State {
+        chunks: ChunkStream,
+        parser: SseParser,
+        translator: StreamTranslator,
+        stats: Arc<ExchangeStats>,
+    }
+    impl State {
+        fn translate(&mut self, events: Vec<SseEvent>, out: &mut String) {
+            for event in events.iter().filter_map(event_json) {
+                if event["type"] == "response.failed" {
+                    tracing::warn!(
+                        error = event["response"]["error"]["message"].as_str().unwrap_or(""),
+                        "upstream response failed mid-stream"
+                    );
+                }
+                for frame in self.translator.on_event(&event) {
+                    out.push_str(&frame);
+                }
+            }
+            if let Some((prompt_tokens, completion_tokens)) = self.translator.usage() {
+                self.stats.set_usage(Usage {
+                    prompt_tokens,
+                    completion_tokens,
+                });
+            }
+        }
+    }
+    let state = State {
+        chunks,
+        parser: SseParser::new(),
+        translator,
+        stats,
+    };
+    Box::pin(futures_util::stream::unfold(state, |mut st| async move {
+        let mut out = String::new();
+        while out.is_empty() {
+            if st.translator.is_done() {
+                // Terminal frames were sent: stop reading (dropping the upstream).
+                return None;
+            }
+            match st.chunks.next().await {
+                Some(Ok(chunk)) => {
+                    let events = st.parser.feed(&chunk);
+                    st.translate(events, &mut out);
+                }
+                Some(Err(error)) => {
+                    let code = error.code;
+                    out.extend(st.translator.abort(&error.message, code));
+                }
+                None => {
+                    let last = st.parser.finish().into_iter().collect();
+                    st.translate(last, &mut out);
+                    out.extend(st.translator.finish());
+                    if out.is_empty() {
+                        return None;
+                    }
+                }
+            }
+        }
+        Some((Bytes::from(out), st))
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn usage_from_events_and_objects() {
+        let event = json!({"type": "response.completed", "response": {"usage": {"input_tokens": 3, "output_tokens": 4}}});
+        let want = Usage {
+            prompt_tokens: 3,
+            completion_tokens: 4,
+        };
+        assert_eq!(responses_usage(event.to_string().as_bytes()), Some(want));
+        let object =
+            json!({"object": "response", "usage": {"input_tokens": 3, "output_tokens": 4}});
+        assert_eq!(responses_usage(object.to_string().as_bytes()), Some(want));
+        assert_eq!(responses_usage(br#"{"usage":null}"#), None);
+    }
+
+    #[test]
+    fn final_response_of_a_streamed_body() {
+        let body =
+            b"event: response.created\ndata: {\"type\":\"response.created\",\"response\":{}}\n\n\
+event: response.completed\ndata: {\"response\":{\"id\":\"resp_1\",\"status\":\"completed\"}}\n\n";
+        let resp = final_response(body, "u").unwrap();
+        assert_eq!(resp["id"], "resp_1");
+        let failed = b"data: {\"type\":\"response.failed\",\"response\":{\"error\":{\"message\":\"boom\"}}}\n\n";
+        let err = final_response(failed, "u").unwrap_err();
+        assert!(err.message.contains("boom"), "{}", err.message);
+        assert!(final_response(b"data: {\"type\":\"response.created\"}\n\n", "u").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_broken_stream_ends_with_one_error_and_done() {
+        let chunks: ChunkStream = Box::pin(futures_util::stream::iter(vec![
+            Ok(Bytes::from_static(
+                b"data: {\"type\":\"response.output_text.delta\",\"delta\":\"hi\"}\n\ndata: {\"type\":\"resp",
+            )),
+            Err(ApiError::bad_gateway("connection reset")),
+        ]));
+        let stats = Arc::new(ExchangeStats::default());
+        let translator = StreamTranslator::new("m", "chatcmpl-1", 1, false);
+        let frames: Vec<Bytes> = translate_stream(chunks, translator, stats).collect().await;
+        let text: String = frames
+            .iter()
+            .map(|b| std::str::from_utf8(b).unwrap())
+            .collect();
+        assert!(text.contains("\"content\":\"hi\""), "{text}");
+        assert!(text.contains("connection reset"), "{text}");
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        assert_eq!(text.matches("[DONE]").count(), 1);
+    }
+}
