@@ -28,6 +28,8 @@ pub mod responses_api;
 pub mod server;
 pub mod sse;
 pub mod supervisor;
+pub mod systemd;
+pub mod templates;
 pub mod upstream;
 
 /// The toolkit's version, printed by every binary's `--version`.

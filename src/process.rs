@@ -686,7 +686,14 @@ pub(crate) mod tests {
             panic!("cannot spawn {cmd:?}: text file busy");
         }
         pub fn sleep() -> Kid {
-            Kid::spawn(Command::new("sleep").arg("30").stdin(Stdio::null()))
+            let kid = Kid::spawn(Command::new("sleep").arg("30").stdin(Stdio::null()));
+            // spawn() returns once exec has begun, but the kernel fills in the new
+            // argument list a moment later: until then /proc/PID/cmdline reads empty.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while cmdline(kid.pid()).is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            kid
         }
         pub fn pid(&self) -> i32 {
             self.0.id() as i32

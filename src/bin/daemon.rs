@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use warden::checks::{self, RunOptions, report};
 use warden::cli::HomeArgs;
 use warden::config::{Config, Overrides};
@@ -86,6 +86,9 @@ enum Which {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = warden::cli::handle_generate(Args::command) {
+        return code;
+    }
     let args = Args::parse();
     let home = args.home.resolve_or_exit("daemon");
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -9,7 +9,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use warden::cli::HomeArgs;
 use warden::config::{Config, Overrides};
 use warden::prompts_cmd::PromptsAction;
@@ -21,6 +21,7 @@ use warden::prompts_cmd::PromptsAction;
 ///   proxy --port 0                         # any free port (printed on stdout)
 ///   proxy --upstream http://127.0.0.1:9000/v1
 ///   proxy prompts status --json            # the prompt cache, no proxy needed
+///   proxy --generate man > proxy.1         # also complete-bash, complete-zsh, complete-fish
 #[derive(Parser, Debug)]
 #[command(name = "proxy", version = warden::VERSION, verbatim_doc_comment)]
 struct Args {
@@ -52,6 +53,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = warden::cli::handle_generate(Args::command) {
+        return code;
+    }
     let args = Args::parse();
     let home = args.home.resolve_or_exit("proxy");
     let overrides = Overrides {

@@ -4,8 +4,11 @@
 
 mod support;
 
+mod completions;
 mod daemon;
 mod preflight;
 mod prompts;
 mod proxy;
 mod responses;
+mod safety_doc;
+mod systemd;
