@@ -315,3 +315,29 @@ fn restart_rotates_oversized_logs() {
     assert!(home.read("logs/proxy.log").contains("warden proxy started"));
     assert!(home.read("logs/daemon.log").contains("rotated"));
 }
+
+#[test]
+fn a_hung_proxy_is_reported_unhealthy() {
+    let home = TestHome::new();
+    home.config(&format!(
+        "[server]\nport = {}\n[watchdog]\nhealth_timeout = 1\n",
+        free_port()
+    ));
+    let _guard = StopOnDrop(&home);
+    assert!(run("daemon", &home, &["start"]).status.success());
+    let record = pid_record(&home);
+    // Our own proxy, frozen through the identity-checked path, then thawed.
+    warden::process::signal(&record.identity(), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let out = run("daemon", &home, &["status", "--json"]);
+    warden::process::signal(&record.identity(), nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stdout));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["running"], true);
+    assert_eq!(status["healthy"], false);
+    assert_eq!(status["pid"], record.pid);
+    assert_eq!(
+        run("daemon", &home, &["status"]).status.code(),
+        Some(0),
+        "healthy again once thawed"
+    );
+}
