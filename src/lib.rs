@@ -29,6 +29,7 @@ pub mod server;
 pub mod sse;
 pub mod supervisor;
 pub mod upstream;
+pub mod watchdog;
 
 /// The toolkit's version, printed by every binary's `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -9,3 +9,4 @@ mod preflight;
 mod prompts;
 mod proxy;
 mod responses;
+mod watchdog;
