@@ -12,3 +12,4 @@ mod proxy;
 mod responses;
 mod safety_doc;
 mod systemd;
+mod watchdog;

@@ -59,6 +59,7 @@ pub fn bin(name: &str) -> Command {
         "proxy" => env!("CARGO_BIN_EXE_proxy"),
         "daemon" => env!("CARGO_BIN_EXE_daemon"),
         "preflight" => env!("CARGO_BIN_EXE_preflight"),
+        "watchdog" => env!("CARGO_BIN_EXE_watchdog"),
         other => panic!("unknown binary {other}"),
     };
     let mut cmd = Command::new(path);
