@@ -188,3 +188,13 @@ mod tests {
         }
     }
 }
+
+/// Restores the default SIGPIPE action for command-line tools, so
+/// `daemon status | head -1` ends quietly instead of panicking on a closed pipe
+/// (Rust ignores SIGPIPE by default, which suits servers, not filters).
+pub fn restore_sigpipe() {
+    // SAFETY: called at the start of main, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}

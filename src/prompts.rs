@@ -915,7 +915,7 @@ async fn fetch_once(
     let mut response = request
         .send()
         .await
-        .map_err(|e| retryable(format!("GET {url}: {}", error_chain(&e))))?;
+        .map_err(|e| retryable(format!("GET {url}: {}", crate::http_client::describe(e))))?;
     let status = response.status();
     let header_string = |name: header::HeaderName| {
         response
@@ -941,11 +941,12 @@ async fn fetch_once(
         });
     }
     let mut bytes = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| retryable(format!("GET {url}: reading the body: {}", error_chain(&e))))?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(|e| {
+        retryable(format!(
+            "GET {url}: reading the body: {}",
+            crate::http_client::describe(e)
+        ))
+    })? {
         if bytes.len() + chunk.len() > MAX_PROMPT_BYTES {
             return Err(TryError {
                 message: format!("GET {url}: the body exceeds {MAX_PROMPT_BYTES} bytes"),

@@ -88,7 +88,7 @@ pub async fn serve_foreground(config: Config) -> Result<(), String> {
 async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
     TcpListener::bind(addr).await.map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
-            "; another process holds it: `preflight --only port` names it, or choose another with --port"
+            "; another process holds it: `preflight --only port` names it; pick another port with server.port in warden.toml, WARDEN_PORT or --port"
         } else {
             ""
         };

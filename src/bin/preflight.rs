@@ -66,6 +66,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    warden::cli::restore_sigpipe();
     if let Some(code) = warden::cli::handle_generate(Cli::command) {
         return code;
     }

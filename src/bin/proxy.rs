@@ -27,13 +27,13 @@ use warden::prompts_cmd::PromptsAction;
 struct Args {
     #[command(flatten)]
     home: HomeArgs,
-    /// Address to listen on [env: WARDEN_HOST] [default: 127.0.0.1]
+    /// Address to listen on [default: WARDEN_HOST, else server.host, else 127.0.0.1]
     #[arg(long, value_name = "H")]
     host: Option<String>,
-    /// Port to listen on; 0 picks a free one [env: WARDEN_PORT] [default: 8000]
+    /// Port to listen on; 0 picks a free one [default: WARDEN_PORT, else server.port, else 8000]
     #[arg(long, value_name = "P")]
     port: Option<u16>,
-    /// Upstream base URL, or "mock" [env: WARDEN_UPSTREAM_URL] [default: mock]
+    /// Upstream base URL, or "mock" [default: WARDEN_UPSTREAM_URL, else upstream.url, else mock]
     #[arg(long, value_name = "URL")]
     upstream: Option<String>,
     #[command(subcommand)]

@@ -102,6 +102,8 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/models", get(chat::models));
     if gw.config.features.enable_responses_api {
         api = api.route("/v1/responses", post(responses::responses));
+    } else {
+        api = api.route("/v1/responses", post(responses_disabled));
     }
     let api = api.route_layer(axum::middleware::from_fn_with_state(
         gw.clone(),
@@ -121,6 +123,13 @@ pub fn router(gw: Arc<Gateway>) -> Router {
             observe::observe,
         ))
         .with_state(gw)
+}
+
+async fn responses_disabled() -> ApiError {
+    ApiError::not_found(
+        "POST /v1/responses is not enabled; set features.enable_responses_api = true in warden.toml \
+         (or WARDEN_ENABLE_RESPONSES_API=1)",
+    )
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

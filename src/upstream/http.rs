@@ -117,8 +117,11 @@ impl HttpUpstream {
                     )));
                 }
                 Ok(Err(e)) => {
-                    last_error =
-                        format!("cannot reach upstream {}: {}", self.base, error_chain(&e));
+                    last_error = format!(
+                        "cannot reach upstream {}: {}",
+                        self.base,
+                        crate::http_client::describe(e)
+                    );
                 }
                 Ok(Ok(response)) if retry::is_retryable(response.status()) => {
                     retry_after = retry::retry_after(response.headers());
@@ -196,7 +199,7 @@ impl HttpUpstream {
                     break Err(ApiError::bad_gateway(format!(
                         "upstream {} broke off its answer: {}",
                         self.base,
-                        error_chain(&e)
+                        crate::http_client::describe(e)
                     )));
                 }
                 Ok(Ok(None)) => break Ok(buf.freeze()),
@@ -253,7 +256,7 @@ impl HttpUpstream {
                         Ok(None) => return None,
                         Ok(Some(Err(e))) => ApiError::bad_gateway(format!(
                             "upstream {display_url} broke off the stream: {}",
-                            error_chain(&e)
+                            crate::http_client::describe(e)
                         )),
                         Err(_) => ApiError::gateway_timeout(format!(
                             "upstream {display_url} stalled for {} s mid-stream (upstream.idle_timeout)",

@@ -341,3 +341,24 @@ fn a_hung_proxy_is_reported_unhealthy() {
         "healthy again once thawed"
     );
 }
+
+#[test]
+fn a_config_broken_after_start_does_not_lock_out_stop_or_status() {
+    let home = home();
+    let _guard = StopOnDrop(&home);
+    assert!(run("daemon", &home, &["start"]).status.success());
+    let record = pid_record(&home);
+    let good = home.read("warden.toml");
+    home.config(&format!("{good}max_concurent = 5\n"));
+    let out = run("daemon", &home, &["status", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("warning: configuration error"));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["pid"], record.pid);
+    // start and restart refuse (they would start a proxy on a broken config) …
+    assert_eq!(run("daemon", &home, &["restart"]).status.code(), Some(1));
+    // … but stop works.
+    let out = run("daemon", &home, &["stop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!warden::process::is_alive(record.pid));
+}
