@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use warden::cli::HomeArgs;
 use warden::config::{Config, Overrides};
 use warden::watchdog::{self, EXIT_CANNOT_RUN, Options};
@@ -44,6 +44,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = warden::cli::handle_generate(Args::command) {
+        return code;
+    }
     let args = Args::parse();
     let home = args.home.resolve_or_exit("watchdog");
     let config = match Config::load(&home, &Overrides::default()) {

@@ -4,7 +4,7 @@
 use crate::support::bin;
 
 /// The binaries built so far.
-const BINARIES: [&str; 3] = ["proxy", "daemon", "preflight"];
+const BINARIES: [&str; 4] = ["proxy", "daemon", "preflight", "watchdog"];
 
 fn run(name: &str, args: &[&str]) -> (Option<i32>, String, String) {
     let out = bin(name).args(args).output().unwrap();
