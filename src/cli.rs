@@ -29,3 +29,172 @@ impl HomeArgs {
 pub fn version_line(binary: &str) -> String {
     format!("{binary} {}", crate::VERSION)
 }
+
+/// What `--generate KIND` writes to stdout (ripgrep's convention): a man page or a
+/// shell completion script for the binary. The flag is hidden from `--help`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Generate {
+    Man,
+    CompleteBash,
+    CompleteZsh,
+    CompleteFish,
+}
+
+impl Generate {
+    /// Every kind, as spelled on the command line.
+    pub const ALL: [(&'static str, Generate); 4] = [
+        ("man", Generate::Man),
+        ("complete-bash", Generate::CompleteBash),
+        ("complete-zsh", Generate::CompleteZsh),
+        ("complete-fish", Generate::CompleteFish),
+    ];
+
+    pub fn parse(kind: &str) -> Option<Generate> {
+        Self::ALL.iter().find(|(n, _)| *n == kind).map(|(_, g)| *g)
+    }
+}
+
+/// Writes the man page or completion script for `cmd` (a binary's `clap::Command`,
+/// e.g. `Args::command()`) to `out`.
+pub fn generate(
+    kind: Generate,
+    mut cmd: clap::Command,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    let name = cmd.get_name().to_string();
+    match kind {
+        Generate::Man => {
+            cmd.build();
+            clap_mangen::Man::new(cmd).render(out)
+        }
+        Generate::CompleteBash => {
+            clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, name, out);
+            Ok(())
+        }
+        Generate::CompleteZsh => {
+            clap_complete::generate(clap_complete::Shell::Zsh, &mut cmd, name, out);
+            Ok(())
+        }
+        Generate::CompleteFish => {
+            clap_complete::generate(clap_complete::Shell::Fish, &mut cmd, name, out);
+            Ok(())
+        }
+    }
+}
+
+/// Finds `--generate KIND` (or `--generate=KIND`) in `args` (without the program name),
+/// stopping at `--`. `Some(Err(kind))` for an unknown kind.
+pub fn generate_request<I, S>(args: I) -> Option<Result<Generate, String>>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<std::ffi::OsString>,
+{
+    let mut args = args.into_iter().map(Into::into);
+    while let Some(arg) = args.next() {
+        let arg = arg.to_string_lossy().into_owned();
+        if arg == "--" {
+            return None;
+        }
+        let kind = if arg == "--generate" {
+            args.next()
+                .map(|k| k.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        } else if let Some(kind) = arg.strip_prefix("--generate=") {
+            kind.to_string()
+        } else {
+            continue;
+        };
+        return Some(Generate::parse(&kind).ok_or(kind));
+    }
+    None
+}
+
+/// Handles the hidden `--generate KIND` flag for a binary: call it first in `main`,
+/// before parsing, so it works whatever else the binary requires (a subcommand, say):
+///
+/// ```ignore
+/// if let Some(code) = warden::cli::handle_generate(Args::command) {
+///     return code;
+/// }
+/// ```
+///
+/// Returns `None` when the flag is absent; otherwise prints to stdout and returns the
+/// exit code (2, with the valid kinds, for an unknown one).
+pub fn handle_generate(command: impl FnOnce() -> clap::Command) -> Option<std::process::ExitCode> {
+    let request = generate_request(std::env::args_os().skip(1))?;
+    let cmd = command();
+    let name = cmd.get_name().to_string();
+    let kind = match request {
+        Ok(kind) => kind,
+        Err(kind) => {
+            let valid: Vec<&str> = Generate::ALL.iter().map(|(n, _)| *n).collect();
+            eprintln!(
+                "{name}: --generate {kind:?} is not one of: {}",
+                valid.join(", ")
+            );
+            return Some(std::process::ExitCode::from(2));
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    match generate(kind, cmd, &mut stdout).and_then(|()| std::io::Write::flush(&mut stdout)) {
+        Ok(()) => Some(std::process::ExitCode::SUCCESS),
+        // A closed pipe (`proxy --generate man | head`) is not worth a message.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            Some(std::process::ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{name}: cannot write the output: {e}");
+            Some(std::process::ExitCode::FAILURE)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generate_request_is_found_anywhere_before_double_dash() {
+        assert_eq!(generate_request(["--home", "/h"]), None);
+        assert_eq!(
+            generate_request(["--home", "/h", "--generate", "man"]),
+            Some(Ok(Generate::Man))
+        );
+        assert_eq!(
+            generate_request(["--generate=complete-zsh"]),
+            Some(Ok(Generate::CompleteZsh))
+        );
+        assert_eq!(
+            generate_request(["--generate", "complete-tcsh"]),
+            Some(Err("complete-tcsh".to_string()))
+        );
+        assert_eq!(generate_request(["--generate"]), Some(Err(String::new())));
+        assert_eq!(generate_request(["--", "--generate", "man"]), None);
+    }
+
+    #[test]
+    fn every_kind_renders_for_a_command_with_subcommands() {
+        let cmd = clap::Command::new("demo")
+            .version("1.2.3")
+            .about("A demo")
+            .arg(clap::Arg::new("home").long("home").global(true))
+            .subcommand(clap::Command::new("start").about("Starts it"));
+        for (name, kind) in Generate::ALL {
+            let mut out = Vec::new();
+            generate(kind, cmd.clone(), &mut out).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.contains("home"), "{name}: {text}");
+            assert!(text.contains("start"), "{name}: {text}");
+        }
+    }
+}
+
+/// Restores the default SIGPIPE action for command-line tools, so
+/// `daemon status | head -1` ends quietly instead of panicking on a closed pipe
+/// (Rust ignores SIGPIPE by default, which suits servers, not filters).
+pub fn restore_sigpipe() {
+    // SAFETY: called at the start of main, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}

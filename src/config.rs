@@ -431,8 +431,26 @@ fn toml_error(text: &str, path: &Path, key: Option<String>, e: &toml::de::Error)
         origin: path.display().to_string(),
         key,
         line_col,
-        message: e.message().trim().to_string(),
+        message: plain_types(e.message().trim()),
     }
+}
+
+/// serde names Rust types ("expected u16"); operators think in values.
+fn plain_types(message: &str) -> String {
+    let mut text = message.to_string();
+    for (rust, plain) in [
+        ("expected u16", "expected a port number (0-65535)"),
+        ("expected u32", "expected a whole number"),
+        (
+            "expected u64",
+            "expected a whole number of seconds or bytes",
+        ),
+        ("expected usize", "expected a whole number"),
+        ("expected a boolean", "expected true or false"),
+    ] {
+        text = text.replace(rust, plain);
+    }
+    text
 }
 
 /// 1-based line and column of a byte offset.

@@ -35,6 +35,36 @@ pub fn control_socket_path(home: &Home, pid: i32) -> PathBuf {
     home.run_dir().join(format!("proxy-{pid}.sock"))
 }
 
+/// Removes control sockets that nobody listens on any more (left behind by a
+/// proxy that was killed). A socket that accepts a connection is live and kept;
+/// only our own `proxy-<PID>.sock` names are considered.
+pub fn remove_stale_control_sockets(home: &Home) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(home.run_dir()) else {
+        return removed;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let is_ours = name
+            .strip_prefix("proxy-")
+            .and_then(|rest| rest.strip_suffix(".sock"))
+            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+        if !is_ours {
+            continue;
+        }
+        let path = entry.path();
+        if let Err(e) = UnixStream::connect(&path) {
+            if e.kind() == std::io::ErrorKind::ConnectionRefused
+                && std::fs::remove_file(&path).is_ok()
+            {
+                removed.push(path);
+            }
+        }
+    }
+    removed
+}
+
 /// A listening socket passed in by `daemon restart` or by systemd, if any.
 pub fn inherited_listener() -> std::io::Result<Option<std::net::TcpListener>> {
     let fd = if let Ok(value) = std::env::var(LISTEN_FD_VAR) {
@@ -172,4 +202,24 @@ pub fn fetch_listener(path: &Path) -> std::io::Result<OwnedFd> {
         "{} sent no socket",
         path.display()
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_dead_control_sockets_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        std::fs::create_dir_all(home.run_dir()).unwrap();
+        let live_path = home.run_dir().join("proxy-111.sock");
+        let _live = std::os::unix::net::UnixListener::bind(&live_path).unwrap();
+        let dead_path = home.run_dir().join("proxy-222.sock");
+        drop(std::os::unix::net::UnixListener::bind(&dead_path).unwrap());
+        let other = home.run_dir().join("other.sock");
+        drop(std::os::unix::net::UnixListener::bind(&other).unwrap());
+        assert_eq!(remove_stale_control_sockets(&home), vec![dead_path.clone()]);
+        assert!(live_path.exists() && !dead_path.exists() && other.exists());
+    }
 }

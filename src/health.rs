@@ -149,7 +149,7 @@ pub mod probe {
             Ok(r) if r.status().is_success() => Ok(()),
             Ok(r) => Err(format!("{url} answered {}", r.status())),
             Err(e) if e.is_timeout() => Err(format!("{url} did not answer in time")),
-            Err(e) => Err(format!("{url}: {}", crate::upstream::chat::error_chain(&e))),
+            Err(e) => Err(format!("{url}: {}", crate::http_client::describe(e))),
         }
     }
 
@@ -163,7 +163,7 @@ pub mod probe {
             .get(&url)
             .send()
             .await
-            .map_err(|e| format!("{url}: {}", crate::upstream::chat::error_chain(&e)))?;
+            .map_err(|e| format!("{url}: {}", crate::http_client::describe(e)))?;
         let code = response.status().as_u16();
         let report = response
             .json::<HealthReport>()

@@ -21,6 +21,28 @@ pub fn client_builder() -> reqwest::ClientBuilder {
         .user_agent(concat!("warden/", env!("CARGO_PKG_VERSION")))
 }
 
+/// A reqwest error as a sentence, without the URL reqwest repeats in it (callers
+/// name the URL themselves, once).
+pub fn describe(e: reqwest::Error) -> String {
+    error_chain(&e.without_url())
+}
+
+/// The full chain of an error's causes, `a: b: c`: reqwest's top-level message
+/// alone ("error sending request") does not tell an operator what happened.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

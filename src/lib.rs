@@ -29,8 +29,10 @@ pub mod responses_api;
 pub mod server;
 pub mod sse;
 pub mod supervisor;
+pub mod systemd;
 pub mod templates;
 pub mod upstream;
+pub mod watchdog;
 
 /// The toolkit's version, printed by every binary's `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -247,6 +247,20 @@ impl Metrics {
             "Failed prompt fetch attempts since start, by prompt",
             m.prompt_fetch_failures.clone(),
         );
+        // Series that exist from the start at 0, so dashboards and alerts see them
+        // before the first event.
+        for outcome in ["ok", "retried", "failed", "timeout"] {
+            let _ = m.upstream_attempts.get_or_create(&OutcomeLabel { outcome });
+        }
+        for why in [
+            Rejection::Concurrency,
+            Rejection::Auth,
+            Rejection::BodyTooLarge,
+        ] {
+            let _ = m.rejected.get_or_create(&ReasonLabel {
+                reason: why.label(),
+            });
+        }
         Metrics { registry, ..m }
     }
 

@@ -41,6 +41,7 @@ use sha2::{Digest, Sha256};
 use crate::atomic_file;
 use crate::config::{BASE_PROMPT, CODEX_PROMPT, PromptSource, PromptsConfig};
 use crate::home::Home;
+use crate::http_client::error_chain;
 
 /// The metadata file beside the cached prompts.
 pub const METADATA_FILE: &str = "metadata.json";
@@ -914,7 +915,7 @@ async fn fetch_once(
     let mut response = request
         .send()
         .await
-        .map_err(|e| retryable(format!("GET {url}: {}", error_chain(&e))))?;
+        .map_err(|e| retryable(format!("GET {url}: {}", crate::http_client::describe(e))))?;
     let status = response.status();
     let header_string = |name: header::HeaderName| {
         response
@@ -940,11 +941,12 @@ async fn fetch_once(
         });
     }
     let mut bytes = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| retryable(format!("GET {url}: reading the body: {}", error_chain(&e))))?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(|e| {
+        retryable(format!(
+            "GET {url}: reading the body: {}",
+            crate::http_client::describe(e)
+        ))
+    })? {
         if bytes.len() + chunk.len() > MAX_PROMPT_BYTES {
             return Err(TryError {
                 message: format!("GET {url}: the body exceeds {MAX_PROMPT_BYTES} bytes"),
@@ -958,21 +960,6 @@ async fn fetch_once(
         etag,
         last_modified,
     })
-}
-
-/// An error and its sources, `a: b: c`, since reqwest's own message is terse.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }
 
 fn digest_allowed(src: &PromptSource, sha256: &str) -> bool {

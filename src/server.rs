@@ -65,12 +65,22 @@ pub async fn serve_foreground(config: Config) -> Result<(), String> {
                 .map_err(|e| fail(format!("cannot take over {}: {e}", pid_path.display())))?,
         );
     }
+    // Signal handlers go in before anyone learns the address: a SIGTERM right after the
+    // "listening on" line must drain and exit 0, not kill the process outright.
+    let signal = shutdown_signal();
     // One machine-readable line on stdout, so callers that asked for port 0 learn the port.
     println!(
         "listening on {}",
         crate::config::base_url_for(&local.ip().to_string(), local.port())
     );
-    let result = gateway::run(listener, gw, shutdown_signal()).await;
+    // systemd (Type=notify): READY=1 once ready, WATCHDOG=1 pings while ready, and
+    // STOPPING=1 as the drain begins. No-ops without $NOTIFY_SOCKET.
+    tokio::spawn(crate::systemd::supervise(gw.watch_ready()));
+    let shutdown = async {
+        signal.await;
+        crate::systemd::notify_stopping();
+    };
+    let result = gateway::run(listener, gw, shutdown).await;
     drop(pid_guard);
     result.map_err(|e| format!("server error: {e}"))
 }
@@ -78,7 +88,7 @@ pub async fn serve_foreground(config: Config) -> Result<(), String> {
 async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
     TcpListener::bind(addr).await.map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
-            "; another process holds it: `preflight --only port` names it, or choose another with --port"
+            "; another process holds it: `preflight --only port` names it; pick another port with server.port in warden.toml, WARDEN_PORT or --port"
         } else {
             ""
         };
@@ -88,13 +98,17 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
     })
 }
 
-/// Completes on the first SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
+/// Completes on the first SIGTERM or SIGINT. The handlers are installed when this is
+/// called, not when the future is first polled, so no signal slips through in between.
+/// Must be called within the Tokio runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
     }
 }

@@ -285,7 +285,9 @@ impl Supervisor {
         cmd.arg("--home")
             .arg(home.root())
             .stdin(Stdio::null())
-            .stdout(open_log()?)
+            // stdout only carries the "listening on" line for interactive use; the
+            // log gets structured lines (and stderr for fatal start-up errors).
+            .stdout(Stdio::null())
             .stderr(open_log()?)
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
@@ -413,8 +415,9 @@ impl Supervisor {
                     .await
                     .map_err(|e| SupervisorError::new(e.to_string()))?
                     .map_err(|e| SupervisorError::new(e.to_string()))?;
-                // A killed proxy could not remove its PID file; its lock is free now.
+                // A killed proxy could not remove its PID file or control socket.
                 let _ = pidfile::remove_stale(&path);
+                handoff::remove_stale_control_sockets(self.home());
                 let took = started.elapsed();
                 self.log_action(&format!(
                     "stop pid={} how={how:?} took_ms={}",
@@ -530,10 +533,18 @@ impl Supervisor {
             Ok(PidState::Absent) => base("stopped", false, None, "not running".into()),
             Ok(PidState::Stale(record)) => {
                 let pid = record.map(|r| r.pid);
+                let what = match pid {
+                    Some(p) if process::is_alive(p) => {
+                        format!("PID {p} is now another program, not this home's proxy")
+                    }
+                    Some(p) => {
+                        format!("PID {p} no longer runs: the proxy died without cleaning up")
+                    }
+                    None => "its content is unreadable".to_string(),
+                };
                 let message = format!(
-                    "not running, but {} is left behind (PID {} is not a proxy of this home); `daemon start` or `doctor` clears it",
-                    pid_file.display(),
-                    pid.map_or("?".into(), |p| p.to_string())
+                    "not running, but {} is left behind ({what}); `daemon start` or `doctor` clears it",
+                    pid_file.display()
                 );
                 base("dead", false, pid, message)
             }

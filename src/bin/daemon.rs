@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use warden::checks::{self, RunOptions, report};
 use warden::cli::HomeArgs;
 use warden::config::{Config, Overrides};
@@ -86,6 +86,9 @@ enum Which {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = warden::cli::handle_generate(Args::command) {
+        return code;
+    }
     let args = Args::parse();
     let home = args.home.resolve_or_exit("daemon");
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -101,6 +104,17 @@ fn load(home: &Home) -> Result<Config, i32> {
         eprintln!("daemon: configuration error: {e}");
         eprintln!("daemon: fix it (or run `doctor`), then try again");
         1
+    })
+}
+
+/// For `stop` and `status`, which must work even when `warden.toml` was broken
+/// after the proxy started: they need only the PID file, so a configuration
+/// error is a warning and the defaults stand in.
+fn load_or_defaults(home: &Home) -> Config {
+    Config::load(home, &Overrides::default()).unwrap_or_else(|e| {
+        eprintln!("daemon: warning: configuration error: {e}");
+        eprintln!("daemon: warning: using defaults for this command; the running proxy is found through its PID file");
+        Config::defaults(home)
     })
 }
 
@@ -120,10 +134,7 @@ async fn run(home: Home, command: Cmd) -> i32 {
             }
             start(supervisor, json).await
         }
-        Cmd::Stop { force } => {
-            let Ok(config) = load(&home) else { return 1 };
-            stop(Supervisor::new(config), force).await
-        }
+        Cmd::Stop { force } => stop(Supervisor::new(load_or_defaults(&home)), force).await,
         Cmd::Restart { no_check } => {
             let Ok(config) = load(&home) else { return 1 };
             let supervisor = Supervisor::new(config);
@@ -133,8 +144,7 @@ async fn run(home: Home, command: Cmd) -> i32 {
             restart(supervisor).await
         }
         Cmd::Status { json } => {
-            let Ok(config) = load(&home) else { return 1 };
-            let status = Supervisor::new(config).status().await;
+            let status = Supervisor::new(load_or_defaults(&home)).status().await;
             if json {
                 println!(
                     "{}",
@@ -395,6 +405,10 @@ fn logs(home: &Home, follow: bool, lines: usize, which: Which) -> i32 {
         Which::Daemon => LogKind::Daemon,
     };
     let path = home.log_file(kind);
+    if !follow && !path.exists() {
+        eprintln!("daemon: no {} yet (nothing has written it)", path.display());
+        return 0;
+    }
     let result = if follow {
         let mut out = std::io::stdout();
         warden::logs::follow(&path, lines, &mut out, &|| false)

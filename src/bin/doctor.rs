@@ -8,7 +8,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use warden::checks::report::color_wanted;
 use warden::cli::HomeArgs;
 use warden::fixes::{self, Options, report};
@@ -51,6 +51,10 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    warden::cli::restore_sigpipe();
+    if let Some(code) = warden::cli::handle_generate(Args::command) {
+        return code;
+    }
     let args = Args::parse();
     let home = match Home::resolve(args.home.home.as_deref()) {
         Ok(home) => home,

@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, Parser, ValueEnum};
 use warden::checks::{self, RunOptions, report};
 use warden::home::Home;
 
@@ -32,7 +32,16 @@ enum Format {
 /// binary, directories, disk, port, processes, upstream and prompts, plus the
 /// operator's checks from $WARDEN_HOME/checks/*.toml.
 #[derive(Debug, Parser)]
-#[command(name = "preflight", version = warden::VERSION)]
+#[command(
+    name = "preflight",
+    version = warden::VERSION,
+    after_help = "Examples:
+  preflight                          # the ten checks and the operator's, for people
+  preflight --json                   # one JSON document, for cron and CI (exit 1 on a failure)
+  preflight --format nagios          # one Nagios/NRPE line with perfdata
+  preflight --only port,upstream     # just these checks
+  preflight --generate man > preflight.1   # also complete-bash, complete-zsh, complete-fish"
+)]
 struct Cli {
     /// The home directory (default: $WARDEN_HOME, else $XDG_STATE_HOME/warden,
     /// else ~/.local/state/warden).
@@ -57,6 +66,10 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    warden::cli::restore_sigpipe();
+    if let Some(code) = warden::cli::handle_generate(Cli::command) {
+        return code;
+    }
     let args: Vec<OsString> = std::env::args_os().collect();
     // Decided before parsing, so even a usage error follows the Nagios convention.
     let nagios_requested = args

@@ -9,7 +9,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use warden::cli::HomeArgs;
 use warden::config::{Config, Overrides};
 use warden::prompts_cmd::PromptsAction;
@@ -21,18 +21,19 @@ use warden::prompts_cmd::PromptsAction;
 ///   proxy --port 0                         # any free port (printed on stdout)
 ///   proxy --upstream http://127.0.0.1:9000/v1
 ///   proxy prompts status --json            # the prompt cache, no proxy needed
+///   proxy --generate man > proxy.1         # also complete-bash, complete-zsh, complete-fish
 #[derive(Parser, Debug)]
 #[command(name = "proxy", version = warden::VERSION, verbatim_doc_comment)]
 struct Args {
     #[command(flatten)]
     home: HomeArgs,
-    /// Address to listen on [env: WARDEN_HOST] [default: 127.0.0.1]
+    /// Address to listen on [default: WARDEN_HOST, else server.host, else 127.0.0.1]
     #[arg(long, value_name = "H")]
     host: Option<String>,
-    /// Port to listen on; 0 picks a free one [env: WARDEN_PORT] [default: 8000]
+    /// Port to listen on; 0 picks a free one [default: WARDEN_PORT, else server.port, else 8000]
     #[arg(long, value_name = "P")]
     port: Option<u16>,
-    /// Upstream base URL, or "mock" [env: WARDEN_UPSTREAM_URL] [default: mock]
+    /// Upstream base URL, or "mock" [default: WARDEN_UPSTREAM_URL, else upstream.url, else mock]
     #[arg(long, value_name = "URL")]
     upstream: Option<String>,
     #[command(subcommand)]
@@ -52,6 +53,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = warden::cli::handle_generate(Args::command) {
+        return code;
+    }
     let args = Args::parse();
     let home = args.home.resolve_or_exit("proxy");
     let overrides = Overrides {

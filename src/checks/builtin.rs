@@ -827,6 +827,13 @@ fn check_process(ctx: &Context) -> Outcome {
 const PROMPT_PROBE_MAX: Duration = Duration::from_millis(2500);
 
 async fn check_prompts(ctx: Arc<Context>) -> Outcome {
+    if !prompts::prompts_in_use(&ctx.cfg) {
+        return Outcome::pass(format!(
+            "prompts are not used with upstream {:?} (api {:?}); nothing to fetch",
+            ctx.cfg.upstream.url,
+            ctx.cfg.upstream.api.as_str()
+        ));
+    }
     let statuses = {
         let ctx = Arc::clone(&ctx);
         match tokio::task::spawn_blocking(move || prompts::disk_status(&ctx.home, &ctx.cfg.prompts))

@@ -120,7 +120,7 @@ impl Entry {
             file: file.to_path_buf(),
             timeout: GRACE,
             hint: Some(format!(
-                "fix or remove {}: `kind` is one of command, http, tcp, file (see docs/preflight.md)",
+                "fix or remove {}: `kind` is one of command, http, tcp, file (see Operator checks in the README)",
                 file.display()
             )),
             check: Err(message),

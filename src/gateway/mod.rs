@@ -48,6 +48,8 @@ pub struct Gateway {
     ready: AtomicBool,
     /// Set when the drain begins: responses then ask clients to close the connection.
     draining: AtomicBool,
+    /// The same readiness, for tasks that wait on changes (systemd notification).
+    ready_watch: tokio::sync::watch::Sender<bool>,
 }
 
 impl Gateway {
@@ -62,6 +64,7 @@ impl Gateway {
             auth_token: config.auth_token(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            ready_watch: tokio::sync::watch::Sender::new(false),
             upstream,
             metrics,
             config,
@@ -74,6 +77,12 @@ impl Gateway {
 
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
+        self.ready_watch.send_replace(ready);
+    }
+
+    /// Follows readiness: what `/health/ready` answers, as it changes.
+    pub fn watch_ready(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.ready_watch.subscribe()
     }
 
     pub fn is_draining(&self) -> bool {
@@ -93,6 +102,8 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/models", get(chat::models));
     if gw.config.features.enable_responses_api {
         api = api.route("/v1/responses", post(responses::responses));
+    } else {
+        api = api.route("/v1/responses", post(responses_disabled));
     }
     let api = api.route_layer(axum::middleware::from_fn_with_state(
         gw.clone(),
@@ -112,6 +123,13 @@ pub fn router(gw: Arc<Gateway>) -> Router {
             observe::observe,
         ))
         .with_state(gw)
+}
+
+async fn responses_disabled() -> ApiError {
+    ApiError::not_found(
+        "POST /v1/responses is not enabled; set features.enable_responses_api = true in warden.toml \
+         (or WARDEN_ENABLE_RESPONSES_API=1)",
+    )
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

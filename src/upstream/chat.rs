@@ -15,8 +15,6 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::openai::{ApiError, Usage};
 
-pub use super::http::error_chain;
-
 pub struct ChatUpstream {
     http: HttpUpstream,
     chat_url: String,

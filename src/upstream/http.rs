@@ -19,6 +19,7 @@ use tokio::time::timeout;
 use super::retry;
 use super::{ExchangeStats, FrameStream, Reply};
 use crate::config::Config;
+use crate::http_client::error_chain;
 use crate::metrics::Metrics;
 use crate::openai::{ApiError, Usage};
 
@@ -39,22 +40,6 @@ pub struct HttpUpstream {
     first_byte_timeout: Duration,
     idle_timeout: Duration,
     metrics: Arc<Metrics>,
-}
-
-/// The full chain of an error's causes: reqwest's top-level message alone
-/// ("error sending request") does not tell an operator what happened.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }
 
 impl HttpUpstream {
@@ -132,8 +117,11 @@ impl HttpUpstream {
                     )));
                 }
                 Ok(Err(e)) => {
-                    last_error =
-                        format!("cannot reach upstream {}: {}", self.base, error_chain(&e));
+                    last_error = format!(
+                        "cannot reach upstream {}: {}",
+                        self.base,
+                        crate::http_client::describe(e)
+                    );
                 }
                 Ok(Ok(response)) if retry::is_retryable(response.status()) => {
                     retry_after = retry::retry_after(response.headers());
@@ -211,7 +199,7 @@ impl HttpUpstream {
                     break Err(ApiError::bad_gateway(format!(
                         "upstream {} broke off its answer: {}",
                         self.base,
-                        error_chain(&e)
+                        crate::http_client::describe(e)
                     )));
                 }
                 Ok(Ok(None)) => break Ok(buf.freeze()),
@@ -268,7 +256,7 @@ impl HttpUpstream {
                         Ok(None) => return None,
                         Ok(Some(Err(e))) => ApiError::bad_gateway(format!(
                             "upstream {display_url} broke off the stream: {}",
-                            error_chain(&e)
+                            crate::http_client::describe(e)
                         )),
                         Err(_) => ApiError::gateway_timeout(format!(
                             "upstream {display_url} stalled for {} s mid-stream (upstream.idle_timeout)",

@@ -281,3 +281,84 @@ async fn restart_under_steady_load_fails_no_request() {
         ok.load(Ordering::Relaxed)
     );
 }
+
+#[test]
+fn restart_rotates_oversized_logs() {
+    let home = TestHome::new();
+    home.config(&format!(
+        "[server]\nport = {}\n[logs]\nmax_bytes = 1000\n",
+        free_port()
+    ));
+    let _guard = StopOnDrop(&home);
+    assert!(run("daemon", &home, &["start"]).status.success());
+    home.write("logs/watchdog.log", &"old watchdog line\n".repeat(200));
+    let before = std::fs::metadata(home.file("logs/proxy.log"))
+        .unwrap()
+        .len();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(home.file("logs/proxy.log"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, "filler\n".repeat(500).as_bytes()))
+        .unwrap();
+    let out = run("daemon", &home, &["restart"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rotated = home.read("logs/proxy.log.1");
+    assert!(
+        rotated.len() as u64 > before && rotated.contains("filler"),
+        "the old log moved to proxy.log.1"
+    );
+    assert!(
+        home.read("logs/watchdog.log.1")
+            .contains("old watchdog line")
+    );
+    // The new proxy writes to a fresh proxy.log.
+    assert!(home.read("logs/proxy.log").contains("warden proxy started"));
+    assert!(home.read("logs/daemon.log").contains("rotated"));
+}
+
+#[test]
+fn a_hung_proxy_is_reported_unhealthy() {
+    let home = TestHome::new();
+    home.config(&format!(
+        "[server]\nport = {}\n[watchdog]\nhealth_timeout = 1\n",
+        free_port()
+    ));
+    let _guard = StopOnDrop(&home);
+    assert!(run("daemon", &home, &["start"]).status.success());
+    let record = pid_record(&home);
+    // Our own proxy, frozen through the identity-checked path, then thawed.
+    warden::process::signal(&record.identity(), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let out = run("daemon", &home, &["status", "--json"]);
+    warden::process::signal(&record.identity(), nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stdout));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["running"], true);
+    assert_eq!(status["healthy"], false);
+    assert_eq!(status["pid"], record.pid);
+    assert_eq!(
+        run("daemon", &home, &["status"]).status.code(),
+        Some(0),
+        "healthy again once thawed"
+    );
+}
+
+#[test]
+fn a_config_broken_after_start_does_not_lock_out_stop_or_status() {
+    let home = home();
+    let _guard = StopOnDrop(&home);
+    assert!(run("daemon", &home, &["start"]).status.success());
+    let record = pid_record(&home);
+    let good = home.read("warden.toml");
+    home.config(&format!("{good}max_concurent = 5\n"));
+    let out = run("daemon", &home, &["status", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("warning: configuration error"));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["pid"], record.pid);
+    // start and restart refuse (they would start a proxy on a broken config) …
+    assert_eq!(run("daemon", &home, &["restart"]).status.code(), Some(1));
+    // … but stop works.
+    let out = run("daemon", &home, &["stop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!warden::process::is_alive(record.pid));
+}

@@ -4,9 +4,13 @@
 
 mod support;
 
+mod completions;
 mod daemon;
 mod doctor;
 mod preflight;
 mod prompts;
 mod proxy;
 mod responses;
+mod safety_doc;
+mod systemd;
+mod watchdog;

@@ -219,7 +219,10 @@ fn a_foreign_port_holder_is_named_by_pid() {
     assert_eq!(out.status.code(), Some(1), "{report:#}");
     let port_check = check(&report, "port");
     assert_eq!(port_check["status"], "fail", "{port_check:#}");
-    assert_eq!(port_check["title"], format!("port {port} is free"));
+    assert_eq!(
+        port_check["title"],
+        format!("port {port} is free or held by this home's proxy")
+    );
     let message = port_check["message"].as_str().unwrap();
     assert!(
         message.contains(&format!("PID {}", std::process::id())),
@@ -490,7 +493,7 @@ fn prompts_with_only_the_builtin_text_warn() {
     std::fs::write(
         home.path().join("warden.toml"),
         format!(
-            "[server]\nport = {}\n\n[[prompts.source]]\nname = \"base_instructions\"\nurl = \"http://127.0.0.1:9/p.md\"\n",
+            "[server]\nport = {}\n[upstream]\nurl = \"http://127.0.0.1:9/v1\"\napi = \"responses\"\n\n[[prompts.source]]\nname = \"base_instructions\"\nurl = \"http://127.0.0.1:9/p.md\"\n",
             free_port()
         ),
     )

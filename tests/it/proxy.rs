@@ -617,7 +617,11 @@ async fn health_and_metrics_report_and_never_show_secrets() {
     let samples = as_json["metrics"]["warden_http_requests_rejected"]["samples"]
         .as_array()
         .unwrap();
-    assert_eq!(samples[0]["value"], json!(1.0));
+    let auth = samples
+        .iter()
+        .find(|s| s["labels"]["reason"] == "auth")
+        .unwrap();
+    assert_eq!(auth["value"], json!(1.0));
 
     let log = home.read("logs/proxy.log");
     assert!(log.contains("status=502"), "{log}");

@@ -60,6 +60,7 @@ pub fn bin(name: &str) -> Command {
         "daemon" => env!("CARGO_BIN_EXE_daemon"),
         "preflight" => env!("CARGO_BIN_EXE_preflight"),
         "doctor" => env!("CARGO_BIN_EXE_doctor"),
+        "watchdog" => env!("CARGO_BIN_EXE_watchdog"),
         other => panic!("unknown binary {other}"),
     };
     let mut cmd = Command::new(path);
