@@ -7,6 +7,7 @@ mod support;
 mod completions;
 mod daemon;
 mod doctor;
+mod home_only;
 mod preflight;
 mod prompts;
 mod proxy;
