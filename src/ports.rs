@@ -84,6 +84,40 @@ pub fn listener_on(port: u16) -> Option<PortHolder> {
 /// Every process holding a listening TCP socket on `port`, sorted by PID (unknown
 /// holders last). Several processes share one socket while a restart hands it over,
 /// and `SO_REUSEPORT` lets several sockets listen on one port.
+/// Whether process `pid` holds a listening TCP socket (any port). A proxy that
+/// does not is draining: it closed its listener and is finishing its last
+/// requests (e.g. the old process during `daemon restart`).
+pub fn holds_listener(pid: i32) -> bool {
+    let mut listening = std::collections::HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        if let Ok(content) = std::fs::read_to_string(table) {
+            for line in content.lines().skip(1) {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if f.len() >= 10 && f[3] == TCP_LISTEN {
+                    if let Ok(inode) = f[9].parse::<u64>() {
+                        listening.insert(inode);
+                    }
+                }
+            }
+        }
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .ok()
+            .and_then(|target| {
+                let t = target.to_string_lossy().into_owned();
+                t.strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .is_some_and(|inode| listening.contains(&inode))
+    })
+}
+
 pub fn listeners_on(port: u16) -> Vec<PortHolder> {
     let mut listeners = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
@@ -176,6 +210,13 @@ mod tests {
    1: 0100007F:1F40 0100007F:C350 01 00000000:00000000 00:00000000 00000000  1000        0 55502 1 0000000000000000 20 4 30 10 -1
    2: 00000000:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 777 1 0000000000000000 100 0 0 10 0
 ";
+
+    #[test]
+    fn a_process_with_a_listener_holds_one() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(holds_listener(std::process::id() as i32));
+        drop(listener);
+    }
 
     #[test]
     fn parses_only_listening_sockets_on_the_port() {

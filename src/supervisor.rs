@@ -135,6 +135,21 @@ impl StatusReport {
     }
 }
 
+/// This home's proxies that `run/proxy.pid` does not name and that still serve
+/// (hold a listening socket). A proxy without a listener is draining — during
+/// `daemon restart` the old process is exactly that — and is not an orphan.
+pub fn orphaned_proxies(home: &Home) -> Vec<ProcessIdentity> {
+    let known = match pidfile::inspect(&home.proxy_pid_file()) {
+        Ok(PidState::Running(record)) => Some(record.pid),
+        Ok(PidState::Busy { pid, .. }) => pid,
+        _ => None,
+    };
+    process::find_proxies_of_home(home, "proxy")
+        .into_iter()
+        .filter(|p| Some(p.pid) != known && crate::ports::holds_listener(p.pid))
+        .collect()
+}
+
 pub struct Supervisor {
     pub config: Config,
     probe: reqwest::Client,

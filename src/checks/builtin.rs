@@ -744,20 +744,17 @@ fn check_process(ctx: &Context) -> Outcome {
     let mut status = Status::Pass;
     let mut messages = Vec::new();
     let mut hints = Vec::new();
-    let mut known_pid = None;
     match pidfile::inspect(&pid_file) {
         Ok(PidState::Absent) => messages.push(format!("no {}", pid_file.display())),
         Ok(PidState::Running(record)) => {
-            known_pid = Some(record.pid);
             messages.push(format!(
                 "proxy running as PID {} (per {})",
                 record.pid,
                 pid_file.display()
             ));
         }
-        Ok(PidState::Busy { pid, problem }) => {
+        Ok(PidState::Busy { problem, .. }) => {
             // Locked, so its owner is alive, but the content is not ours.
-            known_pid = pid;
             status = status.worst(Status::Warn);
             messages.push(format!(
                 "{} is locked by a live process but unreadable: {problem}",
@@ -794,9 +791,9 @@ fn check_process(ctx: &Context) -> Outcome {
             ));
         }
     }
-    let orphans: Vec<String> = process::find_proxies_of_home(&ctx.home, "proxy")
+    // Proxies of this home that the PID file does not name and that still serve.
+    let orphans: Vec<String> = crate::supervisor::orphaned_proxies(&ctx.home)
         .into_iter()
-        .filter(|p| Some(p.pid) != known_pid)
         .map(|p| format!("PID {} ({})", p.pid, p.exe.display()))
         .collect();
     if orphans.is_empty() {

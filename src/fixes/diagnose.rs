@@ -394,13 +394,9 @@ fn describe_proxy(p: &ProcessIdentity) -> String {
     }
 }
 
-/// This home's proxies that `run/proxy.pid` does not know.
+/// This home's proxies that `run/proxy.pid` does not know and that still serve.
 pub fn orphaned_proxies(home: &Home) -> Vec<ProcessIdentity> {
-    let known = recorded_proxy_pid(home);
-    process::find_proxies_of_home(home, PROXY_EXE)
-        .into_iter()
-        .filter(|p| Some(p.pid) != known)
-        .collect()
+    crate::supervisor::orphaned_proxies(home)
 }
 
 /// Proxies of this home running outside the PID file: stopped only with `--yes`.

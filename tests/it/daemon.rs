@@ -362,3 +362,69 @@ fn a_config_broken_after_start_does_not_lock_out_stop_or_status() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(!warden::process::is_alive(record.pid));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_draining_old_proxy_of_a_restart_is_not_an_orphan() {
+    use crate::support::upstream::{Behaviour, Upstream};
+    let upstream = Upstream::start(Behaviour::Gated);
+    let home = TestHome::new();
+    home.config(&format!(
+        "[server]\nport = {}\n[upstream]\nurl = \"{}\"\n",
+        free_port(),
+        upstream.url()
+    ));
+    home.write(".env", "OPENAI_API_KEY=test-upstream-key\n");
+    std::fs::set_permissions(
+        home.file(".env"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let _guard = StopOnDrop(&home);
+    let out = run("daemon", &home, &["start"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let old = pid_record(&home);
+    let url = format!("http://127.0.0.1:{}/v1/chat/completions", old.port.unwrap());
+    let pending = tokio::spawn(async move {
+        let body =
+            serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "slow"}]});
+        client()
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    upstream.wait_arrival().await;
+    let home_path = home.path().to_path_buf();
+    let restart = tokio::task::spawn_blocking(move || {
+        crate::support::bin("daemon")
+            .arg("--home")
+            .arg(home_path)
+            .arg("restart")
+            .output()
+            .unwrap()
+    });
+    // The successor takes over the PID file while the old one drains the request.
+    let pid_file = home.file("run/proxy.pid");
+    crate::support::eventually(
+        "the successor owns the PID file",
+        || matches!(pidfile::inspect(&pid_file), Ok(PidState::Running(r)) if r.pid != old.pid),
+    );
+    crate::support::eventually("the old proxy closed its listener", || {
+        !warden::ports::holds_listener(old.pid)
+    });
+    assert!(warden::process::is_alive(old.pid), "still draining");
+    let out = run("preflight", &home, &["--json", "--only", "process"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    let out = run("doctor", &home, &["--dry-run", "--yes", "--json"]);
+    assert!(
+        !text(&out.stdout).contains(&format!("PID {}", old.pid)),
+        "{}",
+        text(&out.stdout)
+    );
+    upstream.state.release();
+    assert_eq!(pending.await.unwrap(), 200, "the drained request completed");
+    assert!(restart.await.unwrap().status.success());
+}
