@@ -7,21 +7,23 @@
 use std::io::Write;
 use std::path::Path;
 
-/// Writes `bytes` to `path` atomically, creating parent directories, with `mode`
-/// (e.g. `0o600`) when given.
-pub fn write(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<()> {
+/// A complete, flushed temporary file beside `path`, ready to be renamed over it.
+fn prepared(
+    path: &Path,
+    bytes: &[u8],
+    mode: Option<u32>,
+) -> std::io::Result<tempfile::NamedTempFile> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(
-            ".{}.",
-            path.file_name()
-                .map(|n| n.to_string_lossy())
-                .unwrap_or_default()
-        ))
+        .prefix(&format!(".{name}."))
         .suffix(".tmp")
         .tempfile_in(dir)?;
     if let Some(mode) = mode {
@@ -31,7 +33,15 @@ pub fn write(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<()
     }
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(tmp)
+}
+
+/// Writes `bytes` to `path` atomically, creating parent directories, with `mode`
+/// (e.g. `0o600`) when given.
+pub fn write(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<()> {
+    prepared(path, bytes, mode)?
+        .persist(path)
+        .map_err(|e| e.error)?;
     Ok(())
 }
 
@@ -39,27 +49,7 @@ pub fn write(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<()
 /// the file appears complete or not at all, and an existing file is never
 /// replaced. Returns `false`, writing nothing, when `path` already exists.
 pub fn create_new(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<bool> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(
-            ".{}.",
-            path.file_name()
-                .map(|n| n.to_string_lossy())
-                .unwrap_or_default()
-        ))
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
-    if let Some(mode) = mode {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(mode))?;
-    }
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    match tmp.persist_noclobber(path) {
+    match prepared(path, bytes, mode)?.persist_noclobber(path) {
         Ok(_) => Ok(true),
         // The temporary file is removed when the error drops.
         Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
