@@ -19,6 +19,7 @@
 #      BENCH_DURATION seconds each against: nginx directly, warden, LiteLLM; non-streaming
 #      and streaming. Reports requests/s, p50 and p99 latency, the ratio to direct and the
 #      latency the gateway adds (gateway − direct).
+#      Also the gateway's CPU time per request (utime + stime over the run, /proc).
 #   5. measures warden's RSS idle and after load (VmRSS), cold start to ready (median of
 #      BENCH_STARTS runs), and — only when those binaries exist in the build — `daemon
 #      start` to ready, `preflight --json` wall time (hyperfine) and the watchdog's RSS.
@@ -26,8 +27,11 @@
 # Environment:
 #   BENCH_DURATION=10      seconds per wrk run (3 is enough while developing)
 #   BENCH_CONNS="1 16 64"  connection counts
-#   BENCH_PIN=split        split: wrk on CPU 0, nginx + gateways on CPU 1 (taskset);
-#                          none: let the scheduler place everything
+#   BENCH_PIN=split        split: wrk on CPU 0, nginx + gateways on CPU 1 (taskset): less
+#                          noise, but the gateway shares one core with nginx. The run then
+#                          also measures nginx and warden unpinned at the highest connection
+#                          count, where the gateway can use every core.
+#                          none: no pinning for any run
 #   BENCH_LITELLM=1        0 skips LiteLLM
 #   BENCH_STARTS=20        runs for the start-up medians
 #   BENCH_SOAK_SECS=600    soak length; BENCH_SOAK_CONNS=8 and BENCH_SOAK_DELAY_MS=2
@@ -132,6 +136,16 @@ rss_tree_kib() {
   echo "$total"
 }
 jq_field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+# CPU ticks (utime + stime) of a process and its descendants.
+cpu_ticks() {
+  local pid=$1 total child
+  total=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+  for child in $(ps -o pid= --ppid "$pid" 2>/dev/null); do
+    total=$((total + $(cpu_ticks "$child")))
+  done
+  echo "$total"
+}
+clk_tck=$(getconf CLK_TCK)
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
 
 wait_http() { # URL [tries of 0.1 s]
@@ -148,7 +162,8 @@ start_nginx() {
   mkdir -p "$work/nginx"
   sed "s/@PORT@/$nginx_port/g; s#@WORK@#$work/nginx#g" benches/nginx/fixed-upstream.conf >"$work/nginx/nginx.conf"
   "${SERVE[@]}" nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" -e "$work/nginx/error.log" &
-  pids+=($!)
+  nginx_pid=$!
+  pids+=($nginx_pid)
   wait_http "http://127.0.0.1:$nginx_port/json/v1/models" || { say "nginx did not start"; cat "$work/nginx/error.log" >&2; exit 1; }
 }
 
@@ -295,7 +310,25 @@ url_of() { # TARGET MODE
     litellm/*) echo "http://127.0.0.1:$litellm_port/v1/chat/completions" ;;
   esac
 }
+pid_of() { # TARGET MODE -> the process whose CPU time is counted
+  case "$1/$2" in
+    direct/*) echo "$nginx_pid" ;;
+    warden/json) echo "$json_pid" ;;
+    warden/stream) echo "$sse_pid" ;;
+    litellm/*) echo "$litellm_pid" ;;
+  esac
+}
 model_of() { [ "$1" = stream ] && echo nginx-sse || echo nginx-json; }
+# measure TARGET MODE CONNS -> the RESULT line plus cpu_us=<gateway CPU µs per request>
+measure() {
+  local gw before r ticks n
+  gw=$(pid_of "$1" "$2")
+  before=$(cpu_ticks "$gw")
+  r=$(wrk_run "$(url_of "$1" "$2")" "$2" "$3" "$DURATION" "$(model_of "$2")")
+  ticks=$(($(cpu_ticks "$gw") - before))
+  n=$(field "$r" requests)
+  echo "$r cpu_us=$(awk -v t="$ticks" -v hz="$clk_tck" -v n="$n" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print 0 }')"
+}
 
 for m in json stream; do
   for t in "${targets[@]}"; do
@@ -304,7 +337,7 @@ for m in json stream; do
   for c in $CONNS; do
     for t in "${targets[@]}"; do
       say "$m, $c connections, $t (${DURATION}s)"
-      R[$t/$m/$c]=$(wrk_run "$(url_of "$t" "$m")" "$m" "$c" "$DURATION" "$(model_of "$m")")
+      R[$t/$m/$c]=$(measure "$t" "$m" "$c")
       say "  ${R[$t/$m/$c]}"
     done
   done
@@ -315,6 +348,30 @@ rss_after_sse=$(rss_kib "$sse_pid")
 
 # Stop the gateways before the start-up measurements, so they have the CPU to themselves.
 for p in $json_pid $sse_pid $litellm_pid; do kill_tree "$p"; done
+
+# Split pinning gives warden one core, shared with nginx: also measure the top
+# connection count unpinned, with fresh proxies (Tokio sizes its pool at start).
+declare -A U
+maxc=$(tr ' ' '\n' <<<"$CONNS" | sort -n | tail -1)
+if [ ${#SERVE[@]} -gt 0 ]; then
+  for p in $(ps -o pid= --ppid "$nginx_pid") "$nginx_pid"; do
+    taskset -a -p -c "0-$((cpus - 1))" "$p" >/dev/null
+  done
+  LOAD=(); SERVE=(); wrk_threads=2
+  start_proxy free-json json
+  json_pid=$proxy_pid; json_url=$proxy_url
+  start_proxy free-sse sse
+  sse_pid=$proxy_pid; sse_url=$proxy_url
+  for m in json stream; do
+    for t in direct warden; do
+      wrk_run "$(url_of "$t" "$m")" "$m" 8 2 "$(model_of "$m")" >/dev/null # warm-up
+      say "unpinned: $m, $maxc connections, $t (${DURATION}s)"
+      U[$t/$m]=$(measure "$t" "$m" "$maxc")
+      say "  ${U[$t/$m]}"
+    done
+  done
+  for p in $json_pid $sse_pid; do kill_tree "$p"; done
+fi
 
 say "cold start to ready ($STARTS runs)"
 mkdir -p "$work/home-cold"
@@ -386,7 +443,7 @@ cell() { # TARGET MODE CONNS FIELD
 flag() { # TARGET MODE CONNS -> " ⚠" when a run had errors or non-2xx answers
   local r=${R[$1/$2/$3]:-}
   [ -z "$r" ] && return
-  [ "$(field "$r" errors)" != 0 ] || [ "$(field "$r" non2xx)" != 0 ] && echo " ⚠"
+  [ "$(field "$r" errors)" != 0 ] || [ "$(field "$r" non2xx)" != 0 ] || [ "$(field "$r" requests)" = 0 ] && echo " ⚠"
   return 0
 }
 has_litellm() { [[ " ${targets[*]} " == *" litellm "* ]]; }
@@ -401,13 +458,14 @@ mkdir -p "$(dirname "$OUT")"
   echo
   echo "### Requests per second"
   echo
-  echo "| answer | conns | nginx direct | warden | warden / direct | LiteLLM | LiteLLM / direct |"
-  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+  echo "| answer | conns | nginx direct | warden | warden / direct | LiteLLM | LiteLLM / direct | CPU µs per request: nginx / warden / LiteLLM |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   for m in json stream; do
     label=$([ "$m" = json ] && echo "chat.completion" || echo "SSE stream")
     for c in $CONNS; do
       d=$(cell direct $m $c rps); w=$(cell warden $m $c rps); l=$(cell litellm $m $c rps)
-      echo "| $label | $c | $(k "$d")$(flag direct $m $c) | $(k "$w")$(flag warden $m $c) | $(ratio "$w" "$d") | $(has_litellm && echo "$(k "$l")$(flag litellm $m $c)" || echo –) | $(has_litellm && ratio "$l" "$d" || echo –) |"
+      cpu="$(cell direct $m $c cpu_us) / $(cell warden $m $c cpu_us) / $(has_litellm && cell litellm $m $c cpu_us || echo –)"
+      echo "| $label | $c | $(k "$d")$(flag direct $m $c) | $(k "$w")$(flag warden $m $c) | $(ratio "$w" "$d") | $(has_litellm && echo "$(k "$l")$(flag litellm $m $c)" || echo –) | $(has_litellm && ratio "$l" "$d" || echo –) | $cpu |"
     done
   done
   echo
@@ -426,6 +484,20 @@ mkdir -p "$(dirname "$OUT")"
       echo "| $label | $c | $d50 / $d99 | $w50 / $w99 | $((w50 - d50)) / $((w99 - d99)) | $lcol |"
     done
   done
+  if [ ${#U[@]} -gt 0 ]; then
+    echo
+    echo "### Unpinned, $maxc connections: warden free to use both cores"
+    echo
+    echo "The same wrk runs with no \`taskset\` at all (wrk with 2 threads), fresh proxies."
+    echo
+    echo "| answer | nginx direct req/s | warden req/s | warden / direct | p50 / p99 µs: direct | warden | CPU µs per request: nginx / warden |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    for m in json stream; do
+      label=$([ "$m" = json ] && echo "chat.completion" || echo "SSE stream")
+      d=${U[direct/$m]}; w=${U[warden/$m]}
+      echo "| $label | $(k "$(field "$d" rps)") | $(k "$(field "$w" rps)") | $(ratio "$(field "$w" rps)" "$(field "$d" rps)") | $(field "$d" p50_us) / $(field "$d" p99_us) | $(field "$w" p50_us) / $(field "$w" p99_us) | $(field "$d" cpu_us) / $(field "$w" cpu_us) |"
+    done
+  fi
   echo
   echo "### Resources"
   echo
@@ -439,7 +511,8 @@ mkdir -p "$(dirname "$OUT")"
     echo "| LiteLLM RSS idle / after load (process tree) | $(mib "$litellm_rss_idle") / $(mib "$litellm_rss_after") |"
   fi
   echo
-  echo "⚠ marks a cell whose run had socket errors or non-2xx answers (see the RESULT lines on stderr)."
+  echo "CPU µs per request: the process's user + system time over the run divided by the requests answered (nginx: master and worker; LiteLLM: its process tree)."
+  echo "⚠ marks a cell whose run had socket errors, non-2xx answers or no answer at all (see the RESULT lines on stderr)."
   [ -n "$litellm_note" ] && echo "$litellm_note"
   echo "Reproduce: \`benches/run.sh\` (BENCH_DURATION=$DURATION BENCH_PIN=$PIN); soak: \`benches/run.sh --soak\`."
 } >"$OUT"
