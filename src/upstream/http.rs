@@ -55,6 +55,8 @@ pub struct HttpUpstream {
     direct: Option<DirectClient>,
     /// The base URL without a trailing slash, e.g. `http://127.0.0.1:9000/v1`.
     base: String,
+    /// `{base}/responses`, parsed once for `POST /v1/responses` passthrough.
+    responses_url: UpstreamUrl,
     auth: Option<HeaderValue>,
     attempts: u32,
     first_byte_timeout: Duration,
@@ -92,6 +94,7 @@ impl HttpUpstream {
         Ok(HttpUpstream {
             client,
             direct,
+            responses_url: UpstreamUrl::new(format!("{}/responses", up.base_url())),
             base: up.base_url().to_string(),
             auth,
             attempts: up.attempts,
@@ -104,6 +107,11 @@ impl HttpUpstream {
     /// `{base}{path}`, e.g. `url("/chat/completions")`, parsed once.
     pub fn url(&self, path: &str) -> UpstreamUrl {
         UpstreamUrl::new(format!("{}{path}", self.base))
+    }
+
+    /// `{base}/responses`, parsed once.
+    pub fn responses_url(&self) -> &UpstreamUrl {
+        &self.responses_url
     }
 
     /// The base URL, for messages (never the key).
