@@ -17,7 +17,6 @@ fn prepared(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy())
@@ -39,6 +38,9 @@ fn prepared(
 /// Writes `bytes` to `path` atomically, creating parent directories, with `mode`
 /// (e.g. `0o600`) when given.
 pub fn write(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
     prepared(path, bytes, mode)?
         .persist(path)
         .map_err(|e| e.error)?;

@@ -11,6 +11,9 @@ pub fn ensure_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// The `User-Agent` of every outgoing request.
+pub const USER_AGENT: &str = concat!("warden/", env!("CARGO_PKG_VERSION"));
+
 /// A client builder with the crypto provider installed, `TCP_NODELAY` on and a
 /// `warden/X.Y.Z` user agent. Callers add their own timeouts.
 pub fn client_builder() -> reqwest::ClientBuilder {
@@ -18,7 +21,7 @@ pub fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .tcp_nodelay(true)
         .pool_idle_timeout(std::time::Duration::from_secs(90))
-        .user_agent(concat!("warden/", env!("CARGO_PKG_VERSION")))
+        .user_agent(USER_AGENT)
 }
 
 /// A reqwest error as a sentence, without the URL reqwest repeats in it (callers

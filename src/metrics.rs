@@ -6,7 +6,9 @@
 //! `/metrics?format=json` converts that same text to JSON, so the two can never
 //! disagree.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -105,6 +107,13 @@ fn latency_histogram() -> Histogram {
     Histogram::new(latency_buckets())
 }
 
+/// One model's counters; token series are created on first use, as before.
+struct ModelCounters {
+    requests: Counter,
+    prompt: OnceLock<Counter>,
+    completion: OnceLock<Counter>,
+}
+
 /// Request counters for `/health` (cheap atomics, read without locks).
 #[derive(Default)]
 pub struct RequestStats {
@@ -128,6 +137,10 @@ pub struct Metrics {
     in_flight: Gauge,
     rejected: Family<ReasonLabel, Counter>,
     model_requests: Family<ModelLabel, Counter>,
+    /// The counters of models that have their own label, by name: a request for
+    /// a known model then costs one read lock and no allocation (bounded by
+    /// MAX_MODEL_LABELS, since only models with their own label are kept).
+    model_cache: std::sync::RwLock<HashMap<String, Arc<ModelCounters>>>,
     /// Distinct model labels handed out (bounded by MAX_MODEL_LABELS).
     model_labels: std::sync::atomic::AtomicUsize,
     model_tokens: Family<ModelTokenLabel, Counter>,
@@ -159,6 +172,7 @@ impl Metrics {
             in_flight: Gauge::default(),
             rejected: Family::default(),
             model_requests: Family::default(),
+            model_cache: Default::default(),
             model_labels: Default::default(),
             model_tokens: Family::default(),
             upstream_attempts: Family::default(),
@@ -330,15 +344,64 @@ impl Metrics {
     }
 
     pub fn model_usage(&self, model: &str, prompt_tokens: u64, completion_tokens: u64) {
-        let label = |model: &str| ModelLabel {
+        let cached = self
+            .model_cache
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(model)
+            .cloned();
+        let counters = match cached {
+            Some(counters) => counters,
+            None => match self.model_label(model) {
+                Some(counters) => counters,
+                None => {
+                    return self.model_usage_uncached("other", prompt_tokens, completion_tokens);
+                }
+            },
+        };
+        counters.requests.inc();
+        for (counter, kind, n) in [
+            (&counters.prompt, "prompt", prompt_tokens),
+            (&counters.completion, "completion", completion_tokens),
+        ] {
+            if n > 0 {
+                counter
+                    .get_or_init(|| {
+                        self.model_tokens.get_or_create_owned(&ModelTokenLabel {
+                            model: model.to_string(),
+                            kind,
+                        })
+                    })
+                    .inc_by(n);
+            }
+        }
+    }
+
+    /// The counters of a model that gets (or already has) its own label, cached;
+    /// `None` when the label budget is spent and it counts as `other`.
+    fn model_label(&self, model: &str) -> Option<Arc<ModelCounters>> {
+        let label = ModelLabel {
             model: model.to_string(),
         };
-        let known = self.model_requests.get(&label(model)).is_some();
-        let model = if known || self.model_labels.fetch_add(1, Ordering::Relaxed) < MAX_MODEL_LABELS
-        {
-            model
-        } else {
-            "other"
+        let known = self.model_requests.get(&label).is_some();
+        if !known && self.model_labels.fetch_add(1, Ordering::Relaxed) >= MAX_MODEL_LABELS {
+            return None;
+        }
+        let counters = Arc::new(ModelCounters {
+            requests: self.model_requests.get_or_create_owned(&label),
+            prompt: OnceLock::new(),
+            completion: OnceLock::new(),
+        });
+        let mut cache = self
+            .model_cache
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some(cache.entry(label.model).or_insert(counters).clone())
+    }
+
+    fn model_usage_uncached(&self, model: &str, prompt_tokens: u64, completion_tokens: u64) {
+        let label = |model: &str| ModelLabel {
+            model: model.to_string(),
         };
         self.model_requests.get_or_create(&label(model)).inc();
         for (kind, n) in [("prompt", prompt_tokens), ("completion", completion_tokens)] {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::http::HttpUpstream;
+use super::http::{HttpUpstream, UpstreamUrl};
 use super::{ChatCall, Reply};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -17,7 +17,7 @@ use crate::openai::{ApiError, Usage};
 
 pub struct ChatUpstream {
     http: HttpUpstream,
-    chat_url: String,
+    chat_url: UpstreamUrl,
 }
 
 impl ChatUpstream {

@@ -144,7 +144,7 @@ impl Upstream {
             Upstream::Responses(r) => r.http(),
         };
         http.forward(
-            &http.url("/responses"),
+            http.responses_url(),
             &call.body,
             call.stream,
             call.stats,

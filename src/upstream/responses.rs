@@ -22,7 +22,7 @@ use futures_util::StreamExt;
 use reqwest::header::CONTENT_TYPE;
 use serde_json::Value;
 
-use super::http::{ChunkStream, HttpUpstream};
+use super::http::{ChunkStream, HttpUpstream, UpstreamUrl};
 use super::{ChatCall, ExchangeStats, FrameStream, Reply, unix_now};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -35,7 +35,7 @@ use crate::sse::{SseEvent, SseParser};
 
 pub struct ResponsesUpstream {
     http: HttpUpstream,
-    responses_url: String,
+    responses_url: UpstreamUrl,
     prompts: PromptStore,
     options: TranslateOptions,
 }
