@@ -117,7 +117,7 @@ if [ "$PIN" = split ] && [ "$cpus" -ge 2 ]; then
   LOAD=(taskset -c 0)
   SERVE=(taskset -c 1)
   wrk_threads=1
-  arrangement="wrk pinned to CPU 0; nginx, warden and LiteLLM pinned to CPU 1 (\`taskset\`)"
+  arrangement="wrk pinned to CPU 0; nginx and the gateways pinned to CPU 1 (\`taskset\`)"
 else
   LOAD=()
   SERVE=()
@@ -429,7 +429,7 @@ if have watchdog && have daemon; then
     extra_rows+=("| watchdog RSS | not measured: \`daemon start\` failed |")
   fi
 else
-  extra_rows+=("| watchdog RSS | not measured: no \`watchdog\` (and \`daemon\`) binary in this build |")
+  extra_rows+=("| watchdog RSS | not measured: $(have watchdog && echo "no \`daemon\` binary (it starts the proxy the watchdog checks)" || echo "no \`watchdog\` binary") in this build |")
 fi
 
 # --- the report ------------------------------------------------------------------------
