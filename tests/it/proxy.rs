@@ -5,7 +5,7 @@ use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
 use crate::support::upstream::{Behaviour, COMPLETION, Upstream, closed_port_url};
-use crate::support::{Proxy, TestHome, client, eventually, sse_data};
+use crate::support::{Proxy, TestHome, assert_openai_error, client, eventually, sse_data};
 
 fn chat_body(text: &str) -> Value {
     json!({"model": "gpt-5", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": text}]})
@@ -25,16 +25,6 @@ async fn post_chat(proxy: &Proxy, body: &Value) -> reqwest::Response {
         .send()
         .await
         .unwrap()
-}
-
-fn assert_openai_error(body: &Value) {
-    let err = &body["error"];
-    assert!(err["message"].is_string(), "{body}");
-    assert!(err["type"].is_string(), "{body}");
-    assert!(
-        err.get("param").is_some() && err.get("code").is_some(),
-        "{body}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

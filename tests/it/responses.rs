@@ -10,7 +10,7 @@ use crate::support::responses_upstream::{
     ARGUMENTS, Answer, ResponsesUpstream, TEXT, chunks_of, get_json, health, metrics_text, post,
     responses_config, until,
 };
-use crate::support::{PATIENCE, Proxy, TestHome, client};
+use crate::support::{PATIENCE, Proxy, TestHome, assert_openai_error, client};
 
 fn chat(model: &str, stream: bool) -> Value {
     json!({"model": model, "stream": stream,
@@ -30,16 +30,6 @@ fn setup(
     home.config(&responses_config(&upstream.url(), &prompts, extra));
     let proxy = Proxy::start(&home, &[], env);
     (upstream, prompts, home, proxy)
-}
-
-fn assert_error_frame(chunk: &Value) {
-    let err = &chunk["error"];
-    assert!(err["message"].is_string(), "{chunk}");
-    assert!(err["type"].is_string(), "{chunk}");
-    assert!(
-        err.get("code").is_some() && err.get("param").is_some(),
-        "{chunk}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -232,7 +222,7 @@ async fn response_failed_becomes_an_error_event() {
     assert!(done, "{text}");
     assert_eq!(chunks[0]["choices"][0]["delta"]["content"], "partial");
     let last = chunks.last().unwrap();
-    assert_error_frame(last);
+    assert_openai_error(last);
     assert_eq!(last["error"]["message"], "the model fell over");
     assert_eq!(last["error"]["code"], "server_error");
     assert!(
@@ -258,7 +248,7 @@ async fn an_upstream_dropping_mid_stream_ends_the_clients_stream_cleanly() {
     let (chunks, done) = chunks_of(&text);
     assert!(done, "{text}");
     assert_eq!(chunks[0]["choices"][0]["delta"]["content"], "partial");
-    assert_error_frame(chunks.last().unwrap());
+    assert_openai_error(chunks.last().unwrap());
     assert_eq!(upstream.hits(), 1, "no retry once bytes reached the client");
     until("the slot is released", || async {
         health(&proxy).await["requests"]["in_flight"] == 0

@@ -168,6 +168,18 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// Asserts OpenAI's error shape `{"error":{"message","type","param","code"}}`
+/// (a response body, or the payload of an SSE error frame).
+pub fn assert_openai_error(body: &serde_json::Value) {
+    let err = &body["error"];
+    assert!(err["message"].is_string(), "{body}");
+    assert!(err["type"].is_string(), "{body}");
+    assert!(
+        err.get("param").is_some() && err.get("code").is_some(),
+        "{body}"
+    );
+}
+
 /// Reads a whole SSE body into its `data:` payloads.
 pub fn sse_data(body: &str) -> Vec<String> {
     body.split("\n\n")
