@@ -225,6 +225,9 @@ impl Supervisor {
         self.home()
             .ensure_dirs()
             .map_err(|e| SupervisorError::new(e.to_string()))?;
+        for path in handoff::remove_stale_control_sockets(self.home()) {
+            self.log_action(&format!("removed stale control socket {}", path.display()));
+        }
         if self.running().is_some() {
             return Ok(());
         }

@@ -86,6 +86,7 @@ enum Which {
 }
 
 fn main() -> ExitCode {
+    warden::cli::restore_sigpipe();
     if let Some(code) = warden::cli::handle_generate(Args::command) {
         return code;
     }
@@ -188,6 +189,9 @@ async fn gate(home: &Home) -> bool {
     eprintln!(
         "daemon: run `doctor` to fix what is safe to fix, or pass --no-check to start anyway"
     );
+    let ids: Vec<_> = report.failed().map(|c| c.id.as_str()).collect();
+    let line = format!("start refused: preflight failed ({})", ids.join(", "));
+    let _ = warden::logs::append_line(home, LogKind::Daemon, &line);
     false
 }
 
@@ -285,8 +289,13 @@ async fn stop(supervisor: Supervisor, force: bool) -> i32 {
             0
         }
         Ok(StopOutcome::Stopped { pid, how, took }) => {
+            let how = match how {
+                warden::process::Termination::Exited => "exited after SIGTERM",
+                warden::process::Termination::Killed => "killed with SIGKILL",
+                warden::process::Termination::AlreadyGone => "was already gone",
+            };
             println!(
-                "proxy stopped: PID {pid} ({how:?} after {:.1} s)",
+                "proxy stopped: PID {pid} {how} ({:.1} s)",
                 took.as_secs_f64()
             );
             0
@@ -368,7 +377,7 @@ fn print_status(status: &warden::supervisor::StatusReport) {
             if let Some(h) = &status.health {
                 println!("  uptime    {:.0} s", h.uptime_secs);
                 println!(
-                    "  requests  {} total, {} ok, {} errors, {} in flight, {} rejected",
+                    "  requests  {} total ({} ok, {} failed), {} in flight, {} rejected at the limit",
                     h.requests.total,
                     h.requests.success,
                     h.requests.error,

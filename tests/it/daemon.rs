@@ -121,6 +121,12 @@ fn a_killed_proxy_is_reported_dead() {
     // start clears the stale file and starts again.
     assert!(run("daemon", &home, &["start"]).status.success());
     assert_ne!(pid_record(&home).pid, record.pid);
+    let dead_socket =
+        warden::handoff::control_socket_path(&warden::home::Home::at(home.path()), record.pid);
+    assert!(
+        !dead_socket.exists(),
+        "the killed proxy's control socket was removed"
+    );
 }
 
 #[test]
@@ -427,4 +433,44 @@ async fn the_draining_old_proxy_of_a_restart_is_not_an_orphan() {
     upstream.state.release();
     assert_eq!(pending.await.unwrap(), 200, "the drained request completed");
     assert!(restart.await.unwrap().status.success());
+}
+
+#[test]
+fn output_is_plain_and_a_closed_pipe_is_not_a_panic() {
+    let home = home();
+    let _guard = StopOnDrop(&home);
+    assert!(run("daemon", &home, &["start"]).status.success());
+    // `daemon logs | head -c 1`: the reader goes away after one byte while
+    // thousands of lines are still to be written.
+    home.write("logs/daemon.log", &"a daemon log line\n".repeat(20_000));
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{}' --home '{}' logs -n 20000 daemon | head -c 1 >/dev/null",
+            env!("CARGO_BIN_EXE_daemon"),
+            home.path().display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        !text(&out.stderr).contains("panicked"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run("daemon", &home, &["stop"]);
+    assert!(
+        text(&out.stdout).contains("exited after SIGTERM"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // A start refused by preflight is an action too, and is logged.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    home.config(&format!("[server]\nport = {port}\n"));
+    assert_eq!(run("daemon", &home, &["start"]).status.code(), Some(1));
+    assert!(
+        home.read("logs/daemon.log")
+            .contains("start refused: preflight failed (port")
+    );
 }
