@@ -1,38 +1,35 @@
 //! warden keeps a local OpenAI-compatible LLM gateway running and honest.
 //!
 //! One library, five thin binaries (`src/bin/`): `proxy` (the gateway), `daemon`,
-//! `preflight`, `doctor` and `watchdog`. Each concern lives in one module so a
-//! newcomer can guess the file: configuration in [`config`], the home directory
-//! layout in [`home`], and so on. `shared/SPEC.md` is the external contract.
+//! `preflight`, `doctor` and `watchdog`. `shared/SPEC.md` is the external contract.
+//!
+//! # Layout
+//!
+//! Each folder is one part; a module never imports a part listed above it here
+//! except `support` and `home`, which everything may use.
+//!
+//! - [`gateway`]: the HTTP server `proxy` runs: routes, admission (auth, limits),
+//!   observation (metrics, access log), `/health`, and running it as a process.
+//! - [`upstream`]: where requests go: the mock, Chat Completions and Responses
+//!   upstreams, their HTTP client, retries and timeouts.
+//! - [`api`]: what gateway and upstreams share: OpenAI wire shapes, the Responses
+//!   translation, SSE parsing, the `/health` report and the metrics.
+//! - [`prompts`]: the prompt cache and its fallback chain, and `proxy prompts`.
+//! - [`lifecycle`]: the proxy as a process: PID file, process identity, supervisor,
+//!   socket hand-off, port holders, systemd, watchdog.
+//! - [`ops`]: the operator tools, `preflight` checks and `doctor` fixes.
+//! - [`home`]: the home directory: layout, `warden.toml`, `.env`, templates, log
+//!   files, atomic writes.
+//! - [`support`]: shared flags, log writing, the HTTP client builder, clock, memory.
 
-pub mod atomic_file;
-pub mod checks;
-pub mod cli;
-pub mod config;
-pub mod env;
-pub mod fixes;
+pub mod api;
 pub mod gateway;
-pub mod handoff;
-pub mod health;
 pub mod home;
-pub mod http_client;
-pub mod logging;
-pub mod logs;
-pub mod metrics;
-pub mod openai;
-pub mod pidfile;
-pub mod ports;
-pub mod process;
+pub mod lifecycle;
+pub mod ops;
 pub mod prompts;
-pub mod prompts_cmd;
-pub mod responses_api;
-pub mod server;
-pub mod sse;
-pub mod supervisor;
-pub mod systemd;
-pub mod templates;
+pub mod support;
 pub mod upstream;
-pub mod watchdog;
 
 /// The toolkit's version, printed by every binary's `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,6 +1,6 @@
 //! `daemon`: start, stop, restart, status, check and logs for the proxy of one
-//! home (SPEC §5). The work is in `warden::supervisor` (shared with `watchdog`)
-//! and `warden::checks` (shared with `preflight`); this file parses arguments,
+//! home (SPEC §5). The work is in `warden::lifecycle::supervisor` (shared with `watchdog`)
+//! and `warden::ops::preflight` (shared with `preflight`); this file parses arguments,
 //! draws the spinner and chooses exit codes.
 
 use std::io::IsTerminal;
@@ -8,11 +8,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use warden::checks::{self, RunOptions, report};
-use warden::cli::HomeArgs;
-use warden::config::{Config, Overrides};
+use warden::home::config::{Config, Overrides};
 use warden::home::{Home, LogKind};
-use warden::supervisor::{RestartOutcome, StartOutcome, StopOutcome, Supervisor, SupervisorError};
+use warden::lifecycle::supervisor::{
+    RestartOutcome, StartOutcome, StopOutcome, Supervisor, SupervisorError,
+};
+use warden::ops::preflight::{self, RunOptions, report};
+use warden::support::cli::HomeArgs;
 
 /// Runs the warden proxy in the background and keeps track of it.
 ///
@@ -86,8 +88,8 @@ enum Which {
 }
 
 fn main() -> ExitCode {
-    warden::cli::restore_sigpipe();
-    if let Some(code) = warden::cli::handle_generate(Args::command) {
+    warden::support::cli::restore_sigpipe();
+    if let Some(code) = warden::support::cli::handle_generate(Args::command) {
         return code;
     }
     let args = Args::parse();
@@ -174,7 +176,7 @@ fn prepare(supervisor: &Supervisor) -> bool {
 
 /// Runs the preflight checks; prints the failures and returns false when any failed.
 async fn gate(home: &Home) -> bool {
-    let report = checks::run(home, &RunOptions::default()).await;
+    let report = preflight::run(home, &RunOptions::default()).await;
     let failed: Vec<_> = report.failed().collect();
     if failed.is_empty() {
         return true;
@@ -191,12 +193,12 @@ async fn gate(home: &Home) -> bool {
     );
     let ids: Vec<_> = report.failed().map(|c| c.id.as_str()).collect();
     let line = format!("start refused: preflight failed ({})", ids.join(", "));
-    let _ = warden::logs::append_line(home, LogKind::Daemon, &line);
+    let _ = warden::home::logs::append_line(home, LogKind::Daemon, &line);
     false
 }
 
 async fn check(home: &Home, json: bool) -> (bool, i32) {
-    let report = checks::run(home, &RunOptions::default()).await;
+    let report = preflight::run(home, &RunOptions::default()).await;
     if json {
         println!("{}", report::json(&report));
     } else {
@@ -290,9 +292,9 @@ async fn stop(supervisor: Supervisor, force: bool) -> i32 {
         }
         Ok(StopOutcome::Stopped { pid, how, took }) => {
             let how = match how {
-                warden::process::Termination::Exited => "exited after SIGTERM",
-                warden::process::Termination::Killed => "killed with SIGKILL",
-                warden::process::Termination::AlreadyGone => "was already gone",
+                warden::lifecycle::process::Termination::Exited => "exited after SIGTERM",
+                warden::lifecycle::process::Termination::Killed => "killed with SIGKILL",
+                warden::lifecycle::process::Termination::AlreadyGone => "was already gone",
             };
             println!(
                 "proxy stopped: PID {pid} {how} ({:.1} s)",
@@ -361,7 +363,7 @@ async fn restart(supervisor: Supervisor) -> i32 {
     }
 }
 
-fn print_status(status: &warden::supervisor::StatusReport) {
+fn print_status(status: &warden::lifecycle::supervisor::StatusReport) {
     match status.state {
         "running" | "unhealthy" => {
             let pid = status.pid.unwrap_or_default();
@@ -420,9 +422,9 @@ fn logs(home: &Home, follow: bool, lines: usize, which: Which) -> i32 {
     }
     let result = if follow {
         let mut out = std::io::stdout();
-        warden::logs::follow(&path, lines, &mut out, &|| false)
+        warden::home::logs::follow(&path, lines, &mut out, &|| false)
     } else {
-        warden::logs::tail_lines(&path, lines).map(|l| {
+        warden::home::logs::tail_lines(&path, lines).map(|l| {
             for line in l {
                 println!("{line}");
             }

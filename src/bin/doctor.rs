@@ -1,5 +1,5 @@
 //! `doctor`: "something looks broken" — diagnose a home and fix what is safe to
-//! fix (SPEC §7). All the logic is in `warden::fixes`; this file parses flags and
+//! fix (SPEC §7). All the logic is in `warden::ops::doctor`; this file parses flags and
 //! picks an output.
 //!
 //! Exit codes: 0 nothing is left broken, 1 something still needs fixing (in a dry
@@ -9,10 +9,10 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
-use warden::checks::report::color_wanted;
-use warden::cli::HomeArgs;
-use warden::fixes::{self, Options, report};
 use warden::home::Home;
+use warden::ops::doctor::{self, Options, report};
+use warden::ops::preflight::report::color_wanted;
+use warden::support::cli::HomeArgs;
 
 /// Diagnoses a warden home and fixes what is safe to fix: creates the home,
 /// its folders, .env (mode 0600) and warden.toml from the templates, tightens
@@ -51,8 +51,8 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    warden::cli::restore_sigpipe();
-    if let Some(code) = warden::cli::handle_generate(Args::command) {
+    warden::support::cli::restore_sigpipe();
+    if let Some(code) = warden::support::cli::handle_generate(Args::command) {
         return code;
     }
     let args = Args::parse();
@@ -77,10 +77,10 @@ fn main() -> ExitCode {
         dry_run: args.dry_run,
         yes: args.yes,
     };
-    let result = runtime.block_on(fixes::run(&home, opts));
+    let result = runtime.block_on(doctor::run(&home, opts));
     // A check that timed out may still sit in a blocking call: do not wait for it.
     runtime.shutdown_background();
-    fixes::log_fixes(&home, &result);
+    doctor::log_fixes(&home, &result);
 
     let text = if args.json {
         report::json(&result) + "\n"

@@ -3,7 +3,7 @@
 //! Runs the ten built-in checks and the operator's `$WARDEN_HOME/checks/*.toml`
 //! concurrently and prints the result for people, as one JSON document
 //! (`--json`) or as one Nagios-plugin line (`--format nagios`). All the logic is
-//! in `warden::checks`; this file only parses flags and picks an output.
+//! in `warden::ops::preflight`; this file only parses flags and picks an output.
 //!
 //! Exit codes: 0 nothing failed (warnings allowed), 1 a check failed, 2 it could
 //! not run (bad usage, unknown check id). With `--format nagios`: 0 OK,
@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, ValueEnum};
-use warden::checks::{self, RunOptions, report};
 use warden::home::Home;
+use warden::ops::preflight::{self, RunOptions, report};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Format {
@@ -66,8 +66,8 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    warden::cli::restore_sigpipe();
-    if let Some(code) = warden::cli::handle_generate(Cli::command) {
+    warden::support::cli::restore_sigpipe();
+    if let Some(code) = warden::support::cli::handle_generate(Cli::command) {
         return code;
     }
     let args: Vec<OsString> = std::env::args_os().collect();
@@ -121,7 +121,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return usage_error(format!("cannot start the async runtime: {e}")),
     };
-    let result = runtime.block_on(checks::run(&home, &opts));
+    let result = runtime.block_on(preflight::run(&home, &opts));
     // A check that timed out may still sit in a blocking call (a hung NFS
     // statvfs): do not wait for it.
     runtime.shutdown_background();

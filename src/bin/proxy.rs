@@ -4,15 +4,15 @@
 //! requests for at most `server.graceful_timeout` and exits 0. Configuration
 //! errors exit 2 with the file, key and line. `proxy prompts status|refresh|clear`
 //! manages the prompt cache without a running proxy. All the work is in the
-//! library (`warden::server`, `warden::prompts_cmd`); this file only parses
+//! library (`warden::gateway::serve`, `warden::prompts::command`); this file only parses
 //! arguments.
 
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use warden::cli::HomeArgs;
-use warden::config::{Config, Overrides};
-use warden::prompts_cmd::PromptsAction;
+use warden::home::config::{Config, Overrides};
+use warden::prompts::command::PromptsAction;
+use warden::support::cli::HomeArgs;
 
 /// mimalloc instead of glibc's malloc: the gateway allocates and frees small
 /// buffers on every request from two threads.
@@ -58,7 +58,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    if let Some(code) = warden::cli::handle_generate(Args::command) {
+    if let Some(code) = warden::support::cli::handle_generate(Args::command) {
         return code;
     }
     let args = Args::parse();
@@ -77,7 +77,7 @@ fn main() -> ExitCode {
         }
     };
     if let Some(Command::Prompts { action, json }) = args.command {
-        let code = warden::prompts_cmd::run(&config, action, json, &mut std::io::stdout());
+        let code = warden::prompts::command::run(&config, action, json, &mut std::io::stdout());
         return ExitCode::from(code);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -90,7 +90,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(warden::server::serve_foreground(config)) {
+    match runtime.block_on(warden::gateway::serve::serve_foreground(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("proxy: {e}");

@@ -1,13 +1,13 @@
 //! `watchdog`: keeps the proxy of one home alive (SPEC §8). The loop, strikes,
-//! restarts and the give-up hook are in `warden::watchdog`; this file parses
+//! restarts and the give-up hook are in `warden::lifecycle::watchdog`; this file parses
 //! arguments, loads the configuration and builds a small single-threaded runtime.
 
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
-use warden::cli::HomeArgs;
-use warden::config::{Config, Overrides};
-use warden::watchdog::{self, EXIT_CANNOT_RUN, Options};
+use warden::home::config::{Config, Overrides};
+use warden::lifecycle::watchdog::{self, EXIT_CANNOT_RUN, Options};
+use warden::support::cli::HomeArgs;
 
 /// Keeps the warden proxy alive: checks it every interval (and at once when its
 /// process exits), restarts it when a check fails, and gives up after N
@@ -44,7 +44,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    if let Some(code) = warden::cli::handle_generate(Args::command) {
+    if let Some(code) = warden::support::cli::handle_generate(Args::command) {
         return code;
     }
     let args = Args::parse();
@@ -54,7 +54,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("watchdog: configuration error: {e}");
             eprintln!("watchdog: fix it (or run `doctor`), then start the watchdog again");
-            let _ = warden::logs::append_line(
+            let _ = warden::home::logs::append_line(
                 &home,
                 warden::home::LogKind::Watchdog,
                 &format!("cannot run: configuration error: {e}"),

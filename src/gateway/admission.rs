@@ -14,8 +14,8 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::Gateway;
-use crate::metrics::{Metrics, Rejection};
-use crate::openai::ApiError;
+use crate::api::metrics::{Metrics, Rejection};
+use crate::api::openai::ApiError;
 
 /// 401 unless the request carries the configured bearer token (when one is set).
 pub async fn require_bearer(

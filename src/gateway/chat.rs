@@ -13,8 +13,8 @@ use futures_util::StreamExt;
 use super::Gateway;
 use super::admission::Slot;
 use super::observe::ExchangeInfo;
-use crate::metrics::Rejection;
-use crate::openai::{ApiError, ChatRequestView};
+use crate::api::metrics::Rejection;
+use crate::api::openai::{ApiError, ChatRequestView};
 use crate::upstream::{ChatCall, ExchangeStats, Reply, configured_models};
 
 pub async fn chat_completions(

@@ -14,6 +14,7 @@ mod admission;
 mod chat;
 mod observe;
 mod responses;
+pub mod serve;
 mod status;
 
 use std::future::Future;
@@ -27,9 +28,9 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::openai::ApiError;
+use crate::api::metrics::Metrics;
+use crate::api::openai::ApiError;
+use crate::home::config::Config;
 use crate::prompts::{PromptStore, prompts_in_use};
 use crate::upstream::Upstream;
 

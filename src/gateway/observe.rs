@@ -16,7 +16,7 @@ use axum::response::Response;
 use http_body::{Frame, SizeHint};
 
 use super::Gateway;
-use crate::metrics::route_label;
+use crate::api::metrics::route_label;
 use crate::upstream::ExchangeStats;
 
 /// What a chat handler tells the layer about its exchange.

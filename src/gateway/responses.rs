@@ -17,8 +17,8 @@ use super::Gateway;
 use super::admission::Slot;
 use super::chat::{body_rejection, respond};
 use super::observe::ExchangeInfo;
-use crate::openai::ApiError;
-use crate::responses_api::instructions_for;
+use crate::api::openai::ApiError;
+use crate::api::responses::instructions_for;
 use crate::upstream::{ExchangeStats, ResponsesCall};
 
 pub async fn responses(

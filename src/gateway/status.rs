@@ -13,10 +13,11 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::Gateway;
-use crate::health::{
-    HealthReport, HealthStatus, MemoryInfo, PromptHealth, RequestCounts, UpstreamInfo, now_rfc3339,
-    rss_bytes,
+use crate::api::health::{
+    HealthReport, HealthStatus, MemoryInfo, PromptHealth, RequestCounts, UpstreamInfo,
 };
+use crate::support::memory::rss_bytes;
+use crate::support::time::now_rfc3339;
 
 /// The `prompts` map of `/health`: empty unless the upstream uses prompts.
 fn prompt_report(gw: &Gateway) -> BTreeMap<String, PromptHealth> {

@@ -11,9 +11,9 @@ use bytes::Bytes;
 
 use super::http::{HttpUpstream, UpstreamUrl};
 use super::{ChatCall, Reply};
-use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::openai::{ApiError, Usage};
+use crate::api::metrics::Metrics;
+use crate::api::openai::{ApiError, Usage};
+use crate::home::config::Config;
 
 pub struct ChatUpstream {
     http: HttpUpstream,

@@ -26,10 +26,10 @@ use tokio::time::timeout;
 
 use super::retry;
 use super::{ExchangeStats, FrameStream, Reply};
-use crate::config::Config;
-use crate::http_client::error_chain;
-use crate::metrics::Metrics;
-use crate::openai::{ApiError, Usage};
+use crate::api::metrics::Metrics;
+use crate::api::openai::{ApiError, Usage};
+use crate::home::config::Config;
+use crate::support::http_client::error_chain;
 
 /// Reads token counts from one JSON document (a whole body or one SSE `data:`
 /// payload); `None` when it carries none.
@@ -68,7 +68,7 @@ impl HttpUpstream {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<HttpUpstream, String> {
         let up = &config.upstream;
         let max_idle = config.server.max_concurrent.max(8);
-        let client = crate::http_client::client_builder()
+        let client = crate::support::http_client::client_builder()
             .connect_timeout(up.connect_timeout())
             .pool_max_idle_per_host(max_idle)
             .build()
@@ -187,7 +187,7 @@ impl HttpUpstream {
             // What reqwest sends besides: its user agent and `Accept: */*`.
             headers.insert(
                 USER_AGENT,
-                HeaderValue::from_static(crate::http_client::USER_AGENT),
+                HeaderValue::from_static(crate::support::http_client::USER_AGENT),
             );
             headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
             let request = request
@@ -211,7 +211,10 @@ impl HttpUpstream {
         if let Some(auth) = &self.auth {
             request = request.header(AUTHORIZATION, auth.clone());
         }
-        request.send().await.map_err(crate::http_client::describe)
+        request
+            .send()
+            .await
+            .map_err(crate::support::http_client::describe)
     }
 
     /// The usual exchange: send, relay a non-success status as an error, then
@@ -260,7 +263,7 @@ impl HttpUpstream {
                     break Err(ApiError::bad_gateway(format!(
                         "upstream {} broke off its answer: {}",
                         self.base,
-                        crate::http_client::describe(e)
+                        crate::support::http_client::describe(e)
                     )));
                 }
                 Ok(Ok(None)) => break Ok(buf.freeze()),
@@ -317,7 +320,7 @@ impl HttpUpstream {
                         Ok(None) => return None,
                         Ok(Some(Err(e))) => ApiError::bad_gateway(format!(
                             "upstream {display_url} broke off the stream: {}",
-                            crate::http_client::describe(e)
+                            crate::support::http_client::describe(e)
                         )),
                         Err(_) => ApiError::gateway_timeout(format!(
                             "upstream {display_url} stalled for {} s mid-stream (upstream.idle_timeout)",

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ChatCall, FrameStream, Reply, unix_now};
-use crate::openai::{ApiError, Usage};
+use crate::api::openai::{ApiError, Usage};
 
 #[derive(Default)]
 pub struct MockUpstream {

@@ -25,9 +25,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::Stream;
 
-use crate::config::{Config, UpstreamApi};
-use crate::metrics::Metrics;
-use crate::openai::{ApiError, Usage};
+use crate::api::metrics::Metrics;
+use crate::api::openai::{ApiError, Usage};
+use crate::home::config::{Config, UpstreamApi};
 use crate::prompts::PromptStore;
 
 /// A stream of complete SSE frames (`data: ...\n\n`), ending after `[DONE]` or

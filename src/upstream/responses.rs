@@ -24,14 +24,14 @@ use serde_json::Value;
 
 use super::http::{ChunkStream, HttpUpstream, UpstreamUrl};
 use super::{ChatCall, ExchangeStats, FrameStream, Reply, unix_now};
-use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::openai::{ApiError, Usage};
-use crate::prompts::PromptStore;
-use crate::responses_api::{
+use crate::api::metrics::Metrics;
+use crate::api::openai::{ApiError, Usage};
+use crate::api::responses::{
     StreamTranslator, TranslateOptions, chat_to_responses, instructions_for, responses_to_chat,
 };
-use crate::sse::{SseEvent, SseParser};
+use crate::api::sse::{SseEvent, SseParser};
+use crate::home::config::Config;
+use crate::prompts::PromptStore;
 
 pub struct ResponsesUpstream {
     http: HttpUpstream,

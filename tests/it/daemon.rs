@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use serde_json::Value;
-use warden::pidfile::{self, PidState};
+use warden::lifecycle::pidfile::{self, PidState};
 
 use crate::support::{Sleeper, TestHome, client, free_port, run, text};
 
@@ -86,7 +86,7 @@ fn start_status_stop_with_lsb_exit_codes() {
     let out = run("daemon", &home, &["stop"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(!home.file("run/proxy.pid").exists());
-    assert!(!warden::process::is_alive(record.pid));
+    assert!(!warden::lifecycle::process::is_alive(record.pid));
     assert_eq!(run("daemon", &home, &["status"]).status.code(), Some(3));
     assert_eq!(
         run("daemon", &home, &["stop"]).status.code(),
@@ -111,8 +111,9 @@ fn a_killed_proxy_is_reported_dead() {
     let record = pid_record(&home);
     // The proxy is ours (the test's daemon started it); kill -9 it through the
     // identity-checked path so nothing else could be hit.
-    warden::process::signal(&record.identity(), nix::sys::signal::Signal::SIGKILL).unwrap();
-    assert!(warden::process::wait_exit(
+    warden::lifecycle::process::signal(&record.identity(), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    assert!(warden::lifecycle::process::wait_exit(
         &record.identity(),
         crate::support::PATIENCE
     ));
@@ -121,8 +122,10 @@ fn a_killed_proxy_is_reported_dead() {
     // start clears the stale file and starts again.
     assert!(run("daemon", &home, &["start"]).status.success());
     assert_ne!(pid_record(&home).pid, record.pid);
-    let dead_socket =
-        warden::handoff::control_socket_path(&warden::home::Home::at(home.path()), record.pid);
+    let dead_socket = warden::lifecycle::handoff::control_socket_path(
+        &warden::home::Home::at(home.path()),
+        record.pid,
+    );
     assert!(
         !dead_socket.exists(),
         "the killed proxy's control socket was removed"
@@ -155,7 +158,7 @@ fn a_pid_file_naming_an_unrelated_process_is_never_signalled() {
 
     // Locked by someone (the test holds the lock), with a record whose start time
     // does not match the live PID: still never signalled.
-    let identity = warden::process::ProcessIdentity::of(sleeper.pid()).unwrap();
+    let identity = warden::lifecycle::process::ProcessIdentity::of(sleeper.pid()).unwrap();
     let record = format!(
         "{}\nstart_time={}\nexe={}\nport=1\nstarted_at=2026-01-01T00:00:00Z\nhome={}\n",
         sleeper.pid(),
@@ -277,7 +280,7 @@ async fn restart_under_steady_load_fails_no_request() {
     let new = pid_record(&home);
     assert_ne!(new.pid, old.pid);
     assert!(
-        !warden::process::is_alive(old.pid),
+        !warden::lifecycle::process::is_alive(old.pid),
         "the old proxy drained and exited"
     );
     assert_eq!(
@@ -333,9 +336,11 @@ fn a_hung_proxy_is_reported_unhealthy() {
     assert!(run("daemon", &home, &["start"]).status.success());
     let record = pid_record(&home);
     // Our own proxy, frozen through the identity-checked path, then thawed.
-    warden::process::signal(&record.identity(), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    warden::lifecycle::process::signal(&record.identity(), nix::sys::signal::Signal::SIGSTOP)
+        .unwrap();
     let out = run("daemon", &home, &["status", "--json"]);
-    warden::process::signal(&record.identity(), nix::sys::signal::Signal::SIGCONT).unwrap();
+    warden::lifecycle::process::signal(&record.identity(), nix::sys::signal::Signal::SIGCONT)
+        .unwrap();
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stdout));
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["running"], true);
@@ -366,7 +371,7 @@ fn a_config_broken_after_start_does_not_lock_out_stop_or_status() {
     // … but stop works.
     let out = run("daemon", &home, &["stop"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(!warden::process::is_alive(record.pid));
+    assert!(!warden::lifecycle::process::is_alive(record.pid));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -418,9 +423,12 @@ async fn the_draining_old_proxy_of_a_restart_is_not_an_orphan() {
         || matches!(pidfile::inspect(&pid_file), Ok(PidState::Running(r)) if r.pid != old.pid),
     );
     crate::support::eventually("the old proxy closed its listener", || {
-        !warden::ports::holds_listener(old.pid)
+        !warden::lifecycle::ports::holds_listener(old.pid)
     });
-    assert!(warden::process::is_alive(old.pid), "still draining");
+    assert!(
+        warden::lifecycle::process::is_alive(old.pid),
+        "still draining"
+    );
     let out = run("preflight", &home, &["--json", "--only", "process"]);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(0), "{report:#}");

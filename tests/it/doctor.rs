@@ -121,11 +121,11 @@ fn one_run_makes_a_missing_home_pass_preflight_and_the_next_finds_nothing() {
     // .env and warden.toml are the templates, .env private.
     assert_eq!(
         std::fs::read_to_string(root.join("warden.toml")).unwrap(),
-        warden::templates::WARDEN_TOML
+        warden::home::templates::WARDEN_TOML
     );
     assert_eq!(
         std::fs::read_to_string(root.join(".env")).unwrap(),
-        warden::templates::ENV
+        warden::home::templates::ENV
     );
     assert_eq!(mode(&root.join(".env")), 0o600);
 
@@ -273,7 +273,7 @@ fn a_pid_file_naming_an_unrelated_live_process_is_removed_and_the_process_untouc
 
     // A bare PID, and a full record whose start time is not the sleeper's: both
     // unlocked, so stale whatever runs under that PID today.
-    let identity = warden::process::ProcessIdentity::of(sleeper.pid()).unwrap();
+    let identity = warden::lifecycle::process::ProcessIdentity::of(sleeper.pid()).unwrap();
     let sleeper_pid = sleeper.pid();
     let record = |start_time: u64| {
         format!(

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use warden::pidfile::PidRecord;
+use warden::lifecycle::pidfile::PidRecord;
 
 use crate::support::{Proxy, TestHome};
 

@@ -5,15 +5,15 @@
 //!
 //! Every process signalled here is one the test spawned (a watchdog) or one that a
 //! binary the test spawned started (a proxy), and proxies are only signalled
-//! through `warden::process`, which verifies the identity the PID file records.
+//! through `warden::lifecycle::process`, which verifies the identity the PID file records.
 
 use std::io::{Read, Write};
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use warden::pidfile::{self, PidRecord, PidState};
-use warden::process::{self, ProcessIdentity};
+use warden::lifecycle::pidfile::{self, PidRecord, PidState};
+use warden::lifecycle::process::{self, ProcessIdentity};
 
 use crate::support::{PATIENCE, Sleeper, TestHome, bin, eventually, free_port, run, text};
 

@@ -162,7 +162,7 @@ impl Drop for Proxy {
 
 /// A reqwest client for talking to the proxy.
 pub fn client() -> reqwest::Client {
-    warden::http_client::client_builder()
+    warden::support::http_client::client_builder()
         .timeout(PATIENCE)
         .build()
         .unwrap()

@@ -4,7 +4,7 @@
 //! Safety rules, enforced here for every caller:
 //! - a process is only ever signalled after its identity (PID, start time,
 //!   executable) was verified against the PID file's record, through a pidfd
-//!   where the kernel has one (see [`crate::process`]);
+//!   where the kernel has one (see [`crate::lifecycle::process`]);
 //! - a PID file whose lock is free is stale and is never a reason to signal
 //!   anything: whatever process has that PID now is not ours;
 //! - a process this module spawned and that does not become ready is stopped
@@ -17,12 +17,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::config::{Config, base_url_for};
-use crate::handoff;
-use crate::health::{HealthReport, HealthStatus, probe};
+use crate::api::health::{HealthReport, HealthStatus, probe};
+use crate::home::config::{Config, base_url_for};
 use crate::home::{Home, LogKind};
-use crate::pidfile::{self, PidRecord, PidState};
-use crate::process::{self, ProcessIdentity, Termination};
+use crate::lifecycle::handoff;
+use crate::lifecycle::pidfile::{self, PidRecord, PidState};
+use crate::lifecycle::process::{self, ProcessIdentity, Termination};
 
 /// An operation that failed, with the log lines that explain it.
 #[derive(Debug)]
@@ -146,7 +146,7 @@ pub fn orphaned_proxies(home: &Home) -> Vec<ProcessIdentity> {
     };
     process::find_proxies_of_home(home, "proxy")
         .into_iter()
-        .filter(|p| Some(p.pid) != known && crate::ports::holds_listener(p.pid))
+        .filter(|p| Some(p.pid) != known && crate::lifecycle::ports::holds_listener(p.pid))
         .collect()
 }
 
@@ -178,11 +178,11 @@ impl Supervisor {
     /// Writes one line to `logs/daemon.log` (best effort: a full disk must not
     /// stop a stop).
     pub fn log_action(&self, message: &str) {
-        let _ = crate::logs::append_line(self.home(), LogKind::Daemon, message);
+        let _ = crate::home::logs::append_line(self.home(), LogKind::Daemon, message);
     }
 
     fn proxy_log_tail(&self) -> Vec<String> {
-        crate::logs::tail_lines(&self.home().log_file(LogKind::Proxy), 15).unwrap_or_default()
+        crate::home::logs::tail_lines(&self.home().log_file(LogKind::Proxy), 15).unwrap_or_default()
     }
 
     /// The running proxy of this home, if its PID file is locked and its process
@@ -451,10 +451,11 @@ impl Supervisor {
         }
     }
 
-    /// Replaces a running proxy without refusing a request (see [`crate::handoff`]);
+    /// Replaces a running proxy without refusing a request (see [`crate::lifecycle::handoff`]);
     /// starts one when none runs. Rotates oversized logs on the way.
     pub async fn restart(&self, tick: &dyn Fn(&str)) -> Result<RestartOutcome, SupervisorError> {
-        if let Ok(rotated) = crate::logs::rotate_all(self.home(), self.config.logs.max_bytes) {
+        if let Ok(rotated) = crate::home::logs::rotate_all(self.home(), self.config.logs.max_bytes)
+        {
             for path in rotated {
                 self.log_action(&format!("rotated {}", path.display()));
             }

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::env::{EnvSource, VarOrigin};
 use crate::home::Home;
+use crate::home::env::{EnvSource, VarOrigin};
 
 /// What the built-in offline upstream is called in `upstream.url`.
 pub const MOCK_UPSTREAM: &str = "mock";

@@ -7,19 +7,37 @@
 //! mentions every key there is.
 
 /// `templates/.env`: every variable warden reads, commented; secrets left empty.
-pub const ENV: &str = include_str!("../templates/.env");
+pub const ENV: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/templates/.env"));
 /// `templates/warden.toml`: every key with its default and a one-line comment.
-pub const WARDEN_TOML: &str = include_str!("../templates/warden.toml");
+pub const WARDEN_TOML: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/templates/warden.toml"
+));
 /// `templates/warden-proxy.service`: systemd unit, `Type=notify` with `WatchdogSec=`.
-pub const PROXY_SERVICE: &str = include_str!("../templates/warden-proxy.service");
+pub const PROXY_SERVICE: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/templates/warden-proxy.service"
+));
 /// `templates/warden-watchdog.service`: systemd unit running warden's own watchdog.
-pub const WATCHDOG_SERVICE: &str = include_str!("../templates/warden-watchdog.service");
+pub const WATCHDOG_SERVICE: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/templates/warden-watchdog.service"
+));
 /// `templates/preflight.cron`: `preflight --json` on a schedule, and the Nagios line.
-pub const PREFLIGHT_CRON: &str = include_str!("../templates/preflight.cron");
+pub const PREFLIGHT_CRON: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/templates/preflight.cron"
+));
 /// `templates/logrotate.conf`: logrotate snippet (copytruncate).
-pub const LOGROTATE: &str = include_str!("../templates/logrotate.conf");
+pub const LOGROTATE: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/templates/logrotate.conf"
+));
 /// `templates/kubernetes.yaml`: Deployment + Service with probes and scrape annotations.
-pub const KUBERNETES: &str = include_str!("../templates/kubernetes.yaml");
+pub const KUBERNETES: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/templates/kubernetes.yaml"
+));
 
 /// Every template with its file name under `templates/`.
 pub const ALL: [(&str, &str); 7] = [
@@ -38,8 +56,8 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use super::*;
-    use crate::config::{Settings, parse_settings};
-    use crate::env::EnvSource;
+    use crate::home::config::{Settings, parse_settings};
+    use crate::home::env::EnvSource;
 
     fn as_json(settings: &Settings) -> serde_json::Value {
         serde_json::to_value(settings).unwrap()

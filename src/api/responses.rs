@@ -13,7 +13,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::config;
+use crate::home::config;
 
 /// Switches that change the translated request.
 #[derive(Clone, Debug, Default)]

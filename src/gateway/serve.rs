@@ -7,11 +7,11 @@ use std::os::fd::AsRawFd;
 
 use tokio::net::TcpListener;
 
-use crate::config::Config;
 use crate::gateway::{self, Gateway};
-use crate::handoff;
 use crate::home::LogKind;
-use crate::pidfile::{self, PidRecord};
+use crate::home::config::Config;
+use crate::lifecycle::handoff;
+use crate::lifecycle::pidfile::{self, PidRecord};
 
 /// Serves until SIGTERM/SIGINT and returns after the drain. Errors are
 /// sentences for the operator.
@@ -21,7 +21,7 @@ use crate::pidfile::{self, PidRecord};
 /// can never both serve. A successor started by `daemon restart` instead takes
 /// the PID file over from its predecessor once it is about to serve.
 pub async fn serve_foreground(config: Config) -> Result<(), String> {
-    let _log_guard = crate::logging::init(
+    let _log_guard = crate::support::logging::init(
         &config.home,
         LogKind::Proxy,
         config.logs.format,
@@ -71,14 +71,14 @@ pub async fn serve_foreground(config: Config) -> Result<(), String> {
     // One machine-readable line on stdout, so callers that asked for port 0 learn the port.
     println!(
         "listening on {}",
-        crate::config::base_url_for(&local.ip().to_string(), local.port())
+        crate::home::config::base_url_for(&local.ip().to_string(), local.port())
     );
     // systemd (Type=notify): READY=1 once ready, WATCHDOG=1 pings while ready, and
     // STOPPING=1 as the drain begins. No-ops without $NOTIFY_SOCKET.
-    tokio::spawn(crate::systemd::supervise(gw.watch_ready()));
+    tokio::spawn(crate::lifecycle::systemd::supervise(gw.watch_ready()));
     let shutdown = async {
         signal.await;
-        crate::systemd::notify_stopping();
+        crate::lifecycle::systemd::notify_stopping();
     };
     let result = gateway::run(listener, gw, shutdown).await;
     drop(pid_guard);

@@ -5,6 +5,12 @@
 //! absolute at resolution time because the daemon detaches its children and a
 //! relative home would silently point somewhere else after a `chdir`.
 
+pub mod atomic_file;
+pub mod config;
+pub mod env;
+pub mod logs;
+pub mod templates;
+
 use std::path::{Path, PathBuf};
 
 /// Which log file under `logs/`.

@@ -21,7 +21,7 @@ use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
 use tracing_subscriber::fmt::writer::MakeWriterExt;
 use tracing_subscriber::fmt::{FormatFields, MakeWriter};
 
-use crate::config::LogFormat;
+use crate::home::config::LogFormat;
 use crate::home::{Home, LogKind};
 
 /// Installs the global subscriber for a binary writing to `logs/<kind>.log`.

@@ -6,16 +6,16 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::checks::Status;
-use crate::checks::builtin::{self, Context, DotEnv};
-use crate::config::Overrides;
-use crate::env::VarOrigin;
+use crate::home::config::Overrides;
+use crate::home::env::VarOrigin;
+use crate::home::templates;
 use crate::home::{Home, LogKind};
-use crate::pidfile::{self, PidRecord, PidState};
-use crate::ports::{self, PortHolder};
-use crate::process::{self, ProcessIdentity};
+use crate::lifecycle::pidfile::{self, PidRecord, PidState};
+use crate::lifecycle::ports::{self, PortHolder};
+use crate::lifecycle::process::{self, ProcessIdentity};
+use crate::ops::preflight::Status;
+use crate::ops::preflight::builtin::{self, Context, DotEnv};
 use crate::prompts::{self, PromptSourceKind};
-use crate::templates;
 
 use super::{Diagnosis, Fix, rel};
 
@@ -396,7 +396,7 @@ fn describe_proxy(p: &ProcessIdentity) -> String {
 
 /// This home's proxies that `run/proxy.pid` does not know and that still serve.
 pub fn orphaned_proxies(home: &Home) -> Vec<ProcessIdentity> {
-    crate::supervisor::orphaned_proxies(home)
+    crate::lifecycle::supervisor::orphaned_proxies(home)
 }
 
 /// Proxies of this home running outside the PID file: stopped only with `--yes`.

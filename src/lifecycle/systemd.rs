@@ -123,7 +123,7 @@ pub fn ping_period(interval: Duration) -> Duration {
 /// Talks to systemd for the life of a gateway: `READY=1` the first time `ready`
 /// turns true, then `WATCHDOG=1` every half watchdog interval while it is true.
 /// Returns at once when no service manager is listening. (`STOPPING=1` is sent by
-/// whoever starts the drain, see [`crate::server`].)
+/// whoever starts the drain, see [`crate::gateway::serve`].)
 pub async fn supervise(mut ready: watch::Receiver<bool>) {
     if !enabled() {
         return;

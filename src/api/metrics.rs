@@ -435,7 +435,8 @@ impl Metrics {
     /// Prometheus text exposition (OpenMetrics-compatible text format).
     pub fn render_text(&self) -> String {
         self.uptime.set(self.uptime().as_secs_f64());
-        self.rss.set(crate::health::rss_bytes().unwrap_or(0) as i64);
+        self.rss
+            .set(crate::support::memory::rss_bytes().unwrap_or(0) as i64);
         let mut out = String::with_capacity(8 * 1024);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

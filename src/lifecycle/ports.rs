@@ -9,7 +9,7 @@
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
 
-use crate::process;
+use crate::lifecycle::process;
 
 /// The owner of a listening socket.
 #[derive(Clone, Debug, PartialEq, Eq)]

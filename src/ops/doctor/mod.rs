@@ -11,7 +11,7 @@
 //! then the API key, PID files and orphaned proxies, then the port (free once an
 //! orphan is gone), the logs and the prompt cache, and last the preflight checks
 //! doctor cannot fix (`writable`, `disk`, `binary`, `upstream` and the operator's
-//! own), reused from [`crate::checks`].
+//! own), reused from [`crate::ops::preflight`].
 //!
 //! What doctor never does: signal a process it did not start for this home (a
 //! foreign port holder is named, with how to stop it, and left alone), stop even
@@ -26,12 +26,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::checks::builtin::{self, Context};
-use crate::checks::{self, RunOptions, Status};
-use crate::config::{Overrides, PromptsConfig};
+use crate::home::config::{Overrides, PromptsConfig};
 use crate::home::{Home, LogKind};
-use crate::pidfile;
-use crate::process::{self, ProcessIdentity, Termination};
+use crate::lifecycle::pidfile;
+use crate::lifecycle::process::{self, ProcessIdentity, Termination};
+use crate::ops::preflight::builtin::{self, Context};
+use crate::ops::preflight::{self, RunOptions, Status};
 use crate::prompts::{self, CacheDamage, PromptSourceKind, PromptStore};
 
 /// How `doctor` was asked to run.
@@ -251,7 +251,7 @@ impl Fix {
                     .map(|(path, _)| format!("{} to {}.1", rel(home, path), rel(home, path)))
                     .collect::<Vec<_>>()
                     .join(", "),
-                crate::logs::KEEP_ROTATED
+                crate::home::logs::KEEP_ROTATED
             ),
             Fix::RepairPrompts { home, cfg, damage } => format!(
                 "delete {} and refill {} from the fallback chain (remote, local file, built-in)",
@@ -278,8 +278,9 @@ impl Fix {
                 source,
                 mode,
             } => {
-                let created = crate::atomic_file::create_new(path, text.as_bytes(), Some(*mode))
-                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                let created =
+                    crate::home::atomic_file::create_new(path, text.as_bytes(), Some(*mode))
+                        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
                 Ok(Applied::done(if created {
                     format!("wrote {} from {source} (mode {mode:04o})", path.display())
                 } else {
@@ -324,7 +325,7 @@ impl Fix {
             } => {
                 let mut done = Vec::new();
                 for (path, size) in logs {
-                    let rotated = crate::logs::rotate_if_over(path, *max_bytes)
+                    let rotated = crate::home::logs::rotate_if_over(path, *max_bytes)
                         .map_err(|e| format!("cannot rotate {}: {e}", path.display()))?;
                     if let Some(to) = rotated {
                         done.push(format!(
@@ -352,7 +353,7 @@ impl Fix {
                         } else {
                             done.join(", ")
                         },
-                        crate::logs::KEEP_ROTATED
+                        crate::home::logs::KEEP_ROTATED
                     ),
                     note,
                 })
@@ -598,11 +599,11 @@ pub async fn run(home: &Home, opts: Options) -> Report {
 /// operator's checks. A dry run judges `writable` with access(2) instead of the
 /// check's create-and-remove probe, so it changes nothing at all.
 async fn reused_checks(home: &Home, opts: Options) -> Vec<Finding> {
-    let builtin_ids: Vec<&str> = checks::builtin_specs()
+    let builtin_ids: Vec<&str> = preflight::builtin_specs()
         .iter()
         .map(|s| s.id.as_str())
         .collect();
-    let operator_ids: Vec<String> = checks::check_ids(home)
+    let operator_ids: Vec<String> = preflight::check_ids(home)
         .into_iter()
         .filter(|id| !builtin_ids.contains(&id.as_str()))
         .collect();
@@ -616,7 +617,7 @@ async fn reused_checks(home: &Home, opts: Options) -> Vec<Finding> {
         .filter(|id| !(opts.dry_run && *id == "writable"))
         .cloned()
         .collect();
-    let report = checks::run(
+    let report = preflight::run(
         home,
         &RunOptions {
             only,
@@ -661,7 +662,7 @@ pub fn log_fixes(home: &Home, report: &Report) {
         .filter(|f| f.status == FindingStatus::Fixed)
     {
         if let Some(action) = &f.action {
-            let _ = crate::logs::append_line(
+            let _ = crate::home::logs::append_line(
                 home,
                 LogKind::Daemon,
                 &format!("doctor: {}: {action}", f.id),
@@ -716,7 +717,7 @@ mod tests {
         let (dir, _home) = home();
         let fix = Fix::WriteTemplate {
             path: dir.path().join("no-such-dir/warden.toml"),
-            text: crate::templates::WARDEN_TOML,
+            text: crate::home::templates::WARDEN_TOML,
             source: "templates/warden.toml",
             mode: 0o644,
         };

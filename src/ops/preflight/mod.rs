@@ -13,13 +13,13 @@
 //!
 //! ```no_run
 //! # async fn demo() {
-//! use warden::checks::{self, RunOptions};
+//! use warden::ops::preflight::{self, RunOptions};
 //! let home = warden::home::Home::at("/srv/warden");
 //! let opts = RunOptions::default();
 //! opts.validate(&home).expect("known check ids");
-//! let report = checks::run(&home, &opts).await;
+//! let report = preflight::run(&home, &opts).await;
 //! if !report.ok {
-//!     print!("{}", checks::report::human(&report, false));
+//!     print!("{}", preflight::report::human(&report, false));
 //! }
 //! # }
 //! ```
@@ -34,8 +34,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Overrides;
 use crate::home::Home;
+use crate::home::config::Overrides;
 
 /// The outcome of one check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,7 +203,8 @@ struct BuiltinFile {
 }
 
 /// The declarations, verbatim from the repository's `checks/builtin.toml`.
-pub const BUILTIN_TOML: &str = include_str!("../../checks/builtin.toml");
+pub const BUILTIN_TOML: &str =
+    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/checks/builtin.toml"));
 
 /// The ten built-in checks, sorted by `order`.
 pub fn builtin_specs() -> &'static [BuiltinSpec] {

@@ -75,30 +75,9 @@ impl HealthReport {
     }
 }
 
-/// Resident set size of this process, from `/proc/self/statm`.
-pub fn rss_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .unwrap_or(4096) as u64;
-    Some(pages * page_size)
-}
-
-/// Now, as RFC 3339 UTC with second precision.
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rss_is_readable() {
-        assert!(rss_bytes().unwrap() > 0);
-    }
 
     #[test]
     fn status_rules() {
@@ -134,7 +113,7 @@ pub mod probe {
 
     /// A small client for health probes: no pooling surprises, short timeouts.
     pub fn client(timeout: Duration) -> reqwest::Client {
-        crate::http_client::client_builder()
+        crate::support::http_client::client_builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             .pool_max_idle_per_host(0)
@@ -149,7 +128,10 @@ pub mod probe {
             Ok(r) if r.status().is_success() => Ok(()),
             Ok(r) => Err(format!("{url} answered {}", r.status())),
             Err(e) if e.is_timeout() => Err(format!("{url} did not answer in time")),
-            Err(e) => Err(format!("{url}: {}", crate::http_client::describe(e))),
+            Err(e) => Err(format!(
+                "{url}: {}",
+                crate::support::http_client::describe(e)
+            )),
         }
     }
 
@@ -163,7 +145,7 @@ pub mod probe {
             .get(&url)
             .send()
             .await
-            .map_err(|e| format!("{url}: {}", crate::http_client::describe(e)))?;
+            .map_err(|e| format!("{url}: {}", crate::support::http_client::describe(e)))?;
         let code = response.status().as_u16();
         let report = response
             .json::<HealthReport>()

@@ -26,6 +26,8 @@
 //! Fetched content failing the allow-list is refused, logged and never cached.
 //! The allow-list pins remote content only: the operator's local `file` is trusted.
 
+pub mod command;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io;
@@ -38,10 +40,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::atomic_file;
-use crate::config::{BASE_PROMPT, CODEX_PROMPT, PromptSource, PromptsConfig};
 use crate::home::Home;
-use crate::http_client::error_chain;
+use crate::home::atomic_file;
+use crate::home::config::{BASE_PROMPT, CODEX_PROMPT, PromptSource, PromptsConfig};
+use crate::support::http_client::error_chain;
 
 /// The metadata file beside the cached prompts.
 pub const METADATA_FILE: &str = "metadata.json";
@@ -162,10 +164,10 @@ pub struct FetchCounters {
 /// upstream (its `instructions`), or when `/v1/responses` injects the base
 /// instructions. The built-in mock upstream never does. When this is false the
 /// proxy neither fetches prompts nor reports them in `/health` and `/metrics`.
-pub fn prompts_in_use(config: &crate::config::Config) -> bool {
+pub fn prompts_in_use(config: &crate::home::config::Config) -> bool {
     let f = &config.features;
     !config.upstream.is_mock()
-        && (config.upstream.api == crate::config::UpstreamApi::Responses
+        && (config.upstream.api == crate::home::config::UpstreamApi::Responses
             || (f.enable_responses_api && !f.responses_no_base_instructions))
 }
 
@@ -313,7 +315,7 @@ impl PromptStore {
     /// [`PromptStore::warm`] at startup, or let the first [`PromptStore::get`] do it.
     pub fn new(home: &Home, cfg: &PromptsConfig) -> PromptStore {
         let fetch_timeout = Duration::from_secs(cfg.fetch_timeout.max(1));
-        let client = crate::http_client::client_builder()
+        let client = crate::support::http_client::client_builder()
             .connect_timeout(fetch_timeout)
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {}", error_chain(&e)));
@@ -912,10 +914,12 @@ async fn fetch_once(
             request = request.header(header::IF_MODIFIED_SINCE, last_modified);
         }
     }
-    let mut response = request
-        .send()
-        .await
-        .map_err(|e| retryable(format!("GET {url}: {}", crate::http_client::describe(e))))?;
+    let mut response = request.send().await.map_err(|e| {
+        retryable(format!(
+            "GET {url}: {}",
+            crate::support::http_client::describe(e)
+        ))
+    })?;
     let status = response.status();
     let header_string = |name: header::HeaderName| {
         response
@@ -944,7 +948,7 @@ async fn fetch_once(
     while let Some(chunk) = response.chunk().await.map_err(|e| {
         retryable(format!(
             "GET {url}: reading the body: {}",
-            crate::http_client::describe(e)
+            crate::support::http_client::describe(e)
         ))
     })? {
         if bytes.len() + chunk.len() > MAX_PROMPT_BYTES {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::process::ProcessIdentity;
+use crate::lifecycle::process::ProcessIdentity;
 
 /// Mode of PID files: readable by scripts and monitoring, writable by the owner.
 const PID_FILE_MODE: u32 = 0o644;

@@ -113,7 +113,7 @@ where
 /// before parsing, so it works whatever else the binary requires (a subcommand, say):
 ///
 /// ```ignore
-/// if let Some(code) = warden::cli::handle_generate(Args::command) {
+/// if let Some(code) = warden::support::cli::handle_generate(Args::command) {
 ///     return code;
 /// }
 /// ```

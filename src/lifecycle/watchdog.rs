@@ -29,12 +29,12 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::time::MissedTickBehavior;
 
-use crate::config::{Config, base_url_for};
-use crate::health::probe;
+use crate::api::health::probe;
+use crate::home::config::{Config, base_url_for};
 use crate::home::{Home, LogKind};
-use crate::pidfile::{self, PidFileError, PidRecord, PidState};
-use crate::process::{self, Termination};
-use crate::supervisor::{StartOutcome, StopOutcome, Supervisor};
+use crate::lifecycle::pidfile::{self, PidFileError, PidRecord, PidState};
+use crate::lifecycle::process::{self, Termination};
+use crate::lifecycle::supervisor::{StartOutcome, StopOutcome, Supervisor};
 
 /// How long `on_give_up` may run before it is killed.
 pub const GIVE_UP_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -197,7 +197,7 @@ impl Watchdog {
         if self.echo {
             eprintln!("watchdog: {message}");
         }
-        let _ = crate::logs::append_line(&self.home, LogKind::Watchdog, message);
+        let _ = crate::home::logs::append_line(&self.home, LogKind::Watchdog, message);
     }
 
     /// Checks the proxy: alive with the identity its PID file records, and ready
@@ -655,7 +655,7 @@ pub async fn run(config: Config, options: Options) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Overrides;
+    use crate::home::config::Overrides;
 
     fn config(toml: &str) -> (tempfile::TempDir, Config) {
         let dir = tempfile::tempdir().unwrap();

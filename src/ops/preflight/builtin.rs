@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::config::{Config, ConfigError, Overrides, PromptSource, Settings};
-use crate::env::EnvSource;
 use crate::home::Home;
-use crate::pidfile::{self, PidState};
-use crate::ports::{self, PortHolder};
+use crate::home::config::{Config, ConfigError, Overrides, PromptSource, Settings};
+use crate::home::env::EnvSource;
+use crate::lifecycle::pidfile::{self, PidState};
+use crate::lifecycle::ports::{self, PortHolder};
+use crate::lifecycle::process;
 use crate::prompts::{self, PromptSourceKind};
-use crate::{http_client, process};
+use crate::support::http_client;
 
 use super::{BuiltinSpec, Outcome, Status, blocking};
 
@@ -792,7 +793,7 @@ fn check_process(ctx: &Context) -> Outcome {
         }
     }
     // Proxies of this home that the PID file does not name and that still serve.
-    let orphans: Vec<String> = crate::supervisor::orphaned_proxies(&ctx.home)
+    let orphans: Vec<String> = crate::lifecycle::supervisor::orphaned_proxies(&ctx.home)
         .into_iter()
         .map(|p| format!("PID {} ({})", p.pid, p.exe.display()))
         .collect();

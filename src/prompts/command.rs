@@ -16,7 +16,7 @@ use std::io::Write;
 
 use serde_json::json;
 
-use crate::config::Config;
+use crate::home::config::Config;
 use crate::prompts::{PromptStatus, PromptStore, RefreshResult, disk_status};
 
 /// What to do with the prompt cache.

@@ -488,7 +488,7 @@ async fn run_http(url: &str, expected: Option<u16>, timeout: Duration) -> Outcom
                 .parse::<std::net::IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback())
     };
-    let mut builder = crate::http_client::client_builder()
+    let mut builder = crate::support::http_client::client_builder()
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none());
     if loopback {

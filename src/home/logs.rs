@@ -15,7 +15,7 @@ pub const KEEP_ROTATED: usize = 5;
 /// concurrent writers never interleave within a line).
 pub fn append_line(home: &Home, kind: LogKind, message: &str) -> std::io::Result<()> {
     std::fs::create_dir_all(home.logs_dir())?;
-    let line = format!("{} {message}\n", crate::health::now_rfc3339());
+    let line = format!("{} {message}\n", crate::support::time::now_rfc3339());
     OpenOptions::new()
         .create(true)
         .append(true)

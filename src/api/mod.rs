@@ -1,0 +1,11 @@
+//! What the gateway and the upstreams both speak: the OpenAI wire shapes, the
+//! Responses API translation, SSE parsing, the `/health` report and the metrics.
+//!
+//! It sits below both [`crate::gateway`] and [`crate::upstream`] so that neither has
+//! to import the other to agree on a shape: the upstreams never import the gateway.
+
+pub mod health;
+pub mod metrics;
+pub mod openai;
+pub mod responses;
+pub mod sse;
