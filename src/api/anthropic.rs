@@ -881,9 +881,17 @@ pub fn messages_request_to_chat(req: &Value) -> Result<Value, String> {
         match role {
             "user" => user_to_chat(content, &at, &mut out_messages)?,
             "assistant" => out_messages.push(assistant_to_chat(content, &at)?),
+            // Claude Code sends system turns mid-conversation (the
+            // `mid-conversation-system` beta): a Chat system message.
+            "system" => {
+                let text = blocks_text(content, &format!("{at}.content"))?;
+                if !text.is_empty() {
+                    out_messages.push(json!({"role": "system", "content": text}));
+                }
+            }
             other => {
                 return Err(format!(
-                    "{at}.role: {other:?} is not \"user\" or \"assistant\" (system prompts go in the top-level \"system\")"
+                    "{at}.role: {other:?} is not \"user\", \"assistant\" or \"system\""
                 ));
             }
         }
@@ -1476,13 +1484,14 @@ mod tests {
                 "tool calls and grouped tool results",
                 json!({"model": "m", "messages": [
                     {"role": "user", "content": "weather?"},
+                    {"role": "system", "content": "mid"},
                     {"role": "assistant", "content": "checking", "tool_calls": [
                         {"id": "call_1", "type": "function", "function": {"name": "w", "arguments": "{\"city\":\"Paris\"}"}},
                         {"id": "call_2", "type": "function", "function": {"name": "t", "arguments": ""}}]},
                     {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
                     {"role": "tool", "tool_call_id": "call_2", "content": [{"type": "text", "text": "noon"}]},
                     {"role": "user", "content": "thanks"}]}),
-                json!({"model": "m", "max_tokens": DEFAULT_MAX_TOKENS, "messages": [
+                json!({"model": "m", "max_tokens": DEFAULT_MAX_TOKENS, "system": "mid", "messages": [
                     {"role": "user", "content": [{"type": "text", "text": "weather?"}]},
                     {"role": "assistant", "content": [
                         {"type": "text", "text": "checking"},
@@ -1853,6 +1862,7 @@ mod tests {
             "system": [{"type": "text", "text": "be brief", "cache_control": {"type": "ephemeral"}}],
             "messages": [
                 {"role": "user", "content": "weather?"},
+                {"role": "system", "content": [{"type": "text", "text": "mid"}]},
                 {"role": "assistant", "content": [
                     {"type": "thinking", "thinking": "hm", "signature": "s"},
                     {"type": "text", "text": "checking"},
@@ -1877,6 +1887,7 @@ mod tests {
                 "messages": [
                     {"role": "system", "content": "be brief"},
                     {"role": "user", "content": "weather?"},
+                    {"role": "system", "content": "mid"},
                     {"role": "assistant", "content": "checking", "tool_calls": [{"id": "toolu_1",
                         "type": "function", "function": {"name": "w", "arguments": "{\"city\":\"Paris\"}"}}]},
                     {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny"},
@@ -1894,8 +1905,8 @@ mod tests {
         let errors: Vec<(Value, &str)> = vec![
             (json!({"model": "m"}), "messages: Field required"),
             (
-                json!({"messages": [{"role": "system", "content": "x"}]}),
-                "messages.0.role: \"system\" is not \"user\" or \"assistant\" (system prompts go in the top-level \"system\")",
+                json!({"messages": [{"role": "tool", "content": "x"}]}),
+                "messages.0.role: \"tool\" is not \"user\", \"assistant\" or \"system\"",
             ),
             (
                 json!({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "file"}}]}]}),

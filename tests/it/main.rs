@@ -4,6 +4,7 @@
 
 mod support;
 
+mod anthropic;
 mod completions;
 mod daemon;
 mod doctor;
