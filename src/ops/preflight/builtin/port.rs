@@ -27,6 +27,16 @@ pub(super) fn check_port(ctx: &Context) -> Outcome {
         Err(e) => return Outcome::fail(format!("{e}{note}")),
     };
     if addr.port() == 0 {
+        // Any port will do, but the address must be one of this host's.
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            return Outcome::fail(format!("cannot listen on {}: {e}{note}", addr.ip())).with_hint(
+                format!(
+                    "{} is not an address this host can listen on: fix server.host in {}",
+                    addr.ip(),
+                    ctx.home.config_file().display()
+                ),
+            );
+        }
         return Outcome::pass(format!(
             "server.port is 0: the proxy takes any free port{note}"
         ));

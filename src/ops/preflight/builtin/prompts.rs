@@ -19,7 +19,7 @@ pub(super) async fn check_prompts(ctx: Arc<Context>) -> Outcome {
     if !prompts::prompts_in_use(&ctx.cfg) {
         return Outcome::pass(format!(
             "prompts are not used with upstream {:?} (api {:?}); nothing to fetch",
-            ctx.cfg.upstream.url,
+            crate::support::redact::url(&ctx.cfg.upstream.url),
             ctx.cfg.upstream.api.as_str()
         ));
     }

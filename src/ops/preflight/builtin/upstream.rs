@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Context, http_error, redact_url};
+use super::{Context, http_error};
 use crate::ops::preflight::Outcome;
 use crate::support::http_client;
 
@@ -21,7 +21,7 @@ pub(super) async fn check_upstream(ctx: &Context) -> Outcome {
         Ok(url) => url,
         Err(e) => return Outcome::fail(format!("upstream.url {:?}: {e}", ctx.upstream_text())),
     };
-    let shown = redact_url(url.as_str());
+    let shown = crate::support::redact::url(url.as_str());
     let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
         return Outcome::fail(format!("upstream.url {shown} has no host"));
     };
