@@ -31,6 +31,50 @@ const PID_FILE_MODE: u32 = 0o644;
 const RETRIES: usize = 20;
 /// How long to wait for the short-lived directory lock.
 const DIR_LOCK_WAIT: Duration = Duration::from_secs(2);
+/// The most of a PID file that is ever read: a record is a few short lines, and a
+/// huge file in its place (or a corrupted one) must not cost its size in memory.
+pub const MAX_PID_FILE_BYTES: u64 = 4096;
+
+/// Reads at most [`MAX_PID_FILE_BYTES`] of an open PID file as text; a larger file
+/// is an error that says so (nothing more of it is read).
+fn read_bounded(file: &mut File, path: &Path) -> Result<String, String> {
+    let mut bytes = Vec::new();
+    file.take(MAX_PID_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.len() as u64 > MAX_PID_FILE_BYTES {
+        let size = file
+            .metadata()
+            .map(|m| format!("{} bytes", m.len()))
+            .unwrap_or_else(|_| "more".into());
+        return Err(format!(
+            "{} is {size}, not a PID file (those are at most {} KiB); only its first {} KiB were looked at",
+            path.display(),
+            MAX_PID_FILE_BYTES / 1024,
+            MAX_PID_FILE_BYTES / 1024
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| format!("{} is not text", path.display()))
+}
+
+/// The record in the file at `path`, read with the bound, when it parses.
+pub fn read_record(path: &Path) -> Option<PidRecord> {
+    let mut file = open_existing(path).ok()??;
+    PidRecord::parse(&read_bounded(&mut file, path).ok()?).ok()
+}
+
+/// Line 1 of the file at `path` as a PID, read with the bound.
+pub fn read_first_pid(path: &Path) -> Option<i32> {
+    let mut file = open_existing(path).ok()??;
+    read_bounded(&mut file, path)
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&p: &i32| p > 0)
+}
 
 /// What a PID file says about its process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -220,9 +264,7 @@ impl PidFileGuard {
         match same_inode_as_path(&self.path, self.dev, self.ino) {
             Ok(true) => {}
             Ok(false) | Err(_) => {
-                let now = std::fs::read_to_string(&self.path)
-                    .ok()
-                    .and_then(|c| PidRecord::parse(&c).ok())
+                let now = read_record(&self.path)
                     .map(|r| format!("now belongs to {}", r.describe()))
                     .unwrap_or_else(|| "was removed or replaced".into());
                 return Err(io::Error::other(format!(
@@ -276,9 +318,7 @@ pub fn acquire(path: &Path, record: &PidRecord) -> Result<PidFileGuard, PidFileE
         let locked = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(locked) => locked,
             Err((_, Errno::EWOULDBLOCK)) => {
-                let holder = std::fs::read_to_string(path)
-                    .ok()
-                    .and_then(|c| PidRecord::parse(&c).ok());
+                let holder = read_record(path);
                 return Err(PidFileError::Held {
                     path: path.to_path_buf(),
                     holder,
@@ -330,7 +370,7 @@ pub fn replace(path: &Path, record: &PidRecord) -> io::Result<PidFileGuard> {
 /// Looks at a PID file without blocking, without creating it and without keeping
 /// any lock.
 pub fn inspect(path: &Path) -> io::Result<PidState> {
-    for _ in 0..RETRIES {
+    for attempt in 0..RETRIES {
         let Some(file) = open_existing(path)? else {
             return Ok(PidState::Absent);
         };
@@ -347,11 +387,18 @@ pub fn inspect(path: &Path) -> io::Result<PidState> {
         if !same_inode_as_path(path, meta.dev(), meta.ino())? {
             continue; // replaced while we looked: look again
         }
-        let mut content = String::new();
-        let parsed = file
-            .read_to_string(&mut content)
-            .map_err(|e| e.to_string())
-            .and_then(|_| PidRecord::parse(&content));
+        let content = read_bounded(&mut file, path);
+        if held && content.as_deref().is_ok_and(str::is_empty) && attempt + 1 < RETRIES {
+            // `acquire` creates and locks the file a moment before it renames the
+            // full record over it: look again rather than call that "foreign".
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        let parsed = content
+            .as_deref()
+            .map_err(|e| e.clone())
+            .and_then(PidRecord::parse);
+        let content = content.unwrap_or_default();
         return Ok(match (held, parsed) {
             (false, parsed) => PidState::Stale(parsed.ok()),
             (true, Ok(record)) => PidState::Running(record),
@@ -638,6 +685,27 @@ mod tests {
             Err(PidFileError::Held { holder: None, .. })
         ));
         assert!(!remove_stale(&path).unwrap());
+        drop(lock);
+        assert!(remove_stale(&path).unwrap());
+    }
+
+    #[test]
+    fn a_huge_pid_file_is_read_only_up_to_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.pid");
+        std::fs::write(&path, record(77, None).render()).unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(64 * 1024 * 1024).unwrap(); // sparse
+        assert_eq!(inspect(&path).unwrap(), PidState::Stale(None));
+        assert_eq!(read_record(&path), None);
+        let lock = Flock::lock(File::open(&path).unwrap(), FlockArg::LockExclusive).unwrap();
+        match inspect(&path).unwrap() {
+            PidState::Busy { pid, problem } => {
+                assert_eq!(pid, None);
+                assert!(problem.contains("at most 4 KiB"), "{problem}");
+            }
+            other => panic!("expected Busy, got {other:?}"),
+        }
         drop(lock);
         assert!(remove_stale(&path).unwrap());
     }

@@ -284,16 +284,10 @@ pub fn api_key(ctx: &Context) -> Diagnosis {
 
 /// What a stale PID file points at, in words, for the message.
 fn stale_target(path: &Path, record: &Option<PidRecord>) -> String {
-    let pid = record.as_ref().map(|r| r.pid).or_else(|| {
-        std::fs::read_to_string(path)
-            .ok()?
-            .lines()
-            .next()?
-            .trim()
-            .parse::<i32>()
-            .ok()
-            .filter(|&p| p > 0)
-    });
+    let pid = record
+        .as_ref()
+        .map(|r| r.pid)
+        .or_else(|| pidfile::read_first_pid(path));
     match pid {
         None => "its content is not a PID".into(),
         Some(pid) if !process::is_alive(pid) => format!("it names PID {pid}, which is not running"),
