@@ -63,6 +63,16 @@ pub fn read_record(path: &Path) -> Option<PidRecord> {
     PidRecord::parse(&read_bounded(&mut file, path).ok()?).ok()
 }
 
+/// Why the file at `path` is not a PID record (read with the bound); `None` when
+/// it is one or cannot be opened.
+pub fn content_problem(path: &Path) -> Option<String> {
+    let mut file = open_existing(path).ok()??;
+    match read_bounded(&mut file, path) {
+        Err(problem) => Some(problem),
+        Ok(text) => PidRecord::parse(&text).err(),
+    }
+}
+
 /// Line 1 of the file at `path` as a PID, read with the bound.
 pub fn read_first_pid(path: &Path) -> Option<i32> {
     let mut file = open_existing(path).ok()??;
@@ -253,6 +263,12 @@ impl PidFileGuard {
 
     pub fn record(&self) -> &PidRecord {
         &self.record
+    }
+
+    /// Whether the path still names the file this guard wrote (no successor has
+    /// taken it over).
+    pub fn is_current(&self) -> bool {
+        same_inode_as_path(&self.path, self.dev, self.ino).unwrap_or(false)
     }
 
     /// Rewrites the record with a new port, atomically. Fails without writing if the

@@ -1027,7 +1027,10 @@ pub(crate) mod tests {
         assert_eq!(Termination::Killed.to_string(), "was killed with SIGKILL");
         let kid = Kid::sleep();
         let said = describe_pid(kid.pid(), None);
-        assert!(said.contains("is now another program (`sleep 30`)"), "{said}");
+        assert!(
+            said.contains("is now another program (`sleep 30`)"),
+            "{said}"
+        );
         assert!(describe_pid(kid.pid(), Some(&kid.identity())).contains("still the process"));
     }
 

@@ -8,6 +8,7 @@ mod completions;
 mod daemon;
 mod doctor;
 mod home_only;
+mod operators;
 mod preflight;
 mod prompts;
 mod proxy;

@@ -394,7 +394,7 @@ pub fn orphaned_proxies(home: &Home) -> Vec<ProcessIdentity> {
 }
 
 /// Proxies of this home running outside the PID file: stopped only with `--yes`.
-pub fn orphans(home: &Home, grace: Duration, yes: bool) -> Diagnosis {
+pub fn orphans(home: &Home, grace: Duration, wait: Duration, yes: bool) -> Diagnosis {
     let found = orphaned_proxies(home);
     if found.is_empty() {
         return Diagnosis::ok("no orphaned proxy of this home");
@@ -412,6 +412,7 @@ pub fn orphans(home: &Home, grace: Duration, yes: bool) -> Diagnosis {
                 home: home.clone(),
                 proxies: found,
                 grace,
+                wait,
             },
         );
     }
