@@ -227,10 +227,10 @@ mod tests {
         let first = try_lock(&home, "daemon restart").unwrap().expect("free");
         assert!(!first.waited);
         assert!(try_lock(&home, "daemon stop").unwrap().is_none());
-        let holder = holder(&home);
-        assert_eq!(holder.pid, Some(std::process::id() as i32));
-        assert_eq!(holder.operation.as_deref(), Some("daemon restart"));
-        let said = holder.to_string();
+        let who = holder(&home);
+        assert_eq!(who.pid, Some(std::process::id() as i32));
+        assert_eq!(who.operation.as_deref(), Some("daemon restart"));
+        let said = who.to_string();
         assert!(
             said.starts_with(&format!(
                 "PID {} (`daemon restart`, since ",
