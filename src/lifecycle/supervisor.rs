@@ -739,7 +739,7 @@ impl Supervisor {
         handoff::remove_stale_control_sockets(self.home());
         let still: Vec<i32> = serving_proxies(self.home()).iter().map(|p| p.pid).collect();
         for e in &ended {
-            self.log_action(&format!("{}: stopped {e}", op.name));
+            self.log_action(&format!("{}: stop pid={} ({e})", op.name, e.pid));
         }
         if !still.is_empty() {
             return Err(SupervisorError::StillServing {

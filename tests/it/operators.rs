@@ -517,38 +517,48 @@ fn five_concurrent_starts_start_one_proxy_and_all_succeed() {
     stop_and_check(&home, port);
 }
 
-/// Runs a binary and returns its exit code, output and peak RSS in KiB.
+/// Runs a binary and returns its exit code, output and peak RSS in KiB. The
+/// binary is started by a small python3 that reports `wait4`'s `ru_maxrss`: a
+/// child forked straight from this (large, many-threaded) test process would
+/// inherit the test's own peak into its `ru_maxrss` at exec.
 fn run_measured(name: &str, home: &TestHome, args: &[&str]) -> (Option<i32>, String, i64) {
-    let mut child = bin(name)
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let script = "import os, subprocess, sys\n\
+        p = subprocess.Popen(sys.argv[2:])\n\
+        _, status, usage = os.wait4(p.pid, 0)\n\
+        open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n\
+        sys.exit(os.waitstatus_to_exitcode(status))\n";
+    let exe = match name {
+        "daemon" => env!("CARGO_BIN_EXE_daemon"),
+        "watchdog" => env!("CARGO_BIN_EXE_watchdog"),
+        other => panic!("{other}"),
+    };
+    let cmd = bin(name);
+    let out = std::process::Command::new("python3")
+        .env_clear()
+        .envs(
+            cmd.get_envs()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+        )
+        .args(["-c", script])
+        .arg(report.path())
+        .arg(exe)
         .arg("--home")
         .arg(home.path())
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
+        .output()
+        .expect("python3 is needed to measure a peak RSS");
+    let peak: i64 = std::fs::read_to_string(report.path())
         .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let mut status = 0;
-    // SAFETY: wait4 on our own unreaped child, with valid out-pointers.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    assert_eq!(pid, child.id() as i32);
-    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
-    std::mem::forget(child); // reaped above
-    (code, out, usage.ru_maxrss)
+        .trim()
+        .parse()
+        .expect("python3 reported the peak RSS");
+    (
+        out.status.code(),
+        format!("{}{}", text(&out.stdout), text(&out.stderr)),
+        peak,
+    )
 }
 
 #[test]
