@@ -70,6 +70,24 @@ struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NatsLabel {
+    route: &'static str,
+    outcome: &'static str,
+}
+
+/// The outcome label of a NATS request, from the status the gateway answered
+/// with (the same status an HTTP client would have seen).
+pub fn nats_outcome(status: u16) -> &'static str {
+    match status {
+        200..=399 => "ok",
+        429 => "rejected",
+        499 => "abandoned",
+        400..=499 => "bad_request",
+        _ => "failed",
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PromptLabel {
     prompt: String,
 }
@@ -88,6 +106,38 @@ impl Rejection {
             Rejection::Concurrency => "concurrency",
             Rejection::Auth => "auth",
             Rejection::BodyTooLarge => "body_too_large",
+        }
+    }
+}
+
+/// How one upstream call attempt ended, the `outcome` label of
+/// `warden_upstream_attempts_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// Final response headers arrived (any status the client gets as it is).
+    Ok,
+    /// Failed (unreachable, 5xx, 429) and will be tried again.
+    Retried,
+    /// The last attempt failed: the client gets 502 (or the upstream's 429).
+    Failed,
+    /// No response headers within `upstream.first_byte_timeout`: 504, no retry.
+    Timeout,
+}
+
+impl AttemptOutcome {
+    const ALL: [AttemptOutcome; 4] = [
+        AttemptOutcome::Ok,
+        AttemptOutcome::Retried,
+        AttemptOutcome::Failed,
+        AttemptOutcome::Timeout,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            AttemptOutcome::Ok => "ok",
+            AttemptOutcome::Retried => "retried",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::Timeout => "timeout",
         }
     }
 }
@@ -150,6 +200,10 @@ pub struct Metrics {
     prompt_age: Family<PromptLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     prompt_fetch_attempts: Family<PromptLabel, Gauge>,
     prompt_fetch_failures: Family<PromptLabel, Gauge>,
+    nats_requests: Family<NatsLabel, Counter>,
+    nats_connected: Gauge,
+    nats_in_flight: Gauge,
+    nats_reconnects: Counter,
 }
 
 impl Default for Metrics {
@@ -181,6 +235,10 @@ impl Metrics {
             prompt_age: Family::default(),
             prompt_fetch_attempts: Family::default(),
             prompt_fetch_failures: Family::default(),
+            nats_requests: Family::default(),
+            nats_connected: Gauge::default(),
+            nats_in_flight: Gauge::default(),
+            nats_reconnects: Counter::default(),
         };
         let build_info: Family<Vec<(String, String)>, Gauge> = Family::default();
         build_info
@@ -261,10 +319,33 @@ impl Metrics {
             "Failed prompt fetch attempts since start, by prompt",
             m.prompt_fetch_failures.clone(),
         );
+        registry.register(
+            "nats_requests",
+            "Requests that came in over NATS (service and JetStream), by route and outcome \
+             (ok, rejected, bad_request, failed, abandoned)",
+            m.nats_requests.clone(),
+        );
+        registry.register(
+            "nats_connected",
+            "1 while the NATS connection is up, 0 otherwise (0 when NATS is off)",
+            m.nats_connected.clone(),
+        );
+        registry.register(
+            "nats_in_flight",
+            "NATS requests being handled now (at most nats.max_concurrent)",
+            m.nats_in_flight.clone(),
+        );
+        registry.register(
+            "nats_reconnects",
+            "Times the NATS connection came back after being lost",
+            m.nats_reconnects.clone(),
+        );
         // Series that exist from the start at 0, so dashboards and alerts see them
         // before the first event.
-        for outcome in ["ok", "retried", "failed", "timeout"] {
-            let _ = m.upstream_attempts.get_or_create(&OutcomeLabel { outcome });
+        for outcome in AttemptOutcome::ALL {
+            let _ = m.upstream_attempts.get_or_create(&OutcomeLabel {
+                outcome: outcome.label(),
+            });
         }
         for why in [
             Rejection::Concurrency,
@@ -309,6 +390,35 @@ impl Metrics {
         }
     }
 
+    /// A NATS request was answered (or abandoned): the `/health` counters as
+    /// for HTTP, and the NATS request counter.
+    pub fn nats_request_finished(&self, route: &'static str, status: u16) {
+        self.nats_requests
+            .get_or_create(&NatsLabel {
+                route,
+                outcome: nats_outcome(status),
+            })
+            .inc();
+        let counter = if status < 400 {
+            &self.stats.success
+        } else {
+            &self.stats.error
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn nats_connected(&self, connected: bool) {
+        self.nats_connected.set(i64::from(connected));
+    }
+
+    pub fn nats_reconnected(&self) {
+        self.nats_reconnects.inc();
+    }
+
+    pub fn nats_in_flight(&self, delta: i64) {
+        self.nats_in_flight.inc_by(delta);
+    }
+
     pub fn slot_taken(&self) {
         self.in_flight.inc();
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -330,9 +440,11 @@ impl Metrics {
             .inc();
     }
 
-    pub fn upstream_attempt(&self, outcome: &'static str) {
+    pub fn upstream_attempt(&self, outcome: AttemptOutcome) {
         self.upstream_attempts
-            .get_or_create(&OutcomeLabel { outcome })
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.label(),
+            })
             .inc();
     }
 
@@ -352,6 +464,11 @@ impl Metrics {
             .cloned();
         let counters = match cached {
             Some(counters) => counters,
+            // A name too long for a label or with control characters counts as
+            // `other`: labels stay short and printable (SPEC §10).
+            None if !crate::support::redact::client(model).is_plain() => {
+                return self.model_usage_uncached("other", prompt_tokens, completion_tokens);
+            }
             None => match self.model_label(model) {
                 Some(counters) => counters,
                 None => {

@@ -99,7 +99,7 @@ fn main() -> ExitCode {
         .build()
         .expect("a current-thread runtime builds");
     let code = runtime.block_on(run(home, args.command));
-    ExitCode::from(code as u8)
+    warden::support::exit::to_exit_code(code)
 }
 
 fn load(home: &Home) -> Result<Config, i32> {
@@ -404,8 +404,9 @@ async fn restart(supervisor: &Supervisor, op: &Operation) -> i32 {
 }
 
 fn print_status(status: &warden::lifecycle::supervisor::StatusReport) {
+    use warden::lifecycle::supervisor::ProxyState;
     match status.state {
-        "running" | "unhealthy" => {
+        ProxyState::Running | ProxyState::Unhealthy => {
             let pid = status.pid.unwrap_or_default();
             let url = status.url.as_deref().unwrap_or("?");
             println!(
@@ -426,7 +427,11 @@ fn print_status(status: &warden::lifecycle::supervisor::StatusReport) {
                     h.requests.in_flight,
                     h.requests.rejected
                 );
-                println!("  upstream  {} ({})", h.upstream.url, h.upstream.api);
+                println!(
+                    "  upstream  {} ({})",
+                    warden::support::redact::url(&h.upstream.url),
+                    h.upstream.api
+                );
                 for (name, p) in &h.prompts {
                     let age = p.age_secs.map_or("-".to_string(), |a| format!("{a:.0} s"));
                     println!(
@@ -444,8 +449,8 @@ fn print_status(status: &warden::lifecycle::supervisor::StatusReport) {
                 println!("  {}", status.message);
             }
         }
-        "stopped" => println!("proxy is not running"),
-        _ => println!("proxy {}: {}", status.state, status.message),
+        ProxyState::Stopped => println!("proxy is not running"),
+        ProxyState::Dead => println!("proxy {}: {}", status.state, status.message),
     }
 }
 
