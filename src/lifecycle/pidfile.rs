@@ -37,46 +37,39 @@ pub const MAX_PID_FILE_BYTES: u64 = 4096;
 
 /// Reads at most [`MAX_PID_FILE_BYTES`] of an open PID file as text; a larger file
 /// is an error that says so (nothing more of it is read).
-fn read_bounded(file: &mut File, path: &Path) -> Result<String, String> {
+fn read_bounded(file: &mut File) -> Result<String, RecordError> {
     let mut bytes = Vec::new();
     file.take(MAX_PID_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        .map_err(|e| RecordError::Read(e.to_string()))?;
     if bytes.len() as u64 > MAX_PID_FILE_BYTES {
-        let size = file
-            .metadata()
-            .map(|m| format!("{} bytes", m.len()))
-            .unwrap_or_else(|_| "more".into());
-        return Err(format!(
-            "{} is {size}, not a PID file (those are at most {} KiB); only its first {} KiB were looked at",
-            path.display(),
-            MAX_PID_FILE_BYTES / 1024,
-            MAX_PID_FILE_BYTES / 1024
-        ));
+        let size = file.metadata().map_or(bytes.len() as u64, |m| m.len());
+        return Err(RecordError::TooLarge { size });
     }
-    String::from_utf8(bytes).map_err(|_| format!("{} is not text", path.display()))
+    String::from_utf8(bytes).map_err(|_| RecordError::NotText)
 }
 
 /// The record in the file at `path`, read with the bound, when it parses.
 pub fn read_record(path: &Path) -> Option<PidRecord> {
     let mut file = open_existing(path).ok()??;
-    PidRecord::parse(&read_bounded(&mut file, path).ok()?).ok()
+    PidRecord::parse(&read_bounded(&mut file).ok()?).ok()
 }
 
 /// Why the file at `path` is not a PID record (read with the bound); `None` when
 /// it is one or cannot be opened.
 pub fn content_problem(path: &Path) -> Option<String> {
     let mut file = open_existing(path).ok()??;
-    match read_bounded(&mut file, path) {
-        Err(problem) => Some(problem),
-        Ok(text) => PidRecord::parse(&text).err(),
-    }
+    let problem = match read_bounded(&mut file) {
+        Err(problem) => problem,
+        Ok(text) => PidRecord::parse(&text).err()?,
+    };
+    Some(format!("{}: {problem}", path.display()))
 }
 
 /// Line 1 of the file at `path` as a PID, read with the bound.
 pub fn read_first_pid(path: &Path) -> Option<i32> {
     let mut file = open_existing(path).ok()??;
-    read_bounded(&mut file, path)
+    read_bounded(&mut file)
         .ok()?
         .lines()
         .next()?
@@ -125,15 +118,15 @@ impl PidRecord {
 
     /// Parses a PID file. Unknown keys are ignored (newer versions may add some);
     /// `start_time`, `exe`, `started_at` and `home` are required.
-    pub fn parse(content: &str) -> Result<PidRecord, String> {
+    pub fn parse(content: &str) -> Result<PidRecord, RecordError> {
         let mut lines = content.lines();
         let first = lines.next().unwrap_or("").trim();
         let pid: i32 = match first.parse() {
             Ok(pid) if pid > 0 => pid,
             _ => {
-                return Err(format!(
-                    "line 1 should be a PID (a positive number), found {first:?}"
-                ));
+                return Err(RecordError::NotAPid {
+                    found: first.to_string(),
+                });
             }
         };
         let (mut start_time, mut exe, mut port, mut started_at, mut home) =
@@ -143,10 +136,16 @@ impl PidRecord {
             if line.trim().is_empty() {
                 continue;
             }
-            let (key, value) = line
-                .split_once('=')
-                .ok_or_else(|| format!("line {n} should be key=value, found {line:?}"))?;
-            let bad = |what: &str| format!("line {n}: {key} should be {what}, found {value:?}");
+            let (key, value) = line.split_once('=').ok_or_else(|| RecordError::NotAPair {
+                line: n,
+                found: line.to_string(),
+            })?;
+            let bad = |expected: &'static str| RecordError::BadValue {
+                line: n,
+                key: key.to_string(),
+                expected,
+                found: value.to_string(),
+            };
             match key {
                 "start_time" => start_time = Some(value.parse().map_err(|_| bad("a number"))?),
                 "exe" => exe = Some(PathBuf::from(value)),
@@ -157,7 +156,7 @@ impl PidRecord {
                 _ => {}
             }
         }
-        let missing = |key: &str| format!("the {key}= line is missing");
+        let missing = |key: &'static str| RecordError::Missing { key };
         Ok(PidRecord {
             pid,
             start_time: start_time.ok_or_else(|| missing("start_time"))?,
@@ -196,6 +195,33 @@ impl PidRecord {
             self.started_at
         )
     }
+}
+
+/// Why a PID file's content is not a full record (line numbers are 1-based).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("cannot read it: {0}")]
+    Read(String),
+    #[error(
+        "it is {size} bytes, not a PID file (those are at most {} KiB; only that much was read)",
+        MAX_PID_FILE_BYTES / 1024
+    )]
+    TooLarge { size: u64 },
+    #[error("it is not text")]
+    NotText,
+    #[error("line 1 should be a PID (a positive number), found {found:?}")]
+    NotAPid { found: String },
+    #[error("line {line} should be key=value, found {found:?}")]
+    NotAPair { line: usize, found: String },
+    #[error("line {line}: {key} should be {expected}, found {found:?}")]
+    BadValue {
+        line: usize,
+        key: String,
+        expected: &'static str,
+        found: String,
+    },
+    #[error("the {key}= line is missing")]
+    Missing { key: &'static str },
 }
 
 /// Why a PID file could not be taken.
@@ -403,7 +429,7 @@ pub fn inspect(path: &Path) -> io::Result<PidState> {
         if !same_inode_as_path(path, meta.dev(), meta.ino())? {
             continue; // replaced while we looked: look again
         }
-        let content = read_bounded(&mut file, path);
+        let content = read_bounded(&mut file);
         if held && content.as_deref().is_ok_and(str::is_empty) && attempt + 1 < RETRIES {
             // `acquire` creates and locks the file a moment before it renames the
             // full record over it: look again rather than call that "foreign".
@@ -413,7 +439,7 @@ pub fn inspect(path: &Path) -> io::Result<PidState> {
         let parsed = content
             .as_deref()
             .map_err(|e| e.clone())
-            .and_then(PidRecord::parse);
+            .and_then(|c| PidRecord::parse(c));
         let content = content.unwrap_or_default();
         return Ok(match (held, parsed) {
             (false, parsed) => PidState::Stale(parsed.ok()),
@@ -599,18 +625,19 @@ mod tests {
 
     #[test]
     fn parse_errors_name_the_line() {
-        let err = PidRecord::parse("abc\n").unwrap_err();
+        let parse = |text: &str| PidRecord::parse(text).map_err(|e| e.to_string());
+        let err = parse("abc\n").unwrap_err();
         assert!(err.contains("line 1"), "{err}");
-        assert!(PidRecord::parse("").unwrap_err().contains("line 1"));
-        assert!(PidRecord::parse("-1\n").unwrap_err().contains("line 1"));
-        let err = PidRecord::parse("12\nstart_time=x\n").unwrap_err();
+        assert!(parse("").unwrap_err().contains("line 1"));
+        assert!(parse("-1\n").unwrap_err().contains("line 1"));
+        let err = parse("12\nstart_time=x\n").unwrap_err();
         assert!(
             err.contains("line 2") && err.contains("start_time"),
             "{err}"
         );
-        let err = PidRecord::parse("12\nstart_time=1\nexe=/x\nstarted_at=t\n").unwrap_err();
+        let err = parse("12\nstart_time=1\nexe=/x\nstarted_at=t\n").unwrap_err();
         assert!(err.contains("home="), "{err}");
-        let err = PidRecord::parse("12\ngarbage\n").unwrap_err();
+        let err = parse("12\ngarbage\n").unwrap_err();
         assert!(err.contains("line 2"), "{err}");
         // Unknown keys are tolerated.
         let text = format!("{}future=yes\n", record(3, None).render());
