@@ -439,7 +439,7 @@ pub fn inspect(path: &Path) -> io::Result<PidState> {
         let parsed = content
             .as_deref()
             .map_err(|e| e.clone())
-            .and_then(|c| PidRecord::parse(c));
+            .and_then(PidRecord::parse);
         let content = content.unwrap_or_default();
         return Ok(match (held, parsed) {
             (false, parsed) => PidState::Stale(parsed.ok()),
