@@ -17,6 +17,9 @@ use crate::api::metrics::Rejection;
 use crate::api::openai::{ApiError, ChatRequestView};
 use crate::upstream::{ChatCall, ExchangeStats, Reply, configured_models};
 
+/// Names the provider that answered, on every proxied answer.
+pub const PROVIDER_HEADER: &str = "x-warden-provider";
+
 pub async fn chat_completions(
     State(gw): State<Arc<Gateway>>,
     body: Result<Bytes, BytesRejection>,
@@ -51,7 +54,7 @@ pub async fn chat_completions(
         include_usage,
         stats,
     };
-    respond(gw.upstream.chat(call).await, slot, info)
+    respond(gw.router.chat(call).await, slot, info)
 }
 
 /// The HTTP response for an upstream's reply. A stream's body owns the slot:
@@ -79,6 +82,11 @@ pub(super) fn respond(reply: Result<Reply, ApiError>, slot: Slot, info: Exchange
         }
         Err(e) => e.into_response(),
     };
+    if let Some(provider) = info.stats.provider.get() {
+        response
+            .headers_mut()
+            .insert(PROVIDER_HEADER, provider.header.clone());
+    }
     response.extensions_mut().insert(info);
     response
 }
@@ -105,7 +113,7 @@ pub(super) fn body_rejection(gw: &Gateway, rejection: BytesRejection) -> ApiErro
 }
 
 pub async fn models(State(gw): State<Arc<Gateway>>) -> Response {
-    let json = match gw.upstream.models().await {
+    let json = match gw.router.models().await {
         Some(body) => body,
         None => Bytes::from(configured_models(&gw.config).to_string()),
     };
