@@ -610,7 +610,10 @@ fn validate(s: &Settings) -> Result<(), (String, String)> {
 }
 
 /// The feature flags and the variables that set them, `WARDEN_*` before `CHATMOCK_*`.
-const FEATURE_VARS: [(&str, fn(&mut FeaturesConfig) -> &mut bool); 5] = [
+/// Picks one flag out of the feature flags.
+type FeatureField = fn(&mut FeaturesConfig) -> &mut bool;
+
+const FEATURE_VARS: [(&str, FeatureField); 5] = [
     ("VERBOSE", |f| &mut f.verbose),
     ("EXPOSE_REASONING", |f| &mut f.expose_reasoning),
     ("ENABLE_WEB_SEARCH", |f| &mut f.enable_web_search),

@@ -359,10 +359,7 @@ mod tests {
             }
         }
         fn emit() {
-            let err = std::io::Error::new(
-                std::io::ErrorKind::Other,
-                std::io::Error::new(std::io::ErrorKind::Other, "inner\x1bcause"),
-            );
+            let err = std::io::Error::other(std::io::Error::other("inner\x1bcause"));
             tracing::info!(
                 route = "/v1/chat/completions",
                 status = 200u16,
