@@ -135,7 +135,7 @@ impl Record {
                     route = self.route,
                     status,
                     duration_ms,
-                    model = %x.model,
+                    model = %crate::support::redact::client(&x.model),
                     provider = x.stats.provider_name().unwrap_or("-"),
                     failovers = x.stats.failovers(),
                     prompt_tokens = usage.prompt_tokens,

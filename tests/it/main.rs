@@ -15,6 +15,7 @@ mod completions;
 mod daemon;
 mod doctor;
 mod home_only;
+mod hostile;
 mod preflight;
 mod prompts;
 mod proxy;
