@@ -110,6 +110,38 @@ impl Rejection {
     }
 }
 
+/// How one upstream call attempt ended, the `outcome` label of
+/// `warden_upstream_attempts_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// Final response headers arrived (any status the client gets as it is).
+    Ok,
+    /// Failed (unreachable, 5xx, 429) and will be tried again.
+    Retried,
+    /// The last attempt failed: the client gets 502 (or the upstream's 429).
+    Failed,
+    /// No response headers within `upstream.first_byte_timeout`: 504, no retry.
+    Timeout,
+}
+
+impl AttemptOutcome {
+    const ALL: [AttemptOutcome; 4] = [
+        AttemptOutcome::Ok,
+        AttemptOutcome::Retried,
+        AttemptOutcome::Failed,
+        AttemptOutcome::Timeout,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            AttemptOutcome::Ok => "ok",
+            AttemptOutcome::Retried => "retried",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::Timeout => "timeout",
+        }
+    }
+}
+
 /// Latency buckets from 50 µs to 10 min: fine enough to see gateway overhead,
 /// wide enough for slow model answers.
 const LATENCY_BUCKETS: [f64; 20] = [
@@ -310,8 +342,10 @@ impl Metrics {
         );
         // Series that exist from the start at 0, so dashboards and alerts see them
         // before the first event.
-        for outcome in ["ok", "retried", "failed", "timeout"] {
-            let _ = m.upstream_attempts.get_or_create(&OutcomeLabel { outcome });
+        for outcome in AttemptOutcome::ALL {
+            let _ = m.upstream_attempts.get_or_create(&OutcomeLabel {
+                outcome: outcome.label(),
+            });
         }
         for why in [
             Rejection::Concurrency,
@@ -406,9 +440,11 @@ impl Metrics {
             .inc();
     }
 
-    pub fn upstream_attempt(&self, outcome: &'static str) {
+    pub fn upstream_attempt(&self, outcome: AttemptOutcome) {
         self.upstream_attempts
-            .get_or_create(&OutcomeLabel { outcome })
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.label(),
+            })
             .inc();
     }
 
