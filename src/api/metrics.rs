@@ -26,6 +26,8 @@ pub fn route_label(path: &str) -> &'static str {
         "/v1/chat/completions" => "/v1/chat/completions",
         "/v1/models" => "/v1/models",
         "/v1/responses" => "/v1/responses",
+        "/v1/messages" => "/v1/messages",
+        "/v1/messages/count_tokens" => "/v1/messages/count_tokens",
         "/health" => "/health",
         "/health/live" => "/health/live",
         "/health/ready" => "/health/ready",
