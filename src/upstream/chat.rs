@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::http::{HttpUpstream, UpstreamUrl};
-use super::{ChatCall, Reply};
+use super::{ChatCall, Reply, UpstreamError};
 use crate::api::metrics::Metrics;
 use crate::api::openai::{ApiError, Usage};
 use crate::home::config::{Config, ProviderSettings};
@@ -25,7 +25,7 @@ impl ChatUpstream {
         provider: &ProviderSettings,
         config: &Config,
         metrics: Arc<Metrics>,
-    ) -> Result<ChatUpstream, String> {
+    ) -> Result<ChatUpstream, UpstreamError> {
         let http = HttpUpstream::new(provider, config, metrics)?;
         Ok(ChatUpstream {
             chat_url: http.url("/chat/completions"),

@@ -39,6 +39,27 @@ use crate::api::openai::{ApiError, Usage};
 use crate::home::config::{Config, ProviderSettings, UpstreamApi};
 use crate::prompts::PromptStore;
 
+/// Why an upstream could not be set up (the proxy then does not start).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error(
+        "cannot build the upstream HTTP client: {}",
+        crate::support::http_client::error_chain(source)
+    )]
+    Client { source: reqwest::Error },
+    /// The key's variable is named, never its value.
+    #[error("the value of {var} contains characters not allowed in an HTTP header")]
+    KeyNotAHeader { var: String },
+    /// One of several providers could not be built.
+    #[error("provider {name:?}: {source}")]
+    Provider {
+        name: String,
+        source: Box<UpstreamError>,
+    },
+    #[error("between 1 and {max} providers can be routed to, not {count}")]
+    ProviderCount { count: usize, max: usize },
+}
+
 /// A stream of complete SSE frames (`data: ...\n\n`), ending after `[DONE]` or
 /// after an error frame. It never yields an error: failures mid-stream become an
 /// error frame, so a client's stream always ends cleanly.
@@ -136,7 +157,7 @@ impl Upstream {
         config: &Config,
         metrics: Arc<Metrics>,
         prompts: PromptStore,
-    ) -> Result<Upstream, String> {
+    ) -> Result<Upstream, UpstreamError> {
         if provider.is_mock() {
             return Ok(Upstream::Mock(mock::MockUpstream::new()));
         }

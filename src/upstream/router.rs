@@ -48,7 +48,9 @@ use futures_util::StreamExt;
 use tokio::time::Instant;
 
 use super::provider::{Admission, FailureKind, Provider};
-use super::{ChatCall, ExchangeStats, FrameStream, Reply, ResponsesCall, Upstream, retry};
+use super::{
+    ChatCall, ExchangeStats, FrameStream, Reply, ResponsesCall, Upstream, UpstreamError, retry,
+};
 use crate::api::metrics::Metrics;
 use crate::api::openai::ApiError;
 use crate::home::config::Config;
@@ -80,21 +82,24 @@ impl Router {
         config: &Config,
         metrics: Arc<Metrics>,
         prompts: PromptStore,
-    ) -> Result<Router, String> {
+    ) -> Result<Router, UpstreamError> {
         let mut providers = Vec::new();
         for settings in config.provider_settings() {
             let mut one_attempt = settings.clone();
             // The router makes the attempts; each provider call is one.
             one_attempt.attempts = 1;
             let upstream = Upstream::build(&one_attempt, config, metrics.clone(), prompts.clone())
-                .map_err(|e| format!("provider {:?}: {e}", settings.name))?;
+                .map_err(|e| UpstreamError::Provider {
+                    name: settings.name.clone(),
+                    source: Box::new(e),
+                })?;
             providers.push(Arc::new(Provider::new(settings, upstream)));
         }
         if providers.is_empty() || providers.len() > MAX_PROVIDERS {
-            return Err(format!(
-                "between 1 and {MAX_PROVIDERS} providers are needed, not {}",
-                providers.len()
-            ));
+            return Err(UpstreamError::ProviderCount {
+                count: providers.len(),
+                max: MAX_PROVIDERS,
+            });
         }
         providers.sort_by_key(|p| p.settings.priority);
         Ok(Router {
