@@ -93,7 +93,7 @@ pub fn raise_fd_limit() -> Option<u64> {
             }
         }
     }
-    Some(limit.rlim_cur as u64)
+    Some(limit.rlim_cur)
 }
 
 /// The open client connections, for the cap and for shedding.
@@ -160,13 +160,6 @@ impl Registry {
         });
         conns.insert(id, state.clone());
         Some(state)
-    }
-
-    pub fn len(&self) -> usize {
-        self.conns
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
     }
 
     fn remove(&self, id: u64) {
