@@ -459,8 +459,12 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             // Answered from the head alone: no `100 Continue`, no body read,
             // and the connection closes (the unread body cannot be skipped).
             self.gw.metrics.rejected(Rejection::BodyTooLarge);
-            let mut response =
-                ApiError::payload_too_large(self.limits.max_body_bytes).into_response();
+            let error = ApiError::payload_too_large(self.limits.max_body_bytes);
+            let mut response = if request.uri().path().starts_with("/v1/messages") {
+                super::messages::error_response(&error)
+            } else {
+                error.into_response()
+            };
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
