@@ -14,6 +14,7 @@
 pub mod chat;
 pub mod http;
 pub mod mock;
+mod mock_responses;
 pub mod responses;
 mod retry;
 
@@ -128,18 +129,10 @@ impl Upstream {
 
     /// Forwards a Responses API request to `{base}/responses` (whatever
     /// `upstream.api` says: OpenAI-compatible servers usually serve both).
-    /// Streams are relayed as they arrive, unchanged.
+    /// Streams are relayed as they arrive, unchanged. The mock answers itself.
     pub async fn responses(&self, call: ResponsesCall) -> Result<Reply, ApiError> {
         let http = match self {
-            Upstream::Mock(_) => {
-                return Err(ApiError::new(
-                    axum::http::StatusCode::NOT_IMPLEMENTED,
-                    "invalid_request_error",
-                    "the built-in mock upstream does not serve the Responses API; \
-                     set upstream.url to a Responses API server",
-                )
-                .code("unsupported_upstream"));
-            }
+            Upstream::Mock(m) => return m.responses(call),
             Upstream::Chat(c) => c.http(),
             Upstream::Responses(r) => r.http(),
         };

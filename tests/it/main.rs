@@ -4,6 +4,7 @@
 
 mod support;
 
+mod clients;
 mod completions;
 mod daemon;
 mod doctor;

@@ -257,9 +257,10 @@ async fn an_upstream_dropping_mid_stream_ends_the_clients_stream_cleanly() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn v1_responses_is_served_only_when_enabled() {
-    // Off by default: the OpenAI-shaped 404.
-    let (_upstream, _prompts, _home, proxy) = setup(Answer::Text, "", &[]);
+async fn v1_responses_is_served_by_default_and_404_when_turned_off() {
+    // Off (via the WARDEN_ variable): the OpenAI-shaped 404.
+    let (_upstream, _prompts, _home, proxy) =
+        setup(Answer::Text, "", &[("WARDEN_ENABLE_RESPONSES_API", "0")]);
     let r = post(
         &proxy,
         "/v1/responses",
@@ -268,55 +269,37 @@ async fn v1_responses_is_served_only_when_enabled() {
     .await;
     assert_eq!(r.status(), 404);
     let body: Value = r.json().await.unwrap();
-    assert!(body["error"]["message"].is_string());
+    assert_openai_error(&body);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("enable_responses_api"),
+        "{body}"
+    );
     drop(proxy);
 
-    // On (via the WARDEN_ variable): forwarded with the base instructions, the
-    // client's own kept as a developer message; same admission as chat.
-    let (upstream, _prompts, _home, proxy) = setup(
-        Answer::Text,
-        "",
-        &[
-            ("WARDEN_ENABLE_RESPONSES_API", "1"),
-            ("WARDEN_AUTH_TOKEN", "tok"),
-        ],
-    );
-    let request = json!({"model": "gpt-5", "input": "hi", "instructions": "be terse"});
-    let r = post(&proxy, "/v1/responses", &request).await;
+    // On by default: forwarded, same admission as chat. A request without
+    // instructions of its own gets the base prompt.
+    let (upstream, _prompts, _home, proxy) =
+        setup(Answer::Text, "", &[("WARDEN_AUTH_TOKEN", "tok")]);
+    let bare = json!({"model": "gpt-5", "input": "hi"});
+    let r = post(&proxy, "/v1/responses", &bare).await;
     assert_eq!(r.status(), 401, "bearer required like every /v1 route");
     let c = client();
     let url = format!("{}/v1/responses", proxy.url);
-    let reply: Value = c
-        .post(&url)
-        .bearer_auth("tok")
-        .json(&request)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let send = |body: &Value| c.post(&url).bearer_auth("tok").json(body).send();
+    let reply: Value = send(&bare).await.unwrap().json().await.unwrap();
     assert_eq!(reply["object"], "response", "relayed as it is: {reply}");
     assert_eq!(reply["output"][0]["content"][0]["text"], TEXT);
     let sent = upstream.last_body();
     assert_eq!(sent["instructions"], remote_text("base_instructions"));
-    assert_eq!(sent["input"][0]["role"], "developer");
-    assert_eq!(sent["input"][0]["content"][0]["text"], "be terse");
-    assert_eq!(sent["input"][1]["content"][0]["text"], "hi");
+    assert_eq!(sent["input"], "hi");
 
     // Streaming is relayed as is (Responses events, not chat chunks).
-    let mut streaming = request.clone();
+    let mut streaming = bare.clone();
     streaming["stream"] = json!(true);
-    let text = c
-        .post(&url)
-        .bearer_auth("tok")
-        .json(&streaming)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = send(&streaming).await.unwrap().text().await.unwrap();
     assert!(
         text.contains("event: response.output_text.delta\n"),
         "{text}"
@@ -333,8 +316,39 @@ async fn v1_responses_is_served_only_when_enabled() {
         "usage of both answers counted: {metrics}"
     );
     drop(proxy);
+}
 
-    // CHATMOCK_ aliases; no base instructions: the client's own go through untouched.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_base_prompt_is_not_added_when_the_client_brings_its_own() {
+    let (upstream, _prompts, _home, proxy) = setup(Answer::Text, "", &[]);
+    // Its own `instructions`: forwarded untouched.
+    let own = json!({"model": "gpt-5", "input": "hi", "instructions": "be terse"});
+    assert_eq!(post(&proxy, "/v1/responses", &own).await.status(), 200);
+    assert_eq!(upstream.last_body(), own);
+    // A leading developer message (what Codex CLI sends): untouched too.
+    let codex_like = json!({"model": "gpt-5-codex", "input": [
+        {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "You are Codex."}]},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}]});
+    assert_eq!(post(&proxy, "/v1/responses", &codex_like).await.status(), 200);
+    assert_eq!(upstream.last_body(), codex_like);
+    drop(proxy);
+
+    // responses_always_base_instructions: the 0.1 policy, the base prompt on
+    // top and the client's own kept as a developer message.
+    let (upstream, _prompts, _home, proxy) = setup(
+        Answer::Text,
+        "",
+        &[("WARDEN_RESPONSES_ALWAYS_BASE_INSTRUCTIONS", "1")],
+    );
+    assert_eq!(post(&proxy, "/v1/responses", &own).await.status(), 200);
+    let sent = upstream.last_body();
+    assert_eq!(sent["instructions"], remote_text("base_instructions"));
+    assert_eq!(sent["input"][0]["role"], "developer");
+    assert_eq!(sent["input"][0]["content"][0]["text"], "be terse");
+    assert_eq!(sent["input"][1]["content"][0]["text"], "hi");
+    drop(proxy);
+
+    // CHATMOCK_ aliases; no base instructions ever: untouched even without its own.
     let (upstream, _prompts, _home, proxy) = setup(
         Answer::Text,
         "",
@@ -343,10 +357,9 @@ async fn v1_responses_is_served_only_when_enabled() {
             ("CHATMOCK_RESPONSES_NO_BASE_INSTRUCTIONS", "1"),
         ],
     );
-    let r = post(&proxy, "/v1/responses", &request).await;
-    assert_eq!(r.status(), 200);
-    let sent = upstream.last_body();
-    assert_eq!(sent, request);
+    let bare = json!({"model": "gpt-5", "input": "hi"});
+    assert_eq!(post(&proxy, "/v1/responses", &bare).await.status(), 200);
+    assert_eq!(upstream.last_body(), bare);
 }
 
 #[tokio::test(flavor = "multi_thread")]
