@@ -70,6 +70,24 @@ struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NatsLabel {
+    route: &'static str,
+    outcome: &'static str,
+}
+
+/// The outcome label of a NATS request, from the status the gateway answered
+/// with (the same status an HTTP client would have seen).
+pub fn nats_outcome(status: u16) -> &'static str {
+    match status {
+        200..=399 => "ok",
+        429 => "rejected",
+        499 => "abandoned",
+        400..=499 => "bad_request",
+        _ => "failed",
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PromptLabel {
     prompt: String,
 }
@@ -150,6 +168,10 @@ pub struct Metrics {
     prompt_age: Family<PromptLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     prompt_fetch_attempts: Family<PromptLabel, Gauge>,
     prompt_fetch_failures: Family<PromptLabel, Gauge>,
+    nats_requests: Family<NatsLabel, Counter>,
+    nats_connected: Gauge,
+    nats_in_flight: Gauge,
+    nats_reconnects: Counter,
 }
 
 impl Default for Metrics {
@@ -181,6 +203,10 @@ impl Metrics {
             prompt_age: Family::default(),
             prompt_fetch_attempts: Family::default(),
             prompt_fetch_failures: Family::default(),
+            nats_requests: Family::default(),
+            nats_connected: Gauge::default(),
+            nats_in_flight: Gauge::default(),
+            nats_reconnects: Counter::default(),
         };
         let build_info: Family<Vec<(String, String)>, Gauge> = Family::default();
         build_info
@@ -261,6 +287,27 @@ impl Metrics {
             "Failed prompt fetch attempts since start, by prompt",
             m.prompt_fetch_failures.clone(),
         );
+        registry.register(
+            "nats_requests",
+            "Requests that came in over NATS (service and JetStream), by route and outcome \
+             (ok, rejected, bad_request, failed, abandoned)",
+            m.nats_requests.clone(),
+        );
+        registry.register(
+            "nats_connected",
+            "1 while the NATS connection is up, 0 otherwise (0 when NATS is off)",
+            m.nats_connected.clone(),
+        );
+        registry.register(
+            "nats_in_flight",
+            "NATS requests being handled now (at most nats.max_concurrent)",
+            m.nats_in_flight.clone(),
+        );
+        registry.register(
+            "nats_reconnects",
+            "Times the NATS connection came back after being lost",
+            m.nats_reconnects.clone(),
+        );
         // Series that exist from the start at 0, so dashboards and alerts see them
         // before the first event.
         for outcome in ["ok", "retried", "failed", "timeout"] {
@@ -307,6 +354,35 @@ impl Metrics {
             };
             counter.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A NATS request was answered (or abandoned): the `/health` counters as
+    /// for HTTP, and the NATS request counter.
+    pub fn nats_request_finished(&self, route: &'static str, status: u16) {
+        self.nats_requests
+            .get_or_create(&NatsLabel {
+                route,
+                outcome: nats_outcome(status),
+            })
+            .inc();
+        let counter = if status < 400 {
+            &self.stats.success
+        } else {
+            &self.stats.error
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn nats_connected(&self, connected: bool) {
+        self.nats_connected.set(i64::from(connected));
+    }
+
+    pub fn nats_reconnected(&self) {
+        self.nats_reconnects.inc();
+    }
+
+    pub fn nats_in_flight(&self, delta: i64) {
+        self.nats_in_flight.inc_by(delta);
     }
 
     pub fn slot_taken(&self) {

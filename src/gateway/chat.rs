@@ -1,4 +1,6 @@
-//! `POST /v1/chat/completions` and `GET /v1/models`.
+//! `POST /v1/chat/completions` and `GET /v1/models` over HTTP: the request goes
+//! through [`dispatch`] (shared with the NATS ingress); this file only turns its
+//! outcome into an HTTP response (JSON, or SSE that owns the slot).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -10,12 +12,12 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 
-use super::Gateway;
 use super::admission::Slot;
 use super::observe::ExchangeInfo;
+use super::{Gateway, dispatch};
 use crate::api::metrics::Rejection;
-use crate::api::openai::{ApiError, ChatRequestView};
-use crate::upstream::{ChatCall, ExchangeStats, Reply, configured_models};
+use crate::api::openai::ApiError;
+use crate::upstream::Reply;
 
 pub async fn chat_completions(
     State(gw): State<Arc<Gateway>>,
@@ -25,33 +27,15 @@ pub async fn chat_completions(
         Ok(body) => body,
         Err(rejection) => return body_rejection(&gw, rejection).into_response(),
     };
-    let view = match ChatRequestView::parse(&body) {
-        Ok(view) => view,
-        Err(e) => return e.into_response(),
+    let dispatched = dispatch::chat(&gw, body).await;
+    let mut response = match dispatched.outcome {
+        Ok((reply, slot)) => respond_reply(reply, slot),
+        Err(e) => e.into_response(),
     };
-    let model = view
-        .model
-        .clone()
-        .or_else(|| gw.config.upstream.models.first().cloned())
-        .unwrap_or_default();
-    let (stream, include_usage) = (view.stream, view.include_usage());
-    let slot = match Slot::try_take(&gw) {
-        Ok(slot) => slot,
-        Err(e) => return e.into_response(),
-    };
-    let stats = Arc::new(ExchangeStats::default());
-    let info = ExchangeInfo {
-        model: model.clone(),
-        stats: stats.clone(),
-    };
-    let call = ChatCall {
-        body,
-        model,
-        stream,
-        include_usage,
-        stats,
-    };
-    respond(gw.upstream.chat(call).await, slot, info)
+    if let Some(info) = dispatched.info {
+        response.extensions_mut().insert(info);
+    }
+    response
 }
 
 /// The HTTP response for an upstream's reply. A stream's body owns the slot:
@@ -59,7 +43,16 @@ pub async fn chat_completions(
 /// body cancels the upstream call).
 pub(super) fn respond(reply: Result<Reply, ApiError>, slot: Slot, info: ExchangeInfo) -> Response {
     let mut response = match reply {
-        Ok(Reply::Complete(json)) => {
+        Ok(reply) => respond_reply(reply, slot),
+        Err(e) => e.into_response(),
+    };
+    response.extensions_mut().insert(info);
+    response
+}
+
+fn respond_reply(reply: Reply, slot: Slot) -> Response {
+    match reply {
+        Reply::Complete(json) => {
             drop(slot);
             (
                 [(
@@ -70,17 +63,14 @@ pub(super) fn respond(reply: Result<Reply, ApiError>, slot: Slot, info: Exchange
             )
                 .into_response()
         }
-        Ok(Reply::Stream(frames)) => {
+        Reply::Stream(frames) => {
             let frames = frames.map(move |frame| {
                 let _slot = &slot;
                 Ok::<_, Infallible>(frame)
             });
             sse_response(Body::from_stream(frames))
         }
-        Err(e) => e.into_response(),
-    };
-    response.extensions_mut().insert(info);
-    response
+    }
 }
 
 fn sse_response(body: Body) -> Response {
@@ -105,10 +95,7 @@ pub(super) fn body_rejection(gw: &Gateway, rejection: BytesRejection) -> ApiErro
 }
 
 pub async fn models(State(gw): State<Arc<Gateway>>) -> Response {
-    let json = match gw.upstream.models().await {
-        Some(body) => body,
-        None => Bytes::from(configured_models(&gw.config).to_string()),
-    };
+    let json = dispatch::models(&gw).await;
     (
         [(
             header::CONTENT_TYPE,

@@ -12,6 +12,7 @@
 
 mod admission;
 mod chat;
+pub mod dispatch;
 mod observe;
 mod responses;
 pub mod serve;

@@ -1,5 +1,9 @@
 //! The observing layer: metrics and one access-log line per request.
 //!
+//! [`Record`] is shared by both ingresses (HTTP here, NATS in `nats/`), so a
+//! request is counted and logged the same way whichever way it came in; the
+//! log line names the `ingress`.
+//!
 //! A request is only over when its response body is: for a stream that is the
 //! last frame, or the moment the client went away. So the layer wraps the body
 //! and records in the wrapper's `Drop`, which runs in both cases.
@@ -26,6 +30,23 @@ pub struct ExchangeInfo {
     pub stats: Arc<ExchangeStats>,
 }
 
+/// Which way a request came in: a field of the access-log line, and which
+/// request counter it goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ingress {
+    Http,
+    Nats,
+}
+
+impl Ingress {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ingress::Http => "http",
+            Ingress::Nats => "nats",
+        }
+    }
+}
+
 pub async fn observe(State(gw): State<Arc<Gateway>>, request: Request, next: Next) -> Response {
     let route = route_label(request.uri().path());
     let api = route.starts_with("/v1/");
@@ -49,6 +70,7 @@ pub async fn observe(State(gw): State<Arc<Gateway>>, request: Request, next: Nex
             finished: false,
             record: Some(Record {
                 gw,
+                ingress: Ingress::Http,
                 route,
                 api,
                 status,
@@ -59,22 +81,48 @@ pub async fn observe(State(gw): State<Arc<Gateway>>, request: Request, next: Nex
     })
 }
 
-struct Record {
+/// One request being observed: counted when it starts, recorded (metrics and
+/// the access-log line) by [`Record::finish`].
+pub struct Record {
     gw: Arc<Gateway>,
+    ingress: Ingress,
     route: &'static str,
     api: bool,
-    status: u16,
+    /// The status the answer carries (an HTTP status; for NATS the one the
+    /// gateway would have used, as in `Nats-Service-Error-Code`).
+    pub status: u16,
     started: Instant,
-    exchange: Option<ExchangeInfo>,
+    pub exchange: Option<ExchangeInfo>,
 }
 
 impl Record {
-    fn finish(self, completed: bool) {
+    /// Starts observing an API request that came in over `ingress` (`route` is
+    /// the equivalent HTTP route, so logs read the same for both ingresses).
+    pub fn start(gw: Arc<Gateway>, ingress: Ingress, route: &'static str) -> Record {
+        gw.metrics.request_started();
+        Record {
+            gw,
+            ingress,
+            route,
+            api: true,
+            status: 200,
+            started: Instant::now(),
+            exchange: None,
+        }
+    }
+
+    /// Records the request: `completed` is false when the client went away
+    /// before the answer was fully delivered (status 499).
+    pub fn finish(self, completed: bool) {
         let elapsed = self.started.elapsed();
         // 499 (nginx's "client closed request") for answers the client abandoned.
         let status = if completed { self.status } else { 499 };
         let metrics = &self.gw.metrics;
-        metrics.request_finished(self.route, status, elapsed, self.api);
+        match self.ingress {
+            Ingress::Http => metrics.request_finished(self.route, status, elapsed, self.api),
+            Ingress::Nats => metrics.nats_request_finished(self.route, status),
+        }
+        let ingress = self.ingress.as_str();
         // Microsecond precision is plenty, and keeps log lines short.
         let duration_ms = (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0;
         match &self.exchange {
@@ -83,6 +131,7 @@ impl Record {
                 metrics.model_usage(&x.model, usage.prompt_tokens, usage.completion_tokens);
                 metrics.exchange_timing(elapsed, x.stats.upstream_time());
                 tracing::info!(
+                    ingress,
                     route = self.route,
                     status,
                     duration_ms,
@@ -93,9 +142,9 @@ impl Record {
                 );
             }
             None if self.api || status >= 400 => {
-                tracing::info!(route = self.route, status, duration_ms, "request");
+                tracing::info!(ingress, route = self.route, status, duration_ms, "request");
             }
-            None => tracing::debug!(route = self.route, status, duration_ms, "request"),
+            None => tracing::debug!(ingress, route = self.route, status, duration_ms, "request"),
         }
     }
 }

@@ -11,8 +11,10 @@
 //! upstream with no HTTP proxy configured: there hyper's pooled client (the one
 //! reqwest wraps) is called directly, which skips reqwest's per-request URL
 //! re-parsing and its redirect and retry layers (about a fifth of the proxy's
-//! instructions per request). What the upstream sees is the same request; a
-//! redirect answer is sent again through reqwest, which follows it as before.
+//! instructions per request). What the upstream sees is the same request: one
+//! function, [`HttpUpstream::outgoing`], decides its method, headers and body for
+//! both stacks (a test compares what each sends). A redirect answer is sent again
+//! through reqwest, which follows it as before.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,7 +23,8 @@ use std::time::{Duration, Instant};
 use axum::http;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, USER_AGENT};
+use reqwest::Method;
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, USER_AGENT};
 use tokio::time::timeout;
 
 use super::retry;
@@ -130,7 +133,11 @@ impl HttpUpstream {
         let mut last_error = String::new();
         for attempt in 1..=self.attempts {
             let started = Instant::now();
-            let outcome = timeout(self.first_byte_timeout, self.post(url, body)).await;
+            let outcome = timeout(
+                self.first_byte_timeout,
+                self.exchange(Method::POST, url, Some(body)),
+            )
+            .await;
             stats.add_upstream_time(started.elapsed());
             let mut retry_after = None;
             match outcome {
@@ -175,24 +182,16 @@ impl HttpUpstream {
         )))
     }
 
-    /// One POST, until response headers arrive; an error is its cause chain.
-    async fn post(&self, url: &UpstreamUrl, body: &Bytes) -> Result<reqwest::Response, String> {
+    /// One request, until response headers arrive; an error is its cause chain.
+    /// The request is [`HttpUpstream::outgoing`]'s, whichever stack sends it.
+    async fn exchange(
+        &self,
+        method: Method,
+        url: &UpstreamUrl,
+        body: Option<&Bytes>,
+    ) -> Result<reqwest::Response, String> {
         if let (Some(client), Some((uri, parsed))) = (&self.direct, url.direct()) {
-            let mut request = http::Request::post(uri.clone());
-            let headers = request.headers_mut().expect("a fresh builder has headers");
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            if let Some(auth) = &self.auth {
-                headers.insert(AUTHORIZATION, auth.clone());
-            }
-            // What reqwest sends besides: its user agent and `Accept: */*`.
-            headers.insert(
-                USER_AGENT,
-                HeaderValue::from_static(crate::support::http_client::USER_AGENT),
-            );
-            headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
-            let request = request
-                .body(http_body_util::Full::new(body.clone()))
-                .expect("a valid URI and headers");
+            let request = self.outgoing(method.clone(), body).into_hyper(uri);
             match client.request(request).await {
                 Ok(response) if !is_followed_redirect(response.status()) => {
                     return Ok(into_reqwest(response, parsed));
@@ -204,17 +203,33 @@ impl HttpUpstream {
                 }
             }
         }
-        let mut request = url
-            .post(&self.client)
-            .header(CONTENT_TYPE, "application/json")
-            .body(body.clone());
-        if let Some(auth) = &self.auth {
-            request = request.header(AUTHORIZATION, auth.clone());
-        }
-        request
-            .send()
+        self.outgoing(method, body)
+            .send_reqwest(&self.client, url)
             .await
-            .map_err(crate::support::http_client::describe)
+    }
+
+    /// The one place an outgoing upstream request is decided: its method,
+    /// headers and body. Both HTTP stacks send exactly this; a header every
+    /// upstream request should carry is added here and nowhere else.
+    fn outgoing(&self, method: Method, body: Option<&Bytes>) -> Outgoing {
+        let mut headers = HeaderMap::with_capacity(4);
+        if body.is_some() {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        if let Some(auth) = &self.auth {
+            headers.insert(AUTHORIZATION, auth.clone());
+        }
+        // What reqwest would add by itself, written out so hyper sends it too.
+        headers.insert(
+            USER_AGENT,
+            HeaderValue::from_static(crate::support::http_client::USER_AGENT),
+        );
+        headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
+        Outgoing {
+            method,
+            headers,
+            body: body.cloned(),
+        }
     }
 
     /// The usual exchange: send, relay a non-success status as an error, then
@@ -357,13 +372,10 @@ impl HttpUpstream {
 
     /// `GET {base}{path}` when it answers a `list` object in time.
     pub async fn get_list(&self, path: &str) -> Option<Bytes> {
-        let mut request = self.client.get(format!("{}{path}", self.base));
-        if let Some(auth) = &self.auth {
-            request = request.header(AUTHORIZATION, auth.clone());
-        }
+        let url = self.url(path);
         let response = timeout(
             self.first_byte_timeout.min(Duration::from_secs(10)),
-            request.send(),
+            self.exchange(Method::GET, &url, None),
         )
         .await
         .ok()?
@@ -377,6 +389,51 @@ impl HttpUpstream {
             .ok()?;
         let parsed: serde_json::Value = serde_json::from_slice(&body).ok()?;
         parsed["data"].is_array().then_some(body)
+    }
+}
+
+/// One outgoing upstream request, built by [`HttpUpstream::outgoing`] and
+/// handed to either stack unchanged. Both add only what HTTP/1.1 requires
+/// (`Host`, and `Content-Length` when there is a body).
+struct Outgoing {
+    method: Method,
+    headers: HeaderMap,
+    /// A JSON body; `None` for a `GET`.
+    body: Option<Bytes>,
+}
+
+impl Outgoing {
+    /// For hyper's direct path (an `http://` URL).
+    fn into_hyper(self, uri: &http::Uri) -> http::Request<http_body_util::Full<Bytes>> {
+        let mut request =
+            http::Request::new(http_body_util::Full::new(self.body.unwrap_or_default()));
+        *request.method_mut() = self.method;
+        *request.uri_mut() = uri.clone();
+        *request.headers_mut() = self.headers;
+        request
+    }
+
+    /// Sends it through reqwest (https, an HTTP proxy, redirects).
+    async fn send_reqwest(
+        self,
+        client: &reqwest::Client,
+        url: &UpstreamUrl,
+    ) -> Result<reqwest::Response, String> {
+        let Some(parsed) = &url.parsed else {
+            // Fails as reqwest always failed on a URL it cannot parse.
+            return client
+                .request(self.method, &url.text)
+                .send()
+                .await
+                .map_err(crate::support::http_client::describe);
+        };
+        let mut request = reqwest::Request::new(self.method, parsed.clone());
+        *request.headers_mut() = self.headers;
+        *request.body_mut() = self.body.map(reqwest::Body::from);
+        client
+            .execute(request)
+            .await
+            .map_err(crate::support::http_client::describe)
     }
 }
 
@@ -403,13 +460,6 @@ impl UpstreamUrl {
 
     fn direct(&self) -> Option<(&http::Uri, &reqwest::Url)> {
         Some((self.uri.as_ref()?, self.parsed.as_ref()?))
-    }
-
-    fn post(&self, client: &reqwest::Client) -> reqwest::RequestBuilder {
-        match &self.parsed {
-            Some(url) => client.post(url.clone()),
-            None => client.post(&self.text),
-        }
     }
 }
 
@@ -529,6 +579,116 @@ mod tests {
                 }
             );
         }
+    }
+
+    /// What the test upstream saw of one request.
+    #[derive(Debug, PartialEq)]
+    struct Seen {
+        method: String,
+        path: String,
+        /// Every header, sorted, as `name: value`.
+        headers: Vec<String>,
+        body: Bytes,
+    }
+
+    /// A real upstream that records every request and answers an empty list.
+    async fn recording_upstream() -> (String, tokio::sync::mpsc::UnboundedReceiver<Seen>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let tx = tx.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+                let mut headers: Vec<String> = parts
+                    .headers
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
+                    .collect();
+                headers.sort();
+                tx.send(Seen {
+                    method: parts.method.to_string(),
+                    path: parts.uri.to_string(),
+                    headers,
+                    body,
+                })
+                .unwrap();
+                axum::Json(serde_json::json!({"object": "list", "data": []}))
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}/v1"), rx)
+    }
+
+    fn upstream_at(url: &str, direct: bool) -> HttpUpstream {
+        let mut config = Config::defaults(&crate::home::Home::at("/nonexistent"));
+        config.settings.upstream.url = url.to_string();
+        config.env = crate::home::env::EnvSource::from_pairs([("OPENAI_API_KEY", "sk-test")]);
+        let mut upstream = HttpUpstream::new(&config, Arc::new(Metrics::new())).unwrap();
+        if !direct {
+            upstream.direct = None;
+        }
+        assert_eq!(upstream.direct.is_some(), direct, "HTTP_PROXY set here?");
+        upstream
+    }
+
+    #[tokio::test]
+    async fn both_http_stacks_send_the_same_request() {
+        let (url, mut seen) = recording_upstream().await;
+        let deadline = Duration::from_secs(30);
+        let body = Bytes::from_static(br#"{"model":"gpt-5","messages":[]}"#);
+        let mut requests = Vec::new();
+        for direct in [true, false] {
+            let upstream = upstream_at(&url, direct);
+            let chat = upstream.url("/chat/completions");
+            let stats = ExchangeStats::default();
+            let response = timeout(deadline, upstream.send(&chat, &body, &stats))
+                .await
+                .expect("answered in time")
+                .expect("sent");
+            assert!(response.status().is_success());
+            let post = timeout(deadline, seen.recv()).await.unwrap().unwrap();
+            let list = timeout(deadline, upstream.get_list("/models"))
+                .await
+                .unwrap();
+            assert!(list.is_some(), "the list answer was read");
+            let get = timeout(deadline, seen.recv()).await.unwrap().unwrap();
+            requests.push((post, get));
+        }
+        let (post, get) = &requests[0];
+        assert_eq!(post.method, "POST");
+        assert_eq!(post.path, "/v1/chat/completions");
+        assert_eq!(post.body, body);
+        let host = url.trim_start_matches("http://").trim_end_matches("/v1");
+        let ua = crate::support::http_client::USER_AGENT;
+        assert_eq!(
+            post.headers,
+            [
+                "accept: */*".to_string(),
+                "authorization: Bearer sk-test".into(),
+                format!("content-length: {}", body.len()),
+                "content-type: application/json".into(),
+                format!("host: {host}"),
+                format!("user-agent: {ua}"),
+            ]
+        );
+        assert_eq!(get.method, "GET");
+        assert_eq!(get.path, "/v1/models");
+        assert!(get.body.is_empty());
+        assert_eq!(
+            get.headers,
+            [
+                "accept: */*".to_string(),
+                "authorization: Bearer sk-test".into(),
+                format!("host: {host}"),
+                format!("user-agent: {ua}"),
+            ]
+        );
+        assert_eq!(
+            requests[0], requests[1],
+            "hyper (left) and reqwest (right) differ"
+        );
     }
 
     #[test]

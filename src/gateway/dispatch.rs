@@ -1,0 +1,78 @@
+//! One dispatch path, two ingresses: a chat request that arrived over HTTP
+//! (`POST /v1/chat/completions`) or over NATS (`SUBJECT.chat`, a JetStream job)
+//! goes through [`chat`]: parsed, admitted (the `server.max_concurrent` slot),
+//! routed to the upstream, and observed with the same [`Record`] (metrics and
+//! one access-log line naming the ingress). Each ingress only translates: bytes
+//! in, and the [`Reply`] or [`ApiError`] out into its own wire shape.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::Gateway;
+use super::admission::Slot;
+pub use super::observe::{ExchangeInfo, Ingress, Record};
+use crate::api::openai::{ApiError, ChatRequestView};
+use crate::upstream::{ChatCall, ExchangeStats, Reply, configured_models};
+
+/// What [`chat`] made of one request.
+pub struct Dispatched {
+    /// The model and figures of the exchange, once the request parsed (for the
+    /// access log and per-model metrics, errors included).
+    pub info: Option<ExchangeInfo>,
+    /// The upstream's reply and the slot it holds: whoever delivers the reply
+    /// keeps the slot until the last byte is out (a stream holds it to its end).
+    pub outcome: Result<(Reply, Slot), ApiError>,
+}
+
+/// Parses, admits and routes one Chat Completions request body.
+pub async fn chat(gw: &Gateway, body: Bytes) -> Dispatched {
+    let failed = |e: ApiError| Dispatched {
+        info: None,
+        outcome: Err(e),
+    };
+    if body.len() > gw.config.server.max_body_bytes {
+        gw.metrics
+            .rejected(crate::api::metrics::Rejection::BodyTooLarge);
+        return failed(ApiError::payload_too_large(gw.config.server.max_body_bytes));
+    }
+    let view = match ChatRequestView::parse(&body) {
+        Ok(view) => view,
+        Err(e) => return failed(e),
+    };
+    let model = view
+        .model
+        .clone()
+        .or_else(|| gw.config.upstream.models.first().cloned())
+        .unwrap_or_default();
+    let (stream, include_usage) = (view.stream, view.include_usage());
+    let slot = match Slot::try_take(gw) {
+        Ok(slot) => slot,
+        Err(e) => return failed(e),
+    };
+    let stats = Arc::new(ExchangeStats::default());
+    let info = ExchangeInfo {
+        model: model.clone(),
+        stats: stats.clone(),
+    };
+    let call = ChatCall {
+        body,
+        model,
+        stream,
+        include_usage,
+        stats,
+    };
+    Dispatched {
+        info: Some(info),
+        outcome: gw.upstream.chat(call).await.map(|reply| (reply, slot)),
+    }
+}
+
+/// The `GET /v1/models` list object: the upstream's own list when it has one,
+/// else the configured models.
+pub async fn models(gw: &Gateway) -> Bytes {
+    match gw.upstream.models().await {
+        Some(body) => body,
+        None => Bytes::from(configured_models(&gw.config).to_string()),
+    }
+}
