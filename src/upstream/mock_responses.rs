@@ -242,9 +242,11 @@ fn input_items(request: &Map<String, Value>) -> Result<Vec<Value>, ApiError> {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::String(text)) => Ok(vec![json!({"role": "user", "content": text})]),
         Some(Value::Array(items)) => Ok(items.clone()),
-        Some(_) => Err(ApiError::bad_request("'input' must be a string or an array")
-            .param("input")
-            .code("invalid_type")),
+        Some(_) => Err(
+            ApiError::bad_request("'input' must be a string or an array")
+                .param("input")
+                .code("invalid_type"),
+        ),
     }
 }
 
@@ -272,7 +274,8 @@ fn decide(request: &Map<String, Value>, items: &[Value]) -> Answer {
             .iter()
             .rev()
             .find(|item| {
-                item["type"] == "function_call" && item.get("call_id").and_then(Value::as_str) == call_id
+                item["type"] == "function_call"
+                    && item.get("call_id").and_then(Value::as_str) == call_id
             })
             .and_then(|item| item["name"].as_str())
             .unwrap_or("tool");
@@ -350,10 +353,7 @@ mod tests {
                            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "a"}]},
                            {"role": "assistant", "content": "b"},
                            {"role": "user", "content": [{"type": "input_text", "text": "c d"}]}]);
-        assert_eq!(
-            decided(json!({"input": input})),
-            Answer::Text("c d".into())
-        );
+        assert_eq!(decided(json!({"input": input})), Answer::Text("c d".into()));
         assert_eq!(decided(json!({})), Answer::Text(String::new()));
     }
 

@@ -132,7 +132,11 @@ async fn the_mock_streams_the_full_responses_event_sequence() {
     }
     let created = &events[0].1["response"];
     assert_eq!(created["status"], "in_progress");
-    assert_eq!(created["output"], json!([]), "an output array from the start");
+    assert_eq!(
+        created["output"],
+        json!([]),
+        "an output array from the start"
+    );
     let deltas: String = events
         .iter()
         .filter(|(n, _)| n == "response.output_text.delta")
@@ -147,7 +151,10 @@ async fn the_mock_streams_the_full_responses_event_sequence() {
     let completed = &events[10].1["response"];
     assert_eq!(completed["status"], "completed");
     assert_eq!(completed["id"], created["id"]);
-    assert_eq!(completed["output"][0]["content"][0]["text"], "one two three");
+    assert_eq!(
+        completed["output"][0]["content"][0]["text"],
+        "one two three"
+    );
     assert_eq!(completed["usage"]["output_tokens"], 3);
     assert_eq!(prompts.hits(), 0);
 }

@@ -329,7 +329,10 @@ async fn the_base_prompt_is_not_added_when_the_client_brings_its_own() {
     let codex_like = json!({"model": "gpt-5-codex", "input": [
         {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "You are Codex."}]},
         {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}]});
-    assert_eq!(post(&proxy, "/v1/responses", &codex_like).await.status(), 200);
+    assert_eq!(
+        post(&proxy, "/v1/responses", &codex_like).await.status(),
+        200
+    );
     assert_eq!(upstream.last_body(), codex_like);
     drop(proxy);
 
