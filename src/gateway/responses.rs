@@ -11,6 +11,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
@@ -20,10 +21,12 @@ use super::chat::{body_rejection, respond};
 use super::observe::ExchangeInfo;
 use crate::api::openai::ApiError;
 use crate::api::responses::instructions_for;
+use crate::upstream::forward::client_headers;
 use crate::upstream::{ExchangeStats, ResponsesCall};
 
 pub async fn responses(
     State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let body = match body {
@@ -95,6 +98,7 @@ pub async fn responses(
         body,
         stream,
         stats,
+        headers: client_headers(&headers),
     };
     respond(gw.upstream.responses(call).await, slot, info)
 }

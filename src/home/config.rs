@@ -566,7 +566,10 @@ fn validate(s: &Settings) -> Result<(), (String, String)> {
 }
 
 /// The feature flags and the variables that set them, `WARDEN_*` before `CHATMOCK_*`.
-const FEATURE_VARS: [(&str, fn(&mut FeaturesConfig) -> &mut bool); 6] = [
+/// The field of [`FeaturesConfig`] a feature variable sets.
+type FeatureField = fn(&mut FeaturesConfig) -> &mut bool;
+
+const FEATURE_VARS: [(&str, FeatureField); 6] = [
     ("VERBOSE", |f| &mut f.verbose),
     ("EXPOSE_REASONING", |f| &mut f.expose_reasoning),
     ("ENABLE_WEB_SEARCH", |f| &mut f.enable_web_search),

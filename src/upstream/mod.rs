@@ -12,6 +12,7 @@
 //! ready-to-send SSE frames. Failures are already in the OpenAI error shape.
 
 pub mod chat;
+pub mod forward;
 pub mod http;
 pub mod mock;
 mod mock_responses;
@@ -84,6 +85,8 @@ pub struct ChatCall {
     pub stream: bool,
     pub include_usage: bool,
     pub stats: Arc<ExchangeStats>,
+    /// The client's headers that go upstream ([`forward::client_headers`]).
+    pub headers: axum::http::HeaderMap,
 }
 
 /// One `POST /v1/responses` request as the gateway hands it on: the body is
@@ -92,6 +95,8 @@ pub struct ResponsesCall {
     pub body: Bytes,
     pub stream: bool,
     pub stats: Arc<ExchangeStats>,
+    /// The client's headers that go upstream ([`forward::client_headers`]).
+    pub headers: axum::http::HeaderMap,
 }
 
 pub enum Upstream {
@@ -142,6 +147,7 @@ impl Upstream {
             call.stream,
             call.stats,
             responses::responses_usage,
+            &call.headers,
         )
         .await
     }

@@ -77,7 +77,7 @@ impl ResponsesUpstream {
         let body = Bytes::from(serde_json::to_vec(&request).expect("JSON serialises"));
         let response = self
             .http
-            .send(&self.responses_url, &body, &call.stats)
+            .send(&self.responses_url, &body, &call.stats, &call.headers)
             .await?;
         if !response.status().is_success() {
             return Err(self.http.passthrough_error(response).await);

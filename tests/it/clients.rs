@@ -232,3 +232,148 @@ async fn turning_the_responses_api_off_is_a_404_in_openai_shape_on_the_mock() {
     assert_eq!(r.status(), 404);
     assert_openai_error(&r.json().await.unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_answer_has_a_request_id_and_the_clients_own_is_kept() {
+    let home = TestHome::new();
+    home.write(".env", "WARDEN_AUTH_TOKEN=tok\n");
+    let proxy = Proxy::start(&home, &[], &[]);
+    let c = client();
+    let id_of = |r: &reqwest::Response| {
+        r.headers()
+            .get("x-request-id")
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    // Generated: on a 401, a 404, /health and a 200.
+    let mut seen = Vec::new();
+    for (method, path, auth) in [
+        ("POST", "/v1/chat/completions", false),
+        ("GET", "/v1/nothing", true),
+        ("GET", "/health", false),
+        ("GET", "/v1/models", true),
+    ] {
+        let mut rb = c.request(method.parse().unwrap(), format!("{}{path}", proxy.url));
+        if auth {
+            rb = rb.bearer_auth("tok");
+        }
+        let r = rb.send().await.unwrap();
+        let id = id_of(&r).unwrap_or_else(|| panic!("no x-request-id on {path}"));
+        assert!(id.starts_with("req_") && id.len() == 36, "{id}");
+        seen.push(id);
+    }
+    seen.dedup();
+    assert_eq!(seen.len(), 4, "one id per request: {seen:?}");
+    // The client's own: kept; an unusable one is replaced.
+    let r = c
+        .post(format!("{}/v1/chat/completions", proxy.url))
+        .bearer_auth("tok")
+        .header("x-request-id", "my-trace-42")
+        .json(&json!({"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(id_of(&r).as_deref(), Some("my-trace-42"));
+    let r = c
+        .get(format!("{}/v1/models", proxy.url))
+        .bearer_auth("tok")
+        .header("x-request-id", "x".repeat(300))
+        .send()
+        .await
+        .unwrap();
+    assert!(id_of(&r).unwrap().starts_with("req_"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn codex_headers_reach_the_upstream_and_secrets_do_not() {
+    use crate::support::upstream::{Behaviour, Upstream};
+    let upstream = Upstream::start(Behaviour::Fast);
+    let home = TestHome::new();
+    home.config(&format!("[upstream]\nurl = \"{}\"\n", upstream.url()));
+    home.write(".env", "OPENAI_API_KEY=sk-upstream\n");
+    let proxy = Proxy::start(&home, &[], &[]);
+    let sent = [
+        ("session-id", "s-1"),
+        ("session_id", "s-1"),
+        ("thread-id", "t-1"),
+        ("originator", "codex_exec"),
+        ("x-codex-turn-metadata", "{\"turn_id\":\"1\"}"),
+        ("x-codex-beta-features", "remote_compaction_v2"),
+        ("x-client-request-id", "c-1"),
+        ("openai-beta", "responses=v1"),
+        ("x-request-id", "r-1"),
+    ];
+    let mut rb = client()
+        .post(format!("{}/v1/chat/completions", proxy.url))
+        .bearer_auth("client-secret")
+        .header("cookie", "session=secret")
+        .header("x-api-key", "another-secret")
+        .header("accept-encoding", "zstd")
+        .json(&json!({"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]}));
+    for (name, value) in sent {
+        rb = rb.header(name, value);
+    }
+    let r = rb.send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let got = upstream
+        .state
+        .headers
+        .lock()
+        .unwrap()
+        .last()
+        .cloned()
+        .unwrap();
+    for (name, value) in sent {
+        assert_eq!(
+            got.get(name).map(|v| v.to_str().unwrap()),
+            Some(value),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        got["authorization"], "Bearer sk-upstream",
+        "the gateway's own key"
+    );
+    for name in ["cookie", "x-api-key", "accept-encoding"] {
+        assert!(
+            got.get(name).is_none(),
+            "{name} must not be forwarded: {got:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_is_retrieved_by_id_and_an_unknown_one_is_model_not_found() {
+    let home = TestHome::new();
+    home.config("[upstream]\nmodels = [\"gpt-5\", \"team/coder\"]\n");
+    let proxy = Proxy::start(&home, &[], &[]);
+    for id in ["gpt-5", "team/coder"] {
+        let r = client()
+            .get(format!("{}/v1/models/{id}", proxy.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{id}");
+        let model: Value = r.json().await.unwrap();
+        assert_eq!(model["id"], id);
+        assert_eq!(model["object"], "model");
+        assert!(
+            model["created"].is_u64() && model["owned_by"].is_string(),
+            "{model}"
+        );
+    }
+    let r = client()
+        .get(format!("{}/v1/models/nope", proxy.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let body: Value = r.json().await.unwrap();
+    assert_openai_error(&body);
+    assert_eq!(body["error"]["code"], "model_not_found");
+    let metrics = metrics_text(&proxy).await;
+    assert!(
+        metrics.contains("warden_http_requests_total{route=\"/v1/models/{id}\",status=\"404\"} 1"),
+        "{metrics}"
+    );
+}

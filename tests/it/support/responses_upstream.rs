@@ -42,6 +42,8 @@ pub struct ResponsesState {
     pub hits: AtomicUsize,
     /// Every request body received, parsed.
     pub bodies: Mutex<Vec<Value>>,
+    /// The headers of every request received.
+    pub headers: Mutex<Vec<axum::http::HeaderMap>>,
     /// Notified when a gated stream paused.
     pub arrived: Notify,
     gate: Notify,
@@ -98,8 +100,13 @@ fn created() -> Bytes {
                  "response": {"id": "resp_1", "object": "response", "status": "in_progress"}}))
 }
 
-async fn responses(State(st): State<Arc<ResponsesState>>, body: Bytes) -> Response {
+async fn responses(
+    State(st): State<Arc<ResponsesState>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
     st.hits.fetch_add(1, Ordering::SeqCst);
+    st.headers.lock().unwrap().push(headers);
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     st.bodies.lock().unwrap().push(request.clone());
     let model = request["model"].as_str().unwrap_or("").to_string();
@@ -203,6 +210,7 @@ impl ResponsesUpstream {
             answer,
             hits: AtomicUsize::new(0),
             bodies: Mutex::new(Vec::new()),
+            headers: Mutex::new(Vec::new()),
             arrived: Notify::new(),
             gate: Notify::new(),
         });
@@ -228,6 +236,17 @@ impl ResponsesUpstream {
     pub fn last_body(&self) -> Value {
         self.state
             .bodies
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("a request reached the upstream")
+    }
+
+    /// The headers of the last request received.
+    pub fn last_headers(&self) -> axum::http::HeaderMap {
+        self.state
+            .headers
             .lock()
             .unwrap()
             .last()
