@@ -329,11 +329,22 @@ async fn the_base_prompt_is_not_added_when_the_client_brings_its_own() {
     let codex_like = json!({"model": "gpt-5-codex", "input": [
         {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "You are Codex."}]},
         {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}]});
-    assert_eq!(
-        post(&proxy, "/v1/responses", &codex_like).await.status(),
-        200
-    );
+    let r = client()
+        .post(format!("{}/v1/responses", proxy.url))
+        .header("session-id", "s-1")
+        .header("originator", "codex_exec")
+        .header("x-codex-turn-metadata", "{}")
+        .json(&codex_like)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     assert_eq!(upstream.last_body(), codex_like);
+    let headers = upstream.last_headers();
+    assert_eq!(headers["session-id"], "s-1", "Codex's headers forwarded");
+    assert_eq!(headers["originator"], "codex_exec");
+    assert_eq!(headers["x-codex-turn-metadata"], "{}");
+    assert_eq!(headers["x-request-id"], r.headers()["x-request-id"]);
     drop(proxy);
 
     // responses_always_base_instructions: the 0.1 policy, the base prompt on
