@@ -160,6 +160,63 @@ async fn streamed_text_arrives_as_it_comes_with_one_finish_and_a_usage_chunk() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_chat_stream_has_headers_and_a_role_chunk_while_the_upstream_is_silent() {
+    let (upstream, _prompts, _home, proxy) = setup(Answer::SilentThenText, "", &[]);
+    let mut r = tokio::time::timeout(
+        PATIENCE,
+        client()
+            .post(format!("{}/v1/chat/completions", proxy.url))
+            .json(&chat("gpt-5", true))
+            .send(),
+    )
+    .await
+    .expect("response headers while the upstream is still silent")
+    .unwrap();
+    // The upstream has not been released: everything so far came without it.
+    assert_eq!(upstream.hits(), 1);
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let first = tokio::time::timeout(PATIENCE, r.chunk())
+        .await
+        .expect("a first chunk while the upstream is still silent")
+        .unwrap()
+        .unwrap();
+    let (chunks, _) = chunks_of(std::str::from_utf8(&first).unwrap());
+    assert_eq!(
+        chunks[0]["choices"][0]["delta"],
+        json!({"role": "assistant", "content": ""})
+    );
+    upstream.wait_arrival().await;
+    upstream.release();
+    let mut rest = String::new();
+    while let Some(bytes) = tokio::time::timeout(PATIENCE, r.chunk())
+        .await
+        .expect("the rest of the stream")
+        .unwrap()
+    {
+        rest.push_str(std::str::from_utf8(&bytes).unwrap());
+    }
+    let (chunks, done) = chunks_of(&rest);
+    assert!(done, "{rest}");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, TEXT);
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["choices"][0]["delta"].get("role").is_none()),
+        "the role is sent once: {rest}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn tool_calls_stream_as_deltas_and_come_back_whole() {
     let (upstream, _prompts, _home, proxy) = setup(Answer::ToolCall, "", &[]);
     let mut body = chat("gpt-5", true);
@@ -220,7 +277,12 @@ async fn response_failed_becomes_an_error_event() {
         .unwrap();
     let (chunks, done) = chunks_of(&text);
     assert!(done, "{text}");
-    assert_eq!(chunks[0]["choices"][0]["delta"]["content"], "partial");
+    assert_eq!(
+        chunks[0]["choices"][0]["delta"],
+        json!({"role": "assistant", "content": ""}),
+        "the role chunk comes first, at once"
+    );
+    assert_eq!(chunks[1]["choices"][0]["delta"]["content"], "partial");
     let last = chunks.last().unwrap();
     assert_openai_error(last);
     assert_eq!(last["error"]["message"], "the model fell over");
@@ -247,7 +309,12 @@ async fn an_upstream_dropping_mid_stream_ends_the_clients_stream_cleanly() {
     .expect("the stream ends, never hangs");
     let (chunks, done) = chunks_of(&text);
     assert!(done, "{text}");
-    assert_eq!(chunks[0]["choices"][0]["delta"]["content"], "partial");
+    assert_eq!(
+        chunks[0]["choices"][0]["delta"],
+        json!({"role": "assistant", "content": ""}),
+        "the role chunk comes first, at once"
+    );
+    assert_eq!(chunks[1]["choices"][0]["delta"]["content"], "partial");
     assert_openai_error(chunks.last().unwrap());
     assert_eq!(upstream.hits(), 1, "no retry once bytes reached the client");
     until("the slot is released", || async {

@@ -26,6 +26,9 @@ pub enum Answer {
     Text,
     /// Like `Text`, but the stream pauses after "Hello" until `release()`.
     GatedText,
+    /// Like `Text`, but after the response headers the body stays silent (a
+    /// model thinking) until `release()`.
+    SilentThenText,
     /// A `get_weather` call with arguments `{"city":"Paris"}`, streamed in two pieces.
     ToolCall,
     /// Streams "partial", then `response.failed`.
@@ -121,10 +124,15 @@ async fn responses(
     }
     let completed = event(json!({"type": "response.completed", "response": whole}));
     match st.answer {
-        Answer::Text | Answer::GatedText => {
+        Answer::Text | Answer::GatedText | Answer::SilentThenText => {
             let gated = st.answer == Answer::GatedText;
+            let silent = st.answer == Answer::SilentThenText;
             let st = st.clone();
             sse(async_stream(move |tx| async move {
+                if silent {
+                    st.arrived.notify_one();
+                    st.gate.notified().await;
+                }
                 let _ = tx.send(created()).await;
                 let _ = tx
                     .send(event(json!({"type": "response.output_item.added", "output_index": 0,
