@@ -11,6 +11,7 @@
 
 mod support;
 
+mod anthropic;
 mod clients;
 mod completions;
 mod daemon;
