@@ -72,7 +72,7 @@ pub async fn chat_with_headers(gw: &Gateway, body: Bytes, headers: HeaderMap) ->
     };
     Dispatched {
         info: Some(info),
-        outcome: gw.upstream.chat(call).await.map(|reply| (reply, slot)),
+        outcome: gw.router.chat(call).await.map(|reply| (reply, slot)),
     }
 }
 
@@ -100,7 +100,7 @@ pub fn model_in(list: &[u8], id: &str) -> Result<serde_json::Value, ApiError> {
 /// The `GET /v1/models` list object: the upstream's own list when it has one,
 /// else the configured models.
 pub async fn models(gw: &Gateway) -> Bytes {
-    match gw.upstream.models().await {
+    match gw.router.models().await {
         Some(body) => body,
         None => Bytes::from(configured_models(&gw.config).to_string()),
     }

@@ -91,16 +91,17 @@ pub async fn responses(
     };
     let stats = Arc::new(ExchangeStats::default());
     let info = ExchangeInfo {
-        model,
+        model: model.clone(),
         stats: stats.clone(),
     };
     let call = ResponsesCall {
         body,
+        model,
         stream,
         stats,
         headers: client_headers(&headers),
     };
-    respond(gw.upstream.responses(call).await, slot, info)
+    respond(gw.router.responses(call).await, slot, info)
 }
 
 /// Whether `/v1/responses` adds the base prompt to a request.
