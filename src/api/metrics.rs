@@ -428,6 +428,11 @@ impl Metrics {
             .cloned();
         let counters = match cached {
             Some(counters) => counters,
+            // A name too long for a label or with control characters counts as
+            // `other`: labels stay short and printable (SPEC §10).
+            None if !crate::support::redact::client(model).is_plain() => {
+                return self.model_usage_uncached("other", prompt_tokens, completion_tokens);
+            }
             None => match self.model_label(model) {
                 Some(counters) => counters,
                 None => {

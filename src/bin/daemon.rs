@@ -386,7 +386,11 @@ fn print_status(status: &warden::lifecycle::supervisor::StatusReport) {
                     h.requests.in_flight,
                     h.requests.rejected
                 );
-                println!("  upstream  {} ({})", h.upstream.url, h.upstream.api);
+                println!(
+                    "  upstream  {} ({})",
+                    warden::support::redact::url(&h.upstream.url),
+                    h.upstream.api
+                );
                 for (name, p) in &h.prompts {
                     let age = p.age_secs.map_or("-".to_string(), |a| format!("{a:.0} s"));
                     println!(

@@ -186,7 +186,7 @@ pub async fn run(
     tracing::info!(
         version = crate::VERSION,
         address = %addr,
-        upstream = %gw.config.upstream.url,
+        upstream = %crate::support::redact::url(&gw.config.upstream.url),
         api = gw.config.upstream.api.as_str(),
         pid = std::process::id(),
         "warden proxy started"

@@ -135,7 +135,7 @@ impl Record {
                     route = self.route,
                     status,
                     duration_ms,
-                    model = %x.model,
+                    model = %crate::support::redact::client(&x.model),
                     prompt_tokens = usage.prompt_tokens,
                     completion_tokens = usage.completion_tokens,
                     "request"

@@ -75,7 +75,7 @@ pub fn report(gw: &Gateway) -> HealthReport {
         timestamp: now_rfc3339(),
         ready,
         upstream: UpstreamInfo {
-            url: gw.config.upstream.url.clone(),
+            url: crate::support::redact::url(&gw.config.upstream.url),
             api: gw.config.upstream.api.as_str().to_string(),
         },
         requests: RequestCounts {

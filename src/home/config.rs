@@ -28,6 +28,14 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub graceful_timeout: u64,
     pub auth_token_env: String,
+    /// Seconds a request's headers may take to arrive; then the connection is closed.
+    pub header_timeout: u64,
+    /// Seconds the whole request body may take to arrive; then 408.
+    pub body_timeout: u64,
+    /// Seconds an idle keep-alive connection is kept open.
+    pub keepalive_timeout: u64,
+    /// Open client connections; beyond, the oldest idle ones are closed first.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -39,6 +47,10 @@ impl Default for ServerConfig {
             max_body_bytes: 10 * 1024 * 1024,
             graceful_timeout: 120,
             auth_token_env: "WARDEN_AUTH_TOKEN".into(),
+            header_timeout: 10,
+            body_timeout: 30,
+            keepalive_timeout: 60,
+            max_connections: 10_000,
         }
     }
 }
@@ -75,6 +87,10 @@ pub struct UpstreamConfig {
     pub idle_timeout: Option<u64>,
     pub attempts: u32,
     pub models: Vec<String>,
+    /// A buffered (non-streaming) answer larger than this is a 502.
+    pub max_response_bytes: usize,
+    /// One SSE event (or line) larger than this ends the stream with an error event.
+    pub max_event_bytes: usize,
 }
 
 impl Default for UpstreamConfig {
@@ -89,6 +105,8 @@ impl Default for UpstreamConfig {
             idle_timeout: None,
             attempts: 3,
             models: vec!["gpt-5".into(), "gpt-5-codex".into()],
+            max_response_bytes: 64 << 20,
+            max_event_bytes: 4 << 20,
         }
     }
 }
@@ -105,6 +123,12 @@ impl UpstreamConfig {
     }
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout.unwrap_or(self.timeout))
+    }
+    /// The deadline of a whole exchange, from the first attempt to the last
+    /// byte of the answer: `timeout` (a drip of one byte at a time resets the
+    /// idle timer, never this one).
+    pub fn total_timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout)
     }
     /// The base URL without a trailing slash, e.g. `http://127.0.0.1:9000/v1`.
     pub fn base_url(&self) -> &str {
@@ -376,17 +400,7 @@ impl Config {
 
     /// `host:port` as configured (the port may be 0 for "any free port").
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        let host = self
-            .server
-            .host
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let host = if host == "localhost" {
-            "127.0.0.1"
-        } else {
-            host
-        };
-        let ip: std::net::IpAddr = host.parse().map_err(|_| ConfigError {
+        let ip = host_ip(&self.server.host).ok_or_else(|| ConfigError {
             origin: self.home.config_file().display().to_string(),
             key: Some("server.host".into()),
             line_col: None,
@@ -402,6 +416,17 @@ impl Config {
     pub fn base_url(&self) -> String {
         base_url_for(&self.server.host, self.server.port)
     }
+}
+
+/// The address `server.host` names (`localhost` is 127.0.0.1; `[::1]` may be bracketed).
+fn host_ip(host: &str) -> Option<std::net::IpAddr> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    host.parse().ok()
 }
 
 /// `http://host:port`, with wildcard addresses mapped to loopback so the URL is usable.
@@ -467,12 +492,16 @@ fn validate(s: &Settings) -> Result<(), (String, String)> {
     if s.server.host.trim().is_empty() {
         return err("server.host", "must not be empty".into());
     }
-    if s.server.max_concurrent == 0 {
-        return err("server.max_concurrent", "must be at least 1".into());
+    if host_ip(&s.server.host).is_none() {
+        return err(
+            "server.host",
+            format!(
+                "{:?} is not an IP address (use e.g. 127.0.0.1, 0.0.0.0 or ::1)",
+                s.server.host
+            ),
+        );
     }
-    if s.server.max_body_bytes == 0 {
-        return err("server.max_body_bytes", "must be at least 1".into());
-    }
+    check_ranges(s)?;
     if s.upstream.url != MOCK_UPSTREAM {
         match reqwest::Url::parse(&s.upstream.url) {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
@@ -486,21 +515,6 @@ fn validate(s: &Settings) -> Result<(), (String, String)> {
                 );
             }
         }
-    }
-    if s.upstream.attempts == 0 {
-        return err("upstream.attempts", "must be at least 1".into());
-    }
-    if s.upstream.timeout == 0 {
-        return err("upstream.timeout", "must be at least 1 second".into());
-    }
-    if s.upstream.connect_timeout == 0 {
-        return err(
-            "upstream.connect_timeout",
-            "must be at least 1 second".into(),
-        );
-    }
-    if s.prompts.attempts == 0 {
-        return err("prompts.attempts", "must be at least 1".into());
     }
     let mut names = std::collections::HashSet::new();
     for (i, src) in s.prompts.sources.iter().enumerate() {
@@ -533,23 +547,154 @@ fn validate(s: &Settings) -> Result<(), (String, String)> {
             }
         }
     }
-    if s.watchdog.interval == 0 {
-        return err("watchdog.interval", "must be at least 1 second".into());
-    }
-    if s.watchdog.health_timeout == 0 {
-        return err(
+    Ok(())
+}
+
+const DAY: u64 = 86_400;
+
+/// Every number's allowed range: key, value, least, most, and whether it is
+/// seconds (for the message). Values outside would panic (a semaphore of 2^61
+/// permits), overflow a deadline or exhaust memory, so they fail at load.
+fn check_ranges(s: &Settings) -> Result<(), (String, String)> {
+    let opt = |v: Option<u64>| v.unwrap_or(1);
+    let checks: [(&str, u64, u64, u64, bool); 23] = [
+        (
+            "server.max_concurrent",
+            s.server.max_concurrent as u64,
+            1,
+            100_000,
+            false,
+        ),
+        (
+            "server.max_body_bytes",
+            s.server.max_body_bytes as u64,
+            1,
+            1 << 30,
+            false,
+        ),
+        (
+            "server.graceful_timeout",
+            s.server.graceful_timeout,
+            0,
+            DAY,
+            true,
+        ),
+        (
+            "server.header_timeout",
+            s.server.header_timeout,
+            1,
+            3600,
+            true,
+        ),
+        ("server.body_timeout", s.server.body_timeout, 1, DAY, true),
+        (
+            "server.keepalive_timeout",
+            s.server.keepalive_timeout,
+            1,
+            DAY,
+            true,
+        ),
+        (
+            "server.max_connections",
+            s.server.max_connections as u64,
+            1,
+            1_000_000,
+            false,
+        ),
+        (
+            "upstream.connect_timeout",
+            s.upstream.connect_timeout,
+            1,
+            3600,
+            true,
+        ),
+        ("upstream.timeout", s.upstream.timeout, 1, 7 * DAY, true),
+        (
+            "upstream.first_byte_timeout",
+            opt(s.upstream.first_byte_timeout),
+            1,
+            7 * DAY,
+            true,
+        ),
+        (
+            "upstream.idle_timeout",
+            opt(s.upstream.idle_timeout),
+            1,
+            7 * DAY,
+            true,
+        ),
+        (
+            "upstream.attempts",
+            s.upstream.attempts.into(),
+            1,
+            100,
+            false,
+        ),
+        (
+            "upstream.max_response_bytes",
+            s.upstream.max_response_bytes as u64,
+            1,
+            1 << 32,
+            false,
+        ),
+        (
+            "upstream.max_event_bytes",
+            s.upstream.max_event_bytes as u64,
+            1,
+            1 << 30,
+            false,
+        ),
+        ("prompts.ttl", s.prompts.ttl, 0, 3650 * DAY, true),
+        (
+            "prompts.fetch_timeout",
+            s.prompts.fetch_timeout,
+            1,
+            3600,
+            true,
+        ),
+        ("prompts.attempts", s.prompts.attempts.into(), 1, 100, false),
+        (
+            "daemon.startup_timeout",
+            s.daemon.startup_timeout,
+            1,
+            3600,
+            true,
+        ),
+        ("daemon.stop_timeout", s.daemon.stop_timeout, 1, 3600, true),
+        ("watchdog.interval", s.watchdog.interval, 1, DAY, true),
+        (
             "watchdog.health_timeout",
-            "must be at least 1 second".into(),
-        );
-    }
-    if s.watchdog.strikes == 0 {
-        return err("watchdog.strikes", "must be at least 1".into());
+            s.watchdog.health_timeout,
+            1,
+            3600,
+            true,
+        ),
+        (
+            "watchdog.strikes",
+            s.watchdog.strikes.into(),
+            1,
+            1000,
+            false,
+        ),
+        ("logs.max_bytes", s.logs.max_bytes, 1, 1 << 40, false),
+    ];
+    for (key, value, least, most, seconds) in checks {
+        if value < least || value > most {
+            let unit = if seconds { " seconds" } else { "" };
+            return Err((
+                key.to_string(),
+                format!("{value} is out of range: must be from {least} to {most}{unit}"),
+            ));
+        }
     }
     Ok(())
 }
 
 /// The feature flags and the variables that set them, `WARDEN_*` before `CHATMOCK_*`.
-const FEATURE_VARS: [(&str, fn(&mut FeaturesConfig) -> &mut bool); 5] = [
+/// Picks one flag out of the feature flags.
+type FeatureField = fn(&mut FeaturesConfig) -> &mut bool;
+
+const FEATURE_VARS: [(&str, FeatureField); 5] = [
     ("VERBOSE", |f| &mut f.verbose),
     ("EXPOSE_REASONING", |f| &mut f.expose_reasoning),
     ("ENABLE_WEB_SEARCH", |f| &mut f.enable_web_search),
@@ -699,6 +844,35 @@ mod tests {
         };
         let cfg = Config::load_with_env(&home, &flags, env).unwrap();
         assert_eq!(cfg.server.port, 3333);
+    }
+
+    #[test]
+    fn numbers_out_of_range_name_the_key() {
+        for (text, key) in [
+            (
+                "[server]\nmax_concurrent = 2305843009213693952\n",
+                "server.max_concurrent",
+            ),
+            ("[server]\nmax_connections = 0\n", "server.max_connections"),
+            ("[server]\nheader_timeout = 0\n", "server.header_timeout"),
+            (
+                "[upstream]\nmax_event_bytes = 0\n",
+                "upstream.max_event_bytes",
+            ),
+            (
+                "[upstream]\nidle_timeout = 18446744073709551615\n",
+                "upstream.idle_timeout",
+            ),
+            ("[watchdog]\nstrikes = 0\n", "watchdog.strikes"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let home = Home::at(dir.path());
+            std::fs::write(home.config_file(), text).unwrap();
+            let err = Config::load_with_env(&home, &Overrides::default(), EnvSource::default())
+                .unwrap_err();
+            assert_eq!(err.key.as_deref(), Some(key), "{err}");
+            assert!(err.message.contains("out of range"), "{err}");
+        }
     }
 
     #[test]

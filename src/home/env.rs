@@ -39,16 +39,16 @@ impl EnvSource {
     pub fn load(path: &Path) -> Result<EnvSource, String> {
         let mut dotenv = HashMap::new();
         let mut dotenv_path = None;
-        match dotenvy::from_path_iter(path) {
-            Ok(iter) => {
-                for item in iter {
-                    let (key, value) = item.map_err(|e| describe_dotenv_error(path, &e))?;
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                for item in dotenvy::from_read_iter(text.as_bytes()) {
+                    let (key, value) = item.map_err(|e| describe_dotenv_error(path, &text, &e))?;
                     dotenv.insert(key, value);
                 }
                 dotenv_path = Some(path.to_path_buf());
             }
-            Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(describe_dotenv_error(path, &e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: cannot read: {e}", path.display())),
         }
         Ok(EnvSource {
             dotenv,
@@ -106,15 +106,12 @@ impl EnvSource {
     }
 }
 
-fn describe_dotenv_error(path: &Path, e: &dotenvy::Error) -> String {
+/// Never the line's content: a malformed line may hold a token (SPEC §10).
+fn describe_dotenv_error(path: &Path, text: &str, e: &dotenvy::Error) -> String {
     match e {
-        dotenvy::Error::LineParse(line, index) => format!(
-            "{}: cannot parse line {:?} (at character {}); expected KEY=value",
-            path.display(),
-            line,
-            index + 1
-        ),
+        dotenvy::Error::LineParse(line, _) => crate::support::redact::dotenv_line(path, text, line),
         dotenvy::Error::Io(io) => format!("{}: cannot read: {io}", path.display()),
+        // Variable substitution errors name a variable, never a value.
         other => format!("{}: {other}", path.display()),
     }
 }
@@ -136,7 +133,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(".env");
         std::fs::write(&path, "GOOD=1\nthis is not a pair\n").unwrap();
+        std::fs::write(&path, "GOOD=1\nTOKEN=\"sk-live-secret\n").unwrap();
         let err = EnvSource::load(&path).unwrap_err();
         assert!(err.contains(".env"), "{err}");
+        assert!(err.contains("line 2") && err.contains("TOKEN"), "{err}");
+        assert!(!err.contains("sk-live-secret"), "{err}");
     }
 }

@@ -68,9 +68,10 @@ pub fn remove_stale_control_sockets(home: &Home) -> Vec<PathBuf> {
 /// A listening socket passed in by `daemon restart` or by systemd, if any.
 pub fn inherited_listener() -> std::io::Result<Option<std::net::TcpListener>> {
     let fd = if let Ok(value) = std::env::var(LISTEN_FD_VAR) {
-        Some(value.trim().parse::<RawFd>().map_err(|_| {
+        let fd = value.trim().parse::<RawFd>().ok().filter(|fd| *fd >= 0);
+        Some(fd.ok_or_else(|| {
             std::io::Error::other(format!(
-                "{LISTEN_FD_VAR}={value:?} is not a descriptor number"
+                "{LISTEN_FD_VAR}={value:?} is not a descriptor number (expected an integer >= 0)"
             ))
         })?)
     } else {
@@ -85,13 +86,14 @@ pub fn inherited_listener() -> std::io::Result<Option<std::net::TcpListener>> {
     };
     let Some(fd) = fd else { return Ok(None) };
     // Refuse anything that is not a listening TCP socket rather than serving on it.
-    let listening = nix::sys::socket::getsockopt(
-        &unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
-        nix::sys::socket::sockopt::AcceptConn,
-    )
-    .map_err(|e| {
-        std::io::Error::other(format!("inherited descriptor {fd} is not a socket: {e}"))
-    })?;
+    // SAFETY: `fd` is not negative (checked above; `borrow_raw(-1)` would panic),
+    // and the borrow lives only for this call, during which nothing closes it. A
+    // number that is not an open descriptor makes getsockopt fail with EBADF.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let listening = nix::sys::socket::getsockopt(&borrowed, nix::sys::socket::sockopt::AcceptConn)
+        .map_err(|e| {
+            std::io::Error::other(format!("inherited descriptor {fd} is not a socket: {e}"))
+        })?;
     if !listening {
         return Err(std::io::Error::other(format!(
             "inherited descriptor {fd} is not a listening socket"

@@ -1208,7 +1208,7 @@ pub fn inspect_cache(home: &Home, cfg: &PromptsConfig) -> CacheDamage {
     };
     #[derive(Deserialize)]
     struct Doc {
-        #[allow(dead_code)]
+        #[expect(dead_code, reason = "parsed only to check the document's shape")]
         prompts: BTreeMap<String, Value>,
     }
     if let Err(e) = serde_json::from_slice::<Doc>(&bytes) {

@@ -149,6 +149,16 @@ pub fn handle_generate(command: impl FnOnce() -> clap::Command) -> Option<std::p
     }
 }
 
+/// Restores the default SIGPIPE action for command-line tools, so
+/// `daemon status | head -1` ends quietly instead of panicking on a closed pipe
+/// (Rust ignores SIGPIPE by default, which suits servers, not filters).
+pub fn restore_sigpipe() {
+    // SAFETY: called at the start of main, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,15 +196,5 @@ mod tests {
             assert!(text.contains("home"), "{name}: {text}");
             assert!(text.contains("start"), "{name}: {text}");
         }
-    }
-}
-
-/// Restores the default SIGPIPE action for command-line tools, so
-/// `daemon status | head -1` ends quietly instead of panicking on a closed pipe
-/// (Rust ignores SIGPIPE by default, which suits servers, not filters).
-pub fn restore_sigpipe() {
-    // SAFETY: called at the start of main, before any thread exists.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -100,9 +100,16 @@ impl PlainVisitor<'_> {
         }
     }
 
-    /// Writes one field the way `DefaultVisitor` does, on an already padded line.
-    fn default_visitor(&mut self) -> DefaultVisitor<'_> {
-        DefaultVisitor::new(self.writer.by_ref(), true)
+    /// Writes one field the way `DefaultVisitor` does, on an already padded line,
+    /// with control characters escaped.
+    fn with_default_visitor(
+        &mut self,
+        f: impl FnOnce(&mut DefaultVisitor<'_>),
+    ) -> std::fmt::Result {
+        let mut escaping = Escaping(&mut self.writer);
+        let mut inner = DefaultVisitor::new(Writer::new(&mut escaping), true);
+        f(&mut inner);
+        inner.finish()
     }
 }
 
@@ -111,11 +118,7 @@ impl Visit for PlainVisitor<'_> {
         if field.name() == "message" {
             if self.result.is_ok() {
                 self.pad();
-                let done = {
-                    let mut inner = self.default_visitor();
-                    inner.record_str(field, value);
-                    inner.finish()
-                };
+                let done = self.with_default_visitor(|inner| inner.record_str(field, value));
                 self.result = self.result.and(done);
             }
         } else {
@@ -126,11 +129,7 @@ impl Visit for PlainVisitor<'_> {
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         if self.result.is_ok() {
             self.pad();
-            let done = {
-                let mut inner = self.default_visitor();
-                inner.record_error(field, value);
-                inner.finish()
-            };
+            let done = self.with_default_visitor(|inner| inner.record_error(field, value));
             self.result = self.result.and(done);
         }
     }
@@ -149,16 +148,26 @@ impl Visit for PlainVisitor<'_> {
             return;
         }
         self.result = match name {
-            "message" => {
-                let mut inner = self.default_visitor();
-                inner.record_debug(field, value);
-                inner.finish()
-            }
+            "message" => self.with_default_visitor(|inner| inner.record_debug(field, value)),
             name => {
                 let name = name.strip_prefix("r#").unwrap_or(name);
-                write!(self.writer, "{name}={value:?}")
+                // Control characters are escaped: a value (a client's string, an
+                // upstream's error) can never start a forged line (SPEC §10).
+                std::fmt::Write::write_fmt(
+                    &mut Escaping(&mut self.writer),
+                    format_args!("{name}={value:?}"),
+                )
             }
         };
+    }
+}
+
+/// Writes through to `W` with control characters escaped.
+struct Escaping<'a, W: std::fmt::Write>(&'a mut W);
+
+impl<W: std::fmt::Write> std::fmt::Write for Escaping<'_, W> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        crate::support::redact::escape_controls(s, self.0)
     }
 }
 
@@ -359,10 +368,7 @@ mod tests {
             }
         }
         fn emit() {
-            let err = std::io::Error::new(
-                std::io::ErrorKind::Other,
-                std::io::Error::new(std::io::ErrorKind::Other, "inner\x1bcause"),
-            );
+            let err = std::io::Error::other(std::io::Error::other("inner\x1bcause"));
             tracing::info!(
                 route = "/v1/chat/completions",
                 status = 200u16,
@@ -410,7 +416,41 @@ mod tests {
             default.contains("status=200 duration_ms=0.123456"),
             "{default}"
         );
-        assert_eq!(plain, default);
+        // The one intended difference: a newline inside a value is escaped, so no
+        // line can be forged (DefaultFields writes it raw).
+        assert_eq!(plain, default.replace("b\n c", "b\\n c"));
+    }
+
+    #[test]
+    fn a_client_value_cannot_forge_a_log_line() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .without_time()
+            .fmt_fields(super::PlainFields)
+            .with_writer(move || writer.clone())
+            .finish();
+        let forged = "m\n2026-01-01T00:00:00Z  INFO warden proxy stopped\r\x1b[2K";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(model = %forged, error = forged, "request");
+            tracing::info!("{forged}");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(!text.contains('\r') && !text.contains('\x1b'), "{text}");
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub struct HttpUpstream {
     direct: Option<DirectClient>,
     /// The base URL without a trailing slash, e.g. `http://127.0.0.1:9000/v1`.
     base: String,
+    /// The same for messages: userinfo shown as `***` (SPEC §10).
+    display: String,
     /// `{base}/responses`, parsed once for `POST /v1/responses` passthrough.
     responses_url: UpstreamUrl,
     auth: Option<HeaderValue>,
@@ -99,6 +101,7 @@ impl HttpUpstream {
             direct,
             responses_url: UpstreamUrl::new(format!("{}/responses", up.base_url())),
             base: up.base_url().to_string(),
+            display: crate::support::redact::url(up.base_url()),
             auth,
             attempts: up.attempts,
             first_byte_timeout: up.first_byte_timeout(),
@@ -119,7 +122,7 @@ impl HttpUpstream {
 
     /// The base URL, for messages (never the key).
     pub fn display_url(&self) -> &str {
-        &self.base
+        &self.display
     }
 
     /// POSTs `body` to `url` with retries until response headers with a final
@@ -145,16 +148,17 @@ impl HttpUpstream {
                     self.metrics.upstream_attempt("timeout");
                     return Err(ApiError::gateway_timeout(format!(
                         "upstream {} sent no response within {} s (upstream.first_byte_timeout)",
-                        self.base,
+                        self.display,
                         self.first_byte_timeout.as_secs()
                     )));
                 }
                 Ok(Err(e)) => {
-                    last_error = format!("cannot reach upstream {}: {e}", self.base);
+                    last_error = format!("cannot reach upstream {}: {e}", self.display);
                 }
                 Ok(Ok(response)) if retry::is_retryable(response.status()) => {
                     retry_after = retry::retry_after(response.headers());
-                    last_error = format!("upstream {} answered {}", self.base, response.status());
+                    last_error =
+                        format!("upstream {} answered {}", self.display, response.status());
                     if attempt == self.attempts
                         && response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS
                     {
@@ -270,14 +274,14 @@ impl HttpUpstream {
                 Err(_) => {
                     break Err(ApiError::gateway_timeout(format!(
                         "upstream {} stalled for {} s mid-answer (upstream.idle_timeout)",
-                        self.base,
+                        self.display,
                         self.idle_timeout.as_secs()
                     )));
                 }
                 Ok(Err(e)) => {
                     break Err(ApiError::bad_gateway(format!(
                         "upstream {} broke off its answer: {}",
-                        self.base,
+                        self.display,
                         crate::support::http_client::describe(e)
                     )));
                 }
@@ -302,7 +306,7 @@ impl HttpUpstream {
             .as_ref()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
             .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-            .unwrap_or_else(|| format!("upstream {} answered {status}", self.base));
+            .unwrap_or_else(|| format!("upstream {} answered {status}", self.display));
         let status = axum::http::StatusCode::from_u16(status.as_u16())
             .unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
         let mut err = ApiError::new(status, "upstream_error", message);
@@ -317,7 +321,7 @@ impl HttpUpstream {
     /// Dropping the stream closes the upstream connection.
     pub fn chunks(&self, response: reqwest::Response, stats: Arc<ExchangeStats>) -> ChunkStream {
         let idle = self.idle_timeout;
-        let display_url = self.base.clone();
+        let display_url = self.display.clone();
         let upstream = response.bytes_stream();
         Box::pin(futures_util::stream::unfold(
             (upstream, stats, false),

@@ -2,12 +2,20 @@
 //! with its own temporary home and port 0, so they run in parallel.
 //! One test crate (with modules) keeps link time down.
 
+// Helpers outside `#[test]` functions unwrap too: in a test, a failed unwrap is a
+// failed test with its location, which is what an `expect` message would add.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a panic is a test failure with its location"
+)]
+
 mod support;
 
 mod completions;
 mod daemon;
 mod doctor;
 mod home_only;
+mod hostile;
 mod preflight;
 mod prompts;
 mod proxy;

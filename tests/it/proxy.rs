@@ -470,7 +470,12 @@ async fn in_flight_request_completes_across_sigterm() {
     let response = pending.await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), COMPLETION);
-    assert!(proxy.wait().success(), "exit 0 after the drain");
+    let status = proxy.wait();
+    assert!(
+        status.success(),
+        "exit 0 after the drain, not {status}; stderr:\n{}",
+        proxy.stderr_text()
+    );
     let log = home.read("logs/proxy.log");
     assert!(log.contains("warden proxy started"), "{log}");
     assert!(log.contains("warden proxy stopped"), "{log}");
@@ -502,6 +507,31 @@ fn bad_config_exits_nonzero_naming_file_key_and_line() {
         err.contains("upstream.attempts") && err.contains(":2:"),
         "{err}"
     );
+}
+
+#[test]
+fn a_bad_inherited_descriptor_is_a_clear_error_not_a_panic() {
+    let home = TestHome::new();
+    // -1 once made `BorrowedFd::borrow_raw` panic (exit 101); 987 is not open here.
+    for value in ["-1", "987", "three"] {
+        let out = crate::support::bin("proxy")
+            .arg("--home")
+            .arg(home.path())
+            .env("WARDEN_LISTEN_FD", value)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "WARDEN_LISTEN_FD={value}: {err}"
+        );
+        assert!(!err.contains("panicked"), "WARDEN_LISTEN_FD={value}: {err}");
+        assert!(
+            err.contains(value) && err.contains("descriptor"),
+            "WARDEN_LISTEN_FD={value}: {err}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -100,15 +100,8 @@ impl DotEnv {
             match item {
                 Ok(_) => {}
                 Err(dotenvy::Error::LineParse(line, _)) => {
-                    let where_ = match line_number_of(&text, &line) {
-                        Some(n) => format!("line {n}"),
-                        None => "a line".to_string(),
-                    };
                     // The line's content is not shown: it may hold a secret.
-                    return DotEnv::Broken(format!(
-                        "{}: {where_} is not KEY=value (content not shown, it may hold a secret)",
-                        path.display()
-                    ));
+                    return DotEnv::Broken(crate::support::redact::dotenv_line(path, &text, &line));
                 }
                 Err(e) => return DotEnv::Broken(format!("{}: {e}", path.display())),
             }
@@ -118,17 +111,6 @@ impl DotEnv {
             .unwrap_or(0o600);
         DotEnv::Parsed { mode }
     }
-}
-
-/// The 1-based number of the line of `text` that dotenvy complained about.
-fn line_number_of(text: &str, bad: &str) -> Option<usize> {
-    let bad = bad.trim();
-    if let Some(i) = text.lines().position(|l| l.trim() == bad) {
-        return Some(i + 1);
-    }
-    let first = bad.lines().next().filter(|l| !l.trim().is_empty())?;
-    let offset = text.find(first)?;
-    Some(text[..offset].matches('\n').count() + 1)
 }
 
 /// Everything the built-in checks read, loaded once per run.
@@ -203,7 +185,7 @@ impl Context {
 
     /// The upstream URL for messages, without any password in it.
     fn upstream_text(&self) -> String {
-        redact_url(self.cfg.upstream.base_url())
+        crate::support::redact::url(self.cfg.upstream.base_url())
     }
 
     /// Fills the placeholders of a declared title or hint.
@@ -241,16 +223,6 @@ impl Context {
         } else {
             declared
         }
-    }
-}
-
-fn redact_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string().trim_end_matches('/').to_string()
-        }
-        _ => url.to_string(),
     }
 }
 
@@ -662,6 +634,16 @@ fn check_port(ctx: &Context) -> Outcome {
         Err(e) => return Outcome::fail(format!("{e}{note}")),
     };
     if addr.port() == 0 {
+        // Any port will do, but the address must be one of this host's.
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            return Outcome::fail(format!("cannot listen on {}: {e}{note}", addr.ip())).with_hint(
+                format!(
+                    "{} is not an address this host can listen on: fix server.host in {}",
+                    addr.ip(),
+                    ctx.home.config_file().display()
+                ),
+            );
+        }
         return Outcome::pass(format!(
             "server.port is 0: the proxy takes any free port{note}"
         ));
@@ -828,7 +810,7 @@ async fn check_prompts(ctx: Arc<Context>) -> Outcome {
     if !prompts::prompts_in_use(&ctx.cfg) {
         return Outcome::pass(format!(
             "prompts are not used with upstream {:?} (api {:?}); nothing to fetch",
-            ctx.cfg.upstream.url,
+            crate::support::redact::url(&ctx.cfg.upstream.url),
             ctx.cfg.upstream.api.as_str()
         ));
     }
@@ -1013,7 +995,7 @@ async fn check_upstream(ctx: &Context) -> Outcome {
         Ok(url) => url,
         Err(e) => return Outcome::fail(format!("upstream.url {:?}: {e}", ctx.upstream_text())),
     };
-    let shown = redact_url(url.as_str());
+    let shown = crate::support::redact::url(url.as_str());
     let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
         return Outcome::fail(format!("upstream.url {shown} has no host"));
     };
@@ -1236,8 +1218,8 @@ mod tests {
     #[test]
     fn passwords_in_urls_are_redacted() {
         assert_eq!(
-            redact_url("http://user:hunter2@127.0.0.1:9/v1"),
-            "http://user:***@127.0.0.1:9/v1"
+            crate::support::redact::url("http://user:hunter2@127.0.0.1:9/v1"),
+            "http://***@127.0.0.1:9/v1"
         );
     }
 

@@ -3,8 +3,6 @@
 //!
 //! Every process a test signals is one it spawned here; every address is loopback.
 
-#![allow(dead_code)]
-
 pub mod prompt_server;
 pub mod responses_upstream;
 pub mod upstream;
