@@ -25,6 +25,7 @@ pub async fn serve_foreground(config: Config) -> Result<(), String> {
         &config.home,
         LogKind::Proxy,
         config.logs.format,
+        config.logs.target,
         config.features.verbose,
     )
     .map_err(|e| format!("cannot open the log: {e}"))?;

@@ -16,6 +16,7 @@ mod daemon;
 mod doctor;
 mod home_only;
 mod hostile;
+mod nats;
 mod preflight;
 mod prompts;
 mod proxy;
