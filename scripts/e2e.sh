@@ -4,9 +4,13 @@
 #   2. the same against a real OpenAI-compatible HTTP server (nginx with fixed answers);
 #   3. the same against a Responses-API server (api = "responses"), which must receive
 #      the cached prompt as `instructions`;
-#   4. `promtool check metrics` on /metrics.
-# Installs what it needs (Debian's nginx-light and prometheus for promtool; openai from PyPI)
-# when missing. Everything listens on 127.0.0.1 only and is stopped on exit.
+#   4. `promtool check metrics` on /metrics;
+#   5. the official anthropic Python SDK through POST /v1/messages, on the built-in
+#      upstream and on nginx (a Chat Completions server), streaming included;
+#   6. Claude Code (`claude -p "say hi"`, npm @anthropic-ai/claude-code) offline on the
+#      built-in upstream.
+# Installs what it needs (Debian's nginx-light and prometheus for promtool; openai and
+# anthropic from PyPI; Claude Code from npm into ~/.cache/warden-e2e) when missing. Everything listens on 127.0.0.1 only and is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +24,14 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 python3 -c 'import openai, sys; sys.exit(0 if openai.__version__.startswith("2.") else 1)' 2>/dev/null \
   || python3 -m pip install -q 'openai>=2,<3'
+python3 -c 'import anthropic' 2>/dev/null || python3 -m pip install -q anthropic
+claude_dir=${XDG_CACHE_HOME:-$HOME/.cache}/warden-e2e/claude-code
+claude_bin=$claude_dir/node_modules/.bin/claude
+if [ ! -x "$claude_bin" ]; then
+  command -v npm >/dev/null || { apt-get update -qq >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; }
+  mkdir -p "$claude_dir"
+  npm install --prefix "$claude_dir" --no-audit --no-fund --loglevel=error @anthropic-ai/claude-code >/dev/null
+fi
 
 cargo build --locked --bin proxy
 PROXY=target/debug/proxy
@@ -44,6 +56,8 @@ start_proxy() {
 
 echo "== openai SDK through the built-in upstream"
 start_proxy mock
+mock_url=$url
+mock_home=$work/home-mock
 python3 tests/sdk/openai_sdk_check.py "$url" echo
 
 echo "== openai SDK through nginx (a real OpenAI-compatible HTTP server with fixed answers)"
@@ -110,6 +124,25 @@ assert health["prompts"]["base_instructions"]["source"] == "cache", health
 print(f"responses server: {len(calls)} requests, each with the cached prompt as instructions; /health {health['status']}")
 PY
 responses_url=$url
+
+echo "== anthropic SDK through /v1/messages: built-in upstream, then nginx (a Chat Completions server)"
+python3 tests/sdk/anthropic_sdk_check.py "$mock_url" echo
+python3 tests/sdk/anthropic_sdk_check.py "$json_url" fixed plain
+python3 tests/sdk/anthropic_sdk_check.py "$sse_url" fixed stream
+
+echo "== Claude Code (claude -p) offline on the built-in upstream"
+# A throwaway HOME so nothing of the developer's Claude Code configuration is read or
+# written; the three switches keep it from reaching for the internet.
+claude_home=$work/claude-home
+mkdir -p "$claude_home"
+answer=$(env -i PATH="$PATH" HOME="$claude_home" ANTHROPIC_BASE_URL="$mock_url" ANTHROPIC_API_KEY=anything \
+  DISABLE_TELEMETRY=1 DISABLE_ERROR_REPORTING=1 CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 \
+  timeout 180 "$claude_bin" -p "say hi" < /dev/null) || { echo "e2e: claude -p failed: $answer"; exit 1; }
+# The mock echoes the last user message, which ends with the prompt.
+case $answer in *"say hi"*) ;; *) echo "e2e: unexpected claude answer: $answer"; exit 1 ;; esac
+grep -q 'route="/v1/messages" status=200' "$mock_home/logs/proxy.log" \
+  || { echo "e2e: no /v1/messages line in the access log"; tail "$mock_home/logs/proxy.log"; exit 1; }
+echo "claude $("$claude_bin" --version 2>/dev/null | head -1): 'say hi' answered through /v1/messages on the mock"
 
 echo "== promtool check metrics"
 curl -sf "$json_url/metrics" | promtool check metrics

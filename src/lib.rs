@@ -20,7 +20,8 @@
 //! - [`ops`]: the operator tools, `preflight` checks and `doctor` fixes.
 //! - [`home`]: the home directory: layout, `warden.toml`, `.env`, templates, log
 //!   files, atomic writes.
-//! - [`support`]: shared flags, log writing, the HTTP client builder, clock, memory.
+//! - [`support`]: shared flags, exit codes, log writing, the HTTP client builder,
+//!   clock, memory.
 
 pub mod api;
 pub mod gateway;

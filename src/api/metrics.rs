@@ -26,6 +26,8 @@ pub fn route_label(path: &str) -> &'static str {
         "/v1/chat/completions" => "/v1/chat/completions",
         "/v1/models" => "/v1/models",
         "/v1/responses" => "/v1/responses",
+        "/v1/messages" => "/v1/messages",
+        "/v1/messages/count_tokens" => "/v1/messages/count_tokens",
         "/health" => "/health",
         "/health/live" => "/health/live",
         "/health/ready" => "/health/ready",
@@ -106,6 +108,38 @@ impl Rejection {
             Rejection::Concurrency => "concurrency",
             Rejection::Auth => "auth",
             Rejection::BodyTooLarge => "body_too_large",
+        }
+    }
+}
+
+/// How one upstream call attempt ended, the `outcome` label of
+/// `warden_upstream_attempts_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// Final response headers arrived (any status the client gets as it is).
+    Ok,
+    /// Failed (unreachable, 5xx, 429) and will be tried again.
+    Retried,
+    /// The last attempt failed: the client gets 502 (or the upstream's 429).
+    Failed,
+    /// No response headers within `upstream.first_byte_timeout`: 504, no retry.
+    Timeout,
+}
+
+impl AttemptOutcome {
+    const ALL: [AttemptOutcome; 4] = [
+        AttemptOutcome::Ok,
+        AttemptOutcome::Retried,
+        AttemptOutcome::Failed,
+        AttemptOutcome::Timeout,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            AttemptOutcome::Ok => "ok",
+            AttemptOutcome::Retried => "retried",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::Timeout => "timeout",
         }
     }
 }
@@ -310,8 +344,10 @@ impl Metrics {
         );
         // Series that exist from the start at 0, so dashboards and alerts see them
         // before the first event.
-        for outcome in ["ok", "retried", "failed", "timeout"] {
-            let _ = m.upstream_attempts.get_or_create(&OutcomeLabel { outcome });
+        for outcome in AttemptOutcome::ALL {
+            let _ = m.upstream_attempts.get_or_create(&OutcomeLabel {
+                outcome: outcome.label(),
+            });
         }
         for why in [
             Rejection::Concurrency,
@@ -406,9 +442,11 @@ impl Metrics {
             .inc();
     }
 
-    pub fn upstream_attempt(&self, outcome: &'static str) {
+    pub fn upstream_attempt(&self, outcome: AttemptOutcome) {
         self.upstream_attempts
-            .get_or_create(&OutcomeLabel { outcome })
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.label(),
+            })
             .inc();
     }
 

@@ -4,6 +4,7 @@
 //! It sits below both [`crate::gateway`] and [`crate::upstream`] so that neither has
 //! to import the other to agree on a shape: the upstreams never import the gateway.
 
+pub mod anthropic;
 pub mod health;
 pub mod metrics;
 pub mod openai;

@@ -99,7 +99,7 @@ fn main() -> ExitCode {
         .build()
         .expect("a current-thread runtime builds");
     let code = runtime.block_on(run(home, args.command));
-    ExitCode::from(code as u8)
+    warden::support::exit::to_exit_code(code)
 }
 
 fn load(home: &Home) -> Result<Config, i32> {
@@ -364,8 +364,9 @@ async fn restart(supervisor: Supervisor) -> i32 {
 }
 
 fn print_status(status: &warden::lifecycle::supervisor::StatusReport) {
+    use warden::lifecycle::supervisor::ProxyState;
     match status.state {
-        "running" | "unhealthy" => {
+        ProxyState::Running | ProxyState::Unhealthy => {
             let pid = status.pid.unwrap_or_default();
             let url = status.url.as_deref().unwrap_or("?");
             println!(
@@ -408,8 +409,8 @@ fn print_status(status: &warden::lifecycle::supervisor::StatusReport) {
                 println!("  {}", status.message);
             }
         }
-        "stopped" => println!("proxy is not running"),
-        _ => println!("proxy {}: {}", status.state, status.message),
+        ProxyState::Stopped => println!("proxy is not running"),
+        ProxyState::Dead => println!("proxy {}: {}", status.state, status.message),
     }
 }
 

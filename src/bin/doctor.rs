@@ -13,6 +13,7 @@ use warden::home::Home;
 use warden::ops::doctor::{self, Options, report};
 use warden::ops::preflight::report::color_wanted;
 use warden::support::cli::HomeArgs;
+use warden::support::exit::{self, to_exit_code};
 
 /// Diagnoses a warden home and fixes what is safe to fix: creates the home,
 /// its folders, .env (mode 0600) and warden.toml from the templates, tightens
@@ -60,7 +61,7 @@ fn main() -> ExitCode {
         Ok(home) => home,
         Err(e) => {
             eprintln!("doctor: {e}");
-            return ExitCode::from(report::EXIT_USAGE as u8);
+            return to_exit_code(exit::USAGE);
         }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -70,7 +71,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("doctor: cannot start the async runtime: {e}");
-            return ExitCode::from(report::EXIT_USAGE as u8);
+            return to_exit_code(exit::USAGE);
         }
     };
     let opts = Options {
@@ -90,5 +91,5 @@ fn main() -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(text.as_bytes());
     let _ = stdout.flush();
-    ExitCode::from(report::exit_code(&result) as u8)
+    to_exit_code(report::exit_code(&result))
 }

@@ -17,6 +17,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, ValueEnum};
 use warden::home::Home;
 use warden::ops::preflight::{self, RunOptions, report};
+use warden::support::exit::{self, nagios, to_exit_code};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Format {
@@ -83,7 +84,7 @@ fn main() -> ExitCode {
         Err(e) if nagios_requested => {
             let first = e.to_string();
             let first = first.lines().next().unwrap_or("bad usage");
-            return print_out(report::nagios_unknown(first), report::NAGIOS_UNKNOWN);
+            return print_out(report::nagios_unknown(first), nagios::UNKNOWN);
         }
         Err(e) => e.exit(), // clap prints the usage error and exits 2
     };
@@ -94,10 +95,10 @@ fn main() -> ExitCode {
     };
     let usage_error = |message: String| -> ExitCode {
         if format == Format::Nagios {
-            print_out(report::nagios_unknown(&message), report::NAGIOS_UNKNOWN)
+            print_out(report::nagios_unknown(&message), nagios::UNKNOWN)
         } else {
             eprintln!("preflight: {message}");
-            exit(report::EXIT_USAGE)
+            to_exit_code(exit::USAGE)
         }
     };
 
@@ -150,9 +151,5 @@ fn print_out(text: String, code: i32) -> ExitCode {
     };
     let _ = stdout.write_all(text.as_bytes());
     let _ = stdout.flush();
-    exit(code)
-}
-
-fn exit(code: i32) -> ExitCode {
-    ExitCode::from(u8::try_from(code).unwrap_or(1))
+    to_exit_code(code)
 }

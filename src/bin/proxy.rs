@@ -13,6 +13,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use warden::home::config::{Config, Overrides};
 use warden::prompts::command::PromptsAction;
 use warden::support::cli::HomeArgs;
+use warden::support::exit;
 
 /// mimalloc instead of glibc's malloc: the gateway allocates and frees small
 /// buffers on every request from two threads.
@@ -73,12 +74,12 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("proxy: configuration error: {e}");
             eprintln!("proxy: fix the value (or run `doctor`) and start again");
-            return ExitCode::from(2);
+            return exit::to_exit_code(exit::USAGE);
         }
     };
     if let Some(Command::Prompts { action, json }) = args.command {
         let code = warden::prompts::command::run(&config, action, json, &mut std::io::stdout());
-        return ExitCode::from(code);
+        return exit::to_exit_code(code);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -87,14 +88,14 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("proxy: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return exit::to_exit_code(exit::FAILED);
         }
     };
     match runtime.block_on(warden::gateway::serve::serve_foreground(config)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => exit::to_exit_code(exit::OK),
         Err(e) => {
             eprintln!("proxy: {e}");
-            ExitCode::FAILURE
+            exit::to_exit_code(exit::FAILED)
         }
     }
 }

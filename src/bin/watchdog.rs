@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 use warden::home::config::{Config, Overrides};
-use warden::lifecycle::watchdog::{self, EXIT_CANNOT_RUN, Options};
+use warden::lifecycle::watchdog::{self, Options};
 use warden::support::cli::HomeArgs;
+use warden::support::exit::{self, to_exit_code};
 
 /// Keeps the warden proxy alive: checks it every interval (and at once when its
 /// process exits), restarts it when a check fails, and gives up after N
@@ -59,7 +60,7 @@ fn main() -> ExitCode {
                 warden::home::LogKind::Watchdog,
                 &format!("cannot run: configuration error: {e}"),
             );
-            return ExitCode::from(EXIT_CANNOT_RUN as u8);
+            return to_exit_code(exit::USAGE);
         }
     };
     let options = Options {
@@ -76,12 +77,12 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("watchdog: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_CANNOT_RUN as u8);
+            return to_exit_code(exit::USAGE);
         }
     };
     let code = runtime.block_on(watchdog::run(config, options));
     // A stop cut short by a signal may leave a blocking terminate() behind: do not
     // wait for it on the way out.
     runtime.shutdown_background();
-    ExitCode::from(code as u8)
+    to_exit_code(code)
 }

@@ -24,21 +24,52 @@ pub async fn require_bearer(
     next: Next,
 ) -> Response {
     if let Some(expected) = &gw.auth_token {
-        let given = request
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim);
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes())) {
+        if !bearer_matches(request.headers(), expected) {
             gw.metrics.rejected(Rejection::Auth);
             return ApiError::unauthorized().into_response();
         }
     }
     next.run(request).await
+}
+
+/// For Anthropic clients (`/v1/messages`): the token as `x-api-key` (what the
+/// Anthropic SDKs and Claude Code send) or as Bearer; a 401 in Anthropic's shape.
+pub async fn require_api_key(
+    State(gw): State<Arc<Gateway>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(expected) = &gw.auth_token {
+        let api_key = request
+            .headers()
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim);
+        if !(api_key.is_some_and(|k| constant_time_eq(k.as_bytes(), expected.as_bytes()))
+            || bearer_matches(request.headers(), expected))
+        {
+            gw.metrics.rejected(Rejection::Auth);
+            return super::messages::error_response(&ApiError::new(
+                axum::http::StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "missing or wrong API key: send the gateway's token as 'x-api-key: <token>' \
+                 or 'Authorization: Bearer <token>'",
+            ));
+        }
+    }
+    next.run(request).await
+}
+
+fn bearer_matches(headers: &axum::http::HeaderMap, expected: &str) -> bool {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes()))
 }
 
 /// Compares without an early exit, so timing does not reveal the token.

@@ -4,7 +4,7 @@
 //! shape), so tests bind port 0 and stop it cleanly, and a restarting daemon can
 //! hand over a listening socket. The router is assembled from small layers, each
 //! with one job: [`observe`] (metrics and the access log), [`admission`] (bearer
-//! auth and the concurrency limit), then the handlers.
+//! or `x-api-key` auth and the concurrency limit), then the handlers.
 //!
 //! The gateway owns the prompt cache ([`PromptStore`]): [`run`] warms it in the
 //! background when the upstream uses prompts, so readiness never waits for a
@@ -13,6 +13,7 @@
 mod admission;
 mod chat;
 pub mod dispatch;
+mod messages;
 pub mod nats;
 mod observe;
 mod responses;
@@ -115,8 +116,17 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         gw.clone(),
         admission::require_bearer,
     ));
+    // The Anthropic Messages API: its clients send the token as `x-api-key`.
+    let anthropic = Router::new()
+        .route("/v1/messages", post(messages::messages))
+        .route("/v1/messages/count_tokens", post(messages::count_tokens))
+        .route_layer(axum::middleware::from_fn_with_state(
+            gw.clone(),
+            admission::require_api_key,
+        ));
     Router::new()
         .merge(api)
+        .merge(anthropic)
         .route("/health", get(status::health))
         .route("/health/live", get(status::live))
         .route("/health/ready", get(status::ready))

@@ -107,11 +107,54 @@ pub enum RestartOutcome {
     },
 }
 
+/// What `daemon status` found: its `state` field, and its exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyState {
+    /// Running and healthy.
+    Running,
+    /// Running, but its health check failed or says `fail`.
+    Unhealthy,
+    /// A PID file, but no process of this home behind it.
+    Dead,
+    /// Not running.
+    Stopped,
+}
+
+impl ProxyState {
+    /// The word in `--json` and in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyState::Running => "running",
+            ProxyState::Unhealthy => "unhealthy",
+            ProxyState::Dead => "dead",
+            ProxyState::Stopped => "stopped",
+        }
+    }
+
+    /// LSB exit codes: 0 running and healthy, 1 PID file but dead, 3 not
+    /// running, 4 running but unhealthy.
+    pub fn exit_code(self) -> i32 {
+        use crate::support::exit::status;
+        match self {
+            ProxyState::Running => status::RUNNING,
+            ProxyState::Dead => status::DEAD,
+            ProxyState::Stopped => status::STOPPED,
+            ProxyState::Unhealthy => status::UNHEALTHY,
+        }
+    }
+}
+
+impl std::fmt::Display for ProxyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What `daemon status` reports.
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
-    /// `running`, `unhealthy`, `dead` (PID file but no process) or `stopped`.
-    pub state: &'static str,
+    pub state: ProxyState,
     pub running: bool,
     pub healthy: bool,
     pub pid: Option<i32>,
@@ -123,15 +166,9 @@ pub struct StatusReport {
 }
 
 impl StatusReport {
-    /// LSB exit codes: 0 running and healthy, 1 PID file but dead, 3 not running,
-    /// 4 running but unhealthy.
+    /// The LSB exit code of [`ProxyState::exit_code`].
     pub fn exit_code(&self) -> i32 {
-        match self.state {
-            "running" => 0,
-            "dead" => 1,
-            "stopped" => 3,
-            _ => 4,
-        }
+        self.state.exit_code()
     }
 }
 
@@ -544,12 +581,12 @@ impl Supervisor {
         };
         match pidfile::inspect(&pid_file) {
             Err(e) => base(
-                "dead",
+                ProxyState::Dead,
                 false,
                 None,
                 format!("cannot read {}: {e}", pid_file.display()),
             ),
-            Ok(PidState::Absent) => base("stopped", false, None, "not running".into()),
+            Ok(PidState::Absent) => base(ProxyState::Stopped, false, None, "not running".into()),
             Ok(PidState::Stale(record)) => {
                 let pid = record.map(|r| r.pid);
                 let what = match pid {
@@ -565,10 +602,10 @@ impl Supervisor {
                     "not running, but {} is left behind ({what}); `daemon start` or `doctor` clears it",
                     pid_file.display()
                 );
-                base("dead", false, pid, message)
+                base(ProxyState::Dead, false, pid, message)
             }
             Ok(PidState::Busy { pid, problem }) => base(
-                "dead",
+                ProxyState::Dead,
                 false,
                 pid,
                 format!(
@@ -579,23 +616,23 @@ impl Supervisor {
             Ok(PidState::Running(record)) => {
                 if !record.identity().matches_live() {
                     return base(
-                        "dead",
+                        ProxyState::Dead,
                         false,
                         Some(record.pid),
                         "the PID file's process is gone".into(),
                     );
                 }
                 let url = self.url_for(&record);
-                let mut report = base("unhealthy", true, Some(record.pid), String::new());
+                let mut report = base(ProxyState::Unhealthy, true, Some(record.pid), String::new());
                 report.url = Some(url.clone());
                 match probe::report(&self.probe, &url).await {
                     Ok((code, health)) => {
                         report.healthy = code == 200 && health.status != HealthStatus::Fail;
                         report.uptime_secs = Some(health.uptime_secs);
                         report.state = if report.healthy {
-                            "running"
+                            ProxyState::Running
                         } else {
-                            "unhealthy"
+                            ProxyState::Unhealthy
                         };
                         report.message =
                             format!("health is {:?} ({code})", health.status).to_lowercase();

@@ -43,9 +43,7 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(3600);
 
 /// Exit codes: 0 stopped by a signal / `--once` healthy; 1 gave up / `--once`
 /// not healthy; 2 could not run (another watchdog, configuration, usage).
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_UNHEALTHY: i32 = 1;
-pub const EXIT_CANNOT_RUN: i32 = 2;
+pub use crate::support::exit::{FAILED as EXIT_UNHEALTHY, OK as EXIT_OK, USAGE as EXIT_CANNOT_RUN};
 
 /// Command-line overrides of the `[watchdog]` section.
 #[derive(Clone, Debug, Default)]

@@ -18,6 +18,7 @@ use serde_json::json;
 
 use crate::home::config::Config;
 use crate::prompts::{PromptStatus, PromptStore, RefreshResult, disk_status};
+use crate::support::exit;
 
 /// What to do with the prompt cache.
 #[derive(clap::Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +33,7 @@ pub enum PromptsAction {
 
 /// Runs one action, printing to `out` (human text, or one JSON document with
 /// `json`). Returns the exit code.
-pub fn run(config: &Config, action: PromptsAction, json: bool, out: &mut dyn Write) -> u8 {
+pub fn run(config: &Config, action: PromptsAction, json: bool, out: &mut dyn Write) -> i32 {
     let result = match action {
         PromptsAction::Status => status(config, json, out),
         PromptsAction::Refresh => refresh(config, json, out),
@@ -42,7 +43,7 @@ pub fn run(config: &Config, action: PromptsAction, json: bool, out: &mut dyn Wri
         Ok(code) => code,
         Err(e) => {
             eprintln!("proxy prompts: cannot write the output: {e}");
-            1
+            exit::FAILED
         }
     }
 }
@@ -51,7 +52,7 @@ fn cache_dir(config: &Config) -> String {
     config.home.prompts_cache_dir().display().to_string()
 }
 
-fn status(config: &Config, json: bool, out: &mut dyn Write) -> std::io::Result<u8> {
+fn status(config: &Config, json: bool, out: &mut dyn Write) -> std::io::Result<i32> {
     let statuses = disk_status(&config.home, &config.prompts);
     if json {
         let doc = json!({
@@ -109,7 +110,7 @@ fn human_secs(secs: f64) -> String {
     humantime::format_duration(whole).to_string()
 }
 
-fn refresh(config: &Config, json: bool, out: &mut dyn Write) -> std::io::Result<u8> {
+fn refresh(config: &Config, json: bool, out: &mut dyn Write) -> std::io::Result<i32> {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -157,7 +158,7 @@ fn refresh(config: &Config, json: bool, out: &mut dyn Write) -> std::io::Result<
     Ok(if ok { 0 } else { 1 })
 }
 
-fn clear(config: &Config, json: bool, out: &mut dyn Write) -> std::io::Result<u8> {
+fn clear(config: &Config, json: bool, out: &mut dyn Write) -> std::io::Result<i32> {
     let store = PromptStore::new(&config.home, &config.prompts);
     match store.clear() {
         Ok(removed) => {

@@ -19,7 +19,7 @@ impl HomeArgs {
             Ok(home) => home,
             Err(e) => {
                 eprintln!("{binary}: {e}");
-                std::process::exit(2);
+                std::process::exit(crate::support::exit::USAGE);
             }
         }
     }

@@ -1,8 +1,9 @@
-//! Small pieces every part uses: the flags all binaries share, log writing, the one
-//! configured HTTP client builder, the clock, this process's memory and the redaction
-//! of secrets and client strings in every output.
+//! Small pieces every part uses: the flags all binaries share, the exit codes, log
+//! writing, the one configured HTTP client builder, the clock, this process's memory
+//! and the redaction of secrets and client strings in every output.
 
 pub mod cli;
+pub mod exit;
 pub mod http_client;
 pub mod logging;
 pub mod memory;

@@ -29,7 +29,7 @@ use tokio::time::timeout;
 
 use super::retry;
 use super::{ExchangeStats, FrameStream, Reply};
-use crate::api::metrics::Metrics;
+use crate::api::metrics::{AttemptOutcome, Metrics};
 use crate::api::openai::{ApiError, Usage};
 use crate::home::config::Config;
 use crate::support::http_client::error_chain;
@@ -145,7 +145,7 @@ impl HttpUpstream {
             let mut retry_after = None;
             match outcome {
                 Err(_) => {
-                    self.metrics.upstream_attempt("timeout");
+                    self.metrics.upstream_attempt(AttemptOutcome::Timeout);
                     return Err(ApiError::gateway_timeout(format!(
                         "upstream {} sent no response within {} s (upstream.first_byte_timeout)",
                         self.display,
@@ -163,20 +163,20 @@ impl HttpUpstream {
                         && response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS
                     {
                         // The upstream's own rate limit: let the client back off.
-                        self.metrics.upstream_attempt("failed");
+                        self.metrics.upstream_attempt(AttemptOutcome::Failed);
                         return Ok(response);
                     }
                 }
                 Ok(Ok(response)) => {
-                    self.metrics.upstream_attempt("ok");
+                    self.metrics.upstream_attempt(AttemptOutcome::Ok);
                     return Ok(response);
                 }
             }
             if attempt < self.attempts {
-                self.metrics.upstream_attempt("retried");
+                self.metrics.upstream_attempt(AttemptOutcome::Retried);
                 tokio::time::sleep(retry::backoff(attempt, retry_after)).await;
             } else {
-                self.metrics.upstream_attempt("failed");
+                self.metrics.upstream_attempt(AttemptOutcome::Failed);
             }
         }
         Err(ApiError::bad_gateway(format!(

@@ -11,6 +11,7 @@
 
 mod support;
 
+mod anthropic;
 mod completions;
 mod daemon;
 mod doctor;

@@ -5,15 +5,12 @@ use owo_colors::OwoColorize;
 
 use super::{FindingStatus, Report};
 
-/// Exit status: nothing is left broken.
-pub const EXIT_OK: i32 = 0;
-/// Something still needs fixing (or, in a dry run, would be fixed).
-pub const EXIT_BROKEN: i32 = 1;
-/// doctor could not run (bad usage, no home).
-pub const EXIT_USAGE: i32 = 2;
+use crate::support::exit;
 
+/// 0 nothing is left broken; 1 something still needs fixing (or, in a dry run,
+/// would be fixed).
 pub fn exit_code(report: &Report) -> i32 {
-    if report.ok { EXIT_OK } else { EXIT_BROKEN }
+    if report.ok { exit::OK } else { exit::FAILED }
 }
 
 fn mark(status: FindingStatus, color: bool) -> String {

@@ -8,18 +8,7 @@ use owo_colors::OwoColorize;
 
 use super::{Report, Status};
 
-/// Exit status of `preflight` (and `daemon check`): nothing failed.
-pub const EXIT_OK: i32 = 0;
-/// A check failed.
-pub const EXIT_FAILED: i32 = 1;
-/// Preflight could not run: bad usage, unknown check id, no home.
-pub const EXIT_USAGE: i32 = 2;
-
-/// Nagios plugin exit statuses.
-pub const NAGIOS_OK: i32 = 0;
-pub const NAGIOS_WARNING: i32 = 1;
-pub const NAGIOS_CRITICAL: i32 = 2;
-pub const NAGIOS_UNKNOWN: i32 = 3;
+use crate::support::exit::{self, nagios};
 
 /// Colour only for a terminal, and never when `NO_COLOR` is set to anything
 /// but the empty string (<https://no-color.org>).
@@ -30,7 +19,7 @@ pub fn color_wanted() -> bool {
 
 /// 0 when nothing failed (warnings allowed), 1 otherwise.
 pub fn exit_code(report: &Report) -> i32 {
-    if report.ok { EXIT_OK } else { EXIT_FAILED }
+    if report.ok { exit::OK } else { exit::FAILED }
 }
 
 fn label(status: Status, color: bool) -> String {
@@ -132,11 +121,11 @@ pub fn json(report: &Report) -> String {
 pub fn nagios(report: &Report) -> (String, i32) {
     let s = &report.summary;
     let (word, code) = if s.fail > 0 {
-        ("CRITICAL", NAGIOS_CRITICAL)
+        ("CRITICAL", nagios::CRITICAL)
     } else if s.warn > 0 {
-        ("WARNING", NAGIOS_WARNING)
+        ("WARNING", nagios::WARNING)
     } else {
-        ("OK", NAGIOS_OK)
+        ("OK", nagios::OK)
     };
     let mut text = format!(
         "WARDEN {word} - {} pass, {} warn, {} fail",
