@@ -22,6 +22,7 @@ mod preflight;
 mod prompts;
 mod proxy;
 mod responses;
+mod routing;
 mod safety_doc;
 mod systemd;
 mod watchdog;
