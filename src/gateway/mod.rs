@@ -107,7 +107,8 @@ impl Gateway {
 pub fn router(gw: Arc<Gateway>) -> Router {
     let mut api = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
-        .route("/v1/models", get(chat::models));
+        .route("/v1/models", get(chat::models))
+        .route("/v1/models/{*id}", get(chat::model));
     if gw.config.features.enable_responses_api {
         api = api.route("/v1/responses", post(responses::responses));
     } else {
