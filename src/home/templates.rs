@@ -258,8 +258,16 @@ mod tests {
         assert_eq!(settings.logs.target, crate::home::config::LogTarget::Stdout);
         assert_eq!(settings.nats.url, "nats://nats:4222");
         assert!(settings.nats.jetstream);
-        for needle in ["replicas: 3", "subPath: warden.toml", "name: nats", "port: 4222"] {
-            assert!(KUBERNETES.contains(needle), "kubernetes.yaml lacks {needle}");
+        for needle in [
+            "replicas: 3",
+            "subPath: warden.toml",
+            "name: nats",
+            "port: 4222",
+        ] {
+            assert!(
+                KUBERNETES.contains(needle),
+                "kubernetes.yaml lacks {needle}"
+            );
         }
     }
 }
