@@ -377,3 +377,88 @@ async fn a_model_is_retrieved_by_id_and_an_unknown_one_is_model_not_found() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cors_is_off_by_default_and_answers_preflights_when_origins_are_set() {
+    let preflight = |url: String, origin: &'static str| {
+        client()
+            .request(reqwest::Method::OPTIONS, url)
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+    };
+    // Off: OPTIONS is 405 and answers carry no CORS header.
+    let home = TestHome::new();
+    let proxy = Proxy::start(&home, &[], &[]);
+    let url = format!("{}/v1/chat/completions", proxy.url);
+    let r = preflight(url.clone(), "http://app.test").await.unwrap();
+    assert_eq!(r.status(), 405);
+    let r = client()
+        .get(format!("{}/v1/models", proxy.url))
+        .header("origin", "http://app.test")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    drop(proxy);
+
+    // On, with a bearer token configured: the preflight needs none.
+    let home = TestHome::new();
+    home.config("[server]\ncors_origins = [\"http://app.test\"]\n");
+    home.write(".env", "WARDEN_AUTH_TOKEN=tok\n");
+    let proxy = Proxy::start(&home, &[], &[]);
+    let url = format!("{}/v1/chat/completions", proxy.url);
+    let r = preflight(url.clone(), "http://app.test").await.unwrap();
+    assert_eq!(r.status(), 204);
+    let h = r.headers();
+    assert_eq!(h["access-control-allow-origin"], "http://app.test");
+    assert!(
+        h["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST")
+    );
+    assert_eq!(
+        h["access-control-allow-headers"],
+        "authorization, content-type"
+    );
+    assert!(h.get("x-request-id").is_some());
+    // Another origin: refused.
+    let r = preflight(url.clone(), "http://evil.test").await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_openai_error(&r.json().await.unwrap());
+    // The actual request: allowed origin, its headers readable by the page.
+    let r = client()
+        .post(&url)
+        .bearer_auth("tok")
+        .header("origin", "http://app.test")
+        .json(&json!({"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "http://app.test"
+    );
+    assert!(
+        r.headers()["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .contains("x-request-id")
+    );
+}
+
+#[test]
+fn a_bad_cors_origin_is_a_config_error_naming_the_key() {
+    let home = TestHome::new();
+    home.config("[server]\ncors_origins = [\"app.test/path\"]\n");
+    let out = crate::support::run("proxy", &home, &["prompts", "status"]);
+    let said = crate::support::text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(said.contains("server.cors_origins"), "{said}");
+}
