@@ -38,6 +38,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Browser origins allowed by CORS (`"*"` = any); empty = CORS off.
     pub cors_origins: Vec<String>,
+    /// The model a request without one gets; empty = such a request is a 400.
+    pub default_model: String,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +56,7 @@ impl Default for ServerConfig {
             keepalive_timeout: 60,
             max_connections: 10_000,
             cors_origins: Vec::new(),
+            default_model: String::new(),
         }
     }
 }

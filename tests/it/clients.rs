@@ -69,11 +69,11 @@ async fn the_mock_answers_responses_offline_and_fetches_no_prompt() {
     assert_eq!(reply["usage"]["output_tokens"], 3);
     assert_eq!(reply["usage"]["total_tokens"], 6);
 
-    // Without a model: the first configured one; input as message items.
+    // Input as message items.
     let reply: Value = post(
         &proxy,
         "/v1/responses",
-        &json!({"input": [{"role": "developer", "content": "rules"},
+        &json!({"model": "gpt-5", "input": [{"role": "developer", "content": "rules"},
                           {"type": "message", "role": "user",
                            "content": [{"type": "input_text", "text": "items work"}]}]}),
     )
@@ -461,4 +461,129 @@ fn a_bad_cors_origin_is_a_config_error_naming_the_key() {
     let said = crate::support::text(&out.stderr);
     assert!(!out.status.success());
     assert!(said.contains("server.cors_origins"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_get_openais_status_and_one_code_per_kind_of_mistake() {
+    let home = TestHome::new();
+    let proxy = Proxy::start(&home, &[], &[]);
+    let send = |path: &'static str, body: String| {
+        let url = format!("{}{path}", proxy.url);
+        async move {
+            let r = client()
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap();
+            assert_openai_error(&body);
+            (
+                status,
+                body["error"]["code"].clone(),
+                body["error"]["param"].clone(),
+            )
+        }
+    };
+    let chat = "/v1/chat/completions";
+    let m = r#"[{"role":"user","content":"hi"}]"#;
+    for (body, code, param) in [
+        ("{oops".to_string(), "invalid_json", Value::Null),
+        ("[1, 2]".to_string(), "invalid_type", Value::Null),
+        (
+            r#"{"model":"gpt-5"}"#.to_string(),
+            "missing_required_parameter",
+            json!("messages"),
+        ),
+        (
+            r#"{"model":"gpt-5","messages":null}"#.to_string(),
+            "invalid_type",
+            json!("messages"),
+        ),
+        (
+            r#"{"model":"gpt-5","messages":{}}"#.to_string(),
+            "invalid_type",
+            json!("messages"),
+        ),
+        (
+            r#"{"model":"gpt-5","messages":[]}"#.to_string(),
+            "empty_array",
+            json!("messages"),
+        ),
+        (
+            format!(r#"{{"messages":{m}}}"#),
+            "missing_required_parameter",
+            json!("model"),
+        ),
+        (
+            format!(r#"{{"model":7,"messages":{m}}}"#),
+            "invalid_type",
+            json!("model"),
+        ),
+        (
+            format!(r#"{{"model":"gpt-5","messages":{m},"stream":"yes"}}"#),
+            "invalid_type",
+            json!("stream"),
+        ),
+    ] {
+        assert_eq!(
+            send(chat, body.clone()).await,
+            (400, json!(code), param),
+            "{body}"
+        );
+    }
+    let responses = "/v1/responses";
+    for (body, code, param) in [
+        ("{oops", "invalid_json", Value::Null),
+        (
+            r#"{"input":"hi"}"#,
+            "missing_required_parameter",
+            json!("model"),
+        ),
+        (
+            r#"{"model":[],"input":"hi"}"#,
+            "invalid_type",
+            json!("model"),
+        ),
+        (
+            r#"{"model":"gpt-5","input":5}"#,
+            "invalid_type",
+            json!("input"),
+        ),
+        (
+            r#"{"model":"gpt-5","input":"hi","stream":1}"#,
+            "invalid_type",
+            json!("stream"),
+        ),
+    ] {
+        assert_eq!(
+            send(responses, body.to_string()).await,
+            (400, json!(code), param),
+            "{body}"
+        );
+    }
+    drop(proxy);
+
+    // With server.default_model, a request without a model gets it.
+    let home = TestHome::new();
+    home.config("[server]\ndefault_model = \"gpt-5-codex\"\n");
+    let proxy = Proxy::start(&home, &[], &[]);
+    let reply: Value = post(
+        &proxy,
+        chat,
+        &json!({"messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(reply["model"], "gpt-5-codex", "{reply}");
+    let reply: Value = post(&proxy, responses, &json!({"input": "hi"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reply["model"], "gpt-5-codex", "{reply}");
 }
