@@ -104,6 +104,13 @@ pub(super) fn body_rejection(gw: &Gateway, rejection: BytesRejection) -> ApiErro
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         gw.metrics.rejected(Rejection::BodyTooLarge);
         ApiError::payload_too_large(gw.config.server.max_body_bytes)
+    } else if let Some(secs) = super::connections::BodyTimedOut::caused(&rejection) {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            format!("the request body did not arrive within server.body_timeout ({secs} s)"),
+        )
+        .code("request_timeout")
     } else {
         ApiError::bad_request(format!("cannot read the request body: {rejection}"))
     }
