@@ -11,6 +11,7 @@
 //! Every upstream answers with a [`Reply`]: a complete JSON body, or a stream of
 //! ready-to-send SSE frames. Failures are already in the OpenAI error shape.
 
+pub mod anthropic;
 pub mod chat;
 pub mod http;
 pub mod mock;
@@ -97,6 +98,7 @@ pub enum Upstream {
     Mock(mock::MockUpstream),
     Chat(chat::ChatUpstream),
     Responses(responses::ResponsesUpstream),
+    Anthropic(anthropic::AnthropicUpstream),
 }
 
 impl Upstream {
@@ -115,6 +117,13 @@ impl Upstream {
             UpstreamApi::Responses => {
                 Upstream::Responses(responses::ResponsesUpstream::new(config, metrics, prompts)?)
             }
+            UpstreamApi::Anthropic => {
+                let http = http::HttpUpstream::new(config, metrics)?.anthropic_auth(
+                    config.upstream_api_key().as_deref(),
+                    &config.upstream.api_key_env,
+                )?;
+                Upstream::Anthropic(anthropic::AnthropicUpstream::new(http))
+            }
         })
     }
 
@@ -123,6 +132,7 @@ impl Upstream {
             Upstream::Mock(m) => m.chat(call),
             Upstream::Chat(c) => c.chat(call).await,
             Upstream::Responses(r) => r.chat(call).await,
+            Upstream::Anthropic(a) => a.chat(call).await,
         }
     }
 
@@ -142,6 +152,7 @@ impl Upstream {
             }
             Upstream::Chat(c) => c.http(),
             Upstream::Responses(r) => r.http(),
+            Upstream::Anthropic(_) => return Err(anthropic::responses_unsupported()),
         };
         http.forward(
             http.responses_url(),
@@ -158,7 +169,7 @@ impl Upstream {
     /// `/v1/models` serves the configured models and their reasoning variants.
     pub async fn models(&self) -> Option<Bytes> {
         match self {
-            Upstream::Mock(_) | Upstream::Responses(_) => None,
+            Upstream::Mock(_) | Upstream::Responses(_) | Upstream::Anthropic(_) => None,
             Upstream::Chat(c) => c.models().await,
         }
     }
