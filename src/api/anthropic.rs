@@ -428,7 +428,10 @@ pub fn stop_reason(finish_reason: Option<&str>) -> &'static str {
 /// Chat `usage` from Messages `usage`: cache reads and writes count as prompt
 /// tokens (Anthropic reports them apart from `input_tokens`).
 pub fn chat_usage(usage: &Value) -> Option<Value> {
-    let output = usage.get("output_tokens")?.as_u64()?;
+    if usage.get("input_tokens").is_none() && usage.get("output_tokens").is_none() {
+        return None;
+    }
+    let output = usage["output_tokens"].as_u64().unwrap_or(0);
     let cached = usage["cache_read_input_tokens"].as_u64().unwrap_or(0);
     let input = usage["input_tokens"].as_u64().unwrap_or(0)
         + usage["cache_creation_input_tokens"].as_u64().unwrap_or(0)
