@@ -117,11 +117,17 @@ impl HttpUpstream {
     /// Sends the key the Anthropic way: as `x-api-key` instead of
     /// `Authorization: Bearer`, with `anthropic-version` on every request.
     /// `key_env` names the variable the key came from, for the error message.
-    pub fn anthropic_auth(mut self, key: Option<&str>, key_env: &str) -> Result<Self, String> {
+    pub fn anthropic_auth(
+        mut self,
+        key: Option<&str>,
+        key_env: &str,
+    ) -> Result<Self, super::UpstreamError> {
         self.auth = None;
         if let Some(key) = key {
             let mut value = HeaderValue::from_str(key.trim()).map_err(|_| {
-                format!("the value of {key_env} contains characters not allowed in an HTTP header")
+                super::UpstreamError::KeyNotAHeader {
+                    var: key_env.to_string(),
+                }
             })?;
             value.set_sensitive(true);
             self.extra_headers
