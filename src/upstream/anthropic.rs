@@ -56,7 +56,7 @@ impl AnthropicUpstream {
         let body = Bytes::from(serde_json::to_vec(&request).expect("JSON serialises"));
         let response = self
             .http
-            .send(&self.messages_url, &body, &call.stats)
+            .send(&self.messages_url, &body, &call.stats, &call.headers)
             .await?;
         let status = response.status();
         if !status.is_success() {
