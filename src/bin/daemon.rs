@@ -159,14 +159,26 @@ async fn run(home: Home, command: Cmd) -> i32 {
             restart(&supervisor, &op).await
         }
         Cmd::Status { json } => {
-            let status = Supervisor::new(load_or_defaults(&home)).status().await;
+            let config = load_or_defaults(&home);
+            let ui_enabled = config.server.ui;
+            let status = Supervisor::new(config).status().await;
+            // The status page of a running proxy (`server.ui`), e.g. http://127.0.0.1:8000/ui.
+            let ui_url = status
+                .url
+                .as_deref()
+                .filter(|_| ui_enabled && status.running)
+                .map(|url| format!("{}/ui", url.trim_end_matches('/')));
             if json {
+                let mut value = serde_json::to_value(&status).expect("status serialises");
+                if let Some(object) = value.as_object_mut() {
+                    object.insert("ui_url".into(), serde_json::json!(ui_url));
+                }
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&status).expect("status serialises")
+                    serde_json::to_string_pretty(&value).expect("status serialises")
                 );
             } else {
-                print_status(&status);
+                print_status(&status, ui_url.as_deref());
             }
             status.exit_code()
         }
@@ -403,7 +415,7 @@ async fn restart(supervisor: &Supervisor, op: &Operation) -> i32 {
     }
 }
 
-fn print_status(status: &warden::lifecycle::supervisor::StatusReport) {
+fn print_status(status: &warden::lifecycle::supervisor::StatusReport, ui_url: Option<&str>) {
     use warden::lifecycle::supervisor::ProxyState;
     match status.state {
         ProxyState::Running | ProxyState::Unhealthy => {
@@ -417,6 +429,9 @@ fn print_status(status: &warden::lifecycle::supervisor::StatusReport) {
                     "UNHEALTHY"
                 }
             );
+            if let Some(ui_url) = ui_url {
+                println!("  page      {ui_url}");
+            }
             if let Some(h) = &status.health {
                 println!("  uptime    {:.0} s", h.uptime_secs);
                 println!(

@@ -15,12 +15,14 @@ mod chat;
 pub mod connections;
 mod cors;
 pub mod dispatch;
+pub mod history;
 mod messages;
 pub mod nats;
 mod observe;
 mod responses;
 pub mod serve;
 mod status;
+mod ui;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -59,6 +61,8 @@ pub struct Gateway {
     pub nats: nats::NatsStatus,
     /// The same readiness, for tasks that wait on changes (systemd notification).
     ready_watch: tokio::sync::watch::Sender<bool>,
+    /// The last minutes of request figures, for the status page (`GET /ui`).
+    pub history: history::History,
 }
 
 impl Gateway {
@@ -75,6 +79,7 @@ impl Gateway {
             draining: AtomicBool::new(false),
             ready_watch: tokio::sync::watch::Sender::new(false),
             nats: nats::NatsStatus::new(config.nats.enabled()),
+            history: history::History::new(),
             router,
             metrics,
             config,
@@ -134,7 +139,14 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/health", get(status::health))
         .route("/health/live", get(status::live))
         .route("/health/ready", get(status::ready))
-        .route("/metrics", get(status::metrics))
+        .route("/metrics", get(status::metrics));
+    if gw.config.server.ui {
+        // The status page; open like /health (it shows what /health shows).
+        router = router
+            .route("/ui", get(ui::page))
+            .route("/ui/history.json", get(ui::history));
+    }
+    router = router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(gw.config.server.max_body_bytes));
@@ -215,6 +227,9 @@ pub async fn run(
     }
     // Off (no network at all) unless nats.url is set; connects in the background.
     let nats_ingress = nats::start(&gw);
+    if gw.config.server.ui {
+        history::spawn_sampler(Arc::downgrade(&gw));
+    }
     gw.set_ready(true);
     tracing::info!(
         version = crate::VERSION,

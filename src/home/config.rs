@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub cors_origins: Vec<String>,
     /// The model a request without one gets; empty = such a request is a 400.
     pub default_model: String,
+    /// The status page `GET /ui` (and its `/ui/history.json`); false = 404.
+    pub ui: bool,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +59,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             cors_origins: Vec::new(),
             default_model: String::new(),
+            ui: true,
         }
     }
 }

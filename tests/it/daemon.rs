@@ -82,6 +82,15 @@ fn start_status_stop_with_lsb_exit_codes() {
     assert_eq!(status["pid"], record.pid);
     assert!(status["uptime_secs"].is_number());
     assert_eq!(status["health"]["status"], "pass");
+    // The status page's URL (server.ui is on by default), in JSON and in text.
+    let ui_url = format!("{}/ui", status["url"].as_str().unwrap());
+    assert_eq!(status["ui_url"], ui_url.as_str());
+    let out = run("daemon", &home, &["status"]);
+    assert!(
+        text(&out.stdout).contains(&format!("page      {ui_url}")),
+        "{}",
+        text(&out.stdout)
+    );
 
     let out = run("daemon", &home, &["stop"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));

@@ -27,4 +27,5 @@ mod responses;
 mod routing;
 mod safety_doc;
 mod systemd;
+mod ui;
 mod watchdog;

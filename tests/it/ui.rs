@@ -1,0 +1,173 @@
+//! The status page `GET /ui`: rendered by headless Chromium (Debian `chromium`,
+//! installed by .ci/run) against a real proxy whose provider is cooling after
+//! real failures from an axum upstream; `server.ui = false`; the history JSON.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::upstream::{Behaviour, Upstream};
+use crate::support::{PATIENCE, Proxy, TestHome, client};
+
+async fn history(proxy: &Proxy) -> Value {
+    let r = client()
+        .get(format!("{}/ui/history.json", proxy.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+fn provider_state(h: &Value, name: &str) -> String {
+    h["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .map(|p| p["state"].as_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// `chromium --headless --dump-dom URL`, killed (by its own PID) past the deadline.
+fn dump_dom(url: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(out.reopen().unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromium must be installed for this test (.ci/run installs Debian's chromium)");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "chromium failed: {status}");
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chromium did not finish rendering {url} within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::read_to_string(out.path()).unwrap()
+}
+
+/// The text of the element with this id (its first text node).
+fn text_of<'a>(dom: &'a str, id: &str) -> &'a str {
+    let at = dom
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id} in the DOM:\n{dom}"));
+    let rest = &dom[at..];
+    let start = rest.find('>').unwrap() + 1;
+    let end = rest[start..].find('<').unwrap();
+    &rest[start..start + end]
+}
+
+/// The provider's table row (`<tr class="provider" data-provider="NAME">…</tr>`).
+fn provider_row<'a>(dom: &'a str, name: &str) -> &'a str {
+    let at = dom
+        .find(&format!("data-provider=\"{name}\""))
+        .unwrap_or_else(|| panic!("provider {name} not on the page:\n{dom}"));
+    let end = dom[at..].find("</tr>").unwrap();
+    &dom[at..at + end]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chromium_renders_the_status_page_with_a_cooling_provider_and_the_request_count() {
+    let failing = Upstream::start(Behaviour::Always(500));
+    let home = TestHome::new();
+    home.config(&format!(
+        "[upstream]\nurl = \"{}\"\nattempts = 1\n",
+        failing.url()
+    ));
+    let proxy = Proxy::start(&home, &[], &[]);
+    // Real failures until the provider cools (3 in a row by default).
+    let deadline = Instant::now() + PATIENCE;
+    while provider_state(&history(&proxy).await, "default") != "cooling" {
+        assert!(Instant::now() < deadline, "the provider never cooled");
+        let r = client()
+            .post(format!("{}/v1/chat/completions", proxy.url))
+            .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_server_error(), "{}", r.status());
+    }
+    let url = format!("{}/ui", proxy.url);
+    let dom = tokio::task::spawn_blocking(move || dump_dom(&url))
+        .await
+        .unwrap();
+    let row = provider_row(&dom, "default");
+    assert!(row.contains(">cooling<"), "state in words: {row}");
+    assert!(
+        row.contains("left") || row.contains("probing"),
+        "countdown: {row}"
+    );
+    assert!(dom.contains("last error: "), "last error shown");
+    let total: u64 = text_of(&dom, "requests-total").parse().unwrap();
+    assert!(total >= 3, "request count {total}");
+    assert_eq!(text_of(&dom, "status"), "pass");
+    // Errors by kind come from /metrics?format=json.
+    assert!(dom.contains("HTTP 50"), "errors by kind: {dom}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_status_page_is_on_by_default_open_like_health_and_off_with_server_ui_false() {
+    let home = TestHome::new();
+    // A bearer token protects /v1/*, not /health nor the page.
+    let proxy = Proxy::start(&home, &[], &[("WARDEN_AUTH_TOKEN", "s3cret-token")]);
+    let r = client()
+        .get(format!("{}/ui", proxy.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let page = r.text().await.unwrap();
+    assert!(page.contains("<title>warden status</title>"));
+    assert!(!page.contains("s3cret-token"));
+    assert!(
+        !page.contains("src=\"http") && !page.contains("href=\"http"),
+        "no external assets"
+    );
+    let h = history(&proxy).await;
+    assert_eq!(h["capacity"], 180);
+    assert_eq!(h["interval_secs"], 5);
+    assert!(h["samples"].as_array().unwrap().len() <= 180);
+    assert_eq!(provider_state(&h, "default"), "healthy");
+
+    let off = TestHome::new();
+    off.config("[server]\nui = false\n");
+    let proxy = Proxy::start(&off, &[], &[]);
+    for path in ["/ui", "/ui/history.json"] {
+        let r = client()
+            .get(format!("{}{path}", proxy.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+    }
+}
