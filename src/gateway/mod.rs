@@ -185,7 +185,9 @@ pub async fn run(
     let graceful_timeout = Duration::from_secs(gw.config.server.graceful_timeout);
     let service = TowerToHyperService::new(router(gw.clone()));
     let builder = Builder::new(TokioExecutor::new());
+    // `connections` tells each connection to finish; `tasks` says when they have.
     let connections = GracefulShutdown::new();
+    let tasks = tokio_util::task::TaskTracker::new();
     if gw.uses_prompts() {
         // Loads the disk cache and fetches what is missing or expired, in the
         // background: readiness does not wait for the network.
@@ -220,24 +222,23 @@ pub async fn run(
             .serve_connection_with_upgrades(TokioIo::new(stream), service.clone())
             .into_owned();
         let conn = connections.watch(conn);
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let _ = conn.await;
         });
     }
     drop(listener);
+    tasks.close();
     gw.set_ready(false);
     gw.draining.store(true, Ordering::Release);
     tracing::info!(
         in_flight = gw.metrics.stats.in_flight.load(Ordering::Relaxed),
-        connections = connections.count(),
+        connections = tasks.len(),
         graceful_timeout_secs = graceful_timeout.as_secs(),
         "shutdown requested: readiness off, no longer accepting, draining in-flight requests"
     );
     let drained = async {
-        let linger_until = tokio::time::Instant::now() + LINGER.min(graceful_timeout);
-        while connections.count() > 0 && tokio::time::Instant::now() < linger_until {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // Connections that close on their own within the linger end it early.
+        let _ = tokio::time::timeout(LINGER.min(graceful_timeout), tasks.wait()).await;
         connections.shutdown().await;
     };
     if tokio::time::timeout(graceful_timeout, drained)
