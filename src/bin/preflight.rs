@@ -104,7 +104,7 @@ fn main() -> ExitCode {
 
     let home = match Home::resolve(cli.home.as_deref()) {
         Ok(home) => home,
-        Err(message) => return usage_error(message),
+        Err(e) => return usage_error(e.to_string()),
     };
     let opts = RunOptions {
         only: cli.only.iter().map(|s| s.trim().to_string()).collect(),

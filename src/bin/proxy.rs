@@ -10,7 +10,9 @@
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use warden::home::config::{Config, Overrides};
+use warden::gateway::serve::{ServeError, serve_foreground};
+use warden::home::config::{Config, ConfigError, Overrides};
+use warden::home::{Home, HomeError};
 use warden::prompts::command::PromptsAction;
 use warden::support::cli::HomeArgs;
 use warden::support::exit;
@@ -62,40 +64,56 @@ fn main() -> ExitCode {
     if let Some(code) = warden::support::cli::handle_generate(Args::command) {
         return code;
     }
-    let args = Args::parse();
-    let home = args.home.resolve_or_exit("proxy");
+    match run(Args::parse()) {
+        Ok(code) => exit::to_exit_code(code),
+        Err(e) => {
+            let code = match &e {
+                ProxyError::Home(_) | ProxyError::Config(_) => exit::USAGE,
+                ProxyError::Runtime(_) | ProxyError::Serve(_) => exit::FAILED,
+            };
+            let status = exit::fail("proxy", &e, code);
+            if let ProxyError::Config(_) = e {
+                eprintln!("proxy: fix the value (or run `doctor`) and start again");
+            }
+            status
+        }
+    }
+}
+
+/// Why `proxy` ends early; [`main`] chooses the exit code.
+#[derive(Debug, thiserror::Error)]
+enum ProxyError {
+    #[error(transparent)]
+    Home(#[from] HomeError),
+    #[error("configuration error: {0}")]
+    Config(#[from] ConfigError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// Serves (or runs `proxy prompts`); `Ok` is the exit code.
+fn run(args: Args) -> Result<i32, ProxyError> {
+    let home = Home::resolve(args.home.home.as_deref())?;
     let overrides = Overrides {
         host: args.host,
         port: args.port,
         upstream_url: args.upstream,
     };
-    let config = match Config::load(&home, &overrides) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("proxy: configuration error: {e}");
-            eprintln!("proxy: fix the value (or run `doctor`) and start again");
-            return exit::to_exit_code(exit::USAGE);
-        }
-    };
+    let config = Config::load(&home, &overrides)?;
     if let Some(Command::Prompts { action, json }) = args.command {
-        let code = warden::prompts::command::run(&config, action, json, &mut std::io::stdout());
-        return exit::to_exit_code(code);
+        return Ok(warden::prompts::command::run(
+            &config,
+            action,
+            json,
+            &mut std::io::stdout(),
+        ));
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("proxy: cannot start the async runtime: {e}");
-            return exit::to_exit_code(exit::FAILED);
-        }
-    };
-    match runtime.block_on(warden::gateway::serve::serve_foreground(config)) {
-        Ok(()) => exit::to_exit_code(exit::OK),
-        Err(e) => {
-            eprintln!("proxy: {e}");
-            exit::to_exit_code(exit::FAILED)
-        }
-    }
+        .map_err(ProxyError::Runtime)?;
+    runtime.block_on(serve_foreground(config))?;
+    Ok(exit::OK)
 }

@@ -56,7 +56,7 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(config: Config) -> Result<Arc<Gateway>, String> {
+    pub fn new(config: Config) -> Result<Arc<Gateway>, crate::upstream::UpstreamError> {
         let metrics = Arc::new(Metrics::new());
         let prompts = PromptStore::new(&config.home, &config.prompts);
         let upstream = Upstream::from_config(&config, metrics.clone(), prompts.clone())?;

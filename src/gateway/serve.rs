@@ -2,68 +2,132 @@
 //! socket), signals, and the start/stop markers. The `proxy` binary is a thin
 //! wrapper around [`serve_foreground`].
 
+use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 
 use tokio::net::TcpListener;
 
 use crate::gateway::{self, Gateway};
 use crate::home::LogKind;
-use crate::home::config::Config;
+use crate::home::config::{Config, ConfigError};
 use crate::lifecycle::handoff;
-use crate::lifecycle::pidfile::{self, PidRecord};
+use crate::lifecycle::pidfile::{self, PidFileError, PidRecord};
+use crate::upstream::UpstreamError;
 
-/// Serves until SIGTERM/SIGINT and returns after the drain. Errors are
-/// sentences for the operator.
+/// Why the proxy could not start or stopped serving. Each names what failed and
+/// where (address, path), and keeps the underlying error as its source.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot open the log under {}: {source}", dir.display())]
+    Log { dir: PathBuf, source: io::Error },
+    #[error("cannot create the home's folders under {}: {source}", root.display())]
+    HomeDirs { root: PathBuf, source: io::Error },
+    /// `WARDEN_LISTEN_FD` or systemd's `LISTEN_FDS` named no usable socket.
+    #[error("{source}")]
+    Inherited { source: io::Error },
+    #[error("cannot adopt the inherited socket: {source}")]
+    Adopt { source: io::Error },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}{}", bind_hint(source))]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("cannot read the address of the listening socket: {source}")]
+    LocalAddr { source: io::Error },
+    #[error("cannot describe this process for {}: {source}", path.display())]
+    Describe { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    PidFile(#[from] PidFileError),
+    #[error("cannot take over {}: {source}", path.display())]
+    TakeOver { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("server error: {source}")]
+    Server { source: io::Error },
+}
+
+fn bind_hint(e: &io::Error) -> &'static str {
+    if e.kind() == io::ErrorKind::AddrInUse {
+        "; another process holds it: `preflight --only port` names it; pick another port with server.port in warden.toml, WARDEN_PORT or --port"
+    } else {
+        ""
+    }
+}
+
+/// Serves until SIGTERM/SIGINT and returns after the drain. An error is also
+/// written to the log, once.
 ///
 /// Start-up order matters: the port is bound (or inherited) first, so a busy
 /// port fails fast; then `run/proxy.pid` is locked, so two proxies of one home
 /// can never both serve. A successor started by `daemon restart` instead takes
 /// the PID file over from its predecessor once it is about to serve.
-pub async fn serve_foreground(config: Config) -> Result<(), String> {
+pub async fn serve_foreground(config: Config) -> Result<(), ServeError> {
     let _log_guard = crate::support::logging::init(
         &config.home,
         LogKind::Proxy,
         config.logs.format,
         config.features.verbose,
     )
-    .map_err(|e| format!("cannot open the log: {e}"))?;
-    let fail = |message: String| {
-        tracing::error!("{message}");
-        message
-    };
-    let home = config.home.clone();
-    home.ensure_dirs().map_err(|e| fail(e.to_string()))?;
-    let takeover = std::env::var_os(handoff::HANDOFF_VAR).is_some();
-    let listener = match handoff::inherited_listener().map_err(|e| fail(e.to_string()))? {
-        Some(std_listener) => TcpListener::from_std(std_listener)
-            .map_err(|e| fail(format!("cannot adopt the inherited socket: {e}")))?,
-        None => bind(config.listen_addr().map_err(|e| e.to_string())?).await?,
-    };
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
-    let pid_path = home.proxy_pid_file();
-    let record = PidRecord::for_current_process(home.root(), Some(local.port())).map_err(|e| {
-        fail(format!(
-            "cannot describe this process for {}: {e}",
-            pid_path.display()
-        ))
+    .map_err(|source| ServeError::Log {
+        dir: config.home.logs_dir(),
+        source,
     })?;
+    let result = serve_logged(config).await;
+    if let Err(e) = &result {
+        tracing::error!("{e}");
+    }
+    result
+}
+
+async fn serve_logged(config: Config) -> Result<(), ServeError> {
+    let home = config.home.clone();
+    home.ensure_dirs().map_err(|source| ServeError::HomeDirs {
+        root: home.root().to_path_buf(),
+        source,
+    })?;
+    let takeover = std::env::var_os(handoff::HANDOFF_VAR).is_some();
+    let listener =
+        match handoff::inherited_listener().map_err(|source| ServeError::Inherited { source })? {
+            Some(std_listener) => TcpListener::from_std(std_listener)
+                .map_err(|source| ServeError::Adopt { source })?,
+            None => {
+                let addr = config.listen_addr()?;
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServeError::Bind { addr, source })?
+            }
+        };
+    let local = listener
+        .local_addr()
+        .map_err(|source| ServeError::LocalAddr { source })?;
+    let pid_path = home.proxy_pid_file();
+    let record =
+        PidRecord::for_current_process(home.root(), Some(local.port())).map_err(|source| {
+            ServeError::Describe {
+                path: pid_path.clone(),
+                source,
+            }
+        })?;
     let mut pid_guard = if takeover {
         None
     } else {
-        Some(pidfile::acquire(&pid_path, &record).map_err(|e| fail(e.to_string()))?)
+        Some(pidfile::acquire(&pid_path, &record)?)
     };
-    let gw = Gateway::new(config).map_err(fail)?;
+    let gw = Gateway::new(config)?;
     // The control socket is a convenience for restarts: without it (say, a home
     // path too long for a Unix socket) the proxy still serves.
     let _control = handoff::serve_control(&home, listener.as_raw_fd())
         .map_err(|e| tracing::warn!(error = %e, "no control socket: `daemon restart` will stop, then start"))
         .ok();
     if takeover {
-        pid_guard = Some(
-            pidfile::replace(&pid_path, &record)
-                .map_err(|e| fail(format!("cannot take over {}: {e}", pid_path.display())))?,
-        );
+        pid_guard =
+            Some(
+                pidfile::replace(&pid_path, &record).map_err(|source| ServeError::TakeOver {
+                    path: pid_path.clone(),
+                    source,
+                })?,
+            );
     }
     // Signal handlers go in before anyone learns the address: a SIGTERM right after the
     // "listening on" line must drain and exit 0, not kill the process outright.
@@ -82,20 +146,7 @@ pub async fn serve_foreground(config: Config) -> Result<(), String> {
     };
     let result = gateway::run(listener, gw, shutdown).await;
     drop(pid_guard);
-    result.map_err(|e| format!("server error: {e}"))
-}
-
-async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(addr).await.map_err(|e| {
-        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
-            "; another process holds it: `preflight --only port` names it; pick another port with server.port in warden.toml, WARDEN_PORT or --port"
-        } else {
-            ""
-        };
-        let message = format!("cannot listen on {addr}: {e}{hint}");
-        tracing::error!("{message}");
-        message
-    })
+    result.map_err(|source| ServeError::Server { source })
 }
 
 /// Completes on the first SIGTERM or SIGINT. The handlers are installed when this is

@@ -328,11 +328,11 @@ impl Config {
     /// command-line overrides.
     pub fn load(home: &Home, overrides: &Overrides) -> Result<Config, ConfigError> {
         let env_path = home.env_file();
-        let env = EnvSource::load(&env_path).map_err(|message| ConfigError {
+        let env = EnvSource::load(&env_path).map_err(|e| ConfigError {
             origin: env_path.display().to_string(),
             key: None,
             line_col: None,
-            message,
+            message: e.to_string(),
         })?;
         Self::load_with_env(home, overrides, env)
     }

@@ -8,6 +8,21 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// Why the home's `.env` could not be read. The message never holds a value
+/// from the file (a malformed line may hold a token).
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A line that does not parse: `message` names the file, the line number
+    /// and the key, never the value.
+    #[error("{message}")]
+    Syntax { path: PathBuf, message: String },
+}
+
 /// Where a variable's value was found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VarOrigin {
@@ -36,19 +51,24 @@ pub struct EnvSource {
 impl EnvSource {
     /// Reads `.env` at `path` if it exists. A file that does not parse is an error
     /// naming the file and the offending line.
-    pub fn load(path: &Path) -> Result<EnvSource, String> {
+    pub fn load(path: &Path) -> Result<EnvSource, EnvError> {
         let mut dotenv = HashMap::new();
         let mut dotenv_path = None;
         match std::fs::read_to_string(path) {
             Ok(text) => {
                 for item in dotenvy::from_read_iter(text.as_bytes()) {
-                    let (key, value) = item.map_err(|e| describe_dotenv_error(path, &text, &e))?;
+                    let (key, value) = item.map_err(|e| describe_dotenv_error(path, &text, e))?;
                     dotenv.insert(key, value);
                 }
                 dotenv_path = Some(path.to_path_buf());
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("{}: cannot read: {e}", path.display())),
+            Err(source) => {
+                return Err(EnvError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
         }
         Ok(EnvSource {
             dotenv,
@@ -107,12 +127,23 @@ impl EnvSource {
 }
 
 /// Never the line's content: a malformed line may hold a token (SPEC §10).
-fn describe_dotenv_error(path: &Path, text: &str, e: &dotenvy::Error) -> String {
-    match e {
-        dotenvy::Error::LineParse(line, _) => crate::support::redact::dotenv_line(path, text, line),
-        dotenvy::Error::Io(io) => format!("{}: cannot read: {io}", path.display()),
+fn describe_dotenv_error(path: &Path, text: &str, e: dotenvy::Error) -> EnvError {
+    let message = match e {
+        dotenvy::Error::LineParse(line, _) => {
+            crate::support::redact::dotenv_line(path, text, &line)
+        }
+        dotenvy::Error::Io(source) => {
+            return EnvError::Read {
+                path: path.to_path_buf(),
+                source,
+            };
+        }
         // Variable substitution errors name a variable, never a value.
         other => format!("{}: {other}", path.display()),
+    };
+    EnvError::Syntax {
+        path: path.to_path_buf(),
+        message,
     }
 }
 
@@ -134,7 +165,7 @@ mod tests {
         let path = dir.path().join(".env");
         std::fs::write(&path, "GOOD=1\nthis is not a pair\n").unwrap();
         std::fs::write(&path, "GOOD=1\nTOKEN=\"sk-live-secret\n").unwrap();
-        let err = EnvSource::load(&path).unwrap_err();
+        let err = EnvSource::load(&path).unwrap_err().to_string();
         assert!(err.contains(".env"), "{err}");
         assert!(err.contains("line 2") && err.contains("TOKEN"), "{err}");
         assert!(!err.contains("sk-live-secret"), "{err}");

@@ -13,6 +13,13 @@ pub mod templates;
 
 use std::path::{Path, PathBuf};
 
+/// Why the home directory could not be found.
+#[derive(Debug, thiserror::Error)]
+pub enum HomeError {
+    #[error("cannot find a home directory: HOME is not set; pass --home DIR or set WARDEN_HOME")]
+    NoHomeDir,
+}
+
 /// Which log file under `logs/`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogKind {
@@ -40,7 +47,7 @@ pub struct Home {
 impl Home {
     /// Resolves the home with the SPEC's precedence: `--home` flag, then
     /// `WARDEN_HOME`, then `$XDG_STATE_HOME/warden`, then `~/.local/state/warden`.
-    pub fn resolve(flag: Option<&Path>) -> Result<Home, String> {
+    pub fn resolve(flag: Option<&Path>) -> Result<Home, HomeError> {
         let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
         let root = if let Some(dir) = flag {
             dir.to_path_buf()
@@ -51,10 +58,7 @@ impl Home {
         } else if let Some(home) = var("HOME") {
             PathBuf::from(home).join(".local/state/warden")
         } else {
-            return Err(
-                "cannot find a home directory: HOME is not set; pass --home DIR or set WARDEN_HOME"
-                    .into(),
-            );
+            return Err(HomeError::NoHomeDir);
         };
         Ok(Home::at(root))
     }

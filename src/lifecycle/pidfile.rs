@@ -71,15 +71,15 @@ impl PidRecord {
 
     /// Parses a PID file. Unknown keys are ignored (newer versions may add some);
     /// `start_time`, `exe`, `started_at` and `home` are required.
-    pub fn parse(content: &str) -> Result<PidRecord, String> {
+    pub fn parse(content: &str) -> Result<PidRecord, RecordError> {
         let mut lines = content.lines();
         let first = lines.next().unwrap_or("").trim();
         let pid: i32 = match first.parse() {
             Ok(pid) if pid > 0 => pid,
             _ => {
-                return Err(format!(
-                    "line 1 should be a PID (a positive number), found {first:?}"
-                ));
+                return Err(RecordError::NotAPid {
+                    found: first.to_string(),
+                });
             }
         };
         let (mut start_time, mut exe, mut port, mut started_at, mut home) =
@@ -89,10 +89,16 @@ impl PidRecord {
             if line.trim().is_empty() {
                 continue;
             }
-            let (key, value) = line
-                .split_once('=')
-                .ok_or_else(|| format!("line {n} should be key=value, found {line:?}"))?;
-            let bad = |what: &str| format!("line {n}: {key} should be {what}, found {value:?}");
+            let (key, value) = line.split_once('=').ok_or_else(|| RecordError::NotAPair {
+                line: n,
+                found: line.to_string(),
+            })?;
+            let bad = |expected: &'static str| RecordError::BadValue {
+                line: n,
+                key: key.to_string(),
+                expected,
+                found: value.to_string(),
+            };
             match key {
                 "start_time" => start_time = Some(value.parse().map_err(|_| bad("a number"))?),
                 "exe" => exe = Some(PathBuf::from(value)),
@@ -103,7 +109,7 @@ impl PidRecord {
                 _ => {}
             }
         }
-        let missing = |key: &str| format!("the {key}= line is missing");
+        let missing = |key: &'static str| RecordError::Missing { key };
         Ok(PidRecord {
             pid,
             start_time: start_time.ok_or_else(|| missing("start_time"))?,
@@ -142,6 +148,26 @@ impl PidRecord {
             self.started_at
         )
     }
+}
+
+/// Why a PID file's content is not a full record (line numbers are 1-based).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("cannot read it: {0}")]
+    Read(String),
+    #[error("line 1 should be a PID (a positive number), found {found:?}")]
+    NotAPid { found: String },
+    #[error("line {line} should be key=value, found {found:?}")]
+    NotAPair { line: usize, found: String },
+    #[error("line {line}: {key} should be {expected}, found {found:?}")]
+    BadValue {
+        line: usize,
+        key: String,
+        expected: &'static str,
+        found: String,
+    },
+    #[error("the {key}= line is missing")]
+    Missing { key: &'static str },
 }
 
 /// Why a PID file could not be taken.
@@ -350,7 +376,7 @@ pub fn inspect(path: &Path) -> io::Result<PidState> {
         let mut content = String::new();
         let parsed = file
             .read_to_string(&mut content)
-            .map_err(|e| e.to_string())
+            .map_err(|e| RecordError::Read(e.to_string()))
             .and_then(|_| PidRecord::parse(&content));
         return Ok(match (held, parsed) {
             (false, parsed) => PidState::Stale(parsed.ok()),
@@ -536,18 +562,19 @@ mod tests {
 
     #[test]
     fn parse_errors_name_the_line() {
-        let err = PidRecord::parse("abc\n").unwrap_err();
+        let parse = |text: &str| PidRecord::parse(text).map_err(|e| e.to_string());
+        let err = parse("abc\n").unwrap_err();
         assert!(err.contains("line 1"), "{err}");
-        assert!(PidRecord::parse("").unwrap_err().contains("line 1"));
-        assert!(PidRecord::parse("-1\n").unwrap_err().contains("line 1"));
-        let err = PidRecord::parse("12\nstart_time=x\n").unwrap_err();
+        assert!(parse("").unwrap_err().contains("line 1"));
+        assert!(parse("-1\n").unwrap_err().contains("line 1"));
+        let err = parse("12\nstart_time=x\n").unwrap_err();
         assert!(
             err.contains("line 2") && err.contains("start_time"),
             "{err}"
         );
-        let err = PidRecord::parse("12\nstart_time=1\nexe=/x\nstarted_at=t\n").unwrap_err();
+        let err = parse("12\nstart_time=1\nexe=/x\nstarted_at=t\n").unwrap_err();
         assert!(err.contains("home="), "{err}");
-        let err = PidRecord::parse("12\ngarbage\n").unwrap_err();
+        let err = parse("12\ngarbage\n").unwrap_err();
         assert!(err.contains("line 2"), "{err}");
         // Unknown keys are tolerated.
         let text = format!("{}future=yes\n", record(3, None).render());

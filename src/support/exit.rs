@@ -38,6 +38,17 @@ pub mod nagios {
     pub const UNKNOWN: i32 = 3;
 }
 
+/// Ends a binary on `error`: prints `binary: error: cause: …` (each cause once)
+/// on stderr and returns `code`. Each binary's `main` calls this in one place,
+/// after choosing the code for the error.
+pub fn fail(binary: &str, error: &(dyn std::error::Error + 'static), code: i32) -> ExitCode {
+    eprintln!(
+        "{binary}: {}",
+        crate::support::http_client::error_chain(error)
+    );
+    to_exit_code(code)
+}
+
 /// `code` as the process's exit status (a value outside 0–255 would be a bug:
 /// it becomes [`FAILED`]).
 pub fn to_exit_code(code: i32) -> ExitCode {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::http::{HttpUpstream, UpstreamUrl};
-use super::{ChatCall, Reply};
+use super::{ChatCall, Reply, UpstreamError};
 use crate::api::metrics::Metrics;
 use crate::api::openai::{ApiError, Usage};
 use crate::home::config::Config;
@@ -21,7 +21,7 @@ pub struct ChatUpstream {
 }
 
 impl ChatUpstream {
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<ChatUpstream, String> {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<ChatUpstream, UpstreamError> {
         let http = HttpUpstream::new(config, metrics)?;
         Ok(ChatUpstream {
             chat_url: http.url("/chat/completions"),

@@ -28,7 +28,7 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValu
 use tokio::time::timeout;
 
 use super::retry;
-use super::{ExchangeStats, FrameStream, Reply};
+use super::{ExchangeStats, FrameStream, Reply, UpstreamError};
 use crate::api::metrics::{AttemptOutcome, Metrics};
 use crate::api::openai::{ApiError, Usage};
 use crate::home::config::Config;
@@ -70,32 +70,30 @@ pub struct HttpUpstream {
 }
 
 impl HttpUpstream {
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<HttpUpstream, String> {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<HttpUpstream, UpstreamError> {
         let up = &config.upstream;
         let max_idle = config.server.max_concurrent.max(8);
         let client = crate::support::http_client::client_builder()
             .connect_timeout(up.connect_timeout())
             .pool_max_idle_per_host(max_idle)
             .build()
-            .map_err(|e| format!("cannot build the upstream HTTP client: {}", error_chain(&e)))?;
+            .map_err(|source| UpstreamError::Client { source })?;
         let proxied = HTTP_PROXY_VARS
             .iter()
             .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
         let direct = (!proxied).then(|| direct_client(up.connect_timeout(), max_idle));
-        let auth = match config.upstream_api_key() {
-            Some(key) => {
-                let mut value =
-                    HeaderValue::from_str(&format!("Bearer {}", key.trim())).map_err(|_| {
-                        format!(
-                            "the value of {} contains characters not allowed in an HTTP header",
-                            up.api_key_env
-                        )
-                    })?;
-                value.set_sensitive(true);
-                Some(value)
-            }
-            None => None,
-        };
+        let auth =
+            match config.upstream_api_key() {
+                Some(key) => {
+                    let mut value = HeaderValue::from_str(&format!("Bearer {}", key.trim()))
+                        .map_err(|_| UpstreamError::KeyNotAHeader {
+                            var: up.api_key_env.clone(),
+                        })?;
+                    value.set_sensitive(true);
+                    Some(value)
+                }
+                None => None,
+            };
         Ok(HttpUpstream {
             client,
             direct,

@@ -30,6 +30,19 @@ use crate::api::openai::{ApiError, Usage};
 use crate::home::config::{Config, UpstreamApi};
 use crate::prompts::PromptStore;
 
+/// Why an upstream could not be set up (the proxy then does not start).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error(
+        "cannot build the upstream HTTP client: {}",
+        crate::support::http_client::error_chain(source)
+    )]
+    Client { source: reqwest::Error },
+    /// The key's variable is named, never its value.
+    #[error("the value of {var} contains characters not allowed in an HTTP header")]
+    KeyNotAHeader { var: String },
+}
+
 /// A stream of complete SSE frames (`data: ...\n\n`), ending after `[DONE]` or
 /// after an error frame. It never yields an error: failures mid-stream become an
 /// error frame, so a client's stream always ends cleanly.
@@ -106,7 +119,7 @@ impl Upstream {
         config: &Config,
         metrics: Arc<Metrics>,
         prompts: PromptStore,
-    ) -> Result<Upstream, String> {
+    ) -> Result<Upstream, UpstreamError> {
         if config.upstream.is_mock() {
             return Ok(Upstream::Mock(mock::MockUpstream::new()));
         }

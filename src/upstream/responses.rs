@@ -45,7 +45,7 @@ impl ResponsesUpstream {
         config: &Config,
         metrics: Arc<Metrics>,
         prompts: PromptStore,
-    ) -> Result<ResponsesUpstream, String> {
+    ) -> Result<ResponsesUpstream, super::UpstreamError> {
         let http = HttpUpstream::new(config, metrics)?;
         Ok(ResponsesUpstream {
             responses_url: http.url("/responses"),
