@@ -33,9 +33,22 @@ pub async fn chat_completions(
         Err(e) => e.into_response(),
     };
     if let Some(info) = dispatched.info {
-        response.extensions_mut().insert(info);
+        attach(&mut response, info);
     }
     response
+}
+
+/// Names the provider that answered, on every proxied answer.
+pub const PROVIDER_HEADER: &str = "x-warden-provider";
+
+/// Adds `x-warden-provider` and hands the exchange to the observing layer.
+fn attach(response: &mut Response, info: ExchangeInfo) {
+    if let Some(provider) = info.stats.provider.get() {
+        response
+            .headers_mut()
+            .insert(PROVIDER_HEADER, provider.header.clone());
+    }
+    response.extensions_mut().insert(info);
 }
 
 /// The HTTP response for an upstream's reply. A stream's body owns the slot:
@@ -46,7 +59,7 @@ pub(super) fn respond(reply: Result<Reply, ApiError>, slot: Slot, info: Exchange
         Ok(reply) => respond_reply(reply, slot),
         Err(e) => e.into_response(),
     };
-    response.extensions_mut().insert(info);
+    attach(&mut response, info);
     response
 }
 

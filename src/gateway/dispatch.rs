@@ -64,14 +64,14 @@ pub async fn chat(gw: &Gateway, body: Bytes) -> Dispatched {
     };
     Dispatched {
         info: Some(info),
-        outcome: gw.upstream.chat(call).await.map(|reply| (reply, slot)),
+        outcome: gw.router.chat(call).await.map(|reply| (reply, slot)),
     }
 }
 
 /// The `GET /v1/models` list object: the upstream's own list when it has one,
 /// else the configured models.
 pub async fn models(gw: &Gateway) -> Bytes {
-    match gw.upstream.models().await {
+    match gw.router.models().await {
         Some(body) => body,
         None => Bytes::from(configured_models(&gw.config).to_string()),
     }

@@ -34,12 +34,13 @@ use crate::api::metrics::Metrics;
 use crate::api::openai::ApiError;
 use crate::home::config::Config;
 use crate::prompts::{PromptStore, prompts_in_use};
-use crate::upstream::Upstream;
+use crate::upstream::Router as UpstreamRouter;
 
 /// Everything the handlers share. Read-mostly; counters are atomics.
 pub struct Gateway {
     pub config: Config,
-    pub upstream: Upstream,
+    /// Where requests go: the providers, chosen by model, with failover.
+    pub router: UpstreamRouter,
     pub metrics: Arc<Metrics>,
     /// The prompt cache: `instructions` for a Responses upstream and `/v1/responses`.
     pub prompts: PromptStore,
@@ -59,7 +60,7 @@ impl Gateway {
     pub fn new(config: Config) -> Result<Arc<Gateway>, crate::upstream::UpstreamError> {
         let metrics = Arc::new(Metrics::new());
         let prompts = PromptStore::new(&config.home, &config.prompts);
-        let upstream = Upstream::from_config(&config, metrics.clone(), prompts.clone())?;
+        let router = UpstreamRouter::from_config(&config, metrics.clone(), prompts.clone())?;
         Ok(Arc::new(Gateway {
             uses_prompts: prompts_in_use(&config),
             prompts,
@@ -68,7 +69,7 @@ impl Gateway {
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             ready_watch: tokio::sync::watch::Sender::new(false),
-            upstream,
+            router,
             metrics,
             config,
         }))

@@ -136,6 +136,8 @@ impl Record {
                     status,
                     duration_ms,
                     model = %crate::support::redact::client(&x.model),
+                    provider = x.stats.provider_name().unwrap_or("-"),
+                    failovers = x.stats.failovers(),
                     prompt_tokens = usage.prompt_tokens,
                     completion_tokens = usage.completion_tokens,
                     "request"

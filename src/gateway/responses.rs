@@ -82,15 +82,16 @@ pub async fn responses(
     };
     let stats = Arc::new(ExchangeStats::default());
     let info = ExchangeInfo {
-        model,
+        model: model.clone(),
         stats: stats.clone(),
     };
     let call = ResponsesCall {
         body,
+        model,
         stream,
         stats,
     };
-    respond(gw.upstream.responses(call).await, slot, info)
+    respond(gw.router.responses(call).await, slot, info)
 }
 
 /// Sets `instructions` to `base`; the client's own instructions become a

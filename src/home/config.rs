@@ -136,6 +136,42 @@ impl UpstreamConfig {
     }
 }
 
+/// One provider with every value resolved (its own keys, else the global
+/// `[upstream]` ones): what the router and the HTTP upstreams are built from.
+#[derive(Clone, Debug)]
+pub struct ProviderSettings {
+    /// `[a-z0-9_-]+`; `default` for the `[upstream]` shorthand.
+    pub name: String,
+    /// A base URL, or `mock`.
+    pub url: String,
+    pub api: UpstreamApi,
+    /// The variable holding its key (the name only: the value is read when built).
+    pub api_key_env: String,
+    /// Exact names or trailing-`*` prefixes; `["*"]` = any model.
+    pub models: Vec<String>,
+    /// Lower is tried first.
+    pub priority: u32,
+    /// Share among providers of equal priority.
+    pub weight: u32,
+    /// Upstream calls allowed in flight to this provider (`None`: only the global limit).
+    pub max_concurrent: Option<usize>,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Attempts of one request that may go to this provider.
+    pub attempts: u32,
+}
+
+impl ProviderSettings {
+    pub fn is_mock(&self) -> bool {
+        self.url == MOCK_UPSTREAM
+    }
+    /// The base URL without a trailing slash, e.g. `http://127.0.0.1:9000/v1`.
+    pub fn base_url(&self) -> &str {
+        self.url.trim_end_matches('/')
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PromptSource {
@@ -396,6 +432,31 @@ impl Config {
     /// The upstream's API key, when its variable is set.
     pub fn upstream_api_key(&self) -> Option<String> {
         self.env.get(&self.upstream.api_key_env)
+    }
+
+    /// The providers requests are routed to. `[upstream]` alone is the
+    /// one-provider shorthand: a provider named `default` serving every model.
+    pub fn provider_settings(&self) -> Vec<ProviderSettings> {
+        let up = &self.upstream;
+        vec![ProviderSettings {
+            name: "default".into(),
+            url: up.url.clone(),
+            api: up.api,
+            api_key_env: up.api_key_env.clone(),
+            models: vec!["*".into()],
+            priority: 0,
+            weight: 1,
+            max_concurrent: None,
+            connect_timeout: up.connect_timeout(),
+            first_byte_timeout: up.first_byte_timeout(),
+            idle_timeout: up.idle_timeout(),
+            attempts: up.attempts,
+        }]
+    }
+
+    /// The value of a provider's key variable, when it is set.
+    pub fn provider_api_key(&self, provider: &ProviderSettings) -> Option<String> {
+        self.env.get(&provider.api_key_env)
     }
 
     /// `host:port` as configured (the port may be 0 for "any free port").

@@ -13,7 +13,7 @@ use super::http::{HttpUpstream, UpstreamUrl};
 use super::{ChatCall, Reply, UpstreamError};
 use crate::api::metrics::Metrics;
 use crate::api::openai::{ApiError, Usage};
-use crate::home::config::Config;
+use crate::home::config::{Config, ProviderSettings};
 
 pub struct ChatUpstream {
     http: HttpUpstream,
@@ -21,8 +21,12 @@ pub struct ChatUpstream {
 }
 
 impl ChatUpstream {
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<ChatUpstream, UpstreamError> {
-        let http = HttpUpstream::new(config, metrics)?;
+    pub fn new(
+        provider: &ProviderSettings,
+        config: &Config,
+        metrics: Arc<Metrics>,
+    ) -> Result<ChatUpstream, UpstreamError> {
+        let http = HttpUpstream::new(provider, config, metrics)?;
         Ok(ChatUpstream {
             chat_url: http.url("/chat/completions"),
             http,

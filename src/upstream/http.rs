@@ -31,7 +31,7 @@ use super::retry;
 use super::{ExchangeStats, FrameStream, Reply, UpstreamError};
 use crate::api::metrics::{AttemptOutcome, Metrics};
 use crate::api::openai::{ApiError, Usage};
-use crate::home::config::Config;
+use crate::home::config::{Config, ProviderSettings};
 use crate::support::http_client::error_chain;
 
 /// Reads token counts from one JSON document (a whole body or one SSE `data:`
@@ -70,24 +70,32 @@ pub struct HttpUpstream {
 }
 
 impl HttpUpstream {
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<HttpUpstream, UpstreamError> {
-        let up = &config.upstream;
-        let max_idle = config.server.max_concurrent.max(8);
+    /// The HTTP side of one provider. `max_idle` bounds the idle pooled
+    /// connections kept to it.
+    pub fn new(
+        provider: &ProviderSettings,
+        config: &Config,
+        metrics: Arc<Metrics>,
+    ) -> Result<HttpUpstream, UpstreamError> {
+        let max_idle = provider
+            .max_concurrent
+            .unwrap_or(config.server.max_concurrent)
+            .max(8);
         let client = crate::support::http_client::client_builder()
-            .connect_timeout(up.connect_timeout())
+            .connect_timeout(provider.connect_timeout)
             .pool_max_idle_per_host(max_idle)
             .build()
             .map_err(|source| UpstreamError::Client { source })?;
         let proxied = HTTP_PROXY_VARS
             .iter()
             .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
-        let direct = (!proxied).then(|| direct_client(up.connect_timeout(), max_idle));
+        let direct = (!proxied).then(|| direct_client(provider.connect_timeout, max_idle));
         let auth =
-            match config.upstream_api_key() {
+            match config.provider_api_key(provider) {
                 Some(key) => {
                     let mut value = HeaderValue::from_str(&format!("Bearer {}", key.trim()))
                         .map_err(|_| UpstreamError::KeyNotAHeader {
-                            var: up.api_key_env.clone(),
+                            var: provider.api_key_env.clone(),
                         })?;
                     value.set_sensitive(true);
                     Some(value)
@@ -97,13 +105,13 @@ impl HttpUpstream {
         Ok(HttpUpstream {
             client,
             direct,
-            responses_url: UpstreamUrl::new(format!("{}/responses", up.base_url())),
-            base: up.base_url().to_string(),
-            display: crate::support::redact::url(up.base_url()),
+            responses_url: UpstreamUrl::new(format!("{}/responses", provider.base_url())),
+            base: provider.base_url().to_string(),
+            display: crate::support::redact::url(provider.base_url()),
             auth,
-            attempts: up.attempts,
-            first_byte_timeout: up.first_byte_timeout(),
-            idle_timeout: up.idle_timeout(),
+            attempts: provider.attempts,
+            first_byte_timeout: provider.first_byte_timeout,
+            idle_timeout: provider.idle_timeout,
             metrics,
         })
     }
@@ -177,11 +185,10 @@ impl HttpUpstream {
                 self.metrics.upstream_attempt(AttemptOutcome::Failed);
             }
         }
-        Err(ApiError::bad_gateway(format!(
-            "{last_error} (after {} attempt{})",
-            self.attempts,
-            if self.attempts == 1 { "" } else { "s" }
-        )))
+        if self.attempts > 1 {
+            last_error = format!("{last_error} (after {} attempts)", self.attempts);
+        }
+        Err(ApiError::bad_gateway(last_error))
     }
 
     /// One request, until response headers arrive; an error is its cause chain.
@@ -627,7 +634,8 @@ mod tests {
         let mut config = Config::defaults(&crate::home::Home::at("/nonexistent"));
         config.settings.upstream.url = url.to_string();
         config.env = crate::home::env::EnvSource::from_pairs([("OPENAI_API_KEY", "sk-test")]);
-        let mut upstream = HttpUpstream::new(&config, Arc::new(Metrics::new())).unwrap();
+        let provider = config.provider_settings().remove(0);
+        let mut upstream = HttpUpstream::new(&provider, &config, Arc::new(Metrics::new())).unwrap();
         if !direct {
             upstream.direct = None;
         }

@@ -1,6 +1,9 @@
-//! Upstreams: where chat requests go. One enum, one variant per kind, so the
-//! gateway's hot path is a plain `match` with no dynamic dispatch or boxing
-//! beyond the streamed body.
+//! Upstreams: where chat requests go. The gateway hands every request to the
+//! [`Router`] ([`router`]), which picks a [`Provider`] ([`provider`]) by model
+//! and fails over between them. Each provider wraps one [`Upstream`]: one enum,
+//! one variant per kind, so the hot path is a plain `match` with no dynamic
+//! dispatch or boxing beyond the streamed body. How a new kind plugs in: see
+//! [`router`] ("Adding a provider kind").
 //!
 //! - [`mock`]: the built-in offline upstream (the default, `url = "mock"`).
 //! - [`chat`]: any OpenAI-compatible Chat Completions server.
@@ -14,12 +17,18 @@
 pub mod chat;
 pub mod http;
 pub mod mock;
+pub mod provider;
 pub mod responses;
 mod retry;
+pub mod router;
+
+pub use provider::Provider;
+pub use router::Router;
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,7 +36,7 @@ use futures_util::Stream;
 
 use crate::api::metrics::Metrics;
 use crate::api::openai::{ApiError, Usage};
-use crate::home::config::{Config, UpstreamApi};
+use crate::home::config::{Config, ProviderSettings, UpstreamApi};
 use crate::prompts::PromptStore;
 
 /// Why an upstream could not be set up (the proxy then does not start).
@@ -41,6 +50,14 @@ pub enum UpstreamError {
     /// The key's variable is named, never its value.
     #[error("the value of {var} contains characters not allowed in an HTTP header")]
     KeyNotAHeader { var: String },
+    /// One of several providers could not be built.
+    #[error("provider {name:?}: {source}")]
+    Provider {
+        name: String,
+        source: Box<UpstreamError>,
+    },
+    #[error("between 1 and {max} providers can be routed to, not {count}")]
+    ProviderCount { count: usize, max: usize },
 }
 
 /// A stream of complete SSE frames (`data: ...\n\n`), ending after `[DONE]` or
@@ -64,6 +81,10 @@ pub struct ExchangeStats {
     pub completion_tokens: AtomicU64,
     /// Nanoseconds spent waiting on the upstream.
     pub upstream_nanos: AtomicU64,
+    /// The provider that answered (or failed last), set by the [`Router`].
+    pub provider: OnceLock<Arc<Provider>>,
+    /// Attempts after the first (each one a failover or a retry).
+    pub failovers: AtomicU32,
 }
 
 impl ExchangeStats {
@@ -86,9 +107,22 @@ impl ExchangeStats {
     pub fn upstream_time(&self) -> Duration {
         Duration::from_nanos(self.upstream_nanos.load(Ordering::Relaxed))
     }
+    /// Records the provider of the final attempt (the first call wins).
+    pub fn set_provider(&self, provider: &Arc<Provider>) {
+        let _ = self.provider.set(provider.clone());
+    }
+    /// The name of the provider that answered, when one did.
+    pub fn provider_name(&self) -> Option<&str> {
+        self.provider.get().map(|p| &*p.name)
+    }
+    pub fn failovers(&self) -> u32 {
+        self.failovers.load(Ordering::Relaxed)
+    }
 }
 
-/// One chat request as the gateway hands it to an upstream.
+/// One chat request as the gateway hands it to the router (and the router to
+/// each provider it tries).
+#[derive(Clone)]
 pub struct ChatCall {
     /// The client's request body, byte for byte.
     pub body: Bytes,
@@ -100,8 +134,11 @@ pub struct ChatCall {
 
 /// One `POST /v1/responses` request as the gateway hands it on: the body is
 /// already final (instructions injected), and is forwarded as it is.
+#[derive(Clone)]
 pub struct ResponsesCall {
     pub body: Bytes,
+    /// The model it is routed by.
+    pub model: String,
     pub stream: bool,
     pub stats: Arc<ExchangeStats>,
 }
@@ -113,21 +150,24 @@ pub enum Upstream {
 }
 
 impl Upstream {
-    /// Builds the upstream the configuration names. `prompts` supplies the
-    /// `instructions` of a Responses API upstream.
-    pub fn from_config(
+    /// Builds one provider's upstream. `prompts` supplies the `instructions`
+    /// of a Responses API upstream.
+    pub fn build(
+        provider: &ProviderSettings,
         config: &Config,
         metrics: Arc<Metrics>,
         prompts: PromptStore,
     ) -> Result<Upstream, UpstreamError> {
-        if config.upstream.is_mock() {
+        if provider.is_mock() {
             return Ok(Upstream::Mock(mock::MockUpstream::new()));
         }
-        Ok(match config.upstream.api {
-            UpstreamApi::Chat => Upstream::Chat(chat::ChatUpstream::new(config, metrics)?),
-            UpstreamApi::Responses => {
-                Upstream::Responses(responses::ResponsesUpstream::new(config, metrics, prompts)?)
+        Ok(match provider.api {
+            UpstreamApi::Chat => {
+                Upstream::Chat(chat::ChatUpstream::new(provider, config, metrics)?)
             }
+            UpstreamApi::Responses => Upstream::Responses(responses::ResponsesUpstream::new(
+                provider, config, metrics, prompts,
+            )?),
         })
     }
 

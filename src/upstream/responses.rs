@@ -30,7 +30,7 @@ use crate::api::responses::{
     StreamTranslator, TranslateOptions, chat_to_responses, instructions_for, responses_to_chat,
 };
 use crate::api::sse::{SseEvent, SseParser};
-use crate::home::config::Config;
+use crate::home::config::{Config, ProviderSettings};
 use crate::prompts::PromptStore;
 
 pub struct ResponsesUpstream {
@@ -42,11 +42,12 @@ pub struct ResponsesUpstream {
 
 impl ResponsesUpstream {
     pub fn new(
+        provider: &ProviderSettings,
         config: &Config,
         metrics: Arc<Metrics>,
         prompts: PromptStore,
     ) -> Result<ResponsesUpstream, super::UpstreamError> {
-        let http = HttpUpstream::new(config, metrics)?;
+        let http = HttpUpstream::new(provider, config, metrics)?;
         Ok(ResponsesUpstream {
             responses_url: http.url("/responses"),
             http,

@@ -21,6 +21,7 @@ mod preflight;
 mod prompts;
 mod proxy;
 mod responses;
+mod routing;
 mod safety_doc;
 mod systemd;
 mod watchdog;

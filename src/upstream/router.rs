@@ -1,0 +1,554 @@
+//! The router: picks the provider for each request by its model, and fails over
+//! to the next candidate before the first byte reaches the client.
+//!
+//! The gateway calls [`Router::chat`] and [`Router::responses`] exactly as it
+//! once called a single upstream (`call -> Result<Reply, ApiError>`); the chosen
+//! provider and the number of failovers are recorded in the call's
+//! [`ExchangeStats`] (for `x-warden-provider`, the access log and metrics).
+//!
+//! # Choosing
+//!
+//! Candidates are the providers whose `models` match, in `priority` order
+//! (lower first); within one priority the one with the fewest requests in
+//! flight per unit of `weight` goes first, ties drawn at random by weight.
+//! Providers in cooldown, or at their own `max_concurrent`, are skipped. The
+//! candidate set is a bit mask over the (at most [`MAX_PROVIDERS`]) providers,
+//! so routing allocates nothing.
+//!
+//! # Failing over
+//!
+//! An attempt fails on a connect error, a timeout, a 429 or a 5xx, or a stream
+//! whose first event is an error: the router then tries the next candidate.
+//! Other answers (2xx, other 4xx) go to the client as they are. The attempt
+//! budget (`upstream.attempts`) and the deadline (`upstream.first_byte_timeout`)
+//! cover the whole chain. When every candidate has been tried and budget is
+//! left, they are tried again after a backoff (honouring `Retry-After`), except
+//! after a timeout. Once a stream's first event has gone to the client nothing
+//! is retried: a later failure ends the stream with an error event.
+//!
+//! # Adding a provider kind
+//!
+//! A kind is a variant of [`Upstream`] (e.g. `Anthropic`): add the variant, its
+//! value of `api` in [`crate::home::config::UpstreamApi`], build it in
+//! [`Upstream::build`] and answer in [`Upstream::chat`] (and `responses` and
+//! `models`, or say it does not serve them). The router needs no change, as
+//! long as the kind reports what happened before the first byte as
+//! `Err(ApiError)` with the upstream's status (429 and 5xx fail over; a
+//! `retry_after` is honoured) and returns a stream only once the upstream
+//! accepted the request. An error as the stream's first event is caught here.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use tokio::time::Instant;
+
+use super::provider::{Admission, FailureKind, Provider};
+use super::{
+    ChatCall, ExchangeStats, FrameStream, Reply, ResponsesCall, Upstream, UpstreamError, retry,
+};
+use crate::api::metrics::Metrics;
+use crate::api::openai::ApiError;
+use crate::home::config::Config;
+use crate::prompts::PromptStore;
+
+/// At most this many providers (the candidate set is a `u64` bit mask).
+pub const MAX_PROVIDERS: usize = 64;
+
+/// How much of a stream is read, at most, to find its first event.
+const PEEK_LIMIT: usize = 64 * 1024;
+
+pub struct Router {
+    /// Sorted by priority (stable: equal priorities keep the file's order).
+    providers: Vec<Arc<Provider>>,
+    /// Attempts for one request, over all its candidates.
+    attempts: u32,
+    /// Until the first byte, over all attempts.
+    chain_timeout: Duration,
+    /// Consecutive failures that cool a provider.
+    failures: u32,
+    /// Seconds a cooling provider is skipped.
+    cooldown: Duration,
+}
+
+impl Router {
+    /// Builds every provider the configuration declares. `prompts` supplies
+    /// the `instructions` of Responses API providers.
+    pub fn from_config(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        prompts: PromptStore,
+    ) -> Result<Router, UpstreamError> {
+        let mut providers = Vec::new();
+        for settings in config.provider_settings() {
+            let mut one_attempt = settings.clone();
+            // The router makes the attempts; each provider call is one.
+            one_attempt.attempts = 1;
+            let upstream = Upstream::build(&one_attempt, config, metrics.clone(), prompts.clone())
+                .map_err(|e| UpstreamError::Provider {
+                    name: settings.name.clone(),
+                    source: Box::new(e),
+                })?;
+            providers.push(Arc::new(Provider::new(settings, upstream)));
+        }
+        if providers.is_empty() || providers.len() > MAX_PROVIDERS {
+            return Err(UpstreamError::ProviderCount {
+                count: providers.len(),
+                max: MAX_PROVIDERS,
+            });
+        }
+        providers.sort_by_key(|p| p.settings.priority);
+        Ok(Router {
+            providers,
+            attempts: config.upstream.attempts.max(1),
+            chain_timeout: config.upstream.first_byte_timeout(),
+            failures: 3,
+            cooldown: Duration::from_secs(30),
+        })
+    }
+
+    /// Every provider, in priority order.
+    pub fn providers(&self) -> &[Arc<Provider>] {
+        &self.providers
+    }
+
+    /// A Chat Completions request, to the first candidate that answers.
+    pub async fn chat(&self, call: ChatCall) -> Result<Reply, ApiError> {
+        let stats = call.stats.clone();
+        let model = call.model.clone();
+        self.dispatch(&model, &stats, call.stream, |provider| {
+            let call = call.clone();
+            async move { provider.upstream.chat(call).await }
+        })
+        .await
+    }
+
+    /// A Responses API request (forwarded as it is), routed by `call.model`.
+    pub async fn responses(&self, call: ResponsesCall) -> Result<Reply, ApiError> {
+        let stats = call.stats.clone();
+        let model = call.model.clone();
+        self.dispatch(&model, &stats, call.stream, |provider| {
+            let call = call.clone();
+            async move { provider.upstream.responses(call).await }
+        })
+        .await
+    }
+
+    /// The model list of the first provider that has one.
+    pub async fn models(&self) -> Option<Bytes> {
+        for provider in &self.providers {
+            if let Some(list) = provider.upstream.models().await {
+                return Some(list);
+            }
+        }
+        None
+    }
+
+    /// The providers that serve `model`, as a bit mask over `self.providers`.
+    fn candidates(&self, model: &str) -> u64 {
+        let mut mask = 0;
+        for (i, provider) in self.providers.iter().enumerate() {
+            if provider.serves(model) {
+                mask |= 1 << i;
+            }
+        }
+        mask
+    }
+
+    /// The next provider to try among `candidates` minus `excluded`: the
+    /// best-ranked available one of the lowest priority that has one.
+    fn pick(&self, candidates: u64, excluded: u64, used: &[u8; MAX_PROVIDERS]) -> Option<usize> {
+        let mut best: Option<usize> = None;
+        let mut tied_weight: u64 = 0;
+        for (i, provider) in self.providers.iter().enumerate() {
+            let bit = 1u64 << i;
+            if candidates & bit == 0
+                || excluded & bit != 0
+                || u32::from(used[i]) >= provider.settings.attempts
+                || !provider.looks_available()
+            {
+                continue;
+            }
+            let weight = u64::from(provider.settings.weight.max(1));
+            let Some(b) = best else {
+                best = Some(i);
+                tied_weight = weight;
+                continue;
+            };
+            let current = &self.providers[b];
+            if provider.settings.priority > current.settings.priority {
+                break;
+            }
+            // Fewer in flight per unit of weight wins: compare a/wa with b/wb.
+            let mine = u64::from(provider.in_flight()) * u64::from(current.settings.weight.max(1));
+            let theirs = u64::from(current.in_flight()) * weight;
+            if mine < theirs {
+                best = Some(i);
+                tied_weight = weight;
+            } else if mine == theirs {
+                tied_weight += weight;
+                if rand::random::<u64>() % tied_weight < weight {
+                    best = Some(i);
+                }
+            }
+        }
+        best
+    }
+
+    /// Runs attempts until one answers, the budget is spent or the deadline passes.
+    async fn dispatch<F, Fut>(
+        &self,
+        model: &str,
+        stats: &Arc<ExchangeStats>,
+        stream: bool,
+        mut call: F,
+    ) -> Result<Reply, ApiError>
+    where
+        F: FnMut(Arc<Provider>) -> Fut,
+        Fut: Future<Output = Result<Reply, ApiError>>,
+    {
+        let candidates = self.candidates(model);
+        if candidates == 0 {
+            return Err(ApiError::not_found(format!(
+                "no provider serves the model {model:?}; see GET /v1/models"
+            ))
+            .code("model_not_found")
+            .param("model"));
+        }
+        let deadline = Instant::now() + self.chain_timeout;
+        let mut used = [0u8; MAX_PROVIDERS];
+        let mut tried: u64 = 0;
+        let mut attempts = 0u32;
+        let mut last: Option<(ApiError, FailureKind)> = None;
+        let mut skipped_full = false;
+        while attempts < self.attempts {
+            let Some(index) = self.pick(candidates, tried, &used) else {
+                // Everyone this round was tried: another round after a
+                // backoff, unless the last failure was a timeout.
+                let retry = tried != 0
+                    && !matches!(last, Some((_, FailureKind::Timeout)))
+                    && self.pick(candidates, 0, &used).is_some();
+                if !retry {
+                    break;
+                }
+                tried = 0;
+                let retry_after = last
+                    .as_ref()
+                    .and_then(|(e, _)| e.retry_after)
+                    .map(Duration::from_secs);
+                let wait = retry::backoff(attempts, retry_after);
+                if Instant::now() + wait >= deadline {
+                    break;
+                }
+                tokio::time::sleep(wait).await;
+                continue;
+            };
+            let provider = &self.providers[index];
+            tried |= 1 << index;
+            let probe = match provider.admit() {
+                Admission::Open => false,
+                Admission::Probe => true,
+                Admission::Full => {
+                    skipped_full = true;
+                    continue;
+                }
+                Admission::Cooling(_) => continue,
+            };
+            let mut probe = ProbeGuard {
+                provider,
+                armed: probe,
+            };
+            if attempts > 0 {
+                stats.failovers.fetch_add(1, Ordering::Relaxed);
+            }
+            attempts += 1;
+            used[index] = used[index].saturating_add(1);
+            provider.counters.requests.fetch_add(1, Ordering::Relaxed);
+            let in_flight = self.providers[index].enter();
+            let started = std::time::Instant::now();
+            let outcome = tokio::time::timeout_at(deadline, async {
+                match call(provider.clone()).await {
+                    Ok(Reply::Stream(frames)) if stream => first_event(frames).await,
+                    other => Attempt::Done(other),
+                }
+            })
+            .await;
+            provider
+                .counters
+                .latency_nanos
+                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            let (error, kind) = match outcome {
+                Err(_) => {
+                    let e = ApiError::gateway_timeout(format!(
+                        "no provider answered within {} s (upstream.first_byte_timeout, \
+                         which covers every attempt); the last one tried was {:?}",
+                        self.chain_timeout.as_secs(),
+                        provider.name
+                    ));
+                    probe.failed(self, FailureKind::Timeout, &e);
+                    stats.set_provider(&self.providers[index]);
+                    return Err(e);
+                }
+                Ok(Attempt::Done(Ok(reply))) => {
+                    probe.succeeded();
+                    stats.set_provider(&self.providers[index]);
+                    return Ok(hold_in_flight(reply, in_flight));
+                }
+                Ok(Attempt::Done(Err(e))) => match failure_kind(&e) {
+                    None => {
+                        probe.succeeded();
+                        stats.set_provider(&self.providers[index]);
+                        return Err(e);
+                    }
+                    Some(kind) => (e, kind),
+                },
+                Ok(Attempt::ErrorFirst { frames, message }) => {
+                    let e = ApiError::bad_gateway(format!(
+                        "provider {:?} answered with an error event: {message}",
+                        provider.name
+                    ));
+                    probe.failed(self, FailureKind::Failed, &e);
+                    // Fail over only to another provider ready now; else the
+                    // client gets the stream as it came.
+                    let more =
+                        attempts < self.attempts && self.pick(candidates, tried, &used).is_some();
+                    if !more {
+                        stats.set_provider(&self.providers[index]);
+                        return Ok(hold_in_flight(Reply::Stream(frames), in_flight));
+                    }
+                    provider.counters.failovers.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(provider = %provider.name, error = %message,
+                        "stream began with an error event: failing over");
+                    last = Some((e, FailureKind::Failed));
+                    continue;
+                }
+            };
+            probe.failed(self, kind, &error);
+            if attempts < self.attempts {
+                provider.counters.failovers.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(provider = %provider.name, error = %error.message,
+                    "attempt failed: trying the next candidate");
+            }
+            stats.set_provider(&self.providers[index]);
+            last = Some((error, kind));
+        }
+        if let Some((mut error, _)) = last {
+            if attempts > 1 {
+                error.message = format!("{} (after {attempts} attempts)", error.message);
+            }
+            return Err(error);
+        }
+        Err(self.none_available(model, candidates, skipped_full))
+    }
+
+    /// Every candidate was cooling (or full): 503 with the earliest recovery.
+    fn none_available(&self, model: &str, candidates: u64, full: bool) -> ApiError {
+        let mut earliest: Option<Duration> = None;
+        let mut names = Vec::new();
+        for (i, provider) in self.providers.iter().enumerate() {
+            if candidates & (1 << i) != 0 {
+                names.push(provider.name.to_string());
+                let wait = provider.cooling_for().unwrap_or(Duration::from_secs(1));
+                earliest = Some(earliest.map_or(wait, |e: Duration| e.min(wait)));
+            }
+        }
+        let secs = earliest.unwrap_or_default().as_secs_f64().ceil().max(1.0) as u64;
+        if full {
+            return ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                format!(
+                    "every provider for {model:?} ({}) is busy or cooling down; retry shortly",
+                    names.join(", ")
+                ),
+            )
+            .code("providers_busy")
+            .retry_after(1);
+        }
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_error",
+            format!(
+                "every provider for {model:?} ({}) is cooling down after failures; \
+                 the first recovers in {secs} s",
+                names.join(", ")
+            ),
+        )
+        .code("providers_cooling")
+        .retry_after(secs)
+    }
+}
+
+/// Whether an attempt's error is a failure that moves on to the next candidate.
+fn failure_kind(e: &ApiError) -> Option<FailureKind> {
+    match e.status {
+        StatusCode::TOO_MANY_REQUESTS => Some(FailureKind::RateLimited),
+        StatusCode::GATEWAY_TIMEOUT | StatusCode::REQUEST_TIMEOUT => Some(FailureKind::Timeout),
+        StatusCode::NOT_IMPLEMENTED => None,
+        s if s.is_server_error() => Some(FailureKind::Failed),
+        _ => None,
+    }
+}
+
+/// Holds the half-open probe slot until the attempt's verdict; dropping it
+/// without one (the client went away) gives the slot back.
+struct ProbeGuard<'a> {
+    provider: &'a Provider,
+    armed: bool,
+}
+
+impl ProbeGuard<'_> {
+    fn succeeded(&mut self) {
+        self.provider.succeeded(self.armed);
+        self.armed = false;
+    }
+
+    fn failed(&mut self, router: &Router, kind: FailureKind, error: &ApiError) {
+        self.provider.failed(
+            kind,
+            error.retry_after.map(Duration::from_secs),
+            &error.message,
+            self.armed,
+            router.failures,
+            router.cooldown,
+        );
+        self.armed = false;
+    }
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.provider.abandon_probe();
+        }
+    }
+}
+
+/// A stream keeps its provider's in-flight count until it ends.
+fn hold_in_flight(reply: Reply, in_flight: super::provider::InFlight) -> Reply {
+    match reply {
+        Reply::Complete(body) => Reply::Complete(body),
+        Reply::Stream(frames) => Reply::Stream(Box::pin(frames.map(move |frame| {
+            let _held = &in_flight;
+            frame
+        }))),
+    }
+}
+
+enum Attempt {
+    Done(Result<Reply, ApiError>),
+    /// A stream whose first event is an error (what was read is in `frames`).
+    ErrorFirst {
+        frames: FrameStream,
+        message: String,
+    },
+}
+
+/// Reads a stream up to its first complete event; an error there counts as a
+/// failure before the first byte. The stream is handed back whole either way.
+async fn first_event(mut frames: FrameStream) -> Attempt {
+    let mut seen = BytesMut::new();
+    let mut read: Vec<Bytes> = Vec::with_capacity(1);
+    let message = loop {
+        let Some(frame) = frames.next().await else {
+            break None;
+        };
+        seen.extend_from_slice(&frame);
+        read.push(frame);
+        if let Some(end) = find(&seen, b"\n\n") {
+            break error_message(&seen[..end]);
+        }
+        if seen.len() > PEEK_LIMIT {
+            break None;
+        }
+    };
+    let rest = futures_util::stream::iter(read).chain(frames);
+    let frames: FrameStream = Box::pin(rest);
+    match message {
+        Some(message) => Attempt::ErrorFirst { frames, message },
+        None => Attempt::Done(Ok(Reply::Stream(frames))),
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The message of an SSE event that is an error (`data: {"error": ...}` or a
+/// Responses `error` / `response.failed` event).
+fn error_message(event: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(event).ok()?;
+    let data: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(str::trim_start)
+        .collect::<Vec<_>>()
+        .join("\n");
+    if !data.contains("error") && !data.contains("failed") {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_str(&data).ok()?;
+    let error = if value.get("error").is_some_and(|e| !e.is_null()) {
+        &value["error"]
+    } else if value["type"] == "response.failed" {
+        &value["response"]["error"]
+    } else if value["type"] == "error" {
+        &value
+    } else {
+        return None;
+    };
+    Some(
+        error["message"]
+            .as_str()
+            .or_else(|| error.as_str())
+            .unwrap_or("an error event")
+            .to_string(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_events_are_recognised() {
+        assert_eq!(
+            error_message(br#"data: {"error":{"message":"quota"}}"#).as_deref(),
+            Some("quota")
+        );
+        assert_eq!(
+            error_message(
+                br#"event: response.failed
+data: {"type":"response.failed","response":{"error":{"message":"boom"}}}"#
+            )
+            .as_deref(),
+            Some("boom")
+        );
+        assert_eq!(
+            error_message(br#"data: {"choices":[{"delta":{"content":"error"}}]}"#),
+            None
+        );
+        assert_eq!(error_message(b": keep-alive"), None);
+        assert_eq!(error_message(br#"data: {"error":null,"choices":[]}"#), None);
+    }
+
+    #[tokio::test]
+    async fn the_first_event_is_found_across_frames_and_the_stream_kept_whole() {
+        let parts = vec![
+            Bytes::from_static(b"data: {\"err"),
+            Bytes::from_static(b"or\":{\"message\":\"x\"}}\n"),
+            Bytes::from_static(b"\ndata: [DONE]\n\n"),
+        ];
+        let frames: FrameStream = Box::pin(futures_util::stream::iter(parts.clone()));
+        let Attempt::ErrorFirst { frames, message } = first_event(frames).await else {
+            panic!("an error first")
+        };
+        assert_eq!(message, "x");
+        let all: Vec<Bytes> = frames.collect().await;
+        assert_eq!(all.concat(), parts.concat());
+    }
+}
