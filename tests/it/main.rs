@@ -17,6 +17,7 @@ mod daemon;
 mod doctor;
 mod home_only;
 mod hostile;
+mod operators;
 mod preflight;
 mod prompts;
 mod proxy;

@@ -28,8 +28,9 @@ use serde::Serialize;
 
 use crate::home::config::{Overrides, PromptsConfig};
 use crate::home::{Home, LogKind};
+use crate::lifecycle::oplock;
 use crate::lifecycle::pidfile;
-use crate::lifecycle::process::{self, ProcessIdentity, Termination};
+use crate::lifecycle::process::{self, ProcessIdentity};
 use crate::ops::preflight::builtin::{self, Context};
 use crate::ops::preflight::{self, RunOptions, Status};
 use crate::prompts::{self, CacheDamage, PromptSourceKind, PromptStore};
@@ -179,6 +180,8 @@ pub enum Fix {
         home: Home,
         proxies: Vec<ProcessIdentity>,
         grace: Duration,
+        /// How long to wait for the home's operation lock.
+        wait: Duration,
     },
     /// Rotate logs over `logs.max_bytes`.
     RotateLogs {
@@ -311,9 +314,10 @@ impl Fix {
                 home,
                 proxies,
                 grace,
+                wait,
             } => {
-                let (home, proxies, grace) = (home.clone(), proxies.clone(), *grace);
-                tokio::task::spawn_blocking(move || stop_orphans(&home, &proxies, grace))
+                let (home, proxies, grace, wait) = (home.clone(), proxies.clone(), *grace, *wait);
+                tokio::task::spawn_blocking(move || stop_orphans(&home, &proxies, grace, wait))
                     .await
                     .map_err(|e| format!("stopping the orphans crashed: {e}"))?
             }
@@ -411,11 +415,17 @@ fn damaged_files(home: &Home, cfg: &PromptsConfig, damage: &CacheDamage) -> Stri
 
 /// Stops each planned orphan that is still one: a proxy of this home, with the same
 /// identity as when it was found, and still not the PID file's process.
+/// Holds the home's operation lock while it works, so no `daemon` or watchdog
+/// operation is half-way through a restart (whose successor would look like an
+/// orphan); state is read again once the lock is held.
 fn stop_orphans(
     home: &Home,
     proxies: &[ProcessIdentity],
     grace: Duration,
+    wait: Duration,
 ) -> Result<Applied, String> {
+    let _lock = oplock::acquire_blocking(home, "doctor --yes", wait, &mut |_| {})
+        .map_err(|e| e.to_string())?;
     let current = process::find_proxies_of_home(home, diagnose::PROXY_EXE);
     let known = diagnose::recorded_proxy_pid(home);
     let mut done = Vec::new();
@@ -428,15 +438,16 @@ fn stop_orphans(
             ));
             continue;
         }
+        let started = std::time::Instant::now();
         match process::terminate(identity, grace) {
-            Ok(Termination::Exited) => done.push(format!("stopped orphaned proxy PID {pid}")),
-            Ok(Termination::Killed) => done.push(format!(
-                "stopped orphaned proxy PID {pid} (SIGKILL: it did not exit within {} s of SIGTERM)",
-                grace.as_secs()
+            Ok(how) => done.push(format!(
+                "stopped orphaned proxy {}",
+                process::Ended {
+                    pid,
+                    how,
+                    took: started.elapsed()
+                }
             )),
-            Ok(Termination::AlreadyGone) => {
-                done.push(format!("PID {pid} had already exited; not signalled"))
-            }
             Err(e) => failed.push(e.to_string()),
         }
     }
@@ -572,7 +583,15 @@ pub async fn run(home: &Home, opts: Options) -> Report {
         findings.push(settle(id, diagnose::pid_file(&path), opts).await);
     }
     let grace = Duration::from_secs(ctx.cfg.daemon.stop_timeout);
-    findings.push(settle("orphans", diagnose::orphans(home, grace, opts.yes), opts).await);
+    let wait = crate::lifecycle::supervisor::operation_wait(&ctx.cfg);
+    findings.push(
+        settle(
+            "orphans",
+            diagnose::orphans(home, grace, wait, opts.yes),
+            opts,
+        )
+        .await,
+    );
 
     // Once orphans are gone the port may be free.
     findings.push(settle("port", diagnose::port(&ctx), opts).await);
