@@ -12,6 +12,7 @@
 
 mod admission;
 mod chat;
+pub mod connections;
 pub mod dispatch;
 mod messages;
 mod observe;
@@ -103,7 +104,8 @@ impl Gateway {
 pub fn router(gw: Arc<Gateway>) -> Router {
     let mut api = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
-        .route("/v1/models", get(chat::models));
+        .route("/v1/models", get(chat::models))
+        .route("/v1/models/{*id}", get(chat::model));
     if gw.config.features.enable_responses_api {
         api = api.route("/v1/responses", post(responses::responses));
     } else {
@@ -168,6 +170,9 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 /// first lets busy clients move to the new process during a restart.
 const LINGER: Duration = Duration::from_secs(2);
 
+/// The most bytes of one request head (request line and headers); beyond: 431.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
 /// Serves until `shutdown` completes, then drains: readiness off, stop
 /// accepting, `Connection: close` on every response, a short linger, then close
 /// idle connections and wait for in-flight requests, all within
@@ -180,12 +185,16 @@ pub async fn run(
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::server::conn::auto::Builder;
     use hyper_util::server::graceful::GracefulShutdown;
-    use hyper_util::service::TowerToHyperService;
 
     let addr = listener.local_addr()?;
     let graceful_timeout = Duration::from_secs(gw.config.server.graceful_timeout);
-    let service = TowerToHyperService::new(router(gw.clone()));
-    let builder = Builder::new(TokioExecutor::new());
+    let app = router(gw.clone());
+    let fd_limit = connections::raise_fd_limit();
+    let limits = connections::Limits::new(&gw, fd_limit);
+    let registry = connections::Registry::new();
+    let mut builder = Builder::new(TokioExecutor::new());
+    // A request head larger than this is refused (431) instead of buffered.
+    builder.http1().max_buf_size(MAX_HEAD_BYTES);
     // `connections` tells each connection to finish; `tasks` says when they have.
     let connections = GracefulShutdown::new();
     let tasks = tokio_util::task::TaskTracker::new();
@@ -202,6 +211,8 @@ pub async fn run(
         upstream = %crate::support::redact::url(&gw.config.upstream.url),
         api = gw.config.upstream.api.as_str(),
         pid = std::process::id(),
+        fd_limit = fd_limit.unwrap_or(0),
+        max_connections = limits.max_connections,
         "warden proxy started"
     );
     tokio::pin!(shutdown);
@@ -218,14 +229,26 @@ pub async fn run(
             },
             () = &mut shutdown => break,
         };
+        // Past max_connections the longest-idle connection makes room; when
+        // every one is busy the newcomer is closed at once.
+        let Some(state) = registry.admit(limits.max_connections) else {
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
+        let service = connections::ConnService::new(app.clone(), gw.clone(), state.clone(), limits);
+        let io = TokioIo::new(connections::WatchedIo::new(stream, state.clone()));
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service.clone())
+            .serve_connection_with_upgrades(io, service)
             .into_owned();
         let conn = connections.watch(conn);
-        tasks.spawn(async move {
-            let _ = conn.await;
-        });
+        tasks.spawn(connections::supervise(
+            async move {
+                let _ = conn.await;
+            },
+            state,
+            limits,
+        ));
     }
     drop(listener);
     tasks.close();

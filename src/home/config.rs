@@ -224,14 +224,31 @@ impl Default for PromptsConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FeaturesConfig {
     pub verbose: bool,
     pub expose_reasoning: bool,
     pub enable_web_search: bool,
+    /// Serve `POST /v1/responses` (on by default since 0.2; `false`: 404).
     pub enable_responses_api: bool,
     pub responses_no_base_instructions: bool,
+    /// Add the base prompt to `/v1/responses` even when the client brings its
+    /// own instructions or a leading system/developer message (the 0.1 policy).
+    pub responses_always_base_instructions: bool,
+}
+
+impl Default for FeaturesConfig {
+    fn default() -> Self {
+        FeaturesConfig {
+            verbose: false,
+            expose_reasoning: false,
+            enable_web_search: false,
+            enable_responses_api: true,
+            responses_no_base_instructions: false,
+            responses_always_base_instructions: false,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -755,13 +772,16 @@ fn check_ranges(s: &Settings) -> Result<(), (String, String)> {
 /// Picks one flag out of the feature flags.
 type FeatureField = fn(&mut FeaturesConfig) -> &mut bool;
 
-const FEATURE_VARS: [(&str, FeatureField); 5] = [
+const FEATURE_VARS: [(&str, FeatureField); 6] = [
     ("VERBOSE", |f| &mut f.verbose),
     ("EXPOSE_REASONING", |f| &mut f.expose_reasoning),
     ("ENABLE_WEB_SEARCH", |f| &mut f.enable_web_search),
     ("ENABLE_RESPONSES_API", |f| &mut f.enable_responses_api),
     ("RESPONSES_NO_BASE_INSTRUCTIONS", |f| {
         &mut f.responses_no_base_instructions
+    }),
+    ("RESPONSES_ALWAYS_BASE_INSTRUCTIONS", |f| {
+        &mut f.responses_always_base_instructions
     }),
 ];
 

@@ -179,6 +179,7 @@ mod tests {
             "WARDEN_ENABLE_WEB_SEARCH",
             "WARDEN_ENABLE_RESPONSES_API",
             "WARDEN_RESPONSES_NO_BASE_INSTRUCTIONS",
+            "WARDEN_RESPONSES_ALWAYS_BASE_INSTRUCTIONS",
             "CHATMOCK_",
             "WARDEN_HOME",
             "RUST_LOG",

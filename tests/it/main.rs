@@ -12,6 +12,7 @@
 mod support;
 
 mod anthropic;
+mod clients;
 mod completions;
 mod daemon;
 mod doctor;
