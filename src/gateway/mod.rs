@@ -15,6 +15,7 @@ mod chat;
 pub mod connections;
 pub mod dispatch;
 mod messages;
+pub mod nats;
 mod observe;
 mod responses;
 pub mod serve;
@@ -53,6 +54,8 @@ pub struct Gateway {
     ready: AtomicBool,
     /// Set when the drain begins: responses then ask clients to close the connection.
     draining: AtomicBool,
+    /// The NATS ingress's connection state and in-flight count (`/health`).
+    pub nats: nats::NatsStatus,
     /// The same readiness, for tasks that wait on changes (systemd notification).
     ready_watch: tokio::sync::watch::Sender<bool>,
 }
@@ -70,6 +73,7 @@ impl Gateway {
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             ready_watch: tokio::sync::watch::Sender::new(false),
+            nats: nats::NatsStatus::new(config.nats.enabled()),
             router,
             metrics,
             config,
@@ -202,6 +206,8 @@ pub async fn run(
         let prompts = gw.prompts.clone();
         tokio::spawn(async move { prompts.warm().await });
     }
+    // Off (no network at all) unless nats.url is set; connects in the background.
+    let nats_ingress = nats::start(&gw);
     gw.set_ready(true);
     tracing::info!(
         version = crate::VERSION,
@@ -249,6 +255,9 @@ pub async fn run(
         ));
     }
     drop(listener);
+    if let Some(ingress) = &nats_ingress {
+        ingress.stop_taking();
+    }
     gw.set_ready(false);
     gw.draining.store(true, Ordering::Release);
     tracing::info!(
@@ -262,7 +271,13 @@ pub async fn run(
         while connections.count() > 0 && tokio::time::Instant::now() < linger_until {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        connections.shutdown().await;
+        // HTTP connections and NATS requests drain side by side.
+        let nats = async {
+            if let Some(ingress) = nats_ingress {
+                ingress.drain().await;
+            }
+        };
+        tokio::join!(connections.shutdown(), nats);
     };
     if tokio::time::timeout(graceful_timeout, drained)
         .await

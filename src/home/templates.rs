@@ -141,7 +141,7 @@ mod tests {
         assert_eq!(
             order,
             [
-                "server", "upstream", "prompts", "features", "daemon", "watchdog", "logs"
+                "server", "upstream", "prompts", "features", "daemon", "watchdog", "logs", "nats"
             ]
         );
     }
@@ -174,6 +174,7 @@ mod tests {
             "WARDEN_PORT",
             "WARDEN_UPSTREAM_URL",
             "WARDEN_UPSTREAM_API",
+            "WARDEN_NATS_URL",
             "WARDEN_VERBOSE",
             "WARDEN_EXPOSE_REASONING",
             "WARDEN_ENABLE_WEB_SEARCH",

@@ -18,6 +18,7 @@ mod daemon;
 mod doctor;
 mod home_only;
 mod hostile;
+mod nats;
 mod operators;
 mod preflight;
 mod prompts;
