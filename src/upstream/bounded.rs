@@ -164,41 +164,49 @@ pub fn limit_events(
     max_event: usize,
     display_url: String,
 ) -> super::http::ChunkStream {
+    use futures_util::StreamExt;
     // Bytes of the unfinished event, and the last 2 bytes seen (a boundary may
     // straddle two chunks).
     let mut open = 0usize;
     let mut tail = [0u8; 2];
     let mut over = false;
-    Box::pin(tokio_stream::StreamExt::map_while(chunks, move |item| {
-        if over {
-            return None;
-        }
-        let Ok(chunk) = item else {
-            over = true;
-            return Some(item);
+    Box::pin(chunks.scan((), move |(), item| {
+        let next = if over {
+            None
+        } else {
+            match item {
+                Err(error) => {
+                    over = true;
+                    Some(Err(error))
+                }
+                Ok(chunk) => {
+                    let mut seam = Vec::with_capacity(4);
+                    seam.extend_from_slice(&tail);
+                    seam.extend_from_slice(&chunk[..chunk.len().min(2)]);
+                    open = match last_boundary(&chunk) {
+                        Some(end) => chunk.len() - end,
+                        None if last_boundary(&seam).is_some() => chunk.len(),
+                        None => open + chunk.len(),
+                    };
+                    if chunk.len() >= 2 {
+                        tail.copy_from_slice(&chunk[chunk.len() - 2..]);
+                    } else if chunk.len() == 1 {
+                        tail = [tail[1], chunk[0]];
+                    }
+                    if open > max_event {
+                        over = true;
+                        let error = crate::api::openai::ApiError::bad_gateway(format!(
+                            "upstream {display_url} sent an event larger than upstream.max_event_bytes ({max_event} bytes)"
+                        ));
+                        tracing::warn!(error = %error.message, "stream ended with an error");
+                        Some(Err(error))
+                    } else {
+                        Some(Ok(chunk))
+                    }
+                }
+            }
         };
-        let mut seam = Vec::with_capacity(2 + chunk.len().min(2));
-        seam.extend_from_slice(&tail);
-        seam.extend_from_slice(&chunk[..chunk.len().min(2)]);
-        open = match last_boundary(&chunk) {
-            Some(end) => chunk.len() - end,
-            None if last_boundary(&seam).is_some() => chunk.len(),
-            None => open + chunk.len(),
-        };
-        if chunk.len() >= 2 {
-            tail.copy_from_slice(&chunk[chunk.len() - 2..]);
-        } else if chunk.len() == 1 {
-            tail = [tail[1], chunk[0]];
-        }
-        if open > max_event {
-            over = true;
-            let error = crate::api::openai::ApiError::bad_gateway(format!(
-                "upstream {display_url} sent an event larger than upstream.max_event_bytes ({max_event} bytes)"
-            ));
-            tracing::warn!(error = %error.message, "stream ended with an error");
-            return Some(Err(error));
-        }
-        Some(Ok(chunk))
+        std::future::ready(next)
     }))
 }
 
