@@ -931,7 +931,7 @@ fn backoff(retry: u32) -> Duration {
     let full = BACKOFF_BASE
         .saturating_mul(1u32 << retry.saturating_sub(1).min(16))
         .min(BACKOFF_MAX);
-    full.mul_f64(rand::random_range(0.5..=1.0))
+    full.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
 async fn fetch_once(
