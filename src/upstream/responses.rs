@@ -85,11 +85,15 @@ impl ResponsesUpstream {
             return Err(self.http.passthrough_error(response).await);
         }
         if call.stream {
-            let chunks = self.http.chunks(response, call.stats.clone());
+            let chunks = super::bounded::limit_events(
+                self.http.chunks(response, call.stats.clone()),
+                self.http.max_event_bytes(),
+                self.http.display_url().to_string(),
+            );
             let id = format!(
                 "chatcmpl-{:016x}{:016x}",
-                rand::random::<u64>(),
-                rand::random::<u64>()
+                fastrand::u64(..),
+                fastrand::u64(..)
             );
             let translator =
                 StreamTranslator::new(&call.model, &id, unix_now(), call.include_usage);
