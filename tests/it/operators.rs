@@ -649,3 +649,190 @@ fn the_watchdog_names_a_live_unrelated_pid_for_what_it_is() {
     stop_and_check(&home, port);
     assert!(sleeper.alive());
 }
+
+/// splitmix64: a tiny seeded generator, so a failing run can be replayed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Action {
+    Start,
+    Stop,
+    StopForce,
+    Restart,
+    WatchdogOnce,
+    Kill9,
+    Freeze,
+    Thaw,
+    PlantStale,
+}
+
+impl Action {
+    fn pick(rng: &mut Rng) -> Action {
+        // Weights: mostly operations, some violence, rare freezes (each one costs
+        // seconds of timeouts) and thaws.
+        match rng.below(100) {
+            0..=17 => Action::Start,
+            18..=29 => Action::Stop,
+            30..=33 => Action::StopForce,
+            34..=55 => Action::Restart,
+            56..=69 => Action::WatchdogOnce,
+            70..=83 => Action::Kill9,
+            84..=88 => Action::Freeze,
+            89..=95 => Action::Thaw,
+            _ => Action::PlantStale,
+        }
+    }
+}
+
+fn env_number(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+/// The invariant under random interleavings of `daemon start|stop|restart`,
+/// `watchdog --once`, `kill -9` and SIGSTOP/SIGCONT of the home's proxies, and
+/// stale PID files naming the test's sentinel processes. Seeded and printed;
+/// `WARDEN_STRESS_SEED`, `WARDEN_STRESS_STEPS` (actions, default 200) and
+/// `WARDEN_STRESS_SECS` (time budget, default 60; 0 = none) replay or lengthen it.
+#[test]
+fn stress_random_operators_keep_one_truthful_proxy() {
+    let seed = env_number("WARDEN_STRESS_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    });
+    let steps = env_number("WARDEN_STRESS_STEPS").unwrap_or(200);
+    let budget = match env_number("WARDEN_STRESS_SECS").unwrap_or(60) {
+        0 => None,
+        secs => Some(Duration::from_secs(secs)),
+    };
+    eprintln!(
+        "stress: seed={seed} steps={steps} budget={budget:?} (WARDEN_STRESS_SEED={seed} replays it)"
+    );
+    let mut rng = Rng(seed);
+    let (home, port) = home_with("[watchdog]\nhealth_timeout = 1\n");
+    home.config(&format!(
+        "[server]\nport = {port}\ngraceful_timeout = 1\n[daemon]\nstartup_timeout = 5\nstop_timeout = 1\n[watchdog]\nhealth_timeout = 1\n"
+    ));
+    let _cleanup = Cleanup(&home);
+    let mut sentinels = [Sleeper::spawn(), Sleeper::spawn()];
+    let mut frozen: Vec<ProcessIdentity> = Vec::new();
+    let mut history: Vec<String> = Vec::new();
+    let began = Instant::now();
+    let mut done_steps = 0;
+    // A step is one action; the actions of a batch (1 to 3) run at the same
+    // time, and the invariant is checked once the batch has settled.
+    while done_steps < steps {
+        if budget.is_some_and(|b| began.elapsed() >= b) {
+            break;
+        }
+        let step = done_steps;
+        let batch = (1 + rng.below(3)).min(steps - done_steps);
+        let actions: Vec<Action> = (0..batch).map(|_| Action::pick(&mut rng)).collect();
+        let mut ops = Vec::new();
+        let mut signals = Vec::new();
+        for action in &actions {
+            match action {
+                Action::Start => ops.push(Op::spawn("daemon", &home, &["start", "--no-check"])),
+                Action::Stop => ops.push(Op::spawn("daemon", &home, &["stop"])),
+                Action::StopForce => ops.push(Op::spawn("daemon", &home, &["stop", "--force"])),
+                Action::Restart => ops.push(Op::spawn("daemon", &home, &["restart", "--no-check"])),
+                Action::WatchdogOnce => ops.push(Op::spawn("watchdog", &home, &["--once"])),
+                Action::PlantStale => {
+                    // Only where no live process holds the file: a stale record
+                    // naming a sentinel, which nothing may ever signal.
+                    if matches!(pid_state(&home), PidState::Absent) {
+                        let s = &sentinels[rng.below(2) as usize];
+                        home.write("run/proxy.pid", &format!("{}\n", s.pid()));
+                    }
+                }
+                other => signals.push((*other, rng.below(200))),
+            }
+        }
+        // Signals land at random moments while the operations run.
+        signals.sort_by_key(|(_, at)| *at);
+        let launched = Instant::now();
+        for (action, at_ms) in &signals {
+            let at = launched + Duration::from_millis(*at_ms);
+            if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait); // the interleaving, not a synchronisation
+            }
+            let candidates = proxies(&home);
+            match action {
+                Action::Kill9 if !candidates.is_empty() => {
+                    let target = &candidates[rng.below(candidates.len() as u64) as usize];
+                    signal_proxy(&home, target, Signal::SIGKILL);
+                }
+                Action::Freeze if !candidates.is_empty() => {
+                    let target = &candidates[rng.below(candidates.len() as u64) as usize];
+                    signal_proxy(&home, target, Signal::SIGSTOP);
+                    frozen.push(target.clone());
+                }
+                Action::Thaw => {
+                    for target in frozen.drain(..) {
+                        signal_proxy(&home, &target, Signal::SIGCONT);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut said = Vec::new();
+        for op in ops {
+            let what = op.what.clone();
+            let done = op.finish(PATIENCE * 4);
+            assert!(
+                !done.said().contains("panicked"),
+                "seed {seed} step {step}: `{what}` panicked: {}",
+                done.said()
+            );
+            said.push(format!(
+                "`{what}` → {:?}: {}",
+                done.code,
+                done.said().trim()
+            ));
+        }
+        history.push(format!(
+            "step {step}: {actions:?}\n    {}",
+            said.join("\n    ")
+        ));
+        let context = format!(
+            "seed {seed} step {step} (WARDEN_STRESS_SEED={seed} replays it); last steps:\n{}",
+            history[history.len().saturating_sub(4)..].join("\n")
+        );
+        assert_settled(&home, port, &context);
+        for s in &mut sentinels {
+            assert!(s.alive(), "{context}\na sentinel was signalled");
+        }
+        frozen.retain(|p| p.matches_live());
+        if std::env::var_os("WARDEN_STRESS_TRACE").is_some() {
+            eprintln!(
+                "{:>6} ms {}",
+                launched.elapsed().as_millis(),
+                history.last().unwrap()
+            );
+        }
+        done_steps += batch;
+    }
+    for target in frozen.drain(..) {
+        signal_proxy(&home, &target, Signal::SIGCONT);
+    }
+    let done = daemon(&home, &["stop", "--force"]);
+    assert_eq!(done.code, Some(0), "{}", done.said());
+    assert!(serving(&home).is_empty());
+    eprintln!(
+        "stress: seed={seed} steps={done_steps}/{steps} in {:.0} s, failures: 0",
+        began.elapsed().as_secs_f64()
+    );
+}
