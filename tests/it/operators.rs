@@ -498,6 +498,35 @@ fn a_successor_killed_after_taking_the_pid_file_hands_it_back_to_the_old_proxy()
 }
 
 #[test]
+fn ctrl_c_during_a_restart_leaves_exactly_one_proxy_serving() {
+    let (home, port) = home_with("");
+    let _cleanup = Cleanup(&home);
+    let old = start(&home);
+    let mut restart = Op::spawn("daemon", &home, &["restart", "--no-check"]);
+    eventually(
+        "the successor to be spawned (or the restart to end)",
+        || {
+            restart.exited()
+                || (proxies(&home).len() >= 2 && warden::lifecycle::ports::holds_listener(old.pid))
+        },
+    );
+    if !restart.exited() {
+        restart.signal(Signal::SIGINT);
+    }
+    let done = restart.finish(PATIENCE * 4);
+    assert!(matches!(done.code, Some(0) | Some(130)), "{}", done.said());
+    // Whatever the moment, once things settle one proxy serves and is recorded.
+    eventually("the home to settle on one proxy", || {
+        serving(&home).len() == 1 && proxies(&home).len() == 1
+    });
+    assert_settled(&home, port, &format!("after Ctrl-C: {}", done.said()));
+    if done.code == Some(130) {
+        assert!(done.stderr.contains("interrupted"), "{}", done.said());
+    }
+    stop_and_check(&home, port);
+}
+
+#[test]
 fn watchdog_once_replaces_a_sigstopped_proxy_every_time() {
     let (home, port) = home_with("[watchdog]\nhealth_timeout = 1\n");
     let _cleanup = Cleanup(&home);
@@ -727,7 +756,16 @@ fn stress_random_operators_keep_one_truthful_proxy() {
         "[server]\nport = {port}\ngraceful_timeout = 1\n[daemon]\nstartup_timeout = 5\nstop_timeout = 1\n[watchdog]\nhealth_timeout = 1\n"
     ));
     let _cleanup = Cleanup(&home);
-    let mut sentinels = [Sleeper::spawn(), Sleeper::spawn()];
+    // Sentinels outlive any run length (support's `Sleeper` sleeps 300 s).
+    let sentinel = || {
+        Sleeper(
+            std::process::Command::new("sleep")
+                .arg("1000000")
+                .spawn()
+                .expect("spawn sleep"),
+        )
+    };
+    let mut sentinels = [sentinel(), sentinel()];
     let mut frozen: Vec<ProcessIdentity> = Vec::new();
     let mut history: Vec<String> = Vec::new();
     let began = Instant::now();
