@@ -69,6 +69,7 @@ pub async fn serve_foreground(config: Config) -> Result<(), ServeError> {
         &config.home,
         LogKind::Proxy,
         config.logs.format,
+        config.logs.target,
         config.features.verbose,
     )
     .map_err(|source| ServeError::Log {

@@ -141,7 +141,7 @@ mod tests {
         assert_eq!(
             order,
             [
-                "server", "upstream", "prompts", "features", "daemon", "watchdog", "logs"
+                "server", "upstream", "prompts", "features", "daemon", "watchdog", "logs", "nats"
             ]
         );
     }
@@ -174,11 +174,13 @@ mod tests {
             "WARDEN_PORT",
             "WARDEN_UPSTREAM_URL",
             "WARDEN_UPSTREAM_API",
+            "WARDEN_NATS_URL",
             "WARDEN_VERBOSE",
             "WARDEN_EXPOSE_REASONING",
             "WARDEN_ENABLE_WEB_SEARCH",
             "WARDEN_ENABLE_RESPONSES_API",
             "WARDEN_RESPONSES_NO_BASE_INSTRUCTIONS",
+            "WARDEN_RESPONSES_ALWAYS_BASE_INSTRUCTIONS",
             "CHATMOCK_",
             "WARDEN_HOME",
             "RUST_LOG",
