@@ -155,8 +155,15 @@ impl Op {
     fn pid(&self) -> i32 {
         self.child.id() as i32
     }
-    /// Signals this child (ours, not yet reaped).
-    fn signal(&self, sig: Signal) {
+    /// Signals this child: ours, and never once reaped (after `wait` its PID could
+    /// belong to anyone).
+    fn signal(&mut self, sig: Signal) {
+        assert!(
+            matches!(self.child.try_wait(), Ok(None)),
+            "`{}` has exited; not signalling its PID",
+            self.what
+        );
+        // Not reaped: at worst a zombie, still ours.
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig)
             .expect("signal our own child");
     }
@@ -405,16 +412,24 @@ fn stop_during_a_restart_waits_for_it_and_then_stops_everything() {
     let (home, port) = home_with("");
     let _cleanup = Cleanup(&home);
     let first = start(&home);
-    let restart = Op::spawn("daemon", &home, &["restart", "--no-check"]);
+    let mut restart = Op::spawn("daemon", &home, &["restart", "--no-check"]);
     // Freeze the restart (our child) once its successor exists: the successor
     // is in flight, not yet recorded, when `stop` comes.
-    eventually("the successor to be spawned", || proxies(&home).len() >= 2);
-    restart.signal(Signal::SIGSTOP);
+    eventually(
+        "the successor to be spawned (or the restart to end)",
+        || restart.exited() || proxies(&home).len() >= 2,
+    );
+    let frozen = !restart.exited();
+    if frozen {
+        restart.signal(Signal::SIGSTOP);
+    }
     let mut stop = Op::spawn("daemon", &home, &["stop"]);
     eventually("stop to wait or finish", || {
         stop.exited() || stop.stderr_so_far().contains("waiting for")
     });
-    restart.signal(Signal::SIGCONT);
+    if frozen {
+        restart.signal(Signal::SIGCONT);
+    }
     let restarted = restart.finish(PATIENCE * 4);
     let stopped = stop.finish(PATIENCE * 4);
     assert_eq!(stopped.code, Some(0), "{}", stopped.said());
@@ -453,9 +468,15 @@ fn a_successor_killed_after_taking_the_pid_file_hands_it_back_to_the_old_proxy()
                         && warden::lifecycle::ports::holds_listener(old.pid))
             },
         );
+        if restart.exited() {
+            let done = restart.finish(PATIENCE * 4);
+            eprintln!("attempt {attempt} missed the window: {}", done.said());
+            assert_settled(&home, port, "after a missed attempt");
+            continue;
+        }
         // Freeze the restart (our child), let the successor take the PID file, kill it.
         restart.signal(Signal::SIGSTOP);
-        if restart.exited() || !warden::lifecycle::ports::holds_listener(old.pid) {
+        if !warden::lifecycle::ports::holds_listener(old.pid) {
             restart.signal(Signal::SIGCONT);
             let done = restart.finish(PATIENCE * 4);
             eprintln!("attempt {attempt} missed the window: {}", done.said());
