@@ -266,10 +266,11 @@ impl Fix {
 
     /// Applies the fix. `Err` says why it could not be done (nothing half-done is
     /// left behind: every step is atomic or idempotent).
-    pub async fn apply(&self) -> Result<Applied, String> {
+    pub async fn apply(&self) -> Result<Applied, FixError> {
         match self {
             Fix::CreateDirs { home, missing } => {
-                home.ensure_dirs().map_err(|e| e.to_string())?;
+                home.ensure_dirs()
+                    .map_err(|e| FixError::io("create the folders of", home.root(), e))?;
                 Ok(Applied::done(format!(
                     "created {}",
                     dir_list(home, missing)
@@ -283,7 +284,7 @@ impl Fix {
             } => {
                 let created =
                     crate::home::atomic_file::create_new(path, text.as_bytes(), Some(*mode))
-                        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                        .map_err(|e| FixError::io("write", path, e))?;
                 Ok(Applied::done(if created {
                     format!("wrote {} from {source} (mode {mode:04o})", path.display())
                 } else {
@@ -293,14 +294,15 @@ impl Fix {
             Fix::TightenMode { path, from, to } => {
                 use std::os::unix::fs::PermissionsExt;
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(*to))
-                    .map_err(|e| format!("cannot chmod {}: {e}", path.display()))?;
+                    .map_err(|e| FixError::io("chmod", path, e))?;
                 Ok(Applied::done(format!(
                     "tightened {} from {from:04o} to {to:04o}",
                     path.display()
                 )))
             }
             Fix::RemoveStalePidFile { path, names } => {
-                let removed = pidfile::remove_stale(path).map_err(|e| e.to_string())?;
+                let removed = pidfile::remove_stale(path)
+                    .map_err(|e| FixError::io("remove the stale PID file", path, e))?;
                 Ok(Applied::done(if removed {
                     format!(
                         "removed stale {} ({names}; nothing was signalled)",
@@ -319,7 +321,10 @@ impl Fix {
                 let (home, proxies, grace, wait) = (home.clone(), proxies.clone(), *grace, *wait);
                 tokio::task::spawn_blocking(move || stop_orphans(&home, &proxies, grace, wait))
                     .await
-                    .map_err(|e| format!("stopping the orphans crashed: {e}"))?
+                    .map_err(|source| FixError::Crashed {
+                        what: "stopping the orphans",
+                        source,
+                    })?
             }
             Fix::RotateLogs {
                 home,
@@ -330,7 +335,7 @@ impl Fix {
                 let mut done = Vec::new();
                 for (path, size) in logs {
                     let rotated = crate::home::logs::rotate_if_over(path, *max_bytes)
-                        .map_err(|e| format!("cannot rotate {}: {e}", path.display()))?;
+                        .map_err(|e| FixError::io("rotate", path, e))?;
                     if let Some(to) = rotated {
                         done.push(format!(
                             "{} ({}) to {}",
@@ -363,6 +368,39 @@ impl Fix {
                 })
             }
             Fix::RepairPrompts { home, cfg, damage } => repair_prompts(home, cfg, damage).await,
+        }
+    }
+}
+
+/// Why a fix could not be applied: the operation and the path, or the PIDs.
+#[derive(Debug, thiserror::Error)]
+pub enum FixError {
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The blocking task panicked; `source` holds the panic.
+    #[error("{what} crashed: {source}")]
+    Crashed {
+        what: &'static str,
+        source: tokio::task::JoinError,
+    },
+    /// Another operation holds the home's operation lock.
+    #[error(transparent)]
+    Lock(#[from] crate::lifecycle::oplock::OpLockError),
+    /// Some orphans could not be stopped (each error names its PID).
+    #[error("{}", failed.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    NotStopped { failed: Vec<process::ProcessError> },
+}
+
+impl FixError {
+    fn io(op: &'static str, path: &Path, source: std::io::Error) -> FixError {
+        FixError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
         }
     }
 }
@@ -423,9 +461,8 @@ fn stop_orphans(
     proxies: &[ProcessIdentity],
     grace: Duration,
     wait: Duration,
-) -> Result<Applied, String> {
-    let _lock = oplock::acquire_blocking(home, "doctor --yes", wait, &mut |_| {})
-        .map_err(|e| e.to_string())?;
+) -> Result<Applied, FixError> {
+    let _lock = oplock::acquire_blocking(home, "doctor --yes", wait, &mut |_| {})?;
     let current = process::find_proxies_of_home(home, diagnose::PROXY_EXE);
     let known = diagnose::recorded_proxy_pid(home);
     let mut done = Vec::new();
@@ -448,13 +485,13 @@ fn stop_orphans(
                     took: started.elapsed()
                 }
             )),
-            Err(e) => failed.push(e.to_string()),
+            Err(e) => failed.push(e),
         }
     }
     if failed.is_empty() {
         Ok(Applied::done(done.join("; ")))
     } else {
-        Err(failed.join("; "))
+        Err(FixError::NotStopped { failed })
     }
 }
 
@@ -464,13 +501,16 @@ async fn repair_prompts(
     home: &Home,
     cfg: &PromptsConfig,
     damage: &CacheDamage,
-) -> Result<Applied, String> {
+) -> Result<Applied, FixError> {
     let deleted = damaged_files(home, cfg, damage);
     let (h, c, d) = (home.clone(), cfg.clone(), damage.clone());
     tokio::task::spawn_blocking(move || prompts::remove_damaged(&h, &c, &d))
         .await
-        .map_err(|e| format!("deleting the damaged cache crashed: {e}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| FixError::Crashed {
+            what: "deleting the damaged cache",
+            source,
+        })?
+        .map_err(|e| FixError::io("delete the damaged cache in", &home.prompts_cache_dir(), e))?;
     let store = PromptStore::new(home, cfg);
     let budget = Duration::from_secs(cfg.fetch_timeout.clamp(1, 10));
     let mut refilled = Vec::new();
@@ -554,7 +594,10 @@ async fn settle(id: &str, diagnosis: Diagnosis, opts: Options) -> Finding {
             ),
             Err(why) => finding(
                 FindingStatus::NeedsYou,
-                format!("{message}; the fix failed: {why}"),
+                format!(
+                    "{message}; the fix failed: {}",
+                    crate::support::http_client::error_chain(&why)
+                ),
                 Some(fix.describe()),
                 hint.or_else(|| {
                     Some("fix it by hand as the action says, then run doctor again".into())
