@@ -179,7 +179,7 @@ responses_url=$url
 
 echo "== Codex CLI through the proxy against the Responses-API server (tool-call round trip)"
 codex_exec "$responses_url" "run the e2e tool"
-grep -q "tool said: .*warden-e2e-tool" "$work/codex-last.txt" \
+tr "\n" " " < "$work/codex-last.txt" | grep -q "tool said: .*warden-e2e-tool" \
   || { echo "e2e: codex said:"; cat "$work/codex-last.txt" "$work/codex.out"; exit 1; }
 python3 - "$record" <<'PY'
 import json, sys

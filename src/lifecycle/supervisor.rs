@@ -705,7 +705,7 @@ impl Supervisor {
                             spawned.armed = false;
                             return Ok(running);
                         }
-                        Err(e) => last_problem = e,
+                        Err(e) => last_problem = e.to_string(),
                     }
                 }
             }

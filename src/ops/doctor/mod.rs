@@ -640,6 +640,7 @@ pub async fn run(home: &Home, opts: Options) -> Report {
     findings.push(settle("port", diagnose::port(&ctx), opts).await);
     findings.push(settle("logs", diagnose::logs(&ctx), opts).await);
     findings.push(settle("prompts", diagnose::prompts(&ctx), opts).await);
+    findings.push(settle("nats", diagnose::nats(&ctx).await, opts).await);
 
     findings.extend(reused_checks(home, opts).await);
 
