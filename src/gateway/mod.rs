@@ -13,6 +13,7 @@
 mod admission;
 mod chat;
 pub mod connections;
+mod cors;
 pub mod dispatch;
 mod messages;
 pub mod nats;
@@ -127,7 +128,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
             gw.clone(),
             admission::require_api_key,
         ));
-    Router::new()
+    let mut router = Router::new()
         .merge(api)
         .merge(anthropic)
         .route("/health", get(status::health))
@@ -136,7 +137,13 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/metrics", get(status::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(gw.config.server.max_body_bytes))
+        .layer(DefaultBodyLimit::max(gw.config.server.max_body_bytes));
+    if !gw.config.server.cors_origins.is_empty() {
+        // Inside the observing layer (preflights are counted and get a request
+        // id), outside authentication (browsers send no credentials on one).
+        router = router.layer(axum::middleware::from_fn_with_state(gw.clone(), cors::cors));
+    }
+    router
         .layer(axum::middleware::from_fn_with_state(
             gw.clone(),
             observe::observe,

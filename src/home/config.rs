@@ -36,6 +36,10 @@ pub struct ServerConfig {
     pub keepalive_timeout: u64,
     /// Open client connections; beyond, the oldest idle ones are closed first.
     pub max_connections: usize,
+    /// Browser origins allowed by CORS (`"*"` = any); empty = CORS off.
+    pub cors_origins: Vec<String>,
+    /// The model a request without one gets; empty = such a request is a 400.
+    pub default_model: String,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +55,8 @@ impl Default for ServerConfig {
             body_timeout: 30,
             keepalive_timeout: 60,
             max_connections: 10_000,
+            cors_origins: Vec::new(),
+            default_model: String::new(),
         }
     }
 }
@@ -61,6 +67,8 @@ impl Default for ServerConfig {
 pub enum UpstreamApi {
     Chat,
     Responses,
+    /// The Anthropic Messages API (`POST {url}/messages`), spoken in translation.
+    Anthropic,
 }
 
 impl UpstreamApi {
@@ -68,6 +76,7 @@ impl UpstreamApi {
         match self {
             UpstreamApi::Chat => "chat",
             UpstreamApi::Responses => "responses",
+            UpstreamApi::Anthropic => "anthropic",
         }
     }
 }
@@ -925,13 +934,42 @@ fn check_ranges(s: &Settings) -> Result<(), (String, String)> {
             ));
         }
     }
+    for origin in &s.server.cors_origins {
+        if !is_cors_origin(origin) {
+            return Err((
+                "server.cors_origins".to_string(),
+                format!(
+                    "{origin:?} is not an origin: write \"*\" or scheme://host[:port] \
+                     (e.g. \"http://localhost:3000\"), without a path"
+                ),
+            ));
+        }
+    }
     Ok(())
 }
 
-/// The feature flags and the variables that set them, `WARDEN_*` before `CHATMOCK_*`.
+/// `"*"`, or `http(s)://host[:port]` with no path, as browsers send `Origin`.
+fn is_cors_origin(origin: &str) -> bool {
+    if origin == "*" {
+        return true;
+    }
+    let Some(rest) = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    !rest.is_empty()
+        && origin.len() <= 256
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
+
 /// Picks one flag out of the feature flags.
 type FeatureField = fn(&mut FeaturesConfig) -> &mut bool;
 
+/// The feature flags and the variables that set them, `WARDEN_*` before `CHATMOCK_*`.
 const FEATURE_VARS: [(&str, FeatureField); 6] = [
     ("VERBOSE", |f| &mut f.verbose),
     ("EXPOSE_REASONING", |f| &mut f.expose_reasoning),
@@ -976,11 +1014,12 @@ fn apply_env(s: &mut Settings, env: &EnvSource) -> Result<(), ConfigError> {
         s.upstream.api = match v.trim() {
             "chat" => UpstreamApi::Chat,
             "responses" => UpstreamApi::Responses,
+            "anthropic" => UpstreamApi::Anthropic,
             _ => {
                 return Err(bad(
                     "WARDEN_UPSTREAM_API",
                     origin,
-                    format!("{v:?} must be \"chat\" or \"responses\""),
+                    format!("{v:?} must be \"chat\", \"responses\" or \"anthropic\""),
                 ));
             }
         };
@@ -1165,5 +1204,18 @@ mod tests {
         ]);
         let cfg = Config::load_with_env(&home, &Overrides::default(), env).unwrap();
         assert!(!cfg.features.expose_reasoning);
+    }
+
+    #[test]
+    fn upstream_api_anthropic_from_file_and_env() {
+        let s = parse("[upstream]\napi = \"anthropic\"\n").unwrap();
+        assert_eq!(s.upstream.api, UpstreamApi::Anthropic);
+        let home = Home::at("/nonexistent-warden-home");
+        let env = EnvSource::from_pairs([("WARDEN_UPSTREAM_API", "anthropic")]);
+        let cfg = Config::load_with_env(&home, &Overrides::default(), env).unwrap();
+        assert_eq!(cfg.upstream.api.as_str(), "anthropic");
+        let env = EnvSource::from_pairs([("WARDEN_UPSTREAM_API", "claude")]);
+        let err = Config::load_with_env(&home, &Overrides::default(), env).unwrap_err();
+        assert!(err.to_string().contains("\"anthropic\""), "{err}");
     }
 }
