@@ -452,6 +452,7 @@ fn stop_during_a_restart_waits_for_it_and_then_stops_everything() {
 }
 
 #[test]
+#[ignore = "races a SIGKILL into the successor's start-up window; can miss it five times on a fast or a loaded machine: run with --ignored"]
 fn a_successor_killed_after_taking_the_pid_file_hands_it_back_to_the_old_proxy() {
     let (home, port) = home_with("");
     let _cleanup = Cleanup(&home);
