@@ -199,6 +199,7 @@ pub async fn run(
         address = %addr,
         upstream = %crate::support::redact::url(&gw.config.upstream.url),
         api = gw.config.upstream.api.as_str(),
+        providers = %gw.router.summary(),
         pid = std::process::id(),
         "warden proxy started"
     );

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::Upstream;
+use crate::api::metrics::ProviderMetrics;
 use crate::home::config::ProviderSettings;
 
 /// Nanoseconds on a monotonic clock, never 0 (0 means "no deadline").
@@ -62,28 +63,14 @@ pub struct ProviderHealth {
     pub last_error: Option<String>,
 }
 
-/// Per-provider counters for `/metrics`.
-#[derive(Debug, Default)]
-pub struct ProviderCounters {
-    /// Attempts sent to this provider.
-    pub requests: AtomicU64,
-    /// Attempts that failed (any [`FailureKind`]).
-    pub errors: AtomicU64,
-    /// Requests that moved on from this provider to another.
-    pub failovers: AtomicU64,
-    /// Times it entered cooldown.
-    pub cooldowns: AtomicU64,
-    /// Seconds spent in attempts, summed (with `requests`, the mean latency).
-    pub latency_nanos: AtomicU64,
-}
-
 pub struct Provider {
     pub name: Arc<str>,
     /// `x-warden-provider: NAME`, made once.
     pub header: axum::http::HeaderValue,
     pub settings: ProviderSettings,
     pub upstream: Upstream,
-    pub counters: ProviderCounters,
+    /// Its series in `/metrics`.
+    pub metrics: ProviderMetrics,
     in_flight: AtomicU32,
     failures: AtomicU32,
     /// [`now_nanos`] until which it is skipped; 0 = not cooling.
@@ -93,14 +80,18 @@ pub struct Provider {
 }
 
 impl Provider {
-    pub fn new(settings: ProviderSettings, upstream: Upstream) -> Provider {
+    pub fn new(
+        settings: ProviderSettings,
+        upstream: Upstream,
+        metrics: ProviderMetrics,
+    ) -> Provider {
         Provider {
             name: Arc::from(settings.name.as_str()),
             header: axum::http::HeaderValue::from_str(&settings.name)
                 .unwrap_or(axum::http::HeaderValue::from_static("invalid-name")),
             settings,
             upstream,
-            counters: ProviderCounters::default(),
+            metrics,
             in_flight: AtomicU32::new(0),
             failures: AtomicU32::new(0),
             cooldown_until: AtomicU64::new(0),
@@ -192,7 +183,7 @@ impl Provider {
         threshold: u32,
         cooldown: Duration,
     ) -> bool {
-        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        self.metrics.errors.inc();
         if let Ok(mut last) = self.last_error.lock() {
             *last = Some(message.to_string());
         }
@@ -215,7 +206,7 @@ impl Provider {
         let until = now.saturating_add(length.as_nanos() as u64);
         let previous = self.cooldown_until.fetch_max(until, Ordering::AcqRel);
         if previous <= now {
-            self.counters.cooldowns.fetch_add(1, Ordering::Relaxed);
+            self.metrics.cooldowns.inc();
             tracing::warn!(
                 provider = %self.name,
                 cooldown_secs = length.as_secs_f64(),
@@ -285,7 +276,11 @@ mod tests {
         let home = crate::home::Home::at("/nonexistent");
         let config = crate::home::config::Config::defaults(&home);
         let settings = config.provider_settings().remove(0);
-        Provider::new(settings, Upstream::Mock(MockUpstream::new()))
+        Provider::new(
+            settings,
+            Upstream::Mock(MockUpstream::new()),
+            ProviderMetrics::default(),
+        )
     }
 
     #[test]

@@ -82,6 +82,13 @@ fn start_status_stop_with_lsb_exit_codes() {
     assert_eq!(status["pid"], record.pid);
     assert!(status["uptime_secs"].is_number());
     assert_eq!(status["health"]["status"], "pass");
+    assert_eq!(status["health"]["providers"]["default"]["state"], "healthy");
+    let out = run("daemon", &home, &["status"]);
+    assert!(
+        text(&out.stdout).contains("provider  default: healthy, 0 in flight"),
+        "{}",
+        text(&out.stdout)
+    );
 
     let out = run("daemon", &home, &["stop"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
