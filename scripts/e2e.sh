@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # End-to-end checks "as a new user would", outside the Rust test harness:
-#   1. the official openai Python SDK (v2) against the proxy on the built-in upstream;
+#   1. the official openai Python SDK (v2, responses.stream included), the official Node SDK
+#      and Codex CLI (`codex exec`, a tool call included) against the proxy on the built-in
+#      upstream;
 #   2. the same against a real OpenAI-compatible HTTP server (nginx with fixed answers);
 #   3. the same against a Responses-API server (api = "responses"), which must receive
-#      the cached prompt as `instructions`;
+#      the cached prompt as `instructions`; then Codex CLI through that proxy with a tool-call
+#      round trip (Codex's function_call_output must reach the server, with Codex's headers);
 #   4. `promtool check metrics` on /metrics;
 #   5. the official anthropic Python SDK through POST /v1/messages, on the built-in
 #      upstream and on nginx (a Chat Completions server), streaming included;
 #   6. Claude Code (`claude -p "say hi"`, npm @anthropic-ai/claude-code) offline on the
 #      built-in upstream.
 # Installs what it needs (Debian's nginx-light and prometheus for promtool; openai and
-# anthropic from PyPI; Claude Code from npm into ~/.cache/warden-e2e) when missing. Everything listens on 127.0.0.1 only and is stopped on exit.
+# anthropic from PyPI; Claude Code from npm into ~/.cache/warden-e2e; Codex CLI and the openai
+# Node SDK, pinned, from npm into target/e2e/node) when missing. Everything listens on 127.0.0.1 only and is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +36,17 @@ if [ ! -x "$claude_bin" ]; then
   mkdir -p "$claude_dir"
   npm install --prefix "$claude_dir" --no-audit --no-fund --loglevel=error @anthropic-ai/claude-code >/dev/null
 fi
+# Codex CLI and the Node SDK, pinned, into a project-local directory (not global).
+node_dir=target/e2e/node
+CODEX=$PWD/$node_dir/node_modules/.bin/codex
+if [ ! -x "$CODEX" ] || [ ! -f "$node_dir/node_modules/openai/package.json" ]; then
+  echo "e2e: installing @openai/codex and openai (npm) into $node_dir"
+  command -v npm >/dev/null || { apt-get update -qq >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; }
+  mkdir -p "$node_dir"
+  npm install --prefix "$node_dir" --no-audit --no-fund --loglevel=error \
+    @openai/codex@0.171.0 openai@6.49.0 >/dev/null
+fi
+export NODE_PATH=$PWD/$node_dir/node_modules
 
 cargo build --locked --bin proxy
 PROXY=target/debug/proxy
@@ -39,6 +54,31 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
+
+# Runs `codex exec PROMPT` against the proxy at URL (a private CODEX_HOME whose provider
+# points at warden with wire_api = "responses" and a key from an environment variable, so
+# Codex never signs in anywhere); its last message goes to $work/codex-last.txt.
+codex_exec() {
+  local chome=$work/codex-home
+  mkdir -p "$chome" "$work/codex-wd"
+  cat > "$chome/config.toml" <<TOML
+model = "gpt-5"
+model_provider = "warden"
+
+[model_providers.warden]
+name = "warden"
+base_url = "$1/v1"
+env_key = "WARDEN_E2E_CODEX_KEY"
+wire_api = "responses"
+TOML
+  rm -f "$work/codex-last.txt"
+  if ! (cd "$work/codex-wd" && CODEX_HOME="$chome" WARDEN_E2E_CODEX_KEY=unused timeout 180 \
+        "$CODEX" exec --skip-git-repo-check --ephemeral --color never \
+        --dangerously-bypass-approvals-and-sandbox -o "$work/codex-last.txt" "$2" \
+        < /dev/null > "$work/codex.out" 2>&1); then
+    echo "e2e: codex exec failed:"; cat "$work/codex.out"; exit 1
+  fi
+}
 
 # Starts a proxy (own home, port 0) and sets $url; extra args are passed on.
 start_proxy() {
@@ -59,6 +99,18 @@ start_proxy mock
 mock_url=$url
 mock_home=$work/home-mock
 python3 tests/sdk/openai_sdk_check.py "$url" echo
+
+echo "== openai Node SDK through the built-in upstream"
+node tests/sdk/node_sdk_check.cjs "$mock_url"
+
+echo "== Codex CLI on the default setup (built-in upstream)"
+codex_exec "$mock_url" "hello warden from codex"
+grep -qx "hello warden from codex" "$work/codex-last.txt" \
+  || { echo "e2e: codex said:"; cat "$work/codex-last.txt" "$work/codex.out"; exit 1; }
+codex_exec "$mock_url" 'call exec_command {"cmd":"echo warden-mock-tool"}'
+grep -q "^exec_command returned:" "$work/codex-last.txt" && grep -q "warden-mock-tool" "$work/codex-last.txt" \
+  || { echo "e2e: codex tool call on the mock:"; cat "$work/codex-last.txt" "$work/codex.out"; exit 1; }
+echo "codex $("$CODEX" --version | awk '{print $2}'): a reply and a tool round trip on the mock OK"
 
 echo "== openai SDK through nginx (a real OpenAI-compatible HTTP server with fixed answers)"
 nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -124,6 +176,24 @@ assert health["prompts"]["base_instructions"]["source"] == "cache", health
 print(f"responses server: {len(calls)} requests, each with the cached prompt as instructions; /health {health['status']}")
 PY
 responses_url=$url
+
+echo "== Codex CLI through the proxy against the Responses-API server (tool-call round trip)"
+codex_exec "$responses_url" "run the e2e tool"
+grep -q "tool said: .*warden-e2e-tool" "$work/codex-last.txt" \
+  || { echo "e2e: codex said:"; cat "$work/codex-last.txt" "$work/codex.out"; exit 1; }
+python3 - "$record" <<'PY'
+import json, sys
+calls = [json.loads(line) for line in open(sys.argv[1])]
+codex = [c for c in calls if c["headers"].get("originator", "").startswith("codex")]
+assert len(codex) >= 2, calls
+outputs = [c["function_call_output"] for c in codex if c["function_call_output"]]
+assert any("warden-e2e-tool" in o for o in outputs), outputs
+for c in codex:
+    h = c["headers"]
+    assert h.get("x-request-id") and (h.get("session-id") or h.get("session_id")), h
+    assert h.get("authorization") != "Bearer unused", "the client's key was forwarded"
+print(f"responses server: Codex's function_call_output arrived ({len(codex)} Codex requests, with its headers)")
+PY
 
 echo "== anthropic SDK through /v1/messages: built-in upstream, then nginx (a Chat Completions server)"
 python3 tests/sdk/anthropic_sdk_check.py "$mock_url" echo

@@ -57,6 +57,23 @@ pub struct MemoryInfo {
     pub rss_bytes: u64,
 }
 
+/// The NATS ingress (SPEC §13): `state` is `off`, `connected`, `reconnecting`
+/// or `disconnected`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct NatsHealth {
+    pub state: String,
+    pub in_flight: u64,
+}
+
+impl Default for NatsHealth {
+    fn default() -> Self {
+        NatsHealth {
+            state: "off".into(),
+            in_flight: 0,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct HealthReport {
     pub status: HealthStatus,
@@ -72,6 +89,9 @@ pub struct HealthReport {
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderReport>,
     pub memory: MemoryInfo,
+    /// Absent in reports of proxies older than 0.2.
+    #[serde(default)]
+    pub nats: NatsHealth,
 }
 
 impl HealthReport {

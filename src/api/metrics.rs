@@ -32,6 +32,7 @@ pub fn route_label(path: &str) -> &'static str {
         "/health/live" => "/health/live",
         "/health/ready" => "/health/ready",
         "/metrics" => "/metrics",
+        p if p.starts_with("/v1/models/") => "/v1/models/{id}",
         _ => "other",
     }
 }

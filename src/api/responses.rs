@@ -583,6 +583,16 @@ impl StreamTranslator {
         self.done
     }
 
+    /// The first chunk, `{"role":"assistant","content":""}`, sent as soon as
+    /// the upstream accepted the request, so the client has headers and a chunk
+    /// while the model is still thinking. Nothing if already sent.
+    pub fn start(&mut self) -> Vec<String> {
+        if self.sent_role || self.done {
+            return Vec::new();
+        }
+        self.delta(json!({"content": ""}))
+    }
+
     /// Translates one upstream event (the parsed `data:` JSON of one SSE frame).
     pub fn on_event(&mut self, event: &Value) -> Vec<String> {
         if self.done {

@@ -11,7 +11,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use warden::home::config::{Config, Overrides};
 use warden::home::{Home, LogKind};
 use warden::lifecycle::supervisor::{
-    RestartOutcome, StartOutcome, StopOutcome, Supervisor, SupervisorError,
+    Operation, RestartOutcome, StartOutcome, StopOutcome, Supervisor, SupervisorError,
 };
 use warden::ops::preflight::{self, RunOptions, report};
 use warden::support::cli::HomeArgs;
@@ -132,19 +132,31 @@ async fn run(home: Home, command: Cmd) -> i32 {
         Cmd::Start { no_check, json } => {
             let Ok(config) = load(&home) else { return 1 };
             let supervisor = Supervisor::new(config);
-            if !prepare(&supervisor) || (!no_check && !gate(&home).await) {
+            let Some(op) = begin(&supervisor, "daemon start").await else {
+                return 1;
+            };
+            if !prepare(&supervisor, &op) || (!no_check && !gate(&home).await) {
                 return 1;
             }
-            start(supervisor, json).await
+            start(&supervisor, &op, json).await
         }
-        Cmd::Stop { force } => stop(Supervisor::new(load_or_defaults(&home)), force).await,
+        Cmd::Stop { force } => {
+            let supervisor = Supervisor::new(load_or_defaults(&home));
+            let Some(op) = begin(&supervisor, "daemon stop").await else {
+                return 1;
+            };
+            stop(&supervisor, &op, force).await
+        }
         Cmd::Restart { no_check } => {
             let Ok(config) = load(&home) else { return 1 };
             let supervisor = Supervisor::new(config);
-            if !prepare(&supervisor) || (!no_check && !gate(&home).await) {
+            let Some(op) = begin(&supervisor, "daemon restart").await else {
+                return 1;
+            };
+            if !prepare(&supervisor, &op) || (!no_check && !gate(&home).await) {
                 return 1;
             }
-            restart(supervisor).await
+            restart(&supervisor, &op).await
         }
         Cmd::Status { json } => {
             let status = Supervisor::new(load_or_defaults(&home)).status().await;
@@ -161,11 +173,25 @@ async fn run(home: Home, command: Cmd) -> i32 {
     }
 }
 
+/// Takes the home's operation lock, saying so on stderr while another operation
+/// holds it; `None` (after printing why) when it could not be had in time.
+async fn begin(supervisor: &Supervisor, name: &'static str) -> Option<Operation> {
+    let mut on_wait = |message: &str| eprintln!("daemon: {message}");
+    match supervisor.begin(name, &mut on_wait).await {
+        Ok(op) => Some(op),
+        Err(e) => {
+            report_error(&e);
+            supervisor.log_action(&format!("{name} refused: {e}"));
+            None
+        }
+    }
+}
+
 /// What is always safe before a start: the home's own folders are created and a
 /// stale PID file (its lock is free) is removed, so a fresh machine or one after
 /// a crash starts with one command.
-fn prepare(supervisor: &Supervisor) -> bool {
-    match supervisor.prepare() {
+fn prepare(supervisor: &Supervisor, op: &Operation) -> bool {
+    match supervisor.prepare(op) {
         Ok(()) => true,
         Err(e) => {
             report_error(&e);
@@ -218,23 +244,23 @@ fn spinner() -> Option<indicatif::ProgressBar> {
 }
 
 fn report_error(e: &SupervisorError) {
-    eprintln!("daemon: {}", e.message);
-    if !e.log_tail.is_empty() {
+    eprintln!("daemon: {e}");
+    if !e.log_tail().is_empty() {
         eprintln!("daemon: last lines of logs/proxy.log:");
-        for line in &e.log_tail {
+        for line in e.log_tail() {
             eprintln!("  {line}");
         }
     }
 }
 
-async fn start(supervisor: Supervisor, json: bool) -> i32 {
+async fn start(supervisor: &Supervisor, op: &Operation, json: bool) -> i32 {
     let bar = spinner();
     let tick = |msg: &str| {
         if let Some(bar) = &bar {
             bar.set_message(msg.to_string());
         }
     };
-    let outcome = supervisor.start(&tick).await;
+    let outcome = supervisor.start(op, &tick).await;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -255,15 +281,20 @@ async fn start(supervisor: Supervisor, json: bool) -> i32 {
             }
             0
         }
-        Ok(StartOutcome::AlreadyRunning(running)) => {
+        Ok(StartOutcome::AlreadyRunning { running, meanwhile }) => {
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"started": false, "pid": running.pid, "url": running.url, "already_running": true})
+                    serde_json::json!({"started": false, "pid": running.pid, "url": running.url, "already_running": true, "started_while_waiting": meanwhile})
                 );
             } else {
+                let note = if meanwhile {
+                    " (started by another operation while this one waited)"
+                } else {
+                    ""
+                };
                 println!(
-                    "proxy already running: PID {}, {}",
+                    "proxy already running: PID {}, {}{note}",
                     running.pid, running.url
                 );
             }
@@ -271,63 +302,65 @@ async fn start(supervisor: Supervisor, json: bool) -> i32 {
         }
         Err(e) => {
             report_error(&e);
-            supervisor.log_action(&format!("start failed: {}", e.message));
+            supervisor.log_action(&format!("start failed: {e}"));
             1
         }
     }
 }
 
-async fn stop(supervisor: Supervisor, force: bool) -> i32 {
-    match supervisor.stop(force).await {
+async fn stop(supervisor: &Supervisor, op: &Operation, force: bool) -> i32 {
+    match supervisor.stop(op, force).await {
         Ok(StopOutcome::NotRunning) => {
             println!("proxy is not running");
             0
         }
-        Ok(StopOutcome::StaleRemoved { pid }) => {
-            let pid = pid.map_or("?".to_string(), |p| p.to_string());
+        Ok(StopOutcome::StaleRemoved { what, .. }) => {
             println!(
-                "proxy was not running; removed the stale PID file (PID {pid} was not signalled)"
+                "proxy was not running; removed the stale PID file ({what}; it was not signalled)"
             );
             0
         }
-        Ok(StopOutcome::Stopped { pid, how, took }) => {
-            let how = match how {
-                warden::lifecycle::process::Termination::Exited => "exited after SIGTERM",
-                warden::lifecycle::process::Termination::Killed => "killed with SIGKILL",
-                warden::lifecycle::process::Termination::AlreadyGone => "was already gone",
-            };
-            println!(
-                "proxy stopped: PID {pid} {how} ({:.1} s)",
-                took.as_secs_f64()
-            );
+        Ok(StopOutcome::Stopped { ended, others }) => {
+            let recorded = ended.len() - others;
+            for (i, e) in ended.iter().enumerate() {
+                if i < recorded {
+                    println!("proxy stopped: {e}");
+                } else {
+                    println!(
+                        "proxy stopped: {e} (a proxy of this home not named by run/proxy.pid)"
+                    );
+                }
+            }
             0
         }
         Err(e) => {
             report_error(&e);
+            supervisor.log_action(&format!("stop failed: {e}"));
             1
         }
     }
 }
 
-async fn restart(supervisor: Supervisor) -> i32 {
+async fn restart(supervisor: &Supervisor, op: &Operation) -> i32 {
     let bar = spinner();
     let tick = |msg: &str| {
         if let Some(bar) = &bar {
             bar.set_message(msg.to_string());
         }
     };
-    let outcome = supervisor.restart(&tick).await;
+    let outcome = supervisor.restart(op, &tick).await;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
     match outcome {
         Ok(RestartOutcome::HandedOver {
-            old_pid,
+            old,
             running,
             ready_in,
         }) => {
             println!(
-                "proxy restarted without downtime: PID {old_pid} → PID {}, {} (ready in {} ms)",
+                "proxy restarted without downtime: PID {} → PID {}, {} (ready in {} ms)",
+                old.pid,
                 running.pid,
                 running.url,
                 ready_in.as_millis()
@@ -355,9 +388,16 @@ async fn restart(supervisor: Supervisor) -> i32 {
             );
             0
         }
+        Ok(RestartOutcome::ByRival { running }) => {
+            println!(
+                "proxy was restarted by another operation while this one waited: PID {}, {}; not restarting it again",
+                running.pid, running.url
+            );
+            0
+        }
         Err(e) => {
             report_error(&e);
-            supervisor.log_action(&format!("restart failed: {}", e.message));
+            supervisor.log_action(&format!("restart failed: {e}"));
             1
         }
     }

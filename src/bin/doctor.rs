@@ -9,7 +9,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
-use warden::home::Home;
+use warden::home::{Home, HomeError};
 use warden::ops::doctor::{self, Options, report};
 use warden::ops::preflight::report::color_wanted;
 use warden::support::cli::HomeArgs;
@@ -57,30 +57,10 @@ fn main() -> ExitCode {
         return code;
     }
     let args = Args::parse();
-    let home = match Home::resolve(args.home.home.as_deref()) {
-        Ok(home) => home,
-        Err(e) => {
-            eprintln!("doctor: {e}");
-            return to_exit_code(exit::USAGE);
-        }
+    let (home, result) = match run(&args) {
+        Ok(done) => done,
+        Err(e) => return exit::fail("doctor", &e, exit::USAGE),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("doctor: cannot start the async runtime: {e}");
-            return to_exit_code(exit::USAGE);
-        }
-    };
-    let opts = Options {
-        dry_run: args.dry_run,
-        yes: args.yes,
-    };
-    let result = runtime.block_on(doctor::run(&home, opts));
-    // A check that timed out may still sit in a blocking call: do not wait for it.
-    runtime.shutdown_background();
     doctor::log_fixes(&home, &result);
 
     let text = if args.json {
@@ -92,4 +72,29 @@ fn main() -> ExitCode {
     let _ = stdout.write_all(text.as_bytes());
     let _ = stdout.flush();
     to_exit_code(report::exit_code(&result))
+}
+
+/// Why doctor could not run; [`main`] chooses the exit code.
+#[derive(Debug, thiserror::Error)]
+enum DoctorError {
+    #[error(transparent)]
+    Home(#[from] HomeError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+fn run(args: &Args) -> Result<(Home, doctor::Report), DoctorError> {
+    let home = Home::resolve(args.home.home.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(DoctorError::Runtime)?;
+    let opts = Options {
+        dry_run: args.dry_run,
+        yes: args.yes,
+    };
+    let result = runtime.block_on(doctor::run(&home, opts));
+    // A check that timed out may still sit in a blocking call: do not wait for it.
+    runtime.shutdown_background();
+    Ok((home, result))
 }

@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, ValueEnum};
-use warden::home::Home;
-use warden::ops::preflight::{self, RunOptions, report};
+use warden::home::{Home, HomeError};
+use warden::ops::preflight::{self, RunOptions, UnknownCheckIds, report};
 use warden::support::exit::{self, nagios, to_exit_code};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -93,48 +93,55 @@ fn main() -> ExitCode {
     } else {
         cli.format.unwrap_or(Format::Human)
     };
-    let usage_error = |message: String| -> ExitCode {
-        if format == Format::Nagios {
-            print_out(report::nagios_unknown(&message), nagios::UNKNOWN)
-        } else {
-            eprintln!("preflight: {message}");
-            to_exit_code(exit::USAGE)
+    match run(&cli) {
+        Ok(result) => print_report(&result, format),
+        // Could not run: the Nagios convention's UNKNOWN line, else exit 2.
+        Err(e) if format == Format::Nagios => {
+            print_out(report::nagios_unknown(&e.to_string()), nagios::UNKNOWN)
         }
-    };
+        Err(e) => exit::fail("preflight", &e, exit::USAGE),
+    }
+}
 
-    let home = match Home::resolve(cli.home.as_deref()) {
-        Ok(home) => home,
-        Err(e) => return usage_error(e.to_string()),
-    };
+/// Why preflight could not run its checks; [`main`] chooses the exit code.
+#[derive(Debug, thiserror::Error)]
+enum PreflightError {
+    #[error(transparent)]
+    Home(#[from] HomeError),
+    #[error(transparent)]
+    Selection(#[from] UnknownCheckIds),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+fn run(cli: &Cli) -> Result<preflight::Report, PreflightError> {
+    let home = Home::resolve(cli.home.as_deref())?;
     let opts = RunOptions {
         only: cli.only.iter().map(|s| s.trim().to_string()).collect(),
         skip: cli.skip.iter().map(|s| s.trim().to_string()).collect(),
         ..Default::default()
     };
-    if let Err(message) = opts.validate(&home) {
-        return usage_error(message);
-    }
-
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    opts.validate(&home)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return usage_error(format!("cannot start the async runtime: {e}")),
-    };
+        .map_err(PreflightError::Runtime)?;
     let result = runtime.block_on(preflight::run(&home, &opts));
     // A check that timed out may still sit in a blocking call (a hung NFS
     // statvfs): do not wait for it.
     runtime.shutdown_background();
+    Ok(result)
+}
 
+fn print_report(result: &preflight::Report, format: Format) -> ExitCode {
     match format {
         Format::Human => print_out(
-            report::human(&result, report::color_wanted()),
-            report::exit_code(&result),
+            report::human(result, report::color_wanted()),
+            report::exit_code(result),
         ),
-        Format::Json => print_out(report::json(&result), report::exit_code(&result)),
+        Format::Json => print_out(report::json(result), report::exit_code(result)),
         Format::Nagios => {
-            let (line, code) = report::nagios(&result);
+            let (line, code) = report::nagios(result);
             print_out(line, code)
         }
     }

@@ -4,8 +4,8 @@
 //! requests for at most `server.graceful_timeout` and exits 0. Configuration
 //! errors exit 2 with the file, key and line. `proxy prompts status|refresh|clear`
 //! manages the prompt cache without a running proxy. All the work is in the
-//! library (`warden::gateway::serve`, `warden::prompts::command`); this file only parses
-//! arguments.
+//! library (`warden::gateway::serve`, `warden::prompts::command`); this file parses
+//! arguments and, in `main` alone, turns an error into its message and exit code.
 
 use std::process::ExitCode;
 

@@ -5,7 +5,8 @@
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
-use warden::home::config::{Config, Overrides};
+use warden::home::config::{Config, ConfigError, Overrides};
+use warden::home::{Home, HomeError};
 use warden::lifecycle::watchdog::{self, Options};
 use warden::support::cli::HomeArgs;
 use warden::support::exit::{self, to_exit_code};
@@ -48,21 +49,39 @@ fn main() -> ExitCode {
     if let Some(code) = warden::support::cli::handle_generate(Args::command) {
         return code;
     }
-    let args = Args::parse();
-    let home = args.home.resolve_or_exit("watchdog");
-    let config = match Config::load(&home, &Overrides::default()) {
-        Ok(config) => config,
+    match run(Args::parse()) {
+        Ok(code) => to_exit_code(code),
         Err(e) => {
-            eprintln!("watchdog: configuration error: {e}");
-            eprintln!("watchdog: fix it (or run `doctor`), then start the watchdog again");
-            let _ = warden::home::logs::append_line(
-                &home,
-                warden::home::LogKind::Watchdog,
-                &format!("cannot run: configuration error: {e}"),
-            );
-            return to_exit_code(exit::USAGE);
+            let status = exit::fail("watchdog", &e, exit::USAGE);
+            if let WatchdogError::Config { home, source } = &e {
+                eprintln!("watchdog: fix it (or run `doctor`), then start the watchdog again");
+                let _ = warden::home::logs::append_line(
+                    home,
+                    warden::home::LogKind::Watchdog,
+                    &format!("cannot run: configuration error: {source}"),
+                );
+            }
+            status
         }
-    };
+    }
+}
+
+/// Why the watchdog could not run; [`main`] chooses the exit code.
+#[derive(Debug, thiserror::Error)]
+enum WatchdogError {
+    #[error(transparent)]
+    Home(#[from] HomeError),
+    #[error("configuration error: {source}")]
+    Config { home: Home, source: ConfigError },
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Watches until stopped; `Ok` is the exit code.
+fn run(args: Args) -> Result<i32, WatchdogError> {
+    let home = Home::resolve(args.home.home.as_deref())?;
+    let config = Config::load(&home, &Overrides::default())
+        .map_err(|source| WatchdogError::Config { home, source })?;
     let options = Options {
         interval: args.interval,
         timeout: args.timeout,
@@ -70,19 +89,13 @@ fn main() -> ExitCode {
         once: args.once,
     };
     // One thread: the watchdog waits on a timer, a pidfd and signals.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("watchdog: cannot start the async runtime: {e}");
-            return to_exit_code(exit::USAGE);
-        }
-    };
+        .map_err(WatchdogError::Runtime)?;
     let code = runtime.block_on(watchdog::run(config, options));
     // A stop cut short by a signal may leave a blocking terminate() behind: do not
     // wait for it on the way out.
     runtime.shutdown_background();
-    to_exit_code(code)
+    Ok(code)
 }

@@ -64,12 +64,14 @@ fn bearer_matches(headers: &axum::http::HeaderMap, expected: &str) -> bool {
     headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
+        .and_then(bearer_credentials)
         .is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes()))
+}
+
+/// The credentials of `Bearer <token>`; the scheme is case-insensitive (RFC 7235).
+fn bearer_credentials(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Compares without an early exit, so timing does not reveal the token.
@@ -113,6 +115,15 @@ impl Drop for Slot {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in ["Bearer tok", "bearer tok", "BEARER tok", "bEaReR  tok "] {
+            assert_eq!(super::bearer_credentials(value), Some("tok"), "{value}");
+        }
+        assert_eq!(super::bearer_credentials("Basic tok"), None);
+        assert_eq!(super::bearer_credentials("Bearertok"), None);
+    }
+
     #[test]
     fn constant_time_eq_works() {
         assert!(super::constant_time_eq(b"abc", b"abc"));

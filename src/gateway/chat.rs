@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 
@@ -18,16 +18,18 @@ use super::{Gateway, dispatch};
 use crate::api::metrics::Rejection;
 use crate::api::openai::ApiError;
 use crate::upstream::Reply;
+use crate::upstream::forward::client_headers;
 
 pub async fn chat_completions(
     State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let body = match body {
         Ok(body) => body,
         Err(rejection) => return body_rejection(&gw, rejection).into_response(),
     };
-    let dispatched = dispatch::chat(&gw, body).await;
+    let dispatched = dispatch::chat_with_headers(&gw, body, client_headers(&headers)).await;
     let mut response = match dispatched.outcome {
         Ok((reply, slot)) => respond_reply(reply, slot),
         Err(e) => e.into_response(),
@@ -102,8 +104,27 @@ pub(super) fn body_rejection(gw: &Gateway, rejection: BytesRejection) -> ApiErro
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         gw.metrics.rejected(Rejection::BodyTooLarge);
         ApiError::payload_too_large(gw.config.server.max_body_bytes)
+    } else if let Some(secs) = super::connections::BodyTimedOut::caused(&rejection) {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            format!("the request body did not arrive within server.body_timeout ({secs} s)"),
+        )
+        .code("request_timeout")
     } else {
         ApiError::bad_request(format!("cannot read the request body: {rejection}"))
+    }
+}
+
+/// `GET /v1/models/{id}`: one entry of the `/v1/models` list.
+pub async fn model(
+    State(gw): State<Arc<Gateway>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let list = dispatch::models(&gw).await;
+    match dispatch::model_in(&list, &id) {
+        Ok(model) => axum::Json(model).into_response(),
+        Err(e) => e.into_response(),
     }
 }
 

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use axum::http::HeaderMap;
 use bytes::Bytes;
 
 use super::Gateway;
@@ -27,6 +28,12 @@ pub struct Dispatched {
 
 /// Parses, admits and routes one Chat Completions request body.
 pub async fn chat(gw: &Gateway, body: Bytes) -> Dispatched {
+    chat_with_headers(gw, body, HeaderMap::new()).await
+}
+
+/// [`chat`], with the client's headers that go upstream
+/// ([`crate::upstream::forward::client_headers`]).
+pub async fn chat_with_headers(gw: &Gateway, body: Bytes, headers: HeaderMap) -> Dispatched {
     let failed = |e: ApiError| Dispatched {
         info: None,
         outcome: Err(e),
@@ -61,11 +68,33 @@ pub async fn chat(gw: &Gateway, body: Bytes) -> Dispatched {
         stream,
         include_usage,
         stats,
+        headers,
     };
     Dispatched {
         info: Some(info),
         outcome: gw.router.chat(call).await.map(|reply| (reply, slot)),
     }
+}
+
+/// The `GET /v1/models/{id}` model object: the entry of the models `list`
+/// (what [`models`] serves) whose `id` is `id`; else 404 `model_not_found`.
+pub fn model_in(list: &[u8], id: &str) -> Result<serde_json::Value, ApiError> {
+    let list: serde_json::Value = serde_json::from_slice(list).unwrap_or_default();
+    list["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|model| model["id"].as_str() == Some(id))
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                format!("The model '{id}' does not exist; GET /v1/models lists the models"),
+            )
+            .param("model")
+            .code("model_not_found")
+        })
 }
 
 /// The `GET /v1/models` list object: the upstream's own list when it has one,

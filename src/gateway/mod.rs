@@ -12,8 +12,10 @@
 
 mod admission;
 mod chat;
+pub mod connections;
 pub mod dispatch;
 mod messages;
+pub mod nats;
 mod observe;
 mod responses;
 pub mod serve;
@@ -52,6 +54,8 @@ pub struct Gateway {
     ready: AtomicBool,
     /// Set when the drain begins: responses then ask clients to close the connection.
     draining: AtomicBool,
+    /// The NATS ingress's connection state and in-flight count (`/health`).
+    pub nats: nats::NatsStatus,
     /// The same readiness, for tasks that wait on changes (systemd notification).
     ready_watch: tokio::sync::watch::Sender<bool>,
 }
@@ -69,6 +73,7 @@ impl Gateway {
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             ready_watch: tokio::sync::watch::Sender::new(false),
+            nats: nats::NatsStatus::new(config.nats.enabled()),
             router,
             metrics,
             config,
@@ -103,7 +108,8 @@ impl Gateway {
 pub fn router(gw: Arc<Gateway>) -> Router {
     let mut api = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
-        .route("/v1/models", get(chat::models));
+        .route("/v1/models", get(chat::models))
+        .route("/v1/models/{*id}", get(chat::model));
     if gw.config.features.enable_responses_api {
         api = api.route("/v1/responses", post(responses::responses));
     } else {
@@ -168,6 +174,9 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 /// first lets busy clients move to the new process during a restart.
 const LINGER: Duration = Duration::from_secs(2);
 
+/// The most bytes of one request head (request line and headers); beyond: 431.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
 /// Serves until `shutdown` completes, then drains: readiness off, stop
 /// accepting, `Connection: close` on every response, a short linger, then close
 /// idle connections and wait for in-flight requests, all within
@@ -180,12 +189,16 @@ pub async fn run(
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::server::conn::auto::Builder;
     use hyper_util::server::graceful::GracefulShutdown;
-    use hyper_util::service::TowerToHyperService;
 
     let addr = listener.local_addr()?;
     let graceful_timeout = Duration::from_secs(gw.config.server.graceful_timeout);
-    let service = TowerToHyperService::new(router(gw.clone()));
-    let builder = Builder::new(TokioExecutor::new());
+    let app = router(gw.clone());
+    let fd_limit = connections::raise_fd_limit();
+    let limits = connections::Limits::new(&gw, fd_limit);
+    let registry = connections::Registry::new();
+    let mut builder = Builder::new(TokioExecutor::new());
+    // A request head larger than this is refused (431) instead of buffered.
+    builder.http1().max_buf_size(MAX_HEAD_BYTES);
     let connections = GracefulShutdown::new();
     if gw.uses_prompts() {
         // Loads the disk cache and fetches what is missing or expired, in the
@@ -193,6 +206,14 @@ pub async fn run(
         let prompts = gw.prompts.clone();
         tokio::spawn(async move { prompts.warm().await });
     }
+    if let Some(catalog) = gw.router.catalog(&gw.config) {
+        // Models of providers with `models = []`: from cache/models.json now,
+        // then from their GET /models in the background (readiness does not wait).
+        catalog.load_cache();
+        tokio::spawn(catalog.run());
+    }
+    // Off (no network at all) unless nats.url is set; connects in the background.
+    let nats_ingress = nats::start(&gw);
     gw.set_ready(true);
     tracing::info!(
         version = crate::VERSION,
@@ -201,6 +222,8 @@ pub async fn run(
         api = gw.config.upstream.api.as_str(),
         providers = %gw.router.summary(),
         pid = std::process::id(),
+        fd_limit = fd_limit.unwrap_or(0),
+        max_connections = limits.max_connections,
         "warden proxy started"
     );
     tokio::pin!(shutdown);
@@ -217,16 +240,31 @@ pub async fn run(
             },
             () = &mut shutdown => break,
         };
+        // Past max_connections the longest-idle connection makes room; when
+        // every one is busy the newcomer is closed at once.
+        let Some(state) = registry.admit(limits.max_connections) else {
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
+        let service = connections::ConnService::new(app.clone(), gw.clone(), state.clone(), limits);
+        let io = TokioIo::new(connections::WatchedIo::new(stream, state.clone()));
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service.clone())
+            .serve_connection_with_upgrades(io, service)
             .into_owned();
         let conn = connections.watch(conn);
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        tokio::spawn(connections::supervise(
+            async move {
+                let _ = conn.await;
+            },
+            state,
+            limits,
+        ));
     }
     drop(listener);
+    if let Some(ingress) = &nats_ingress {
+        ingress.stop_taking();
+    }
     gw.set_ready(false);
     gw.draining.store(true, Ordering::Release);
     tracing::info!(
@@ -240,7 +278,13 @@ pub async fn run(
         while connections.count() > 0 && tokio::time::Instant::now() < linger_until {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        connections.shutdown().await;
+        // HTTP connections and NATS requests drain side by side.
+        let nats = async {
+            if let Some(ingress) = nats_ingress {
+                ingress.drain().await;
+            }
+        };
+        tokio::join!(connections.shutdown(), nats);
     };
     if tokio::time::timeout(graceful_timeout, drained)
         .await

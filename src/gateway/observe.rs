@@ -22,6 +22,7 @@ use http_body::{Frame, SizeHint};
 use super::Gateway;
 use crate::api::metrics::route_label;
 use crate::upstream::ExchangeStats;
+use crate::upstream::forward::{REQUEST_ID, ensure_request_id};
 
 /// What a chat handler tells the layer about its exchange.
 #[derive(Clone)]
@@ -47,8 +48,10 @@ impl Ingress {
     }
 }
 
-pub async fn observe(State(gw): State<Arc<Gateway>>, request: Request, next: Next) -> Response {
+pub async fn observe(State(gw): State<Arc<Gateway>>, mut request: Request, next: Next) -> Response {
     let route = route_label(request.uri().path());
+    // Every answer carries the request id; handlers forward it upstream.
+    let request_id = ensure_request_id(request.headers_mut());
     let api = route.starts_with("/v1/");
     if api {
         gw.metrics.request_started();
@@ -57,6 +60,7 @@ pub async fn observe(State(gw): State<Arc<Gateway>>, request: Request, next: Nex
     let mut response = next.run(request).await;
     let status = response.status().as_u16();
     let exchange = response.extensions_mut().remove::<ExchangeInfo>();
+    response.headers_mut().insert(REQUEST_ID, request_id);
     if gw.is_draining() {
         // Ask HTTP/1 clients to reconnect (to the new process, during a restart).
         response.headers_mut().insert(

@@ -1,15 +1,17 @@
-//! `POST /v1/responses` (only with `features.enable_responses_api`): a Responses
-//! API request forwarded to the upstream's `/responses`, streaming relayed as
-//! it is. The base instructions from the prompt cache are injected as
-//! `instructions` (the client's own instructions, if any, are kept as a leading
-//! developer message), unless `features.responses_no_base_instructions`, which
-//! forwards the client's own `instructions` untouched.
+//! `POST /v1/responses` (unless `features.enable_responses_api = false`): a
+//! Responses API request forwarded to the upstream's `/responses`, streaming
+//! relayed as it is; the mock answers it offline. Where prompts are in use, the
+//! base instructions from the prompt cache are injected as `instructions` when
+//! the client brought none of its own (see [`base_prompt_policy`]); with
+//! `responses_always_base_instructions` always, the client's own then kept as a
+//! leading developer message.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
@@ -19,10 +21,12 @@ use super::chat::{body_rejection, respond};
 use super::observe::ExchangeInfo;
 use crate::api::openai::ApiError;
 use crate::api::responses::instructions_for;
+use crate::upstream::forward::client_headers;
 use crate::upstream::{ExchangeStats, ResponsesCall};
 
 pub async fn responses(
     State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let body = match body {
@@ -44,6 +48,7 @@ pub async fn responses(
             .into_response();
         }
     };
+    let model_added = request.get("model").is_none_or(Value::is_null);
     let model = match request.get("model") {
         Some(Value::String(model)) => model.clone(),
         None | Some(Value::Null) => {
@@ -71,14 +76,18 @@ pub async fn responses(
         Ok(slot) => slot,
         Err(e) => return e.into_response(),
     };
-    let body = if gw.config.features.responses_no_base_instructions {
-        body
-    } else {
-        let base = gw.prompts.get(instructions_for(&model)).await;
-        if let Err(e) = inject_instructions(&mut request, &base.text) {
-            return e.into_response();
+    let body = match base_prompt_policy(&gw, &request) {
+        BasePrompt::Skip if !model_added => body,
+        BasePrompt::Skip => {
+            Bytes::from(serde_json::to_vec(&Value::Object(request)).expect("JSON serialises"))
         }
-        Bytes::from(serde_json::to_vec(&Value::Object(request)).expect("JSON serialises"))
+        BasePrompt::Add => {
+            let base = gw.prompts.get(instructions_for(&model)).await;
+            if let Err(e) = inject_instructions(&mut request, &base.text) {
+                return e.into_response();
+            }
+            Bytes::from(serde_json::to_vec(&Value::Object(request)).expect("JSON serialises"))
+        }
     };
     let stats = Arc::new(ExchangeStats::default());
     let info = ExchangeInfo {
@@ -90,8 +99,50 @@ pub async fn responses(
         model,
         stream,
         stats,
+        headers: client_headers(&headers),
     };
     respond(gw.router.responses(call).await, slot, info)
+}
+
+/// Whether `/v1/responses` adds the base prompt to a request.
+#[derive(Debug, PartialEq, Eq)]
+enum BasePrompt {
+    Add,
+    Skip,
+}
+
+/// The prompt policy: only where prompts are in use (never with the mock, so
+/// it fetches nothing), never with `responses_no_base_instructions`, and — unless
+/// `responses_always_base_instructions` — only when the client brought no
+/// instructions of its own (`instructions`, or a leading system/developer
+/// message in `input`, as Codex sends its prompt), so prompts are never doubled.
+fn base_prompt_policy(gw: &Gateway, request: &Map<String, Value>) -> BasePrompt {
+    let f = &gw.config.features;
+    if !gw.uses_prompts() || f.responses_no_base_instructions {
+        return BasePrompt::Skip;
+    }
+    if f.responses_always_base_instructions || !brings_own_instructions(request) {
+        BasePrompt::Add
+    } else {
+        BasePrompt::Skip
+    }
+}
+
+/// A non-empty `instructions`, or `input` that starts with a system or
+/// developer message.
+fn brings_own_instructions(request: &Map<String, Value>) -> bool {
+    let own = request
+        .get("instructions")
+        .and_then(Value::as_str)
+        .is_some_and(|s| !s.trim().is_empty());
+    let leading = request
+        .get("input")
+        .and_then(Value::as_array)
+        .and_then(|items| items.first())
+        .and_then(|item| item.get("role"))
+        .and_then(Value::as_str)
+        .is_some_and(|role| role == "system" || role == "developer");
+    own || leading
 }
 
 /// Sets `instructions` to `base`; the client's own instructions become a
@@ -163,6 +214,21 @@ mod tests {
             injected(json!({"input": [{"role": "user", "content": "x"}], "instructions": "own"}));
         assert_eq!(out["input"].as_array().unwrap().len(), 2);
         assert_eq!(out["input"][1]["content"], "x");
+    }
+
+    #[test]
+    fn own_instructions_are_an_instructions_field_or_a_leading_system_message() {
+        let own = |v: Value| brings_own_instructions(v.as_object().unwrap());
+        assert!(own(json!({"instructions": "x", "input": "hi"})));
+        assert!(!own(json!({"instructions": " ", "input": "hi"})));
+        assert!(!own(json!({"input": "hi"})));
+        assert!(own(
+            json!({"input": [{"type": "message", "role": "developer", "content": []}]})
+        ));
+        assert!(own(json!({"input": [{"role": "system", "content": "x"}]})));
+        assert!(!own(
+            json!({"input": [{"role": "user", "content": "x"}, {"role": "system", "content": "y"}]})
+        ));
     }
 
     #[test]

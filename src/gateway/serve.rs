@@ -6,6 +6,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
 
@@ -67,6 +69,7 @@ pub async fn serve_foreground(config: Config) -> Result<(), ServeError> {
         &config.home,
         LogKind::Proxy,
         config.logs.format,
+        config.logs.target,
         config.features.verbose,
     )
     .map_err(|source| ServeError::Log {
@@ -109,25 +112,31 @@ async fn serve_logged(config: Config) -> Result<(), ServeError> {
                 source,
             }
         })?;
-    let mut pid_guard = if takeover {
+    let pid_guard = Arc::new(Mutex::new(if takeover {
         None
     } else {
         Some(pidfile::acquire(&pid_path, &record)?)
-    };
+    }));
+    let stopping = Arc::new(AtomicBool::new(false));
     let gw = Gateway::new(config)?;
     // The control socket is a convenience for restarts: without it (say, a home
     // path too long for a Unix socket) the proxy still serves.
-    let _control = handoff::serve_control(&home, listener.as_raw_fd())
+    let reclaim = reclaimer(
+        pid_guard.clone(),
+        stopping.clone(),
+        pid_path.clone(),
+        record.clone(),
+    );
+    let _control = handoff::serve_control(&home, listener.as_raw_fd(), reclaim)
         .map_err(|e| tracing::warn!(error = %e, "no control socket: `daemon restart` will stop, then start"))
         .ok();
     if takeover {
-        pid_guard =
-            Some(
-                pidfile::replace(&pid_path, &record).map_err(|source| ServeError::TakeOver {
-                    path: pid_path.clone(),
-                    source,
-                })?,
-            );
+        let guard =
+            pidfile::replace(&pid_path, &record).map_err(|source| ServeError::TakeOver {
+                path: pid_path.clone(),
+                source,
+            })?;
+        *lock_guard(&pid_guard) = Some(guard);
     }
     // Signal handlers go in before anyone learns the address: a SIGTERM right after the
     // "listening on" line must drain and exit 0, not kill the process outright.
@@ -140,13 +149,52 @@ async fn serve_logged(config: Config) -> Result<(), ServeError> {
     // systemd (Type=notify): READY=1 once ready, WATCHDOG=1 pings while ready, and
     // STOPPING=1 as the drain begins. No-ops without $NOTIFY_SOCKET.
     tokio::spawn(crate::lifecycle::systemd::supervise(gw.watch_ready()));
-    let shutdown = async {
+    let shutdown = async move {
         signal.await;
+        stopping.store(true, Ordering::Release);
         crate::lifecycle::systemd::notify_stopping();
     };
     let result = gateway::run(listener, gw, shutdown).await;
-    drop(pid_guard);
+    drop(lock_guard(&pid_guard).take());
     result.map_err(|source| ServeError::Server { source })
+}
+
+type PidSlot = Arc<Mutex<Option<pidfile::PidFileGuard>>>;
+
+fn lock_guard(slot: &PidSlot) -> std::sync::MutexGuard<'_, Option<pidfile::PidFileGuard>> {
+    // A panic while holding it cannot leave the guard half-changed: take it as is.
+    slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What the control socket's "take your PID file back" does: after a restart
+/// whose successor died once it had taken `run/proxy.pid`, this (old, still
+/// serving) proxy locks the file again, so it stays visible and stoppable. Refused
+/// while a live process holds the file, and once this proxy is shutting down.
+fn reclaimer(
+    slot: PidSlot,
+    stopping: Arc<AtomicBool>,
+    path: PathBuf,
+    record: PidRecord,
+) -> handoff::Reclaim {
+    Arc::new(move || {
+        if stopping.load(Ordering::Acquire) {
+            return Err("this proxy is shutting down".into());
+        }
+        let mut guard = lock_guard(&slot);
+        if guard.as_ref().is_some_and(|g| g.is_current()) {
+            return Ok(format!(
+                "PID {} already holds {}",
+                record.pid,
+                path.display()
+            ));
+        }
+        let new = pidfile::acquire(&path, &record).map_err(|e| e.to_string())?;
+        // The old guard's file was replaced by the successor's: dropping it leaves
+        // the new file alone.
+        drop(guard.replace(new));
+        tracing::warn!(path = %path.display(), "took the PID file back: the successor of a restart died");
+        Ok(format!("PID {} holds {} again", record.pid, path.display()))
+    })
 }
 
 /// Completes on the first SIGTERM or SIGINT. The handlers are installed when this is

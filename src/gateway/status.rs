@@ -14,8 +14,8 @@ use serde_json::json;
 
 use super::Gateway;
 use crate::api::health::{
-    HealthReport, HealthStatus, MemoryInfo, PromptHealth, ProviderReport, RequestCounts,
-    UpstreamInfo,
+    HealthReport, HealthStatus, MemoryInfo, NatsHealth, PromptHealth, ProviderReport,
+    RequestCounts, UpstreamInfo,
 };
 use crate::support::memory::rss_bytes;
 use crate::support::time::now_rfc3339;
@@ -89,8 +89,19 @@ pub fn report(gw: &Gateway) -> HealthReport {
     });
     let prompts = prompt_report(gw);
     let ready = gw.is_ready();
+    let nats_state = gw.nats.state();
+    let mut status = HealthReport::derive_status(ready, &prompts);
+    if status == HealthStatus::Pass
+        && !matches!(
+            nats_state,
+            crate::gateway::nats::NatsState::Off | crate::gateway::nats::NatsState::Connected
+        )
+    {
+        // Configured but away: HTTP still serves (readiness unchanged), but say so.
+        status = HealthStatus::Warn;
+    }
     HealthReport {
-        status: HealthReport::derive_status(ready, &prompts),
+        status,
         version: crate::VERSION.to_string(),
         pid: std::process::id(),
         uptime_secs: (gw.metrics.uptime().as_secs_f64() * 1000.0).round() / 1000.0,
@@ -117,6 +128,10 @@ pub fn report(gw: &Gateway) -> HealthReport {
         providers: provider_report(gw),
         memory: MemoryInfo {
             rss_bytes: rss_bytes().unwrap_or(0),
+        },
+        nats: NatsHealth {
+            state: nats_state.as_str().to_string(),
+            in_flight: gw.nats.in_flight(),
         },
     }
 }

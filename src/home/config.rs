@@ -294,14 +294,31 @@ impl Default for PromptsConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FeaturesConfig {
     pub verbose: bool,
     pub expose_reasoning: bool,
     pub enable_web_search: bool,
+    /// Serve `POST /v1/responses` (on by default since 0.2; `false`: 404).
     pub enable_responses_api: bool,
     pub responses_no_base_instructions: bool,
+    /// Add the base prompt to `/v1/responses` even when the client brings its
+    /// own instructions or a leading system/developer message (the 0.1 policy).
+    pub responses_always_base_instructions: bool,
+}
+
+impl Default for FeaturesConfig {
+    fn default() -> Self {
+        FeaturesConfig {
+            verbose: false,
+            expose_reasoning: false,
+            enable_web_search: false,
+            enable_responses_api: true,
+            responses_no_base_instructions: false,
+            responses_always_base_instructions: false,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -347,11 +364,22 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where the proxy writes its log.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogTarget {
+    /// `logs/proxy.log` in the home.
+    File,
+    /// Standard output, for containers (`kubectl logs`).
+    Stdout,
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogsConfig {
     pub max_bytes: u64,
     pub format: LogFormat,
+    pub target: LogTarget,
 }
 
 impl Default for LogsConfig {
@@ -359,7 +387,70 @@ impl Default for LogsConfig {
         LogsConfig {
             max_bytes: 50 * 1024 * 1024,
             format: LogFormat::Text,
+            target: LogTarget::File,
         }
+    }
+}
+
+/// The NATS ingress (SPEC §13): off while `url` is empty.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    pub url: String,
+    pub subject: String,
+    pub queue: String,
+    pub max_concurrent: usize,
+    pub jetstream: bool,
+    pub stream: String,
+    pub ack_wait: u64,
+    pub token_env: String,
+    pub credentials_file: String,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: String::new(),
+            subject: "warden".into(),
+            queue: "warden".into(),
+            max_concurrent: 64,
+            jetstream: false,
+            stream: "WARDEN".into(),
+            ack_wait: 10,
+            token_env: String::new(),
+            credentials_file: String::new(),
+        }
+    }
+}
+
+impl NatsConfig {
+    pub fn enabled(&self) -> bool {
+        !self.url.trim().is_empty()
+    }
+    pub fn ack_wait(&self) -> Duration {
+        Duration::from_secs(self.ack_wait)
+    }
+    /// The server addresses of `url` (comma-separated, as NATS clients accept),
+    /// as `host:port` for probes; 4222 when a port is missing.
+    pub fn addresses(&self) -> Vec<String> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| {
+                let rest = u.split_once("://").map_or(u, |(_, rest)| rest);
+                let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+                let rest = rest.trim_end_matches('/');
+                if rest
+                    .rsplit_once(':')
+                    .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+                {
+                    rest.to_string()
+                } else {
+                    format!("{rest}:4222")
+                }
+            })
+            .collect()
     }
 }
 
@@ -380,6 +471,7 @@ pub struct Settings {
     pub daemon: DaemonConfig,
     pub watchdog: WatchdogConfig,
     pub logs: LogsConfig,
+    pub nats: NatsConfig,
 }
 
 /// Values given on the command line; they beat every other source.
@@ -503,6 +595,14 @@ impl Config {
     /// The bearer token clients must send, when one is configured.
     pub fn auth_token(&self) -> Option<String> {
         self.env.get(&self.server.auth_token_env)
+    }
+
+    /// The NATS token, when `nats.token_env` names a variable that is set.
+    pub fn nats_token(&self) -> Option<String> {
+        if self.nats.token_env.is_empty() {
+            return None;
+        }
+        self.env.get(&self.nats.token_env)
     }
 
     /// The upstream's API key, when its variable is set.
@@ -690,6 +790,7 @@ fn validate(s: &Settings) -> Result<(), (String, String)> {
             }
         }
     }
+    validate_nats(&s.nats)?;
     let mut names = std::collections::HashSet::new();
     for (i, src) in s.prompts.sources.iter().enumerate() {
         if src.name.is_empty()
@@ -724,6 +825,74 @@ fn validate(s: &Settings) -> Result<(), (String, String)> {
     Ok(())
 }
 
+/// A NATS subject token list: dot-separated, no wildcards or whitespace.
+fn is_subject(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.').all(|token| {
+            !token.is_empty()
+                && !token
+                    .chars()
+                    .any(|c| c.is_whitespace() || c == '*' || c == '>' || c.is_control())
+        })
+}
+
+fn validate_nats(n: &NatsConfig) -> Result<(), (String, String)> {
+    let err = |key: &str, msg: String| Err((key.to_string(), msg));
+    for url in n.url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let scheme_ok = match url.split_once("://") {
+            Some((scheme, rest)) => {
+                matches!(scheme, "nats" | "tls" | "ws" | "wss") && !rest.is_empty()
+            }
+            None => true,
+        };
+        if !scheme_ok {
+            return err(
+                "nats.url",
+                format!(
+                    "{:?} is not a NATS server URL like nats://127.0.0.1:4222",
+                    crate::support::redact::url(url)
+                ),
+            );
+        }
+    }
+    if !is_subject(&n.subject) {
+        return err(
+            "nats.subject",
+            format!(
+                "{:?} is not a NATS subject: dot-separated tokens, no spaces or wildcards",
+                n.subject
+            ),
+        );
+    }
+    if n.queue.is_empty() || n.queue.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return err(
+            "nats.queue",
+            format!("{:?} must be a non-empty name without spaces", n.queue),
+        );
+    }
+    if n.stream.is_empty()
+        || !n
+            .stream
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return err(
+            "nats.stream",
+            format!(
+                "{:?} must be letters, digits, '_' or '-' (a JetStream stream name)",
+                n.stream
+            ),
+        );
+    }
+    if !n.token_env.is_empty() && !n.credentials_file.is_empty() {
+        return err(
+            "nats.credentials_file",
+            "set either nats.token_env or nats.credentials_file, not both".into(),
+        );
+    }
+    Ok(())
+}
+
 const DAY: u64 = 86_400;
 
 /// Every number's allowed range: key, value, least, most, and whether it is
@@ -731,7 +900,7 @@ const DAY: u64 = 86_400;
 /// permits), overflow a deadline or exhaust memory, so they fail at load.
 fn check_ranges(s: &Settings) -> Result<(), (String, String)> {
     let opt = |v: Option<u64>| v.unwrap_or(1);
-    let checks: [(&str, u64, u64, u64, bool); 23] = [
+    let checks: [(&str, u64, u64, u64, bool); 25] = [
         (
             "server.max_concurrent",
             s.server.max_concurrent as u64,
@@ -851,6 +1020,14 @@ fn check_ranges(s: &Settings) -> Result<(), (String, String)> {
             false,
         ),
         ("logs.max_bytes", s.logs.max_bytes, 1, 1 << 40, false),
+        (
+            "nats.max_concurrent",
+            s.nats.max_concurrent as u64,
+            1,
+            100_000,
+            false,
+        ),
+        ("nats.ack_wait", s.nats.ack_wait, 1, 3600, true),
     ];
     for (key, value, least, most, seconds) in checks {
         if value < least || value > most {
@@ -862,6 +1039,15 @@ fn check_ranges(s: &Settings) -> Result<(), (String, String)> {
         }
     }
     Ok(())
+}
+
+/// `*` matches everything, `gpt-5-*` every name starting `gpt-5-`, anything
+/// else only itself.
+pub fn pattern_matches(pattern: &str, model: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => model.starts_with(prefix),
+        None => pattern == model,
+    }
 }
 
 /// At most this many `[[providers]]` (the router's candidate set is a 64-bit mask).
@@ -998,13 +1184,16 @@ fn validate_providers(s: &Settings) -> Result<(), (String, String)> {
 /// Picks one flag out of the feature flags.
 type FeatureField = fn(&mut FeaturesConfig) -> &mut bool;
 
-const FEATURE_VARS: [(&str, FeatureField); 5] = [
+const FEATURE_VARS: [(&str, FeatureField); 6] = [
     ("VERBOSE", |f| &mut f.verbose),
     ("EXPOSE_REASONING", |f| &mut f.expose_reasoning),
     ("ENABLE_WEB_SEARCH", |f| &mut f.enable_web_search),
     ("ENABLE_RESPONSES_API", |f| &mut f.enable_responses_api),
     ("RESPONSES_NO_BASE_INSTRUCTIONS", |f| {
         &mut f.responses_no_base_instructions
+    }),
+    ("RESPONSES_ALWAYS_BASE_INSTRUCTIONS", |f| {
+        &mut f.responses_always_base_instructions
     }),
 ];
 
@@ -1028,6 +1217,9 @@ fn apply_env(s: &mut Settings, env: &EnvSource) -> Result<(), ConfigError> {
                 format!("{v:?} is not a port number (0-65535)"),
             )
         })?;
+    }
+    if let Some((v, _)) = env.get_with_origin("WARDEN_NATS_URL") {
+        s.nats.url = v;
     }
     if let Some((v, _)) = env.get_with_origin("WARDEN_UPSTREAM_URL") {
         s.upstream.url = v;
@@ -1151,6 +1343,40 @@ mod tests {
     }
 
     #[test]
+    fn nats_is_off_by_default_and_bad_values_name_the_key() {
+        let s = parse("").unwrap();
+        assert!(!s.nats.enabled());
+        assert_eq!(s.logs.target, LogTarget::File);
+        let s = parse(
+            "[nats]\nurl = \"nats://u:p@10.0.0.1, nats://h2:4333\"\n[logs]\ntarget = \"stdout\"\n",
+        )
+        .unwrap();
+        assert!(s.nats.enabled());
+        assert_eq!(s.nats.addresses(), ["10.0.0.1:4222", "h2:4333"]);
+        assert_eq!(s.logs.target, LogTarget::Stdout);
+        for (text, key) in [
+            ("[nats]\nsubject = \"a.*\"\n", "nats.subject"),
+            ("[nats]\nsubject = \"a..b\"\n", "nats.subject"),
+            ("[nats]\nqueue = \"\"\n", "nats.queue"),
+            ("[nats]\nstream = \"a.b\"\n", "nats.stream"),
+            ("[nats]\nurl = \"http://x:1\"\n", "nats.url"),
+            (
+                "[nats]\ntoken_env = \"T\"\ncredentials_file = \"/x.creds\"\n",
+                "nats.credentials_file",
+            ),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let home = Home::at(dir.path());
+            std::fs::write(home.config_file(), text).unwrap();
+            let err = Config::load_with_env(&home, &Overrides::default(), EnvSource::default())
+                .unwrap_err();
+            assert_eq!(err.key.as_deref(), Some(key), "{text}: {err}");
+        }
+        let err = parse("[logs]\ntarget = \"syslog\"\n").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("logs.target"), "{err}");
+    }
+
+    #[test]
     fn numbers_out_of_range_name_the_key() {
         for (text, key) in [
             (
@@ -1168,6 +1394,9 @@ mod tests {
                 "upstream.idle_timeout",
             ),
             ("[watchdog]\nstrikes = 0\n", "watchdog.strikes"),
+            ("[nats]\nmax_concurrent = 0\n", "nats.max_concurrent"),
+            ("[nats]\nmax_concurrent = 100001\n", "nats.max_concurrent"),
+            ("[nats]\nack_wait = 0\n", "nats.ack_wait"),
         ] {
             let dir = tempfile::tempdir().unwrap();
             let home = Home::at(dir.path());

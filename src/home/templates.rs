@@ -166,7 +166,8 @@ mod tests {
                 "features",
                 "daemon",
                 "watchdog",
-                "logs"
+                "logs",
+                "nats"
             ]
         );
     }
@@ -199,11 +200,13 @@ mod tests {
             "WARDEN_PORT",
             "WARDEN_UPSTREAM_URL",
             "WARDEN_UPSTREAM_API",
+            "WARDEN_NATS_URL",
             "WARDEN_VERBOSE",
             "WARDEN_EXPOSE_REASONING",
             "WARDEN_ENABLE_WEB_SEARCH",
             "WARDEN_ENABLE_RESPONSES_API",
             "WARDEN_RESPONSES_NO_BASE_INSTRUCTIONS",
+            "WARDEN_RESPONSES_ALWAYS_BASE_INSTRUCTIONS",
             "CHATMOCK_",
             "WARDEN_HOME",
             "RUST_LOG",

@@ -29,6 +29,14 @@ pub const HANDOFF_VAR: &str = "WARDEN_HANDOFF";
 pub const INHERITED_FD: RawFd = 3;
 
 const REQUEST: &[u8] = b"listener\n";
+/// Asks a proxy to take `run/proxy.pid` back (its successor died after taking it).
+const RECLAIM: &[u8] = b"reclaim\n";
+/// The longest request line a control socket reads.
+const MAX_REQUEST: usize = 32;
+
+/// What a proxy does when asked to take its PID file back: `Ok(what happened)`
+/// or `Err(why not)`.
+pub type Reclaim = std::sync::Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 
 /// The control socket of the proxy with this PID.
 pub fn control_socket_path(home: &Home, pid: i32) -> PathBuf {
@@ -124,8 +132,13 @@ impl Drop for ControlSocket {
     }
 }
 
-/// Starts answering listener requests on `run/proxy-<our PID>.sock`.
-pub fn serve_control(home: &Home, listener_fd: RawFd) -> std::io::Result<ControlSocket> {
+/// Starts answering requests on `run/proxy-<our PID>.sock`: the listening socket
+/// for a successor, and "take your PID file back" after a failed hand-off.
+pub fn serve_control(
+    home: &Home,
+    listener_fd: RawFd,
+    reclaim: Reclaim,
+) -> std::io::Result<ControlSocket> {
     use std::os::unix::fs::PermissionsExt;
     let path = control_socket_path(home, std::process::id() as i32);
     // A file at our own PID-named path can only be a leftover of a dead process
@@ -141,8 +154,9 @@ pub fn serve_control(home: &Home, listener_fd: RawFd) -> std::io::Result<Control
             let Ok(stream) = stream.into_std() else {
                 continue;
             };
+            let reclaim = reclaim.clone();
             tokio::task::spawn_blocking(move || {
-                if let Err(e) = answer(stream, listener_fd) {
+                if let Err(e) = answer(stream, listener_fd, &reclaim) {
                     tracing::warn!(error = %e, "control socket request failed");
                 }
             });
@@ -151,11 +165,32 @@ pub fn serve_control(home: &Home, listener_fd: RawFd) -> std::io::Result<Control
     Ok(ControlSocket { path, task })
 }
 
-fn answer(mut stream: UnixStream, listener_fd: RawFd) -> std::io::Result<()> {
+/// Reads one request line (bounded by [`MAX_REQUEST`]).
+fn read_request(stream: &mut UnixStream) -> std::io::Result<Vec<u8>> {
+    let mut request = Vec::new();
+    let mut byte = [0u8; 1];
+    while request.len() < MAX_REQUEST {
+        stream.read_exact(&mut byte)?;
+        request.push(byte[0]);
+        if byte[0] == b'\n' {
+            break;
+        }
+    }
+    Ok(request)
+}
+
+fn answer(mut stream: UnixStream, listener_fd: RawFd, reclaim: &Reclaim) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut request = [0u8; REQUEST.len()];
-    stream.read_exact(&mut request)?;
+    let request = read_request(&mut stream)?;
+    if request == RECLAIM {
+        let reply = match reclaim() {
+            Ok(what) => format!("ok {what}"),
+            Err(why) => format!("no {why}"),
+        };
+        tracing::info!(reply = %reply, "asked to take run/proxy.pid back");
+        return stream.write_all(reply.as_bytes());
+    }
     if request != REQUEST {
         return Err(std::io::Error::other("unknown control request"));
     }
@@ -170,6 +205,29 @@ fn answer(mut stream: UnixStream, listener_fd: RawFd) -> std::io::Result<()> {
     .map_err(std::io::Error::other)?;
     tracing::info!("listening socket handed to a successor");
     Ok(())
+}
+
+/// Asks the proxy behind `path` to take `run/proxy.pid` back; `Ok` with what it
+/// did, `Err` with why it did not (or could not be asked).
+pub fn request_reclaim(path: &Path) -> std::io::Result<String> {
+    let mut stream = UnixStream::connect(path).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot reach the control socket {}: {e}", path.display()),
+        )
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(RECLAIM)?;
+    let mut reply = String::new();
+    (&mut stream).take(1024).read_to_string(&mut reply)?;
+    match reply.split_once(' ') {
+        Some(("ok", what)) => Ok(what.to_string()),
+        Some(("no", why)) => Err(std::io::Error::other(why.to_string())),
+        _ => Err(std::io::Error::other(format!(
+            "{} gave no answer (a proxy older than this toolkit?)",
+            path.display()
+        ))),
+    }
 }
 
 /// Asks the proxy behind `path` for its listening socket.

@@ -7,6 +7,7 @@
 //! process's identity first: warden never signals a process it did not start.
 
 pub mod handoff;
+pub mod oplock;
 pub mod pidfile;
 pub mod ports;
 pub mod process;

@@ -31,6 +31,53 @@ const PID_FILE_MODE: u32 = 0o644;
 const RETRIES: usize = 20;
 /// How long to wait for the short-lived directory lock.
 const DIR_LOCK_WAIT: Duration = Duration::from_secs(2);
+/// The most of a PID file that is ever read: a record is a few short lines, and a
+/// huge file in its place (or a corrupted one) must not cost its size in memory.
+pub const MAX_PID_FILE_BYTES: u64 = 4096;
+
+/// Reads at most [`MAX_PID_FILE_BYTES`] of an open PID file as text; a larger file
+/// is an error that says so (nothing more of it is read).
+fn read_bounded(file: &mut File) -> Result<String, RecordError> {
+    let mut bytes = Vec::new();
+    file.take(MAX_PID_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| RecordError::Read(e.to_string()))?;
+    if bytes.len() as u64 > MAX_PID_FILE_BYTES {
+        let size = file.metadata().map_or(bytes.len() as u64, |m| m.len());
+        return Err(RecordError::TooLarge { size });
+    }
+    String::from_utf8(bytes).map_err(|_| RecordError::NotText)
+}
+
+/// The record in the file at `path`, read with the bound, when it parses.
+pub fn read_record(path: &Path) -> Option<PidRecord> {
+    let mut file = open_existing(path).ok()??;
+    PidRecord::parse(&read_bounded(&mut file).ok()?).ok()
+}
+
+/// Why the file at `path` is not a PID record (read with the bound); `None` when
+/// it is one or cannot be opened.
+pub fn content_problem(path: &Path) -> Option<String> {
+    let mut file = open_existing(path).ok()??;
+    let problem = match read_bounded(&mut file) {
+        Err(problem) => problem,
+        Ok(text) => PidRecord::parse(&text).err()?,
+    };
+    Some(format!("{}: {problem}", path.display()))
+}
+
+/// Line 1 of the file at `path` as a PID, read with the bound.
+pub fn read_first_pid(path: &Path) -> Option<i32> {
+    let mut file = open_existing(path).ok()??;
+    read_bounded(&mut file)
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&p: &i32| p > 0)
+}
 
 /// What a PID file says about its process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -155,6 +202,13 @@ impl PidRecord {
 pub enum RecordError {
     #[error("cannot read it: {0}")]
     Read(String),
+    #[error(
+        "it is {size} bytes, not a PID file (those are at most {} KiB; only that much was read)",
+        MAX_PID_FILE_BYTES / 1024
+    )]
+    TooLarge { size: u64 },
+    #[error("it is not text")]
+    NotText,
     #[error("line 1 should be a PID (a positive number), found {found:?}")]
     NotAPid { found: String },
     #[error("line {line} should be key=value, found {found:?}")]
@@ -237,6 +291,12 @@ impl PidFileGuard {
         &self.record
     }
 
+    /// Whether the path still names the file this guard wrote (no successor has
+    /// taken it over).
+    pub fn is_current(&self) -> bool {
+        same_inode_as_path(&self.path, self.dev, self.ino).unwrap_or(false)
+    }
+
     /// Rewrites the record with a new port, atomically. Fails without writing if the
     /// path no longer refers to our file (a successor took it over).
     pub fn update_port(&mut self, port: Option<u16>) -> io::Result<()> {
@@ -246,9 +306,7 @@ impl PidFileGuard {
         match same_inode_as_path(&self.path, self.dev, self.ino) {
             Ok(true) => {}
             Ok(false) | Err(_) => {
-                let now = std::fs::read_to_string(&self.path)
-                    .ok()
-                    .and_then(|c| PidRecord::parse(&c).ok())
+                let now = read_record(&self.path)
                     .map(|r| format!("now belongs to {}", r.describe()))
                     .unwrap_or_else(|| "was removed or replaced".into());
                 return Err(io::Error::other(format!(
@@ -302,9 +360,7 @@ pub fn acquire(path: &Path, record: &PidRecord) -> Result<PidFileGuard, PidFileE
         let locked = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(locked) => locked,
             Err((_, Errno::EWOULDBLOCK)) => {
-                let holder = std::fs::read_to_string(path)
-                    .ok()
-                    .and_then(|c| PidRecord::parse(&c).ok());
+                let holder = read_record(path);
                 return Err(PidFileError::Held {
                     path: path.to_path_buf(),
                     holder,
@@ -356,7 +412,7 @@ pub fn replace(path: &Path, record: &PidRecord) -> io::Result<PidFileGuard> {
 /// Looks at a PID file without blocking, without creating it and without keeping
 /// any lock.
 pub fn inspect(path: &Path) -> io::Result<PidState> {
-    for _ in 0..RETRIES {
+    for attempt in 0..RETRIES {
         let Some(file) = open_existing(path)? else {
             return Ok(PidState::Absent);
         };
@@ -373,11 +429,18 @@ pub fn inspect(path: &Path) -> io::Result<PidState> {
         if !same_inode_as_path(path, meta.dev(), meta.ino())? {
             continue; // replaced while we looked: look again
         }
-        let mut content = String::new();
-        let parsed = file
-            .read_to_string(&mut content)
-            .map_err(|e| RecordError::Read(e.to_string()))
-            .and_then(|_| PidRecord::parse(&content));
+        let content = read_bounded(&mut file);
+        if held && content.as_deref().is_ok_and(str::is_empty) && attempt + 1 < RETRIES {
+            // `acquire` creates and locks the file a moment before it renames the
+            // full record over it: look again rather than call that "foreign".
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        let parsed = content
+            .as_deref()
+            .map_err(|e| e.clone())
+            .and_then(PidRecord::parse);
+        let content = content.unwrap_or_default();
         return Ok(match (held, parsed) {
             (false, parsed) => PidState::Stale(parsed.ok()),
             (true, Ok(record)) => PidState::Running(record),
@@ -665,6 +728,27 @@ mod tests {
             Err(PidFileError::Held { holder: None, .. })
         ));
         assert!(!remove_stale(&path).unwrap());
+        drop(lock);
+        assert!(remove_stale(&path).unwrap());
+    }
+
+    #[test]
+    fn a_huge_pid_file_is_read_only_up_to_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.pid");
+        std::fs::write(&path, record(77, None).render()).unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(64 * 1024 * 1024).unwrap(); // sparse
+        assert_eq!(inspect(&path).unwrap(), PidState::Stale(None));
+        assert_eq!(read_record(&path), None);
+        let lock = Flock::lock(File::open(&path).unwrap(), FlockArg::LockExclusive).unwrap();
+        match inspect(&path).unwrap() {
+            PidState::Busy { pid, problem } => {
+                assert_eq!(pid, None);
+                assert!(problem.contains("at most 4 KiB"), "{problem}");
+            }
+            other => panic!("expected Busy, got {other:?}"),
+        }
         drop(lock);
         assert!(remove_stale(&path).unwrap());
     }

@@ -125,6 +125,57 @@ pub enum Termination {
     AlreadyGone,
 }
 
+impl std::fmt::Display for Termination {
+    /// The one wording `daemon`, `watchdog` and `doctor` use for how a process ended.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Termination::Exited => "exited after SIGTERM",
+            Termination::Killed => "was killed with SIGKILL",
+            Termination::AlreadyGone => "had already exited (nothing was signalled)",
+        })
+    }
+}
+
+/// How one process was ended: `PID 42 exited after SIGTERM (0.1 s)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ended {
+    pub pid: i32,
+    pub how: Termination,
+    pub took: Duration,
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PID {} {} ({:.1} s)",
+            self.pid,
+            self.how,
+            self.took.as_secs_f64()
+        )
+    }
+}
+
+/// What a PID that a record or file names really is now, in words:
+/// `PID 42 no longer runs`, `PID 42 is now another program (`sleep 300`)`, or
+/// `PID 42 is still the process the record describes`. Only `/proc` is read.
+pub fn describe_pid(pid: i32, recorded: Option<&ProcessIdentity>) -> String {
+    if !is_alive(pid) {
+        return format!("PID {pid} no longer runs");
+    }
+    if recorded.is_some_and(|r| r.pid == pid && r.matches_live()) {
+        return format!("PID {pid} is still the process the record describes");
+    }
+    match cmdline(pid) {
+        Some(cmd) => {
+            let short: String = cmd.chars().take(100).collect();
+            let more = if short.len() < cmd.len() { "…" } else { "" };
+            format!("PID {pid} is now another program (`{short}{more}`)")
+        }
+        None => format!("PID {pid} is now another program"),
+    }
+}
+
 /// Refuses PIDs that `kill(2)` would interpret as a process group or "every process".
 fn check_pid(pid: i32) -> io::Result<()> {
     if pid <= 0 {
@@ -425,14 +476,39 @@ fn pidfd_readable(fd: &OwnedFd, timeout: Duration) -> io::Result<bool> {
 /// Whether the process `identity` names is still there: same PID and start time, not
 /// a zombie. Only `/proc/PID/stat` is read, which any user may read, so a process we
 /// cannot fully inspect is not mistaken for a gone one.
+///
+/// A zombie leader is not enough: when the main thread has exited (or was the
+/// first to die of a SIGKILL) its state reads `Z` while the other threads still
+/// run and still hold the process's files — and its locks, such as the PID file's.
+/// The process is gone only once every thread is.
 fn still_there(identity: &ProcessIdentity) -> bool {
     check_pid(identity.pid).is_ok()
-        && read_stat(identity.pid)
-            .is_ok_and(|s| !is_gone_state(s.state) && s.start_time == identity.start_time)
+        && read_stat(identity.pid).is_ok_and(|s| {
+            s.start_time == identity.start_time
+                && (!is_gone_state(s.state) || other_threads_alive(identity.pid))
+        })
+}
+
+/// Whether the thread group of `pid` has threads besides its (exited) leader.
+fn other_threads_alive(pid: i32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter(|t| t.file_name().to_str() != Some(&pid.to_string()))
+                .any(|t| {
+                    std::fs::read_to_string(t.path().join("stat"))
+                        .ok()
+                        .and_then(|c| parse_stat(&c))
+                        .is_some_and(|s| !is_gone_state(s.state))
+                })
+        })
+        .unwrap_or(false)
 }
 
 /// A pidfd pinned to `identity`'s process: `Ok(None)` when that process is gone
-/// (possibly with its PID reused), `Err` when no pidfd can be opened.
+/// (possibly with its PID reused), `Err` when no pidfd can be opened. A pidfd
+/// becomes readable only once the whole thread group has exited.
 fn pidfd_if_there(identity: &ProcessIdentity) -> io::Result<Option<OwnedFd>> {
     match pidfd_open(identity.pid) {
         // Checked after opening: the pidfd cannot follow the PID to a successor.
@@ -491,7 +567,12 @@ pub fn terminate(identity: &ProcessIdentity, grace: Duration) -> Result<Terminat
     if !grace.is_zero() {
         match signal(identity, Signal::SIGTERM) {
             Ok(()) => {}
-            Err(e) if gone(&e) => return Ok(Termination::AlreadyGone),
+            Err(e) if gone(&e) => {
+                if matches!(e, ProcessError::NotRunning { .. }) {
+                    wait_exit(identity, KILL_WAIT);
+                }
+                return Ok(Termination::AlreadyGone);
+            }
             Err(e) => return Err(e),
         }
         if wait_exit(identity, grace) {
@@ -501,6 +582,14 @@ pub fn terminate(identity: &ProcessIdentity, grace: Duration) -> Result<Terminat
     match signal(identity, Signal::SIGKILL) {
         Ok(()) => {}
         Err(e) if gone(&e) => {
+            // Its leader may read as exited while other threads are still tearing
+            // down (and holding its files): wait for the whole process.
+            if matches!(e, ProcessError::NotRunning { .. }) && !wait_exit(identity, KILL_WAIT) {
+                return Err(ProcessError::DidNotExit {
+                    pid: identity.pid,
+                    waited: KILL_WAIT,
+                });
+            }
             return Ok(if grace.is_zero() {
                 Termination::AlreadyGone
             } else {
@@ -509,6 +598,8 @@ pub fn terminate(identity: &ProcessIdentity, grace: Duration) -> Result<Terminat
         }
         Err(e) => return Err(e),
     }
+    // After SIGKILL: until the pidfd says the whole process is gone, its files
+    // (and the locks on them) may still be held.
     if wait_exit(identity, KILL_WAIT) {
         Ok(Termination::Killed)
     } else {
@@ -884,6 +975,63 @@ pub(crate) mod tests {
             assert!(!is_alive(id.pid));
             assert!(kid.0.try_wait().unwrap().is_some());
         }
+    }
+
+    /// A process whose main thread has exited while another thread still runs and
+    /// holds a lock: its leader reads as a zombie, yet the process (and its lock)
+    /// is still there. `wait_exit` must wait for the whole process.
+    #[test]
+    fn wait_exit_waits_for_every_thread_not_just_an_exited_leader() {
+        use std::io::{BufRead, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let lock_path = dir.path().join("held.lock");
+        let script = "import ctypes, fcntl, sys, threading, time\n\
+            f = open(sys.argv[1], 'w'); fcntl.flock(f, fcntl.LOCK_EX)\n\
+            threading.Thread(target=time.sleep, args=(1.5,)).start()\n\
+            print('ready', flush=True); sys.stdin.readline()\n\
+            ctypes.CDLL(None).pthread_exit(None)\n";
+        for use_pidfd in [true, false] {
+            let mut kid = Kid::spawn(
+                Command::new("python3")
+                    .args(["-c", script])
+                    .arg(&lock_path)
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped()),
+            );
+            let mut line = String::new();
+            std::io::BufReader::new(kid.0.stdout.as_mut().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            assert_eq!(line.trim(), "ready", "python3 is needed for this test");
+            let id = kid.identity();
+            writeln!(kid.0.stdin.as_mut().unwrap()).unwrap();
+            wait_zombie(id.pid);
+            assert!(wait_exit_impl(&id, Duration::from_secs(20), use_pidfd));
+            let file = std::fs::File::open(&lock_path).unwrap();
+            assert!(
+                nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok(),
+                "wait_exit returned while the process still held its lock (pidfd: {use_pidfd})"
+            );
+            kid.0.wait().unwrap();
+        }
+    }
+
+    #[test]
+    fn termination_is_worded_once() {
+        let ended = Ended {
+            pid: 42,
+            how: Termination::Exited,
+            took: Duration::from_millis(120),
+        };
+        assert_eq!(ended.to_string(), "PID 42 exited after SIGTERM (0.1 s)");
+        assert_eq!(Termination::Killed.to_string(), "was killed with SIGKILL");
+        let kid = Kid::sleep();
+        let said = describe_pid(kid.pid(), None);
+        assert!(
+            said.contains("is now another program (`sleep 30`)"),
+            "{said}"
+        );
+        assert!(describe_pid(kid.pid(), Some(&kid.identity())).contains("still the process"));
     }
 
     #[test]

@@ -3,12 +3,25 @@
 //!
 //! Safety rules, enforced here for every caller:
 //! - a process is only ever signalled after its identity (PID, start time,
-//!   executable) was verified against the PID file's record, through a pidfd
-//!   where the kernel has one (see [`crate::lifecycle::process`]);
+//!   executable) was verified against the PID file's record, or against what
+//!   `/proc` says is this home's `proxy`, through a pidfd where the kernel has one
+//!   (see [`crate::lifecycle::process`]);
 //! - a PID file whose lock is free is stale and is never a reason to signal
 //!   anything: whatever process has that PID now is not ours;
 //! - a process this module spawned and that does not become ready is stopped
 //!   again, so a failed start leaves nothing behind.
+//!
+//! One operation at a time: [`Supervisor::begin`] takes the home's operation lock
+//! ([`crate::lifecycle::oplock`]); `start`, `stop` and `restart` need the
+//! [`Operation`] it returns, so no caller can change the proxy without it. After
+//! the lock, state is read again: what a rival operation did while this one waited
+//! is found, said, and not undone.
+//!
+//! Every proxy of the home is accounted for, not only the one `run/proxy.pid`
+//! names: `stop` stops them all (a successor in flight, a predecessor still
+//! draining, one that lost its PID file) and never says "stopped" while one still
+//! serves; `status` names a proxy that serves without the PID file; a restart whose
+//! successor dies hands the PID file back to the old proxy.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -18,31 +31,170 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::api::health::{HealthReport, HealthStatus, probe};
-use crate::home::config::{Config, base_url_for};
+use crate::home::config::{Config, Settings, base_url_for};
 use crate::home::{Home, LogKind};
 use crate::lifecycle::handoff;
+use crate::lifecycle::oplock::{self, OpLockError, OperationLock};
 use crate::lifecycle::pidfile::{self, PidRecord, PidState};
-use crate::lifecycle::process::{self, ProcessIdentity, Termination};
+use crate::lifecycle::ports;
+use crate::lifecycle::process::{self, Ended, ProcessError, ProcessIdentity};
 
-/// An operation that failed, with the log lines that explain it.
-#[derive(Debug)]
-pub struct SupervisorError {
-    pub message: String,
-    /// The last lines of `logs/proxy.log`, when they help.
-    pub log_tail: Vec<String>,
+/// The file name of the proxy executable: how this home's proxies are found.
+pub const PROXY_EXE_NAME: &str = "proxy";
+/// Added to the longest an operation can take when waiting for the lock.
+const LOCK_WAIT_MARGIN: Duration = Duration::from_secs(5);
+
+/// How long an operation waits for the home's operation lock: as long as the
+/// longest operation may hold it (a restart: start-up, the old proxy's drain and
+/// two stops), plus 5 s.
+pub fn operation_wait(s: &Settings) -> Duration {
+    Duration::from_secs(
+        s.daemon.startup_timeout + s.server.graceful_timeout + 2 * s.daemon.stop_timeout,
+    ) + LOCK_WAIT_MARGIN
 }
 
-impl std::fmt::Display for SupervisorError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
+/// What became of the old proxy when a restart's successor failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OldProxy {
+    pub pid: i32,
+    /// `Ok`: it holds `run/proxy.pid` (kept or taken back); `Err`: why not.
+    pub pid_file: Result<(), String>,
+}
+
+fn old_note(old: &Option<OldProxy>) -> String {
+    match old {
+        None => String::new(),
+        Some(OldProxy {
+            pid,
+            pid_file: Ok(()),
+        }) => format!("; the old proxy (PID {pid}) is still serving and holds run/proxy.pid"),
+        Some(OldProxy {
+            pid,
+            pid_file: Err(why),
+        }) => format!(
+            "; the old proxy (PID {pid}) is still serving, but could not take run/proxy.pid back ({why}); `daemon stop` stops it"
+        ),
     }
 }
 
+/// An operation that failed: what, on which PID or path, and the log lines that
+/// explain it.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("cannot prepare the home: {source}")]
+    Home { source: std::io::Error },
+    #[error("cannot {action} {}: {source}", path.display())]
+    PidFile {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{} is locked by another program (PID {}): {problem}; warden leaves it alone",
+        path.display(),
+        pid.map_or("unknown".into(), |p| p.to_string())
+    )]
+    ForeignPidFile {
+        path: PathBuf,
+        pid: Option<i32>,
+        problem: String,
+    },
+    #[error(
+        "{} is locked, but {what}, not the proxy it names; warden leaves it alone",
+        path.display()
+    )]
+    NotOurs {
+        path: PathBuf,
+        pid: i32,
+        what: String,
+    },
+    #[error(
+        "cannot find the `proxy` binary next to this one or on PATH; install all five with `cargo install --path .`"
+    )]
+    NoProxyBinary,
+    #[error("cannot open {}: {source}", path.display())]
+    Log {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start the proxy ({}): {source}", exe.display())]
+    Spawn {
+        exe: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the proxy (PID {pid}) exited during start-up with {status}{}",
+        old_note(old)
+    )]
+    ExitedDuringStartup {
+        pid: i32,
+        status: String,
+        old: Option<OldProxy>,
+        log_tail: Vec<String>,
+    },
+    #[error(
+        "the proxy (PID {pid}) was not ready within daemon.startup_timeout ({timeout_secs} s): {problem}; it was stopped again{}",
+        old_note(old)
+    )]
+    NotReady {
+        pid: i32,
+        timeout_secs: u64,
+        problem: String,
+        old: Option<OldProxy>,
+        log_tail: Vec<String>,
+    },
+    #[error("{operation}: cannot stop PID {pid}: {source}")]
+    Stop {
+        operation: &'static str,
+        pid: i32,
+        source: ProcessError,
+    },
+    #[error(transparent)]
+    Lock(#[from] OpLockError),
+    #[error(
+        "{operation}: {} of this home still serve{} after the stop; look at them with `doctor`",
+        pid_words(pids),
+        if pids.len() == 1 { "s" } else { "" }
+    )]
+    StillServing {
+        operation: &'static str,
+        pids: Vec<i32>,
+    },
+    #[error("{operation} was interrupted: {message}")]
+    Interrupted {
+        operation: &'static str,
+        message: String,
+    },
+}
+
+fn pid_words(pids: &[i32]) -> String {
+    let list: Vec<String> = pids.iter().map(|p| format!("PID {p}")).collect();
+    format!("proxy {}", list.join(", "))
+}
+
 impl SupervisorError {
-    fn new(message: impl Into<String>) -> SupervisorError {
-        SupervisorError {
-            message: message.into(),
-            log_tail: Vec::new(),
+    /// The last lines of `logs/proxy.log`, when they explain the error.
+    pub fn log_tail(&self) -> &[String] {
+        match self {
+            SupervisorError::ExitedDuringStartup { log_tail, .. }
+            | SupervisorError::NotReady { log_tail, .. } => log_tail,
+            _ => &[],
+        }
+    }
+
+    fn with_old(mut self, old_proxy: OldProxy) -> SupervisorError {
+        if let SupervisorError::ExitedDuringStartup { old, .. }
+        | SupervisorError::NotReady { old, .. } = &mut self
+        {
+            *old = Some(old_proxy);
+        }
+        self
+    }
+
+    fn interrupted(operation: &'static str, e: impl std::fmt::Display) -> SupervisorError {
+        SupervisorError::Interrupted {
+            operation,
+            message: e.to_string(),
         }
     }
 }
@@ -59,14 +211,18 @@ pub enum StartOutcome {
         running: Running,
         ready_in: Duration,
     },
-    AlreadyRunning(Running),
+    AlreadyRunning {
+        running: Running,
+        /// It was started by another operation while this one waited for the lock.
+        meanwhile: bool,
+    },
 }
 
 impl StartOutcome {
     fn running_and_time(self) -> (Running, Duration) {
         match self {
             StartOutcome::Started { running, ready_in } => (running, ready_in),
-            StartOutcome::AlreadyRunning(running) => (running, Duration::ZERO),
+            StartOutcome::AlreadyRunning { running, .. } => (running, Duration::ZERO),
         }
     }
 }
@@ -75,13 +231,17 @@ impl StartOutcome {
 pub enum StopOutcome {
     NotRunning,
     /// The PID file's lock was free: the file was removed, nothing was signalled.
+    /// `what` says what its PID is now.
     StaleRemoved {
         pid: Option<i32>,
+        what: String,
     },
+    /// Every proxy of the home that ran was stopped: the PID file's first (when
+    /// there was one), then any other (a successor in flight, a draining
+    /// predecessor, one that had lost its PID file).
     Stopped {
-        pid: i32,
-        how: Termination,
-        took: Duration,
+        ended: Vec<Ended>,
+        others: usize,
     },
 }
 
@@ -89,7 +249,7 @@ pub enum StopOutcome {
 pub enum RestartOutcome {
     /// The listening socket was handed over; the old process drained.
     HandedOver {
-        old_pid: i32,
+        old: Ended,
         running: Running,
         ready_in: Duration,
     },
@@ -105,6 +265,9 @@ pub enum RestartOutcome {
         ready_in: Duration,
         why: String,
     },
+    /// Another operation restarted (or started) the proxy while this one waited
+    /// for the lock: its proxy is newer than this request, so it is kept.
+    ByRival { running: Running },
 }
 
 /// What `daemon status` found: its `state` field, and its exit code.
@@ -163,6 +326,9 @@ pub struct StatusReport {
     pub pid_file: PathBuf,
     pub message: String,
     pub health: Option<HealthReport>,
+    /// Proxies of this home that hold a listening socket but that the PID file
+    /// does not name.
+    pub unrecorded: Vec<i32>,
 }
 
 impl StatusReport {
@@ -170,6 +336,20 @@ impl StatusReport {
     pub fn exit_code(&self) -> i32 {
         self.state.exit_code()
     }
+}
+
+/// Every process of the current user that is this home's proxy (by executable
+/// name and effective home), serving or draining.
+pub fn proxies_of_home(home: &Home) -> Vec<ProcessIdentity> {
+    process::find_proxies_of_home(home, PROXY_EXE_NAME)
+}
+
+/// This home's proxies that hold a listening socket.
+fn serving_proxies(home: &Home) -> Vec<ProcessIdentity> {
+    proxies_of_home(home)
+        .into_iter()
+        .filter(|p| ports::holds_listener(p.pid))
+        .collect()
 }
 
 /// This home's proxies that `run/proxy.pid` does not name and that still serve
@@ -181,10 +361,26 @@ pub fn orphaned_proxies(home: &Home) -> Vec<ProcessIdentity> {
         Ok(PidState::Busy { pid, .. }) => pid,
         _ => None,
     };
-    process::find_proxies_of_home(home, "proxy")
+    serving_proxies(home)
         .into_iter()
-        .filter(|p| Some(p.pid) != known && crate::lifecycle::ports::holds_listener(p.pid))
+        .filter(|p| Some(p.pid) != known)
         .collect()
+}
+
+/// A change to the proxy in progress: holds the home's operation lock.
+#[derive(Debug)]
+pub struct Operation {
+    pub name: &'static str,
+    _lock: OperationLock,
+    /// The proxy `run/proxy.pid` named before this operation asked for the lock.
+    seen: Option<ProcessIdentity>,
+}
+
+impl Operation {
+    /// Whether another operation held the lock when this one asked.
+    pub fn waited(&self) -> bool {
+        self._lock.waited
+    }
 }
 
 pub struct Supervisor {
@@ -237,10 +433,80 @@ impl Supervisor {
         }
     }
 
+    /// Takes the home's operation lock for `name` (`daemon restart`, …), waiting
+    /// up to [`operation_wait`]; `on_wait` gets one sentence when it has to wait.
+    /// Then reads the state again: a proxy that serves without its PID file (its
+    /// restart was interrupted) is asked to take the file back.
+    pub async fn begin(
+        &self,
+        name: &'static str,
+        on_wait: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<Operation, SupervisorError> {
+        self.home()
+            .ensure_dirs()
+            .map_err(|source| SupervisorError::Home { source })?;
+        let seen = self.running().map(|(record, _)| record.identity());
+        let wait = operation_wait(&self.config);
+        let path = oplock::path(self.home());
+        let lock = oplock::acquire(self.home(), name, wait, &mut |holder| {
+            on_wait(&format!(
+                "waiting for another operation on this home to finish: {holder} holds {}; waiting up to {} s",
+                path.display(),
+                wait.as_secs()
+            ))
+        })
+        .await?;
+        let op = Operation {
+            name,
+            _lock: lock,
+            seen,
+        };
+        self.adopt_unrecorded(&op).await;
+        Ok(op)
+    }
+
+    /// Under the lock: when no live process holds `run/proxy.pid` but exactly one
+    /// proxy of this home serves, that proxy lost its PID file (a restart was
+    /// interrupted after its successor took the file and died): ask it to take
+    /// the file back, so it is visible and stoppable again.
+    async fn adopt_unrecorded(&self, op: &Operation) {
+        if self.running().is_some() {
+            return;
+        }
+        let serving = serving_proxies(self.home());
+        let [lone] = serving.as_slice() else {
+            return;
+        };
+        match self.hand_back(lone.pid).await {
+            Ok(what) => self.log_action(&format!(
+                "{}: PID {} served without run/proxy.pid; {what}",
+                op.name, lone.pid
+            )),
+            Err(why) => self.log_action(&format!(
+                "{}: PID {} serves without run/proxy.pid and could not take it back: {why}",
+                op.name, lone.pid
+            )),
+        }
+    }
+
+    /// Asks proxy `pid` (through its control socket) to take `run/proxy.pid` back.
+    async fn hand_back(&self, pid: i32) -> Result<String, String> {
+        let control = handoff::control_socket_path(self.home(), pid);
+        tokio::task::spawn_blocking(move || handoff::request_reclaim(&control))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
     /// Starts the proxy detached and waits until it is ready.
-    pub async fn start(&self, tick: &dyn Fn(&str)) -> Result<StartOutcome, SupervisorError> {
-        if let Some((_, running)) = self.running() {
-            return Ok(StartOutcome::AlreadyRunning(running));
+    pub async fn start(
+        &self,
+        op: &Operation,
+        tick: &dyn Fn(&str),
+    ) -> Result<StartOutcome, SupervisorError> {
+        if let Some((record, running)) = self.running() {
+            let meanwhile = op.waited() && op.seen.as_ref() != Some(&record.identity());
+            return Ok(StartOutcome::AlreadyRunning { running, meanwhile });
         }
         self.clear_stale_pid_file()?;
         let started = Instant::now();
@@ -258,10 +524,10 @@ impl Supervisor {
 
     /// Creates the home's folders and removes a stale PID file: what is always
     /// safe before a start.
-    pub fn prepare(&self) -> Result<(), SupervisorError> {
+    pub fn prepare(&self, _op: &Operation) -> Result<(), SupervisorError> {
         self.home()
             .ensure_dirs()
-            .map_err(|e| SupervisorError::new(e.to_string()))?;
+            .map_err(|source| SupervisorError::Home { source })?;
         for path in handoff::remove_stale_control_sockets(self.home()) {
             self.log_action(&format!("removed stale control socket {}", path.display()));
         }
@@ -276,30 +542,25 @@ impl Supervisor {
         match pidfile::inspect(&path) {
             Ok(PidState::Stale(record)) => {
                 if pidfile::remove_stale(&path).unwrap_or(false) {
-                    let pid = record
-                        .map(|r| r.pid.to_string())
-                        .unwrap_or_else(|| "?".into());
-                    self.log_action(&format!(
-                        "removed stale PID file (PID {pid}, not signalled)"
-                    ));
+                    let what = stale_words(&path, record.as_ref());
+                    self.log_action(&format!("removed stale PID file ({what}; not signalled)"));
                 }
                 Ok(())
             }
-            Ok(PidState::Busy { pid, problem }) => Err(SupervisorError::new(format!(
-                "{} is locked by another program (PID {}): {problem}; warden leaves it alone",
-                path.display(),
-                pid.map_or("unknown".into(), |p| p.to_string())
-            ))),
-            Ok(PidState::Running(record)) => Err(SupervisorError::new(format!(
-                "{} is locked, but PID {} is no longer the proxy it names; warden leaves it alone",
-                path.display(),
-                record.pid
-            ))),
+            Ok(PidState::Busy { pid, problem }) => {
+                Err(SupervisorError::ForeignPidFile { path, pid, problem })
+            }
+            Ok(PidState::Running(record)) => Err(SupervisorError::NotOurs {
+                what: process::describe_pid(record.pid, Some(&record.identity())),
+                path,
+                pid: record.pid,
+            }),
             Ok(PidState::Absent) => Ok(()),
-            Err(e) => Err(SupervisorError::new(format!(
-                "cannot read {}: {e}",
-                path.display()
-            ))),
+            Err(source) => Err(SupervisorError::PidFile {
+                action: "read",
+                path,
+                source,
+            }),
         }
     }
 
@@ -307,15 +568,11 @@ impl Supervisor {
     pub fn proxy_exe() -> Result<PathBuf, SupervisorError> {
         let beside = std::env::current_exe()
             .ok()
-            .map(|exe| exe.with_file_name("proxy"));
+            .map(|exe| exe.with_file_name(PROXY_EXE_NAME));
         if let Some(path) = beside.filter(|p| p.is_file()) {
             return Ok(path);
         }
-        which::which("proxy").map_err(|_| {
-            SupervisorError::new(
-                "cannot find the `proxy` binary next to this one or on PATH; install all five with `cargo install --path .`",
-            )
-        })
+        which::which(PROXY_EXE_NAME).map_err(|_| SupervisorError::NoProxyBinary)
     }
 
     /// Spawns `proxy --home HOME` in a new session, stdin closed, output
@@ -325,25 +582,25 @@ impl Supervisor {
         use std::os::unix::process::CommandExt;
         let home = self.home();
         home.ensure_dirs()
-            .map_err(|e| SupervisorError::new(e.to_string()))?;
+            .map_err(|source| SupervisorError::Home { source })?;
         let log_path = home.log_file(LogKind::Proxy);
-        let open_log = || {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log_path)
-                .map_err(|e| {
-                    SupervisorError::new(format!("cannot open {}: {e}", log_path.display()))
-                })
-        };
-        let mut cmd = Command::new(Self::proxy_exe()?);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|source| SupervisorError::Log {
+                path: log_path.clone(),
+                source,
+            })?;
+        let exe = Self::proxy_exe()?;
+        let mut cmd = Command::new(&exe);
         cmd.arg("--home")
             .arg(home.root())
             .stdin(Stdio::null())
             // stdout only carries the "listening on" line for interactive use; the
             // log gets structured lines (and stderr for fatal start-up errors).
             .stdout(Stdio::null())
-            .stderr(open_log()?)
+            .stderr(log)
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
             .env_remove(handoff::LISTEN_FD_VAR)
@@ -374,11 +631,12 @@ impl Supervisor {
             });
         }
         cmd.spawn()
-            .map_err(|e| SupervisorError::new(format!("cannot start the proxy: {e}")))
+            .map_err(|source| SupervisorError::Spawn { exe, source })
     }
 
     /// Waits until the spawned proxy owns the PID file and answers
-    /// `/health/ready`; on failure or timeout stops it again (it is ours).
+    /// `/health/ready`; on failure or timeout stops it again (it is ours) and
+    /// waits until it is gone.
     async fn await_ready(
         &self,
         mut child: Child,
@@ -392,8 +650,10 @@ impl Supervisor {
         let mut last_problem = String::from("it has not written its PID file yet");
         while started.elapsed() < timeout {
             if let Ok(Some(status)) = child.try_wait() {
-                return Err(SupervisorError {
-                    message: format!("the proxy (PID {pid}) exited during start-up with {status}"),
+                return Err(SupervisorError::ExitedDuringStartup {
+                    pid,
+                    status: status.to_string(),
+                    old: None,
                     log_tail: self.proxy_log_tail(),
                 });
             }
@@ -421,109 +681,177 @@ impl Supervisor {
             let _ = tokio::task::spawn_blocking(move || process::terminate(&identity, grace)).await;
         }
         let _ = child.wait();
-        Err(SupervisorError {
-            message: format!(
-                "the proxy (PID {pid}) was not ready within daemon.startup_timeout ({} s): {last_problem}; it was stopped again",
-                timeout.as_secs()
-            ),
+        Err(SupervisorError::NotReady {
+            pid,
+            timeout_secs: timeout.as_secs(),
+            problem: last_problem,
+            old: None,
             log_tail: self.proxy_log_tail(),
         })
     }
 
-    /// Stops the proxy: SIGTERM, then SIGKILL after `daemon.stop_timeout`
-    /// (`force`: SIGKILL at once). Never signals anything but the verified proxy.
-    pub async fn stop(&self, force: bool) -> Result<StopOutcome, SupervisorError> {
+    /// Ends one process (identity-verified), on a blocking thread.
+    async fn end(
+        &self,
+        op: &Operation,
+        identity: ProcessIdentity,
+        grace: Duration,
+    ) -> Result<Ended, SupervisorError> {
+        let pid = identity.pid;
+        let started = Instant::now();
+        let how = tokio::task::spawn_blocking(move || process::terminate(&identity, grace))
+            .await
+            .map_err(|e| SupervisorError::interrupted(op.name, e))?
+            .map_err(|source| SupervisorError::Stop {
+                operation: op.name,
+                pid,
+                source,
+            })?;
+        Ok(Ended {
+            pid,
+            how,
+            took: started.elapsed(),
+        })
+    }
+
+    /// Stops every proxy of this home: the PID file's (SIGTERM, then SIGKILL after
+    /// `daemon.stop_timeout`; `force`: SIGKILL at once), then any other (a
+    /// successor in flight, a draining predecessor, one without its PID file).
+    /// Never signals anything but a verified proxy of this home, and fails rather
+    /// than say "stopped" while one still serves.
+    pub async fn stop(&self, op: &Operation, force: bool) -> Result<StopOutcome, SupervisorError> {
         let path = self.home().proxy_pid_file();
-        let state = pidfile::inspect(&path)
-            .map_err(|e| SupervisorError::new(format!("cannot read {}: {e}", path.display())))?;
+        let grace = if force {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(self.config.daemon.stop_timeout)
+        };
+        let state = pidfile::inspect(&path).map_err(|source| SupervisorError::PidFile {
+            action: "read",
+            path: path.clone(),
+            source,
+        })?;
+        let mut ended = Vec::new();
+        let mut stale = None;
         match state {
-            PidState::Absent => Ok(StopOutcome::NotRunning),
+            PidState::Absent => {}
             PidState::Stale(record) => {
-                pidfile::remove_stale(&path).map_err(|e| {
-                    SupervisorError::new(format!("cannot remove {}: {e}", path.display()))
+                pidfile::remove_stale(&path).map_err(|source| SupervisorError::PidFile {
+                    action: "remove",
+                    path: path.clone(),
+                    source,
                 })?;
-                let pid = record.map(|r| r.pid);
+                let what = stale_words(&path, record.as_ref());
                 self.log_action(&format!(
-                    "stop: removed stale PID file (PID {}, not signalled)",
-                    pid.map_or("?".into(), |p| p.to_string())
+                    "{}: removed stale PID file ({what}; not signalled)",
+                    op.name
                 ));
-                Ok(StopOutcome::StaleRemoved { pid })
+                stale = Some((record.map(|r| r.pid), what));
             }
             PidState::Busy { .. } | PidState::Running(_) => {
                 let Some((record, _)) = self.running() else {
                     // Locked, but not by the process the record names.
                     return Err(self.clear_stale_pid_file().err().unwrap_or_else(|| {
-                        SupervisorError::new(format!(
-                            "{} changed while reading it; try again",
-                            path.display()
-                        ))
+                        SupervisorError::Interrupted {
+                            operation: op.name,
+                            message: format!(
+                                "{} changed while reading it; try again",
+                                path.display()
+                            ),
+                        }
                     }));
                 };
-                let grace = if force {
-                    Duration::ZERO
-                } else {
-                    Duration::from_secs(self.config.daemon.stop_timeout)
-                };
-                let identity = record.identity();
-                let started = Instant::now();
-                let how = tokio::task::spawn_blocking(move || process::terminate(&identity, grace))
-                    .await
-                    .map_err(|e| SupervisorError::new(e.to_string()))?
-                    .map_err(|e| SupervisorError::new(e.to_string()))?;
+                ended.push(self.end(op, record.identity(), grace).await?);
                 // A killed proxy could not remove its PID file or control socket.
                 let _ = pidfile::remove_stale(&path);
-                handoff::remove_stale_control_sockets(self.home());
-                let took = started.elapsed();
-                self.log_action(&format!(
-                    "stop pid={} how={how:?} took_ms={}",
-                    record.pid,
-                    took.as_millis()
-                ));
-                Ok(StopOutcome::Stopped {
-                    pid: record.pid,
-                    how,
-                    took,
-                })
             }
         }
+        let recorded = ended.len();
+        for other in proxies_of_home(self.home()) {
+            if ended.iter().any(|e| e.pid == other.pid) {
+                continue;
+            }
+            ended.push(self.end(op, other, grace).await?);
+        }
+        handoff::remove_stale_control_sockets(self.home());
+        let still: Vec<i32> = serving_proxies(self.home()).iter().map(|p| p.pid).collect();
+        for e in &ended {
+            self.log_action(&format!("{}: stop pid={} ({e})", op.name, e.pid));
+        }
+        if !still.is_empty() {
+            return Err(SupervisorError::StillServing {
+                operation: op.name,
+                pids: still,
+            });
+        }
+        Ok(match (ended.is_empty(), stale) {
+            (true, None) => StopOutcome::NotRunning,
+            (true, Some((pid, what))) => StopOutcome::StaleRemoved { pid, what },
+            (false, _) => StopOutcome::Stopped {
+                others: ended.len() - recorded,
+                ended,
+            },
+        })
     }
 
     /// Replaces a running proxy without refusing a request (see [`crate::lifecycle::handoff`]);
-    /// starts one when none runs. Rotates oversized logs on the way.
-    pub async fn restart(&self, tick: &dyn Fn(&str)) -> Result<RestartOutcome, SupervisorError> {
+    /// starts one when none runs. Rotates oversized logs on the way. A proxy that
+    /// another operation started while this one waited for the lock is kept.
+    pub async fn restart(
+        &self,
+        op: &Operation,
+        tick: &dyn Fn(&str),
+    ) -> Result<RestartOutcome, SupervisorError> {
         if let Ok(rotated) = crate::home::logs::rotate_all(self.home(), self.config.logs.max_bytes)
         {
             for path in rotated {
                 self.log_action(&format!("rotated {}", path.display()));
             }
         }
-        let Some((old, _)) = self.running() else {
-            let (running, ready_in) = self.start(tick).await?.running_and_time();
+        let Some((old, running)) = self.running() else {
+            let (running, ready_in) = self.start(op, tick).await?.running_and_time();
             return Ok(RestartOutcome::Started { running, ready_in });
         };
+        if op.waited() && op.seen.as_ref() != Some(&old.identity()) {
+            self.log_action(&format!(
+                "{}: PID {} was started by another operation while this one waited; not restarting it again",
+                op.name, old.pid
+            ));
+            return Ok(RestartOutcome::ByRival { running });
+        }
         let control = handoff::control_socket_path(self.home(), old.pid);
         let listener =
             match tokio::task::spawn_blocking(move || handoff::fetch_listener(&control)).await {
                 Ok(Ok(fd)) => fd,
-                Ok(Err(e)) => return self.stop_start(old, e.to_string(), tick).await,
-                Err(e) => return self.stop_start(old, e.to_string(), tick).await,
+                Ok(Err(e)) => return self.stop_start(op, old, e.to_string(), tick).await,
+                Err(e) => return self.stop_start(op, old, e.to_string(), tick).await,
             };
         let started = Instant::now();
         let child = self.spawn(Some(&listener))?;
         drop(listener); // the successor has its own copy
-        let running = self
-            .await_ready(child, started, tick)
-            .await
-            .map_err(|mut e| {
-                e.message = format!(
-                    "{}; the old proxy (PID {}) is still serving",
-                    e.message, old.pid
-                );
-                e
-            })?;
+        let running = match self.await_ready(child, started, tick).await {
+            Ok(running) => running,
+            Err(e) => {
+                // The successor is gone (it exited, or was stopped again): the old
+                // proxy, still serving, must hold the PID file.
+                let pid_file = self.hand_back(old.pid).await;
+                self.log_action(&format!(
+                    "{}: successor failed; old PID {}: {}",
+                    op.name,
+                    old.pid,
+                    match &pid_file {
+                        Ok(what) => what.clone(),
+                        Err(why) => format!("could not take run/proxy.pid back: {why}"),
+                    }
+                ));
+                return Err(e.with_old(OldProxy {
+                    pid: old.pid,
+                    pid_file: pid_file.map(|_| ()),
+                }));
+            }
+        };
         let ready_in = started.elapsed();
         // Only now does the old process stop accepting and drain.
-        let identity = old.identity();
         let grace = Duration::from_secs(
             self.config.server.graceful_timeout + self.config.daemon.stop_timeout,
         );
@@ -531,18 +859,15 @@ impl Supervisor {
             "new proxy PID {} ready; old PID {} draining",
             running.pid, old.pid
         ));
-        let how = tokio::task::spawn_blocking(move || process::terminate(&identity, grace))
-            .await
-            .map_err(|e| SupervisorError::new(e.to_string()))?
-            .map_err(|e| SupervisorError::new(e.to_string()))?;
+        let ended = self.end(op, old.identity(), grace).await?;
         self.log_action(&format!(
-            "restart old_pid={} new_pid={} handoff=yes ready_ms={} old={how:?}",
+            "restart old_pid={} new_pid={} handoff=yes ready_ms={} old: {ended}",
             old.pid,
             running.pid,
             ready_in.as_millis()
         ));
         Ok(RestartOutcome::HandedOver {
-            old_pid: old.pid,
+            old: ended,
             running,
             ready_in,
         })
@@ -550,13 +875,14 @@ impl Supervisor {
 
     async fn stop_start(
         &self,
+        op: &Operation,
         old: PidRecord,
         why: String,
         tick: &dyn Fn(&str),
     ) -> Result<RestartOutcome, SupervisorError> {
         self.log_action(&format!("restart old_pid={} handoff=no: {why}", old.pid));
-        self.stop(false).await?;
-        let (running, ready_in) = self.start(tick).await?.running_and_time();
+        self.stop(op, false).await?;
+        let (running, ready_in) = self.start(op, tick).await?.running_and_time();
         Ok(RestartOutcome::StopStart {
             old_pid: old.pid,
             running,
@@ -565,8 +891,40 @@ impl Supervisor {
         })
     }
 
-    /// The state of the proxy, its health and the LSB exit code.
+    /// The state of the proxy, its health and the LSB exit code. Needs no lock:
+    /// it reads the PID file and `/proc`, and asks what answers on the port.
     pub async fn status(&self) -> StatusReport {
+        let mut report = self.status_of_pid_file().await;
+        let recorded = report.pid.filter(|_| report.running);
+        report.unrecorded = serving_proxies(self.home())
+            .into_iter()
+            .map(|p| p.pid)
+            .filter(|&p| Some(p) != recorded)
+            .collect();
+        if let Some(&first) = report.unrecorded.first() {
+            let pids = pid_words(&report.unrecorded);
+            let port = self.config.server.port;
+            if report.running {
+                report.message = format!(
+                    "{}; {pids} of this home also serves outside {} (`daemon stop` stops every proxy of this home)",
+                    report.message,
+                    report.pid_file.display()
+                );
+            } else {
+                report.message = format!(
+                    "{pids} of this home serves (port {port}) but {} does not name it; `daemon restart` or `daemon stop` takes care of it",
+                    report.pid_file.display()
+                );
+                report.pid = Some(first);
+                report.running = true;
+            }
+            report.state = ProxyState::Unhealthy;
+            report.healthy = false;
+        }
+        report
+    }
+
+    async fn status_of_pid_file(&self) -> StatusReport {
         let pid_file = self.home().proxy_pid_file();
         let base = |state, running, pid, message: String| StatusReport {
             state,
@@ -578,6 +936,7 @@ impl Supervisor {
             pid_file: pid_file.clone(),
             message,
             health: None,
+            unrecorded: Vec::new(),
         };
         match pidfile::inspect(&pid_file) {
             Err(e) => base(
@@ -588,19 +947,11 @@ impl Supervisor {
             ),
             Ok(PidState::Absent) => base(ProxyState::Stopped, false, None, "not running".into()),
             Ok(PidState::Stale(record)) => {
-                let pid = record.map(|r| r.pid);
-                let what = match pid {
-                    Some(p) if process::is_alive(p) => {
-                        format!("PID {p} is now another program, not this home's proxy")
-                    }
-                    Some(p) => {
-                        format!("PID {p} no longer runs: the proxy died without cleaning up")
-                    }
-                    None => "its content is unreadable".to_string(),
-                };
+                let pid = record.as_ref().map(|r| r.pid);
                 let message = format!(
-                    "not running, but {} is left behind ({what}); `daemon start` or `doctor` clears it",
-                    pid_file.display()
+                    "not running, but {} is left behind ({}); `daemon start` or `doctor` clears it",
+                    pid_file.display(),
+                    stale_words(&pid_file, record.as_ref())
                 );
                 base(ProxyState::Dead, false, pid, message)
             }
@@ -619,7 +970,10 @@ impl Supervisor {
                         ProxyState::Dead,
                         false,
                         Some(record.pid),
-                        "the PID file's process is gone".into(),
+                        format!(
+                            "the PID file's process is gone: {}",
+                            process::describe_pid(record.pid, Some(&record.identity()))
+                        ),
                     );
                 }
                 let url = self.url_for(&record);
@@ -641,6 +995,21 @@ impl Supervisor {
                     Err(e) => report.message = format!("running, but its health check failed: {e}"),
                 }
                 report
+            }
+        }
+    }
+}
+
+/// What a stale PID file's PID is now, in words.
+pub fn stale_words(path: &std::path::Path, record: Option<&PidRecord>) -> String {
+    match record {
+        Some(r) => process::describe_pid(r.pid, Some(&r.identity())),
+        None => {
+            let problem = pidfile::content_problem(path)
+                .unwrap_or_else(|| "its content is not a PID record".into());
+            match pidfile::read_first_pid(path) {
+                Some(pid) => format!("{problem}; {}", process::describe_pid(pid, None)),
+                None => problem,
             }
         }
     }

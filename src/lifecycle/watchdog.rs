@@ -33,7 +33,7 @@ use crate::api::health::probe;
 use crate::home::config::{Config, base_url_for};
 use crate::home::{Home, LogKind};
 use crate::lifecycle::pidfile::{self, PidFileError, PidRecord, PidState};
-use crate::lifecycle::process::{self, Termination};
+use crate::lifecycle::process;
 use crate::lifecycle::supervisor::{StartOutcome, StopOutcome, Supervisor};
 
 /// How long `on_give_up` may run before it is killed.
@@ -212,9 +212,9 @@ impl Watchdog {
                 return failed("the proxy is not running (no run/proxy.pid)".into());
             }
             Ok(PidState::Stale(record)) => {
-                let pid = record.map_or("?".into(), |r| r.pid.to_string());
                 return failed(format!(
-                    "the proxy is not running (PID {pid} is gone; its PID file is stale)"
+                    "the proxy is not running (run/proxy.pid is stale: {})",
+                    crate::lifecycle::supervisor::stale_words(&path, record.as_ref())
                 ));
             }
             Ok(PidState::Busy { pid, problem }) => {
@@ -227,8 +227,8 @@ impl Watchdog {
         };
         if !record.identity().matches_live() {
             return failed(format!(
-                "the proxy is not running (PID {} named by run/proxy.pid is gone or is another program)",
-                record.pid
+                "the proxy is not running (run/proxy.pid is locked, but {})",
+                process::describe_pid(record.pid, Some(&record.identity()))
             ));
         }
         let config = &self.supervisor.config;
@@ -278,39 +278,54 @@ impl Watchdog {
         how
     }
 
-    /// Replaces the proxy after a failed check: stops a live but unhealthy one
+    /// Replaces the proxy after a failed check: takes the home's operation lock
+    /// (waiting, with a log line, while `daemon` or another tool works on it),
+    /// checks again if it had to wait, stops a live but unhealthy proxy
     /// (identity-checked, SIGKILL after the stop grace), then starts a new one and
     /// waits until it is ready. Returns a sentence for the log.
     pub async fn restart(&mut self, alive: Option<&PidRecord>) -> Result<String, String> {
         let mut parts = Vec::new();
-        if let Some(old) = alive {
+        let (home, echo) = (self.home.clone(), self.echo);
+        let op = self
+            .supervisor
+            .begin("watchdog restart", &mut |message: &str| {
+                if echo {
+                    eprintln!("watchdog: {message}");
+                }
+                let _ = crate::home::logs::append_line(&home, LogKind::Watchdog, message);
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut alive = alive.cloned();
+        if op.waited() {
+            // Someone else worked on the proxy meanwhile: judge it again.
+            match self.check().await {
+                Check::Healthy { pid } => {
+                    return Ok(format!(
+                        "PID {pid} is healthy now: another operation took care of it while the watchdog waited"
+                    ));
+                }
+                Check::Failed { alive: now, .. } => alive = now,
+            }
+        }
+        if let Some(old) = &alive {
             // Only the process that failed the check: if `daemon restart` replaced
             // it meanwhile, the new one is left alone.
             match self.supervisor.running() {
-                Some((now, _)) if now.pid == old.pid && now.start_time == old.start_time => {
-                    match self.supervisor.stop(false).await {
-                        Ok(StopOutcome::Stopped { pid, how, took }) => {
-                            let how = match how {
-                                Termination::Exited => "exited on SIGTERM",
-                                Termination::Killed => "needed SIGKILL",
-                                Termination::AlreadyGone => "was already gone",
-                            };
-                            parts.push(format!(
-                                "stopped PID {pid} ({how}, {} ms)",
-                                took.as_millis()
-                            ));
+                Some((now, _)) if now.identity() == old.identity() => {
+                    match self.supervisor.stop(&op, false).await {
+                        Ok(StopOutcome::Stopped { ended, .. }) => {
+                            parts.extend(ended.iter().map(|e| format!("stopped {e}")));
                         }
                         Ok(_) => parts.push(format!("PID {} was already gone", old.pid)),
-                        Err(e) => {
-                            return Err(format!("cannot stop PID {}: {}", old.pid, e.message));
-                        }
+                        Err(e) => return Err(format!("cannot stop PID {}: {e}", old.pid)),
                     }
                     self.reap(None);
                 }
                 _ => parts.push(format!("PID {} was already replaced", old.pid)),
             }
         }
-        match self.supervisor.start(&|_| {}).await {
+        match self.supervisor.start(&op, &|_| {}).await {
             Ok(StartOutcome::Started { running, ready_in }) => {
                 self.children.push(running.pid);
                 parts.push(format!(
@@ -321,7 +336,7 @@ impl Watchdog {
                 ));
                 Ok(parts.join(", "))
             }
-            Ok(StartOutcome::AlreadyRunning(running)) => {
+            Ok(StartOutcome::AlreadyRunning { running, .. }) => {
                 parts.push(format!(
                     "PID {} is running (started by someone else meanwhile)",
                     running.pid
@@ -329,9 +344,9 @@ impl Watchdog {
                 Ok(parts.join(", "))
             }
             Err(e) => {
-                let mut message = e.message;
+                let mut message = e.to_string();
                 // The proxy's own explanation: its last error line, else its last line.
-                let lines = || e.log_tail.iter().rev().filter(|l| !l.trim().is_empty());
+                let lines = || e.log_tail().iter().rev().filter(|l| !l.trim().is_empty());
                 let line = lines()
                     .find(|l| l.to_ascii_lowercase().contains("error"))
                     .or_else(|| lines().next());

@@ -161,14 +161,17 @@ pub struct FetchCounters {
 }
 
 /// Whether the configured proxy sends prompts anywhere: with a Responses API
-/// upstream (its `instructions`), or when `/v1/responses` injects the base
-/// instructions. The built-in mock upstream never does. When this is false the
+/// upstream (its `instructions`), or when `/v1/responses` is told to add the
+/// base instructions to every request (`responses_always_base_instructions`).
+/// The built-in mock upstream never does. When this is false the
 /// proxy neither fetches prompts nor reports them in `/health` and `/metrics`.
 pub fn prompts_in_use(config: &crate::home::config::Config) -> bool {
     let f = &config.features;
     !config.upstream.is_mock()
         && (config.upstream.api == crate::home::config::UpstreamApi::Responses
-            || (f.enable_responses_api && !f.responses_no_base_instructions))
+            || (f.enable_responses_api
+                && f.responses_always_base_instructions
+                && !f.responses_no_base_instructions))
 }
 
 /// The built-in text for a prompt name: the last link of the fallback chain.

@@ -21,26 +21,37 @@ use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
 use tracing_subscriber::fmt::writer::MakeWriterExt;
 use tracing_subscriber::fmt::{FormatFields, MakeWriter};
 
-use crate::home::config::LogFormat;
+use crate::home::config::{LogFormat, LogTarget};
 use crate::home::{Home, LogKind};
 
-/// Installs the global subscriber for a binary writing to `logs/<kind>.log`.
-/// `verbose` lowers the level to debug; `RUST_LOG` overrides both.
+/// Installs the global subscriber for a binary writing to `logs/<kind>.log`, or
+/// to standard output with `target = Stdout` (containers: `kubectl logs` shows
+/// it; the same batched writer, on a duplicate of fd 1). `verbose` lowers the
+/// level to debug; `RUST_LOG` overrides both.
 pub fn init(
     home: &Home,
     kind: LogKind,
     format: LogFormat,
+    target: LogTarget,
     verbose: bool,
 ) -> std::io::Result<LogGuard> {
-    std::fs::create_dir_all(home.logs_dir())?;
-    let path = home.log_file(kind);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))
-        })?;
+    let file = match target {
+        LogTarget::File => {
+            std::fs::create_dir_all(home.logs_dir())?;
+            let path = home.log_file(kind);
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))
+                })?
+        }
+        LogTarget::Stdout => {
+            use std::os::fd::AsFd;
+            File::from(std::io::stdout().as_fd().try_clone_to_owned()?)
+        }
+    };
     let (writer, guard) = batched(file)?;
     let level = if verbose { "debug" } else { "info" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -48,7 +59,8 @@ pub fn init(
             "{level},hyper=warn,reqwest=warn,h2=warn,rustls=warn"
         ))
     });
-    let mirror = std::io::stderr().is_terminal();
+    // On a terminal the file's lines are mirrored to stderr; stdout needs no mirror.
+    let mirror = target == LogTarget::File && std::io::stderr().is_terminal();
     let stderr = std::io::stderr.with_filter(move |_| mirror);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -46,6 +46,7 @@ impl ChatUpstream {
                 call.stream,
                 call.stats,
                 usage_of,
+                &call.headers,
             )
             .await
     }

@@ -138,13 +138,14 @@ impl HttpUpstream {
         url: &UpstreamUrl,
         body: &Bytes,
         stats: &ExchangeStats,
+        client_headers: &HeaderMap,
     ) -> Result<reqwest::Response, ApiError> {
         let mut last_error = String::new();
         for attempt in 1..=self.attempts {
             let started = Instant::now();
             let outcome = timeout(
                 self.first_byte_timeout,
-                self.exchange(Method::POST, url, Some(body)),
+                self.exchange(Method::POST, url, Some(body), client_headers),
             )
             .await;
             stats.add_upstream_time(started.elapsed());
@@ -198,9 +199,12 @@ impl HttpUpstream {
         method: Method,
         url: &UpstreamUrl,
         body: Option<&Bytes>,
+        client_headers: &HeaderMap,
     ) -> Result<reqwest::Response, String> {
         if let (Some(client), Some((uri, parsed))) = (&self.direct, url.direct()) {
-            let request = self.outgoing(method.clone(), body).into_hyper(uri);
+            let request = self
+                .outgoing(method.clone(), body, client_headers)
+                .into_hyper(uri);
             match client.request(request).await {
                 Ok(response) if !is_followed_redirect(response.status()) => {
                     return Ok(into_reqwest(response, parsed));
@@ -212,7 +216,7 @@ impl HttpUpstream {
                 }
             }
         }
-        self.outgoing(method, body)
+        self.outgoing(method, body, client_headers)
             .send_reqwest(&self.client, url)
             .await
     }
@@ -220,8 +224,18 @@ impl HttpUpstream {
     /// The one place an outgoing upstream request is decided: its method,
     /// headers and body. Both HTTP stacks send exactly this; a header every
     /// upstream request should carry is added here and nowhere else.
-    fn outgoing(&self, method: Method, body: Option<&Bytes>) -> Outgoing {
-        let mut headers = HeaderMap::with_capacity(4);
+    /// `client_headers` are the client's own that may go upstream (the
+    /// allow-list of [`super::forward`]); the gateway's own win over them.
+    fn outgoing(
+        &self,
+        method: Method,
+        body: Option<&Bytes>,
+        client_headers: &HeaderMap,
+    ) -> Outgoing {
+        let mut headers = HeaderMap::with_capacity(4 + client_headers.len());
+        for (name, value) in client_headers {
+            headers.append(name.clone(), value.clone());
+        }
         if body.is_some() {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
@@ -251,8 +265,9 @@ impl HttpUpstream {
         stream: bool,
         stats: Arc<ExchangeStats>,
         usage: UsageFn,
+        client_headers: &HeaderMap,
     ) -> Result<Reply, ApiError> {
-        let response = self.send(url, body, &stats).await?;
+        let response = self.send(url, body, &stats, client_headers).await?;
         if !response.status().is_success() {
             return Err(self.passthrough_error(response).await);
         }
@@ -384,7 +399,7 @@ impl HttpUpstream {
         let url = self.url(path);
         let response = timeout(
             self.first_byte_timeout.min(Duration::from_secs(10)),
-            self.exchange(Method::GET, &url, None),
+            self.exchange(Method::GET, &url, None, &HeaderMap::new()),
         )
         .await
         .ok()?
@@ -653,10 +668,13 @@ mod tests {
             let upstream = upstream_at(&url, direct);
             let chat = upstream.url("/chat/completions");
             let stats = ExchangeStats::default();
-            let response = timeout(deadline, upstream.send(&chat, &body, &stats))
-                .await
-                .expect("answered in time")
-                .expect("sent");
+            let response = timeout(
+                deadline,
+                upstream.send(&chat, &body, &stats, &HeaderMap::new()),
+            )
+            .await
+            .expect("answered in time")
+            .expect("sent");
             assert!(response.status().is_success());
             let post = timeout(deadline, seen.recv()).await.unwrap().unwrap();
             let list = timeout(deadline, upstream.get_list("/models"))

@@ -2,7 +2,8 @@
 //!
 //! It echoes the last user message, streams it word by word and reports usage
 //! (one token per whitespace-separated word), so the whole toolkit can be tried,
-//! tested and benchmarked on a machine with no model and no key.
+//! tested and benchmarked on a machine with no model and no key. Its Responses
+//! API is in [`super::mock_responses`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -10,7 +11,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ChatCall, FrameStream, Reply, unix_now};
+use super::{ChatCall, FrameStream, Reply, ResponsesCall, unix_now};
 use crate::api::openai::{ApiError, Usage};
 
 #[derive(Default)]
@@ -27,7 +28,7 @@ struct Message {
 }
 
 /// The text of a message's `content`: a string, or the text parts of an array.
-fn content_text(content: &Value) -> String {
+pub(super) fn content_text(content: &Value) -> String {
     match content {
         Value::String(s) => s.clone(),
         Value::Array(parts) => parts
@@ -39,12 +40,12 @@ fn content_text(content: &Value) -> String {
     }
 }
 
-fn count_words(text: &str) -> u64 {
+pub(super) fn count_words(text: &str) -> u64 {
     text.split_whitespace().count() as u64
 }
 
 /// Splits text into stream pieces: each word with the whitespace before it.
-fn pieces(text: &str) -> Vec<&str> {
+pub(super) fn pieces(text: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut in_word = false;
@@ -66,6 +67,11 @@ fn pieces(text: &str) -> Vec<&str> {
 impl MockUpstream {
     pub fn new() -> MockUpstream {
         MockUpstream::default()
+    }
+
+    /// A `POST /v1/responses` request, answered offline.
+    pub fn responses(&self, call: ResponsesCall) -> Result<Reply, ApiError> {
+        super::mock_responses::respond(&self.counter, call)
     }
 
     pub fn chat(&self, call: ChatCall) -> Result<Reply, ApiError> {

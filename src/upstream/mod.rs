@@ -14,9 +14,12 @@
 //! Every upstream answers with a [`Reply`]: a complete JSON body, or a stream of
 //! ready-to-send SSE frames. Failures are already in the OpenAI error shape.
 
+pub mod catalog;
 pub mod chat;
+pub mod forward;
 pub mod http;
 pub mod mock;
+mod mock_responses;
 pub mod provider;
 pub mod responses;
 mod retry;
@@ -130,6 +133,8 @@ pub struct ChatCall {
     pub stream: bool,
     pub include_usage: bool,
     pub stats: Arc<ExchangeStats>,
+    /// The client's headers that go upstream ([`forward::client_headers`]).
+    pub headers: axum::http::HeaderMap,
 }
 
 /// One `POST /v1/responses` request as the gateway hands it on: the body is
@@ -141,6 +146,8 @@ pub struct ResponsesCall {
     pub model: String,
     pub stream: bool,
     pub stats: Arc<ExchangeStats>,
+    /// The client's headers that go upstream ([`forward::client_headers`]).
+    pub headers: axum::http::HeaderMap,
 }
 
 pub enum Upstream {
@@ -181,18 +188,10 @@ impl Upstream {
 
     /// Forwards a Responses API request to `{base}/responses` (whatever
     /// `upstream.api` says: OpenAI-compatible servers usually serve both).
-    /// Streams are relayed as they arrive, unchanged.
+    /// Streams are relayed as they arrive, unchanged. The mock answers itself.
     pub async fn responses(&self, call: ResponsesCall) -> Result<Reply, ApiError> {
         let http = match self {
-            Upstream::Mock(_) => {
-                return Err(ApiError::new(
-                    axum::http::StatusCode::NOT_IMPLEMENTED,
-                    "invalid_request_error",
-                    "the built-in mock upstream does not serve the Responses API; \
-                     set upstream.url to a Responses API server",
-                )
-                .code("unsupported_upstream"));
-            }
+            Upstream::Mock(m) => return m.responses(call),
             Upstream::Chat(c) => c.http(),
             Upstream::Responses(r) => r.http(),
         };
@@ -202,6 +201,7 @@ impl Upstream {
             call.stream,
             call.stats,
             responses::responses_usage,
+            &call.headers,
         )
         .await
     }

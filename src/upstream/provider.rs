@@ -16,7 +16,7 @@
 //! guards the last error text, written on failure and read by `/health`.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::Upstream;
@@ -77,6 +77,8 @@ pub struct Provider {
     cooldown_until: AtomicU64,
     probing: AtomicBool,
     last_error: Mutex<Option<String>>,
+    /// What its `GET /models` reported (only with `models = []`).
+    discovered: RwLock<Arc<[String]>>,
 }
 
 impl Provider {
@@ -97,16 +99,42 @@ impl Provider {
             cooldown_until: AtomicU64::new(0),
             probing: AtomicBool::new(false),
             last_error: Mutex::new(None),
+            discovered: RwLock::new(Arc::from(Vec::new())),
         }
     }
 
     /// Whether a model name is one this provider declares (`*` = any; a
-    /// trailing `*` is a prefix).
+    /// trailing `*` is a prefix), or, with `models = []`, one it reported.
     pub fn serves(&self, model: &str) -> bool {
+        if self.discovers() {
+            return self
+                .discovered
+                .read()
+                .is_ok_and(|ids| ids.iter().any(|id| id == model));
+        }
         self.settings
             .models
             .iter()
             .any(|pattern| pattern_matches(pattern, model))
+    }
+
+    /// `models = []`: its models are what its `GET /models` reports.
+    pub fn discovers(&self) -> bool {
+        self.settings.models.is_empty()
+    }
+
+    /// The model ids it reported (empty unless it discovers).
+    pub fn discovered(&self) -> Vec<String> {
+        self.discovered
+            .read()
+            .map(|ids| ids.to_vec())
+            .unwrap_or_default()
+    }
+
+    pub fn set_discovered(&self, ids: Vec<String>) {
+        if let Ok(mut current) = self.discovered.write() {
+            *current = Arc::from(ids);
+        }
     }
 
     pub fn in_flight(&self) -> u32 {
@@ -258,14 +286,7 @@ impl Drop for InFlight {
     }
 }
 
-/// `*` matches everything, `gpt-5-*` every name starting `gpt-5-`, anything
-/// else only itself.
-pub fn pattern_matches(pattern: &str, model: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => model.starts_with(prefix),
-        None => pattern == model,
-    }
-}
+pub use crate::home::config::pattern_matches;
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,7 @@
 //! upstream ([`super::http`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -78,7 +79,7 @@ impl ResponsesUpstream {
         let body = Bytes::from(serde_json::to_vec(&request).expect("JSON serialises"));
         let response = self
             .http
-            .send(&self.responses_url, &body, &call.stats)
+            .send(&self.responses_url, &body, &call.stats, &call.headers)
             .await?;
         if !response.status().is_success() {
             return Err(self.http.passthrough_error(response).await);
@@ -93,7 +94,7 @@ impl ResponsesUpstream {
             let translator =
                 StreamTranslator::new(&call.model, &id, unix_now(), call.include_usage);
             return Ok(Reply::Stream(translate_stream(
-                chunks, translator, call.stats,
+                chunks, translator, call.stats, KEEPALIVE,
             )));
         }
         let streamed = response
@@ -190,11 +191,22 @@ fn final_response(body: &[u8], display_url: &str) -> Result<Value, ApiError> {
     )))
 }
 
-/// Translates the upstream's event stream frame by frame, as it arrives.
+/// While the upstream sends nothing the client can use (a reasoning model
+/// thinking), a translated stream sends an SSE comment this often, so clients
+/// and intermediaries with read timeouts keep the connection.
+pub const KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// The SSE comment sent as keep-alive; clients ignore comment lines.
+const KEEPALIVE_FRAME: &str = ": keep-alive\n\n";
+
+/// Translates the upstream's event stream frame by frame, as it arrives. The
+/// first frame is the role chunk, at once; then, whenever no frame went out for
+/// `keepalive`, an SSE comment.
 fn translate_stream(
     chunks: ChunkStream,
-    translator: StreamTranslator,
+    mut translator: StreamTranslator,
     stats: Arc<ExchangeStats>,
+    keepalive: Duration,
 ) -> FrameStream {
     struct State {
         chunks: ChunkStream,
@@ -223,20 +235,29 @@ fn translate_stream(
             }
         }
     }
+    let first = Bytes::from(translator.start().concat());
     let state = State {
         chunks,
         parser: SseParser::new(),
         translator,
         stats,
     };
-    Box::pin(futures_util::stream::unfold(state, |mut st| async move {
+    let rest = futures_util::stream::unfold(state, move |mut st| async move {
         let mut out = String::new();
         while out.is_empty() {
             if st.translator.is_done() {
                 // Terminal frames were sent: stop reading (dropping the upstream).
                 return None;
             }
-            match st.chunks.next().await {
+            // `next()` is cancel-safe: a keep-alive tick loses no chunk.
+            let next = match tokio::time::timeout(keepalive, st.chunks.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    out.push_str(KEEPALIVE_FRAME);
+                    break;
+                }
+            };
+            match next {
                 Some(Ok(chunk)) => {
                     let events = st.parser.feed(&chunk);
                     st.translate(events, &mut out);
@@ -256,7 +277,8 @@ fn translate_stream(
             }
         }
         Some((Bytes::from(out), st))
-    }))
+    });
+    Box::pin(futures_util::stream::once(async move { first }).chain(rest))
 }
 
 #[cfg(test)]
@@ -301,7 +323,9 @@ event: response.completed\ndata: {\"response\":{\"id\":\"resp_1\",\"status\":\"c
         ]));
         let stats = Arc::new(ExchangeStats::default());
         let translator = StreamTranslator::new("m", "chatcmpl-1", 1, false);
-        let frames: Vec<Bytes> = translate_stream(chunks, translator, stats).collect().await;
+        let frames: Vec<Bytes> = translate_stream(chunks, translator, stats, KEEPALIVE)
+            .collect()
+            .await;
         let text: String = frames
             .iter()
             .map(|b| std::str::from_utf8(b).unwrap())
@@ -310,5 +334,29 @@ event: response.completed\ndata: {\"response\":{\"id\":\"resp_1\",\"status\":\"c
         assert!(text.contains("connection reset"), "{text}");
         assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
         assert_eq!(text.matches("[DONE]").count(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_role_chunk_comes_first_then_keep_alives_while_the_upstream_is_silent() {
+        let silent: ChunkStream = Box::pin(futures_util::stream::pending());
+        let stats = Arc::new(ExchangeStats::default());
+        let translator = StreamTranslator::new("m", "chatcmpl-1", 1, false);
+        let mut frames = translate_stream(silent, translator, stats, Duration::from_millis(5));
+        let first = frames.next().await.unwrap();
+        let first: Value = serde_json::from_str(
+            std::str::from_utf8(&first)
+                .unwrap()
+                .strip_prefix("data: ")
+                .unwrap()
+                .trim(),
+        )
+        .unwrap();
+        assert_eq!(
+            first["choices"][0]["delta"],
+            json!({"role": "assistant", "content": ""})
+        );
+        for _ in 0..3 {
+            assert_eq!(frames.next().await.unwrap(), KEEPALIVE_FRAME.as_bytes());
+        }
     }
 }

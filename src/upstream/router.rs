@@ -75,6 +75,8 @@ pub struct Router {
     cooldown: Duration,
     /// `[aliases]`: a name clients send -> the model routed.
     aliases: std::collections::HashMap<String, String>,
+    /// Built from `[[providers]]` (not the `[upstream]` shorthand).
+    declared: bool,
 }
 
 /// Where one model goes.
@@ -124,6 +126,7 @@ impl Router {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            declared: !config.providers.is_empty(),
         })
     }
 
@@ -140,6 +143,17 @@ impl Router {
             })
             .collect::<Vec<_>>()
             .join(" ")
+    }
+
+    /// The task that keeps the model catalog up to date (see [`super::catalog`]);
+    /// `None` when no provider discovers its models.
+    pub fn catalog(&self, config: &Config) -> Option<super::catalog::Catalog> {
+        let catalog = super::catalog::Catalog::new(
+            self.providers.clone(),
+            config.home.cache_dir().join("models.json"),
+            Duration::from_secs(config.routing.catalog_refresh),
+        );
+        catalog.discovers().then_some(catalog)
     }
 
     /// Every provider, in priority order.
@@ -223,8 +237,14 @@ impl Router {
         })
     }
 
-    /// The model list of the first provider that has one.
+    /// The `/v1/models` list. With `[[providers]]`: the catalog (declared and
+    /// discovered models, see [`super::catalog`]). With `[upstream]` alone, as
+    /// always: the upstream's own list when it has one (`None`: the caller
+    /// serves the configured models).
     pub async fn models(&self) -> Option<Bytes> {
+        if self.declared {
+            return Some(super::catalog::list(&self.providers));
+        }
         for provider in &self.providers {
             if let Some(list) = provider.upstream.models().await {
                 return Some(list);

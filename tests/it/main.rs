@@ -12,11 +12,14 @@
 mod support;
 
 mod anthropic;
+mod clients;
 mod completions;
 mod daemon;
 mod doctor;
 mod home_only;
 mod hostile;
+mod nats;
+mod operators;
 mod preflight;
 mod prompts;
 mod proxy;

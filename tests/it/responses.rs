@@ -160,6 +160,63 @@ async fn streamed_text_arrives_as_it_comes_with_one_finish_and_a_usage_chunk() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_chat_stream_has_headers_and_a_role_chunk_while_the_upstream_is_silent() {
+    let (upstream, _prompts, _home, proxy) = setup(Answer::SilentThenText, "", &[]);
+    let mut r = tokio::time::timeout(
+        PATIENCE,
+        client()
+            .post(format!("{}/v1/chat/completions", proxy.url))
+            .json(&chat("gpt-5", true))
+            .send(),
+    )
+    .await
+    .expect("response headers while the upstream is still silent")
+    .unwrap();
+    // The upstream has not been released: everything so far came without it.
+    assert_eq!(upstream.hits(), 1);
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let first = tokio::time::timeout(PATIENCE, r.chunk())
+        .await
+        .expect("a first chunk while the upstream is still silent")
+        .unwrap()
+        .unwrap();
+    let (chunks, _) = chunks_of(std::str::from_utf8(&first).unwrap());
+    assert_eq!(
+        chunks[0]["choices"][0]["delta"],
+        json!({"role": "assistant", "content": ""})
+    );
+    upstream.wait_arrival().await;
+    upstream.release();
+    let mut rest = String::new();
+    while let Some(bytes) = tokio::time::timeout(PATIENCE, r.chunk())
+        .await
+        .expect("the rest of the stream")
+        .unwrap()
+    {
+        rest.push_str(std::str::from_utf8(&bytes).unwrap());
+    }
+    let (chunks, done) = chunks_of(&rest);
+    assert!(done, "{rest}");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, TEXT);
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["choices"][0]["delta"].get("role").is_none()),
+        "the role is sent once: {rest}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn tool_calls_stream_as_deltas_and_come_back_whole() {
     let (upstream, _prompts, _home, proxy) = setup(Answer::ToolCall, "", &[]);
     let mut body = chat("gpt-5", true);
@@ -220,7 +277,12 @@ async fn response_failed_becomes_an_error_event() {
         .unwrap();
     let (chunks, done) = chunks_of(&text);
     assert!(done, "{text}");
-    assert_eq!(chunks[0]["choices"][0]["delta"]["content"], "partial");
+    assert_eq!(
+        chunks[0]["choices"][0]["delta"],
+        json!({"role": "assistant", "content": ""}),
+        "the role chunk comes first, at once"
+    );
+    assert_eq!(chunks[1]["choices"][0]["delta"]["content"], "partial");
     let last = chunks.last().unwrap();
     assert_openai_error(last);
     assert_eq!(last["error"]["message"], "the model fell over");
@@ -247,7 +309,12 @@ async fn an_upstream_dropping_mid_stream_ends_the_clients_stream_cleanly() {
     .expect("the stream ends, never hangs");
     let (chunks, done) = chunks_of(&text);
     assert!(done, "{text}");
-    assert_eq!(chunks[0]["choices"][0]["delta"]["content"], "partial");
+    assert_eq!(
+        chunks[0]["choices"][0]["delta"],
+        json!({"role": "assistant", "content": ""}),
+        "the role chunk comes first, at once"
+    );
+    assert_eq!(chunks[1]["choices"][0]["delta"]["content"], "partial");
     assert_openai_error(chunks.last().unwrap());
     assert_eq!(upstream.hits(), 1, "no retry once bytes reached the client");
     until("the slot is released", || async {
@@ -257,9 +324,10 @@ async fn an_upstream_dropping_mid_stream_ends_the_clients_stream_cleanly() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn v1_responses_is_served_only_when_enabled() {
-    // Off by default: the OpenAI-shaped 404.
-    let (_upstream, _prompts, _home, proxy) = setup(Answer::Text, "", &[]);
+async fn v1_responses_is_served_by_default_and_404_when_turned_off() {
+    // Off (via the WARDEN_ variable): the OpenAI-shaped 404.
+    let (_upstream, _prompts, _home, proxy) =
+        setup(Answer::Text, "", &[("WARDEN_ENABLE_RESPONSES_API", "0")]);
     let r = post(
         &proxy,
         "/v1/responses",
@@ -268,55 +336,37 @@ async fn v1_responses_is_served_only_when_enabled() {
     .await;
     assert_eq!(r.status(), 404);
     let body: Value = r.json().await.unwrap();
-    assert!(body["error"]["message"].is_string());
+    assert_openai_error(&body);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("enable_responses_api"),
+        "{body}"
+    );
     drop(proxy);
 
-    // On (via the WARDEN_ variable): forwarded with the base instructions, the
-    // client's own kept as a developer message; same admission as chat.
-    let (upstream, _prompts, _home, proxy) = setup(
-        Answer::Text,
-        "",
-        &[
-            ("WARDEN_ENABLE_RESPONSES_API", "1"),
-            ("WARDEN_AUTH_TOKEN", "tok"),
-        ],
-    );
-    let request = json!({"model": "gpt-5", "input": "hi", "instructions": "be terse"});
-    let r = post(&proxy, "/v1/responses", &request).await;
+    // On by default: forwarded, same admission as chat. A request without
+    // instructions of its own gets the base prompt.
+    let (upstream, _prompts, _home, proxy) =
+        setup(Answer::Text, "", &[("WARDEN_AUTH_TOKEN", "tok")]);
+    let bare = json!({"model": "gpt-5", "input": "hi"});
+    let r = post(&proxy, "/v1/responses", &bare).await;
     assert_eq!(r.status(), 401, "bearer required like every /v1 route");
     let c = client();
     let url = format!("{}/v1/responses", proxy.url);
-    let reply: Value = c
-        .post(&url)
-        .bearer_auth("tok")
-        .json(&request)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let send = |body: &Value| c.post(&url).bearer_auth("tok").json(body).send();
+    let reply: Value = send(&bare).await.unwrap().json().await.unwrap();
     assert_eq!(reply["object"], "response", "relayed as it is: {reply}");
     assert_eq!(reply["output"][0]["content"][0]["text"], TEXT);
     let sent = upstream.last_body();
     assert_eq!(sent["instructions"], remote_text("base_instructions"));
-    assert_eq!(sent["input"][0]["role"], "developer");
-    assert_eq!(sent["input"][0]["content"][0]["text"], "be terse");
-    assert_eq!(sent["input"][1]["content"][0]["text"], "hi");
+    assert_eq!(sent["input"], "hi");
 
     // Streaming is relayed as is (Responses events, not chat chunks).
-    let mut streaming = request.clone();
+    let mut streaming = bare.clone();
     streaming["stream"] = json!(true);
-    let text = c
-        .post(&url)
-        .bearer_auth("tok")
-        .json(&streaming)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = send(&streaming).await.unwrap().text().await.unwrap();
     assert!(
         text.contains("event: response.output_text.delta\n"),
         "{text}"
@@ -333,8 +383,53 @@ async fn v1_responses_is_served_only_when_enabled() {
         "usage of both answers counted: {metrics}"
     );
     drop(proxy);
+}
 
-    // CHATMOCK_ aliases; no base instructions: the client's own go through untouched.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_base_prompt_is_not_added_when_the_client_brings_its_own() {
+    let (upstream, _prompts, _home, proxy) = setup(Answer::Text, "", &[]);
+    // Its own `instructions`: forwarded untouched.
+    let own = json!({"model": "gpt-5", "input": "hi", "instructions": "be terse"});
+    assert_eq!(post(&proxy, "/v1/responses", &own).await.status(), 200);
+    assert_eq!(upstream.last_body(), own);
+    // A leading developer message (what Codex CLI sends): untouched too.
+    let codex_like = json!({"model": "gpt-5-codex", "input": [
+        {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "You are Codex."}]},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}]});
+    let r = client()
+        .post(format!("{}/v1/responses", proxy.url))
+        .header("session-id", "s-1")
+        .header("originator", "codex_exec")
+        .header("x-codex-turn-metadata", "{}")
+        .json(&codex_like)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(upstream.last_body(), codex_like);
+    let headers = upstream.last_headers();
+    assert_eq!(headers["session-id"], "s-1", "Codex's headers forwarded");
+    assert_eq!(headers["originator"], "codex_exec");
+    assert_eq!(headers["x-codex-turn-metadata"], "{}");
+    assert_eq!(headers["x-request-id"], r.headers()["x-request-id"]);
+    drop(proxy);
+
+    // responses_always_base_instructions: the 0.1 policy, the base prompt on
+    // top and the client's own kept as a developer message.
+    let (upstream, _prompts, _home, proxy) = setup(
+        Answer::Text,
+        "",
+        &[("WARDEN_RESPONSES_ALWAYS_BASE_INSTRUCTIONS", "1")],
+    );
+    assert_eq!(post(&proxy, "/v1/responses", &own).await.status(), 200);
+    let sent = upstream.last_body();
+    assert_eq!(sent["instructions"], remote_text("base_instructions"));
+    assert_eq!(sent["input"][0]["role"], "developer");
+    assert_eq!(sent["input"][0]["content"][0]["text"], "be terse");
+    assert_eq!(sent["input"][1]["content"][0]["text"], "hi");
+    drop(proxy);
+
+    // CHATMOCK_ aliases; no base instructions ever: untouched even without its own.
     let (upstream, _prompts, _home, proxy) = setup(
         Answer::Text,
         "",
@@ -343,10 +438,9 @@ async fn v1_responses_is_served_only_when_enabled() {
             ("CHATMOCK_RESPONSES_NO_BASE_INSTRUCTIONS", "1"),
         ],
     );
-    let r = post(&proxy, "/v1/responses", &request).await;
-    assert_eq!(r.status(), 200);
-    let sent = upstream.last_body();
-    assert_eq!(sent, request);
+    let bare = json!({"model": "gpt-5", "input": "hi"});
+    assert_eq!(post(&proxy, "/v1/responses", &bare).await.status(), 200);
+    assert_eq!(upstream.last_body(), bare);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -802,3 +802,71 @@ fn bad_provider_configs_are_refused_naming_the_key() {
         assert!(err.contains(key), "{config}: {err}");
     }
 }
+
+async fn model_ids(proxy: &Proxy) -> Vec<String> {
+    let list: Value = client()
+        .get(format!("{}/v1/models", proxy.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_catalog_unites_declared_and_discovered_models_and_outlives_a_down_provider() {
+    let a = TestUpstream::start("a", Mode::Healthy);
+    let d = TestUpstream::start("d", Mode::Healthy);
+    let config = |d_url: &str| {
+        format!(
+            "{}{}",
+            provider("a", &a.url, r#"["gpt-5", "gpt-5-*"]"#, 0, ""),
+            provider("d", d_url, "[]", 1, ""),
+        )
+    };
+    let home = TestHome::new();
+    home.config(&config(&d.url));
+    let proxy = Proxy::start(&home, &[], &[]);
+    // d is asked for its list in the background; then it serves what it reported.
+    until("d's models are listed", || async {
+        model_ids(&proxy).await.contains(&"d-model".to_string())
+    })
+    .await;
+    assert_eq!(model_ids(&proxy).await, ["gpt-5", "d-model"]);
+    let (_, by, _) = answered_by(chat(&proxy, "d-model").await).await;
+    assert_eq!(by, "d");
+    let one: Value = client()
+        .get(format!("{}/v1/models/d-model", proxy.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["owned_by"], "d");
+    let cached: Value = serde_json::from_str(&home.read("cache/models.json")).unwrap();
+    assert_eq!(cached["providers"]["d"], json!(["d-model"]));
+    drop(proxy);
+
+    // d is down now: after a restart its models still come from the cache.
+    home.config(&config(&crate::support::upstream::closed_port_url()));
+    let proxy = Proxy::start(&home, &[], &[]);
+    assert_eq!(model_ids(&proxy).await, ["gpt-5", "d-model"]);
+    let r = chat(&proxy, "d-model").await;
+    assert_eq!(r.status(), 502, "routed to d, which is down");
+    drop(proxy);
+
+    // A corrupt cache is ignored by the proxy and deleted by doctor.
+    home.write("cache/models.json", "{ not json");
+    let out = crate::support::run("doctor", &home, &[]);
+    let said = crate::support::text(&out.stdout);
+    assert!(said.contains("models.json"), "{said}");
+    assert!(!home.file("cache/models.json").exists(), "{said}");
+}

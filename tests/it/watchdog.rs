@@ -234,7 +234,7 @@ fn a_sigstopped_proxy_is_replaced_and_the_hung_process_is_gone() {
     );
     // SIGTERM is not delivered to a stopped process: the short grace, then SIGKILL.
     assert!(
-        log.contains(&format!("stopped PID {} (needed SIGKILL", old.pid)),
+        log.contains(&format!("stopped PID {} was killed with SIGKILL", old.pid)),
         "{log}"
     );
     assert!(

@@ -48,4 +48,31 @@ try:
 except openai.BadRequestError as e:
     assert e.status_code == 400
 
-print(f"openai {openai.__version__}: models={models} chat, streaming with usage and errors OK ({expect})")
+# The request id every answer carries (the SDK's `_request_id`).
+assert reply._request_id, "no x-request-id on the answer"
+
+# models.retrieve (GET /v1/models/{id}) and its 404.
+assert client.models.retrieve(models[0]).id == models[0]
+try:
+    client.models.retrieve("no-such-model")
+    raise AssertionError("an unknown model was found")
+except openai.NotFoundError as e:
+    assert e.code == "model_not_found", e
+
+# The Responses API: create, and the `responses.stream` helper with its events.
+response = client.responses.create(model=models[0], input=prompt)
+assert response.output_text == want, response
+assert response.usage and response.usage.output_tokens > 0, response.usage
+deltas, kinds = "", []
+with client.responses.stream(model=models[0], input=prompt) as stream:
+    for event in stream:
+        kinds.append(event.type)
+        if event.type == "response.output_text.delta":
+            deltas += event.delta
+    final = stream.get_final_response()
+assert deltas == want, (deltas, kinds)
+assert final.output_text == want, final
+assert kinds[0] == "response.created" and kinds[-1] == "response.completed", kinds
+
+print(f"openai {openai.__version__}: models={models} chat, streaming with usage, errors, "
+      f"models.retrieve and responses (create, stream) OK ({expect})")

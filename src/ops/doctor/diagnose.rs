@@ -284,16 +284,10 @@ pub fn api_key(ctx: &Context) -> Diagnosis {
 
 /// What a stale PID file points at, in words, for the message.
 fn stale_target(path: &Path, record: &Option<PidRecord>) -> String {
-    let pid = record.as_ref().map(|r| r.pid).or_else(|| {
-        std::fs::read_to_string(path)
-            .ok()?
-            .lines()
-            .next()?
-            .trim()
-            .parse::<i32>()
-            .ok()
-            .filter(|&p| p > 0)
-    });
+    let pid = record
+        .as_ref()
+        .map(|r| r.pid)
+        .or_else(|| pidfile::read_first_pid(path));
     match pid {
         None => "its content is not a PID".into(),
         Some(pid) if !process::is_alive(pid) => format!("it names PID {pid}, which is not running"),
@@ -400,7 +394,7 @@ pub fn orphaned_proxies(home: &Home) -> Vec<ProcessIdentity> {
 }
 
 /// Proxies of this home running outside the PID file: stopped only with `--yes`.
-pub fn orphans(home: &Home, grace: Duration, yes: bool) -> Diagnosis {
+pub fn orphans(home: &Home, grace: Duration, wait: Duration, yes: bool) -> Diagnosis {
     let found = orphaned_proxies(home);
     if found.is_empty() {
         return Diagnosis::ok("no orphaned proxy of this home");
@@ -418,6 +412,7 @@ pub fn orphans(home: &Home, grace: Duration, yes: bool) -> Diagnosis {
                 home: home.clone(),
                 proxies: found,
                 grace,
+                wait,
             },
         );
     }
@@ -577,6 +572,18 @@ pub fn logs(ctx: &Context) -> Diagnosis {
             },
         },
     )
+}
+
+/// `cache/models.json`, the model catalog cache: a corrupt one is deleted.
+pub fn models_cache(home: &Home) -> Diagnosis {
+    let path = home.cache_dir().join("models.json");
+    if !path.exists() {
+        return Diagnosis::ok("no model catalog cache (written when a provider has models = [])");
+    }
+    match crate::home::models_cache::inspect(&path) {
+        Ok(()) => Diagnosis::ok(format!("{} is sound", path.display())),
+        Err(why) => Diagnosis::fixable(why, Fix::DeleteCatalog { path }),
+    }
 }
 
 /// The prompt cache: a corrupt entry or `metadata.json` is deleted and refilled.

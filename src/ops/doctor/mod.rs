@@ -28,8 +28,9 @@ use serde::Serialize;
 
 use crate::home::config::{Overrides, PromptsConfig};
 use crate::home::{Home, LogKind};
+use crate::lifecycle::oplock;
 use crate::lifecycle::pidfile;
-use crate::lifecycle::process::{self, ProcessIdentity, Termination};
+use crate::lifecycle::process::{self, ProcessIdentity};
 use crate::ops::preflight::builtin::{self, Context};
 use crate::ops::preflight::{self, RunOptions, Status};
 use crate::prompts::{self, CacheDamage, PromptSourceKind, PromptStore};
@@ -179,6 +180,8 @@ pub enum Fix {
         home: Home,
         proxies: Vec<ProcessIdentity>,
         grace: Duration,
+        /// How long to wait for the home's operation lock.
+        wait: Duration,
     },
     /// Rotate logs over `logs.max_bytes`.
     RotateLogs {
@@ -188,6 +191,9 @@ pub enum Fix {
         /// A proxy is running: it keeps its log open.
         proxy_running: Option<i32>,
     },
+    /// Delete a corrupt `cache/models.json` (the model catalog cache); the proxy
+    /// asks its providers again.
+    DeleteCatalog { path: PathBuf },
     /// Delete corrupt prompt cache entries (or `metadata.json`) and refill them.
     RepairPrompts {
         home: Home,
@@ -253,6 +259,11 @@ impl Fix {
                     .join(", "),
                 crate::home::logs::KEEP_ROTATED
             ),
+            Fix::DeleteCatalog { path } => format!(
+                "delete {} (the proxy lists its providers' models again at start and every \
+                 routing.catalog_refresh)",
+                path.display()
+            ),
             Fix::RepairPrompts { home, cfg, damage } => format!(
                 "delete {} and refill {} from the fallback chain (remote, local file, built-in)",
                 damaged_files(home, cfg, damage),
@@ -263,10 +274,11 @@ impl Fix {
 
     /// Applies the fix. `Err` says why it could not be done (nothing half-done is
     /// left behind: every step is atomic or idempotent).
-    pub async fn apply(&self) -> Result<Applied, String> {
+    pub async fn apply(&self) -> Result<Applied, FixError> {
         match self {
             Fix::CreateDirs { home, missing } => {
-                home.ensure_dirs().map_err(|e| e.to_string())?;
+                home.ensure_dirs()
+                    .map_err(|e| FixError::io("create the folders of", home.root(), e))?;
                 Ok(Applied::done(format!(
                     "created {}",
                     dir_list(home, missing)
@@ -280,7 +292,7 @@ impl Fix {
             } => {
                 let created =
                     crate::home::atomic_file::create_new(path, text.as_bytes(), Some(*mode))
-                        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                        .map_err(|e| FixError::io("write", path, e))?;
                 Ok(Applied::done(if created {
                     format!("wrote {} from {source} (mode {mode:04o})", path.display())
                 } else {
@@ -290,14 +302,15 @@ impl Fix {
             Fix::TightenMode { path, from, to } => {
                 use std::os::unix::fs::PermissionsExt;
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(*to))
-                    .map_err(|e| format!("cannot chmod {}: {e}", path.display()))?;
+                    .map_err(|e| FixError::io("chmod", path, e))?;
                 Ok(Applied::done(format!(
                     "tightened {} from {from:04o} to {to:04o}",
                     path.display()
                 )))
             }
             Fix::RemoveStalePidFile { path, names } => {
-                let removed = pidfile::remove_stale(path).map_err(|e| e.to_string())?;
+                let removed = pidfile::remove_stale(path)
+                    .map_err(|e| FixError::io("remove the stale PID file", path, e))?;
                 Ok(Applied::done(if removed {
                     format!(
                         "removed stale {} ({names}; nothing was signalled)",
@@ -311,11 +324,15 @@ impl Fix {
                 home,
                 proxies,
                 grace,
+                wait,
             } => {
-                let (home, proxies, grace) = (home.clone(), proxies.clone(), *grace);
-                tokio::task::spawn_blocking(move || stop_orphans(&home, &proxies, grace))
+                let (home, proxies, grace, wait) = (home.clone(), proxies.clone(), *grace, *wait);
+                tokio::task::spawn_blocking(move || stop_orphans(&home, &proxies, grace, wait))
                     .await
-                    .map_err(|e| format!("stopping the orphans crashed: {e}"))?
+                    .map_err(|source| FixError::Crashed {
+                        what: "stopping the orphans",
+                        source,
+                    })?
             }
             Fix::RotateLogs {
                 home,
@@ -326,7 +343,7 @@ impl Fix {
                 let mut done = Vec::new();
                 for (path, size) in logs {
                     let rotated = crate::home::logs::rotate_if_over(path, *max_bytes)
-                        .map_err(|e| format!("cannot rotate {}: {e}", path.display()))?;
+                        .map_err(|e| FixError::io("rotate", path, e))?;
                     if let Some(to) = rotated {
                         done.push(format!(
                             "{} ({}) to {}",
@@ -358,7 +375,51 @@ impl Fix {
                     note,
                 })
             }
+            Fix::DeleteCatalog { path } => {
+                match std::fs::remove_file(path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(FixError::io("delete", path, e)),
+                }
+                Ok(Applied::done(format!(
+                    "deleted {}; it is rebuilt from the providers' model lists",
+                    path.display()
+                )))
+            }
             Fix::RepairPrompts { home, cfg, damage } => repair_prompts(home, cfg, damage).await,
+        }
+    }
+}
+
+/// Why a fix could not be applied: the operation and the path, or the PIDs.
+#[derive(Debug, thiserror::Error)]
+pub enum FixError {
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The blocking task panicked; `source` holds the panic.
+    #[error("{what} crashed: {source}")]
+    Crashed {
+        what: &'static str,
+        source: tokio::task::JoinError,
+    },
+    /// Another operation holds the home's operation lock.
+    #[error(transparent)]
+    Lock(#[from] crate::lifecycle::oplock::OpLockError),
+    /// Some orphans could not be stopped (each error names its PID).
+    #[error("{}", failed.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    NotStopped { failed: Vec<process::ProcessError> },
+}
+
+impl FixError {
+    fn io(op: &'static str, path: &Path, source: std::io::Error) -> FixError {
+        FixError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
         }
     }
 }
@@ -411,11 +472,16 @@ fn damaged_files(home: &Home, cfg: &PromptsConfig, damage: &CacheDamage) -> Stri
 
 /// Stops each planned orphan that is still one: a proxy of this home, with the same
 /// identity as when it was found, and still not the PID file's process.
+/// Holds the home's operation lock while it works, so no `daemon` or watchdog
+/// operation is half-way through a restart (whose successor would look like an
+/// orphan); state is read again once the lock is held.
 fn stop_orphans(
     home: &Home,
     proxies: &[ProcessIdentity],
     grace: Duration,
-) -> Result<Applied, String> {
+    wait: Duration,
+) -> Result<Applied, FixError> {
+    let _lock = oplock::acquire_blocking(home, "doctor --yes", wait, &mut |_| {})?;
     let current = process::find_proxies_of_home(home, diagnose::PROXY_EXE);
     let known = diagnose::recorded_proxy_pid(home);
     let mut done = Vec::new();
@@ -428,22 +494,23 @@ fn stop_orphans(
             ));
             continue;
         }
+        let started = std::time::Instant::now();
         match process::terminate(identity, grace) {
-            Ok(Termination::Exited) => done.push(format!("stopped orphaned proxy PID {pid}")),
-            Ok(Termination::Killed) => done.push(format!(
-                "stopped orphaned proxy PID {pid} (SIGKILL: it did not exit within {} s of SIGTERM)",
-                grace.as_secs()
+            Ok(how) => done.push(format!(
+                "stopped orphaned proxy {}",
+                process::Ended {
+                    pid,
+                    how,
+                    took: started.elapsed()
+                }
             )),
-            Ok(Termination::AlreadyGone) => {
-                done.push(format!("PID {pid} had already exited; not signalled"))
-            }
-            Err(e) => failed.push(e.to_string()),
+            Err(e) => failed.push(e),
         }
     }
     if failed.is_empty() {
         Ok(Applied::done(done.join("; ")))
     } else {
-        Err(failed.join("; "))
+        Err(FixError::NotStopped { failed })
     }
 }
 
@@ -453,13 +520,16 @@ async fn repair_prompts(
     home: &Home,
     cfg: &PromptsConfig,
     damage: &CacheDamage,
-) -> Result<Applied, String> {
+) -> Result<Applied, FixError> {
     let deleted = damaged_files(home, cfg, damage);
     let (h, c, d) = (home.clone(), cfg.clone(), damage.clone());
     tokio::task::spawn_blocking(move || prompts::remove_damaged(&h, &c, &d))
         .await
-        .map_err(|e| format!("deleting the damaged cache crashed: {e}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| FixError::Crashed {
+            what: "deleting the damaged cache",
+            source,
+        })?
+        .map_err(|e| FixError::io("delete the damaged cache in", &home.prompts_cache_dir(), e))?;
     let store = PromptStore::new(home, cfg);
     let budget = Duration::from_secs(cfg.fetch_timeout.clamp(1, 10));
     let mut refilled = Vec::new();
@@ -543,7 +613,10 @@ async fn settle(id: &str, diagnosis: Diagnosis, opts: Options) -> Finding {
             ),
             Err(why) => finding(
                 FindingStatus::NeedsYou,
-                format!("{message}; the fix failed: {why}"),
+                format!(
+                    "{message}; the fix failed: {}",
+                    crate::support::http_client::error_chain(&why)
+                ),
                 Some(fix.describe()),
                 hint.or_else(|| {
                     Some("fix it by hand as the action says, then run doctor again".into())
@@ -572,12 +645,21 @@ pub async fn run(home: &Home, opts: Options) -> Report {
         findings.push(settle(id, diagnose::pid_file(&path), opts).await);
     }
     let grace = Duration::from_secs(ctx.cfg.daemon.stop_timeout);
-    findings.push(settle("orphans", diagnose::orphans(home, grace, opts.yes), opts).await);
+    let wait = crate::lifecycle::supervisor::operation_wait(&ctx.cfg);
+    findings.push(
+        settle(
+            "orphans",
+            diagnose::orphans(home, grace, wait, opts.yes),
+            opts,
+        )
+        .await,
+    );
 
     // Once orphans are gone the port may be free.
     findings.push(settle("port", diagnose::port(&ctx), opts).await);
     findings.push(settle("logs", diagnose::logs(&ctx), opts).await);
     findings.push(settle("prompts", diagnose::prompts(&ctx), opts).await);
+    findings.push(settle("models-cache", diagnose::models_cache(home), opts).await);
 
     findings.extend(reused_checks(home, opts).await);
 

@@ -144,32 +144,37 @@ pub struct RunOptions {
     pub overrides: Overrides,
 }
 
+/// `--only`/`--skip` named checks this home does not have.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "unknown check id{} {}; known ids: {}",
+    if unknown.len() == 1 { "" } else { "s" },
+    unknown.iter().map(|id| format!("{id:?}")).collect::<Vec<_>>().join(", "),
+    known.join(", ")
+)]
+pub struct UnknownCheckIds {
+    pub unknown: Vec<String>,
+    /// Every id of this home, built-in and operator.
+    pub known: Vec<String>,
+}
+
 impl RunOptions {
     /// Rejects ids in `only`/`skip` that name no check of this home (built-in or
     /// operator), so a typo cannot silently skip nothing. The error lists the
     /// known ids.
-    pub fn validate(&self, home: &Home) -> Result<(), String> {
+    pub fn validate(&self, home: &Home) -> Result<(), UnknownCheckIds> {
         let known = check_ids(home);
-        let unknown: Vec<&str> = self
+        let unknown: Vec<String> = self
             .only
             .iter()
             .chain(&self.skip)
-            .map(String::as_str)
-            .filter(|id| !known.iter().any(|k| k == id))
+            .filter(|id| !known.iter().any(|k| k == *id))
+            .cloned()
             .collect();
         if unknown.is_empty() {
             return Ok(());
         }
-        Err(format!(
-            "unknown check id{} {}; known ids: {}",
-            if unknown.len() == 1 { "" } else { "s" },
-            unknown
-                .iter()
-                .map(|id| format!("{id:?}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            known.join(", ")
-        ))
+        Err(UnknownCheckIds { unknown, known })
     }
 
     fn selected(&self, id: &str) -> Result<(), &'static str> {
@@ -460,7 +465,7 @@ mod tests {
             skip: vec!["prot".into()],
             ..Default::default()
         };
-        let err = bad.validate(&home).unwrap_err();
+        let err = bad.validate(&home).unwrap_err().to_string();
         assert!(
             err.contains("\"prot\"") && err.contains("port"),
             "names the typo and the known ids: {err}"

@@ -3,6 +3,7 @@
 //!
 //! Every process a test signals is one it spawned here; every address is loopback.
 
+pub mod nats;
 pub mod prompt_server;
 pub mod responses_upstream;
 pub mod upstream;

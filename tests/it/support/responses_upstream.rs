@@ -26,6 +26,9 @@ pub enum Answer {
     Text,
     /// Like `Text`, but the stream pauses after "Hello" until `release()`.
     GatedText,
+    /// Like `Text`, but after the response headers the body stays silent (a
+    /// model thinking) until `release()`.
+    SilentThenText,
     /// A `get_weather` call with arguments `{"city":"Paris"}`, streamed in two pieces.
     ToolCall,
     /// Streams "partial", then `response.failed`.
@@ -42,6 +45,8 @@ pub struct ResponsesState {
     pub hits: AtomicUsize,
     /// Every request body received, parsed.
     pub bodies: Mutex<Vec<Value>>,
+    /// The headers of every request received.
+    pub headers: Mutex<Vec<axum::http::HeaderMap>>,
     /// Notified when a gated stream paused.
     pub arrived: Notify,
     gate: Notify,
@@ -98,8 +103,13 @@ fn created() -> Bytes {
                  "response": {"id": "resp_1", "object": "response", "status": "in_progress"}}))
 }
 
-async fn responses(State(st): State<Arc<ResponsesState>>, body: Bytes) -> Response {
+async fn responses(
+    State(st): State<Arc<ResponsesState>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
     st.hits.fetch_add(1, Ordering::SeqCst);
+    st.headers.lock().unwrap().push(headers);
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     st.bodies.lock().unwrap().push(request.clone());
     let model = request["model"].as_str().unwrap_or("").to_string();
@@ -114,10 +124,15 @@ async fn responses(State(st): State<Arc<ResponsesState>>, body: Bytes) -> Respon
     }
     let completed = event(json!({"type": "response.completed", "response": whole}));
     match st.answer {
-        Answer::Text | Answer::GatedText => {
+        Answer::Text | Answer::GatedText | Answer::SilentThenText => {
             let gated = st.answer == Answer::GatedText;
+            let silent = st.answer == Answer::SilentThenText;
             let st = st.clone();
             sse(async_stream(move |tx| async move {
+                if silent {
+                    st.arrived.notify_one();
+                    st.gate.notified().await;
+                }
                 let _ = tx.send(created()).await;
                 let _ = tx
                     .send(event(json!({"type": "response.output_item.added", "output_index": 0,
@@ -203,6 +218,7 @@ impl ResponsesUpstream {
             answer,
             hits: AtomicUsize::new(0),
             bodies: Mutex::new(Vec::new()),
+            headers: Mutex::new(Vec::new()),
             arrived: Notify::new(),
             gate: Notify::new(),
         });
@@ -228,6 +244,17 @@ impl ResponsesUpstream {
     pub fn last_body(&self) -> Value {
         self.state
             .bodies
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("a request reached the upstream")
+    }
+
+    /// The headers of the last request received.
+    pub fn last_headers(&self) -> axum::http::HeaderMap {
+        self.state
+            .headers
             .lock()
             .unwrap()
             .last()

@@ -1,0 +1,404 @@
+//! The NATS ingress (SPEC §13): the same gateway, reached over NATS instead of
+//! HTTP, so proxies on many hosts can share one stream of requests.
+//!
+//! Why NATS, and why this shape:
+//! - **Distribution is NATS's job.** Every proxy subscribes in one queue group
+//!   (`nats.queue`); the server hands each request to one of them. warden adds
+//!   no coordinator of its own.
+//! - **A NATS service** (`async-nats`'s `service` API): `SUBJECT.chat` and
+//!   `SUBJECT.models` are endpoints of the service `warden`, so `$SRV.PING`,
+//!   `$SRV.INFO` and `$SRV.STATS` discover and describe every proxy, as for any
+//!   NATS micro-service. Replies are published by warden itself (the service's
+//!   `respond` cannot send headers with a body), so the service's own
+//!   `num_requests` stays 0; the `data` object of `$SRV.STATS` carries warden's
+//!   counts.
+//! - **Backpressure, never a queue.** At most `nats.max_concurrent` requests are
+//!   handled at once; one more gets an immediate error reply with code 429 (the
+//!   client retries or another proxy answers), as the HTTP ingress does. In
+//!   JetStream mode the proxy only pulls a job when it has room, and the durable
+//!   consumer's `max_ack_pending` bounds what the cluster hands out.
+//! - **One dispatch path.** A request goes through [`super::dispatch`]: the
+//!   same parsing, admission (`server.max_concurrent`), routing, metrics and
+//!   access log as HTTP; this module only translates replies ([`reply`]).
+//! - **The connection is never given up**: reconnects retry forever with
+//!   backoff; `/health` shows `nats.state`, and readiness does not depend on it
+//!   (HTTP keeps serving while NATS is away; `/health` then says `warn`).
+//!
+//! [`start`] connects in the background; [`NatsIngress::drain`] stops taking
+//! requests, waits for those in flight, then closes the connection.
+
+mod jobs;
+mod reply;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::service::ServiceExt;
+use futures_util::StreamExt;
+use tokio::sync::{Semaphore, watch};
+
+use super::Gateway;
+use super::dispatch::{self, Ingress, Record};
+use crate::api::metrics::{Metrics, Rejection};
+use crate::api::openai::ApiError;
+
+/// The HTTP route a NATS endpoint stands for, in logs and metrics.
+const CHAT_ROUTE: &str = "/v1/chat/completions";
+const MODELS_ROUTE: &str = "/v1/models";
+
+/// Connection state as `/health` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum NatsState {
+    Off = 0,
+    Connected = 1,
+    Reconnecting = 2,
+    Disconnected = 3,
+}
+
+impl NatsState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NatsState::Off => "off",
+            NatsState::Connected => "connected",
+            NatsState::Reconnecting => "reconnecting",
+            NatsState::Disconnected => "disconnected",
+        }
+    }
+}
+
+/// What `/health` and `/metrics` read about the NATS ingress (atomics only).
+pub struct NatsStatus {
+    state: AtomicU8,
+    in_flight: AtomicU64,
+}
+
+impl NatsStatus {
+    pub fn new(enabled: bool) -> NatsStatus {
+        let state = if enabled {
+            NatsState::Disconnected
+        } else {
+            NatsState::Off
+        };
+        NatsStatus {
+            state: AtomicU8::new(state as u8),
+            in_flight: AtomicU64::new(0),
+        }
+    }
+
+    pub fn state(&self) -> NatsState {
+        match self.state.load(Ordering::Relaxed) {
+            1 => NatsState::Connected,
+            2 => NatsState::Reconnecting,
+            3 => NatsState::Disconnected,
+            _ => NatsState::Off,
+        }
+    }
+
+    fn set_state(&self, state: NatsState) {
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// One NATS request being handled: holds a `nats.max_concurrent` permit and
+/// keeps the in-flight figures right until dropped.
+struct InFlight {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    gw: Arc<Gateway>,
+}
+
+impl InFlight {
+    /// Takes a permit now, or `None` at the cap.
+    fn try_take(gw: &Arc<Gateway>, permits: &Arc<Semaphore>) -> Option<InFlight> {
+        let permit = permits.clone().try_acquire_owned().ok()?;
+        Some(InFlight::with(gw, permit))
+    }
+
+    fn with(gw: &Arc<Gateway>, permit: tokio::sync::OwnedSemaphorePermit) -> InFlight {
+        gw.nats.in_flight.fetch_add(1, Ordering::Relaxed);
+        gw.metrics.nats_in_flight(1);
+        InFlight {
+            _permit: permit,
+            gw: gw.clone(),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.gw.nats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.gw.metrics.nats_in_flight(-1);
+    }
+}
+
+/// The 429 a NATS request gets beyond `nats.max_concurrent`.
+fn nats_overloaded(limit: usize) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::TOO_MANY_REQUESTS,
+        "rate_limit_error",
+        format!(
+            "this proxy is handling its limit of {limit} NATS requests (nats.max_concurrent); \
+             retry shortly"
+        ),
+    )
+    .code("concurrency_limit")
+    .retry_after(1)
+}
+
+/// The running ingress; [`NatsIngress::drain`] ends it.
+pub struct NatsIngress {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the NATS ingress when `nats.url` is set (else `None`: no network at
+/// all). Connecting happens in the background and is retried forever.
+pub fn start(gw: &Arc<Gateway>) -> Option<NatsIngress> {
+    if !gw.config.nats.enabled() {
+        return None;
+    }
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(run(gw.clone(), stopped));
+    Some(NatsIngress { stop, task })
+}
+
+impl NatsIngress {
+    /// Stops taking requests (service endpoints unsubscribed, no more pulls),
+    /// waits for the requests in flight to be answered, then closes the
+    /// connection. The caller bounds how long this may take.
+    pub async fn drain(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Stops taking requests now, without waiting.
+    pub fn stop_taking(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Reconnect delay: 100 ms doubling to at most 2 s, forever.
+fn reconnect_delay(attempts: usize) -> Duration {
+    let shift = attempts.min(5) as u32;
+    Duration::from_millis(100u64 << shift).min(Duration::from_secs(2))
+}
+
+async fn connect(gw: &Arc<Gateway>) -> Result<async_nats::Client, String> {
+    let nats = &gw.config.nats;
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("warden-proxy {}", crate::VERSION))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(reconnect_delay)
+        .connection_timeout(Duration::from_secs(5));
+    if let Some(token) = gw.config.nats_token() {
+        options = options.token(token);
+    } else if !nats.token_env.is_empty() {
+        tracing::warn!(
+            variable = %nats.token_env,
+            "nats.token_env names a variable that is not set: connecting without a token"
+        );
+    }
+    if !nats.credentials_file.is_empty() {
+        options = options
+            .credentials_file(&nats.credentials_file)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot read nats.credentials_file {}: {e}",
+                    nats.credentials_file
+                )
+            })?;
+    }
+    let status = gw.clone();
+    options = options.event_callback(move |event| {
+        let gw = status.clone();
+        async move { on_event(&gw.nats, &gw.metrics, event) }
+    });
+    let servers: Vec<async_nats::ServerAddr> = nats
+        .url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>().map_err(|e| {
+                format!(
+                    "nats.url {:?} is not a NATS server address: {e}",
+                    crate::support::redact::url(u)
+                )
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    options
+        .connect(servers.as_slice())
+        .await
+        .map_err(|e| format!("cannot start the NATS connection: {e}"))
+}
+
+fn on_event(status: &NatsStatus, metrics: &Metrics, event: async_nats::Event) {
+    match event {
+        async_nats::Event::Connected => {
+            if status.state() == NatsState::Reconnecting {
+                metrics.nats_reconnected();
+                tracing::info!("NATS connection is back");
+            } else {
+                tracing::info!("NATS connected");
+            }
+            status.set_state(NatsState::Connected);
+            metrics.nats_connected(true);
+        }
+        async_nats::Event::Disconnected => {
+            tracing::warn!("NATS connection lost: reconnecting (forever, with backoff)");
+            status.set_state(NatsState::Reconnecting);
+            metrics.nats_connected(false);
+        }
+        async_nats::Event::Closed => {
+            status.set_state(NatsState::Disconnected);
+            metrics.nats_connected(false);
+        }
+        other => tracing::warn!(event = %other, "NATS"),
+    }
+}
+
+/// Connects, serves the service endpoints (and the JetStream consumer), and
+/// drains when `stop` turns true.
+async fn run(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
+    let nats = gw.config.nats.clone();
+    let client = match connect(&gw).await {
+        Ok(client) => client,
+        Err(message) => {
+            tracing::error!("{message}; the NATS ingress is off, HTTP keeps serving");
+            gw.nats.set_state(NatsState::Disconnected);
+            return;
+        }
+    };
+    tracing::info!(
+        url = %crate::support::redact::url(&nats.url),
+        subject = %nats.subject,
+        queue = %nats.queue,
+        max_concurrent = nats.max_concurrent,
+        jetstream = nats.jetstream,
+        "NATS ingress starting"
+    );
+    let permits = Arc::new(Semaphore::new(nats.max_concurrent));
+    let jobs = nats.jetstream.then(|| {
+        tokio::spawn(jobs::run(
+            gw.clone(),
+            client.clone(),
+            permits.clone(),
+            stop.clone(),
+        ))
+    });
+    let counts = gw.clone();
+    let service = client
+        .service_builder()
+        .description("warden: OpenAI-compatible Chat Completions over NATS")
+        .queue_group(&nats.queue)
+        .stats_handler(move |_endpoint, _stats| {
+            let s = &counts.metrics.stats;
+            serde_json::json!({
+                "in_flight": counts.nats.in_flight(),
+                "requests_total": s.total.load(Ordering::Relaxed),
+                "rejected": s.rejected.load(Ordering::Relaxed),
+            })
+        })
+        .start("warden", crate::VERSION)
+        .await;
+    let service = match service {
+        Ok(service) => service,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the NATS service; the NATS ingress is off");
+            return;
+        }
+    };
+    let endpoint = |name: &'static str| {
+        service
+            .endpoint_builder()
+            .name(name)
+            .add(format!("{}.{name}", nats.subject))
+    };
+    let (mut chat, mut models) = match (endpoint("chat").await, endpoint("models").await) {
+        (Ok(chat), Ok(models)) => (chat, models),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot add the NATS service endpoints");
+            return;
+        }
+    };
+    loop {
+        let (request, route) = tokio::select! {
+            Some(request) = chat.next() => (request, CHAT_ROUTE),
+            Some(request) = models.next() => (request, MODELS_ROUTE),
+            _ = stop.wait_for(|stop| *stop) => break,
+        };
+        let Some(reply_to) = request.message.reply.clone() else {
+            tracing::debug!(subject = %request.message.subject, "NATS request without a reply subject: ignored");
+            continue;
+        };
+        let Some(in_flight) = InFlight::try_take(&gw, &permits) else {
+            let mut record = Record::start(gw.clone(), Ingress::Nats, route);
+            gw.metrics.rejected(Rejection::Concurrency);
+            let e = nats_overloaded(nats.max_concurrent);
+            record.status = e.status.as_u16();
+            let sent = reply::publish_error(&client, reply_to, &e).await;
+            record.finish(sent);
+            continue;
+        };
+        let (gw, client) = (gw.clone(), client.clone());
+        let payload = request.message.payload;
+        tokio::spawn(async move {
+            let _in_flight = in_flight;
+            if route == MODELS_ROUTE {
+                serve_models(gw, client, reply_to).await;
+            } else {
+                serve_chat(gw, client, reply_to, payload).await;
+            }
+        });
+    }
+    // Draining: no new requests (endpoints and discovery unsubscribed), wait for
+    // the ones in flight (and the JetStream loop), then flush and close.
+    let _ = chat.stop().await;
+    let _ = models.stop().await;
+    let _ = service.stop().await;
+    if let Some(jobs) = jobs {
+        let _ = jobs.await;
+    }
+    let all = u32::try_from(nats.max_concurrent).unwrap_or(u32::MAX);
+    let _ = permits.acquire_many(all).await;
+    let _ = client.flush().await;
+    let _ = client.drain().await;
+    tracing::info!("NATS ingress drained");
+}
+
+async fn serve_chat(
+    gw: Arc<Gateway>,
+    client: async_nats::Client,
+    reply_to: async_nats::Subject,
+    payload: bytes::Bytes,
+) {
+    let mut record = Record::start(gw.clone(), Ingress::Nats, CHAT_ROUTE);
+    let dispatched = dispatch::chat(&gw, payload).await;
+    record.exchange = dispatched.info;
+    let delivered = match dispatched.outcome {
+        Ok((answer, slot)) => reply::deliver(&client, reply_to, answer, slot, None).await,
+        Err(e) => reply::Delivered {
+            status: e.status.as_u16(),
+            sent: reply::publish_error(&client, reply_to, &e).await,
+            started: false,
+        },
+    };
+    record.status = delivered.status;
+    record.finish(delivered.sent);
+}
+
+async fn serve_models(gw: Arc<Gateway>, client: async_nats::Client, reply_to: async_nats::Subject) {
+    let mut record = Record::start(gw.clone(), Ingress::Nats, MODELS_ROUTE);
+    let body = dispatch::models(&gw).await;
+    record.status = 200;
+    let sent = client.publish(reply_to, body).await.is_ok();
+    record.finish(sent);
+}

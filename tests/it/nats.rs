@@ -1,0 +1,468 @@
+//! The NATS ingress (SPEC §13) against a real nats-server: request/reply,
+//! streaming, discovery, error replies, the 429 beyond the cap, JetStream jobs
+//! surviving a killed proxy, reconnects, and the drain on SIGTERM.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use axum::Router;
+use axum::routing::post;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+use crate::support::nats::NatsServer;
+use crate::support::upstream::{Behaviour, COMPLETION, Upstream};
+use crate::support::{PATIENCE, Proxy, TestHome, assert_openai_error, client};
+
+fn home_with(nats: &NatsServer, upstream: &str, extra: &str) -> TestHome {
+    let home = TestHome::new();
+    home.config(&format!(
+        "[upstream]\nurl = \"{upstream}\"\nattempts = 1\n\n[nats]\nurl = \"{}\"\n{extra}",
+        nats.url()
+    ));
+    home
+}
+
+async fn health(proxy: &Proxy) -> Value {
+    client()
+        .get(format!("{}/health", proxy.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Waits until `/health` says `nats.state == state`.
+async fn wait_nats_state(proxy: &Proxy, state: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let report = health(proxy).await;
+        if report["nats"]["state"] == state {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nats.state never became {state}: {report}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A request with a deadline, retried while no proxy has subscribed yet.
+async fn request(nc: &async_nats::Client, subject: &str, body: Value) -> async_nats::Message {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match tokio::time::timeout(
+            PATIENCE,
+            nc.request(subject.to_string(), Bytes::from(body.to_string())),
+        )
+        .await
+        {
+            Ok(Ok(message)) => return message,
+            Ok(Err(e)) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(Err(e)) => panic!("request on {subject} failed: {e}"),
+            Err(_) => panic!("no reply on {subject} within {PATIENCE:?}"),
+        }
+    }
+}
+
+fn header<'a>(message: &'a async_nats::Message, name: &str) -> Option<&'a str> {
+    message.headers.as_ref()?.get(name).map(|v| v.as_str())
+}
+
+fn chat(stream: bool) -> Value {
+    json!({"model": "gpt-5", "stream": stream, "messages": [{"role": "user", "content": "hello over nats"}]})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn request_reply_streaming_models_and_discovery() {
+    let nats = NatsServer::start();
+    let home = home_with(&nats, "mock", "");
+    let proxy = Proxy::start(&home, &[], &[]);
+    wait_nats_state(&proxy, "connected").await;
+    let nc = nats.client().await;
+
+    // Non-streaming: one reply, the chat.completion JSON.
+    let reply = request(&nc, "warden.chat", chat(false)).await;
+    assert!(header(&reply, "Nats-Service-Error").is_none());
+    let body: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(body["object"], "chat.completion", "{body}");
+    assert_eq!(body["choices"][0]["message"]["content"], "hello over nats");
+
+    // Streaming: one message per chunk with Warden-Seq 1, 2, …, then done.
+    let inbox = nc.new_inbox();
+    let mut replies = nc.subscribe(inbox.clone()).await.unwrap();
+    nc.publish_with_reply("warden.chat", inbox, Bytes::from(chat(true).to_string()))
+        .await
+        .unwrap();
+    let mut text = String::new();
+    let mut seq = 0;
+    loop {
+        let message = tokio::time::timeout(PATIENCE, replies.next())
+            .await
+            .expect("stream message in time")
+            .expect("subscription open");
+        if header(&message, "Warden-Status") == Some("done") {
+            assert!(message.payload.is_empty());
+            break;
+        }
+        seq += 1;
+        assert_eq!(
+            header(&message, "Warden-Seq"),
+            Some(seq.to_string().as_str())
+        );
+        let chunk: Value = serde_json::from_slice(&message.payload).unwrap();
+        assert_eq!(chunk["object"], "chat.completion.chunk", "{chunk}");
+        if let Some(piece) = chunk["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(piece);
+        }
+    }
+    assert!(seq >= 2, "several chunks expected, got {seq}");
+    assert_eq!(text, "hello over nats");
+
+    // Models: the same list object as GET /v1/models.
+    let reply = request(&nc, "warden.models", json!({})).await;
+    let list: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(list["object"], "list");
+    assert_eq!(list["data"][0]["id"], "gpt-5");
+
+    // Discovery: $SRV.PING / INFO / STATS answer for the service.
+    let ping = request(&nc, "$SRV.PING.warden", json!({})).await;
+    let ping: Value = serde_json::from_slice(&ping.payload).unwrap();
+    assert_eq!(ping["name"], "warden", "{ping}");
+    let info = request(&nc, "$SRV.INFO.warden", json!({})).await;
+    let info: Value = serde_json::from_slice(&info.payload).unwrap();
+    let subjects: Vec<&str> = info["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["subject"].as_str().unwrap())
+        .collect();
+    assert!(
+        subjects.contains(&"warden.chat") && subjects.contains(&"warden.models"),
+        "{info}"
+    );
+    assert!(info["endpoints"][0]["queue_group"] == "warden", "{info}");
+    let stats = request(&nc, "$SRV.STATS.warden", json!({})).await;
+    let stats: Value = serde_json::from_slice(&stats.payload).unwrap();
+    assert!(
+        stats["endpoints"][0]["data"]["requests_total"]
+            .as_u64()
+            .unwrap()
+            >= 3,
+        "{stats}"
+    );
+
+    // Health and metrics count NATS requests like HTTP ones.
+    let report = health(&proxy).await;
+    assert_eq!(report["nats"]["state"], "connected");
+    assert_eq!(report["nats"]["in_flight"], 0);
+    assert!(
+        report["requests"]["success"].as_u64().unwrap() >= 3,
+        "{report}"
+    );
+    let metrics = client()
+        .get(format!("{}/metrics", proxy.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "warden_nats_requests_total{route=\"/v1/chat/completions\",outcome=\"ok\"} 2"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("warden_nats_connected 1"), "{metrics}");
+    // The access log names the ingress.
+    let log = home.read("logs/proxy.log");
+    assert!(log.contains("ingress=\"nats\""), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_is_off_by_default_and_touches_no_network() {
+    let home = TestHome::new();
+    let proxy = Proxy::start(&home, &[], &[]);
+    let report = health(&proxy).await;
+    assert_eq!(report["nats"], json!({"state": "off", "in_flight": 0}));
+    assert_eq!(report["status"], "pass");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_are_service_errors_with_the_openai_body() {
+    let nats = NatsServer::start();
+    let upstream = Upstream::start(Behaviour::Always(503));
+    let home = home_with(&nats, &upstream.url(), "");
+    let proxy = Proxy::start(&home, &[], &[]);
+    wait_nats_state(&proxy, "connected").await;
+    let nc = nats.client().await;
+    for (body, code) in [
+        (json!({"model": "gpt-5"}), "400"),
+        (json!("not an object"), "400"),
+        (chat(false), "502"),
+    ] {
+        let reply = request(&nc, "warden.chat", body.clone()).await;
+        assert_eq!(
+            header(&reply, "Nats-Service-Error-Code"),
+            Some(code),
+            "{body}"
+        );
+        assert!(
+            !header(&reply, "Nats-Service-Error")
+                .unwrap_or("")
+                .is_empty()
+        );
+        let error: Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert_openai_error(&error);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn beyond_max_concurrent_an_immediate_429_not_a_queue() {
+    let nats = NatsServer::start();
+    let upstream = Upstream::start(Behaviour::Gated);
+    let home = home_with(&nats, &upstream.url(), "max_concurrent = 1\n");
+    let proxy = Proxy::start(&home, &[], &[]);
+    wait_nats_state(&proxy, "connected").await;
+    let nc = nats.client().await;
+    let first = tokio::spawn({
+        let nc = nc.clone();
+        async move { request(&nc, "warden.chat", chat(false)).await }
+    });
+    upstream.wait_arrival().await;
+    // The cap is taken: the next request is refused at once, while the first waits.
+    let refused = request(&nc, "warden.chat", chat(false)).await;
+    assert_eq!(header(&refused, "Nats-Service-Error-Code"), Some("429"));
+    let error: Value = serde_json::from_slice(&refused.payload).unwrap();
+    assert_openai_error(&error);
+    assert_eq!(error["error"]["code"], "concurrency_limit");
+    assert_eq!(health(&proxy).await["nats"]["in_flight"], 1);
+    upstream.state.release();
+    let first = first.await.unwrap();
+    let body: Value = serde_json::from_slice(&first.payload).unwrap();
+    assert_eq!(body["object"], "chat.completion");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_the_nats_request_in_flight_then_exits() {
+    let nats = NatsServer::start();
+    let upstream = Upstream::start(Behaviour::Gated);
+    let home = home_with(&nats, &upstream.url(), "");
+    let mut proxy = Proxy::start(&home, &[], &[]);
+    wait_nats_state(&proxy, "connected").await;
+    let nc = nats.client().await;
+    let pending = tokio::spawn({
+        let nc = nc.clone();
+        async move { request(&nc, "warden.chat", chat(false)).await }
+    });
+    upstream.wait_arrival().await;
+    proxy.signal(Signal::SIGTERM);
+    // Draining: the service stops answering discovery (a ping caught mid-stop
+    // may go unanswered: a second without an answer counts as stopped), and the
+    // request in flight still finishes.
+    let deadline = Instant::now() + PATIENCE;
+    let ping = || {
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            nc.request("$SRV.PING.warden", Bytes::new()),
+        )
+    };
+    while matches!(ping().await, Ok(Ok(_))) {
+        assert!(
+            Instant::now() < deadline,
+            "the service still answers pings while draining"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    upstream.state.release();
+    let reply = pending.await.unwrap();
+    let body: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(body["object"], "chat.completion");
+    assert!(proxy.wait().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reconnects_after_the_nats_server_restarts() {
+    let mut nats = NatsServer::start();
+    let home = home_with(&nats, "mock", "");
+    let proxy = Proxy::start(&home, &[], &[]);
+    wait_nats_state(&proxy, "connected").await;
+    {
+        let nc = nats.client().await;
+        let reply = request(&nc, "warden.chat", chat(false)).await;
+        assert!(header(&reply, "Nats-Service-Error").is_none());
+    }
+    nats.stop();
+    wait_nats_state(&proxy, "reconnecting").await;
+    // HTTP keeps serving and stays ready; /health warns.
+    let ready = client()
+        .get(format!("{}/health/ready", proxy.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(health(&proxy).await["status"], "warn");
+    nats.restart();
+    wait_nats_state(&proxy, "connected").await;
+    let nc = nats.client().await;
+    let reply = request(&nc, "warden.chat", chat(false)).await;
+    let body: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(body["object"], "chat.completion", "{body}");
+    let metrics = client()
+        .get(format!("{}/metrics", proxy.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("warden_nats_reconnects_total 1"),
+        "{metrics}"
+    );
+}
+
+/// An upstream that holds its first request for ever (reporting it) and
+/// answers every later one at once: a proxy can be killed mid-request.
+struct HoldFirst {
+    url: String,
+    hits: Arc<AtomicUsize>,
+    arrived: Arc<Notify>,
+}
+
+impl HoldFirst {
+    async fn start() -> HoldFirst {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let arrived = Arc::new(Notify::new());
+        let app = Router::new().route(
+            "/v1/chat/completions",
+            post({
+                let (hits, arrived) = (hits.clone(), arrived.clone());
+                move || {
+                    let (hits, arrived) = (hits.clone(), arrived.clone());
+                    async move {
+                        if hits.fetch_add(1, Ordering::SeqCst) == 0 {
+                            arrived.notify_one();
+                            std::future::pending::<()>().await;
+                        }
+                        ([("content-type", "application/json")], COMPLETION)
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        HoldFirst { url, hits, arrived }
+    }
+}
+
+async fn job(js: &async_nats::jetstream::Context, reply_to: &str, body: Value) {
+    let mut headers = HeaderMap::new();
+    headers.insert("Warden-Reply-To", reply_to);
+    js.publish_with_headers("warden.jobs.chat", headers, Bytes::from(body.to_string()))
+        .await
+        .unwrap()
+        .await
+        .expect("the job stream stores the job");
+}
+
+/// Waits until the work-queue stream holds no job (all acked or terminated).
+async fn wait_jobs_done(js: &async_nats::jetstream::Context) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut stream = js.get_stream("WARDEN").await.unwrap();
+        let info = stream.info().await.unwrap();
+        if info.state.messages == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "jobs left in the stream: {:?}",
+            info.state
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_jetstream_job_survives_its_proxy_being_killed_and_is_answered_once() {
+    let nats = NatsServer::start();
+    let upstream = HoldFirst::start().await;
+    let extra = "jetstream = true\nack_wait = 2\n";
+    let (home_a, home_b) = (
+        home_with(&nats, &upstream.url, extra),
+        home_with(&nats, &upstream.url, extra),
+    );
+    let mut a = Proxy::start(&home_a, &[], &[]);
+    let mut b = Proxy::start(&home_b, &[], &[]);
+    wait_nats_state(&a, "connected").await;
+    wait_nats_state(&b, "connected").await;
+    let nc = nats.client().await;
+    let js = async_nats::jetstream::new(nc.clone());
+    // The proxies create the stream; wait for it.
+    let deadline = Instant::now() + PATIENCE;
+    while js.get_stream("WARDEN").await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "no proxy created the WARDEN stream"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut replies = nc.subscribe("answers.1").await.unwrap();
+    nc.flush().await.unwrap();
+    job(&js, "answers.1", chat(false)).await;
+    tokio::time::timeout(PATIENCE, upstream.arrived.notified())
+        .await
+        .expect("the job reached the upstream");
+    // Kill whichever proxy holds the job, mid-request.
+    let holder_is_a = health(&a).await["nats"]["in_flight"] == 1;
+    let (holder, other) = if holder_is_a {
+        (&mut a, &b)
+    } else {
+        (&mut b, &a)
+    };
+    holder.signal(Signal::SIGKILL);
+    holder.wait();
+    // After ack_wait the job goes to the other proxy, which answers it.
+    let reply = tokio::time::timeout(PATIENCE, replies.next())
+        .await
+        .expect("the job was answered after the holder died")
+        .unwrap();
+    let body: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(body["object"], "chat.completion", "{body}");
+    wait_jobs_done(&js).await;
+    assert_eq!(upstream.hits.load(Ordering::SeqCst), 2);
+    // Exactly once: nothing else arrives on the reply subject.
+    nc.flush().await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), replies.next())
+            .await
+            .is_err(),
+        "a second reply arrived"
+    );
+    // A bad job is answered with an error and terminated, not redelivered.
+    let mut bad = nc.subscribe("answers.2").await.unwrap();
+    nc.flush().await.unwrap();
+    job(&js, "answers.2", json!({"model": "gpt-5"})).await;
+    let reply = tokio::time::timeout(PATIENCE, bad.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(header(&reply, "Nats-Service-Error-Code"), Some("400"));
+    wait_jobs_done(&js).await;
+    let report = health(other).await;
+    assert_eq!(report["nats"]["in_flight"], 0, "{report}");
+}
