@@ -428,7 +428,10 @@ pub fn stop_reason(finish_reason: Option<&str>) -> &'static str {
 /// Chat `usage` from Messages `usage`: cache reads and writes count as prompt
 /// tokens (Anthropic reports them apart from `input_tokens`).
 pub fn chat_usage(usage: &Value) -> Option<Value> {
-    let output = usage.get("output_tokens")?.as_u64()?;
+    if usage.get("input_tokens").is_none() && usage.get("output_tokens").is_none() {
+        return None;
+    }
+    let output = usage["output_tokens"].as_u64().unwrap_or(0);
     let cached = usage["cache_read_input_tokens"].as_u64().unwrap_or(0);
     let input = usage["input_tokens"].as_u64().unwrap_or(0)
         + usage["cache_creation_input_tokens"].as_u64().unwrap_or(0)
@@ -682,7 +685,10 @@ impl MessagesToChat {
                         self.id = chat_id(id);
                     }
                 }
-                self.chunk(json!({"content": ""}), None)
+                // Nothing yet: the role goes out with the first content, so an
+                // in-band error before any content is the stream's first frame
+                // (which routing treats as a failed attempt and fails over).
+                Vec::new()
             }
             "content_block_start" => {
                 let block = &event["content_block"];
@@ -1740,11 +1746,7 @@ mod tests {
             out,
             vec![
                 chunk(
-                    json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
-                    Value::Null
-                ),
-                chunk(
-                    json!([{"index": 0, "delta": {"content": "Hel"}, "finish_reason": null}]),
+                    json!([{"index": 0, "delta": {"role": "assistant", "content": "Hel"}, "finish_reason": null}]),
                     Value::Null
                 ),
                 chunk(
@@ -1800,8 +1802,7 @@ mod tests {
         assert_eq!(
             deltas,
             vec![
-                json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}),
-                json!({"index": 0, "delta": {"content": "ok"}, "finish_reason": null}),
+                json!({"index": 0, "delta": {"role": "assistant", "content": "ok"}, "finish_reason": null}),
                 json!({"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "toolu_a", "type": "function",
                     "function": {"name": "w", "arguments": ""}}]}, "finish_reason": null}),
                 json!({"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"ci"}}]}, "finish_reason": null}),
@@ -1828,19 +1829,35 @@ mod tests {
                 json!({"type": "message_stop"}),
             ],
         );
-        assert_eq!(out.len(), 4, "{out:?}");
+        assert_eq!(out.len(), 3, "{out:?}");
         assert_eq!(
-            out[2],
+            out[1],
             Some(
                 json!({"error": {"message": "Overloaded", "type": "upstream_error", "param": null,
                 "code": "overloaded_error"}})
             )
         );
-        assert_eq!(out[3], None);
+        assert_eq!(out[2], None);
         assert!(
             out.iter()
                 .flatten()
                 .all(|c| c["choices"][0]["finish_reason"].is_null())
+        );
+
+        // An error before any content is the stream's first frame.
+        let mut t = MessagesToChat::new("m", "c", 1, false);
+        let out = run(
+            &mut t,
+            &[
+                json!({"type": "message_start", "message": {"id": "msg_4", "usage": {"input_tokens": 1}}}),
+                json!({"type": "ping"}),
+                json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+            ],
+        );
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(
+            out[0].as_ref().unwrap()["error"]["code"],
+            "overloaded_error"
         );
 
         let mut t = MessagesToChat::new("m", "c", 1, false);

@@ -146,6 +146,28 @@ pub mod probe {
     use std::time::Duration;
 
     use super::HealthReport;
+    use crate::support::http_client::error_chain;
+
+    /// Why a probe of a running proxy failed; each names the URL it asked.
+    #[derive(Debug, thiserror::Error)]
+    pub enum ProbeError {
+        #[error("{url} answered {status}")]
+        Status {
+            url: String,
+            status: reqwest::StatusCode,
+        },
+        #[error("{url} did not answer in time")]
+        Timeout { url: String },
+        /// `source` is reqwest's error without the URL (named once, here).
+        #[error("{url}: {}", error_chain(source))]
+        Unreachable { url: String, source: reqwest::Error },
+        #[error("{url} answered {status} with an unexpected body: {source}")]
+        Body {
+            url: String,
+            status: u16,
+            source: reqwest::Error,
+        },
+    }
 
     /// A small client for health probes: no pooling surprises, short timeouts.
     pub fn client(timeout: Duration) -> reqwest::Client {
@@ -158,16 +180,19 @@ pub mod probe {
     }
 
     /// `Ok` when `GET {base}/health/ready` answers 200.
-    pub async fn ready(client: &reqwest::Client, base_url: &str) -> Result<(), String> {
+    pub async fn ready(client: &reqwest::Client, base_url: &str) -> Result<(), ProbeError> {
         let url = format!("{base_url}/health/ready");
         match client.get(&url).send().await {
             Ok(r) if r.status().is_success() => Ok(()),
-            Ok(r) => Err(format!("{url} answered {}", r.status())),
-            Err(e) if e.is_timeout() => Err(format!("{url} did not answer in time")),
-            Err(e) => Err(format!(
-                "{url}: {}",
-                crate::support::http_client::describe(e)
-            )),
+            Ok(r) => Err(ProbeError::Status {
+                url,
+                status: r.status(),
+            }),
+            Err(e) if e.is_timeout() => Err(ProbeError::Timeout { url }),
+            Err(e) => Err(ProbeError::Unreachable {
+                url,
+                source: e.without_url(),
+            }),
         }
     }
 
@@ -175,18 +200,25 @@ pub mod probe {
     pub async fn report(
         client: &reqwest::Client,
         base_url: &str,
-    ) -> Result<(u16, HealthReport), String> {
+    ) -> Result<(u16, HealthReport), ProbeError> {
         let url = format!("{base_url}/health");
-        let response = client
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| format!("{url}: {}", crate::support::http_client::describe(e)))?;
+        let response = match client.get(&url).send().await {
+            Ok(response) => response,
+            Err(e) => {
+                return Err(ProbeError::Unreachable {
+                    url,
+                    source: e.without_url(),
+                });
+            }
+        };
         let code = response.status().as_u16();
-        let report = response
-            .json::<HealthReport>()
-            .await
-            .map_err(|e| format!("{url} answered {code} with an unexpected body: {e}"))?;
-        Ok((code, report))
+        match response.json::<HealthReport>().await {
+            Ok(report) => Ok((code, report)),
+            Err(source) => Err(ProbeError::Body {
+                url,
+                status: code,
+                source,
+            }),
+        }
     }
 }

@@ -44,7 +44,7 @@ pub async fn chat_completions(
 pub const PROVIDER_HEADER: &str = "x-warden-provider";
 
 /// Adds `x-warden-provider` and hands the exchange to the observing layer.
-fn attach(response: &mut Response, info: ExchangeInfo) {
+pub(super) fn attach(response: &mut Response, info: ExchangeInfo) {
     if let Some(provider) = info.stats.provider.get() {
         response
             .headers_mut()

@@ -21,11 +21,12 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use super::admission::Slot;
-use super::chat::body_rejection;
+use super::chat::{attach, body_rejection};
 use super::{Gateway, dispatch};
 use crate::api::anthropic::{self, ChatToMessages};
 use crate::api::openai::ApiError;
 use crate::api::sse::SseParser;
+use crate::upstream::forward::client_headers;
 use crate::upstream::{FrameStream, Reply};
 
 /// An error as an HTTP response in Anthropic's shape, same status, with
@@ -56,6 +57,7 @@ fn parse_request(gw: &Gateway, body: Result<Bytes, BytesRejection>) -> Result<Va
 
 pub async fn messages(
     State(gw): State<Arc<Gateway>>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let request = match parse_request(&gw, body) {
@@ -80,13 +82,13 @@ pub async fn messages(
     };
     chat["model"] = json!(model);
     let body = Bytes::from(serde_json::to_vec(&chat).expect("JSON serialises"));
-    let dispatched = dispatch::chat(&gw, body).await;
+    let dispatched = dispatch::chat_with_headers(&gw, body, client_headers(&headers)).await;
     let mut response = match dispatched.outcome {
         Ok((reply, slot)) => respond(reply, slot, &model, stream),
         Err(e) => error_response(&e),
     };
     if let Some(info) = dispatched.info {
-        response.extensions_mut().insert(info);
+        attach(&mut response, info);
     }
     response
 }

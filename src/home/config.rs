@@ -61,6 +61,8 @@ impl Default for ServerConfig {
 pub enum UpstreamApi {
     Chat,
     Responses,
+    /// The Anthropic Messages API (`POST {url}/messages`), spoken in translation.
+    Anthropic,
 }
 
 impl UpstreamApi {
@@ -68,6 +70,7 @@ impl UpstreamApi {
         match self {
             UpstreamApi::Chat => "chat",
             UpstreamApi::Responses => "responses",
+            UpstreamApi::Anthropic => "anthropic",
         }
     }
 }
@@ -1228,11 +1231,12 @@ fn apply_env(s: &mut Settings, env: &EnvSource) -> Result<(), ConfigError> {
         s.upstream.api = match v.trim() {
             "chat" => UpstreamApi::Chat,
             "responses" => UpstreamApi::Responses,
+            "anthropic" => UpstreamApi::Anthropic,
             _ => {
                 return Err(bad(
                     "WARDEN_UPSTREAM_API",
                     origin,
-                    format!("{v:?} must be \"chat\" or \"responses\""),
+                    format!("{v:?} must be \"chat\", \"responses\" or \"anthropic\""),
                 ));
             }
         };
@@ -1417,5 +1421,18 @@ mod tests {
         ]);
         let cfg = Config::load_with_env(&home, &Overrides::default(), env).unwrap();
         assert!(!cfg.features.expose_reasoning);
+    }
+
+    #[test]
+    fn upstream_api_anthropic_from_file_and_env() {
+        let s = parse("[upstream]\napi = \"anthropic\"\n").unwrap();
+        assert_eq!(s.upstream.api, UpstreamApi::Anthropic);
+        let home = Home::at("/nonexistent-warden-home");
+        let env = EnvSource::from_pairs([("WARDEN_UPSTREAM_API", "anthropic")]);
+        let cfg = Config::load_with_env(&home, &Overrides::default(), env).unwrap();
+        assert_eq!(cfg.upstream.api.as_str(), "anthropic");
+        let env = EnvSource::from_pairs([("WARDEN_UPSTREAM_API", "claude")]);
+        let err = Config::load_with_env(&home, &Overrides::default(), env).unwrap_err();
+        assert!(err.to_string().contains("\"anthropic\""), "{err}");
     }
 }

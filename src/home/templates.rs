@@ -269,4 +269,31 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn kubernetes_replicas_log_to_stdout_and_share_a_nats_queue() {
+        let toml: String = KUBERNETES
+            .lines()
+            .skip_while(|l| l.trim() != "warden.toml: |")
+            .skip(1)
+            .take_while(|l| l.is_empty() || l.starts_with("    "))
+            .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
+            .collect();
+        let settings = parse_settings(&toml, Path::new("kubernetes.yaml ConfigMap"))
+            .unwrap_or_else(|e| panic!("the ConfigMap's warden.toml does not parse: {e}"));
+        assert_eq!(settings.logs.target, crate::home::config::LogTarget::Stdout);
+        assert_eq!(settings.nats.url, "nats://nats:4222");
+        assert!(settings.nats.jetstream);
+        for needle in [
+            "replicas: 3",
+            "subPath: warden.toml",
+            "name: nats",
+            "port: 4222",
+        ] {
+            assert!(
+                KUBERNETES.contains(needle),
+                "kubernetes.yaml lacks {needle}"
+            );
+        }
+    }
 }

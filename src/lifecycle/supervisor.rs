@@ -665,7 +665,7 @@ impl Supervisor {
                     };
                     match probe::ready(&self.probe, &running.url).await {
                         Ok(()) => return Ok(running),
-                        Err(e) => last_problem = e,
+                        Err(e) => last_problem = e.to_string(),
                     }
                 }
             }

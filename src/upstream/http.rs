@@ -24,7 +24,9 @@ use axum::http;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use reqwest::Method;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, USER_AGENT};
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT,
+};
 use tokio::time::timeout;
 
 use super::retry;
@@ -63,6 +65,9 @@ pub struct HttpUpstream {
     /// `{base}/responses`, parsed once for `POST /v1/responses` passthrough.
     responses_url: UpstreamUrl,
     auth: Option<HeaderValue>,
+    /// Headers some kinds of upstream need besides (Anthropic: `x-api-key`,
+    /// `anthropic-version`).
+    extra_headers: Vec<(HeaderName, HeaderValue)>,
     attempts: u32,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
@@ -109,11 +114,38 @@ impl HttpUpstream {
             base: provider.base_url().to_string(),
             display: crate::support::redact::url(provider.base_url()),
             auth,
+            extra_headers: Vec::new(),
             attempts: provider.attempts,
             first_byte_timeout: provider.first_byte_timeout,
             idle_timeout: provider.idle_timeout,
             metrics,
         })
+    }
+
+    /// Sends the key the Anthropic way: as `x-api-key` instead of
+    /// `Authorization: Bearer`, with `anthropic-version` on every request.
+    /// `key_env` names the variable the key came from, for the error message.
+    pub fn anthropic_auth(
+        mut self,
+        key: Option<&str>,
+        key_env: &str,
+    ) -> Result<Self, super::UpstreamError> {
+        self.auth = None;
+        if let Some(key) = key {
+            let mut value = HeaderValue::from_str(key.trim()).map_err(|_| {
+                super::UpstreamError::KeyNotAHeader {
+                    var: key_env.to_string(),
+                }
+            })?;
+            value.set_sensitive(true);
+            self.extra_headers
+                .push((HeaderName::from_static("x-api-key"), value));
+        }
+        self.extra_headers.push((
+            HeaderName::from_static("anthropic-version"),
+            HeaderValue::from_static(crate::api::anthropic::ANTHROPIC_VERSION),
+        ));
+        Ok(self)
     }
 
     /// `{base}{path}`, e.g. `url("/chat/completions")`, parsed once.
@@ -241,6 +273,9 @@ impl HttpUpstream {
         }
         if let Some(auth) = &self.auth {
             headers.insert(AUTHORIZATION, auth.clone());
+        }
+        for (name, value) in &self.extra_headers {
+            headers.insert(name.clone(), value.clone());
         }
         // What reqwest would add by itself, written out so hyper sends it too.
         headers.insert(

@@ -14,6 +14,7 @@
 //! Every upstream answers with a [`Reply`]: a complete JSON body, or a stream of
 //! ready-to-send SSE frames. Failures are already in the OpenAI error shape.
 
+pub mod anthropic;
 pub mod catalog;
 pub mod chat;
 pub mod forward;
@@ -154,6 +155,7 @@ pub enum Upstream {
     Mock(mock::MockUpstream),
     Chat(chat::ChatUpstream),
     Responses(responses::ResponsesUpstream),
+    Anthropic(anthropic::AnthropicUpstream),
 }
 
 impl Upstream {
@@ -175,6 +177,13 @@ impl Upstream {
             UpstreamApi::Responses => Upstream::Responses(responses::ResponsesUpstream::new(
                 provider, config, metrics, prompts,
             )?),
+            UpstreamApi::Anthropic => {
+                let http = http::HttpUpstream::new(provider, config, metrics)?.anthropic_auth(
+                    config.provider_api_key(provider).as_deref(),
+                    &provider.api_key_env,
+                )?;
+                Upstream::Anthropic(anthropic::AnthropicUpstream::new(http))
+            }
         })
     }
 
@@ -183,6 +192,7 @@ impl Upstream {
             Upstream::Mock(m) => m.chat(call),
             Upstream::Chat(c) => c.chat(call).await,
             Upstream::Responses(r) => r.chat(call).await,
+            Upstream::Anthropic(a) => a.chat(call).await,
         }
     }
 
@@ -194,6 +204,7 @@ impl Upstream {
             Upstream::Mock(m) => return m.responses(call),
             Upstream::Chat(c) => c.http(),
             Upstream::Responses(r) => r.http(),
+            Upstream::Anthropic(_) => return Err(anthropic::responses_unsupported()),
         };
         http.forward(
             http.responses_url(),
@@ -211,7 +222,7 @@ impl Upstream {
     /// `/v1/models` serves the configured models and their reasoning variants.
     pub async fn models(&self) -> Option<Bytes> {
         match self {
-            Upstream::Mock(_) | Upstream::Responses(_) => None,
+            Upstream::Mock(_) | Upstream::Responses(_) | Upstream::Anthropic(_) => None,
             Upstream::Chat(c) => c.models().await,
         }
     }

@@ -231,3 +231,506 @@ async fn count_tokens_estimates_without_calling_a_provider() {
     assert_eq!(r.status(), 400);
     assert_anthropic_error(&r.json().await.unwrap(), "invalid_request_error");
 }
+
+// ---------------------------------------------------------------------------
+// Claude as a provider: a fake Anthropic upstream
+// ---------------------------------------------------------------------------
+
+/// What the fake Anthropic upstream answers to one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Script {
+    /// "Hello from Claude" (JSON, or the full event sequence when asked to stream).
+    Text,
+    /// A `get_weather` tool call with input `{"city":"Paris"}`.
+    ToolUse,
+    /// HTTP 529 with an `overloaded_error` body.
+    Overloaded,
+    /// HTTP 400 with an `invalid_request_error` body.
+    Invalid,
+    /// A stream: `message_start`, "par", then an in-band `error` event.
+    InBandError,
+}
+
+const CLAUDE_TEXT: &str = "Hello from Claude";
+
+struct FakeState {
+    /// Answers in order; the last one repeats.
+    scripts: Vec<Script>,
+    /// Every request: (path, selected headers, body).
+    requests: std::sync::Mutex<Vec<(String, axum::http::HeaderMap, Value)>>,
+}
+
+struct FakeAnthropic {
+    addr: std::net::SocketAddr,
+    state: std::sync::Arc<FakeState>,
+}
+
+fn event_bytes(v: Value) -> axum::body::Bytes {
+    axum::body::Bytes::from(format!(
+        "event: {}\ndata: {v}\n\n",
+        v["type"].as_str().unwrap()
+    ))
+}
+
+fn message_start() -> Value {
+    json!({"type": "message_start", "message": {"id": "msg_fake1", "type": "message",
+        "role": "assistant", "model": "claude-test", "content": [], "stop_reason": null,
+        "stop_sequence": null, "usage": {"input_tokens": 12, "output_tokens": 1}}})
+}
+
+async fn fake_messages(
+    axum::extract::State(state): axum::extract::State<std::sync::Arc<FakeState>>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let stream = body["stream"] == true;
+    let script = {
+        let mut requests = state.requests.lock().unwrap();
+        requests.push((uri.path().to_string(), headers, body));
+        let n = requests.len() - 1;
+        state.scripts[n.min(state.scripts.len() - 1)]
+    };
+    let sse = |events: Vec<Value>| {
+        axum::response::Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(axum::body::Body::from_stream(futures_util::stream::iter(
+                events
+                    .into_iter()
+                    .map(|e| Ok::<_, std::io::Error>(event_bytes(e))),
+            )))
+            .unwrap()
+    };
+    let error = |status: u16, kind: &str, message: &str| {
+        (
+            axum::http::StatusCode::from_u16(status).unwrap(),
+            axum::Json(json!({"type": "error", "error": {"type": kind, "message": message}})),
+        )
+            .into_response()
+    };
+    match (script, stream) {
+        (Script::Overloaded, _) => error(529, "overloaded_error", "Overloaded"),
+        (Script::Invalid, _) => error(400, "invalid_request_error", "max_tokens: too large"),
+        (Script::Text, false) => axum::Json(json!({"id": "msg_fake1", "type": "message",
+            "role": "assistant", "model": "claude-test",
+            "content": [{"type": "text", "text": CLAUDE_TEXT}],
+            "stop_reason": "end_turn", "stop_sequence": null,
+            "usage": {"input_tokens": 12, "output_tokens": 4}}))
+        .into_response(),
+        (Script::ToolUse, false) => axum::Json(json!({"id": "msg_fake2", "type": "message",
+            "role": "assistant", "model": "claude-test",
+            "content": [{"type": "text", "text": "Let me check."},
+                {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {"city": "Paris"}}],
+            "stop_reason": "tool_use", "stop_sequence": null,
+            "usage": {"input_tokens": 20, "output_tokens": 9}}))
+        .into_response(),
+        (Script::Text, true) => sse(vec![
+            message_start(),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            json!({"type": "ping"}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " from Claude"}}),
+            json!({"type": "content_block_stop", "index": 0}),
+            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+                "usage": {"output_tokens": 4}}),
+            json!({"type": "message_stop"}),
+        ]),
+        (Script::ToolUse, true) => sse(vec![
+            message_start(),
+            json!({"type": "content_block_start", "index": 0, "content_block":
+                {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {}}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{\"ci"}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "ty\": \"Paris\"}"}}),
+            json!({"type": "content_block_stop", "index": 0}),
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null},
+                "usage": {"output_tokens": 9}}),
+            json!({"type": "message_stop"}),
+        ]),
+        (Script::InBandError, _) => sse(vec![
+            message_start(),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "par"}}),
+            json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+        ]),
+    }
+}
+
+impl FakeAnthropic {
+    fn start(scripts: &[Script]) -> FakeAnthropic {
+        let state = std::sync::Arc::new(FakeState {
+            scripts: scripts.to_vec(),
+            requests: std::sync::Mutex::new(Vec::new()),
+        });
+        let app = axum::Router::new()
+            .fallback(axum::routing::post(fake_messages))
+            .with_state(state.clone());
+        FakeAnthropic {
+            addr: crate::support::prompt_server::serve(app),
+            state,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    fn requests(&self) -> Vec<(String, axum::http::HeaderMap, Value)> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    fn last_body(&self) -> Value {
+        self.requests().last().expect("a request arrived").2.clone()
+    }
+}
+
+const KEY: &str = "sk-ant-test-key";
+
+/// A proxy whose upstream is the fake, `api = "anthropic"`, `attempts` tries.
+fn anthropic_proxy(fake: &FakeAnthropic, attempts: u32) -> (TestHome, Proxy) {
+    let home = TestHome::new();
+    home.config(&format!(
+        "[upstream]\nurl = \"{}\"\napi = \"anthropic\"\napi_key_env = \"ANTHROPIC_API_KEY\"\nattempts = {attempts}\nidle_timeout = 10\n\n[features]\nenable_responses_api = true\n",
+        fake.url()
+    ));
+    let proxy = Proxy::start(&home, &[], &[("ANTHROPIC_API_KEY", KEY)]);
+    (home, proxy)
+}
+
+async fn chat_post(proxy: &Proxy, body: &Value) -> reqwest::Response {
+    client()
+        .post(format!("{}/v1/chat/completions", proxy.url))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_through_an_anthropic_provider_sends_messages_with_its_headers() {
+    let fake = FakeAnthropic::start(&[Script::Text]);
+    let (_home, proxy) = anthropic_proxy(&fake, 1);
+    let r = chat_post(
+        &proxy,
+        &json!({"model": "claude-test", "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "hi"}], "stop": "END"}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let reply: Value = r.json().await.unwrap();
+    assert_eq!(reply["object"], "chat.completion");
+    assert_eq!(reply["model"], "claude-test");
+    assert_eq!(reply["choices"][0]["message"]["content"], CLAUDE_TEXT);
+    assert_eq!(reply["choices"][0]["finish_reason"], "stop");
+    assert_eq!(
+        reply["usage"],
+        json!({"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16})
+    );
+
+    let requests = fake.requests();
+    let (path, headers, body) = &requests[0];
+    assert_eq!(path, "/v1/messages");
+    assert_eq!(headers["x-api-key"], KEY);
+    assert_eq!(headers["anthropic-version"], "2023-06-01");
+    assert!(
+        headers.get("authorization").is_none(),
+        "no Bearer to Anthropic"
+    );
+    assert_eq!(
+        *body,
+        json!({"model": "claude-test", "max_tokens": 4096, "system": "be brief",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+            "stop_sequences": ["END"]})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streaming_from_an_anthropic_provider_has_one_finish_and_usage() {
+    let fake = FakeAnthropic::start(&[Script::Text]);
+    let (home, proxy) = anthropic_proxy(&fake, 1);
+    let r = chat_post(
+        &proxy,
+        &json!({"model": "claude-test", "stream": true, "stream_options": {"include_usage": true},
+            "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let data = crate::support::sse_data(&r.text().await.unwrap());
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, CLAUDE_TEXT);
+    let finishes: Vec<&Value> = chunks
+        .iter()
+        .map(|c| &c["choices"][0]["finish_reason"])
+        .filter(|f| !f.is_null())
+        .collect();
+    assert_eq!(finishes, [&json!("stop")]);
+    assert_eq!(
+        chunks.last().unwrap()["usage"],
+        json!({"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16})
+    );
+    assert_eq!(fake.last_body()["stream"], true);
+    assert_eq!(fake.last_body()["max_tokens"], 100);
+    crate::support::eventually("the access-log line with the tokens", || {
+        home.read("logs/proxy.log")
+            .lines()
+            .any(|l| l.contains("prompt_tokens=12") && l.contains("completion_tokens=4"))
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tool_use_round_trip_through_an_anthropic_provider() {
+    let fake = FakeAnthropic::start(&[Script::ToolUse, Script::ToolUse, Script::Text]);
+    let (_home, proxy) = anthropic_proxy(&fake, 1);
+    let tools = json!([{"type": "function", "function": {"name": "get_weather",
+        "description": "weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    let question = json!({"role": "user", "content": "weather in Paris?"});
+
+    // Non-streaming: the call comes back whole.
+    let reply: Value = chat_post(
+        &proxy,
+        &json!({"model": "claude-test", "messages": [question], "tools": tools, "tool_choice": "required"}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let choice = &reply["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    assert_eq!(choice["message"]["content"], "Let me check.");
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["id"], "toolu_01");
+    assert_eq!(call["function"]["name"], "get_weather");
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(args, json!({"city": "Paris"}));
+    let sent = fake.last_body();
+    assert_eq!(
+        sent["tools"],
+        json!([{"name": "get_weather", "description": "weather for a city",
+            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}])
+    );
+    assert_eq!(sent["tool_choice"], json!({"type": "any"}));
+
+    // Streaming: the arguments arrive as deltas and add up.
+    let r = chat_post(
+        &proxy,
+        &json!({"model": "claude-test", "stream": true, "messages": [question], "tools": tools}),
+    )
+    .await;
+    let data = crate::support::sse_data(&r.text().await.unwrap());
+    let chunks: Vec<Value> = data
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let arguments: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+        .collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(&arguments).unwrap(),
+        json!({"city": "Paris"})
+    );
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
+
+    // The result goes back: the call becomes a tool_use block, the result a
+    // tool_result block in the next user turn.
+    let reply: Value = chat_post(
+        &proxy,
+        &json!({"model": "claude-test", "tools": tools, "messages": [question,
+            {"role": "assistant", "content": null, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "toolu_01", "content": "sunny, 21 C"}]}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(reply["choices"][0]["message"]["content"], CLAUDE_TEXT);
+    assert_eq!(
+        fake.last_body()["messages"],
+        json!([
+            {"role": "user", "content": [{"type": "text", "text": "weather in Paris?"}]},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_01",
+                "name": "get_weather", "input": {"city": "Paris"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_01",
+                "content": "sunny, 21 C"}]}
+        ])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn images_reach_an_anthropic_provider_as_base64_and_url_sources() {
+    let fake = FakeAnthropic::start(&[Script::Text]);
+    let (_home, proxy) = anthropic_proxy(&fake, 1);
+    let r = chat_post(
+        &proxy,
+        &json!({"model": "claude-test", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "what is this?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+            {"type": "image_url", "image_url": {"url": "https://example.invalid/cat.jpg"}}]}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        fake.last_body()["messages"][0]["content"],
+        json!([
+            {"type": "text", "text": "what is this?"},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+            {"type": "image", "source": {"type": "url", "url": "https://example.invalid/cat.jpg"}}
+        ])
+    );
+    // A data URL that is not base64 is the client's error, named, and never sent.
+    let r = chat_post(
+        &proxy,
+        &json!({"model": "claude-test", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png,raw"}}]}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    crate::support::assert_openai_error(&body);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("messages[0].content[0].image_url.url"),
+        "{body}"
+    );
+    assert_eq!(fake.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overloaded_is_retried_like_a_5xx_and_errors_keep_their_meaning() {
+    // 529 overloaded, then an answer: the retry makes it whole.
+    let fake = FakeAnthropic::start(&[Script::Overloaded, Script::Text]);
+    let (_home, proxy) = anthropic_proxy(&fake, 2);
+    let r = chat_post(
+        &proxy,
+        &json!({"model": "claude-test", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(fake.requests().len(), 2);
+
+    // Overloaded on every attempt: a 502 (what routing fails over on).
+    let fake = FakeAnthropic::start(&[Script::Overloaded]);
+    let (_home, proxy) = anthropic_proxy(&fake, 2);
+    let r = chat_post(
+        &proxy,
+        &json!({"model": "claude-test", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 502);
+    crate::support::assert_openai_error(&r.json().await.unwrap());
+    assert_eq!(fake.requests().len(), 2);
+
+    // invalid_request_error: a 400 with the provider's message, not retried.
+    let fake = FakeAnthropic::start(&[Script::Invalid]);
+    let (_home, proxy) = anthropic_proxy(&fake, 3);
+    let r = chat_post(
+        &proxy,
+        &json!({"model": "claude-test", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    crate::support::assert_openai_error(&body);
+    assert_eq!(body["error"]["code"], "invalid_request_error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_tokens: too large"),
+        "{body}"
+    );
+    assert_eq!(fake.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_in_band_stream_error_ends_the_chat_stream_with_one_error_frame() {
+    let fake = FakeAnthropic::start(&[Script::InBandError]);
+    let (_home, proxy) = anthropic_proxy(&fake, 1);
+    let r = chat_post(
+        &proxy,
+        &json!({"model": "claude-test", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let data = crate::support::sse_data(&r.text().await.unwrap());
+    assert_eq!(data.len(), 3, "{data:?}");
+    let first: Value = serde_json::from_str(&data[0]).unwrap();
+    assert_eq!(first["choices"][0]["delta"]["content"], "par");
+    let error: Value = serde_json::from_str(&data[1]).unwrap();
+    crate::support::assert_openai_error(&error);
+    assert_eq!(error["error"]["code"], "overloaded_error");
+    assert_eq!(data[2], "[DONE]");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_in_front_of_an_anthropic_provider_and_responses_refused() {
+    // Anthropic in, Anthropic out, through Chat in between.
+    let fake = FakeAnthropic::start(&[Script::ToolUse]);
+    let (_home, proxy) = anthropic_proxy(&fake, 1);
+    let r = client()
+        .post(format!("{}/v1/messages", proxy.url))
+        .json(
+            &json!({"model": "claude-test", "max_tokens": 200, "stream": true,
+            "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}],
+            "messages": [{"role": "user", "content": "weather?"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let events = events(&r.text().await.unwrap());
+    let start = events
+        .iter()
+        .find(|(n, _)| n == "content_block_start")
+        .unwrap();
+    assert_eq!(
+        start.1["content_block"],
+        json!({"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {}})
+    );
+    let json: String = events
+        .iter()
+        .filter_map(|(_, d)| d["delta"]["partial_json"].as_str())
+        .collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(&json).unwrap(),
+        json!({"city": "Paris"})
+    );
+    let delta = events.iter().find(|(n, _)| n == "message_delta").unwrap();
+    assert_eq!(delta.1["delta"]["stop_reason"], "tool_use");
+    assert_eq!(fake.last_body()["max_tokens"], 200);
+
+    // The Responses API has no route to an Anthropic provider: a clear 400.
+    let r = client()
+        .post(format!("{}/v1/responses", proxy.url))
+        .json(&json!({"model": "claude-test", "input": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unsupported_upstream");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("anthropic"),
+        "{body}"
+    );
+}

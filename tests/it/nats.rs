@@ -466,3 +466,106 @@ async fn a_jetstream_job_survives_its_proxy_being_killed_and_is_answered_once() 
     let report = health(other).await;
     assert_eq!(report["nats"]["in_flight"], 0, "{report}");
 }
+
+#[test]
+fn preflight_and_doctor_explain_a_nats_they_cannot_reach() {
+    let port = crate::support::free_port();
+    let home = TestHome::new();
+    home.config(&format!("[nats]\nurl = \"nats://127.0.0.1:{port}\"\n"));
+    let out = crate::support::run("preflight", &home, &["--only", "upstream", "--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let upstream_check = |report: &Value| {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == "upstream")
+            .cloned()
+            .unwrap()
+    };
+    let check = upstream_check(&report);
+    // A warning: the proxy serves HTTP without NATS and keeps reconnecting.
+    assert_eq!(check["status"], "warn", "{report}");
+    let message = check["message"].as_str().unwrap();
+    assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
+    assert!(
+        check["hint"].as_str().unwrap().contains("nats.url"),
+        "{report}"
+    );
+    assert_eq!(out.status.code(), Some(0));
+
+    let out = crate::support::run("doctor", &home, &["--dry-run"]);
+    let text = crate::support::text(&out.stdout) + &crate::support::text(&out.stderr);
+    assert!(
+        text.contains("NATS server of nats.url cannot be reached"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    assert_eq!(out.status.code(), Some(1), "{text}");
+
+    // Reachable: both say so.
+    let nats = NatsServer::start();
+    home.config(&format!(
+        "[nats]\nurl = \"{}\"\njetstream = true\n",
+        nats.url()
+    ));
+    let out = crate::support::run("preflight", &home, &["--only", "upstream", "--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(upstream_check(&report)["status"], "pass", "{report}");
+    assert!(report["summary"]["pass"] == 1, "{report}");
+}
+
+/// Containers: `logs.target = "stdout"` puts the proxy log on standard output
+/// (what `kubectl logs` shows), and nothing in `logs/proxy.log`.
+#[test]
+fn logs_go_to_stdout_for_containers() {
+    use std::io::BufRead;
+    let home = TestHome::new();
+    home.config("[logs]\ntarget = \"stdout\"\nformat = \"json\"\n");
+    let mut child = crate::support::bin("proxy")
+        .arg("--home")
+        .arg(home.path())
+        .args(["--port", "0"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + PATIENCE;
+    let started = loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the start marker on stdout");
+        if line.contains("warden proxy started") {
+            break line;
+        }
+    };
+    let event: Value = serde_json::from_str(&started).expect("a JSON log line");
+    assert_eq!(event["level"], "INFO", "{event}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    let stopped = loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the stop marker on stdout");
+        if line.contains("warden proxy stopped") {
+            break line;
+        }
+    };
+    assert!(stopped.starts_with('{'), "{stopped}");
+    assert!(child.wait().unwrap().success());
+    assert!(!home.read("logs/proxy.log").contains("warden proxy started"));
+}

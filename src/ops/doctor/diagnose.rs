@@ -674,6 +674,46 @@ pub fn mode_of(path: &Path) -> Option<u32> {
         .map(|m| m.permissions().mode() & 0o7777)
 }
 
+/// The NATS servers of `nats.url`, when set: reachable, and speaking NATS.
+/// Nothing to fix automatically; an unreachable one is explained (the proxy
+/// serves HTTP without it and keeps reconnecting).
+pub async fn nats(ctx: &Context) -> Diagnosis {
+    use crate::ops::preflight::builtin::nats::greet;
+    let nats = &ctx.cfg.nats;
+    if !nats.enabled() {
+        return Diagnosis::ok("NATS ingress off (nats.url is empty)");
+    }
+    let budget = ctx.cfg.upstream.connect_timeout();
+    let mut reached = Vec::new();
+    let mut problems = Vec::new();
+    for address in nats.addresses() {
+        match greet(&address, budget).await {
+            Ok(g) if nats.jetstream && !g.jetstream => problems.push(format!(
+                "NATS server {} ({}) runs without JetStream, but nats.jetstream = true: \
+                 the proxy answers SUBJECT.chat but cannot take jobs",
+                g.address, g.version
+            )),
+            Ok(g) => reached.push(format!("{} ({})", g.address, g.version)),
+            Err(e) => problems.push(format!(
+                "the NATS server of nats.url cannot be reached: {e}. The proxy still serves HTTP \
+                 and keeps reconnecting, but no NATS request reaches it until then"
+            )),
+        }
+    }
+    if problems.is_empty() {
+        return Diagnosis::ok(format!("NATS reachable: {}", reached.join(", ")));
+    }
+    Diagnosis::needs_you(
+        problems.join("; "),
+        format!(
+            "start the NATS server (`nats-server -js` for JetStream), or fix nats.url in {} \
+             (or WARDEN_NATS_URL), or empty nats.url to turn the NATS ingress off; \
+             `preflight --only upstream` checks again",
+            ctx.home.config_file().display()
+        ),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -660,6 +660,7 @@ pub async fn run(home: &Home, opts: Options) -> Report {
     findings.push(settle("logs", diagnose::logs(&ctx), opts).await);
     findings.push(settle("prompts", diagnose::prompts(&ctx), opts).await);
     findings.push(settle("models-cache", diagnose::models_cache(home), opts).await);
+    findings.push(settle("nats", diagnose::nats(&ctx).await, opts).await);
 
     findings.extend(reused_checks(home, opts).await);
 

@@ -24,6 +24,7 @@ mod config;
 mod dirs;
 mod disk;
 mod env;
+pub(crate) mod nats;
 mod port;
 mod process;
 mod prompts;
@@ -60,7 +61,10 @@ pub(crate) async fn run(id: &str, ctx: Arc<Context>) -> Outcome {
         "disk" => sync(disk::check_disk).await,
         "port" => sync(port::check_port).await,
         "process" => sync(process::check_process).await,
-        "upstream" => upstream::check_upstream(&ctx).await,
+        "upstream" => {
+            let nats = nats::check(&ctx.cfg.nats, ctx.cfg.upstream.connect_timeout()).await;
+            nats::combine(upstream::check_upstream(&ctx).await, nats)
+        }
         "prompts" => prompts::check_prompts(ctx).await,
         other => Outcome::fail(format!("no logic for built-in check {other:?}")),
     }
