@@ -118,15 +118,11 @@ impl IntoResponse for ApiError {
 
 /// The fields of a Chat Completions request that the gateway reads. Everything
 /// else stays in the original bytes, which are forwarded unchanged.
-#[derive(Deserialize)]
 pub struct ChatRequestView<'a> {
-    #[serde(default)]
+    /// `None` only when the request had none (a configured default may apply).
     pub model: Option<String>,
-    #[serde(borrow)]
     pub messages: &'a RawValue,
-    #[serde(default)]
     pub stream: bool,
-    #[serde(default)]
     pub stream_options: Option<StreamOptions>,
 }
 
@@ -136,24 +132,147 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
+/// The top-level fields as they were sent: `None` when absent, the raw JSON
+/// (possibly `null`) when present, so absent and `null` can be told apart.
+#[derive(Deserialize)]
+struct SentFields<'a> {
+    #[serde(default, borrow, deserialize_with = "present")]
+    model: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    messages: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    stream: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    stream_options: Option<&'a RawValue>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue as Deserialize<'de>>::deserialize(d).map(Some)
+}
+
+/// The request-validation errors, one code per kind of mistake, as OpenAI
+/// answers them (all 400, type `invalid_request_error`):
+///
+/// | mistake | `code` | `param` |
+/// | --- | --- | --- |
+/// | the body is not JSON | `invalid_json` | |
+/// | the body is not a JSON object | `invalid_type` | |
+/// | a required field is absent (`messages`; `model` without a default model) | `missing_required_parameter` | the field |
+/// | a field has the wrong type, `null` for a required field included | `invalid_type` | the field |
+/// | `messages` is an empty array | `empty_array` | `messages` |
+pub mod invalid {
+    use super::ApiError;
+
+    pub fn json(e: impl std::fmt::Display) -> ApiError {
+        ApiError::bad_request(format!(
+            "We could not parse the JSON body of your request: {e}"
+        ))
+        .code("invalid_json")
+    }
+    pub fn not_an_object() -> ApiError {
+        ApiError::bad_request("the request body must be a JSON object").code("invalid_type")
+    }
+    pub fn missing(param: &'static str) -> ApiError {
+        ApiError::bad_request(format!("Missing required parameter: '{param}'."))
+            .param(param)
+            .code("missing_required_parameter")
+    }
+    pub fn missing_model() -> ApiError {
+        ApiError::bad_request(
+            "Missing required parameter: 'model'. Send a model (GET /v1/models lists them), \
+             or set server.default_model in warden.toml",
+        )
+        .param("model")
+        .code("missing_required_parameter")
+    }
+    pub fn wrong_type(param: &'static str, expected: &str, got: &str) -> ApiError {
+        ApiError::bad_request(format!(
+            "Invalid type for '{param}': expected {expected}, but got {got} instead."
+        ))
+        .param(param)
+        .code("invalid_type")
+    }
+    pub fn empty_array(param: &'static str) -> ApiError {
+        ApiError::bad_request(format!(
+            "Invalid '{param}': empty array. Expected an array with minimum length 1, \
+             but got an empty array instead."
+        ))
+        .param(param)
+        .code("empty_array")
+    }
+}
+
+/// The JSON type of a raw value, for messages: `null`, `a string`, ...
+pub fn json_type(raw: &str) -> &'static str {
+    match raw.trim_start().as_bytes().first() {
+        Some(b'n') => "null",
+        Some(b'"') => "a string",
+        Some(b'[') => "an array",
+        Some(b'{') => "an object",
+        Some(b't' | b'f') => "a boolean",
+        _ => "a number",
+    }
+}
+
 impl ChatRequestView<'_> {
-    /// Parses and validates a request body: 400 on malformed JSON or a missing or
-    /// non-array `messages`.
+    /// Parses and validates a request body (see [`invalid`] for the errors).
     pub fn parse(body: &[u8]) -> Result<ChatRequestView<'_>, ApiError> {
-        let view: ChatRequestView = serde_json::from_slice(body).map_err(|e| {
-            let err = if e.to_string().contains("missing field `messages`") {
-                ApiError::bad_request("'messages' is a required property").param("messages")
-            } else {
-                ApiError::bad_request(format!(
-                    "request body is not valid JSON for a chat completion: {e}"
-                ))
-            };
-            err.code("invalid_request")
-        })?;
-        if !view.messages.get().trim_start().starts_with('[') {
-            return Err(ApiError::bad_request("'messages' must be an array").param("messages"));
+        let object = body
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_none_or(|&b| b == b'{');
+        if !object {
+            // (serde would take an array for a struct's fields in order.)
+            return Err(
+                match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                    Ok(_) => invalid::not_an_object(),
+                    Err(e) => invalid::json(e),
+                },
+            );
         }
-        Ok(view)
+        let fields: SentFields = serde_json::from_slice(body).map_err(invalid::json)?;
+        let messages = fields
+            .messages
+            .ok_or_else(|| invalid::missing("messages"))?;
+        let raw = messages.get().trim_start();
+        if !raw.starts_with('[') {
+            return Err(invalid::wrong_type(
+                "messages",
+                "an array of objects",
+                json_type(raw),
+            ));
+        }
+        if raw[1..].trim_start().starts_with(']') {
+            return Err(invalid::empty_array("messages"));
+        }
+        let model = match fields.model {
+            None => None,
+            Some(raw) => Some(
+                serde_json::from_str::<String>(raw.get())
+                    .map_err(|_| invalid::wrong_type("model", "a string", json_type(raw.get())))?,
+            ),
+        };
+        let stream = match fields.stream.map(RawValue::get) {
+            None | Some("null") => false,
+            Some(raw) => serde_json::from_str::<bool>(raw)
+                .map_err(|_| invalid::wrong_type("stream", "a boolean", json_type(raw)))?,
+        };
+        let stream_options = match fields.stream_options.map(RawValue::get) {
+            None | Some("null") => None,
+            Some(raw) => Some(serde_json::from_str::<StreamOptions>(raw).map_err(|_| {
+                invalid::wrong_type(
+                    "stream_options",
+                    "an object with a boolean include_usage",
+                    json_type(raw),
+                )
+            })?),
+        };
+        Ok(ChatRequestView {
+            model,
+            messages,
+            stream,
+            stream_options,
+        })
     }
 
     pub fn include_usage(&self) -> bool {
@@ -182,6 +301,53 @@ mod tests {
     }
 
     #[test]
+    fn one_code_per_kind_of_mistake() {
+        let code = |body: &str| {
+            let e = ChatRequestView::parse(body.as_bytes()).err().unwrap();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{body}");
+            (e.code.unwrap(), e.param)
+        };
+        assert_eq!(code("{oops"), ("invalid_json", None));
+        assert_eq!(code(""), ("invalid_json", None));
+        assert_eq!(code("[1]"), ("invalid_type", None));
+        assert_eq!(
+            code(r#"{"model":"m"}"#),
+            ("missing_required_parameter", Some("messages"))
+        );
+        assert_eq!(
+            code(r#"{"model":"m","messages":null}"#),
+            ("invalid_type", Some("messages"))
+        );
+        assert_eq!(
+            code(r#"{"model":"m","messages":"hi"}"#),
+            ("invalid_type", Some("messages"))
+        );
+        assert_eq!(
+            code(r#"{"model":"m","messages":[ ]}"#),
+            ("empty_array", Some("messages"))
+        );
+        assert_eq!(
+            code(r#"{"model":5,"messages":[{}]}"#),
+            ("invalid_type", Some("model"))
+        );
+        assert_eq!(
+            code(r#"{"model":null,"messages":[{}]}"#),
+            ("invalid_type", Some("model"))
+        );
+        assert_eq!(
+            code(r#"{"model":"m","messages":[{}],"stream":"yes"}"#),
+            ("invalid_type", Some("stream"))
+        );
+        assert_eq!(
+            code(r#"{"model":"m","messages":[{}],"stream_options":{"include_usage":1}}"#),
+            ("invalid_type", Some("stream_options"))
+        );
+        // Absent model: left to the caller (a configured default, or 400).
+        let v = ChatRequestView::parse(br#"{"messages":[{}],"stream":null}"#).unwrap();
+        assert!(v.model.is_none() && !v.stream);
+    }
+
+    #[test]
     fn malformed_json_is_a_400() {
         let err = ChatRequestView::parse(b"{not json").err().unwrap();
         assert_eq!(err.status, StatusCode::BAD_REQUEST);
@@ -190,7 +356,7 @@ mod tests {
     #[test]
     fn reads_stream_options() {
         let v = ChatRequestView::parse(
-            br#"{"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":true},"x":1}"#,
+            br#"{"model":"m","messages":[{}],"stream":true,"stream_options":{"include_usage":true},"x":1}"#,
         )
         .unwrap();
         assert!(v.stream && v.include_usage());

@@ -47,12 +47,18 @@ pub async fn chat_with_headers(gw: &Gateway, body: Bytes, headers: HeaderMap) ->
         Ok(view) => view,
         Err(e) => return failed(e),
     };
-    let model = view
-        .model
-        .clone()
-        .or_else(|| gw.config.upstream.models.first().cloned())
-        .unwrap_or_default();
     let (stream, include_usage) = (view.stream, view.include_usage());
+    let (model, body) = match view.model {
+        Some(model) => (model, body),
+        None => match default_model(gw) {
+            // The body goes upstream as it is: it must name the model too.
+            Some(model) => match with_model(&body, model) {
+                Some(patched) => (model.to_string(), patched),
+                None => return failed(crate::api::openai::invalid::not_an_object()),
+            },
+            None => return failed(crate::api::openai::invalid::missing_model()),
+        },
+    };
     let slot = match Slot::try_take(gw) {
         Ok(slot) => slot,
         Err(e) => return failed(e),
@@ -74,6 +80,19 @@ pub async fn chat_with_headers(gw: &Gateway, body: Bytes, headers: HeaderMap) ->
         info: Some(info),
         outcome: gw.router.chat(call).await.map(|reply| (reply, slot)),
     }
+}
+
+/// `server.default_model`, when set: what a request without `model` gets.
+pub fn default_model(gw: &Gateway) -> Option<&str> {
+    Some(gw.config.server.default_model.as_str()).filter(|m| !m.is_empty())
+}
+
+/// The request body with `"model": model` added.
+fn with_model(body: &[u8], model: &str) -> Option<Bytes> {
+    let mut request: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(body).ok()?;
+    request.insert("model".into(), model.into());
+    serde_json::to_vec(&request).ok().map(Bytes::from)
 }
 
 /// The `GET /v1/models/{id}` model object: the entry of the models `list`

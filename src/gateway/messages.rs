@@ -175,11 +175,7 @@ fn translate(
         translator: ChatToMessages,
         _slot: Slot,
     }
-    let id = format!(
-        "msg_{:016x}{:016x}",
-        rand::random::<u64>(),
-        rand::random::<u64>()
-    );
+    let id = format!("msg_{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
     let mut translator = ChatToMessages::new(model, &id);
     let start = translator.start().concat();
     let state = State {

@@ -13,6 +13,7 @@
 mod admission;
 mod chat;
 pub mod connections;
+mod cors;
 pub mod dispatch;
 mod messages;
 pub mod nats;
@@ -127,7 +128,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
             gw.clone(),
             admission::require_api_key,
         ));
-    Router::new()
+    let mut router = Router::new()
         .merge(api)
         .merge(anthropic)
         .route("/health", get(status::health))
@@ -136,7 +137,13 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/metrics", get(status::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(gw.config.server.max_body_bytes))
+        .layer(DefaultBodyLimit::max(gw.config.server.max_body_bytes));
+    if !gw.config.server.cors_origins.is_empty() {
+        // Inside the observing layer (preflights are counted and get a request
+        // id), outside authentication (browsers send no credentials on one).
+        router = router.layer(axum::middleware::from_fn_with_state(gw.clone(), cors::cors));
+    }
+    router
         .layer(axum::middleware::from_fn_with_state(
             gw.clone(),
             observe::observe,
@@ -199,7 +206,9 @@ pub async fn run(
     let mut builder = Builder::new(TokioExecutor::new());
     // A request head larger than this is refused (431) instead of buffered.
     builder.http1().max_buf_size(MAX_HEAD_BYTES);
+    // `connections` tells each connection to finish; `tasks` says when they have.
     let connections = GracefulShutdown::new();
+    let tasks = tokio_util::task::TaskTracker::new();
     if gw.uses_prompts() {
         // Loads the disk cache and fetches what is missing or expired, in the
         // background: readiness does not wait for the network.
@@ -253,7 +262,7 @@ pub async fn run(
             .serve_connection_with_upgrades(io, service)
             .into_owned();
         let conn = connections.watch(conn);
-        tokio::spawn(connections::supervise(
+        tasks.spawn(connections::supervise(
             async move {
                 let _ = conn.await;
             },
@@ -262,6 +271,7 @@ pub async fn run(
         ));
     }
     drop(listener);
+    tasks.close();
     if let Some(ingress) = &nats_ingress {
         ingress.stop_taking();
     }
@@ -269,15 +279,13 @@ pub async fn run(
     gw.draining.store(true, Ordering::Release);
     tracing::info!(
         in_flight = gw.metrics.stats.in_flight.load(Ordering::Relaxed),
-        connections = connections.count(),
+        connections = tasks.len(),
         graceful_timeout_secs = graceful_timeout.as_secs(),
         "shutdown requested: readiness off, no longer accepting, draining in-flight requests"
     );
     let drained = async {
-        let linger_until = tokio::time::Instant::now() + LINGER.min(graceful_timeout);
-        while connections.count() > 0 && tokio::time::Instant::now() < linger_until {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // Connections that close on their own within the linger end it early.
+        let _ = tokio::time::timeout(LINGER.min(graceful_timeout), tasks.wait()).await;
         // HTTP connections and NATS requests drain side by side.
         let nats = async {
             if let Some(ingress) = nats_ingress {

@@ -15,11 +15,11 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
-use super::Gateway;
 use super::admission::Slot;
 use super::chat::{body_rejection, respond};
 use super::observe::ExchangeInfo;
-use crate::api::openai::ApiError;
+use super::{Gateway, dispatch};
+use crate::api::openai::{ApiError, invalid, json_type};
 use crate::api::responses::instructions_for;
 use crate::upstream::forward::client_headers;
 use crate::upstream::{ExchangeStats, ResponsesCall};
@@ -35,43 +35,43 @@ pub async fn responses(
     };
     let mut request = match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(request)) => request,
-        Ok(_) => {
-            return ApiError::bad_request("the request body must be a JSON object")
-                .code("invalid_request")
-                .into_response();
-        }
-        Err(e) => {
-            return ApiError::bad_request(format!(
-                "request body is not valid JSON for a response: {e}"
-            ))
-            .code("invalid_request")
-            .into_response();
-        }
+        Ok(_) => return invalid::not_an_object().into_response(),
+        Err(e) => return invalid::json(e).into_response(),
     };
-    let model_added = request.get("model").is_none_or(Value::is_null);
+    let model_added = request.get("model").is_none();
     let model = match request.get("model") {
         Some(Value::String(model)) => model.clone(),
-        None | Some(Value::Null) => {
-            let model = gw
-                .config
-                .upstream
-                .models
-                .first()
-                .cloned()
-                .unwrap_or_default();
-            request.insert("model".into(), json!(model));
-            model
-        }
-        Some(_) => {
-            return ApiError::bad_request("'model' must be a string")
-                .param("model")
+        None => match dispatch::default_model(&gw) {
+            Some(model) => {
+                request.insert("model".into(), json!(model));
+                model.to_string()
+            }
+            None => return invalid::missing_model().into_response(),
+        },
+        Some(other) => {
+            return invalid::wrong_type("model", "a string", json_type(&other.to_string()))
                 .into_response();
         }
     };
-    let stream = request
-        .get("stream")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let stream = match request.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(stream)) => *stream,
+        Some(other) => {
+            return invalid::wrong_type("stream", "a boolean", json_type(&other.to_string()))
+                .into_response();
+        }
+    };
+    match request.get("input") {
+        None | Some(Value::Null | Value::String(_) | Value::Array(_)) => {}
+        Some(other) => {
+            return invalid::wrong_type(
+                "input",
+                "a string or an array of input items",
+                json_type(&other.to_string()),
+            )
+            .into_response();
+        }
+    }
     let slot = match Slot::try_take(&gw) {
         Ok(slot) => slot,
         Err(e) => return e.into_response(),

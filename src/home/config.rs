@@ -36,6 +36,10 @@ pub struct ServerConfig {
     pub keepalive_timeout: u64,
     /// Open client connections; beyond, the oldest idle ones are closed first.
     pub max_connections: usize,
+    /// Browser origins allowed by CORS (`"*"` = any); empty = CORS off.
+    pub cors_origins: Vec<String>,
+    /// The model a request without one gets; empty = such a request is a 400.
+    pub default_model: String,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +55,8 @@ impl Default for ServerConfig {
             body_timeout: 30,
             keepalive_timeout: 60,
             max_connections: 10_000,
+            cors_origins: Vec::new(),
+            default_model: String::new(),
         }
     }
 }
@@ -1041,6 +1047,17 @@ fn check_ranges(s: &Settings) -> Result<(), (String, String)> {
             ));
         }
     }
+    for origin in &s.server.cors_origins {
+        if !is_cors_origin(origin) {
+            return Err((
+                "server.cors_origins".to_string(),
+                format!(
+                    "{origin:?} is not an origin: write \"*\" or scheme://host[:port] \
+                     (e.g. \"http://localhost:3000\"), without a path"
+                ),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -1149,7 +1166,7 @@ fn validate_providers(s: &Settings) -> Result<(), (String, String)> {
     }
     let r = &s.routing;
     for (name, value, least, most) in [
-        ("routing.failures", u64::from(r.failures), 1, 1000),
+        ("routing.failures", u64::from(r.failures), 1, 1_000_000),
         ("routing.cooldown", r.cooldown, 1, DAY),
         ("routing.catalog_refresh", r.catalog_refresh, 0, 30 * DAY),
     ] {
@@ -1183,10 +1200,28 @@ fn validate_providers(s: &Settings) -> Result<(), (String, String)> {
     Ok(())
 }
 
-/// The feature flags and the variables that set them, `WARDEN_*` before `CHATMOCK_*`.
+/// `"*"`, or `http(s)://host[:port]` with no path, as browsers send `Origin`.
+fn is_cors_origin(origin: &str) -> bool {
+    if origin == "*" {
+        return true;
+    }
+    let Some(rest) = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    !rest.is_empty()
+        && origin.len() <= 256
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
+
 /// Picks one flag out of the feature flags.
 type FeatureField = fn(&mut FeaturesConfig) -> &mut bool;
 
+/// The feature flags and the variables that set them, `WARDEN_*` before `CHATMOCK_*`.
 const FEATURE_VARS: [(&str, FeatureField); 6] = [
     ("VERBOSE", |f| &mut f.verbose),
     ("EXPOSE_REASONING", |f| &mut f.expose_reasoning),

@@ -235,7 +235,7 @@ struct Inner {
     /// In configuration order.
     entries: Vec<Arc<Entry>>,
     by_name: HashMap<String, usize>,
-    client: Result<reqwest::Client, String>,
+    client: Result<reqwest::Client, FetchError>,
     /// Serialises read-modify-write cycles of `metadata.json` within this process.
     metadata_lock: Mutex<()>,
 }
@@ -264,7 +264,7 @@ struct EntryState {
     /// Why the cache or the last fetch was unusable.
     problem: Option<String>,
     /// The local file's text, with when it was read (re-read after a while).
-    file: Option<(Instant, Result<Arc<str>, String>)>,
+    file: Option<(Instant, Result<Arc<str>, LocalFileError>)>,
 }
 
 #[derive(Clone, Debug)]
@@ -321,7 +321,7 @@ impl PromptStore {
         let client = crate::support::http_client::client_builder()
             .connect_timeout(fetch_timeout)
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {}", error_chain(&e)));
+            .map_err(|e| FetchError::Client(error_chain(&e)));
         let entries: Vec<Arc<Entry>> = cfg
             .sources
             .iter()
@@ -517,7 +517,9 @@ impl PromptStore {
                 Some(age_secs) if !force => RefreshResult::StillFresh { age_secs },
                 _ => match self.inner.fetch(entry, force).await {
                     Ok(result) => result,
-                    Err(error) => RefreshResult::Failed { error },
+                    Err(error) => RefreshResult::Failed {
+                        error: error.to_string(),
+                    },
                 },
             };
             RefreshOutcome {
@@ -656,11 +658,55 @@ enum Fetched {
     },
 }
 
-/// A failed HTTP try.
-struct TryError {
-    message: String,
-    /// Worth another attempt (network errors, timeouts, 5xx, 408, 429).
-    retryable: bool,
+/// Why a prompt could not be fetched, or was refused: its text is the prompt's
+/// `problem` (in `/health`, `proxy prompts`) and the `error` of a failed refresh.
+#[derive(Clone, Debug, thiserror::Error)]
+enum FetchError {
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+    #[error("GET {url}: no complete answer within prompts.fetch_timeout ({secs}s)")]
+    Timeout { url: String, secs: u64 },
+    /// `reason` is reqwest's error chain, without the URL.
+    #[error("GET {url}: {reason}")]
+    Send { url: String, reason: String },
+    #[error("GET {url}: reading the body: {reason}")]
+    Body { url: String, reason: String },
+    #[error("GET {url}: HTTP {status}")]
+    Status {
+        url: String,
+        status: reqwest::StatusCode,
+    },
+    #[error("GET {url}: the body exceeds {MAX_PROMPT_BYTES} bytes")]
+    TooLarge { url: String },
+    #[error("GET {url}: 304 Not Modified, but no copy is cached")]
+    NotModifiedWithoutCopy { url: String },
+    #[error(
+        "GET {url}: content has SHA-256 {sha256}, which is not in prompts.source {name:?}'s sha256 allow-list; refused and not cached"
+    )]
+    DigestRefused {
+        url: String,
+        sha256: String,
+        name: String,
+    },
+    #[error("GET {url}: the body is not UTF-8 text")]
+    NotUtf8 { url: String },
+    #[error("GET {url}: the body is empty")]
+    Empty { url: String },
+}
+
+impl FetchError {
+    /// Worth another attempt: network errors, timeouts, 5xx, 408, 429.
+    fn retryable(&self) -> bool {
+        match self {
+            FetchError::Timeout { .. } | FetchError::Send { .. } | FetchError::Body { .. } => true,
+            FetchError::Status { status, .. } => {
+                status.is_server_error()
+                    || *status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                    || *status == reqwest::StatusCode::REQUEST_TIMEOUT
+            }
+            _ => false,
+        }
+    }
 }
 
 impl Inner {
@@ -705,7 +751,7 @@ impl Inner {
 
     /// Fetches `entry` with retries and stores the result. The caller holds
     /// `entry.fetch_lock`. `Err` says what failed on the last try.
-    async fn fetch(&self, entry: &Entry, force: bool) -> Result<RefreshResult, String> {
+    async fn fetch(&self, entry: &Entry, force: bool) -> Result<RefreshResult, FetchError> {
         let result = self.fetch_inner(entry, force).await;
         {
             let mut state = entry.state();
@@ -716,7 +762,7 @@ impl Inner {
                 }
                 Err(e) => {
                     state.last_failure = Some(Instant::now());
-                    state.problem = Some(e.clone());
+                    state.problem = Some(e.to_string());
                 }
             }
         }
@@ -724,7 +770,7 @@ impl Inner {
         result
     }
 
-    async fn fetch_inner(&self, entry: &Entry, force: bool) -> Result<RefreshResult, String> {
+    async fn fetch_inner(&self, entry: &Entry, force: bool) -> Result<RefreshResult, FetchError> {
         let src = &entry.source;
         let client = self.client.as_ref().map_err(Clone::clone)?;
         // Another process (e.g. `proxy prompts refresh`) may have refreshed the disk copy.
@@ -747,7 +793,7 @@ impl Inner {
                 .as_ref()
                 .map(|c| (c.etag.clone(), c.last_modified.clone()))
         };
-        let mut last_error = String::new();
+        let mut last_error = None;
         for attempt in 1..=self.attempts {
             if attempt > 1 {
                 tokio::time::sleep(backoff(attempt - 1)).await;
@@ -759,13 +805,9 @@ impl Inner {
             )
             .await
             .unwrap_or_else(|_| {
-                Err(TryError {
-                    message: format!(
-                        "GET {}: no complete answer within prompts.fetch_timeout ({}s)",
-                        src.url,
-                        self.fetch_timeout.as_secs()
-                    ),
-                    retryable: true,
+                Err(FetchError::Timeout {
+                    url: src.url.clone(),
+                    secs: self.fetch_timeout.as_secs(),
                 })
             })
             .and_then(|fetched| self.accept(entry, fetched));
@@ -775,36 +817,32 @@ impl Inner {
                     entry.failures.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         prompt = %src.name, attempt, attempts = self.attempts,
-                        error = %e.message, "prompt fetch failed"
+                        error = %e, "prompt fetch failed"
                     );
-                    last_error = e.message;
-                    if !e.retryable {
+                    let retryable = e.retryable();
+                    last_error = Some(e);
+                    if !retryable {
                         break;
                     }
                 }
             }
         }
-        Err(last_error)
+        Err(last_error.expect("prompts.attempts is at least 1, so one try failed"))
     }
 
     /// Validates a fetched answer and records it in memory and on disk.
-    fn accept(&self, entry: &Entry, fetched: Fetched) -> Result<RefreshResult, TryError> {
+    fn accept(&self, entry: &Entry, fetched: Fetched) -> Result<RefreshResult, FetchError> {
         let src = &entry.source;
-        let permanent = |message: String| TryError {
-            message,
-            retryable: false,
-        };
+        let url = || src.url.clone();
         match fetched {
             Fetched::NotModified {
                 etag,
                 last_modified,
             } => {
-                let mut cached = entry.memory().clone().ok_or_else(|| {
-                    permanent(format!(
-                        "GET {}: 304 Not Modified, but no copy is cached",
-                        src.url
-                    ))
-                })?;
+                let mut cached = entry
+                    .memory()
+                    .clone()
+                    .ok_or_else(|| FetchError::NotModifiedWithoutCopy { url: url() })?;
                 cached.fetched_at = SystemTime::now();
                 cached.etag = etag.or(cached.etag);
                 cached.last_modified = last_modified.or(cached.last_modified);
@@ -819,18 +857,16 @@ impl Inner {
             } => {
                 let sha256 = hex::encode(Sha256::digest(&bytes));
                 if !digest_allowed(src, &sha256) {
-                    let message = format!(
-                        "GET {}: content has SHA-256 {sha256}, which is not in prompts.source \
-                         {:?}'s sha256 allow-list; refused and not cached",
-                        src.url, src.name
-                    );
-                    return Err(permanent(message));
+                    return Err(FetchError::DigestRefused {
+                        url: url(),
+                        sha256,
+                        name: src.name.clone(),
+                    });
                 }
-                let text = String::from_utf8(bytes).map_err(|_| {
-                    permanent(format!("GET {}: the body is not UTF-8 text", src.url))
-                })?;
+                let text =
+                    String::from_utf8(bytes).map_err(|_| FetchError::NotUtf8 { url: url() })?;
                 if text.trim().is_empty() {
-                    return Err(permanent(format!("GET {}: the body is empty", src.url)));
+                    return Err(FetchError::Empty { url: url() });
                 }
                 let len = text.len();
                 let cached = Cached {
@@ -895,19 +931,15 @@ fn backoff(retry: u32) -> Duration {
     let full = BACKOFF_BASE
         .saturating_mul(1u32 << retry.saturating_sub(1).min(16))
         .min(BACKOFF_MAX);
-    full.mul_f64(rand::random_range(0.5..=1.0))
+    full.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
 async fn fetch_once(
     client: &reqwest::Client,
     url: &str,
     validators: &Option<(Option<String>, Option<String>)>,
-) -> Result<Fetched, TryError> {
+) -> Result<Fetched, FetchError> {
     use reqwest::header;
-    let retryable = |message: String| TryError {
-        message,
-        retryable: true,
-    };
     let mut request = client.get(url);
     if let Some((etag, last_modified)) = validators {
         if let Some(etag) = etag {
@@ -917,11 +949,9 @@ async fn fetch_once(
             request = request.header(header::IF_MODIFIED_SINCE, last_modified);
         }
     }
-    let mut response = request.send().await.map_err(|e| {
-        retryable(format!(
-            "GET {url}: {}",
-            crate::support::http_client::describe(e)
-        ))
+    let mut response = request.send().await.map_err(|e| FetchError::Send {
+        url: url.to_string(),
+        reason: crate::support::http_client::describe(e),
     })?;
     let status = response.status();
     let header_string = |name: header::HeaderName| {
@@ -940,24 +970,19 @@ async fn fetch_once(
         });
     }
     if !status.is_success() {
-        return Err(TryError {
-            message: format!("GET {url}: HTTP {status}"),
-            retryable: status.is_server_error()
-                || status == reqwest::StatusCode::TOO_MANY_REQUESTS
-                || status == reqwest::StatusCode::REQUEST_TIMEOUT,
+        return Err(FetchError::Status {
+            url: url.to_string(),
+            status,
         });
     }
     let mut bytes = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| {
-        retryable(format!(
-            "GET {url}: reading the body: {}",
-            crate::support::http_client::describe(e)
-        ))
+    while let Some(chunk) = response.chunk().await.map_err(|e| FetchError::Body {
+        url: url.to_string(),
+        reason: crate::support::http_client::describe(e),
     })? {
         if bytes.len() + chunk.len() > MAX_PROMPT_BYTES {
-            return Err(TryError {
-                message: format!("GET {url}: the body exceeds {MAX_PROMPT_BYTES} bytes"),
-                retryable: false,
+            return Err(FetchError::TooLarge {
+                url: url.to_string(),
             });
         }
         bytes.extend_from_slice(&chunk);
@@ -977,11 +1002,24 @@ fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-fn read_local_file(path: &Path) -> Result<Arc<str>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read the local prompt file {}: {e}", path.display()))?;
+/// Why a prompt's local `file` cannot stand in (the built-in text then does).
+#[derive(Debug, thiserror::Error)]
+enum LocalFileError {
+    #[error("cannot read the local prompt file {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("the local prompt file {} is empty", path.display())]
+    Empty { path: PathBuf },
+}
+
+fn read_local_file(path: &Path) -> Result<Arc<str>, LocalFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LocalFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if text.trim().is_empty() {
-        return Err(format!("the local prompt file {} is empty", path.display()));
+        return Err(LocalFileError::Empty {
+            path: path.to_path_buf(),
+        });
     }
     Ok(Arc::from(text))
 }
@@ -1156,7 +1194,7 @@ pub fn disk_status(home: &Home, cfg: &PromptsConfig) -> Vec<PromptStatus> {
                     Err(e) => {
                         status.problem = Some(match status.problem.take() {
                             Some(p) => format!("{p}; {e}"),
-                            None => e,
+                            None => e.to_string(),
                         })
                     }
                 }

@@ -77,8 +77,8 @@ impl AnthropicUpstream {
             let chunks = self.http.chunks(response, call.stats.clone());
             let id = format!(
                 "chatcmpl-{:016x}{:016x}",
-                rand::random::<u64>(),
-                rand::random::<u64>()
+                fastrand::u64(..),
+                fastrand::u64(..)
             );
             let translator = MessagesToChat::new(&call.model, &id, unix_now(), call.include_usage);
             return Ok(Reply::Stream(translate_stream(

@@ -81,7 +81,7 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
             return value.clone();
         }
     }
-    let id = format!("req_{:032x}", rand::random::<u128>());
+    let id = format!("req_{:032x}", fastrand::u128(..));
     let value = HeaderValue::from_str(&id).expect("hex digits are a valid header value");
     headers.insert(REQUEST_ID, value.clone());
     value

@@ -88,8 +88,8 @@ impl ResponsesUpstream {
             let chunks = self.http.chunks(response, call.stats.clone());
             let id = format!(
                 "chatcmpl-{:016x}{:016x}",
-                rand::random::<u64>(),
-                rand::random::<u64>()
+                fastrand::u64(..),
+                fastrand::u64(..)
             );
             let translator =
                 StreamTranslator::new(&call.model, &id, unix_now(), call.include_usage);

@@ -296,7 +296,7 @@ impl Router {
                 tied_weight = weight;
             } else if mine == theirs {
                 tied_weight += weight;
-                if rand::random::<u64>() % tied_weight < weight {
+                if fastrand::u64(..tied_weight) < weight {
                     best = Some(i);
                 }
             }

@@ -69,11 +69,11 @@ async fn the_mock_answers_responses_offline_and_fetches_no_prompt() {
     assert_eq!(reply["usage"]["output_tokens"], 3);
     assert_eq!(reply["usage"]["total_tokens"], 6);
 
-    // Without a model: the first configured one; input as message items.
+    // Input as message items.
     let reply: Value = post(
         &proxy,
         "/v1/responses",
-        &json!({"input": [{"role": "developer", "content": "rules"},
+        &json!({"model": "gpt-5", "input": [{"role": "developer", "content": "rules"},
                           {"type": "message", "role": "user",
                            "content": [{"type": "input_text", "text": "items work"}]}]}),
     )
@@ -376,4 +376,214 @@ async fn a_model_is_retrieved_by_id_and_an_unknown_one_is_model_not_found() {
         metrics.contains("warden_http_requests_total{route=\"/v1/models/{id}\",status=\"404\"} 1"),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cors_is_off_by_default_and_answers_preflights_when_origins_are_set() {
+    let preflight = |url: String, origin: &'static str| {
+        client()
+            .request(reqwest::Method::OPTIONS, url)
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+    };
+    // Off: OPTIONS is 405 and answers carry no CORS header.
+    let home = TestHome::new();
+    let proxy = Proxy::start(&home, &[], &[]);
+    let url = format!("{}/v1/chat/completions", proxy.url);
+    let r = preflight(url.clone(), "http://app.test").await.unwrap();
+    assert_eq!(r.status(), 405);
+    let r = client()
+        .get(format!("{}/v1/models", proxy.url))
+        .header("origin", "http://app.test")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    drop(proxy);
+
+    // On, with a bearer token configured: the preflight needs none.
+    let home = TestHome::new();
+    home.config("[server]\ncors_origins = [\"http://app.test\"]\n");
+    home.write(".env", "WARDEN_AUTH_TOKEN=tok\n");
+    let proxy = Proxy::start(&home, &[], &[]);
+    let url = format!("{}/v1/chat/completions", proxy.url);
+    let r = preflight(url.clone(), "http://app.test").await.unwrap();
+    assert_eq!(r.status(), 204);
+    let h = r.headers();
+    assert_eq!(h["access-control-allow-origin"], "http://app.test");
+    assert!(
+        h["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST")
+    );
+    assert_eq!(
+        h["access-control-allow-headers"],
+        "authorization, content-type"
+    );
+    assert!(h.get("x-request-id").is_some());
+    // Another origin: refused.
+    let r = preflight(url.clone(), "http://evil.test").await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_openai_error(&r.json().await.unwrap());
+    // The actual request: allowed origin, its headers readable by the page.
+    let r = client()
+        .post(&url)
+        .bearer_auth("tok")
+        .header("origin", "http://app.test")
+        .json(&json!({"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "http://app.test"
+    );
+    assert!(
+        r.headers()["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .contains("x-request-id")
+    );
+}
+
+#[test]
+fn a_bad_cors_origin_is_a_config_error_naming_the_key() {
+    let home = TestHome::new();
+    home.config("[server]\ncors_origins = [\"app.test/path\"]\n");
+    let out = crate::support::run("proxy", &home, &["prompts", "status"]);
+    let said = crate::support::text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(said.contains("server.cors_origins"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_get_openais_status_and_one_code_per_kind_of_mistake() {
+    let home = TestHome::new();
+    let proxy = Proxy::start(&home, &[], &[]);
+    let send = |path: &'static str, body: String| {
+        let url = format!("{}{path}", proxy.url);
+        async move {
+            let r = client()
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap();
+            assert_openai_error(&body);
+            (
+                status,
+                body["error"]["code"].clone(),
+                body["error"]["param"].clone(),
+            )
+        }
+    };
+    let chat = "/v1/chat/completions";
+    let m = r#"[{"role":"user","content":"hi"}]"#;
+    for (body, code, param) in [
+        ("{oops".to_string(), "invalid_json", Value::Null),
+        ("[1, 2]".to_string(), "invalid_type", Value::Null),
+        (
+            r#"{"model":"gpt-5"}"#.to_string(),
+            "missing_required_parameter",
+            json!("messages"),
+        ),
+        (
+            r#"{"model":"gpt-5","messages":null}"#.to_string(),
+            "invalid_type",
+            json!("messages"),
+        ),
+        (
+            r#"{"model":"gpt-5","messages":{}}"#.to_string(),
+            "invalid_type",
+            json!("messages"),
+        ),
+        (
+            r#"{"model":"gpt-5","messages":[]}"#.to_string(),
+            "empty_array",
+            json!("messages"),
+        ),
+        (
+            format!(r#"{{"messages":{m}}}"#),
+            "missing_required_parameter",
+            json!("model"),
+        ),
+        (
+            format!(r#"{{"model":7,"messages":{m}}}"#),
+            "invalid_type",
+            json!("model"),
+        ),
+        (
+            format!(r#"{{"model":"gpt-5","messages":{m},"stream":"yes"}}"#),
+            "invalid_type",
+            json!("stream"),
+        ),
+    ] {
+        assert_eq!(
+            send(chat, body.clone()).await,
+            (400, json!(code), param),
+            "{body}"
+        );
+    }
+    let responses = "/v1/responses";
+    for (body, code, param) in [
+        ("{oops", "invalid_json", Value::Null),
+        (
+            r#"{"input":"hi"}"#,
+            "missing_required_parameter",
+            json!("model"),
+        ),
+        (
+            r#"{"model":[],"input":"hi"}"#,
+            "invalid_type",
+            json!("model"),
+        ),
+        (
+            r#"{"model":"gpt-5","input":5}"#,
+            "invalid_type",
+            json!("input"),
+        ),
+        (
+            r#"{"model":"gpt-5","input":"hi","stream":1}"#,
+            "invalid_type",
+            json!("stream"),
+        ),
+    ] {
+        assert_eq!(
+            send(responses, body.to_string()).await,
+            (400, json!(code), param),
+            "{body}"
+        );
+    }
+    drop(proxy);
+
+    // With server.default_model, a request without a model gets it.
+    let home = TestHome::new();
+    home.config("[server]\ndefault_model = \"gpt-5-codex\"\n");
+    let proxy = Proxy::start(&home, &[], &[]);
+    let reply: Value = post(
+        &proxy,
+        chat,
+        &json!({"messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(reply["model"], "gpt-5-codex", "{reply}");
+    let reply: Value = post(&proxy, responses, &json!({"input": "hi"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reply["model"], "gpt-5-codex", "{reply}");
 }

@@ -28,7 +28,11 @@ async fn a_password_in_the_upstream_url_is_shown_nowhere() {
     let url = closed_port_url().replace("http://", "http://alice:s3cr3tpw@");
     home.config(&format!("[upstream]\nurl = \"{url}\"\nattempts = 1\n"));
     let mut proxy = Proxy::start(&home, &[], &[]);
-    let reply = post_chat(&proxy, &json!({"model": "gpt-5", "messages": []})).await;
+    let reply = post_chat(
+        &proxy,
+        &json!({"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
     assert_eq!(reply.status(), 502);
     let body = reply.text().await.unwrap();
     assert!(!body.contains("s3cr3tpw"), "{body}");

@@ -168,14 +168,7 @@ where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel::<Bytes>(4);
-    let task = tokio::spawn(f(tx));
-    struct AbortOnDrop(tokio::task::JoinHandle<()>);
-    impl Drop for AbortOnDrop {
-        fn drop(&mut self) {
-            self.0.abort();
-        }
-    }
-    let abort = AbortOnDrop(task);
+    let abort = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(f(tx)));
     let stream = futures_util::stream::unfold((rx, abort), |(mut rx, abort)| async move {
         rx.recv()
             .await
