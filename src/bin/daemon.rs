@@ -260,7 +260,12 @@ async fn start(supervisor: &Supervisor, op: &Operation, json: bool) -> i32 {
             bar.set_message(msg.to_string());
         }
     };
-    let outcome = supervisor.start(op, &tick).await;
+    let Some(outcome) = interruptible(supervisor.start(op, &tick)).await else {
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        return interrupted(supervisor, "start");
+    };
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -308,6 +313,35 @@ async fn start(supervisor: &Supervisor, op: &Operation, json: bool) -> i32 {
     }
 }
 
+/// Runs `operation` until it ends or SIGINT/SIGTERM/SIGHUP arrives (`None`).
+/// Dropping an interrupted start or restart stops the proxy it had spawned and
+/// not yet accepted, and hands `run/proxy.pid` back to the old proxy.
+async fn interruptible<T>(operation: impl Future<Output = T>) -> Option<T> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        return Some(operation.await);
+    };
+    tokio::select! {
+        outcome = operation => Some(outcome),
+        _ = int.recv() => None,
+        _ = term.recv() => None,
+        _ = hup.recv() => None,
+    }
+}
+
+/// Exit code 130, as for a command ended by Ctrl-C.
+fn interrupted(supervisor: &Supervisor, what: &str) -> i32 {
+    eprintln!(
+        "daemon: {what} interrupted; a proxy it had started but not yet accepted was stopped again, and what served before keeps serving"
+    );
+    supervisor.log_action(&format!("{what} interrupted by a signal"));
+    130
+}
+
 async fn stop(supervisor: &Supervisor, op: &Operation, force: bool) -> i32 {
     match supervisor.stop(op, force).await {
         Ok(StopOutcome::NotRunning) => {
@@ -348,7 +382,12 @@ async fn restart(supervisor: &Supervisor, op: &Operation) -> i32 {
             bar.set_message(msg.to_string());
         }
     };
-    let outcome = supervisor.restart(op, &tick).await;
+    let Some(outcome) = interruptible(supervisor.restart(op, &tick)).await else {
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        return interrupted(supervisor, "restart");
+    };
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
