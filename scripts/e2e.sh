@@ -2,7 +2,8 @@
 # End-to-end checks "as a new user would", outside the Rust test harness:
 #   1. the official openai Python SDK (v2, responses.stream included), the official Node SDK
 #      and Codex CLI (`codex exec`, a tool call included) against the proxy on the built-in
-#      upstream;
+#      upstream; the openai SDK through two [[providers]], the first one dead (every
+#      request answered, x-warden-provider names the second);
 #   2. the same against a real OpenAI-compatible HTTP server (nginx with fixed answers);
 #   3. the same against a Responses-API server (api = "responses"), which must receive
 #      the cached prompt as `instructions`; then Codex CLI through that proxy with a tool-call
@@ -111,6 +112,23 @@ codex_exec "$mock_url" 'call exec_command {"cmd":"echo warden-mock-tool"}'
 grep -q "^exec_command returned:" "$work/codex-last.txt" && grep -q "warden-mock-tool" "$work/codex-last.txt" \
   || { echo "e2e: codex tool call on the mock:"; cat "$work/codex-last.txt" "$work/codex.out"; exit 1; }
 echo "codex $("$CODEX" --version | awk '{print $2}'): a reply and a tool round trip on the mock OK"
+
+echo "== openai SDK through two providers, the first one dead (its port closed)"
+dead_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mkdir -p "$work/home-failover"
+cat > "$work/home-failover/warden.toml" <<TOML
+[[providers]]
+name = "dead"
+url = "http://127.0.0.1:$dead_port/v1"
+models = ["*"]
+[[providers]]
+name = "second"
+url = "mock"
+models = ["*"]
+priority = 1
+TOML
+start_proxy failover
+python3 tests/sdk/openai_failover_check.py "$url" second 25
 
 echo "== openai SDK through nginx (a real OpenAI-compatible HTTP server with fixed answers)"
 nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

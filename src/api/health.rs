@@ -39,6 +39,19 @@ pub struct PromptHealth {
     pub fresh: bool,
 }
 
+/// One provider in `/health` (SPEC §11).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ProviderReport {
+    /// `healthy` or `cooling`.
+    pub state: String,
+    pub in_flight: u32,
+    /// Consecutive failures so far.
+    pub failures: u32,
+    /// RFC 3339, while cooling.
+    pub cooldown_until: Option<String>,
+    pub last_error: Option<String>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct MemoryInfo {
     pub rss_bytes: u64,
@@ -72,6 +85,9 @@ pub struct HealthReport {
     pub upstream: UpstreamInfo,
     pub requests: RequestCounts,
     pub prompts: BTreeMap<String, PromptHealth>,
+    /// Every provider by name (one, `default`, for the `[upstream]` shorthand).
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderReport>,
     pub memory: MemoryInfo,
     /// Absent in reports of proxies older than 0.2.
     #[serde(default)]

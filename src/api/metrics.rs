@@ -91,6 +91,40 @@ pub fn nats_outcome(status: u16) -> &'static str {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabel {
+    provider: String,
+}
+
+/// One provider's metric handles, made once when the router is built: each
+/// is the registered series itself, so recording is an atomic add.
+#[derive(Clone, Debug)]
+pub struct ProviderMetrics {
+    /// Attempts sent to the provider.
+    pub requests: Counter,
+    /// Attempts that failed (connect, timeout, 429, 5xx, an error as first event).
+    pub errors: Counter,
+    /// Requests that moved on from this provider to another attempt.
+    pub failovers: Counter,
+    /// Times the provider entered cooldown.
+    pub cooldowns: Counter,
+    /// Time per attempt, until the answer (or the first event of a stream).
+    pub latency: Histogram,
+}
+
+impl Default for ProviderMetrics {
+    /// Detached handles (registered nowhere), for tests.
+    fn default() -> Self {
+        ProviderMetrics {
+            requests: Counter::default(),
+            errors: Counter::default(),
+            failovers: Counter::default(),
+            cooldowns: Counter::default(),
+            latency: latency_histogram(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PromptLabel {
     prompt: String,
 }
@@ -207,6 +241,13 @@ pub struct Metrics {
     nats_connected: Gauge,
     nats_in_flight: Gauge,
     nats_reconnects: Counter,
+    provider_requests: Family<ProviderLabel, Counter>,
+    provider_errors: Family<ProviderLabel, Counter>,
+    provider_failovers: Family<ProviderLabel, Counter>,
+    provider_cooldowns: Family<ProviderLabel, Counter>,
+    provider_duration: Family<ProviderLabel, Histogram, fn() -> Histogram>,
+    provider_in_flight: Family<ProviderLabel, Gauge>,
+    provider_cooling: Family<ProviderLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -242,6 +283,13 @@ impl Metrics {
             nats_connected: Gauge::default(),
             nats_in_flight: Gauge::default(),
             nats_reconnects: Counter::default(),
+            provider_requests: Family::default(),
+            provider_errors: Family::default(),
+            provider_failovers: Family::default(),
+            provider_cooldowns: Family::default(),
+            provider_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            provider_in_flight: Family::default(),
+            provider_cooling: Family::default(),
         };
         let build_info: Family<Vec<(String, String)>, Gauge> = Family::default();
         build_info
@@ -342,6 +390,41 @@ impl Metrics {
             "nats_reconnects",
             "Times the NATS connection came back after being lost",
             m.nats_reconnects.clone(),
+        );
+        registry.register(
+            "provider_requests",
+            "Upstream attempts sent to each provider (SPEC 11)",
+            m.provider_requests.clone(),
+        );
+        registry.register(
+            "provider_errors",
+            "Failed attempts per provider: connect error, timeout, 429, 5xx, error as first event",
+            m.provider_errors.clone(),
+        );
+        registry.register(
+            "provider_failovers",
+            "Requests that moved on from this provider to another attempt",
+            m.provider_failovers.clone(),
+        );
+        registry.register(
+            "provider_cooldowns",
+            "Times each provider entered cooldown",
+            m.provider_cooldowns.clone(),
+        );
+        registry.register(
+            "provider_request_duration_seconds",
+            "Time per attempt at each provider, until its answer (or a stream's first event)",
+            m.provider_duration.clone(),
+        );
+        registry.register(
+            "provider_in_flight",
+            "Calls in flight at each provider",
+            m.provider_in_flight.clone(),
+        );
+        registry.register(
+            "provider_cooling",
+            "1 while a provider is in cooldown, else 0",
+            m.provider_cooling.clone(),
         );
         // Series that exist from the start at 0, so dashboards and alerts see them
         // before the first event.
@@ -534,6 +617,36 @@ impl Metrics {
                     .inc_by(n);
             }
         }
+    }
+
+    /// The handles of one provider's series (they exist at 0 from now on).
+    /// Provider names come from the configuration, so the labels are bounded.
+    pub fn provider(&self, name: &str) -> ProviderMetrics {
+        let label = ProviderLabel {
+            provider: name.to_string(),
+        };
+        let _ = self.provider_in_flight.get_or_create(&label);
+        let _ = self.provider_cooling.get_or_create(&label);
+        ProviderMetrics {
+            requests: self.provider_requests.get_or_create(&label).clone(),
+            errors: self.provider_errors.get_or_create(&label).clone(),
+            failovers: self.provider_failovers.get_or_create(&label).clone(),
+            cooldowns: self.provider_cooldowns.get_or_create(&label).clone(),
+            latency: self.provider_duration.get_or_create(&label).clone(),
+        }
+    }
+
+    /// Sets the scrape-time gauges for one provider.
+    pub fn provider_state(&self, name: &str, in_flight: u32, cooling: bool) {
+        let label = ProviderLabel {
+            provider: name.to_string(),
+        };
+        self.provider_in_flight
+            .get_or_create(&label)
+            .set(i64::from(in_flight));
+        self.provider_cooling
+            .get_or_create(&label)
+            .set(i64::from(cooling));
     }
 
     /// Sets the scrape-time gauges for one prompt.

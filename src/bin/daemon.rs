@@ -486,6 +486,19 @@ fn print_status(status: &warden::lifecycle::supervisor::StatusReport, ui_url: Op
                     warden::support::redact::url(&h.upstream.url),
                     h.upstream.api
                 );
+                for (name, p) in &h.providers {
+                    let mut line = format!(
+                        "  provider  {name}: {}, {} in flight, {} failures in a row",
+                        p.state, p.in_flight, p.failures
+                    );
+                    if let Some(until) = &p.cooldown_until {
+                        line.push_str(&format!(", cooling until {until}"));
+                    }
+                    if let Some(error) = &p.last_error {
+                        line.push_str(&format!(", last error: {error}"));
+                    }
+                    println!("{line}");
+                }
                 for (name, p) in &h.prompts {
                     let age = p.age_secs.map_or("-".to_string(), |a| format!("{a:.0} s"));
                     println!(

@@ -227,6 +227,12 @@ pub async fn run(
         let prompts = gw.prompts.clone();
         tokio::spawn(async move { prompts.warm().await });
     }
+    if let Some(catalog) = gw.router.catalog(&gw.config) {
+        // Models of providers with `models = []`: from cache/models.json now,
+        // then from their GET /models in the background (readiness does not wait).
+        catalog.load_cache();
+        tokio::spawn(catalog.run());
+    }
     // Off (no network at all) unless nats.url is set; connects in the background.
     let nats_ingress = nats::start(&gw);
     if gw.config.server.ui {
@@ -238,6 +244,7 @@ pub async fn run(
         address = %addr,
         upstream = %crate::support::redact::url(&gw.config.upstream.url),
         api = gw.config.upstream.api.as_str(),
+        providers = %gw.router.summary(),
         pid = std::process::id(),
         fd_limit = fd_limit.unwrap_or(0),
         max_connections = limits.max_connections,

@@ -14,7 +14,8 @@ use serde_json::json;
 
 use super::Gateway;
 use crate::api::health::{
-    HealthReport, HealthStatus, MemoryInfo, NatsHealth, PromptHealth, RequestCounts, UpstreamInfo,
+    HealthReport, HealthStatus, MemoryInfo, NatsHealth, PromptHealth, ProviderReport,
+    RequestCounts, UpstreamInfo,
 };
 use crate::support::memory::rss_bytes;
 use crate::support::time::now_rfc3339;
@@ -52,6 +53,27 @@ fn record_prompt_metrics(gw: &Gateway) {
         gw.metrics
             .prompt_state(&status.name, status.age_secs, attempts, failures);
     }
+}
+
+/// The `providers` map of `/health`.
+fn provider_report(gw: &Gateway) -> BTreeMap<String, ProviderReport> {
+    gw.router
+        .providers()
+        .iter()
+        .map(|p| {
+            let h = p.health();
+            let report = ProviderReport {
+                state: if h.cooling { "cooling" } else { "healthy" }.to_string(),
+                in_flight: h.in_flight,
+                failures: h.failures,
+                cooldown_until: h
+                    .cooldown_until
+                    .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                last_error: h.last_error,
+            };
+            (p.name.to_string(), report)
+        })
+        .collect()
 }
 
 pub fn report(gw: &Gateway) -> HealthReport {
@@ -103,6 +125,7 @@ pub fn report(gw: &Gateway) -> HealthReport {
             last_request_at,
         },
         prompts,
+        providers: provider_report(gw),
         memory: MemoryInfo {
             rss_bytes: rss_bytes().unwrap_or(0),
         },
@@ -147,6 +170,11 @@ pub async fn metrics(
     headers: HeaderMap,
 ) -> Response {
     record_prompt_metrics(&gw);
+    for provider in gw.router.providers() {
+        let h = provider.health();
+        gw.metrics
+            .provider_state(&provider.name, h.in_flight, h.cooling);
+    }
     if query.get("format").map(String::as_str) == Some("json") {
         return Json(gw.metrics.render_json()).into_response();
     }

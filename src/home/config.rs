@@ -148,6 +148,76 @@ impl UpstreamConfig {
     }
 }
 
+/// One `[[providers]]` entry (SPEC §11). Unset optional keys take the
+/// `[upstream]` value (timeouts, attempts) or the global limit.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// `[a-z0-9_-]+`, unique; what `x-warden-provider` and `PROVIDER/MODEL` say.
+    pub name: String,
+    /// A base URL, or `mock`.
+    pub url: String,
+    #[serde(default = "default_api")]
+    pub api: UpstreamApi,
+    /// The variable holding its key; empty = no key sent.
+    #[serde(default)]
+    pub api_key_env: String,
+    /// Exact names or trailing-`*` prefixes; `["*"]` = any; `[]` = what its
+    /// `GET /models` reports.
+    #[serde(default = "any_model")]
+    pub models: Vec<String>,
+    /// Lower is tried first.
+    #[serde(default)]
+    pub priority: u32,
+    /// Share among providers of equal priority.
+    #[serde(default = "one")]
+    pub weight: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_byte_timeout: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+}
+
+fn default_api() -> UpstreamApi {
+    UpstreamApi::Chat
+}
+fn any_model() -> Vec<String> {
+    vec!["*".into()]
+}
+fn one() -> u32 {
+    1
+}
+
+/// `[routing]`: passive health and the model catalog (SPEC §11).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Consecutive failures that put a provider in cooldown.
+    pub failures: u32,
+    /// Seconds a cooling provider is skipped (a longer `Retry-After` wins).
+    pub cooldown: u64,
+    /// Seconds between model-list refreshes from providers with `models = []`.
+    pub catalog_refresh: u64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            failures: 3,
+            cooldown: 30,
+            catalog_refresh: 600,
+        }
+    }
+}
+
 /// One provider with every value resolved (its own keys, else the global
 /// `[upstream]` ones): what the router and the HTTP upstreams are built from.
 #[derive(Clone, Debug)]
@@ -404,6 +474,12 @@ impl NatsConfig {
 pub struct Settings {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
+    /// Several upstreams, routed by model; empty = `[upstream]` is the one provider.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<ProviderConfig>,
+    pub routing: RoutingConfig,
+    /// A name clients send -> the model routed and sent upstream.
+    pub aliases: std::collections::BTreeMap<String, String>,
     pub prompts: PromptsConfig,
     pub features: FeaturesConfig,
     pub daemon: DaemonConfig,
@@ -552,25 +628,62 @@ impl Config {
     /// one-provider shorthand: a provider named `default` serving every model.
     pub fn provider_settings(&self) -> Vec<ProviderSettings> {
         let up = &self.upstream;
-        vec![ProviderSettings {
-            name: "default".into(),
-            url: up.url.clone(),
-            api: up.api,
-            api_key_env: up.api_key_env.clone(),
-            models: vec!["*".into()],
-            priority: 0,
-            weight: 1,
-            max_concurrent: None,
-            connect_timeout: up.connect_timeout(),
-            first_byte_timeout: up.first_byte_timeout(),
-            idle_timeout: up.idle_timeout(),
-            timeout: up.total_timeout(),
-            attempts: up.attempts,
-        }]
+        if self.providers.is_empty() {
+            return vec![ProviderSettings {
+                name: "default".into(),
+                url: up.url.clone(),
+                api: up.api,
+                api_key_env: up.api_key_env.clone(),
+                models: vec!["*".into()],
+                priority: 0,
+                weight: 1,
+                max_concurrent: None,
+                connect_timeout: up.connect_timeout(),
+                first_byte_timeout: up.first_byte_timeout(),
+                idle_timeout: up.idle_timeout(),
+                timeout: up.total_timeout(),
+                attempts: up.attempts,
+            }];
+        }
+        let secs = Duration::from_secs;
+        self.providers
+            .iter()
+            .map(|p| {
+                let timeout = p.timeout.unwrap_or(up.timeout);
+                ProviderSettings {
+                    name: p.name.clone(),
+                    url: p.url.clone(),
+                    api: p.api,
+                    api_key_env: p.api_key_env.clone(),
+                    models: p.models.clone(),
+                    priority: p.priority,
+                    weight: p.weight,
+                    max_concurrent: p.max_concurrent,
+                    connect_timeout: secs(p.connect_timeout.unwrap_or(up.connect_timeout)),
+                    first_byte_timeout: secs(p.first_byte_timeout.unwrap_or(
+                        if p.timeout.is_some() {
+                            timeout
+                        } else {
+                            up.first_byte_timeout.unwrap_or(timeout)
+                        },
+                    )),
+                    idle_timeout: secs(p.idle_timeout.unwrap_or(if p.timeout.is_some() {
+                        timeout
+                    } else {
+                        up.idle_timeout.unwrap_or(timeout)
+                    })),
+                    timeout: secs(timeout),
+                    attempts: p.attempts.unwrap_or(up.attempts),
+                }
+            })
+            .collect()
     }
 
-    /// The value of a provider's key variable, when it is set.
+    /// The value of a provider's key variable, when it names one that is set.
     pub fn provider_api_key(&self, provider: &ProviderSettings) -> Option<String> {
+        if provider.api_key_env.is_empty() {
+            return None;
+        }
         self.env.get(&provider.api_key_env)
     }
 
@@ -678,6 +791,7 @@ fn validate(s: &Settings) -> Result<(), (String, String)> {
         );
     }
     check_ranges(s)?;
+    validate_providers(s)?;
     if s.upstream.url != MOCK_UPSTREAM {
         match reqwest::Url::parse(&s.upstream.url) {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
@@ -949,6 +1063,145 @@ fn check_ranges(s: &Settings) -> Result<(), (String, String)> {
                      (e.g. \"http://localhost:3000\"), without a path"
                 ),
             ));
+        }
+    }
+    Ok(())
+}
+
+/// `*` matches everything, `gpt-5-*` every name starting `gpt-5-`, anything
+/// else only itself.
+pub fn pattern_matches(pattern: &str, model: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => model.starts_with(prefix),
+        None => pattern == model,
+    }
+}
+
+/// At most this many `[[providers]]` (the router's candidate set is a 64-bit mask).
+pub const MAX_PROVIDERS: usize = 64;
+
+fn is_http_url(url: &str) -> bool {
+    matches!(reqwest::Url::parse(url), Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some())
+}
+
+/// `[[providers]]`, `[routing]` and `[aliases]`: names, URLs, patterns, ranges.
+fn validate_providers(s: &Settings) -> Result<(), (String, String)> {
+    let err = |key: String, msg: String| Err((key, msg));
+    if s.providers.len() > MAX_PROVIDERS {
+        return err(
+            "providers".into(),
+            format!(
+                "{} providers: at most {MAX_PROVIDERS} are allowed",
+                s.providers.len()
+            ),
+        );
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, p) in s.providers.iter().enumerate() {
+        let key = |k: &str| format!("providers[{i}].{k}");
+        if p.name.is_empty()
+            || p.name.len() > 64
+            || !p
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        {
+            return err(
+                key("name"),
+                format!(
+                    "{:?} must be 1-64 characters of a-z, 0-9, '_' or '-'",
+                    p.name
+                ),
+            );
+        }
+        if !names.insert(p.name.as_str()) {
+            return err(key("name"), format!("{:?} is used twice", p.name));
+        }
+        if p.url != MOCK_UPSTREAM && !is_http_url(&p.url) {
+            return err(
+                key("url"),
+                format!(
+                    "{:?} is neither \"mock\" nor an http(s) base URL like https://api.openai.com/v1",
+                    p.url
+                ),
+            );
+        }
+        for model in &p.models {
+            let bare = model.strip_suffix('*').unwrap_or(model);
+            if model.is_empty() || bare.contains('*') || model.chars().any(char::is_whitespace) {
+                return err(
+                    key("models"),
+                    format!(
+                        "{model:?} is not a model name or a trailing-* pattern like \"gpt-5-*\""
+                    ),
+                );
+            }
+        }
+        let opt = |v: Option<u64>| v.unwrap_or(1);
+        let checks: [(&str, u64, u64, u64, bool); 9] = [
+            ("priority", p.priority.into(), 0, 1_000_000, false),
+            ("weight", p.weight.into(), 1, 1_000_000, false),
+            (
+                "max_concurrent",
+                p.max_concurrent.map_or(1, |v| v as u64),
+                1,
+                100_000,
+                false,
+            ),
+            ("connect_timeout", opt(p.connect_timeout), 1, 3600, true),
+            (
+                "first_byte_timeout",
+                opt(p.first_byte_timeout),
+                1,
+                7 * DAY,
+                true,
+            ),
+            ("idle_timeout", opt(p.idle_timeout), 1, 7 * DAY, true),
+            ("timeout", opt(p.timeout), 1, 7 * DAY, true),
+            ("attempts", p.attempts.map_or(1, u64::from), 1, 100, false),
+            ("models", p.models.len() as u64, 0, 10_000, false),
+        ];
+        for (name, value, least, most, seconds) in checks {
+            if value < least || value > most {
+                let unit = if seconds { " seconds" } else { "" };
+                return err(
+                    key(name),
+                    format!("{value} is out of range: must be from {least} to {most}{unit}"),
+                );
+            }
+        }
+    }
+    let r = &s.routing;
+    for (name, value, least, most) in [
+        ("routing.failures", u64::from(r.failures), 1, 1_000_000),
+        ("routing.cooldown", r.cooldown, 1, DAY),
+        ("routing.catalog_refresh", r.catalog_refresh, 0, 30 * DAY),
+    ] {
+        if value < least || value > most {
+            let unit = if name == "routing.failures" {
+                ""
+            } else {
+                " seconds"
+            };
+            return err(
+                name.into(),
+                format!("{value} is out of range: must be from {least} to {most}{unit}"),
+            );
+        }
+    }
+    for (alias, target) in &s.aliases {
+        let key = format!("aliases.{alias}");
+        if alias.is_empty() || target.is_empty() || target.chars().any(char::is_whitespace) {
+            return err(key, format!("{target:?} must be a model name"));
+        }
+        if alias == target {
+            return err(key, "an alias cannot name itself".into());
+        }
+        if s.aliases.contains_key(target) {
+            return err(
+                key,
+                format!("{target:?} is itself an alias: point at the model it names"),
+            );
         }
     }
     Ok(())

@@ -9,6 +9,7 @@ pub mod atomic_file;
 pub mod config;
 pub mod env;
 pub mod logs;
+pub mod models_cache;
 pub mod templates;
 
 use std::path::{Path, PathBuf};

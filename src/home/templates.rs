@@ -99,6 +99,22 @@ mod tests {
         let mut all = Settings::default();
         all.upstream.first_byte_timeout = Some(1);
         all.upstream.idle_timeout = Some(1);
+        all.providers = vec![crate::home::config::ProviderConfig {
+            name: "p".into(),
+            url: "mock".into(),
+            api: crate::home::config::UpstreamApi::Chat,
+            api_key_env: String::new(),
+            models: vec!["*".into()],
+            priority: 0,
+            weight: 1,
+            max_concurrent: Some(1),
+            connect_timeout: Some(1),
+            first_byte_timeout: Some(1),
+            idle_timeout: Some(1),
+            timeout: Some(1),
+            attempts: Some(1),
+        }];
+        all.aliases.insert("fast".into(), "gpt-5-mini".into());
         all.prompts.sources[0].sha256 = vec!["0".repeat(64)];
         all.prompts.sources[0].file = Some(PathBuf::from("/x"));
         let mut expected = BTreeSet::new();
@@ -141,7 +157,17 @@ mod tests {
         assert_eq!(
             order,
             [
-                "server", "upstream", "prompts", "features", "daemon", "watchdog", "logs", "nats"
+                "server",
+                "upstream",
+                "providers",
+                "routing",
+                "aliases",
+                "prompts",
+                "features",
+                "daemon",
+                "watchdog",
+                "logs",
+                "nats"
             ]
         );
     }

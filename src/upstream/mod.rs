@@ -16,6 +16,7 @@
 
 pub mod anthropic;
 pub mod bounded;
+pub mod catalog;
 pub mod chat;
 pub mod forward;
 pub mod http;

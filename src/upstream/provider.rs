@@ -16,10 +16,11 @@
 //! guards the last error text, written on failure and read by `/health`.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::Upstream;
+use crate::api::metrics::ProviderMetrics;
 use crate::home::config::ProviderSettings;
 
 /// Nanoseconds on a monotonic clock, never 0 (0 means "no deadline").
@@ -62,60 +63,78 @@ pub struct ProviderHealth {
     pub last_error: Option<String>,
 }
 
-/// Per-provider counters for `/metrics`.
-#[derive(Debug, Default)]
-pub struct ProviderCounters {
-    /// Attempts sent to this provider.
-    pub requests: AtomicU64,
-    /// Attempts that failed (any [`FailureKind`]).
-    pub errors: AtomicU64,
-    /// Requests that moved on from this provider to another.
-    pub failovers: AtomicU64,
-    /// Times it entered cooldown.
-    pub cooldowns: AtomicU64,
-    /// Seconds spent in attempts, summed (with `requests`, the mean latency).
-    pub latency_nanos: AtomicU64,
-}
-
 pub struct Provider {
     pub name: Arc<str>,
     /// `x-warden-provider: NAME`, made once.
     pub header: axum::http::HeaderValue,
     pub settings: ProviderSettings,
     pub upstream: Upstream,
-    pub counters: ProviderCounters,
+    /// Its series in `/metrics`.
+    pub metrics: ProviderMetrics,
     in_flight: AtomicU32,
     failures: AtomicU32,
     /// [`now_nanos`] until which it is skipped; 0 = not cooling.
     cooldown_until: AtomicU64,
     probing: AtomicBool,
     last_error: Mutex<Option<String>>,
+    /// What its `GET /models` reported (only with `models = []`).
+    discovered: RwLock<Arc<[String]>>,
 }
 
 impl Provider {
-    pub fn new(settings: ProviderSettings, upstream: Upstream) -> Provider {
+    pub fn new(
+        settings: ProviderSettings,
+        upstream: Upstream,
+        metrics: ProviderMetrics,
+    ) -> Provider {
         Provider {
             name: Arc::from(settings.name.as_str()),
             header: axum::http::HeaderValue::from_str(&settings.name)
                 .unwrap_or(axum::http::HeaderValue::from_static("invalid-name")),
             settings,
             upstream,
-            counters: ProviderCounters::default(),
+            metrics,
             in_flight: AtomicU32::new(0),
             failures: AtomicU32::new(0),
             cooldown_until: AtomicU64::new(0),
             probing: AtomicBool::new(false),
             last_error: Mutex::new(None),
+            discovered: RwLock::new(Arc::from(Vec::new())),
         }
     }
 
     /// Whether a model name is one this provider declares (`*` = any; a
-    /// trailing `*` is a prefix).
+    /// trailing `*` is a prefix), or, with `models = []`, one it reported.
     pub fn serves(&self, model: &str) -> bool {
+        if self.discovers() {
+            return self
+                .discovered
+                .read()
+                .is_ok_and(|ids| ids.iter().any(|id| id == model));
+        }
         self.settings
             .models
             .iter()
             .any(|pattern| pattern_matches(pattern, model))
+    }
+
+    /// `models = []`: its models are what its `GET /models` reports.
+    pub fn discovers(&self) -> bool {
+        self.settings.models.is_empty()
+    }
+
+    /// The model ids it reported (empty unless it discovers).
+    pub fn discovered(&self) -> Vec<String> {
+        self.discovered
+            .read()
+            .map(|ids| ids.to_vec())
+            .unwrap_or_default()
+    }
+
+    pub fn set_discovered(&self, ids: Vec<String>) {
+        if let Ok(mut current) = self.discovered.write() {
+            *current = Arc::from(ids);
+        }
     }
 
     pub fn in_flight(&self) -> u32 {
@@ -192,7 +211,7 @@ impl Provider {
         threshold: u32,
         cooldown: Duration,
     ) -> bool {
-        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        self.metrics.errors.inc();
         if let Ok(mut last) = self.last_error.lock() {
             *last = Some(message.to_string());
         }
@@ -215,7 +234,7 @@ impl Provider {
         let until = now.saturating_add(length.as_nanos() as u64);
         let previous = self.cooldown_until.fetch_max(until, Ordering::AcqRel);
         if previous <= now {
-            self.counters.cooldowns.fetch_add(1, Ordering::Relaxed);
+            self.metrics.cooldowns.inc();
             tracing::warn!(
                 provider = %self.name,
                 cooldown_secs = length.as_secs_f64(),
@@ -267,14 +286,7 @@ impl Drop for InFlight {
     }
 }
 
-/// `*` matches everything, `gpt-5-*` every name starting `gpt-5-`, anything
-/// else only itself.
-pub fn pattern_matches(pattern: &str, model: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => model.starts_with(prefix),
-        None => pattern == model,
-    }
-}
+pub use crate::home::config::pattern_matches;
 
 #[cfg(test)]
 mod tests {
@@ -285,7 +297,11 @@ mod tests {
         let home = crate::home::Home::at("/nonexistent");
         let config = crate::home::config::Config::defaults(&home);
         let settings = config.provider_settings().remove(0);
-        Provider::new(settings, Upstream::Mock(MockUpstream::new()))
+        Provider::new(
+            settings,
+            Upstream::Mock(MockUpstream::new()),
+            ProviderMetrics::default(),
+        )
     }
 
     #[test]

@@ -57,7 +57,7 @@ use crate::home::config::Config;
 use crate::prompts::PromptStore;
 
 /// At most this many providers (the candidate set is a `u64` bit mask).
-pub const MAX_PROVIDERS: usize = 64;
+pub use crate::home::config::MAX_PROVIDERS;
 
 /// How much of a stream is read, at most, to find its first event.
 const PEEK_LIMIT: usize = 64 * 1024;
@@ -73,6 +73,18 @@ pub struct Router {
     failures: u32,
     /// Seconds a cooling provider is skipped.
     cooldown: Duration,
+    /// `[aliases]`: a name clients send -> the model routed.
+    aliases: std::collections::HashMap<String, String>,
+    /// Built from `[[providers]]` (not the `[upstream]` shorthand).
+    declared: bool,
+}
+
+/// Where one model goes.
+struct Route<'a> {
+    /// The providers that may serve it, a bit mask over `Router::providers`.
+    candidates: u64,
+    /// The model name to send upstream, when it is not the one the client sent.
+    rewrite: Option<&'a str>,
 }
 
 impl Router {
@@ -93,7 +105,8 @@ impl Router {
                     name: settings.name.clone(),
                     source: Box::new(e),
                 })?;
-            providers.push(Arc::new(Provider::new(settings, upstream)));
+            let handles = metrics.provider(&settings.name);
+            providers.push(Arc::new(Provider::new(settings, upstream, handles)));
         }
         if providers.is_empty() || providers.len() > MAX_PROVIDERS {
             return Err(UpstreamError::ProviderCount {
@@ -106,9 +119,41 @@ impl Router {
             providers,
             attempts: config.upstream.attempts.max(1),
             chain_timeout: config.upstream.first_byte_timeout(),
-            failures: 3,
-            cooldown: Duration::from_secs(30),
+            failures: config.routing.failures.max(1),
+            cooldown: Duration::from_secs(config.routing.cooldown),
+            aliases: config
+                .aliases
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            declared: !config.providers.is_empty(),
         })
+    }
+
+    /// `name=url` of every provider (URLs redacted), for the start-up log line.
+    pub fn summary(&self) -> String {
+        self.providers
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}={}",
+                    p.name,
+                    crate::support::redact::url(&p.settings.url)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The task that keeps the model catalog up to date (see [`super::catalog`]);
+    /// `None` when no provider discovers its models.
+    pub fn catalog(&self, config: &Config) -> Option<super::catalog::Catalog> {
+        let catalog = super::catalog::Catalog::new(
+            self.providers.clone(),
+            config.home.cache_dir().join("models.json"),
+            Duration::from_secs(config.routing.catalog_refresh),
+        );
+        catalog.discovers().then_some(catalog)
     }
 
     /// Every provider, in priority order.
@@ -117,10 +162,16 @@ impl Router {
     }
 
     /// A Chat Completions request, to the first candidate that answers.
-    pub async fn chat(&self, call: ChatCall) -> Result<Reply, ApiError> {
+    pub async fn chat(&self, mut call: ChatCall) -> Result<Reply, ApiError> {
+        let route = self.route(&call.model)?;
+        let candidates = route.candidates;
+        if let Some(model) = route.rewrite.map(str::to_owned) {
+            call.body = with_model(&call.body, &model)?;
+            call.model = model;
+        }
         let stats = call.stats.clone();
         let model = call.model.clone();
-        self.dispatch(&model, &stats, call.stream, |provider| {
+        self.dispatch(&model, candidates, &stats, call.stream, |provider| {
             let call = call.clone();
             async move { provider.upstream.chat(call).await }
         })
@@ -128,18 +179,72 @@ impl Router {
     }
 
     /// A Responses API request (forwarded as it is), routed by `call.model`.
-    pub async fn responses(&self, call: ResponsesCall) -> Result<Reply, ApiError> {
+    pub async fn responses(&self, mut call: ResponsesCall) -> Result<Reply, ApiError> {
+        let route = self.route(&call.model)?;
+        let candidates = route.candidates;
+        if let Some(model) = route.rewrite.map(str::to_owned) {
+            call.body = with_model(&call.body, &model)?;
+            call.model = model;
+        }
         let stats = call.stats.clone();
         let model = call.model.clone();
-        self.dispatch(&model, &stats, call.stream, |provider| {
+        self.dispatch(&model, candidates, &stats, call.stream, |provider| {
             let call = call.clone();
             async move { provider.upstream.responses(call).await }
         })
         .await
     }
 
-    /// The model list of the first provider that has one.
+    /// Resolves aliases and `PROVIDER/MODEL`, and finds the candidates.
+    /// Allocates nothing for a plain model name.
+    fn route<'a>(&'a self, model: &'a str) -> Result<Route<'a>, ApiError> {
+        let (routed, aliased) = match self.aliases.get(model) {
+            Some(target) => (target.as_str(), true),
+            None => (model, false),
+        };
+        if let Some((prefix, rest)) = routed.split_once('/') {
+            if let Some(i) = self.providers.iter().position(|p| &*p.name == prefix) {
+                if rest.is_empty() {
+                    return Err(ApiError::bad_request(format!(
+                        "{model:?} names the provider {prefix:?} but no model after the '/'"
+                    ))
+                    .code("model_not_found")
+                    .param("model"));
+                }
+                return Ok(Route {
+                    candidates: 1 << i,
+                    rewrite: Some(rest),
+                });
+            }
+        }
+        let candidates = self.candidates(routed);
+        if candidates == 0 {
+            let via = if aliased {
+                format!(" (the alias {model:?} names {routed:?})")
+            } else {
+                String::new()
+            };
+            return Err(ApiError::not_found(format!(
+                "no provider serves the model {routed:?}{via}; see GET /v1/models, \
+                 or write PROVIDER/MODEL"
+            ))
+            .code("model_not_found")
+            .param("model"));
+        }
+        Ok(Route {
+            candidates,
+            rewrite: aliased.then_some(routed),
+        })
+    }
+
+    /// The `/v1/models` list. With `[[providers]]`: the catalog (declared and
+    /// discovered models, see [`super::catalog`]). With `[upstream]` alone, as
+    /// always: the upstream's own list when it has one (`None`: the caller
+    /// serves the configured models).
     pub async fn models(&self) -> Option<Bytes> {
+        if self.declared {
+            return Some(super::catalog::list(&self.providers));
+        }
         for provider in &self.providers {
             if let Some(list) = provider.upstream.models().await {
                 return Some(list);
@@ -203,6 +308,7 @@ impl Router {
     async fn dispatch<F, Fut>(
         &self,
         model: &str,
+        candidates: u64,
         stats: &Arc<ExchangeStats>,
         stream: bool,
         mut call: F,
@@ -211,26 +317,23 @@ impl Router {
         F: FnMut(Arc<Provider>) -> Fut,
         Fut: Future<Output = Result<Reply, ApiError>>,
     {
-        let candidates = self.candidates(model);
-        if candidates == 0 {
-            return Err(ApiError::not_found(format!(
-                "no provider serves the model {model:?}; see GET /v1/models"
-            ))
-            .code("model_not_found")
-            .param("model"));
-        }
         let deadline = Instant::now() + self.chain_timeout;
         let mut used = [0u8; MAX_PROVIDERS];
         let mut tried: u64 = 0;
         let mut attempts = 0u32;
         let mut last: Option<(ApiError, FailureKind)> = None;
         let mut skipped_full = false;
+        // The provider of the last failed attempt, until the next attempt starts.
+        let mut failed_at: Option<usize> = None;
         while attempts < self.attempts {
             let Some(index) = self.pick(candidates, tried, &used) else {
                 // Everyone this round was tried: another round after a
                 // backoff, unless the last failure was a timeout.
                 let retry = tried != 0
-                    && !matches!(last, Some((_, FailureKind::Timeout)))
+                    && matches!(
+                        last,
+                        Some((_, FailureKind::Failed | FailureKind::RateLimited))
+                    )
                     && self.pick(candidates, 0, &used).is_some();
                 if !retry {
                     break;
@@ -262,12 +365,14 @@ impl Router {
                 provider,
                 armed: probe,
             };
-            if attempts > 0 {
+            if let Some(previous) = failed_at.take() {
+                // Moving on from a failed attempt.
+                self.providers[previous].metrics.failovers.inc();
                 stats.failovers.fetch_add(1, Ordering::Relaxed);
             }
             attempts += 1;
             used[index] = used[index].saturating_add(1);
-            provider.counters.requests.fetch_add(1, Ordering::Relaxed);
+            provider.metrics.requests.inc();
             let in_flight = self.providers[index].enter();
             let started = std::time::Instant::now();
             let outcome = tokio::time::timeout_at(deadline, async {
@@ -278,9 +383,9 @@ impl Router {
             })
             .await;
             provider
-                .counters
-                .latency_nanos
-                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                .metrics
+                .latency
+                .observe(started.elapsed().as_secs_f64());
             let (error, kind) = match outcome {
                 Err(_) => {
                     let e = ApiError::gateway_timeout(format!(
@@ -320,7 +425,7 @@ impl Router {
                         stats.set_provider(&self.providers[index]);
                         return Ok(hold_in_flight(Reply::Stream(frames), in_flight));
                     }
-                    provider.counters.failovers.fetch_add(1, Ordering::Relaxed);
+                    failed_at = Some(index);
                     tracing::warn!(provider = %provider.name, error = %message,
                         "stream began with an error event: failing over");
                     last = Some((e, FailureKind::Failed));
@@ -328,15 +433,17 @@ impl Router {
                 }
             };
             probe.failed(self, kind, &error);
+            failed_at = Some(index);
             if attempts < self.attempts {
-                provider.counters.failovers.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(provider = %provider.name, error = %error.message,
                     "attempt failed: trying the next candidate");
             }
-            stats.set_provider(&self.providers[index]);
             last = Some((error, kind));
         }
         if let Some((mut error, _)) = last {
+            if let Some(index) = failed_at {
+                stats.set_provider(&self.providers[index]);
+            }
             if attempts > 1 {
                 error.message = format!("{} (after {attempts} attempts)", error.message);
             }
@@ -381,6 +488,20 @@ impl Router {
         .code("providers_cooling")
         .retry_after(secs)
     }
+}
+
+/// The request body with `model` replaced (aliases and `PROVIDER/MODEL`);
+/// every other field is kept as it was.
+fn with_model(body: &Bytes, model: &str) -> Result<Bytes, ApiError> {
+    let mut value: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)
+        .map_err(|e| {
+            ApiError::bad_request(format!("request body is not a JSON object: {e}"))
+                .code("invalid_request")
+        })?;
+    value.insert("model".into(), serde_json::Value::String(model.into()));
+    serde_json::to_vec(&value)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::bad_request(format!("cannot rewrite the request: {e}")))
 }
 
 /// Whether an attempt's error is a failure that moves on to the next candidate.

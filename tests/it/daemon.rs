@@ -85,11 +85,13 @@ fn start_status_stop_with_lsb_exit_codes() {
     // The status page's URL (server.ui is on by default), in JSON and in text.
     let ui_url = format!("{}/ui", status["url"].as_str().unwrap());
     assert_eq!(status["ui_url"], ui_url.as_str());
+    assert_eq!(status["health"]["providers"]["default"]["state"], "healthy");
     let out = run("daemon", &home, &["status"]);
+    let shown = text(&out.stdout);
+    assert!(shown.contains(&format!("page      {ui_url}")), "{shown}");
     assert!(
-        text(&out.stdout).contains(&format!("page      {ui_url}")),
-        "{}",
-        text(&out.stdout)
+        shown.contains("provider  default: healthy, 0 in flight"),
+        "{shown}"
     );
 
     let out = run("daemon", &home, &["stop"]);

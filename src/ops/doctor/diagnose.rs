@@ -574,6 +574,18 @@ pub fn logs(ctx: &Context) -> Diagnosis {
     )
 }
 
+/// `cache/models.json`, the model catalog cache: a corrupt one is deleted.
+pub fn models_cache(home: &Home) -> Diagnosis {
+    let path = home.cache_dir().join("models.json");
+    if !path.exists() {
+        return Diagnosis::ok("no model catalog cache (written when a provider has models = [])");
+    }
+    match crate::home::models_cache::inspect(&path) {
+        Ok(()) => Diagnosis::ok(format!("{} is sound", path.display())),
+        Err(why) => Diagnosis::fixable(why, Fix::DeleteCatalog { path }),
+    }
+}
+
 /// The prompt cache: a corrupt entry or `metadata.json` is deleted and refilled.
 pub fn prompts(ctx: &Context) -> Diagnosis {
     let cfg = &ctx.cfg.prompts;

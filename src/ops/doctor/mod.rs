@@ -191,6 +191,9 @@ pub enum Fix {
         /// A proxy is running: it keeps its log open.
         proxy_running: Option<i32>,
     },
+    /// Delete a corrupt `cache/models.json` (the model catalog cache); the proxy
+    /// asks its providers again.
+    DeleteCatalog { path: PathBuf },
     /// Delete corrupt prompt cache entries (or `metadata.json`) and refill them.
     RepairPrompts {
         home: Home,
@@ -255,6 +258,11 @@ impl Fix {
                     .collect::<Vec<_>>()
                     .join(", "),
                 crate::home::logs::KEEP_ROTATED
+            ),
+            Fix::DeleteCatalog { path } => format!(
+                "delete {} (the proxy lists its providers' models again at start and every \
+                 routing.catalog_refresh)",
+                path.display()
             ),
             Fix::RepairPrompts { home, cfg, damage } => format!(
                 "delete {} and refill {} from the fallback chain (remote, local file, built-in)",
@@ -366,6 +374,17 @@ impl Fix {
                     ),
                     note,
                 })
+            }
+            Fix::DeleteCatalog { path } => {
+                match std::fs::remove_file(path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(FixError::io("delete", path, e)),
+                }
+                Ok(Applied::done(format!(
+                    "deleted {}; it is rebuilt from the providers' model lists",
+                    path.display()
+                )))
             }
             Fix::RepairPrompts { home, cfg, damage } => repair_prompts(home, cfg, damage).await,
         }
@@ -640,6 +659,7 @@ pub async fn run(home: &Home, opts: Options) -> Report {
     findings.push(settle("port", diagnose::port(&ctx), opts).await);
     findings.push(settle("logs", diagnose::logs(&ctx), opts).await);
     findings.push(settle("prompts", diagnose::prompts(&ctx), opts).await);
+    findings.push(settle("models-cache", diagnose::models_cache(home), opts).await);
     findings.push(settle("nats", diagnose::nats(&ctx).await, opts).await);
 
     findings.extend(reused_checks(home, opts).await);

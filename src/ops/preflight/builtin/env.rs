@@ -73,17 +73,34 @@ pub(super) fn check_env(ctx: &Context) -> Outcome {
         _ => messages.push(format!("no {} (optional)", env_file.display())),
     }
 
-    let upstream = &ctx.cfg.upstream;
-    let var = &upstream.api_key_env;
-    if upstream.is_mock() {
-        messages.push("upstream is mock: no API key needed".into());
-    } else {
+    // Every provider's key (`[upstream]` alone is the one provider `default`).
+    let shorthand = ctx.cfg.providers.is_empty();
+    for provider in ctx.cfg.provider_settings() {
+        let var = &provider.api_key_env;
+        let who = if shorthand {
+            format!("upstream {}", ctx.upstream_text())
+        } else {
+            format!(
+                "provider {} ({})",
+                provider.name,
+                crate::support::redact::url(provider.base_url())
+            )
+        };
+        if provider.is_mock() {
+            if shorthand {
+                messages.push("upstream is mock: no API key needed".into());
+            }
+            continue;
+        }
+        if var.is_empty() {
+            messages.push(format!("{who}: no key configured (api_key_env is empty)"));
+            continue;
+        }
         match ctx.cfg.env.get_with_origin(var) {
             None => {
                 status = Status::Fail;
                 messages.push(format!(
-                    "upstream {} needs an API key but {var} is not set (looked in the environment and {})",
-                    ctx.upstream_text(),
+                    "{who} needs an API key but {var} is not set (looked in the environment and {})",
                     env_file.display()
                 ));
                 hints.push(format!(

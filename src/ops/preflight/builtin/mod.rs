@@ -228,7 +228,18 @@ impl Context {
     /// `upstream.connect_timeout` (plus a little), the budget the SPEC gives it.
     pub fn timeout_for(&self, spec: &BuiltinSpec) -> Duration {
         let declared = Duration::from_millis(spec.timeout_ms);
-        if spec.id == "upstream" && !self.cfg.upstream.is_mock() {
+        if spec.id == "upstream" && !self.cfg.providers.is_empty() {
+            // Providers are probed at once, each within its own connect_timeout.
+            let slowest = self
+                .cfg
+                .provider_settings()
+                .iter()
+                .filter(|p| !p.is_mock())
+                .map(|p| p.connect_timeout)
+                .max()
+                .unwrap_or_default();
+            declared.max(slowest + Duration::from_millis(500))
+        } else if spec.id == "upstream" && !self.cfg.upstream.is_mock() {
             declared.max(self.cfg.upstream.connect_timeout() + Duration::from_millis(500))
         } else {
             declared

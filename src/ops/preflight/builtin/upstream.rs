@@ -1,13 +1,22 @@
 //! `upstream`: does the upstream answer HTTP at all within `upstream.connect_timeout`?
 //! Any status passes (a 401 without a key still proves the server is there).
+//!
+//! With `[[providers]]` every provider is asked (at once, each within its own
+//! `connect_timeout`): the check fails when some configured model has no
+//! reachable provider left, warns when a provider is down while others cover its
+//! models, and names the unreachable providers either way.
 
 use std::time::{Duration, Instant};
 
 use super::{Context, http_error};
+use crate::home::config::{ProviderSettings, pattern_matches};
 use crate::ops::preflight::Outcome;
 use crate::support::http_client;
 
 pub(super) async fn check_upstream(ctx: &Context) -> Outcome {
+    if !ctx.cfg.providers.is_empty() {
+        return check_providers(ctx).await;
+    }
     let upstream = &ctx.cfg.upstream;
     if upstream.is_mock() {
         return Outcome::pass(format!(
@@ -15,26 +24,38 @@ pub(super) async fn check_upstream(ctx: &Context) -> Outcome {
             ctx.defaults_note()
         ));
     }
-    let budget = upstream.connect_timeout();
-    let models = format!("{}/models", upstream.base_url());
-    let url = match reqwest::Url::parse(&models) {
-        Ok(url) => url,
-        Err(e) => return Outcome::fail(format!("upstream.url {:?}: {e}", ctx.upstream_text())),
-    };
+    match probe(
+        upstream.base_url(),
+        upstream.connect_timeout(),
+        "upstream.url",
+    )
+    .await
+    {
+        Ok(message) => Outcome::pass(message),
+        Err(message) => Outcome::fail(message),
+    }
+}
+
+/// `GET {base}/models` after a bare TCP connect, both within `budget`: `Ok`
+/// with what answered, `Err` with why not. `key` names the URL's setting.
+async fn probe(base: &str, budget: Duration, key: &str) -> Result<String, String> {
+    let models = format!("{base}/models");
+    let url = reqwest::Url::parse(&models)
+        .map_err(|e| format!("{key} {:?}: {e}", crate::support::redact::url(base)))?;
     let shown = crate::support::redact::url(url.as_str());
     let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
-        return Outcome::fail(format!("upstream.url {shown} has no host"));
+        return Err(format!("{key} {shown} has no host"));
     };
     let target = format!("{host}:{port}");
     let started = Instant::now();
     match tokio::time::timeout(budget, tokio::net::TcpStream::connect(&target)).await {
         Err(_) => {
-            return Outcome::fail(format!(
-                "no TCP connection to {target} within upstream.connect_timeout ({} s)",
+            return Err(format!(
+                "no TCP connection to {target} within connect_timeout ({} s)",
                 budget.as_secs()
             ));
         }
-        Ok(Err(e)) => return Outcome::fail(format!("cannot connect to {target}: {e}")),
+        Ok(Err(e)) => return Err(format!("cannot connect to {target}: {e}")),
         Ok(Ok(_stream)) => {}
     }
     let remaining = budget
@@ -47,24 +68,88 @@ pub(super) async fn check_upstream(ctx: &Context) -> Outcome {
     if is_loopback_host(&url) {
         builder = builder.no_proxy();
     }
-    let client = match builder.build() {
-        Ok(client) => client,
-        Err(e) => {
-            return Outcome::fail(format!("cannot build an HTTP client: {}", http_error(&e)));
-        }
-    };
+    let client = builder
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {}", http_error(&e)))?;
     match client.get(url.clone()).send().await {
-        Ok(response) => Outcome::pass(format!(
+        Ok(response) => Ok(format!(
             "GET {shown} answered HTTP {} in {} ms",
             response.status().as_u16(),
             started.elapsed().as_millis()
         )),
-        Err(e) if e.is_timeout() => Outcome::fail(format!(
-            "GET {shown}: no answer within upstream.connect_timeout ({} s)",
+        Err(e) if e.is_timeout() => Err(format!(
+            "GET {shown}: no answer within connect_timeout ({} s)",
             budget.as_secs()
         )),
-        Err(e) => Outcome::fail(format!("GET {shown}: {}", http_error(&e))),
+        Err(e) => Err(format!("GET {shown}: {}", http_error(&e))),
     }
+}
+
+/// Every `[[providers]]` entry, probed at once.
+async fn check_providers(ctx: &Context) -> Outcome {
+    let providers = ctx.cfg.provider_settings();
+    let probes = providers.iter().map(|p| async move {
+        if p.is_mock() {
+            return Ok("mock".to_string());
+        }
+        probe(
+            p.base_url(),
+            p.connect_timeout,
+            &format!("provider {} url", p.name),
+        )
+        .await
+    });
+    let results = futures_util::future::join_all(probes).await;
+    let up: Vec<&ProviderSettings> = providers
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| r.is_ok())
+        .map(|(p, _)| p)
+        .collect();
+    let mut down = Vec::new();
+    let mut orphaned: Vec<String> = Vec::new();
+    for (p, result) in providers.iter().zip(&results) {
+        let Err(why) = result else { continue };
+        down.push(format!("{}: {why}", p.name));
+        // Its models (patterns as written) that no reachable provider covers.
+        for model in &p.models {
+            let covered = up.iter().any(|u| {
+                u.models
+                    .iter()
+                    .any(|pattern| pattern_matches(pattern, model))
+            });
+            if !covered && !orphaned.contains(model) {
+                orphaned.push(model.clone());
+            }
+        }
+        if p.models.is_empty() && up.is_empty() {
+            orphaned.push(format!("the models {} reports", p.name));
+        }
+    }
+    let fine: Vec<String> = providers
+        .iter()
+        .zip(&results)
+        .filter_map(|(p, r)| r.as_ref().ok().map(|m| format!("{}: {m}", p.name)))
+        .collect();
+    if !orphaned.is_empty() {
+        return Outcome::fail(format!(
+            "no reachable provider for {}; unreachable: {}",
+            orphaned.join(", "),
+            down.join("; ")
+        ));
+    }
+    if !down.is_empty() {
+        return Outcome::warn(format!(
+            "unreachable: {}; the others cover their models ({})",
+            down.join("; "),
+            fine.join("; ")
+        ));
+    }
+    Outcome::pass(format!(
+        "{} providers answer: {}",
+        providers.len(),
+        fine.join("; ")
+    ))
 }
 
 fn is_loopback_host(url: &reqwest::Url) -> bool {
@@ -124,5 +209,37 @@ mod tests {
         let outcome = check_upstream(&ctx_for(dir.path())).await;
         assert_eq!(outcome.status, Status::Fail, "{outcome:?}");
         assert!(outcome.message.contains(&addr.to_string()), "{outcome:?}");
+    }
+
+    #[tokio::test]
+    async fn every_provider_is_checked_down_ones_named() {
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let config = |second_models: &str| {
+            format!(
+                "[[providers]]\nname = \"dead\"\nurl = \"http://{closed}/v1\"\nmodels = [\"gpt-5\", \"o4-*\"]\n\
+                 [[providers]]\nname = \"spare\"\nurl = \"mock\"\nmodels = {second_models}\n"
+            )
+        };
+        // The mock covers everything: the dead one only warns, by name.
+        std::fs::write(dir.path().join("warden.toml"), config("[\"*\"]")).unwrap();
+        let outcome = check_upstream(&ctx_for(dir.path())).await;
+        assert_eq!(outcome.status, Status::Warn, "{outcome:?}");
+        assert!(
+            outcome.message.contains("dead: cannot connect"),
+            "{outcome:?}"
+        );
+        // The mock covers gpt-5 only: o4-* has no reachable provider.
+        std::fs::write(dir.path().join("warden.toml"), config("[\"gpt-5\"]")).unwrap();
+        let outcome = check_upstream(&ctx_for(dir.path())).await;
+        assert_eq!(outcome.status, Status::Fail, "{outcome:?}");
+        assert!(
+            outcome.message.contains("o4-*") && !outcome.message.contains("for gpt-5"),
+            "{outcome:?}"
+        );
+        assert!(outcome.message.contains("dead"), "{outcome:?}");
     }
 }
