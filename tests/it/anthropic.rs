@@ -249,6 +249,8 @@ enum Script {
     Invalid,
     /// A stream: `message_start`, "par", then an in-band `error` event.
     InBandError,
+    /// A stream: `message_start`, `ping`, then an `overloaded_error` event before any content.
+    OverloadedInBand,
 }
 
 const CLAUDE_TEXT: &str = "Hello from Claude";
@@ -347,6 +349,11 @@ async fn fake_messages(
             json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null},
                 "usage": {"output_tokens": 9}}),
             json!({"type": "message_stop"}),
+        ]),
+        (Script::OverloadedInBand, _) => sse(vec![
+            message_start(),
+            json!({"type": "ping"}),
+            json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
         ]),
         (Script::InBandError, _) => sse(vec![
             message_start(),
@@ -733,4 +740,33 @@ async fn messages_in_front_of_an_anthropic_provider_and_responses_refused() {
             .contains("anthropic"),
         "{body}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overloaded_claude_fails_over_to_the_next_provider() {
+    // The primary is an Anthropic provider that is overloaded (529, then an
+    // in-band overloaded error as a stream's first event); the backup serves.
+    let primary = FakeAnthropic::start(&[Script::Overloaded]);
+    let stream_primary = FakeAnthropic::start(&[Script::OverloadedInBand]);
+    for (what, fake, stream) in [("529", &primary, false), ("in-band", &stream_primary, true)] {
+        let home = TestHome::new();
+        home.config(&format!(
+            "[[providers]]\nname = \"claude\"\nurl = \"{}\"\napi = \"anthropic\"\napi_key_env = \"ANTHROPIC_API_KEY\"\nmodels = [\"*\"]\npriority = 0\nattempts = 1\n\n\
+             [[providers]]\nname = \"backup\"\nurl = \"mock\"\nmodels = [\"*\"]\npriority = 1\n",
+            fake.url()
+        ));
+        let proxy = Proxy::start(&home, &[], &[("ANTHROPIC_API_KEY", KEY)]);
+        let r = chat_post(
+            &proxy,
+            &json!({"model": "claude-test", "stream": stream,
+                "messages": [{"role": "user", "content": "from the backup"}]}),
+        )
+        .await;
+        assert_eq!(r.status(), 200, "{what}");
+        assert_eq!(r.headers()["x-warden-provider"], "backup", "{what}");
+        let text = r.text().await.unwrap();
+        assert!(text.contains("backup"), "{what}: {text}");
+        assert!(!text.contains("Overloaded"), "{what}: {text}");
+        assert_eq!(fake.requests().len(), 1, "{what}");
+    }
 }
