@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use crate::home::Home;
+use crate::support::exit;
 
 /// `--home DIR`: the one flag every binary takes (SPEC §1).
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -82,9 +83,19 @@ pub fn generate(
     }
 }
 
+/// A `--generate` kind that is not one of [`Generate::ALL`].
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "--generate {kind:?} is not one of: {}",
+    Generate::ALL.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+)]
+pub struct UnknownKind {
+    pub kind: String,
+}
+
 /// Finds `--generate KIND` (or `--generate=KIND`) in `args` (without the program name),
-/// stopping at `--`. `Some(Err(kind))` for an unknown kind.
-pub fn generate_request<I, S>(args: I) -> Option<Result<Generate, String>>
+/// stopping at `--`. `Some(Err(_))` for an unknown kind.
+pub fn generate_request<I, S>(args: I) -> Option<Result<Generate, UnknownKind>>
 where
     I: IntoIterator<Item = S>,
     S: Into<std::ffi::OsString>,
@@ -104,7 +115,7 @@ where
         } else {
             continue;
         };
-        return Some(Generate::parse(&kind).ok_or(kind));
+        return Some(Generate::parse(&kind).ok_or(UnknownKind { kind }));
     }
     None
 }
@@ -126,25 +137,16 @@ pub fn handle_generate(command: impl FnOnce() -> clap::Command) -> Option<std::p
     let name = cmd.get_name().to_string();
     let kind = match request {
         Ok(kind) => kind,
-        Err(kind) => {
-            let valid: Vec<&str> = Generate::ALL.iter().map(|(n, _)| *n).collect();
-            eprintln!(
-                "{name}: --generate {kind:?} is not one of: {}",
-                valid.join(", ")
-            );
-            return Some(std::process::ExitCode::from(2));
-        }
+        Err(e) => return Some(exit::fail(&name, &e, exit::USAGE)),
     };
     let mut stdout = std::io::stdout().lock();
     match generate(kind, cmd, &mut stdout).and_then(|()| std::io::Write::flush(&mut stdout)) {
-        Ok(()) => Some(std::process::ExitCode::SUCCESS),
+        Ok(()) => Some(exit::to_exit_code(exit::OK)),
         // A closed pipe (`proxy --generate man | head`) is not worth a message.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-            Some(std::process::ExitCode::SUCCESS)
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Some(exit::to_exit_code(exit::OK)),
         Err(e) => {
             eprintln!("{name}: cannot write the output: {e}");
-            Some(std::process::ExitCode::FAILURE)
+            Some(exit::to_exit_code(exit::FAILED))
         }
     }
 }
@@ -176,9 +178,16 @@ mod tests {
         );
         assert_eq!(
             generate_request(["--generate", "complete-tcsh"]),
-            Some(Err("complete-tcsh".to_string()))
+            Some(Err(UnknownKind {
+                kind: "complete-tcsh".to_string()
+            }))
         );
-        assert_eq!(generate_request(["--generate"]), Some(Err(String::new())));
+        assert_eq!(
+            generate_request(["--generate"]),
+            Some(Err(UnknownKind {
+                kind: String::new()
+            }))
+        );
         assert_eq!(generate_request(["--", "--generate", "man"]), None);
     }
 
