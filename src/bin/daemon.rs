@@ -287,8 +287,11 @@ fn report_error(e: &SupervisorError) {
 
 async fn start(supervisor: &Supervisor, op: &Operation, json: bool) -> i32 {
     let spinner = Spinner::new();
-    let outcome = supervisor.start(op, &|msg| spinner.tick(msg)).await;
+    let outcome = interruptible(supervisor.start(op, &|msg| spinner.tick(msg))).await;
     drop(spinner);
+    let Some(outcome) = outcome else {
+        return interrupted(supervisor, "start");
+    };
     match outcome {
         Ok(StartOutcome::Started { running, ready_in }) => {
             if json {
@@ -329,6 +332,35 @@ async fn start(supervisor: &Supervisor, op: &Operation, json: bool) -> i32 {
     }
 }
 
+/// Runs `operation` until it ends or SIGINT/SIGTERM/SIGHUP arrives (`None`).
+/// Dropping an interrupted start or restart stops the proxy it had spawned and
+/// not yet accepted, and hands `run/proxy.pid` back to the old proxy.
+async fn interruptible<T>(operation: impl Future<Output = T>) -> Option<T> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        return Some(operation.await);
+    };
+    tokio::select! {
+        outcome = operation => Some(outcome),
+        _ = int.recv() => None,
+        _ = term.recv() => None,
+        _ = hup.recv() => None,
+    }
+}
+
+/// Exit code 130, as for a command ended by Ctrl-C.
+fn interrupted(supervisor: &Supervisor, what: &str) -> i32 {
+    eprintln!(
+        "daemon: {what} interrupted; a proxy it had started but not yet accepted was stopped again, and what served before keeps serving"
+    );
+    supervisor.log_action(&format!("{what} interrupted by a signal"));
+    130
+}
+
 async fn stop(supervisor: &Supervisor, op: &Operation, force: bool) -> i32 {
     match supervisor.stop(op, force).await {
         Ok(StopOutcome::NotRunning) => {
@@ -360,8 +392,11 @@ async fn stop(supervisor: &Supervisor, op: &Operation, force: bool) -> i32 {
 
 async fn restart(supervisor: &Supervisor, op: &Operation) -> i32 {
     let spinner = Spinner::new();
-    let outcome = supervisor.restart(op, &|msg| spinner.tick(msg)).await;
+    let outcome = interruptible(supervisor.restart(op, &|msg| spinner.tick(msg))).await;
     drop(spinner);
+    let Some(outcome) = outcome else {
+        return interrupted(supervisor, "restart");
+    };
     match outcome {
         Ok(RestartOutcome::HandedOver {
             old,

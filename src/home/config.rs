@@ -167,6 +167,8 @@ pub struct ProviderSettings {
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
+    /// The deadline of a whole exchange, first attempt to last byte.
+    pub timeout: Duration,
     /// Attempts of one request that may go to this provider.
     pub attempts: u32,
 }
@@ -559,6 +561,7 @@ impl Config {
             connect_timeout: up.connect_timeout(),
             first_byte_timeout: up.first_byte_timeout(),
             idle_timeout: up.idle_timeout(),
+            timeout: up.total_timeout(),
             attempts: up.attempts,
         }]
     }

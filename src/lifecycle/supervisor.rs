@@ -383,6 +383,42 @@ impl Operation {
     }
 }
 
+/// A proxy this process spawned and has not yet accepted (ready) or stopped again.
+/// If the operation is abandoned half-way — `daemon` interrupted by Ctrl-C drops
+/// the operation's future — dropping this stops it (it is our own unreaped child,
+/// so its PID cannot have been recycled) and asks the old proxy of a restart to
+/// take `run/proxy.pid` back: nothing is left behind that no one knows about.
+struct Spawned {
+    child: Child,
+    armed: bool,
+    home: Home,
+    old: Option<i32>,
+}
+
+impl Spawned {
+    fn new(child: Child, home: &Home, old: Option<i32>) -> Spawned {
+        Spawned {
+            child,
+            armed: true,
+            home: home.clone(),
+            old,
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(old) = self.old {
+            let _ = handoff::request_reclaim(&handoff::control_socket_path(&self.home, old));
+        }
+    }
+}
+
 pub struct Supervisor {
     pub config: Config,
     probe: reqwest::Client,
@@ -510,8 +546,8 @@ impl Supervisor {
         }
         self.clear_stale_pid_file()?;
         let started = Instant::now();
-        let child = self.spawn(None)?;
-        let running = self.await_ready(child, started, tick).await?;
+        let mut child = Spawned::new(self.spawn(None)?, self.home(), None);
+        let running = self.await_ready(&mut child, started, tick).await?;
         let ready_in = started.elapsed();
         self.log_action(&format!(
             "start pid={} url={} ready_ms={}",
@@ -639,17 +675,18 @@ impl Supervisor {
     /// waits until it is gone.
     async fn await_ready(
         &self,
-        mut child: Child,
+        spawned: &mut Spawned,
         started: Instant,
         tick: &dyn Fn(&str),
     ) -> Result<Running, SupervisorError> {
-        let pid = child.id() as i32;
+        let pid = spawned.child.id() as i32;
         let identity = ProcessIdentity::of(pid).ok();
         let timeout = Duration::from_secs(self.config.daemon.startup_timeout);
         let pid_path = self.home().proxy_pid_file();
         let mut last_problem = String::from("it has not written its PID file yet");
         while started.elapsed() < timeout {
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Ok(Some(status)) = spawned.child.try_wait() {
+                spawned.armed = false;
                 return Err(SupervisorError::ExitedDuringStartup {
                     pid,
                     status: status.to_string(),
@@ -664,7 +701,10 @@ impl Supervisor {
                         url: self.url_for(&record),
                     };
                     match probe::ready(&self.probe, &running.url).await {
-                        Ok(()) => return Ok(running),
+                        Ok(()) => {
+                            spawned.armed = false;
+                            return Ok(running);
+                        }
                         Err(e) => last_problem = e.to_string(),
                     }
                 }
@@ -680,7 +720,8 @@ impl Supervisor {
             let grace = Duration::from_secs(self.config.daemon.stop_timeout);
             let _ = tokio::task::spawn_blocking(move || process::terminate(&identity, grace)).await;
         }
-        let _ = child.wait();
+        let _ = spawned.child.wait();
+        spawned.armed = false;
         Err(SupervisorError::NotReady {
             pid,
             timeout_secs: timeout.as_secs(),
@@ -827,9 +868,9 @@ impl Supervisor {
                 Err(e) => return self.stop_start(op, old, e.to_string(), tick).await,
             };
         let started = Instant::now();
-        let child = self.spawn(Some(&listener))?;
+        let mut child = Spawned::new(self.spawn(Some(&listener))?, self.home(), Some(old.pid));
         drop(listener); // the successor has its own copy
-        let running = match self.await_ready(child, started, tick).await {
+        let running = match self.await_ready(&mut child, started, tick).await {
             Ok(running) => running,
             Err(e) => {
                 // The successor is gone (it exited, or was stopped again): the old

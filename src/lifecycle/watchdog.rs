@@ -19,9 +19,13 @@
 //! hand-off restart of `daemon restart` needs a cooperating old process, so it is
 //! not used here.
 //!
-//! Safety: only the process whose identity the PID file records is ever signalled
-//! (all signalling is in [`Supervisor`]/[`process`]); `waitpid` is only called on
-//! PIDs this process spawned.
+//! A restart takes the home's operation lock like `daemon` does (waiting, with a log
+//! line, while another operation holds it) and, if it had to wait, checks again
+//! first: what another operator fixed meanwhile is not undone.
+//!
+//! Safety: only verified proxies of this home are ever signalled (all signalling is
+//! in [`Supervisor`]/[`process`]); `waitpid` is only called on PIDs this process
+//! spawned.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};

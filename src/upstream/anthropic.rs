@@ -74,7 +74,11 @@ impl AnthropicUpstream {
             return Err(err);
         }
         if call.stream {
-            let chunks = self.http.chunks(response, call.stats.clone());
+            let chunks = super::bounded::limit_events(
+                self.http.chunks(response, call.stats.clone()),
+                self.http.max_event_bytes(),
+                self.http.display_url().to_string(),
+            );
             let id = format!(
                 "chatcmpl-{:016x}{:016x}",
                 fastrand::u64(..),

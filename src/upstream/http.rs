@@ -13,8 +13,15 @@
 //! re-parsing and its redirect and retry layers (about a fifth of the proxy's
 //! instructions per request). What the upstream sees is the same request: one
 //! function, [`HttpUpstream::outgoing`], decides its method, headers and body for
-//! both stacks (a test compares what each sends). A redirect answer is sent again
-//! through reqwest, which follows it as before.
+//! both stacks (a test compares what each sends). Redirects are never followed,
+//! by either stack: a 3xx answer is a 502, so a prompt is never re-sent to a
+//! host the configuration does not name.
+//!
+//! What an upstream answers is bounded ([`super::bounded`], SPEC §10): a body
+//! over `upstream.max_response_bytes` or an event over `max_event_bytes` is an
+//! error, the whole exchange has the deadline `upstream.timeout` on top of the
+//! first-byte and idle timeouts, and a status outside 100–599 or a non-JSON
+//! body is a 502. Streams are relayed in whole events only.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -29,6 +36,7 @@ use reqwest::header::{
 };
 use tokio::time::timeout;
 
+use super::bounded::{self, Deadline, EventFramer, ReadStop};
 use super::retry;
 use super::{ExchangeStats, FrameStream, Reply, UpstreamError};
 use crate::api::metrics::{AttemptOutcome, Metrics};
@@ -71,8 +79,15 @@ pub struct HttpUpstream {
     attempts: u32,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
+    /// The deadline of a whole exchange (`upstream.timeout`).
+    total_timeout: Duration,
+    max_response_bytes: usize,
+    max_event_bytes: usize,
     metrics: Arc<Metrics>,
 }
+
+/// The most of an upstream's error body read (only its message is used).
+const MAX_ERROR_BODY: usize = 64 * 1024;
 
 impl HttpUpstream {
     /// The HTTP side of one provider. `max_idle` bounds the idle pooled
@@ -89,6 +104,7 @@ impl HttpUpstream {
         let client = crate::support::http_client::client_builder()
             .connect_timeout(provider.connect_timeout)
             .pool_max_idle_per_host(max_idle)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|source| UpstreamError::Client { source })?;
         let proxied = HTTP_PROXY_VARS
@@ -118,6 +134,9 @@ impl HttpUpstream {
             attempts: provider.attempts,
             first_byte_timeout: provider.first_byte_timeout,
             idle_timeout: provider.idle_timeout,
+            total_timeout: provider.timeout,
+            max_response_bytes: config.upstream.max_response_bytes,
+            max_event_bytes: config.upstream.max_event_bytes,
             metrics,
         })
     }
@@ -173,16 +192,21 @@ impl HttpUpstream {
         client_headers: &HeaderMap,
     ) -> Result<reqwest::Response, ApiError> {
         let mut last_error = String::new();
+        let deadline = stats.deadline(self.total_timeout);
         for attempt in 1..=self.attempts {
             let started = Instant::now();
             let outcome = timeout(
-                self.first_byte_timeout,
+                deadline.wait(self.first_byte_timeout),
                 self.exchange(Method::POST, url, Some(body), client_headers),
             )
             .await;
             stats.add_upstream_time(started.elapsed());
             let mut retry_after = None;
             match outcome {
+                Err(_) if deadline.passed() => {
+                    self.metrics.upstream_attempt(AttemptOutcome::Timeout);
+                    return Err(self.deadline_error(&deadline));
+                }
                 Err(_) => {
                     self.metrics.upstream_attempt(AttemptOutcome::Timeout);
                     return Err(ApiError::gateway_timeout(format!(
@@ -193,6 +217,10 @@ impl HttpUpstream {
                 }
                 Ok(Err(e)) => {
                     last_error = format!("cannot reach upstream {}: {e}", self.display);
+                }
+                Ok(Ok(response)) if !conforming_status(response.status()) => {
+                    self.metrics.upstream_attempt(AttemptOutcome::Failed);
+                    return Err(self.nonconforming_status(&response));
                 }
                 Ok(Ok(response)) if retry::is_retryable(response.status()) => {
                     retry_after = retry::retry_after(response.headers());
@@ -213,7 +241,12 @@ impl HttpUpstream {
             }
             if attempt < self.attempts {
                 self.metrics.upstream_attempt(AttemptOutcome::Retried);
-                tokio::time::sleep(retry::backoff(attempt, retry_after)).await;
+                let pause = retry::backoff(attempt, retry_after);
+                if deadline.wait(pause) < pause {
+                    // No time left for another attempt.
+                    return Err(self.deadline_error(&deadline));
+                }
+                tokio::time::sleep(pause).await;
             } else {
                 self.metrics.upstream_attempt(AttemptOutcome::Failed);
             }
@@ -237,16 +270,11 @@ impl HttpUpstream {
             let request = self
                 .outgoing(method.clone(), body, client_headers)
                 .into_hyper(uri);
-            match client.request(request).await {
-                Ok(response) if !is_followed_redirect(response.status()) => {
-                    return Ok(into_reqwest(response, parsed));
-                }
-                // reqwest follows redirects: let it, as it always did.
-                Ok(_) => {}
-                Err(e) => {
-                    return Err(format!("error sending request: {}", error_chain(&e)));
-                }
-            }
+            return match client.request(request).await {
+                // hyper's client never follows a redirect; `send` refuses it.
+                Ok(response) => Ok(into_reqwest(response, parsed)),
+                Err(e) => Err(format!("error sending request: {}", error_chain(&e))),
+            };
         }
         self.outgoing(method, body, client_headers)
             .send_reqwest(&self.client, url)
@@ -307,45 +335,118 @@ impl HttpUpstream {
             return Err(self.passthrough_error(response).await);
         }
         if stream {
-            return Ok(Reply::Stream(self.relay(response, stats, usage)));
+            // A Chat Completions stream must end with `[DONE]`; a Responses
+            // stream ends with its own terminal event.
+            let expect_done = url.text.ends_with("/chat/completions");
+            return Ok(Reply::Stream(self.relay_events(
+                response,
+                stats,
+                usage,
+                expect_done,
+            )));
         }
         let body = self.read_body(response, &stats).await?;
-        if let Some(u) = usage(&body) {
-            stats.set_usage(u);
+        match usage(&body) {
+            Some(u) => stats.set_usage(u),
+            // No usage: check the body is JSON at all (usage parsing did, when found).
+            None => {
+                if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+                    return Err(self.log_502(format!(
+                        "upstream {} answered a body that is not JSON ({} bytes)",
+                        self.display,
+                        body.len()
+                    )));
+                }
+            }
         }
         Ok(Reply::Complete(body))
     }
 
-    /// Reads a whole body, with the idle timeout between chunks.
+    /// Reads a whole body: at most `upstream.max_response_bytes`, with the idle
+    /// timeout between chunks and the exchange's deadline.
     pub async fn read_body(
         &self,
-        mut response: reqwest::Response,
+        response: reqwest::Response,
         stats: &ExchangeStats,
     ) -> Result<Bytes, ApiError> {
         let started = Instant::now();
-        let mut buf = bytes::BytesMut::new();
-        let result = loop {
-            match timeout(self.idle_timeout, response.chunk()).await {
-                Err(_) => {
-                    break Err(ApiError::gateway_timeout(format!(
-                        "upstream {} stalled for {} s mid-answer (upstream.idle_timeout)",
-                        self.display,
-                        self.idle_timeout.as_secs()
-                    )));
-                }
-                Ok(Err(e)) => {
-                    break Err(ApiError::bad_gateway(format!(
-                        "upstream {} broke off its answer: {}",
-                        self.display,
-                        crate::support::http_client::describe(e)
-                    )));
-                }
-                Ok(Ok(None)) => break Ok(buf.freeze()),
-                Ok(Ok(Some(chunk))) => buf.extend_from_slice(&chunk),
-            }
-        };
+        let deadline = stats.deadline(self.total_timeout);
+        let result = bounded::read_capped(
+            response,
+            self.max_response_bytes,
+            self.idle_timeout,
+            deadline,
+        )
+        .await
+        .map_err(|stop| self.read_error(stop, &deadline, "mid-answer"));
         stats.add_upstream_time(started.elapsed());
         result
+    }
+
+    /// The client's error for a body or stream read that stopped early.
+    fn read_error(&self, stop: ReadStop, deadline: &Deadline, place: &str) -> ApiError {
+        match stop {
+            ReadStop::TooLarge { cap } => self.log_502(format!(
+                "upstream {} answered more than upstream.max_response_bytes ({cap} bytes)",
+                self.display
+            )),
+            ReadStop::Idle => ApiError::gateway_timeout(format!(
+                "upstream {} stalled for {} s {place} (upstream.idle_timeout)",
+                self.display,
+                self.idle_timeout.as_secs()
+            )),
+            ReadStop::Deadline => self.deadline_error(deadline),
+            ReadStop::Broken(cause) => ApiError::bad_gateway(format!(
+                "upstream {} broke off its answer: {cause}",
+                self.display
+            )),
+        }
+    }
+
+    /// 504: the exchange took longer than `upstream.timeout`.
+    fn deadline_error(&self, deadline: &Deadline) -> ApiError {
+        let error = ApiError::gateway_timeout(format!(
+            "upstream {} did not finish its answer within {} s (upstream.timeout)",
+            self.display,
+            deadline.total.as_secs()
+        ));
+        tracing::warn!(error = %error.message, "upstream deadline passed");
+        error
+    }
+
+    /// A 502 for an answer that is not what the API promises, logged.
+    fn log_502(&self, message: String) -> ApiError {
+        tracing::warn!(error = %message, "upstream answer refused");
+        ApiError::bad_gateway(message)
+    }
+
+    /// 502 for a redirect (never followed) or a status outside 100–599.
+    fn nonconforming_status(&self, response: &reqwest::Response) -> ApiError {
+        let status = response.status();
+        if status.is_redirection() {
+            let to = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(|l| {
+                    format!(
+                        " to {}",
+                        crate::support::redact::client(&crate::support::redact::url(l))
+                    )
+                })
+                .unwrap_or_default();
+            self.log_502(format!(
+                "upstream {} answered a redirect ({}{to}); redirects are never followed: set upstream.url to the final address",
+                self.display,
+                status.as_u16()
+            ))
+        } else {
+            self.log_502(format!(
+                "upstream {} answered status {}, outside HTTP's 100-599",
+                self.display,
+                status.as_u16()
+            ))
+        }
     }
 
     /// A non-retryable upstream error (4xx, or 429 after all attempts), relayed
@@ -353,10 +454,10 @@ impl HttpUpstream {
     pub async fn passthrough_error(&self, response: reqwest::Response) -> ApiError {
         let status = response.status();
         let retry_after = retry::retry_after(response.headers());
-        let body = timeout(self.idle_timeout, response.bytes())
+        let deadline = Deadline::after(self.idle_timeout);
+        let body = bounded::read_capped(response, MAX_ERROR_BODY, self.idle_timeout, deadline)
             .await
-            .ok()
-            .and_then(Result::ok);
+            .ok();
         let message = body
             .as_ref()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
@@ -377,6 +478,7 @@ impl HttpUpstream {
     pub fn chunks(&self, response: reqwest::Response, stats: Arc<ExchangeStats>) -> ChunkStream {
         let idle = self.idle_timeout;
         let display_url = self.display.clone();
+        let deadline = stats.deadline(self.total_timeout);
         let upstream = response.bytes_stream();
         Box::pin(futures_util::stream::unfold(
             (upstream, stats, false),
@@ -387,7 +489,7 @@ impl HttpUpstream {
                         return None;
                     }
                     let started = Instant::now();
-                    let next = timeout(idle, upstream.next()).await;
+                    let next = timeout(deadline.wait(idle), upstream.next()).await;
                     stats.add_upstream_time(started.elapsed());
                     let error = match next {
                         Ok(Some(Ok(chunk))) => return Some((Ok(chunk), (upstream, stats, false))),
@@ -395,6 +497,10 @@ impl HttpUpstream {
                         Ok(Some(Err(e))) => ApiError::bad_gateway(format!(
                             "upstream {display_url} broke off the stream: {}",
                             crate::support::http_client::describe(e)
+                        )),
+                        Err(_) if deadline.passed() => ApiError::gateway_timeout(format!(
+                            "upstream {display_url} did not finish its stream within {} s (upstream.timeout)",
+                            deadline.total.as_secs()
                         )),
                         Err(_) => ApiError::gateway_timeout(format!(
                             "upstream {display_url} stalled for {} s mid-stream (upstream.idle_timeout)",
@@ -408,24 +514,105 @@ impl HttpUpstream {
         ))
     }
 
-    /// Relays an upstream SSE body chunk by chunk, unchanged; a failure ends it
-    /// with an error frame. Only `usage` is read on the way.
+    /// The most bytes of one SSE event (`upstream.max_event_bytes`).
+    pub fn max_event_bytes(&self) -> usize {
+        self.max_event_bytes
+    }
+
+    /// Relays an upstream SSE body as it arrives, unchanged but in whole events
+    /// only; only `usage` is read on the way. It ends with exactly one complete
+    /// error event when the upstream breaks, stalls, passes the deadline, sends
+    /// an event over `upstream.max_event_bytes`, or (`expect_done`) ends
+    /// without `[DONE]`; an unfinished event is never sent.
     pub fn relay(
         &self,
         response: reqwest::Response,
         stats: Arc<ExchangeStats>,
         usage: UsageFn,
     ) -> FrameStream {
-        let mut scanner = UsageScanner::new(usage);
-        let chunks = self.chunks(response, stats.clone());
-        Box::pin(chunks.map(move |item| match item {
-            Ok(chunk) => {
-                if let Some(u) = scanner.scan(&chunk) {
-                    stats.set_usage(u);
-                }
-                chunk
+        self.relay_events(response, stats, usage, false)
+    }
+
+    fn relay_events(
+        &self,
+        response: reqwest::Response,
+        stats: Arc<ExchangeStats>,
+        usage: UsageFn,
+        expect_done: bool,
+    ) -> FrameStream {
+        struct Relay {
+            chunks: ChunkStream,
+            framer: EventFramer,
+            scanner: UsageScanner,
+            stats: Arc<ExchangeStats>,
+            display_url: String,
+            expect_done: bool,
+            seen_done: bool,
+            over: bool,
+        }
+        impl Relay {
+            /// One complete error event, then the end.
+            fn error(mut self, error: ApiError) -> Option<(Bytes, Relay)> {
+                self.over = true;
+                Some((Bytes::from(error.sse_frame()), self))
             }
-            Err(error) => Bytes::from(error.sse_frame()),
+        }
+        let state = Relay {
+            chunks: self.chunks(response, stats.clone()),
+            framer: EventFramer::new(self.max_event_bytes),
+            scanner: UsageScanner::new(usage),
+            stats,
+            display_url: self.display.clone(),
+            expect_done,
+            seen_done: false,
+            over: false,
+        };
+        Box::pin(futures_util::stream::unfold(state, |mut st| async move {
+            if st.over {
+                return None;
+            }
+            loop {
+                match st.chunks.next().await {
+                    Some(Ok(chunk)) => match st.framer.push(chunk) {
+                        Ok(Some(events)) => {
+                            if let Some(u) = st.scanner.scan(&events) {
+                                st.stats.set_usage(u);
+                            }
+                            st.seen_done = st.expect_done && bounded::ends_with_done(&events);
+                            return Some((events, st));
+                        }
+                        Ok(None) => {}
+                        Err(too_large) => {
+                            let error = ApiError::bad_gateway(format!(
+                                "upstream {} sent an event larger than upstream.max_event_bytes ({} bytes)",
+                                st.display_url, too_large.max_event
+                            ));
+                            tracing::warn!(error = %error.message, "stream ended with an error");
+                            return st.error(error);
+                        }
+                    },
+                    // Already logged; the unfinished event is dropped.
+                    Some(Err(error)) => return st.error(error),
+                    None => {
+                        let rest = st.framer.take_rest();
+                        if st.expect_done && !st.seen_done && rest.trim_ascii() == b"data: [DONE]" {
+                            // `[DONE]` without its blank line: complete it.
+                            st.over = true;
+                            return Some((Bytes::from_static(b"data: [DONE]\n\n"), st));
+                        }
+                        if st.expect_done && !st.seen_done {
+                            let error = ApiError::bad_gateway(format!(
+                                "upstream {} ended the stream without [DONE]{}",
+                                st.display_url,
+                                if rest.is_empty() { "" } else { ", mid-event" }
+                            ));
+                            tracing::error!(error = %error.message, "stream ended with an error");
+                            return st.error(error);
+                        }
+                        return None;
+                    }
+                }
+            }
         }))
     }
 
@@ -442,10 +629,15 @@ impl HttpUpstream {
         if !response.status().is_success() {
             return None;
         }
-        let body = timeout(self.idle_timeout, response.bytes())
-            .await
-            .ok()?
-            .ok()?;
+        let deadline = Deadline::after(self.first_byte_timeout.min(Duration::from_secs(10)));
+        let body = bounded::read_capped(
+            response,
+            self.max_response_bytes,
+            self.idle_timeout,
+            deadline,
+        )
+        .await
+        .ok()?;
         let parsed: serde_json::Value = serde_json::from_slice(&body).ok()?;
         parsed["data"].is_array().then_some(body)
     }
@@ -541,9 +733,9 @@ fn direct_client(connect_timeout: Duration, max_idle: usize) -> DirectClient {
         .build(http)
 }
 
-/// The statuses reqwest's default redirect policy follows.
-fn is_followed_redirect(status: http::StatusCode) -> bool {
-    matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308)
+/// A status an upstream may answer with: 100–599, and no redirect (never followed).
+fn conforming_status(status: reqwest::StatusCode) -> bool {
+    (100..=599).contains(&status.as_u16()) && !status.is_redirection()
 }
 
 /// A hyper response as the `reqwest::Response` the rest of this module reads.

@@ -15,6 +15,7 @@
 //! ready-to-send SSE frames. Failures are already in the OpenAI error shape.
 
 pub mod anthropic;
+pub mod bounded;
 pub mod chat;
 pub mod forward;
 pub mod http;
@@ -88,9 +89,17 @@ pub struct ExchangeStats {
     pub provider: OnceLock<Arc<Provider>>,
     /// Attempts after the first (each one a failover or a retry).
     pub failovers: AtomicU32,
+    /// The exchange's total deadline, set when its first attempt starts.
+    pub deadline: OnceLock<bounded::Deadline>,
 }
 
 impl ExchangeStats {
+    /// The exchange's total deadline: `total` from the first call on.
+    pub fn deadline(&self, total: Duration) -> bounded::Deadline {
+        *self
+            .deadline
+            .get_or_init(|| bounded::Deadline::after(total))
+    }
     pub fn set_usage(&self, usage: Usage) {
         self.prompt_tokens
             .store(usage.prompt_tokens, Ordering::Relaxed);

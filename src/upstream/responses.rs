@@ -85,7 +85,11 @@ impl ResponsesUpstream {
             return Err(self.http.passthrough_error(response).await);
         }
         if call.stream {
-            let chunks = self.http.chunks(response, call.stats.clone());
+            let chunks = super::bounded::limit_events(
+                self.http.chunks(response, call.stats.clone()),
+                self.http.max_event_bytes(),
+                self.http.display_url().to_string(),
+            );
             let id = format!(
                 "chatcmpl-{:016x}{:016x}",
                 fastrand::u64(..),

@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -318,4 +319,346 @@ async fn the_bearer_scheme_is_case_insensitive() {
             .unwrap();
         assert_eq!(reply.status(), 200, "{scheme}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// hostile upstreams: raw TCP servers written here, answering whatever they like
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A raw HTTP "upstream" on loopback: reads each request (head and
+/// `Content-Length` body), then lets `answer` write anything at all.
+async fn raw_upstream<F, Fut>(answer: F) -> (String, Arc<AtomicUsize>)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let answer = answer.clone();
+            let hits = counted.clone();
+            tokio::spawn(async move {
+                if read_request(&mut stream).await {
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    answer(stream).await;
+                }
+            });
+        }
+    });
+    (format!("http://{addr}/v1"), hits)
+}
+
+/// Reads one request; false if the connection closed first.
+async fn read_request(stream: &mut tokio::net::TcpStream) -> bool {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return false,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.is_ok()
+}
+
+/// Writes `total` bytes of `fill` in 64 KiB pieces, stopping when the reader
+/// goes away (the proxy closing at its cap): bounded either way.
+async fn flood(stream: &mut tokio::net::TcpStream, total: usize, fill: u8) -> usize {
+    let piece = vec![fill; 64 * 1024];
+    let mut sent = 0;
+    while sent < total {
+        if stream.write_all(&piece).await.is_err() {
+            break;
+        }
+        sent += piece.len();
+    }
+    sent
+}
+
+const CHUNK: &str = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"finish_reason\":null}]}\n\n";
+
+fn sse_head() -> &'static [u8] {
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+}
+
+fn proxy_for(url: &str, extra: &str) -> (TestHome, Proxy) {
+    let home = TestHome::new();
+    home.config(&format!(
+        "[upstream]\nurl = \"{url}\"\nattempts = 1\n{extra}\n"
+    ));
+    let proxy = Proxy::start(&home, &[], &[]);
+    (home, proxy)
+}
+
+fn chat(stream: bool) -> Value {
+    json!({"model": "gpt-5", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+/// The `data:` payloads of an SSE body, each of which must be whole JSON or `[DONE]`.
+fn whole_events(body: &str) -> Vec<Value> {
+    body.split("\n\n")
+        .filter(|f| !f.trim().is_empty())
+        .map(|frame| {
+            let data = frame
+                .trim()
+                .strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("not an event: {frame:?}"));
+            if data == "[DONE]" {
+                json!("[DONE]")
+            } else {
+                serde_json::from_str(data).unwrap_or_else(|e| panic!("torn event {data:?}: {e}"))
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_answer_is_502_and_read_no_further_than_the_cap() {
+    // Declared 300 MB: refused from the head. Undeclared: read up to the cap only.
+    let (declared, _) = raw_upstream(|mut s| async move {
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 314572800\r\n\r\n";
+        s.write_all(head.as_bytes()).await.ok();
+        flood(&mut s, 300 << 20, b' ').await;
+    })
+    .await;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counter = sent.clone();
+    let (undeclared, _) = raw_upstream(move |mut s| {
+        let counter = counter.clone();
+        async move {
+            s.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n",
+            )
+            .await
+            .ok();
+            counter.store(flood(&mut s, 300 << 20, b' ').await, Ordering::SeqCst);
+        }
+    })
+    .await;
+    for url in [declared, undeclared] {
+        let (_home, proxy) = proxy_for(&url, "max_response_bytes = 1048576");
+        let reply = post_chat(&proxy, &chat(false)).await;
+        assert_eq!(reply.status(), 502);
+        let body: Value = reply.json().await.unwrap();
+        assert_openai_error(&body);
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("max_response_bytes"),
+            "{body}"
+        );
+    }
+    // The flood stopped once the proxy hung up: far short of 300 MB.
+    crate::support::eventually("the flood to stop", || sent.load(Ordering::SeqCst) > 0);
+    assert!(
+        sent.load(Ordering::SeqCst) < 100 << 20,
+        "{}",
+        sent.load(Ordering::SeqCst)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_over_max_event_bytes_ends_the_stream_with_one_error_event() {
+    let (url, _) = raw_upstream(|mut s| async move {
+        s.write_all(sse_head()).await.ok();
+        s.write_all(CHUNK.as_bytes()).await.ok();
+        s.write_all(b"data: {\"x\":\"").await.ok();
+        flood(&mut s, 300 << 20, b'x').await;
+    })
+    .await;
+    for api in ["chat", "responses"] {
+        let (_home, proxy) = proxy_for(&url, &format!("api = \"{api}\"\nmax_event_bytes = 65536"));
+        let reply = post_chat(&proxy, &chat(true)).await;
+        assert_eq!(reply.status(), 200, "{api}");
+        let body = reply.text().await.unwrap();
+        let events = whole_events(&body);
+        let errors: Vec<_> = events.iter().filter(|e| e.get("error").is_some()).collect();
+        assert_eq!(errors.len(), 1, "{api}: {body}");
+        assert!(
+            errors[0]["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("max_event_bytes"),
+            "{api}: {body}"
+        );
+        assert!(body.len() < 1 << 20, "{api}: {} bytes relayed", body.len());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dripping_upstream_is_cut_off_at_the_total_deadline() {
+    let (url, _) = raw_upstream(|mut s| async move {
+        let head =
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n";
+        s.write_all(head.as_bytes()).await.ok();
+        // One byte every 100 ms: each resets the idle timer, never the deadline.
+        for _ in 0..100_000 {
+            if s.write_all(b" ").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let (_home, proxy) = proxy_for(
+        &url,
+        "timeout = 2\nidle_timeout = 1\nfirst_byte_timeout = 30",
+    );
+    let reply = post_chat(&proxy, &chat(false)).await;
+    assert_eq!(reply.status(), 504);
+    let body: Value = reply.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("upstream.timeout"),
+        "{body}"
+    );
+    let reply = post_chat(&proxy, &chat(true)).await;
+    let body = reply.text().await.unwrap();
+    let events = whole_events(&body);
+    assert_eq!(events.len(), 1, "{body}");
+    assert!(
+        events[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("upstream.timeout"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn non_conforming_answers_are_502() {
+    for (what, answer) in [
+        (
+            "invalid JSON",
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 9\r\n\r\nnot json{",
+        ),
+        (
+            "status 999",
+            "HTTP/1.1 999 Odd\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+        ),
+    ] {
+        let (url, _) = raw_upstream(move |mut s| async move {
+            s.write_all(answer.as_bytes()).await.ok();
+        })
+        .await;
+        let (_home, proxy) = proxy_for(&url, "");
+        let reply = post_chat(&proxy, &chat(false)).await;
+        assert_eq!(reply.status(), 502, "{what}");
+        assert_openai_error(&reply.json().await.unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redirect_is_502_and_never_followed_by_either_http_stack() {
+    let (elsewhere, elsewhere_hits) = raw_upstream(|mut s| async move {
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+            .await
+            .ok();
+    })
+    .await;
+    let location = format!("{elsewhere}/chat/completions");
+    let (url, hits) = raw_upstream(move |mut s| {
+        let location = location.clone();
+        async move {
+            let answer = format!("HTTP/1.1 307 Temporary Redirect\r\nlocation: {location}\r\ncontent-length: 0\r\n\r\n");
+            s.write_all(answer.as_bytes()).await.ok();
+        }
+    })
+    .await;
+    // hyper's direct path (plain http), then reqwest (an HTTP proxy configured:
+    // the raw server plays the proxy and answers the redirect itself).
+    let home = TestHome::new();
+    home.config(&format!("[upstream]\nurl = \"{url}\"\nattempts = 1\n"));
+    let direct = Proxy::start(&home, &[], &[]);
+    let reply = post_chat(&direct, &chat(false)).await;
+    assert_eq!(reply.status(), 502);
+    let body: Value = reply.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("redirect"),
+        "{body}"
+    );
+    drop(direct);
+    let proxy_url = url.trim_end_matches("/v1").to_string();
+    let home = TestHome::new();
+    home.config("[upstream]\nurl = \"http://127.0.0.1:9/v1\"\nattempts = 1\n");
+    let via_reqwest = Proxy::start(&home, &[], &[("HTTP_PROXY", &proxy_url)]);
+    let reply = post_chat(&via_reqwest, &chat(false)).await;
+    assert_eq!(reply.status(), 502);
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2,
+        "both stacks asked the redirecting server"
+    );
+    assert_eq!(
+        elsewhere_hits.load(Ordering::SeqCst),
+        0,
+        "the prompt went to another host"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_cut_mid_event_ends_with_one_whole_error_event() {
+    let (url, _) = raw_upstream(|mut s| async move {
+        s.write_all(sse_head()).await.ok();
+        s.write_all(CHUNK.as_bytes()).await.ok();
+        s.write_all(b"data: {\"cho").await.ok();
+        // Then the connection closes.
+    })
+    .await;
+    let (_home, proxy) = proxy_for(&url, "");
+    let body = post_chat(&proxy, &chat(true)).await.text().await.unwrap();
+    assert!(!body.contains("{\"cho"), "{body}");
+    let events = whole_events(&body);
+    assert_eq!(events.len(), 2, "{body}");
+    assert_eq!(events[0]["choices"][0]["delta"]["content"], "hi");
+    assert_openai_error(&events[1]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chat_stream_without_done_is_an_error_in_the_log_and_for_the_client() {
+    let (url, _) = raw_upstream(|mut s| async move {
+        s.write_all(sse_head()).await.ok();
+        s.write_all(CHUNK.as_bytes()).await.ok();
+        s.shutdown().await.ok();
+    })
+    .await;
+    let (home, mut proxy) = proxy_for(&url, "");
+    let body = post_chat(&proxy, &chat(true)).await.text().await.unwrap();
+    let events = whole_events(&body);
+    assert_eq!(events.len(), 2, "{body}");
+    assert!(
+        events[1]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("[DONE]"),
+        "{body}"
+    );
+    proxy.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(proxy.wait().success());
+    let log = home.read("logs/proxy.log");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("without [DONE]")),
+        "{log}"
+    );
 }

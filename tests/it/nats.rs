@@ -87,7 +87,7 @@ fn chat(stream: bool) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn request_reply_streaming_models_and_discovery() {
     let nats = NatsServer::start();
-    let home = home_with(&nats, "mock", "");
+    let home = home_with(&nats, "mock", "jetstream = true\n");
     let proxy = Proxy::start(&home, &[], &[]);
     wait_nats_state(&proxy, "connected").await;
     let nc = nats.client().await;
@@ -189,6 +189,31 @@ async fn request_reply_streaming_models_and_discovery() {
     // The access log names the ingress.
     let log = home.read("logs/proxy.log");
     assert!(log.contains("ingress=\"nats\""), "{log}");
+
+    let js = async_nats::jetstream::new(nc.clone());
+    wait_stream(&js).await;
+    // A streamed job: chunks with Warden-Seq, then done, on the reply subject.
+    let mut chunks = nc.subscribe("answers.stream").await.unwrap();
+    nc.flush().await.unwrap();
+    job(&js, "answers.stream", chat(true)).await;
+    let mut seq = 0;
+    loop {
+        let m = tokio::time::timeout(PATIENCE, chunks.next())
+            .await
+            .expect("stream message in time")
+            .unwrap();
+        if header(&m, "Warden-Status") == Some("done") {
+            break;
+        }
+        seq += 1;
+        assert_eq!(
+            header(&m, "Warden-Seq"),
+            Some(seq.to_string().as_str()),
+            "{m:?}"
+        );
+    }
+    assert!(seq >= 1);
+    wait_jobs_done(&js).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -568,4 +593,57 @@ fn logs_go_to_stdout_for_containers() {
     assert!(stopped.starts_with('{'), "{stopped}");
     assert!(child.wait().unwrap().success());
     assert!(!home.read("logs/proxy.log").contains("warden proxy started"));
+}
+
+/// Waits until a proxy created the job stream.
+async fn wait_stream(js: &async_nats::jetstream::Context) {
+    let deadline = Instant::now() + PATIENCE;
+    while js.get_stream("WARDEN").await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "no proxy created the WARDEN stream"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_jetstream_job_is_nakked_on_upstream_failure_then_answered_once() {
+    let nats = NatsServer::start();
+    let upstream = Upstream::start(Behaviour::FailThenRecover { n: 1, status: 503 });
+    let home = home_with(&nats, &upstream.url(), "jetstream = true\n");
+    let proxy = Proxy::start(&home, &[], &[]);
+    wait_nats_state(&proxy, "connected").await;
+    let nc = nats.client().await;
+    let js = async_nats::jetstream::new(nc.clone());
+    wait_stream(&js).await;
+    let mut replies = nc.subscribe("answers.retry").await.unwrap();
+    nc.flush().await.unwrap();
+    job(&js, "answers.retry", chat(false)).await;
+    // The first delivery meets a 503: nak with a delay, no reply; the second succeeds.
+    let reply = tokio::time::timeout(PATIENCE, replies.next())
+        .await
+        .expect("the job was answered")
+        .unwrap();
+    assert!(header(&reply, "Nats-Service-Error").is_none(), "{reply:?}");
+    let body: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(body["object"], "chat.completion", "{body}");
+    wait_jobs_done(&js).await;
+    assert_eq!(upstream.state.hits(), 2);
+
+    wait_jobs_done(&js).await;
+    let metrics = client()
+        .get(format!("{}/metrics", proxy.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "warden_nats_requests_total{route=\"/v1/chat/completions\",outcome=\"failed\"} 1"
+        ),
+        "{metrics}"
+    );
 }

@@ -155,8 +155,15 @@ impl Op {
     fn pid(&self) -> i32 {
         self.child.id() as i32
     }
-    /// Signals this child (ours, not yet reaped).
-    fn signal(&self, sig: Signal) {
+    /// Signals this child: ours, and never once reaped (after `wait` its PID could
+    /// belong to anyone).
+    fn signal(&mut self, sig: Signal) {
+        assert!(
+            matches!(self.child.try_wait(), Ok(None)),
+            "`{}` has exited; not signalling its PID",
+            self.what
+        );
+        // Not reaped: at worst a zombie, still ours.
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig)
             .expect("signal our own child");
     }
@@ -405,16 +412,24 @@ fn stop_during_a_restart_waits_for_it_and_then_stops_everything() {
     let (home, port) = home_with("");
     let _cleanup = Cleanup(&home);
     let first = start(&home);
-    let restart = Op::spawn("daemon", &home, &["restart", "--no-check"]);
+    let mut restart = Op::spawn("daemon", &home, &["restart", "--no-check"]);
     // Freeze the restart (our child) once its successor exists: the successor
     // is in flight, not yet recorded, when `stop` comes.
-    eventually("the successor to be spawned", || proxies(&home).len() >= 2);
-    restart.signal(Signal::SIGSTOP);
+    eventually(
+        "the successor to be spawned (or the restart to end)",
+        || restart.exited() || proxies(&home).len() >= 2,
+    );
+    let frozen = !restart.exited();
+    if frozen {
+        restart.signal(Signal::SIGSTOP);
+    }
     let mut stop = Op::spawn("daemon", &home, &["stop"]);
     eventually("stop to wait or finish", || {
         stop.exited() || stop.stderr_so_far().contains("waiting for")
     });
-    restart.signal(Signal::SIGCONT);
+    if frozen {
+        restart.signal(Signal::SIGCONT);
+    }
     let restarted = restart.finish(PATIENCE * 4);
     let stopped = stop.finish(PATIENCE * 4);
     assert_eq!(stopped.code, Some(0), "{}", stopped.said());
@@ -440,36 +455,96 @@ fn stop_during_a_restart_waits_for_it_and_then_stops_everything() {
 fn a_successor_killed_after_taking_the_pid_file_hands_it_back_to_the_old_proxy() {
     let (home, port) = home_with("");
     let _cleanup = Cleanup(&home);
+    // The window is between the successor's spawn and the restart judging it
+    // ready; a try that misses it (the restart finished first) is tried again.
+    for attempt in 1..=5 {
+        let old = locked_record(&home).unwrap_or_else(|| start(&home));
+        let mut restart = Op::spawn("daemon", &home, &["restart", "--no-check"]);
+        eventually(
+            "the successor to be spawned (or the restart to end)",
+            || {
+                restart.exited()
+                    || (proxies(&home).len() >= 2
+                        && warden::lifecycle::ports::holds_listener(old.pid))
+            },
+        );
+        if restart.exited() {
+            let done = restart.finish(PATIENCE * 4);
+            eprintln!("attempt {attempt} missed the window: {}", done.said());
+            assert_settled(&home, port, "after a missed attempt");
+            continue;
+        }
+        // Freeze the restart (our child), let the successor take the PID file, kill it.
+        restart.signal(Signal::SIGSTOP);
+        if !warden::lifecycle::ports::holds_listener(old.pid) {
+            restart.signal(Signal::SIGCONT);
+            let done = restart.finish(PATIENCE * 4);
+            eprintln!("attempt {attempt} missed the window: {}", done.said());
+            continue;
+        }
+        let mut successor = None;
+        eventually("the successor to take run/proxy.pid", || {
+            successor = locked_record(&home).filter(|r| r.pid != old.pid);
+            successor.is_some()
+        });
+        let successor = successor.unwrap().identity();
+        signal_proxy(&home, &successor, Signal::SIGKILL);
+        assert!(process::wait_exit(&successor, PATIENCE));
+        restart.signal(Signal::SIGCONT);
+        let done = restart.finish(PATIENCE * 4);
+        if done.code == Some(0) {
+            // It had judged the successor ready just before it was frozen.
+            eprintln!("attempt {attempt} missed the window: {}", done.said());
+            assert_settled(&home, port, "after a missed attempt");
+            continue;
+        }
+        assert_eq!(done.code, Some(1), "{}", done.said());
+        assert!(
+            done.stderr.contains(&format!("PID {}", successor.pid))
+                && done
+                    .stderr
+                    .contains(&format!("old proxy (PID {})", old.pid)),
+            "{}",
+            done.said()
+        );
+        // The old proxy serves and holds its PID file again: visible and stoppable.
+        assert_eq!(locked_record(&home).map(|r| r.pid), Some(old.pid));
+        assert_eq!(status_code(&home), Some(0));
+        assert_settled(&home, port, "after the successor died");
+        stop_and_check(&home, port);
+        assert!(!old.identity().matches_live());
+        return;
+    }
+    panic!("five attempts missed the successor's start-up window");
+}
+
+#[test]
+fn ctrl_c_during_a_restart_leaves_exactly_one_proxy_serving() {
+    let (home, port) = home_with("");
+    let _cleanup = Cleanup(&home);
     let old = start(&home);
-    let restart = Op::spawn("daemon", &home, &["restart", "--no-check"]);
-    eventually("the successor to be spawned", || proxies(&home).len() >= 2);
-    // Freeze the restart (our child), let the successor take the PID file, kill it.
-    restart.signal(Signal::SIGSTOP);
-    let mut successor = None;
-    eventually("the successor to take run/proxy.pid", || {
-        successor = locked_record(&home).filter(|r| r.pid != old.pid);
-        successor.is_some()
-    });
-    let successor = successor.unwrap().identity();
-    signal_proxy(&home, &successor, Signal::SIGKILL);
-    assert!(process::wait_exit(&successor, PATIENCE));
-    restart.signal(Signal::SIGCONT);
-    let done = restart.finish(PATIENCE * 4);
-    assert_eq!(done.code, Some(1), "{}", done.said());
-    assert!(
-        done.stderr.contains(&format!("PID {}", successor.pid))
-            && done
-                .stderr
-                .contains(&format!("old proxy (PID {})", old.pid)),
-        "{}",
-        done.said()
+    let mut restart = Op::spawn("daemon", &home, &["restart", "--no-check"]);
+    eventually(
+        "the successor to be spawned (or the restart to end)",
+        || {
+            restart.exited()
+                || (proxies(&home).len() >= 2 && warden::lifecycle::ports::holds_listener(old.pid))
+        },
     );
-    // The old proxy serves and holds its PID file again: visible and stoppable.
-    assert_eq!(locked_record(&home).map(|r| r.pid), Some(old.pid));
-    assert_eq!(status_code(&home), Some(0));
-    assert_settled(&home, port, "after the successor died");
+    if !restart.exited() {
+        restart.signal(Signal::SIGINT);
+    }
+    let done = restart.finish(PATIENCE * 4);
+    assert!(matches!(done.code, Some(0) | Some(130)), "{}", done.said());
+    // Whatever the moment, once things settle one proxy serves and is recorded.
+    eventually("the home to settle on one proxy", || {
+        serving(&home).len() == 1 && proxies(&home).len() == 1
+    });
+    assert_settled(&home, port, &format!("after Ctrl-C: {}", done.said()));
+    if done.code == Some(130) {
+        assert!(done.stderr.contains("interrupted"), "{}", done.said());
+    }
     stop_and_check(&home, port);
-    assert!(!old.identity().matches_live());
 }
 
 #[test]
@@ -623,4 +698,200 @@ fn the_watchdog_names_a_live_unrelated_pid_for_what_it_is() {
     assert!(!status.contains("is gone"), "{status}");
     stop_and_check(&home, port);
     assert!(sleeper.alive());
+}
+
+/// splitmix64: a tiny seeded generator, so a failing run can be replayed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Action {
+    Start,
+    Stop,
+    StopForce,
+    Restart,
+    WatchdogOnce,
+    Kill9,
+    Freeze,
+    Thaw,
+    PlantStale,
+}
+
+impl Action {
+    fn pick(rng: &mut Rng) -> Action {
+        // Weights: mostly operations, some violence, rare freezes (each one costs
+        // seconds of timeouts) and thaws.
+        match rng.below(100) {
+            0..=17 => Action::Start,
+            18..=29 => Action::Stop,
+            30..=33 => Action::StopForce,
+            34..=55 => Action::Restart,
+            56..=69 => Action::WatchdogOnce,
+            70..=83 => Action::Kill9,
+            84..=88 => Action::Freeze,
+            89..=95 => Action::Thaw,
+            _ => Action::PlantStale,
+        }
+    }
+}
+
+fn env_number(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+/// The invariant under random interleavings of `daemon start|stop|restart`,
+/// `watchdog --once`, `kill -9` and SIGSTOP/SIGCONT of the home's proxies, and
+/// stale PID files naming the test's sentinel processes. Seeded and printed;
+/// `WARDEN_STRESS_SEED`, `WARDEN_STRESS_STEPS` (actions, default 200) and
+/// `WARDEN_STRESS_SECS` (time budget, default 60; 0 = none) replay or lengthen it.
+#[test]
+fn stress_random_operators_keep_one_truthful_proxy() {
+    let seed = env_number("WARDEN_STRESS_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    });
+    let steps = env_number("WARDEN_STRESS_STEPS").unwrap_or(200);
+    let budget = match env_number("WARDEN_STRESS_SECS").unwrap_or(60) {
+        0 => None,
+        secs => Some(Duration::from_secs(secs)),
+    };
+    eprintln!(
+        "stress: seed={seed} steps={steps} budget={budget:?} (WARDEN_STRESS_SEED={seed} replays it)"
+    );
+    let mut rng = Rng(seed);
+    let (home, port) = home_with("[watchdog]\nhealth_timeout = 1\n");
+    home.config(&format!(
+        "[server]\nport = {port}\ngraceful_timeout = 1\n[daemon]\nstartup_timeout = 5\nstop_timeout = 1\n[watchdog]\nhealth_timeout = 1\n"
+    ));
+    let _cleanup = Cleanup(&home);
+    // Sentinels outlive any run length (support's `Sleeper` sleeps 300 s).
+    let sentinel = || {
+        Sleeper(
+            std::process::Command::new("sleep")
+                .arg("1000000")
+                .spawn()
+                .expect("spawn sleep"),
+        )
+    };
+    let mut sentinels = [sentinel(), sentinel()];
+    let mut frozen: Vec<ProcessIdentity> = Vec::new();
+    let mut history: Vec<String> = Vec::new();
+    let began = Instant::now();
+    let mut done_steps = 0;
+    // A step is one action; the actions of a batch (1 to 3) run at the same
+    // time, and the invariant is checked once the batch has settled.
+    while done_steps < steps {
+        if budget.is_some_and(|b| began.elapsed() >= b) {
+            break;
+        }
+        let step = done_steps;
+        let batch = (1 + rng.below(3)).min(steps - done_steps);
+        let actions: Vec<Action> = (0..batch).map(|_| Action::pick(&mut rng)).collect();
+        let mut ops = Vec::new();
+        let mut signals = Vec::new();
+        for action in &actions {
+            match action {
+                Action::Start => ops.push(Op::spawn("daemon", &home, &["start", "--no-check"])),
+                Action::Stop => ops.push(Op::spawn("daemon", &home, &["stop"])),
+                Action::StopForce => ops.push(Op::spawn("daemon", &home, &["stop", "--force"])),
+                Action::Restart => ops.push(Op::spawn("daemon", &home, &["restart", "--no-check"])),
+                Action::WatchdogOnce => ops.push(Op::spawn("watchdog", &home, &["--once"])),
+                Action::PlantStale => {
+                    // Only where no live process holds the file: a stale record
+                    // naming a sentinel, which nothing may ever signal.
+                    if matches!(pid_state(&home), PidState::Absent) {
+                        let s = &sentinels[rng.below(2) as usize];
+                        home.write("run/proxy.pid", &format!("{}\n", s.pid()));
+                    }
+                }
+                other => signals.push((*other, rng.below(200))),
+            }
+        }
+        // Signals land at random moments while the operations run.
+        signals.sort_by_key(|(_, at)| *at);
+        let launched = Instant::now();
+        for (action, at_ms) in &signals {
+            let at = launched + Duration::from_millis(*at_ms);
+            if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait); // the interleaving, not a synchronisation
+            }
+            let candidates = proxies(&home);
+            match action {
+                Action::Kill9 if !candidates.is_empty() => {
+                    let target = &candidates[rng.below(candidates.len() as u64) as usize];
+                    signal_proxy(&home, target, Signal::SIGKILL);
+                }
+                Action::Freeze if !candidates.is_empty() => {
+                    let target = &candidates[rng.below(candidates.len() as u64) as usize];
+                    signal_proxy(&home, target, Signal::SIGSTOP);
+                    frozen.push(target.clone());
+                }
+                Action::Thaw => {
+                    for target in frozen.drain(..) {
+                        signal_proxy(&home, &target, Signal::SIGCONT);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut said = Vec::new();
+        for op in ops {
+            let what = op.what.clone();
+            let done = op.finish(PATIENCE * 4);
+            assert!(
+                !done.said().contains("panicked"),
+                "seed {seed} step {step}: `{what}` panicked: {}",
+                done.said()
+            );
+            said.push(format!(
+                "`{what}` → {:?}: {}",
+                done.code,
+                done.said().trim()
+            ));
+        }
+        history.push(format!(
+            "step {step}: {actions:?}\n    {}",
+            said.join("\n    ")
+        ));
+        let context = format!(
+            "seed {seed} step {step} (WARDEN_STRESS_SEED={seed} replays it); last steps:\n{}",
+            history[history.len().saturating_sub(4)..].join("\n")
+        );
+        assert_settled(&home, port, &context);
+        for s in &mut sentinels {
+            assert!(s.alive(), "{context}\na sentinel was signalled");
+        }
+        frozen.retain(|p| p.matches_live());
+        if std::env::var_os("WARDEN_STRESS_TRACE").is_some() {
+            eprintln!(
+                "{:>6} ms {}",
+                launched.elapsed().as_millis(),
+                history.last().unwrap()
+            );
+        }
+        done_steps += batch;
+    }
+    for target in frozen.drain(..) {
+        signal_proxy(&home, &target, Signal::SIGCONT);
+    }
+    let done = daemon(&home, &["stop", "--force"]);
+    assert_eq!(done.code, Some(0), "{}", done.said());
+    assert!(serving(&home).is_empty());
+    eprintln!(
+        "stress: seed={seed} steps={done_steps}/{steps} in {:.0} s, failures: 0",
+        began.elapsed().as_secs_f64()
+    );
 }

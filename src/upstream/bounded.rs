@@ -1,0 +1,283 @@
+//! Bounds on what an upstream answers (SPEC §10): every HTTP provider's bodies
+//! and streams go through these, whatever the wire format.
+//!
+//! - [`EventFramer`]: cuts a relayed SSE byte stream at event boundaries, so the
+//!   client only ever receives whole events (a stream that breaks mid-event then
+//!   ends with one complete error event, never `data: {"cho` + an error), and
+//!   holds at most `upstream.max_event_bytes` of an unfinished event.
+//! - [`read_capped`]: reads a whole body, at most `cap` bytes, within the idle
+//!   timeout between chunks and the exchange's total deadline.
+//! - [`Deadline`]: the total deadline (`upstream.timeout`) of one exchange.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::time::Instant;
+
+/// The end of one exchange's time (`upstream.timeout`), shared by the attempts,
+/// the body read and every chunk of a stream.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    pub at: Instant,
+    pub total: Duration,
+}
+
+impl Deadline {
+    pub fn after(total: Duration) -> Deadline {
+        Deadline {
+            at: Instant::now() + total,
+            total,
+        }
+    }
+
+    /// How long to wait for the next thing: `limit`, or less if the deadline is
+    /// sooner (zero once it has passed).
+    pub fn wait(&self, limit: Duration) -> Duration {
+        limit.min(self.at.saturating_duration_since(Instant::now()))
+    }
+
+    pub fn passed(&self) -> bool {
+        Instant::now() >= self.at
+    }
+}
+
+/// Why a body or stream read stopped early.
+#[derive(Debug)]
+pub enum ReadStop {
+    /// More than `cap` bytes (declared or received).
+    TooLarge { cap: usize },
+    /// Nothing arrived within the idle timeout.
+    Idle,
+    /// The total deadline passed.
+    Deadline,
+    /// The connection broke; the cause in words.
+    Broken(String),
+}
+
+/// Reads a whole body: at most `cap` bytes (a declared `Content-Length` over
+/// it stops before reading), each chunk within `idle`, all before `deadline`.
+pub async fn read_capped(
+    mut response: reqwest::Response,
+    cap: usize,
+    idle: Duration,
+    deadline: Deadline,
+) -> Result<Bytes, ReadStop> {
+    if response.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(ReadStop::TooLarge { cap });
+    }
+    // The usual answer is one chunk: kept as it is, without a copy.
+    let mut first: Option<Bytes> = None;
+    let mut buf = BytesMut::new();
+    loop {
+        if deadline.passed() {
+            return Err(ReadStop::Deadline);
+        }
+        match tokio::time::timeout(deadline.wait(idle), response.chunk()).await {
+            Err(_) if deadline.passed() => return Err(ReadStop::Deadline),
+            Err(_) => return Err(ReadStop::Idle),
+            Ok(Err(e)) => {
+                return Err(ReadStop::Broken(crate::support::http_client::describe(e)));
+            }
+            Ok(Ok(None)) if buf.is_empty() => return Ok(first.unwrap_or_default()),
+            Ok(Ok(None)) => return Ok(buf.freeze()),
+            Ok(Ok(Some(chunk))) => {
+                let held = first.as_ref().map_or(0, Bytes::len) + buf.len();
+                if held + chunk.len() > cap {
+                    return Err(ReadStop::TooLarge { cap });
+                }
+                match first.take() {
+                    None if buf.is_empty() => first = Some(chunk),
+                    None => buf.extend_from_slice(&chunk),
+                    Some(earlier) => {
+                        buf.extend_from_slice(&earlier);
+                        buf.extend_from_slice(&chunk);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Splits a stream of SSE bytes into runs of whole events.
+#[derive(Debug)]
+pub struct EventFramer {
+    /// The unfinished event at the end of what arrived so far.
+    pending: BytesMut,
+    max_event: usize,
+}
+
+/// The pending event grew past the limit: the stream must end.
+#[derive(Debug, PartialEq, Eq)]
+pub struct EventTooLarge {
+    pub max_event: usize,
+}
+
+impl EventFramer {
+    pub fn new(max_event: usize) -> EventFramer {
+        EventFramer {
+            pending: BytesMut::new(),
+            max_event,
+        }
+    }
+
+    /// Takes one chunk; returns the complete events it finished (possibly
+    /// none), byte for byte. Zero-copy when no event was left unfinished.
+    pub fn push(&mut self, chunk: Bytes) -> Result<Option<Bytes>, EventTooLarge> {
+        let out = if self.pending.is_empty() {
+            match last_boundary(&chunk) {
+                Some(end) => {
+                    self.pending.extend_from_slice(&chunk[end..]);
+                    Some(chunk.slice(..end))
+                }
+                None => {
+                    self.pending.extend_from_slice(&chunk);
+                    None
+                }
+            }
+        } else {
+            // A boundary may straddle the seam: look from 2 bytes before it.
+            let from = self.pending.len().saturating_sub(2);
+            self.pending.extend_from_slice(&chunk);
+            last_boundary(&self.pending[from..])
+                .map(|end| self.pending.split_to(from + end).freeze())
+        };
+        if self.pending.len() > self.max_event {
+            self.pending.clear();
+            return Err(EventTooLarge {
+                max_event: self.max_event,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The unfinished event left when the stream ended (empty if none).
+    pub fn take_rest(&mut self) -> Bytes {
+        std::mem::take(&mut self.pending).freeze()
+    }
+}
+
+/// Ends a chunk stream with an error once one SSE event passes `max_event`
+/// bytes, without buffering: for streams that a parser reads (and would
+/// otherwise buffer without bound), such as a Responses upstream's.
+pub fn limit_events(
+    chunks: super::http::ChunkStream,
+    max_event: usize,
+    display_url: String,
+) -> super::http::ChunkStream {
+    use futures_util::StreamExt;
+    // Bytes of the unfinished event, and the last 2 bytes seen (a boundary may
+    // straddle two chunks).
+    let mut open = 0usize;
+    let mut tail = [0u8; 2];
+    let mut over = false;
+    Box::pin(chunks.scan((), move |(), item| {
+        let next = if over {
+            None
+        } else {
+            match item {
+                Err(error) => {
+                    over = true;
+                    Some(Err(error))
+                }
+                Ok(chunk) => {
+                    let mut seam = Vec::with_capacity(4);
+                    seam.extend_from_slice(&tail);
+                    seam.extend_from_slice(&chunk[..chunk.len().min(2)]);
+                    open = match last_boundary(&chunk) {
+                        Some(end) => chunk.len() - end,
+                        None if last_boundary(&seam).is_some() => chunk.len(),
+                        None => open + chunk.len(),
+                    };
+                    if chunk.len() >= 2 {
+                        tail.copy_from_slice(&chunk[chunk.len() - 2..]);
+                    } else if chunk.len() == 1 {
+                        tail = [tail[1], chunk[0]];
+                    }
+                    if open > max_event {
+                        over = true;
+                        let error = crate::api::openai::ApiError::bad_gateway(format!(
+                            "upstream {display_url} sent an event larger than upstream.max_event_bytes ({max_event} bytes)"
+                        ));
+                        tracing::warn!(error = %error.message, "stream ended with an error");
+                        Some(Err(error))
+                    } else {
+                        Some(Ok(chunk))
+                    }
+                }
+            }
+        };
+        std::future::ready(next)
+    }))
+}
+
+/// The end (exclusive) of the last blank line in `buf`: after `\n\n` or
+/// `\n\r\n`. `None` when `buf` holds no complete event.
+fn last_boundary(buf: &[u8]) -> Option<usize> {
+    let mut end = buf.len();
+    while let Some(p) = buf[..end].iter().rposition(|&b| b == b'\n') {
+        if p >= 1 && buf[p - 1] == b'\n' {
+            return Some(p + 1);
+        }
+        if p >= 2 && buf[p - 1] == b'\r' && buf[p - 2] == b'\n' {
+            return Some(p + 1);
+        }
+        end = p;
+    }
+    None
+}
+
+/// Whether a run of whole events ends with the Chat Completions `[DONE]` event.
+pub fn ends_with_done(events: &[u8]) -> bool {
+    let tail = &events[events.len().saturating_sub(24)..];
+    tail.windows(6).any(|w| w == b"[DONE]")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_come_out_whole_however_the_bytes_are_split() {
+        let stream: &[u8] = b"data: {\"a\":1}\n\ndata: {\"b\":2}\r\n\r\n: c\n\ndata: [DONE]\n\n";
+        for split in 0..=stream.len() {
+            for second in split..=stream.len() {
+                let mut framer = EventFramer::new(1024);
+                let mut out = Vec::new();
+                for part in [&stream[..split], &stream[split..second], &stream[second..]] {
+                    if let Some(events) = framer.push(Bytes::copy_from_slice(part)).unwrap() {
+                        assert!(
+                            events.ends_with(b"\n\n") || events.ends_with(b"\n\r\n"),
+                            "{events:?}"
+                        );
+                        out.extend_from_slice(&events);
+                    }
+                }
+                assert_eq!(out, stream, "split at {split}, {second}");
+                assert!(framer.take_rest().is_empty());
+                assert!(ends_with_done(&out));
+            }
+        }
+    }
+
+    #[test]
+    fn an_event_past_the_limit_stops_the_stream() {
+        let mut framer = EventFramer::new(10);
+        assert_eq!(framer.push(Bytes::from_static(b"data: 12")).unwrap(), None);
+        assert_eq!(
+            framer.push(Bytes::from_static(b"3456")),
+            Err(EventTooLarge { max_event: 10 })
+        );
+    }
+
+    #[test]
+    fn a_cut_event_is_held_back() {
+        let mut framer = EventFramer::new(1024);
+        let out = framer
+            .push(Bytes::from_static(b"data: {\"x\":1}\n\ndata: {\"cho"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(&out[..], b"data: {\"x\":1}\n\n");
+        assert_eq!(&framer.take_rest()[..], b"data: {\"cho");
+        assert!(!ends_with_done(&out));
+    }
+}
