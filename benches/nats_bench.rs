@@ -167,7 +167,7 @@ async fn run(
 async fn main() {
     let a = args();
     let url = format!("{}/v1/chat/completions", a.http.trim_end_matches('/'));
-    let http = reqwest::Client::builder()
+    let http = warden::support::http_client::client_builder()
         .pool_max_idle_per_host(256)
         .no_proxy()
         .build()

@@ -22,6 +22,7 @@ mod nats;
 mod operators;
 mod preflight;
 mod prompts;
+mod properties;
 mod proxy;
 mod responses;
 mod routing;
