@@ -130,14 +130,9 @@ async fn run(home: Home, command: Cmd) -> i32 {
         } => logs(&home, follow, lines, which),
         Cmd::Check { json } => check(&home, json).await.1,
         Cmd::Start { no_check, json } => {
-            let Ok(config) = load(&home) else { return 1 };
-            let supervisor = Supervisor::new(config);
-            let Some(op) = begin(&supervisor, "daemon start").await else {
+            let Some((supervisor, op)) = launching(&home, "daemon start", no_check).await else {
                 return 1;
             };
-            if !prepare(&supervisor, &op) || (!no_check && !gate(&home).await) {
-                return 1;
-            }
             start(&supervisor, &op, json).await
         }
         Cmd::Stop { force } => {
@@ -148,14 +143,9 @@ async fn run(home: Home, command: Cmd) -> i32 {
             stop(&supervisor, &op, force).await
         }
         Cmd::Restart { no_check } => {
-            let Ok(config) = load(&home) else { return 1 };
-            let supervisor = Supervisor::new(config);
-            let Some(op) = begin(&supervisor, "daemon restart").await else {
+            let Some((supervisor, op)) = launching(&home, "daemon restart", no_check).await else {
                 return 1;
             };
-            if !prepare(&supervisor, &op) || (!no_check && !gate(&home).await) {
-                return 1;
-            }
             restart(&supervisor, &op).await
         }
         Cmd::Status { json } => {
@@ -187,6 +177,22 @@ async fn run(home: Home, command: Cmd) -> i32 {
 
 /// Takes the home's operation lock, saying so on stderr while another operation
 /// holds it; `None` (after printing why) when it could not be had in time.
+/// What `start` and `restart` do first: load the configuration, take the
+/// operation lock, prepare the home and, unless `--no-check`, pass preflight.
+/// `None` (exit 1) once any step has said why it refused.
+async fn launching(
+    home: &Home,
+    name: &'static str,
+    no_check: bool,
+) -> Option<(Supervisor, Operation)> {
+    let supervisor = Supervisor::new(load(home).ok()?);
+    let op = begin(&supervisor, name).await?;
+    if !prepare(&supervisor, &op) || (!no_check && !gate(home).await) {
+        return None;
+    }
+    Some((supervisor, op))
+}
+
 async fn begin(supervisor: &Supervisor, name: &'static str) -> Option<Operation> {
     let mut on_wait = |message: &str| eprintln!("daemon: {message}");
     match supervisor.begin(name, &mut on_wait).await {
@@ -245,14 +251,40 @@ async fn check(home: &Home, json: bool) -> (bool, i32) {
     (report.ok, report::exit_code(&report))
 }
 
-/// A spinner on a terminal; silence otherwise.
-fn spinner() -> Option<indicatif::ProgressBar> {
-    if !std::io::stderr().is_terminal() {
-        return None;
+/// A spinner on a terminal showing an operation's progress messages; silence
+/// otherwise. Cleared when dropped.
+struct Spinner(Option<indicatif::ProgressBar>);
+
+impl Spinner {
+    fn new() -> Spinner {
+        if !std::io::stderr().is_terminal() {
+            return Spinner(None);
+        }
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.enable_steady_tick(Duration::from_millis(80));
+        Spinner(Some(bar))
     }
-    let bar = indicatif::ProgressBar::new_spinner();
-    bar.enable_steady_tick(Duration::from_millis(80));
-    Some(bar)
+
+    fn tick(&self, msg: &str) {
+        if let Some(bar) = &self.0 {
+            bar.set_message(msg.to_string());
+        }
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Reports a failed `start`, `stop` or `restart` and logs it: exit 1.
+fn failed(supervisor: &Supervisor, what: &str, e: &SupervisorError) -> i32 {
+    report_error(e);
+    supervisor.log_action(&format!("{what} failed: {e}"));
+    1
 }
 
 fn report_error(e: &SupervisorError) {
@@ -266,21 +298,12 @@ fn report_error(e: &SupervisorError) {
 }
 
 async fn start(supervisor: &Supervisor, op: &Operation, json: bool) -> i32 {
-    let bar = spinner();
-    let tick = |msg: &str| {
-        if let Some(bar) = &bar {
-            bar.set_message(msg.to_string());
-        }
-    };
-    let Some(outcome) = interruptible(supervisor.start(op, &tick)).await else {
-        if let Some(bar) = bar {
-            bar.finish_and_clear();
-        }
+    let spinner = Spinner::new();
+    let outcome = interruptible(supervisor.start(op, &|msg| spinner.tick(msg))).await;
+    drop(spinner);
+    let Some(outcome) = outcome else {
         return interrupted(supervisor, "start");
     };
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
     match outcome {
         Ok(StartOutcome::Started { running, ready_in }) => {
             if json {
@@ -317,11 +340,7 @@ async fn start(supervisor: &Supervisor, op: &Operation, json: bool) -> i32 {
             }
             0
         }
-        Err(e) => {
-            report_error(&e);
-            supervisor.log_action(&format!("start failed: {e}"));
-            1
-        }
+        Err(e) => failed(supervisor, "start", &e),
     }
 }
 
@@ -379,30 +398,17 @@ async fn stop(supervisor: &Supervisor, op: &Operation, force: bool) -> i32 {
             }
             0
         }
-        Err(e) => {
-            report_error(&e);
-            supervisor.log_action(&format!("stop failed: {e}"));
-            1
-        }
+        Err(e) => failed(supervisor, "stop", &e),
     }
 }
 
 async fn restart(supervisor: &Supervisor, op: &Operation) -> i32 {
-    let bar = spinner();
-    let tick = |msg: &str| {
-        if let Some(bar) = &bar {
-            bar.set_message(msg.to_string());
-        }
-    };
-    let Some(outcome) = interruptible(supervisor.restart(op, &tick)).await else {
-        if let Some(bar) = bar {
-            bar.finish_and_clear();
-        }
+    let spinner = Spinner::new();
+    let outcome = interruptible(supervisor.restart(op, &|msg| spinner.tick(msg))).await;
+    drop(spinner);
+    let Some(outcome) = outcome else {
         return interrupted(supervisor, "restart");
     };
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
     match outcome {
         Ok(RestartOutcome::HandedOver {
             old,
@@ -446,11 +452,7 @@ async fn restart(supervisor: &Supervisor, op: &Operation) -> i32 {
             );
             0
         }
-        Err(e) => {
-            report_error(&e);
-            supervisor.log_action(&format!("restart failed: {e}"));
-            1
-        }
+        Err(e) => failed(supervisor, "restart", &e),
     }
 }
 

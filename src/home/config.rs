@@ -581,7 +581,7 @@ impl Config {
             message,
         })?;
         apply_env(&mut settings, &env)?;
-        apply_overrides(&mut settings, overrides);
+        overrides.apply_to(&mut settings);
         validate(&settings).map_err(|(key, message)| ConfigError {
             origin: "command line".into(),
             key: Some(key),
@@ -768,7 +768,7 @@ fn plain_types(message: &str) -> String {
 }
 
 /// 1-based line and column of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
@@ -1301,15 +1301,19 @@ fn apply_env(s: &mut Settings, env: &EnvSource) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn apply_overrides(s: &mut Settings, o: &Overrides) {
-    if let Some(host) = &o.host {
-        s.server.host = host.clone();
-    }
-    if let Some(port) = o.port {
-        s.server.port = port;
-    }
-    if let Some(url) = &o.upstream_url {
-        s.upstream.url = url.clone();
+impl Overrides {
+    /// Puts the command-line values over `s` (also how `preflight` fills in the
+    /// defaults it checks with when the configuration did not load).
+    pub fn apply_to(&self, s: &mut Settings) {
+        if let Some(host) = &self.host {
+            s.server.host = host.clone();
+        }
+        if let Some(port) = self.port {
+            s.server.port = port;
+        }
+        if let Some(url) = &self.upstream_url {
+            s.upstream.url = url.clone();
+        }
     }
 }
 

@@ -950,14 +950,32 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn pidfds_are_available_here() {
-        // Tells whether the pidfd paths below really ran or fell back to /proc.
-        let kid = Kid::sleep();
-        match pidfd_open(kid.pid()) {
-            Ok(_) => {}
-            Err(e) if pidfd_unsupported(&e) => eprintln!("pidfd unsupported here ({e})"),
+    fn a_pidfd_turns_readable_when_its_process_exits() {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        // Also tells whether the pidfd paths below really ran or fell back to /proc.
+        let mut kid = Kid::sleep();
+        let fd = match pidfd_open(kid.pid()) {
+            Ok(fd) => fd,
+            Err(e) if pidfd_unsupported(&e) => {
+                eprintln!("pidfd unsupported here ({e}): nothing to check");
+                return;
+            }
             Err(e) => panic!("pidfd_open on our own child failed: {e}"),
-        }
+        };
+        let readable = |timeout: PollTimeout| {
+            let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+            poll(&mut fds, timeout).expect("poll a pidfd") == 1
+        };
+        assert!(
+            !readable(PollTimeout::ZERO),
+            "readable while the process runs"
+        );
+        kid.0.kill().unwrap();
+        assert!(
+            readable(PollTimeout::from(20_000u16)),
+            "not readable after exit"
+        );
     }
 
     #[test]

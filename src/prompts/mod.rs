@@ -928,10 +928,7 @@ impl Inner {
 /// Exponential backoff with jitter: attempt 1 waits 125–250 ms, then doubling,
 /// capped at [`BACKOFF_MAX`].
 fn backoff(retry: u32) -> Duration {
-    let full = BACKOFF_BASE
-        .saturating_mul(1u32 << retry.saturating_sub(1).min(16))
-        .min(BACKOFF_MAX);
-    full.mul_f64(0.5 + fastrand::f64() / 2.0)
+    crate::support::backoff::exponential_jitter(BACKOFF_BASE, retry, BACKOFF_MAX)
 }
 
 async fn fetch_once(

@@ -49,8 +49,11 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn builds_twice() {
+    fn the_provider_is_installed_once_and_every_client_builds() {
+        // A second `client_builder` must not fail on the provider installed by
+        // the first (reqwest without a provider panics when building).
         super::client_builder().build().unwrap();
+        assert!(rustls::crypto::CryptoProvider::get_default().is_some());
         super::client_builder().build().unwrap();
     }
 }

@@ -2,6 +2,7 @@
 //! writing, the one configured HTTP client builder, the clock, this process's memory
 //! and the redaction of secrets and client strings in every output.
 
+pub mod backoff;
 pub mod cli;
 pub mod exit;
 pub mod http_client;

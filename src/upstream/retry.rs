@@ -36,9 +36,9 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// How long to wait before attempt `attempt + 1` (attempt counts from 1): full
 /// jitter over an exponential window, but never less than `Retry-After`.
 pub fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
-    let window = BASE.saturating_mul(1 << attempt.saturating_sub(1).min(16));
-    let jittered = window.mul_f64(0.5 + fastrand::f64() / 2.0);
-    jittered.max(retry_after.unwrap_or_default()).min(MAX_WAIT)
+    crate::support::backoff::exponential_jitter(BASE, attempt, MAX_WAIT)
+        .max(retry_after.unwrap_or_default())
+        .min(MAX_WAIT)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use serde_json::Value;
 use warden::lifecycle::pidfile::{self, PidState};
 
+use crate::support::responses_upstream::until;
 use crate::support::{Sleeper, TestHome, client, free_port, run, text};
 
 /// A home configured for a free port, with its folders, so preflight passes.
@@ -255,9 +256,11 @@ async fn restart_under_steady_load_fails_no_request() {
         }));
     }
     // Load is flowing before, during and after the restart.
-    while ok.load(Ordering::Relaxed) < 200 {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let answered = |n: usize| {
+        let ok = &ok;
+        move || async move { ok.load(Ordering::Relaxed) >= n }
+    };
+    until("200 answered requests before the restart", answered(200)).await;
     let home_path = home.path().to_path_buf();
     let out = tokio::task::spawn_blocking(move || {
         crate::support::bin("daemon")
@@ -281,9 +284,11 @@ async fn restart_under_steady_load_fails_no_request() {
         text(&out.stdout)
     );
     let after_restart = ok.load(Ordering::Relaxed);
-    while ok.load(Ordering::Relaxed) < after_restart + 200 {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    until(
+        "200 more answered requests after the restart",
+        answered(after_restart + 200),
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.await.unwrap();

@@ -181,12 +181,20 @@ fn a_watchdog_meant_for_another_process_is_not_pinged() {
     assert!(proxy.wait().success());
 }
 
-#[test]
-fn without_notify_socket_the_proxy_runs_as_before() {
+#[tokio::test(flavor = "multi_thread")]
+async fn without_notify_socket_the_proxy_runs_as_before() {
     let home = TestHome::new();
+    // A watchdog interval without a socket to send to: it must not matter.
     let mut proxy = Proxy::start(&home, &[], &[("WATCHDOG_USEC", "200000")]);
+    let ready = client()
+        .get(format!("{}/health/ready", proxy.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
     proxy.signal(Signal::SIGTERM);
     assert!(proxy.wait().success());
     let log = home.read("logs/proxy.log");
+    assert!(log.contains("warden proxy stopped"), "{log}");
     assert!(!log.contains("cannot notify systemd"), "{log}");
 }

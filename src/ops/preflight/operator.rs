@@ -221,7 +221,7 @@ pub fn parse(
         let place = e
             .span()
             .map(|span| {
-                let (line, col) = line_col(text, span.start);
+                let (line, col) = crate::home::config::line_col(text, span.start);
                 format!(":{line}:{col}")
             })
             .unwrap_or_default();
@@ -359,13 +359,6 @@ fn kind_name(kind: Kind) -> &'static str {
         Kind::Tcp => "tcp",
         Kind::File => "file",
     }
-}
-
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, col)
 }
 
 /// Runs one operator check; a failure counts as its `severity`.

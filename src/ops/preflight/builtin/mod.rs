@@ -152,15 +152,7 @@ impl Context {
             },
             Err(e) => {
                 let mut settings = Settings::default();
-                if let Some(host) = &overrides.host {
-                    settings.server.host = host.clone();
-                }
-                if let Some(port) = overrides.port {
-                    settings.server.port = port;
-                }
-                if let Some(url) = &overrides.upstream_url {
-                    settings.upstream.url = url.clone();
-                }
+                overrides.apply_to(&mut settings);
                 Context {
                     home: home.clone(),
                     cfg: Config {
