@@ -13,6 +13,9 @@
 
 use serde_json::{Map, Value, json};
 
+use super::translate::{
+    self, ChatTurn, DONE_FRAME, TranslateError, data_frame, now_unix, part_text, part_type,
+};
 use crate::home::config;
 
 /// Switches that change the translated request.
@@ -58,16 +61,9 @@ pub fn chat_to_responses(
     chat: &Value,
     instructions: &str,
     opts: &TranslateOptions,
-) -> Result<Value, String> {
-    let chat = chat
-        .as_object()
-        .ok_or("the request body must be a JSON object")?;
-    let model = chat
-        .get("model")
-        .ok_or("model: missing")?
-        .as_str()
-        .ok_or("model: must be a string")?;
-    let (model, suffix_effort) = split_reasoning_suffix(model);
+) -> Result<Value, TranslateError> {
+    let chat = translate::object(chat)?;
+    let (model, suffix_effort) = split_reasoning_suffix(translate::model(chat)?);
 
     let mut out = Map::new();
     out.insert("model".into(), json!(model));
@@ -83,7 +79,7 @@ pub fn chat_to_responses(
             .enumerate()
             .map(|(i, t)| translate_tool(t, i))
             .collect::<Result<_, _>>()?,
-        Some(_) => return Err("tools: must be an array".into()),
+        Some(_) => return Err(TranslateError::wrong("tools", "an array")),
     };
     if opts.enable_web_search
         && !tools.iter().any(|t| {
@@ -102,7 +98,7 @@ pub fn chat_to_responses(
     }
     if let Some(v) = chat.get("parallel_tool_calls").filter(|v| !v.is_null()) {
         if !v.is_boolean() {
-            return Err("parallel_tool_calls: must be a boolean".into());
+            return Err(TranslateError::wrong("parallel_tool_calls", "a boolean"));
         }
         out.insert("parallel_tool_calls".into(), v.clone());
     }
@@ -111,7 +107,7 @@ pub fn chat_to_responses(
     for key in ["max_completion_tokens", "max_tokens"] {
         if let Some(v) = chat.get(key).filter(|v| !v.is_null()) {
             if v.as_u64().is_none() {
-                return Err(format!("{key}: must be a non-negative integer"));
+                return Err(TranslateError::wrong(key, "a non-negative integer"));
             }
             out.insert("max_output_tokens".into(), v.clone());
             break;
@@ -120,27 +116,24 @@ pub fn chat_to_responses(
     for key in ["temperature", "top_p"] {
         if let Some(v) = chat.get(key).filter(|v| !v.is_null()) {
             if !v.is_number() {
-                return Err(format!("{key}: must be a number"));
+                return Err(TranslateError::wrong(key, "a number"));
             }
             out.insert(key.into(), v.clone());
         }
     }
-    if chat
-        .get("n")
-        .is_some_and(|n| !n.is_null() && n.as_u64() != Some(1))
-    {
-        return Err("n: only 1 choice is supported by a Responses API upstream".into());
-    }
+    translate::one_choice(chat, "a Responses API upstream")?;
 
     // Reasoning: an explicit `reasoning_effort` (or `reasoning` object) wins over
     // the model-name suffix.
     let mut reasoning = match chat.get("reasoning") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(r)) => r.clone(),
-        Some(_) => return Err("reasoning: must be an object".into()),
+        Some(_) => return Err(TranslateError::wrong("reasoning", "an object")),
     };
     if let Some(v) = chat.get("reasoning_effort").filter(|v| !v.is_null()) {
-        let effort = v.as_str().ok_or("reasoning_effort: must be a string")?;
+        let effort = v
+            .as_str()
+            .ok_or_else(|| TranslateError::wrong("reasoning_effort", "a string"))?;
         reasoning.insert("effort".into(), json!(effort));
     }
     if let Some(effort) = suffix_effort {
@@ -156,10 +149,7 @@ pub fn chat_to_responses(
             json!({"format": translate_response_format(format)?}),
         );
     }
-    if let Some(v) = chat.get("stream").filter(|v| !v.is_null()) {
-        if !v.is_boolean() {
-            return Err("stream: must be a boolean".into());
-        }
+    if let Some(v) = translate::stream_flag(chat)? {
         out.insert("stream".into(), v.clone());
     }
     for key in ["user", "metadata", "service_tier"] {
@@ -171,79 +161,56 @@ pub fn chat_to_responses(
     Ok(Value::Object(out))
 }
 
-fn translate_messages(chat: &Map<String, Value>) -> Result<Vec<Value>, String> {
-    let messages = chat
-        .get("messages")
-        .ok_or("messages: missing")?
-        .as_array()
-        .ok_or("messages: must be an array")?;
-    let mut input = Vec::with_capacity(messages.len());
-    for (i, msg) in messages.iter().enumerate() {
-        let at = |field: &str| format!("messages[{i}]{field}");
-        let msg = msg
-            .as_object()
-            .ok_or_else(|| format!("{}: must be an object", at("")))?;
-        let role = msg
-            .get("role")
-            .and_then(Value::as_str)
-            .ok_or_else(|| format!("{}: missing or not a string", at(".role")))?;
-        let content = msg.get("content").unwrap_or(&Value::Null);
-        match role {
-            "system" | "developer" => {
-                let parts = text_parts(content, "input_text", &at(".content"))?;
+fn translate_messages(chat: &Map<String, Value>) -> Result<Vec<Value>, TranslateError> {
+    let turns = translate::chat_turns(chat)?;
+    let mut input = Vec::with_capacity(turns.len());
+    for turn in turns {
+        match turn {
+            ChatTurn::System { content, at } => {
+                let parts = text_parts(content, "input_text", &at)?;
                 input.push(json!({"type": "message", "role": "developer", "content": parts}));
             }
-            "user" => {
-                let parts = user_parts(content, &at(".content"))?;
+            ChatTurn::User { content, at } => {
+                let parts = user_parts(content, &at)?;
                 input.push(json!({"type": "message", "role": "user", "content": parts}));
             }
-            "assistant" => {
-                let parts = text_parts(content, "output_text", &at(".content"))?;
+            ChatTurn::Assistant {
+                content,
+                tool_calls,
+                at,
+            } => {
+                let parts = text_parts(content, "output_text", &at)?;
                 if !parts.is_empty() {
                     input.push(json!({"type": "message", "role": "assistant", "content": parts}));
                 }
-                match msg.get("tool_calls") {
-                    None | Some(Value::Null) => {}
-                    Some(Value::Array(calls)) => {
-                        for (j, call) in calls.iter().enumerate() {
-                            input.push(translate_tool_call(
-                                call,
-                                &at(&format!(".tool_calls[{j}]")),
-                            )?);
-                        }
-                    }
-                    Some(_) => return Err(format!("{}: must be an array", at(".tool_calls"))),
+                for call in tool_calls {
+                    let arguments = match call.arguments {
+                        Value::Null => "{}".to_string(),
+                        Value::String(s) => s.clone(),
+                        // Some clients send the arguments as an object; the wire form is a string.
+                        other => other.to_string(),
+                    };
+                    input.push(json!({"type": "function_call", "call_id": call.id,
+                        "name": call.name, "arguments": arguments}));
                 }
             }
-            "tool" => {
-                let call_id = msg
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| {
-                        format!(
-                            "{}: missing or not a string (required for role \"tool\")",
-                            at(".tool_call_id")
-                        )
-                    })?;
-                let output = plain_text(content, &at(".content"))?;
+            ChatTurn::Tool {
+                call_id,
+                content,
+                at,
+            } => {
+                let output = translate::plain_text(content, &at)?;
                 input.push(
                     json!({"type": "function_call_output", "call_id": call_id, "output": output}),
                 );
             }
-            "function" => {
-                return Err(format!(
-                    "{}: \"function\" is the deprecated form; send tool results with role \"tool\"",
-                    at(".role")
-                ));
-            }
-            other => return Err(format!("{}: unknown role {other:?}", at(".role"))),
         }
     }
     Ok(input)
 }
 
 /// Text-only content (string or array of `text` parts) as `kind` parts.
-fn text_parts(content: &Value, kind: &str, at: &str) -> Result<Vec<Value>, String> {
+fn text_parts(content: &Value, kind: &str, at: &str) -> Result<Vec<Value>, TranslateError> {
     match content {
         Value::Null => Ok(Vec::new()),
         Value::String(s) if s.is_empty() => Ok(Vec::new()),
@@ -256,23 +223,25 @@ fn text_parts(content: &Value, kind: &str, at: &str) -> Result<Vec<Value>, Strin
                 match part_type(part, &at)? {
                     "text" => Ok(json!({"type": kind, "text": part_text(part, &at)?})),
                     "refusal" if kind == "output_text" => {
-                        let refusal = part["refusal"]
-                            .as_str()
-                            .ok_or_else(|| format!("{at}.refusal: missing or not a string"))?;
+                        let refusal = translate::str_at(part, "refusal", &at)?;
                         Ok(json!({"type": "refusal", "refusal": refusal}))
                     }
-                    other => Err(format!(
-                        "{at}.type: {other:?} is not allowed here (only \"text\")"
+                    other => Err(TranslateError::unsupported(
+                        format!("{at}.type"),
+                        format!("{other:?} is not allowed here (only \"text\")"),
                     )),
                 }
             })
             .collect(),
-        _ => Err(format!("{at}: must be a string, an array of parts or null")),
+        _ => Err(TranslateError::wrong(
+            at,
+            "a string, an array of parts or null",
+        )),
     }
 }
 
 /// User content: text and image parts.
-fn user_parts(content: &Value, at: &str) -> Result<Vec<Value>, String> {
+fn user_parts(content: &Value, at: &str) -> Result<Vec<Value>, TranslateError> {
     let Value::Array(parts) = content else {
         return text_parts(content, "input_text", at);
     };
@@ -284,139 +253,71 @@ fn user_parts(content: &Value, at: &str) -> Result<Vec<Value>, String> {
             match part_type(part, &at)? {
                 "text" => Ok(json!({"type": "input_text", "text": part_text(part, &at)?})),
                 "image_url" => {
-                    let (url, detail) = match &part["image_url"] {
-                        Value::String(url) => (url.as_str(), None),
-                        Value::Object(img) => (
-                            img.get("url").and_then(Value::as_str).ok_or_else(|| {
-                                format!("{at}.image_url.url: missing or not a string")
-                            })?,
-                            img.get("detail").and_then(Value::as_str),
-                        ),
-                        _ => return Err(format!("{at}.image_url: missing or not an object")),
-                    };
+                    let (url, detail) = translate::image_url(part, &at)?;
                     let mut item = json!({"type": "input_image", "image_url": url});
                     if let Some(detail) = detail {
                         item["detail"] = json!(detail);
                     }
                     Ok(item)
                 }
-                other => Err(format!(
-                    "{at}.type: {other:?} is not supported (use \"text\" or \"image_url\")"
+                other => Err(TranslateError::unsupported(
+                    format!("{at}.type"),
+                    format!("{other:?} is not supported (use \"text\" or \"image_url\")"),
                 )),
             }
         })
         .collect()
 }
 
-fn part_type<'a>(part: &'a Value, at: &str) -> Result<&'a str, String> {
-    part.get("type")
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("{at}.type: missing or not a string"))
-}
-
-fn part_text<'a>(part: &'a Value, at: &str) -> Result<&'a str, String> {
-    part.get("text")
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("{at}.text: missing or not a string"))
-}
-
-/// A tool result's content as one string (text parts are concatenated).
-fn plain_text(content: &Value, at: &str) -> Result<String, String> {
-    match content {
-        Value::Null => Ok(String::new()),
-        Value::String(s) => Ok(s.clone()),
-        Value::Array(parts) => {
-            let mut text = String::new();
-            for (j, part) in parts.iter().enumerate() {
-                let at = format!("{at}[{j}]");
-                match part_type(part, &at)? {
-                    "text" => text.push_str(part_text(part, &at)?),
-                    other => return Err(format!("{at}.type: {other:?} is not allowed here")),
-                }
-            }
-            Ok(text)
-        }
-        _ => Err(format!("{at}: must be a string, an array of parts or null")),
-    }
-}
-
-fn translate_tool_call(call: &Value, at: &str) -> Result<Value, String> {
-    let id = call
-        .get("id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("{at}.id: missing or not a string"))?;
-    let function = call
-        .get("function")
-        .filter(|f| f.is_object())
-        .ok_or_else(|| format!("{at}.function: missing or not an object"))?;
-    let name = function
-        .get("name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("{at}.function.name: missing or not a string"))?;
-    let arguments = match function.get("arguments") {
-        None | Some(Value::Null) => "{}".to_string(),
-        Some(Value::String(s)) => s.clone(),
-        // Some clients send the arguments as an object; the wire form is a string.
-        Some(other) => other.to_string(),
-    };
-    Ok(json!({"type": "function_call", "call_id": id, "name": name, "arguments": arguments}))
-}
-
-fn translate_tool(tool: &Value, i: usize) -> Result<Value, String> {
-    let at = format!("tools[{i}]");
-    let ty = part_type(tool, &at)?;
-    if ty != "function" {
+fn translate_tool(tool: &Value, i: usize) -> Result<Value, TranslateError> {
+    let Some(f) = translate::function_tool(tool, i)?.1 else {
         // Responses-native tools (web_search, file_search, ...) pass through unchanged.
         return Ok(tool.clone());
-    }
-    let f = tool
-        .get("function")
-        .and_then(Value::as_object)
-        .ok_or_else(|| format!("{at}.function: missing or not an object"))?;
-    let name = f
-        .get("name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("{at}.function.name: missing or not a string"))?;
-    let mut out = json!({"type": "function", "name": name});
-    for key in ["description", "parameters", "strict"] {
-        if let Some(v) = f.get(key).filter(|v| !v.is_null()) {
+    };
+    let mut out = json!({"type": "function", "name": f.name});
+    for (key, value) in [
+        ("description", f.description),
+        ("parameters", f.parameters),
+        ("strict", f.strict),
+    ] {
+        if let Some(v) = value {
             out[key] = v.clone();
         }
     }
     Ok(out)
 }
 
-fn translate_tool_choice(choice: &Value) -> Result<Value, String> {
+fn translate_tool_choice(choice: &Value) -> Result<Value, TranslateError> {
     match choice {
         Value::String(s) if matches!(s.as_str(), "auto" | "none" | "required") => {
             Ok(choice.clone())
         }
-        Value::String(s) => Err(format!(
-            "tool_choice: {s:?} must be \"auto\", \"none\", \"required\" or an object"
+        Value::String(s) => Err(TranslateError::unsupported(
+            "tool_choice",
+            format!("{s:?} must be \"auto\", \"none\", \"required\" or an object"),
         )),
         Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("function") => {
-            let name = o
-                .get("function")
-                .and_then(|f| f.get("name"))
-                .or_else(|| o.get("name"))
-                .and_then(Value::as_str)
-                .ok_or("tool_choice.function.name: missing or not a string")?;
-            Ok(json!({"type": "function", "name": name}))
+            Ok(json!({"type": "function", "name": translate::tool_choice_name(o)?}))
         }
         Value::Object(_) => Ok(choice.clone()),
-        _ => Err("tool_choice: must be a string or an object".into()),
+        _ => Err(TranslateError::wrong(
+            "tool_choice",
+            "a string or an object",
+        )),
     }
 }
 
-fn translate_response_format(format: &Value) -> Result<Value, String> {
-    match format.get("type").and_then(Value::as_str) {
-        Some("text") => Ok(json!({"type": "text"})),
-        Some("json_object") => Ok(json!({"type": "json_object"})),
-        Some("json_schema") => {
+fn translate_response_format(format: &Value) -> Result<Value, TranslateError> {
+    match part_type(format, "response_format")? {
+        "text" => Ok(json!({"type": "text"})),
+        "json_object" => Ok(json!({"type": "json_object"})),
+        "json_schema" => {
             let schema = format
                 .get("json_schema")
                 .and_then(Value::as_object)
-                .ok_or("response_format.json_schema: missing or not an object")?;
+                .ok_or_else(|| {
+                    TranslateError::missing_or_not("response_format.json_schema", "an object")
+                })?;
             let mut out = Map::new();
             out.insert("type".into(), json!("json_schema"));
             for (key, value) in schema {
@@ -424,8 +325,10 @@ fn translate_response_format(format: &Value) -> Result<Value, String> {
             }
             Ok(Value::Object(out))
         }
-        Some(other) => Err(format!("response_format.type: unknown type {other:?}")),
-        None => Err("response_format.type: missing or not a string".into()),
+        other => Err(TranslateError::unsupported(
+            "response_format.type",
+            format!("unknown type {other:?}"),
+        )),
     }
 }
 
@@ -435,12 +338,6 @@ pub fn chat_id(response_id: &str) -> String {
         "chatcmpl-{}",
         response_id.strip_prefix("resp_").unwrap_or(response_id)
     )
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Chat `usage` from a Responses `usage` object.
@@ -650,7 +547,7 @@ impl StreamTranslator {
                 if self.include_usage {
                     let mut usage_chunk = self.base_chunk(Vec::new());
                     usage_chunk["usage"] = chat_usage(&response["usage"]).unwrap_or(Value::Null);
-                    frames.push(frame(&usage_chunk));
+                    frames.push(data_frame(&usage_chunk));
                 }
                 frames.push(DONE_FRAME.to_string());
                 self.done = true;
@@ -703,13 +600,10 @@ impl StreamTranslator {
 
     fn fail(&mut self, message: &str, code: Option<&str>, param: Option<&str>) -> Vec<String> {
         self.done = true;
-        let error = json!({"error": {
-            "message": message,
-            "type": "upstream_error",
-            "param": param,
-            "code": code,
-        }});
-        vec![frame(&error), DONE_FRAME.to_string()]
+        vec![
+            translate::error_frame(message, code, param),
+            DONE_FRAME.to_string(),
+        ]
     }
 
     fn find_call(&self, event: &Value) -> Option<usize> {
@@ -771,7 +665,7 @@ impl StreamTranslator {
             delta["role"] = json!("assistant");
         }
         let choice = json!({"index": 0, "delta": delta, "finish_reason": finish_reason});
-        vec![frame(&self.base_chunk(vec![choice]))]
+        vec![data_frame(&self.base_chunk(vec![choice]))]
     }
 
     fn base_chunk(&self, choices: Vec<Value>) -> Value {
@@ -790,23 +684,19 @@ impl StreamTranslator {
     }
 }
 
-/// The frame that ends every Chat Completions stream.
-pub const DONE_FRAME: &str = "data: [DONE]\n\n";
-
-fn frame(value: &Value) -> String {
-    format!("data: {value}\n\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::translate::testing::frames;
 
     fn translate(chat: Value) -> Value {
         chat_to_responses(&chat, "INSTR", &TranslateOptions::default()).unwrap()
     }
 
     fn translate_err(chat: Value) -> String {
-        chat_to_responses(&chat, "INSTR", &TranslateOptions::default()).unwrap_err()
+        chat_to_responses(&chat, "INSTR", &TranslateOptions::default())
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -1048,19 +938,6 @@ mod tests {
         assert_eq!(chat["choices"][0]["finish_reason"], json!("length"));
         assert_eq!(chat["choices"][0]["message"]["content"], json!("trunc"));
         assert!(chat.get("usage").is_none());
-    }
-
-    /// Parses the frames back: `Some(json)` per data frame, `None` for `[DONE]`.
-    fn frames(out: &[String]) -> Vec<Option<Value>> {
-        out.iter()
-            .map(|f| {
-                let body = f
-                    .strip_prefix("data: ")
-                    .and_then(|f| f.strip_suffix("\n\n"))
-                    .unwrap_or_else(|| panic!("not one SSE frame: {f:?}"));
-                (body != "[DONE]").then(|| serde_json::from_str(body).unwrap())
-            })
-            .collect()
     }
 
     fn run(t: &mut StreamTranslator, events: &[Value]) -> Vec<Option<Value>> {

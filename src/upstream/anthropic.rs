@@ -51,8 +51,7 @@ impl AnthropicUpstream {
         if chat.get("model").is_none_or(Value::is_null) {
             chat["model"] = Value::String(call.model.clone());
         }
-        let request = chat_to_messages(&chat)
-            .map_err(|e| ApiError::bad_request(e).code("invalid_request"))?;
+        let request = chat_to_messages(&chat).map_err(ApiError::from)?;
         let body = Bytes::from(serde_json::to_vec(&request).expect("JSON serialises"));
         let response = self
             .http

@@ -74,8 +74,8 @@ impl ResponsesUpstream {
             chat["model"] = Value::String(call.model.clone());
         }
         let prompt = self.prompts.get(instructions_for(&call.model)).await;
-        let request = chat_to_responses(&chat, &prompt.text, &self.options)
-            .map_err(|e| ApiError::bad_request(e).code("invalid_request"))?;
+        let request =
+            chat_to_responses(&chat, &prompt.text, &self.options).map_err(ApiError::from)?;
         let body = Bytes::from(serde_json::to_vec(&request).expect("JSON serialises"));
         let response = self
             .http
