@@ -1378,6 +1378,15 @@ impl ChatToResponses {
         )
     }
 
+    /// Ends the stream with `response.failed` (a broken or stalled
+    /// upstream); nothing when it already ended.
+    pub fn abort(&mut self, message: &str, code: Option<&str>) -> Vec<String> {
+        if self.done {
+            return Vec::new();
+        }
+        self.fail(code.unwrap_or("upstream_error"), message)
+    }
+
     fn start(&mut self) -> Vec<String> {
         if self.started {
             return Vec::new();
