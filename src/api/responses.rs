@@ -695,10 +695,20 @@ impl StreamTranslator {
 pub struct ChatRequest {
     /// The Chat Completions request body.
     pub body: Value,
-    /// The request's `custom` (freeform) tools: they went out as function
-    /// tools with one string parameter `input`, and calls of them come back as
+    /// What the answer's calls must be turned back into.
+    pub tools: ToolNames,
+}
+
+/// The request's tools that are not plain functions, by name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ToolNames {
+    /// `custom` (freeform) tools: they went out as function tools with one
+    /// string parameter `input`, and calls of them come back as
     /// `custom_tool_call` items.
-    pub custom_tools: Vec<String>,
+    pub custom: Vec<String>,
+    /// `(tool, namespace)` for the tools of a `namespace` tool: they went out
+    /// as plain functions, and calls of them come back with their `namespace`.
+    pub namespaced: Vec<(String, String)>,
 }
 
 /// Responses-native tools a Chat provider cannot run (OpenAI runs them): left
@@ -767,48 +777,13 @@ pub fn responses_request_to_chat(request: &Value) -> Result<ChatRequest, Transla
     let mut out = Map::new();
     out.insert("model".into(), json!(model));
     out.insert("messages".into(), Value::Array(messages));
-    let mut custom_tools = Vec::new();
+    let mut names = ToolNames::default();
     let mut tools = Vec::new();
     match request.get("tools") {
         None | Some(Value::Null) => {}
         Some(Value::Array(list)) => {
             for (i, tool) in list.iter().enumerate() {
-                let at = format!("tools[{i}]");
-                match part_type(tool, &at)? {
-                    "function" => {
-                        let mut function = json!({"name": translate::str_at(tool, "name", &at)?});
-                        for key in ["description", "parameters", "strict"] {
-                            if let Some(v) = tool.get(key).filter(|v| !v.is_null()) {
-                                function[key] = v.clone();
-                            }
-                        }
-                        tools.push(json!({"type": "function", "function": function}));
-                    }
-                    "custom" => {
-                        let name = translate::str_at(tool, "name", &at)?;
-                        let mut description =
-                            tool["description"].as_str().unwrap_or("").to_string();
-                        if let Some(definition) = tool["format"]["definition"].as_str() {
-                            // A grammar the input must follow: the model can only
-                            // read it, so it goes into the description.
-                            description.push_str("\n\nThe input follows this grammar:\n");
-                            description.push_str(definition);
-                        }
-                        custom_tools.push(name.to_string());
-                        tools.push(json!({"type": "function", "function": {"name": name,
-                            "description": description, "parameters": custom_tool_parameters()}}));
-                    }
-                    ty if HOSTED_TOOLS.iter().any(|h| ty.starts_with(h)) => {}
-                    other => {
-                        return Err(TranslateError::unsupported(
-                            format!("{at}.type"),
-                            format!(
-                                "{other:?} is not supported by this provider \
-                                 (\"function\" and \"custom\" tools are)"
-                            ),
-                        ));
-                    }
-                }
+                chat_tool(tool, &format!("tools[{i}]"), None, &mut names, &mut tools)?;
             }
         }
         Some(_) => return Err(TranslateError::wrong("tools", "an array")),
@@ -907,8 +882,79 @@ pub fn responses_request_to_chat(request: &Value) -> Result<ChatRequest, Transla
     }
     Ok(ChatRequest {
         body: Value::Object(out),
-        custom_tools,
+        tools: names,
     })
+}
+
+/// One Responses tool onto the Chat tools: a function as it is, a custom tool
+/// as a function of one string, a namespace's tools each (remembering their
+/// namespace), a hosted tool not at all.
+fn chat_tool(
+    tool: &Value,
+    at: &str,
+    namespace: Option<&str>,
+    names: &mut ToolNames,
+    tools: &mut Vec<Value>,
+) -> Result<(), TranslateError> {
+    let name = || translate::str_at(tool, "name", at);
+    match part_type(tool, at)? {
+        "function" => {
+            let mut function = json!({"name": name()?});
+            for key in ["description", "parameters", "strict"] {
+                if let Some(v) = tool.get(key).filter(|v| !v.is_null()) {
+                    function[key] = v.clone();
+                }
+            }
+            tools.push(json!({"type": "function", "function": function}));
+        }
+        "custom" => {
+            let mut description = tool["description"].as_str().unwrap_or("").to_string();
+            if let Some(definition) = tool["format"]["definition"].as_str() {
+                // A grammar the input must follow: the model can only read
+                // it, so it goes into the description.
+                description.push_str("\n\nThe input follows this grammar:\n");
+                description.push_str(definition);
+            }
+            names.custom.push(name()?.to_string());
+            tools.push(json!({"type": "function", "function": {"name": name()?,
+                "description": description, "parameters": custom_tool_parameters()}}));
+        }
+        "namespace" if namespace.is_none() => {
+            let outer = name()?;
+            let inner = tool
+                .get("tools")
+                .and_then(Value::as_array)
+                .ok_or_else(|| TranslateError::missing_or_not(format!("{at}.tools"), "an array"))?;
+            for (j, inner_tool) in inner.iter().enumerate() {
+                let before = tools.len();
+                chat_tool(
+                    inner_tool,
+                    &format!("{at}.tools[{j}]"),
+                    Some(outer),
+                    names,
+                    tools,
+                )?;
+                for added in &tools[before..] {
+                    if let Some(inner_name) = added["function"]["name"].as_str() {
+                        names
+                            .namespaced
+                            .push((inner_name.to_string(), outer.to_string()));
+                    }
+                }
+            }
+        }
+        ty if HOSTED_TOOLS.iter().any(|h| ty.starts_with(h)) => {}
+        other => {
+            return Err(TranslateError::unsupported(
+                format!("{at}.type"),
+                format!(
+                    "{other:?} is not supported by this provider \
+                     (\"function\", \"custom\" and \"namespace\" tools are)"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// One `input` item onto the Chat messages.
@@ -1187,8 +1233,8 @@ fn message_item(id: &str, text: &str) -> Value {
         "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]})
 }
 
-fn call_item(id: &str, call_id: &str, name: &str, arguments: &str, custom: &[String]) -> Value {
-    if custom.iter().any(|c| c == name) {
+fn call_item(id: &str, call_id: &str, name: &str, arguments: &str, names: &ToolNames) -> Value {
+    if names.custom.iter().any(|c| c == name) {
         // Sent as `{"input": "..."}`; a model that answered otherwise still
         // gets its words through.
         let input = serde_json::from_str::<Value>(arguments)
@@ -1198,12 +1244,16 @@ fn call_item(id: &str, call_id: &str, name: &str, arguments: &str, custom: &[Str
         return json!({"id": id, "type": "custom_tool_call", "status": "completed",
             "call_id": call_id, "name": name, "input": input});
     }
-    json!({"id": id, "type": "function_call", "status": "completed", "call_id": call_id,
-        "name": name, "arguments": arguments})
+    let mut item = json!({"id": id, "type": "function_call", "status": "completed",
+        "call_id": call_id, "name": name, "arguments": arguments});
+    if let Some((_, namespace)) = names.namespaced.iter().find(|(n, _)| n == name) {
+        item["namespace"] = json!(namespace);
+    }
+    item
 }
 
 /// Translates a `chat.completion` into a `response` object.
-pub fn chat_to_response(chat: &Value, shell: &ResponseShell, custom_tools: &[String]) -> Value {
+pub fn chat_to_response(chat: &Value, shell: &ResponseShell, tools: &ToolNames) -> Value {
     let choice = &chat["choices"][0];
     let message = &choice["message"];
     let suffix = shell.id.strip_prefix("resp_").unwrap_or(&shell.id);
@@ -1232,7 +1282,7 @@ pub fn chat_to_response(chat: &Value, shell: &ResponseShell, custom_tools: &[Str
             call["id"].as_str().unwrap_or(""),
             call["function"]["name"].as_str().unwrap_or(""),
             &arguments,
-            custom_tools,
+            tools,
         ));
     }
     shell.finished(choice["finish_reason"].as_str(), output, &chat["usage"])
@@ -1294,7 +1344,7 @@ enum Streaming {
 #[derive(Debug)]
 pub struct ChatToResponses {
     shell: ResponseShell,
-    custom_tools: Vec<String>,
+    tools: ToolNames,
     events: EventSequence,
     started: bool,
     /// Output items in order; the text message open while `open_text`.
@@ -1306,10 +1356,10 @@ pub struct ChatToResponses {
 }
 
 impl ChatToResponses {
-    pub fn new(shell: ResponseShell, custom_tools: Vec<String>) -> ChatToResponses {
+    pub fn new(shell: ResponseShell, tools: ToolNames) -> ChatToResponses {
         ChatToResponses {
             shell,
-            custom_tools,
+            tools,
             events: EventSequence::default(),
             started: false,
             items: Vec::new(),
@@ -1464,7 +1514,7 @@ impl ChatToResponses {
                 let id = format!("fc_{}_{index}", self.suffix());
                 let call_id = call["id"].as_str().unwrap_or("").to_string();
                 let name = call["function"]["name"].as_str().unwrap_or("").to_string();
-                let mut item = call_item(&id, &call_id, &name, "", &self.custom_tools);
+                let mut item = call_item(&id, &call_id, &name, "", &self.tools);
                 item["status"] = json!("in_progress");
                 out.push(self.events.frame(
                     "response.output_item.added",
@@ -1491,7 +1541,7 @@ impl ChatToResponses {
             arguments.push_str(args);
             // A custom tool's input is inside JSON arguments: it goes out
             // whole when the call is done.
-            if !args.is_empty() && !self.custom_tools.contains(name) {
+            if !args.is_empty() && !self.tools.custom.contains(name) {
                 let id = id.clone();
                 out.push(self.events.frame(
                     "response.function_call_arguments.delta",
@@ -1540,7 +1590,7 @@ impl ChatToResponses {
                     } else {
                         arguments
                     };
-                    let item = call_item(id, call_id, name, arguments, &self.custom_tools);
+                    let item = call_item(id, call_id, name, arguments, &self.tools);
                     if item["type"] == "custom_tool_call" {
                         let input = &item["input"];
                         out.push(self.events.frame(
@@ -2090,14 +2140,17 @@ mod tests {
                         {"type": "function", "name": "f", "description": "F", "parameters": {"type": "object"}, "strict": false},
                         {"type": "custom", "name": "apply_patch", "description": "patch",
                             "format": {"type": "grammar", "syntax": "lark", "definition": "start: x"}},
-                        {"type": "web_search"}, {"type": "local_shell"}]}),
+                        {"type": "web_search"}, {"type": "local_shell"},
+                        {"type": "namespace", "name": "agents", "description": "sub-agents", "tools": [
+                            {"type": "function", "name": "close_agent", "parameters": {"type": "object"}}]}]}),
                 json!({"model": "m", "messages": [], "tool_choice": {"type": "function", "function": {"name": "f"}},
                     "parallel_tool_calls": false, "temperature": 0.5, "reasoning_effort": "high",
                     "tools": [
                         {"type": "function", "function": {"name": "f", "description": "F", "parameters": {"type": "object"}, "strict": false}},
                         {"type": "function", "function": {"name": "apply_patch",
                             "description": "patch\n\nThe input follows this grammar:\nstart: x",
-                            "parameters": custom_tool_parameters()}}]}),
+                            "parameters": custom_tool_parameters()}},
+                        {"type": "function", "function": {"name": "close_agent", "parameters": {"type": "object"}}}]}),
             ),
             // A custom tool's call and output in the history.
             (
@@ -2117,7 +2170,7 @@ mod tests {
         }
         let custom =
             to_chat(json!({"model": "m", "tools": [{"type": "custom", "name": "apply_patch"}]}));
-        assert_eq!(custom.custom_tools, vec!["apply_patch".to_string()]);
+        assert_eq!(custom.tools.custom, vec!["apply_patch".to_string()]);
     }
 
     #[test]
@@ -2151,7 +2204,7 @@ mod tests {
             ),
             (
                 json!({"model": "m", "tools": [{"type": "shell_v9"}]}),
-                "tools[0].type: \"shell_v9\" is not supported by this provider (\"function\" and \"custom\" tools are)",
+                "tools[0].type: \"shell_v9\" is not supported by this provider (\"function\", \"custom\" and \"namespace\" tools are)",
             ),
             (
                 json!({"model": "m", "max_output_tokens": "many"}),
@@ -2163,6 +2216,13 @@ mod tests {
                 responses_request_to_chat(&request).unwrap_err().to_string(),
                 want
             );
+        }
+    }
+
+    fn tool_names() -> ToolNames {
+        ToolNames {
+            custom: vec!["apply_patch".into()],
+            namespaced: vec![("close_agent".into(), "agents".into())],
         }
     }
 
@@ -2185,12 +2245,14 @@ mod tests {
             (
                 json!({"choices": [{"message": {"role": "assistant", "content": null, "tool_calls": [
                     {"id": "toolu_1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}},
-                    {"id": "toolu_2", "type": "function", "function": {"name": "apply_patch", "arguments": "{\"input\":\"P\"}"}}]},
+                    {"id": "toolu_2", "type": "function", "function": {"name": "apply_patch", "arguments": "{\"input\":\"P\"}"}},
+                    {"id": "toolu_3", "type": "function", "function": {"name": "close_agent", "arguments": "{}"}}]},
                     "finish_reason": "tool_calls"}], "usage": usage}),
                 "completed",
                 json!([
                     {"id": "fc_1_0", "type": "function_call", "status": "completed", "call_id": "toolu_1", "name": "f", "arguments": "{\"a\":1}"},
-                    {"id": "fc_1_1", "type": "custom_tool_call", "status": "completed", "call_id": "toolu_2", "name": "apply_patch", "input": "P"}]),
+                    {"id": "fc_1_1", "type": "custom_tool_call", "status": "completed", "call_id": "toolu_2", "name": "apply_patch", "input": "P"},
+                    {"id": "fc_1_2", "type": "function_call", "status": "completed", "call_id": "toolu_3", "name": "close_agent", "arguments": "{}", "namespace": "agents"}]),
             ),
             (
                 json!({"choices": [{"message": {"content": "cut"}, "finish_reason": "length"}], "usage": usage}),
@@ -2200,7 +2262,7 @@ mod tests {
             ),
         ];
         for (chat, status, output) in table {
-            let response = chat_to_response(&chat, &shell(), &["apply_patch".to_string()]);
+            let response = chat_to_response(&chat, &shell(), &tool_names());
             assert_eq!(response["status"], status, "{response}");
             assert_eq!(response["output"], output);
             assert_eq!(response["id"], "resp_1");
@@ -2214,7 +2276,7 @@ mod tests {
         let cut = chat_to_response(
             &json!({"choices": [{"message": {"content": "x"}, "finish_reason": "length"}]}),
             &shell(),
-            &[],
+            &ToolNames::default(),
         );
         assert_eq!(
             cut["incomplete_details"],
@@ -2248,7 +2310,7 @@ mod tests {
 
     #[test]
     fn chat_chunks_to_responses_events_text_then_calls() {
-        let mut t = ChatToResponses::new(shell(), vec!["apply_patch".into()]);
+        let mut t = ChatToResponses::new(shell(), tool_names());
         let events = responses_run(
             &mut t,
             &[
@@ -2310,7 +2372,7 @@ mod tests {
     #[test]
     fn chat_chunks_to_responses_errors_and_endings() {
         // An error before any content: exactly one event, response.failed.
-        let mut t = ChatToResponses::new(shell(), Vec::new());
+        let mut t = ChatToResponses::new(shell(), ToolNames::default());
         let events = responses_run(
             &mut t,
             &[json!({"error": {"message": "Overloaded", "type": "upstream_error", "code": "overloaded_error"}}).to_string()],
@@ -2321,7 +2383,7 @@ mod tests {
             json!({"code": "overloaded_error", "message": "Overloaded"})
         );
         // An error mid-answer: the events so far, then one response.failed.
-        let mut t = ChatToResponses::new(shell(), Vec::new());
+        let mut t = ChatToResponses::new(shell(), ToolNames::default());
         let events = responses_run(
             &mut t,
             &[
@@ -2343,10 +2405,10 @@ mod tests {
             "upstream_error"
         );
         // Ended without a finish_reason: failed; with one but no [DONE]: completed.
-        let mut t = ChatToResponses::new(shell(), Vec::new());
+        let mut t = ChatToResponses::new(shell(), ToolNames::default());
         let events = responses_run(&mut t, &[chat_data(json!({"content": "x"}), Value::Null)]);
         assert_eq!(events.last().unwrap()["type"], "response.failed");
-        let mut t = ChatToResponses::new(shell(), Vec::new());
+        let mut t = ChatToResponses::new(shell(), ToolNames::default());
         let events = responses_run(
             &mut t,
             &[chat_data(json!({"content": "x"}), json!("length"))],

@@ -268,12 +268,12 @@ where
                     )
                 })?;
             Reply::Complete(Bytes::from(
-                chat_to_response(&completion, &shell, &translated.custom_tools).to_string(),
+                chat_to_response(&completion, &shell, &translated.tools).to_string(),
             ))
         }
         Reply::Stream(frames) => Reply::Stream(translate_stream(
             Box::pin(frames.map(Ok)),
-            ChatToResponses::new(shell, translated.custom_tools),
+            ChatToResponses::new(shell, translated.tools),
             stats,
             String::new(),
             None,
