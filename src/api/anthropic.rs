@@ -28,8 +28,8 @@
 use serde_json::{Map, Value, json};
 
 use super::translate::{
-    self, ChatTurn, DONE_FRAME, ToolCall, TranslateError, data_frame, event_frame, now_unix,
-    part_text, part_type,
+    self, ChatData, ChatTurn, ChunkPiece, DONE_FRAME, ToolCall, TranslateError, data_frame,
+    event_frame, now_unix, part_text, part_type,
 };
 use crate::api::openai::ApiError;
 use axum::http::StatusCode;
@@ -1199,63 +1199,63 @@ impl ChatToMessages {
             return Vec::new();
         }
         let mut out = self.start();
-        if data.trim() == "[DONE]" {
-            out.extend(self.end());
-            return out;
-        }
-        let Ok(chunk) = serde_json::from_str::<Value>(data) else {
-            return out; // not JSON: nothing a client could use
-        };
-        if chunk["error"].is_object() {
-            let message = chunk["error"]["message"]
-                .as_str()
-                .unwrap_or("the upstream failed mid-stream");
-            let kind = chunk["error"]["code"]
-                .as_str()
-                .and_then(static_error_type)
-                .unwrap_or("api_error");
-            out.extend(self.fail(kind, message));
-            return out;
-        }
-        if chunk["usage"].is_object() {
-            self.usage = Some(chunk["usage"].clone());
-        }
-        for choice in chunk["choices"].as_array().into_iter().flatten() {
-            let delta = &choice["delta"];
-            if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
-                if self.open != OpenBlock::Text {
-                    out.extend(
-                        self.open_block(OpenBlock::Text, json!({"type": "text", "text": ""})),
-                    );
-                }
-                out.push(self.block_delta(json!({"type": "text_delta", "text": text})));
+        match ChatData::read(data) {
+            ChatData::Done => out.extend(self.end()),
+            ChatData::Other => {}
+            ChatData::Error { code, message } => {
+                let kind = code
+                    .as_deref()
+                    .and_then(static_error_type)
+                    .unwrap_or("api_error");
+                out.extend(self.fail(kind, &message));
             }
-            for call in delta["tool_calls"].as_array().into_iter().flatten() {
-                let index = call["index"].as_u64().unwrap_or(0);
-                if !self.tools.iter().any(|(t, _)| *t == index) {
-                    let block = json!({"type": "tool_use",
-                        "id": call["id"].as_str().unwrap_or(""),
-                        "name": call["function"]["name"].as_str().unwrap_or(""),
-                        "input": {}});
-                    out.extend(self.open_block(OpenBlock::Tool(index), block));
-                    self.tools.push((index, self.next_block - 1));
+            ChatData::Chunk { usage, pieces } => {
+                if usage.is_some() {
+                    self.usage = usage;
                 }
-                let args = call["function"]["arguments"].as_str().unwrap_or("");
-                if !args.is_empty() {
-                    let block = self
-                        .tools
-                        .iter()
-                        .find(|(t, _)| *t == index)
-                        .map_or(0, |(_, b)| *b);
-                    out.push(event_frame(
-                        &json!({"type": "content_block_delta", "index": block,
-                        "delta": {"type": "input_json_delta", "partial_json": args}}),
-                    ));
+                for piece in pieces {
+                    match piece {
+                        ChunkPiece::Text(text) => out.extend(self.text(&text)),
+                        ChunkPiece::ToolCall(call) => out.extend(self.tool_call(&call)),
+                        ChunkPiece::Finish(reason) => self.finish_reason = Some(reason),
+                    }
                 }
             }
-            if let Some(reason) = choice["finish_reason"].as_str() {
-                self.finish_reason = Some(reason.to_string());
-            }
+        }
+        out
+    }
+
+    fn text(&mut self, text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.open != OpenBlock::Text {
+            out.extend(self.open_block(OpenBlock::Text, json!({"type": "text", "text": ""})));
+        }
+        out.push(self.block_delta(json!({"type": "text_delta", "text": text})));
+        out
+    }
+
+    fn tool_call(&mut self, call: &Value) -> Vec<String> {
+        let mut out = Vec::new();
+        let index = call["index"].as_u64().unwrap_or(0);
+        if !self.tools.iter().any(|(t, _)| *t == index) {
+            let block = json!({"type": "tool_use",
+                "id": call["id"].as_str().unwrap_or(""),
+                "name": call["function"]["name"].as_str().unwrap_or(""),
+                "input": {}});
+            out.extend(self.open_block(OpenBlock::Tool(index), block));
+            self.tools.push((index, self.next_block - 1));
+        }
+        let args = call["function"]["arguments"].as_str().unwrap_or("");
+        if !args.is_empty() {
+            let block = self
+                .tools
+                .iter()
+                .find(|(t, _)| *t == index)
+                .map_or(0, |(_, b)| *b);
+            out.push(event_frame(
+                &json!({"type": "content_block_delta", "index": block,
+                "delta": {"type": "input_json_delta", "partial_json": args}}),
+            ));
         }
         out
     }

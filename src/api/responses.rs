@@ -14,7 +14,8 @@
 use serde_json::{Map, Value, json};
 
 use super::translate::{
-    self, ChatTurn, DONE_FRAME, TranslateError, data_frame, now_unix, part_text, part_type,
+    self, ChatData, ChatTurn, ChunkPiece, DONE_FRAME, TranslateError, data_frame, now_unix,
+    part_text, part_type,
 };
 use crate::home::config;
 
@@ -1379,38 +1380,27 @@ impl ChatToResponses {
         if self.done {
             return Vec::new();
         }
-        if data.trim() == "[DONE]" {
-            return self.end();
-        }
-        let Ok(chunk) = serde_json::from_str::<Value>(data) else {
-            return Vec::new(); // not JSON: nothing a client could use
-        };
-        if chunk["error"].is_object() {
-            let error = &chunk["error"];
-            return self.fail(
-                error["code"].as_str().unwrap_or("upstream_error"),
-                error["message"]
-                    .as_str()
-                    .unwrap_or("the upstream failed mid-stream"),
-            );
-        }
-        let mut out = self.start();
-        if chunk["usage"].is_object() {
-            self.usage = chunk["usage"].clone();
-        }
-        for choice in chunk["choices"].as_array().into_iter().flatten() {
-            let delta = &choice["delta"];
-            if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
-                out.extend(self.text_delta(text));
+        match ChatData::read(data) {
+            ChatData::Done => self.end(),
+            ChatData::Other => Vec::new(),
+            ChatData::Error { code, message } => {
+                self.fail(code.as_deref().unwrap_or("upstream_error"), &message)
             }
-            for call in delta["tool_calls"].as_array().into_iter().flatten() {
-                out.extend(self.call_delta(call));
-            }
-            if let Some(reason) = choice["finish_reason"].as_str() {
-                self.finish_reason = Some(reason.to_string());
+            ChatData::Chunk { usage, pieces } => {
+                let mut out = self.start();
+                if let Some(usage) = usage {
+                    self.usage = usage;
+                }
+                for piece in pieces {
+                    match piece {
+                        ChunkPiece::Text(text) => out.extend(self.text_delta(&text)),
+                        ChunkPiece::ToolCall(call) => out.extend(self.call_delta(&call)),
+                        ChunkPiece::Finish(reason) => self.finish_reason = Some(reason),
+                    }
+                }
+                out
             }
         }
-        out
     }
 
     /// Call when the Chat stream ends: one that reported its `finish_reason`

@@ -339,6 +339,77 @@ pub fn stream_flag(chat: &Map<String, Value>) -> Result<Option<&Value>, Translat
     }
 }
 
+/// One `data:` payload of a Chat Completions stream, read: what the
+/// translations of Chat streams ([`super::anthropic::ChatToMessages`],
+/// [`super::responses::ChatToResponses`]) act on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatData {
+    /// `[DONE]`.
+    Done,
+    /// An error frame (`{"error": {...}}`).
+    Error {
+        code: Option<String>,
+        message: String,
+    },
+    /// A chunk: its usage when it carries one, and its pieces in order.
+    Chunk {
+        usage: Option<Value>,
+        pieces: Vec<ChunkPiece>,
+    },
+    /// Not JSON: nothing a client could use.
+    Other,
+}
+
+/// What one choice's delta of a chunk says.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChunkPiece {
+    /// Non-empty `content`.
+    Text(String),
+    /// One entry of `tool_calls` (its `index`, and `id`/`function` as sent).
+    ToolCall(Value),
+    /// The `finish_reason`.
+    Finish(String),
+}
+
+impl ChatData {
+    pub fn read(data: &str) -> ChatData {
+        if data.trim() == "[DONE]" {
+            return ChatData::Done;
+        }
+        let Ok(mut chunk) = serde_json::from_str::<Value>(data) else {
+            return ChatData::Other;
+        };
+        if chunk["error"].is_object() {
+            let error = &chunk["error"];
+            return ChatData::Error {
+                code: error["code"].as_str().map(str::to_string),
+                message: error["message"]
+                    .as_str()
+                    .unwrap_or("the upstream failed mid-stream")
+                    .to_string(),
+            };
+        }
+        let usage = chunk
+            .get_mut("usage")
+            .filter(|u| u.is_object())
+            .map(Value::take);
+        let mut pieces = Vec::new();
+        for choice in chunk["choices"].as_array_mut().into_iter().flatten() {
+            let delta = &mut choice["delta"];
+            if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
+                pieces.push(ChunkPiece::Text(text.to_string()));
+            }
+            if let Some(calls) = delta.get_mut("tool_calls").and_then(Value::as_array_mut) {
+                pieces.extend(calls.iter_mut().map(|c| ChunkPiece::ToolCall(c.take())));
+            }
+            if let Some(reason) = choice["finish_reason"].as_str() {
+                pieces.push(ChunkPiece::Finish(reason.to_string()));
+            }
+        }
+        ChatData::Chunk { usage, pieces }
+    }
+}
+
 /// Unix time in seconds, for `created` fields.
 pub fn now_unix() -> u64 {
     std::time::SystemTime::now()
@@ -437,6 +508,46 @@ mod tests {
         let api = ApiError::from(TranslateError::missing("model"));
         assert_eq!(api.status, 400);
         assert_eq!(api.code, Some("invalid_request"));
+    }
+
+    #[test]
+    fn chat_stream_data_is_read_into_pieces() {
+        let call = json!({"index": 0, "id": "c", "function": {"name": "f", "arguments": ""}});
+        let table = [
+            ("[DONE]".to_string(), ChatData::Done),
+            ("not json".to_string(), ChatData::Other),
+            (
+                json!({"error": {"message": "boom", "code": "overloaded_error"}}).to_string(),
+                ChatData::Error {
+                    code: Some("overloaded_error".into()),
+                    message: "boom".into(),
+                },
+            ),
+            (
+                json!({"choices": [{"delta": {"content": "hi", "tool_calls": [call]},
+                    "finish_reason": "tool_calls"}], "usage": {"prompt_tokens": 1}})
+                .to_string(),
+                ChatData::Chunk {
+                    usage: Some(json!({"prompt_tokens": 1})),
+                    pieces: vec![
+                        ChunkPiece::Text("hi".into()),
+                        ChunkPiece::ToolCall(call.clone()),
+                        ChunkPiece::Finish("tool_calls".into()),
+                    ],
+                },
+            ),
+            (
+                json!({"choices": [{"delta": {"content": ""}, "finish_reason": null}], "usage": null})
+                    .to_string(),
+                ChatData::Chunk {
+                    usage: None,
+                    pieces: Vec::new(),
+                },
+            ),
+        ];
+        for (data, want) in table {
+            assert_eq!(ChatData::read(&data), want, "{data}");
+        }
     }
 
     #[test]
