@@ -83,6 +83,15 @@ TOML
   fi
 }
 
+# Starts tests/sdk/NAME_server.py RECORD (it prints its port) and sets $port.
+start_server() {
+  python3 "tests/sdk/$1_server.py" "$2" > "$work/$1.port" 2> "$work/$1.log" &
+  pids+=($!)
+  for _ in $(seq 50); do [ -s "$work/$1.port" ] && break; sleep 0.1; done
+  port=$(head -1 "$work/$1.port")
+  [ -n "$port" ] || { echo "e2e: $1_server.py did not start:"; cat "$work/$1.log"; exit 1; }
+}
+
 # Starts a proxy (own home, port 0) and sets $url; extra args are passed on.
 start_proxy() {
   local home=$work/home-$1; shift
@@ -166,11 +175,8 @@ PY
 echo "== openai SDK through the proxy against a Responses-API server (api = responses)"
 record=$work/responses-record.jsonl
 : > "$record"
-python3 tests/sdk/responses_server.py "$record" > "$work/responses.port" 2> "$work/responses.log" &
-pids+=($!)
-for _ in $(seq 50); do [ -s "$work/responses.port" ] && break; sleep 0.1; done
-rport=$(head -1 "$work/responses.port")
-[ -n "$rport" ] || { echo "e2e: the Responses server did not start:"; cat "$work/responses.log"; exit 1; }
+start_server responses "$record"
+rport=$port
 mkdir -p "$work/home-responses"
 cat > "$work/home-responses/warden.toml" <<TOML
 [[prompts.source]]
@@ -219,11 +225,8 @@ echo "== Codex CLI through the proxy against an Anthropic Messages server (api =
 # Codex speaks the Responses API; warden translates it to the Messages API and back.
 arecord=$work/anthropic-record.jsonl
 : > "$arecord"
-python3 tests/sdk/anthropic_server.py "$arecord" > "$work/anthropic.port" 2> "$work/anthropic.log" &
-pids+=($!)
-for _ in $(seq 50); do [ -s "$work/anthropic.port" ] && break; sleep 0.1; done
-aport=$(head -1 "$work/anthropic.port")
-[ -n "$aport" ] || { echo "e2e: the Anthropic server did not start:"; cat "$work/anthropic.log"; exit 1; }
+start_server anthropic "$arecord"
+aport=$port
 mkdir -p "$work/home-anthropic"
 cat > "$work/home-anthropic/warden.toml" <<TOML
 [upstream]

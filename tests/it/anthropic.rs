@@ -567,6 +567,12 @@ async fn tool_use_round_trip_through_an_anthropic_provider() {
     .await
     .unwrap();
     assert_eq!(reply["choices"][0]["message"]["content"], CLAUDE_TEXT);
+    assert_round_trip_reached_claude(&fake);
+}
+
+/// The third request of a tool round trip, as the provider got it: the call a
+/// `tool_use` block, its result a `tool_result` block in the next user turn.
+fn assert_round_trip_reached_claude(fake: &FakeAnthropic) {
     assert_eq!(
         fake.last_body()["messages"],
         json!([
@@ -931,16 +937,7 @@ async fn responses_tool_call_round_trip_through_an_anthropic_provider() {
     .await
     .unwrap();
     assert_eq!(body["output"][0]["content"][0]["text"], CLAUDE_TEXT);
-    assert_eq!(
-        fake.last_body()["messages"],
-        json!([
-            {"role": "user", "content": [{"type": "text", "text": "weather in Paris?"}]},
-            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_01",
-                "name": "get_weather", "input": {"city": "Paris"}}]},
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_01",
-                "content": "sunny, 21 C"}]}
-        ])
-    );
+    assert_round_trip_reached_claude(&fake);
 }
 
 #[tokio::test(flavor = "multi_thread")]
