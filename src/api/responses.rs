@@ -999,17 +999,24 @@ fn input_item(item: &Value, at: &str, messages: &mut Vec<Value>) -> Result<(), T
                 }
             }
         }
-        "function_call" | "custom_tool_call" => {
+        "function_call" | "custom_tool_call" | "local_shell_call" => {
             let call_id = translate::str_at(item, "call_id", at)?;
-            let name = translate::str_at(item, "name", at)?;
-            let arguments = if ty == "custom_tool_call" {
-                json!({"input": translate::str_at(item, "input", at)?}).to_string()
-            } else {
-                match item.get("arguments") {
-                    None | Some(Value::Null) => "{}".to_string(),
-                    Some(Value::String(s)) => s.clone(),
-                    Some(other) => other.to_string(),
-                }
+            let (name, arguments) = match ty {
+                "custom_tool_call" => (
+                    translate::str_at(item, "name", at)?,
+                    json!({"input": translate::str_at(item, "input", at)?}).to_string(),
+                ),
+                // A call of the hosted shell made elsewhere: what it ran, as
+                // a call the model can read next to its output.
+                "local_shell_call" => ("local_shell", item["action"].to_string()),
+                _ => (
+                    translate::str_at(item, "name", at)?,
+                    match item.get("arguments") {
+                        None | Some(Value::Null) => "{}".to_string(),
+                        Some(Value::String(s)) => s.clone(),
+                        Some(other) => other.to_string(),
+                    },
+                ),
             };
             let call = json!({"id": call_id, "type": "function",
                 "function": {"name": name, "arguments": arguments}});
@@ -1029,7 +1036,7 @@ fn input_item(item: &Value, at: &str, messages: &mut Vec<Value>) -> Result<(), T
                     .push(json!({"role": "assistant", "content": null, "tool_calls": [call]})),
             }
         }
-        "function_call_output" | "custom_tool_call_output" => {
+        "function_call_output" | "custom_tool_call_output" | "local_shell_call_output" => {
             let call_id = translate::str_at(item, "call_id", at)?;
             let output = item.get("output").unwrap_or(&Value::Null);
             let (text, parts) = item_parts(output, &format!("{at}.output"), true)?;
@@ -1227,13 +1234,15 @@ fn responses_usage_json(usage: &Value) -> Value {
     })
 }
 
-/// A finished output item: a message with its text, or a call (a
-/// `custom_tool_call` when `name` is one of the request's custom tools).
+/// A finished `message` output item with its text.
 fn message_item(id: &str, text: &str) -> Value {
     json!({"id": id, "type": "message", "status": "completed", "role": "assistant",
         "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]})
 }
 
+/// A finished call output item: a `function_call` (with its `namespace` when
+/// the tool came from one), or a `custom_tool_call` when `name` is one of the
+/// request's custom tools.
 fn call_item(id: &str, call_id: &str, name: &str, arguments: &str, names: &ToolNames) -> Value {
     if names.custom.iter().any(|c| c == name) {
         // Sent as `{"input": "..."}`; a model that answered otherwise still
@@ -2146,12 +2155,18 @@ mod tests {
             (
                 json!({"model": "m", "input": [
                     {"type": "custom_tool_call", "call_id": "c", "name": "apply_patch", "input": "*** Begin"},
-                    {"type": "custom_tool_call_output", "call_id": "c", "output": "done"}],
+                    {"type": "custom_tool_call_output", "call_id": "c", "output": "done"},
+                    {"type": "local_shell_call", "call_id": "s", "status": "completed",
+                        "action": {"type": "exec", "command": ["ls"]}},
+                    {"type": "local_shell_call_output", "call_id": "s", "output": "a.txt"}],
                     "text": {"format": {"type": "json_schema", "name": "s", "schema": {}}}}),
                 json!({"model": "m", "messages": [
                     {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function",
                         "function": {"name": "apply_patch", "arguments": "{\"input\":\"*** Begin\"}"}}]},
-                    {"role": "tool", "tool_call_id": "c", "content": "done"}],
+                    {"role": "tool", "tool_call_id": "c", "content": "done"},
+                    {"role": "assistant", "content": null, "tool_calls": [{"id": "s", "type": "function",
+                        "function": {"name": "local_shell", "arguments": "{\"command\":[\"ls\"],\"type\":\"exec\"}"}}]},
+                    {"role": "tool", "tool_call_id": "s", "content": "a.txt"}],
                     "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": {}}}}),
             ),
         ];
