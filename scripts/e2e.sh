@@ -13,8 +13,9 @@
 #      upstream and on nginx (a Chat Completions server), streaming included;
 #   6. Claude Code (`claude -p "say hi"`, npm @anthropic-ai/claude-code) offline on the
 #      built-in upstream;
-#   7. Codex CLI through an `api = "anthropic"` proxy against a small Messages API server
-#      (tests/sdk/anthropic_server.py): Responses → Messages and back, a tool round trip.
+#   7. the openai SDK's Responses API and Codex CLI through an `api = "anthropic"` proxy
+#      against a small Messages API server (tests/sdk/anthropic_server.py): Responses →
+#      Messages and back, a tool round trip.
 # Installs what it needs (Debian's nginx-light and prometheus for promtool; openai and
 # anthropic from PyPI; Claude Code from npm into ~/.cache/warden-e2e; Codex CLI and the openai
 # Node SDK, pinned, from npm into target/e2e/node) when missing. Everything listens on 127.0.0.1 only and is stopped on exit.
@@ -236,15 +237,28 @@ api_key_env = "WARDEN_E2E_ANTHROPIC_KEY"
 TOML
 WARDEN_E2E_ANTHROPIC_KEY=sk-ant-e2e start_proxy anthropic
 anthropic_url=$url
+python3 - "$anthropic_url" <<'PY'
+import sys, openai
+c = openai.OpenAI(base_url=f"{sys.argv[1]}/v1", api_key="unused", max_retries=0)
+r = c.responses.create(model="claude-sonnet-4-5", instructions="be brief", input="hi")
+assert r.output_text == "from the anthropic server" and r.usage.input_tokens == 11, r
+with c.responses.stream(model="claude-sonnet-4-5", input="hi") as s:
+    deltas = "".join(e.delta for e in s if e.type == "response.output_text.delta")
+    final = s.get_final_response()
+assert deltas == final.output_text == "from the anthropic server", (deltas, final)
+assert final.status == "completed" and final.usage.output_tokens == 5, final
+print(f"openai {openai.__version__}: responses (create, stream) through an api = anthropic proxy OK")
+PY
 codex_exec "$anthropic_url" "run the e2e tool" claude-sonnet-4-5
 tr "\n" " " < "$work/codex-last.txt" | grep -q "tool said: .*warden-e2e-tool" \
   || { echo "e2e: codex said:"; cat "$work/codex-last.txt" "$work/codex.out" "$work/anthropic.log"; exit 1; }
 python3 - "$arecord" <<'PY'
 import json, sys
-calls = [json.loads(line) for line in open(sys.argv[1])]
-assert len(calls) >= 2, calls
-assert all(c["headers"].get("x-api-key") == "sk-ant-e2e" for c in calls), "the provider key is sent as x-api-key"
-assert all(c["headers"].get("anthropic-version") for c in calls), calls
+every = [json.loads(line) for line in open(sys.argv[1])]
+assert all(c["headers"].get("x-api-key") == "sk-ant-e2e" for c in every), "the provider key is sent as x-api-key"
+assert all(c["headers"].get("anthropic-version") for c in every), every
+calls = [c for c in every if c["headers"].get("originator", "").startswith("codex")]
+assert len(calls) >= 2, every
 assert all(c["model"] == "claude-sonnet-4-5" and c["stream"] for c in calls), calls
 assert all(c["system"] for c in calls), "Codex's instructions arrive as the system prompt"
 results = [c["tool_result"] for c in calls if c["tool_result"]]
