@@ -801,7 +801,8 @@ async fn responses_through_an_anthropic_provider_answer_in_the_responses_shape()
     let r = responses_post(
         &proxy,
         &json!({"model": "claude-test", "instructions": "be brief", "max_output_tokens": 300,
-            "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}]}),
+            "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"},
+                {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}]}]}),
     )
     .await;
     assert_eq!(r.status(), 200);
@@ -821,7 +822,8 @@ async fn responses_through_an_anthropic_provider_answer_in_the_responses_shape()
     assert_eq!(sent["max_tokens"], 300);
     assert_eq!(
         sent["messages"],
-        json!([{"role": "user", "content": [{"type": "text", "text": "hi"}]}])
+        json!([{"role": "user", "content": [{"type": "text", "text": "hi"},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}]}])
     );
 
     // Streaming: the Responses event sequence, numbered, ending in
