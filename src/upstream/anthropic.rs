@@ -4,7 +4,7 @@
 //! translated back ([`crate::api::anthropic`]).
 //!
 //! - Non-streaming: the Messages object becomes a `chat.completion`.
-//! - Streaming: the provider's events are parsed as they arrive ([`SseParser`])
+//! - Streaming: the provider's events are parsed as they arrive ([`crate::api::sse::SseParser`])
 //!   and translated at once ([`MessagesToChat`], driven by
 //!   [`super::translated::translate_stream`]): exactly one `finish_reason` (or
 //!   one error frame), the usage chunk when asked, then `[DONE]`. An in-band
@@ -24,7 +24,9 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::http::{HttpUpstream, UpstreamUrl};
-use super::translated::{responses_over_chat, translate_stream};
+use super::translated::{
+    event_chunks, fresh_id, request_json, responses_over_chat, translate_stream,
+};
 use super::{ChatCall, Reply, ResponsesCall, unix_now};
 use crate::api::anthropic::{MessagesToChat, chat_to_messages, messages_to_chat, provider_error};
 use crate::api::openai::{ApiError, Usage};
@@ -45,13 +47,7 @@ impl AnthropicUpstream {
 
     /// A Chat Completions request, answered through the Messages API.
     pub async fn chat(&self, call: ChatCall) -> Result<Reply, ApiError> {
-        let mut chat: Value = serde_json::from_slice(&call.body).map_err(|e| {
-            ApiError::bad_request(format!("request body is not valid JSON: {e}"))
-                .code("invalid_request")
-        })?;
-        if chat.get("model").is_none_or(Value::is_null) {
-            chat["model"] = Value::String(call.model.clone());
-        }
+        let chat = request_json(&call.body, &call.model)?;
         let request = chat_to_messages(&chat).map_err(ApiError::from)?;
         let body = Bytes::from(serde_json::to_vec(&request).expect("JSON serialises"));
         let response = self
@@ -74,16 +70,8 @@ impl AnthropicUpstream {
             return Err(err);
         }
         if call.stream {
-            let chunks = super::bounded::limit_events(
-                self.http.chunks(response, call.stats.clone()),
-                self.http.max_event_bytes(),
-                self.http.display_url().to_string(),
-            );
-            let id = format!(
-                "chatcmpl-{:016x}{:016x}",
-                fastrand::u64(..),
-                fastrand::u64(..)
-            );
+            let chunks = event_chunks(&self.http, response, &call.stats);
+            let id = fresh_id("chatcmpl-");
             let translator = MessagesToChat::new(&call.model, &id, unix_now(), call.include_usage);
             return Ok(Reply::Stream(translate_stream(
                 chunks,

@@ -23,7 +23,7 @@ use reqwest::header::CONTENT_TYPE;
 use serde_json::Value;
 
 use super::http::{HttpUpstream, UpstreamUrl};
-use super::translated::{event_json, translate_stream};
+use super::translated::{event_chunks, event_json, fresh_id, request_json, translate_stream};
 use super::{ChatCall, Reply, unix_now};
 use crate::api::metrics::Metrics;
 use crate::api::openai::{ApiError, Usage};
@@ -66,13 +66,7 @@ impl ResponsesUpstream {
 
     /// A Chat Completions request, answered through the Responses API.
     pub async fn chat(&self, call: ChatCall) -> Result<Reply, ApiError> {
-        let mut chat: Value = serde_json::from_slice(&call.body).map_err(|e| {
-            ApiError::bad_request(format!("request body is not valid JSON: {e}"))
-                .code("invalid_request")
-        })?;
-        if chat.get("model").is_none_or(Value::is_null) {
-            chat["model"] = Value::String(call.model.clone());
-        }
+        let chat = request_json(&call.body, &call.model)?;
         let prompt = self.prompts.get(instructions_for(&call.model)).await;
         let request =
             chat_to_responses(&chat, &prompt.text, &self.options).map_err(ApiError::from)?;
@@ -85,16 +79,8 @@ impl ResponsesUpstream {
             return Err(self.http.passthrough_error(response).await);
         }
         if call.stream {
-            let chunks = super::bounded::limit_events(
-                self.http.chunks(response, call.stats.clone()),
-                self.http.max_event_bytes(),
-                self.http.display_url().to_string(),
-            );
-            let id = format!(
-                "chatcmpl-{:016x}{:016x}",
-                fastrand::u64(..),
-                fastrand::u64(..)
-            );
+            let chunks = event_chunks(&self.http, response, &call.stats);
+            let id = fresh_id("chatcmpl-");
             let mut translator =
                 StreamTranslator::new(&call.model, &id, unix_now(), call.include_usage);
             let first = translator.start().concat();

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use super::http::ChunkStream;
+use super::http::{ChunkStream, HttpUpstream};
 use super::{ChatCall, ExchangeStats, FrameStream, Reply, ResponsesCall, unix_now};
 use crate::api::anthropic::MessagesToChat;
 use crate::api::openai::{ApiError, Usage};
@@ -135,6 +135,44 @@ impl Translate for ChatToResponses {
     }
 }
 
+/// A client's request body for translation: a JSON object, its `model` the
+/// routed one when it names none.
+pub(super) fn request_json(body: &[u8], model: &str) -> Result<Value, ApiError> {
+    let invalid = |what: String| ApiError::bad_request(what).code("invalid_request");
+    let mut value: Value = serde_json::from_slice(body)
+        .map_err(|e| invalid(format!("request body is not valid JSON: {e}")))?;
+    let object = value
+        .as_object_mut()
+        .ok_or_else(|| invalid("the request body must be a JSON object".into()))?;
+    if object.get("model").is_none_or(Value::is_null) {
+        object.insert("model".into(), Value::String(model.to_string()));
+    }
+    Ok(value)
+}
+
+/// A fresh id: `prefix` and 32 random hex digits.
+pub(super) fn fresh_id(prefix: &str) -> String {
+    format!(
+        "{prefix}{:016x}{:016x}",
+        fastrand::u64(..),
+        fastrand::u64(..)
+    )
+}
+
+/// A provider's streamed answer as chunks, each SSE event bounded by the
+/// provider's `max_event_bytes` (a longer one ends the stream with an error).
+pub(super) fn event_chunks(
+    http: &HttpUpstream,
+    response: reqwest::Response,
+    stats: &Arc<ExchangeStats>,
+) -> ChunkStream {
+    super::bounded::limit_events(
+        http.chunks(response, stats.clone()),
+        http.max_event_bytes(),
+        http.display_url().to_string(),
+    )
+}
+
 /// The SSE comment sent as keep-alive; clients ignore comment lines.
 pub(super) const KEEPALIVE_FRAME: &str = ": keep-alive\n\n";
 
@@ -231,12 +269,9 @@ where
     F: FnOnce(ChatCall) -> Fut,
     Fut: Future<Output = Result<Reply, ApiError>>,
 {
-    let request: Value = serde_json::from_slice(&call.body).map_err(|e| {
-        ApiError::bad_request(format!("request body is not valid JSON: {e}"))
-            .code("invalid_request")
-    })?;
+    let request = request_json(&call.body, &call.model)?;
     let translated = responses_request_to_chat(&request)?;
-    let id = format!("resp_{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+    let id = fresh_id("resp_");
     let shell = ResponseShell::new(
         &id,
         unix_now(),
