@@ -315,3 +315,147 @@ where
         )),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::responses::ToolNames;
+    use serde_json::json;
+
+    fn broken(first: &'static [u8]) -> ChunkStream {
+        Box::pin(futures_util::stream::iter(vec![
+            Ok(Bytes::from_static(first)),
+            Err(ApiError::bad_gateway("connection reset")),
+        ]))
+    }
+
+    async fn text_of(frames: FrameStream) -> String {
+        let frames: Vec<Bytes> = frames.collect().await;
+        frames
+            .iter()
+            .map(|b| std::str::from_utf8(b).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_broken_stream_ends_with_one_terminal_frame_whatever_the_translator() {
+        // Responses upstream → Chat chunks.
+        let stats = Arc::new(ExchangeStats::default());
+        let chunks = broken(
+            b"data: {\"type\":\"response.output_text.delta\",\"delta\":\"hi\"}\n\ndata: {\"type\":\"resp",
+        );
+        let translator = StreamTranslator::new("m", "chatcmpl-1", 1, false);
+        let text = text_of(translate_stream(
+            chunks,
+            translator,
+            stats,
+            String::new(),
+            None,
+        ))
+        .await;
+        assert!(text.contains("\"content\":\"hi\""), "{text}");
+        assert!(text.contains("connection reset"), "{text}");
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        assert_eq!(text.matches("[DONE]").count(), 1);
+
+        // Anthropic provider → Chat chunks, the usage seen so far recorded.
+        let stats = Arc::new(ExchangeStats::default());
+        let chunks = broken(
+            b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"usage\":{\"input_tokens\":2}}}\n\n\
+event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\ndata: {\"ty",
+        );
+        let translator = MessagesToChat::new("m", "chatcmpl-1", 1, false);
+        let text = text_of(translate_stream(
+            chunks,
+            translator,
+            stats.clone(),
+            String::new(),
+            None,
+        ))
+        .await;
+        assert!(text.contains("\"content\":\"hi\""), "{text}");
+        assert!(text.contains("connection reset"), "{text}");
+        assert_eq!(text.matches("[DONE]").count(), 1);
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        assert_eq!(stats.usage().prompt_tokens, 2);
+
+        // Chat chunks → Responses events: one response.failed, last.
+        let stats = Arc::new(ExchangeStats::default());
+        let chunks = broken(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n");
+        let shell = ResponseShell::new("resp_1", 1, "m", &serde_json::Map::new());
+        let translator = ChatToResponses::new(shell, ToolNames::default());
+        let text = text_of(translate_stream(
+            chunks,
+            translator,
+            stats,
+            String::new(),
+            None,
+        ))
+        .await;
+        assert!(text.contains("\"delta\":\"hi\""), "{text}");
+        assert_eq!(text.matches("event: response.failed").count(), 1, "{text}");
+        assert!(
+            text.trim_end().ends_with('}') && text.contains("connection reset"),
+            "{text}"
+        );
+        assert!(!text.contains("response.completed"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn the_first_frames_go_out_at_once_then_keep_alives_while_the_upstream_is_silent() {
+        let silent: ChunkStream = Box::pin(futures_util::stream::pending());
+        let stats = Arc::new(ExchangeStats::default());
+        let mut translator = StreamTranslator::new("m", "chatcmpl-1", 1, false);
+        let first = translator.start().concat();
+        let every = Some(Duration::from_millis(5));
+        let mut frames = translate_stream(silent, translator, stats, first, every);
+        let first = frames.next().await.unwrap();
+        let first: Value = serde_json::from_str(
+            std::str::from_utf8(&first)
+                .unwrap()
+                .strip_prefix("data: ")
+                .unwrap()
+                .trim(),
+        )
+        .unwrap();
+        assert_eq!(
+            first["choices"][0]["delta"],
+            json!({"role": "assistant", "content": ""})
+        );
+        for _ in 0..3 {
+            assert_eq!(frames.next().await.unwrap(), KEEPALIVE_FRAME.as_bytes());
+        }
+    }
+
+    #[test]
+    fn event_names_fill_in_a_missing_type() {
+        let ev = SseEvent {
+            event: Some("ping".into()),
+            data: "{}".into(),
+        };
+        assert_eq!(event_json(&ev).unwrap()["type"], "ping");
+        let named = SseEvent {
+            event: Some("ping".into()),
+            data: "{\"type\":\"error\"}".into(),
+        };
+        assert_eq!(
+            event_json(&named).unwrap()["type"],
+            "error",
+            "the data's own type wins"
+        );
+    }
+
+    #[test]
+    fn request_bodies_must_be_objects_and_get_the_routed_model() {
+        assert_eq!(request_json(b"{}", "m").unwrap(), json!({"model": "m"}));
+        assert_eq!(
+            request_json(br#"{"model":"x"}"#, "m").unwrap(),
+            json!({"model": "x"})
+        );
+        for bad in [&b"[]"[..], b"5", b"{"] {
+            assert_eq!(request_json(bad, "m").unwrap_err().status, 400);
+        }
+        assert!(fresh_id("resp_").starts_with("resp_"));
+        assert_eq!(fresh_id("resp_").len(), 5 + 32);
+    }
+}
