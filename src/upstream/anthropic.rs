@@ -6,7 +6,7 @@
 //! - Non-streaming: the Messages object becomes a `chat.completion`.
 //! - Streaming: the provider's events are parsed as they arrive ([`crate::api::sse::SseParser`])
 //!   and translated at once ([`MessagesToChat`], driven by
-//!   [`super::translated::translate_stream`]): exactly one `finish_reason` (or
+//!   `translated::translate_stream`): exactly one `finish_reason` (or
 //!   one error frame), the usage chunk when asked, then `[DONE]`. An in-band
 //!   `error` event (e.g. `overloaded_error`) before any content is the stream's
 //!   first frame, so routing treats it as a failed attempt.
@@ -14,7 +14,7 @@
 //!   retried and failed over like any 5xx; `rate_limit_error` 429; …).
 //! - Responses API requests (`POST /v1/responses`, Codex CLI): translated to
 //!   Chat Completions and answered through the same Chat path, so Responses →
-//!   Chat → Messages and back ([`super::translated::responses_over_chat`]):
+//!   Chat → Messages and back (`translated::responses_over_chat`):
 //!   a `response` object, or the Responses event sequence, with function and
 //!   custom tool calls, usage, and one `response.failed` for an in-band error.
 //!
