@@ -322,80 +322,65 @@ mod tests {
     use crate::api::responses::ToolNames;
     use serde_json::json;
 
-    fn broken(first: &'static [u8]) -> ChunkStream {
-        Box::pin(futures_util::stream::iter(vec![
+    /// Drives `translator` over a stream that sends `first`, then breaks.
+    async fn run_broken<T: Translate>(
+        first: &'static [u8],
+        translator: T,
+    ) -> (String, Arc<ExchangeStats>) {
+        let stats = Arc::new(ExchangeStats::default());
+        let chunks: ChunkStream = Box::pin(futures_util::stream::iter(vec![
             Ok(Bytes::from_static(first)),
             Err(ApiError::bad_gateway("connection reset")),
-        ]))
-    }
-
-    async fn text_of(frames: FrameStream) -> String {
+        ]));
+        let frames = translate_stream(chunks, translator, stats.clone(), String::new(), None);
         let frames: Vec<Bytes> = frames.collect().await;
-        frames
+        let text = frames
             .iter()
             .map(|b| std::str::from_utf8(b).unwrap())
-            .collect()
+            .collect();
+        (text, stats)
+    }
+
+    /// A Chat stream: what came through, then one error frame and one `[DONE]`, last.
+    fn assert_chat_ends_with_one_error(text: &str) {
+        assert!(text.contains("\"content\":\"hi\""), "{text}");
+        assert!(text.contains("connection reset"), "{text}");
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        assert_eq!(text.matches("[DONE]").count(), 1, "{text}");
     }
 
     #[tokio::test]
     async fn a_broken_stream_ends_with_one_terminal_frame_whatever_the_translator() {
         // Responses upstream → Chat chunks.
-        let stats = Arc::new(ExchangeStats::default());
-        let chunks = broken(
+        let (text, _) = run_broken(
             b"data: {\"type\":\"response.output_text.delta\",\"delta\":\"hi\"}\n\ndata: {\"type\":\"resp",
-        );
-        let translator = StreamTranslator::new("m", "chatcmpl-1", 1, false);
-        let text = text_of(translate_stream(
-            chunks,
-            translator,
-            stats,
-            String::new(),
-            None,
-        ))
+            StreamTranslator::new("m", "chatcmpl-1", 1, false),
+        )
         .await;
-        assert!(text.contains("\"content\":\"hi\""), "{text}");
-        assert!(text.contains("connection reset"), "{text}");
-        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
-        assert_eq!(text.matches("[DONE]").count(), 1);
+        assert_chat_ends_with_one_error(&text);
 
         // Anthropic provider → Chat chunks, the usage seen so far recorded.
-        let stats = Arc::new(ExchangeStats::default());
-        let chunks = broken(
+        let (text, stats) = run_broken(
             b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"usage\":{\"input_tokens\":2}}}\n\n\
 event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\ndata: {\"ty",
-        );
-        let translator = MessagesToChat::new("m", "chatcmpl-1", 1, false);
-        let text = text_of(translate_stream(
-            chunks,
-            translator,
-            stats.clone(),
-            String::new(),
-            None,
-        ))
+            MessagesToChat::new("m", "chatcmpl-1", 1, false),
+        )
         .await;
-        assert!(text.contains("\"content\":\"hi\""), "{text}");
-        assert!(text.contains("connection reset"), "{text}");
-        assert_eq!(text.matches("[DONE]").count(), 1);
-        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        assert_chat_ends_with_one_error(&text);
         assert_eq!(stats.usage().prompt_tokens, 2);
 
         // Chat chunks → Responses events: one response.failed, last.
-        let stats = Arc::new(ExchangeStats::default());
-        let chunks = broken(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n");
         let shell = ResponseShell::new("resp_1", 1, "m", &serde_json::Map::new());
-        let translator = ChatToResponses::new(shell, ToolNames::default());
-        let text = text_of(translate_stream(
-            chunks,
-            translator,
-            stats,
-            String::new(),
-            None,
-        ))
+        let (text, _) = run_broken(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n",
+            ChatToResponses::new(shell, ToolNames::default()),
+        )
         .await;
         assert!(text.contains("\"delta\":\"hi\""), "{text}");
         assert_eq!(text.matches("event: response.failed").count(), 1, "{text}");
+        let last = text.rsplit("event: ").next().unwrap();
         assert!(
-            text.trim_end().ends_with('}') && text.contains("connection reset"),
+            last.starts_with("response.failed") && last.contains("connection reset"),
             "{text}"
         );
         assert!(!text.contains("response.completed"), "{text}");
