@@ -404,6 +404,13 @@ async fn with_nats_required_readiness_follows_the_connection_but_not_for_the_dae
 fn daemon_start_does_not_wait_for_a_required_nats_that_is_away() {
     let mut nats = NatsServer::start();
     let home = home_with(&nats, "mock", "required = true\n");
+    // A port of its own (the default 8000 may be anyone's).
+    let port = crate::support::free_port();
+    std::fs::write(
+        home.file("warden.toml"),
+        format!("{}\n[server]\nport = {port}\n", home.read("warden.toml")),
+    )
+    .unwrap();
     nats.stop(); // the configured server is away for the whole test
     let out = crate::support::run("daemon", &home, &["start"]);
     assert_eq!(
