@@ -149,16 +149,62 @@ proptest! {
         cuts in prop::collection::vec(any::<usize>(), 0..6),
     ) {
         let mut framer = EventFramer::new(1 << 20);
+        // What a client parses from the relayed runs, and the events it got.
+        let mut client = SseParser::new();
+        let mut got = Vec::new();
         let mut out = Vec::new();
         for part in splits(&bytes, &cuts) {
             if let Some(events) = framer.push(Bytes::from(part)).unwrap() {
-                prop_assert!(events.ends_with(b"\n\n") || events.ends_with(b"\n\r\n"));
+                got.extend(client.feed(&events));
+                // Cut only between events: nothing begun is left open.
+                prop_assert!(!client.mid_event(), "torn: {:?}", events);
+                // An error frame sent now reaches the client as one whole event.
+                let mut after = client.clone();
+                let error = after.feed(b"data: {\"error\":{}}\n\n");
+                prop_assert_eq!(error.len(), 1);
+                prop_assert_eq!(&error[0].data, "{\"error\":{}}");
                 out.extend_from_slice(&events);
             }
         }
         let rest = framer.take_rest();
+        got.extend(client.feed(&rest));
+        got.extend(client.finish());
         out.extend_from_slice(&rest);
-        prop_assert_eq!(out, bytes);
+        prop_assert_eq!(out, bytes.clone());
+        // The relay changes nothing a client parses.
+        let mut whole = SseParser::new();
+        let mut expected = whole.feed(&bytes);
+        expected.extend(whole.finish());
+        prop_assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn event_ends_are_found_whatever_the_line_endings(
+        events in prop::collection::vec(("[a-z{}\":]{0,12}", 0..3usize, 0..3usize), 1..8),
+        cuts in prop::collection::vec(any::<usize>(), 0..6),
+    ) {
+        // Each event: one data line and a blank line, each ended by LF, CRLF or CR.
+        let endings = ["\n", "\r\n", "\r"];
+        let mut bytes = Vec::new();
+        for (data, line_end, blank) in &events {
+            // A CR then a LF is one CRLF, not a line and a blank line.
+            let blank = if *line_end == 2 && *blank == 0 { 2 } else { *blank };
+            bytes.extend_from_slice(format!("data: {data}{}{}", endings[*line_end], endings[blank]).as_bytes());
+        }
+        let mut framer = EventFramer::new(1 << 20);
+        let mut client = SseParser::new();
+        let mut got = Vec::new();
+        for part in splits(&bytes, &cuts) {
+            if let Some(run) = framer.push(Bytes::from(part)).unwrap() {
+                got.extend(client.feed(&run));
+                prop_assert!(!client.mid_event(), "torn: {:?}", run);
+            }
+        }
+        // Every event came out as soon as its blank line did: nothing held back.
+        prop_assert!(framer.take_rest().iter().all(|&b| b == b'\n'));
+        let data: Vec<&str> = events.iter().map(|(d, _, _)| d.as_str()).collect();
+        let got: Vec<&str> = got.iter().map(|e| e.data.as_str()).collect();
+        prop_assert_eq!(got, data);
     }
 
     #[test]
