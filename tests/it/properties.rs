@@ -123,6 +123,45 @@ fn splits(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
     out
 }
 
+/// What a client got through the relay framer from `bytes` cut at `cuts`.
+struct Relayed {
+    /// The client's parser, after every run the framer let through.
+    client: SseParser,
+    got: Vec<warden::api::sse::SseEvent>,
+    /// The runs, concatenated.
+    out: Vec<u8>,
+    /// What the framer still held at the end.
+    rest: Bytes,
+}
+
+/// Relays `bytes` (cut at `cuts`) through the framer to a client parser,
+/// checking after every run that no event was torn and that an error frame
+/// sent then would arrive as one whole event.
+fn relay(bytes: &[u8], cuts: &[usize]) -> Result<Relayed, TestCaseError> {
+    let mut framer = EventFramer::new(1 << 20);
+    let mut client = SseParser::new();
+    let mut got = Vec::new();
+    let mut out = Vec::new();
+    for part in splits(bytes, cuts) {
+        if let Some(run) = framer.push(Bytes::from(part)).unwrap() {
+            got.extend(client.feed(&run));
+            // Cut only between events: nothing begun is left open.
+            prop_assert!(!client.mid_event(), "torn: {:?}", run);
+            let error = client.clone().feed(b"data: {\"error\":{}}\n\n");
+            prop_assert_eq!(error.len(), 1);
+            prop_assert_eq!(&error[0].data, "{\"error\":{}}");
+            out.extend_from_slice(&run);
+        }
+    }
+    let rest = framer.take_rest();
+    Ok(Relayed {
+        client,
+        got,
+        out,
+        rest,
+    })
+}
+
 proptest! {
     #![proptest_config(config())]
 
@@ -148,25 +187,7 @@ proptest! {
         bytes in sse_bytes(),
         cuts in prop::collection::vec(any::<usize>(), 0..6),
     ) {
-        let mut framer = EventFramer::new(1 << 20);
-        // What a client parses from the relayed runs, and the events it got.
-        let mut client = SseParser::new();
-        let mut got = Vec::new();
-        let mut out = Vec::new();
-        for part in splits(&bytes, &cuts) {
-            if let Some(events) = framer.push(Bytes::from(part)).unwrap() {
-                got.extend(client.feed(&events));
-                // Cut only between events: nothing begun is left open.
-                prop_assert!(!client.mid_event(), "torn: {:?}", events);
-                // An error frame sent now reaches the client as one whole event.
-                let mut after = client.clone();
-                let error = after.feed(b"data: {\"error\":{}}\n\n");
-                prop_assert_eq!(error.len(), 1);
-                prop_assert_eq!(&error[0].data, "{\"error\":{}}");
-                out.extend_from_slice(&events);
-            }
-        }
-        let rest = framer.take_rest();
+        let Relayed { mut client, mut got, mut out, rest } = relay(&bytes, &cuts)?;
         got.extend(client.feed(&rest));
         got.extend(client.finish());
         out.extend_from_slice(&rest);
@@ -191,17 +212,9 @@ proptest! {
             let blank = if *line_end == 2 && *blank == 0 { 2 } else { *blank };
             bytes.extend_from_slice(format!("data: {data}{}{}", endings[*line_end], endings[blank]).as_bytes());
         }
-        let mut framer = EventFramer::new(1 << 20);
-        let mut client = SseParser::new();
-        let mut got = Vec::new();
-        for part in splits(&bytes, &cuts) {
-            if let Some(run) = framer.push(Bytes::from(part)).unwrap() {
-                got.extend(client.feed(&run));
-                prop_assert!(!client.mid_event(), "torn: {:?}", run);
-            }
-        }
+        let Relayed { got, rest, .. } = relay(&bytes, &cuts)?;
         // Every event came out as soon as its blank line did: nothing held back.
-        prop_assert!(framer.take_rest().iter().all(|&b| b == b'\n'));
+        prop_assert!(rest.iter().all(|&b| b == b'\n'));
         let data: Vec<&str> = events.iter().map(|(d, _, _)| d.as_str()).collect();
         let got: Vec<&str> = got.iter().map(|e| e.data.as_str()).collect();
         prop_assert_eq!(got, data);
