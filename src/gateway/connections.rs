@@ -193,7 +193,7 @@ impl Registry {
     }
 
     /// Open client connections.
-    pub fn len(&self) -> usize {
+    pub fn open(&self) -> usize {
         self.lock().len()
     }
 }

@@ -288,7 +288,7 @@ pub async fn run(
     gw.draining.store(true, Ordering::Release);
     tracing::info!(
         in_flight = gw.metrics.stats.in_flight.load(Ordering::Relaxed),
-        connections = registry.len(),
+        connections = registry.open(),
         graceful_timeout_secs = graceful_timeout.as_secs(),
         "shutdown requested: readiness off, no longer accepting, draining in-flight requests"
     );
