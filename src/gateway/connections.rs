@@ -12,6 +12,9 @@
 //!   one still sending its head); with none to shed it is refused.
 //! - A declared `Content-Length` over `server.max_body_bytes` is answered 413 at
 //!   once, before any byte of the body is read (and without `100 Continue`).
+//! - Memory: a connection's first request head is read here ([`serve`]), into a
+//!   buffer the size of what arrived (64 KiB at most, else 431); hyper's
+//!   connection (16 KiB of buffers and more of state) exists only from then on.
 //!
 //! Each connection has a [`ConnState`]: two atomics touched per request, one
 //! per read while idle, and one timer per connection that is re-armed only
