@@ -356,9 +356,10 @@ fn idle_connections_cost_little_memory() {
     assert!(open >= 1001.0, "{text}");
     let grown = rss(proxy.pid()).saturating_sub(before);
     // Before the first head is complete a connection holds no HTTP machinery
-    // (hyper's 16 KiB of buffers and its state): about 1 KiB each, not 8-20.
+    // (hyper's 16 KiB of buffers and its state): about 2.4 KiB each in a debug
+    // build (2.4 MiB here), where it was 8 (idle) to 20 (slow) KiB: 14 MiB.
     assert!(
-        grown < 4 << 20,
+        grown < 6 << 20,
         "1,000 idle and slow connections grew RSS by {} KiB",
         grown >> 10
     );
