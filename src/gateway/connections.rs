@@ -276,7 +276,7 @@ pub struct Shared {
 /// socket, this small future and the bytes it has sent: hyper's connection
 /// (its 8 KiB read buffer, 8 KiB write buffer and the HTTP/1 and HTTP/2 state
 /// machines) is built, on the heap, once there is a request to serve. That
-/// keeps an idle or slow-header connection near 1 KiB of the proxy's memory
+/// keeps an idle or slow-header connection at about 2 KiB of the proxy's memory
 /// plus what it sent (benches/results/hostile.md).
 pub async fn serve(stream: TcpStream, state: Arc<ConnState>, shared: Arc<Shared>) {
     let limits = shared.limits;
