@@ -142,11 +142,13 @@ impl Registry {
             let victim = conns
                 .values()
                 .filter(|c| c.active.load(Ordering::Relaxed) == 0)
-                // Idle connections first (false < true), then the oldest wait.
+                // Idle connections first (false < true), then the oldest wait;
+                // within one millisecond, the first admitted.
                 .min_by_key(|c| {
                     (
                         c.in_head.load(Ordering::Relaxed),
                         c.since_ms.load(Ordering::Relaxed),
+                        c.id,
                     )
                 })
                 .map(|c| c.id);
