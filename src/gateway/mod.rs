@@ -216,7 +216,8 @@ pub async fn run(
     let limits = connections::Limits::new(&gw, fd_limit);
     let registry = connections::Registry::new(gw.metrics.clone());
     let mut builder = Builder::new(TokioExecutor::new());
-    // A request head larger than this is refused (431) instead of buffered.
+    // A later request head on a keep-alive connection larger than this is
+    // refused (431) instead of buffered (the first is read by `connections::serve`).
     builder.http1().max_buf_size(MAX_HEAD_BYTES);
     let shared = Arc::new(connections::Shared {
         router: app,
