@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
-"""RSS and /health/live p99 of a running proxy while N idle (or slow-header)
-connections are held open. Loopback only; bounded in count and time."""
+"""RSS and /health/live p99 of a running proxy while N connections are held
+open: `idle` (connected, nothing sent), `slow-header` (900 bytes of a request
+head, never finished) or `keepalive` (one request answered, then idle).
+Usage: hostile.py PORT PID N idle|slow-header|keepalive
+Loopback only; bounded in count and time."""
 import socket, sys, time, os, statistics
 port, pid, n, mode = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 def rss():
@@ -28,6 +31,12 @@ for i in range(n):
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
     if mode == "slow-header":
         s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 900)
+    elif mode == "keepalive":
+        # One request answered, then the connection stays open, idle.
+        s.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply = b""
+        while not (b"\r\n\r\n" in reply and reply.endswith(b"}")):
+            reply += s.recv(4096)
     conns.append(s)
 time.sleep(1)
 held = rss()

@@ -37,6 +37,8 @@
 #   BENCH_SOAK_SECS=600    soak length; BENCH_SOAK_CONNS=8 and BENCH_SOAK_DELAY_MS=2
 #                          (each connection waits that long between requests)
 #   BENCH_OUT              output file (default benches/results/latest.md or soak.md)
+#   BENCH_BIN_DIR          use the binaries in this folder instead of building (say, a
+#                          copy of target/release/proxy from before a change, to compare)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -84,9 +86,14 @@ if [ "$mode" = full ] && [ "$WITH_LITELLM" = 1 ] && [ ! -x "$venv/bin/litellm" ]
 fi
 
 # --- 2. build --------------------------------------------------------------------------
-say "building (release, locked)"
-cargo build --release --locked --bins >&2
-bin=$root/target/release
+if [ -n "${BENCH_BIN_DIR:-}" ]; then
+  bin=$(cd "$BENCH_BIN_DIR" && pwd)
+  say "using the binaries in $bin (no build)"
+else
+  say "building (release, locked)"
+  cargo build --release --locked --bins >&2
+  bin=$root/target/release
+fi
 
 # --- processes, ports, pinning -----------------------------------------------------------
 work=$(mktemp -d "${TMPDIR:-/tmp}/warden-bench.XXXXXX")

@@ -67,6 +67,12 @@ struct ModelTokenLabel {
     kind: &'static str,
 }
 
+/// The status of an answer the HTTP layer gave itself (400, 414 or 431: bounded).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: u16,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: &'static str,
@@ -248,6 +254,10 @@ pub struct Metrics {
     provider_duration: Family<ProviderLabel, Histogram, fn() -> Histogram>,
     provider_in_flight: Family<ProviderLabel, Gauge>,
     provider_cooling: Family<ProviderLabel, Gauge>,
+    client_connections: Gauge,
+    client_connections_shed: Counter,
+    client_connections_refused: Counter,
+    client_malformed: Family<StatusLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -290,6 +300,10 @@ impl Metrics {
             provider_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             provider_in_flight: Family::default(),
             provider_cooling: Family::default(),
+            client_connections: Gauge::default(),
+            client_connections_shed: Counter::default(),
+            client_connections_refused: Counter::default(),
+            client_malformed: Family::default(),
         };
         let build_info: Family<Vec<(String, String)>, Gauge> = Family::default();
         build_info
@@ -324,6 +338,26 @@ impl Metrics {
             "http_requests_in_flight",
             "Chat requests currently holding an upstream slot",
             m.in_flight.clone(),
+        );
+        registry.register(
+            "client_connections",
+            "Client connections open now (at most server.max_connections)",
+            m.client_connections.clone(),
+        );
+        registry.register(
+            "client_connections_shed",
+            "Idle (or slow) client connections closed to make room at server.max_connections",
+            m.client_connections_shed.clone(),
+        );
+        registry.register(
+            "client_connections_refused",
+            "New client connections closed at once: server.max_connections open, none idle",
+            m.client_connections_refused.clone(),
+        );
+        registry.register(
+            "client_malformed_requests",
+            "Request heads answered by the HTTP layer itself (400 malformed, 414 URI too long, 431 head too large), by status",
+            m.client_malformed.clone(),
         );
         registry.register(
             "http_requests_rejected",
@@ -523,6 +557,26 @@ impl Metrics {
             .get_or_create(&ReasonLabel {
                 reason: why.label(),
             })
+            .inc();
+    }
+
+    /// The number of open client connections changed.
+    pub fn connections_open(&self, open: usize) {
+        self.client_connections.set(open as i64);
+    }
+
+    pub fn connection_shed(&self) {
+        self.client_connections_shed.inc();
+    }
+
+    pub fn connection_refused(&self) {
+        self.client_connections_refused.inc();
+    }
+
+    /// A request head the HTTP layer could not accept (400, 414 or 431).
+    pub fn malformed_request(&self, status: u16) {
+        self.client_malformed
+            .get_or_create(&StatusLabel { status })
             .inc();
     }
 

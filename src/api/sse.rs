@@ -19,7 +19,7 @@ pub struct SseEvent {
 
 /// Incremental parser: feed it chunks with [`SseParser::feed`], call
 /// [`SseParser::finish`] when the stream ends.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct SseParser {
     /// Bytes of the current, not yet terminated line.
     line: Vec<u8>,
@@ -81,6 +81,12 @@ impl SseParser {
         }
         self.after_cr = false;
         self.take_event()
+    }
+
+    /// Whether an event (or a line) has begun and not yet ended: a stream cut
+    /// here would tear it.
+    pub fn mid_event(&self) -> bool {
+        !self.line.is_empty() || self.has_data || self.event.is_some()
     }
 
     fn scan(&mut self, mut bytes: &[u8], out: &mut Vec<SseEvent>) {
@@ -148,6 +154,61 @@ impl SseParser {
             event,
             data: std::mem::take(&mut self.data),
         })
+    }
+}
+
+/// Finds where events end in a byte stream without parsing them, for relays
+/// that pass the bytes on unchanged but must cut only between events. Knows
+/// every line ending the specification allows (CRLF, LF, CR), also split
+/// across chunks: an event ends with the line ending of its blank line.
+#[derive(Clone, Copy, Debug)]
+pub struct EventEnds {
+    /// Nothing of the current line seen yet.
+    line_empty: bool,
+    /// The last byte seen was a CR: a LF next belongs to it.
+    after_cr: bool,
+}
+
+impl Default for EventEnds {
+    fn default() -> Self {
+        EventEnds::new()
+    }
+}
+
+impl EventEnds {
+    pub fn new() -> EventEnds {
+        EventEnds {
+            line_empty: true,
+            after_cr: false,
+        }
+    }
+
+    /// Scans the next bytes of the stream; returns the end (exclusive, in
+    /// `bytes`) of the last event they complete. A blank line ended by a CR at
+    /// the end of `bytes` completes its event: a LF that follows in the next
+    /// chunk is part of that line ending, not a new line.
+    pub fn scan(&mut self, bytes: &[u8]) -> Option<usize> {
+        let mut last = None;
+        for (i, &b) in bytes.iter().enumerate() {
+            if std::mem::take(&mut self.after_cr) && b == b'\n' {
+                // The LF of a CRLF whose CR already ended the line.
+                if last == Some(i) {
+                    last = Some(i + 1);
+                }
+                continue;
+            }
+            match b {
+                b'\n' | b'\r' => {
+                    if self.line_empty {
+                        last = Some(i + 1);
+                    }
+                    self.line_empty = true;
+                    self.after_cr = b == b'\r';
+                }
+                _ => self.line_empty = false,
+            }
+        }
+        last
     }
 }
 
@@ -240,6 +301,47 @@ data: [DONE]\n\n";
         assert!(p.feed(b"event: x\ndata: tail").is_empty());
         assert_eq!(p.finish(), Some(ev(Some("x"), "tail")));
         assert_eq!(p.finish(), None);
+    }
+
+    #[test]
+    fn every_line_ending_ends_an_event() {
+        let endings = ["\n", "\r\n", "\r"];
+        for line_end in endings {
+            for blank in endings {
+                if line_end == "\r" && blank == "\n" {
+                    continue; // that is one CRLF, not a blank line
+                }
+                let stream = format!("data: a{line_end}{blank}data: b{line_end}{blank}");
+                let first = "data: a".len() + line_end.len() + blank.len();
+                let mut ends = EventEnds::new();
+                assert_eq!(
+                    ends.scan(&stream.as_bytes()[..first]),
+                    Some(first),
+                    "{stream:?}"
+                );
+                let mut ends = EventEnds::new();
+                assert_eq!(
+                    ends.scan(stream.as_bytes()),
+                    Some(stream.len()),
+                    "{stream:?}"
+                );
+                let events = parse_chunks(&[stream.as_bytes()]);
+                assert_eq!(events, vec![ev(None, "a"), ev(None, "b")], "{stream:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_crlf_split_after_its_cr_is_one_line_ending() {
+        // `data: a\r` | `\n\r\n`: the LF belongs to the CR, then a blank line.
+        let mut ends = EventEnds::new();
+        assert_eq!(ends.scan(b"data: a\r"), None);
+        assert_eq!(ends.scan(b"\n\r\n"), Some(3));
+        // `data: a\r\r` | `\n`: the event ended at the second CR; the LF is its.
+        let mut ends = EventEnds::new();
+        assert_eq!(ends.scan(b"data: a\r\r"), Some(9));
+        assert_eq!(ends.scan(b"\ndata: b"), None);
+        assert_eq!(ends.scan(b"\r\r"), Some(2));
     }
 
     #[test]

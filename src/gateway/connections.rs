@@ -12,6 +12,9 @@
 //!   one still sending its head); with none to shed it is refused.
 //! - A declared `Content-Length` over `server.max_body_bytes` is answered 413 at
 //!   once, before any byte of the body is read (and without `100 Continue`).
+//! - Memory: a connection's first request head is read here ([`serve`]), into a
+//!   buffer the size of what arrived (64 KiB at most, else 431); hyper's
+//!   connection (16 KiB of buffers and more of state) exists only from then on.
 //!
 //! Each connection has a [`ConnState`]: two atomics touched per request, one
 //! per read while idle, and one timer per connection that is re-armed only
@@ -29,14 +32,17 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::{HeaderValue, Request, Response, header};
 use axum::response::IntoResponse;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::Gateway;
-use crate::api::metrics::Rejection;
+use crate::api::metrics::{Metrics, Rejection};
 use crate::api::openai::ApiError;
 
 /// File descriptors kept for everything but client connections: upstream
@@ -96,24 +102,26 @@ pub fn raise_fd_limit() -> Option<u64> {
     Some(limit.rlim_cur)
 }
 
-/// The open client connections, for the cap and for shedding.
+/// The open client connections, for the cap, for shedding and for the drain.
 pub struct Registry {
     conns: Mutex<HashMap<u64, Arc<ConnState>>>,
     next_id: AtomicU64,
     epoch: Instant,
-    /// Connections closed to make room, and new ones refused (for the log).
-    pub shed: AtomicU64,
-    pub refused: AtomicU64,
+    /// Set when the drain begins: a connection told to close then finishes
+    /// the request it is serving first.
+    draining: AtomicBool,
+    /// `warden_client_connections` and the shed/refused counters.
+    metrics: Arc<Metrics>,
 }
 
 impl Registry {
-    pub fn new() -> Arc<Registry> {
+    pub fn new(metrics: Arc<Metrics>) -> Arc<Registry> {
         Arc::new(Registry {
             conns: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             epoch: Instant::now(),
-            shed: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            metrics,
         })
     }
 
@@ -121,30 +129,36 @@ impl Registry {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ConnState>>> {
+        self.conns.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Registers a new connection, first closing the longest-idle one (then the
     /// slowest one still sending its head) when `max` are open. `None`: all are
     /// busy, refuse the newcomer.
     pub fn admit(self: &Arc<Self>, max: usize) -> Option<Arc<ConnState>> {
-        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut conns = self.lock();
         if conns.len() >= max {
             let victim = conns
                 .values()
                 .filter(|c| c.active.load(Ordering::Relaxed) == 0)
-                // Idle connections first (false < true), then the oldest wait.
+                // Idle connections first (false < true), then the oldest wait;
+                // within one millisecond, the first admitted.
                 .min_by_key(|c| {
                     (
                         c.in_head.load(Ordering::Relaxed),
                         c.since_ms.load(Ordering::Relaxed),
+                        c.id,
                     )
                 })
                 .map(|c| c.id);
             match victim.and_then(|id| conns.remove(&id)) {
                 Some(victim) => {
-                    self.shed.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.connection_shed();
                     victim.close.notify_one();
                 }
                 None => {
-                    self.refused.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.connection_refused();
                     return None;
                 }
             }
@@ -159,14 +173,33 @@ impl Registry {
             registry: self.clone(),
         });
         conns.insert(id, state.clone());
+        self.metrics.connections_open(conns.len());
         Some(state)
     }
 
     fn remove(&self, id: u64) {
-        self.conns
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id);
+        let mut conns = self.lock();
+        if conns.remove(&id).is_some() {
+            self.metrics.connections_open(conns.len());
+        }
+    }
+
+    /// The drain: every connection finishes what it is serving, then closes
+    /// (one that has sent nothing yet closes at once).
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+        for conn in self.lock().values() {
+            conn.close.notify_one();
+        }
+    }
+
+    fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Open client connections.
+    pub fn open(&self) -> usize {
+        self.lock().len()
     }
 }
 
@@ -228,37 +261,195 @@ impl ConnState {
     }
 }
 
-/// Serves one connection until it ends, times out, or is shed.
-pub async fn supervise(conn: impl Future<Output = ()>, state: Arc<ConnState>, limits: Limits) {
-    tokio::pin!(conn);
-    let period = limits.keepalive_timeout.min(limits.header_timeout);
-    loop {
-        let (wait, expired) = state.deadline(&limits);
-        if expired {
-            break;
-        }
-        // State changes (a request begins or ends) do not wake this task, which
-        // keeps the hot path free of it: it looks again at least every
-        // `period`, so a deadline is enforced at most `period` late.
-        let wait = wait.unwrap_or(period).min(period);
-        tokio::select! {
-            () = conn.as_mut() => break,
-            () = state.close.notified() => break,
-            () = tokio::time::sleep(wait + Duration::from_millis(1)) => {}
-        }
-    }
-    state.registry.remove(state.id);
+/// What every connection of one listener shares: one `Arc` per connection
+/// instead of a copy of each part.
+pub struct Shared {
+    pub router: axum::Router,
+    pub gw: Arc<Gateway>,
+    pub builder: Builder<TokioExecutor>,
+    pub limits: Limits,
+    pub registry: Arc<Registry>,
 }
 
-/// Bytes read on a connection mark the start of a request head when it was idle.
+/// Serves one client connection until it ends, times out, is shed, or the
+/// drain closes it.
+///
+/// Until its first request head is complete a connection holds only its
+/// socket, this small future and the bytes it has sent: hyper's connection
+/// (its 8 KiB read buffer, 8 KiB write buffer and the HTTP/1 and HTTP/2 state
+/// machines) is built, on the heap, once there is a request to serve. That
+/// keeps an idle or slow-header connection at about 2 KiB of the proxy's memory
+/// plus what it sent (benches/results/hostile.md).
+pub async fn serve(stream: TcpStream, state: Arc<ConnState>, shared: Arc<Shared>) {
+    let limits = shared.limits;
+    let period = limits.keepalive_timeout.min(limits.header_timeout);
+    // State changes (a request begins or ends) do not wake this task, which
+    // keeps the hot path free of it: it looks again at least every `period`,
+    // so a deadline is enforced at most `period` late.
+    let next_wait = |state: &ConnState| {
+        let (wait, expired) = state.deadline(&limits);
+        (!expired).then(|| wait.unwrap_or(period).min(period) + Duration::from_millis(1))
+    };
+    let mut head = FirstHead::default();
+    let complete = loop {
+        let Some(wait) = next_wait(&state) else {
+            break false;
+        };
+        tokio::select! {
+            readable = stream.readable() => match readable.and_then(|()| head.read_from(&stream)) {
+                Ok(Read::Complete) => break true,
+                Ok(Read::More) => {}
+                Ok(Read::TooLarge) => {
+                    // Answered here, from what was read: a fresh socket's send
+                    // buffer takes the whole answer at once.
+                    shared.gw.metrics.malformed_request(431);
+                    let _ = stream.try_write(&super::malformed::head_too_large(super::MAX_HEAD_BYTES));
+                    break false;
+                }
+                Ok(Read::Closed) | Err(_) => break false,
+            },
+            // Shed, or the drain: no request was started, nothing is lost.
+            () = state.close.notified() => break false,
+            () = tokio::time::sleep(wait) => {}
+        }
+    };
+    if complete {
+        let io = TokioIo::new(WatchedIo::new(stream, head.bytes.freeze(), state.clone()));
+        let service = ConnService {
+            shared: shared.clone(),
+            state: state.clone(),
+        };
+        let mut conn = Box::pin(shared.builder.serve_connection_with_upgrades(io, service));
+        let mut draining = false;
+        while let Some(wait) = next_wait(&state) {
+            tokio::select! {
+                _ = conn.as_mut() => break,
+                () = state.close.notified() => {
+                    if draining || !shared.registry.is_draining() {
+                        break; // shed to make room
+                    }
+                    // The drain: finish the request in progress, then close.
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+    shared.registry.remove(state.id);
+}
+
+/// The first request head of a connection, read before hyper is involved.
+#[derive(Default)]
+struct FirstHead {
+    bytes: BytesMut,
+    /// Bytes already searched for the end of the head.
+    searched: usize,
+}
+
+/// What one read of [`FirstHead`] found.
+enum Read {
+    /// The head is all there (and maybe more: it all goes to hyper).
+    Complete,
+    More,
+    /// `MAX_HEAD_BYTES` and still no end of the head: 431.
+    TooLarge,
+    Closed,
+}
+
+impl FirstHead {
+    /// Most first heads fit; a longer one doubles the buffer as it arrives.
+    const FIRST_READ: usize = 1024;
+
+    /// Reads what the socket has. `Err`: a read error (the connection is over).
+    fn read_from(&mut self, stream: &TcpStream) -> std::io::Result<Read> {
+        if self.bytes.len() == self.bytes.capacity() {
+            self.bytes
+                .reserve(self.bytes.capacity().max(Self::FIRST_READ));
+        }
+        match stream.try_read_buf(&mut self.bytes) {
+            Ok(0) => return Ok(Read::Closed),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(Read::More),
+            Err(e) => return Err(e),
+        }
+        // The end is `\r\n\r\n` (or `\n\n`, which HTTP parsers accept): look
+        // again from 2 bytes back, in case it straddles two reads.
+        let recent = &self.bytes[self.searched.saturating_sub(2)..];
+        let found =
+            recent.windows(2).any(|w| w == b"\n\n") || recent.windows(3).any(|w| w == b"\n\r\n");
+        self.searched = self.bytes.len();
+        Ok(if found {
+            Read::Complete
+        } else if self.bytes.len() >= super::MAX_HEAD_BYTES {
+            Read::TooLarge
+        } else {
+            Read::More
+        })
+    }
+}
+
+/// The socket as hyper sees it. Bytes read on a connection mark the start of a
+/// request head when it was idle; hyper's own empty-bodied 400/414/431 answer
+/// is sent with a JSON error body instead ([`super::malformed`]).
 pub struct WatchedIo<T> {
     inner: T,
+    /// What was read before hyper took over (the first request head), read first.
+    prefix: Bytes,
     state: Arc<ConnState>,
+    /// The rewritten automatic answer being sent, and how much of it is out.
+    answer: Option<(Bytes, usize)>,
 }
 
 impl<T> WatchedIo<T> {
-    pub fn new(inner: T, state: Arc<ConnState>) -> WatchedIo<T> {
-        WatchedIo { inner, state }
+    pub fn new(inner: T, prefix: Bytes, state: Arc<ConnState>) -> WatchedIo<T> {
+        WatchedIo {
+            inner,
+            prefix,
+            state,
+            answer: None,
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> WatchedIo<T> {
+    /// Whether `buf` is hyper's automatic answer: it is only ever written while
+    /// no request is in progress (a cheap check first on the hot path).
+    fn intercept(&mut self, buf: &[u8]) -> bool {
+        if self.answer.is_some() {
+            return true;
+        }
+        if self.state.active.load(Ordering::Relaxed) != 0 || !buf.starts_with(b"HTTP/1.1 4") {
+            return false;
+        }
+        match super::malformed::rewrite(buf, super::MAX_HEAD_BYTES) {
+            Some((status, answer)) => {
+                self.state
+                    .registry
+                    .metrics
+                    .malformed_request(status.as_u16());
+                self.answer = Some((answer, 0));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sends the rewritten answer in place of `buf`; `buf` counts as written
+    /// once all of it is out.
+    fn poll_answer(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        while let Some((answer, sent)) = &mut self.answer {
+            if *sent == answer.len() {
+                self.answer = None;
+                break;
+            }
+            match Pin::new(&mut self.inner).poll_write(cx, &answer[*sent..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(0)),
+                Poll::Ready(Ok(n)) => *sent += n,
+                other => return other,
+            }
+        }
+        Poll::Ready(Ok(buf.len()))
     }
 }
 
@@ -268,6 +459,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for WatchedIo<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -279,11 +475,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for WatchedIo<T> {
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        if this.intercept(buf) {
+            return this.poll_answer(cx, buf);
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -292,11 +492,19 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
     fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        // hyper writes its automatic answer as one slice (there is no body).
+        let mut filled = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(first), None) = (filled.next(), filled.next()) {
+            if this.intercept(first) {
+                return this.poll_answer(cx, first);
+            }
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -409,28 +617,9 @@ impl Drop for TrackedBody {
 
 /// The hyper service of one connection: the router, with the request-level
 /// bounds around it.
-#[derive(Clone)]
 pub struct ConnService {
-    router: axum::Router,
-    gw: Arc<Gateway>,
+    shared: Arc<Shared>,
     state: Arc<ConnState>,
-    limits: Limits,
-}
-
-impl ConnService {
-    pub fn new(
-        router: axum::Router,
-        gw: Arc<Gateway>,
-        state: Arc<ConnState>,
-        limits: Limits,
-    ) -> ConnService {
-        ConnService {
-            router,
-            gw,
-            state,
-            limits,
-        }
-    }
 }
 
 /// A declared body length over the limit (`None`: no or an unreadable length).
@@ -455,11 +644,12 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         use tower::ServiceExt;
         self.state.begin();
         let state = self.state.clone();
-        if declared_too_large(&request, self.limits.max_body_bytes) {
+        let limits = &self.shared.limits;
+        if declared_too_large(&request, limits.max_body_bytes) {
             // Answered from the head alone: no `100 Continue`, no body read,
             // and the connection closes (the unread body cannot be skipped).
-            self.gw.metrics.rejected(Rejection::BodyTooLarge);
-            let error = ApiError::payload_too_large(self.limits.max_body_bytes);
+            self.shared.gw.metrics.rejected(Rejection::BodyTooLarge);
+            let error = ApiError::payload_too_large(limits.max_body_bytes);
             let mut response = if request.uri().path().starts_with("/v1/messages") {
                 super::messages::error_response(&error)
             } else {
@@ -474,8 +664,8 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             });
             return Box::pin(std::future::ready(Ok(response)));
         }
-        let deadline = tokio::time::Instant::now() + self.limits.body_timeout;
-        let timeout_secs = self.limits.body_timeout.as_secs();
+        let deadline = tokio::time::Instant::now() + limits.body_timeout;
+        let timeout_secs = limits.body_timeout.as_secs();
         let request = request.map(|inner| {
             Body::new(TimedBody {
                 inner,
@@ -484,7 +674,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                 sleep: None,
             })
         });
-        let routed = self.router.clone().oneshot(request);
+        let routed = self.shared.router.clone().oneshot(request);
         Box::pin(async move {
             let response = match routed.await {
                 Ok(response) => response,

@@ -16,6 +16,7 @@ pub mod connections;
 mod cors;
 pub mod dispatch;
 pub mod history;
+mod malformed;
 mod messages;
 pub mod nats;
 mod observe;
@@ -194,7 +195,7 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 const LINGER: Duration = Duration::from_secs(2);
 
 /// The most bytes of one request head (request line and headers); beyond: 431.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Serves until `shutdown` completes, then drains: readiness off, stop
 /// accepting, `Connection: close` on every response, a short linger, then close
@@ -205,21 +206,27 @@ pub async fn run(
     gw: Arc<Gateway>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::rt::TokioExecutor;
     use hyper_util::server::conn::auto::Builder;
-    use hyper_util::server::graceful::GracefulShutdown;
 
     let addr = listener.local_addr()?;
     let graceful_timeout = Duration::from_secs(gw.config.server.graceful_timeout);
     let app = router(gw.clone());
     let fd_limit = connections::raise_fd_limit();
     let limits = connections::Limits::new(&gw, fd_limit);
-    let registry = connections::Registry::new();
+    let registry = connections::Registry::new(gw.metrics.clone());
     let mut builder = Builder::new(TokioExecutor::new());
-    // A request head larger than this is refused (431) instead of buffered.
+    // A later request head on a keep-alive connection larger than this is
+    // refused (431) instead of buffered (the first is read by `connections::serve`).
     builder.http1().max_buf_size(MAX_HEAD_BYTES);
-    // `connections` tells each connection to finish; `tasks` says when they have.
-    let connections = GracefulShutdown::new();
+    let shared = Arc::new(connections::Shared {
+        router: app,
+        gw: gw.clone(),
+        builder,
+        limits,
+        registry: registry.clone(),
+    });
+    // `registry.drain()` tells each connection to finish; `tasks` says when they have.
     let tasks = tokio_util::task::TaskTracker::new();
     if gw.uses_prompts() {
         // Loads the disk cache and fetches what is missing or expired, in the
@@ -271,19 +278,7 @@ pub async fn run(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = connections::ConnService::new(app.clone(), gw.clone(), state.clone(), limits);
-        let io = TokioIo::new(connections::WatchedIo::new(stream, state.clone()));
-        let conn = builder
-            .serve_connection_with_upgrades(io, service)
-            .into_owned();
-        let conn = connections.watch(conn);
-        tasks.spawn(connections::supervise(
-            async move {
-                let _ = conn.await;
-            },
-            state,
-            limits,
-        ));
+        tasks.spawn(connections::serve(stream, state, shared.clone()));
     }
     drop(listener);
     tasks.close();
@@ -294,7 +289,7 @@ pub async fn run(
     gw.draining.store(true, Ordering::Release);
     tracing::info!(
         in_flight = gw.metrics.stats.in_flight.load(Ordering::Relaxed),
-        connections = tasks.len(),
+        connections = registry.open(),
         graceful_timeout_secs = graceful_timeout.as_secs(),
         "shutdown requested: readiness off, no longer accepting, draining in-flight requests"
     );
@@ -307,7 +302,8 @@ pub async fn run(
                 ingress.drain().await;
             }
         };
-        tokio::join!(connections.shutdown(), nats);
+        registry.drain();
+        tokio::join!(tasks.wait(), nats);
     };
     if tokio::time::timeout(graceful_timeout, drained)
         .await

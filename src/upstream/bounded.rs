@@ -14,6 +14,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
+use crate::api::sse::EventEnds;
+
 /// The end of one exchange's time (`upstream.timeout`), shared by the attempts,
 /// the body read and every chunk of a stream.
 #[derive(Clone, Copy, Debug)]
@@ -103,6 +105,8 @@ pub async fn read_capped(
 pub struct EventFramer {
     /// The unfinished event at the end of what arrived so far.
     pending: BytesMut,
+    /// Where events end, whatever the line endings (CRLF, LF or CR).
+    ends: EventEnds,
     max_event: usize,
 }
 
@@ -116,6 +120,7 @@ impl EventFramer {
     pub fn new(max_event: usize) -> EventFramer {
         EventFramer {
             pending: BytesMut::new(),
+            ends: EventEnds::new(),
             max_event,
         }
     }
@@ -123,8 +128,9 @@ impl EventFramer {
     /// Takes one chunk; returns the complete events it finished (possibly
     /// none), byte for byte. Zero-copy when no event was left unfinished.
     pub fn push(&mut self, chunk: Bytes) -> Result<Option<Bytes>, EventTooLarge> {
+        let end = self.ends.scan(&chunk);
         let out = if self.pending.is_empty() {
-            match last_boundary(&chunk) {
+            match end {
                 Some(end) => {
                     self.pending.extend_from_slice(&chunk[end..]);
                     Some(chunk.slice(..end))
@@ -135,11 +141,9 @@ impl EventFramer {
                 }
             }
         } else {
-            // A boundary may straddle the seam: look from 2 bytes before it.
-            let from = self.pending.len().saturating_sub(2);
+            let held = self.pending.len();
             self.pending.extend_from_slice(&chunk);
-            last_boundary(&self.pending[from..])
-                .map(|end| self.pending.split_to(from + end).freeze())
+            end.map(|end| self.pending.split_to(held + end).freeze())
         };
         if self.pending.len() > self.max_event {
             self.pending.clear();
@@ -165,10 +169,9 @@ pub fn limit_events(
     display_url: String,
 ) -> super::http::ChunkStream {
     use futures_util::StreamExt;
-    // Bytes of the unfinished event, and the last 2 bytes seen (a boundary may
-    // straddle two chunks).
+    // Bytes of the unfinished event.
     let mut open = 0usize;
-    let mut tail = [0u8; 2];
+    let mut ends = EventEnds::new();
     let mut over = false;
     Box::pin(chunks.scan((), move |(), item| {
         let next = if over {
@@ -180,19 +183,10 @@ pub fn limit_events(
                     Some(Err(error))
                 }
                 Ok(chunk) => {
-                    let mut seam = Vec::with_capacity(4);
-                    seam.extend_from_slice(&tail);
-                    seam.extend_from_slice(&chunk[..chunk.len().min(2)]);
-                    open = match last_boundary(&chunk) {
+                    open = match ends.scan(&chunk) {
                         Some(end) => chunk.len() - end,
-                        None if last_boundary(&seam).is_some() => chunk.len(),
                         None => open + chunk.len(),
                     };
-                    if chunk.len() >= 2 {
-                        tail.copy_from_slice(&chunk[chunk.len() - 2..]);
-                    } else if chunk.len() == 1 {
-                        tail = [tail[1], chunk[0]];
-                    }
                     if open > max_event {
                         over = true;
                         let error = crate::api::openai::ApiError::bad_gateway(format!(
@@ -208,22 +202,6 @@ pub fn limit_events(
         };
         std::future::ready(next)
     }))
-}
-
-/// The end (exclusive) of the last blank line in `buf`: after `\n\n` or
-/// `\n\r\n`. `None` when `buf` holds no complete event.
-fn last_boundary(buf: &[u8]) -> Option<usize> {
-    let mut end = buf.len();
-    while let Some(p) = buf[..end].iter().rposition(|&b| b == b'\n') {
-        if p >= 1 && buf[p - 1] == b'\n' {
-            return Some(p + 1);
-        }
-        if p >= 2 && buf[p - 1] == b'\r' && buf[p - 2] == b'\n' {
-            return Some(p + 1);
-        }
-        end = p;
-    }
-    None
 }
 
 /// Whether a run of whole events ends with the Chat Completions `[DONE]` event.
@@ -242,19 +220,47 @@ mod tests {
         for split in 0..=stream.len() {
             for second in split..=stream.len() {
                 let mut framer = EventFramer::new(1024);
+                let mut client = crate::api::sse::SseParser::new();
                 let mut out = Vec::new();
                 for part in [&stream[..split], &stream[split..second], &stream[second..]] {
                     if let Some(events) = framer.push(Bytes::copy_from_slice(part)).unwrap() {
-                        assert!(
-                            events.ends_with(b"\n\n") || events.ends_with(b"\n\r\n"),
-                            "{events:?}"
-                        );
+                        client.feed(&events);
+                        assert!(!client.mid_event(), "{events:?}");
                         out.extend_from_slice(&events);
                     }
                 }
                 assert_eq!(out, stream, "split at {split}, {second}");
                 assert!(framer.take_rest().is_empty());
                 assert!(ends_with_done(&out));
+            }
+        }
+    }
+
+    #[test]
+    fn runs_end_between_events_whatever_the_line_endings() {
+        use crate::api::sse::SseParser;
+        let stream: &[u8] =
+            b"data: a\r\rdata: b\r\n\r\n: c\r\rdata: d\n\ndata: e\r\n\ndata: f\n\rdata: [DONE]\r\r";
+        let mut whole = SseParser::new();
+        let mut expected = whole.feed(stream);
+        expected.extend(whole.finish());
+        assert_eq!(expected.len(), 6);
+        for split in 0..=stream.len() {
+            for second in split..=stream.len() {
+                let mut framer = EventFramer::new(1024);
+                let mut client = SseParser::new();
+                let mut got = Vec::new();
+                let mut out = Vec::new();
+                for part in [&stream[..split], &stream[split..second], &stream[second..]] {
+                    if let Some(events) = framer.push(Bytes::copy_from_slice(part)).unwrap() {
+                        got.extend(client.feed(&events));
+                        assert!(!client.mid_event(), "torn at {split}, {second}: {events:?}");
+                        out.extend_from_slice(&events);
+                    }
+                }
+                assert!(framer.take_rest().is_empty(), "split at {split}, {second}");
+                assert_eq!(out, stream, "split at {split}, {second}");
+                assert_eq!(got, expected, "split at {split}, {second}");
             }
         }
     }

@@ -770,7 +770,8 @@ impl UsageScanner {
     pub fn scan(&mut self, chunk: &[u8]) -> Option<Usage> {
         let mut found = None;
         let mut rest = chunk;
-        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+        // Lines end in LF, CRLF or CR (a CRLF yields an empty line: harmless).
+        while let Some(pos) = rest.iter().position(|&b| b == b'\n' || b == b'\r') {
             let line_end = &rest[..pos];
             let line: &[u8] = if self.partial.is_empty() {
                 line_end

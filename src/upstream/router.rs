@@ -43,7 +43,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
@@ -53,6 +53,7 @@ use super::{
 };
 use crate::api::metrics::Metrics;
 use crate::api::openai::ApiError;
+use crate::api::sse::SseParser;
 use crate::home::config::Config;
 use crate::prompts::PromptStore;
 
@@ -572,18 +573,22 @@ enum Attempt {
 /// Reads a stream up to its first complete event; an error there counts as a
 /// failure before the first byte. The stream is handed back whole either way.
 async fn first_event(mut frames: FrameStream) -> Attempt {
-    let mut seen = BytesMut::new();
+    // Any line ending the SSE specification allows (CRLF, LF, CR) ends it.
+    let mut parser = SseParser::new();
+    let mut seen = 0;
     let mut read: Vec<Bytes> = Vec::with_capacity(1);
     let message = loop {
         let Some(frame) = frames.next().await else {
             break None;
         };
-        seen.extend_from_slice(&frame);
+        let events = parser.feed(&frame);
+        seen += frame.len();
         read.push(frame);
-        if let Some(end) = find(&seen, b"\n\n") {
-            break error_message(&seen[..end]);
+        if let Some(first) = events.first() {
+            break error_data(&first.data);
         }
-        if seen.len() > PEEK_LIMIT {
+        // Only a comment so far (a keep-alive): the stream has begun well.
+        if !parser.mid_event() || seen > PEEK_LIMIT {
             break None;
         }
     };
@@ -595,24 +600,13 @@ async fn first_event(mut frames: FrameStream) -> Attempt {
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// The message of an SSE event that is an error (`data: {"error": ...}` or a
-/// Responses `error` / `response.failed` event).
-fn error_message(event: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(event).ok()?;
-    let data: String = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .map(str::trim_start)
-        .collect::<Vec<_>>()
-        .join("\n");
+/// The message in an event's `data` when the event is an error (`{"error":
+/// ...}` or a Responses `error` / `response.failed` event).
+fn error_data(data: &str) -> Option<String> {
     if !data.contains("error") && !data.contains("failed") {
         return None;
     }
-    let value: serde_json::Value = serde_json::from_str(&data).ok()?;
+    let value: serde_json::Value = serde_json::from_str(data).ok()?;
     let error = if value.get("error").is_some_and(|e| !e.is_null()) {
         &value["error"]
     } else if value["type"] == "response.failed" {
@@ -634,6 +628,14 @@ fn error_message(event: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The error message of the first event of `stream`, if it is an error.
+    fn error_message(stream: &[u8]) -> Option<String> {
+        let mut parser = SseParser::new();
+        let mut events = parser.feed(stream);
+        events.extend(parser.finish());
+        error_data(&events.first()?.data)
+    }
 
     #[test]
     fn error_events_are_recognised() {
@@ -671,5 +673,25 @@ data: {"type":"response.failed","response":{"error":{"message":"boom"}}}"#
         assert_eq!(message, "x");
         let all: Vec<Bytes> = frames.collect().await;
         assert_eq!(all.concat(), parts.concat());
+    }
+
+    #[tokio::test]
+    async fn an_error_first_is_seen_whatever_the_line_endings() {
+        for ending in ["\r\n", "\r", "\n"] {
+            let error = format!("data: {{\"error\":{{\"message\":\"x\"}}}}{ending}{ending}");
+            let frames: FrameStream = Box::pin(futures_util::stream::iter(vec![
+                Bytes::from(error),
+                Bytes::from_static(b"data: [DONE]\n\n"),
+            ]));
+            let Attempt::ErrorFirst { message, .. } = first_event(frames).await else {
+                panic!("an error first, ending {ending:?}")
+            };
+            assert_eq!(message, "x");
+        }
+        // A keep-alive comment first: the stream has begun well, at once.
+        let frames: FrameStream = Box::pin(futures_util::stream::iter(vec![Bytes::from_static(
+            b": keep-alive\r\r",
+        )]));
+        assert!(matches!(first_event(frames).await, Attempt::Done(Ok(_))));
     }
 }

@@ -306,6 +306,173 @@ fn past_max_connections_the_longest_idle_is_closed_and_new_clients_are_served() 
     read_until_closed(&mut idle[0]);
 }
 
+/// `GET path` on a connection of its own (`Connection: close`): the body.
+fn scrape(proxy: &Proxy, path: &str) -> String {
+    let mut stream = connect(proxy);
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+    let reply = read_until_closed(&mut stream);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    reply.split_once("\r\n\r\n").unwrap().1.to_string()
+}
+
+/// The resident memory of process `pid`, in bytes.
+fn rss(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib * 1024
+}
+
+#[test]
+fn idle_connections_cost_little_memory() {
+    // 1,000 client sockets here: raise this process's own soft limit first.
+    warden::gateway::connections::raise_fd_limit();
+    let home = home_with("header_timeout = 600\nkeepalive_timeout = 600");
+    let proxy = Proxy::start(&home, &[], &[]);
+    scrape(&proxy, "/health/live");
+    let before = rss(proxy.pid());
+    // 500 clients that send nothing, 500 that send half a request head.
+    let mut held: Vec<TcpStream> = (0..500).map(|_| connect(&proxy)).collect();
+    for _ in 0..500 {
+        let mut s = connect(&proxy);
+        s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Pad: ")
+            .unwrap();
+        held.push(s);
+    }
+    // Connections are accepted in order: once this one is served, all are held.
+    let text = scrape(&proxy, "/metrics");
+    let open: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("warden_client_connections "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(open >= 1001.0, "{text}");
+    let grown = rss(proxy.pid()).saturating_sub(before);
+    // Before the first head is complete a connection holds no HTTP machinery
+    // (hyper's 16 KiB of buffers and its state): about 2.4 KiB each in a debug
+    // build (2.4 MiB here), where it was 8 (idle) to 20 (slow) KiB: 14 MiB.
+    assert!(
+        grown < 6 << 20,
+        "1,000 idle and slow connections grew RSS by {} KiB",
+        grown >> 10
+    );
+    drop(held);
+}
+
+#[test]
+fn the_metrics_count_open_and_shed_client_connections() {
+    let home = home_with("max_connections = 4\nkeepalive_timeout = 600\nheader_timeout = 600");
+    let proxy = Proxy::start(&home, &[], &[]);
+    // Three clients that send nothing; connections are accepted in order, so
+    // all three are open when the scrape's own connection is.
+    let mut silent: Vec<TcpStream> = (0..3).map(|_| connect(&proxy)).collect();
+    let text = scrape(&proxy, "/metrics");
+    assert!(text.contains("\nwarden_client_connections 4\n"), "{text}");
+    assert!(
+        text.contains("\nwarden_client_connections_shed_total 0\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nwarden_client_connections_refused_total 0\n"),
+        "{text}"
+    );
+    // Past the cap of 4, each newcomer closes the longest-idle connection.
+    silent.extend((0..2).map(|_| connect(&proxy)));
+    let json: Value = serde_json::from_str(&scrape(&proxy, "/metrics?format=json")).unwrap();
+    let value = |name: &str| {
+        json["metrics"][name]["samples"][0]["value"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(value("warden_client_connections"), 4.0, "{json}");
+    // The first scrape's connection may already have closed on its own: 2 or 3.
+    assert!(value("warden_client_connections_shed") >= 2.0, "{json}");
+    assert_eq!(
+        read_until_closed(&mut silent[0]),
+        "",
+        "the longest-idle one was shed"
+    );
+}
+
+#[test]
+fn hypers_own_answers_to_a_malformed_head_have_an_openai_error_body() {
+    let home = TestHome::new();
+    let proxy = Proxy::start(&home, &[], &[]);
+    let huge_header = format!(
+        "GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    for (request, status, code) in [
+        (
+            "NOT HTTP AT ALL\r\n\r\n".to_string(),
+            "400",
+            "malformed_request",
+        ),
+        (
+            "GET /v1/models HTTP/1.1\r\nBad Header\r\n\r\n".to_string(),
+            "400",
+            "malformed_request",
+        ),
+        (
+            huge_header.clone(),
+            "431",
+            "request_header_fields_too_large",
+        ),
+    ] {
+        let mut stream = connect(&proxy);
+        // The server may answer and close before reading all of a huge head.
+        let _ = stream.write_all(request.as_bytes());
+        let reply = read_until_closed(&mut stream);
+        assert!(reply.starts_with(&format!("HTTP/1.1 {status} ")), "{reply}");
+        let (head, body) = reply.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains("content-type: application/json"), "{head}");
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        let body: Value = serde_json::from_str(body).unwrap();
+        assert_openai_error(&body);
+        assert_eq!(body["error"]["code"], code, "{body}");
+    }
+    // A connection's first head is read by the gateway, later ones by hyper,
+    // whose limit is its read buffer (64 KiB, passed by at most one read):
+    // both answer a head over the limit alike.
+    let mut stream = connect(&proxy);
+    stream
+        .write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert!(read_response_head(&mut stream).starts_with("HTTP/1.1 200"));
+    let huger = huge_header.replace(&"a".repeat(1024), &"a".repeat(3 * 1024));
+    let _ = stream.write_all(huger.as_bytes());
+    let reply = read_until_closed(&mut stream);
+    // (The first answer's body may still be ahead of it.)
+    let second = reply
+        .find("HTTP/1.1 431 ")
+        .unwrap_or_else(|| panic!("{reply}"));
+    let (_, body) = reply[second..].split_once("\r\n\r\n").unwrap();
+    let body: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(
+        body["error"]["code"], "request_header_fields_too_large",
+        "{body}"
+    );
+    let text = scrape(&proxy, "/metrics");
+    assert!(
+        text.contains("warden_client_malformed_requests_total{status=\"400\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warden_client_malformed_requests_total{status=\"431\"} 2"),
+        "{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_bearer_scheme_is_case_insensitive() {
     let home = TestHome::new();
@@ -661,4 +828,37 @@ async fn a_chat_stream_without_done_is_an_error_in_the_log_and_for_the_client() 
             .any(|l| l.contains("ERROR") && l.contains("without [DONE]")),
         "{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cr_and_crlf_event_endings_are_relayed_whole() {
+    let event = CHUNK.trim_end();
+    for ending in ["\r", "\r\n"] {
+        let stream =
+            format!("{event}{ending}{ending}: ping{ending}{ending}data: [DONE]{ending}{ending}");
+        let (url, _) = raw_upstream(move |mut s| {
+            let stream = stream.clone();
+            async move {
+                s.write_all(sse_head()).await.ok();
+                // One byte at a time: every event boundary straddles two reads.
+                for byte in stream.as_bytes() {
+                    s.write_all(&[*byte]).await.ok();
+                    s.flush().await.ok();
+                }
+            }
+        })
+        .await;
+        let (_home, proxy) = proxy_for(&url, "");
+        let body = post_chat(&proxy, &chat(true)).await.bytes().await.unwrap();
+        let mut parser = warden::api::sse::SseParser::new();
+        let mut events = parser.feed(&body);
+        events.extend(parser.finish());
+        let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
+        assert_eq!(
+            data,
+            [event.strip_prefix("data: ").unwrap(), "[DONE]"],
+            "ending {ending:?}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
 }

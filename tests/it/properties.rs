@@ -172,6 +172,45 @@ fn splits(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
     out
 }
 
+/// What a client got through the relay framer from `bytes` cut at `cuts`.
+struct Relayed {
+    /// The client's parser, after every run the framer let through.
+    client: SseParser,
+    got: Vec<warden::api::sse::SseEvent>,
+    /// The runs, concatenated.
+    out: Vec<u8>,
+    /// What the framer still held at the end.
+    rest: Bytes,
+}
+
+/// Relays `bytes` (cut at `cuts`) through the framer to a client parser,
+/// checking after every run that no event was torn and that an error frame
+/// sent then would arrive as one whole event.
+fn relay(bytes: &[u8], cuts: &[usize]) -> Result<Relayed, TestCaseError> {
+    let mut framer = EventFramer::new(1 << 20);
+    let mut client = SseParser::new();
+    let mut got = Vec::new();
+    let mut out = Vec::new();
+    for part in splits(bytes, cuts) {
+        if let Some(run) = framer.push(Bytes::from(part)).unwrap() {
+            got.extend(client.feed(&run));
+            // Cut only between events: nothing begun is left open.
+            prop_assert!(!client.mid_event(), "torn: {:?}", run);
+            let error = client.clone().feed(b"data: {\"error\":{}}\n\n");
+            prop_assert_eq!(error.len(), 1);
+            prop_assert_eq!(&error[0].data, "{\"error\":{}}");
+            out.extend_from_slice(&run);
+        }
+    }
+    let rest = framer.take_rest();
+    Ok(Relayed {
+        client,
+        got,
+        out,
+        rest,
+    })
+}
+
 proptest! {
     #![proptest_config(config())]
 
@@ -197,17 +236,37 @@ proptest! {
         bytes in sse_bytes(),
         cuts in prop::collection::vec(any::<usize>(), 0..6),
     ) {
-        let mut framer = EventFramer::new(1 << 20);
-        let mut out = Vec::new();
-        for part in splits(&bytes, &cuts) {
-            if let Some(events) = framer.push(Bytes::from(part)).unwrap() {
-                prop_assert!(events.ends_with(b"\n\n") || events.ends_with(b"\n\r\n"));
-                out.extend_from_slice(&events);
-            }
-        }
-        let rest = framer.take_rest();
+        let Relayed { mut client, mut got, mut out, rest } = relay(&bytes, &cuts)?;
+        got.extend(client.feed(&rest));
+        got.extend(client.finish());
         out.extend_from_slice(&rest);
-        prop_assert_eq!(out, bytes);
+        prop_assert_eq!(out, bytes.clone());
+        // The relay changes nothing a client parses.
+        let mut whole = SseParser::new();
+        let mut expected = whole.feed(&bytes);
+        expected.extend(whole.finish());
+        prop_assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn event_ends_are_found_whatever_the_line_endings(
+        events in prop::collection::vec(("[a-z{}\":]{0,12}", 0..3usize, 0..3usize), 1..8),
+        cuts in prop::collection::vec(any::<usize>(), 0..6),
+    ) {
+        // Each event: one data line and a blank line, each ended by LF, CRLF or CR.
+        let endings = ["\n", "\r\n", "\r"];
+        let mut bytes = Vec::new();
+        for (data, line_end, blank) in &events {
+            // A CR then a LF is one CRLF, not a line and a blank line.
+            let blank = if *line_end == 2 && *blank == 0 { 2 } else { *blank };
+            bytes.extend_from_slice(format!("data: {data}{}{}", endings[*line_end], endings[blank]).as_bytes());
+        }
+        let Relayed { got, rest, .. } = relay(&bytes, &cuts)?;
+        // Every event came out as soon as its blank line did: nothing held back.
+        prop_assert!(rest.iter().all(|&b| b == b'\n'));
+        let data: Vec<&str> = events.iter().map(|(d, _, _)| d.as_str()).collect();
+        let got: Vec<&str> = got.iter().map(|e| e.data.as_str()).collect();
+        prop_assert_eq!(got, data);
     }
 
     #[test]
