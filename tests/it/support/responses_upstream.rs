@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 
 use super::prompt_server::{PromptServer, serve};
 use super::upstream::async_stream;
-use super::{PATIENCE, Proxy, client};
+use super::PATIENCE;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Answer {
@@ -304,57 +304,8 @@ url = "{codex}"
     )
 }
 
-pub async fn get_json(url: &str) -> Value {
-    client()
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-pub async fn health(proxy: &Proxy) -> Value {
-    get_json(&format!("{}/health", proxy.url)).await
-}
-
-pub async fn metrics_text(proxy: &Proxy) -> String {
-    client()
-        .get(format!("{}/metrics", proxy.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-/// Polls `check` (async) until it returns true, bounded by PATIENCE.
-pub async fn until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// POSTs `body` as JSON to `path` of the proxy.
-pub async fn post(proxy: &Proxy, path: &str, body: &Value) -> reqwest::Response {
-    client()
-        .post(format!("{}{path}", proxy.url))
-        .json(body)
-        .send()
-        .await
-        .unwrap()
-}
+// Moved to `support::http`; named here too for the tests that import them from here.
+pub use super::http::{get_json, health, metrics_text, post, until};
 
 /// The JSON chunks of an SSE body, and whether it ended with `[DONE]`.
 pub fn chunks_of(text: &str) -> (Vec<Value>, bool) {
