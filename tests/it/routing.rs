@@ -21,6 +21,8 @@ use tokio::sync::{Notify, Semaphore};
 use crate::support::prompt_server::serve;
 use crate::support::responses_upstream::{health, metrics_text, until};
 use crate::support::upstream::closed_port_url;
+use crate::support::gateway::InProcess;
+use crate::support::http::{Served, model_ids, post_chat};
 use crate::support::{Proxy, TestHome, assert_openai_error, client, sse_data};
 
 /// What a test upstream answers to `POST /chat/completions`.
@@ -230,10 +232,11 @@ fn provider(name: &str, url: &str, models: &str, priority: u32, extra: &str) -> 
     )
 }
 
-fn start(config: &str) -> (TestHome, Proxy) {
+/// A gateway (in-process) with this configuration.
+fn start(config: &str) -> (TestHome, InProcess) {
     let home = TestHome::new();
     home.config(config);
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     (home, proxy)
 }
 
@@ -241,18 +244,10 @@ fn chat_body(model: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
 }
 
-async fn chat(proxy: &Proxy, model: &str) -> reqwest::Response {
-    post_json(proxy, &chat_body(model)).await
+async fn chat(proxy: &impl Served, model: &str) -> reqwest::Response {
+    post_chat(proxy, &chat_body(model)).await
 }
 
-async fn post_json(proxy: &Proxy, body: &Value) -> reqwest::Response {
-    client()
-        .post(format!("{}/v1/chat/completions", proxy.url))
-        .json(body)
-        .send()
-        .await
-        .unwrap()
-}
 
 fn provider_of(r: &reqwest::Response) -> String {
     r.headers()
@@ -273,7 +268,7 @@ async fn answered_by(r: reqwest::Response) -> (u16, String, String) {
     (status, provider, content)
 }
 
-async fn provider_health(proxy: &Proxy, name: &str) -> Value {
+async fn provider_health(proxy: &impl Served, name: &str) -> Value {
     health(proxy).await["providers"][name].clone()
 }
 
@@ -424,7 +419,7 @@ async fn a_stream_whose_first_event_is_an_error_fails_over() {
     ));
     let mut body = chat_body("gpt-5");
     body["stream"] = json!(true);
-    let r = post_json(&proxy, &body).await;
+    let r = post_chat(&proxy, &body).await;
     assert_eq!(r.status(), 200);
     assert_eq!(provider_of(&r), "backup");
     let text = r.text().await.unwrap();
@@ -445,7 +440,7 @@ async fn after_the_first_byte_there_is_no_failover_only_an_error_event() {
     ));
     let mut body = chat_body("gpt-5");
     body["stream"] = json!(true);
-    let r = post_json(&proxy, &body).await;
+    let r = post_chat(&proxy, &body).await;
     assert_eq!(r.status(), 200);
     assert_eq!(provider_of(&r), "primary");
     let data = sse_data(&r.text().await.unwrap());
@@ -458,11 +453,14 @@ async fn after_the_first_byte_there_is_no_failover_only_an_error_event() {
 async fn consecutive_failures_cool_a_provider_visibly_until_the_cooldown_ends() {
     let primary = TestUpstream::start("primary", Mode::Status(500));
     let backup = TestUpstream::start("backup", Mode::Healthy);
-    let (home, proxy) = start(&format!(
+    // The binary, whose access log this test reads.
+    let home = TestHome::new();
+    home.config(&format!(
         "{}{}[routing]\nfailures = 2\ncooldown = 600\n",
         provider("primary", &primary.url, r#"["*"]"#, 0, ""),
         provider("backup", &backup.url, r#"["*"]"#, 1, ""),
     ));
+    let proxy = Proxy::start(&home, &[], &[]);
     for n in 1..=2 {
         let (status, by, _) = answered_by(chat(&proxy, "gpt-5").await).await;
         assert_eq!((status, by.as_str()), (200, "backup"));
@@ -517,7 +515,7 @@ async fn a_429_without_retry_after_still_cools_the_provider() {
 }
 
 /// The cooldown end in `/health`, as seconds from now.
-async fn cooling_for(proxy: &Proxy, name: &str) -> i64 {
+async fn cooling_for(proxy: &impl Served, name: &str) -> i64 {
     let h = provider_health(proxy, name).await;
     let until = h["cooldown_until"]
         .as_str()
@@ -541,7 +539,7 @@ async fn a_later_shorter_retry_after_never_shortens_the_cooldown() {
         provider("primary", &primary.url, r#"["*"]"#, 0, ""),
         provider("backup", &backup.url, r#"["*"]"#, 1, ""),
     ));
-    let url = proxy.url.clone();
+    let url = proxy.url().to_string();
     let send = move || {
         let url = url.clone();
         tokio::spawn(async move {
@@ -615,7 +613,7 @@ async fn after_the_cooldown_exactly_one_request_probes() {
     })
     .await;
     // Five at once: one probe reaches the primary (held there), the rest go to backup.
-    let url = proxy.url.clone();
+    let url = proxy.url().to_string();
     let requests: Vec<_> = (0..5)
         .map(|_| {
             let url = url.clone();
@@ -657,7 +655,7 @@ async fn within_a_priority_fewer_in_flight_and_weight_decide() {
         provider("b", &b.url, r#"["*"]"#, 0, "weight = 1"),
     ));
     // Held at a until released: a has one in flight.
-    let url = proxy.url.clone();
+    let url = proxy.url().to_string();
     let held = tokio::spawn(async move {
         client()
             .post(format!("{url}/v1/chat/completions"))
@@ -750,7 +748,7 @@ async fn a_provider_at_its_own_max_concurrent_is_skipped() {
         provider("a", &a.url, r#"["*"]"#, 0, "max_concurrent = 1"),
         provider("b", &b.url, r#"["*"]"#, 1, ""),
     ));
-    let url = proxy.url.clone();
+    let url = proxy.url().to_string();
     let held = tokio::spawn(async move {
         client()
             .post(format!("{url}/v1/chat/completions"))
@@ -803,23 +801,6 @@ fn bad_provider_configs_are_refused_naming_the_key() {
     }
 }
 
-async fn model_ids(proxy: &Proxy) -> Vec<String> {
-    let list: Value = client()
-        .get(format!("{}/v1/models", proxy.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    list["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_catalog_unites_declared_and_discovered_models_and_outlives_a_down_provider() {
     let a = TestUpstream::start("a", Mode::Healthy);
@@ -833,7 +814,7 @@ async fn the_catalog_unites_declared_and_discovered_models_and_outlives_a_down_p
     };
     let home = TestHome::new();
     home.config(&config(&d.url));
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     // d is asked for its list in the background; then it serves what it reported.
     until("d's models are listed", || async {
         model_ids(&proxy).await.contains(&"d-model".to_string())
@@ -843,7 +824,7 @@ async fn the_catalog_unites_declared_and_discovered_models_and_outlives_a_down_p
     let (_, by, _) = answered_by(chat(&proxy, "d-model").await).await;
     assert_eq!(by, "d");
     let one: Value = client()
-        .get(format!("{}/v1/models/d-model", proxy.url))
+        .get(format!("{}/v1/models/d-model", proxy.url()))
         .send()
         .await
         .unwrap()
@@ -857,7 +838,7 @@ async fn the_catalog_unites_declared_and_discovered_models_and_outlives_a_down_p
 
     // d is down now: after a restart its models still come from the cache.
     home.config(&config(&crate::support::upstream::closed_port_url()));
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     assert_eq!(model_ids(&proxy).await, ["gpt-5", "d-model"]);
     let r = chat(&proxy, "d-model").await;
     assert_eq!(r.status(), 502, "routed to d, which is down");
