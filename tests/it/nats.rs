@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 
 use crate::support::nats::NatsServer;
 use crate::support::upstream::{Behaviour, COMPLETION, Upstream};
+use crate::support::http::{health, metrics_text};
 use crate::support::{PATIENCE, Proxy, TestHome, assert_openai_error, client};
 
 fn home_with(nats: &NatsServer, upstream: &str, extra: &str) -> TestHome {
@@ -26,17 +27,6 @@ fn home_with(nats: &NatsServer, upstream: &str, extra: &str) -> TestHome {
         nats.url()
     ));
     home
-}
-
-async fn health(proxy: &Proxy) -> Value {
-    client()
-        .get(format!("{}/health", proxy.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 /// Waits until `/health` says `nats.state == state`.
@@ -171,14 +161,7 @@ async fn request_reply_streaming_models_and_discovery() {
         report["requests"]["success"].as_u64().unwrap() >= 3,
         "{report}"
     );
-    let metrics = client()
-        .get(format!("{}/metrics", proxy.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&proxy).await;
     assert!(
         metrics.contains(
             "warden_nats_requests_total{route=\"/v1/chat/completions\",outcome=\"ok\"} 2"
@@ -345,14 +328,7 @@ async fn reconnects_after_the_nats_server_restarts() {
     let reply = request(&nc, "warden.chat", chat(false)).await;
     let body: Value = serde_json::from_slice(&reply.payload).unwrap();
     assert_eq!(body["object"], "chat.completion", "{body}");
-    let metrics = client()
-        .get(format!("{}/metrics", proxy.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&proxy).await;
     assert!(
         metrics.contains("warden_nats_reconnects_total 1"),
         "{metrics}"
@@ -632,14 +608,7 @@ async fn a_jetstream_job_is_nakked_on_upstream_failure_then_answered_once() {
     assert_eq!(upstream.state.hits(), 2);
 
     wait_jobs_done(&js).await;
-    let metrics = client()
-        .get(format!("{}/metrics", proxy.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&proxy).await;
     assert!(
         metrics.contains(
             "warden_nats_requests_total{route=\"/v1/chat/completions\",outcome=\"failed\"} 1"
