@@ -15,9 +15,9 @@ use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
+use crate::support::http::{health, metrics_text};
 use crate::support::nats::NatsServer;
 use crate::support::upstream::{Behaviour, COMPLETION, Upstream};
-use crate::support::http::{health, metrics_text};
 use crate::support::{PATIENCE, Proxy, TestHome, assert_openai_error, client};
 
 fn home_with(nats: &NatsServer, upstream: &str, extra: &str) -> TestHome {

@@ -4,9 +4,9 @@
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
-use crate::support::upstream::{Behaviour, COMPLETION, Upstream, closed_port_url};
 use crate::support::gateway::InProcess;
 use crate::support::http::{get_json, metrics_text, model_ids, post_chat};
+use crate::support::upstream::{Behaviour, COMPLETION, Upstream, closed_port_url};
 use crate::support::{Proxy, TestHome, assert_openai_error, client, eventually, sse_data};
 
 fn chat_body(text: &str) -> Value {

@@ -18,11 +18,11 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore};
 
+use crate::support::gateway::InProcess;
+use crate::support::http::{Served, model_ids, post_chat};
 use crate::support::prompt_server::serve;
 use crate::support::responses_upstream::{health, metrics_text, until};
 use crate::support::upstream::closed_port_url;
-use crate::support::gateway::InProcess;
-use crate::support::http::{Served, model_ids, post_chat};
 use crate::support::{Proxy, TestHome, assert_openai_error, client, sse_data};
 
 /// What a test upstream answers to `POST /chat/completions`.
@@ -232,6 +232,16 @@ fn provider(name: &str, url: &str, models: &str, priority: u32, extra: &str) -> 
     )
 }
 
+/// `primary` (priority 0) and `backup` (priority 1), both for every model, and
+/// `extra` configuration lines.
+fn primary_then_backup(primary: &TestUpstream, backup: &TestUpstream, extra: &str) -> String {
+    format!(
+        "{}{}{extra}",
+        provider("primary", &primary.url, r#"["*"]"#, 0, ""),
+        provider("backup", &backup.url, r#"["*"]"#, 1, ""),
+    )
+}
+
 /// A gateway (in-process) with this configuration.
 fn start(config: &str) -> (TestHome, InProcess) {
     let home = TestHome::new();
@@ -247,7 +257,6 @@ fn chat_body(model: &str) -> Value {
 async fn chat(proxy: &impl Served, model: &str) -> reqwest::Response {
     post_chat(proxy, &chat_body(model)).await
 }
-
 
 fn provider_of(r: &reqwest::Response) -> String {
     r.headers()
@@ -394,11 +403,7 @@ async fn failover_before_the_first_byte_on_connect_error_5xx_429_and_timeout() {
 async fn other_4xx_answers_go_back_to_the_client_without_failover() {
     let primary = TestUpstream::start("primary", Mode::Status(400));
     let backup = TestUpstream::start("backup", Mode::Healthy);
-    let (_home, proxy) = start(&format!(
-        "{}{}",
-        provider("primary", &primary.url, r#"["*"]"#, 0, ""),
-        provider("backup", &backup.url, r#"["*"]"#, 1, ""),
-    ));
+    let (_home, proxy) = start(&primary_then_backup(&primary, &backup, ""));
     let r = chat(&proxy, "gpt-5").await;
     assert_eq!(r.status(), 400);
     assert_eq!(provider_of(&r), "primary");
@@ -412,11 +417,7 @@ async fn other_4xx_answers_go_back_to_the_client_without_failover() {
 async fn a_stream_whose_first_event_is_an_error_fails_over() {
     let primary = TestUpstream::start("primary", Mode::ErrorFirst);
     let backup = TestUpstream::start("backup", Mode::Healthy);
-    let (_home, proxy) = start(&format!(
-        "{}{}",
-        provider("primary", &primary.url, r#"["*"]"#, 0, ""),
-        provider("backup", &backup.url, r#"["*"]"#, 1, ""),
-    ));
+    let (_home, proxy) = start(&primary_then_backup(&primary, &backup, ""));
     let mut body = chat_body("gpt-5");
     body["stream"] = json!(true);
     let r = post_chat(&proxy, &body).await;
@@ -433,11 +434,7 @@ async fn a_stream_whose_first_event_is_an_error_fails_over() {
 async fn after_the_first_byte_there_is_no_failover_only_an_error_event() {
     let primary = TestUpstream::start("primary", Mode::ErrorAfterContent);
     let backup = TestUpstream::start("backup", Mode::Healthy);
-    let (_home, proxy) = start(&format!(
-        "{}{}",
-        provider("primary", &primary.url, r#"["*"]"#, 0, ""),
-        provider("backup", &backup.url, r#"["*"]"#, 1, ""),
-    ));
+    let (_home, proxy) = start(&primary_then_backup(&primary, &backup, ""));
     let mut body = chat_body("gpt-5");
     body["stream"] = json!(true);
     let r = post_chat(&proxy, &body).await;
@@ -455,10 +452,10 @@ async fn consecutive_failures_cool_a_provider_visibly_until_the_cooldown_ends() 
     let backup = TestUpstream::start("backup", Mode::Healthy);
     // The binary, whose access log this test reads.
     let home = TestHome::new();
-    home.config(&format!(
-        "{}{}[routing]\nfailures = 2\ncooldown = 600\n",
-        provider("primary", &primary.url, r#"["*"]"#, 0, ""),
-        provider("backup", &backup.url, r#"["*"]"#, 1, ""),
+    home.config(&primary_then_backup(
+        &primary,
+        &backup,
+        "[routing]\nfailures = 2\ncooldown = 600\n",
     ));
     let proxy = Proxy::start(&home, &[], &[]);
     for n in 1..=2 {
@@ -501,10 +498,10 @@ async fn consecutive_failures_cool_a_provider_visibly_until_the_cooldown_ends() 
 async fn a_429_without_retry_after_still_cools_the_provider() {
     let primary = TestUpstream::start("primary", Mode::RateLimited(None));
     let backup = TestUpstream::start("backup", Mode::Healthy);
-    let (_home, proxy) = start(&format!(
-        "{}{}[routing]\nfailures = 5\ncooldown = 600\n",
-        provider("primary", &primary.url, r#"["*"]"#, 0, ""),
-        provider("backup", &backup.url, r#"["*"]"#, 1, ""),
+    let (_home, proxy) = start(&primary_then_backup(
+        &primary,
+        &backup,
+        "[routing]\nfailures = 5\ncooldown = 600\n",
     ));
     let (_, by, _) = answered_by(chat(&proxy, "gpt-5").await).await;
     assert_eq!(by, "backup");
@@ -534,10 +531,10 @@ async fn a_later_shorter_retry_after_never_shortens_the_cooldown() {
     primary.queue_retry_after(500);
     primary.queue_retry_after(2);
     let backup = TestUpstream::start("backup", Mode::Healthy);
-    let (_home, proxy) = start(&format!(
-        "{}{}[routing]\ncooldown = 1\n",
-        provider("primary", &primary.url, r#"["*"]"#, 0, ""),
-        provider("backup", &backup.url, r#"["*"]"#, 1, ""),
+    let (_home, proxy) = start(&primary_then_backup(
+        &primary,
+        &backup,
+        "[routing]\ncooldown = 1\n",
     ));
     let url = proxy.url().to_string();
     let send = move || {
@@ -600,10 +597,10 @@ async fn every_candidate_cooling_is_503_with_retry_after_at_once() {
 async fn after_the_cooldown_exactly_one_request_probes() {
     let primary = TestUpstream::start("primary", Mode::Status(500));
     let backup = TestUpstream::start("backup", Mode::Healthy);
-    let (_home, proxy) = start(&format!(
-        "{}{}[routing]\nfailures = 1\ncooldown = 1\n",
-        provider("primary", &primary.url, r#"["*"]"#, 0, ""),
-        provider("backup", &backup.url, r#"["*"]"#, 1, ""),
+    let (_home, proxy) = start(&primary_then_backup(
+        &primary,
+        &backup,
+        "[routing]\nfailures = 1\ncooldown = 1\n",
     ));
     let (_, by, _) = answered_by(chat(&proxy, "gpt-5").await).await;
     assert_eq!(by, "backup");

@@ -16,9 +16,9 @@ use axum::routing;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
+use super::PATIENCE;
 use super::prompt_server::{PromptServer, serve};
 use super::upstream::async_stream;
-use super::PATIENCE;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Answer {
