@@ -179,9 +179,12 @@ pub mod probe {
             .expect("a plain HTTP client builds")
     }
 
-    /// `Ok` when `GET {base}/health/ready` answers 200.
+    /// `Ok` when `GET {base}/health/ready?nats=ignore` answers 200: whether the
+    /// process serves, which is what the daemon, the watchdog and a restart wait for.
+    /// NATS being away (with `nats.required`) makes a load balancer skip the proxy,
+    /// but restarting it would not bring NATS back.
     pub async fn ready(client: &reqwest::Client, base_url: &str) -> Result<(), ProbeError> {
-        let url = format!("{base_url}/health/ready");
+        let url = format!("{base_url}/health/ready?nats=ignore");
         match client.get(&url).send().await {
             Ok(r) if r.status().is_success() => Ok(()),
             Ok(r) => Err(ProbeError::Status {

@@ -150,16 +150,33 @@ pub async fn live() -> Response {
     Json(json!({"status": "pass"})).into_response()
 }
 
-pub async fn ready(State(gw): State<Arc<Gateway>>) -> Response {
-    if gw.is_ready() {
-        Json(json!({"status": "pass"})).into_response()
-    } else {
+/// 200 while the proxy serves; 503 while it starts or drains, and, with
+/// `nats.required = true`, while NATS is not connected — unless the query says
+/// `nats=ignore` (the daemon's, the watchdog's and a restart's probe).
+pub async fn ready(
+    State(gw): State<Arc<Gateway>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let unready = |reason: String| {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "fail", "reason": "starting or draining"})),
+            Json(json!({"status": "fail", "reason": reason})),
         )
             .into_response()
+    };
+    if !gw.is_ready() {
+        return unready("starting or draining".into());
     }
+    let nats = gw.nats.state();
+    let ignore_nats = query.get("nats").is_some_and(|v| v == "ignore");
+    if gw.config.nats.required && !ignore_nats && nats != crate::gateway::nats::NatsState::Connected
+    {
+        return unready(format!(
+            "NATS is {} and nats.required = true",
+            nats.as_str()
+        ));
+    }
+    Json(json!({"status": "pass"})).into_response()
 }
 
 /// Prometheus text by default; OpenMetrics when the scraper asks for it (as

@@ -419,6 +419,10 @@ pub struct NatsConfig {
     pub ack_wait: u64,
     pub token_env: String,
     pub credentials_file: String,
+    /// `true`: `/health/ready` answers 503 while NATS is not connected (a load
+    /// balancer or Kubernetes then sends no HTTP either); the daemon, the watchdog and
+    /// systemd still judge the process alone (`/health/ready?nats=ignore`).
+    pub required: bool,
 }
 
 impl Default for NatsConfig {
@@ -433,6 +437,7 @@ impl Default for NatsConfig {
             ack_wait: 10,
             token_env: String::new(),
             credentials_file: String::new(),
+            required: false,
         }
     }
 }

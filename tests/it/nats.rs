@@ -335,6 +335,67 @@ async fn reconnects_after_the_nats_server_restarts() {
     );
 }
 
+async fn ready_status(proxy: &Proxy, query: &str) -> (u16, Value) {
+    let r = client()
+        .get(format!("{}/health/ready{query}", proxy.url))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_nats_required_readiness_follows_the_connection_but_not_for_the_daemon() {
+    let mut nats = NatsServer::start();
+    let home = home_with(&nats, "mock", "required = true\n");
+    let proxy = Proxy::start(&home, &[], &[]);
+    wait_nats_state(&proxy, "connected").await;
+    assert_eq!(ready_status(&proxy, "").await.0, 200);
+
+    nats.stop();
+    wait_nats_state(&proxy, "reconnecting").await;
+    let (code, body) = ready_status(&proxy, "").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body["reason"].as_str().unwrap().contains("nats.required"),
+        "{body}"
+    );
+    // What the daemon, the watchdog and a restart probe: the process alone.
+    assert_eq!(ready_status(&proxy, "?nats=ignore").await.0, 200);
+    // HTTP itself still serves.
+    let r = client()
+        .post(format!("{}/v1/chat/completions", proxy.url))
+        .json(&chat(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    nats.restart();
+    wait_nats_state(&proxy, "connected").await;
+    assert_eq!(ready_status(&proxy, "").await.0, 200);
+}
+
+#[test]
+fn daemon_start_does_not_wait_for_a_required_nats_that_is_away() {
+    let mut nats = NatsServer::start();
+    let home = home_with(&nats, "mock", "required = true\n");
+    nats.stop(); // the configured server is away for the whole test
+    let out = crate::support::run("daemon", &home, &["start"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = crate::support::run("daemon", &home, &["status", "--json"]);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["running"], true, "{status}");
+    assert_ne!(status["health"]["nats"]["state"], "connected", "{status}");
+    let out = crate::support::run("daemon", &home, &["stop"]);
+    assert_eq!(out.status.code(), Some(0));
+}
+
 /// An upstream that holds its first request for ever (reporting it) and
 /// answers every later one at once: a proxy can be killed mid-request.
 struct HoldFirst {

@@ -1,5 +1,5 @@
 //! The status page `GET /ui`: rendered by headless Chromium (Debian `chromium`,
-//! installed by .ci/run) against a real proxy whose provider is cooling after
+//! installed by .ci/run) against a real proxy with two providers, one cooling after
 //! real failures from an axum upstream; `server.ui = false`; the history JSON.
 
 use std::process::{Command, Stdio};
@@ -91,7 +91,50 @@ fn provider_row<'a>(dom: &'a str, name: &str) -> &'a str {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn chromium_renders_the_status_page_with_a_cooling_provider_and_the_request_count() {
+async fn chromium_renders_two_providers_one_cooling_and_the_request_count() {
+    // `primary` answers 500 (a real axum upstream) and is tried first; `backup` is the
+    // built-in mock. Every request fails over and is answered; after 3 failures in a
+    // row `primary` cools.
+    let failing = Upstream::start(Behaviour::Always(500));
+    let home = TestHome::new();
+    home.config(&format!(
+        "[[providers]]\nname = \"primary\"\nurl = \"{}\"\nmodels = [\"*\"]\npriority = 0\n\n\
+         [[providers]]\nname = \"backup\"\nurl = \"mock\"\nmodels = [\"*\"]\npriority = 1\n",
+        failing.url()
+    ));
+    let proxy = Proxy::start(&home, &[], &[]);
+    let deadline = Instant::now() + PATIENCE;
+    while provider_state(&history(&proxy).await, "primary") != "cooling" {
+        assert!(Instant::now() < deadline, "primary never cooled");
+        let r = client()
+            .post(format!("{}/v1/chat/completions", proxy.url))
+            .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "failed over to the mock");
+        assert_eq!(r.headers()["x-warden-provider"], "backup");
+    }
+    let url = format!("{}/ui", proxy.url);
+    let dom = tokio::task::spawn_blocking(move || dump_dom(&url))
+        .await
+        .unwrap();
+    let primary = provider_row(&dom, "primary");
+    assert!(primary.contains(">cooling<"), "state in words: {primary}");
+    assert!(
+        primary.contains("left") || primary.contains("probing"),
+        "countdown: {primary}"
+    );
+    assert!(dom.contains("last error: "), "last error shown");
+    let backup = provider_row(&dom, "backup");
+    assert!(backup.contains(">healthy<"), "state in words: {backup}");
+    let total: u64 = text_of(&dom, "requests-total").parse().unwrap();
+    assert!(total >= 3, "request count {total}");
+    assert_eq!(text_of(&dom, "status"), "pass");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chromium_shows_errors_by_kind_when_the_only_provider_fails() {
     let failing = Upstream::start(Behaviour::Always(500));
     let home = TestHome::new();
     home.config(&format!(
@@ -115,16 +158,7 @@ async fn chromium_renders_the_status_page_with_a_cooling_provider_and_the_reques
     let dom = tokio::task::spawn_blocking(move || dump_dom(&url))
         .await
         .unwrap();
-    let row = provider_row(&dom, "default");
-    assert!(row.contains(">cooling<"), "state in words: {row}");
-    assert!(
-        row.contains("left") || row.contains("probing"),
-        "countdown: {row}"
-    );
-    assert!(dom.contains("last error: "), "last error shown");
-    let total: u64 = text_of(&dom, "requests-total").parse().unwrap();
-    assert!(total >= 3, "request count {total}");
-    assert_eq!(text_of(&dom, "status"), "pass");
+    assert!(provider_row(&dom, "default").contains(">cooling<"));
     // Errors by kind come from /metrics?format=json.
     assert!(dom.contains("HTTP 50"), "errors by kind: {dom}");
 }
