@@ -156,7 +156,7 @@ async fn pull_jobs(
                 }
             };
             let Some(message) = next else { break };
-            let message = message.map_err(|e| pull_error(e.into()))?;
+            let message = message.map_err(pull_error)?;
             if stopping {
                 // Draining: hand the job straight back to another proxy.
                 let _ = message.ack_with(AckKind::Nak(None)).await;
