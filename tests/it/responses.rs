@@ -5,12 +5,13 @@
 
 use serde_json::{Value, json};
 
+use crate::support::gateway::InProcess;
 use crate::support::prompt_server::{PromptMode, PromptServer, remote_text};
 use crate::support::responses_upstream::{
     ARGUMENTS, Answer, ResponsesUpstream, TEXT, chunks_of, get_json, health, metrics_text, post,
     responses_config, until,
 };
-use crate::support::{PATIENCE, Proxy, TestHome, assert_openai_error, client};
+use crate::support::{PATIENCE, TestHome, assert_openai_error, client};
 
 fn chat(model: &str, stream: bool) -> Value {
     json!({"model": model, "stream": stream,
@@ -23,12 +24,12 @@ fn setup(
     answer: Answer,
     extra: &str,
     env: &[(&str, &str)],
-) -> (ResponsesUpstream, PromptServer, TestHome, Proxy) {
+) -> (ResponsesUpstream, PromptServer, TestHome, InProcess) {
     let upstream = ResponsesUpstream::start(answer);
     let prompts = PromptServer::start(PromptMode::Up);
     let home = TestHome::new();
     home.config(&responses_config(&upstream.url(), &prompts, extra));
-    let proxy = Proxy::start(&home, &[], env);
+    let proxy = InProcess::start(&home, env);
     (upstream, prompts, home, proxy)
 }
 
@@ -465,16 +466,15 @@ async fn expose_reasoning_lists_variants_also_through_the_chatmock_alias() {
     ];
     // The alias, on the offline mock.
     let home = TestHome::new();
-    let proxy = Proxy::start(&home, &[], &[("CHATMOCK_EXPOSE_REASONING", "1")]);
+    let proxy = InProcess::start(&home, &[("CHATMOCK_EXPOSE_REASONING", "1")]);
     assert_eq!(
         ids(get_json(&format!("{}/v1/models", proxy.url)).await),
         all
     );
     drop(proxy);
     // The WARDEN_ variable wins over its alias.
-    let proxy = Proxy::start(
+    let proxy = InProcess::start(
         &home,
-        &[],
         &[
             ("CHATMOCK_EXPOSE_REASONING", "1"),
             ("WARDEN_EXPOSE_REASONING", "0"),

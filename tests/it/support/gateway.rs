@@ -9,8 +9,8 @@ use warden::home::Home;
 use warden::home::config::{Config, Overrides};
 use warden::home::env::EnvSource;
 
-use super::TestHome;
 use super::http::Served;
+use super::{PATIENCE, TestHome};
 
 /// A gateway serving on its own runtime (so sync and async tests can use it);
 /// stopped at once on drop.
@@ -46,10 +46,20 @@ impl InProcess {
             .enable_all()
             .build()
             .unwrap();
+        // Returns once the gateway says it is ready, as `Proxy::start` returns
+        // once the binary has said where it listens.
+        let mut ready = gw.watch_ready();
+        let (tx, rx) = std::sync::mpsc::channel();
+        runtime.spawn(async move {
+            let _ = ready.wait_for(|ready| *ready).await;
+            let _ = tx.send(());
+        });
         runtime.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             gateway::run(listener, gw, std::future::pending()).await
         });
+        rx.recv_timeout(PATIENCE)
+            .expect("the in-process gateway became ready");
         InProcess {
             url,
             runtime: Some(runtime),
