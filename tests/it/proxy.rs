@@ -5,7 +5,7 @@ use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
 use crate::support::gateway::InProcess;
-use crate::support::http::{get_json, metrics_text, model_ids, post_chat};
+use crate::support::http::{get_json, metrics_text, model_ids, post_chat, read_to_end, read_until};
 use crate::support::upstream::{Behaviour, COMPLETION, Upstream, closed_port_url};
 use crate::support::{Proxy, TestHome, assert_openai_error, client, eventually, sse_data};
 
@@ -340,7 +340,10 @@ async fn upstream_dropping_mid_stream_ends_the_client_stream_with_an_error() {
     let proxy = InProcess::start(&home, &[]);
     let mut body = chat_body("hi");
     body["stream"] = json!(true);
-    let text = post_chat(&proxy, &body).await.text().await.unwrap();
+    let mut response = post_chat(&proxy, &body).await;
+    let text = read_until(&mut response, "partial").await;
+    upstream.state.release();
+    let text = read_to_end(&mut response, text).await;
     let data = sse_data(&text);
     assert!(
         data.first().is_some_and(|d| d.contains("partial")),

@@ -6,6 +6,7 @@
 use serde_json::{Value, json};
 
 use crate::support::gateway::InProcess;
+use crate::support::http::{read_to_end, read_until};
 use crate::support::prompt_server::{PromptMode, PromptServer, remote_text};
 use crate::support::responses_upstream::{
     ARGUMENTS, Answer, ResponsesUpstream, TEXT, chunks_of, get_json, health, metrics_text, post,
@@ -300,11 +301,10 @@ async fn response_failed_becomes_an_error_event() {
 async fn an_upstream_dropping_mid_stream_ends_the_clients_stream_cleanly() {
     let (upstream, _prompts, _home, proxy) = setup(Answer::DropMidStream, "", &[]);
     let text = tokio::time::timeout(PATIENCE, async {
-        post(&proxy, "/v1/chat/completions", &chat("gpt-5", true))
-            .await
-            .text()
-            .await
-            .unwrap()
+        let mut response = post(&proxy, "/v1/chat/completions", &chat("gpt-5", true)).await;
+        let text = read_until(&mut response, "partial").await;
+        upstream.release();
+        read_to_end(&mut response, text).await
     })
     .await
     .expect("the stream ends, never hangs");

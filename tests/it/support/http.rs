@@ -88,3 +88,23 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// Reads a streamed body until its text contains `needle` (bounded by the
+/// client's timeout); returns what was read so far.
+pub async fn read_until(response: &mut reqwest::Response, needle: &str) -> String {
+    let mut text = String::new();
+    while !text.contains(needle) {
+        let chunk = response.chunk().await.unwrap();
+        let chunk = chunk.unwrap_or_else(|| panic!("the body ended before {needle:?}: {text}"));
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    text
+}
+
+/// Reads the rest of a streamed body onto `text`.
+pub async fn read_to_end(response: &mut reqwest::Response, mut text: String) -> String {
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    text
+}

@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -196,15 +195,20 @@ async fn responses(
                 .await;
         })),
         Answer::DropMidStream => {
-            let items = futures_util::stream::unfold(0, |step| async move {
-                match step {
-                    0 => Some((Ok(created()), 1)),
-                    1 => Some((Ok(text_delta("partial")), 2)),
-                    2 => {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        Some((Err(std::io::Error::other("upstream crashed")), 3))
+            // Two events; once the test has seen them arrive through the proxy
+            // (and calls `release()`), a broken connection.
+            let items = futures_util::stream::unfold(0, move |step| {
+                let st = st.clone();
+                async move {
+                    match step {
+                        0 => Some((Ok(created()), 1)),
+                        1 => Some((Ok(text_delta("partial")), 2)),
+                        2 => {
+                            st.gate.notified().await;
+                            Some((Err(std::io::Error::other("upstream crashed")), 3))
+                        }
+                        _ => None,
                     }
-                    _ => None,
                 }
             });
             sse(Body::from_stream(items))
@@ -262,7 +266,7 @@ impl ResponsesUpstream {
             .expect("a request reached the upstream")
     }
 
-    /// Lets a paused `GatedText` stream continue.
+    /// Lets a paused `GatedText` stream continue (or `DropMidStream` break).
     pub fn release(&self) {
         self.state.gate.notify_one();
     }
