@@ -863,12 +863,16 @@ impl Supervisor {
             return Ok(RestartOutcome::ByRival { running });
         }
         let control = handoff::control_socket_path(self.home(), old.pid);
-        let listener =
-            match tokio::task::spawn_blocking(move || handoff::fetch_listener(&control)).await {
-                Ok(Ok(fd)) => fd,
-                Ok(Err(e)) => return self.stop_start(op, old, e.to_string(), tick).await,
-                Err(e) => return self.stop_start(op, old, e.to_string(), tick).await,
-            };
+        let path = control.clone();
+        let fetched = tokio::task::spawn_blocking(move || handoff::fetch_listener(&control))
+            .await
+            .map_err(|source| HandoffError::Task { path, source })
+            .and_then(|fetched| fetched);
+        let listener = match fetched {
+            Ok(fd) => fd,
+            // No hand-off: the restart falls back to stop, then start, and says why.
+            Err(e) => return self.stop_start(op, old, e.to_string(), tick).await,
+        };
         let started = Instant::now();
         let mut child = Spawned::new(self.spawn(Some(&listener))?, self.home(), Some(old.pid));
         drop(listener); // the successor has its own copy
