@@ -12,7 +12,9 @@
 #   5. the official anthropic Python SDK through POST /v1/messages, on the built-in
 #      upstream and on nginx (a Chat Completions server), streaming included;
 #   6. Claude Code (`claude -p "say hi"`, npm @anthropic-ai/claude-code) offline on the
-#      built-in upstream.
+#      built-in upstream;
+#   7. Codex CLI through an `api = "anthropic"` proxy against a small Messages API server
+#      (tests/sdk/anthropic_server.py): Responses → Messages and back, a tool round trip.
 # Installs what it needs (Debian's nginx-light and prometheus for promtool; openai and
 # anthropic from PyPI; Claude Code from npm into ~/.cache/warden-e2e; Codex CLI and the openai
 # Node SDK, pinned, from npm into target/e2e/node) when missing. Everything listens on 127.0.0.1 only and is stopped on exit.
@@ -56,14 +58,14 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-# Runs `codex exec PROMPT` against the proxy at URL (a private CODEX_HOME whose provider
+# Runs `codex exec PROMPT [MODEL]` against the proxy at URL (a private CODEX_HOME whose provider
 # points at warden with wire_api = "responses" and a key from an environment variable, so
 # Codex never signs in anywhere); its last message goes to $work/codex-last.txt.
 codex_exec() {
   local chome=$work/codex-home
   mkdir -p "$chome" "$work/codex-wd"
   cat > "$chome/config.toml" <<TOML
-model = "gpt-5"
+model = "${3:-gpt-5}"
 model_provider = "warden"
 
 [model_providers.warden]
@@ -79,6 +81,15 @@ TOML
         < /dev/null > "$work/codex.out" 2>&1); then
     echo "e2e: codex exec failed:"; cat "$work/codex.out"; exit 1
   fi
+}
+
+# Starts tests/sdk/NAME_server.py RECORD (it prints its port) and sets $port.
+start_server() {
+  python3 "tests/sdk/$1_server.py" "$2" > "$work/$1.port" 2> "$work/$1.log" &
+  pids+=($!)
+  for _ in $(seq 50); do [ -s "$work/$1.port" ] && break; sleep 0.1; done
+  port=$(head -1 "$work/$1.port")
+  [ -n "$port" ] || { echo "e2e: $1_server.py did not start:"; cat "$work/$1.log"; exit 1; }
 }
 
 # Starts a proxy (own home, port 0) and sets $url; extra args are passed on.
@@ -164,11 +175,8 @@ PY
 echo "== openai SDK through the proxy against a Responses-API server (api = responses)"
 record=$work/responses-record.jsonl
 : > "$record"
-python3 tests/sdk/responses_server.py "$record" > "$work/responses.port" 2> "$work/responses.log" &
-pids+=($!)
-for _ in $(seq 50); do [ -s "$work/responses.port" ] && break; sleep 0.1; done
-rport=$(head -1 "$work/responses.port")
-[ -n "$rport" ] || { echo "e2e: the Responses server did not start:"; cat "$work/responses.log"; exit 1; }
+start_server responses "$record"
+rport=$port
 mkdir -p "$work/home-responses"
 cat > "$work/home-responses/warden.toml" <<TOML
 [[prompts.source]]
@@ -211,6 +219,37 @@ for c in codex:
     assert h.get("x-request-id") and (h.get("session-id") or h.get("session_id")), h
     assert h.get("authorization") != "Bearer unused", "the client's key was forwarded"
 print(f"responses server: Codex's function_call_output arrived ({len(codex)} Codex requests, with its headers)")
+PY
+
+echo "== Codex CLI through the proxy against an Anthropic Messages server (api = anthropic)"
+# Codex speaks the Responses API; warden translates it to the Messages API and back.
+arecord=$work/anthropic-record.jsonl
+: > "$arecord"
+start_server anthropic "$arecord"
+aport=$port
+mkdir -p "$work/home-anthropic"
+cat > "$work/home-anthropic/warden.toml" <<TOML
+[upstream]
+url = "http://127.0.0.1:$aport/v1"
+api = "anthropic"
+api_key_env = "WARDEN_E2E_ANTHROPIC_KEY"
+TOML
+WARDEN_E2E_ANTHROPIC_KEY=sk-ant-e2e start_proxy anthropic
+anthropic_url=$url
+codex_exec "$anthropic_url" "run the e2e tool" claude-sonnet-4-5
+tr "\n" " " < "$work/codex-last.txt" | grep -q "tool said: .*warden-e2e-tool" \
+  || { echo "e2e: codex said:"; cat "$work/codex-last.txt" "$work/codex.out" "$work/anthropic.log"; exit 1; }
+python3 - "$arecord" <<'PY'
+import json, sys
+calls = [json.loads(line) for line in open(sys.argv[1])]
+assert len(calls) >= 2, calls
+assert all(c["headers"].get("x-api-key") == "sk-ant-e2e" for c in calls), "the provider key is sent as x-api-key"
+assert all(c["headers"].get("anthropic-version") for c in calls), calls
+assert all(c["model"] == "claude-sonnet-4-5" and c["stream"] for c in calls), calls
+assert all(c["system"] for c in calls), "Codex's instructions arrive as the system prompt"
+results = [c["tool_result"] for c in calls if c["tool_result"]]
+assert any("warden-e2e-tool" in r for r in results), results
+print(f"anthropic server: {len(calls)} Messages requests from Codex, the tool_result among them")
 PY
 
 echo "== anthropic SDK through /v1/messages: built-in upstream, then nginx (a Chat Completions server)"

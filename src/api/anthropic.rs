@@ -27,6 +27,10 @@
 
 use serde_json::{Map, Value, json};
 
+use super::translate::{
+    self, ChatData, ChatTurn, ChunkPiece, DONE_FRAME, ToolCall, TranslateError, data_frame,
+    event_frame, now_unix, part_text, part_type,
+};
 use crate::api::openai::ApiError;
 use axum::http::StatusCode;
 
@@ -45,82 +49,48 @@ pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 ///
 /// `Err` is a client error (HTTP 400) naming the offending field, e.g.
 /// `messages[2].tool_calls[0].function.arguments: not a JSON object`.
-pub fn chat_to_messages(chat: &Value) -> Result<Value, String> {
-    let chat = chat
-        .as_object()
-        .ok_or("the request body must be a JSON object")?;
-    let model = chat
-        .get("model")
-        .ok_or("model: missing")?
-        .as_str()
-        .ok_or("model: must be a string")?;
-    let messages = chat
-        .get("messages")
-        .ok_or("messages: missing")?
-        .as_array()
-        .ok_or("messages: must be an array")?;
+pub fn chat_to_messages(chat: &Value) -> Result<Value, TranslateError> {
+    let chat = translate::object(chat)?;
+    let model = translate::model(chat)?;
 
     let mut system: Vec<String> = Vec::new();
     let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
-    for (i, msg) in messages.iter().enumerate() {
-        let at = |field: &str| format!("messages[{i}]{field}");
-        let msg = msg
-            .as_object()
-            .ok_or_else(|| format!("{}: must be an object", at("")))?;
-        let role = msg
-            .get("role")
-            .and_then(Value::as_str)
-            .ok_or_else(|| format!("{}: missing or not a string", at(".role")))?;
-        let content = msg.get("content").unwrap_or(&Value::Null);
-        let (role, blocks) = match role {
-            "system" | "developer" => {
-                let text = plain_text(content, &at(".content"))?;
+    for turn in translate::chat_turns(chat)? {
+        let (role, blocks) = match turn {
+            ChatTurn::System { content, at } => {
+                let text = translate::plain_text(content, &at)?;
                 if !text.is_empty() {
                     system.push(text);
                 }
                 continue;
             }
-            "user" => ("user", user_blocks(content, &at(".content"))?),
-            "assistant" => {
+            ChatTurn::User { content, at } => ("user", user_blocks(content, &at)?),
+            ChatTurn::Assistant {
+                content,
+                tool_calls,
+                at,
+            } => {
                 let mut blocks = Vec::new();
-                let text = plain_text(content, &at(".content"))?;
+                let text = translate::plain_text(content, &at)?;
                 if !text.is_empty() {
                     blocks.push(json!({"type": "text", "text": text}));
                 }
-                match msg.get("tool_calls") {
-                    None | Some(Value::Null) => {}
-                    Some(Value::Array(calls)) => {
-                        for (j, call) in calls.iter().enumerate() {
-                            blocks.push(tool_use_block(call, &at(&format!(".tool_calls[{j}]")))?);
-                        }
-                    }
-                    Some(_) => return Err(format!("{}: must be an array", at(".tool_calls"))),
+                for call in tool_calls {
+                    blocks.push(tool_use_block(&call)?);
                 }
                 ("assistant", blocks)
             }
-            "tool" => {
-                let id = msg
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| {
-                        format!(
-                            "{}: missing or not a string (required for role \"tool\")",
-                            at(".tool_call_id")
-                        )
-                    })?;
-                let text = plain_text(content, &at(".content"))?;
+            ChatTurn::Tool {
+                call_id,
+                content,
+                at,
+            } => {
+                let text = translate::plain_text(content, &at)?;
                 (
                     "user",
-                    vec![json!({"type": "tool_result", "tool_use_id": id, "content": text})],
+                    vec![json!({"type": "tool_result", "tool_use_id": call_id, "content": text})],
                 )
             }
-            "function" => {
-                return Err(format!(
-                    "{}: \"function\" is the deprecated form; send tool results with role \"tool\"",
-                    at(".role")
-                ));
-            }
-            other => return Err(format!("{}: unknown role {other:?}", at(".role"))),
         };
         if blocks.is_empty() {
             continue;
@@ -141,7 +111,7 @@ pub fn chat_to_messages(chat: &Value) -> Result<Value, String> {
             max_tokens = v
                 .as_u64()
                 .filter(|n| *n > 0)
-                .ok_or_else(|| format!("{key}: must be a positive integer"))?;
+                .ok_or_else(|| TranslateError::wrong(key, "a positive integer"))?;
             break;
         }
     }
@@ -170,7 +140,7 @@ pub fn chat_to_messages(chat: &Value) -> Result<Value, String> {
                 .collect::<Result<Vec<_>, _>>()?;
             out.insert("tools".into(), Value::Array(tools));
         }
-        Some(_) => return Err("tools: must be an array".into()),
+        Some(_) => return Err(TranslateError::wrong("tools", "an array")),
     }
     let mut tool_choice = match chat.get("tool_choice").filter(|v| !v.is_null()) {
         None => None,
@@ -197,28 +167,27 @@ pub fn chat_to_messages(chat: &Value) -> Result<Value, String> {
                 out.insert("stop_sequences".into(), Value::Array(stops.clone()));
             }
         }
-        Some(_) => return Err("stop: must be a string or an array of strings".into()),
+        Some(_) => {
+            return Err(TranslateError::wrong(
+                "stop",
+                "a string or an array of strings",
+            ));
+        }
     }
     if let Some(v) = chat.get("temperature").filter(|v| !v.is_null()) {
-        let t = v.as_f64().ok_or("temperature: must be a number")?;
+        let t = v
+            .as_f64()
+            .ok_or_else(|| TranslateError::wrong("temperature", "a number"))?;
         out.insert("temperature".into(), json!(t.clamp(0.0, 1.0)));
     }
     if let Some(v) = chat.get("top_p").filter(|v| !v.is_null()) {
         if !v.is_number() {
-            return Err("top_p: must be a number".into());
+            return Err(TranslateError::wrong("top_p", "a number"));
         }
         out.insert("top_p".into(), v.clone());
     }
-    if chat
-        .get("n")
-        .is_some_and(|n| !n.is_null() && n.as_u64() != Some(1))
-    {
-        return Err("n: only 1 choice is supported by an Anthropic provider".into());
-    }
-    if let Some(v) = chat.get("stream").filter(|v| !v.is_null()) {
-        if !v.is_boolean() {
-            return Err("stream: must be a boolean".into());
-        }
+    translate::one_choice(chat, "an Anthropic provider")?;
+    if let Some(v) = translate::stream_flag(chat)? {
         out.insert("stream".into(), v.clone());
     }
     if let Some(user) = chat.get("user").and_then(Value::as_str) {
@@ -227,52 +196,19 @@ pub fn chat_to_messages(chat: &Value) -> Result<Value, String> {
     Ok(Value::Object(out))
 }
 
-/// Text-only content (a string, or `text` parts) as one string.
-fn plain_text(content: &Value, at: &str) -> Result<String, String> {
-    match content {
-        Value::Null => Ok(String::new()),
-        Value::String(s) => Ok(s.clone()),
-        Value::Array(parts) => {
-            let mut text = String::new();
-            for (j, part) in parts.iter().enumerate() {
-                let at = format!("{at}[{j}]");
-                match part_type(part, &at)? {
-                    "text" => text.push_str(part_text(part, &at)?),
-                    // An assistant's refusal is still what it said.
-                    "refusal" => text.push_str(part["refusal"].as_str().unwrap_or("")),
-                    other => {
-                        return Err(format!(
-                            "{at}.type: {other:?} is not allowed here (only \"text\")"
-                        ));
-                    }
-                }
-            }
-            Ok(text)
-        }
-        _ => Err(format!("{at}: must be a string, an array of parts or null")),
-    }
-}
-
-fn part_type<'a>(part: &'a Value, at: &str) -> Result<&'a str, String> {
-    part.get("type")
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("{at}.type: missing or not a string"))
-}
-
-fn part_text<'a>(part: &'a Value, at: &str) -> Result<&'a str, String> {
-    part.get("text")
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("{at}.text: missing or not a string"))
-}
-
 /// A user's content as Messages blocks: text and images.
-fn user_blocks(content: &Value, at: &str) -> Result<Vec<Value>, String> {
+fn user_blocks(content: &Value, at: &str) -> Result<Vec<Value>, TranslateError> {
     let parts = match content {
         Value::Null => return Ok(Vec::new()),
         Value::String(s) if s.is_empty() => return Ok(Vec::new()),
         Value::String(s) => return Ok(vec![json!({"type": "text", "text": s})]),
         Value::Array(parts) => parts,
-        _ => return Err(format!("{at}: must be a string, an array of parts or null")),
+        _ => {
+            return Err(TranslateError::wrong(
+                at,
+                "a string, an array of parts or null",
+            ));
+        }
     };
     parts
         .iter()
@@ -282,19 +218,12 @@ fn user_blocks(content: &Value, at: &str) -> Result<Vec<Value>, String> {
             match part_type(part, &at)? {
                 "text" => Ok(json!({"type": "text", "text": part_text(part, &at)?})),
                 "image_url" => {
-                    let url = match &part["image_url"] {
-                        Value::String(url) => url.as_str(),
-                        Value::Object(img) => {
-                            img.get("url").and_then(Value::as_str).ok_or_else(|| {
-                                format!("{at}.image_url.url: missing or not a string")
-                            })?
-                        }
-                        _ => return Err(format!("{at}.image_url: missing or not an object")),
-                    };
+                    let (url, _detail) = translate::image_url(part, &at)?;
                     Ok(json!({"type": "image", "source": image_source(url, &at)?}))
                 }
-                other => Err(format!(
-                    "{at}.type: {other:?} is not supported (use \"text\" or \"image_url\")"
+                other => Err(TranslateError::unsupported(
+                    format!("{at}.type"),
+                    format!("{other:?} is not supported (use \"text\" or \"image_url\")"),
                 )),
             }
         })
@@ -303,14 +232,16 @@ fn user_blocks(content: &Value, at: &str) -> Result<Vec<Value>, String> {
 
 /// An image URL as a Messages image source: `data:<type>;base64,<data>` becomes
 /// a `base64` source, `http(s)://` a `url` source.
-fn image_source(url: &str, at: &str) -> Result<Value, String> {
+fn image_source(url: &str, at: &str) -> Result<Value, TranslateError> {
+    let field = || format!("{at}.image_url.url");
     if let Some(rest) = url.strip_prefix("data:") {
         let (meta, data) = rest
             .split_once(',')
-            .ok_or_else(|| format!("{at}.image_url.url: a data URL without ','"))?;
+            .ok_or_else(|| TranslateError::unsupported(field(), "a data URL without ','"))?;
         let media_type = meta.strip_suffix(";base64").ok_or_else(|| {
-            format!(
-                "{at}.image_url.url: only base64 data URLs are supported (data:<type>;base64,...)"
+            TranslateError::unsupported(
+                field(),
+                "only base64 data URLs are supported (data:<type>;base64,...)",
             )
         })?;
         return Ok(json!({"type": "base64", "media_type": media_type, "data": data}));
@@ -318,85 +249,67 @@ fn image_source(url: &str, at: &str) -> Result<Value, String> {
     if url.starts_with("https://") || url.starts_with("http://") {
         return Ok(json!({"type": "url", "url": url}));
     }
-    Err(format!(
-        "{at}.image_url.url: must be a data: or http(s):// URL"
-    ))
+    Err(TranslateError::wrong(field(), "a data: or http(s):// URL"))
 }
 
-fn tool_use_block(call: &Value, at: &str) -> Result<Value, String> {
-    let id = call
-        .get("id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("{at}.id: missing or not a string"))?;
-    let function = call
-        .get("function")
-        .filter(|f| f.is_object())
-        .ok_or_else(|| format!("{at}.function: missing or not an object"))?;
-    let name = function
-        .get("name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("{at}.function.name: missing or not a string"))?;
-    let input = match function.get("arguments") {
-        None | Some(Value::Null) => json!({}),
-        Some(Value::String(s)) if s.trim().is_empty() => json!({}),
-        Some(Value::String(s)) => serde_json::from_str::<Value>(s)
+fn tool_use_block(call: &ToolCall<'_>) -> Result<Value, TranslateError> {
+    let not_an_object = || {
+        TranslateError::unsupported(
+            format!("{}.function.arguments", call.at),
+            "not a JSON object",
+        )
+    };
+    let input = match call.arguments {
+        Value::Null => json!({}),
+        Value::String(s) if s.trim().is_empty() => json!({}),
+        Value::String(s) => serde_json::from_str::<Value>(s)
             .ok()
             .filter(Value::is_object)
-            .ok_or_else(|| format!("{at}.function.arguments: not a JSON object"))?,
-        Some(v @ Value::Object(_)) => v.clone(),
-        Some(_) => return Err(format!("{at}.function.arguments: not a JSON object")),
+            .ok_or_else(not_an_object)?,
+        v @ Value::Object(_) => v.clone(),
+        _ => return Err(not_an_object()),
     };
-    Ok(json!({"type": "tool_use", "id": id, "name": name, "input": input}))
+    Ok(json!({"type": "tool_use", "id": call.id, "name": call.name, "input": input}))
 }
 
-fn anthropic_tool(tool: &Value, i: usize) -> Result<Value, String> {
-    let at = format!("tools[{i}]");
-    let ty = part_type(tool, &at)?;
-    if ty != "function" {
-        return Err(format!(
-            "{at}.type: {ty:?} is not supported by an Anthropic provider (only \"function\")"
+fn anthropic_tool(tool: &Value, i: usize) -> Result<Value, TranslateError> {
+    let (ty, f) = translate::function_tool(tool, i)?;
+    let Some(f) = f else {
+        return Err(TranslateError::unsupported(
+            format!("tools[{i}].type"),
+            format!("{ty:?} is not supported by an Anthropic provider (only \"function\")"),
         ));
-    }
-    let f = tool
-        .get("function")
-        .and_then(Value::as_object)
-        .ok_or_else(|| format!("{at}.function: missing or not an object"))?;
-    let name = f
-        .get("name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("{at}.function.name: missing or not a string"))?;
-    let mut out = json!({"name": name});
-    if let Some(d) = f.get("description").filter(|v| !v.is_null()) {
+    };
+    let mut out = json!({"name": f.name});
+    if let Some(d) = f.description {
         out["description"] = d.clone();
     }
     out["input_schema"] = f
-        .get("parameters")
+        .parameters
         .filter(|v| v.is_object())
         .cloned()
         .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
     Ok(out)
 }
 
-fn anthropic_tool_choice(choice: &Value) -> Result<Value, String> {
+fn anthropic_tool_choice(choice: &Value) -> Result<Value, TranslateError> {
     match choice {
         Value::String(s) => match s.as_str() {
             "auto" => Ok(json!({"type": "auto"})),
             "required" => Ok(json!({"type": "any"})),
             "none" => Ok(json!({"type": "none"})),
-            _ => Err(format!(
-                "tool_choice: {s:?} must be \"auto\", \"none\", \"required\" or an object"
+            _ => Err(TranslateError::unsupported(
+                "tool_choice",
+                format!("{s:?} must be \"auto\", \"none\", \"required\" or an object"),
             )),
         },
         Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("function") => {
-            let name = o
-                .get("function")
-                .and_then(|f| f.get("name"))
-                .or_else(|| o.get("name"))
-                .and_then(Value::as_str)
-                .ok_or("tool_choice.function.name: missing or not a string")?;
-            Ok(json!({"type": "tool", "name": name}))
+            Ok(json!({"type": "tool", "name": translate::tool_choice_name(o)?}))
         }
-        _ => Err("tool_choice: must be a string or {\"type\":\"function\",...}".into()),
+        _ => Err(TranslateError::wrong(
+            "tool_choice",
+            "a string or {\"type\":\"function\",...}",
+        )),
     }
 }
 
@@ -449,12 +362,6 @@ fn chat_id(message_id: &str) -> String {
         "chatcmpl-{}",
         message_id.strip_prefix("msg_").unwrap_or(message_id)
     )
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Translates a non-streaming Messages answer into a `chat.completion`.
@@ -614,13 +521,6 @@ pub fn error_from_api(err: &ApiError) -> Value {
 // ---------------------------------------------------------------------------
 // Claude as a provider: Messages events → Chat chunks
 // ---------------------------------------------------------------------------
-
-/// The frame that ends every Chat Completions stream.
-pub const DONE_FRAME: &str = "data: [DONE]\n\n";
-
-fn data_frame(value: &Value) -> String {
-    format!("data: {value}\n\n")
-}
 
 /// Turns a Messages event stream into Chat Completions chunk frames.
 ///
@@ -801,13 +701,10 @@ impl MessagesToChat {
 
     fn fail(&mut self, message: &str, code: &str) -> Vec<String> {
         self.done = true;
-        let error = json!({"error": {
-            "message": message,
-            "type": "upstream_error",
-            "param": null,
-            "code": code,
-        }});
-        vec![data_frame(&error), DONE_FRAME.to_string()]
+        vec![
+            translate::error_frame(message, Some(code), None),
+            DONE_FRAME.to_string(),
+        ]
     }
 
     fn merge_usage(&mut self, usage: &Value) {
@@ -858,15 +755,13 @@ impl MessagesToChat {
 /// Translates a Messages API request into a Chat Completions request (which any
 /// provider serves). A streamed request asks for the usage chunk, which the
 /// final `message_delta` needs.
-pub fn messages_request_to_chat(req: &Value) -> Result<Value, String> {
-    let req = req
-        .as_object()
-        .ok_or("the request body must be a JSON object")?;
+pub fn messages_request_to_chat(req: &Value) -> Result<Value, TranslateError> {
+    let req = translate::object(req)?;
     let messages = req
         .get("messages")
-        .ok_or("messages: Field required")?
+        .ok_or_else(|| TranslateError::unsupported("messages", "Field required"))?
         .as_array()
-        .ok_or("messages: must be an array")?;
+        .ok_or_else(|| TranslateError::wrong("messages", "an array"))?;
     let mut out_messages = Vec::with_capacity(messages.len() + 1);
     match req.get("system") {
         None | Some(Value::Null) => {}
@@ -879,10 +774,7 @@ pub fn messages_request_to_chat(req: &Value) -> Result<Value, String> {
     }
     for (i, msg) in messages.iter().enumerate() {
         let at = format!("messages.{i}");
-        let role = msg
-            .get("role")
-            .and_then(Value::as_str)
-            .ok_or_else(|| format!("{at}.role: missing or not a string"))?;
+        let role = translate::str_at(msg, "role", &at)?;
         let content = msg.get("content").unwrap_or(&Value::Null);
         match role {
             "user" => user_to_chat(content, &at, &mut out_messages)?,
@@ -896,8 +788,9 @@ pub fn messages_request_to_chat(req: &Value) -> Result<Value, String> {
                 }
             }
             other => {
-                return Err(format!(
-                    "{at}.role: {other:?} is not \"user\", \"assistant\" or \"system\""
+                return Err(TranslateError::unsupported(
+                    format!("{at}.role"),
+                    format!("{other:?} is not \"user\", \"assistant\" or \"system\""),
                 ));
             }
         }
@@ -910,7 +803,10 @@ pub fn messages_request_to_chat(req: &Value) -> Result<Value, String> {
     out.insert("messages".into(), Value::Array(out_messages));
     if let Some(v) = req.get("max_tokens").filter(|v| !v.is_null()) {
         if v.as_u64().is_none() {
-            return Err("max_tokens: must be a non-negative integer".into());
+            return Err(TranslateError::wrong(
+                "max_tokens",
+                "a non-negative integer",
+            ));
         }
         out.insert("max_tokens".into(), v.clone());
     }
@@ -932,10 +828,7 @@ pub fn messages_request_to_chat(req: &Value) -> Result<Value, String> {
             .filter(|t| matches!(t.get("type").and_then(Value::as_str), None | Some("custom")))
             .enumerate()
             .map(|(i, t)| {
-                let name = t
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| format!("tools.{i}.name: missing or not a string"))?;
+                let name = translate::str_at(t, "name", &format!("tools.{i}"))?;
                 let mut function = json!({"name": name});
                 if let Some(d) = t.get("description").filter(|v| !v.is_null()) {
                     function["description"] = d.clone();
@@ -946,7 +839,7 @@ pub fn messages_request_to_chat(req: &Value) -> Result<Value, String> {
                     .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
                 Ok(json!({"type": "function", "function": function}))
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, TranslateError>>()?;
         if !tools.is_empty() {
             out.insert("tools".into(), Value::Array(tools));
         }
@@ -957,12 +850,15 @@ pub fn messages_request_to_chat(req: &Value) -> Result<Value, String> {
             Some("any") => json!("required"),
             Some("none") => json!("none"),
             Some("tool") => {
-                let name = choice["name"]
-                    .as_str()
-                    .ok_or("tool_choice.name: missing or not a string")?;
+                let name = translate::str_at(choice, "name", "tool_choice")?;
                 json!({"type": "function", "function": {"name": name}})
             }
-            other => return Err(format!("tool_choice.type: unknown type {other:?}")),
+            other => {
+                return Err(TranslateError::unsupported(
+                    "tool_choice.type",
+                    format!("unknown type {other:?}"),
+                ));
+            }
         };
         if out.contains_key("tools") || chat_choice == "none" {
             out.insert("tool_choice".into(), chat_choice);
@@ -986,7 +882,7 @@ pub fn messages_request_to_chat(req: &Value) -> Result<Value, String> {
 }
 
 /// A string or an array of `text` blocks as one string.
-fn blocks_text(content: &Value, at: &str) -> Result<String, String> {
+fn blocks_text(content: &Value, at: &str) -> Result<String, TranslateError> {
     match content {
         Value::Null => Ok(String::new()),
         Value::String(s) => Ok(s.clone()),
@@ -994,49 +890,46 @@ fn blocks_text(content: &Value, at: &str) -> Result<String, String> {
             let mut texts = Vec::new();
             for (j, block) in blocks.iter().enumerate() {
                 match block.get("type").and_then(Value::as_str) {
-                    Some("text") => texts.push(
-                        block["text"]
-                            .as_str()
-                            .ok_or_else(|| format!("{at}.{j}.text: missing or not a string"))?,
-                    ),
+                    Some("text") => texts.push(part_text(block, &format!("{at}.{j}"))?),
                     // Images in a tool result or system prompt: not representable as text.
                     Some("image") | Some("document") => {}
                     other => {
-                        return Err(format!("{at}.{j}.type: {other:?} is not allowed here"));
+                        return Err(TranslateError::unsupported(
+                            format!("{at}.{j}.type"),
+                            format!(
+                                "{other:?} is not allowed here (\"text\", \"image\" or \"document\")"
+                            ),
+                        ));
                     }
                 }
             }
             Ok(texts.join("\n"))
         }
-        _ => Err(format!("{at}: must be a string or an array of blocks")),
+        _ => Err(TranslateError::wrong(at, "a string or an array of blocks")),
     }
 }
 
-fn image_url_of(block: &Value, at: &str) -> Result<String, String> {
+fn image_url_of(block: &Value, at: &str) -> Result<String, TranslateError> {
     let source = &block["source"];
     match source["type"].as_str() {
         Some("base64") => {
-            let media_type = source["media_type"]
-                .as_str()
-                .ok_or_else(|| format!("{at}.source.media_type: missing or not a string"))?;
-            let data = source["data"]
-                .as_str()
-                .ok_or_else(|| format!("{at}.source.data: missing or not a string"))?;
+            let media_type = translate::str_at(source, "media_type", &format!("{at}.source"))?;
+            let data = translate::str_at(source, "data", &format!("{at}.source"))?;
             Ok(format!("data:{media_type};base64,{data}"))
         }
-        Some("url") => source["url"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| format!("{at}.source.url: missing or not a string")),
-        other => Err(format!(
-            "{at}.source.type: {other:?} is not supported (\"base64\" or \"url\")"
+        Some("url") => {
+            translate::str_at(source, "url", &format!("{at}.source")).map(str::to_string)
+        }
+        other => Err(TranslateError::unsupported(
+            format!("{at}.source.type"),
+            format!("{other:?} is not supported (\"base64\" or \"url\")"),
         )),
     }
 }
 
 /// One user turn: its `tool_result` blocks become `tool` messages (first, in
 /// order), the rest one user message.
-fn user_to_chat(content: &Value, at: &str, out: &mut Vec<Value>) -> Result<(), String> {
+fn user_to_chat(content: &Value, at: &str, out: &mut Vec<Value>) -> Result<(), TranslateError> {
     let blocks = match content {
         Value::String(s) => {
             out.push(json!({"role": "user", "content": s}));
@@ -1044,8 +937,9 @@ fn user_to_chat(content: &Value, at: &str, out: &mut Vec<Value>) -> Result<(), S
         }
         Value::Array(blocks) => blocks,
         _ => {
-            return Err(format!(
-                "{at}.content: must be a string or an array of blocks"
+            return Err(TranslateError::wrong(
+                format!("{at}.content"),
+                "a string or an array of blocks",
             ));
         }
     };
@@ -1054,17 +948,13 @@ fn user_to_chat(content: &Value, at: &str, out: &mut Vec<Value>) -> Result<(), S
         let at = format!("{at}.content.{j}");
         match block.get("type").and_then(Value::as_str) {
             Some("text") => {
-                let text = block["text"]
-                    .as_str()
-                    .ok_or_else(|| format!("{at}.text: missing or not a string"))?;
+                let text = part_text(block, &at)?;
                 parts.push(json!({"type": "text", "text": text}));
             }
             Some("image") => parts.push(json!({"type": "image_url",
                 "image_url": {"url": image_url_of(block, &at)?}})),
             Some("tool_result") => {
-                let id = block["tool_use_id"]
-                    .as_str()
-                    .ok_or_else(|| format!("{at}.tool_use_id: missing or not a string"))?;
+                let id = translate::str_at(block, "tool_use_id", &at)?;
                 let mut text = blocks_text(&block["content"], &format!("{at}.content"))?;
                 if block["is_error"] == true {
                     text = format!("[tool error] {text}");
@@ -1072,13 +962,19 @@ fn user_to_chat(content: &Value, at: &str, out: &mut Vec<Value>) -> Result<(), S
                 out.push(json!({"role": "tool", "tool_call_id": id, "content": text}));
             }
             Some("document") => {
-                return Err(format!(
-                    "{at}.type: \"document\" blocks are not supported through a Chat provider"
+                return Err(TranslateError::unsupported(
+                    format!("{at}.type"),
+                    "\"document\" blocks are not supported through a Chat provider",
                 ));
             }
             // Thinking blocks and cache hints carry nothing a Chat provider reads.
             Some(_) => {}
-            None => return Err(format!("{at}.type: missing or not a string")),
+            None => {
+                return Err(TranslateError::missing_or_not(
+                    format!("{at}.type"),
+                    "a string",
+                ));
+            }
         }
     }
     if parts.is_empty() {
@@ -1099,13 +995,14 @@ fn user_to_chat(content: &Value, at: &str, out: &mut Vec<Value>) -> Result<(), S
     Ok(())
 }
 
-fn assistant_to_chat(content: &Value, at: &str) -> Result<Value, String> {
+fn assistant_to_chat(content: &Value, at: &str) -> Result<Value, TranslateError> {
     let blocks = match content {
         Value::String(s) => return Ok(json!({"role": "assistant", "content": s})),
         Value::Array(blocks) => blocks,
         _ => {
-            return Err(format!(
-                "{at}.content: must be a string or an array of blocks"
+            return Err(TranslateError::wrong(
+                format!("{at}.content"),
+                "a string or an array of blocks",
             ));
         }
     };
@@ -1116,12 +1013,8 @@ fn assistant_to_chat(content: &Value, at: &str) -> Result<Value, String> {
         match block.get("type").and_then(Value::as_str) {
             Some("text") => text.push_str(block["text"].as_str().unwrap_or("")),
             Some("tool_use") => {
-                let id = block["id"]
-                    .as_str()
-                    .ok_or_else(|| format!("{at}.id: missing or not a string"))?;
-                let name = block["name"]
-                    .as_str()
-                    .ok_or_else(|| format!("{at}.name: missing or not a string"))?;
+                let id = translate::str_at(block, "id", &at)?;
+                let name = translate::str_at(block, "name", &at)?;
                 let input = if block["input"].is_null() {
                     json!({})
                 } else {
@@ -1233,12 +1126,6 @@ pub fn chat_to_messages_response(chat: &Value, model: &str) -> Value {
 // Anthropic clients in front: Chat chunks → Messages events
 // ---------------------------------------------------------------------------
 
-/// One `event: NAME` / `data: JSON` frame.
-fn event_frame(data: &Value) -> String {
-    let name = data["type"].as_str().unwrap_or("message");
-    format!("event: {name}\ndata: {data}\n\n")
-}
-
 /// The content block currently open in the event stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OpenBlock {
@@ -1312,63 +1199,63 @@ impl ChatToMessages {
             return Vec::new();
         }
         let mut out = self.start();
-        if data.trim() == "[DONE]" {
-            out.extend(self.end());
-            return out;
-        }
-        let Ok(chunk) = serde_json::from_str::<Value>(data) else {
-            return out; // not JSON: nothing a client could use
-        };
-        if chunk["error"].is_object() {
-            let message = chunk["error"]["message"]
-                .as_str()
-                .unwrap_or("the upstream failed mid-stream");
-            let kind = chunk["error"]["code"]
-                .as_str()
-                .and_then(static_error_type)
-                .unwrap_or("api_error");
-            out.extend(self.fail(kind, message));
-            return out;
-        }
-        if chunk["usage"].is_object() {
-            self.usage = Some(chunk["usage"].clone());
-        }
-        for choice in chunk["choices"].as_array().into_iter().flatten() {
-            let delta = &choice["delta"];
-            if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
-                if self.open != OpenBlock::Text {
-                    out.extend(
-                        self.open_block(OpenBlock::Text, json!({"type": "text", "text": ""})),
-                    );
-                }
-                out.push(self.block_delta(json!({"type": "text_delta", "text": text})));
+        match ChatData::read(data) {
+            ChatData::Done => out.extend(self.end()),
+            ChatData::Other => {}
+            ChatData::Error { code, message } => {
+                let kind = code
+                    .as_deref()
+                    .and_then(static_error_type)
+                    .unwrap_or("api_error");
+                out.extend(self.fail(kind, &message));
             }
-            for call in delta["tool_calls"].as_array().into_iter().flatten() {
-                let index = call["index"].as_u64().unwrap_or(0);
-                if !self.tools.iter().any(|(t, _)| *t == index) {
-                    let block = json!({"type": "tool_use",
-                        "id": call["id"].as_str().unwrap_or(""),
-                        "name": call["function"]["name"].as_str().unwrap_or(""),
-                        "input": {}});
-                    out.extend(self.open_block(OpenBlock::Tool(index), block));
-                    self.tools.push((index, self.next_block - 1));
+            ChatData::Chunk { usage, pieces } => {
+                if usage.is_some() {
+                    self.usage = usage;
                 }
-                let args = call["function"]["arguments"].as_str().unwrap_or("");
-                if !args.is_empty() {
-                    let block = self
-                        .tools
-                        .iter()
-                        .find(|(t, _)| *t == index)
-                        .map_or(0, |(_, b)| *b);
-                    out.push(event_frame(
-                        &json!({"type": "content_block_delta", "index": block,
-                        "delta": {"type": "input_json_delta", "partial_json": args}}),
-                    ));
+                for piece in pieces {
+                    match piece {
+                        ChunkPiece::Text(text) => out.extend(self.text(&text)),
+                        ChunkPiece::ToolCall(call) => out.extend(self.tool_call(&call)),
+                        ChunkPiece::Finish(reason) => self.finish_reason = Some(reason),
+                    }
                 }
             }
-            if let Some(reason) = choice["finish_reason"].as_str() {
-                self.finish_reason = Some(reason.to_string());
-            }
+        }
+        out
+    }
+
+    fn text(&mut self, text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.open != OpenBlock::Text {
+            out.extend(self.open_block(OpenBlock::Text, json!({"type": "text", "text": ""})));
+        }
+        out.push(self.block_delta(json!({"type": "text_delta", "text": text})));
+        out
+    }
+
+    fn tool_call(&mut self, call: &Value) -> Vec<String> {
+        let mut out = Vec::new();
+        let index = call["index"].as_u64().unwrap_or(0);
+        if !self.tools.iter().any(|(t, _)| *t == index) {
+            let block = json!({"type": "tool_use",
+                "id": call["id"].as_str().unwrap_or(""),
+                "name": call["function"]["name"].as_str().unwrap_or(""),
+                "input": {}});
+            out.extend(self.open_block(OpenBlock::Tool(index), block));
+            self.tools.push((index, self.next_block - 1));
+        }
+        let args = call["function"]["arguments"].as_str().unwrap_or("");
+        if !args.is_empty() {
+            let block = self
+                .tools
+                .iter()
+                .find(|(t, _)| *t == index)
+                .map_or(0, |(_, b)| *b);
+            out.push(event_frame(
+                &json!({"type": "content_block_delta", "index": block,
+                "delta": {"type": "input_json_delta", "partial_json": args}}),
+            ));
         }
         out
     }
@@ -1464,6 +1351,7 @@ pub fn estimate_tokens(req: &Value) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::translate::testing::{events, frames};
 
     // ----- Chat request → Messages request -----
 
@@ -1600,7 +1488,11 @@ mod tests {
             ),
         ];
         for (chat, want) in table {
-            assert_eq!(chat_to_messages(&chat).unwrap_err(), want, "{chat}");
+            assert_eq!(
+                chat_to_messages(&chat).unwrap_err().to_string(),
+                want,
+                "{chat}"
+            );
         }
     }
 
@@ -1694,18 +1586,6 @@ mod tests {
     }
 
     // ----- Messages events → Chat chunks -----
-
-    fn frames(out: &[String]) -> Vec<Option<Value>> {
-        out.iter()
-            .map(|f| {
-                let body = f
-                    .strip_prefix("data: ")
-                    .and_then(|f| f.strip_suffix("\n\n"))
-                    .unwrap_or_else(|| panic!("not one SSE frame: {f:?}"));
-                (body != "[DONE]").then(|| serde_json::from_str(body).unwrap())
-            })
-            .collect()
-    }
 
     fn run(t: &mut MessagesToChat, events: &[Value]) -> Vec<Option<Value>> {
         let mut out = Vec::new();
@@ -1931,7 +1811,10 @@ mod tests {
             ),
         ];
         for (req, want) in errors {
-            assert_eq!(messages_request_to_chat(&req).unwrap_err(), want);
+            assert_eq!(
+                messages_request_to_chat(&req).unwrap_err().to_string(),
+                want
+            );
         }
     }
 
@@ -1975,21 +1858,6 @@ mod tests {
     }
 
     // ----- Chat chunks → Messages events (inbound) -----
-
-    fn events(out: &[String]) -> Vec<Value> {
-        out.iter()
-            .map(|f| {
-                let (head, data) = f
-                    .strip_suffix("\n\n")
-                    .and_then(|f| f.split_once('\n'))
-                    .unwrap_or_else(|| panic!("not one event frame: {f:?}"));
-                let data: Value =
-                    serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
-                assert_eq!(head, format!("event: {}", data["type"].as_str().unwrap()));
-                data
-            })
-            .collect()
-    }
 
     fn chat_chunk(delta: Value, finish: Value) -> String {
         json!({"id": "chatcmpl-1", "object": "chat.completion.chunk",

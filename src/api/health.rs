@@ -184,9 +184,26 @@ pub mod probe {
     /// NATS being away (with `nats.required`) makes a load balancer skip the proxy,
     /// but restarting it would not bring NATS back.
     pub async fn ready(client: &reqwest::Client, base_url: &str) -> Result<(), ProbeError> {
+        ready_pid(client, base_url).await.map(|_| ())
+    }
+
+    /// Like [`ready`], and which process answered: the `pid` of the body (`None`
+    /// from a proxy too old to say). During a restart two processes accept on one
+    /// socket, so "the port answers ready" alone could be the old proxy speaking.
+    pub async fn ready_pid(
+        client: &reqwest::Client,
+        base_url: &str,
+    ) -> Result<Option<i32>, ProbeError> {
         let url = format!("{base_url}/health/ready?nats=ignore");
         match client.get(&url).send().await {
-            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) if r.status().is_success() => {
+                // Bounded: a ready answer is a few dozen bytes; anything else is not ours.
+                let body = r.bytes().await.unwrap_or_default();
+                Ok(serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("pid")?.as_i64())
+                    .and_then(|pid| i32::try_from(pid).ok()))
+            }
             Ok(r) => Err(ProbeError::Status {
                 url,
                 status: r.status(),

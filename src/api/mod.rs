@@ -10,3 +10,4 @@ pub mod metrics;
 pub mod openai;
 pub mod responses;
 pub mod sse;
+pub mod translate;

@@ -13,6 +13,10 @@
 
 use serde_json::{Map, Value, json};
 
+use super::translate::{
+    self, ChatData, ChatTurn, ChunkPiece, DONE_FRAME, TranslateError, data_frame, now_unix,
+    part_text, part_type,
+};
 use crate::home::config;
 
 /// Switches that change the translated request.
@@ -58,16 +62,9 @@ pub fn chat_to_responses(
     chat: &Value,
     instructions: &str,
     opts: &TranslateOptions,
-) -> Result<Value, String> {
-    let chat = chat
-        .as_object()
-        .ok_or("the request body must be a JSON object")?;
-    let model = chat
-        .get("model")
-        .ok_or("model: missing")?
-        .as_str()
-        .ok_or("model: must be a string")?;
-    let (model, suffix_effort) = split_reasoning_suffix(model);
+) -> Result<Value, TranslateError> {
+    let chat = translate::object(chat)?;
+    let (model, suffix_effort) = split_reasoning_suffix(translate::model(chat)?);
 
     let mut out = Map::new();
     out.insert("model".into(), json!(model));
@@ -83,7 +80,7 @@ pub fn chat_to_responses(
             .enumerate()
             .map(|(i, t)| translate_tool(t, i))
             .collect::<Result<_, _>>()?,
-        Some(_) => return Err("tools: must be an array".into()),
+        Some(_) => return Err(TranslateError::wrong("tools", "an array")),
     };
     if opts.enable_web_search
         && !tools.iter().any(|t| {
@@ -102,7 +99,7 @@ pub fn chat_to_responses(
     }
     if let Some(v) = chat.get("parallel_tool_calls").filter(|v| !v.is_null()) {
         if !v.is_boolean() {
-            return Err("parallel_tool_calls: must be a boolean".into());
+            return Err(TranslateError::wrong("parallel_tool_calls", "a boolean"));
         }
         out.insert("parallel_tool_calls".into(), v.clone());
     }
@@ -111,7 +108,7 @@ pub fn chat_to_responses(
     for key in ["max_completion_tokens", "max_tokens"] {
         if let Some(v) = chat.get(key).filter(|v| !v.is_null()) {
             if v.as_u64().is_none() {
-                return Err(format!("{key}: must be a non-negative integer"));
+                return Err(TranslateError::wrong(key, "a non-negative integer"));
             }
             out.insert("max_output_tokens".into(), v.clone());
             break;
@@ -120,27 +117,24 @@ pub fn chat_to_responses(
     for key in ["temperature", "top_p"] {
         if let Some(v) = chat.get(key).filter(|v| !v.is_null()) {
             if !v.is_number() {
-                return Err(format!("{key}: must be a number"));
+                return Err(TranslateError::wrong(key, "a number"));
             }
             out.insert(key.into(), v.clone());
         }
     }
-    if chat
-        .get("n")
-        .is_some_and(|n| !n.is_null() && n.as_u64() != Some(1))
-    {
-        return Err("n: only 1 choice is supported by a Responses API upstream".into());
-    }
+    translate::one_choice(chat, "a Responses API upstream")?;
 
     // Reasoning: an explicit `reasoning_effort` (or `reasoning` object) wins over
     // the model-name suffix.
     let mut reasoning = match chat.get("reasoning") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(r)) => r.clone(),
-        Some(_) => return Err("reasoning: must be an object".into()),
+        Some(_) => return Err(TranslateError::wrong("reasoning", "an object")),
     };
     if let Some(v) = chat.get("reasoning_effort").filter(|v| !v.is_null()) {
-        let effort = v.as_str().ok_or("reasoning_effort: must be a string")?;
+        let effort = v
+            .as_str()
+            .ok_or_else(|| TranslateError::wrong("reasoning_effort", "a string"))?;
         reasoning.insert("effort".into(), json!(effort));
     }
     if let Some(effort) = suffix_effort {
@@ -156,10 +150,7 @@ pub fn chat_to_responses(
             json!({"format": translate_response_format(format)?}),
         );
     }
-    if let Some(v) = chat.get("stream").filter(|v| !v.is_null()) {
-        if !v.is_boolean() {
-            return Err("stream: must be a boolean".into());
-        }
+    if let Some(v) = translate::stream_flag(chat)? {
         out.insert("stream".into(), v.clone());
     }
     for key in ["user", "metadata", "service_tier"] {
@@ -171,79 +162,56 @@ pub fn chat_to_responses(
     Ok(Value::Object(out))
 }
 
-fn translate_messages(chat: &Map<String, Value>) -> Result<Vec<Value>, String> {
-    let messages = chat
-        .get("messages")
-        .ok_or("messages: missing")?
-        .as_array()
-        .ok_or("messages: must be an array")?;
-    let mut input = Vec::with_capacity(messages.len());
-    for (i, msg) in messages.iter().enumerate() {
-        let at = |field: &str| format!("messages[{i}]{field}");
-        let msg = msg
-            .as_object()
-            .ok_or_else(|| format!("{}: must be an object", at("")))?;
-        let role = msg
-            .get("role")
-            .and_then(Value::as_str)
-            .ok_or_else(|| format!("{}: missing or not a string", at(".role")))?;
-        let content = msg.get("content").unwrap_or(&Value::Null);
-        match role {
-            "system" | "developer" => {
-                let parts = text_parts(content, "input_text", &at(".content"))?;
+fn translate_messages(chat: &Map<String, Value>) -> Result<Vec<Value>, TranslateError> {
+    let turns = translate::chat_turns(chat)?;
+    let mut input = Vec::with_capacity(turns.len());
+    for turn in turns {
+        match turn {
+            ChatTurn::System { content, at } => {
+                let parts = text_parts(content, "input_text", &at)?;
                 input.push(json!({"type": "message", "role": "developer", "content": parts}));
             }
-            "user" => {
-                let parts = user_parts(content, &at(".content"))?;
+            ChatTurn::User { content, at } => {
+                let parts = user_parts(content, &at)?;
                 input.push(json!({"type": "message", "role": "user", "content": parts}));
             }
-            "assistant" => {
-                let parts = text_parts(content, "output_text", &at(".content"))?;
+            ChatTurn::Assistant {
+                content,
+                tool_calls,
+                at,
+            } => {
+                let parts = text_parts(content, "output_text", &at)?;
                 if !parts.is_empty() {
                     input.push(json!({"type": "message", "role": "assistant", "content": parts}));
                 }
-                match msg.get("tool_calls") {
-                    None | Some(Value::Null) => {}
-                    Some(Value::Array(calls)) => {
-                        for (j, call) in calls.iter().enumerate() {
-                            input.push(translate_tool_call(
-                                call,
-                                &at(&format!(".tool_calls[{j}]")),
-                            )?);
-                        }
-                    }
-                    Some(_) => return Err(format!("{}: must be an array", at(".tool_calls"))),
+                for call in tool_calls {
+                    let arguments = match call.arguments {
+                        Value::Null => "{}".to_string(),
+                        Value::String(s) => s.clone(),
+                        // Some clients send the arguments as an object; the wire form is a string.
+                        other => other.to_string(),
+                    };
+                    input.push(json!({"type": "function_call", "call_id": call.id,
+                        "name": call.name, "arguments": arguments}));
                 }
             }
-            "tool" => {
-                let call_id = msg
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| {
-                        format!(
-                            "{}: missing or not a string (required for role \"tool\")",
-                            at(".tool_call_id")
-                        )
-                    })?;
-                let output = plain_text(content, &at(".content"))?;
+            ChatTurn::Tool {
+                call_id,
+                content,
+                at,
+            } => {
+                let output = translate::plain_text(content, &at)?;
                 input.push(
                     json!({"type": "function_call_output", "call_id": call_id, "output": output}),
                 );
             }
-            "function" => {
-                return Err(format!(
-                    "{}: \"function\" is the deprecated form; send tool results with role \"tool\"",
-                    at(".role")
-                ));
-            }
-            other => return Err(format!("{}: unknown role {other:?}", at(".role"))),
         }
     }
     Ok(input)
 }
 
 /// Text-only content (string or array of `text` parts) as `kind` parts.
-fn text_parts(content: &Value, kind: &str, at: &str) -> Result<Vec<Value>, String> {
+fn text_parts(content: &Value, kind: &str, at: &str) -> Result<Vec<Value>, TranslateError> {
     match content {
         Value::Null => Ok(Vec::new()),
         Value::String(s) if s.is_empty() => Ok(Vec::new()),
@@ -256,23 +224,25 @@ fn text_parts(content: &Value, kind: &str, at: &str) -> Result<Vec<Value>, Strin
                 match part_type(part, &at)? {
                     "text" => Ok(json!({"type": kind, "text": part_text(part, &at)?})),
                     "refusal" if kind == "output_text" => {
-                        let refusal = part["refusal"]
-                            .as_str()
-                            .ok_or_else(|| format!("{at}.refusal: missing or not a string"))?;
+                        let refusal = translate::str_at(part, "refusal", &at)?;
                         Ok(json!({"type": "refusal", "refusal": refusal}))
                     }
-                    other => Err(format!(
-                        "{at}.type: {other:?} is not allowed here (only \"text\")"
+                    other => Err(TranslateError::unsupported(
+                        format!("{at}.type"),
+                        format!("{other:?} is not allowed here (only \"text\")"),
                     )),
                 }
             })
             .collect(),
-        _ => Err(format!("{at}: must be a string, an array of parts or null")),
+        _ => Err(TranslateError::wrong(
+            at,
+            "a string, an array of parts or null",
+        )),
     }
 }
 
 /// User content: text and image parts.
-fn user_parts(content: &Value, at: &str) -> Result<Vec<Value>, String> {
+fn user_parts(content: &Value, at: &str) -> Result<Vec<Value>, TranslateError> {
     let Value::Array(parts) = content else {
         return text_parts(content, "input_text", at);
     };
@@ -284,139 +254,71 @@ fn user_parts(content: &Value, at: &str) -> Result<Vec<Value>, String> {
             match part_type(part, &at)? {
                 "text" => Ok(json!({"type": "input_text", "text": part_text(part, &at)?})),
                 "image_url" => {
-                    let (url, detail) = match &part["image_url"] {
-                        Value::String(url) => (url.as_str(), None),
-                        Value::Object(img) => (
-                            img.get("url").and_then(Value::as_str).ok_or_else(|| {
-                                format!("{at}.image_url.url: missing or not a string")
-                            })?,
-                            img.get("detail").and_then(Value::as_str),
-                        ),
-                        _ => return Err(format!("{at}.image_url: missing or not an object")),
-                    };
+                    let (url, detail) = translate::image_url(part, &at)?;
                     let mut item = json!({"type": "input_image", "image_url": url});
                     if let Some(detail) = detail {
                         item["detail"] = json!(detail);
                     }
                     Ok(item)
                 }
-                other => Err(format!(
-                    "{at}.type: {other:?} is not supported (use \"text\" or \"image_url\")"
+                other => Err(TranslateError::unsupported(
+                    format!("{at}.type"),
+                    format!("{other:?} is not supported (use \"text\" or \"image_url\")"),
                 )),
             }
         })
         .collect()
 }
 
-fn part_type<'a>(part: &'a Value, at: &str) -> Result<&'a str, String> {
-    part.get("type")
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("{at}.type: missing or not a string"))
-}
-
-fn part_text<'a>(part: &'a Value, at: &str) -> Result<&'a str, String> {
-    part.get("text")
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("{at}.text: missing or not a string"))
-}
-
-/// A tool result's content as one string (text parts are concatenated).
-fn plain_text(content: &Value, at: &str) -> Result<String, String> {
-    match content {
-        Value::Null => Ok(String::new()),
-        Value::String(s) => Ok(s.clone()),
-        Value::Array(parts) => {
-            let mut text = String::new();
-            for (j, part) in parts.iter().enumerate() {
-                let at = format!("{at}[{j}]");
-                match part_type(part, &at)? {
-                    "text" => text.push_str(part_text(part, &at)?),
-                    other => return Err(format!("{at}.type: {other:?} is not allowed here")),
-                }
-            }
-            Ok(text)
-        }
-        _ => Err(format!("{at}: must be a string, an array of parts or null")),
-    }
-}
-
-fn translate_tool_call(call: &Value, at: &str) -> Result<Value, String> {
-    let id = call
-        .get("id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("{at}.id: missing or not a string"))?;
-    let function = call
-        .get("function")
-        .filter(|f| f.is_object())
-        .ok_or_else(|| format!("{at}.function: missing or not an object"))?;
-    let name = function
-        .get("name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("{at}.function.name: missing or not a string"))?;
-    let arguments = match function.get("arguments") {
-        None | Some(Value::Null) => "{}".to_string(),
-        Some(Value::String(s)) => s.clone(),
-        // Some clients send the arguments as an object; the wire form is a string.
-        Some(other) => other.to_string(),
-    };
-    Ok(json!({"type": "function_call", "call_id": id, "name": name, "arguments": arguments}))
-}
-
-fn translate_tool(tool: &Value, i: usize) -> Result<Value, String> {
-    let at = format!("tools[{i}]");
-    let ty = part_type(tool, &at)?;
-    if ty != "function" {
+fn translate_tool(tool: &Value, i: usize) -> Result<Value, TranslateError> {
+    let Some(f) = translate::function_tool(tool, i)?.1 else {
         // Responses-native tools (web_search, file_search, ...) pass through unchanged.
         return Ok(tool.clone());
-    }
-    let f = tool
-        .get("function")
-        .and_then(Value::as_object)
-        .ok_or_else(|| format!("{at}.function: missing or not an object"))?;
-    let name = f
-        .get("name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("{at}.function.name: missing or not a string"))?;
-    let mut out = json!({"type": "function", "name": name});
-    for key in ["description", "parameters", "strict"] {
-        if let Some(v) = f.get(key).filter(|v| !v.is_null()) {
+    };
+    let mut out = json!({"type": "function", "name": f.name});
+    for (key, value) in [
+        ("description", f.description),
+        ("parameters", f.parameters),
+        ("strict", f.strict),
+    ] {
+        if let Some(v) = value {
             out[key] = v.clone();
         }
     }
     Ok(out)
 }
 
-fn translate_tool_choice(choice: &Value) -> Result<Value, String> {
+fn translate_tool_choice(choice: &Value) -> Result<Value, TranslateError> {
     match choice {
         Value::String(s) if matches!(s.as_str(), "auto" | "none" | "required") => {
             Ok(choice.clone())
         }
-        Value::String(s) => Err(format!(
-            "tool_choice: {s:?} must be \"auto\", \"none\", \"required\" or an object"
+        Value::String(s) => Err(TranslateError::unsupported(
+            "tool_choice",
+            format!("{s:?} must be \"auto\", \"none\", \"required\" or an object"),
         )),
         Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("function") => {
-            let name = o
-                .get("function")
-                .and_then(|f| f.get("name"))
-                .or_else(|| o.get("name"))
-                .and_then(Value::as_str)
-                .ok_or("tool_choice.function.name: missing or not a string")?;
-            Ok(json!({"type": "function", "name": name}))
+            Ok(json!({"type": "function", "name": translate::tool_choice_name(o)?}))
         }
         Value::Object(_) => Ok(choice.clone()),
-        _ => Err("tool_choice: must be a string or an object".into()),
+        _ => Err(TranslateError::wrong(
+            "tool_choice",
+            "a string or an object",
+        )),
     }
 }
 
-fn translate_response_format(format: &Value) -> Result<Value, String> {
-    match format.get("type").and_then(Value::as_str) {
-        Some("text") => Ok(json!({"type": "text"})),
-        Some("json_object") => Ok(json!({"type": "json_object"})),
-        Some("json_schema") => {
+fn translate_response_format(format: &Value) -> Result<Value, TranslateError> {
+    match part_type(format, "response_format")? {
+        "text" => Ok(json!({"type": "text"})),
+        "json_object" => Ok(json!({"type": "json_object"})),
+        "json_schema" => {
             let schema = format
                 .get("json_schema")
                 .and_then(Value::as_object)
-                .ok_or("response_format.json_schema: missing or not an object")?;
+                .ok_or_else(|| {
+                    TranslateError::missing_or_not("response_format.json_schema", "an object")
+                })?;
             let mut out = Map::new();
             out.insert("type".into(), json!("json_schema"));
             for (key, value) in schema {
@@ -424,8 +326,10 @@ fn translate_response_format(format: &Value) -> Result<Value, String> {
             }
             Ok(Value::Object(out))
         }
-        Some(other) => Err(format!("response_format.type: unknown type {other:?}")),
-        None => Err("response_format.type: missing or not a string".into()),
+        other => Err(TranslateError::unsupported(
+            "response_format.type",
+            format!("unknown type {other:?}"),
+        )),
     }
 }
 
@@ -435,12 +339,6 @@ pub fn chat_id(response_id: &str) -> String {
         "chatcmpl-{}",
         response_id.strip_prefix("resp_").unwrap_or(response_id)
     )
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Chat `usage` from a Responses `usage` object.
@@ -650,7 +548,7 @@ impl StreamTranslator {
                 if self.include_usage {
                     let mut usage_chunk = self.base_chunk(Vec::new());
                     usage_chunk["usage"] = chat_usage(&response["usage"]).unwrap_or(Value::Null);
-                    frames.push(frame(&usage_chunk));
+                    frames.push(data_frame(&usage_chunk));
                 }
                 frames.push(DONE_FRAME.to_string());
                 self.done = true;
@@ -703,13 +601,10 @@ impl StreamTranslator {
 
     fn fail(&mut self, message: &str, code: Option<&str>, param: Option<&str>) -> Vec<String> {
         self.done = true;
-        let error = json!({"error": {
-            "message": message,
-            "type": "upstream_error",
-            "param": param,
-            "code": code,
-        }});
-        vec![frame(&error), DONE_FRAME.to_string()]
+        vec![
+            translate::error_frame(message, code, param),
+            DONE_FRAME.to_string(),
+        ]
     }
 
     fn find_call(&self, event: &Value) -> Option<usize> {
@@ -771,7 +666,7 @@ impl StreamTranslator {
             delta["role"] = json!("assistant");
         }
         let choice = json!({"index": 0, "delta": delta, "finish_reason": finish_reason});
-        vec![frame(&self.base_chunk(vec![choice]))]
+        vec![data_frame(&self.base_chunk(vec![choice]))]
     }
 
     fn base_chunk(&self, choices: Vec<Value>) -> Value {
@@ -790,23 +685,972 @@ impl StreamTranslator {
     }
 }
 
-/// The frame that ends every Chat Completions stream.
-pub const DONE_FRAME: &str = "data: [DONE]\n\n";
+// ---------------------------------------------------------------------------
+// Responses clients over a Chat-speaking provider: the other direction
+// ---------------------------------------------------------------------------
 
-fn frame(value: &Value) -> String {
-    format!("data: {value}\n\n")
+/// A Responses request read for a provider that speaks Chat Completions (an
+/// `api = "anthropic"` provider composes this with its Chat → Messages
+/// translation, so there is one mapping per pair of APIs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    /// The Chat Completions request body.
+    pub body: Value,
+    /// What the answer's calls must be turned back into.
+    pub tools: ToolNames,
+}
+
+/// The request's tools that are not plain functions, by name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ToolNames {
+    /// `custom` (freeform) tools: they went out as function tools with one
+    /// string parameter `input`, and calls of them come back as
+    /// `custom_tool_call` items.
+    pub custom: Vec<String>,
+    /// `(tool, namespace)` for the tools of a `namespace` tool: they went out
+    /// as plain functions, and calls of them come back with their `namespace`.
+    pub namespaced: Vec<(String, String)>,
+}
+
+/// Responses-native tools a Chat provider cannot run (OpenAI runs them): left
+/// out of the request, as their calls in the history are.
+const HOSTED_TOOLS: [&str; 8] = [
+    "web_search",
+    "web_search_preview",
+    "file_search",
+    "computer_use_preview",
+    "code_interpreter",
+    "image_generation",
+    "mcp",
+    "local_shell",
+];
+
+/// The parameter schema a `custom` tool gets as a function tool.
+fn custom_tool_parameters() -> Value {
+    json!({"type": "object", "properties": {"input": {"type": "string",
+        "description": "the tool's whole input, as free-form text"}}, "required": ["input"]})
+}
+
+/// Translates a Responses API request (what Codex CLI sends) into a Chat
+/// Completions request: `instructions` and system/developer items become
+/// system messages, `function_call` items an assistant's `tool_calls`,
+/// `function_call_output` items `tool` messages (images in an output follow as
+/// a user message), `input_image` parts `image_url` parts, `max_output_tokens`
+/// `max_tokens`. `reasoning` items and the calls of hosted tools are left out.
+///
+/// `Err` is a client error (HTTP 400) naming the field, e.g.
+/// `input[2].call_id: missing or not a string`.
+pub fn responses_request_to_chat(request: &Value) -> Result<ChatRequest, TranslateError> {
+    let request = translate::object(request)?;
+    let model = translate::model(request)?;
+    let mut messages = Vec::new();
+    match request.get("instructions") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if s.is_empty() => {}
+        Some(Value::String(s)) => messages.push(json!({"role": "system", "content": s})),
+        Some(_) => return Err(TranslateError::wrong("instructions", "a string")),
+    }
+    for key in ["previous_response_id", "conversation"] {
+        if request.get(key).is_some_and(|v| !v.is_null()) {
+            return Err(TranslateError::unsupported(
+                key,
+                "this provider keeps no conversation state; send the whole conversation \
+                 in input (with store: false, as Codex does)",
+            ));
+        }
+    }
+    match request.get("input") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(text)) => messages.push(json!({"role": "user", "content": text})),
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                input_item(item, &format!("input[{i}]"), &mut messages)?;
+            }
+        }
+        Some(_) => {
+            return Err(TranslateError::wrong(
+                "input",
+                "a string or an array of input items",
+            ));
+        }
+    }
+
+    let mut out = Map::new();
+    out.insert("model".into(), json!(model));
+    out.insert("messages".into(), Value::Array(messages));
+    let mut names = ToolNames::default();
+    let mut tools = Vec::new();
+    match request.get("tools") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(list)) => {
+            for (i, tool) in list.iter().enumerate() {
+                chat_tool(tool, &format!("tools[{i}]"), None, &mut names, &mut tools)?;
+            }
+        }
+        Some(_) => return Err(TranslateError::wrong("tools", "an array")),
+    }
+    if !tools.is_empty() {
+        out.insert("tools".into(), Value::Array(tools));
+    }
+    match request.get("tool_choice") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if matches!(s.as_str(), "auto" | "none" | "required") => {
+            if out.contains_key("tools") || s == "none" {
+                out.insert("tool_choice".into(), json!(s));
+            }
+        }
+        Some(Value::Object(o))
+            if matches!(
+                o.get("type").and_then(Value::as_str),
+                Some("function" | "custom")
+            ) =>
+        {
+            let name = o
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| TranslateError::missing_or_not("tool_choice.name", "a string"))?;
+            out.insert(
+                "tool_choice".into(),
+                json!({"type": "function", "function": {"name": name}}),
+            );
+        }
+        Some(_) => {
+            return Err(TranslateError::unsupported(
+                "tool_choice",
+                "must be \"auto\", \"none\", \"required\" or {\"type\":\"function\",\"name\"}",
+            ));
+        }
+    }
+    if let Some(v) = request.get("parallel_tool_calls").filter(|v| !v.is_null()) {
+        if !v.is_boolean() {
+            return Err(TranslateError::wrong("parallel_tool_calls", "a boolean"));
+        }
+        out.insert("parallel_tool_calls".into(), v.clone());
+    }
+    if let Some(v) = request.get("max_output_tokens").filter(|v| !v.is_null()) {
+        if v.as_u64().is_none() {
+            return Err(TranslateError::wrong(
+                "max_output_tokens",
+                "a non-negative integer",
+            ));
+        }
+        out.insert("max_tokens".into(), v.clone());
+    }
+    for key in ["temperature", "top_p"] {
+        if let Some(v) = request.get(key).filter(|v| !v.is_null()) {
+            if !v.is_number() {
+                return Err(TranslateError::wrong(key, "a number"));
+            }
+            out.insert(key.into(), v.clone());
+        }
+    }
+    if let Some(effort) = request
+        .get("reasoning")
+        .and_then(|r| r.get("effort"))
+        .and_then(Value::as_str)
+    {
+        out.insert("reasoning_effort".into(), json!(effort));
+    }
+    if let Some(format) = request
+        .get("text")
+        .and_then(|t| t.get("format"))
+        .and_then(Value::as_object)
+    {
+        let mut format = format.clone();
+        if format.get("type").and_then(Value::as_str) == Some("json_schema") {
+            format.remove("type");
+            out.insert(
+                "response_format".into(),
+                json!({"type": "json_schema", "json_schema": format}),
+            );
+        } else {
+            out.insert("response_format".into(), Value::Object(format));
+        }
+    }
+    if let Some(v) = translate::stream_flag(request)? {
+        out.insert("stream".into(), v.clone());
+        if v == true {
+            // The usage of `response.completed` comes from the usage chunk.
+            out.insert("stream_options".into(), json!({"include_usage": true}));
+        }
+    }
+    if let Some(user) = request
+        .get("user")
+        .or_else(|| request.get("safety_identifier"))
+        .and_then(Value::as_str)
+    {
+        out.insert("user".into(), json!(user));
+    }
+    Ok(ChatRequest {
+        body: Value::Object(out),
+        tools: names,
+    })
+}
+
+/// One Responses tool onto the Chat tools: a function as it is, a custom tool
+/// as a function of one string, a namespace's tools each (remembering their
+/// namespace), a hosted tool not at all.
+fn chat_tool(
+    tool: &Value,
+    at: &str,
+    namespace: Option<&str>,
+    names: &mut ToolNames,
+    tools: &mut Vec<Value>,
+) -> Result<(), TranslateError> {
+    let name = || translate::str_at(tool, "name", at);
+    match part_type(tool, at)? {
+        "function" => {
+            let mut function = json!({"name": name()?});
+            for key in ["description", "parameters", "strict"] {
+                if let Some(v) = tool.get(key).filter(|v| !v.is_null()) {
+                    function[key] = v.clone();
+                }
+            }
+            tools.push(json!({"type": "function", "function": function}));
+        }
+        "custom" => {
+            let mut description = tool["description"].as_str().unwrap_or("").to_string();
+            if let Some(definition) = tool["format"]["definition"].as_str() {
+                // A grammar the input must follow: the model can only read
+                // it, so it goes into the description.
+                description.push_str("\n\nThe input follows this grammar:\n");
+                description.push_str(definition);
+            }
+            names.custom.push(name()?.to_string());
+            tools.push(json!({"type": "function", "function": {"name": name()?,
+                "description": description, "parameters": custom_tool_parameters()}}));
+        }
+        "namespace" if namespace.is_none() => {
+            let outer = name()?;
+            let inner = tool
+                .get("tools")
+                .and_then(Value::as_array)
+                .ok_or_else(|| TranslateError::missing_or_not(format!("{at}.tools"), "an array"))?;
+            for (j, inner_tool) in inner.iter().enumerate() {
+                let before = tools.len();
+                chat_tool(
+                    inner_tool,
+                    &format!("{at}.tools[{j}]"),
+                    Some(outer),
+                    names,
+                    tools,
+                )?;
+                for added in &tools[before..] {
+                    if let Some(inner_name) = added["function"]["name"].as_str() {
+                        names
+                            .namespaced
+                            .push((inner_name.to_string(), outer.to_string()));
+                    }
+                }
+            }
+        }
+        ty if HOSTED_TOOLS.iter().any(|h| ty.starts_with(h)) => {}
+        other => {
+            return Err(TranslateError::unsupported(
+                format!("{at}.type"),
+                format!(
+                    "{other:?} is not supported by this provider \
+                     (\"function\", \"custom\" and \"namespace\" tools are)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One `input` item onto the Chat messages.
+fn input_item(item: &Value, at: &str, messages: &mut Vec<Value>) -> Result<(), TranslateError> {
+    if !item.is_object() {
+        return Err(TranslateError::wrong(at, "an object"));
+    }
+    // A message item may leave out `type`.
+    let ty = item
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("message");
+    match ty {
+        "message" => {
+            let role = translate::str_at(item, "role", at)?;
+            let content = item.get("content").unwrap_or(&Value::Null);
+            let at = format!("{at}.content");
+            match role {
+                "system" | "developer" => {
+                    let (text, _) = item_parts(content, &at, false)?;
+                    messages.push(json!({"role": "system", "content": text}));
+                }
+                "user" => {
+                    let (text, parts) = item_parts(content, &at, true)?;
+                    let content = if parts.iter().all(|p| p["type"] == "text") {
+                        json!(text)
+                    } else {
+                        Value::Array(parts)
+                    };
+                    messages.push(json!({"role": "user", "content": content}));
+                }
+                "assistant" => {
+                    let (text, _) = item_parts(content, &at, false)?;
+                    messages.push(json!({"role": "assistant", "content": text}));
+                }
+                other => {
+                    return Err(TranslateError::unsupported(
+                        format!("{at}.role"),
+                        format!("unknown role {other:?}"),
+                    ));
+                }
+            }
+        }
+        "function_call" | "custom_tool_call" | "local_shell_call" => {
+            let call_id = translate::str_at(item, "call_id", at)?;
+            let (name, arguments) = match ty {
+                "custom_tool_call" => (
+                    translate::str_at(item, "name", at)?,
+                    json!({"input": translate::str_at(item, "input", at)?}).to_string(),
+                ),
+                // A call of the hosted shell made elsewhere: what it ran, as
+                // a call the model can read next to its output.
+                "local_shell_call" => ("local_shell", item["action"].to_string()),
+                _ => (
+                    translate::str_at(item, "name", at)?,
+                    match item.get("arguments") {
+                        None | Some(Value::Null) => "{}".to_string(),
+                        Some(Value::String(s)) => s.clone(),
+                        Some(other) => other.to_string(),
+                    },
+                ),
+            };
+            let call = json!({"id": call_id, "type": "function",
+                "function": {"name": name, "arguments": arguments}});
+            // Calls that follow an assistant's words (or other calls) belong
+            // to the same assistant message.
+            match messages.last_mut() {
+                Some(last) if last["role"] == "assistant" => {
+                    if last["content"] == "" {
+                        last["content"] = Value::Null;
+                    }
+                    match last["tool_calls"].as_array_mut() {
+                        Some(calls) => calls.push(call),
+                        None => last["tool_calls"] = json!([call]),
+                    }
+                }
+                _ => messages
+                    .push(json!({"role": "assistant", "content": null, "tool_calls": [call]})),
+            }
+        }
+        "function_call_output" | "custom_tool_call_output" | "local_shell_call_output" => {
+            let call_id = translate::str_at(item, "call_id", at)?;
+            let output = item.get("output").unwrap_or(&Value::Null);
+            let (text, parts) = item_parts(output, &format!("{at}.output"), true)?;
+            messages.push(json!({"role": "tool", "tool_call_id": call_id, "content": text}));
+            // A tool message carries text only: the output's images follow
+            // as the user's (one user turn with the result, for Anthropic).
+            let images: Vec<Value> = parts.into_iter().filter(|p| p["type"] != "text").collect();
+            if !images.is_empty() {
+                messages.push(json!({"role": "user", "content": images}));
+            }
+        }
+        // Reasoning cannot be handed to another provider; hosted tools' calls
+        // ran at OpenAI and carry nothing a Chat provider can read.
+        "reasoning"
+        | "web_search_call"
+        | "file_search_call"
+        | "image_generation_call"
+        | "code_interpreter_call" => {}
+        other => {
+            return Err(TranslateError::unsupported(
+                format!("{at}.type"),
+                format!("{other:?} items are not supported by this provider"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A message's (or tool output's) content: its text joined, and the Chat
+/// parts (text and, when `images`, `image_url`).
+fn item_parts(
+    content: &Value,
+    at: &str,
+    images: bool,
+) -> Result<(String, Vec<Value>), TranslateError> {
+    let parts = match content {
+        Value::Null => return Ok((String::new(), Vec::new())),
+        Value::String(s) => return Ok((s.clone(), vec![json!({"type": "text", "text": s})])),
+        Value::Array(parts) => parts,
+        _ => return Err(TranslateError::wrong(at, "a string or an array of parts")),
+    };
+    let mut text = String::new();
+    let mut out = Vec::with_capacity(parts.len());
+    for (j, part) in parts.iter().enumerate() {
+        let at = format!("{at}[{j}]");
+        match part_type(part, &at)? {
+            "input_text" | "output_text" | "text" => {
+                let t = part_text(part, &at)?;
+                text.push_str(t);
+                out.push(json!({"type": "text", "text": t}));
+            }
+            "refusal" => text.push_str(part["refusal"].as_str().unwrap_or("")),
+            "input_image" if images => {
+                let url = part
+                    .get("image_url")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        TranslateError::unsupported(
+                            format!("{at}.image_url"),
+                            "missing: only images by URL or data URL are supported (not file_id)",
+                        )
+                    })?;
+                let mut image = json!({"url": url});
+                if let Some(detail) = part.get("detail").and_then(Value::as_str) {
+                    image["detail"] = json!(detail);
+                }
+                out.push(json!({"type": "image_url", "image_url": image}));
+            }
+            other => {
+                return Err(TranslateError::unsupported(
+                    format!("{at}.type"),
+                    format!("{other:?} is not supported here"),
+                ));
+            }
+        }
+    }
+    Ok((text, out))
+}
+
+/// The parts of a `response` object that do not change while it is produced:
+/// its id, creation time, model, and what it echoes of the request.
+#[derive(Debug, Clone)]
+pub struct ResponseShell {
+    pub id: String,
+    pub created_at: u64,
+    pub model: String,
+    echo: Map<String, Value>,
+}
+
+impl ResponseShell {
+    pub fn new(
+        id: &str,
+        created_at: u64,
+        model: &str,
+        request: &Map<String, Value>,
+    ) -> ResponseShell {
+        let echo = [
+            "instructions",
+            "max_output_tokens",
+            "parallel_tool_calls",
+            "previous_response_id",
+            "store",
+            "temperature",
+            "tool_choice",
+            "tools",
+            "top_p",
+            "metadata",
+        ]
+        .into_iter()
+        .filter_map(|key| {
+            let v = request.get(key).filter(|v| !v.is_null())?;
+            Some((key.to_string(), v.clone()))
+        })
+        .collect();
+        ResponseShell {
+            id: id.to_string(),
+            created_at,
+            model: model.to_string(),
+            echo,
+        }
+    }
+
+    /// The `response` object with this `status`, `output` and `usage`.
+    pub fn object(&self, status: &str, output: Vec<Value>, usage: Value) -> Value {
+        let echo = |key: &str, default: Value| self.echo.get(key).cloned().unwrap_or(default);
+        json!({
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
+            "status": status,
+            "background": false,
+            "error": null,
+            "incomplete_details": null,
+            "instructions": echo("instructions", Value::Null),
+            "max_output_tokens": echo("max_output_tokens", Value::Null),
+            "model": self.model,
+            "output": output,
+            "parallel_tool_calls": echo("parallel_tool_calls", json!(true)),
+            "previous_response_id": echo("previous_response_id", Value::Null),
+            "reasoning": {"effort": null, "summary": null},
+            "store": echo("store", json!(false)),
+            "temperature": echo("temperature", json!(1.0)),
+            "text": {"format": {"type": "text"}},
+            "tool_choice": echo("tool_choice", json!("auto")),
+            "tools": echo("tools", json!([])),
+            "top_p": echo("top_p", json!(1.0)),
+            "truncation": "disabled",
+            "usage": usage,
+            "user": null,
+            "metadata": echo("metadata", json!({})),
+        })
+    }
+
+    /// A finished `response` object: `completed`, or `incomplete` with its
+    /// reason when the Chat `finish_reason` says the answer was cut.
+    fn finished(&self, finish_reason: Option<&str>, output: Vec<Value>, usage: &Value) -> Value {
+        let usage = responses_usage_json(usage);
+        match finish_reason {
+            Some("length") | Some("content_filter") => {
+                let reason = if finish_reason == Some("length") {
+                    "max_output_tokens"
+                } else {
+                    "content_filter"
+                };
+                let mut object = self.object("incomplete", output, usage);
+                object["incomplete_details"] = json!({"reason": reason});
+                object
+            }
+            _ => self.object("completed", output, usage),
+        }
+    }
+
+    /// A `failed` response object carrying `error`.
+    fn failed(&self, code: &str, message: &str, output: Vec<Value>) -> Value {
+        let mut object = self.object("failed", output, Value::Null);
+        object["error"] = json!({"code": code, "message": message});
+        object
+    }
+}
+
+/// Responses `usage` from Chat `usage` (`null` when there is none).
+fn responses_usage_json(usage: &Value) -> Value {
+    let Some(input) = usage["prompt_tokens"].as_u64() else {
+        return Value::Null;
+    };
+    let output = usage["completion_tokens"].as_u64().unwrap_or(0);
+    json!({
+        "input_tokens": input,
+        "input_tokens_details": {"cached_tokens":
+            usage["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0)},
+        "output_tokens": output,
+        "output_tokens_details": {"reasoning_tokens":
+            usage["completion_tokens_details"]["reasoning_tokens"].as_u64().unwrap_or(0)},
+        "total_tokens": usage["total_tokens"].as_u64().unwrap_or(input + output),
+    })
+}
+
+/// A finished `message` output item with its text.
+fn message_item(id: &str, text: &str) -> Value {
+    json!({"id": id, "type": "message", "status": "completed", "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]})
+}
+
+/// A finished call output item: a `function_call` (with its `namespace` when
+/// the tool came from one), or a `custom_tool_call` when `name` is one of the
+/// request's custom tools.
+fn call_item(id: &str, call_id: &str, name: &str, arguments: &str, names: &ToolNames) -> Value {
+    if names.custom.iter().any(|c| c == name) {
+        // Sent as `{"input": "..."}`; a model that answered otherwise still
+        // gets its words through.
+        let input = serde_json::from_str::<Value>(arguments)
+            .ok()
+            .and_then(|v| v["input"].as_str().map(str::to_string))
+            .unwrap_or_else(|| arguments.to_string());
+        return json!({"id": id, "type": "custom_tool_call", "status": "completed",
+            "call_id": call_id, "name": name, "input": input});
+    }
+    let mut item = json!({"id": id, "type": "function_call", "status": "completed",
+        "call_id": call_id, "name": name, "arguments": arguments});
+    if let Some((_, namespace)) = names.namespaced.iter().find(|(n, _)| n == name) {
+        item["namespace"] = json!(namespace);
+    }
+    item
+}
+
+/// Translates a `chat.completion` into a `response` object.
+pub fn chat_to_response(chat: &Value, shell: &ResponseShell, tools: &ToolNames) -> Value {
+    let choice = &chat["choices"][0];
+    let message = &choice["message"];
+    let suffix = shell.id.strip_prefix("resp_").unwrap_or(&shell.id);
+    let mut output = Vec::new();
+    let text = match &message["content"] {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect(),
+        _ => String::new(),
+    };
+    if !text.is_empty() {
+        output.push(message_item(&format!("msg_{suffix}"), &text));
+    }
+    for (i, call) in message["tool_calls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let arguments = match &call["function"]["arguments"] {
+            Value::String(s) => s.clone(),
+            Value::Null => "{}".to_string(),
+            other => other.to_string(),
+        };
+        output.push(call_item(
+            &format!("fc_{suffix}_{i}"),
+            call["id"].as_str().unwrap_or(""),
+            call["function"]["name"].as_str().unwrap_or(""),
+            &arguments,
+            tools,
+        ));
+    }
+    shell.finished(choice["finish_reason"].as_str(), output, &chat["usage"])
+}
+
+/// Numbers Responses stream events: every frame is `event: TYPE` / `data:
+/// {"type", ..., "sequence_number"}`, numbered from 0, as OpenAI sends them.
+#[derive(Debug, Default)]
+pub struct EventSequence {
+    next: u64,
+}
+
+impl EventSequence {
+    pub fn frame(&mut self, kind: &str, data: Value) -> String {
+        let mut ordered = Map::new();
+        // `type` first, as OpenAI sends it.
+        ordered.insert("type".into(), json!(kind));
+        if let Value::Object(data) = data {
+            ordered.extend(data);
+        }
+        ordered.insert("sequence_number".into(), json!(self.next));
+        self.next += 1;
+        format!("event: {kind}\ndata: {}\n\n", Value::Object(ordered))
+    }
+}
+
+/// One output item while it streams.
+#[derive(Debug)]
+enum Streaming {
+    Message {
+        id: String,
+        text: String,
+    },
+    Call {
+        id: String,
+        /// The Chat tool call's `index`.
+        chat_index: u64,
+        call_id: String,
+        name: String,
+        arguments: String,
+    },
+}
+
+/// Turns Chat Completions chunks into the Responses event sequence, as the
+/// mock's Responses stream has it: `response.created`, `response.in_progress`,
+/// per output item `response.output_item.added`, then for text
+/// `response.content_part.added`, `response.output_text.delta`…,
+/// `response.output_text.done`, `response.content_part.done`, for a call
+/// `response.function_call_arguments.delta`… and `.done` (a custom tool's call:
+/// `response.custom_tool_call_input.delta` and `.done`), then
+/// `response.output_item.done`; last `response.completed` (or
+/// `response.incomplete` when the answer was cut) with the whole response and
+/// its usage.
+///
+/// An error frame, or a stream that ends before its `finish_reason`, becomes
+/// exactly one `response.failed` and nothing after it. An error before any
+/// content is the stream's first event (so routing fails over, as it does
+/// for Chat streams).
+#[derive(Debug)]
+pub struct ChatToResponses {
+    shell: ResponseShell,
+    tools: ToolNames,
+    events: EventSequence,
+    started: bool,
+    /// Output items in order; the text message open while `open_text`.
+    items: Vec<Streaming>,
+    open_text: Option<usize>,
+    finish_reason: Option<String>,
+    usage: Value,
+    done: bool,
+}
+
+impl ChatToResponses {
+    pub fn new(shell: ResponseShell, tools: ToolNames) -> ChatToResponses {
+        ChatToResponses {
+            shell,
+            tools,
+            events: EventSequence::default(),
+            started: false,
+            items: Vec::new(),
+            open_text: None,
+            finish_reason: None,
+            usage: Value::Null,
+            done: false,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Translates one Chat SSE `data:` payload (`[DONE]` included).
+    pub fn on_data(&mut self, data: &str) -> Vec<String> {
+        if self.done {
+            return Vec::new();
+        }
+        match ChatData::read(data) {
+            ChatData::Done => self.end(),
+            ChatData::Other => Vec::new(),
+            ChatData::Error { code, message } => {
+                self.fail(code.as_deref().unwrap_or("upstream_error"), &message)
+            }
+            ChatData::Chunk { usage, pieces } => {
+                let mut out = self.start();
+                if let Some(usage) = usage {
+                    self.usage = usage;
+                }
+                for piece in pieces {
+                    match piece {
+                        ChunkPiece::Text(text) => out.extend(self.text_delta(&text)),
+                        ChunkPiece::ToolCall(call) => out.extend(self.call_delta(&call)),
+                        ChunkPiece::Finish(reason) => self.finish_reason = Some(reason),
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// Call when the Chat stream ends: one that reported its `finish_reason`
+    /// but no `[DONE]` still completes; one without is `response.failed`.
+    pub fn finish(&mut self) -> Vec<String> {
+        if self.done {
+            return Vec::new();
+        }
+        if self.finish_reason.is_some() {
+            return self.end();
+        }
+        self.fail(
+            "upstream_stream_incomplete",
+            "the upstream closed the stream before the answer was complete",
+        )
+    }
+
+    /// Ends the stream with `response.failed` (a broken or stalled
+    /// upstream); nothing when it already ended.
+    pub fn abort(&mut self, message: &str, code: Option<&str>) -> Vec<String> {
+        if self.done {
+            return Vec::new();
+        }
+        self.fail(code.unwrap_or("upstream_error"), message)
+    }
+
+    fn start(&mut self) -> Vec<String> {
+        if self.started {
+            return Vec::new();
+        }
+        self.started = true;
+        let response = self.shell.object("in_progress", Vec::new(), Value::Null);
+        vec![
+            self.events
+                .frame("response.created", json!({"response": response})),
+            self.events
+                .frame("response.in_progress", json!({"response": response})),
+        ]
+    }
+
+    fn suffix(&self) -> &str {
+        self.shell
+            .id
+            .strip_prefix("resp_")
+            .unwrap_or(&self.shell.id)
+    }
+
+    fn text_delta(&mut self, text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let index = match self.open_text {
+            Some(index) => index,
+            None => {
+                let index = self.items.len();
+                let id = format!("msg_{}_{index}", self.suffix());
+                out.push(self.events.frame(
+                    "response.output_item.added",
+                    json!({
+                    "output_index": index,
+                    "item": {"id": id, "type": "message", "status": "in_progress",
+                        "role": "assistant", "content": []}}),
+                ));
+                out.push(self.events.frame(
+                    "response.content_part.added",
+                    json!({
+                    "item_id": id, "output_index": index, "content_index": 0,
+                    "part": {"type": "output_text", "text": "", "annotations": []}}),
+                ));
+                self.items.push(Streaming::Message {
+                    id,
+                    text: String::new(),
+                });
+                self.open_text = Some(index);
+                index
+            }
+        };
+        if let Streaming::Message { id, text: all } = &mut self.items[index] {
+            all.push_str(text);
+            let id = id.clone();
+            out.push(self.events.frame(
+                "response.output_text.delta",
+                json!({
+                "item_id": id, "output_index": index, "content_index": 0,
+                "delta": text, "logprobs": []}),
+            ));
+        }
+        out
+    }
+
+    fn call_delta(&mut self, call: &Value) -> Vec<String> {
+        let chat_index = call["index"].as_u64().unwrap_or(0);
+        let mut out = Vec::new();
+        let found = self.items.iter().position(
+            |item| matches!(item, Streaming::Call { chat_index: i, .. } if *i == chat_index),
+        );
+        let index = match found {
+            Some(index) => index,
+            None => {
+                // Text after a call is another message item.
+                self.open_text = None;
+                let index = self.items.len();
+                let id = format!("fc_{}_{index}", self.suffix());
+                let call_id = call["id"].as_str().unwrap_or("").to_string();
+                let name = call["function"]["name"].as_str().unwrap_or("").to_string();
+                let mut item = call_item(&id, &call_id, &name, "", &self.tools);
+                item["status"] = json!("in_progress");
+                out.push(self.events.frame(
+                    "response.output_item.added",
+                    json!({"output_index": index, "item": item}),
+                ));
+                self.items.push(Streaming::Call {
+                    id,
+                    chat_index,
+                    call_id,
+                    name,
+                    arguments: String::new(),
+                });
+                index
+            }
+        };
+        let args = call["function"]["arguments"].as_str().unwrap_or("");
+        if let Streaming::Call {
+            id,
+            name,
+            arguments,
+            ..
+        } = &mut self.items[index]
+        {
+            arguments.push_str(args);
+            // A custom tool's input is inside JSON arguments: it goes out
+            // whole when the call is done.
+            if !args.is_empty() && !self.tools.custom.contains(name) {
+                let id = id.clone();
+                out.push(self.events.frame(
+                    "response.function_call_arguments.delta",
+                    json!({"item_id": id, "output_index": index, "delta": args}),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Every item's closing events, then `response.completed` (or `.incomplete`).
+    fn end(&mut self) -> Vec<String> {
+        let mut out = self.start();
+        let mut output = Vec::with_capacity(self.items.len());
+        for (index, item) in self.items.iter().enumerate() {
+            match item {
+                Streaming::Message { id, text } => {
+                    let at = json!({"item_id": id, "output_index": index, "content_index": 0});
+                    let with = |extra: Value| {
+                        let mut event = at.clone();
+                        if let (Some(event), Value::Object(extra)) = (event.as_object_mut(), extra)
+                        {
+                            event.extend(extra);
+                        }
+                        event
+                    };
+                    out.push(self.events.frame(
+                        "response.output_text.done",
+                        with(json!({"text": text, "logprobs": []})),
+                    ));
+                    out.push(self.events.frame(
+                        "response.content_part.done",
+                        with(json!({"part": {"type": "output_text", "text": text, "annotations": []}})),
+                    ));
+                    output.push(message_item(id, text));
+                }
+                Streaming::Call {
+                    id,
+                    call_id,
+                    name,
+                    arguments,
+                    ..
+                } => {
+                    let arguments = if arguments.trim().is_empty() {
+                        "{}"
+                    } else {
+                        arguments
+                    };
+                    let item = call_item(id, call_id, name, arguments, &self.tools);
+                    if item["type"] == "custom_tool_call" {
+                        let input = &item["input"];
+                        out.push(self.events.frame(
+                            "response.custom_tool_call_input.delta",
+                            json!({"item_id": id, "output_index": index, "delta": input}),
+                        ));
+                        out.push(self.events.frame(
+                            "response.custom_tool_call_input.done",
+                            json!({"item_id": id, "output_index": index, "input": input}),
+                        ));
+                    } else {
+                        out.push(self.events.frame(
+                            "response.function_call_arguments.done",
+                            json!({"item_id": id, "output_index": index, "name": name,
+                                "arguments": arguments}),
+                        ));
+                    }
+                    output.push(item);
+                }
+            }
+            out.push(self.events.frame(
+                "response.output_item.done",
+                json!({"output_index": index, "item": output[index]}),
+            ));
+        }
+        let response = self
+            .shell
+            .finished(self.finish_reason.as_deref(), output, &self.usage);
+        let kind = if response["status"] == "incomplete" {
+            "response.incomplete"
+        } else {
+            "response.completed"
+        };
+        out.push(self.events.frame(kind, json!({"response": response})));
+        self.done = true;
+        out
+    }
+
+    fn fail(&mut self, code: &str, message: &str) -> Vec<String> {
+        self.done = true;
+        let response = self.shell.failed(code, message, Vec::new());
+        vec![
+            self.events
+                .frame("response.failed", json!({"response": response})),
+        ]
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::translate::testing::{events, frames};
 
     fn translate(chat: Value) -> Value {
         chat_to_responses(&chat, "INSTR", &TranslateOptions::default()).unwrap()
     }
 
     fn translate_err(chat: Value) -> String {
-        chat_to_responses(&chat, "INSTR", &TranslateOptions::default()).unwrap_err()
+        chat_to_responses(&chat, "INSTR", &TranslateOptions::default())
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -1050,19 +1894,6 @@ mod tests {
         assert!(chat.get("usage").is_none());
     }
 
-    /// Parses the frames back: `Some(json)` per data frame, `None` for `[DONE]`.
-    fn frames(out: &[String]) -> Vec<Option<Value>> {
-        out.iter()
-            .map(|f| {
-                let body = f
-                    .strip_prefix("data: ")
-                    .and_then(|f| f.strip_suffix("\n\n"))
-                    .unwrap_or_else(|| panic!("not one SSE frame: {f:?}"));
-                (body != "[DONE]").then(|| serde_json::from_str(body).unwrap())
-            })
-            .collect()
-    }
-
     fn run(t: &mut StreamTranslator, events: &[Value]) -> Vec<Option<Value>> {
         let mut out = Vec::new();
         for e in events {
@@ -1251,6 +2082,347 @@ mod tests {
         assert_eq!(
             out[0].as_ref().unwrap()["choices"][0],
             json!({"index": 0, "delta": {"role": "assistant"}, "finish_reason": "length"})
+        );
+    }
+
+    // -- Responses clients over a Chat provider --------------------------------
+
+    fn to_chat(request: Value) -> ChatRequest {
+        responses_request_to_chat(&request).unwrap()
+    }
+
+    #[test]
+    fn responses_request_to_chat_table() {
+        let table = [
+            // A string input is one user message; instructions the system message.
+            (
+                json!({"model": "m", "instructions": "be brief", "input": "hi", "max_output_tokens": 50}),
+                json!({"model": "m", "messages": [{"role": "system", "content": "be brief"},
+                    {"role": "user", "content": "hi"}], "max_tokens": 50}),
+            ),
+            // Codex's conversation: developer text, user text and image, a call
+            // (after the assistant's words), its output, and a reasoning item left out.
+            (
+                json!({"model": "m", "stream": true, "input": [
+                    {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "dev"}]},
+                    {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "look"},
+                        {"type": "input_image", "image_url": "data:image/png;base64,AAA", "detail": "low"}]},
+                    {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "xx"},
+                    {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "ok"}]},
+                    {"type": "function_call", "call_id": "c1", "name": "shell", "arguments": "{\"cmd\":\"ls\"}"},
+                    {"type": "function_call", "call_id": "c2", "name": "shell", "arguments": "{}"},
+                    {"type": "function_call_output", "call_id": "c1", "output": "a.txt"},
+                    {"type": "function_call_output", "call_id": "c2", "output": [
+                        {"type": "input_text", "text": "see"},
+                        {"type": "input_image", "image_url": "https://example.invalid/i.png"}]},
+                    {"role": "user", "content": "next"}
+                ]}),
+                json!({"model": "m", "stream": true, "stream_options": {"include_usage": true},
+                    "messages": [
+                    {"role": "system", "content": "dev"},
+                    {"role": "user", "content": [{"type": "text", "text": "look"},
+                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAA", "detail": "low"}}]},
+                    {"role": "assistant", "content": "ok", "tool_calls": [
+                        {"id": "c1", "type": "function", "function": {"name": "shell", "arguments": "{\"cmd\":\"ls\"}"}},
+                        {"id": "c2", "type": "function", "function": {"name": "shell", "arguments": "{}"}}]},
+                    {"role": "tool", "tool_call_id": "c1", "content": "a.txt"},
+                    {"role": "tool", "tool_call_id": "c2", "content": "see"},
+                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.invalid/i.png"}}]},
+                    {"role": "user", "content": "next"}
+                ]}),
+            ),
+            // Tools: function kept, custom as a one-string function, hosted left out.
+            (
+                json!({"model": "m", "input": [], "tool_choice": {"type": "function", "name": "f"},
+                    "parallel_tool_calls": false, "temperature": 0.5, "reasoning": {"effort": "high"},
+                    "tools": [
+                        {"type": "function", "name": "f", "description": "F", "parameters": {"type": "object"}, "strict": false},
+                        {"type": "custom", "name": "apply_patch", "description": "patch",
+                            "format": {"type": "grammar", "syntax": "lark", "definition": "start: x"}},
+                        {"type": "web_search"}, {"type": "local_shell"},
+                        {"type": "namespace", "name": "agents", "description": "sub-agents", "tools": [
+                            {"type": "function", "name": "close_agent", "parameters": {"type": "object"}}]}]}),
+                json!({"model": "m", "messages": [], "tool_choice": {"type": "function", "function": {"name": "f"}},
+                    "parallel_tool_calls": false, "temperature": 0.5, "reasoning_effort": "high",
+                    "tools": [
+                        {"type": "function", "function": {"name": "f", "description": "F", "parameters": {"type": "object"}, "strict": false}},
+                        {"type": "function", "function": {"name": "apply_patch",
+                            "description": "patch\n\nThe input follows this grammar:\nstart: x",
+                            "parameters": custom_tool_parameters()}},
+                        {"type": "function", "function": {"name": "close_agent", "parameters": {"type": "object"}}}]}),
+            ),
+            // A custom tool's call and output in the history.
+            (
+                json!({"model": "m", "input": [
+                    {"type": "custom_tool_call", "call_id": "c", "name": "apply_patch", "input": "*** Begin"},
+                    {"type": "custom_tool_call_output", "call_id": "c", "output": "done"},
+                    {"type": "local_shell_call", "call_id": "s", "status": "completed",
+                        "action": {"type": "exec", "command": ["ls"]}},
+                    {"type": "local_shell_call_output", "call_id": "s", "output": "a.txt"}],
+                    "text": {"format": {"type": "json_schema", "name": "s", "schema": {}}}}),
+                json!({"model": "m", "messages": [
+                    {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function",
+                        "function": {"name": "apply_patch", "arguments": "{\"input\":\"*** Begin\"}"}}]},
+                    {"role": "tool", "tool_call_id": "c", "content": "done"},
+                    {"role": "assistant", "content": null, "tool_calls": [{"id": "s", "type": "function",
+                        "function": {"name": "local_shell", "arguments": "{\"command\":[\"ls\"],\"type\":\"exec\"}"}}]},
+                    {"role": "tool", "tool_call_id": "s", "content": "a.txt"}],
+                    "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": {}}}}),
+            ),
+        ];
+        for (request, want) in table {
+            assert_eq!(to_chat(request.clone()).body, want, "{request}");
+        }
+        let custom =
+            to_chat(json!({"model": "m", "tools": [{"type": "custom", "name": "apply_patch"}]}));
+        assert_eq!(custom.tools.custom, vec!["apply_patch".to_string()]);
+    }
+
+    #[test]
+    fn responses_request_errors_name_the_field() {
+        let table = [
+            (json!([]), "the request body must be a JSON object"),
+            (json!({"input": "x"}), "model: missing"),
+            (
+                json!({"model": "m", "input": 5}),
+                "input: must be a string or an array of input items",
+            ),
+            (
+                json!({"model": "m", "input": [{"type": "function_call", "name": "f"}]}),
+                "input[0].call_id: missing or not a string",
+            ),
+            (
+                json!({"model": "m", "input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]}),
+                "input[0].content[0].image_url: missing: only images by URL or data URL are supported (not file_id)",
+            ),
+            (
+                json!({"model": "m", "input": [{"type": "item_reference", "id": "x"}]}),
+                "input[0].type: \"item_reference\" items are not supported by this provider",
+            ),
+            (
+                json!({"model": "m", "previous_response_id": "resp_1"}),
+                "previous_response_id: this provider keeps no conversation state; send the whole conversation in input (with store: false, as Codex does)",
+            ),
+            (
+                json!({"model": "m", "tools": [{"type": "function"}]}),
+                "tools[0].name: missing or not a string",
+            ),
+            (
+                json!({"model": "m", "tools": [{"type": "shell_v9"}]}),
+                "tools[0].type: \"shell_v9\" is not supported by this provider (\"function\", \"custom\" and \"namespace\" tools are)",
+            ),
+            (
+                json!({"model": "m", "max_output_tokens": "many"}),
+                "max_output_tokens: must be a non-negative integer",
+            ),
+        ];
+        for (request, want) in table {
+            assert_eq!(
+                responses_request_to_chat(&request).unwrap_err().to_string(),
+                want
+            );
+        }
+    }
+
+    fn tool_names() -> ToolNames {
+        ToolNames {
+            custom: vec!["apply_patch".into()],
+            namespaced: vec![("close_agent".into(), "agents".into())],
+        }
+    }
+
+    fn shell() -> ResponseShell {
+        let request = json!({"model": "claude", "instructions": "be brief", "tools": []});
+        ResponseShell::new("resp_1", 7, "claude", request.as_object().unwrap())
+    }
+
+    #[test]
+    fn chat_completion_to_response_table() {
+        let usage = json!({"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8,
+            "prompt_tokens_details": {"cached_tokens": 2}});
+        let table = [
+            (
+                json!({"choices": [{"message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}], "usage": usage}),
+                "completed",
+                json!([{"id": "msg_1", "type": "message", "status": "completed", "role": "assistant",
+                    "content": [{"type": "output_text", "text": "hi", "annotations": [], "logprobs": []}]}]),
+            ),
+            (
+                json!({"choices": [{"message": {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "toolu_1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}},
+                    {"id": "toolu_2", "type": "function", "function": {"name": "apply_patch", "arguments": "{\"input\":\"P\"}"}},
+                    {"id": "toolu_3", "type": "function", "function": {"name": "close_agent", "arguments": "{}"}}]},
+                    "finish_reason": "tool_calls"}], "usage": usage}),
+                "completed",
+                json!([
+                    {"id": "fc_1_0", "type": "function_call", "status": "completed", "call_id": "toolu_1", "name": "f", "arguments": "{\"a\":1}"},
+                    {"id": "fc_1_1", "type": "custom_tool_call", "status": "completed", "call_id": "toolu_2", "name": "apply_patch", "input": "P"},
+                    {"id": "fc_1_2", "type": "function_call", "status": "completed", "call_id": "toolu_3", "name": "close_agent", "arguments": "{}", "namespace": "agents"}]),
+            ),
+            (
+                json!({"choices": [{"message": {"content": "cut"}, "finish_reason": "length"}], "usage": usage}),
+                "incomplete",
+                json!([{"id": "msg_1", "type": "message", "status": "completed", "role": "assistant",
+                    "content": [{"type": "output_text", "text": "cut", "annotations": [], "logprobs": []}]}]),
+            ),
+        ];
+        for (chat, status, output) in table {
+            let response = chat_to_response(&chat, &shell(), &tool_names());
+            assert_eq!(response["status"], status, "{response}");
+            assert_eq!(response["output"], output);
+            assert_eq!(response["id"], "resp_1");
+            assert_eq!(response["instructions"], "be brief");
+            assert_eq!(
+                response["usage"],
+                json!({"input_tokens": 5, "input_tokens_details": {"cached_tokens": 2},
+                    "output_tokens": 3, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 8})
+            );
+        }
+        let cut = chat_to_response(
+            &json!({"choices": [{"message": {"content": "x"}, "finish_reason": "length"}]}),
+            &shell(),
+            &ToolNames::default(),
+        );
+        assert_eq!(
+            cut["incomplete_details"],
+            json!({"reason": "max_output_tokens"})
+        );
+        assert_eq!(cut["usage"], Value::Null);
+    }
+
+    fn chat_data(delta: Value, finish: Value) -> String {
+        json!({"id": "chatcmpl-1", "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        .to_string()
+    }
+
+    fn responses_run(t: &mut ChatToResponses, data: &[String]) -> Vec<Value> {
+        let mut out = Vec::new();
+        for d in data {
+            out.extend(t.on_data(d));
+        }
+        out.extend(t.finish());
+        let events = events(&out);
+        for (n, e) in events.iter().enumerate() {
+            assert_eq!(e["sequence_number"], json!(n), "{e}");
+        }
+        events
+    }
+
+    fn kinds(events: &[Value]) -> Vec<&str> {
+        events.iter().map(|e| e["type"].as_str().unwrap()).collect()
+    }
+
+    #[test]
+    fn chat_chunks_to_responses_events_text_then_calls() {
+        let mut t = ChatToResponses::new(shell(), tool_names());
+        let events = responses_run(
+            &mut t,
+            &[
+                chat_data(json!({"role": "assistant", "content": "Hel"}), Value::Null),
+                chat_data(json!({"content": "lo"}), Value::Null),
+                chat_data(json!({"tool_calls": [{"index": 0, "id": "toolu_1", "type": "function",
+                    "function": {"name": "f", "arguments": ""}}]}), Value::Null),
+                chat_data(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"a\":"}}]}), Value::Null),
+                chat_data(json!({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}), Value::Null),
+                chat_data(json!({"tool_calls": [{"index": 1, "id": "toolu_2", "type": "function",
+                    "function": {"name": "apply_patch", "arguments": "{\"input\":\"P\"}"}}]}), Value::Null),
+                chat_data(json!({}), json!("tool_calls")),
+                json!({"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}}).to_string(),
+                "[DONE]".to_string(),
+            ],
+        );
+        assert_eq!(
+            kinds(&events),
+            vec![
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "response.output_text.delta",
+                "response.output_item.added",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.delta",
+                "response.output_item.added",
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.function_call_arguments.done",
+                "response.output_item.done",
+                "response.custom_tool_call_input.delta",
+                "response.custom_tool_call_input.done",
+                "response.output_item.done",
+                "response.completed",
+            ]
+        );
+        assert_eq!(events[0]["response"]["status"], "in_progress");
+        assert_eq!(events[4]["delta"], "Hel");
+        assert_eq!(events[13]["arguments"], "{\"a\":1}");
+        assert_eq!(events[16]["input"], "P");
+        let done = &events[18]["response"];
+        assert_eq!(done["status"], "completed");
+        assert_eq!(done["output"][0]["content"][0]["text"], "Hello");
+        assert_eq!(done["output"][1]["call_id"], "toolu_1");
+        assert_eq!(done["output"][2]["type"], "custom_tool_call");
+        assert_eq!(done["usage"]["input_tokens"], 4);
+        assert_eq!(done["usage"]["total_tokens"], 6);
+        assert!(t.is_done());
+        assert!(
+            t.on_data(&chat_data(json!({"content": "late"}), Value::Null))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn chat_chunks_to_responses_errors_and_endings() {
+        // An error before any content: exactly one event, response.failed.
+        let mut t = ChatToResponses::new(shell(), ToolNames::default());
+        let events = responses_run(
+            &mut t,
+            &[json!({"error": {"message": "Overloaded", "type": "upstream_error", "code": "overloaded_error"}}).to_string()],
+        );
+        assert_eq!(kinds(&events), vec!["response.failed"]);
+        assert_eq!(
+            events[0]["response"]["error"],
+            json!({"code": "overloaded_error", "message": "Overloaded"})
+        );
+        // An error mid-answer: the events so far, then one response.failed.
+        let mut t = ChatToResponses::new(shell(), ToolNames::default());
+        let events = responses_run(
+            &mut t,
+            &[
+                chat_data(json!({"content": "par"}), Value::Null),
+                json!({"error": {"message": "boom", "code": null}}).to_string(),
+                chat_data(json!({"content": "late"}), Value::Null),
+            ],
+        );
+        assert_eq!(kinds(&events).last(), Some(&"response.failed"));
+        assert_eq!(
+            kinds(&events)
+                .iter()
+                .filter(|k| k.starts_with("response.failed"))
+                .count(),
+            1
+        );
+        assert_eq!(
+            events.last().unwrap()["response"]["error"]["code"],
+            "upstream_error"
+        );
+        // Ended without a finish_reason: failed; with one but no [DONE]: completed.
+        let mut t = ChatToResponses::new(shell(), ToolNames::default());
+        let events = responses_run(&mut t, &[chat_data(json!({"content": "x"}), Value::Null)]);
+        assert_eq!(events.last().unwrap()["type"], "response.failed");
+        let mut t = ChatToResponses::new(shell(), ToolNames::default());
+        let events = responses_run(
+            &mut t,
+            &[chat_data(json!({"content": "x"}), json!("length"))],
+        );
+        let last = events.last().unwrap();
+        assert_eq!(last["type"], "response.incomplete");
+        assert_eq!(
+            last["response"]["incomplete_details"]["reason"],
+            "max_output_tokens"
         );
     }
 }

@@ -77,7 +77,7 @@ pub async fn messages(
     let stream = request["stream"].as_bool().unwrap_or(false);
     let mut chat = match anthropic::messages_request_to_chat(&request) {
         Ok(chat) => chat,
-        Err(e) => return error_response(&ApiError::bad_request(e)),
+        Err(e) => return error_response(&ApiError::from(e)),
     };
     chat["model"] = json!(model);
     let body = Bytes::from(serde_json::to_vec(&chat).expect("JSON serialises"));

@@ -137,6 +137,8 @@ async fn serve_logged(config: Config) -> Result<(), ServeError> {
                 source,
             })?;
         *lock_guard(&pid_guard) = Some(guard);
+        #[cfg(debug_assertions)]
+        crate::support::test_hooks::hold_after_pid_file().await;
     }
     // Signal handlers go in before anyone learns the address: a SIGTERM right after the
     // "listening on" line must drain and exit 0, not kill the process outright.

@@ -157,10 +157,12 @@ pub async fn ready(
     State(gw): State<Arc<Gateway>>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
+    // `pid`: which process answered (two share the socket during a restart).
+    let pid = std::process::id();
     let unready = |reason: String| {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "fail", "reason": reason})),
+            Json(json!({"status": "fail", "reason": reason, "pid": pid})),
         )
             .into_response()
     };
@@ -176,7 +178,7 @@ pub async fn ready(
             nats.as_str()
         ));
     }
-    Json(json!({"status": "pass"})).into_response()
+    Json(json!({"status": "pass", "pid": pid})).into_response()
 }
 
 /// Prometheus text by default; OpenMetrics when the scraper asks for it (as

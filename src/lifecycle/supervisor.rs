@@ -701,10 +701,19 @@ impl Supervisor {
                         pid,
                         url: self.url_for(&record),
                     };
-                    match probe::ready(&self.probe, &running.url).await {
-                        Ok(()) => {
+                    // Ready means *this* process answered ready: while a restart's
+                    // old proxy shares the socket, it may answer instead.
+                    match probe::ready_pid(&self.probe, &running.url).await {
+                        Ok(None) => {
                             spawned.armed = false;
                             return Ok(running);
+                        }
+                        Ok(Some(answered)) if answered == pid => {
+                            spawned.armed = false;
+                            return Ok(running);
+                        }
+                        Ok(Some(answered)) => {
+                            last_problem = format!("PID {answered} answered, not PID {pid} yet")
                         }
                         Err(e) => last_problem = e.to_string(),
                     }

@@ -1,6 +1,7 @@
 //! Small pieces every part uses: the flags all binaries share, the exit codes, log
 //! writing, the one configured HTTP client builder, the clock, this process's memory
-//! and the redaction of secrets and client strings in every output.
+//! and the redaction of secrets and client strings in every output (plus, in debug
+//! builds only, the fault-injection hooks of the integration tests).
 
 pub mod backoff;
 pub mod cli;
@@ -9,4 +10,6 @@ pub mod http_client;
 pub mod logging;
 pub mod memory;
 pub mod redact;
+#[cfg(debug_assertions)]
+pub mod test_hooks;
 pub mod time;

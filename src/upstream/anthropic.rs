@@ -5,28 +5,29 @@
 //!
 //! - Non-streaming: the Messages object becomes a `chat.completion`.
 //! - Streaming: the provider's events are parsed as they arrive ([`SseParser`])
-//!   and translated at once ([`MessagesToChat`]): exactly one `finish_reason` (or
+//!   and translated at once ([`MessagesToChat`], driven by
+//!   [`super::translated::translate_stream`]): exactly one `finish_reason` (or
 //!   one error frame), the usage chunk when asked, then `[DONE]`. An in-band
 //!   `error` event (e.g. `overloaded_error`) before any content is the stream's
 //!   first frame, so routing treats it as a failed attempt.
 //! - Errors: Anthropic's error types map to statuses (`overloaded_error` is 529,
 //!   retried and failed over like any 5xx; `rate_limit_error` 429; …).
-//! - Responses API requests (`POST /v1/responses`) are refused with a 400 that
-//!   says so: there is no Responses → Messages translation.
+//! - Responses API requests (`POST /v1/responses`, Codex CLI): translated to
+//!   Chat Completions and answered through the same Chat path, so Responses →
+//!   Chat → Messages and back ([`super::translated::responses_over_chat`]):
+//!   a `response` object, or the Responses event sequence, with function and
+//!   custom tool calls, usage, and one `response.failed` for an in-band error.
 //!
 //! Sending, retries and timeouts are those of every HTTP upstream ([`super::http`]).
 
-use std::sync::Arc;
-
 use bytes::Bytes;
-use futures_util::StreamExt;
 use serde_json::Value;
 
-use super::http::{ChunkStream, HttpUpstream, UpstreamUrl};
-use super::{ChatCall, ExchangeStats, FrameStream, Reply, unix_now};
+use super::http::{HttpUpstream, UpstreamUrl};
+use super::translated::{responses_over_chat, translate_stream};
+use super::{ChatCall, Reply, ResponsesCall, unix_now};
 use crate::api::anthropic::{MessagesToChat, chat_to_messages, messages_to_chat, provider_error};
 use crate::api::openai::{ApiError, Usage};
-use crate::api::sse::{SseEvent, SseParser};
 
 pub struct AnthropicUpstream {
     http: HttpUpstream,
@@ -51,8 +52,7 @@ impl AnthropicUpstream {
         if chat.get("model").is_none_or(Value::is_null) {
             chat["model"] = Value::String(call.model.clone());
         }
-        let request = chat_to_messages(&chat)
-            .map_err(|e| ApiError::bad_request(e).code("invalid_request"))?;
+        let request = chat_to_messages(&chat).map_err(ApiError::from)?;
         let body = Bytes::from(serde_json::to_vec(&request).expect("JSON serialises"));
         let response = self
             .http
@@ -86,7 +86,11 @@ impl AnthropicUpstream {
             );
             let translator = MessagesToChat::new(&call.model, &id, unix_now(), call.include_usage);
             return Ok(Reply::Stream(translate_stream(
-                chunks, translator, call.stats,
+                chunks,
+                translator,
+                call.stats,
+                String::new(),
+                None,
             )));
         }
         let body = self.http.read_body(response, &call.stats).await?;
@@ -111,100 +115,23 @@ impl AnthropicUpstream {
         }
         Ok(Reply::Complete(Bytes::from(completion.to_string())))
     }
-}
 
-/// The refusal for `POST /v1/responses` routed to an Anthropic provider.
-pub fn responses_unsupported() -> ApiError {
-    ApiError::bad_request(
-        "this provider speaks the Anthropic Messages API (api = \"anthropic\"), which does not \
-         serve POST /v1/responses; use POST /v1/chat/completions or POST /v1/messages",
-    )
-    .code("unsupported_upstream")
-}
-
-/// The event's JSON, with `type` from the `event:` field when the data lacks it.
-fn event_json(event: &SseEvent) -> Option<Value> {
-    let mut value: Value = serde_json::from_str(&event.data).ok()?;
-    let object = value.as_object_mut()?;
-    if !object.contains_key("type") {
-        if let Some(name) = &event.event {
-            object.insert("type".into(), Value::String(name.clone()));
-        }
+    /// A Responses API request (`POST /v1/responses`, what Codex CLI sends),
+    /// answered through [`AnthropicUpstream::chat`] in translation.
+    pub async fn responses(&self, call: ResponsesCall) -> Result<Reply, ApiError> {
+        responses_over_chat(call, |chat| self.chat(chat)).await
     }
-    Some(value)
-}
-
-/// Translates the provider's event stream frame by frame, as it arrives.
-fn translate_stream(
-    chunks: ChunkStream,
-    translator: MessagesToChat,
-    stats: Arc<ExchangeStats>,
-) -> FrameStream {
-    struct State {
-        chunks: ChunkStream,
-        parser: SseParser,
-        translator: MessagesToChat,
-        stats: Arc<ExchangeStats>,
-    }
-    impl State {
-        fn translate(&mut self, events: Vec<SseEvent>, out: &mut String) {
-            for event in events.iter().filter_map(event_json) {
-                if event["type"] == "error" {
-                    tracing::warn!(
-                        error = event["error"]["message"].as_str().unwrap_or(""),
-                        kind = event["error"]["type"].as_str().unwrap_or(""),
-                        "anthropic provider sent an error event mid-stream"
-                    );
-                }
-                for frame in self.translator.on_event(&event) {
-                    out.push_str(&frame);
-                }
-            }
-            if let Some((prompt_tokens, completion_tokens)) = self.translator.usage() {
-                self.stats.set_usage(Usage {
-                    prompt_tokens,
-                    completion_tokens,
-                });
-            }
-        }
-    }
-    let state = State {
-        chunks,
-        parser: SseParser::new(),
-        translator,
-        stats,
-    };
-    Box::pin(futures_util::stream::unfold(state, |mut st| async move {
-        let mut out = String::new();
-        while out.is_empty() {
-            if st.translator.is_done() {
-                return None; // terminal frames sent: drop the upstream
-            }
-            match st.chunks.next().await {
-                Some(Ok(chunk)) => {
-                    let events = st.parser.feed(&chunk);
-                    st.translate(events, &mut out);
-                }
-                Some(Err(error)) => {
-                    out.extend(st.translator.abort(&error.message, error.code));
-                }
-                None => {
-                    let last = st.parser.finish().into_iter().collect();
-                    st.translate(last, &mut out);
-                    out.extend(st.translator.finish());
-                    if out.is_empty() {
-                        return None;
-                    }
-                }
-            }
-        }
-        Some((Bytes::from(out), st))
-    }))
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::ExchangeStats;
+    use super::super::http::ChunkStream;
+    use super::super::translated::event_json;
     use super::*;
+    use crate::api::sse::SseEvent;
+    use futures_util::StreamExt;
+    use std::sync::Arc;
 
     #[tokio::test]
     async fn a_broken_stream_ends_with_one_error_and_done() {
@@ -217,9 +144,10 @@ event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,
         ]));
         let stats = Arc::new(ExchangeStats::default());
         let translator = MessagesToChat::new("m", "chatcmpl-1", 1, false);
-        let frames: Vec<Bytes> = translate_stream(chunks, translator, stats.clone())
-            .collect()
-            .await;
+        let frames: Vec<Bytes> =
+            translate_stream(chunks, translator, stats.clone(), String::new(), None)
+                .collect()
+                .await;
         let text: String = frames
             .iter()
             .map(|b| std::str::from_utf8(b).unwrap())

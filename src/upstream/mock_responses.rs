@@ -30,6 +30,7 @@ use serde_json::{Map, Value, json};
 use super::mock::{content_text, count_words, pieces};
 use super::{FrameStream, Reply, ResponsesCall, unix_now};
 use crate::api::openai::{ApiError, Usage};
+use crate::api::responses::{EventSequence, ResponseShell};
 
 /// What the mock decided to answer.
 #[derive(Debug, PartialEq)]
@@ -66,12 +67,7 @@ pub fn respond(counter: &AtomicU64, call: ResponsesCall) -> Result<Reply, ApiErr
         .get("model")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let shell = Shell {
-        id: format!("resp_mock_{n}"),
-        created_at: unix_now(),
-        model,
-        request: &request,
-    };
+    let shell = ResponseShell::new(&format!("resp_mock_{n}"), unix_now(), model, &request);
     let item_id = match &answer {
         Answer::Text(_) => format!("msg_mock_{n}"),
         Answer::Call { .. } => format!("fc_mock_{n}"),
@@ -152,68 +148,13 @@ pub fn respond(counter: &AtomicU64, call: ResponsesCall) -> Result<Reply, ApiErr
 #[derive(Default)]
 struct Events {
     frames: Vec<Bytes>,
-    next: u64,
+    sequence: EventSequence,
 }
 
 impl Events {
-    fn push(&mut self, kind: &str, mut data: Value) {
-        if let Some(object) = data.as_object_mut() {
-            // `type` first, as OpenAI sends it.
-            let mut ordered = Map::new();
-            ordered.insert("type".into(), json!(kind));
-            ordered.extend(std::mem::take(object));
-            ordered.insert("sequence_number".into(), json!(self.next));
-            *object = ordered;
-        }
-        self.next += 1;
+    fn push(&mut self, kind: &str, data: Value) {
         self.frames
-            .push(Bytes::from(format!("event: {kind}\ndata: {data}\n\n")));
-    }
-}
-
-/// The parts of a `response` object that do not change during a stream.
-struct Shell<'a> {
-    id: String,
-    created_at: u64,
-    model: &'a str,
-    request: &'a Map<String, Value>,
-}
-
-impl Shell<'_> {
-    fn object(&self, status: &str, output: Vec<Value>, usage: Value) -> Value {
-        let echo = |key: &str, default: Value| {
-            self.request
-                .get(key)
-                .filter(|v| !v.is_null())
-                .cloned()
-                .unwrap_or(default)
-        };
-        json!({
-            "id": self.id,
-            "object": "response",
-            "created_at": self.created_at,
-            "status": status,
-            "background": false,
-            "error": null,
-            "incomplete_details": null,
-            "instructions": echo("instructions", Value::Null),
-            "max_output_tokens": echo("max_output_tokens", Value::Null),
-            "model": self.model,
-            "output": output,
-            "parallel_tool_calls": echo("parallel_tool_calls", json!(true)),
-            "previous_response_id": echo("previous_response_id", Value::Null),
-            "reasoning": {"effort": null, "summary": null},
-            "store": echo("store", json!(false)),
-            "temperature": echo("temperature", json!(1.0)),
-            "text": {"format": {"type": "text"}},
-            "tool_choice": echo("tool_choice", json!("auto")),
-            "tools": echo("tools", json!([])),
-            "top_p": echo("top_p", json!(1.0)),
-            "truncation": "disabled",
-            "usage": usage,
-            "user": null,
-            "metadata": echo("metadata", json!({})),
-        })
+            .push(Bytes::from(self.sequence.frame(kind, data)));
     }
 }
 

@@ -8,6 +8,8 @@
 //! - [`mock`]: the built-in offline upstream (the default, `url = "mock"`).
 //! - [`chat`]: any OpenAI-compatible Chat Completions server.
 //! - [`responses`]: a Responses API server, spoken to in translation.
+//! - [`anthropic`]: an Anthropic Messages API server, spoken to in translation
+//!   (Chat Completions and Responses requests alike).
 //!
 //! The two HTTP kinds share one client, retry loop and timeouts ([`http`]).
 //!
@@ -26,6 +28,7 @@ pub mod provider;
 pub mod responses;
 mod retry;
 pub mod router;
+mod translated;
 
 pub use provider::Provider;
 pub use router::Router;
@@ -205,15 +208,16 @@ impl Upstream {
         }
     }
 
-    /// Forwards a Responses API request to `{base}/responses` (whatever
-    /// `upstream.api` says: OpenAI-compatible servers usually serve both).
-    /// Streams are relayed as they arrive, unchanged. The mock answers itself.
+    /// Forwards a Responses API request to `{base}/responses` (`api = "chat"`
+    /// or `"responses"`: OpenAI-compatible servers usually serve both).
+    /// Streams are relayed as they arrive, unchanged. The mock answers itself;
+    /// an Anthropic provider answers in translation (Responses → Chat → Messages).
     pub async fn responses(&self, call: ResponsesCall) -> Result<Reply, ApiError> {
         let http = match self {
             Upstream::Mock(m) => return m.responses(call),
             Upstream::Chat(c) => c.http(),
             Upstream::Responses(r) => r.http(),
-            Upstream::Anthropic(_) => return Err(anthropic::responses_unsupported()),
+            Upstream::Anthropic(a) => return a.responses(call).await,
         };
         http.forward(
             http.responses_url(),

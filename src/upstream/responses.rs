@@ -19,18 +19,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use reqwest::header::CONTENT_TYPE;
 use serde_json::Value;
 
-use super::http::{ChunkStream, HttpUpstream, UpstreamUrl};
-use super::{ChatCall, ExchangeStats, FrameStream, Reply, unix_now};
+use super::http::{HttpUpstream, UpstreamUrl};
+use super::translated::{event_json, translate_stream};
+use super::{ChatCall, Reply, unix_now};
 use crate::api::metrics::Metrics;
 use crate::api::openai::{ApiError, Usage};
 use crate::api::responses::{
     StreamTranslator, TranslateOptions, chat_to_responses, instructions_for, responses_to_chat,
 };
-use crate::api::sse::{SseEvent, SseParser};
+use crate::api::sse::SseParser;
 use crate::home::config::{Config, ProviderSettings};
 use crate::prompts::PromptStore;
 
@@ -74,8 +74,8 @@ impl ResponsesUpstream {
             chat["model"] = Value::String(call.model.clone());
         }
         let prompt = self.prompts.get(instructions_for(&call.model)).await;
-        let request = chat_to_responses(&chat, &prompt.text, &self.options)
-            .map_err(|e| ApiError::bad_request(e).code("invalid_request"))?;
+        let request =
+            chat_to_responses(&chat, &prompt.text, &self.options).map_err(ApiError::from)?;
         let body = Bytes::from(serde_json::to_vec(&request).expect("JSON serialises"));
         let response = self
             .http
@@ -95,10 +95,15 @@ impl ResponsesUpstream {
                 fastrand::u64(..),
                 fastrand::u64(..)
             );
-            let translator =
+            let mut translator =
                 StreamTranslator::new(&call.model, &id, unix_now(), call.include_usage);
+            let first = translator.start().concat();
             return Ok(Reply::Stream(translate_stream(
-                chunks, translator, call.stats, KEEPALIVE,
+                chunks,
+                translator,
+                call.stats,
+                first,
+                Some(KEEPALIVE),
             )));
         }
         let streamed = response
@@ -160,19 +165,6 @@ fn failed(error: &Value, display_url: &str) -> ApiError {
     ApiError::bad_gateway(message)
 }
 
-/// The event's JSON, with `type` taken from the `event:` field when the data
-/// lacks it. `None` for `[DONE]` and for data that is not a JSON object.
-fn event_json(event: &SseEvent) -> Option<Value> {
-    let mut value: Value = serde_json::from_str(&event.data).ok()?;
-    let object = value.as_object_mut()?;
-    if !object.contains_key("type") {
-        if let Some(name) = &event.event {
-            object.insert("type".into(), Value::String(name.clone()));
-        }
-    }
-    Some(value)
-}
-
 /// The final `response` object of a whole SSE body (an upstream that streams
 /// although the request said `stream: false`).
 fn final_response(body: &[u8], display_url: &str) -> Result<Value, ApiError> {
@@ -200,94 +192,13 @@ fn final_response(body: &[u8], display_url: &str) -> Result<Value, ApiError> {
 /// and intermediaries with read timeouts keep the connection.
 pub const KEEPALIVE: Duration = Duration::from_secs(5);
 
-/// The SSE comment sent as keep-alive; clients ignore comment lines.
-const KEEPALIVE_FRAME: &str = ": keep-alive\n\n";
-
-/// Translates the upstream's event stream frame by frame, as it arrives. The
-/// first frame is the role chunk, at once; then, whenever no frame went out for
-/// `keepalive`, an SSE comment.
-fn translate_stream(
-    chunks: ChunkStream,
-    mut translator: StreamTranslator,
-    stats: Arc<ExchangeStats>,
-    keepalive: Duration,
-) -> FrameStream {
-    struct State {
-        chunks: ChunkStream,
-        parser: SseParser,
-        translator: StreamTranslator,
-        stats: Arc<ExchangeStats>,
-    }
-    impl State {
-        fn translate(&mut self, events: Vec<SseEvent>, out: &mut String) {
-            for event in events.iter().filter_map(event_json) {
-                if event["type"] == "response.failed" {
-                    tracing::warn!(
-                        error = event["response"]["error"]["message"].as_str().unwrap_or(""),
-                        "upstream response failed mid-stream"
-                    );
-                }
-                for frame in self.translator.on_event(&event) {
-                    out.push_str(&frame);
-                }
-            }
-            if let Some((prompt_tokens, completion_tokens)) = self.translator.usage() {
-                self.stats.set_usage(Usage {
-                    prompt_tokens,
-                    completion_tokens,
-                });
-            }
-        }
-    }
-    let first = Bytes::from(translator.start().concat());
-    let state = State {
-        chunks,
-        parser: SseParser::new(),
-        translator,
-        stats,
-    };
-    let rest = futures_util::stream::unfold(state, move |mut st| async move {
-        let mut out = String::new();
-        while out.is_empty() {
-            if st.translator.is_done() {
-                // Terminal frames were sent: stop reading (dropping the upstream).
-                return None;
-            }
-            // `next()` is cancel-safe: a keep-alive tick loses no chunk.
-            let next = match tokio::time::timeout(keepalive, st.chunks.next()).await {
-                Ok(next) => next,
-                Err(_) => {
-                    out.push_str(KEEPALIVE_FRAME);
-                    break;
-                }
-            };
-            match next {
-                Some(Ok(chunk)) => {
-                    let events = st.parser.feed(&chunk);
-                    st.translate(events, &mut out);
-                }
-                Some(Err(error)) => {
-                    let code = error.code;
-                    out.extend(st.translator.abort(&error.message, code));
-                }
-                None => {
-                    let last = st.parser.finish().into_iter().collect();
-                    st.translate(last, &mut out);
-                    out.extend(st.translator.finish());
-                    if out.is_empty() {
-                        return None;
-                    }
-                }
-            }
-        }
-        Some((Bytes::from(out), st))
-    });
-    Box::pin(futures_util::stream::once(async move { first }).chain(rest))
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::ExchangeStats;
+    use super::super::http::ChunkStream;
+    use super::super::translated::KEEPALIVE_FRAME;
     use super::*;
+    use futures_util::StreamExt;
     use serde_json::json;
 
     #[test]
@@ -327,9 +238,10 @@ event: response.completed\ndata: {\"response\":{\"id\":\"resp_1\",\"status\":\"c
         ]));
         let stats = Arc::new(ExchangeStats::default());
         let translator = StreamTranslator::new("m", "chatcmpl-1", 1, false);
-        let frames: Vec<Bytes> = translate_stream(chunks, translator, stats, KEEPALIVE)
-            .collect()
-            .await;
+        let frames: Vec<Bytes> =
+            translate_stream(chunks, translator, stats, String::new(), Some(KEEPALIVE))
+                .collect()
+                .await;
         let text: String = frames
             .iter()
             .map(|b| std::str::from_utf8(b).unwrap())
@@ -344,8 +256,10 @@ event: response.completed\ndata: {\"response\":{\"id\":\"resp_1\",\"status\":\"c
     async fn the_role_chunk_comes_first_then_keep_alives_while_the_upstream_is_silent() {
         let silent: ChunkStream = Box::pin(futures_util::stream::pending());
         let stats = Arc::new(ExchangeStats::default());
-        let translator = StreamTranslator::new("m", "chatcmpl-1", 1, false);
-        let mut frames = translate_stream(silent, translator, stats, Duration::from_millis(5));
+        let mut translator = StreamTranslator::new("m", "chatcmpl-1", 1, false);
+        let first = translator.start().concat();
+        let every = Some(Duration::from_millis(5));
+        let mut frames = translate_stream(silent, translator, stats, first, every);
         let first = frames.next().await.unwrap();
         let first: Value = serde_json::from_str(
             std::str::from_utf8(&first)

@@ -567,6 +567,12 @@ async fn tool_use_round_trip_through_an_anthropic_provider() {
     .await
     .unwrap();
     assert_eq!(reply["choices"][0]["message"]["content"], CLAUDE_TEXT);
+    assert_round_trip_reached_claude(&fake);
+}
+
+/// The third request of a tool round trip, as the provider got it: the call a
+/// `tool_use` block, its result a `tool_result` block in the next user turn.
+fn assert_round_trip_reached_claude(fake: &FakeAnthropic) {
     assert_eq!(
         fake.last_body()["messages"],
         json!([
@@ -688,7 +694,7 @@ async fn an_in_band_stream_error_ends_the_chat_stream_with_one_error_frame() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn messages_in_front_of_an_anthropic_provider_and_responses_refused() {
+async fn messages_in_front_of_an_anthropic_provider() {
     // Anthropic in, Anthropic out, through Chat in between.
     let fake = FakeAnthropic::start(&[Script::ToolUse]);
     let (_home, proxy) = anthropic_proxy(&fake, 1);
@@ -722,24 +728,6 @@ async fn messages_in_front_of_an_anthropic_provider_and_responses_refused() {
     let delta = events.iter().find(|(n, _)| n == "message_delta").unwrap();
     assert_eq!(delta.1["delta"]["stop_reason"], "tool_use");
     assert_eq!(fake.last_body()["max_tokens"], 200);
-
-    // The Responses API has no route to an Anthropic provider: a clear 400.
-    let r = client()
-        .post(format!("{}/v1/responses", proxy.url))
-        .json(&json!({"model": "claude-test", "input": "hi"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "unsupported_upstream");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("anthropic"),
-        "{body}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -769,4 +757,257 @@ async fn overloaded_claude_fails_over_to_the_next_provider() {
         assert!(!text.contains("Overloaded"), "{what}: {text}");
         assert_eq!(fake.requests().len(), 1, "{what}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// The Responses API (what Codex CLI speaks) through an Anthropic provider
+// ---------------------------------------------------------------------------
+
+async fn responses_post(proxy: &Proxy, body: &Value) -> reqwest::Response {
+    client()
+        .post(format!("{}/v1/responses", proxy.url))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A Responses event stream: its events, each checked to carry the next
+/// `sequence_number` from 0.
+fn responses_events(body: &str) -> Vec<(String, Value)> {
+    let events = events(body);
+    for (n, (name, data)) in events.iter().enumerate() {
+        assert_eq!(data["sequence_number"], n, "{name}: {data}");
+    }
+    events
+}
+
+fn names(events: &[(String, Value)]) -> Vec<&str> {
+    events.iter().map(|(n, _)| n.as_str()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn responses_through_an_anthropic_provider_answer_in_the_responses_shape() {
+    let fake = FakeAnthropic::start(&[Script::Text]);
+    let (home, proxy) = anthropic_proxy(&fake, 1);
+
+    // Non-streaming: a `response` object; the provider got a Messages request.
+    let r = responses_post(
+        &proxy,
+        &json!({"model": "claude-test", "instructions": "be brief", "max_output_tokens": 300,
+            "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["object"], "response", "{body}");
+    assert_eq!(body["status"], "completed");
+    assert_eq!(body["model"], "claude-test");
+    assert!(body["id"].as_str().unwrap().starts_with("resp_"), "{body}");
+    assert_eq!(body["output"][0]["type"], "message");
+    assert_eq!(body["output"][0]["content"][0]["text"], CLAUDE_TEXT);
+    assert_eq!(body["usage"]["input_tokens"], 12);
+    assert_eq!(body["usage"]["output_tokens"], 4);
+    let (path, headers, sent) = fake.requests().last().unwrap().clone();
+    assert_eq!(path, "/v1/messages");
+    assert_eq!(headers["x-api-key"], KEY);
+    assert_eq!(sent["system"], "be brief");
+    assert_eq!(sent["max_tokens"], 300);
+    assert_eq!(
+        sent["messages"],
+        json!([{"role": "user", "content": [{"type": "text", "text": "hi"}]}])
+    );
+
+    // Streaming: the Responses event sequence, numbered, ending in
+    // response.completed with the whole response and its usage.
+    let r = responses_post(
+        &proxy,
+        &json!({"model": "claude-test", "stream": true, "input": "hi"}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let events = responses_events(&r.text().await.unwrap());
+    assert_eq!(
+        names(&events),
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.delta",
+            "response.output_text.delta",
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed"
+        ]
+    );
+    assert_eq!(events[6].1["text"], CLAUDE_TEXT);
+    let done = &events[9].1["response"];
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["id"], events[0].1["response"]["id"]);
+    assert_eq!(done["output"][0]["content"][0]["text"], CLAUDE_TEXT);
+    assert_eq!(done["usage"]["input_tokens"], 12);
+    assert_eq!(done["usage"]["output_tokens"], 4);
+    assert_eq!(fake.last_body()["stream"], true);
+    // Observed like any Responses request: the tokens reach the access log.
+    crate::support::eventually("the access-log line", || {
+        home.read("logs/proxy.log").lines().any(|l| {
+            l.contains("route=\"/v1/responses\"")
+                && l.contains("status=200")
+                && l.contains("completion_tokens=4")
+        })
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn responses_tool_call_round_trip_through_an_anthropic_provider() {
+    let fake = FakeAnthropic::start(&[Script::ToolUse, Script::ToolUse, Script::Text]);
+    let (_home, proxy) = anthropic_proxy(&fake, 1);
+    let tools = json!([{"type": "function", "name": "get_weather", "description": "weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+        {"type": "web_search"}]);
+    let question = json!({"type": "message", "role": "user", "content": [{"type": "input_text", "text": "weather in Paris?"}]});
+
+    // Non-streaming: the words and the call come back as two output items.
+    let body: Value = responses_post(
+        &proxy,
+        &json!({"model": "claude-test", "input": [question], "tools": tools, "tool_choice": "required"}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(body["output"][0]["content"][0]["text"], "Let me check.");
+    let call = &body["output"][1];
+    assert_eq!(call["type"], "function_call", "{body}");
+    assert_eq!(call["call_id"], "toolu_01");
+    assert_eq!(call["name"], "get_weather");
+    assert_eq!(
+        serde_json::from_str::<Value>(call["arguments"].as_str().unwrap()).unwrap(),
+        json!({"city": "Paris"})
+    );
+    let sent = fake.last_body();
+    assert_eq!(
+        sent["tools"],
+        json!([{"name": "get_weather", "description": "weather for a city",
+            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}]),
+        "the hosted web_search tool is left out"
+    );
+    assert_eq!(sent["tool_choice"], json!({"type": "any"}));
+
+    // Streaming: the call as an item whose arguments arrive as deltas.
+    let r = responses_post(
+        &proxy,
+        &json!({"model": "claude-test", "stream": true, "input": [question], "tools": tools}),
+    )
+    .await;
+    let events = responses_events(&r.text().await.unwrap());
+    let added = events
+        .iter()
+        .find(|(n, d)| n == "response.output_item.added" && d["item"]["type"] == "function_call")
+        .expect("the call's item");
+    assert_eq!(added.1["item"]["call_id"], "toolu_01");
+    let deltas: String = events
+        .iter()
+        .filter(|(n, _)| n == "response.function_call_arguments.delta")
+        .map(|(_, d)| d["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(&deltas).unwrap(),
+        json!({"city": "Paris"})
+    );
+    let (last, done) = events.last().unwrap();
+    assert_eq!(last, "response.completed");
+    assert_eq!(done["response"]["output"][0]["type"], "function_call");
+    assert_eq!(done["response"]["output"][0]["arguments"], deltas);
+
+    // The output goes back as Codex sends it: the call becomes a tool_use
+    // block, its output a tool_result block in the next user turn.
+    let body: Value = responses_post(
+        &proxy,
+        &json!({"model": "claude-test", "tools": tools, "input": [question,
+            {"type": "reasoning", "id": "rs_1", "summary": []},
+            {"type": "function_call", "call_id": "toolu_01", "name": "get_weather", "arguments": deltas},
+            {"type": "function_call_output", "call_id": "toolu_01", "output": "sunny, 21 C"}]}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(body["output"][0]["content"][0]["text"], CLAUDE_TEXT);
+    assert_round_trip_reached_claude(&fake);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_in_band_error_ends_a_responses_stream_with_one_response_failed() {
+    let fake = FakeAnthropic::start(&[Script::InBandError]);
+    let (_home, proxy) = anthropic_proxy(&fake, 1);
+    let r = responses_post(
+        &proxy,
+        &json!({"model": "claude-test", "stream": true, "input": "hi"}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let events = responses_events(&r.text().await.unwrap());
+    assert_eq!(
+        names(&events),
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.delta",
+            "response.failed"
+        ]
+    );
+    assert_eq!(events[4].1["delta"], "par");
+    let failed = &events[5].1["response"];
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(failed["error"]["code"], "overloaded_error");
+    assert_eq!(failed["error"]["message"], "Overloaded");
+
+    // A Responses request the translation cannot carry is a 400 naming the field.
+    let r = responses_post(
+        &proxy,
+        &json!({"model": "claude-test", "input": "hi", "previous_response_id": "resp_1"}),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    crate::support::assert_openai_error(&body);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("previous_response_id: "),
+        "{body}"
+    );
+    assert_eq!(fake.requests().len(), 1, "nothing reached the provider");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overloaded_claude_fails_over_for_responses_too() {
+    // An in-band overloaded error before any content is the Responses stream's
+    // first event (response.failed): routing moves on to the backup.
+    let fake = FakeAnthropic::start(&[Script::OverloadedInBand]);
+    let home = TestHome::new();
+    home.config(&format!(
+        "[[providers]]\nname = \"claude\"\nurl = \"{}\"\napi = \"anthropic\"\napi_key_env = \"ANTHROPIC_API_KEY\"\nmodels = [\"*\"]\npriority = 0\nattempts = 1\n\n\
+         [[providers]]\nname = \"backup\"\nurl = \"mock\"\nmodels = [\"*\"]\npriority = 1\n",
+        fake.url()
+    ));
+    let proxy = Proxy::start(&home, &[], &[("ANTHROPIC_API_KEY", KEY)]);
+    let r = responses_post(
+        &proxy,
+        &json!({"model": "claude-test", "stream": true, "input": "from the backup"}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-warden-provider"], "backup");
+    let text = r.text().await.unwrap();
+    assert!(text.contains("from the backup"), "{text}");
+    assert!(!text.contains("Overloaded"), "{text}");
+    assert_eq!(fake.requests().len(), 1);
 }

@@ -133,10 +133,14 @@ impl Done {
 
 impl Op {
     fn spawn(name: &str, home: &TestHome, args: &[&str]) -> Op {
+        Op::spawn_with_env(name, home, args, &[])
+    }
+    fn spawn_with_env(name: &str, home: &TestHome, args: &[&str], env: &[(&str, &str)]) -> Op {
         let mut child = bin(name)
             .arg("--home")
             .arg(home.path())
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -452,71 +456,56 @@ fn stop_during_a_restart_waits_for_it_and_then_stops_everything() {
 }
 
 #[test]
-#[ignore = "races a SIGKILL into the successor's start-up window; can miss it five times on a fast or a loaded machine: run with --ignored"]
 fn a_successor_killed_after_taking_the_pid_file_hands_it_back_to_the_old_proxy() {
     let (home, port) = home_with("");
     let _cleanup = Cleanup(&home);
-    // The window is between the successor's spawn and the restart judging it
-    // ready; a try that misses it (the restart finished first) is tried again.
-    for attempt in 1..=5 {
-        let old = locked_record(&home).unwrap_or_else(|| start(&home));
-        let mut restart = Op::spawn("daemon", &home, &["restart", "--no-check"]);
-        eventually(
-            "the successor to be spawned (or the restart to end)",
-            || {
-                restart.exited()
-                    || (proxies(&home).len() >= 2
-                        && warden::lifecycle::ports::holds_listener(old.pid))
-            },
-        );
-        if restart.exited() {
-            let done = restart.finish(PATIENCE * 4);
-            eprintln!("attempt {attempt} missed the window: {}", done.said());
-            assert_settled(&home, port, "after a missed attempt");
-            continue;
-        }
-        // Freeze the restart (our child), let the successor take the PID file, kill it.
-        restart.signal(Signal::SIGSTOP);
-        if !warden::lifecycle::ports::holds_listener(old.pid) {
-            restart.signal(Signal::SIGCONT);
-            let done = restart.finish(PATIENCE * 4);
-            eprintln!("attempt {attempt} missed the window: {}", done.said());
-            continue;
-        }
-        let mut successor = None;
-        eventually("the successor to take run/proxy.pid", || {
-            successor = locked_record(&home).filter(|r| r.pid != old.pid);
-            successor.is_some()
-        });
-        let successor = successor.unwrap().identity();
-        signal_proxy(&home, &successor, Signal::SIGKILL);
-        assert!(process::wait_exit(&successor, PATIENCE));
-        restart.signal(Signal::SIGCONT);
-        let done = restart.finish(PATIENCE * 4);
-        if done.code == Some(0) {
-            // It had judged the successor ready just before it was frozen.
-            eprintln!("attempt {attempt} missed the window: {}", done.said());
-            assert_settled(&home, port, "after a missed attempt");
-            continue;
-        }
-        assert_eq!(done.code, Some(1), "{}", done.said());
-        assert!(
-            done.stderr.contains(&format!("PID {}", successor.pid))
-                && done
-                    .stderr
-                    .contains(&format!("old proxy (PID {})", old.pid)),
-            "{}",
-            done.said()
-        );
-        // The old proxy serves and holds its PID file again: visible and stoppable.
-        assert_eq!(locked_record(&home).map(|r| r.pid), Some(old.pid));
-        assert_eq!(status_code(&home), Some(0));
-        assert_settled(&home, port, "after the successor died");
-        stop_and_check(&home, port);
-        assert!(!old.identity().matches_live());
-        return;
-    }
-    panic!("five attempts missed the successor's start-up window");
+    let old = start(&home);
+    // The successor (and only it: the old proxy was started without the variable)
+    // holds still right after taking run/proxy.pid, before it is judged ready
+    // (a debug-build hook, src/support/test_hooks.rs): the window, made wide.
+    let held = home.path().join("successor-held");
+    let mut restart = Op::spawn_with_env(
+        "daemon",
+        &home,
+        &["restart", "--no-check"],
+        &[(
+            warden::support::test_hooks::HOLD_AFTER_PID_FILE,
+            held.to_str().unwrap(),
+        )],
+    );
+    eventually("the successor to take run/proxy.pid and hold", || {
+        held.exists() || restart.exited()
+    });
+    assert!(
+        !restart.exited(),
+        "the restart ended before its successor held: {}",
+        restart.stderr_so_far()
+    );
+    let successor = locked_record(&home).expect("the successor's PID file");
+    assert_ne!(successor.pid, old.pid, "the successor holds run/proxy.pid");
+    assert_eq!(
+        std::fs::read_to_string(&held).unwrap(),
+        successor.pid.to_string()
+    );
+    let successor = successor.identity();
+    signal_proxy(&home, &successor, Signal::SIGKILL);
+    assert!(process::wait_exit(&successor, PATIENCE));
+    let done = restart.finish(PATIENCE * 4);
+    assert_eq!(done.code, Some(1), "{}", done.said());
+    assert!(
+        done.stderr.contains(&format!("PID {}", successor.pid))
+            && done
+                .stderr
+                .contains(&format!("old proxy (PID {})", old.pid)),
+        "{}",
+        done.said()
+    );
+    // The old proxy serves and holds its PID file again: visible and stoppable.
+    assert_eq!(locked_record(&home).map(|r| r.pid), Some(old.pid));
+    assert_eq!(status_code(&home), Some(0));
+    assert_settled(&home, port, "after the successor died");
+    stop_and_check(&home, port);
+    assert!(!old.identity().matches_live());
 }
 
 #[test]
