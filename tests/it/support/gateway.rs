@@ -1,8 +1,12 @@
 //! The gateway in the test's own process: [`warden::gateway::run`] on
 //! 127.0.0.1:0, for tests of request handling that need no process of their own
-//! (no signals, PID file, log file or exit code). It serves exactly what `proxy`
-//! serves, minus starting up as a process; it starts in about a millisecond
-//! instead of an exec and a config load in a child.
+//! (no signals, PID file, log file or exit code). It serves what `proxy` serves,
+//! through the same `Gateway::new` and `gateway::run`, without a child process
+//! to exec, load and reap per test. What it does not share with the binary: the
+//! process environment is the test runner's (the configuration sees only the
+//! variables given, but an `HTTP_PROXY` of the runner would reach the upstream
+//! client, as it reaches the tests' own client), and no tracing subscriber, so
+//! no log file.
 
 use warden::gateway::{self, Gateway};
 use warden::home::Home;
