@@ -13,8 +13,11 @@
 #      upstream and on nginx (a Chat Completions server), streaming included;
 #   6. Claude Code (`claude -p "say hi"`, npm @anthropic-ai/claude-code) offline on the
 #      built-in upstream;
-#   7. Codex CLI through an `api = "anthropic"` proxy against a small Messages API server
-#      (tests/sdk/anthropic_server.py): Responses → Messages and back, a tool round trip.
+#   7. the openai SDK's Responses API and Codex CLI through an `api = "anthropic"` proxy
+#      against a small Messages API server (tests/sdk/anthropic_server.py): Responses →
+#      Messages and back, a tool round trip;
+#   8. the README's nats-py example (tests/sdk/nats_example.py) against a real nats-server
+#      and a proxy on the built-in upstream: request/reply and a stream.
 # Installs what it needs (Debian's nginx-light and prometheus for promtool; openai and
 # anthropic from PyPI; Claude Code from npm into ~/.cache/warden-e2e; Codex CLI and the openai
 # Node SDK, pinned, from npm into target/e2e/node) when missing. Everything listens on 127.0.0.1 only and is stopped on exit.
@@ -32,6 +35,8 @@ fi
 python3 -c 'import openai, sys; sys.exit(0 if openai.__version__.startswith("2.") else 1)' 2>/dev/null \
   || python3 -m pip install -q 'openai>=2,<3'
 python3 -c 'import anthropic' 2>/dev/null || python3 -m pip install -q anthropic
+python3 -c 'import nats' 2>/dev/null || python3 -m pip install -q nats-py
+command -v nats-server >/dev/null || { apt-get update -qq >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null; }
 claude_dir=${XDG_CACHE_HOME:-$HOME/.cache}/warden-e2e/claude-code
 claude_bin=$claude_dir/node_modules/.bin/claude
 if [ ! -x "$claude_bin" ]; then
@@ -236,15 +241,28 @@ api_key_env = "WARDEN_E2E_ANTHROPIC_KEY"
 TOML
 WARDEN_E2E_ANTHROPIC_KEY=sk-ant-e2e start_proxy anthropic
 anthropic_url=$url
+python3 - "$anthropic_url" <<'PY'
+import sys, openai
+c = openai.OpenAI(base_url=f"{sys.argv[1]}/v1", api_key="unused", max_retries=0)
+r = c.responses.create(model="claude-sonnet-4-5", instructions="be brief", input="hi")
+assert r.output_text == "from the anthropic server" and r.usage.input_tokens == 11, r
+with c.responses.stream(model="claude-sonnet-4-5", input="hi") as s:
+    deltas = "".join(e.delta for e in s if e.type == "response.output_text.delta")
+    final = s.get_final_response()
+assert deltas == final.output_text == "from the anthropic server", (deltas, final)
+assert final.status == "completed" and final.usage.output_tokens == 5, final
+print(f"openai {openai.__version__}: responses (create, stream) through an api = anthropic proxy OK")
+PY
 codex_exec "$anthropic_url" "run the e2e tool" claude-sonnet-4-5
 tr "\n" " " < "$work/codex-last.txt" | grep -q "tool said: .*warden-e2e-tool" \
   || { echo "e2e: codex said:"; cat "$work/codex-last.txt" "$work/codex.out" "$work/anthropic.log"; exit 1; }
 python3 - "$arecord" <<'PY'
 import json, sys
-calls = [json.loads(line) for line in open(sys.argv[1])]
-assert len(calls) >= 2, calls
-assert all(c["headers"].get("x-api-key") == "sk-ant-e2e" for c in calls), "the provider key is sent as x-api-key"
-assert all(c["headers"].get("anthropic-version") for c in calls), calls
+every = [json.loads(line) for line in open(sys.argv[1])]
+assert all(c["headers"].get("x-api-key") == "sk-ant-e2e" for c in every), "the provider key is sent as x-api-key"
+assert all(c["headers"].get("anthropic-version") for c in every), every
+calls = [c for c in every if c["headers"].get("originator", "").startswith("codex")]
+assert len(calls) >= 2, every
 assert all(c["model"] == "claude-sonnet-4-5" and c["stream"] for c in calls), calls
 assert all(c["system"] for c in calls), "Codex's instructions arrive as the system prompt"
 results = [c["tool_result"] for c in calls if c["tool_result"]]
@@ -270,6 +288,23 @@ case $answer in *"say hi"*) ;; *) echo "e2e: unexpected claude answer: $answer";
 grep -q 'route="/v1/messages" status=200' "$mock_home/logs/proxy.log" \
   || { echo "e2e: no /v1/messages line in the access log"; tail "$mock_home/logs/proxy.log"; exit 1; }
 echo "claude $("$claude_bin" --version 2>/dev/null | head -1): 'say hi' answered through /v1/messages on the mock"
+
+echo "== nats-py (the README example) through a proxy on the built-in upstream"
+nats_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+nats-server -a 127.0.0.1 -p "$nats_port" > "$work/nats.log" 2>&1 &
+pids+=($!)
+WARDEN_NATS_URL="nats://127.0.0.1:$nats_port" start_proxy nats
+nats_url=$url
+for _ in $(seq 100); do
+  curl -sf "$nats_url/health" | grep -q '"state":"connected"' && break
+  sleep 0.1
+done
+curl -sf "$nats_url/health" | grep -q '"state":"connected"' \
+  || { echo "e2e: the proxy did not connect to nats-server"; cat "$work/nats.log"; exit 1; }
+said=$(python3 tests/sdk/nats_example.py "nats://127.0.0.1:$nats_port")
+# The mock echoes the last user message, once answered and once streamed.
+[ "$said" = "$(printf 'hi\nhi')" ] || { echo "e2e: unexpected nats-py output: $said"; exit 1; }
+echo "nats-py: request/reply and a stream answered over NATS"
 
 echo "== promtool check metrics"
 curl -sf "$json_url/metrics" | promtool check metrics

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Takes docs/ui.png (and docs/ui-dark.png): screenshots of the status page GET /ui of a
-# real proxy (built-in mock upstream) after some traffic, in headless Chromium.
+# real proxy (two providers: one refused and cooling, then the built-in mock) after some
+# traffic, in headless Chromium.
 #   scripts/ui-screenshot.sh [SECONDS_OF_TRAFFIC]   (default 40: a few 5-s history samples)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,22 @@ cleanup() {
   rm -rf "$home"
 }
 trap cleanup EXIT
+# Two providers: `primary` on a closed port (refused: every request fails over, and it
+# cools after 3 failures), then the built-in mock, which answers.
+closed=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat >"$home/warden.toml" <<TOML
+[[providers]]
+name = "primary"
+url = "http://127.0.0.1:$closed/v1"
+models = ["*"]
+priority = 0
+
+[[providers]]
+name = "mock"
+url = "mock"
+models = ["*"]
+priority = 1
+TOML
 target/debug/proxy --home "$home" --port 0 >"$home/stdout" 2>"$home/stderr" &
 pid=$!
 url=

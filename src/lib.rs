@@ -13,7 +13,7 @@
 //! - [`upstream`]: where requests go: the mock, Chat Completions and Responses
 //!   upstreams, their HTTP client, retries and timeouts.
 //! - [`api`]: what gateway and upstreams share: OpenAI wire shapes, the Responses
-//!   translation, SSE parsing, the `/health` report and the metrics.
+//!   and Anthropic translations, SSE parsing, the `/health` report and the metrics.
 //! - [`prompts`]: the prompt cache and its fallback chain, and `proxy prompts`.
 //! - [`lifecycle`]: the proxy as a process: PID file, process identity, supervisor,
 //!   socket hand-off, port holders, systemd, watchdog.

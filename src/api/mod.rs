@@ -1,5 +1,6 @@
 //! What the gateway and the upstreams both speak: the OpenAI wire shapes, the
-//! Responses API translation, SSE parsing, the `/health` report and the metrics.
+//! pure translations (Chat ⇄ Responses, Chat ⇄ Anthropic Messages, and what
+//! they share in [`translate`]), SSE parsing, the `/health` report and the metrics.
 //!
 //! It sits below both [`crate::gateway`] and [`crate::upstream`] so that neither has
 //! to import the other to agree on a shape: the upstreams never import the gateway.

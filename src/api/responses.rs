@@ -979,8 +979,10 @@ fn input_item(item: &Value, at: &str, messages: &mut Vec<Value>) -> Result<(), T
                     messages.push(json!({"role": "system", "content": text}));
                 }
                 "user" => {
+                    // One text part is a plain string; several parts stay
+                    // parts (separate text blocks, not glued together).
                     let (text, parts) = item_parts(content, &at, true)?;
-                    let content = if parts.iter().all(|p| p["type"] == "text") {
+                    let content = if parts.len() <= 1 && parts.iter().all(|p| p["type"] == "text") {
                         json!(text)
                     } else {
                         Value::Array(parts)
@@ -2099,6 +2101,13 @@ mod tests {
                 json!({"model": "m", "instructions": "be brief", "input": "hi", "max_output_tokens": 50}),
                 json!({"model": "m", "messages": [{"role": "system", "content": "be brief"},
                     {"role": "user", "content": "hi"}], "max_tokens": 50}),
+            ),
+            // Several text parts stay separate parts.
+            (
+                json!({"model": "m", "input": [{"role": "user", "content": [
+                    {"type": "input_text", "text": "<env/>"}, {"type": "input_text", "text": "hi"}]}]}),
+                json!({"model": "m", "messages": [{"role": "user", "content": [
+                    {"type": "text", "text": "<env/>"}, {"type": "text", "text": "hi"}]}]}),
             ),
             // Codex's conversation: developer text, user text and image, a call
             // (after the assistant's words), its output, and a reasoning item left out.

@@ -389,21 +389,26 @@ impl ChatData {
                     .to_string(),
             };
         }
+        // `get_mut`, never `[]` for writing: indexing a non-object to write
+        // panics, and a provider's chunk may be any JSON.
         let usage = chunk
             .get_mut("usage")
             .filter(|u| u.is_object())
             .map(Value::take);
         let mut pieces = Vec::new();
-        for choice in chunk["choices"].as_array_mut().into_iter().flatten() {
-            let delta = &mut choice["delta"];
-            if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
-                pieces.push(ChunkPiece::Text(text.to_string()));
+        let choices = chunk.get_mut("choices").and_then(Value::as_array_mut);
+        for choice in choices.into_iter().flatten() {
+            let finish = choice["finish_reason"].as_str().map(str::to_string);
+            if let Some(delta) = choice.get_mut("delta") {
+                if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
+                    pieces.push(ChunkPiece::Text(text.to_string()));
+                }
+                if let Some(calls) = delta.get_mut("tool_calls").and_then(Value::as_array_mut) {
+                    pieces.extend(calls.iter_mut().map(|c| ChunkPiece::ToolCall(c.take())));
+                }
             }
-            if let Some(calls) = delta.get_mut("tool_calls").and_then(Value::as_array_mut) {
-                pieces.extend(calls.iter_mut().map(|c| ChunkPiece::ToolCall(c.take())));
-            }
-            if let Some(reason) = choice["finish_reason"].as_str() {
-                pieces.push(ChunkPiece::Finish(reason.to_string()));
+            if let Some(reason) = finish {
+                pieces.push(ChunkPiece::Finish(reason));
             }
         }
         ChatData::Chunk { usage, pieces }
@@ -547,6 +552,19 @@ mod tests {
         ];
         for (data, want) in table {
             assert_eq!(ChatData::read(&data), want, "{data}");
+        }
+        // Any JSON at all is read without a panic (found by a property test).
+        for odd in [
+            "[]",
+            "5",
+            r#"{"choices": 5}"#,
+            r#"{"choices": [[1]]}"#,
+            r#"{"choices": [{"delta": []}]}"#,
+        ] {
+            assert!(
+                matches!(ChatData::read(odd), ChatData::Chunk { .. }),
+                "{odd}"
+            );
         }
     }
 

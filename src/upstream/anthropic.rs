@@ -4,9 +4,9 @@
 //! translated back ([`crate::api::anthropic`]).
 //!
 //! - Non-streaming: the Messages object becomes a `chat.completion`.
-//! - Streaming: the provider's events are parsed as they arrive ([`SseParser`])
+//! - Streaming: the provider's events are parsed as they arrive ([`crate::api::sse::SseParser`])
 //!   and translated at once ([`MessagesToChat`], driven by
-//!   [`super::translated::translate_stream`]): exactly one `finish_reason` (or
+//!   `translated::translate_stream`): exactly one `finish_reason` (or
 //!   one error frame), the usage chunk when asked, then `[DONE]`. An in-band
 //!   `error` event (e.g. `overloaded_error`) before any content is the stream's
 //!   first frame, so routing treats it as a failed attempt.
@@ -14,7 +14,7 @@
 //!   retried and failed over like any 5xx; `rate_limit_error` 429; …).
 //! - Responses API requests (`POST /v1/responses`, Codex CLI): translated to
 //!   Chat Completions and answered through the same Chat path, so Responses →
-//!   Chat → Messages and back ([`super::translated::responses_over_chat`]):
+//!   Chat → Messages and back (`translated::responses_over_chat`):
 //!   a `response` object, or the Responses event sequence, with function and
 //!   custom tool calls, usage, and one `response.failed` for an in-band error.
 //!
@@ -24,7 +24,9 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::http::{HttpUpstream, UpstreamUrl};
-use super::translated::{responses_over_chat, translate_stream};
+use super::translated::{
+    event_chunks, fresh_id, request_json, responses_over_chat, translate_stream,
+};
 use super::{ChatCall, Reply, ResponsesCall, unix_now};
 use crate::api::anthropic::{MessagesToChat, chat_to_messages, messages_to_chat, provider_error};
 use crate::api::openai::{ApiError, Usage};
@@ -45,13 +47,7 @@ impl AnthropicUpstream {
 
     /// A Chat Completions request, answered through the Messages API.
     pub async fn chat(&self, call: ChatCall) -> Result<Reply, ApiError> {
-        let mut chat: Value = serde_json::from_slice(&call.body).map_err(|e| {
-            ApiError::bad_request(format!("request body is not valid JSON: {e}"))
-                .code("invalid_request")
-        })?;
-        if chat.get("model").is_none_or(Value::is_null) {
-            chat["model"] = Value::String(call.model.clone());
-        }
+        let chat = request_json(&call.body, &call.model)?;
         let request = chat_to_messages(&chat).map_err(ApiError::from)?;
         let body = Bytes::from(serde_json::to_vec(&request).expect("JSON serialises"));
         let response = self
@@ -74,16 +70,8 @@ impl AnthropicUpstream {
             return Err(err);
         }
         if call.stream {
-            let chunks = super::bounded::limit_events(
-                self.http.chunks(response, call.stats.clone()),
-                self.http.max_event_bytes(),
-                self.http.display_url().to_string(),
-            );
-            let id = format!(
-                "chatcmpl-{:016x}{:016x}",
-                fastrand::u64(..),
-                fastrand::u64(..)
-            );
+            let chunks = event_chunks(&self.http, response, &call.stats);
+            let id = fresh_id("chatcmpl-");
             let translator = MessagesToChat::new(&call.model, &id, unix_now(), call.include_usage);
             return Ok(Reply::Stream(translate_stream(
                 chunks,
@@ -120,51 +108,5 @@ impl AnthropicUpstream {
     /// answered through [`AnthropicUpstream::chat`] in translation.
     pub async fn responses(&self, call: ResponsesCall) -> Result<Reply, ApiError> {
         responses_over_chat(call, |chat| self.chat(chat)).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::ExchangeStats;
-    use super::super::http::ChunkStream;
-    use super::super::translated::event_json;
-    use super::*;
-    use crate::api::sse::SseEvent;
-    use futures_util::StreamExt;
-    use std::sync::Arc;
-
-    #[tokio::test]
-    async fn a_broken_stream_ends_with_one_error_and_done() {
-        let chunks: ChunkStream = Box::pin(futures_util::stream::iter(vec![
-            Ok(Bytes::from_static(
-                b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"usage\":{\"input_tokens\":2}}}\n\n\
-event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\ndata: {\"ty",
-            )),
-            Err(ApiError::bad_gateway("connection reset")),
-        ]));
-        let stats = Arc::new(ExchangeStats::default());
-        let translator = MessagesToChat::new("m", "chatcmpl-1", 1, false);
-        let frames: Vec<Bytes> =
-            translate_stream(chunks, translator, stats.clone(), String::new(), None)
-                .collect()
-                .await;
-        let text: String = frames
-            .iter()
-            .map(|b| std::str::from_utf8(b).unwrap())
-            .collect();
-        assert!(text.contains("\"content\":\"hi\""), "{text}");
-        assert!(text.contains("connection reset"), "{text}");
-        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
-        assert_eq!(text.matches("[DONE]").count(), 1);
-        assert_eq!(stats.usage().prompt_tokens, 2);
-    }
-
-    #[test]
-    fn event_names_fill_in_a_missing_type() {
-        let ev = SseEvent {
-            event: Some("ping".into()),
-            data: "{}".into(),
-        };
-        assert_eq!(event_json(&ev).unwrap()["type"], "ping");
     }
 }

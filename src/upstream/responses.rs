@@ -23,7 +23,7 @@ use reqwest::header::CONTENT_TYPE;
 use serde_json::Value;
 
 use super::http::{HttpUpstream, UpstreamUrl};
-use super::translated::{event_json, translate_stream};
+use super::translated::{event_chunks, event_json, fresh_id, request_json, translate_stream};
 use super::{ChatCall, Reply, unix_now};
 use crate::api::metrics::Metrics;
 use crate::api::openai::{ApiError, Usage};
@@ -66,13 +66,7 @@ impl ResponsesUpstream {
 
     /// A Chat Completions request, answered through the Responses API.
     pub async fn chat(&self, call: ChatCall) -> Result<Reply, ApiError> {
-        let mut chat: Value = serde_json::from_slice(&call.body).map_err(|e| {
-            ApiError::bad_request(format!("request body is not valid JSON: {e}"))
-                .code("invalid_request")
-        })?;
-        if chat.get("model").is_none_or(Value::is_null) {
-            chat["model"] = Value::String(call.model.clone());
-        }
+        let chat = request_json(&call.body, &call.model)?;
         let prompt = self.prompts.get(instructions_for(&call.model)).await;
         let request =
             chat_to_responses(&chat, &prompt.text, &self.options).map_err(ApiError::from)?;
@@ -85,16 +79,8 @@ impl ResponsesUpstream {
             return Err(self.http.passthrough_error(response).await);
         }
         if call.stream {
-            let chunks = super::bounded::limit_events(
-                self.http.chunks(response, call.stats.clone()),
-                self.http.max_event_bytes(),
-                self.http.display_url().to_string(),
-            );
-            let id = format!(
-                "chatcmpl-{:016x}{:016x}",
-                fastrand::u64(..),
-                fastrand::u64(..)
-            );
+            let chunks = event_chunks(&self.http, response, &call.stats);
+            let id = fresh_id("chatcmpl-");
             let mut translator =
                 StreamTranslator::new(&call.model, &id, unix_now(), call.include_usage);
             let first = translator.start().concat();
@@ -194,11 +180,7 @@ pub const KEEPALIVE: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {
-    use super::super::ExchangeStats;
-    use super::super::http::ChunkStream;
-    use super::super::translated::KEEPALIVE_FRAME;
     use super::*;
-    use futures_util::StreamExt;
     use serde_json::json;
 
     #[test]
@@ -226,55 +208,5 @@ event: response.completed\ndata: {\"response\":{\"id\":\"resp_1\",\"status\":\"c
         let err = final_response(failed, "u").unwrap_err();
         assert!(err.message.contains("boom"), "{}", err.message);
         assert!(final_response(b"data: {\"type\":\"response.created\"}\n\n", "u").is_err());
-    }
-
-    #[tokio::test]
-    async fn a_broken_stream_ends_with_one_error_and_done() {
-        let chunks: ChunkStream = Box::pin(futures_util::stream::iter(vec![
-            Ok(Bytes::from_static(
-                b"data: {\"type\":\"response.output_text.delta\",\"delta\":\"hi\"}\n\ndata: {\"type\":\"resp",
-            )),
-            Err(ApiError::bad_gateway("connection reset")),
-        ]));
-        let stats = Arc::new(ExchangeStats::default());
-        let translator = StreamTranslator::new("m", "chatcmpl-1", 1, false);
-        let frames: Vec<Bytes> =
-            translate_stream(chunks, translator, stats, String::new(), Some(KEEPALIVE))
-                .collect()
-                .await;
-        let text: String = frames
-            .iter()
-            .map(|b| std::str::from_utf8(b).unwrap())
-            .collect();
-        assert!(text.contains("\"content\":\"hi\""), "{text}");
-        assert!(text.contains("connection reset"), "{text}");
-        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
-        assert_eq!(text.matches("[DONE]").count(), 1);
-    }
-
-    #[tokio::test]
-    async fn the_role_chunk_comes_first_then_keep_alives_while_the_upstream_is_silent() {
-        let silent: ChunkStream = Box::pin(futures_util::stream::pending());
-        let stats = Arc::new(ExchangeStats::default());
-        let mut translator = StreamTranslator::new("m", "chatcmpl-1", 1, false);
-        let first = translator.start().concat();
-        let every = Some(Duration::from_millis(5));
-        let mut frames = translate_stream(silent, translator, stats, first, every);
-        let first = frames.next().await.unwrap();
-        let first: Value = serde_json::from_str(
-            std::str::from_utf8(&first)
-                .unwrap()
-                .strip_prefix("data: ")
-                .unwrap()
-                .trim(),
-        )
-        .unwrap();
-        assert_eq!(
-            first["choices"][0]["delta"],
-            json!({"role": "assistant", "content": ""})
-        );
-        for _ in 0..3 {
-            assert_eq!(frames.next().await.unwrap(), KEEPALIVE_FRAME.as_bytes());
-        }
     }
 }

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use super::http::ChunkStream;
+use super::http::{ChunkStream, HttpUpstream};
 use super::{ChatCall, ExchangeStats, FrameStream, Reply, ResponsesCall, unix_now};
 use crate::api::anthropic::MessagesToChat;
 use crate::api::openai::{ApiError, Usage};
@@ -135,6 +135,44 @@ impl Translate for ChatToResponses {
     }
 }
 
+/// A client's request body for translation: a JSON object, its `model` the
+/// routed one when it names none.
+pub(super) fn request_json(body: &[u8], model: &str) -> Result<Value, ApiError> {
+    let invalid = |what: String| ApiError::bad_request(what).code("invalid_request");
+    let mut value: Value = serde_json::from_slice(body)
+        .map_err(|e| invalid(format!("request body is not valid JSON: {e}")))?;
+    let object = value
+        .as_object_mut()
+        .ok_or_else(|| invalid("the request body must be a JSON object".into()))?;
+    if object.get("model").is_none_or(Value::is_null) {
+        object.insert("model".into(), Value::String(model.to_string()));
+    }
+    Ok(value)
+}
+
+/// A fresh id: `prefix` and 32 random hex digits.
+pub(super) fn fresh_id(prefix: &str) -> String {
+    format!(
+        "{prefix}{:016x}{:016x}",
+        fastrand::u64(..),
+        fastrand::u64(..)
+    )
+}
+
+/// A provider's streamed answer as chunks, each SSE event bounded by the
+/// provider's `max_event_bytes` (a longer one ends the stream with an error).
+pub(super) fn event_chunks(
+    http: &HttpUpstream,
+    response: reqwest::Response,
+    stats: &Arc<ExchangeStats>,
+) -> ChunkStream {
+    super::bounded::limit_events(
+        http.chunks(response, stats.clone()),
+        http.max_event_bytes(),
+        http.display_url().to_string(),
+    )
+}
+
 /// The SSE comment sent as keep-alive; clients ignore comment lines.
 pub(super) const KEEPALIVE_FRAME: &str = ": keep-alive\n\n";
 
@@ -231,12 +269,9 @@ where
     F: FnOnce(ChatCall) -> Fut,
     Fut: Future<Output = Result<Reply, ApiError>>,
 {
-    let request: Value = serde_json::from_slice(&call.body).map_err(|e| {
-        ApiError::bad_request(format!("request body is not valid JSON: {e}"))
-            .code("invalid_request")
-    })?;
+    let request = request_json(&call.body, &call.model)?;
     let translated = responses_request_to_chat(&request)?;
-    let id = format!("resp_{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+    let id = fresh_id("resp_");
     let shell = ResponseShell::new(
         &id,
         unix_now(),
@@ -279,4 +314,133 @@ where
             None,
         )),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::responses::ToolNames;
+    use serde_json::json;
+
+    /// Drives `translator` over a stream that sends `first`, then breaks.
+    async fn run_broken<T: Translate>(
+        first: &'static [u8],
+        translator: T,
+    ) -> (String, Arc<ExchangeStats>) {
+        let stats = Arc::new(ExchangeStats::default());
+        let chunks: ChunkStream = Box::pin(futures_util::stream::iter(vec![
+            Ok(Bytes::from_static(first)),
+            Err(ApiError::bad_gateway("connection reset")),
+        ]));
+        let frames = translate_stream(chunks, translator, stats.clone(), String::new(), None);
+        let frames: Vec<Bytes> = frames.collect().await;
+        let text = frames
+            .iter()
+            .map(|b| std::str::from_utf8(b).unwrap())
+            .collect();
+        (text, stats)
+    }
+
+    /// A Chat stream: what came through, then one error frame and one `[DONE]`, last.
+    fn assert_chat_ends_with_one_error(text: &str) {
+        assert!(text.contains("\"content\":\"hi\""), "{text}");
+        assert!(text.contains("connection reset"), "{text}");
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        assert_eq!(text.matches("[DONE]").count(), 1, "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_broken_stream_ends_with_one_terminal_frame_whatever_the_translator() {
+        // Responses upstream → Chat chunks.
+        let (text, _) = run_broken(
+            b"data: {\"type\":\"response.output_text.delta\",\"delta\":\"hi\"}\n\ndata: {\"type\":\"resp",
+            StreamTranslator::new("m", "chatcmpl-1", 1, false),
+        )
+        .await;
+        assert_chat_ends_with_one_error(&text);
+
+        // Anthropic provider → Chat chunks, the usage seen so far recorded.
+        let (text, stats) = run_broken(
+            b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"usage\":{\"input_tokens\":2}}}\n\n\
+event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\ndata: {\"ty",
+            MessagesToChat::new("m", "chatcmpl-1", 1, false),
+        )
+        .await;
+        assert_chat_ends_with_one_error(&text);
+        assert_eq!(stats.usage().prompt_tokens, 2);
+
+        // Chat chunks → Responses events: one response.failed, last.
+        let shell = ResponseShell::new("resp_1", 1, "m", &serde_json::Map::new());
+        let (text, _) = run_broken(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n",
+            ChatToResponses::new(shell, ToolNames::default()),
+        )
+        .await;
+        assert!(text.contains("\"delta\":\"hi\""), "{text}");
+        assert_eq!(text.matches("event: response.failed").count(), 1, "{text}");
+        let last = text.rsplit("event: ").next().unwrap();
+        assert!(
+            last.starts_with("response.failed") && last.contains("connection reset"),
+            "{text}"
+        );
+        assert!(!text.contains("response.completed"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn the_first_frames_go_out_at_once_then_keep_alives_while_the_upstream_is_silent() {
+        let silent: ChunkStream = Box::pin(futures_util::stream::pending());
+        let stats = Arc::new(ExchangeStats::default());
+        let mut translator = StreamTranslator::new("m", "chatcmpl-1", 1, false);
+        let first = translator.start().concat();
+        let every = Some(Duration::from_millis(5));
+        let mut frames = translate_stream(silent, translator, stats, first, every);
+        let first = frames.next().await.unwrap();
+        let first: Value = serde_json::from_str(
+            std::str::from_utf8(&first)
+                .unwrap()
+                .strip_prefix("data: ")
+                .unwrap()
+                .trim(),
+        )
+        .unwrap();
+        assert_eq!(
+            first["choices"][0]["delta"],
+            json!({"role": "assistant", "content": ""})
+        );
+        for _ in 0..3 {
+            assert_eq!(frames.next().await.unwrap(), KEEPALIVE_FRAME.as_bytes());
+        }
+    }
+
+    #[test]
+    fn event_names_fill_in_a_missing_type() {
+        let ev = SseEvent {
+            event: Some("ping".into()),
+            data: "{}".into(),
+        };
+        assert_eq!(event_json(&ev).unwrap()["type"], "ping");
+        let named = SseEvent {
+            event: Some("ping".into()),
+            data: "{\"type\":\"error\"}".into(),
+        };
+        assert_eq!(
+            event_json(&named).unwrap()["type"],
+            "error",
+            "the data's own type wins"
+        );
+    }
+
+    #[test]
+    fn request_bodies_must_be_objects_and_get_the_routed_model() {
+        assert_eq!(request_json(b"{}", "m").unwrap(), json!({"model": "m"}));
+        assert_eq!(
+            request_json(br#"{"model":"x"}"#, "m").unwrap(),
+            json!({"model": "x"})
+        );
+        for bad in [&b"[]"[..], b"5", b"{"] {
+            assert_eq!(request_json(bad, "m").unwrap_err().status, 400);
+        }
+        assert!(fresh_id("resp_").starts_with("resp_"));
+        assert_eq!(fresh_id("resp_").len(), 5 + 32);
+    }
 }

@@ -45,6 +45,18 @@ fn events(body: &str) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// Waits for the access-log line of a successful `route` request that
+/// counted `completion_tokens`.
+fn assert_logged(home: &TestHome, route: &str, completion_tokens: u64) {
+    let route = format!("route=\"{route}\"");
+    let tokens = format!("completion_tokens={completion_tokens}");
+    crate::support::eventually("the access-log line", || {
+        home.read("logs/proxy.log")
+            .lines()
+            .any(|l| l.contains(&route) && l.contains("status=200") && l.contains(&tokens))
+    });
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn messages_on_the_mock_answer_in_anthropic_shape() {
     let (_home, proxy) = mock_proxy(&[]);
@@ -117,13 +129,7 @@ async fn messages_stream_the_anthropic_event_sequence() {
             "usage": {"input_tokens": 3, "output_tokens": 3}})
     );
     // Observed like any chat request: one access-log line with the tokens.
-    crate::support::eventually("the access-log line", || {
-        home.read("logs/proxy.log").lines().any(|l| {
-            l.contains("route=\"/v1/messages\"")
-                && l.contains("status=200")
-                && l.contains("completion_tokens=3")
-        })
-    });
+    assert_logged(&home, "/v1/messages", 3);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -795,7 +801,8 @@ async fn responses_through_an_anthropic_provider_answer_in_the_responses_shape()
     let r = responses_post(
         &proxy,
         &json!({"model": "claude-test", "instructions": "be brief", "max_output_tokens": 300,
-            "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}]}),
+            "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"},
+                {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}]}]}),
     )
     .await;
     assert_eq!(r.status(), 200);
@@ -815,7 +822,8 @@ async fn responses_through_an_anthropic_provider_answer_in_the_responses_shape()
     assert_eq!(sent["max_tokens"], 300);
     assert_eq!(
         sent["messages"],
-        json!([{"role": "user", "content": [{"type": "text", "text": "hi"}]}])
+        json!([{"role": "user", "content": [{"type": "text", "text": "hi"},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}]}])
     );
 
     // Streaming: the Responses event sequence, numbered, ending in
@@ -852,13 +860,7 @@ async fn responses_through_an_anthropic_provider_answer_in_the_responses_shape()
     assert_eq!(done["usage"]["output_tokens"], 4);
     assert_eq!(fake.last_body()["stream"], true);
     // Observed like any Responses request: the tokens reach the access log.
-    crate::support::eventually("the access-log line", || {
-        home.read("logs/proxy.log").lines().any(|l| {
-            l.contains("route=\"/v1/responses\"")
-                && l.contains("status=200")
-                && l.contains("completion_tokens=4")
-        })
-    });
+    assert_logged(&home, "/v1/responses", 4);
 }
 
 #[tokio::test(flavor = "multi_thread")]

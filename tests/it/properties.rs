@@ -1,14 +1,19 @@
 //! Property tests (proptest, 256 cases each): on arbitrary input the SSE
-//! parser, the event framer, the Chat <-> Responses translation, the config
-//! loader and the request validator never panic, and what reaches a client is
-//! only ever whole events.
+//! parser, the event framer, the Chat <-> Responses and Responses -> Messages
+//! translations, the config loader and the request validator never panic, and
+//! what reaches a client is only ever whole events (a translated Responses
+//! stream: numbered, with exactly one terminal event, last).
 
 use bytes::Bytes;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
+use warden::api::anthropic::chat_to_messages;
 use warden::api::openai::ChatRequestView;
-use warden::api::responses::{StreamTranslator, TranslateOptions, chat_to_responses};
+use warden::api::responses::{
+    ChatToResponses, ResponseShell, StreamTranslator, ToolNames, TranslateOptions,
+    chat_to_responses, responses_request_to_chat,
+};
 use warden::api::sse::SseParser;
 use warden::upstream::bounded::EventFramer;
 
@@ -49,6 +54,12 @@ fn json_value() -> impl Strategy<Value = Value> {
             Just("error"),
             Just("gpt-5"),
             Just("gpt-5-codex-high"),
+            Just("message"),
+            Just("function_call"),
+            Just("function_call_output"),
+            Just("custom"),
+            Just("namespace"),
+            Just("input_image"),
         ]
         .prop_map(Value::from),
     ];
@@ -78,6 +89,9 @@ fn json_value() -> impl Strategy<Value = Value> {
                         Just("call_id".to_string()),
                         Just("output_index".to_string()),
                         Just("name".to_string()),
+                        Just("input".to_string()),
+                        Just("instructions".to_string()),
+                        Just("output".to_string()),
                         "[a-z_]{1,8}",
                     ],
                     inner,
@@ -87,6 +101,41 @@ fn json_value() -> impl Strategy<Value = Value> {
             .prop_map(|pairs| Value::Object(pairs.into_iter().collect())),
         ]
     })
+}
+
+/// One Chat stream `data:` payload, shaped like what providers send often
+/// enough to reach every branch of a translator (and sometimes not at all).
+fn chat_data() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-z ]{0,6}".prop_map(|t| json!({"choices": [{"delta": {"content": t}}]}).to_string()),
+        (
+            0u64..3,
+            prop::option::of("[a-z]{1,4}"),
+            "[{}\":a-z0-9]{0,8}"
+        )
+            .prop_map(|(i, name, args)| {
+                let mut call = json!({"index": i, "function": {"arguments": args}});
+                if let Some(name) = name {
+                    call["id"] = json!(format!("call_{i}"));
+                    call["function"]["name"] = json!(name);
+                }
+                json!({"choices": [{"delta": {"tool_calls": [call]}}]}).to_string()
+            }),
+        prop_oneof![
+            Just("stop"),
+            Just("length"),
+            Just("tool_calls"),
+            Just("content_filter")
+        ]
+        .prop_map(|r| json!({"choices": [{"delta": {}, "finish_reason": r}]}).to_string()),
+        (0u64..50, 0u64..50).prop_map(|(p, c)| json!({"choices": [],
+            "usage": {"prompt_tokens": p, "completion_tokens": c}})
+        .to_string()),
+        Just(json!({"error": {"message": "boom", "code": "overloaded_error"}}).to_string()),
+        Just("[DONE]".to_string()),
+        "[ -~]{0,12}",
+        json_value().prop_map(|v| v.to_string()),
+    ]
 }
 
 /// Bytes that look like SSE often enough to reach every branch.
@@ -194,6 +243,49 @@ proptest! {
         }
         let done = frames.iter().filter(|f| f.contains("[DONE]")).count();
         prop_assert!(done <= 1, "{:?}", frames);
+    }
+
+    #[test]
+    fn responses_to_chat_to_messages_never_panics(request in json_value(), input in json_value(), tools in json_value()) {
+        let mut request = request;
+        if let Some(object) = request.as_object_mut() {
+            object.insert("input".into(), input);
+            object.insert("tools".into(), tools);
+            object.entry("model").or_insert(json!("claude"));
+        }
+        if let Ok(chat) = responses_request_to_chat(&request) {
+            let _ = chat_to_messages(&chat.body);
+        }
+    }
+
+    #[test]
+    fn a_chat_stream_as_responses_events_ends_once_and_last(
+        data in prop::collection::vec(chat_data(), 0..12),
+    ) {
+        let shell = ResponseShell::new("resp_1", 1, "claude", &serde_json::Map::new());
+        let names = ToolNames { custom: vec!["a".into()], namespaced: vec![("b".into(), "ns".into())] };
+        let mut translator = ChatToResponses::new(shell, names);
+        let mut frames = Vec::new();
+        for d in &data {
+            frames.extend(translator.on_data(d));
+        }
+        frames.extend(translator.finish());
+        prop_assert!(translator.is_done());
+        let mut terminal = Vec::new();
+        for (n, frame) in frames.iter().enumerate() {
+            let (name, data) = frame
+                .strip_prefix("event: ")
+                .and_then(|f| f.strip_suffix("\n\n"))
+                .and_then(|f| f.split_once("\ndata: "))
+                .unwrap_or_else(|| panic!("not one named event: {frame:?}"));
+            let data: Value = serde_json::from_str(data).unwrap();
+            prop_assert_eq!(&data["type"], name);
+            prop_assert_eq!(&data["sequence_number"], &json!(n));
+            if matches!(name, "response.completed" | "response.incomplete" | "response.failed") {
+                terminal.push(n);
+            }
+        }
+        prop_assert_eq!(terminal, vec![frames.len() - 1], "{:?}", frames);
     }
 
     #[test]

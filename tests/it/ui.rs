@@ -130,6 +130,7 @@ async fn chromium_renders_two_providers_one_cooling_and_the_request_count() {
     assert!(dom.contains("last error: "), "last error shown");
     let backup = provider_row(&dom, "backup");
     assert!(backup.contains(">healthy<"), "state in words: {backup}");
+    assert_eq!(text_of(&dom, "upstream"), "2 providers: backup, primary");
     let total: u64 = text_of(&dom, "requests-total").parse().unwrap();
     assert!(total >= 3, "request count {total}");
     assert_eq!(text_of(&dom, "status"), "pass");
