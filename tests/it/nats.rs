@@ -380,7 +380,13 @@ async fn with_nats_required_readiness_follows_the_connection_but_not_for_the_dae
 #[test]
 fn daemon_start_does_not_wait_for_a_required_nats_that_is_away() {
     let mut nats = NatsServer::start();
-    let home = home_with(&nats, "mock", "required = true\n");
+    // A port of its own: the default (8000) may be anyone's on a shared machine.
+    let port = crate::support::free_port();
+    let home = home_with(
+        &nats,
+        "mock",
+        &format!("required = true\n\n[server]\nport = {port}\n"),
+    );
     nats.stop(); // the configured server is away for the whole test
     let out = crate::support::run("daemon", &home, &["start"]);
     assert_eq!(
