@@ -6,8 +6,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -23,12 +23,8 @@ use crate::upstream::forward::client_headers;
 pub async fn chat_completions(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    ClientBody(body): ClientBody,
 ) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => return body_rejection(&gw, rejection).into_response(),
-    };
     let dispatched = dispatch::chat_with_headers(&gw, body, client_headers(&headers)).await;
     let mut response = match dispatched.outcome {
         Ok((reply, slot)) => respond_reply(reply, slot),
@@ -88,7 +84,9 @@ fn respond_reply(reply: Reply, slot: Slot) -> Response {
     }
 }
 
-fn sse_response(body: Body) -> Response {
+/// An SSE response: the event-stream type, and no caching or proxy buffering on
+/// the way to the client.
+pub(super) fn sse_response(body: Body) -> Response {
     let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(
@@ -100,7 +98,23 @@ fn sse_response(body: Body) -> Response {
     response
 }
 
-pub(super) fn body_rejection(gw: &Gateway, rejection: BytesRejection) -> ApiError {
+/// A request body, read within `server.max_body_bytes` and `server.body_timeout`.
+/// Refused (counted, and answered 413, 408 or 400 in OpenAI's shape) otherwise;
+/// a handler that answers in another shape takes `Result<ClientBody, ApiError>`.
+pub struct ClientBody(pub Bytes);
+
+impl FromRequest<Arc<Gateway>> for ClientBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, gw: &Arc<Gateway>) -> Result<Self, ApiError> {
+        Bytes::from_request(request, gw)
+            .await
+            .map(ClientBody)
+            .map_err(|rejection| body_rejection(gw, rejection))
+    }
+}
+
+fn body_rejection(gw: &Gateway, rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         gw.metrics.rejected(Rejection::BodyTooLarge);
         ApiError::payload_too_large(gw.config.server.max_body_bytes)

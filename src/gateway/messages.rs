@@ -14,14 +14,13 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use super::admission::Slot;
-use super::chat::{attach, body_rejection};
+use super::chat::{ClientBody, attach, sse_response};
 use super::{Gateway, dispatch};
 use crate::api::anthropic::{self, ChatToMessages};
 use crate::api::openai::ApiError;
@@ -42,8 +41,8 @@ pub fn error_response(err: &ApiError) -> Response {
 }
 
 /// The request as a JSON object, or a 400.
-fn parse_request(gw: &Gateway, body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
-    let body = body.map_err(|rejection| body_rejection(gw, rejection))?;
+fn parse_request(body: Result<ClientBody, ApiError>) -> Result<Value, ApiError> {
+    let ClientBody(body) = body?;
     match serde_json::from_slice::<Value>(&body) {
         Ok(v @ Value::Object(_)) => Ok(v),
         Ok(_) => Err(ApiError::bad_request(
@@ -58,9 +57,9 @@ fn parse_request(gw: &Gateway, body: Result<Bytes, BytesRejection>) -> Result<Va
 pub async fn messages(
     State(gw): State<Arc<Gateway>>,
     headers: axum::http::HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<ClientBody, ApiError>,
 ) -> Response {
-    let request = match parse_request(&gw, body) {
+    let request = match parse_request(body) {
         Ok(request) => request,
         Err(e) => return error_response(&e),
     };
@@ -151,15 +150,7 @@ fn completion_as_chunks(body: &[u8]) -> Vec<Bytes> {
 }
 
 fn sse(frames: impl futures_util::Stream<Item = Bytes> + Send + 'static) -> Response {
-    let mut response = Response::new(Body::from_stream(frames.map(Ok::<_, Infallible>)));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
+    sse_response(Body::from_stream(frames.map(Ok::<_, Infallible>)))
 }
 
 /// Chat chunk frames → Anthropic events, as they arrive. The stream owns the
@@ -215,11 +206,8 @@ fn translate(
 /// `POST /v1/messages/count_tokens`: `{"input_tokens": N}`, an estimate of about
 /// four characters per token (see [`anthropic::estimate_tokens`]); no provider
 /// is called.
-pub async fn count_tokens(
-    State(gw): State<Arc<Gateway>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let request = match parse_request(&gw, body) {
+pub async fn count_tokens(body: Result<ClientBody, ApiError>) -> Response {
+    let request = match parse_request(body) {
         Ok(request) => request,
         Err(e) => return error_response(&e),
     };

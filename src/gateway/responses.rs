@@ -10,13 +10,12 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::admission::Slot;
-use super::chat::{body_rejection, respond};
+use super::chat::{ClientBody, respond};
 use super::observe::ExchangeInfo;
 use super::{Gateway, dispatch};
 use crate::api::openai::{ApiError, invalid, json_type};
@@ -27,12 +26,8 @@ use crate::upstream::{ExchangeStats, ResponsesCall};
 pub async fn responses(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    ClientBody(body): ClientBody,
 ) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => return body_rejection(&gw, rejection).into_response(),
-    };
     let mut request = match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(request)) => request,
         Ok(_) => return invalid::not_an_object().into_response(),

@@ -180,7 +180,7 @@ fn reclaimer(
 ) -> handoff::Reclaim {
     Arc::new(move || {
         if stopping.load(Ordering::Acquire) {
-            return Err("this proxy is shutting down".into());
+            return Err(handoff::ReclaimError::ShuttingDown);
         }
         let mut guard = lock_guard(&slot);
         if guard.as_ref().is_some_and(|g| g.is_current()) {
@@ -190,7 +190,7 @@ fn reclaimer(
                 path.display()
             ));
         }
-        let new = pidfile::acquire(&path, &record).map_err(|e| e.to_string())?;
+        let new = pidfile::acquire(&path, &record)?;
         // The old guard's file was replaced by the successor's: dropping it leaves
         // the new file alone.
         drop(guard.replace(new));

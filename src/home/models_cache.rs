@@ -3,7 +3,7 @@
 //! corrupt one is ignored by the proxy and deleted by `doctor`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -16,14 +16,35 @@ pub struct CatalogFile {
     pub providers: BTreeMap<String, Vec<String>>,
 }
 
-/// Why `cache/models.json` cannot be used (for `doctor`).
-pub fn inspect(path: &Path) -> Result<(), String> {
+/// Why `cache/models.json` cannot be used; `doctor` deletes a corrupt one.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogCacheError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is corrupt: {source}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+/// Why `cache/models.json` cannot be used (for `doctor`); a missing one is fine.
+pub fn inspect(path: &Path) -> Result<(), CatalogCacheError> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice::<CatalogFile>(&bytes)
             .map(|_| ())
-            .map_err(|e| format!("{} is corrupt: {e}", path.display())),
+            .map_err(|source| CatalogCacheError::Corrupt {
+                path: path.to_path_buf(),
+                source,
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        Err(source) => Err(CatalogCacheError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -58,9 +79,11 @@ mod tests {
     fn a_corrupt_cache_is_reported_and_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("models.json");
-        assert_eq!(inspect(&path), Ok(()));
+        assert!(inspect(&path).is_ok());
         std::fs::write(&path, b"{ half").unwrap();
-        assert!(inspect(&path).unwrap_err().contains("corrupt"));
+        let err = inspect(&path).unwrap_err();
+        assert!(matches!(err, CatalogCacheError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("corrupt"), "{err}");
         assert_eq!(load(&path), None);
         std::fs::write(&path, br#"{"updated_at":"x","providers":{"p":["m"]}}"#).unwrap();
         assert_eq!(load(&path).unwrap().providers["p"], ["m"]);

@@ -11,7 +11,7 @@
 //! The same inheritance path also accepts systemd socket activation
 //! (`LISTEN_FDS=1`, `LISTEN_PID`).
 
-use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -20,6 +20,7 @@ use std::time::Duration;
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 
 use crate::home::Home;
+use crate::lifecycle::pidfile::PidFileError;
 
 /// The descriptor number of an inherited listener (set by `daemon restart`).
 pub const LISTEN_FD_VAR: &str = "WARDEN_LISTEN_FD";
@@ -36,7 +37,38 @@ const MAX_REQUEST: usize = 32;
 
 /// What a proxy does when asked to take its PID file back: `Ok(what happened)`
 /// or `Err(why not)`.
-pub type Reclaim = std::sync::Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+pub type Reclaim = std::sync::Arc<dyn Fn() -> Result<String, ReclaimError> + Send + Sync>;
+
+/// Why a proxy refuses to take its PID file back (sent to the asker as text).
+#[derive(Debug, thiserror::Error)]
+pub enum ReclaimError {
+    #[error("this proxy is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    PidFile(#[from] PidFileError),
+}
+
+/// Why talking to another proxy's control socket failed; each names the socket.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffError {
+    #[error("cannot reach the control socket {}: {source}", path.display())]
+    Connect { path: PathBuf, source: io::Error },
+    #[error("control socket {}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{} sent no socket", path.display())]
+    NoSocket { path: PathBuf },
+    #[error("{} gave no answer (a proxy older than this toolkit?)", path.display())]
+    NoAnswer { path: PathBuf },
+    /// The proxy answered no, with its own reason.
+    #[error("{why}")]
+    Refused { path: PathBuf, why: String },
+    /// The blocking task talking to the socket panicked or was cancelled.
+    #[error("the request to the control socket {} did not finish: {source}", path.display())]
+    Task {
+        path: PathBuf,
+        source: tokio::task::JoinError,
+    },
+}
 
 /// The control socket of the proxy with this PID.
 pub fn control_socket_path(home: &Home, pid: i32) -> PathBuf {
@@ -207,39 +239,53 @@ fn answer(mut stream: UnixStream, listener_fd: RawFd, reclaim: &Reclaim) -> std:
     Ok(())
 }
 
+/// Connects to the control socket at `path` and sends `request`.
+fn ask(path: &Path, request: &[u8]) -> Result<UnixStream, HandoffError> {
+    let mut stream = UnixStream::connect(path).map_err(|source| HandoffError::Connect {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .and_then(|()| stream.write_all(request))
+        .map_err(|source| HandoffError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(stream)
+}
+
 /// Asks the proxy behind `path` to take `run/proxy.pid` back; `Ok` with what it
 /// did, `Err` with why it did not (or could not be asked).
-pub fn request_reclaim(path: &Path) -> std::io::Result<String> {
-    let mut stream = UnixStream::connect(path).map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("cannot reach the control socket {}: {e}", path.display()),
-        )
-    })?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(RECLAIM)?;
+pub fn request_reclaim(path: &Path) -> Result<String, HandoffError> {
+    let mut stream = ask(path, RECLAIM)?;
     let mut reply = String::new();
-    (&mut stream).take(1024).read_to_string(&mut reply)?;
+    (&mut stream)
+        .take(1024)
+        .read_to_string(&mut reply)
+        .map_err(|source| HandoffError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     match reply.split_once(' ') {
         Some(("ok", what)) => Ok(what.to_string()),
-        Some(("no", why)) => Err(std::io::Error::other(why.to_string())),
-        _ => Err(std::io::Error::other(format!(
-            "{} gave no answer (a proxy older than this toolkit?)",
-            path.display()
-        ))),
+        Some(("no", why)) => Err(HandoffError::Refused {
+            path: path.to_path_buf(),
+            why: why.to_string(),
+        }),
+        _ => Err(HandoffError::NoAnswer {
+            path: path.to_path_buf(),
+        }),
     }
 }
 
 /// Asks the proxy behind `path` for its listening socket.
-pub fn fetch_listener(path: &Path) -> std::io::Result<OwnedFd> {
-    let mut stream = UnixStream::connect(path).map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("cannot reach the control socket {}: {e}", path.display()),
-        )
-    })?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(REQUEST)?;
+pub fn fetch_listener(path: &Path) -> Result<OwnedFd, HandoffError> {
+    let stream = ask(path, REQUEST)?;
+    let io_error = |e: nix::Error| HandoffError::Io {
+        path: path.to_path_buf(),
+        source: io::Error::from(e),
+    };
     let mut byte = [0u8; 1];
     let mut iov = [IoSliceMut::new(&mut byte)];
     let mut space = nix::cmsg_space!([RawFd; 1]);
@@ -249,8 +295,8 @@ pub fn fetch_listener(path: &Path) -> std::io::Result<OwnedFd> {
         Some(&mut space),
         MsgFlags::MSG_CMSG_CLOEXEC,
     )
-    .map_err(std::io::Error::other)?;
-    for cmsg in msg.cmsgs().map_err(std::io::Error::other)? {
+    .map_err(io_error)?;
+    for cmsg in msg.cmsgs().map_err(io_error)? {
         if let ControlMessageOwned::ScmRights(fds) = cmsg {
             if let Some(&fd) = fds.first() {
                 // SAFETY: the kernel just installed this descriptor for us.
@@ -258,10 +304,9 @@ pub fn fetch_listener(path: &Path) -> std::io::Result<OwnedFd> {
             }
         }
     }
-    Err(std::io::Error::other(format!(
-        "{} sent no socket",
-        path.display()
-    )))
+    Err(HandoffError::NoSocket {
+        path: path.to_path_buf(),
+    })
 }
 
 #[cfg(test)]

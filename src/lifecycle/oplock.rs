@@ -164,23 +164,10 @@ pub async fn acquire(
     wait: Duration,
     on_wait: &mut (dyn FnMut(&Holder) + Send),
 ) -> Result<OperationLock, OpLockError> {
-    let started = Instant::now();
-    let mut said = false;
+    let mut waiter = Waiter::new(home, operation, wait);
     loop {
-        if let Some(mut lock) = try_lock(home, operation)? {
-            lock.waited = said;
+        if let Some(lock) = waiter.attempt(on_wait)? {
             return Ok(lock);
-        }
-        if !said {
-            said = true;
-            on_wait(&holder(home));
-        }
-        if started.elapsed() >= wait {
-            return Err(OpLockError::TimedOut {
-                path: path(home),
-                holder: holder(home),
-                waited: started.elapsed(),
-            });
         }
         tokio::time::sleep(RETRY_EVERY).await;
     }
@@ -193,25 +180,59 @@ pub fn acquire_blocking(
     wait: Duration,
     on_wait: &mut dyn FnMut(&Holder),
 ) -> Result<OperationLock, OpLockError> {
-    let started = Instant::now();
-    let mut said = false;
+    let mut waiter = Waiter::new(home, operation, wait);
     loop {
-        if let Some(mut lock) = try_lock(home, operation)? {
-            lock.waited = said;
+        if let Some(lock) = waiter.attempt(on_wait)? {
             return Ok(lock);
         }
-        if !said {
-            said = true;
-            on_wait(&holder(home));
+        std::thread::sleep(RETRY_EVERY);
+    }
+}
+
+/// The waiting both [`acquire`]s share; they differ only in how they sleep
+/// between attempts.
+struct Waiter<'a> {
+    home: &'a Home,
+    operation: &'a str,
+    wait: Duration,
+    started: Instant,
+    /// Whether `on_wait` was called (then the lock, once taken, says it waited).
+    said: bool,
+}
+
+impl<'a> Waiter<'a> {
+    fn new(home: &'a Home, operation: &'a str, wait: Duration) -> Waiter<'a> {
+        Waiter {
+            home,
+            operation,
+            wait,
+            started: Instant::now(),
+            said: false,
         }
-        if started.elapsed() >= wait {
+    }
+
+    /// One try: the lock, `None` to try again after [`RETRY_EVERY`], or the
+    /// error once `wait` has passed.
+    fn attempt(
+        &mut self,
+        on_wait: &mut dyn FnMut(&Holder),
+    ) -> Result<Option<OperationLock>, OpLockError> {
+        if let Some(mut lock) = try_lock(self.home, self.operation)? {
+            lock.waited = self.said;
+            return Ok(Some(lock));
+        }
+        if !self.said {
+            self.said = true;
+            on_wait(&holder(self.home));
+        }
+        if self.started.elapsed() >= self.wait {
             return Err(OpLockError::TimedOut {
-                path: path(home),
-                holder: holder(home),
-                waited: started.elapsed(),
+                path: path(self.home),
+                holder: holder(self.home),
+                waited: self.started.elapsed(),
             });
         }
-        std::thread::sleep(RETRY_EVERY);
+        Ok(None)
     }
 }
 

@@ -33,7 +33,7 @@ use serde::Serialize;
 use crate::api::health::{HealthReport, HealthStatus, probe};
 use crate::home::config::{Config, Settings, base_url_for};
 use crate::home::{Home, LogKind};
-use crate::lifecycle::handoff;
+use crate::lifecycle::handoff::{self, HandoffError};
 use crate::lifecycle::oplock::{self, OpLockError, OperationLock};
 use crate::lifecycle::pidfile::{self, PidRecord, PidState};
 use crate::lifecycle::ports;
@@ -54,11 +54,11 @@ pub fn operation_wait(s: &Settings) -> Duration {
 }
 
 /// What became of the old proxy when a restart's successor failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct OldProxy {
     pub pid: i32,
     /// `Ok`: it holds `run/proxy.pid` (kept or taken back); `Err`: why not.
-    pub pid_file: Result<(), String>,
+    pub pid_file: Result<(), HandoffError>,
 }
 
 fn old_note(old: &Option<OldProxy>) -> String {
@@ -160,10 +160,18 @@ pub enum SupervisorError {
         operation: &'static str,
         pids: Vec<i32>,
     },
-    #[error("{operation} was interrupted: {message}")]
-    Interrupted {
+    /// The PID file was replaced between two reads (another tool at work).
+    #[error("{operation} was interrupted: {} changed while reading it; try again", path.display())]
+    Changed {
         operation: &'static str,
-        message: String,
+        path: PathBuf,
+    },
+    /// The task stopping the process panicked or was cancelled.
+    #[error("{operation} was interrupted while stopping PID {pid}: {source}")]
+    StopTask {
+        operation: &'static str,
+        pid: i32,
+        source: tokio::task::JoinError,
     },
 }
 
@@ -189,13 +197,6 @@ impl SupervisorError {
             *old = Some(old_proxy);
         }
         self
-    }
-
-    fn interrupted(operation: &'static str, e: impl std::fmt::Display) -> SupervisorError {
-        SupervisorError::Interrupted {
-            operation,
-            message: e.to_string(),
-        }
     }
 }
 
@@ -526,12 +527,12 @@ impl Supervisor {
     }
 
     /// Asks proxy `pid` (through its control socket) to take `run/proxy.pid` back.
-    async fn hand_back(&self, pid: i32) -> Result<String, String> {
+    async fn hand_back(&self, pid: i32) -> Result<String, HandoffError> {
         let control = handoff::control_socket_path(self.home(), pid);
+        let path = control.clone();
         tokio::task::spawn_blocking(move || handoff::request_reclaim(&control))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+            .map_err(|source| HandoffError::Task { path, source })?
     }
 
     /// Starts the proxy detached and waits until it is ready.
@@ -751,7 +752,11 @@ impl Supervisor {
         let started = Instant::now();
         let how = tokio::task::spawn_blocking(move || process::terminate(&identity, grace))
             .await
-            .map_err(|e| SupervisorError::interrupted(op.name, e))?
+            .map_err(|source| SupervisorError::StopTask {
+                operation: op.name,
+                pid,
+                source,
+            })?
             .map_err(|source| SupervisorError::Stop {
                 operation: op.name,
                 pid,
@@ -802,12 +807,9 @@ impl Supervisor {
                 let Some((record, _)) = self.running() else {
                     // Locked, but not by the process the record names.
                     return Err(self.clear_stale_pid_file().err().unwrap_or_else(|| {
-                        SupervisorError::Interrupted {
+                        SupervisorError::Changed {
                             operation: op.name,
-                            message: format!(
-                                "{} changed while reading it; try again",
-                                path.display()
-                            ),
+                            path: path.clone(),
                         }
                     }));
                 };
@@ -870,12 +872,16 @@ impl Supervisor {
             return Ok(RestartOutcome::ByRival { running });
         }
         let control = handoff::control_socket_path(self.home(), old.pid);
-        let listener =
-            match tokio::task::spawn_blocking(move || handoff::fetch_listener(&control)).await {
-                Ok(Ok(fd)) => fd,
-                Ok(Err(e)) => return self.stop_start(op, old, e.to_string(), tick).await,
-                Err(e) => return self.stop_start(op, old, e.to_string(), tick).await,
-            };
+        let path = control.clone();
+        let fetched = tokio::task::spawn_blocking(move || handoff::fetch_listener(&control))
+            .await
+            .map_err(|source| HandoffError::Task { path, source })
+            .and_then(|fetched| fetched);
+        let listener = match fetched {
+            Ok(fd) => fd,
+            // No hand-off: the restart falls back to stop, then start, and says why.
+            Err(e) => return self.stop_start(op, old, e.to_string(), tick).await,
+        };
         let started = Instant::now();
         let mut child = Spawned::new(self.spawn(Some(&listener))?, self.home(), Some(old.pid));
         drop(listener); // the successor has its own copy

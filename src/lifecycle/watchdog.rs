@@ -38,7 +38,7 @@ use crate::home::config::{Config, base_url_for};
 use crate::home::{Home, LogKind};
 use crate::lifecycle::pidfile::{self, PidFileError, PidRecord, PidState};
 use crate::lifecycle::process;
-use crate::lifecycle::supervisor::{StartOutcome, StopOutcome, Supervisor};
+use crate::lifecycle::supervisor::{StartOutcome, StopOutcome, Supervisor, SupervisorError};
 
 /// How long `on_give_up` may run before it is killed.
 pub const GIVE_UP_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -287,7 +287,7 @@ impl Watchdog {
     /// checks again if it had to wait, stops a live but unhealthy proxy
     /// (identity-checked, SIGKILL after the stop grace), then starts a new one and
     /// waits until it is ready. Returns a sentence for the log.
-    pub async fn restart(&mut self, alive: Option<&PidRecord>) -> Result<String, String> {
+    pub async fn restart(&mut self, alive: Option<&PidRecord>) -> Result<String, RestartError> {
         let mut parts = Vec::new();
         let (home, echo) = (self.home.clone(), self.echo);
         let op = self
@@ -299,7 +299,7 @@ impl Watchdog {
                 let _ = crate::home::logs::append_line(&home, LogKind::Watchdog, message);
             })
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(RestartError::Begin)?;
         let mut alive = alive.cloned();
         if op.waited() {
             // Someone else worked on the proxy meanwhile: judge it again.
@@ -322,7 +322,12 @@ impl Watchdog {
                             parts.extend(ended.iter().map(|e| format!("stopped {e}")));
                         }
                         Ok(_) => parts.push(format!("PID {} was already gone", old.pid)),
-                        Err(e) => return Err(format!("cannot stop PID {}: {e}", old.pid)),
+                        Err(source) => {
+                            return Err(RestartError::Stop {
+                                pid: old.pid,
+                                source,
+                            });
+                        }
                     }
                     self.reap(None);
                 }
@@ -347,20 +352,24 @@ impl Watchdog {
                 ));
                 Ok(parts.join(", "))
             }
-            Err(e) => {
-                let mut message = e.to_string();
+            Err(source) => {
                 // The proxy's own explanation: its last error line, else its last line.
-                let lines = || e.log_tail().iter().rev().filter(|l| !l.trim().is_empty());
-                let line = lines()
+                let lines = || {
+                    source
+                        .log_tail()
+                        .iter()
+                        .rev()
+                        .filter(|l| !l.trim().is_empty())
+                };
+                let log_line = lines()
                     .find(|l| l.to_ascii_lowercase().contains("error"))
-                    .or_else(|| lines().next());
-                if let Some(line) = line {
-                    message.push_str(&format!("; logs/proxy.log: {}", line.trim()));
-                }
-                if !parts.is_empty() {
-                    message = format!("{}, then {message}", parts.join(", "));
-                }
-                Err(message)
+                    .or_else(|| lines().next())
+                    .map(|l| l.trim().to_string());
+                Err(RestartError::Start {
+                    done: parts,
+                    source,
+                    log_line,
+                })
             }
         }
     }
@@ -616,23 +625,70 @@ impl Watchdog {
     }
 }
 
+/// Why the watchdog could not replace the proxy; printed after "restart failed".
+#[derive(Debug, thiserror::Error)]
+pub enum RestartError {
+    /// The home could not be prepared, or the operation lock was not granted.
+    #[error("{0}")]
+    Begin(SupervisorError),
+    #[error("cannot stop PID {pid}: {source}")]
+    Stop { pid: i32, source: SupervisorError },
+    /// `done` is what happened before the start failed (a stop); `log_line` the
+    /// proxy's own last word on it from `logs/proxy.log`.
+    #[error(
+        "{}{source}{}",
+        if done.is_empty() { String::new() } else { format!("{}, then ", done.join(", ")) },
+        log_line.as_ref().map(|l| format!("; logs/proxy.log: {l}")).unwrap_or_default()
+    )]
+    Start {
+        done: Vec<String>,
+        source: SupervisorError,
+        log_line: Option<String>,
+    },
+}
+
+/// Why this watchdog cannot watch the home.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchdogLockError {
+    #[error("cannot describe this process for {}: {source}", path.display())]
+    Describe {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "another watchdog (PID {pid}) already watches {}; stop it first (it holds {})",
+        home.display(),
+        path.display()
+    )]
+    Running {
+        pid: i32,
+        home: std::path::PathBuf,
+        path: std::path::PathBuf,
+    },
+    #[error(transparent)]
+    PidFile(PidFileError),
+}
+
 /// Takes `run/watchdog.pid` for this process: one watchdog per home. The error
 /// names the running watchdog.
-pub fn lock(home: &Home) -> Result<pidfile::PidFileGuard, String> {
+pub fn lock(home: &Home) -> Result<pidfile::PidFileGuard, WatchdogLockError> {
     let path = home.watchdog_pid_file();
-    let record = PidRecord::for_current_process(home.root(), None)
-        .map_err(|e| format!("cannot describe this process: {e}"))?;
+    let record = PidRecord::for_current_process(home.root(), None).map_err(|source| {
+        WatchdogLockError::Describe {
+            path: path.clone(),
+            source,
+        }
+    })?;
     pidfile::acquire(&path, &record).map_err(|e| match e {
         PidFileError::Held {
             holder: Some(holder),
-            ..
-        } => format!(
-            "another watchdog (PID {}) already watches {}; stop it first (it holds {})",
-            holder.pid,
-            home.root().display(),
-            path.display()
-        ),
-        other => other.to_string(),
+            path,
+        } => WatchdogLockError::Running {
+            pid: holder.pid,
+            home: home.root().to_path_buf(),
+            path,
+        },
+        other => WatchdogLockError::PidFile(other),
     })
 }
 
@@ -763,7 +819,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let home = Home::at(dir.path());
         let guard = lock(&home).unwrap();
-        let err = lock(&home).unwrap_err();
+        let err = lock(&home).unwrap_err().to_string();
         assert!(
             err.contains(&format!("PID {}", std::process::id())),
             "{err}"

@@ -886,11 +886,11 @@ impl Inner {
     /// Writes the copy to disk; a failure is logged and the copy still served
     /// from memory.
     fn persist(&self, src: &PromptSource, cached: &Cached, with_text: bool) {
-        let result = (|| -> Result<(), String> {
+        let result = (|| -> Result<(), SaveError> {
             if with_text {
                 let path = self.dir.join(format!("{}.md", src.name));
                 atomic_file::write(&path, cached.text.as_bytes(), None)
-                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                    .map_err(|source| SaveError { path, source })?;
             }
             let _meta = lock(&self.metadata_lock);
             let path = self.dir.join(METADATA_FILE);
@@ -916,13 +916,20 @@ impl Inner {
             let json = serde_json::json!({ "version": 1, "prompts": doc });
             let mut bytes = serde_json::to_vec_pretty(&json).expect("metadata serialises");
             bytes.push(b'\n');
-            atomic_file::write(&path, &bytes, None)
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))
+            atomic_file::write(&path, &bytes, None).map_err(|source| SaveError { path, source })
         })();
         if let Err(e) = result {
             tracing::warn!(prompt = %src.name, error = %e, "prompt cache not saved; serving it from memory");
         }
     }
+}
+
+/// A prompt's copy or the metadata could not be written to the cache folder.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write {}: {source}", path.display())]
+struct SaveError {
+    path: PathBuf,
+    source: std::io::Error,
 }
 
 /// Exponential backoff with jitter: attempt 1 waits 125–250 ms, then doubling,

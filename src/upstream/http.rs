@@ -257,7 +257,7 @@ impl HttpUpstream {
         Err(ApiError::bad_gateway(last_error))
     }
 
-    /// One request, until response headers arrive; an error is its cause chain.
+    /// One request, until response headers arrive.
     /// The request is [`HttpUpstream::outgoing`]'s, whichever stack sends it.
     async fn exchange(
         &self,
@@ -265,7 +265,7 @@ impl HttpUpstream {
         url: &UpstreamUrl,
         body: Option<&Bytes>,
         client_headers: &HeaderMap,
-    ) -> Result<reqwest::Response, String> {
+    ) -> Result<reqwest::Response, ExchangeError> {
         if let (Some(client), Some((uri, parsed))) = (&self.direct, url.direct()) {
             let request = self
                 .outgoing(method.clone(), body, client_headers)
@@ -273,7 +273,7 @@ impl HttpUpstream {
             return match client.request(request).await {
                 // hyper's client never follows a redirect; `send` refuses it.
                 Ok(response) => Ok(into_reqwest(response, parsed)),
-                Err(e) => Err(format!("error sending request: {}", error_chain(&e))),
+                Err(error) => Err(ExchangeError::Direct { error }),
             };
         }
         self.outgoing(method, body, client_headers)
@@ -669,14 +669,14 @@ impl Outgoing {
         self,
         client: &reqwest::Client,
         url: &UpstreamUrl,
-    ) -> Result<reqwest::Response, String> {
+    ) -> Result<reqwest::Response, ExchangeError> {
         let Some(parsed) = &url.parsed else {
             // Fails as reqwest always failed on a URL it cannot parse.
             return client
                 .request(self.method, &url.text)
                 .send()
                 .await
-                .map_err(crate::support::http_client::describe);
+                .map_err(ExchangeError::reqwest);
         };
         let mut request = reqwest::Request::new(self.method, parsed.clone());
         *request.headers_mut() = self.headers;
@@ -684,7 +684,31 @@ impl Outgoing {
         client
             .execute(request)
             .await
-            .map_err(crate::support::http_client::describe)
+            .map_err(ExchangeError::reqwest)
+    }
+}
+
+/// Why one exchange got no response headers (refused, reset, TLS, a bad URL).
+/// It prints its whole cause chain on one line, because the retry loop keeps only
+/// the text of the last attempt's failure for the client's 502; the caller adds
+/// which upstream it was.
+#[derive(Debug, thiserror::Error)]
+enum ExchangeError {
+    /// hyper's direct path (plain `http://`).
+    #[error("error sending request: {}", error_chain(error))]
+    Direct {
+        error: hyper_util::client::legacy::Error,
+    },
+    /// reqwest (https, an HTTP proxy), without the URL, which may carry a password.
+    #[error("{}", error_chain(error))]
+    Reqwest { error: reqwest::Error },
+}
+
+impl ExchangeError {
+    fn reqwest(error: reqwest::Error) -> ExchangeError {
+        ExchangeError::Reqwest {
+            error: error.without_url(),
+        }
     }
 }
 

@@ -164,14 +164,8 @@ impl Router {
 
     /// A Chat Completions request, to the first candidate that answers.
     pub async fn chat(&self, mut call: ChatCall) -> Result<Reply, ApiError> {
-        let route = self.route(&call.model)?;
-        let candidates = route.candidates;
-        if let Some(model) = route.rewrite.map(str::to_owned) {
-            call.body = with_model(&call.body, &model)?;
-            call.model = model;
-        }
-        let stats = call.stats.clone();
-        let model = call.model.clone();
+        let candidates = self.route_and_rewrite(&mut call.model, &mut call.body)?;
+        let (stats, model) = (call.stats.clone(), call.model.clone());
         self.dispatch(&model, candidates, &stats, call.stream, |provider| {
             let call = call.clone();
             async move { provider.upstream.chat(call).await }
@@ -181,19 +175,26 @@ impl Router {
 
     /// A Responses API request (forwarded as it is), routed by `call.model`.
     pub async fn responses(&self, mut call: ResponsesCall) -> Result<Reply, ApiError> {
-        let route = self.route(&call.model)?;
-        let candidates = route.candidates;
-        if let Some(model) = route.rewrite.map(str::to_owned) {
-            call.body = with_model(&call.body, &model)?;
-            call.model = model;
-        }
-        let stats = call.stats.clone();
-        let model = call.model.clone();
+        let candidates = self.route_and_rewrite(&mut call.model, &mut call.body)?;
+        let (stats, model) = (call.stats.clone(), call.model.clone());
         self.dispatch(&model, candidates, &stats, call.stream, |provider| {
             let call = call.clone();
             async move { provider.upstream.responses(call).await }
         })
         .await
+    }
+
+    /// Routes a request by `model` and returns its candidates; when an alias or
+    /// `PROVIDER/MODEL` names another model, `model` and the body's `model`
+    /// field become that one.
+    fn route_and_rewrite(&self, model: &mut String, body: &mut Bytes) -> Result<u64, ApiError> {
+        let route = self.route(model)?;
+        let candidates = route.candidates;
+        if let Some(rewritten) = route.rewrite.map(str::to_owned) {
+            *body = with_model(body, &rewritten)?;
+            *model = rewritten;
+        }
+        Ok(candidates)
     }
 
     /// Resolves aliases and `PROVIDER/MODEL`, and finds the candidates.

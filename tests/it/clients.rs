@@ -5,9 +5,10 @@
 
 use serde_json::{Value, json};
 
+use crate::support::gateway::InProcess;
 use crate::support::prompt_server::{PromptMode, PromptServer};
 use crate::support::responses_upstream::{metrics_text, post};
-use crate::support::{Proxy, TestHome, assert_openai_error, client};
+use crate::support::{TestHome, assert_openai_error, client};
 
 /// The `event:` name and JSON of every SSE frame.
 fn events_of(text: &str) -> Vec<(String, Value)> {
@@ -32,7 +33,7 @@ fn events_of(text: &str) -> Vec<(String, Value)> {
 
 /// A proxy on the default (mock) upstream whose prompt sources point at a
 /// prompt server, so any fetch would be seen.
-fn mock_proxy(env: &[(&str, &str)]) -> (PromptServer, TestHome, Proxy) {
+fn mock_proxy(env: &[(&str, &str)]) -> (PromptServer, TestHome, InProcess) {
     let prompts = PromptServer::start(PromptMode::Up);
     let home = TestHome::new();
     home.config(&format!(
@@ -41,7 +42,7 @@ fn mock_proxy(env: &[(&str, &str)]) -> (PromptServer, TestHome, Proxy) {
         prompts.url("base_instructions"),
         prompts.url("gpt5_codex_instructions")
     ));
-    let proxy = Proxy::start(&home, &[], env);
+    let proxy = InProcess::start(&home, env);
     (prompts, home, proxy)
 }
 
@@ -237,7 +238,7 @@ async fn turning_the_responses_api_off_is_a_404_in_openai_shape_on_the_mock() {
 async fn every_answer_has_a_request_id_and_the_clients_own_is_kept() {
     let home = TestHome::new();
     home.write(".env", "WARDEN_AUTH_TOKEN=tok\n");
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     let c = client();
     let id_of = |r: &reqwest::Response| {
         r.headers()
@@ -291,7 +292,7 @@ async fn codex_headers_reach_the_upstream_and_secrets_do_not() {
     let home = TestHome::new();
     home.config(&format!("[upstream]\nurl = \"{}\"\n", upstream.url()));
     home.write(".env", "OPENAI_API_KEY=sk-upstream\n");
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     let sent = [
         ("session-id", "s-1"),
         ("session_id", "s-1"),
@@ -346,7 +347,7 @@ async fn codex_headers_reach_the_upstream_and_secrets_do_not() {
 async fn a_model_is_retrieved_by_id_and_an_unknown_one_is_model_not_found() {
     let home = TestHome::new();
     home.config("[upstream]\nmodels = [\"gpt-5\", \"team/coder\"]\n");
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     for id in ["gpt-5", "team/coder"] {
         let r = client()
             .get(format!("{}/v1/models/{id}", proxy.url))
@@ -393,7 +394,7 @@ async fn cors_is_off_by_default_and_answers_preflights_when_origins_are_set() {
     };
     // Off: OPTIONS is 405 and answers carry no CORS header.
     let home = TestHome::new();
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     let url = format!("{}/v1/chat/completions", proxy.url);
     let r = preflight(url.clone(), "http://app.test").await.unwrap();
     assert_eq!(r.status(), 405);
@@ -410,7 +411,7 @@ async fn cors_is_off_by_default_and_answers_preflights_when_origins_are_set() {
     let home = TestHome::new();
     home.config("[server]\ncors_origins = [\"http://app.test\"]\n");
     home.write(".env", "WARDEN_AUTH_TOKEN=tok\n");
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     let url = format!("{}/v1/chat/completions", proxy.url);
     let r = preflight(url.clone(), "http://app.test").await.unwrap();
     assert_eq!(r.status(), 204);
@@ -466,7 +467,7 @@ fn a_bad_cors_origin_is_a_config_error_naming_the_key() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_get_openais_status_and_one_code_per_kind_of_mistake() {
     let home = TestHome::new();
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     let send = |path: &'static str, body: String| {
         let url = format!("{}{path}", proxy.url);
         async move {
@@ -569,7 +570,7 @@ async fn bad_requests_get_openais_status_and_one_code_per_kind_of_mistake() {
     // With server.default_model, a request without a model gets it.
     let home = TestHome::new();
     home.config("[server]\ndefault_model = \"gpt-5-codex\"\n");
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     let reply: Value = post(
         &proxy,
         chat,

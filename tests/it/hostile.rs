@@ -8,17 +8,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::support::http::{get_text, metrics_text, post_chat};
 use crate::support::upstream::closed_port_url;
 use crate::support::{PATIENCE, Proxy, TestHome, assert_openai_error, client, run, text};
-
-async fn post_chat(proxy: &Proxy, body: &Value) -> reqwest::Response {
-    client()
-        .post(format!("{}/v1/chat/completions", proxy.url))
-        .json(body)
-        .send()
-        .await
-        .unwrap()
-}
 
 // ---------------------------------------------------------------------------
 // secrets
@@ -38,14 +30,7 @@ async fn a_password_in_the_upstream_url_is_shown_nowhere() {
     let body = reply.text().await.unwrap();
     assert!(!body.contains("s3cr3tpw"), "{body}");
     assert!(body.contains("***@127.0.0.1"), "{body}");
-    let health = client()
-        .get(format!("{}/health", proxy.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let health = get_text(&format!("{}/health", proxy.url)).await;
     assert!(!health.contains("s3cr3tpw"), "{health}");
     assert!(health.contains("http://***@127.0.0.1"), "{health}");
     proxy.signal(nix::sys::signal::Signal::SIGTERM);
@@ -126,14 +111,7 @@ async fn a_model_name_cannot_forge_a_log_line_or_grow_the_metrics() {
         assert!(reply.status().is_success() || reply.status().is_client_error());
         reply.bytes().await.unwrap();
     }
-    let metrics = client()
-        .get(format!("{}/metrics", proxy.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&proxy).await;
     assert!(metrics.len() < 64 * 1024, "{} bytes", metrics.len());
     assert!(!metrics.contains("mmmmmmmm"), "a 2 MB label");
     assert!(!metrics.contains("proxy stopped"), "a label with a newline");

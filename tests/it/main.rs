@@ -1,10 +1,12 @@
 //! Integration tests: the real binaries over real loopback sockets, each test
-//! with its own temporary home and port 0, so they run in parallel.
+//! with its own temporary home and port 0, so they run in parallel. Tests of
+//! request handling alone run the gateway in-process (`support::gateway`);
+//! whatever needs a process (signals, PID files, logs, exit codes) the binaries.
 //! One test crate (with modules) keeps link time down.
 
 // Helpers outside `#[test]` functions unwrap too: in a test, a failed unwrap is a
 // failed test with its location, which is what an `expect` message would add.
-#![allow(
+#![expect(
     clippy::unwrap_used,
     reason = "test code: a panic is a test failure with its location"
 )]

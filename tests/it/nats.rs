@@ -15,6 +15,8 @@ use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
+use crate::support::gateway::InProcess;
+use crate::support::http::{Served, health, metrics_text};
 use crate::support::nats::NatsServer;
 use crate::support::upstream::{Behaviour, COMPLETION, Upstream};
 use crate::support::{PATIENCE, Proxy, TestHome, assert_openai_error, client};
@@ -28,19 +30,8 @@ fn home_with(nats: &NatsServer, upstream: &str, extra: &str) -> TestHome {
     home
 }
 
-async fn health(proxy: &Proxy) -> Value {
-    client()
-        .get(format!("{}/health", proxy.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// Waits until `/health` says `nats.state == state`.
-async fn wait_nats_state(proxy: &Proxy, state: &str) {
+async fn wait_nats_state(proxy: &impl Served, state: &str) {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let report = health(proxy).await;
@@ -171,14 +162,7 @@ async fn request_reply_streaming_models_and_discovery() {
         report["requests"]["success"].as_u64().unwrap() >= 3,
         "{report}"
     );
-    let metrics = client()
-        .get(format!("{}/metrics", proxy.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&proxy).await;
     assert!(
         metrics.contains(
             "warden_nats_requests_total{route=\"/v1/chat/completions\",outcome=\"ok\"} 2"
@@ -219,7 +203,7 @@ async fn request_reply_streaming_models_and_discovery() {
 #[tokio::test(flavor = "multi_thread")]
 async fn nats_is_off_by_default_and_touches_no_network() {
     let home = TestHome::new();
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     let report = health(&proxy).await;
     assert_eq!(report["nats"], json!({"state": "off", "in_flight": 0}));
     assert_eq!(report["status"], "pass");
@@ -230,7 +214,7 @@ async fn errors_are_service_errors_with_the_openai_body() {
     let nats = NatsServer::start();
     let upstream = Upstream::start(Behaviour::Always(503));
     let home = home_with(&nats, &upstream.url(), "");
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     wait_nats_state(&proxy, "connected").await;
     let nc = nats.client().await;
     for (body, code) in [
@@ -259,7 +243,7 @@ async fn beyond_max_concurrent_an_immediate_429_not_a_queue() {
     let nats = NatsServer::start();
     let upstream = Upstream::start(Behaviour::Gated);
     let home = home_with(&nats, &upstream.url(), "max_concurrent = 1\n");
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     wait_nats_state(&proxy, "connected").await;
     let nc = nats.client().await;
     let first = tokio::spawn({
@@ -322,7 +306,7 @@ async fn sigterm_finishes_the_nats_request_in_flight_then_exits() {
 async fn reconnects_after_the_nats_server_restarts() {
     let mut nats = NatsServer::start();
     let home = home_with(&nats, "mock", "");
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     wait_nats_state(&proxy, "connected").await;
     {
         let nc = nats.client().await;
@@ -345,23 +329,16 @@ async fn reconnects_after_the_nats_server_restarts() {
     let reply = request(&nc, "warden.chat", chat(false)).await;
     let body: Value = serde_json::from_slice(&reply.payload).unwrap();
     assert_eq!(body["object"], "chat.completion", "{body}");
-    let metrics = client()
-        .get(format!("{}/metrics", proxy.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&proxy).await;
     assert!(
         metrics.contains("warden_nats_reconnects_total 1"),
         "{metrics}"
     );
 }
 
-async fn ready_status(proxy: &Proxy, query: &str) -> (u16, Value) {
+async fn ready_status(proxy: &impl Served, query: &str) -> (u16, Value) {
     let r = client()
-        .get(format!("{}/health/ready{query}", proxy.url))
+        .get(format!("{}/health/ready{query}", proxy.url()))
         .send()
         .await
         .unwrap();
@@ -372,7 +349,7 @@ async fn ready_status(proxy: &Proxy, query: &str) -> (u16, Value) {
 async fn with_nats_required_readiness_follows_the_connection_but_not_for_the_daemon() {
     let mut nats = NatsServer::start();
     let home = home_with(&nats, "mock", "required = true\n");
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     wait_nats_state(&proxy, "connected").await;
     assert_eq!(ready_status(&proxy, "").await.0, 200);
 
@@ -403,14 +380,13 @@ async fn with_nats_required_readiness_follows_the_connection_but_not_for_the_dae
 #[test]
 fn daemon_start_does_not_wait_for_a_required_nats_that_is_away() {
     let mut nats = NatsServer::start();
-    let home = home_with(&nats, "mock", "required = true\n");
-    // A port of its own (the default 8000 may be anyone's).
+    // A port of its own: the default (8000) may be anyone's on a shared machine.
     let port = crate::support::free_port();
-    std::fs::write(
-        home.file("warden.toml"),
-        format!("{}\n[server]\nport = {port}\n", home.read("warden.toml")),
-    )
-    .unwrap();
+    let home = home_with(
+        &nats,
+        "mock",
+        &format!("required = true\n\n[server]\nport = {port}\n"),
+    );
     nats.stop(); // the configured server is away for the whole test
     let out = crate::support::run("daemon", &home, &["start"]);
     assert_eq!(
@@ -680,7 +656,7 @@ async fn a_jetstream_job_is_nakked_on_upstream_failure_then_answered_once() {
     let nats = NatsServer::start();
     let upstream = Upstream::start(Behaviour::FailThenRecover { n: 1, status: 503 });
     let home = home_with(&nats, &upstream.url(), "jetstream = true\n");
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     wait_nats_state(&proxy, "connected").await;
     let nc = nats.client().await;
     let js = async_nats::jetstream::new(nc.clone());
@@ -700,14 +676,7 @@ async fn a_jetstream_job_is_nakked_on_upstream_failure_then_answered_once() {
     assert_eq!(upstream.state.hits(), 2);
 
     wait_jobs_done(&js).await;
-    let metrics = client()
-        .get(format!("{}/metrics", proxy.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&proxy).await;
     assert!(
         metrics.contains(
             "warden_nats_requests_total{route=\"/v1/chat/completions\",outcome=\"failed\"} 1"

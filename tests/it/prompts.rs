@@ -6,18 +6,20 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
+use crate::support::gateway::InProcess;
+use crate::support::http::Served;
 use crate::support::prompt_server::{PromptMode, PromptServer, remote_sha256, remote_text};
 use crate::support::responses_upstream::{
     Answer, ResponsesUpstream, TEXT, health, metrics_text, post, responses_config, until,
 };
-use crate::support::{Proxy, TestHome, bin, client};
+use crate::support::{TestHome, bin, client};
 
 fn chat() -> Value {
     json!({"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]})
 }
 
 /// Sends a chat request and returns what the upstream received as `instructions`.
-async fn instructions_sent(proxy: &Proxy, upstream: &ResponsesUpstream) -> String {
+async fn instructions_sent(proxy: &impl Served, upstream: &ResponsesUpstream) -> String {
     let r = post(proxy, "/v1/chat/completions", &chat()).await;
     assert_eq!(r.status(), 200);
     let reply: Value = r.json().await.unwrap();
@@ -28,7 +30,7 @@ async fn instructions_sent(proxy: &Proxy, upstream: &ResponsesUpstream) -> Strin
         .to_string()
 }
 
-async fn prompt_source(proxy: &Proxy, name: &str) -> String {
+async fn prompt_source(proxy: &impl Served, name: &str) -> String {
     health(proxy).await["prompts"][name]["source"]
         .as_str()
         .unwrap_or("")
@@ -56,7 +58,7 @@ async fn with_the_prompt_server_gone_and_the_ttl_passed_health_says_stale_cache_
     let prompts = PromptServer::start(PromptMode::Up);
     let home = TestHome::new();
     home.config(&responses_config(&upstream.url(), &prompts, "").replace("ttl = 86400", "ttl = 1"));
-    let mut proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     until("the prompt is fetched", || async {
         prompt_source(&proxy, "base_instructions").await == "cache"
     })
@@ -97,9 +99,8 @@ async fn with_the_prompt_server_gone_and_the_ttl_passed_health_says_stale_cache_
     .await;
 
     // Restarted with the source still gone: served from the disk copy at once.
-    proxy.child.kill().unwrap();
-    proxy.wait();
-    let proxy = Proxy::start(&home, &[], &[]);
+    drop(proxy);
+    let proxy = InProcess::start(&home, &[]);
     assert_eq!(
         prompt_source(&proxy, "base_instructions").await,
         "stale-cache"
@@ -121,7 +122,7 @@ async fn a_corrupt_cache_is_survived() {
     home.write("cache/prompts/base_instructions.md", "\u{0}\u{1}garbage");
 
     // Source down too: the built-in text, a warning, and chat works.
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     assert_eq!(
         instructions_sent(&proxy, &upstream).await,
         warden::prompts::builtin_prompt("base_instructions")
@@ -136,7 +137,7 @@ async fn a_corrupt_cache_is_survived() {
 
     // Source back: the corrupt copy is replaced by a good one.
     prompts.set_mode(PromptMode::Up);
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     assert_eq!(
         instructions_sent(&proxy, &upstream).await,
         remote_text("base_instructions")
@@ -175,7 +176,7 @@ async fn content_with_the_wrong_digest_is_refused_and_never_cached() {
     assert!(config.contains("sha256"), "{config}");
     home.config(&config);
 
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     assert_eq!(
         instructions_sent(&proxy, &upstream).await,
         "LOCAL FALLBACK PROMPT\n"
@@ -223,7 +224,7 @@ async fn a_slow_prompt_server_does_not_hold_up_readiness() {
             .replace("fetch_timeout = 3", "fetch_timeout = 6"),
     );
     let started = Instant::now();
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     until("the prompt fetch is under way", || async {
         prompts.hits() >= 1
     })
@@ -315,7 +316,7 @@ async fn prompts_cli_works_without_a_running_proxy() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_default_mock_setup_neither_fetches_nor_reports_prompts() {
     let home = TestHome::new();
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     let h = health(&proxy).await;
     assert_eq!(h["prompts"], json!({}));
     assert_eq!(h["status"], "pass");

@@ -4,6 +4,8 @@
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
+use crate::support::gateway::InProcess;
+use crate::support::http::{get_json, metrics_text, model_ids, post_chat, read_to_end, read_until};
 use crate::support::upstream::{Behaviour, COMPLETION, Upstream, closed_port_url};
 use crate::support::{Proxy, TestHome, assert_openai_error, client, eventually, sse_data};
 
@@ -18,35 +20,13 @@ fn home_with_upstream(url: &str, extra: &str) -> TestHome {
     home
 }
 
-async fn post_chat(proxy: &Proxy, body: &Value) -> reqwest::Response {
-    client()
-        .post(format!("{}/v1/chat/completions", proxy.url))
-        .json(body)
-        .send()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn mock_upstream_lists_models_and_echoes() {
     let home = TestHome::new();
-    let proxy = Proxy::start(&home, &[], &[]);
-    let models: Value = client()
-        .get(format!("{}/v1/models", proxy.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let proxy = InProcess::start(&home, &[]);
+    let models = get_json(&format!("{}/v1/models", proxy.url)).await;
     assert_eq!(models["object"], "list");
-    let ids: Vec<_> = models["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, ["gpt-5", "gpt-5-codex"]);
+    assert_eq!(model_ids(&proxy).await, ["gpt-5", "gpt-5-codex"]);
 
     let reply: Value = post_chat(&proxy, &chat_body("hello brave world"))
         .await
@@ -66,7 +46,7 @@ async fn mock_upstream_lists_models_and_echoes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn mock_streams_word_by_word_with_usage_only_when_asked() {
     let home = TestHome::new();
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     let mut body = chat_body("one two three");
     body["stream"] = json!(true);
     let response = post_chat(&proxy, &body).await;
@@ -106,7 +86,7 @@ async fn failure_contract_for_bad_requests() {
     let home = TestHome::new();
     home.config("[server]\nmax_body_bytes = 2000\n");
     home.write(".env", "WARDEN_AUTH_TOKEN=let-me-in\n");
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     let url = format!("{}/v1/chat/completions", proxy.url);
     let c = client();
     let authed = |rb: reqwest::RequestBuilder| rb.bearer_auth("let-me-in");
@@ -184,7 +164,7 @@ async fn over_the_concurrency_limit_is_429_with_retry_after_and_the_slot_comes_b
         "[server]\nmax_concurrent = 1\n[upstream]\nurl = \"{}\"\n",
         upstream.url()
     ));
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     let first = tokio::spawn({
         let url = proxy.url.clone();
         async move {
@@ -232,7 +212,7 @@ async fn over_the_concurrency_limit_is_429_with_retry_after_and_the_slot_comes_b
 #[tokio::test(flavor = "multi_thread")]
 async fn unreachable_upstream_is_502_after_all_attempts() {
     let home = home_with_upstream(&closed_port_url(), "attempts = 2");
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     let r = post_chat(&proxy, &chat_body("hi")).await;
     assert_eq!(r.status(), 502);
     let body: Value = r.json().await.unwrap();
@@ -248,7 +228,7 @@ async fn unreachable_upstream_is_502_after_all_attempts() {
 async fn upstream_5xx_is_retried_then_502() {
     let upstream = Upstream::start(Behaviour::Always(503));
     let home = home_with_upstream(&upstream.url(), "attempts = 3");
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     let r = post_chat(&proxy, &chat_body("hi")).await;
     assert_eq!(r.status(), 502);
     assert_openai_error(&r.json().await.unwrap());
@@ -259,7 +239,7 @@ async fn upstream_5xx_is_retried_then_502() {
 async fn failing_then_recovering_upstream_succeeds_through_retries() {
     let upstream = Upstream::start(Behaviour::FailThenRecover { n: 2, status: 503 });
     let home = home_with_upstream(&upstream.url(), "attempts = 3");
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     let r = post_chat(&proxy, &chat_body("hi")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(
@@ -274,7 +254,7 @@ async fn failing_then_recovering_upstream_succeeds_through_retries() {
 async fn upstream_4xx_is_passed_through_without_retry() {
     let upstream = Upstream::start(Behaviour::Always(400));
     let home = home_with_upstream(&upstream.url(), "attempts = 3");
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     let r = post_chat(&proxy, &chat_body("hi")).await;
     assert_eq!(r.status(), 400);
     let body: Value = r.json().await.unwrap();
@@ -286,7 +266,7 @@ async fn upstream_4xx_is_passed_through_without_retry() {
 async fn silent_upstream_is_504() {
     let upstream = Upstream::start(Behaviour::Hang);
     let home = home_with_upstream(&upstream.url(), "first_byte_timeout = 1\nattempts = 3");
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     let r = post_chat(&proxy, &chat_body("hi")).await;
     assert_eq!(r.status(), 504);
     assert_openai_error(&r.json().await.unwrap());
@@ -301,7 +281,7 @@ async fn silent_upstream_is_504() {
 async fn request_bytes_pass_through_untouched_with_the_upstream_key() {
     let upstream = Upstream::start(Behaviour::Fast);
     let home = home_with_upstream(&upstream.url(), "api_key_env = \"MY_UPSTREAM_KEY\"");
-    let proxy = Proxy::start(&home, &[], &[("MY_UPSTREAM_KEY", "sk-upstream-secret")]);
+    let proxy = InProcess::start(&home, &[("MY_UPSTREAM_KEY", "sk-upstream-secret")]);
     let raw = r#"{"model":"gpt-5","messages":[{"role":"user","content":"hi"},{"role":"assistant","tool_calls":[{"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"a\":1}"}}]},{"role":"tool","tool_call_id":"call_1","content":"42"}],"tools":[{"type":"function","function":{"name":"f","parameters":{}}}],"x_custom_field":{"keep":[1,2,3]}}"#;
     let r = client()
         .post(format!("{}/v1/chat/completions", proxy.url))
@@ -315,22 +295,14 @@ async fn request_bytes_pass_through_untouched_with_the_upstream_key() {
     let headers = upstream.state.headers.lock().unwrap()[0].clone();
     assert_eq!(headers["authorization"], "Bearer sk-upstream-secret");
     // The upstream's own model list is served.
-    let models: Value = client()
-        .get(format!("{}/v1/models", proxy.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(models["data"][0]["id"], "up-model");
+    assert_eq!(model_ids(&proxy).await, ["up-model"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn upstream_sse_is_relayed_chunk_by_chunk() {
     let upstream = Upstream::start(Behaviour::GatedStream);
     let home = home_with_upstream(&upstream.url(), "");
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     let mut body = chat_body("hi");
     body["stream"] = json!(true);
     let mut response = post_chat(&proxy, &body).await;
@@ -354,14 +326,7 @@ async fn upstream_sse_is_relayed_chunk_by_chunk() {
         "{rest}"
     );
     // Tokens from the relayed usage chunk are counted.
-    let metrics = client()
-        .get(format!("{}/metrics", proxy.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&proxy).await;
     assert!(
         metrics.contains(r#"warden_model_tokens_total{model="gpt-5",kind="completion"} 2"#),
         "{metrics}"
@@ -372,10 +337,13 @@ async fn upstream_sse_is_relayed_chunk_by_chunk() {
 async fn upstream_dropping_mid_stream_ends_the_client_stream_with_an_error() {
     let upstream = Upstream::start(Behaviour::DropMidStream);
     let home = home_with_upstream(&upstream.url(), "");
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     let mut body = chat_body("hi");
     body["stream"] = json!(true);
-    let text = post_chat(&proxy, &body).await.text().await.unwrap();
+    let mut response = post_chat(&proxy, &body).await;
+    let text = read_until(&mut response, "partial").await;
+    upstream.state.release();
+    let text = read_to_end(&mut response, text).await;
     let data = sse_data(&text);
     assert!(
         data.first().is_some_and(|d| d.contains("partial")),
@@ -398,7 +366,7 @@ async fn client_disconnect_cancels_the_upstream_call_and_frees_the_slot() {
         "[server]\nmax_concurrent = 1\n[upstream]\nurl = \"{}\"\n",
         upstream.url()
     ));
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     let mut body = chat_body("hi");
     body["stream"] = json!(true);
     let mut response = post_chat(&proxy, &body).await;
@@ -425,14 +393,7 @@ async fn client_disconnect_cancels_the_upstream_call_and_frees_the_slot() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(in_flight, 0);
-    let metrics = client()
-        .get(format!("{}/metrics", proxy.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&proxy).await;
     assert!(
         metrics.contains(r#"route="/v1/chat/completions",status="499""#),
         "{metrics}"

@@ -5,12 +5,14 @@
 
 use serde_json::{Value, json};
 
+use crate::support::gateway::InProcess;
+use crate::support::http::{read_to_end, read_until};
 use crate::support::prompt_server::{PromptMode, PromptServer, remote_text};
 use crate::support::responses_upstream::{
     ARGUMENTS, Answer, ResponsesUpstream, TEXT, chunks_of, get_json, health, metrics_text, post,
     responses_config, until,
 };
-use crate::support::{PATIENCE, Proxy, TestHome, assert_openai_error, client};
+use crate::support::{PATIENCE, TestHome, assert_openai_error, client};
 
 fn chat(model: &str, stream: bool) -> Value {
     json!({"model": model, "stream": stream,
@@ -23,12 +25,12 @@ fn setup(
     answer: Answer,
     extra: &str,
     env: &[(&str, &str)],
-) -> (ResponsesUpstream, PromptServer, TestHome, Proxy) {
+) -> (ResponsesUpstream, PromptServer, TestHome, InProcess) {
     let upstream = ResponsesUpstream::start(answer);
     let prompts = PromptServer::start(PromptMode::Up);
     let home = TestHome::new();
     home.config(&responses_config(&upstream.url(), &prompts, extra));
-    let proxy = Proxy::start(&home, &[], env);
+    let proxy = InProcess::start(&home, env);
     (upstream, prompts, home, proxy)
 }
 
@@ -299,11 +301,10 @@ async fn response_failed_becomes_an_error_event() {
 async fn an_upstream_dropping_mid_stream_ends_the_clients_stream_cleanly() {
     let (upstream, _prompts, _home, proxy) = setup(Answer::DropMidStream, "", &[]);
     let text = tokio::time::timeout(PATIENCE, async {
-        post(&proxy, "/v1/chat/completions", &chat("gpt-5", true))
-            .await
-            .text()
-            .await
-            .unwrap()
+        let mut response = post(&proxy, "/v1/chat/completions", &chat("gpt-5", true)).await;
+        let text = read_until(&mut response, "partial").await;
+        upstream.release();
+        read_to_end(&mut response, text).await
     })
     .await
     .expect("the stream ends, never hangs");
@@ -465,16 +466,15 @@ async fn expose_reasoning_lists_variants_also_through_the_chatmock_alias() {
     ];
     // The alias, on the offline mock.
     let home = TestHome::new();
-    let proxy = Proxy::start(&home, &[], &[("CHATMOCK_EXPOSE_REASONING", "1")]);
+    let proxy = InProcess::start(&home, &[("CHATMOCK_EXPOSE_REASONING", "1")]);
     assert_eq!(
         ids(get_json(&format!("{}/v1/models", proxy.url)).await),
         all
     );
     drop(proxy);
     // The WARDEN_ variable wins over its alias.
-    let proxy = Proxy::start(
+    let proxy = InProcess::start(
         &home,
-        &[],
         &[
             ("CHATMOCK_EXPOSE_REASONING", "1"),
             ("WARDEN_EXPOSE_REASONING", "0"),

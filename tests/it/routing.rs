@@ -18,6 +18,8 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore};
 
+use crate::support::gateway::InProcess;
+use crate::support::http::{Served, model_ids, post_chat};
 use crate::support::prompt_server::serve;
 use crate::support::responses_upstream::{health, metrics_text, until};
 use crate::support::upstream::closed_port_url;
@@ -230,10 +232,21 @@ fn provider(name: &str, url: &str, models: &str, priority: u32, extra: &str) -> 
     )
 }
 
-fn start(config: &str) -> (TestHome, Proxy) {
+/// `primary` (priority 0) and `backup` (priority 1), both for every model, and
+/// `extra` configuration lines.
+fn primary_then_backup(primary: &TestUpstream, backup: &TestUpstream, extra: &str) -> String {
+    format!(
+        "{}{}{extra}",
+        provider("primary", &primary.url, r#"["*"]"#, 0, ""),
+        provider("backup", &backup.url, r#"["*"]"#, 1, ""),
+    )
+}
+
+/// A gateway (in-process) with this configuration.
+fn start(config: &str) -> (TestHome, InProcess) {
     let home = TestHome::new();
     home.config(config);
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     (home, proxy)
 }
 
@@ -241,17 +254,8 @@ fn chat_body(model: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
 }
 
-async fn chat(proxy: &Proxy, model: &str) -> reqwest::Response {
-    post_json(proxy, &chat_body(model)).await
-}
-
-async fn post_json(proxy: &Proxy, body: &Value) -> reqwest::Response {
-    client()
-        .post(format!("{}/v1/chat/completions", proxy.url))
-        .json(body)
-        .send()
-        .await
-        .unwrap()
+async fn chat(proxy: &impl Served, model: &str) -> reqwest::Response {
+    post_chat(proxy, &chat_body(model)).await
 }
 
 fn provider_of(r: &reqwest::Response) -> String {
@@ -273,7 +277,7 @@ async fn answered_by(r: reqwest::Response) -> (u16, String, String) {
     (status, provider, content)
 }
 
-async fn provider_health(proxy: &Proxy, name: &str) -> Value {
+async fn provider_health(proxy: &impl Served, name: &str) -> Value {
     health(proxy).await["providers"][name].clone()
 }
 
@@ -399,11 +403,7 @@ async fn failover_before_the_first_byte_on_connect_error_5xx_429_and_timeout() {
 async fn other_4xx_answers_go_back_to_the_client_without_failover() {
     let primary = TestUpstream::start("primary", Mode::Status(400));
     let backup = TestUpstream::start("backup", Mode::Healthy);
-    let (_home, proxy) = start(&format!(
-        "{}{}",
-        provider("primary", &primary.url, r#"["*"]"#, 0, ""),
-        provider("backup", &backup.url, r#"["*"]"#, 1, ""),
-    ));
+    let (_home, proxy) = start(&primary_then_backup(&primary, &backup, ""));
     let r = chat(&proxy, "gpt-5").await;
     assert_eq!(r.status(), 400);
     assert_eq!(provider_of(&r), "primary");
@@ -417,14 +417,10 @@ async fn other_4xx_answers_go_back_to_the_client_without_failover() {
 async fn a_stream_whose_first_event_is_an_error_fails_over() {
     let primary = TestUpstream::start("primary", Mode::ErrorFirst);
     let backup = TestUpstream::start("backup", Mode::Healthy);
-    let (_home, proxy) = start(&format!(
-        "{}{}",
-        provider("primary", &primary.url, r#"["*"]"#, 0, ""),
-        provider("backup", &backup.url, r#"["*"]"#, 1, ""),
-    ));
+    let (_home, proxy) = start(&primary_then_backup(&primary, &backup, ""));
     let mut body = chat_body("gpt-5");
     body["stream"] = json!(true);
-    let r = post_json(&proxy, &body).await;
+    let r = post_chat(&proxy, &body).await;
     assert_eq!(r.status(), 200);
     assert_eq!(provider_of(&r), "backup");
     let text = r.text().await.unwrap();
@@ -438,14 +434,10 @@ async fn a_stream_whose_first_event_is_an_error_fails_over() {
 async fn after_the_first_byte_there_is_no_failover_only_an_error_event() {
     let primary = TestUpstream::start("primary", Mode::ErrorAfterContent);
     let backup = TestUpstream::start("backup", Mode::Healthy);
-    let (_home, proxy) = start(&format!(
-        "{}{}",
-        provider("primary", &primary.url, r#"["*"]"#, 0, ""),
-        provider("backup", &backup.url, r#"["*"]"#, 1, ""),
-    ));
+    let (_home, proxy) = start(&primary_then_backup(&primary, &backup, ""));
     let mut body = chat_body("gpt-5");
     body["stream"] = json!(true);
-    let r = post_json(&proxy, &body).await;
+    let r = post_chat(&proxy, &body).await;
     assert_eq!(r.status(), 200);
     assert_eq!(provider_of(&r), "primary");
     let data = sse_data(&r.text().await.unwrap());
@@ -458,11 +450,14 @@ async fn after_the_first_byte_there_is_no_failover_only_an_error_event() {
 async fn consecutive_failures_cool_a_provider_visibly_until_the_cooldown_ends() {
     let primary = TestUpstream::start("primary", Mode::Status(500));
     let backup = TestUpstream::start("backup", Mode::Healthy);
-    let (home, proxy) = start(&format!(
-        "{}{}[routing]\nfailures = 2\ncooldown = 600\n",
-        provider("primary", &primary.url, r#"["*"]"#, 0, ""),
-        provider("backup", &backup.url, r#"["*"]"#, 1, ""),
+    // The binary, whose access log this test reads.
+    let home = TestHome::new();
+    home.config(&primary_then_backup(
+        &primary,
+        &backup,
+        "[routing]\nfailures = 2\ncooldown = 600\n",
     ));
+    let proxy = Proxy::start(&home, &[], &[]);
     for n in 1..=2 {
         let (status, by, _) = answered_by(chat(&proxy, "gpt-5").await).await;
         assert_eq!((status, by.as_str()), (200, "backup"));
@@ -503,10 +498,10 @@ async fn consecutive_failures_cool_a_provider_visibly_until_the_cooldown_ends() 
 async fn a_429_without_retry_after_still_cools_the_provider() {
     let primary = TestUpstream::start("primary", Mode::RateLimited(None));
     let backup = TestUpstream::start("backup", Mode::Healthy);
-    let (_home, proxy) = start(&format!(
-        "{}{}[routing]\nfailures = 5\ncooldown = 600\n",
-        provider("primary", &primary.url, r#"["*"]"#, 0, ""),
-        provider("backup", &backup.url, r#"["*"]"#, 1, ""),
+    let (_home, proxy) = start(&primary_then_backup(
+        &primary,
+        &backup,
+        "[routing]\nfailures = 5\ncooldown = 600\n",
     ));
     let (_, by, _) = answered_by(chat(&proxy, "gpt-5").await).await;
     assert_eq!(by, "backup");
@@ -517,7 +512,7 @@ async fn a_429_without_retry_after_still_cools_the_provider() {
 }
 
 /// The cooldown end in `/health`, as seconds from now.
-async fn cooling_for(proxy: &Proxy, name: &str) -> i64 {
+async fn cooling_for(proxy: &impl Served, name: &str) -> i64 {
     let h = provider_health(proxy, name).await;
     let until = h["cooldown_until"]
         .as_str()
@@ -536,12 +531,12 @@ async fn a_later_shorter_retry_after_never_shortens_the_cooldown() {
     primary.queue_retry_after(500);
     primary.queue_retry_after(2);
     let backup = TestUpstream::start("backup", Mode::Healthy);
-    let (_home, proxy) = start(&format!(
-        "{}{}[routing]\ncooldown = 1\n",
-        provider("primary", &primary.url, r#"["*"]"#, 0, ""),
-        provider("backup", &backup.url, r#"["*"]"#, 1, ""),
+    let (_home, proxy) = start(&primary_then_backup(
+        &primary,
+        &backup,
+        "[routing]\ncooldown = 1\n",
     ));
-    let url = proxy.url.clone();
+    let url = proxy.url().to_string();
     let send = move || {
         let url = url.clone();
         tokio::spawn(async move {
@@ -602,10 +597,10 @@ async fn every_candidate_cooling_is_503_with_retry_after_at_once() {
 async fn after_the_cooldown_exactly_one_request_probes() {
     let primary = TestUpstream::start("primary", Mode::Status(500));
     let backup = TestUpstream::start("backup", Mode::Healthy);
-    let (_home, proxy) = start(&format!(
-        "{}{}[routing]\nfailures = 1\ncooldown = 1\n",
-        provider("primary", &primary.url, r#"["*"]"#, 0, ""),
-        provider("backup", &backup.url, r#"["*"]"#, 1, ""),
+    let (_home, proxy) = start(&primary_then_backup(
+        &primary,
+        &backup,
+        "[routing]\nfailures = 1\ncooldown = 1\n",
     ));
     let (_, by, _) = answered_by(chat(&proxy, "gpt-5").await).await;
     assert_eq!(by, "backup");
@@ -615,7 +610,7 @@ async fn after_the_cooldown_exactly_one_request_probes() {
     })
     .await;
     // Five at once: one probe reaches the primary (held there), the rest go to backup.
-    let url = proxy.url.clone();
+    let url = proxy.url().to_string();
     let requests: Vec<_> = (0..5)
         .map(|_| {
             let url = url.clone();
@@ -657,7 +652,7 @@ async fn within_a_priority_fewer_in_flight_and_weight_decide() {
         provider("b", &b.url, r#"["*"]"#, 0, "weight = 1"),
     ));
     // Held at a until released: a has one in flight.
-    let url = proxy.url.clone();
+    let url = proxy.url().to_string();
     let held = tokio::spawn(async move {
         client()
             .post(format!("{url}/v1/chat/completions"))
@@ -750,7 +745,7 @@ async fn a_provider_at_its_own_max_concurrent_is_skipped() {
         provider("a", &a.url, r#"["*"]"#, 0, "max_concurrent = 1"),
         provider("b", &b.url, r#"["*"]"#, 1, ""),
     ));
-    let url = proxy.url.clone();
+    let url = proxy.url().to_string();
     let held = tokio::spawn(async move {
         client()
             .post(format!("{url}/v1/chat/completions"))
@@ -803,23 +798,6 @@ fn bad_provider_configs_are_refused_naming_the_key() {
     }
 }
 
-async fn model_ids(proxy: &Proxy) -> Vec<String> {
-    let list: Value = client()
-        .get(format!("{}/v1/models", proxy.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    list["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_catalog_unites_declared_and_discovered_models_and_outlives_a_down_provider() {
     let a = TestUpstream::start("a", Mode::Healthy);
@@ -833,7 +811,7 @@ async fn the_catalog_unites_declared_and_discovered_models_and_outlives_a_down_p
     };
     let home = TestHome::new();
     home.config(&config(&d.url));
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     // d is asked for its list in the background; then it serves what it reported.
     until("d's models are listed", || async {
         model_ids(&proxy).await.contains(&"d-model".to_string())
@@ -843,7 +821,7 @@ async fn the_catalog_unites_declared_and_discovered_models_and_outlives_a_down_p
     let (_, by, _) = answered_by(chat(&proxy, "d-model").await).await;
     assert_eq!(by, "d");
     let one: Value = client()
-        .get(format!("{}/v1/models/d-model", proxy.url))
+        .get(format!("{}/v1/models/d-model", proxy.url()))
         .send()
         .await
         .unwrap()
@@ -857,7 +835,7 @@ async fn the_catalog_unites_declared_and_discovered_models_and_outlives_a_down_p
 
     // d is down now: after a restart its models still come from the cache.
     home.config(&config(&crate::support::upstream::closed_port_url()));
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     assert_eq!(model_ids(&proxy).await, ["gpt-5", "d-model"]);
     let r = chat(&proxy, "d-model").await;
     assert_eq!(r.status(), 502, "routed to d, which is down");

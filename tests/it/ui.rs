@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::support::gateway::InProcess;
+use crate::support::http::Served;
 use crate::support::upstream::{Behaviour, Upstream};
-use crate::support::{PATIENCE, Proxy, TestHome, client};
+use crate::support::{PATIENCE, TestHome, client};
 
-async fn history(proxy: &Proxy) -> Value {
+async fn history(proxy: &impl Served) -> Value {
     let r = client()
-        .get(format!("{}/ui/history.json", proxy.url))
+        .get(format!("{}/ui/history.json", proxy.url()))
         .send()
         .await
         .unwrap();
@@ -102,12 +104,12 @@ async fn chromium_renders_two_providers_one_cooling_and_the_request_count() {
          [[providers]]\nname = \"backup\"\nurl = \"mock\"\nmodels = [\"*\"]\npriority = 1\n",
         failing.url()
     ));
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     let deadline = Instant::now() + PATIENCE;
     while provider_state(&history(&proxy).await, "primary") != "cooling" {
         assert!(Instant::now() < deadline, "primary never cooled");
         let r = client()
-            .post(format!("{}/v1/chat/completions", proxy.url))
+            .post(format!("{}/v1/chat/completions", proxy.url()))
             .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
             .send()
             .await
@@ -142,13 +144,13 @@ async fn chromium_shows_errors_by_kind_when_the_only_provider_fails() {
         "[upstream]\nurl = \"{}\"\nattempts = 1\n",
         failing.url()
     ));
-    let proxy = Proxy::start(&home, &[], &[]);
+    let proxy = InProcess::start(&home, &[]);
     // Real failures until the provider cools (3 in a row by default).
     let deadline = Instant::now() + PATIENCE;
     while provider_state(&history(&proxy).await, "default") != "cooling" {
         assert!(Instant::now() < deadline, "the provider never cooled");
         let r = client()
-            .post(format!("{}/v1/chat/completions", proxy.url))
+            .post(format!("{}/v1/chat/completions", proxy.url()))
             .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
             .send()
             .await
@@ -168,9 +170,9 @@ async fn chromium_shows_errors_by_kind_when_the_only_provider_fails() {
 async fn the_status_page_is_on_by_default_open_like_health_and_off_with_server_ui_false() {
     let home = TestHome::new();
     // A bearer token protects /v1/*, not /health nor the page.
-    let proxy = Proxy::start(&home, &[], &[("WARDEN_AUTH_TOKEN", "s3cret-token")]);
+    let proxy = InProcess::start(&home, &[("WARDEN_AUTH_TOKEN", "s3cret-token")]);
     let r = client()
-        .get(format!("{}/ui", proxy.url))
+        .get(format!("{}/ui", proxy.url()))
         .send()
         .await
         .unwrap();
@@ -196,10 +198,10 @@ async fn the_status_page_is_on_by_default_open_like_health_and_off_with_server_u
 
     let off = TestHome::new();
     off.config("[server]\nui = false\n");
-    let proxy = Proxy::start(&off, &[], &[]);
+    let proxy = InProcess::start(&off, &[]);
     for path in ["/ui", "/ui/history.json"] {
         let r = client()
-            .get(format!("{}{path}", proxy.url))
+            .get(format!("{}{path}", proxy.url()))
             .send()
             .await
             .unwrap();

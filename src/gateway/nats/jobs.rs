@@ -27,7 +27,7 @@ use futures_util::StreamExt;
 use tokio::sync::{Semaphore, watch};
 
 use super::reply::{self, Delivered};
-use super::{CHAT_ROUTE, InFlight};
+use super::{CHAT_ROUTE, InFlight, NatsError};
 use crate::api::openai::ApiError;
 use crate::gateway::Gateway;
 use crate::gateway::dispatch::{self, Ingress, Record};
@@ -73,7 +73,7 @@ pub async fn run(
 async fn consumer(
     gw: &Gateway,
     client: &async_nats::Client,
-) -> Result<js::consumer::Consumer<pull::Config>, String> {
+) -> Result<js::consumer::Consumer<pull::Config>, NatsError> {
     let nats = &gw.config.nats;
     let context = js::new(client.clone());
     let stream = context
@@ -85,7 +85,10 @@ async fn consumer(
             ..Default::default()
         })
         .await
-        .map_err(|e| format!("stream {}: {e}", nats.stream))?;
+        .map_err(|source| NatsError::Stream {
+            stream: nats.stream.clone(),
+            source,
+        })?;
     let config = pull::Config {
         durable_name: Some(CONSUMER.into()),
         ack_policy: AckPolicy::Explicit,
@@ -99,10 +102,15 @@ async fn consumer(
         Ok(consumer) => Ok(consumer),
         // An existing consumer with other settings (say, another proxy's
         // max_concurrent) is used as it is.
-        Err(e) => stream
+        Err(create) => stream
             .get_consumer(CONSUMER)
             .await
-            .map_err(|e2| format!("consumer {CONSUMER} on stream {}: {e}; {e2}", nats.stream)),
+            .map_err(|get| NatsError::Consumer {
+                consumer: CONSUMER,
+                stream: nats.stream.clone(),
+                create,
+                get,
+            }),
     }
 }
 
@@ -111,8 +119,13 @@ async fn pull_jobs(
     client: &async_nats::Client,
     permits: &Arc<Semaphore>,
     stop: &mut watch::Receiver<bool>,
-) -> Result<(), String> {
+) -> Result<(), NatsError> {
     let consumer = consumer(gw, client).await?;
+    let pull_error = |source: Box<dyn std::error::Error + Send + Sync>| NatsError::Pull {
+        consumer: CONSUMER,
+        stream: gw.config.nats.stream.clone(),
+        source,
+    };
     tracing::info!(
         stream = %gw.config.nats.stream,
         consumer = CONSUMER,
@@ -121,7 +134,7 @@ async fn pull_jobs(
     loop {
         // Room first: a job is only pulled when it can start at once.
         let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => permit.map_err(|e| e.to_string())?,
+            permit = permits.clone().acquire_owned() => permit.map_err(|e| pull_error(e.into()))?,
             _ = stop.wait_for(|stop| *stop) => return Ok(()),
         };
         let mut held = Some(permit);
@@ -132,7 +145,7 @@ async fn pull_jobs(
             .expires(PULL_EXPIRES)
             .messages()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| pull_error(e.into()))?;
         let mut stopping = false;
         loop {
             let next = tokio::select! {
@@ -143,7 +156,7 @@ async fn pull_jobs(
                 }
             };
             let Some(message) = next else { break };
-            let message = message.map_err(|e| e.to_string())?;
+            let message = message.map_err(pull_error)?;
             if stopping {
                 // Draining: hand the job straight back to another proxy.
                 let _ = message.ack_with(AckKind::Nak(None)).await;

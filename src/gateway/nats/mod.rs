@@ -188,7 +188,42 @@ fn reconnect_delay(attempts: usize) -> Duration {
     Duration::from_millis(100u64 << shift).min(Duration::from_secs(2))
 }
 
-async fn connect(gw: &Arc<Gateway>) -> Result<async_nats::Client, String> {
+/// Why the NATS ingress could not start, or why pulling jobs stopped (then it is
+/// retried). Each names the setting, stream or consumer concerned; an address is
+/// shown with its password redacted.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error("cannot read nats.credentials_file {path}: {source}")]
+    Credentials {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("nats.url {url:?} is not a NATS server address: {source}")]
+    Address { url: String, source: std::io::Error },
+    #[error("cannot start the NATS connection: {source}")]
+    Connect { source: async_nats::ConnectError },
+    #[error("stream {stream}: {source}")]
+    Stream {
+        stream: String,
+        source: async_nats::jetstream::context::CreateStreamError,
+    },
+    /// Neither created nor found: both reasons.
+    #[error("consumer {consumer} on stream {stream}: {create}; {get}")]
+    Consumer {
+        consumer: &'static str,
+        stream: String,
+        create: async_nats::jetstream::stream::ConsumerError,
+        get: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("pulling from consumer {consumer} on stream {stream}: {source}")]
+    Pull {
+        consumer: &'static str,
+        stream: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+async fn connect(gw: &Arc<Gateway>) -> Result<async_nats::Client, NatsError> {
     let nats = &gw.config.nats;
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("warden-proxy {}", crate::VERSION))
@@ -208,11 +243,9 @@ async fn connect(gw: &Arc<Gateway>) -> Result<async_nats::Client, String> {
         options = options
             .credentials_file(&nats.credentials_file)
             .await
-            .map_err(|e| {
-                format!(
-                    "cannot read nats.credentials_file {}: {e}",
-                    nats.credentials_file
-                )
+            .map_err(|source| NatsError::Credentials {
+                path: nats.credentials_file.clone(),
+                source,
             })?;
     }
     let status = gw.clone();
@@ -226,18 +259,17 @@ async fn connect(gw: &Arc<Gateway>) -> Result<async_nats::Client, String> {
         .map(str::trim)
         .filter(|u| !u.is_empty())
         .map(|u| {
-            u.parse::<async_nats::ServerAddr>().map_err(|e| {
-                format!(
-                    "nats.url {:?} is not a NATS server address: {e}",
-                    crate::support::redact::url(u)
-                )
-            })
+            u.parse::<async_nats::ServerAddr>()
+                .map_err(|source| NatsError::Address {
+                    url: crate::support::redact::url(u),
+                    source,
+                })
         })
         .collect::<Result<_, _>>()?;
     options
         .connect(servers.as_slice())
         .await
-        .map_err(|e| format!("cannot start the NATS connection: {e}"))
+        .map_err(|source| NatsError::Connect { source })
 }
 
 fn on_event(status: &NatsStatus, metrics: &Metrics, event: async_nats::Event) {
@@ -271,8 +303,8 @@ async fn run(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
     let nats = gw.config.nats.clone();
     let client = match connect(&gw).await {
         Ok(client) => client,
-        Err(message) => {
-            tracing::error!("{message}; the NATS ingress is off, HTTP keeps serving");
+        Err(e) => {
+            tracing::error!("{e}; the NATS ingress is off, HTTP keeps serving");
             gw.nats.set_state(NatsState::Disconnected);
             return;
         }

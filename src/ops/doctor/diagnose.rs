@@ -582,7 +582,7 @@ pub fn models_cache(home: &Home) -> Diagnosis {
     }
     match crate::home::models_cache::inspect(&path) {
         Ok(()) => Diagnosis::ok(format!("{} is sound", path.display())),
-        Err(why) => Diagnosis::fixable(why, Fix::DeleteCatalog { path }),
+        Err(why) => Diagnosis::fixable(why.to_string(), Fix::DeleteCatalog { path }),
     }
 }
 

@@ -323,7 +323,7 @@ pub async fn run(home: &Home, opts: &RunOptions) -> Report {
             hint: entry.hint,
             job: match entry.check {
                 Ok(check) => Job::Operator(Arc::new(check)),
-                Err(message) => Job::Broken(message),
+                Err(error) => Job::Broken(error.to_string()),
             },
         });
     }

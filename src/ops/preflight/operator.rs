@@ -101,7 +101,7 @@ pub struct OperatorCheck {
 }
 
 /// One file of `checks/`: a check, or why the file is not one.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Entry {
     pub id: String,
     pub title: String,
@@ -109,11 +109,43 @@ pub struct Entry {
     /// The harness timeout (the check's own plus a grace period).
     pub timeout: Duration,
     pub hint: Option<String>,
-    pub check: Result<OperatorCheck, String>,
+    pub check: Result<OperatorCheck, CheckFileError>,
+}
+
+/// Why a file of `checks/` is not a check. Each names the file (and the line or
+/// key); the entry's hint says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckFileError {
+    #[error("cannot list {}: {source}", dir.display())]
+    List {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: cannot read: {source}", file.display())]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    /// Not TOML, or not this shape (an unknown key, a wrong type).
+    #[error("{}{}: {message}", file.display(), line_col.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
+    Toml {
+        file: PathBuf,
+        line_col: Option<(usize, usize)>,
+        message: String,
+    },
+    /// A key whose value is wrong or missing for the check's kind.
+    #[error("{}: {key}: {message}", file.display())]
+    Key {
+        file: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+    #[error("{}: id {id:?} is already used by another check; set a unique `id` or rename the file", file.display())]
+    DuplicateId { file: PathBuf, id: String },
 }
 
 impl Entry {
-    fn broken(id: String, file: &Path, message: String) -> Entry {
+    fn broken(id: String, file: &Path, error: CheckFileError) -> Entry {
         Entry {
             title: format!("operator check {}", file.display()),
             id,
@@ -123,7 +155,7 @@ impl Entry {
                 "fix or remove {}: `kind` is one of command, http, tcp, file (see Operator checks in the README)",
                 file.display()
             )),
-            check: Err(message),
+            check: Err(error),
         }
     }
 }
@@ -139,7 +171,10 @@ pub fn load(home: &Home) -> Vec<Entry> {
             return vec![Entry::broken(
                 "checks".into(),
                 &dir,
-                format!("cannot list {}: {e}", dir.display()),
+                CheckFileError::List {
+                    dir: dir.clone(),
+                    source: e,
+                },
             )];
         }
     };
@@ -162,7 +197,10 @@ pub fn load(home: &Home) -> Vec<Entry> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         let parsed = std::fs::read_to_string(&file)
-            .map_err(|e| format!("{}: cannot read: {e}", file.display()))
+            .map_err(|source| CheckFileError::Read {
+                file: file.clone(),
+                source,
+            })
             .and_then(|text| parse(&text, &file, &stem, home));
         let entry = match parsed {
             Ok(check) if taken.contains(&check.id) => {
@@ -174,11 +212,10 @@ pub fn load(home: &Home) -> Vec<Entry> {
                 Entry::broken(
                     id,
                     &file,
-                    format!(
-                        "{}: id {:?} is already used by another check; set a unique `id` or rename the file",
-                        file.display(),
-                        check.id
-                    ),
+                    CheckFileError::DuplicateId {
+                        file: file.clone(),
+                        id: check.id,
+                    },
                 )
             }
             Ok(check) => Entry {
@@ -189,13 +226,13 @@ pub fn load(home: &Home) -> Vec<Entry> {
                 hint: check.hint.clone(),
                 check: Ok(check),
             },
-            Err(message) => {
+            Err(error) => {
                 let id = if taken.contains(&stem) {
                     file_name.clone()
                 } else {
                     stem.clone()
                 };
-                Entry::broken(id, &file, message)
+                Entry::broken(id, &file, error)
             }
         };
         taken.insert(entry.id.clone());
@@ -216,18 +253,19 @@ pub fn parse(
     file: &Path,
     default_id: &str,
     home: &Home,
-) -> Result<OperatorCheck, String> {
-    let def: Definition = toml::from_str(text).map_err(|e| {
-        let place = e
+) -> Result<OperatorCheck, CheckFileError> {
+    let def: Definition = toml::from_str(text).map_err(|e| CheckFileError::Toml {
+        file: file.to_path_buf(),
+        line_col: e
             .span()
-            .map(|span| {
-                let (line, col) = crate::home::config::line_col(text, span.start);
-                format!(":{line}:{col}")
-            })
-            .unwrap_or_default();
-        format!("{}{place}: {}", file.display(), e.message().trim())
+            .map(|span| crate::home::config::line_col(text, span.start)),
+        message: e.message().trim().to_string(),
     })?;
-    let bad = |key: &str, message: String| format!("{}: {key}: {message}", file.display());
+    let bad = |key: &'static str, message: String| CheckFileError::Key {
+        file: file.to_path_buf(),
+        key,
+        message,
+    };
 
     let id = def.id.clone().unwrap_or_else(|| default_id.to_string());
     if id.is_empty()
@@ -267,7 +305,7 @@ pub fn parse(
             ));
         }
     }
-    let need = |value: Option<String>, key: &str| {
+    let need = |value: Option<String>, key: &'static str| {
         value
             .filter(|v| !v.trim().is_empty())
             .ok_or_else(|| bad(key, format!("kind {:?} needs `{key}`", kind_name(def.kind))))
@@ -592,17 +630,25 @@ mod tests {
     fn errors_name_file_line_and_key() {
         let (_d, home) = home();
         let f = Path::new("/h/checks/x.toml");
-        let err = parse("kind = \"command\"\ncomand = \"true\"\n", f, "x", &home).unwrap_err();
+        let err = parse("kind = \"command\"\ncomand = \"true\"\n", f, "x", &home)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("/h/checks/x.toml:2:1:"), "{err}");
         assert!(err.contains("comand"), "{err}");
 
-        let err = parse("kind = \"command\"\ncommand = \"true\n", f, "x", &home).unwrap_err();
+        let err = parse("kind = \"command\"\ncommand = \"true\n", f, "x", &home)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("/h/checks/x.toml:2:"), "{err}");
 
-        let err = parse("kind = \"http\"\n", f, "x", &home).unwrap_err();
+        let err = parse("kind = \"http\"\n", f, "x", &home)
+            .unwrap_err()
+            .to_string();
         assert_eq!(err, "/h/checks/x.toml: url: kind \"http\" needs `url`");
 
-        let err = parse("kind = \"tcp\"\naddress = \"localhost\"\n", f, "x", &home).unwrap_err();
+        let err = parse("kind = \"tcp\"\naddress = \"localhost\"\n", f, "x", &home)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("address") && err.contains("host:port"),
             "{err}"
@@ -614,10 +660,13 @@ mod tests {
             "x",
             &home,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("url: does not apply"), "{err}");
 
-        let err = parse("kind = \"smtp\"\n", f, "x", &home).unwrap_err();
+        let err = parse("kind = \"smtp\"\n", f, "x", &home)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(":1:"), "{err}");
     }
 
@@ -639,12 +688,15 @@ mod tests {
         assert_eq!(ids, ["a", "b", "port.toml"]);
         assert!(entries[0].check.is_ok());
         let err = entries[1].check.as_ref().unwrap_err();
+        assert!(matches!(err, CheckFileError::Toml { .. }), "{err}");
+        let err = err.to_string();
         assert!(
             err.contains("b.toml:1:") || err.contains("b.toml:2:"),
             "{err}"
         );
         let err = entries[2].check.as_ref().unwrap_err();
-        assert!(err.contains("already used"), "{err}");
+        assert!(matches!(err, CheckFileError::DuplicateId { .. }), "{err}");
+        assert!(err.to_string().contains("already used"), "{err}");
     }
 
     #[tokio::test]

@@ -3,6 +3,8 @@
 //!
 //! Every process a test signals is one it spawned here; every address is loopback.
 
+pub mod gateway;
+pub mod http;
 pub mod nats;
 pub mod prompt_server;
 pub mod responses_upstream;

@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -16,9 +15,9 @@ use axum::routing;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
+use super::PATIENCE;
 use super::prompt_server::{PromptServer, serve};
 use super::upstream::async_stream;
-use super::{PATIENCE, Proxy, client};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Answer {
@@ -196,15 +195,20 @@ async fn responses(
                 .await;
         })),
         Answer::DropMidStream => {
-            let items = futures_util::stream::unfold(0, |step| async move {
-                match step {
-                    0 => Some((Ok(created()), 1)),
-                    1 => Some((Ok(text_delta("partial")), 2)),
-                    2 => {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        Some((Err(std::io::Error::other("upstream crashed")), 3))
+            // Two events; once the test has seen them arrive through the proxy
+            // (and calls `release()`), a broken connection.
+            let items = futures_util::stream::unfold(0, move |step| {
+                let st = st.clone();
+                async move {
+                    match step {
+                        0 => Some((Ok(created()), 1)),
+                        1 => Some((Ok(text_delta("partial")), 2)),
+                        2 => {
+                            st.gate.notified().await;
+                            Some((Err(std::io::Error::other("upstream crashed")), 3))
+                        }
+                        _ => None,
                     }
-                    _ => None,
                 }
             });
             sse(Body::from_stream(items))
@@ -262,7 +266,7 @@ impl ResponsesUpstream {
             .expect("a request reached the upstream")
     }
 
-    /// Lets a paused `GatedText` stream continue.
+    /// Lets a paused `GatedText` stream continue (or `DropMidStream` break).
     pub fn release(&self) {
         self.state.gate.notify_one();
     }
@@ -304,57 +308,8 @@ url = "{codex}"
     )
 }
 
-pub async fn get_json(url: &str) -> Value {
-    client()
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-pub async fn health(proxy: &Proxy) -> Value {
-    get_json(&format!("{}/health", proxy.url)).await
-}
-
-pub async fn metrics_text(proxy: &Proxy) -> String {
-    client()
-        .get(format!("{}/metrics", proxy.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-/// Polls `check` (async) until it returns true, bounded by PATIENCE.
-pub async fn until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// POSTs `body` as JSON to `path` of the proxy.
-pub async fn post(proxy: &Proxy, path: &str, body: &Value) -> reqwest::Response {
-    client()
-        .post(format!("{}{path}", proxy.url))
-        .json(body)
-        .send()
-        .await
-        .unwrap()
-}
+// Moved to `support::http`; named here too for the tests that import them from here.
+pub use super::http::{get_json, health, metrics_text, post, until};
 
 /// The JSON chunks of an SSE body, and whether it ended with `[DONE]`.
 pub fn chunks_of(text: &str) -> (Vec<Value>, bool) {

@@ -30,7 +30,7 @@ pub enum Behaviour {
     Hang,
     /// SSE: one chunk, then waits for `release()`, then the rest and [DONE].
     GatedStream,
-    /// SSE: one chunk, then the connection breaks.
+    /// SSE: one chunk, then, after `release()`, the connection breaks.
     DropMidStream,
     /// SSE: one chunk, then nothing for ever (reports when the client went away).
     StallStream,
@@ -132,16 +132,19 @@ async fn chat(State(st): State<Arc<UpstreamState>>, headers: HeaderMap, body: By
             sse(stream)
         }
         Behaviour::DropMidStream => {
-            // The first chunk, a pause (so headers and chunk are flushed), then a
-            // broken connection.
-            let items = futures_util::stream::unfold(0, |step| async move {
-                match step {
-                    0 => Some((Ok(chunk("partial")), 1)),
-                    1 => {
-                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                        Some((Err(std::io::Error::other("upstream crashed")), 2))
+            // The first chunk; once the test has seen it arrive through the proxy
+            // (and calls `release()`), a broken connection.
+            let items = futures_util::stream::unfold(0, move |step| {
+                let st = st.clone();
+                async move {
+                    match step {
+                        0 => Some((Ok(chunk("partial")), 1)),
+                        1 => {
+                            st.gate.notified().await;
+                            Some((Err(std::io::Error::other("upstream crashed")), 2))
+                        }
+                        _ => None,
                     }
-                    _ => None,
                 }
             });
             sse(Body::from_stream(items))

@@ -6,9 +6,20 @@ use std::path::{Path, PathBuf};
 use super::last_line;
 use crate::ops::preflight::Outcome;
 
+/// No `proxy` binary beside the running one (in `beside`, when known) nor on PATH.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no `proxy` binary {}and none on PATH",
+    beside.as_ref().map(|d| format!("in {} ", d.display())).unwrap_or_default()
+)]
+pub struct ProxyNotFound {
+    /// The folder of the running executable.
+    pub beside: Option<PathBuf>,
+}
+
 /// Where the `proxy` binary is: next to the running executable first (an
 /// installed toolkit keeps its five binaries together), then on PATH.
-pub fn find_proxy() -> Result<PathBuf, String> {
+pub fn find_proxy() -> Result<PathBuf, ProxyNotFound> {
     let beside = std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(|dir| dir.join("proxy")));
@@ -17,15 +28,11 @@ pub fn find_proxy() -> Result<PathBuf, String> {
             return Ok(path.clone());
         }
     }
-    which::which("proxy").map_err(|_| {
-        format!(
-            "no `proxy` binary {}and none on PATH",
-            beside
-                .as_ref()
-                .and_then(|p| p.parent())
-                .map(|d| format!("in {} ", d.display()))
-                .unwrap_or_default()
-        )
+    which::which("proxy").map_err(|_| ProxyNotFound {
+        beside: beside
+            .as_ref()
+            .and_then(|p| p.parent())
+            .map(Path::to_path_buf),
     })
 }
 
@@ -38,7 +45,7 @@ fn is_executable_file(path: &Path) -> bool {
 pub(super) async fn check_binary() -> Outcome {
     let path = match find_proxy() {
         Ok(path) => path,
-        Err(message) => return Outcome::fail(message),
+        Err(e) => return Outcome::fail(e.to_string()),
     };
     // `kill_on_drop`: if the harness timeout fires, the child we started is killed.
     let output = tokio::process::Command::new(&path)

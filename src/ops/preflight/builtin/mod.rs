@@ -249,6 +249,42 @@ pub(crate) fn last_line(text: &str) -> Option<String> {
     Some(short)
 }
 
+/// Why a probe of something remote (an upstream, a provider, a prompt source)
+/// failed: each names the URL or address it tried (passwords in URLs redacted by
+/// the caller) and, for a timeout, the budget and the setting behind it.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProbeError {
+    #[error("cannot build an HTTP client: {}", http_error(error))]
+    Client { error: reqwest::Error },
+    /// `key` is the setting the URL came from (`upstream.url`, `provider X url`).
+    #[error("{key} {url:?}: {reason}")]
+    BadUrl {
+        key: String,
+        url: String,
+        reason: String,
+    },
+    #[error("{key} {url} has no host")]
+    NoHost { key: String, url: String },
+    #[error("no TCP connection to {target} within connect_timeout ({} s)", budget.as_secs())]
+    ConnectTimeout { target: String, budget: Duration },
+    #[error("cannot connect to {target}: {source}")]
+    Connect {
+        target: String,
+        source: std::io::Error,
+    },
+    #[error("GET {url}: no answer within connect_timeout ({} s)", budget.as_secs())]
+    NoAnswer { url: String, budget: Duration },
+    /// A prompt source slower than the probe's own budget.
+    #[error("{url} did not answer within {} ms", budget.as_millis())]
+    Slow { url: String, budget: Duration },
+    #[error("GET {url}: {}", http_error(error))]
+    Get { url: String, error: reqwest::Error },
+    #[error("{url} answered HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("{url} serves content with SHA-256 {digest}, not in the source's sha256 allow-list")]
+    Digest { url: String, digest: String },
+}
+
 /// Why an HTTP request failed, in a few words: the innermost cause (`Connection
 /// refused (os error 111)`, `failed to lookup address information: …`), which is
 /// what says *why*; reqwest's outer layers only repeat the URL.

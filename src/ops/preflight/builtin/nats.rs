@@ -18,17 +18,45 @@ pub struct Greeting {
     pub jetstream: bool,
 }
 
-/// Why a NATS server could not be greeted, in words, naming the address.
-pub async fn greet(address: &str, budget: Duration) -> Result<Greeting, String> {
+/// Why a NATS server could not be greeted; each names the address.
+#[derive(Debug, thiserror::Error)]
+pub enum GreetError {
+    #[error("no TCP connection to {address} within {} s", budget.as_secs())]
+    ConnectTimeout { address: String, budget: Duration },
+    #[error("cannot connect to {address}: {source}")]
+    Connect {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("{address} accepted but sent no NATS greeting within {} s", budget.as_secs())]
+    GreetingTimeout { address: String, budget: Duration },
+    #[error("{address}: {source}")]
+    Read {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "{address} answered, but not as a NATS server (no INFO greeting): is nats.url pointing at the right port?"
+    )]
+    NotNats { address: String },
+}
+
+/// Connects to `address` and reads NATS's `INFO` line, within `budget` each.
+pub async fn greet(address: &str, budget: Duration) -> Result<Greeting, GreetError> {
     let connect = tokio::net::TcpStream::connect(address);
     let mut stream = match tokio::time::timeout(budget, connect).await {
         Err(_) => {
-            return Err(format!(
-                "no TCP connection to {address} within {} s",
-                budget.as_secs()
-            ));
+            return Err(GreetError::ConnectTimeout {
+                address: address.to_string(),
+                budget,
+            });
         }
-        Ok(Err(e)) => return Err(format!("cannot connect to {address}: {e}")),
+        Ok(Err(source)) => {
+            return Err(GreetError::Connect {
+                address: address.to_string(),
+                source,
+            });
+        }
         Ok(Ok(stream)) => stream,
     };
     let mut line = Vec::with_capacity(1024);
@@ -45,19 +73,24 @@ pub async fn greet(address: &str, budget: Duration) -> Result<Greeting, String> 
     };
     match tokio::time::timeout(budget, read).await {
         Err(_) => {
-            return Err(format!(
-                "{address} accepted but sent no NATS greeting within {} s",
-                budget.as_secs()
-            ));
+            return Err(GreetError::GreetingTimeout {
+                address: address.to_string(),
+                budget,
+            });
         }
-        Ok(Err(e)) => return Err(format!("{address}: {e}")),
+        Ok(Err(source)) => {
+            return Err(GreetError::Read {
+                address: address.to_string(),
+                source,
+            });
+        }
         Ok(Ok(())) => {}
     }
     let text = String::from_utf8_lossy(&line);
     let Some(json) = text.lines().next().and_then(|l| l.strip_prefix("INFO ")) else {
-        return Err(format!(
-            "{address} answered, but not as a NATS server (no INFO greeting): is nats.url pointing at the right port?"
-        ));
+        return Err(GreetError::NotNats {
+            address: address.to_string(),
+        });
     };
     let info: serde_json::Value = serde_json::from_str(json.trim()).unwrap_or_default();
     Ok(Greeting {

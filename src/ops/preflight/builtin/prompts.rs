@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::{Context, http_error};
+use super::{Context, ProbeError};
 use crate::home::config::PromptSource;
 use crate::ops::preflight::{Outcome, Status};
 use crate::prompts::{self, PromptSourceKind};
@@ -111,26 +111,26 @@ pub(super) async fn check_prompts(ctx: Arc<Context>) -> Outcome {
 
 /// Whether a fetch of the prompt would succeed now: a 2xx within `budget` and,
 /// with a `sha256` allow-list, content that passes it.
-async fn probe_prompt(source: &PromptSource, budget: Duration) -> Result<(), String> {
+async fn probe_prompt(source: &PromptSource, budget: Duration) -> Result<(), ProbeError> {
+    let url = || source.url.clone();
     let client = http_client::client_builder()
         .timeout(budget)
         .connect_timeout(budget)
         .build()
-        .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
-    let response = client.get(&source.url).send().await.map_err(|e| {
-        if e.is_timeout() {
-            format!(
-                "{} did not answer within {} ms",
-                source.url,
-                budget.as_millis()
-            )
+        .map_err(|error| ProbeError::Client { error })?;
+    let response = client.get(&source.url).send().await.map_err(|error| {
+        if error.is_timeout() {
+            ProbeError::Slow { url: url(), budget }
         } else {
-            format!("GET {}: {}", source.url, http_error(&e))
+            ProbeError::Get { url: url(), error }
         }
     })?;
     let status = response.status();
     if !status.is_success() {
-        return Err(format!("{} answered HTTP {}", source.url, status.as_u16()));
+        return Err(ProbeError::Status {
+            url: url(),
+            status: status.as_u16(),
+        });
     }
     if source.sha256.is_empty() {
         return Ok(());
@@ -138,7 +138,7 @@ async fn probe_prompt(source: &PromptSource, budget: Duration) -> Result<(), Str
     let body = response
         .bytes()
         .await
-        .map_err(|e| format!("GET {}: {}", source.url, http_error(&e)))?;
+        .map_err(|error| ProbeError::Get { url: url(), error })?;
     let digest = hex::encode(Sha256::digest(&body));
     if source
         .sha256
@@ -147,9 +147,6 @@ async fn probe_prompt(source: &PromptSource, budget: Duration) -> Result<(), Str
     {
         Ok(())
     } else {
-        Err(format!(
-            "{} serves content with SHA-256 {digest}, not in the source's sha256 allow-list",
-            source.url
-        ))
+        Err(ProbeError::Digest { url: url(), digest })
     }
 }

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Context, http_error};
+use super::{Context, ProbeError};
 use crate::home::config::{ProviderSettings, pattern_matches};
 use crate::ops::preflight::Outcome;
 use crate::support::http_client;
@@ -32,30 +32,31 @@ pub(super) async fn check_upstream(ctx: &Context) -> Outcome {
     .await
     {
         Ok(message) => Outcome::pass(message),
-        Err(message) => Outcome::fail(message),
+        Err(e) => Outcome::fail(e.to_string()),
     }
 }
 
 /// `GET {base}/models` after a bare TCP connect, both within `budget`: `Ok`
 /// with what answered, `Err` with why not. `key` names the URL's setting.
-async fn probe(base: &str, budget: Duration, key: &str) -> Result<String, String> {
+async fn probe(base: &str, budget: Duration, key: &str) -> Result<String, ProbeError> {
     let models = format!("{base}/models");
-    let url = reqwest::Url::parse(&models)
-        .map_err(|e| format!("{key} {:?}: {e}", crate::support::redact::url(base)))?;
+    let url = reqwest::Url::parse(&models).map_err(|e| ProbeError::BadUrl {
+        key: key.to_string(),
+        url: crate::support::redact::url(base),
+        reason: e.to_string(),
+    })?;
     let shown = crate::support::redact::url(url.as_str());
     let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
-        return Err(format!("{key} {shown} has no host"));
+        return Err(ProbeError::NoHost {
+            key: key.to_string(),
+            url: shown,
+        });
     };
     let target = format!("{host}:{port}");
     let started = Instant::now();
     match tokio::time::timeout(budget, tokio::net::TcpStream::connect(&target)).await {
-        Err(_) => {
-            return Err(format!(
-                "no TCP connection to {target} within connect_timeout ({} s)",
-                budget.as_secs()
-            ));
-        }
-        Ok(Err(e)) => return Err(format!("cannot connect to {target}: {e}")),
+        Err(_) => return Err(ProbeError::ConnectTimeout { target, budget }),
+        Ok(Err(source)) => return Err(ProbeError::Connect { target, source }),
         Ok(Ok(_stream)) => {}
     }
     let remaining = budget
@@ -70,18 +71,15 @@ async fn probe(base: &str, budget: Duration, key: &str) -> Result<String, String
     }
     let client = builder
         .build()
-        .map_err(|e| format!("cannot build an HTTP client: {}", http_error(&e)))?;
+        .map_err(|error| ProbeError::Client { error })?;
     match client.get(url.clone()).send().await {
         Ok(response) => Ok(format!(
             "GET {shown} answered HTTP {} in {} ms",
             response.status().as_u16(),
             started.elapsed().as_millis()
         )),
-        Err(e) if e.is_timeout() => Err(format!(
-            "GET {shown}: no answer within connect_timeout ({} s)",
-            budget.as_secs()
-        )),
-        Err(e) => Err(format!("GET {shown}: {}", http_error(&e))),
+        Err(e) if e.is_timeout() => Err(ProbeError::NoAnswer { url: shown, budget }),
+        Err(error) => Err(ProbeError::Get { url: shown, error }),
     }
 }
 
