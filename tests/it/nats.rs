@@ -318,6 +318,27 @@ async fn sigterm_finishes_the_nats_request_in_flight_then_exits() {
     assert!(proxy.wait().success());
 }
 
+/// A flush waits for the server: with NATS away, SIGTERM must still end the
+/// proxy at once (not at graceful_timeout, nor by `daemon stop`'s SIGKILL).
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_exits_promptly_while_the_nats_server_is_away() {
+    let mut nats = NatsServer::start();
+    let home = TestHome::new();
+    // Far beyond PATIENCE: a drain that waits for NATS fails the wait below.
+    home.config(&format!(
+        "[server]\ngraceful_timeout = 3600\n\n[nats]\nurl = \"{}\"\n",
+        nats.url()
+    ));
+    let mut proxy = Proxy::start(&home, &[], &[]);
+    wait_nats_state(&proxy, "connected").await;
+    nats.stop();
+    wait_nats_state(&proxy, "reconnecting").await;
+    proxy.signal(Signal::SIGTERM);
+    assert!(proxy.wait().success());
+    let log = home.read("logs/proxy.log");
+    assert!(log.contains("NATS ingress drained"), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn reconnects_after_the_nats_server_restarts() {
     let mut nats = NatsServer::start();

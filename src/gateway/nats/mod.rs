@@ -182,6 +182,9 @@ impl NatsIngress {
     }
 }
 
+/// How long the last flush on shutdown may wait for the server.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Reconnect delay: 100 ms doubling to at most 2 s, forever.
 fn reconnect_delay(attempts: usize) -> Duration {
     let shift = attempts.min(5) as u32;
@@ -369,7 +372,14 @@ async fn run(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
     }
     let all = u32::try_from(nats.max_concurrent).unwrap_or(u32::MAX);
     let _ = permits.acquire_many(all).await;
-    let _ = client.flush().await;
+    // A flush completes only once the server has the bytes: with NATS away it
+    // would wait for the reconnect, holding the whole shutdown until
+    // graceful_timeout (and `daemon stop` until its SIGKILL). Unconnected, nothing
+    // could be delivered anyway; connected, a flush takes milliseconds, and a
+    // connection lost mid-flush is bounded too.
+    if client.connection_state() == async_nats::connection::State::Connected {
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await;
+    }
     let _ = client.drain().await;
     tracing::info!("NATS ingress drained");
 }
