@@ -424,7 +424,11 @@ async fn with_nats_required_readiness_follows_the_connection_but_not_for_the_dae
 #[test]
 fn daemon_start_does_not_wait_for_a_required_nats_that_is_away() {
     let mut nats = NatsServer::start();
-    let home = home_with(&nats, "mock", "required = true\n");
+    let extra = format!(
+        "required = true\n\n[server]\nport = {}\n",
+        crate::support::free_port()
+    );
+    let home = home_with(&nats, "mock", &extra);
     nats.stop(); // the configured server is away for the whole test
     let out = crate::support::run("daemon", &home, &["start"]);
     assert_eq!(
@@ -437,8 +441,36 @@ fn daemon_start_does_not_wait_for_a_required_nats_that_is_away() {
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["running"], true, "{status}");
     assert_ne!(status["health"]["nats"]["state"], "connected", "{status}");
+    // The human status says where NATS stands: "running" alone would hide
+    // that readiness is 503 for load balancers.
+    let out = crate::support::run("daemon", &home, &["status"]);
+    let shown = crate::support::text(&out.stdout);
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("  nats      ") && !l.contains(" connected,")),
+        "{shown}"
+    );
+    // preflight's hint does not promise HTTP that readiness withholds.
+    let out = crate::support::run("preflight", &home, &["--only", "upstream", "--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let check = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "upstream")
+        .cloned()
+        .unwrap();
+    let hint = check["hint"].as_str().unwrap_or_default();
+    assert!(
+        hint.contains("503") && !hint.contains("still serves HTTP"),
+        "{report}"
+    );
     let out = crate::support::run("daemon", &home, &["stop"]);
     assert_eq!(out.status.code(), Some(0));
+    // Stopped by SIGTERM, not by the SIGKILL after daemon.stop_timeout.
+    let said = crate::support::text(&out.stdout);
+    assert!(said.contains("after SIGTERM"), "{said}");
 }
 
 /// An upstream that holds its first request for ever (reporting it) and
