@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# benches/compare.sh BEFORE_PROXY AFTER_PROXY — two release builds of `proxy` side by side
+# in one run, for "before and after" ratios that share the machine's state: both front the
+# same nginx fixed-answer upstream (benches/nginx/fixed-upstream.conf) and are loaded in
+# alternation (A B A B …, COMPARE_ROUNDS rounds), so drift in the machine's load lands on
+# both. Reports the median of each cell and the ratio after/before.
+#
+#   git worktree add --detach /tmp/before <rev> && (cd /tmp/before && cargo build --release --bin proxy)
+#   cargo build --release --locked --bin proxy
+#   benches/compare.sh /tmp/before/target/release/proxy target/release/proxy
+#
+# Env: COMPARE_SECS=5 (per wrk run), COMPARE_ROUNDS=3, COMPARE_CONNS="1 64",
+#      COMPARE_OUT=benches/results/compare.md. Loopback only; stops what it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BEFORE=${1:?usage: benches/compare.sh BEFORE_PROXY AFTER_PROXY}
+AFTER=${2:?usage: benches/compare.sh BEFORE_PROXY AFTER_PROXY}
+SECS=${COMPARE_SECS:-5}
+ROUNDS=${COMPARE_ROUNDS:-3}
+CONNS=${COMPARE_CONNS:-1 64}
+OUT=${COMPARE_OUT:-benches/results/compare.md}
+
+command -v nginx >/dev/null && command -v wrk >/dev/null || {
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk >/dev/null
+}
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 1 200); do curl -fs -o /dev/null "$1" && return 0; sleep 0.05; done; return 1; }
+
+nginx_port=$(free_port)
+mkdir -p "$work/nginx"
+sed "s/@PORT@/$nginx_port/g; s#@WORK@#$work/nginx#g" benches/nginx/fixed-upstream.conf >"$work/nginx/nginx.conf"
+nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" -e "$work/nginx/error.log" &
+pids+=($!)
+wait_http "http://127.0.0.1:$nginx_port/json/v1/models"
+
+# start NAME BINARY: a proxy in front of nginx; prints its URL.
+start() {
+  local home=$work/$1 port
+  mkdir -p "$home"
+  port=$(free_port)
+  "$2" --home "$home" --port "$port" --upstream "http://127.0.0.1:$nginx_port/json/v1" >"$home.out" 2>&1 &
+  pids+=($!)
+  wait_http "http://127.0.0.1:$port/health/ready" || { cat "$home.out" >&2; exit 1; }
+  echo "http://127.0.0.1:$port"
+}
+before_url=$(start before "$BEFORE")
+after_url=$(start after "$AFTER")
+
+run() { # URL CONNS -> "rps p50_us p99_us errors"
+  wrk -t1 -c"$2" -d"${SECS}"s --timeout 10s -s benches/wrk/chat.lua "$1/v1/chat/completions" -- json \
+    | awk '/^RESULT/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+                       print v["rps"], v["p50_us"], v["p99_us"], v["errors"] + v["non2xx"] }'
+}
+for c in $CONNS; do
+  for r in $(seq "$ROUNDS"); do
+    echo "before $c $(run "$before_url" "$c")" >>"$work/results"
+    echo "after $c $(run "$after_url" "$c")" >>"$work/results"
+  done
+done
+
+python3 - "$work/results" "$SECS" "$ROUNDS" "$BEFORE" "$AFTER" >"$OUT" <<'EOF'
+import statistics, sys, os
+path, secs, rounds, before, after = sys.argv[1:6]
+cells = {}
+for line in open(path):
+    who, conns, rps, p50, p99, errors = line.split()
+    cells.setdefault((int(conns), who), []).append((float(rps), float(p50), float(p99), int(errors)))
+print("# Before / after, one run\n")
+print(f"benches/compare.sh, {secs} s per wrk run, {rounds} alternating rounds, medians; "
+      f"load average at the end: {' '.join(open('/proc/loadavg').read().split()[:3])}.\n")
+print(f"- before: `{before}`\n- after: `{after}`\n")
+print("| connections | build | req/s | p50 µs | p99 µs | errors |")
+print("| ---: | --- | ---: | ---: | ---: | ---: |")
+for conns in sorted({c for c, _ in cells}):
+    med = {}
+    for who in ("before", "after"):
+        runs = cells[(conns, who)]
+        med[who] = [statistics.median(r[i] for r in runs) for i in range(3)] + [sum(r[3] for r in runs)]
+        rps, p50, p99, errors = med[who]
+        print(f"| {conns} | {who} | {rps:.0f} | {p50:.0f} | {p99:.0f} | {errors} |")
+    ratio = med["after"][0] / med["before"][0]
+    print(f"| {conns} | **after/before** | **{ratio:.3f}** | {med['after'][1] - med['before'][1]:+.0f} | {med['after'][2] - med['before'][2]:+.0f} | |")
+EOF
+cat "$OUT"
