@@ -550,9 +550,11 @@ fn with_providers_the_operator_tools_name_them_not_the_unused_upstream() {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let finding = find(&report, "findings", "api-key");
     assert_eq!(finding["status"], "ok", "{report}");
-    assert!(!finding.to_string().contains("k-not-a-real-key"), "{finding}");
+    assert!(
+        !finding.to_string().contains("k-not-a-real-key"),
+        "{finding}"
+    );
 
-    // daemon status: one line per provider, no `upstream  mock` line.
     // daemon start: the warning does not stop it, but is said.
     let out = run("daemon", &home, &["start"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -561,6 +563,7 @@ fn with_providers_the_operator_tools_name_them_not_the_unused_upstream() {
         "{}",
         text(&out.stderr)
     );
+    // daemon status: one line per provider, no `upstream  mock` line.
     let out = run("daemon", &home, &["status"]);
     let shown = text(&out.stdout);
     assert!(
