@@ -237,15 +237,7 @@ pub fn api_key(ctx: &Context) -> Diagnosis {
     let mut problems = Vec::new();
     let mut hints = Vec::new();
     for provider in ctx.cfg.provider_settings() {
-        let who = if shorthand {
-            format!("upstream {}", provider.base_url())
-        } else {
-            format!(
-                "provider {} ({})",
-                provider.name,
-                crate::support::redact::url(provider.base_url())
-            )
-        };
+        let who = ctx.provider_label(&provider);
         if provider.is_mock() {
             fine.push(if shorthand {
                 "upstream is mock: no API key needed".to_string()
