@@ -28,7 +28,7 @@ fn pid_record(home: &TestHome) -> pidfile::PidRecord {
 }
 
 /// Stops the daemon-started proxy when a test ends, whatever happened.
-struct StopOnDrop<'a>(&'a TestHome);
+pub(crate) struct StopOnDrop<'a>(pub(crate) &'a TestHome);
 impl Drop for StopOnDrop<'_> {
     fn drop(&mut self) {
         let _ = run("daemon", self.0, &["stop", "--force"]);

@@ -429,6 +429,8 @@ fn daemon_start_does_not_wait_for_a_required_nats_that_is_away() {
         crate::support::free_port()
     );
     let home = home_with(&nats, "mock", &extra);
+    // A failed assertion must not leave the proxy running.
+    let _guard = crate::daemon::StopOnDrop(&home);
     nats.stop(); // the configured server is away for the whole test
     let out = crate::support::run("daemon", &home, &["start"]);
     assert_eq!(
