@@ -3,7 +3,7 @@
 //! surviving a killed proxy, reconnects, and the drain on SIGTERM.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
@@ -221,7 +221,10 @@ async fn nats_is_off_by_default_and_touches_no_network() {
     let home = TestHome::new();
     let proxy = Proxy::start(&home, &[], &[]);
     let report = health(&proxy).await;
-    assert_eq!(report["nats"], json!({"state": "off", "in_flight": 0}));
+    assert_eq!(
+        report["nats"],
+        json!({"state": "off", "in_flight": 0, "subscribed": false})
+    );
     assert_eq!(report["status"], "pass");
 }
 
@@ -473,6 +476,60 @@ fn daemon_start_does_not_wait_for_a_required_nats_that_is_away() {
     // Stopped by SIGTERM, not by the SIGKILL after daemon.stop_timeout.
     let said = crate::support::text(&out.stdout);
     assert!(said.contains("after SIGTERM"), "{said}");
+}
+
+/// `daemon restart` of a lone proxy: the successor's endpoints are on the NATS
+/// server before the old proxy unsubscribes, so no request meanwhile finds no
+/// responder (before, every request did until the successor had connected).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_leaves_no_moment_without_a_nats_responder() {
+    let nats = NatsServer::start();
+    let extra = format!("\n[server]\nport = {}\n", crate::support::free_port());
+    let home = Arc::new(home_with(&nats, "mock", &extra));
+    let _guard = crate::daemon::StopOnDrop(&home);
+    let daemon = |args: &'static [&'static str]| {
+        let home = home.clone();
+        tokio::task::spawn_blocking(move || crate::support::run("daemon", &home, args))
+    };
+    let out = daemon(&["start"]).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::support::text(&out.stderr)
+    );
+    let nc = nats.client().await;
+    request(&nc, "warden.chat", chat(false)).await; // subscribed
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn({
+        let (nc, stop) = (nc.clone(), stop.clone());
+        async move {
+            let (mut answered, mut no_responders) = (0, 0);
+            let body = Bytes::from(chat(false).to_string());
+            while !stop.load(Ordering::Relaxed) {
+                let asked = nc.request("warden.chat", body.clone());
+                match tokio::time::timeout(PATIENCE, asked).await {
+                    Ok(Ok(_)) => answered += 1,
+                    Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                        no_responders += 1
+                    }
+                    _ => {}
+                }
+            }
+            (answered, no_responders)
+        }
+    });
+    for _ in 0..2 {
+        let out = daemon(&["restart"]).await.unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            crate::support::text(&out.stderr)
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (answered, no_responders) = load.await.unwrap();
+    assert!(answered > 0);
+    assert_eq!(no_responders, 0, "{answered} answered");
 }
 
 /// An upstream that holds its first request for ever (reporting it) and
