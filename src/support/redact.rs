@@ -148,7 +148,7 @@ pub fn truncate(text: &str, max: usize) -> &str {
 /// `\u{..}`).
 pub fn escape_controls(text: &str, out: &mut impl fmt::Write) -> fmt::Result {
     let mut rest = text;
-    while let Some(i) = rest.find(char::is_control) {
+    while let Some(i) = first_control(rest) {
         out.write_str(&rest[..i])?;
         let c = rest[i..].chars().next().unwrap_or(' ');
         match c {
@@ -162,9 +162,47 @@ pub fn escape_controls(text: &str, out: &mut impl fmt::Write) -> fmt::Result {
     out.write_str(rest)
 }
 
+/// The byte offset of the first control character (`char::is_control`: U+0000–U+001F
+/// and U+007F–U+009F). Every log line passes through here, so it scans bytes rather
+/// than decoding chars: C0 controls and DEL are single bytes, and C1 controls are the
+/// two-byte sequences `C2 80`–`C2 9F` (no other UTF-8 sequence starts with `C2` and
+/// continues in that range).
+fn first_control(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    bytes.iter().enumerate().position(|(i, &b)| {
+        b < 0x20
+            || b == 0x7f
+            || (b == 0xc2 && bytes.get(i + 1).is_some_and(|n| (0x80..=0x9f).contains(n)))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_byte_scan_finds_what_char_is_control_finds() {
+        let mut samples: Vec<String> = (0u32..0x300)
+            .filter_map(char::from_u32)
+            .map(|c| format!("ab{c}cd"))
+            .collect();
+        samples.extend(
+            [
+                "",
+                "plain",
+                "é\u{85}x",
+                "\u{2028}",
+                "日本\n",
+                "\u{9f}",
+                "\u{a0}\u{7f}",
+                "x\u{c2}",
+            ]
+            .map(String::from),
+        );
+        for s in &samples {
+            assert_eq!(first_control(s), s.find(char::is_control), "{s:?}");
+        }
+    }
 
     #[test]
     fn url_userinfo_is_hidden() {
