@@ -63,6 +63,11 @@ pub struct MemoryInfo {
 pub struct NatsHealth {
     pub state: String,
     pub in_flight: u64,
+    /// Connected, and the server has this proxy's endpoint subscriptions, so
+    /// NATS requests can reach it (a restart waits for this). Absent from
+    /// proxies before it: `false`.
+    #[serde(default)]
+    pub subscribed: bool,
 }
 
 impl Default for NatsHealth {
@@ -70,6 +75,7 @@ impl Default for NatsHealth {
         NatsHealth {
             state: "off".into(),
             in_flight: 0,
+            subscribed: false,
         }
     }
 }

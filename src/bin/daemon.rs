@@ -223,6 +223,15 @@ async fn gate(home: &Home) -> bool {
     let report = preflight::run(home, &RunOptions::default()).await;
     let failed: Vec<_> = report.failed().collect();
     if failed.is_empty() {
+        // Warnings do not stop a start, but a provider or NATS server that is
+        // down should not go unmentioned until the first failed request.
+        for check in report
+            .checks
+            .iter()
+            .filter(|c| c.status == preflight::Status::Warn)
+        {
+            eprintln!("daemon: preflight warning: {}: {}", check.id, check.message);
+        }
         return true;
     }
     eprintln!("daemon: preflight failed; not starting:");
@@ -483,11 +492,15 @@ fn print_status(status: &warden::lifecycle::supervisor::StatusReport, ui_url: Op
                     h.requests.in_flight,
                     h.requests.rejected
                 );
-                println!(
-                    "  upstream  {} ({})",
-                    warden::support::redact::url(&h.upstream.url),
-                    h.upstream.api
-                );
+                // `[upstream]` is the one provider `default`; with [[providers]]
+                // it is unused, and the provider lines below say where requests go.
+                if h.providers.keys().all(|name| name == "default") {
+                    println!(
+                        "  upstream  {} ({})",
+                        warden::support::redact::url(&h.upstream.url),
+                        h.upstream.api
+                    );
+                }
                 for (name, p) in &h.providers {
                     let mut line = format!(
                         "  provider  {name}: {}, {} in flight, {} failures in a row",
@@ -507,6 +520,12 @@ fn print_status(status: &warden::lifecycle::supervisor::StatusReport, ui_url: Op
                         "  prompt    {name}: {} (age {age}, {})",
                         p.source,
                         if p.fresh { "fresh" } else { "stale" }
+                    );
+                }
+                if h.nats.state != "off" {
+                    println!(
+                        "  nats      {}, {} in flight",
+                        h.nats.state, h.nats.in_flight
                     );
                 }
                 println!(

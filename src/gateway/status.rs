@@ -132,6 +132,8 @@ pub fn report(gw: &Gateway) -> HealthReport {
         nats: NatsHealth {
             state: nats_state.as_str().to_string(),
             in_flight: gw.nats.in_flight(),
+            subscribed: gw.nats.subscribed()
+                && nats_state == crate::gateway::nats::NatsState::Connected,
         },
     }
 }

@@ -555,7 +555,8 @@ impl Config {
             origin: env_path.display().to_string(),
             key: None,
             line_col: None,
-            message: e.to_string(),
+            // `origin` names the file already.
+            message: e.detail(),
         })?;
         Self::load_with_env(home, overrides, env)
     }

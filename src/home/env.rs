@@ -23,6 +23,21 @@ pub enum EnvError {
     Syntax { path: PathBuf, message: String },
 }
 
+impl EnvError {
+    /// The problem without the leading file name, for messages that name the
+    /// file themselves.
+    pub fn detail(&self) -> String {
+        let text = self.to_string();
+        let path = match self {
+            EnvError::Read { path, .. } | EnvError::Syntax { path, .. } => path,
+        };
+        match text.strip_prefix(&format!("{}: ", path.display())) {
+            Some(rest) => rest.to_string(),
+            None => text,
+        }
+    }
+}
+
 /// Where a variable's value was found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VarOrigin {

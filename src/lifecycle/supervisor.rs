@@ -44,13 +44,23 @@ pub const PROXY_EXE_NAME: &str = "proxy";
 /// Added to the longest an operation can take when waiting for the lock.
 const LOCK_WAIT_MARGIN: Duration = Duration::from_secs(5);
 
+/// How long a restart waits for its successor's NATS subscription (it takes
+/// milliseconds when NATS is up) before it stops the old proxy anyway.
+const NATS_HANDOVER: Duration = Duration::from_secs(3);
+
 /// How long an operation waits for the home's operation lock: as long as the
-/// longest operation may hold it (a restart: start-up, the old proxy's drain and
-/// two stops), plus 5 s.
+/// longest operation may hold it (a restart: start-up, with NATS the wait for
+/// the successor's subscription, the old proxy's drain and two stops), plus 5 s.
 pub fn operation_wait(s: &Settings) -> Duration {
+    let nats = if s.nats.enabled() {
+        NATS_HANDOVER
+    } else {
+        Duration::ZERO
+    };
     Duration::from_secs(
         s.daemon.startup_timeout + s.server.graceful_timeout + 2 * s.daemon.stop_timeout,
-    ) + LOCK_WAIT_MARGIN
+    ) + nats
+        + LOCK_WAIT_MARGIN
 }
 
 /// What became of the old proxy when a restart's successor failed.
@@ -907,6 +917,7 @@ impl Supervisor {
             }
         };
         let ready_in = started.elapsed();
+        self.await_nats_subscription(&running, tick).await;
         // Only now does the old process stop accepting and drain.
         let grace = Duration::from_secs(
             self.config.server.graceful_timeout + self.config.daemon.stop_timeout,
@@ -927,6 +938,32 @@ impl Supervisor {
             running,
             ready_in,
         })
+    }
+
+    /// With NATS configured, the successor's endpoints must be on the server
+    /// before the old proxy unsubscribes, or a lone proxy's NATS requests find
+    /// no responder for as long as the successor takes to connect. Bounded by
+    /// [`NATS_HANDOVER`]: with NATS away nothing can be handed over, and the
+    /// restart goes on.
+    async fn await_nats_subscription(&self, running: &Running, tick: &dyn Fn(&str)) {
+        if !self.config.nats.enabled() {
+            return;
+        }
+        tick(&format!(
+            "new proxy PID {} ready; waiting for its NATS subscription",
+            running.pid
+        ));
+        let deadline = Instant::now() + NATS_HANDOVER;
+        while Instant::now() < deadline {
+            // The old proxy shares the socket: only the successor's answer counts.
+            if let Ok((_, report)) = probe::report(&self.probe, &running.url).await
+                && report.pid == running.pid as u32
+                && report.nats.subscribed
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn stop_start(

@@ -28,7 +28,7 @@ fn pid_record(home: &TestHome) -> pidfile::PidRecord {
 }
 
 /// Stops the daemon-started proxy when a test ends, whatever happened.
-struct StopOnDrop<'a>(&'a TestHome);
+pub(crate) struct StopOnDrop<'a>(pub(crate) &'a TestHome);
 impl Drop for StopOnDrop<'_> {
     fn drop(&mut self) {
         let _ = run("daemon", self.0, &["stop", "--force"]);
@@ -497,4 +497,80 @@ fn output_is_plain_and_a_closed_pipe_is_not_a_panic() {
         home.read("logs/daemon.log")
             .contains("start refused: preflight failed (port")
     );
+}
+
+/// A provider on a closed port first, the mock second (README, "Providers and
+/// routing"): `preflight`, `doctor` and `daemon status` name the providers,
+/// never the `[upstream]` that `[[providers]]` replaces (the built-in mock).
+#[test]
+fn with_providers_the_operator_tools_name_them_not_the_unused_upstream() {
+    let down = crate::support::upstream::closed_port_url();
+    let home = TestHome::new();
+    home.config(&format!(
+        "[server]\nport = {}\n[daemon]\nstartup_timeout = 20\nstop_timeout = 5\n\n\
+         [[providers]]\nname = \"down\"\nurl = \"{down}\"\napi_key_env = \"DOWN_KEY\"\n\n\
+         [[providers]]\nname = \"spare\"\nurl = \"mock\"\n",
+        free_port()
+    ));
+    let _guard = StopOnDrop(&home);
+    let find = |report: &Value, list: &str, id: &str| {
+        report[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {id} in {report}"))
+    };
+
+    // preflight: the hint says how to probe the dead provider, not `mock`.
+    let out = run("preflight", &home, &["--only", "upstream", "--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let check = find(&report, "checks", "upstream");
+    assert_eq!(check["status"], "warn", "{report}");
+    let hint = check["hint"].as_str().unwrap();
+    assert!(
+        hint.contains(&format!("curl -sS {down}/models")) && !hint.contains("upstream.url"),
+        "{hint}"
+    );
+
+    // doctor: the provider's key, not "upstream is mock".
+    let out = run("doctor", &home, &["--dry-run", "--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let finding = find(&report, "findings", "api-key");
+    assert_eq!(finding["status"], "needs-you", "{report}");
+    let message = finding["message"].as_str().unwrap();
+    assert!(
+        message.contains("provider down") && message.contains("DOWN_KEY"),
+        "{message}"
+    );
+    assert!(!message.contains("upstream is mock"), "{message}");
+    home.write(".env", "DOWN_KEY=k-not-a-real-key-0123\n");
+    let out = run("doctor", &home, &["--dry-run", "--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let finding = find(&report, "findings", "api-key");
+    assert_eq!(finding["status"], "ok", "{report}");
+    assert!(
+        !finding.to_string().contains("k-not-a-real-key"),
+        "{finding}"
+    );
+
+    // daemon start: the warning does not stop it, but is said.
+    let out = run("daemon", &home, &["start"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("daemon: preflight warning: upstream: unreachable: down"),
+        "{}",
+        text(&out.stderr)
+    );
+    // daemon status: one line per provider, no `upstream  mock` line.
+    let out = run("daemon", &home, &["status"]);
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("provider  down:") && shown.contains("provider  spare:"),
+        "{shown}"
+    );
+    assert!(!shown.contains("upstream  "), "{shown}");
+    let out = run("daemon", &home, &["stop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }

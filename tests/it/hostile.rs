@@ -58,6 +58,12 @@ fn a_malformed_dotenv_line_is_named_by_number_and_key_never_its_value() {
         assert!(!out.status.success(), "{binary}: {shown}");
         assert!(!shown.contains("sk-live-t0ken"), "{binary}: {shown}");
         assert!(shown.contains("line 2"), "{binary}: {shown}");
+        // The file is named once, not once per layer of the error.
+        let file = home.path().join(".env").display().to_string();
+        assert!(
+            !shown.contains(&format!("{file}: {file}")),
+            "{binary}: {shown}"
+        );
     }
     for log in ["logs/watchdog.log", "logs/proxy.log", "logs/daemon.log"] {
         assert!(!home.read(log).contains("sk-live-t0ken"), "{log}");

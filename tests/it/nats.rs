@@ -3,7 +3,7 @@
 //! surviving a killed proxy, reconnects, and the drain on SIGTERM.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
@@ -205,7 +205,10 @@ async fn nats_is_off_by_default_and_touches_no_network() {
     let home = TestHome::new();
     let proxy = InProcess::start(&home, &[]);
     let report = health(&proxy).await;
-    assert_eq!(report["nats"], json!({"state": "off", "in_flight": 0}));
+    assert_eq!(
+        report["nats"],
+        json!({"state": "off", "in_flight": 0, "subscribed": false})
+    );
     assert_eq!(report["status"], "pass");
 }
 
@@ -302,6 +305,27 @@ async fn sigterm_finishes_the_nats_request_in_flight_then_exits() {
     assert!(proxy.wait().success());
 }
 
+/// A flush waits for the server: with NATS away, SIGTERM must still end the
+/// proxy at once (not at graceful_timeout, nor by `daemon stop`'s SIGKILL).
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_exits_promptly_while_the_nats_server_is_away() {
+    let mut nats = NatsServer::start();
+    let home = TestHome::new();
+    // Far beyond PATIENCE: a drain that waits for NATS fails the wait below.
+    home.config(&format!(
+        "[server]\ngraceful_timeout = 3600\n\n[nats]\nurl = \"{}\"\n",
+        nats.url()
+    ));
+    let mut proxy = Proxy::start(&home, &[], &[]);
+    wait_nats_state(&proxy, "connected").await;
+    nats.stop();
+    wait_nats_state(&proxy, "reconnecting").await;
+    proxy.signal(Signal::SIGTERM);
+    assert!(proxy.wait().success());
+    let log = home.read("logs/proxy.log");
+    assert!(log.contains("NATS ingress drained"), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn reconnects_after_the_nats_server_restarts() {
     let mut nats = NatsServer::start();
@@ -380,13 +404,13 @@ async fn with_nats_required_readiness_follows_the_connection_but_not_for_the_dae
 #[test]
 fn daemon_start_does_not_wait_for_a_required_nats_that_is_away() {
     let mut nats = NatsServer::start();
-    // A port of its own: the default (8000) may be anyone's on a shared machine.
-    let port = crate::support::free_port();
-    let home = home_with(
-        &nats,
-        "mock",
-        &format!("required = true\n\n[server]\nport = {port}\n"),
+    let extra = format!(
+        "required = true\n\n[server]\nport = {}\n",
+        crate::support::free_port()
     );
+    let home = home_with(&nats, "mock", &extra);
+    // A failed assertion must not leave the proxy running.
+    let _guard = crate::daemon::StopOnDrop(&home);
     nats.stop(); // the configured server is away for the whole test
     let out = crate::support::run("daemon", &home, &["start"]);
     assert_eq!(
@@ -399,8 +423,90 @@ fn daemon_start_does_not_wait_for_a_required_nats_that_is_away() {
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["running"], true, "{status}");
     assert_ne!(status["health"]["nats"]["state"], "connected", "{status}");
+    // The human status says where NATS stands: "running" alone would hide
+    // that readiness is 503 for load balancers.
+    let out = crate::support::run("daemon", &home, &["status"]);
+    let shown = crate::support::text(&out.stdout);
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("  nats      ") && !l.contains(" connected,")),
+        "{shown}"
+    );
+    // preflight's hint does not promise HTTP that readiness withholds.
+    let out = crate::support::run("preflight", &home, &["--only", "upstream", "--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let check = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "upstream")
+        .cloned()
+        .unwrap();
+    let hint = check["hint"].as_str().unwrap_or_default();
+    assert!(
+        hint.contains("503") && !hint.contains("still serves HTTP"),
+        "{report}"
+    );
     let out = crate::support::run("daemon", &home, &["stop"]);
     assert_eq!(out.status.code(), Some(0));
+    // Stopped by SIGTERM, not by the SIGKILL after daemon.stop_timeout.
+    let said = crate::support::text(&out.stdout);
+    assert!(said.contains("after SIGTERM"), "{said}");
+}
+
+/// `daemon restart` of a lone proxy: the successor's endpoints are on the NATS
+/// server before the old proxy unsubscribes, so no request meanwhile finds no
+/// responder (before, every request did until the successor had connected).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_leaves_no_moment_without_a_nats_responder() {
+    let nats = NatsServer::start();
+    let extra = format!("\n[server]\nport = {}\n", crate::support::free_port());
+    let home = Arc::new(home_with(&nats, "mock", &extra));
+    let _guard = crate::daemon::StopOnDrop(&home);
+    let daemon = |args: &'static [&'static str]| {
+        let home = home.clone();
+        tokio::task::spawn_blocking(move || crate::support::run("daemon", &home, args))
+    };
+    let out = daemon(&["start"]).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::support::text(&out.stderr)
+    );
+    let nc = nats.client().await;
+    request(&nc, "warden.chat", chat(false)).await; // subscribed
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn({
+        let (nc, stop) = (nc.clone(), stop.clone());
+        async move {
+            let (mut answered, mut no_responders) = (0, 0);
+            let body = Bytes::from(chat(false).to_string());
+            while !stop.load(Ordering::Relaxed) {
+                let asked = nc.request("warden.chat", body.clone());
+                match tokio::time::timeout(PATIENCE, asked).await {
+                    Ok(Ok(_)) => answered += 1,
+                    Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                        no_responders += 1
+                    }
+                    _ => {}
+                }
+            }
+            (answered, no_responders)
+        }
+    });
+    for _ in 0..2 {
+        let out = daemon(&["restart"]).await.unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            crate::support::text(&out.stderr)
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (answered, no_responders) = load.await.unwrap();
+    assert!(answered > 0);
+    assert_eq!(no_responders, 0, "{answered} answered");
 }
 
 /// An upstream that holds its first request for ever (reporting it) and

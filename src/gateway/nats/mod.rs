@@ -31,7 +31,7 @@ mod jobs;
 mod reply;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::service::ServiceExt;
@@ -72,6 +72,9 @@ impl NatsState {
 pub struct NatsStatus {
     state: AtomicU8,
     in_flight: AtomicU64,
+    /// The server has this proxy's endpoint subscriptions (added, then flushed):
+    /// a restart stops the old proxy only once its successor is here.
+    subscribed: AtomicBool,
 }
 
 impl NatsStatus {
@@ -84,6 +87,7 @@ impl NatsStatus {
         NatsStatus {
             state: AtomicU8::new(state as u8),
             in_flight: AtomicU64::new(0),
+            subscribed: AtomicBool::new(false),
         }
     }
 
@@ -102,6 +106,10 @@ impl NatsStatus {
 
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::Relaxed)
     }
 }
 
@@ -181,6 +189,9 @@ impl NatsIngress {
         let _ = self.stop.send(true);
     }
 }
+
+/// How long the last flush on shutdown may wait for the server.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Reconnect delay: 100 ms doubling to at most 2 s, forever.
 fn reconnect_delay(attempts: usize) -> Duration {
@@ -361,6 +372,17 @@ async fn run(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
             return;
         }
     };
+    // Once the server has the subscriptions (a flush is answered after them,
+    // whenever NATS is reachable), requests can reach this proxy: what a
+    // restart waits for before it stops the old one.
+    tokio::select! {
+        flushed = client.flush() => {
+            if flushed.is_ok() {
+                gw.nats.subscribed.store(true, Ordering::Relaxed);
+            }
+        }
+        _ = stop.wait_for(|stop| *stop) => {}
+    }
     loop {
         let (request, route) = tokio::select! {
             Some(request) = chat.next() => (request, CHAT_ROUTE),
@@ -393,6 +415,7 @@ async fn run(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
     }
     // Draining: no new requests (endpoints and discovery unsubscribed), wait for
     // the ones in flight (and the JetStream loop), then flush and close.
+    gw.nats.subscribed.store(false, Ordering::Relaxed);
     let _ = chat.stop().await;
     let _ = models.stop().await;
     let _ = service.stop().await;
@@ -401,7 +424,14 @@ async fn run(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
     }
     let all = u32::try_from(nats.max_concurrent).unwrap_or(u32::MAX);
     let _ = permits.acquire_many(all).await;
-    let _ = client.flush().await;
+    // A flush completes only once the server has the bytes: with NATS away it
+    // would wait for the reconnect, holding the whole shutdown until
+    // graceful_timeout (and `daemon stop` until its SIGKILL). Unconnected, nothing
+    // could be delivered anyway; connected, a flush takes milliseconds, and a
+    // connection lost mid-flush is bounded too.
+    if client.connection_state() == async_nats::connection::State::Connected {
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await;
+    }
     let _ = client.drain().await;
     tracing::info!("NATS ingress drained");
 }

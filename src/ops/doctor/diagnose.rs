@@ -228,14 +228,47 @@ fn dotenv_value(path: &Path, var: &str) -> Option<String> {
         .map(|(_, v)| v)
 }
 
-/// The upstream's API key: present and plausible when the upstream needs one.
-/// Reported with where to change it; the value is never printed or changed.
+/// Every provider's API key (`[upstream]` alone is the one provider): present
+/// and plausible when the provider needs one. Reported with where to change it;
+/// the value is never printed or changed.
 pub fn api_key(ctx: &Context) -> Diagnosis {
-    let upstream = &ctx.cfg.upstream;
-    if upstream.is_mock() {
-        return Diagnosis::ok("upstream is mock: no API key needed");
+    let shorthand = ctx.cfg.providers.is_empty();
+    let mut fine = Vec::new();
+    let mut problems = Vec::new();
+    let mut hints = Vec::new();
+    for provider in ctx.cfg.provider_settings() {
+        let who = ctx.provider_label(&provider);
+        if provider.is_mock() {
+            fine.push(if shorthand {
+                "upstream is mock: no API key needed".to_string()
+            } else {
+                format!("provider {} is mock: no API key needed", provider.name)
+            });
+            continue;
+        }
+        if provider.api_key_env.is_empty() {
+            fine.push(format!("{who}: no key configured (api_key_env is empty)"));
+            continue;
+        }
+        match provider_key(ctx, &who, &provider.api_key_env) {
+            Ok(message) => fine.push(message),
+            Err((message, hint)) => {
+                problems.push(message);
+                if !hints.contains(&hint) {
+                    hints.push(hint);
+                }
+            }
+        }
     }
-    let var = &upstream.api_key_env;
+    if problems.is_empty() {
+        Diagnosis::ok(fine.join("; "))
+    } else {
+        Diagnosis::needs_you(problems.join("; "), hints.join("; "))
+    }
+}
+
+/// One key: `Ok` with what was found, `Err` with the problem and its hint.
+fn provider_key(ctx: &Context, who: &str, var: &str) -> Result<String, (String, String)> {
     let env_file = ctx.home.env_file();
     let from_dotenv = match ctx.dotenv {
         DotEnv::Parsed { .. } => dotenv_value(&env_file, var),
@@ -250,20 +283,25 @@ pub fn api_key(ctx: &Context) -> Diagnosis {
         (None, None) => None,
     };
     let Some((value, origin)) = found else {
-        return Diagnosis::needs_you(
+        // A `.env` that does not parse may well hold the key on its bad line.
+        let unread = if matches!(ctx.dotenv, DotEnv::Broken(_)) {
+            " (which does not parse, see `env`)"
+        } else {
+            ""
+        };
+        return Err((
             format!(
-                "upstream {} needs an API key, but {var} is set neither in the environment nor in {}",
-                upstream.base_url(),
+                "{who} needs an API key, but {var} is set neither in the environment nor in {}{unread}",
                 env_file.display()
             ),
             format!(
                 "add `{var}=<your key>` to {} (mode 0600), or export it where the proxy starts",
                 env_file.display()
             ),
-        );
+        ));
     };
     let Some(problem) = key_problem(&value) else {
-        return Diagnosis::ok(format!(
+        return Ok(format!(
             "{var} is set (from {origin}); its value is not shown"
         ));
     };
@@ -279,7 +317,7 @@ pub fn api_key(ctx: &Context) -> Diagnosis {
             env_file.display()
         ),
     };
-    Diagnosis::needs_you(format!("{var} (from {origin}) {problem}"), hint)
+    Err((format!("{var} (from {origin}) {problem}"), hint))
 }
 
 /// What a stale PID file points at, in words, for the message.
@@ -695,8 +733,8 @@ pub async fn nats(ctx: &Context) -> Diagnosis {
             )),
             Ok(g) => reached.push(format!("{} ({})", g.address, g.version)),
             Err(e) => problems.push(format!(
-                "the NATS server of nats.url cannot be reached: {e}. The proxy still serves HTTP \
-                 and keeps reconnecting, but no NATS request reaches it until then"
+                "the NATS server of nats.url cannot be reached: {e}. {}",
+                crate::ops::preflight::builtin::nats::while_away(nats)
             )),
         }
     }

@@ -77,15 +77,7 @@ pub(super) fn check_env(ctx: &Context) -> Outcome {
     let shorthand = ctx.cfg.providers.is_empty();
     for provider in ctx.cfg.provider_settings() {
         let var = &provider.api_key_env;
-        let who = if shorthand {
-            format!("upstream {}", ctx.upstream_text())
-        } else {
-            format!(
-                "provider {} ({})",
-                provider.name,
-                crate::support::redact::url(provider.base_url())
-            )
-        };
+        let who = ctx.provider_label(&provider);
         if provider.is_mock() {
             if shorthand {
                 messages.push("upstream is mock: no API key needed".into());

@@ -190,6 +190,20 @@ impl Context {
         crate::support::redact::url(self.cfg.upstream.base_url())
     }
 
+    /// How messages name a provider: `upstream URL` for the `[upstream]`
+    /// shorthand, else `provider NAME (URL)`; no password in either.
+    pub fn provider_label(&self, provider: &crate::home::config::ProviderSettings) -> String {
+        if self.cfg.providers.is_empty() {
+            format!("upstream {}", self.upstream_text())
+        } else {
+            format!(
+                "provider {} ({})",
+                provider.name,
+                crate::support::redact::url(provider.base_url())
+            )
+        }
+    }
+
     /// Fills the placeholders of a declared title or hint.
     pub fn expand(&self, template: &str) -> String {
         let pairs: [(&str, String); 9] = [

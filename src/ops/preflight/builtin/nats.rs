@@ -125,11 +125,23 @@ pub async fn check(nats: &NatsConfig, budget: Duration) -> Option<Outcome> {
     Some(if problems.is_empty() {
         Outcome::pass(format!("{} answered", reached.join(", ")))
     } else {
-        Outcome::warn(problems.join("; ")).with_hint(
-            "the proxy serves HTTP without NATS and keeps reconnecting; start the NATS server \
-             (with -js for nats.jetstream), fix nats.url, or empty nats.url to turn the NATS ingress off",
-        )
+        Outcome::warn(problems.join("; ")).with_hint(format!(
+            "{} Start the NATS server (with -js for nats.jetstream), fix nats.url, or empty \
+             nats.url to turn the NATS ingress off",
+            while_away(nats)
+        ))
     })
+}
+
+/// What a proxy does while its NATS server is away, which `nats.required` changes.
+pub fn while_away(nats: &NatsConfig) -> &'static str {
+    if nats.required {
+        "The proxy keeps reconnecting, and with nats.required = true its /health/ready \
+         answers 503 until it connects, so load balancers send it no HTTP either."
+    } else {
+        "The proxy still serves HTTP and keeps reconnecting, but no NATS request reaches it \
+         until then."
+    }
 }
 
 /// The `upstream` outcome with the NATS servers' folded in: the worse status
@@ -147,9 +159,16 @@ pub fn combine(upstream: Outcome, nats: Option<Outcome>) -> Outcome {
     } else {
         &upstream
     };
+    // Both in trouble: both fixes are needed, so both hints are kept.
+    let hint = match (&upstream.hint, &nats.hint) {
+        (Some(a), Some(b)) if rank(upstream.status) >= 2 && rank(nats.status) >= 2 => {
+            Some(format!("{a}; {b}"))
+        }
+        _ => worse.hint.clone(),
+    };
     Outcome {
         status: worse.status,
-        hint: worse.hint.clone(),
+        hint,
         message: format!("{}; {}", upstream.message, nats.message),
     }
 }

@@ -88,7 +88,7 @@ async fn check_providers(ctx: &Context) -> Outcome {
     let providers = ctx.cfg.provider_settings();
     let probes = providers.iter().map(|p| async move {
         if p.is_mock() {
-            return Ok("mock".to_string());
+            return Ok("mock, built in".to_string());
         }
         probe(
             p.base_url(),
@@ -105,10 +105,15 @@ async fn check_providers(ctx: &Context) -> Outcome {
         .map(|(p, _)| p)
         .collect();
     let mut down = Vec::new();
+    let mut probes_by_hand = Vec::new();
     let mut orphaned: Vec<String> = Vec::new();
     for (p, result) in providers.iter().zip(&results) {
         let Err(why) = result else { continue };
         down.push(format!("{}: {why}", p.name));
+        probes_by_hand.push(format!(
+            "`curl -sS {}/models`",
+            crate::support::redact::url(p.base_url())
+        ));
         // Its models (patterns as written) that no reachable provider covers.
         for model in &p.models {
             let covered = up.iter().any(|u| {
@@ -129,19 +134,30 @@ async fn check_providers(ctx: &Context) -> Outcome {
         .zip(&results)
         .filter_map(|(p, r)| r.as_ref().ok().map(|m| format!("{}: {m}", p.name)))
         .collect();
+    // The declared hint names `upstream.url`, which `[[providers]]` replaces.
+    let hint = || {
+        format!(
+            "check that the unreachable providers are up and that their `url` in the \
+             [[providers]] of {} is right: {}",
+            ctx.home.config_file().display(),
+            probes_by_hand.join(", ")
+        )
+    };
     if !orphaned.is_empty() {
         return Outcome::fail(format!(
             "no reachable provider for {}; unreachable: {}",
             orphaned.join(", "),
             down.join("; ")
-        ));
+        ))
+        .with_hint(hint());
     }
     if !down.is_empty() {
         return Outcome::warn(format!(
             "unreachable: {}; the others cover their models ({})",
             down.join("; "),
             fine.join("; ")
-        ));
+        ))
+        .with_hint(hint());
     }
     Outcome::pass(format!(
         "{} providers answer: {}",
@@ -228,6 +244,13 @@ mod tests {
         assert_eq!(outcome.status, Status::Warn, "{outcome:?}");
         assert!(
             outcome.message.contains("dead: cannot connect"),
+            "{outcome:?}"
+        );
+        // The hint names the dead provider's URL, not `[upstream]`'s.
+        let hint = outcome.hint.clone().unwrap_or_default();
+        assert!(
+            hint.contains(&format!("curl -sS http://{closed}/v1/models"))
+                && !hint.contains("upstream.url"),
             "{outcome:?}"
         );
         // The mock covers gpt-5 only: o4-* has no reachable provider.
