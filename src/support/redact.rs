@@ -176,7 +176,7 @@ fn first_control(text: &str) -> Option<usize> {
     for run in bytes.chunks_exact(16) {
         if run
             .iter()
-            .fold(false, |odd, &b| odd | (b < 0x20) | (b >= 0x7f))
+            .fold(false, |odd, &b| odd | !(0x20..0x7f).contains(&b))
         {
             break;
         }
