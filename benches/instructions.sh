@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# benches/instructions.sh PROXY [N] — user-space instructions per proxied request, counted by
+# valgrind's callgrind: deterministic, so a loaded machine does not blur it (unlike req/s).
+# Runs PROXY twice under callgrind in front of the nginx fixed-answer upstream: once with no
+# request and once with N sequential keep-alive chat requests (default 2000); prints
+# (total(N) - total(0)) / N. Compare two builds by running it on each.
+#   benches/instructions.sh target/release/proxy
+# Needs valgrind and nginx (Debian); loopback only; stops what it started.
+set -euo pipefail
+BIN=$(realpath "${1:?usage: benches/instructions.sh PROXY [N]}")
+N=${2:-2000}
+cd "$(dirname "$0")/.."
+command -v valgrind >/dev/null && command -v nginx >/dev/null || {
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind nginx-light >/dev/null
+}
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 1 600); do curl -fs -o /dev/null "$1" && return 0; sleep 0.1; done; return 1; }
+
+nginx_port=$(free_port)
+mkdir -p "$work/nginx"
+sed "s/@PORT@/$nginx_port/g; s#@WORK@#$work/nginx#g" benches/nginx/fixed-upstream.conf >"$work/nginx/nginx.conf"
+nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" -e "$work/nginx/error.log" &
+pids+=($!)
+wait_http "http://127.0.0.1:$nginx_port/json/v1/models"
+
+# total N: callgrind's instruction total for a proxy that served N requests.
+total() {
+  local n=$1 port
+  port=$(free_port)
+  mkdir -p "$work/home$n"
+  valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.$n" "$BIN" --home "$work/home$n" \
+    --port "$port" --upstream "http://127.0.0.1:$nginx_port/json/v1" >"$work/out$n" 2>&1 &
+  local pid=$!
+  wait_http "http://127.0.0.1:$port/health/ready" || { cat "$work/out$n" >&2; exit 1; }
+  python3 - "$port" "$n" <<'PY'
+import http.client, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+c = http.client.HTTPConnection("127.0.0.1", port)
+body = '{"model":"m","messages":[{"role":"user","content":"hi"}]}'
+for _ in range(n):
+    c.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
+    r = c.getresponse(); r.read(); assert r.status == 200, r.status
+PY
+  kill -TERM "$pid"
+  wait "$pid" || true
+  awk '/^(summary|totals):/ {print $2; exit}' "$work/callgrind.$n"
+}
+zero=$(total 0)
+many=$(total "$N")
+echo "$BIN: $(((many - zero) / N)) instructions per request (callgrind, N=$N)"
