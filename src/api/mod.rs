@@ -6,9 +6,9 @@
 //! to import the other to agree on a shape: the upstreams never import the gateway.
 
 pub mod anthropic;
-pub mod health;
-pub mod metrics;
+pub(crate) mod health;
+pub(crate) mod metrics;
 pub mod openai;
 pub mod responses;
 pub mod sse;
-pub mod translate;
+pub(crate) mod translate;

@@ -5,11 +5,11 @@
 //! absolute at resolution time because the daemon detaches its children and a
 //! relative home would silently point somewhere else after a `chdir`.
 
-pub mod atomic_file;
+pub(crate) mod atomic_file;
 pub mod config;
 pub mod env;
 pub mod logs;
-pub mod models_cache;
+pub(crate) mod models_cache;
 pub mod templates;
 
 use std::path::{Path, PathBuf};

@@ -7,10 +7,10 @@
 //! process's identity first: warden never signals a process it did not start.
 
 pub mod handoff;
-pub mod oplock;
+pub(crate) mod oplock;
 pub mod pidfile;
 pub mod ports;
 pub mod process;
 pub mod supervisor;
-pub mod systemd;
+pub(crate) mod systemd;
 pub mod watchdog;

@@ -3,13 +3,13 @@
 //! and the redaction of secrets and client strings in every output (plus, in debug
 //! builds only, the fault-injection hooks of the integration tests).
 
-pub mod backoff;
+pub(crate) mod backoff;
 pub mod cli;
 pub mod exit;
 pub mod http_client;
-pub mod logging;
-pub mod memory;
+pub(crate) mod logging;
+pub(crate) mod memory;
 pub mod redact;
 #[cfg(debug_assertions)]
 pub mod test_hooks;
-pub mod time;
+pub(crate) mod time;

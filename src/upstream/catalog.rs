@@ -16,7 +16,7 @@ use bytes::Bytes;
 
 use super::Provider;
 
-pub use crate::home::models_cache::{CatalogFile, inspect, load};
+pub use crate::home::models_cache::load;
 
 /// The ids in a `list` object (`{"object":"list","data":[{"id":..}]}`).
 pub fn ids_of(list: &[u8]) -> Option<Vec<String>> {

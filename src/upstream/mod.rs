@@ -16,18 +16,18 @@
 //! Every upstream answers with a [`Reply`]: a complete JSON body, or a stream of
 //! ready-to-send SSE frames. Failures are already in the OpenAI error shape.
 
-pub mod anthropic;
+pub(crate) mod anthropic;
 pub mod bounded;
-pub mod catalog;
-pub mod chat;
-pub mod forward;
-pub mod http;
-pub mod mock;
+pub(crate) mod catalog;
+pub(crate) mod chat;
+pub(crate) mod forward;
+pub(crate) mod http;
+pub(crate) mod mock;
 mod mock_responses;
-pub mod provider;
-pub mod responses;
+pub(crate) mod provider;
+pub(crate) mod responses;
 mod retry;
-pub mod router;
+pub(crate) mod router;
 mod translated;
 
 pub use provider::Provider;

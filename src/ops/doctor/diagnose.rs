@@ -2,7 +2,6 @@
 //! [`Diagnosis`]. Nothing here changes the home or signals a process: the fixes
 //! are data ([`Fix`]) applied by the caller, or not at all in a dry run.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -705,13 +704,6 @@ pub fn writable_without_writing(home: &Home) -> Diagnosis {
     ))
 }
 
-/// Mode bits of a file, for tests and messages.
-pub fn mode_of(path: &Path) -> Option<u32> {
-    std::fs::metadata(path)
-        .ok()
-        .map(|m| m.permissions().mode() & 0o7777)
-}
-
 /// The NATS servers of `nats.url`, when set: reachable, and speaking NATS.
 /// Nothing to fix automatically; an unreachable one is explained (the proxy
 /// serves HTTP without it and keeps reconnecting).
@@ -755,6 +747,7 @@ pub async fn nats(ctx: &Context) -> Diagnosis {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn key_problems_are_named_without_the_value() {

@@ -18,7 +18,7 @@
 //! this home's orphaned proxy without `--yes`, overwrite an existing `warden.toml`
 //! or `.env`, or print a secret.
 
-pub mod diagnose;
+pub(crate) mod diagnose;
 pub mod report;
 
 use std::path::{Path, PathBuf};

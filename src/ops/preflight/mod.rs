@@ -24,8 +24,8 @@
 //! # }
 //! ```
 
-pub mod builtin;
-pub mod operator;
+pub(crate) mod builtin;
+pub(crate) mod operator;
 pub mod report;
 
 use std::path::PathBuf;

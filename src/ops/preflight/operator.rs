@@ -105,7 +105,6 @@ pub struct OperatorCheck {
 pub struct Entry {
     pub id: String,
     pub title: String,
-    pub file: PathBuf,
     /// The harness timeout (the check's own plus a grace period).
     pub timeout: Duration,
     pub hint: Option<String>,
@@ -149,7 +148,6 @@ impl Entry {
         Entry {
             title: format!("operator check {}", file.display()),
             id,
-            file: file.to_path_buf(),
             timeout: GRACE,
             hint: Some(format!(
                 "fix or remove {}: `kind` is one of command, http, tcp, file (see Operator checks in the README)",
@@ -221,7 +219,6 @@ pub fn load(home: &Home) -> Vec<Entry> {
             Ok(check) => Entry {
                 id: check.id.clone(),
                 title: check.title.clone(),
-                file: file.clone(),
                 timeout: check.timeout + GRACE,
                 hint: check.hint.clone(),
                 check: Ok(check),

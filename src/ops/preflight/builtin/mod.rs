@@ -31,17 +31,18 @@ mod prompts;
 mod upstream;
 mod writable;
 
-pub use binary::find_proxy;
-pub use disk::{DISK_FAIL_BYTES, DISK_WARN_BYTES, disk_status, human_bytes};
+pub use disk::human_bytes;
 pub use env::looks_like_placeholder;
 pub use port::describe_holder;
 
 /// The ids this module has logic for (a unit test compares them with
 /// `checks/builtin.toml`).
+#[cfg(test)]
 pub const IDS_WITH_LOGIC: &[&str] = &[
     "config", "env", "binary", "dirs", "writable", "disk", "port", "process", "upstream", "prompts",
 ];
 
+#[cfg(test)]
 pub fn has_logic(id: &str) -> bool {
     IDS_WITH_LOGIC.contains(&id)
 }
