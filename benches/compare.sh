@@ -39,18 +39,21 @@ nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" -e "$work/nginx/error.log" &
 pids+=($!)
 wait_http "http://127.0.0.1:$nginx_port/json/v1/models"
 
-# start NAME BINARY: a proxy in front of nginx; prints its URL.
+# start NAME BINARY: a proxy in front of nginx; sets $url. (Not called as $(start …):
+# a subshell would record the PID where cleanup never sees it, leaving the proxy running.)
 start() {
   local home=$work/$1 port
   mkdir -p "$home"
   port=$(free_port)
   "$2" --home "$home" --port "$port" --upstream "http://127.0.0.1:$nginx_port/json/v1" >"$home.out" 2>&1 &
   pids+=($!)
-  wait_http "http://127.0.0.1:$port/health/ready" || { cat "$home.out" >&2; exit 1; }
-  echo "http://127.0.0.1:$port"
+  url="http://127.0.0.1:$port"
+  wait_http "$url/health/ready" || { cat "$home.out" >&2; exit 1; }
 }
-before_url=$(start before "$BEFORE")
-after_url=$(start after "$AFTER")
+start before "$BEFORE"
+before_url=$url
+start after "$AFTER"
+after_url=$url
 
 run() { # URL CONNS -> "rps p50_us p99_us errors"
   wrk -t1 -c"$2" -d"${SECS}"s --timeout 10s -s benches/wrk/chat.lua "$1/v1/chat/completions" -- json \
