@@ -12,32 +12,17 @@
 # Env: COMPARE_SECS=5 (per wrk run), COMPARE_ROUNDS=3, COMPARE_CONNS="1 64",
 #      COMPARE_OUT=benches/results/compare.md. Loopback only; stops what it started.
 set -euo pipefail
+BEFORE=$(realpath "${1:?usage: benches/compare.sh BEFORE_PROXY AFTER_PROXY}")
+AFTER=$(realpath "${2:?usage: benches/compare.sh BEFORE_PROXY AFTER_PROXY}")
 cd "$(dirname "$0")/.."
-BEFORE=${1:?usage: benches/compare.sh BEFORE_PROXY AFTER_PROXY}
-AFTER=${2:?usage: benches/compare.sh BEFORE_PROXY AFTER_PROXY}
 SECS=${COMPARE_SECS:-5}
 ROUNDS=${COMPARE_ROUNDS:-3}
 CONNS=${COMPARE_CONNS:-1 64}
 OUT=${COMPARE_OUT:-benches/results/compare.md}
 
-command -v nginx >/dev/null && command -v wrk >/dev/null || {
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk >/dev/null
-}
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 1 200); do curl -fs -o /dev/null "$1" && return 0; sleep 0.05; done; return 1; }
-
-nginx_port=$(free_port)
-mkdir -p "$work/nginx"
-sed "s/@PORT@/$nginx_port/g; s#@WORK@#$work/nginx#g" benches/nginx/fixed-upstream.conf >"$work/nginx/nginx.conf"
-nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" -e "$work/nginx/error.log" &
-pids+=($!)
-wait_http "http://127.0.0.1:$nginx_port/json/v1/models"
+. benches/lib.sh
+need_apt nginx:nginx-light wrk:wrk
+start_nginx
 
 # start NAME BINARY: a proxy in front of nginx; sets $url. (Not called as $(start …):
 # a subshell would record the PID where cleanup never sees it, leaving the proxy running.)

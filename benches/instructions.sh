@@ -10,23 +10,9 @@ set -euo pipefail
 BIN=$(realpath "${1:?usage: benches/instructions.sh PROXY [N]}")
 N=${2:-2000}
 cd "$(dirname "$0")/.."
-command -v valgrind >/dev/null && command -v nginx >/dev/null || {
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind nginx-light >/dev/null
-}
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 1 600); do curl -fs -o /dev/null "$1" && return 0; sleep 0.1; done; return 1; }
-
-nginx_port=$(free_port)
-mkdir -p "$work/nginx"
-sed "s/@PORT@/$nginx_port/g; s#@WORK@#$work/nginx#g" benches/nginx/fixed-upstream.conf >"$work/nginx/nginx.conf"
-nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" -e "$work/nginx/error.log" &
-pids+=($!)
-wait_http "http://127.0.0.1:$nginx_port/json/v1/models"
+. benches/lib.sh
+need_apt valgrind:valgrind nginx:nginx-light
+start_nginx
 
 # total N: callgrind's instruction total for a proxy that served N requests.
 total() {
@@ -36,7 +22,7 @@ total() {
   valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.$n" "$BIN" --home "$work/home$n" \
     --port "$port" --upstream "http://127.0.0.1:$nginx_port/json/v1" >"$work/out$n" 2>&1 &
   local pid=$!
-  wait_http "http://127.0.0.1:$port/health/ready" || { cat "$work/out$n" >&2; exit 1; }
+  wait_http "http://127.0.0.1:$port/health/ready" 1200 || { cat "$work/out$n" >&2; exit 1; }
   python3 - "$port" "$n" <<'PY'
 import http.client, sys
 port, n = int(sys.argv[1]), int(sys.argv[2])

@@ -19,26 +19,11 @@ SECS=${ROUTING_SECS:-5}
 CONNS=${ROUTING_CONNS:-16}
 OUT=${ROUTING_OUT:-benches/results/routing.md}
 
-command -v nginx >/dev/null && command -v wrk >/dev/null || {
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk >/dev/null
-}
+. benches/lib.sh
+need_apt nginx:nginx-light wrk:wrk
 cargo build --release --locked --bin proxy
 PROXY=target/release/proxy
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 1 200); do curl -fs -o /dev/null "$1" && return 0; sleep 0.05; done; return 1; }
-
-nginx_port=$(free_port)
-mkdir -p "$work/nginx"
-sed "s/@PORT@/$nginx_port/g; s#@WORK@#$work/nginx#g" benches/nginx/fixed-upstream.conf >"$work/nginx/nginx.conf"
-nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" -e "$work/nginx/error.log" &
-pids+=($!)
-wait_http "http://127.0.0.1:$nginx_port/json/v1/models"
+start_nginx
 nginx_url="http://127.0.0.1:$nginx_port/json/v1"
 dead_url="http://127.0.0.1:$(free_port)/v1" # bound and closed again: refused
 

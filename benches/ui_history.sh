@@ -15,6 +15,7 @@ SECS=${UI_SECS:-3600}
 EVERY=${UI_EVERY:-300}
 RPS=${UI_RPS:-10}
 OUT=${UI_OUT:-benches/results/ui-history.md}
+. benches/lib.sh
 
 if [ -n "${UI_PROXY:-}" ]; then
   PROXY=$UI_PROXY # a release binary built already
@@ -22,13 +23,6 @@ else
   cargo build --release --locked --bin proxy
   PROXY=target/release/proxy
 fi
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 1 200); do curl -fs -o /dev/null "$1" && return 0; sleep 0.05; done; return 1; }
 
 # start NAME UI: a proxy with server.ui = UI; sets $url and $pid.
 start() {
