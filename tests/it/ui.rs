@@ -92,6 +92,30 @@ fn provider_row<'a>(dom: &'a str, name: &str) -> &'a str {
     &dom[at..at + end]
 }
 
+/// Sends real requests (each answer checked by `check`) until `provider` is cooling
+/// (3 failures in a row by default), then renders `/ui` in Chromium.
+async fn render_once_cooling(
+    proxy: &InProcess,
+    provider: &str,
+    check: impl Fn(&reqwest::Response),
+) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    while provider_state(&history(proxy).await, provider) != "cooling" {
+        assert!(Instant::now() < deadline, "{provider} never cooled");
+        let r = client()
+            .post(format!("{}/v1/chat/completions", proxy.url()))
+            .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        check(&r);
+    }
+    let url = format!("{}/ui", proxy.url());
+    tokio::task::spawn_blocking(move || dump_dom(&url))
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn chromium_renders_two_providers_one_cooling_and_the_request_count() {
     // `primary` answers 500 (a real axum upstream) and is tried first; `backup` is the
@@ -105,22 +129,11 @@ async fn chromium_renders_two_providers_one_cooling_and_the_request_count() {
         failing.url()
     ));
     let proxy = InProcess::start(&home, &[]);
-    let deadline = Instant::now() + PATIENCE;
-    while provider_state(&history(&proxy).await, "primary") != "cooling" {
-        assert!(Instant::now() < deadline, "primary never cooled");
-        let r = client()
-            .post(format!("{}/v1/chat/completions", proxy.url()))
-            .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
-            .send()
-            .await
-            .unwrap();
+    let dom = render_once_cooling(&proxy, "primary", |r| {
         assert_eq!(r.status(), 200, "failed over to the mock");
         assert_eq!(r.headers()["x-warden-provider"], "backup");
-    }
-    let url = format!("{}/ui", proxy.url);
-    let dom = tokio::task::spawn_blocking(move || dump_dom(&url))
-        .await
-        .unwrap();
+    })
+    .await;
     let primary = provider_row(&dom, "primary");
     assert!(primary.contains(">cooling<"), "state in words: {primary}");
     assert!(
@@ -145,22 +158,10 @@ async fn chromium_shows_errors_by_kind_when_the_only_provider_fails() {
         failing.url()
     ));
     let proxy = InProcess::start(&home, &[]);
-    // Real failures until the provider cools (3 in a row by default).
-    let deadline = Instant::now() + PATIENCE;
-    while provider_state(&history(&proxy).await, "default") != "cooling" {
-        assert!(Instant::now() < deadline, "the provider never cooled");
-        let r = client()
-            .post(format!("{}/v1/chat/completions", proxy.url()))
-            .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
-            .send()
-            .await
-            .unwrap();
+    let dom = render_once_cooling(&proxy, "default", |r| {
         assert!(r.status().is_server_error(), "{}", r.status());
-    }
-    let url = format!("{}/ui", proxy.url);
-    let dom = tokio::task::spawn_blocking(move || dump_dom(&url))
-        .await
-        .unwrap();
+    })
+    .await;
     assert!(provider_row(&dom, "default").contains(">cooling<"));
     // Errors by kind come from /metrics?format=json.
     assert!(dom.contains("HTTP 50"), "errors by kind: {dom}");
