@@ -634,25 +634,18 @@ async fn images_reach_an_anthropic_provider_as_base64_and_url_sources() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn overloaded_is_retried_like_a_5xx_and_errors_keep_their_meaning() {
+    let hi = json!({"model": "claude-test", "messages": [{"role": "user", "content": "hi"}]});
     // 529 overloaded, then an answer: the retry makes it whole.
     let fake = FakeAnthropic::start(&[Script::Overloaded, Script::Text]);
     let (_home, proxy) = anthropic_proxy(&fake, 2);
-    let r = chat_post(
-        &proxy,
-        &json!({"model": "claude-test", "messages": [{"role": "user", "content": "hi"}]}),
-    )
-    .await;
+    let r = chat_post(&proxy, &hi).await;
     assert_eq!(r.status(), 200);
     assert_eq!(fake.requests().len(), 2);
 
     // Overloaded on every attempt: a 502 (what routing fails over on).
     let fake = FakeAnthropic::start(&[Script::Overloaded]);
     let (_home, proxy) = anthropic_proxy(&fake, 2);
-    let r = chat_post(
-        &proxy,
-        &json!({"model": "claude-test", "messages": [{"role": "user", "content": "hi"}]}),
-    )
-    .await;
+    let r = chat_post(&proxy, &hi).await;
     assert_eq!(r.status(), 502);
     crate::support::assert_openai_error(&r.json().await.unwrap());
     assert_eq!(fake.requests().len(), 2);
@@ -660,11 +653,7 @@ async fn overloaded_is_retried_like_a_5xx_and_errors_keep_their_meaning() {
     // invalid_request_error: a 400 with the provider's message, not retried.
     let fake = FakeAnthropic::start(&[Script::Invalid]);
     let (_home, proxy) = anthropic_proxy(&fake, 3);
-    let r = chat_post(
-        &proxy,
-        &json!({"model": "claude-test", "messages": [{"role": "user", "content": "hi"}]}),
-    )
-    .await;
+    let r = chat_post(&proxy, &hi).await;
     assert_eq!(r.status(), 400);
     let body: Value = r.json().await.unwrap();
     crate::support::assert_openai_error(&body);
