@@ -121,6 +121,29 @@ impl HealthReport {
 mod tests {
     use super::*;
 
+    /// A server on loopback answering `/health/ready` with `body`; its base URL.
+    async fn answering(body: String) -> String {
+        let app = axum::Router::new().route(
+            "/health/ready",
+            axum::routing::get(move || std::future::ready(body.clone())),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    #[tokio::test]
+    async fn the_ready_probe_reads_the_pid_and_no_more_than_its_bound() {
+        let client = probe::client(std::time::Duration::from_secs(10));
+        let url = answering(r#"{"status":"pass","pid":4242}"#.into()).await;
+        assert_eq!(probe::ready_pid(&client, &url).await.unwrap(), Some(4242));
+        // Past the bound: a ready answer, but no PID read from it.
+        let padding = " ".repeat(1 << 20);
+        let url = answering(format!(r#"{{"status":"pass","pid":4242{padding}}}"#)).await;
+        assert_eq!(probe::ready_pid(&client, &url).await.unwrap(), None);
+    }
+
     #[test]
     fn status_rules() {
         let mut prompts = BTreeMap::new();
@@ -185,6 +208,9 @@ pub mod probe {
             .expect("a plain HTTP client builds")
     }
 
+    /// The most of a `/health/ready` answer a probe reads.
+    const READY_BODY_MAX: usize = 4096;
+
     /// `Ok` when `GET {base}/health/ready?nats=ignore` answers 200: whether the
     /// process serves, which is what the daemon, the watchdog and a restart wait for.
     /// NATS being away (with `nats.required`) makes a load balancer skip the proxy,
@@ -202,9 +228,17 @@ pub mod probe {
     ) -> Result<Option<i32>, ProbeError> {
         let url = format!("{base_url}/health/ready?nats=ignore");
         match client.get(&url).send().await {
-            Ok(r) if r.status().is_success() => {
-                // Bounded: a ready answer is a few dozen bytes; anything else is not ours.
-                let body = r.bytes().await.unwrap_or_default();
+            Ok(mut r) if r.status().is_success() => {
+                // Bounded: a ready answer is a few dozen bytes; whatever else answers on
+                // the port is read no further than READY_BODY_MAX (then it names no PID).
+                let mut body = Vec::new();
+                while let Ok(Some(chunk)) = r.chunk().await {
+                    if body.len() + chunk.len() > READY_BODY_MAX {
+                        body.clear();
+                        break;
+                    }
+                    body.extend_from_slice(&chunk);
+                }
                 Ok(serde_json::from_slice::<serde_json::Value>(&body)
                     .ok()
                     .and_then(|v| v.get("pid")?.as_i64())
