@@ -28,8 +28,8 @@
 use serde_json::{Map, Value, json};
 
 use super::translate::{
-    self, ChatData, ChatTurn, ChunkPiece, DONE_FRAME, ToolCall, TranslateError, data_frame,
-    event_frame, now_unix, part_text, part_type,
+    self, ChatChunks, ChatData, ChatTurn, ChunkPiece, ToolCall, TranslateError, event_frame,
+    now_unix, part_text, part_type,
 };
 use crate::api::openai::ApiError;
 use axum::http::StatusCode;
@@ -530,32 +530,23 @@ pub fn error_from_api(err: &ApiError) -> Value {
 /// after that are ignored. `ping` produces nothing.
 #[derive(Debug)]
 pub struct MessagesToChat {
-    model: String,
-    id: String,
-    created: u64,
-    include_usage: bool,
-    sent_role: bool,
+    /// The Chat stream written.
+    out: ChatChunks,
     /// For each content block index: the Chat tool call index of a `tool_use` block.
     tool_blocks: Vec<(u64, usize)>,
     tool_count: usize,
     stop_reason: Option<String>,
     usage: Value,
-    done: bool,
 }
 
 impl MessagesToChat {
     pub fn new(model: &str, id: &str, created: u64, include_usage: bool) -> MessagesToChat {
         MessagesToChat {
-            model: model.to_string(),
-            id: id.to_string(),
-            created,
-            include_usage,
-            sent_role: false,
+            out: ChatChunks::new(model, id, created, include_usage),
             tool_blocks: Vec::new(),
             tool_count: 0,
             stop_reason: None,
             usage: json!({}),
-            done: false,
         }
     }
 
@@ -569,21 +560,19 @@ impl MessagesToChat {
     }
 
     pub fn is_done(&self) -> bool {
-        self.done
+        self.out.is_done()
     }
 
     /// Translates one event (the parsed `data:` JSON of one SSE frame).
     pub fn on_event(&mut self, event: &Value) -> Vec<String> {
-        if self.done {
+        if self.out.is_done() {
             return Vec::new();
         }
         match event["type"].as_str().unwrap_or("") {
             "message_start" => {
                 self.merge_usage(&event["message"]["usage"]);
                 if let Some(id) = event["message"]["id"].as_str() {
-                    if self.id.is_empty() {
-                        self.id = chat_id(id);
-                    }
+                    self.out.id_if_unset(|| chat_id(id));
                 }
                 // Nothing yet: the role goes out with the first content, so an
                 // in-band error before any content is the stream's first frame
@@ -595,26 +584,23 @@ impl MessagesToChat {
                 let index = event["index"].as_u64().unwrap_or(0);
                 match block["type"].as_str() {
                     Some("text") => match block["text"].as_str() {
-                        Some(t) if !t.is_empty() => self.chunk(json!({"content": t}), None),
+                        Some(t) if !t.is_empty() => self.out.delta(json!({"content": t})),
                         _ => Vec::new(),
                     },
                     Some("tool_use") => {
                         let call = self.tool_count;
                         self.tool_count += 1;
                         self.tool_blocks.push((index, call));
-                        let mut frames = self.chunk(
-                            json!({"tool_calls": [{
-                                "index": call,
-                                "id": block["id"].as_str().unwrap_or(""),
-                                "type": "function",
-                                "function": {"name": block["name"].as_str().unwrap_or(""), "arguments": ""},
-                            }]}),
-                            None,
-                        );
+                        let mut frames = self.out.delta(json!({"tool_calls": [{
+                            "index": call,
+                            "id": block["id"].as_str().unwrap_or(""),
+                            "type": "function",
+                            "function": {"name": block["name"].as_str().unwrap_or(""), "arguments": ""},
+                        }]}));
                         // Usually `{}` with the input following as deltas; a
                         // provider that sends it whole here still gets it through.
                         if block["input"].as_object().is_some_and(|o| !o.is_empty()) {
-                            frames.extend(self.arguments(call, &block["input"].to_string()));
+                            frames.extend(self.out.arguments(call, &block["input"].to_string()));
                         }
                         frames
                     }
@@ -625,7 +611,7 @@ impl MessagesToChat {
                 let delta = &event["delta"];
                 match delta["type"].as_str() {
                     Some("text_delta") => match delta["text"].as_str() {
-                        Some(t) if !t.is_empty() => self.chunk(json!({"content": t}), None),
+                        Some(t) if !t.is_empty() => self.out.delta(json!({"content": t})),
                         _ => Vec::new(),
                     },
                     Some("input_json_delta") => {
@@ -633,7 +619,7 @@ impl MessagesToChat {
                         let partial = delta["partial_json"].as_str().unwrap_or("");
                         match self.tool_blocks.iter().find(|(b, _)| *b == index) {
                             Some(&(_, call)) if !partial.is_empty() => {
-                                self.arguments(call, partial)
+                                self.out.arguments(call, partial)
                             }
                             _ => Vec::new(),
                         }
@@ -654,15 +640,7 @@ impl MessagesToChat {
                 } else {
                     finish_reason(self.stop_reason.as_deref())
                 };
-                let mut frames = self.chunk(json!({}), Some(reason));
-                if self.include_usage {
-                    let mut usage_chunk = self.base_chunk(Vec::new());
-                    usage_chunk["usage"] = chat_usage(&self.usage).unwrap_or(Value::Null);
-                    frames.push(data_frame(&usage_chunk));
-                }
-                frames.push(DONE_FRAME.to_string());
-                self.done = true;
-                frames
+                self.out.finish(reason, chat_usage(&self.usage))
             }
             "error" => {
                 let (kind, message) = parse_error(event).unwrap_or(("api_error", ""));
@@ -671,8 +649,7 @@ impl MessagesToChat {
                 } else {
                     message
                 };
-                let kind = kind.to_string();
-                self.fail(message, &kind)
+                self.out.fail(message, Some(kind), None)
             }
             _ => Vec::new(), // ping, content_block_stop, unknown future events
         }
@@ -681,30 +658,18 @@ impl MessagesToChat {
     /// Call when the provider's stream ends: without `message_stop` this emits
     /// an error frame and `[DONE]`; otherwise nothing.
     pub fn finish(&mut self) -> Vec<String> {
-        if self.done {
-            return Vec::new();
-        }
-        self.fail(
+        self.out.fail(
             "upstream closed the stream before message_stop",
-            "upstream_stream_incomplete",
+            Some("upstream_stream_incomplete"),
+            None,
         )
     }
 
     /// Ends the stream with an error frame and `[DONE]` (a broken or stalled
     /// connection); nothing when it already ended.
     pub fn abort(&mut self, message: &str, code: Option<&str>) -> Vec<String> {
-        if self.done {
-            return Vec::new();
-        }
-        self.fail(message, code.unwrap_or("upstream_error"))
-    }
-
-    fn fail(&mut self, message: &str, code: &str) -> Vec<String> {
-        self.done = true;
-        vec![
-            translate::error_frame(message, Some(code), None),
-            DONE_FRAME.to_string(),
-        ]
+        self.out
+            .fail(message, Some(code.unwrap_or("upstream_error")), None)
     }
 
     fn merge_usage(&mut self, usage: &Value) {
@@ -715,36 +680,6 @@ impl MessagesToChat {
                 }
             }
         }
-    }
-
-    fn arguments(&mut self, call: usize, args: &str) -> Vec<String> {
-        self.chunk(
-            json!({"tool_calls": [{"index": call, "function": {"arguments": args}}]}),
-            None,
-        )
-    }
-
-    fn chunk(&mut self, mut delta: Value, finish_reason: Option<&str>) -> Vec<String> {
-        if !self.sent_role {
-            self.sent_role = true;
-            delta["role"] = json!("assistant");
-        }
-        let choice = json!({"index": 0, "delta": delta, "finish_reason": finish_reason});
-        vec![data_frame(&self.base_chunk(vec![choice]))]
-    }
-
-    fn base_chunk(&self, choices: Vec<Value>) -> Value {
-        let mut chunk = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        });
-        if self.include_usage {
-            chunk["usage"] = Value::Null;
-        }
-        chunk
     }
 }
 
@@ -1351,7 +1286,7 @@ pub fn estimate_tokens(req: &Value) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::translate::testing::{events, frames};
+    use crate::api::translate::testing::{events, frames, hello_chunks};
 
     // ----- Chat request → Messages request -----
 
@@ -1616,34 +1551,7 @@ mod tests {
     fn streaming_text_with_ping_and_usage() {
         let mut t = MessagesToChat::new("claude-x", "chatcmpl-1", 42, true);
         let out = run(&mut t, &text_events());
-        let chunk = |choices: Value, usage: Value| {
-            Some(
-                json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 42,
-                "model": "claude-x", "choices": choices, "usage": usage}),
-            )
-        };
-        assert_eq!(
-            out,
-            vec![
-                chunk(
-                    json!([{"index": 0, "delta": {"role": "assistant", "content": "Hel"}, "finish_reason": null}]),
-                    Value::Null
-                ),
-                chunk(
-                    json!([{"index": 0, "delta": {"content": "lo"}, "finish_reason": null}]),
-                    Value::Null
-                ),
-                chunk(
-                    json!([{"index": 0, "delta": {}, "finish_reason": "stop"}]),
-                    Value::Null
-                ),
-                chunk(
-                    json!([]),
-                    json!({"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9})
-                ),
-                None,
-            ]
-        );
+        assert_eq!(out, hello_chunks("claude-x"));
         assert_eq!(t.usage(), Some((7, 2)));
         assert!(t.is_done());
     }

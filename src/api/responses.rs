@@ -14,8 +14,8 @@
 use serde_json::{Map, Value, json};
 
 use super::translate::{
-    self, ChatData, ChatTurn, ChunkPiece, DONE_FRAME, TranslateError, data_frame, now_unix,
-    part_text, part_type,
+    self, ChatChunks, ChatData, ChatTurn, ChunkPiece, TranslateError, now_unix, part_text,
+    part_type,
 };
 use crate::home::config;
 
@@ -445,13 +445,9 @@ struct StreamedCall {
 /// that are ignored.
 #[derive(Debug)]
 pub struct StreamTranslator {
-    model: String,
-    id: String,
-    created: u64,
-    include_usage: bool,
-    sent_role: bool,
+    /// The Chat stream written.
+    out: ChatChunks,
     calls: Vec<StreamedCall>,
-    done: bool,
     usage: Option<(u64, u64)>,
 }
 
@@ -460,13 +456,8 @@ impl StreamTranslator {
     /// `include_usage` the client's `stream_options.include_usage`.
     pub fn new(model: &str, id: &str, created: u64, include_usage: bool) -> StreamTranslator {
         StreamTranslator {
-            model: model.to_string(),
-            id: id.to_string(),
-            created,
-            include_usage,
-            sent_role: false,
+            out: ChatChunks::new(model, id, created, include_usage),
             calls: Vec::new(),
-            done: false,
             usage: None,
         }
     }
@@ -478,31 +469,31 @@ impl StreamTranslator {
 
     /// True once the terminal frames (finish or error, then `[DONE]`) were produced.
     pub fn is_done(&self) -> bool {
-        self.done
+        self.out.is_done()
     }
 
     /// The first chunk, `{"role":"assistant","content":""}`, sent as soon as
     /// the upstream accepted the request, so the client has headers and a chunk
     /// while the model is still thinking. Nothing if already sent.
     pub fn start(&mut self) -> Vec<String> {
-        if self.sent_role || self.done {
+        if self.out.sent_role() || self.out.is_done() {
             return Vec::new();
         }
-        self.delta(json!({"content": ""}))
+        self.out.delta(json!({"content": ""}))
     }
 
     /// Translates one upstream event (the parsed `data:` JSON of one SSE frame).
     pub fn on_event(&mut self, event: &Value) -> Vec<String> {
-        if self.done {
+        if self.out.is_done() {
             return Vec::new();
         }
         match event["type"].as_str().unwrap_or("") {
             "response.output_text.delta" => match event["delta"].as_str() {
-                Some(delta) if !delta.is_empty() => self.delta(json!({"content": delta})),
+                Some(delta) if !delta.is_empty() => self.out.delta(json!({"content": delta})),
                 _ => Vec::new(),
             },
             "response.refusal.delta" => match event["delta"].as_str() {
-                Some(delta) if !delta.is_empty() => self.delta(json!({"refusal": delta})),
+                Some(delta) if !delta.is_empty() => self.out.delta(json!({"refusal": delta})),
                 _ => Vec::new(),
             },
             "response.output_item.added" if event["item"]["type"] == "function_call" => {
@@ -513,7 +504,7 @@ impl StreamTranslator {
                 match self.find_call(event) {
                     Some(index) if !delta.is_empty() => {
                         self.calls[index].sent_arguments = true;
-                        self.arguments(index, delta)
+                        self.out.arguments(index, delta)
                     }
                     _ => Vec::new(),
                 }
@@ -544,22 +535,14 @@ impl StreamTranslator {
                 } else {
                     "tool_calls"
                 };
-                let mut frames = self.chunk(json!({}), Some(reason));
-                if self.include_usage {
-                    let mut usage_chunk = self.base_chunk(Vec::new());
-                    usage_chunk["usage"] = chat_usage(&response["usage"]).unwrap_or(Value::Null);
-                    frames.push(data_frame(&usage_chunk));
-                }
-                frames.push(DONE_FRAME.to_string());
-                self.done = true;
-                frames
+                self.out.finish(reason, chat_usage(&response["usage"]))
             }
             "response.failed" => {
                 let error = &event["response"]["error"];
                 let message = error["message"]
                     .as_str()
                     .unwrap_or("the upstream reported response.failed without a message");
-                self.fail(message, error["code"].as_str(), None)
+                self.out.fail(message, error["code"].as_str(), None)
             }
             "error" => {
                 // Some upstreams nest the details under `error`.
@@ -571,7 +554,8 @@ impl StreamTranslator {
                 let message = error["message"]
                     .as_str()
                     .unwrap_or("the upstream sent an error event without a message");
-                self.fail(message, error["code"].as_str(), error["param"].as_str())
+                self.out
+                    .fail(message, error["code"].as_str(), error["param"].as_str())
             }
             _ => Vec::new(),
         }
@@ -580,10 +564,7 @@ impl StreamTranslator {
     /// Call when the upstream stream ends. Without a completion event this emits
     /// an error frame and `[DONE]`; otherwise nothing.
     pub fn finish(&mut self) -> Vec<String> {
-        if self.done {
-            return Vec::new();
-        }
-        self.fail(
+        self.out.fail(
             "upstream closed the stream before response.completed",
             Some("upstream_stream_incomplete"),
             None,
@@ -593,18 +574,7 @@ impl StreamTranslator {
     /// Ends the stream with an error frame and `[DONE]`, e.g. when the upstream
     /// connection broke or stalled; nothing when the stream already ended.
     pub fn abort(&mut self, message: &str, code: Option<&str>) -> Vec<String> {
-        if self.done {
-            return Vec::new();
-        }
-        self.fail(message, code, None)
-    }
-
-    fn fail(&mut self, message: &str, code: Option<&str>, param: Option<&str>) -> Vec<String> {
-        self.done = true;
-        vec![
-            translate::error_frame(message, code, param),
-            DONE_FRAME.to_string(),
-        ]
+        self.out.fail(message, code, None)
     }
 
     fn find_call(&self, event: &Value) -> Option<usize> {
@@ -634,7 +604,7 @@ impl StreamTranslator {
             .as_str()
             .or(item["id"].as_str())
             .unwrap_or("");
-        self.delta(json!({"tool_calls": [{
+        self.out.delta(json!({"tool_calls": [{
             "index": index,
             "id": call_id,
             "type": "function",
@@ -646,42 +616,10 @@ impl StreamTranslator {
         match self.find_call(event) {
             Some(index) if !self.calls[index].sent_arguments && !args.is_empty() => {
                 self.calls[index].sent_arguments = true;
-                self.arguments(index, args)
+                self.out.arguments(index, args)
             }
             _ => Vec::new(),
         }
-    }
-
-    fn arguments(&mut self, index: usize, args: &str) -> Vec<String> {
-        self.delta(json!({"tool_calls": [{"index": index, "function": {"arguments": args}}]}))
-    }
-
-    fn delta(&mut self, delta: Value) -> Vec<String> {
-        self.chunk(delta, None)
-    }
-
-    fn chunk(&mut self, mut delta: Value, finish_reason: Option<&str>) -> Vec<String> {
-        if !self.sent_role {
-            self.sent_role = true;
-            delta["role"] = json!("assistant");
-        }
-        let choice = json!({"index": 0, "delta": delta, "finish_reason": finish_reason});
-        vec![data_frame(&self.base_chunk(vec![choice]))]
-    }
-
-    fn base_chunk(&self, choices: Vec<Value>) -> Value {
-        let mut chunk = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        });
-        if self.include_usage {
-            // OpenAI sends `usage: null` on every chunk but the last when usage was asked for.
-            chunk["usage"] = Value::Null;
-        }
-        chunk
     }
 }
 
@@ -1643,7 +1581,7 @@ impl ChatToResponses {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::translate::testing::{events, frames};
+    use crate::api::translate::testing::{events, frames, hello_chunks};
 
     fn translate(chat: Value) -> Value {
         chat_to_responses(&chat, "INSTR", &TranslateOptions::default()).unwrap()
@@ -1921,34 +1859,7 @@ mod tests {
                 json!({"type": "response.output_text.delta", "delta": "ignored after completion"}),
             ],
         );
-        let chunk = |choices: Value, usage: Value| {
-            Some(
-                json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 42,
-                "model": "gpt-5", "choices": choices, "usage": usage}),
-            )
-        };
-        assert_eq!(
-            out,
-            vec![
-                chunk(
-                    json!([{"index": 0, "delta": {"role": "assistant", "content": "Hel"}, "finish_reason": null}]),
-                    Value::Null
-                ),
-                chunk(
-                    json!([{"index": 0, "delta": {"content": "lo"}, "finish_reason": null}]),
-                    Value::Null
-                ),
-                chunk(
-                    json!([{"index": 0, "delta": {}, "finish_reason": "stop"}]),
-                    Value::Null
-                ),
-                chunk(
-                    json!([]),
-                    json!({"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9})
-                ),
-                None,
-            ]
-        );
+        assert_eq!(out, hello_chunks("gpt-5"));
         assert_eq!(t.usage(), Some((7, 2)));
         assert!(t.is_done());
     }

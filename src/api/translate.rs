@@ -446,10 +446,149 @@ pub fn error_frame(message: &str, code: Option<&str>, param: Option<&str>) -> St
     }}))
 }
 
+/// The writing side of a Chat Completions stream, for the translators that
+/// produce one (Responses events → Chat, Messages events → Chat): every chunk's
+/// common fields, the role on the first delta, `usage: null` on every chunk but
+/// the last when usage was asked for, and exactly one ending — the finishing
+/// chunk (then the usage chunk when asked, then `[DONE]`) or an error frame then
+/// `[DONE]`. Every returned `String` is one complete SSE frame.
+#[derive(Debug)]
+pub struct ChatChunks {
+    /// The `model` every chunk names (what the client asked for).
+    model: String,
+    /// The `chatcmpl-...` id every chunk carries; may be set before the first chunk.
+    id: String,
+    /// The `created` unix time every chunk carries.
+    created: u64,
+    /// The client's `stream_options.include_usage`.
+    include_usage: bool,
+    /// Whether a chunk carried `role: assistant` yet.
+    sent_role: bool,
+    /// Whether the stream has ended (finish or error, then `[DONE]`).
+    done: bool,
+}
+
+impl ChatChunks {
+    pub fn new(model: &str, id: &str, created: u64, include_usage: bool) -> ChatChunks {
+        ChatChunks {
+            model: model.to_string(),
+            id: id.to_string(),
+            created,
+            include_usage,
+            sent_role: false,
+            done: false,
+        }
+    }
+
+    /// Sets the id, unless one was given (an upstream's own id, seen late).
+    pub fn id_if_unset(&mut self, id: impl FnOnce() -> String) {
+        if self.id.is_empty() {
+            self.id = id();
+        }
+    }
+
+    pub fn sent_role(&self) -> bool {
+        self.sent_role
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// One chunk of `delta` (with the role on the first one).
+    pub fn delta(&mut self, delta: Value) -> Vec<String> {
+        self.chunk(delta, None)
+    }
+
+    /// One delta of a tool call's arguments.
+    pub fn arguments(&mut self, call: usize, args: &str) -> Vec<String> {
+        self.delta(json!({"tool_calls": [{"index": call, "function": {"arguments": args}}]}))
+    }
+
+    /// The ending: the chunk with `finish_reason`, the usage chunk (Chat's
+    /// `usage` object) when asked for, then `[DONE]`.
+    pub fn finish(&mut self, reason: &str, usage: Option<Value>) -> Vec<String> {
+        let mut frames = self.chunk(json!({}), Some(reason));
+        if self.include_usage {
+            let mut usage_chunk = self.base_chunk(Vec::new());
+            usage_chunk["usage"] = usage.unwrap_or(Value::Null);
+            frames.push(data_frame(&usage_chunk));
+        }
+        frames.push(DONE_FRAME.to_string());
+        self.done = true;
+        frames
+    }
+
+    /// The other ending: an error frame, then `[DONE]`; nothing when the
+    /// stream already ended.
+    pub fn fail(&mut self, message: &str, code: Option<&str>, param: Option<&str>) -> Vec<String> {
+        if self.done {
+            return Vec::new();
+        }
+        self.done = true;
+        vec![error_frame(message, code, param), DONE_FRAME.to_string()]
+    }
+
+    fn chunk(&mut self, mut delta: Value, finish_reason: Option<&str>) -> Vec<String> {
+        if !self.sent_role {
+            self.sent_role = true;
+            delta["role"] = json!("assistant");
+        }
+        let choice = json!({"index": 0, "delta": delta, "finish_reason": finish_reason});
+        vec![data_frame(&self.base_chunk(vec![choice]))]
+    }
+
+    fn base_chunk(&self, choices: Vec<Value>) -> Value {
+        let mut chunk = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        });
+        if self.include_usage {
+            // OpenAI sends `usage: null` on every chunk but the last when usage was asked for.
+            chunk["usage"] = Value::Null;
+        }
+        chunk
+    }
+}
+
 /// Test helpers shared by the translations' tests.
 #[cfg(test)]
 pub mod testing {
-    use serde_json::Value;
+    use serde_json::{Value, json};
+
+    /// What a translator into Chat must write for a streamed "Hel" + "lo" that
+    /// stopped with 7 prompt and 2 completion tokens, usage asked for (id
+    /// `chatcmpl-1`, created 42): parsed as [`frames`] returns it.
+    pub fn hello_chunks(model: &str) -> Vec<Option<Value>> {
+        let chunk = |choices: Value, usage: Value| {
+            Some(
+                json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 42,
+                "model": model, "choices": choices, "usage": usage}),
+            )
+        };
+        vec![
+            chunk(
+                json!([{"index": 0, "delta": {"role": "assistant", "content": "Hel"}, "finish_reason": null}]),
+                Value::Null,
+            ),
+            chunk(
+                json!([{"index": 0, "delta": {"content": "lo"}, "finish_reason": null}]),
+                Value::Null,
+            ),
+            chunk(
+                json!([{"index": 0, "delta": {}, "finish_reason": "stop"}]),
+                Value::Null,
+            ),
+            chunk(
+                json!([]),
+                json!({"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}),
+            ),
+            None,
+        ]
+    }
 
     /// Parses `data:` frames back: `Some(json)` per data frame, `None` for `[DONE]`.
     pub fn frames(out: &[String]) -> Vec<Option<Value>> {

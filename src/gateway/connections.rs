@@ -42,6 +42,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::Gateway;
+use super::body_end::{EndingBody, OnEnd};
 use crate::api::metrics::{Metrics, Rejection};
 use crate::api::openai::ApiError;
 
@@ -571,49 +572,15 @@ impl http_body::Body for TimedBody {
     }
 }
 
+/// The connection's answer count goes down when a response body is over.
+impl OnEnd for Arc<ConnState> {
+    fn ended(self, _completed: bool) {
+        self.end();
+    }
+}
+
 /// A response body that tells its connection when it is done (sent or dropped).
-pub struct TrackedBody {
-    inner: Body,
-    state: Option<Arc<ConnState>>,
-}
-
-impl TrackedBody {
-    fn done(&mut self) {
-        if let Some(state) = self.state.take() {
-            state.end();
-        }
-    }
-}
-
-impl http_body::Body for TrackedBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            self.done();
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for TrackedBody {
-    fn drop(&mut self) {
-        self.done();
-    }
-}
+pub type TrackedBody = EndingBody<Arc<ConnState>>;
 
 /// The hyper service of one connection: the router, with the request-level
 /// bounds around it.
@@ -658,10 +625,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            let response = response.map(|inner| TrackedBody {
-                inner,
-                state: Some(state),
-            });
+            let response = response.map(|inner| TrackedBody::new(inner, state));
             return Box::pin(std::future::ready(Ok(response)));
         }
         let deadline = tokio::time::Instant::now() + limits.body_timeout;
@@ -680,10 +644,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                 Ok(response) => response,
                 Err(never) => match never {},
             };
-            Ok(response.map(|inner| TrackedBody {
-                inner,
-                state: Some(state),
-            }))
+            Ok(response.map(|inner| TrackedBody::new(inner, state)))
         })
     }
 }

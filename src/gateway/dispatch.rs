@@ -5,8 +5,6 @@
 //! one access-log line naming the ingress). Each ingress only translates: bytes
 //! in, and the [`Reply`] or [`ApiError`] out into its own wire shape.
 
-use std::sync::Arc;
-
 use axum::http::HeaderMap;
 use bytes::Bytes;
 
@@ -14,7 +12,7 @@ use super::Gateway;
 use super::admission::Slot;
 pub use super::observe::{ExchangeInfo, Ingress, Record};
 use crate::api::openai::{ApiError, ChatRequestView};
-use crate::upstream::{ChatCall, ExchangeStats, Reply, configured_models};
+use crate::upstream::{ChatCall, Reply, configured_models};
 
 /// What [`chat`] made of one request.
 pub struct Dispatched {
@@ -63,11 +61,7 @@ pub async fn chat_with_headers(gw: &Gateway, body: Bytes, headers: HeaderMap) ->
         Ok(slot) => slot,
         Err(e) => return failed(e),
     };
-    let stats = Arc::new(ExchangeStats::default());
-    let info = ExchangeInfo {
-        model: model.clone(),
-        stats: stats.clone(),
-    };
+    let (info, stats) = ExchangeInfo::begin(&model);
     let call = ChatCall {
         body,
         model,

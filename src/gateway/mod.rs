@@ -11,6 +11,7 @@
 //! network fetch.
 
 mod admission;
+mod body_end;
 mod chat;
 pub mod connections;
 mod cors;

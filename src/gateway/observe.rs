@@ -6,20 +6,18 @@
 //!
 //! A request is only over when its response body is: for a stream that is the
 //! last frame, or the moment the client went away. So the layer wraps the body
-//! and records in the wrapper's `Drop`, which runs in both cases.
+//! in an [`EndingBody`](super::body_end::EndingBody), which records in both cases.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use http_body::{Frame, SizeHint};
 
 use super::Gateway;
+use super::body_end::{EndingBody, OnEnd};
 use crate::api::metrics::route_label;
 use crate::upstream::ExchangeStats;
 use crate::upstream::forward::{REQUEST_ID, ensure_request_id};
@@ -29,6 +27,19 @@ use crate::upstream::forward::{REQUEST_ID, ensure_request_id};
 pub struct ExchangeInfo {
     pub model: String,
     pub stats: Arc<ExchangeStats>,
+}
+
+impl ExchangeInfo {
+    /// The info of a new exchange about `model`, and the stats its upstream
+    /// call fills in (the same ones, shared).
+    pub fn begin(model: &str) -> (ExchangeInfo, Arc<ExchangeStats>) {
+        let stats = Arc::new(ExchangeStats::default());
+        let info = ExchangeInfo {
+            model: model.to_string(),
+            stats: stats.clone(),
+        };
+        (info, stats)
+    }
 }
 
 /// Which way a request came in: a field of the access-log line, and which
@@ -69,10 +80,9 @@ pub async fn observe(State(gw): State<Arc<Gateway>>, mut request: Request, next:
         );
     }
     response.map(|inner| {
-        Body::new(ObservedBody {
+        Body::new(EndingBody::new(
             inner,
-            finished: false,
-            record: Some(Record {
+            Record {
                 gw,
                 ingress: Ingress::Http,
                 route,
@@ -80,8 +90,8 @@ pub async fn observe(State(gw): State<Arc<Gateway>>, mut request: Request, next:
                 status,
                 started,
                 exchange,
-            }),
-        })
+            },
+        ))
     })
 }
 
@@ -155,40 +165,9 @@ impl Record {
     }
 }
 
-struct ObservedBody {
-    inner: Body,
-    finished: bool,
-    record: Option<Record>,
-}
-
-impl http_body::Body for ObservedBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            self.finished = true;
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for ObservedBody {
-    fn drop(&mut self) {
-        if let Some(record) = self.record.take() {
-            record.finish(self.finished || http_body::Body::is_end_stream(&self.inner));
-        }
+/// The request is recorded when its response body is over.
+impl OnEnd for Record {
+    fn ended(self, completed: bool) {
+        self.finish(completed);
     }
 }

@@ -20,8 +20,8 @@ use super::observe::ExchangeInfo;
 use super::{Gateway, dispatch};
 use crate::api::openai::{ApiError, invalid, json_type};
 use crate::api::responses::instructions_for;
+use crate::upstream::ResponsesCall;
 use crate::upstream::forward::client_headers;
-use crate::upstream::{ExchangeStats, ResponsesCall};
 
 pub async fn responses(
     State(gw): State<Arc<Gateway>>,
@@ -84,11 +84,7 @@ pub async fn responses(
             Bytes::from(serde_json::to_vec(&Value::Object(request)).expect("JSON serialises"))
         }
     };
-    let stats = Arc::new(ExchangeStats::default());
-    let info = ExchangeInfo {
-        model: model.clone(),
-        stats: stats.clone(),
-    };
+    let (info, stats) = ExchangeInfo::begin(&model);
     let call = ResponsesCall {
         body,
         model,

@@ -1002,13 +1002,14 @@ pub(crate) mod tests {
     fn wait_exit_waits_for_every_thread_not_just_an_exited_leader() {
         use std::io::{BufRead, Write};
         let dir = tempfile::tempdir().unwrap();
-        let lock_path = dir.path().join("held.lock");
         let script = "import ctypes, fcntl, sys, threading, time\n\
             f = open(sys.argv[1], 'w'); fcntl.flock(f, fcntl.LOCK_EX)\n\
             threading.Thread(target=time.sleep, args=(1.5,)).start()\n\
             print('ready', flush=True); sys.stdin.readline()\n\
             ctypes.CDLL(None).pthread_exit(None)\n";
-        for use_pidfd in [true, false] {
+        // Both ways of waiting at once (each with its own process and lock).
+        let check = |use_pidfd: bool| {
+            let lock_path = dir.path().join(format!("held-{use_pidfd}.lock"));
             let mut kid = Kid::spawn(
                 Command::new("python3")
                     .args(["-c", script])
@@ -1031,7 +1032,12 @@ pub(crate) mod tests {
                 "wait_exit returned while the process still held its lock (pidfd: {use_pidfd})"
             );
             kid.0.wait().unwrap();
-        }
+        };
+        std::thread::scope(|scope| {
+            let with_pidfd = scope.spawn(|| check(true));
+            check(false);
+            with_pidfd.join().unwrap();
+        });
     }
 
     #[test]

@@ -744,7 +744,9 @@ fn env_number(name: &str) -> Option<u64> {
 /// `watchdog --once`, `kill -9` and SIGSTOP/SIGCONT of the home's proxies, and
 /// stale PID files naming the test's sentinel processes. Seeded and printed;
 /// `WARDEN_STRESS_SEED`, `WARDEN_STRESS_STEPS` (actions, default 200) and
-/// `WARDEN_STRESS_SECS` (time budget, default 60; 0 = none) replay or lengthen it.
+/// `WARDEN_STRESS_SECS` (time budget, default 10; 0 = none) replay or lengthen it.
+/// The default budget keeps `cargo test` short (a new seed every run, ~70 steps);
+/// `.ci/run` runs it again for 400 steps without a budget.
 #[test]
 fn stress_random_operators_keep_one_truthful_proxy() {
     let seed = env_number("WARDEN_STRESS_SEED").unwrap_or_else(|| {
@@ -754,7 +756,7 @@ fn stress_random_operators_keep_one_truthful_proxy() {
             .as_nanos() as u64
     });
     let steps = env_number("WARDEN_STRESS_STEPS").unwrap_or(200);
-    let budget = match env_number("WARDEN_STRESS_SECS").unwrap_or(60) {
+    let budget = match env_number("WARDEN_STRESS_SECS").unwrap_or(10) {
         0 => None,
         secs => Some(Duration::from_secs(secs)),
     };
@@ -764,7 +766,7 @@ fn stress_random_operators_keep_one_truthful_proxy() {
     let mut rng = Rng(seed);
     let (home, port) = home_with("[watchdog]\nhealth_timeout = 1\n");
     home.config(&format!(
-        "[server]\nport = {port}\ngraceful_timeout = 1\n[daemon]\nstartup_timeout = 5\nstop_timeout = 1\n[watchdog]\nhealth_timeout = 1\n"
+        "[server]\nport = {port}\ngraceful_timeout = 1\n[daemon]\nstartup_timeout = 2\nstop_timeout = 1\n[watchdog]\nhealth_timeout = 1\n"
     ));
     let _cleanup = Cleanup(&home);
     // Sentinels outlive any run length (support's `Sleeper` sleeps 300 s).

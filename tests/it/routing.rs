@@ -679,8 +679,10 @@ async fn within_a_priority_fewer_in_flight_and_weight_decide() {
     // Idle: the weight decides; 200 requests at 1000:1.
     a.set(Mode::Healthy);
     let mut to_a = 0;
+    let (one_client, url) = (client(), format!("{}/v1/chat/completions", proxy.url()));
     for _ in 0..200 {
-        if answered_by(chat(&proxy, "gpt-5").await).await.1 == "a" {
+        let r = one_client.post(&url).json(&chat_body("gpt-5")).send().await;
+        if answered_by(r.unwrap()).await.1 == "a" {
             to_a += 1;
         }
     }
