@@ -54,9 +54,12 @@ pub fn init(
     };
     let (writer, guard) = batched(file)?;
     let level = if verbose { "debug" } else { "info" };
+    // Libraries speak at warn and above: their info lines repeat ours (async-nats
+    // logs "event: connected" and "connected successfully" per connection, where
+    // the proxy logs "NATS connected" once).
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!(
-            "{level},hyper=warn,reqwest=warn,h2=warn,rustls=warn"
+            "{level},hyper=warn,reqwest=warn,h2=warn,rustls=warn,async_nats=warn"
         ))
     });
     // On a terminal the file's lines are mirrored to stderr; stdout needs no mirror.

@@ -765,8 +765,12 @@ fn stress_random_operators_keep_one_truthful_proxy() {
     );
     let mut rng = Rng(seed);
     let (home, port) = home_with("[watchdog]\nhealth_timeout = 1\n");
+    // startup_timeout stays at 5 s, the value the long runs were validated with:
+    // with 2 s, one run of the whole suite under heavy load (a release build
+    // alongside) failed the PID-file half of the invariant; 20 runs since did not
+    // reproduce it.
     home.config(&format!(
-        "[server]\nport = {port}\ngraceful_timeout = 1\n[daemon]\nstartup_timeout = 2\nstop_timeout = 1\n[watchdog]\nhealth_timeout = 1\n"
+        "[server]\nport = {port}\ngraceful_timeout = 1\n[daemon]\nstartup_timeout = 5\nstop_timeout = 1\n[watchdog]\nhealth_timeout = 1\n"
     ));
     let _cleanup = Cleanup(&home);
     // Sentinels outlive any run length (support's `Sleeper` sleeps 300 s).

@@ -24,8 +24,18 @@
 //!   backoff; `/health` shows `nats.state`, and readiness does not depend on it
 //!   (HTTP keeps serving while NATS is away; `/health` then says `warn`).
 //!
+//! - **Two connections, so that stopping loses nothing.** One *listens* (the
+//!   service, its endpoint subscriptions, discovery); the other *works* (replies,
+//!   JetStream pulls and acks). To stop, the listening connection is drained:
+//!   NATS's drain sends the unsubscribes and a PING, and keeps delivering what the
+//!   server sent before it saw them, up to the PONG. A plain unsubscribe (what a
+//!   service endpoint's `stop` does) drops the requests already on the wire: about
+//!   one in a few thousand during a `daemon restart` under load, each a client
+//!   waiting out its timeout. A drained connection closes at the PONG, which is why
+//!   the replies to those last requests go out on the other one.
+//!
 //! [`start`] connects in the background; [`NatsIngress::drain`] stops taking
-//! requests, waits for those in flight, then closes the connection.
+//! requests, answers those already taken, then closes both connections.
 
 mod jobs;
 mod reply;
@@ -193,6 +203,11 @@ impl NatsIngress {
 /// How long the last flush on shutdown may wait for the server.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a drain may wait for the server's PONG, which fences the last
+/// requests it routed here (milliseconds when connected; the bound is for a
+/// connection lost mid-drain).
+const FENCE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Reconnect delay: 100 ms doubling to at most 2 s, forever.
 fn reconnect_delay(attempts: usize) -> Duration {
     let shift = attempts.min(5) as u32;
@@ -234,17 +249,30 @@ pub enum NatsError {
     },
 }
 
-async fn connect(gw: &Arc<Gateway>) -> Result<async_nats::Client, NatsError> {
+/// Which of the proxy's two NATS connections (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// The service and its subscriptions; its state is the one `/health` shows.
+    Listens,
+    /// Replies, and the JetStream consumer.
+    Works,
+}
+
+async fn connect(gw: &Arc<Gateway>, role: Role) -> Result<async_nats::Client, NatsError> {
     let nats = &gw.config.nats;
+    let name = match role {
+        Role::Listens => format!("warden-proxy {}", crate::VERSION),
+        Role::Works => format!("warden-proxy {} (replies)", crate::VERSION),
+    };
     let mut options = async_nats::ConnectOptions::new()
-        .name(format!("warden-proxy {}", crate::VERSION))
+        .name(name)
         .retry_on_initial_connect()
         .max_reconnects(None)
         .reconnect_delay_callback(reconnect_delay)
         .connection_timeout(Duration::from_secs(5));
     if let Some(token) = gw.config.nats_token() {
         options = options.token(token);
-    } else if !nats.token_env.is_empty() {
+    } else if !nats.token_env.is_empty() && role == Role::Listens {
         tracing::warn!(
             variable = %nats.token_env,
             "nats.token_env names a variable that is not set: connecting without a token"
@@ -259,10 +287,17 @@ async fn connect(gw: &Arc<Gateway>) -> Result<async_nats::Client, NatsError> {
                 source,
             })?;
     }
+    // The listening connection is the one requests arrive on: its state is the
+    // ingress's. The other one's losses show as failed replies, and are logged.
     let status = gw.clone();
     options = options.event_callback(move |event| {
         let gw = status.clone();
-        async move { on_event(&gw.nats, &gw.metrics, event) }
+        async move {
+            match role {
+                Role::Listens => on_event(&gw.nats, &gw.metrics, event),
+                Role::Works => tracing::debug!(event = %event, "NATS (replies connection)"),
+            }
+        }
     });
     let servers: Vec<async_nats::ServerAddr> = nats
         .url
@@ -312,9 +347,12 @@ fn on_event(status: &NatsStatus, metrics: &Metrics, event: async_nats::Event) {
 /// drains when `stop` turns true.
 async fn run(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
     let nats = gw.config.nats.clone();
-    let client = match connect(&gw).await {
-        Ok(client) => client,
-        Err(e) => {
+    let (client, worker) = match (
+        connect(&gw, Role::Listens).await,
+        connect(&gw, Role::Works).await,
+    ) {
+        (Ok(client), Ok(worker)) => (client, worker),
+        (Err(e), _) | (_, Err(e)) => {
             tracing::error!("{e}; the NATS ingress is off, HTTP keeps serving");
             gw.nats.set_state(NatsState::Disconnected);
             return;
@@ -332,7 +370,7 @@ async fn run(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
     let jobs = nats.jetstream.then(|| {
         tokio::spawn(jobs::run(
             gw.clone(),
-            client.clone(),
+            worker.clone(),
             permits.clone(),
             stop.clone(),
         ))
@@ -389,33 +427,25 @@ async fn run(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
             Some(request) = models.next() => (request, MODELS_ROUTE),
             _ = stop.wait_for(|stop| *stop) => break,
         };
-        let Some(reply_to) = request.message.reply.clone() else {
-            tracing::debug!(subject = %request.message.subject, "NATS request without a reply subject: ignored");
-            continue;
-        };
-        let Some(in_flight) = InFlight::try_take(&gw, &permits) else {
-            let mut record = Record::start(gw.clone(), Ingress::Nats, route);
-            gw.metrics.rejected(Rejection::Concurrency);
-            let e = nats_overloaded(nats.max_concurrent);
-            record.status = e.status.as_u16();
-            let sent = reply::publish_error(&client, reply_to, &e).await;
-            record.finish(sent);
-            continue;
-        };
-        let (gw, client) = (gw.clone(), client.clone());
-        let payload = request.message.payload;
-        tokio::spawn(async move {
-            let _in_flight = in_flight;
-            if route == MODELS_ROUTE {
-                serve_models(gw, client, reply_to).await;
-            } else {
-                serve_chat(gw, client, reply_to, payload).await;
-            }
-        });
+        take(&gw, &worker, &permits, request, route).await;
     }
-    // Draining: no new requests (endpoints and discovery unsubscribed), wait for
-    // the ones in flight (and the JetStream loop), then flush and close.
+    // Draining: the server routes no more requests here once it has the
+    // unsubscribes; those it sent before still arrive, up to the drain's PONG,
+    // and are answered. Then wait for the ones in flight (and the JetStream
+    // loop), flush the replies and close.
     gw.nats.subscribed.store(false, Ordering::Relaxed);
+    if client.connection_state() == async_nats::connection::State::Connected
+        && client.drain().await.is_ok()
+    {
+        let mut rest = futures_util::stream::select(
+            chat.by_ref().map(|request| (request, CHAT_ROUTE)),
+            models.by_ref().map(|request| (request, MODELS_ROUTE)),
+        );
+        let fenced = tokio::time::Instant::now() + FENCE_TIMEOUT;
+        while let Ok(Some((request, route))) = tokio::time::timeout_at(fenced, rest.next()).await {
+            take(&gw, &worker, &permits, request, route).await;
+        }
+    }
     let _ = chat.stop().await;
     let _ = models.stop().await;
     let _ = service.stop().await;
@@ -429,11 +459,46 @@ async fn run(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
     // graceful_timeout (and `daemon stop` until its SIGKILL). Unconnected, nothing
     // could be delivered anyway; connected, a flush takes milliseconds, and a
     // connection lost mid-flush is bounded too.
-    if client.connection_state() == async_nats::connection::State::Connected {
-        let _ = tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await;
+    if worker.connection_state() == async_nats::connection::State::Connected {
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, worker.flush()).await;
     }
+    let _ = worker.drain().await;
     let _ = client.drain().await;
     tracing::info!("NATS ingress drained");
+}
+
+/// Handles one request from an endpoint: served in its own task (replies on
+/// `worker`), or refused at once with a 429 beyond `nats.max_concurrent`.
+async fn take(
+    gw: &Arc<Gateway>,
+    worker: &async_nats::Client,
+    permits: &Arc<Semaphore>,
+    request: async_nats::service::Request,
+    route: &'static str,
+) {
+    let Some(reply_to) = request.message.reply.clone() else {
+        tracing::debug!(subject = %request.message.subject, "NATS request without a reply subject: ignored");
+        return;
+    };
+    let Some(in_flight) = InFlight::try_take(gw, permits) else {
+        let mut record = Record::start(gw.clone(), Ingress::Nats, route);
+        gw.metrics.rejected(Rejection::Concurrency);
+        let e = nats_overloaded(gw.config.nats.max_concurrent);
+        record.status = e.status.as_u16();
+        let sent = reply::publish_error(worker, reply_to, &e).await;
+        record.finish(sent);
+        return;
+    };
+    let (gw, client) = (gw.clone(), worker.clone());
+    let payload = request.message.payload;
+    tokio::spawn(async move {
+        let _in_flight = in_flight;
+        if route == MODELS_ROUTE {
+            serve_models(gw, client, reply_to).await;
+        } else {
+            serve_chat(gw, client, reply_to, payload).await;
+        }
+    });
 }
 
 async fn serve_chat(
