@@ -4,7 +4,7 @@
 # `cargo test --locked` with any arguments given (e.g. `scripts/test.sh --test it nats::`).
 #   - nats-server (Debian): tests/it/nats.rs starts its own on a free port;
 #   - chromium (Debian): tests/it/ui.rs renders the status page headless;
-#   - python3: tests/it/operators.rs measures a child's peak RSS with it, and a
+#   - python3: tests/it/concurrent_operators.rs measures a child's peak RSS with it, and a
 #     process.rs unit test uses it for a process whose main thread exits first.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -3,6 +3,11 @@
 //! request handling alone run the gateway in-process (`support::gateway`);
 //! whatever needs a process (signals, PID files, logs, exit codes) the binaries.
 //! One test crate (with modules) keeps link time down.
+//!
+//! libtest starts tests in the order of their names (8 at a time, see
+//! `.cargo/config.toml`), so the module of the longest tests,
+//! `concurrent_operators` (a time-bounded stress run, a lock wait, repeated
+//! watchdog rounds), starts near the beginning instead of holding up the end.
 
 // Helpers outside `#[test]` functions unwrap too: in a test, a failed unwrap is a
 // failed test with its location, which is what an `expect` message would add.
@@ -16,12 +21,12 @@ mod support;
 mod anthropic;
 mod clients;
 mod completions;
+mod concurrent_operators;
 mod daemon;
 mod doctor;
 mod home_only;
 mod hostile;
 mod nats;
-mod operators;
 mod preflight;
 mod prompts;
 mod properties;

@@ -744,8 +744,8 @@ fn env_number(name: &str) -> Option<u64> {
 /// `watchdog --once`, `kill -9` and SIGSTOP/SIGCONT of the home's proxies, and
 /// stale PID files naming the test's sentinel processes. Seeded and printed;
 /// `WARDEN_STRESS_SEED`, `WARDEN_STRESS_STEPS` (actions, default 200) and
-/// `WARDEN_STRESS_SECS` (time budget, default 10; 0 = none) replay or lengthen it.
-/// The default budget keeps `cargo test` short (a new seed every run, ~70 steps);
+/// `WARDEN_STRESS_SECS` (time budget, default 8; 0 = none) replay or lengthen it.
+/// The default budget keeps `cargo test` short (a new seed every run, 30 to 80 steps);
 /// `.ci/run` runs it again for 400 steps without a budget.
 #[test]
 fn stress_random_operators_keep_one_truthful_proxy() {
@@ -756,7 +756,7 @@ fn stress_random_operators_keep_one_truthful_proxy() {
             .as_nanos() as u64
     });
     let steps = env_number("WARDEN_STRESS_STEPS").unwrap_or(200);
-    let budget = match env_number("WARDEN_STRESS_SECS").unwrap_or(10) {
+    let budget = match env_number("WARDEN_STRESS_SECS").unwrap_or(8) {
         0 => None,
         secs => Some(Duration::from_secs(secs)),
     };
