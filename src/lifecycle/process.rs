@@ -1004,7 +1004,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let script = "import ctypes, fcntl, sys, threading, time\n\
             f = open(sys.argv[1], 'w'); fcntl.flock(f, fcntl.LOCK_EX)\n\
-            threading.Thread(target=time.sleep, args=(1.5,)).start()\n\
+            threading.Thread(target=time.sleep, args=(1.0,)).start()\n\
             print('ready', flush=True); sys.stdin.readline()\n\
             ctypes.CDLL(None).pthread_exit(None)\n";
         // Both ways of waiting at once (each with its own process and lock).

@@ -118,6 +118,13 @@ fn one_run_makes_a_missing_home_pass_preflight_and_the_next_finds_nothing() {
         assert!(stdout.contains(line), "{line} in:\n{stdout}");
     }
     assert!(stdout.contains("fixed, nothing left broken"), "{stdout}");
+    // The template's upstream is the built-in mock, which uses no prompts: doctor
+    // promises no fetch.
+    assert!(
+        stdout.contains("no copy (this configuration sends no prompts upstream)")
+            && !stdout.contains("fetched on first use"),
+        "{stdout}"
+    );
     // .env and warden.toml are the templates, .env private.
     assert_eq!(
         std::fs::read_to_string(root.join("warden.toml")).unwrap(),

@@ -652,11 +652,23 @@ pub fn prompts(ctx: &Context) -> Diagnosis {
         );
     }
     let statuses = prompts::disk_status(&ctx.home, cfg);
+    // With the built-in mock (and no forced base instructions) the proxy sends
+    // no prompt anywhere and never fetches one: "fetched on first use" would
+    // promise a fetch that does not happen.
+    let in_use = prompts::prompts_in_use(&ctx.cfg);
     let mut parts = Vec::new();
     let mut notes = Vec::new();
     for st in &statuses {
         parts.push(match st.source {
-            PromptSourceKind::Builtin => format!("{}: no copy yet (fetched on first use)", st.name),
+            PromptSourceKind::Builtin if in_use => {
+                format!("{}: no copy yet (fetched on first use)", st.name)
+            }
+            PromptSourceKind::Builtin => {
+                format!(
+                    "{}: no copy (this configuration sends no prompts upstream)",
+                    st.name
+                )
+            }
             other => format!("{}: {other}", st.name),
         });
         if let Some(problem) = &st.problem {
