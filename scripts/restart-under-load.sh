@@ -3,8 +3,9 @@
 # steady HTTP load (8 connections, loopback) and tests/sdk/nats_load.py steady NATS
 # load (8 requests in flight, through a nats-server this script starts) at one
 # daemon-started proxy; restarts happen mid-run. The script fails unless wrk saw
-# zero socket errors and zero non-2xx answers, and every NATS request was answered
-# (none without a responder, none taken and left unanswered).
+# zero socket errors and zero non-2xx answers, and every NATS request found a
+# responder and got an answer, but for at most one lost per restart: the drain's
+# residual window (README, "Across many hosts").
 # Usage: scripts/restart-under-load.sh [seconds=12] [restarts=3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +35,7 @@ curl -sf "http://127.0.0.1:$port/health" | grep -q '"subscribed":true' \
   || { echo "restart-under-load: the proxy's NATS endpoints never came up"; exit 1; }
 wrk -t2 -c8 -d"${secs}s" -s benches/chat.lua "http://127.0.0.1:$port/v1/chat/completions" > "$home/wrk.out" &
 wrk_pid=$!
-python3 tests/sdk/nats_load.py "nats://127.0.0.1:$nats_port" "$secs" 8 > "$home/nats-load.out" &
+python3 tests/sdk/nats_load.py "nats://127.0.0.1:$nats_port" "$secs" 8 5 "$restarts" > "$home/nats-load.out" &
 nats_load_pid=$!
 for i in $(seq "$restarts"); do
   sleep "$(python3 -c "print($secs / ($restarts + 1))")"
@@ -47,6 +48,6 @@ if grep -qE "Socket errors|Non-2xx" "$home/wrk.out"; then
   echo "restart-under-load: FAILED: wrk saw errors"; exit 1
 fi
 if [ "$nats_ok" != 0 ]; then
-  echo "restart-under-load: FAILED: a NATS request was not answered"; exit 1
+  echo "restart-under-load: FAILED: NATS requests unanswered (see the counts above)"; exit 1
 fi
-echo "restart-under-load: $restarts restarts under HTTP and NATS load, 0 failed requests"
+echo "restart-under-load: $restarts restarts under HTTP and NATS load: 0 failed HTTP requests; $(cat "$home/nats-load.out")"
