@@ -455,18 +455,15 @@ fn stop_during_a_restart_waits_for_it_and_then_stops_everything() {
     assert_eq!(status_code(&home), Some(3));
 }
 
-#[test]
-fn a_successor_killed_after_taking_the_pid_file_hands_it_back_to_the_old_proxy() {
-    let (home, port) = home_with("");
-    let _cleanup = Cleanup(&home);
-    let old = start(&home);
-    // The successor (and only it: the old proxy was started without the variable)
-    // holds still right after taking run/proxy.pid, before it is judged ready
-    // (a debug-build hook, src/support/test_hooks.rs): the window, made wide.
+/// Starts `daemon restart` whose successor (and only it: the old proxy was
+/// started without the variable) holds still right after taking run/proxy.pid,
+/// before it is judged ready (a debug-build hook, src/support/test_hooks.rs):
+/// the window, made wide. Returns the restart in progress and the successor.
+fn restart_with_a_held_successor(home: &TestHome, old: &PidRecord) -> (Op, PidRecord) {
     let held = home.path().join("successor-held");
     let mut restart = Op::spawn_with_env(
         "daemon",
-        &home,
+        home,
         &["restart", "--no-check"],
         &[(
             warden::support::test_hooks::HOLD_AFTER_PID_FILE,
@@ -481,12 +478,21 @@ fn a_successor_killed_after_taking_the_pid_file_hands_it_back_to_the_old_proxy()
         "the restart ended before its successor held: {}",
         restart.stderr_so_far()
     );
-    let successor = locked_record(&home).expect("the successor's PID file");
+    let successor = locked_record(home).expect("the successor's PID file");
     assert_ne!(successor.pid, old.pid, "the successor holds run/proxy.pid");
     assert_eq!(
         std::fs::read_to_string(&held).unwrap(),
         successor.pid.to_string()
     );
+    (restart, successor)
+}
+
+#[test]
+fn a_successor_killed_after_taking_the_pid_file_hands_it_back_to_the_old_proxy() {
+    let (home, port) = home_with("");
+    let _cleanup = Cleanup(&home);
+    let old = start(&home);
+    let (restart, successor) = restart_with_a_held_successor(&home, &old);
     let successor = successor.identity();
     signal_proxy(&home, &successor, Signal::SIGKILL);
     assert!(process::wait_exit(&successor, PATIENCE));
@@ -902,22 +908,7 @@ fn a_frozen_old_proxy_takes_its_pid_file_back_once_continued() {
     let (home, port) = home_with("");
     let _cleanup = Cleanup(&home);
     let old = start(&home);
-    let held = home.path().join("successor-held");
-    let mut restart = Op::spawn_with_env(
-        "daemon",
-        &home,
-        &["restart", "--no-check"],
-        &[(
-            warden::support::test_hooks::HOLD_AFTER_PID_FILE,
-            held.to_str().unwrap(),
-        )],
-    );
-    eventually("the successor to take run/proxy.pid and hold", || {
-        held.exists() || restart.exited()
-    });
-    assert!(!restart.exited(), "{}", restart.stderr_so_far());
-    let successor = locked_record(&home).expect("the successor's PID file");
-    assert_ne!(successor.pid, old.pid);
+    let (restart, successor) = restart_with_a_held_successor(&home, &old);
     signal_proxy(&home, &old.identity(), Signal::SIGSTOP);
     signal_proxy(&home, &successor.identity(), Signal::SIGKILL);
     let done = restart.finish(PATIENCE * 4);
