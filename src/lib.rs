@@ -10,6 +10,8 @@
 //!
 //! - [`gateway`]: the HTTP server `proxy` runs: routes, admission (auth, limits),
 //!   observation (metrics, access log), `/health`, and running it as a process.
+//! - [`keys`]: client keys, per-key limits and budgets, the usage ledger, and
+//!   `proxy keys` / `proxy usage`.
 //! - [`upstream`]: where requests go: the mock, Chat Completions and Responses
 //!   upstreams, their HTTP client, retries and timeouts.
 //! - [`api`]: what gateway and upstreams share: OpenAI wire shapes, the Responses
@@ -26,6 +28,7 @@
 pub mod api;
 pub mod gateway;
 pub mod home;
+pub mod keys;
 pub mod lifecycle;
 pub mod ops;
 pub mod prompts;

@@ -98,6 +98,17 @@ pub struct HealthReport {
     /// Absent in reports of proxies older than 0.2.
     #[serde(default)]
     pub nats: NatsHealth,
+    /// Client keys, while they are in force (since 0.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<KeysHealth>,
+}
+
+/// `/health`'s `keys`: active keys and the usage ledger's state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeysHealth {
+    pub count: usize,
+    /// `ok`, `behind` (a backlog of rows) or `failing` (cannot be written).
+    pub ledger: String,
 }
 
 impl HealthReport {

@@ -29,6 +29,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///   proxy --port 0                         # any free port (printed on stdout)
 ///   proxy --upstream http://127.0.0.1:9000/v1
 ///   proxy prompts status --json            # the prompt cache, no proxy needed
+///   proxy keys create alice --rpm 60 --budget-usd 20 --period month
+///   proxy usage --by model --since 2026-12-01
 ///   proxy --generate man > proxy.1         # also complete-bash, complete-zsh, complete-fish
 #[derive(Parser, Debug)]
 #[command(name = "proxy", version = warden::VERSION, verbatim_doc_comment)]
@@ -58,6 +60,16 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Manage client keys in keys.toml (a running proxy follows within a second)
+    Keys {
+        #[command(subcommand)]
+        action: warden::keys::command::KeysAction,
+        /// Print JSON instead of text
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Report usage from the ledger (data/usage.db)
+    Usage(warden::keys::command::UsageArgs),
 }
 
 fn main() -> ExitCode {
@@ -109,6 +121,24 @@ fn run(args: Args) -> Result<i32, ProxyError> {
             json,
             &mut std::io::stdout(),
         ));
+    }
+    match args.command {
+        Some(Command::Keys { action, json }) => {
+            return Ok(warden::keys::command::keys(
+                &config,
+                action,
+                json,
+                &mut std::io::stdout(),
+            ));
+        }
+        Some(Command::Usage(usage)) => {
+            return Ok(warden::keys::command::usage(
+                &config,
+                &usage,
+                &mut std::io::stdout(),
+            ));
+        }
+        _ => {}
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,4 +1,5 @@
-//! Admission: who may use the API, and how many upstream calls may be in flight.
+//! Admission: who may use the API (a client key or the operator's token,
+//! see [`crate::keys`]), and how many upstream calls may be in flight.
 //!
 //! The concurrency limit rejects at once with 429 and `Retry-After` instead of
 //! queueing: an unbounded queue is how a gateway's memory grows under a burst.
@@ -16,70 +17,72 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::Gateway;
 use crate::api::metrics::{Metrics, Rejection};
 use crate::api::openai::ApiError;
+use crate::keys::Caller;
 
-/// 401 unless the request carries the configured bearer token (when one is set).
-pub async fn require_bearer(
+/// Who is calling: a client key (`Authorization: Bearer wk-…` or
+/// `x-api-key: wk-…`), the operator's token, or anyone while neither is
+/// required. A refused caller gets 401 `invalid_api_key`; an identified one is
+/// handed to the handler as a [`Caller`] extension (none: [`Caller::Open`]).
+pub async fn authenticate(
     State(gw): State<Arc<Gateway>>,
     request: Request,
     next: Next,
 ) -> Response {
-    if let Some(expected) = &gw.auth_token {
-        if !bearer_matches(request.headers(), expected) {
-            gw.metrics.rejected(Rejection::Auth);
-            return ApiError::unauthorized().into_response();
-        }
+    match identify(&gw, request) {
+        Ok(request) => next.run(request).await,
+        Err(e) => e.into_response(),
     }
-    next.run(request).await
 }
 
-/// For Anthropic clients (`/v1/messages`): the token as `x-api-key` (what the
-/// Anthropic SDKs and Claude Code send) or as Bearer; a 401 in Anthropic's shape.
-pub async fn require_api_key(
+/// [`authenticate`] for Anthropic clients (`/v1/messages`): a 401 in
+/// Anthropic's shape.
+pub async fn authenticate_anthropic(
     State(gw): State<Arc<Gateway>>,
     request: Request,
     next: Next,
 ) -> Response {
-    if let Some(expected) = &gw.auth_token {
-        let api_key = request
-            .headers()
-            .get("x-api-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim);
-        if !(api_key.is_some_and(|k| constant_time_eq(k.as_bytes(), expected.as_bytes()))
-            || bearer_matches(request.headers(), expected))
-        {
-            gw.metrics.rejected(Rejection::Auth);
-            return super::messages::error_response(&ApiError::new(
-                axum::http::StatusCode::UNAUTHORIZED,
-                "authentication_error",
-                "missing or wrong API key: send the gateway's token as 'x-api-key: <token>' \
-                 or 'Authorization: Bearer <token>'",
-            ));
-        }
+    match identify(&gw, request) {
+        Ok(request) => next.run(request).await,
+        Err(e) => super::messages::error_response(&ApiError {
+            kind: "authentication_error",
+            ..e
+        }),
     }
-    next.run(request).await
 }
 
-fn bearer_matches(headers: &axum::http::HeaderMap, expected: &str) -> bool {
+fn identify(gw: &Gateway, mut request: Request) -> Result<Request, ApiError> {
+    match gw.keys.identify(presented(request.headers())) {
+        Ok(Caller::Open) => Ok(request),
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            Ok(request)
+        }
+        Err(failure) => {
+            gw.metrics.rejected(Rejection::Auth);
+            Err(failure.error())
+        }
+    }
+}
+
+/// The credentials a request presents: `Authorization: Bearer …`, else `x-api-key`.
+pub fn presented(headers: &axum::http::HeaderMap) -> Option<&str> {
     headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_credentials)
-        .is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes()))
+        .or_else(|| {
+            headers
+                .get("x-api-key")
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+        })
+        .filter(|s| !s.is_empty())
 }
 
 /// The credentials of `Bearer <token>`; the scheme is case-insensitive (RFC 7235).
-fn bearer_credentials(value: &str) -> Option<&str> {
+pub fn bearer_credentials(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim_start().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-/// Compares without an early exit, so timing does not reveal the token.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// An upstream slot; releasing it (on drop) updates the in-flight figures.
@@ -126,8 +129,9 @@ mod tests {
 
     #[test]
     fn constant_time_eq_works() {
-        assert!(super::constant_time_eq(b"abc", b"abc"));
-        assert!(!super::constant_time_eq(b"abc", b"abd"));
-        assert!(!super::constant_time_eq(b"abc", b"ab"));
+        use crate::keys::constant_time_eq;
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

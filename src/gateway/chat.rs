@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{Extension, FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -17,15 +17,19 @@ use super::observe::ExchangeInfo;
 use super::{Gateway, dispatch};
 use crate::api::metrics::Rejection;
 use crate::api::openai::ApiError;
+use crate::keys::Caller;
 use crate::upstream::Reply;
 use crate::upstream::forward::client_headers;
 
 pub async fn chat_completions(
     State(gw): State<Arc<Gateway>>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     ClientBody(body): ClientBody,
 ) -> Response {
-    let dispatched = dispatch::chat_with_headers(&gw, body, client_headers(&headers)).await;
+    let origin = dispatch::Origin::http(caller.map(|c| c.0), "/v1/chat/completions", &headers);
+    let dispatched =
+        dispatch::chat_with_headers(&gw, body, client_headers(&headers), &origin).await;
     let mut response = match dispatched.outcome {
         Ok((reply, slot)) => respond_reply(reply, slot),
         Err(e) => e.into_response(),
@@ -39,14 +43,43 @@ pub async fn chat_completions(
 /// Names the provider that answered, on every proxied answer.
 pub const PROVIDER_HEADER: &str = "x-warden-provider";
 
-/// Adds `x-warden-provider` and hands the exchange to the observing layer.
+/// Adds `x-warden-provider` (and a key's `x-ratelimit-*`) and hands the
+/// exchange to the observing layer.
 pub(super) fn attach(response: &mut Response, info: ExchangeInfo) {
     if let Some(provider) = info.stats.provider.get() {
         response
             .headers_mut()
             .insert(PROVIDER_HEADER, provider.header.clone());
     }
+    if let Some(rate) = info.rate_headers() {
+        rate_limit_headers(response.headers_mut(), &rate);
+    }
     response.extensions_mut().insert(info);
+}
+
+/// OpenAI's `x-ratelimit-*` headers, for the limits the key has.
+fn rate_limit_headers(headers: &mut HeaderMap, rate: &crate::keys::limits::RateHeaders) {
+    for (kind, figures) in [("requests", rate.requests), ("tokens", rate.tokens)] {
+        let Some((limit, remaining, reset_ms)) = figures else {
+            continue;
+        };
+        let reset = format!("{}s", reset_ms as f64 / 1000.0);
+        for (name, value) in [
+            (format!("x-ratelimit-limit-{kind}"), limit.to_string()),
+            (
+                format!("x-ratelimit-remaining-{kind}"),
+                remaining.to_string(),
+            ),
+            (format!("x-ratelimit-reset-{kind}"), reset),
+        ] {
+            if let (Ok(name), Ok(value)) = (
+                axum::http::HeaderName::try_from(name),
+                HeaderValue::try_from(value),
+            ) {
+                headers.insert(name, value);
+            }
+        }
+    }
 }
 
 /// The HTTP response for an upstream's reply. A stream's body owns the slot:

@@ -12,6 +12,7 @@ use super::Gateway;
 use super::admission::Slot;
 pub use super::observe::{ExchangeInfo, Ingress, Record};
 use crate::api::openai::{ApiError, ChatRequestView};
+use crate::keys::{Caller, Metered, Ticket};
 use crate::upstream::{ChatCall, Reply, configured_models};
 
 /// What [`chat`] made of one request.
@@ -24,14 +25,87 @@ pub struct Dispatched {
     pub outcome: Result<(Reply, Slot), ApiError>,
 }
 
+/// Where a request came from and who sent it: what admission by key and the
+/// ledger row need.
+#[derive(Clone, Debug)]
+pub struct Origin {
+    pub caller: Caller,
+    pub ingress: Ingress,
+    /// The HTTP route (the equivalent one for NATS).
+    pub route: &'static str,
+    pub request_id: Option<String>,
+}
+
+impl Origin {
+    /// An HTTP request to `route`: the caller the authenticating layer found.
+    pub fn http(caller: Option<Caller>, route: &'static str, headers: &HeaderMap) -> Origin {
+        Origin {
+            caller: caller.unwrap_or(Caller::Open),
+            ingress: Ingress::Http,
+            route,
+            request_id: headers
+                .get(crate::upstream::forward::REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| crate::support::redact::truncate(v, 128).to_string()),
+        }
+    }
+}
+
+/// Admission by key: `Ok(None)` when nothing is metered (keys off, or the
+/// operator while keys are off). Refusals are 403 `model_not_allowed`, 429
+/// `rate_limit_exceeded` / `insufficient_quota`, or 503 when the ledger is
+/// past its backlog and `keys.fail_closed`.
+pub fn admit_key(
+    gw: &Gateway,
+    origin: &Origin,
+    model: &str,
+    input_bytes: usize,
+    body: &[u8],
+) -> Result<Option<Ticket>, ApiError> {
+    if matches!(origin.caller, Caller::Open) {
+        return Ok(None);
+    }
+    gw.keys.admit(
+        &origin.caller,
+        Metered {
+            ingress: origin.ingress.as_str(),
+            route: origin.route,
+            model: model.to_string(),
+            input_estimate: crate::keys::estimate_tokens(input_bytes),
+            max_output: max_output(body),
+            request_id: origin.request_id.clone(),
+        },
+    )
+}
+
+/// The request's own output limit: `max_tokens`, `max_completion_tokens` or
+/// `max_output_tokens`.
+fn max_output(body: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Limits {
+        max_tokens: Option<u64>,
+        max_completion_tokens: Option<u64>,
+        max_output_tokens: Option<u64>,
+    }
+    let l: Limits = serde_json::from_slice(body).ok()?;
+    l.max_completion_tokens
+        .or(l.max_tokens)
+        .or(l.max_output_tokens)
+}
+
 /// Parses, admits and routes one Chat Completions request body.
-pub async fn chat(gw: &Gateway, body: Bytes) -> Dispatched {
-    chat_with_headers(gw, body, HeaderMap::new()).await
+pub async fn chat(gw: &Gateway, body: Bytes, origin: &Origin) -> Dispatched {
+    chat_with_headers(gw, body, HeaderMap::new(), origin).await
 }
 
 /// [`chat`], with the client's headers that go upstream
 /// ([`crate::upstream::forward::client_headers`]).
-pub async fn chat_with_headers(gw: &Gateway, body: Bytes, headers: HeaderMap) -> Dispatched {
+pub async fn chat_with_headers(
+    gw: &Gateway,
+    body: Bytes,
+    headers: HeaderMap,
+    origin: &Origin,
+) -> Dispatched {
     let failed = |e: ApiError| Dispatched {
         info: None,
         outcome: Err(e),
@@ -46,6 +120,7 @@ pub async fn chat_with_headers(gw: &Gateway, body: Bytes, headers: HeaderMap) ->
         Err(e) => return failed(e),
     };
     let (stream, include_usage) = (view.stream, view.include_usage());
+    let input_bytes = view.messages.get().len();
     let (model, body) = match view.model {
         Some(model) => (model, body),
         None => match default_model(gw) {
@@ -57,11 +132,15 @@ pub async fn chat_with_headers(gw: &Gateway, body: Bytes, headers: HeaderMap) ->
             None => return failed(crate::api::openai::invalid::missing_model()),
         },
     };
+    let ticket = match admit_key(gw, origin, &model, input_bytes, &body) {
+        Ok(ticket) => ticket,
+        Err(e) => return failed(e),
+    };
     let slot = match Slot::try_take(gw) {
         Ok(slot) => slot,
         Err(e) => return failed(e),
     };
-    let (info, stats) = ExchangeInfo::begin(&model);
+    let (info, stats) = ExchangeInfo::begin_metered(&model, ticket);
     let call = ChatCall {
         body,
         model,

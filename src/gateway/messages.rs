@@ -56,6 +56,7 @@ fn parse_request(body: Result<ClientBody, ApiError>) -> Result<Value, ApiError> 
 
 pub async fn messages(
     State(gw): State<Arc<Gateway>>,
+    caller: Option<axum::extract::Extension<crate::keys::Caller>>,
     headers: axum::http::HeaderMap,
     body: Result<ClientBody, ApiError>,
 ) -> Response {
@@ -81,7 +82,9 @@ pub async fn messages(
     };
     chat["model"] = json!(model);
     let body = Bytes::from(serde_json::to_vec(&chat).expect("JSON serialises"));
-    let dispatched = dispatch::chat_with_headers(&gw, body, client_headers(&headers)).await;
+    let origin = dispatch::Origin::http(caller.map(|c| c.0), "/v1/messages", &headers);
+    let dispatched =
+        dispatch::chat_with_headers(&gw, body, client_headers(&headers), &origin).await;
     let mut response = match dispatched.outcome {
         Ok((reply, slot)) => respond(reply, slot, &model, stream),
         Err(e) => error_response(&e),

@@ -55,7 +55,8 @@ pub struct Gateway {
     uses_prompts: bool,
     /// One permit per upstream call allowed in flight (`server.max_concurrent`).
     slots: Arc<Semaphore>,
-    auth_token: Option<String>,
+    /// Client keys, their limits and the usage ledger.
+    pub keys: Arc<crate::keys::Keys>,
     ready: AtomicBool,
     /// Set when the drain begins: responses then ask clients to close the connection.
     draining: AtomicBool,
@@ -67,16 +68,26 @@ pub struct Gateway {
     pub history: history::History,
 }
 
+/// Why a gateway could not be built (the proxy then does not start).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::UpstreamError),
+    #[error(transparent)]
+    Keys(#[from] crate::keys::file::KeyFileError),
+}
+
 impl Gateway {
-    pub fn new(config: Config) -> Result<Arc<Gateway>, crate::upstream::UpstreamError> {
+    pub fn new(config: Config) -> Result<Arc<Gateway>, BuildError> {
         let metrics = Arc::new(Metrics::new());
+        let keys = crate::keys::Keys::load(&config)?;
         let prompts = PromptStore::new(&config.home, &config.prompts);
         let router = UpstreamRouter::from_config(&config, metrics.clone(), prompts.clone())?;
         Ok(Arc::new(Gateway {
             uses_prompts: prompts_in_use(&config),
             prompts,
             slots: Arc::new(Semaphore::new(config.server.max_concurrent)),
-            auth_token: config.auth_token(),
+            keys,
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             ready_watch: tokio::sync::watch::Sender::new(false),
@@ -125,7 +136,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     }
     let api = api.route_layer(axum::middleware::from_fn_with_state(
         gw.clone(),
-        admission::require_bearer,
+        admission::authenticate,
     ));
     // The Anthropic Messages API: its clients send the token as `x-api-key`.
     let anthropic = Router::new()
@@ -133,7 +144,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route_layer(axum::middleware::from_fn_with_state(
             gw.clone(),
-            admission::require_api_key,
+            admission::authenticate_anthropic,
         ));
     let mut router = Router::new()
         .merge(api)
@@ -243,6 +254,8 @@ pub async fn run(
     }
     // Off (no network at all) unless nats.url is set; connects in the background.
     let nats_ingress = nats::start(&gw);
+    // keys.toml: a key created, revoked or rotated is in force within a second.
+    crate::keys::Keys::watch(&gw.keys);
     if gw.config.server.ui {
         history::spawn_sampler(Arc::downgrade(&gw));
     }
@@ -313,6 +326,17 @@ pub async fn run(
         tracing::warn!(
             in_flight = gw.metrics.stats.in_flight.load(Ordering::Relaxed),
             "graceful_timeout reached: closing the remaining connections"
+        );
+    }
+    // Every answered request's ledger row is on disk before the process goes.
+    let keys = gw.keys.clone();
+    let flushed = tokio::task::spawn_blocking(move || keys.flush(Duration::from_secs(10)))
+        .await
+        .unwrap_or(false);
+    if !flushed {
+        tracing::error!(
+            path = %gw.keys.ledger_path().display(),
+            "usage ledger: rows still waiting at exit could not be written"
         );
     }
     tracing::info!(

@@ -27,7 +27,13 @@ use crate::upstream::forward::{REQUEST_ID, ensure_request_id};
 pub struct ExchangeInfo {
     pub model: String,
     pub stats: Arc<ExchangeStats>,
+    /// The key's admission, settled when the request is recorded (metered
+    /// requests only).
+    pub ticket: Option<Arc<TicketCell>>,
 }
+
+/// A ticket shared by the clones of an [`ExchangeInfo`]; the first to finish takes it.
+pub type TicketCell = std::sync::Mutex<Option<crate::keys::Ticket>>;
 
 impl ExchangeInfo {
     /// The info of a new exchange about `model`, and the stats its upstream
@@ -37,8 +43,57 @@ impl ExchangeInfo {
         let info = ExchangeInfo {
             model: model.to_string(),
             stats: stats.clone(),
+            ticket: None,
         };
         (info, stats)
+    }
+
+    /// [`ExchangeInfo::begin`] for a request admitted with `ticket` (`None`:
+    /// unmetered): its streams are counted and its usage asked for.
+    pub fn begin_metered(
+        model: &str,
+        ticket: Option<crate::keys::Ticket>,
+    ) -> (ExchangeInfo, Arc<ExchangeStats>) {
+        let (mut info, stats) = ExchangeInfo::begin(model);
+        if let Some(ticket) = ticket {
+            stats
+                .metered
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            info.ticket = Some(Arc::new(std::sync::Mutex::new(Some(ticket))));
+        }
+        (info, stats)
+    }
+
+    /// The rate-limit figures of the key's admission, when metered.
+    pub fn rate_headers(&self) -> Option<crate::keys::limits::RateHeaders> {
+        let cell = self.ticket.as_ref()?;
+        let guard = cell.lock().unwrap_or_else(|p| p.into_inner());
+        guard.as_ref().map(|t| t.rate_headers().clone())
+    }
+
+    /// Settles the key's ticket with how the request ended.
+    fn settle(&self, status: u16, started: Instant) {
+        let Some(cell) = &self.ticket else { return };
+        let Some(ticket) = cell.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.stats;
+        let usage = s.usage_reported.load(Relaxed).then(|| {
+            let u = s.usage();
+            (u.prompt_tokens, u.completion_tokens, 0)
+        });
+        ticket.finish(crate::keys::Outcome {
+            status,
+            usage,
+            streamed_bytes: s.streamed_bytes.load(Relaxed),
+            provider: s.provider_name().map(str::to_string),
+            ttft: s
+                .first_event_at
+                .get()
+                .map(|t| t.saturating_duration_since(started)),
+            trace_id: None,
+        });
     }
 }
 
@@ -141,6 +196,7 @@ impl Record {
         let duration_ms = (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0;
         match &self.exchange {
             Some(x) => {
+                x.settle(status, self.started);
                 let usage = x.stats.usage();
                 metrics.model_usage(&x.model, usage.prompt_tokens, usage.completion_tokens);
                 metrics.exchange_timing(elapsed, x.stats.upstream_time());

@@ -25,6 +25,7 @@ use crate::upstream::forward::client_headers;
 
 pub async fn responses(
     State(gw): State<Arc<Gateway>>,
+    caller: Option<axum::extract::Extension<crate::keys::Caller>>,
     headers: HeaderMap,
     ClientBody(body): ClientBody,
 ) -> Response {
@@ -67,6 +68,18 @@ pub async fn responses(
             .into_response();
         }
     }
+    let origin = dispatch::Origin::http(caller.map(|c| c.0), "/v1/responses", &headers);
+    let input_bytes = request.get("input").map_or(0, |i| match i {
+        Value::String(s) => s.len(),
+        other => other.to_string().len(),
+    }) + request
+        .get("instructions")
+        .and_then(Value::as_str)
+        .map_or(0, str::len);
+    let ticket = match dispatch::admit_key(&gw, &origin, &model, input_bytes, &body) {
+        Ok(ticket) => ticket,
+        Err(e) => return e.into_response(),
+    };
     let slot = match Slot::try_take(&gw) {
         Ok(slot) => slot,
         Err(e) => return e.into_response(),
@@ -84,7 +97,7 @@ pub async fn responses(
             Bytes::from(serde_json::to_vec(&Value::Object(request)).expect("JSON serialises"))
         }
     };
-    let (info, stats) = ExchangeInfo::begin(&model);
+    let (info, stats) = ExchangeInfo::begin_metered(&model, ticket);
     let call = ResponsesCall {
         body,
         model,

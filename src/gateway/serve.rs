@@ -45,6 +45,8 @@ pub enum ServeError {
     TakeOver { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Keys(#[from] crate::keys::file::KeyFileError),
     #[error("server error: {source}")]
     Server { source: io::Error },
 }
@@ -118,7 +120,10 @@ async fn serve_logged(config: Config) -> Result<(), ServeError> {
         Some(pidfile::acquire(&pid_path, &record)?)
     }));
     let stopping = Arc::new(AtomicBool::new(false));
-    let gw = Gateway::new(config)?;
+    let gw = Gateway::new(config).map_err(|e| match e {
+        super::BuildError::Upstream(e) => ServeError::Upstream(e),
+        super::BuildError::Keys(e) => ServeError::Keys(e),
+    })?;
     // The control socket is a convenience for restarts: without it (say, a home
     // path too long for a Unix socket) the proxy still serves.
     let reclaim = reclaimer(

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::Gateway;
 use crate::api::health::{
-    HealthReport, HealthStatus, MemoryInfo, NatsHealth, PromptHealth, ProviderReport,
+    HealthReport, HealthStatus, KeysHealth, MemoryInfo, NatsHealth, PromptHealth, ProviderReport,
     RequestCounts, UpstreamInfo,
 };
 use crate::support::memory::rss_bytes;
@@ -100,6 +100,15 @@ pub fn report(gw: &Gateway) -> HealthReport {
         // Configured but away: HTTP still serves (readiness unchanged), but say so.
         status = HealthStatus::Warn;
     }
+    let keys = gw.keys.health().map(|(count, ledger)| {
+        if status == HealthStatus::Pass && ledger != crate::keys::ledger::LedgerState::Ok {
+            status = HealthStatus::Warn;
+        }
+        KeysHealth {
+            count,
+            ledger: ledger.as_str().to_string(),
+        }
+    });
     HealthReport {
         status,
         version: crate::VERSION.to_string(),
@@ -135,7 +144,72 @@ pub fn report(gw: &Gateway) -> HealthReport {
             subscribed: gw.nats.subscribed()
                 && nats_state == crate::gateway::nats::NatsState::Connected,
         },
+        keys,
     }
+}
+
+/// Per key name: requests, refusals, tokens and cost (Prometheus text). One
+/// series set per key in keys.toml (and `-`, the operator): bounded by the
+/// number of keys.
+fn key_metrics(gw: &Gateway) -> String {
+    use std::fmt::Write;
+    let stats = gw.keys.stats();
+    if stats.is_empty() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let families: [(&str, &str, &str); 4] = [
+        (
+            "warden_key_requests_total",
+            "counter",
+            "Requests answered per key name",
+        ),
+        (
+            "warden_key_refused_total",
+            "counter",
+            "Requests refused by a key's limits (403, 429)",
+        ),
+        (
+            "warden_key_tokens_total",
+            "counter",
+            "Tokens per key name and direction",
+        ),
+        (
+            "warden_key_cost_usd_total",
+            "counter",
+            "Cost in USD per key name, from [prices]",
+        ),
+    ];
+    for (i, (name, kind, help)) in families.iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} {kind}");
+        for (key, s) in &stats {
+            let key = key.replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = match i {
+                0 => writeln!(
+                    out,
+                    "{name}{{key=\"{key}\"}} {}",
+                    s.requests.load(Ordering::Relaxed)
+                ),
+                1 => writeln!(
+                    out,
+                    "{name}{{key=\"{key}\"}} {}",
+                    s.refused.load(Ordering::Relaxed)
+                ),
+                2 => writeln!(
+                    out,
+                    "{name}{{key=\"{key}\",direction=\"input\"}} {}\n{name}{{key=\"{key}\",direction=\"output\"}} {}",
+                    s.input_tokens.load(Ordering::Relaxed),
+                    s.output_tokens.load(Ordering::Relaxed)
+                ),
+                _ => writeln!(
+                    out,
+                    "{name}{{key=\"{key}\"}} {}",
+                    s.cost_micros.load(Ordering::Relaxed) as f64 / 1e6
+                ),
+            };
+        }
+    }
+    out
 }
 
 pub async fn health(State(gw): State<Arc<Gateway>>) -> Response {
@@ -203,16 +277,21 @@ pub async fn metrics(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.contains("application/openmetrics-text"));
+    let keys = key_metrics(&gw);
     let (content_type, body) = if wants_openmetrics {
+        let mut text = gw.metrics.render_text();
+        if !keys.is_empty() {
+            let at = text.rfind("# EOF").unwrap_or(text.len());
+            text.insert_str(at, &keys);
+        }
         (
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            gw.metrics.render_text(),
+            text,
         )
     } else {
-        (
-            "text/plain; version=0.0.4; charset=utf-8",
-            gw.metrics.render_prometheus_text(),
-        )
+        let mut text = gw.metrics.render_prometheus_text();
+        text.push_str(&keys);
+        ("text/plain; version=0.0.4; charset=utf-8", text)
     };
     (
         [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],

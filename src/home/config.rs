@@ -491,6 +491,10 @@ pub struct Settings {
     pub watchdog: WatchdogConfig,
     pub logs: LogsConfig,
     pub nats: NatsConfig,
+    /// Per-client keys, limits and the usage ledger (SPEC §14).
+    pub keys: crate::home::keys_config::KeysConfig,
+    /// USD per 1M tokens, by model name or trailing-`*` pattern.
+    pub prices: crate::home::keys_config::Prices,
 }
 
 /// Values given on the command line; they beat every other source.
@@ -813,6 +817,7 @@ fn validate(s: &Settings) -> Result<(), (String, String)> {
         }
     }
     validate_nats(&s.nats)?;
+    crate::home::keys_config::validate(&s.keys, &s.prices)?;
     let mut names = std::collections::HashSet::new();
     for (i, src) in s.prompts.sources.iter().enumerate() {
         if src.name.is_empty()

@@ -8,6 +8,7 @@
 pub(crate) mod atomic_file;
 pub mod config;
 pub mod env;
+pub mod keys_config;
 pub mod logs;
 pub(crate) mod models_cache;
 pub mod templates;
@@ -106,6 +107,14 @@ impl Home {
     }
     pub fn prompts_cache_dir(&self) -> PathBuf {
         self.cache_dir().join("prompts")
+    }
+    /// `data/`: the usage ledger's folder.
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.join("data")
+    }
+    /// A path from the configuration: relative ones are under the home.
+    pub fn resolve_path(&self, path: &str) -> PathBuf {
+        self.root.join(path)
     }
     pub fn checks_dir(&self) -> PathBuf {
         self.root.join("checks")

@@ -39,10 +39,27 @@ impl ChatUpstream {
     }
 
     pub async fn chat(&self, call: ChatCall) -> Result<Reply, ApiError> {
+        // A metered stream needs the provider's usage: ask for it, and hide the
+        // extra chunk from a client that did not.
+        let asked;
+        let body = if call.stream && !call.include_usage && call.stats.is_metered() {
+            match super::metering::with_include_usage(&call.body) {
+                Some(patched) => {
+                    call.stats
+                        .hide_usage
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    asked = patched;
+                    &asked
+                }
+                None => &call.body,
+            }
+        } else {
+            &call.body
+        };
         self.http
             .forward(
                 &self.chat_url,
-                &call.body,
+                body,
                 call.stream,
                 call.stats,
                 usage_of,

@@ -350,7 +350,22 @@ impl HttpUpstream {
             Some(u) => stats.set_usage(u),
             // No usage: check the body is JSON at all (usage parsing did, when found).
             None => {
-                if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+                if stats.is_metered() {
+                    // Charged by its text (4 bytes a token) when no usage came.
+                    match serde_json::from_slice::<serde_json::Value>(&body) {
+                        Ok(v) => stats.streamed_bytes.store(
+                            super::metering::text_bytes(&v),
+                            std::sync::atomic::Ordering::Relaxed,
+                        ),
+                        Err(_) => {
+                            return Err(self.log_502(format!(
+                                "upstream {} answered a body that is not JSON ({} bytes)",
+                                self.display,
+                                body.len()
+                            )));
+                        }
+                    }
+                } else if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
                     return Err(self.log_502(format!(
                         "upstream {} answered a body that is not JSON ({} bytes)",
                         self.display,

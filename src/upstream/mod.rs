@@ -22,6 +22,7 @@ pub(crate) mod catalog;
 pub(crate) mod chat;
 pub(crate) mod forward;
 pub(crate) mod http;
+pub mod metering;
 pub(crate) mod mock;
 mod mock_responses;
 pub(crate) mod provider;
@@ -95,6 +96,16 @@ pub struct ExchangeStats {
     pub failovers: AtomicU32,
     /// The exchange's total deadline, set when its first attempt starts.
     pub deadline: OnceLock<bounded::Deadline>,
+    /// Metered by a key: streams are counted ([`metering`]) and asked for usage.
+    pub metered: std::sync::atomic::AtomicBool,
+    /// The client did not ask for the usage chunk warden asked for: hide it.
+    pub hide_usage: std::sync::atomic::AtomicBool,
+    /// The upstream reported usage (else it is estimated).
+    pub usage_reported: std::sync::atomic::AtomicBool,
+    /// Bytes of text (content, tool arguments) streamed, when metered.
+    pub streamed_bytes: AtomicU64,
+    /// When the first streamed event went on to the client, when metered.
+    pub first_event_at: OnceLock<std::time::Instant>,
 }
 
 impl ExchangeStats {
@@ -105,6 +116,7 @@ impl ExchangeStats {
             .get_or_init(|| bounded::Deadline::after(total))
     }
     pub fn set_usage(&self, usage: Usage) {
+        self.usage_reported.store(true, Ordering::Relaxed);
         self.prompt_tokens
             .store(usage.prompt_tokens, Ordering::Relaxed);
         self.completion_tokens
@@ -133,6 +145,10 @@ impl ExchangeStats {
     }
     pub fn failovers(&self) -> u32 {
         self.failovers.load(Ordering::Relaxed)
+    }
+    /// Whether a key meters this exchange.
+    pub fn is_metered(&self) -> bool {
+        self.metered.load(Ordering::Relaxed)
     }
 }
 

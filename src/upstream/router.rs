@@ -403,7 +403,7 @@ impl Router {
                 Ok(Attempt::Done(Ok(reply))) => {
                     probe.succeeded();
                     stats.set_provider(&self.providers[index]);
-                    return Ok(hold_in_flight(reply, in_flight));
+                    return Ok(hold_in_flight(reply, in_flight, stats));
                 }
                 Ok(Attempt::Done(Err(e))) => match failure_kind(&e) {
                     None => {
@@ -425,7 +425,7 @@ impl Router {
                         attempts < self.attempts && self.pick(candidates, tried, &used).is_some();
                     if !more {
                         stats.set_provider(&self.providers[index]);
-                        return Ok(hold_in_flight(Reply::Stream(frames), in_flight));
+                        return Ok(hold_in_flight(Reply::Stream(frames), in_flight, stats));
                     }
                     failed_at = Some(index);
                     tracing::warn!(provider = %provider.name, error = %message,
@@ -552,13 +552,24 @@ impl Drop for ProbeGuard<'_> {
 }
 
 /// A stream keeps its provider's in-flight count until it ends.
-fn hold_in_flight(reply: Reply, in_flight: super::provider::InFlight) -> Reply {
+fn hold_in_flight(
+    reply: Reply,
+    in_flight: super::provider::InFlight,
+    stats: &Arc<ExchangeStats>,
+) -> Reply {
     match reply {
         Reply::Complete(body) => Reply::Complete(body),
-        Reply::Stream(frames) => Reply::Stream(Box::pin(frames.map(move |frame| {
-            let _held = &in_flight;
-            frame
-        }))),
+        Reply::Stream(frames) => {
+            let frames = if stats.is_metered() {
+                super::metering::meter(frames, stats.clone())
+            } else {
+                frames
+            };
+            Reply::Stream(Box::pin(frames.map(move |frame| {
+                let _held = &in_flight;
+                frame
+            })))
+        }
     }
 }
 

@@ -26,6 +26,7 @@ mod daemon;
 mod doctor;
 mod home_only;
 mod hostile;
+mod keys;
 mod nats;
 mod preflight;
 mod prompts;

@@ -220,12 +220,23 @@ async fn handle(gw: Arc<Gateway>, client: async_nats::Client, message: js::Messa
         return;
     };
     let reply_to = async_nats::Subject::from(reply_to);
+    let origin = match super::origin(&gw, message.headers.as_ref(), CHAT_ROUTE) {
+        Ok(origin) => origin,
+        Err(e) => {
+            // Not retried: another delivery would be refused the same way.
+            record.status = e.status.as_u16();
+            let sent = reply::publish_error(&client, reply_to, &e).await;
+            record.finish(sent);
+            let _ = acker.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
     let ack_wait = gw.config.nats.ack_wait();
     let interval = (ack_wait / 2).max(Duration::from_millis(500));
     // Progress acks while the upstream thinks (before the first chunk); the
     // streaming relay sends its own between chunks.
     let dispatched = {
-        let work = dispatch::chat(&gw, message.payload);
+        let work = dispatch::chat(&gw, message.payload, &origin);
         tokio::pin!(work);
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         loop {

@@ -496,14 +496,51 @@ async fn take(
     };
     let (gw, client) = (gw.clone(), worker.clone());
     let payload = request.message.payload;
+    let origin = origin(&gw, request.message.headers.as_ref(), route);
     tokio::spawn(async move {
         let _in_flight = in_flight;
+        let origin = match origin {
+            Ok(origin) => origin,
+            Err(e) => {
+                let mut record = Record::start(gw.clone(), Ingress::Nats, route);
+                record.status = e.status.as_u16();
+                let sent = reply::publish_error(&client, reply_to, &e).await;
+                record.finish(sent);
+                return;
+            }
+        };
         if route == MODELS_ROUTE {
             serve_models(gw, client, reply_to).await;
         } else {
-            serve_chat(gw, client, reply_to, payload).await;
+            serve_chat(gw, client, reply_to, payload, origin).await;
         }
     });
+}
+
+/// Who sent a NATS request: the `Authorization` header, `Bearer wk-…` or the
+/// bare key; a 401 `invalid_api_key` when a key is required and this is none.
+pub(super) fn origin(
+    gw: &Gateway,
+    headers: Option<&async_nats::HeaderMap>,
+    route: &'static str,
+) -> Result<dispatch::Origin, ApiError> {
+    let secret = headers
+        .and_then(|h| h.get("Authorization"))
+        .map(|v| v.as_str().trim())
+        .map(|v| super::admission::bearer_credentials(v).unwrap_or(v))
+        .filter(|v| !v.is_empty());
+    match gw.keys.identify(secret) {
+        Ok(caller) => Ok(dispatch::Origin {
+            caller,
+            ingress: Ingress::Nats,
+            route,
+            request_id: None,
+        }),
+        Err(failure) => {
+            gw.metrics.rejected(Rejection::Auth);
+            Err(failure.error())
+        }
+    }
 }
 
 async fn serve_chat(
@@ -511,9 +548,10 @@ async fn serve_chat(
     client: async_nats::Client,
     reply_to: async_nats::Subject,
     payload: bytes::Bytes,
+    origin: dispatch::Origin,
 ) {
     let mut record = Record::start(gw.clone(), Ingress::Nats, CHAT_ROUTE);
-    let dispatched = dispatch::chat(&gw, payload).await;
+    let dispatched = dispatch::chat(&gw, payload, &origin).await;
     record.exchange = dispatched.info;
     let delivered = match dispatched.outcome {
         Ok((answer, slot)) => reply::deliver(&client, reply_to, answer, slot, None).await,

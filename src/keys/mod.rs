@@ -1,0 +1,761 @@
+//! Keys, limits, budgets and usage (SPEC §14): who is calling, what they may
+//! use, how much they may spend, and what they spent.
+//!
+//! - [`file`]: `keys.toml`, the SHA-256 of each secret and its limits.
+//! - [`limits`]: the counters behind rpm, tpm, max_parallel and budgets, behind
+//!   the [`Counters`](limits::Counters) trait (in memory today).
+//! - [`ledger`]: the SQLite usage ledger, written off the request path.
+//! - [`command`]: `proxy keys …` and `proxy usage …`.
+//!
+//! The gateway asks [`Keys::identify`] who a request is from (a key, the
+//! operator's token, or nobody when keys are off) and [`Keys::admit`] whether
+//! it may go ahead; admission returns a [`Ticket`] that settles the request's
+//! reservation and writes its ledger row when the answer ends, or when it is
+//! dropped unfinished (a cancelled or panicked request gives its slot back too).
+//! With no key ever created and `require = "auto"`, identification is one
+//! lock-free check and admission returns at once: keys off cost nothing.
+
+pub mod command;
+pub mod file;
+pub mod ledger;
+pub mod limits;
+pub mod period;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::http::StatusCode;
+
+use crate::api::openai::ApiError;
+use crate::home::config::{Config, pattern_matches};
+use crate::home::keys_config::{Prices, Require, price_of};
+use file::{KeyEntry, KeyFile, KeyFileError};
+use ledger::{Ledger, LedgerState, Row};
+use limits::{
+    Budget, Counters, Grant, Limits, LocalCounters, Millis, RateHeaders, Refusal, Spend, Want,
+};
+
+/// How often `keys.toml` is checked for a change.
+pub const POLL_EVERY: Duration = Duration::from_millis(200);
+
+/// The name the operator's token is recorded under.
+pub const OPERATOR: &str = "-";
+
+/// One key as the proxy holds it.
+#[derive(Debug)]
+pub struct KeyState {
+    pub entry: KeyEntry,
+    pub limits: Limits,
+    digest: [u8; 32],
+    expires_at: Option<SystemTime>,
+}
+
+impl KeyState {
+    pub fn name(&self) -> &str {
+        &self.entry.name
+    }
+}
+
+/// The keys in force: looked up by the SHA-256 of the presented secret.
+#[derive(Default)]
+struct Table {
+    by_digest: HashMap<[u8; 32], Arc<KeyState>>,
+    /// keys.toml holds at least one key (revoked ones count).
+    any: bool,
+    active: usize,
+}
+
+/// Who sent a request.
+#[derive(Clone, Debug)]
+pub enum Caller {
+    /// Keys are not in force and no operator token is set: anyone.
+    Open,
+    /// The operator's token (`server.auth_token_env`).
+    Operator,
+    Key(Arc<KeyState>),
+}
+
+impl Caller {
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Caller::Open => None,
+            Caller::Operator => Some(OPERATOR),
+            Caller::Key(k) => Some(k.name()),
+        }
+    }
+}
+
+/// Why a request was refused at the door (401).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthFailure {
+    Missing,
+    Unknown,
+    Revoked,
+    Expired,
+}
+
+impl AuthFailure {
+    /// A 401 `invalid_api_key` that says what to do.
+    pub fn error(self) -> ApiError {
+        let why = match self {
+            AuthFailure::Missing => "no API key was sent",
+            AuthFailure::Unknown => "the API key is not known to this gateway",
+            AuthFailure::Revoked => "the API key was revoked",
+            AuthFailure::Expired => "the API key has expired",
+        };
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            format!(
+                "{why}: send your key as 'Authorization: Bearer wk-…' (or 'x-api-key: wk-…'); \
+                 the gateway's operator creates keys with `proxy keys create NAME`"
+            ),
+        )
+        .code("invalid_api_key")
+    }
+}
+
+/// Per key name: what `/metrics` shows. One entry per key name ever loaded.
+#[derive(Default, Debug)]
+pub struct KeyStats {
+    pub requests: AtomicU64,
+    pub refused: AtomicU64,
+    pub input_tokens: AtomicU64,
+    pub output_tokens: AtomicU64,
+    pub cost_micros: AtomicU64,
+}
+
+/// The keys, counters and ledger of one proxy.
+pub struct Keys {
+    require: Require,
+    path: PathBuf,
+    table: RwLock<Arc<Table>>,
+    /// Keys in force (a key is required): mirrors the table, read lock-free.
+    enforced: AtomicBool,
+    operator: Option<String>,
+    counters: Arc<dyn Counters>,
+    prices: Prices,
+    default_reservation: u64,
+    fail_closed: bool,
+    ledger_path: PathBuf,
+    ledger: RwLock<Option<Arc<Ledger>>>,
+    stats: RwLock<HashMap<String, Arc<KeyStats>>>,
+    /// (mtime, size, inode) of keys.toml when last read.
+    seen: std::sync::Mutex<Option<(SystemTime, u64, u64)>>,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_millis() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn fingerprint(path: &std::path::Path) -> Option<(SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
+}
+
+impl Keys {
+    /// The keys of `config`'s home; a `keys.toml` that cannot be used is an
+    /// error naming the file, the key and the line.
+    pub fn load(config: &Config) -> Result<Arc<Keys>, KeyFileError> {
+        let path = config.home.resolve_path(&config.keys.file);
+        let keys = Keys {
+            require: config.keys.require,
+            table: RwLock::new(Arc::new(Table::default())),
+            enforced: AtomicBool::new(config.keys.require == Require::Always),
+            operator: config.auth_token().filter(|t| !t.is_empty()),
+            counters: Arc::new(LocalCounters::new()),
+            prices: config.prices.clone(),
+            default_reservation: config.keys.default_reservation,
+            fail_closed: config.keys.fail_closed,
+            ledger_path: config.home.resolve_path(&config.keys.ledger),
+            ledger: RwLock::new(None),
+            stats: RwLock::new(HashMap::new()),
+            seen: std::sync::Mutex::new(fingerprint(&path)),
+            path,
+        };
+        let file = KeyFile::load(&keys.path)?;
+        keys.install(file.unwrap_or_default());
+        Ok(Arc::new(keys))
+    }
+
+    /// Keys in force: every request needs a key (or the operator's token).
+    pub fn enforced(&self) -> bool {
+        self.enforced.load(Ordering::Acquire)
+    }
+
+    fn table(&self) -> Arc<Table> {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn install(&self, file: KeyFile) {
+        let mut table = Table {
+            any: !file.keys.is_empty(),
+            ..Table::default()
+        };
+        let now = SystemTime::now();
+        for entry in file.keys {
+            let mut digest = [0u8; 32];
+            if hex::decode_to_slice(&entry.sha256, &mut digest).is_err() {
+                continue;
+            }
+            let limits = Limits {
+                rpm: entry.rpm,
+                tpm: entry.tpm,
+                max_parallel: entry.max_parallel,
+                budget: match (entry.budget_tokens, entry.budget_usd) {
+                    (Some(t), _) => Some(Budget::Tokens(t)),
+                    (None, Some(usd)) => Some(Budget::Micros((usd * 1e6).round() as u64)),
+                    (None, None) => None,
+                },
+                period: entry.period,
+            };
+            let expires_at = entry.expires_at();
+            if entry.revoked.is_none() && expires_at.is_none_or(|t| t > now) {
+                table.active += 1;
+            }
+            self.stats_of(&entry.name);
+            table.by_digest.insert(
+                digest,
+                Arc::new(KeyState {
+                    entry,
+                    limits,
+                    digest,
+                    expires_at,
+                }),
+            );
+        }
+        let enforced = match self.require {
+            Require::Always => true,
+            Require::Never => false,
+            Require::Auto => table.any,
+        };
+        if enforced {
+            self.start_ledger();
+        }
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        self.enforced.store(enforced, Ordering::Release);
+    }
+
+    /// The ledger starts when keys first come into force, and loads what each
+    /// key spent this period before this process began.
+    fn start_ledger(&self) {
+        if self
+            .ledger
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
+            return;
+        }
+        let mut slot = self.ledger.write().unwrap_or_else(|p| p.into_inner());
+        if slot.is_some() {
+            return;
+        }
+        *slot = Some(Arc::new(Ledger::start(self.ledger_path.clone())));
+        drop(slot);
+        self.preload_spend();
+    }
+
+    fn preload_spend(&self) {
+        let conn = match ledger::open_read(&self.ledger_path) {
+            Ok(Some(conn)) => conn,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(path = %self.ledger_path.display(), error = %e, "usage ledger unreadable: budgets start from zero");
+                return;
+            }
+        };
+        let now = now_millis() / 1000;
+        for key in self.table().by_digest.values() {
+            if key.limits.budget.is_none() {
+                continue;
+            }
+            let start = key.limits.period.start(now);
+            match ledger::spent_since(&conn, key.name(), &ledger::rfc3339(start)) {
+                Ok((tokens, usd)) => self.counters.preload(
+                    key.name(),
+                    start,
+                    Spend {
+                        tokens,
+                        micros: (usd * 1e6).round() as u64,
+                    },
+                ),
+                Err(e) => {
+                    tracing::warn!(key = key.name(), error = %e, "cannot read a key's spend from the usage ledger")
+                }
+            }
+        }
+    }
+
+    /// Re-reads `keys.toml` when it changed (mtime, size or inode); keeps the
+    /// keys in force when the new file is not valid, and says why.
+    pub fn reload_if_changed(&self) -> bool {
+        let now = fingerprint(&self.path);
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if *seen == now {
+                return false;
+            }
+            *seen = now;
+        }
+        match KeyFile::load(&self.path) {
+            Ok(file) => {
+                let file = file.unwrap_or_default();
+                let count = file.keys.len();
+                self.install(file);
+                tracing::info!(path = %self.path.display(), keys = count, "keys reloaded");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "keys.toml changed but cannot be used: the keys loaded before stay in force");
+                false
+            }
+        }
+    }
+
+    /// Follows `keys.toml` while `keys` lives: a change is in force within
+    /// [`POLL_EVERY`] plus a read.
+    pub fn watch(keys: &Arc<Keys>) {
+        let weak = Arc::downgrade(keys);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(POLL_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(keys) = weak.upgrade() else { return };
+                // A read of a small file; off the runtime's worker threads.
+                let _ = tokio::task::spawn_blocking(move || keys.reload_if_changed()).await;
+            }
+        });
+    }
+
+    /// Who presented `secret` (`None`: nothing presented).
+    pub fn identify(&self, secret: Option<&str>) -> Result<Caller, AuthFailure> {
+        if let (Some(expected), Some(given)) = (&self.operator, secret) {
+            if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+                return Ok(Caller::Operator);
+            }
+        }
+        if !self.enforced() {
+            return match (&self.operator, secret) {
+                (None, _) => Ok(Caller::Open),
+                (Some(_), None) => Err(AuthFailure::Missing),
+                (Some(_), Some(_)) => Err(AuthFailure::Unknown),
+            };
+        }
+        let Some(secret) = secret.filter(|s| !s.is_empty()) else {
+            return Err(AuthFailure::Missing);
+        };
+        let digest: [u8; 32] = sha2::Digest::finalize(
+            <sha2::Sha256 as sha2::Digest>::new_with_prefix(secret.as_bytes()),
+        )
+        .into();
+        let table = self.table();
+        let key = table.by_digest.get(&digest).ok_or(AuthFailure::Unknown)?;
+        if !constant_time_eq(&key.digest, &digest) {
+            return Err(AuthFailure::Unknown);
+        }
+        if key.entry.revoked.is_some() {
+            return Err(AuthFailure::Revoked);
+        }
+        if key.expires_at.is_some_and(|t| t <= SystemTime::now()) {
+            return Err(AuthFailure::Expired);
+        }
+        Ok(Caller::Key(key.clone()))
+    }
+
+    fn stats_of(&self, name: &str) -> Arc<KeyStats> {
+        if let Some(s) = self
+            .stats
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return s.clone();
+        }
+        self.stats
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Every key name's figures, for `/metrics`.
+    pub fn stats(&self) -> Vec<(String, Arc<KeyStats>)> {
+        let mut v: Vec<_> = self
+            .stats
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    fn ledger(&self) -> Option<Arc<Ledger>> {
+        self.ledger
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// `/health`'s `keys`: active keys and the ledger's state; `None` while
+    /// keys are not in force.
+    pub fn health(&self) -> Option<(usize, LedgerState)> {
+        let ledger = self.ledger()?;
+        Some((self.table().active, ledger.state()))
+    }
+
+    /// The ledger's file.
+    pub fn ledger_path(&self) -> &std::path::Path {
+        &self.ledger_path
+    }
+
+    /// Writes every queued ledger row; at most `timeout`.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        self.ledger().is_none_or(|l| l.flush(timeout))
+    }
+
+    /// The price of `tokens` of `model` in millionths of a dollar.
+    fn micros(&self, model: &str, input: u64, cached: u64, output: u64) -> u64 {
+        let Some(p) = price_of(&self.prices, model) else {
+            return 0;
+        };
+        let uncached = input.saturating_sub(cached) as f64;
+        let cached_price = p.cached_input.unwrap_or(p.input);
+        (uncached * p.input + cached as f64 * cached_price + output as f64 * p.output).round()
+            as u64
+    }
+
+    /// May `caller` send this request? `Ok(None)`: nothing to meter (keys off).
+    pub fn admit(
+        self: &Arc<Self>,
+        caller: &Caller,
+        request: Metered,
+    ) -> Result<Option<Ticket>, ApiError> {
+        let key = match caller {
+            Caller::Open => return Ok(None),
+            Caller::Operator if !self.enforced() => return Ok(None),
+            Caller::Operator => None,
+            Caller::Key(key) => Some(key.clone()),
+        };
+        let started = Instant::now();
+        let Some(key) = key else {
+            return Ok(Some(Ticket::new(
+                self.clone(),
+                None,
+                Grant::default(),
+                request,
+                started,
+            )));
+        };
+        let refuse = |e: ApiError, request: &Metered| {
+            self.refused(&key, request, e.status.as_u16());
+            Err(e)
+        };
+        if !key.entry.models.is_empty()
+            && !key
+                .entry
+                .models
+                .iter()
+                .any(|p| pattern_matches(p, &request.model))
+        {
+            let e = ApiError::new(
+                StatusCode::FORBIDDEN,
+                "invalid_request_error",
+                format!(
+                    "the key {:?} may not use the model {:?}; it may use: {}",
+                    key.name(),
+                    crate::support::redact::truncate(&request.model, 256),
+                    key.entry.models.join(", ")
+                ),
+            )
+            .code("model_not_allowed")
+            .param("model");
+            return refuse(e, &request);
+        }
+        if matches!(key.limits.budget, Some(Budget::Micros(_)))
+            && price_of(&self.prices, &request.model).is_none()
+        {
+            let e = ApiError::new(
+                StatusCode::FORBIDDEN,
+                "invalid_request_error",
+                format!(
+                    "the key {:?} has a budget in USD and [prices] in warden.toml has no price for {:?}",
+                    key.name(),
+                    crate::support::redact::truncate(&request.model, 256)
+                ),
+            )
+            .code("model_not_allowed")
+            .param("model");
+            return refuse(e, &request);
+        }
+        if self.fail_closed && self.ledger().is_some_and(|l| l.full()) {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "the usage ledger cannot be written and its backlog is full; \
+                 requests resume once it is writable (keys.fail_closed = true; run `doctor`)",
+            )
+            .code("ledger_unavailable")
+            .retry_after(5));
+        }
+        let output = request.max_output.unwrap_or(self.default_reservation);
+        let want = Want {
+            input_tokens: request.input_estimate,
+            tokens: request.input_estimate + output,
+            micros: self.micros(&request.model, request.input_estimate, 0, output),
+        };
+        match self
+            .counters
+            .admit(key.name(), &key.limits, want, now_millis())
+        {
+            Ok(grant) => Ok(Some(Ticket::new(
+                self.clone(),
+                Some(key),
+                grant,
+                request,
+                started,
+            ))),
+            Err(Refusal::Rate { what, retry_after }) => {
+                let e = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "requests",
+                    format!(
+                        "rate limit reached for the key {:?} ({what}); retry in {retry_after} s",
+                        key.name()
+                    ),
+                )
+                .code("rate_limit_exceeded")
+                .retry_after(retry_after);
+                refuse(e, &request)
+            }
+            Err(Refusal::Quota { retry_after }) => {
+                let when = match retry_after {
+                    Some(s) => format!(
+                        "; the {} budget resets in {s} s",
+                        key.limits.period.as_str()
+                    ),
+                    None => "; its budget is for all time (raise it with `proxy keys`)".into(),
+                };
+                let mut e = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "insufficient_quota",
+                    format!(
+                        "the key {:?} has spent its budget (with what requests in flight reserve){when}",
+                        key.name()
+                    ),
+                )
+                .code("insufficient_quota");
+                e.retry_after = retry_after;
+                refuse(e, &request)
+            }
+        }
+    }
+
+    fn refused(&self, key: &KeyState, request: &Metered, status: u16) {
+        self.stats_of(key.name())
+            .refused
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(ledger) = self.ledger() {
+            ledger.push(Row {
+                time: ledger::rfc3339_millis(now_millis()),
+                request_id: request.request_id.clone(),
+                key: key.name().to_string(),
+                ingress: request.ingress,
+                route: request.route.to_string(),
+                model: Some(crate::support::redact::truncate(&request.model, 256).to_string()),
+                status,
+                ..Row::default()
+            });
+        }
+    }
+
+    /// Spent this period by `key`.
+    pub fn spent(&self, key: &KeyState) -> Spend {
+        self.counters
+            .spent(key.name(), key.limits.period, now_millis())
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal a secret.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A request about to be metered.
+#[derive(Clone, Debug, Default)]
+pub struct Metered {
+    pub ingress: &'static str,
+    pub route: &'static str,
+    pub model: String,
+    /// Input tokens estimated at 4 bytes of the request's messages a token.
+    pub input_estimate: u64,
+    /// The request's own output limit (`max_tokens` and the like).
+    pub max_output: Option<u64>,
+    pub request_id: Option<String>,
+}
+
+/// 4 bytes a token, never zero for something sent.
+pub fn estimate_tokens(bytes: usize) -> u64 {
+    (bytes as u64).div_ceil(4)
+}
+
+/// How a metered request ended.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    pub status: u16,
+    /// What the provider reported: (input with cached, output, cached).
+    pub usage: Option<(u64, u64, u64)>,
+    /// Bytes of text (content, tool arguments) streamed to the client.
+    pub streamed_bytes: u64,
+    pub provider: Option<String>,
+    pub ttft: Option<Duration>,
+    pub trace_id: Option<String>,
+}
+
+/// An admitted request: holds its parallel slot and reservation until
+/// [`Ticket::finish`], or until dropped (then settled as cut short).
+pub struct Ticket {
+    keys: Arc<Keys>,
+    key: Option<Arc<KeyState>>,
+    grant: Grant,
+    request: Metered,
+    started: Instant,
+    done: bool,
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket")
+            .field("key", &self.key.as_ref().map(|k| k.name()))
+            .finish()
+    }
+}
+
+impl Ticket {
+    fn new(
+        keys: Arc<Keys>,
+        key: Option<Arc<KeyState>>,
+        grant: Grant,
+        request: Metered,
+        started: Instant,
+    ) -> Ticket {
+        Ticket {
+            keys,
+            key,
+            grant,
+            request,
+            started,
+            done: false,
+        }
+    }
+
+    /// The key's name (`-` for the operator).
+    pub fn key_name(&self) -> &str {
+        self.key.as_ref().map_or(OPERATOR, |k| k.name())
+    }
+
+    /// The `x-ratelimit-*` headers for the key's limits.
+    pub fn rate_headers(&self) -> &RateHeaders {
+        &self.grant.headers
+    }
+
+    /// The request id for the ledger row, when admission did not know it.
+    pub fn set_request_id(&mut self, id: &str) {
+        if self.request.request_id.is_none() {
+            self.request.request_id = Some(id.to_string());
+        }
+    }
+
+    /// Settles the reservation with what was used and writes the ledger row.
+    pub fn finish(mut self, outcome: Outcome) {
+        self.settle(outcome);
+    }
+
+    fn settle(&mut self, outcome: Outcome) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let charged = (200..300).contains(&outcome.status) || outcome.status == 499;
+        let (input, output, cached, estimated) = match outcome.usage {
+            Some((i, o, c)) => (i, o, c, false),
+            None if charged => (
+                self.request.input_estimate.max(1),
+                estimate_tokens(outcome.streamed_bytes as usize),
+                0,
+                true,
+            ),
+            None => (0, 0, 0, false),
+        };
+        let micros = self.keys.micros(&self.request.model, input, cached, output);
+        if let Some(key) = &self.key {
+            self.keys.counters.settle(
+                key.name(),
+                &key.limits,
+                &self.grant,
+                Spend {
+                    tokens: input + output,
+                    micros,
+                },
+                now_millis(),
+            );
+        }
+        let name = self.key_name().to_string();
+        let stats = self.keys.stats_of(&name);
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        stats.input_tokens.fetch_add(input, Ordering::Relaxed);
+        stats.output_tokens.fetch_add(output, Ordering::Relaxed);
+        stats.cost_micros.fetch_add(micros, Ordering::Relaxed);
+        if let Some(ledger) = self.keys.ledger() {
+            let pushed = ledger.push(Row {
+                time: ledger::rfc3339_millis(now_millis()),
+                request_id: self.request.request_id.take(),
+                key: name,
+                ingress: self.request.ingress,
+                route: self.request.route.to_string(),
+                model: Some(crate::support::redact::truncate(&self.request.model, 256).to_string()),
+                provider: outcome.provider,
+                status: outcome.status,
+                input_tokens: input,
+                output_tokens: output,
+                cached_tokens: cached,
+                cost_usd: micros as f64 / 1e6,
+                duration_ms: (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+                ttft_ms: outcome.ttft.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3),
+                trace_id: outcome.trace_id,
+                estimated,
+            });
+            if !pushed {
+                tracing::error!(
+                    "usage ledger backlog full ({} rows): a row was dropped",
+                    ledger::MAX_BACKLOG
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        // Never finished (the request was cancelled or its task panicked):
+        // release the slot and the reservation, charging what was estimated.
+        self.settle(Outcome {
+            status: 499,
+            ..Outcome::default()
+        });
+    }
+}
