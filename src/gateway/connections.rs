@@ -535,6 +535,8 @@ impl BodyTimedOut {
     }
 }
 
+type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A request body with a deadline, drawing on `server.max_body_memory` before
 /// each chunk is read ([`super::body_budget`]). The timer is only armed if the
 /// body is not already all there when first read.
@@ -585,7 +587,7 @@ impl TimedBody {
     fn poll_deadline(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let deadline = self.deadline;
         let sleep = self
             .sleep
@@ -605,7 +607,7 @@ impl TimedBody {
 
 impl http_body::Body for TimedBody {
     type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
