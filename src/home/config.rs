@@ -1,4 +1,4 @@
-//! `warden.toml` and its overrides (SPEC §2).
+//! `warden.toml` and its overrides (docs/contract.md §2).
 //!
 //! Precedence, highest first: command-line flags > process environment > `.env`
 //! in the home > `warden.toml` > built-in defaults. Every key has a default, so a
@@ -151,7 +151,7 @@ impl UpstreamConfig {
     }
 }
 
-/// One `[[providers]]` entry (SPEC §11). Unset optional keys take the
+/// One `[[providers]]` entry (docs/contract.md §11). Unset optional keys take the
 /// `[upstream]` value (timeouts, attempts) or the global limit.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -199,7 +199,7 @@ fn one() -> u32 {
     1
 }
 
-/// `[routing]`: passive health and the model catalog (SPEC §11).
+/// `[routing]`: passive health and the model catalog (docs/contract.md §11).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {
@@ -317,11 +317,11 @@ pub struct FeaturesConfig {
     pub verbose: bool,
     pub expose_reasoning: bool,
     pub enable_web_search: bool,
-    /// Serve `POST /v1/responses` (on by default since 0.2; `false`: 404).
+    /// Serve `POST /v1/responses` (on by default; `false`: 404).
     pub enable_responses_api: bool,
     pub responses_no_base_instructions: bool,
     /// Add the base prompt to `/v1/responses` even when the client brings its
-    /// own instructions or a leading system/developer message (the 0.1 policy).
+    /// own instructions or a leading system/developer message.
     pub responses_always_base_instructions: bool,
 }
 
@@ -409,7 +409,7 @@ impl Default for LogsConfig {
     }
 }
 
-/// The NATS ingress (SPEC §13): off while `url` is empty.
+/// The NATS ingress (docs/contract.md §13): off while `url` is empty.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
