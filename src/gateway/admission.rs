@@ -19,29 +19,29 @@ use crate::api::metrics::{Metrics, Rejection};
 use crate::api::openai::ApiError;
 use crate::keys::Caller;
 
-/// Who is calling: a client key (`Authorization: Bearer wk-…` or
-/// `x-api-key: wk-…`), the operator's token, or anyone while neither is
-/// required. A refused caller gets 401 `invalid_api_key`; an identified one is
+/// Who is calling: a client key (`Authorization: Bearer wk-…`), the
+/// operator's token, or anyone while neither is required. A refused caller gets 401 `invalid_api_key`; an identified one is
 /// handed to the handler as a [`Caller`] extension (none: [`Caller::Open`]).
 pub async fn authenticate(
     State(gw): State<Arc<Gateway>>,
     request: Request,
     next: Next,
 ) -> Response {
-    match identify(&gw, request) {
+    match identify(&gw, request, false) {
         Ok(request) => next.run(request).await,
         Err(e) => e.into_response(),
     }
 }
 
-/// [`authenticate`] for Anthropic clients (`/v1/messages`): a 401 in
-/// Anthropic's shape.
+/// [`authenticate`] for Anthropic clients (`/v1/messages`): the key or token
+/// as `x-api-key` (what the Anthropic SDKs and Claude Code send) or as Bearer;
+/// a 401 in Anthropic's shape.
 pub async fn authenticate_anthropic(
     State(gw): State<Arc<Gateway>>,
     request: Request,
     next: Next,
 ) -> Response {
-    match identify(&gw, request) {
+    match identify(&gw, request, true) {
         Ok(request) => next.run(request).await,
         Err(e) => super::messages::error_response(&ApiError {
             kind: "authentication_error",
@@ -50,8 +50,8 @@ pub async fn authenticate_anthropic(
     }
 }
 
-fn identify(gw: &Gateway, mut request: Request) -> Result<Request, ApiError> {
-    match gw.keys.identify(presented(request.headers())) {
+fn identify(gw: &Gateway, mut request: Request, x_api_key: bool) -> Result<Request, ApiError> {
+    match gw.keys.identify(presented(request.headers(), x_api_key)) {
         Ok(Caller::Open) => Ok(request),
         Ok(caller) => {
             request.extensions_mut().insert(caller);
@@ -64,13 +64,17 @@ fn identify(gw: &Gateway, mut request: Request) -> Result<Request, ApiError> {
     }
 }
 
-/// The credentials a request presents: `Authorization: Bearer …`, else `x-api-key`.
-pub fn presented(headers: &axum::http::HeaderMap) -> Option<&str> {
+/// The credentials a request presents: `Authorization: Bearer …`, else (on
+/// the Anthropic routes) `x-api-key`.
+pub fn presented(headers: &axum::http::HeaderMap, x_api_key: bool) -> Option<&str> {
     headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_credentials)
         .or_else(|| {
+            if !x_api_key {
+                return None;
+            }
             headers
                 .get("x-api-key")
                 .and_then(|v| v.to_str().ok())

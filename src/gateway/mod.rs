@@ -11,6 +11,7 @@
 //! network fetch.
 
 mod admission;
+pub(crate) mod body_budget;
 mod body_end;
 mod chat;
 pub mod connections;
@@ -57,6 +58,8 @@ pub struct Gateway {
     slots: Arc<Semaphore>,
     /// Client keys, their limits and the usage ledger.
     pub keys: Arc<crate::keys::Keys>,
+    /// Request bodies held in memory, all connections together (`server.max_body_memory`).
+    pub(crate) body_budget: body_budget::BodyBudget,
     ready: AtomicBool,
     /// Set when the drain begins: responses then ask clients to close the connection.
     draining: AtomicBool,
@@ -88,6 +91,7 @@ impl Gateway {
             prompts,
             slots: Arc::new(Semaphore::new(config.server.max_concurrent)),
             keys,
+            body_budget: body_budget::BodyBudget::new(config.server.max_body_memory),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             ready_watch: tokio::sync::watch::Sender::new(false),

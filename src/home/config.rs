@@ -1,4 +1,4 @@
-//! `warden.toml` and its overrides (SPEC §2).
+//! `warden.toml` and its overrides (docs/contract.md §2).
 //!
 //! Precedence, highest first: command-line flags > process environment > `.env`
 //! in the home > `warden.toml` > built-in defaults. Every key has a default, so a
@@ -26,6 +26,8 @@ pub struct ServerConfig {
     pub port: u16,
     pub max_concurrent: usize,
     pub max_body_bytes: usize,
+    /// Bytes of request bodies held in memory at once, over every connection together.
+    pub max_body_memory: usize,
     pub graceful_timeout: u64,
     pub auth_token_env: String,
     /// Seconds a request's headers may take to arrive; then the connection is closed.
@@ -51,6 +53,7 @@ impl Default for ServerConfig {
             port: 8000,
             max_concurrent: 64,
             max_body_bytes: 10 * 1024 * 1024,
+            max_body_memory: 64 * 1024 * 1024,
             graceful_timeout: 120,
             auth_token_env: "WARDEN_AUTH_TOKEN".into(),
             header_timeout: 10,
@@ -148,7 +151,7 @@ impl UpstreamConfig {
     }
 }
 
-/// One `[[providers]]` entry (SPEC §11). Unset optional keys take the
+/// One `[[providers]]` entry (docs/contract.md §11). Unset optional keys take the
 /// `[upstream]` value (timeouts, attempts) or the global limit.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -196,7 +199,7 @@ fn one() -> u32 {
     1
 }
 
-/// `[routing]`: passive health and the model catalog (SPEC §11).
+/// `[routing]`: passive health and the model catalog (docs/contract.md §11).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {
@@ -314,11 +317,11 @@ pub struct FeaturesConfig {
     pub verbose: bool,
     pub expose_reasoning: bool,
     pub enable_web_search: bool,
-    /// Serve `POST /v1/responses` (on by default since 0.2; `false`: 404).
+    /// Serve `POST /v1/responses` (on by default; `false`: 404).
     pub enable_responses_api: bool,
     pub responses_no_base_instructions: bool,
     /// Add the base prompt to `/v1/responses` even when the client brings its
-    /// own instructions or a leading system/developer message (the 0.1 policy).
+    /// own instructions or a leading system/developer message.
     pub responses_always_base_instructions: bool,
 }
 
@@ -406,7 +409,7 @@ impl Default for LogsConfig {
     }
 }
 
-/// The NATS ingress (SPEC §13): off while `url` is empty.
+/// The NATS ingress (docs/contract.md §13): off while `url` is empty.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
@@ -927,7 +930,7 @@ const DAY: u64 = 86_400;
 /// permits), overflow a deadline or exhaust memory, so they fail at load.
 fn check_ranges(s: &Settings) -> Result<(), (String, String)> {
     let opt = |v: Option<u64>| v.unwrap_or(1);
-    let checks: [(&str, u64, u64, u64, bool); 25] = [
+    let checks: [(&str, u64, u64, u64, bool); 26] = [
         (
             "server.max_concurrent",
             s.server.max_concurrent as u64,
@@ -940,6 +943,13 @@ fn check_ranges(s: &Settings) -> Result<(), (String, String)> {
             s.server.max_body_bytes as u64,
             1,
             1 << 30,
+            false,
+        ),
+        (
+            "server.max_body_memory",
+            s.server.max_body_memory as u64,
+            1,
+            1 << 40,
             false,
         ),
         (
@@ -1064,6 +1074,16 @@ fn check_ranges(s: &Settings) -> Result<(), (String, String)> {
                 format!("{value} is out of range: must be from {least} to {most}{unit}"),
             ));
         }
+    }
+    if s.server.max_body_memory < s.server.max_body_bytes {
+        return Err((
+            "server.max_body_memory".to_string(),
+            format!(
+                "{} is less than server.max_body_bytes ({}): a body that large could never be \
+                 held; raise server.max_body_memory or lower server.max_body_bytes",
+                s.server.max_body_memory, s.server.max_body_bytes
+            ),
+        ));
     }
     for origin in &s.server.cors_origins {
         if !is_cors_origin(origin) {
@@ -1253,7 +1273,49 @@ const FEATURE_VARS: [(&str, FeatureField); 6] = [
     }),
 ];
 
+/// Every variable that overrides a key, with the key (`docs/configuration.md` lists
+/// each in its key's row; a test checks it). `apply_env` reads no other variable.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("WARDEN_HOST", "server.host"),
+    ("WARDEN_PORT", "server.port"),
+    ("WARDEN_UPSTREAM_URL", "upstream.url"),
+    ("WARDEN_UPSTREAM_API", "upstream.api"),
+    ("WARDEN_NATS_URL", "nats.url"),
+    ("WARDEN_VERBOSE", "features.verbose"),
+    ("CHATMOCK_VERBOSE", "features.verbose"),
+    ("WARDEN_EXPOSE_REASONING", "features.expose_reasoning"),
+    ("CHATMOCK_EXPOSE_REASONING", "features.expose_reasoning"),
+    ("WARDEN_ENABLE_WEB_SEARCH", "features.enable_web_search"),
+    ("CHATMOCK_ENABLE_WEB_SEARCH", "features.enable_web_search"),
+    (
+        "WARDEN_ENABLE_RESPONSES_API",
+        "features.enable_responses_api",
+    ),
+    (
+        "CHATMOCK_ENABLE_RESPONSES_API",
+        "features.enable_responses_api",
+    ),
+    (
+        "WARDEN_RESPONSES_NO_BASE_INSTRUCTIONS",
+        "features.responses_no_base_instructions",
+    ),
+    (
+        "CHATMOCK_RESPONSES_NO_BASE_INSTRUCTIONS",
+        "features.responses_no_base_instructions",
+    ),
+    (
+        "WARDEN_RESPONSES_ALWAYS_BASE_INSTRUCTIONS",
+        "features.responses_always_base_instructions",
+    ),
+    (
+        "CHATMOCK_RESPONSES_ALWAYS_BASE_INSTRUCTIONS",
+        "features.responses_always_base_instructions",
+    ),
+];
+
 fn apply_env(s: &mut Settings, env: &EnvSource) -> Result<(), ConfigError> {
+    // Every variable read here is listed in ENV_OVERRIDES (checked in debug builds).
+    let env = ListedVars(env);
     fn bad(var: &str, origin: VarOrigin, message: String) -> ConfigError {
         ConfigError {
             origin: origin.to_string(),
@@ -1310,6 +1372,19 @@ fn apply_env(s: &mut Settings, env: &EnvSource) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// `apply_env`'s view of the variables: only those `ENV_OVERRIDES` lists.
+struct ListedVars<'a>(&'a EnvSource);
+
+impl ListedVars<'_> {
+    fn get_with_origin(&self, var: &str) -> Option<(String, VarOrigin)> {
+        debug_assert!(
+            ENV_OVERRIDES.iter().any(|(v, _)| *v == var),
+            "{var} overrides a key but is not in ENV_OVERRIDES (add it, and to docs/configuration.md)"
+        );
+        self.0.get_with_origin(var)
+    }
 }
 
 impl Overrides {
@@ -1470,6 +1545,26 @@ mod tests {
     }
 
     #[test]
+    fn max_body_memory_must_hold_one_whole_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let load = |text: &str| {
+            std::fs::write(home.config_file(), text).unwrap();
+            Config::load_with_env(&home, &Overrides::default(), EnvSource::default())
+        };
+        let err = load("[server]\nmax_body_memory = 1000\n").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("server.max_body_memory"), "{err}");
+        assert!(
+            err.message.contains("server.max_body_bytes (10485760)"),
+            "{err}"
+        );
+        let ok = load("[server]\nmax_body_memory = 1000\nmax_body_bytes = 1000\n").unwrap();
+        assert_eq!(ok.server.max_body_memory, 1000);
+        let default = load("").unwrap();
+        assert_eq!(default.server.max_body_memory, 64 << 20);
+    }
+
+    #[test]
     fn warden_variable_beats_chatmock_alias() {
         let home = Home::at("/nonexistent-warden-home");
         let env = EnvSource::from_pairs([
@@ -1478,6 +1573,41 @@ mod tests {
         ]);
         let cfg = Config::load_with_env(&home, &Overrides::default(), env).unwrap();
         assert!(!cfg.features.expose_reasoning);
+    }
+
+    /// Each listed variable really sets its key, and nothing else.
+    #[test]
+    fn every_listed_variable_overrides_its_key() {
+        let home = Home::at("/nonexistent-warden-home");
+        let defaults = serde_json::to_value(Settings::default()).unwrap();
+        let lookup =
+            |v: &serde_json::Value, key: &str| key.split('.').fold(v.clone(), |v, k| v[k].clone());
+        for (var, key) in ENV_OVERRIDES {
+            let applied = [
+                "127.0.0.2",
+                "8123",
+                "http://127.0.0.1:9/v1",
+                "responses",
+                "nats://127.0.0.1:4222",
+                "true",
+                "false",
+            ]
+            .iter()
+            .find_map(|value| {
+                let env = EnvSource::from_pairs([(*var, *value)]);
+                let cfg = Config::load_with_env(&home, &Overrides::default(), env).ok()?;
+                let got = serde_json::to_value(&cfg.settings).unwrap();
+                (lookup(&got, key) != lookup(&defaults, key)).then_some(got)
+            })
+            .unwrap_or_else(|| panic!("{var} does not change {key}"));
+            let mut expected = defaults.clone();
+            let mut slot = &mut expected;
+            for k in key.split('.') {
+                slot = &mut slot[k];
+            }
+            *slot = lookup(&applied, key);
+            assert_eq!(applied, expected, "{var} changes more than {key}");
+        }
     }
 
     #[test]

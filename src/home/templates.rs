@@ -167,7 +167,9 @@ mod tests {
                 "daemon",
                 "watchdog",
                 "logs",
-                "nats"
+                "nats",
+                "keys",
+                "prices"
             ]
         );
     }
