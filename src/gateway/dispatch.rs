@@ -112,9 +112,36 @@ pub fn model_in(list: &[u8], id: &str) -> Result<serde_json::Value, ApiError> {
 
 /// The `GET /v1/models` list object: the upstream's own list when it has one,
 /// else the configured models.
+/// The `[aliases]` names are listed too (after the models, each once), so a
+/// client that checks its model against the list finds an alias it was given.
 pub async fn models(gw: &Gateway) -> Bytes {
-    match gw.router.models().await {
+    let list = match gw.router.models().await {
         Some(body) => body,
         None => Bytes::from(configured_models(&gw.config).to_string()),
+    };
+    with_aliases(list, &gw.config.aliases)
+}
+
+/// `list` (a models `list` object) with an entry for each alias it lacks.
+/// Unchanged when there are no aliases, or when `list` is not a list object.
+fn with_aliases(list: Bytes, aliases: &std::collections::BTreeMap<String, String>) -> Bytes {
+    if aliases.is_empty() {
+        return list;
     }
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&list) else {
+        return list;
+    };
+    let Some(data) = value["data"].as_array_mut() else {
+        return list;
+    };
+    let listed: std::collections::HashSet<String> = data
+        .iter()
+        .filter_map(|m| m["id"].as_str().map(str::to_string))
+        .collect();
+    for alias in aliases.keys().filter(|a| !listed.contains(*a)) {
+        data.push(serde_json::json!({
+            "id": alias, "object": "model", "created": 0, "owned_by": "warden",
+        }));
+    }
+    Bytes::from(value.to_string())
 }
