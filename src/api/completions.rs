@@ -106,10 +106,10 @@ pub fn completions_to_chat(request: &Value) -> Result<Value, ApiError> {
 /// `chatcmpl-…` ids become `cmpl-…`, as the completions API names its own.
 fn completion_id(id: &Value) -> Value {
     match id.as_str() {
-        Some(id) => json!(id.strip_prefix("chatcmpl-").map_or_else(
-            || id.to_string(),
-            |rest| format!("cmpl-{rest}")
-        )),
+        Some(id) => json!(
+            id.strip_prefix("chatcmpl-")
+                .map_or_else(|| id.to_string(), |rest| format!("cmpl-{rest}"))
+        ),
         None => Value::Null,
     }
 }
@@ -242,9 +242,15 @@ mod tests {
         let role = json!({"id": "chatcmpl-7", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]});
         assert_eq!(chunk_to_completion(&role), None);
         let text = json!({"id": "chatcmpl-7", "choices": [{"index": 0, "delta": {"content": " hi"}, "finish_reason": null}]});
-        assert_eq!(chunk_to_completion(&text).unwrap()["choices"][0]["text"], " hi");
+        assert_eq!(
+            chunk_to_completion(&text).unwrap()["choices"][0]["text"],
+            " hi"
+        );
         let usage = json!({"id": "chatcmpl-7", "choices": [], "usage": {"prompt_tokens": 1}});
-        assert_eq!(chunk_to_completion(&usage).unwrap()["usage"]["prompt_tokens"], 1);
+        assert_eq!(
+            chunk_to_completion(&usage).unwrap()["usage"]["prompt_tokens"],
+            1
+        );
         let error = json!({"error": {"message": "x"}});
         assert_eq!(chunk_to_completion(&error), Some(error.clone()));
     }

@@ -305,10 +305,12 @@ fn must_be_object(body: &[u8]) -> Result<(), ApiError> {
     if object {
         return Ok(());
     }
-    Err(match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
-        Ok(_) => invalid::not_an_object(),
-        Err(e) => invalid::json(e),
-    })
+    Err(
+        match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            Ok(_) => invalid::not_an_object(),
+            Err(e) => invalid::json(e),
+        },
+    )
 }
 
 fn model_field(raw: Option<&RawValue>) -> Result<Option<String>, ApiError> {
@@ -331,13 +333,15 @@ fn stream_field(raw: Option<&RawValue>) -> Result<bool, ApiError> {
 fn stream_options_field(raw: Option<&RawValue>) -> Result<Option<StreamOptions>, ApiError> {
     match raw.map(RawValue::get) {
         None | Some("null") => Ok(None),
-        Some(raw) => serde_json::from_str::<StreamOptions>(raw).map(Some).map_err(|_| {
-            invalid::wrong_type(
-                "stream_options",
-                "an object with a boolean include_usage",
-                json_type(raw),
-            )
-        }),
+        Some(raw) => serde_json::from_str::<StreamOptions>(raw)
+            .map(Some)
+            .map_err(|_| {
+                invalid::wrong_type(
+                    "stream_options",
+                    "an object with a boolean include_usage",
+                    json_type(raw),
+                )
+            }),
     }
 }
 

@@ -364,12 +364,15 @@ mod tests {
 
     #[test]
     fn a_file_first_or_no_model_is_absent() {
-        let file_first = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x\"\r\n\r\n....";
+        let file_first =
+            b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x\"\r\n\r\n....";
         assert_eq!(find_model(file_first, "b"), Peek::Absent);
-        let no_model = b"--b\r\nContent-Disposition: form-data; name=\"language\"\r\n\r\nen\r\n--b--\r\n";
+        let no_model =
+            b"--b\r\nContent-Disposition: form-data; name=\"language\"\r\n\r\nen\r\n--b--\r\n";
         assert_eq!(find_model(no_model, "b"), Peek::Absent);
         // `model_x` is another field.
-        let other = b"--b\r\nContent-Disposition: form-data; name=\"model_x\"\r\n\r\nm\r\n--b--\r\n";
+        let other =
+            b"--b\r\nContent-Disposition: form-data; name=\"model_x\"\r\n\r\nm\r\n--b--\r\n";
         assert_eq!(find_model(other, "b"), Peek::Absent);
     }
 

@@ -76,7 +76,12 @@ pub fn vector(input: &Input, dimensions: usize) -> Vec<f32> {
             (z >> 11) as f64 / (1u64 << 52) as f64 - 1.0
         })
         .collect();
-    let norm = raw.iter().map(|x| x * x).sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
+    let norm = raw
+        .iter()
+        .map(|x| x * x)
+        .sum::<f64>()
+        .sqrt()
+        .max(f64::MIN_POSITIVE);
     raw.into_iter().map(|x| (x / norm) as f32).collect()
 }
 
@@ -268,17 +273,24 @@ mod tests {
 
     #[test]
     fn every_input_shape_is_read_and_bad_ones_name_input() {
-        assert_eq!(
-            inputs(&json!("a b")).unwrap(),
-            [Input::Text("a b".into())]
-        );
+        assert_eq!(inputs(&json!("a b")).unwrap(), [Input::Text("a b".into())]);
         assert_eq!(inputs(&json!(["a", "b"])).unwrap().len(), 2);
-        assert_eq!(inputs(&json!([1, 2, 3])).unwrap(), [Input::Tokens(vec![1, 2, 3])]);
+        assert_eq!(
+            inputs(&json!([1, 2, 3])).unwrap(),
+            [Input::Tokens(vec![1, 2, 3])]
+        );
         assert_eq!(
             inputs(&json!([[1], [2, 3]])).unwrap(),
             [Input::Tokens(vec![1]), Input::Tokens(vec![2, 3])]
         );
-        for bad in [json!(5), json!([]), json!([""]), json!([[]]), json!([1, "a"]), json!([{}])] {
+        for bad in [
+            json!(5),
+            json!([]),
+            json!([""]),
+            json!([[]]),
+            json!([1, "a"]),
+            json!([{}]),
+        ] {
             let e = inputs(&bad).unwrap_err();
             assert_eq!(e.param, Some("input"), "{bad}");
         }

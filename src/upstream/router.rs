@@ -49,8 +49,8 @@ use tokio::time::Instant;
 
 use super::provider::{Admission, FailureKind, Provider};
 use super::{
-    ChatCall, CompletionsCall, EmbeddingsCall, ExchangeStats, FrameStream, Reply, ResponsesCall, Upstream,
-    UpstreamError, retry,
+    ChatCall, CompletionsCall, EmbeddingsCall, ExchangeStats, FrameStream, Reply, ResponsesCall,
+    Upstream, UpstreamError, retry,
 };
 use crate::api::metrics::Metrics;
 use crate::api::openai::ApiError;
@@ -302,7 +302,11 @@ impl Router {
                 if serves(&provider.upstream) {
                     kept |= 1 << i;
                 } else {
-                    names.push(format!("{} (api = \"{}\")", provider.name, provider.settings.api.as_str()));
+                    names.push(format!(
+                        "{} (api = \"{}\")",
+                        provider.name,
+                        provider.settings.api.as_str()
+                    ));
                 }
             }
         }
@@ -752,7 +756,10 @@ impl Answer for Reply {
 pub enum Attempt<T> {
     Done(Result<T, ApiError>),
     /// A stream whose first event is an error (what was read is still in `answer`).
-    ErrorFirst { answer: T, message: String },
+    ErrorFirst {
+        answer: T,
+        message: String,
+    },
 }
 
 /// Reads a stream up to its first complete event; an error there counts as a

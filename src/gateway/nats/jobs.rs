@@ -147,15 +147,17 @@ async fn consumer(
         Ok(consumer) => Ok(consumer),
         // An existing consumer with other settings (say, another proxy's
         // max_concurrent) is used as it is.
-        Err(create) => stream
-            .get_consumer(queue.consumer)
-            .await
-            .map_err(|get| NatsError::Consumer {
-                consumer: queue.consumer,
-                stream: nats.stream.clone(),
-                create,
-                get,
-            }),
+        Err(create) => {
+            stream
+                .get_consumer(queue.consumer)
+                .await
+                .map_err(|get| NatsError::Consumer {
+                    consumer: queue.consumer,
+                    stream: nats.stream.clone(),
+                    create,
+                    get,
+                })
+        }
     }
 }
 

@@ -449,7 +449,9 @@ async fn run(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
         let mut rest = futures_util::stream::select(
             futures_util::stream::select(
                 chat.by_ref().map(|request| (request, CHAT_ROUTE)),
-                embeddings.by_ref().map(|request| (request, EMBEDDINGS_ROUTE)),
+                embeddings
+                    .by_ref()
+                    .map(|request| (request, EMBEDDINGS_ROUTE)),
             ),
             models.by_ref().map(|request| (request, MODELS_ROUTE)),
         );
