@@ -5,8 +5,8 @@
 #      default), completions.create whole and streamed, audio.transcriptions.create
 #      through pass-through (tests/sdk/audio_server.py behind a passthrough = true
 #      provider; the multipart upload, the alias, the provider's key);
-#   2. LangChain's OpenAIEmbeddings (PyPI langchain-openai), with and without its token
-#      arrays;
+#   2. LangChain's OpenAIEmbeddings (PyPI langchain-openai), sending strings (its default
+#      first tokenizes with tiktoken, whose encoding files come from the internet);
 #   3. the llm CLI (PyPI llm): `llm embed` with its OpenAI embedding model pointed at
 #      warden (llm's embedding models take OPENAI_BASE_URL; its extra-openai-models.yaml
 #      declares chat and completion models only), and a completion model declared in
