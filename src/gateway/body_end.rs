@@ -26,6 +26,10 @@ pub struct EndingBody<E: OnEnd> {
     inner: Body,
     /// Taken by the first end (`None` afterwards).
     on_end: Option<E>,
+    /// The `Content-Length` the answer declared: once that much is sent, the
+    /// answer is whole even if hyper never polls the body to its end.
+    declared: Option<u64>,
+    sent: u64,
 }
 
 impl<E: OnEnd> EndingBody<E> {
@@ -33,7 +37,15 @@ impl<E: OnEnd> EndingBody<E> {
         EndingBody {
             inner,
             on_end: Some(on_end),
+            declared: None,
+            sent: 0,
         }
+    }
+
+    /// The answer declared this `Content-Length`.
+    pub fn declared(mut self, length: Option<u64>) -> EndingBody<E> {
+        self.declared = length;
+        self
     }
 
     fn end(&mut self, completed: bool) {
@@ -52,8 +64,14 @@ impl<E: OnEnd> http_body::Body for EndingBody<E> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            self.end(true);
+        match &polled {
+            Poll::Ready(None) => self.end(true),
+            Poll::Ready(Some(Ok(frame))) if self.declared.is_some() => {
+                if let Some(data) = frame.data_ref() {
+                    self.sent += data.len() as u64;
+                }
+            }
+            _ => {}
         }
         polled
     }
@@ -71,7 +89,8 @@ impl<E: OnEnd> Drop for EndingBody<E> {
     fn drop(&mut self) {
         // A body with nothing left to send (an empty or fully known one that
         // hyper did not poll to its end) was sent whole.
-        let completed = http_body::Body::is_end_stream(&self.inner);
+        let completed = http_body::Body::is_end_stream(&self.inner)
+            || self.declared.is_some_and(|d| d == self.sent);
         self.end(completed);
     }
 }

@@ -134,19 +134,27 @@ pub async fn observe(State(gw): State<Arc<Gateway>>, mut request: Request, next:
             axum::http::HeaderValue::from_static("close"),
         );
     }
+    let declared = response
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     response.map(|inner| {
-        Body::new(EndingBody::new(
-            inner,
-            Record {
-                gw,
-                ingress: Ingress::Http,
-                route,
-                api,
-                status,
-                started,
-                exchange,
-            },
-        ))
+        Body::new(
+            EndingBody::new(
+                inner,
+                Record {
+                    gw,
+                    ingress: Ingress::Http,
+                    route,
+                    api,
+                    status,
+                    started,
+                    exchange,
+                },
+            )
+            .declared(declared),
+        )
     })
 }
 

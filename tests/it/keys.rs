@@ -746,3 +746,76 @@ async fn nats_requests_need_a_key_bearer_or_bare_and_are_metered() {
         .unwrap();
     assert_eq!(ingress, "nats");
 }
+
+/// Bifrost #2873: pass-through routes that skip governance. Embeddings,
+/// legacy completions and pass-through need the key and are metered.
+#[tokio::test]
+async fn embeddings_completions_and_pass_through_need_the_key_and_are_metered() {
+    async fn images() -> axum::Json<Value> {
+        axum::Json(json!({"created": 1, "data": [{"url": "https://example.invalid/x.png"}]}))
+    }
+    let app = axum::Router::new().route("/v1/images/generations", axum::routing::post(images));
+    let images_url = format!("http://{}/v1", crate::support::prompt_server::serve(app));
+    let home = TestHome::new();
+    home.config(&format!(
+        "[[providers]]\nname = \"mock\"\nurl = \"mock\"\nmodels = [\"*\"]\n\n\
+         [[providers]]\nname = \"img\"\nurl = \"{images_url}\"\npassthrough = true\nmodels = [\"dall-e-*\", \"gpt-image-*\"]\n"
+    ));
+    let secret = create_key(
+        &home,
+        "everything",
+        &["--models", "gpt-5,text-embedding-*,dall-e-*"],
+    );
+    let gw = InProcess::start(&home, &[]);
+    let calls = [
+        (
+            "/v1/embeddings",
+            json!({"model": "text-embedding-3-small", "input": "hello"}),
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "gpt-5", "prompt": "hello", "max_tokens": 5}),
+        ),
+        (
+            "/v1/images/generations",
+            json!({"model": "dall-e-3", "prompt": "a cat"}),
+        ),
+    ];
+    for (path, body) in &calls {
+        let without = client()
+            .post(format!("{}{path}", gw.url))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(without.status(), 401, "{path} without a key");
+        let with = client()
+            .post(format!("{}{path}", gw.url))
+            .bearer_auth(&secret)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(with.status(), 200, "{path}: {}", with.text().await.unwrap());
+    }
+    // A pass-through model outside the key's patterns is refused too.
+    let refused = client()
+        .post(format!("{}/v1/images/generations", gw.url))
+        .bearer_auth(&secret)
+        .json(&json!({"model": "gpt-image-1", "prompt": "a cat"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let rows = wait_rows(&home, 4).await;
+    let answered: Vec<_> = rows.iter().filter(|r| r.2 == 200).collect();
+    assert_eq!(answered.len(), 3, "{rows:?}");
+    assert!(
+        answered.iter().all(|r| r.0 == "everything" && r.3 > 0),
+        "{rows:?}"
+    );
+    assert_eq!(
+        answered.iter().map(|r| r.1.as_str()).collect::<Vec<_>>(),
+        ["/v1/embeddings", "/v1/completions", "/v1/*"]
+    );
+}
