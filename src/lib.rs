@@ -11,8 +11,6 @@
 //!
 //! - [`gateway`]: the HTTP server `proxy` runs: routes, admission (auth, limits),
 //!   observation (metrics, access log), `/health`, and running it as a process.
-//! - [`keys`]: client keys, per-key limits and budgets, the usage ledger, and
-//!   `proxy keys` / `proxy usage`.
 //! - [`upstream`]: where requests go: the mock, Chat Completions and Responses
 //!   upstreams, their HTTP client, retries and timeouts.
 //! - [`api`]: what gateway and upstreams share: OpenAI wire shapes, the Responses
@@ -21,6 +19,9 @@
 //! - [`lifecycle`]: the proxy as a process: PID file, process identity, supervisor,
 //!   socket hand-off, port holders, systemd, watchdog.
 //! - [`ops`]: the operator tools, `preflight` checks and `doctor` fixes.
+//! - [`keys`]: client keys, per-key limits and budgets, the usage ledger, and
+//!   `proxy keys` / `proxy usage`; the gateway admits requests with it and
+//!   `preflight` and `doctor` check its files.
 //! - [`home`]: the home directory: layout, `warden.toml`, `.env`, templates, log
 //!   files, atomic writes.
 //! - [`support`]: shared flags, exit codes, log writing, the HTTP client builder,

@@ -59,7 +59,7 @@ fn identify(gw: &Gateway, mut request: Request, x_api_key: bool) -> Result<Reque
         }
         Err(failure) => {
             gw.metrics.rejected(Rejection::Auth);
-            Err(failure.error())
+            Err(super::dispatch::denied(failure.denied()))
         }
     }
 }

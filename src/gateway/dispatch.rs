@@ -72,17 +72,31 @@ pub fn admit_key(
     if matches!(origin.caller, Caller::Open) {
         return Ok(None);
     }
-    gw.keys.admit(
-        &origin.caller,
-        Metered {
-            ingress: origin.ingress.as_str(),
-            route: origin.route,
-            model: model.to_string(),
-            input_estimate: crate::keys::estimate_tokens(input_bytes),
-            max_output: max_output(body),
-            request_id: origin.request_id.clone(),
-        },
-    )
+    gw.keys
+        .admit(
+            &origin.caller,
+            Metered {
+                ingress: origin.ingress.as_str(),
+                route: origin.route,
+                model: model.to_string(),
+                input_estimate: crate::keys::estimate_tokens(input_bytes),
+                max_output: max_output(body),
+                request_id: origin.request_id.clone(),
+            },
+        )
+        .map_err(denied)
+}
+
+/// A key's refusal in OpenAI's error shape.
+pub fn denied(d: crate::keys::Denied) -> ApiError {
+    let status =
+        axum::http::StatusCode::from_u16(d.status).unwrap_or(axum::http::StatusCode::FORBIDDEN);
+    let mut e = ApiError::new(status, d.kind, d.message).code(d.code);
+    if d.code == "model_not_allowed" {
+        e = e.param("model");
+    }
+    e.retry_after = d.retry_after;
+    e
 }
 
 /// The request's own output limit: `max_tokens`, `max_completion_tokens` or

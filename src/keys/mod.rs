@@ -27,9 +27,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::http::StatusCode;
-
-use crate::api::openai::ApiError;
 use crate::home::config::{Config, pattern_matches};
 use crate::home::keys_config::{Prices, Require, price_of};
 use file::{KeyEntry, KeyFile, KeyFileError};
@@ -99,22 +96,45 @@ pub enum AuthFailure {
 
 impl AuthFailure {
     /// A 401 `invalid_api_key` that says what to do.
-    pub fn error(self) -> ApiError {
+    pub fn denied(self) -> Denied {
         let why = match self {
             AuthFailure::Missing => "no API key was sent",
             AuthFailure::Unknown => "the API key is not known to this gateway",
             AuthFailure::Revoked => "the API key was revoked",
             AuthFailure::Expired => "the API key has expired",
         };
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
+        Denied::new(
+            401,
             "invalid_request_error",
+            "invalid_api_key",
             format!(
-                "{why}: send your key as 'Authorization: Bearer wk-…' (or 'x-api-key: wk-…'); \
-                 the gateway's operator creates keys with `proxy keys create NAME`"
+                "{why}: send your key as 'Authorization: Bearer wk-…' (or 'x-api-key: wk-…' to \
+                 /v1/messages); the gateway's operator creates keys with `proxy keys create NAME`"
             ),
         )
-        .code("invalid_api_key")
+    }
+}
+
+/// A request refused by its key: what the gateway answers (OpenAI's error
+/// shape: status, `type`, `code`, message, `Retry-After`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denied {
+    pub status: u16,
+    pub kind: &'static str,
+    pub code: &'static str,
+    pub message: String,
+    pub retry_after: Option<u64>,
+}
+
+impl Denied {
+    fn new(status: u16, kind: &'static str, code: &'static str, message: String) -> Denied {
+        Denied {
+            status,
+            kind,
+            code,
+            message,
+            retry_after: None,
+        }
     }
 }
 
@@ -441,7 +461,7 @@ impl Keys {
         self: &Arc<Self>,
         caller: &Caller,
         request: Metered,
-    ) -> Result<Option<Ticket>, ApiError> {
+    ) -> Result<Option<Ticket>, Denied> {
         let key = match caller {
             Caller::Open => return Ok(None),
             Caller::Operator if !self.enforced() => return Ok(None),
@@ -458,8 +478,8 @@ impl Keys {
                 started,
             )));
         };
-        let refuse = |e: ApiError, request: &Metered| {
-            self.refused(&key, request, e.status.as_u16());
+        let refuse = |e: Denied, request: &Metered| {
+            self.refused(&key, request, e.status);
             Err(e)
         };
         if !key.entry.models.is_empty()
@@ -469,45 +489,46 @@ impl Keys {
                 .iter()
                 .any(|p| pattern_matches(p, &request.model))
         {
-            let e = ApiError::new(
-                StatusCode::FORBIDDEN,
+            let e = Denied::new(
+                403,
                 "invalid_request_error",
+                "model_not_allowed",
                 format!(
                     "the key {:?} may not use the model {:?}; it may use: {}",
                     key.name(),
                     crate::support::redact::truncate(&request.model, 256),
                     key.entry.models.join(", ")
                 ),
-            )
-            .code("model_not_allowed")
-            .param("model");
+            );
             return refuse(e, &request);
         }
         if matches!(key.limits.budget, Some(Budget::Micros(_)))
             && price_of(&self.prices, &request.model).is_none()
         {
-            let e = ApiError::new(
-                StatusCode::FORBIDDEN,
+            let e = Denied::new(
+                403,
                 "invalid_request_error",
+                "model_not_allowed",
                 format!(
                     "the key {:?} has a budget in USD and [prices] in warden.toml has no price for {:?}",
                     key.name(),
                     crate::support::redact::truncate(&request.model, 256)
                 ),
-            )
-            .code("model_not_allowed")
-            .param("model");
+            );
             return refuse(e, &request);
         }
         if self.fail_closed && self.ledger().is_some_and(|l| l.full()) {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_error",
-                "the usage ledger cannot be written and its backlog is full; \
-                 requests resume once it is writable (keys.fail_closed = true; run `doctor`)",
-            )
-            .code("ledger_unavailable")
-            .retry_after(5));
+            return Err(Denied {
+                retry_after: Some(5),
+                ..Denied::new(
+                    503,
+                    "server_error",
+                    "ledger_unavailable",
+                    "the usage ledger cannot be written and its backlog is full; \
+                     requests resume once it is writable (keys.fail_closed = true; run `doctor`)"
+                        .into(),
+                )
+            });
         }
         let output = request.max_output.unwrap_or(self.default_reservation);
         let want = Want {
@@ -527,16 +548,18 @@ impl Keys {
                 started,
             ))),
             Err(Refusal::Rate { what, retry_after }) => {
-                let e = ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "requests",
-                    format!(
-                        "rate limit reached for the key {:?} ({what}); retry in {retry_after} s",
-                        key.name()
-                    ),
-                )
-                .code("rate_limit_exceeded")
-                .retry_after(retry_after);
+                let e = Denied {
+                    retry_after: Some(retry_after),
+                    ..Denied::new(
+                        429,
+                        "requests",
+                        "rate_limit_exceeded",
+                        format!(
+                            "rate limit reached for the key {:?} ({what}); retry in {retry_after} s",
+                            key.name()
+                        ),
+                    )
+                };
                 refuse(e, &request)
             }
             Err(Refusal::Quota { retry_after }) => {
@@ -547,16 +570,18 @@ impl Keys {
                     ),
                     None => "; its budget is for all time (raise it with `proxy keys`)".into(),
                 };
-                let mut e = ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "insufficient_quota",
-                    format!(
-                        "the key {:?} has spent its budget (with what requests in flight reserve){when}",
-                        key.name()
-                    ),
-                )
-                .code("insufficient_quota");
-                e.retry_after = retry_after;
+                let e = Denied {
+                    retry_after,
+                    ..Denied::new(
+                        429,
+                        "insufficient_quota",
+                        "insufficient_quota",
+                        format!(
+                            "the key {:?} has spent its budget (with what requests in flight reserve){when}",
+                            key.name()
+                        ),
+                    )
+                };
                 refuse(e, &request)
             }
         }

@@ -819,3 +819,64 @@ async fn embeddings_completions_and_pass_through_need_the_key_and_are_metered() 
         ["/v1/embeddings", "/v1/completions", "/v1/*"]
     );
 }
+
+#[test]
+fn doctor_tightens_keys_toml_and_moves_a_corrupt_ledger_aside_and_preflight_checks_both() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = TestHome::new();
+    create_key(&home, "doc", &[]);
+    std::fs::set_permissions(
+        home.file("keys.toml"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    home.write(
+        "data/usage.db",
+        "this is not a database, it is a note\n"
+            .repeat(200)
+            .as_str(),
+    );
+    let out = run("preflight", &home, &["--only", "config", "--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["checks"][0]["status"], "warn", "{report}");
+    assert!(
+        report["checks"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("keys.toml")
+    );
+    let out = run("doctor", &home, &[]);
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("keys.toml") && said.contains("0600"),
+        "{said}"
+    );
+    assert!(said.contains("usage.db.corrupt-"), "{said}");
+    let mode = std::fs::metadata(home.file("keys.toml"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(!home.file("data/usage.db").exists());
+    let aside = std::fs::read_dir(home.file("data"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("usage.db.corrupt-")
+        });
+    assert!(aside, "the corrupt ledger is kept aside");
+    // A key file that does not parse fails `config`, naming the file and line.
+    home.write("keys.toml", "[[key]]\nname = \"x\"\nsha256 = 12\n");
+    let out = run("preflight", &home, &["--only", "config", "--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["checks"][0]["status"], "fail", "{report}");
+    assert!(
+        report["checks"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("keys.toml:3:"),
+        "{report}"
+    );
+}

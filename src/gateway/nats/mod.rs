@@ -550,7 +550,7 @@ pub(super) fn origin(
         }),
         Err(failure) => {
             gw.metrics.rejected(Rejection::Auth);
-            Err(failure.error())
+            Err(dispatch::denied(failure.denied()))
         }
     }
 }

@@ -194,6 +194,94 @@ pub fn env(home: &Home) -> Diagnosis {
     }
 }
 
+/// `keys.toml`: tightened to 0600 when group or others may read it; one that
+/// does not parse is for a person (named by file, key and line).
+pub fn keys_file(ctx: &Context) -> Diagnosis {
+    use std::os::unix::fs::PermissionsExt;
+    let path = ctx.home.resolve_path(&ctx.cfg.keys.file);
+    let file = match crate::keys::file::KeyFile::load(&path) {
+        Ok(None) => return Diagnosis::ok(format!("no {} (no client keys)", path.display())),
+        Ok(Some(file)) => file,
+        Err(e) => {
+            return Diagnosis::needs_you(
+                e.to_string(),
+                format!(
+                    "fix {} at the line named, or move it aside and recreate the keys with `proxy keys create`",
+                    path.display()
+                ),
+            );
+        }
+    };
+    let Ok(meta) = std::fs::symlink_metadata(&path) else {
+        return Diagnosis::ok(format!(
+            "{} holds {} key(s)",
+            path.display(),
+            file.keys.len()
+        ));
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 && !meta.file_type().is_symlink() {
+        return Diagnosis::fixable(
+            format!(
+                "{} has mode {mode:04o}: group or others can read the key hashes and limits",
+                path.display()
+            ),
+            Fix::TightenMode {
+                path: path.clone(),
+                from: mode,
+                to: mode & 0o700,
+            },
+        );
+    }
+    Diagnosis::ok(format!(
+        "{} holds {} key(s), mode {mode:04o}",
+        path.display(),
+        file.keys.len()
+    ))
+}
+
+/// The usage ledger: a file that is not a SQLite database is moved aside.
+pub fn ledger(ctx: &Context) -> Diagnosis {
+    let path = ctx.home.resolve_path(&ctx.cfg.keys.ledger);
+    if !path.exists() {
+        return Diagnosis::ok(format!("no {} yet", path.display()));
+    }
+    // Only a file SQLite calls corrupt or not a database is moved; a busy or
+    // unreadable one is left for a person.
+    enum Verdict {
+        Sound,
+        Corrupt(String),
+        Other(String),
+    }
+    let classify = |e: rusqlite::Error| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
+            Verdict::Corrupt(e.to_string())
+        }
+        _ => Verdict::Other(e.to_string()),
+    };
+    let verdict = match crate::keys::ledger::open_read(&path) {
+        Ok(None) => Verdict::Sound,
+        Err(e) => classify(e),
+        Ok(Some(conn)) => match conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0))
+        {
+            Ok(v) if v == "ok" => Verdict::Sound,
+            Ok(v) => Verdict::Corrupt(v),
+            Err(e) => classify(e),
+        },
+    };
+    match verdict {
+        Verdict::Sound => Diagnosis::ok(format!("{} is a sound SQLite database", path.display())),
+        Verdict::Corrupt(why) => Diagnosis::fixable(
+            format!("{} is not a usable SQLite database: {why}", path.display()),
+            Fix::MoveLedgerAside { path: path.clone() },
+        ),
+        Verdict::Other(why) => Diagnosis::needs_you(
+            format!("cannot check {}: {why}", path.display()),
+            "check its permissions, and that no other program holds it locked",
+        ),
+    }
+}
+
 /// Why a key's value looks wrong, if it does. Never includes the value.
 pub fn key_problem(value: &str) -> Option<&'static str> {
     let quotes = |c: char| c == '"' || c == '\'';

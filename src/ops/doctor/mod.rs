@@ -194,6 +194,9 @@ pub enum Fix {
     /// Delete a corrupt `cache/models.json` (the model catalog cache); the proxy
     /// asks its providers again.
     DeleteCatalog { path: PathBuf },
+    /// Move a usage ledger that is not a SQLite database aside, to
+    /// `data/usage.db.corrupt-TIME` (nothing is deleted); the proxy starts a new one.
+    MoveLedgerAside { path: PathBuf },
     /// Delete corrupt prompt cache entries (or `metadata.json`) and refill them.
     RepairPrompts {
         home: Home,
@@ -262,6 +265,11 @@ impl Fix {
             Fix::DeleteCatalog { path } => format!(
                 "delete {} (the proxy lists its providers' models again at start and every \
                  routing.catalog_refresh)",
+                path.display()
+            ),
+            Fix::MoveLedgerAside { path } => format!(
+                "move {} aside to {}.corrupt-TIME (kept, not deleted); the proxy starts a new ledger",
+                path.display(),
                 path.display()
             ),
             Fix::RepairPrompts { home, cfg, damage } => format!(
@@ -384,6 +392,28 @@ impl Fix {
                 Ok(Applied::done(format!(
                     "deleted {}; it is rebuilt from the providers' model lists",
                     path.display()
+                )))
+            }
+            Fix::MoveLedgerAside { path } => {
+                let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                    .to_string()
+                    .replace(':', "");
+                let mut aside = path.clone().into_os_string();
+                aside.push(format!(".corrupt-{stamp}"));
+                let aside = PathBuf::from(aside);
+                std::fs::rename(path, &aside).map_err(|e| FixError::io("move aside", path, e))?;
+                // Its WAL and shared-memory files belong to it.
+                for suffix in ["-wal", "-shm"] {
+                    let mut from = path.clone().into_os_string();
+                    from.push(suffix);
+                    let mut to = aside.clone().into_os_string();
+                    to.push(suffix);
+                    let _ = std::fs::rename(&from, &to);
+                }
+                Ok(Applied::done(format!(
+                    "moved the corrupt ledger {} to {}; usage before now is in that file",
+                    path.display(),
+                    aside.display()
                 )))
             }
             Fix::RepairPrompts { home, cfg, damage } => repair_prompts(home, cfg, damage).await,
@@ -638,6 +668,8 @@ pub async fn run(home: &Home, opts: Options) -> Report {
 
     let ctx = Context::load(home, &Overrides::default());
     findings.push(settle("api-key", diagnose::api_key(&ctx), opts).await);
+    findings.push(settle("keys", diagnose::keys_file(&ctx), opts).await);
+    findings.push(settle("ledger", diagnose::ledger(&ctx), opts).await);
     for (id, path) in [
         ("proxy-pid", home.proxy_pid_file()),
         ("watchdog-pid", home.watchdog_pid_file()),

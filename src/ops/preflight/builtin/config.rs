@@ -40,6 +40,39 @@ pub(super) fn check_config(ctx: &Context) -> Outcome {
             ctx.upstream_text()
         )
     };
+    // keys.toml: the client keys a proxy would load (SPEC §14).
+    let keys_path = ctx.home.resolve_path(&ctx.cfg.keys.file);
+    match crate::keys::file::KeyFile::load(&keys_path) {
+        Err(e) => {
+            return Outcome::fail(e.to_string()).with_hint(format!(
+                "fix {} at the line named, or move it aside and recreate the keys with `proxy keys create`",
+                keys_path.display()
+            ));
+        }
+        Ok(Some(file)) => {
+            use std::os::unix::fs::PermissionsExt;
+            message.push_str(&format!(
+                "; {} holds {} key(s)",
+                keys_path.display(),
+                file.keys.len()
+            ));
+            let mode = std::fs::metadata(&keys_path).map_or(0o600, |m| m.permissions().mode());
+            if mode & 0o077 != 0 {
+                return Outcome::warn(format!(
+                    "{message}; but it is readable by others (mode {:o})",
+                    mode & 0o777
+                ))
+                .with_hint(format!(
+                    "chmod 600 {} (or run `doctor`)",
+                    keys_path.display()
+                ));
+            }
+        }
+        Ok(None) => {}
+    }
+    if !ctx.cfg.prices.is_empty() {
+        message.push_str(&format!("; [prices] has {} model(s)", ctx.cfg.prices.len()));
+    }
     if matches!(ctx.dotenv, DotEnv::Broken(_)) {
         message.push_str(
             "; variables from .env were not applied because it does not parse (see `env`)",

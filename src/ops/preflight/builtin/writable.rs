@@ -23,6 +23,24 @@ pub(super) fn check_writable(ctx: &Context) -> Outcome {
             Err(e) => problems.push(format!("{}: {e}", dir.display())),
         }
     }
+    // data/ (the usage ledger) once it exists, and the ledger file itself.
+    let data = ctx.home.data_dir();
+    if data.is_dir() {
+        let probe = tempfile::Builder::new()
+            .prefix(".preflight-")
+            .tempfile_in(&data)
+            .and_then(|file| file.close());
+        match probe {
+            Ok(()) => written.push("data/".to_string()),
+            Err(e) => problems.push(format!("{}: {e}", data.display())),
+        }
+    }
+    let ledger = ctx.home.resolve_path(&ctx.cfg.keys.ledger);
+    if ledger.is_file() {
+        if let Err(e) = std::fs::OpenOptions::new().append(true).open(&ledger) {
+            problems.push(format!("{} (the usage ledger): {e}", ledger.display()));
+        }
+    }
     if !problems.is_empty() {
         let uid = nix::unistd::Uid::effective();
         return Outcome::fail(format!(
