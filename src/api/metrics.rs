@@ -427,7 +427,7 @@ impl Metrics {
         );
         registry.register(
             "provider_requests",
-            "Upstream attempts sent to each provider (SPEC 11)",
+            "Upstream attempts sent to each provider",
             m.provider_requests.clone(),
         );
         registry.register(
@@ -605,7 +605,7 @@ impl Metrics {
         let counters = match cached {
             Some(counters) => counters,
             // A name too long for a label or with control characters counts as
-            // `other`: labels stay short and printable (SPEC §10).
+            // `other`: labels stay short and printable (docs/contract.md §10).
             None if !crate::support::redact::client(model).is_plain() => {
                 return self.model_usage_uncached("other", prompt_tokens, completion_tokens);
             }

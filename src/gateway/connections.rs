@@ -1,4 +1,4 @@
-//! Connection-level bounds (SPEC §10): what a client can make the proxy hold
+//! Connection-level bounds (docs/contract.md §10): what a client can make the proxy hold
 //! before and after auth, enforced in the accept loop and around hyper.
 //!
 //! - `server.header_timeout`: a fresh connection, or one whose next request has

@@ -1,4 +1,4 @@
-//! Hostile clients and broken upstreams (SPEC §10): every resource either can
+//! Hostile clients and broken upstreams (docs/contract.md §10): every resource either can
 //! make the proxy hold is bounded, no secret reaches an output, and no client
 //! string forges a log line or grows a metric.
 
