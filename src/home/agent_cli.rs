@@ -4,8 +4,8 @@
 //!
 //! | preset         | command line                                                                                 | model flag |
 //! |----------------|----------------------------------------------------------------------------------------------|------------|
-//! | `claude-code`  | `claude -p --output-format stream-json --verbose --include-partial-messages --tools "" --strict-mcp-config` | `--model M` |
-//! | `codex`        | `codex exec --json --skip-git-repo-check --sandbox read-only -c features.shell_tool=false -c tools.web_search=false -` | `-m M` |
+//! | `claude-code`  | `claude -p --output-format stream-json --verbose --include-partial-messages --tools "" --strict-mcp-config --no-session-persistence` | `--model M` |
+//! | `codex`        | `codex exec --json --ephemeral --skip-git-repo-check --sandbox read-only -c features.shell_tool=false -c tools.web_search=false -` | `-m M` |
 //! | `gemini-cli`   | `gemini --output-format stream-json --approval-mode default --extensions none`               | `-m M` |
 //! | `cursor-agent` | `cursor-agent -p --output-format stream-json --mode ask`                                     | `--model M` |
 
@@ -40,6 +40,7 @@ pub fn preset(p: CommandPreset) -> Preset {
                 "--tools",
                 "",
                 "--strict-mcp-config",
+                "--no-session-persistence",
             ],
             model_flag: "--model",
             tail: &[],
@@ -50,6 +51,7 @@ pub fn preset(p: CommandPreset) -> Preset {
             args: &[
                 "exec",
                 "--json",
+                "--ephemeral",
                 "--skip-git-repo-check",
                 "--sandbox",
                 "read-only",

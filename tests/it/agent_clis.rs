@@ -584,6 +584,7 @@ fn a_preset_finds_its_cli_on_path_and_passes_the_model_flag() {
             "--tools",
             "",
             "--strict-mcp-config",
+            "--no-session-persistence",
             "--model",
             "sonnet"
         ]
