@@ -32,7 +32,11 @@ pub fn route_label(path: &str) -> &'static str {
         "/health/live" => "/health/live",
         "/health/ready" => "/health/ready",
         "/metrics" => "/metrics",
+        "/v1/embeddings" => "/v1/embeddings",
+        "/v1/completions" => "/v1/completions",
         p if p.starts_with("/v1/models/") => "/v1/models/{id}",
+        // Every other API path is passed through (one label, whatever the path).
+        p if p.starts_with("/v1/") => "/v1/*",
         _ => "other",
     }
 }
@@ -141,6 +145,8 @@ pub enum Rejection {
     Concurrency,
     Auth,
     BodyTooLarge,
+    /// `server.max_body_memory` had no room for a body within `body_timeout`.
+    BodyMemory,
 }
 
 impl Rejection {
@@ -149,6 +155,7 @@ impl Rejection {
             Rejection::Concurrency => "concurrency",
             Rejection::Auth => "auth",
             Rejection::BodyTooLarge => "body_too_large",
+            Rejection::BodyMemory => "body_memory",
         }
     }
 }
@@ -255,6 +262,7 @@ pub struct Metrics {
     provider_in_flight: Family<ProviderLabel, Gauge>,
     provider_cooling: Family<ProviderLabel, Gauge>,
     client_connections: Gauge,
+    request_body_bytes: Gauge,
     client_connections_shed: Counter,
     client_connections_refused: Counter,
     client_malformed: Family<StatusLabel, Counter>,
@@ -301,6 +309,7 @@ impl Metrics {
             provider_in_flight: Family::default(),
             provider_cooling: Family::default(),
             client_connections: Gauge::default(),
+            request_body_bytes: Gauge::default(),
             client_connections_shed: Counter::default(),
             client_connections_refused: Counter::default(),
             client_malformed: Family::default(),
@@ -343,6 +352,11 @@ impl Metrics {
             "client_connections",
             "Client connections open now (at most server.max_connections)",
             m.client_connections.clone(),
+        );
+        registry.register(
+            "request_body_bytes",
+            "Bytes of request bodies held in memory now, all connections together (at most server.max_body_memory)",
+            m.request_body_bytes.clone(),
         );
         registry.register(
             "client_connections_shed",
@@ -471,6 +485,7 @@ impl Metrics {
             Rejection::Concurrency,
             Rejection::Auth,
             Rejection::BodyTooLarge,
+            Rejection::BodyMemory,
         ] {
             let _ = m.rejected.get_or_create(&ReasonLabel {
                 reason: why.label(),
@@ -563,6 +578,11 @@ impl Metrics {
     /// The number of open client connections changed.
     pub fn connections_open(&self, open: usize) {
         self.client_connections.set(open as i64);
+    }
+
+    /// Bytes of request bodies held now (set when `/metrics` is read).
+    pub fn request_body_bytes(&self, held: usize) {
+        self.request_body_bytes.set(held as i64);
     }
 
     pub fn connection_shed(&self) {

@@ -11,6 +11,7 @@
 //! network fetch.
 
 mod admission;
+pub(crate) mod body_budget;
 mod body_end;
 mod chat;
 pub mod connections;
@@ -21,6 +22,7 @@ mod malformed;
 mod messages;
 pub(crate) mod nats;
 mod observe;
+mod passthrough;
 mod responses;
 pub mod serve;
 mod status;
@@ -33,7 +35,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -55,6 +57,8 @@ pub struct Gateway {
     uses_prompts: bool,
     /// One permit per upstream call allowed in flight (`server.max_concurrent`).
     slots: Arc<Semaphore>,
+    /// Request bodies held in memory, all connections together (`server.max_body_memory`).
+    pub(crate) body_budget: body_budget::BodyBudget,
     auth_token: Option<String>,
     ready: AtomicBool,
     /// Set when the drain begins: responses then ask clients to close the connection.
@@ -76,6 +80,7 @@ impl Gateway {
             uses_prompts: prompts_in_use(&config),
             prompts,
             slots: Arc::new(Semaphore::new(config.server.max_concurrent)),
+            body_budget: body_budget::BodyBudget::new(config.server.max_body_memory),
             auth_token: config.auth_token(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -116,8 +121,12 @@ impl Gateway {
 pub fn router(gw: Arc<Gateway>) -> Router {
     let mut api = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/embeddings", post(chat::embeddings))
+        .route("/v1/completions", post(chat::completions))
         .route("/v1/models", get(chat::models))
-        .route("/v1/models/{*id}", get(chat::model));
+        .route("/v1/models/{*id}", get(chat::model))
+        // Every other /v1/ path: to providers with passthrough = true.
+        .route("/v1/{*rest}", any(passthrough::passthrough));
     if gw.config.features.enable_responses_api {
         api = api.route("/v1/responses", post(responses::responses));
     } else {

@@ -26,6 +26,8 @@ pub struct ServerConfig {
     pub port: u16,
     pub max_concurrent: usize,
     pub max_body_bytes: usize,
+    /// Bytes of request bodies held in memory at once, over every connection together.
+    pub max_body_memory: usize,
     pub graceful_timeout: u64,
     pub auth_token_env: String,
     /// Seconds a request's headers may take to arrive; then the connection is closed.
@@ -51,6 +53,7 @@ impl Default for ServerConfig {
             port: 8000,
             max_concurrent: 64,
             max_body_bytes: 10 * 1024 * 1024,
+            max_body_memory: 64 * 1024 * 1024,
             graceful_timeout: 120,
             auth_token_env: "WARDEN_AUTH_TOKEN".into(),
             header_timeout: 10,
@@ -150,6 +153,8 @@ pub struct UpstreamConfig {
     pub max_response_bytes: usize,
     /// One SSE event (or line) larger than this ends the stream with an error event.
     pub max_event_bytes: usize,
+    /// Pass every other `/v1/` path (audio, images, files, …) through to it.
+    pub passthrough: bool,
 }
 
 impl Default for UpstreamConfig {
@@ -166,6 +171,7 @@ impl Default for UpstreamConfig {
             models: vec!["gpt-5".into(), "gpt-5-codex".into()],
             max_response_bytes: 64 << 20,
             max_event_bytes: 4 << 20,
+            passthrough: false,
         }
     }
 }
@@ -244,6 +250,9 @@ pub struct ProviderConfig {
     /// `api = "command"`: variables passed on to the CLI.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<String>,
+    /// Pass every other `/v1/` path (audio, images, files, …) through to it.
+    #[serde(default)]
+    pub passthrough: bool,
 }
 
 fn default_api() -> UpstreamApi {
@@ -306,6 +315,8 @@ pub struct ProviderSettings {
     pub attempts: u32,
     /// `api = "command"`: how its CLI is run.
     pub command: Option<CommandSettings>,
+    /// Every other `/v1/` path is passed through to it (SPEC §16).
+    pub passthrough: bool,
 }
 
 impl ProviderSettings {
@@ -712,6 +723,7 @@ impl Config {
                 timeout: up.total_timeout(),
                 attempts: up.attempts,
                 command: None,
+                passthrough: up.passthrough,
             }];
         }
         let secs = Duration::from_secs;
@@ -749,6 +761,7 @@ impl Config {
                         format: p.format.unwrap_or(CommandFormat::StreamJson),
                         env: p.env.clone(),
                     }),
+                    passthrough: p.passthrough,
                 }
             })
             .collect()
@@ -873,6 +886,14 @@ fn validate(s: &Settings) -> Result<(), (String, String)> {
         );
     }
     validate_providers(s)?;
+    if s.upstream.passthrough && s.upstream.url == MOCK_UPSTREAM && s.providers.is_empty() {
+        return err(
+            "upstream.passthrough",
+            "the mock has no other endpoints to pass requests through to; set upstream.url \
+             to the server that serves them"
+                .into(),
+        );
+    }
     if s.upstream.url != MOCK_UPSTREAM {
         match reqwest::Url::parse(&s.upstream.url) {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
@@ -997,7 +1018,7 @@ const DAY: u64 = 86_400;
 /// permits), overflow a deadline or exhaust memory, so they fail at load.
 fn check_ranges(s: &Settings) -> Result<(), (String, String)> {
     let opt = |v: Option<u64>| v.unwrap_or(1);
-    let checks: [(&str, u64, u64, u64, bool); 25] = [
+    let checks: [(&str, u64, u64, u64, bool); 26] = [
         (
             "server.max_concurrent",
             s.server.max_concurrent as u64,
@@ -1010,6 +1031,13 @@ fn check_ranges(s: &Settings) -> Result<(), (String, String)> {
             s.server.max_body_bytes as u64,
             1,
             1 << 30,
+            false,
+        ),
+        (
+            "server.max_body_memory",
+            s.server.max_body_memory as u64,
+            1,
+            1 << 40,
             false,
         ),
         (
@@ -1135,6 +1163,16 @@ fn check_ranges(s: &Settings) -> Result<(), (String, String)> {
             ));
         }
     }
+    if s.server.max_body_memory < s.server.max_body_bytes {
+        return Err((
+            "server.max_body_memory".to_string(),
+            format!(
+                "{} is less than server.max_body_bytes ({}): a body that large could never be \
+                 held; raise server.max_body_memory or lower server.max_body_bytes",
+                s.server.max_body_memory, s.server.max_body_bytes
+            ),
+        ));
+    }
     for origin in &s.server.cors_origins {
         if !is_cors_origin(origin) {
             return Err((
@@ -1231,6 +1269,14 @@ fn validate_providers(s: &Settings) -> Result<(), (String, String)> {
                 ),
             );
         }
+        if p.passthrough && p.url == MOCK_UPSTREAM {
+            return err(
+                key("passthrough"),
+                "the mock has no other endpoints to pass requests through to; set passthrough \
+                 on a provider with an http(s) url"
+                    .into(),
+            );
+        }
         for model in &p.models {
             let bare = model.strip_suffix('*').unwrap_or(model);
             if model.is_empty() || bare.contains('*') || model.chars().any(char::is_whitespace) {
@@ -1323,6 +1369,12 @@ fn validate_command_provider(
         return err(
             "url",
             "an api = \"command\" provider runs a program, not a URL: remove url".into(),
+        );
+    }
+    if p.passthrough {
+        return err(
+            "passthrough",
+            "an api = \"command\" provider answers chat only: it has no other endpoints to pass requests through to".into(),
         );
     }
     if !p.api_key_env.is_empty() {
@@ -1718,6 +1770,11 @@ mod tests {
                 "not a variable name",
             ),
             (
+                format!("{p}preset = \"codex\"\npassthrough = true\n"),
+                "providers[0].passthrough",
+                "chat only",
+            ),
+            (
                 format!("{p}preset = \"codex\"\napi_key_env = \"K\"\n"),
                 "providers[0].api_key_env",
                 "env",
@@ -1799,6 +1856,26 @@ mod tests {
             assert_eq!(err.key.as_deref(), Some(key), "{err}");
             assert!(err.message.contains("out of range"), "{err}");
         }
+    }
+
+    #[test]
+    fn max_body_memory_must_hold_one_whole_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let load = |text: &str| {
+            std::fs::write(home.config_file(), text).unwrap();
+            Config::load_with_env(&home, &Overrides::default(), EnvSource::default())
+        };
+        let err = load("[server]\nmax_body_memory = 1000\n").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("server.max_body_memory"), "{err}");
+        assert!(
+            err.message.contains("server.max_body_bytes (10485760)"),
+            "{err}"
+        );
+        let ok = load("[server]\nmax_body_memory = 1000\nmax_body_bytes = 1000\n").unwrap();
+        assert_eq!(ok.server.max_body_memory, 1000);
+        let default = load("").unwrap();
+        assert_eq!(default.server.max_body_memory, 64 << 20);
     }
 
     #[test]

@@ -117,6 +117,7 @@ mod tests {
             command: Some(vec!["x".into()]),
             format: Some(crate::home::config::CommandFormat::Text),
             env: vec!["X".into()],
+            passthrough: true,
         }];
         all.aliases.insert("fast".into(), "gpt-5-mini".into());
         all.prompts.sources[0].sha256 = vec!["0".repeat(64)];

@@ -305,6 +305,17 @@ async fn a_whole_answer_carries_usage_and_a_text_command_works_too() {
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["output"][0]["content"][0]["text"], "hello", "{body}");
+
+    // The Anthropic Messages API, through the same path.
+    let response = post(
+        &proxy,
+        "/v1/messages",
+        &json!({"model": "agent", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["content"][0]["text"], "hello", "{body}");
 }
 
 #[tokio::test]
