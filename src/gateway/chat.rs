@@ -191,6 +191,16 @@ impl ClientBody {
                 }
                 source = cause.source();
             }
+            if let Some(full) = super::body_budget::BodyMemoryFull::caused(&e) {
+                gw.metrics.rejected(Rejection::BodyMemory);
+                return ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    full.to_string(),
+                )
+                .code("body_memory_full")
+                .retry_after(1);
+            }
             if let Some(secs) = super::connections::BodyTimedOut::caused(&e) {
                 return ApiError::new(
                     StatusCode::REQUEST_TIMEOUT,

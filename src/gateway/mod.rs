@@ -337,6 +337,13 @@ pub async fn run(
             "graceful_timeout reached: closing the remaining connections"
         );
     }
+    let killed = gw.router.kill_processes();
+    if killed > 0 {
+        tracing::warn!(
+            processes = killed,
+            "agent CLI processes still running after the drain were killed"
+        );
+    }
     // Every answered request's ledger row is on disk before the process goes.
     let keys = gw.keys.clone();
     let flushed = tokio::task::spawn_blocking(move || keys.flush(Duration::from_secs(10)))

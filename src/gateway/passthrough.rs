@@ -295,6 +295,8 @@ struct Upload {
     seen: Arc<AtomicU64>,
     too_large: Arc<AtomicBool>,
     timed_out: Arc<AtomicBool>,
+    /// `server.max_body_memory` had no room for it in time: why, for the 503.
+    memory_full: Arc<std::sync::OnceLock<String>>,
 }
 
 impl Upload {
@@ -304,6 +306,7 @@ impl Upload {
             seen: Arc::new(AtomicU64::new(0)),
             too_large: Arc::new(AtomicBool::new(false)),
             timed_out: Arc::new(AtomicBool::new(false)),
+            memory_full: Arc::new(std::sync::OnceLock::new()),
         }
     }
 
@@ -327,7 +330,9 @@ impl Upload {
                 Ok(chunk)
             }
             Err(e) => {
-                if super::connections::BodyTimedOut::caused(&e).is_some() {
+                if let Some(full) = super::body_budget::BodyMemoryFull::caused(&e) {
+                    let _ = upload.memory_full.set(full.to_string());
+                } else if super::connections::BodyTimedOut::caused(&e).is_some() {
                     upload.timed_out.store(true, Ordering::Relaxed);
                 }
                 Err(std::io::Error::other(e))
@@ -335,12 +340,21 @@ impl Upload {
         })
     }
 
-    /// The client's error: 413 (counted as a refused body) or 408 when the
-    /// upload is why it failed.
+    /// The client's error when the upload is why it failed: 413 (counted as a
+    /// refused body), 503 (no room in `server.max_body_memory`) or 408.
     fn error(&self, gw: &Gateway, e: ApiError) -> ApiError {
         if self.too_large.load(Ordering::Relaxed) {
             gw.metrics.rejected(Rejection::BodyTooLarge);
             ApiError::payload_too_large(self.max as usize)
+        } else if let Some(full) = self.memory_full.get() {
+            gw.metrics.rejected(Rejection::BodyMemory);
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                full.clone(),
+            )
+            .code("body_memory_full")
+            .retry_after(1)
         } else if self.timed_out.load(Ordering::Relaxed) {
             ApiError::new(
                 axum::http::StatusCode::REQUEST_TIMEOUT,

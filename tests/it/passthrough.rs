@@ -419,3 +419,57 @@ async fn a_50_mb_download_passes_through_without_raising_the_proxys_rss_by_more_
         before >> 10
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_provider_kind_passes_through_with_its_own_way_of_sending_the_key() {
+    let (openai, openai_url) = fake("openai");
+    let (responses, responses_url) = fake("responses");
+    let (claude, claude_url) = fake("claude");
+    let (_home, proxy) = start(
+        &format!(
+            "{}{}{}",
+            provider(
+                "openai",
+                &openai_url,
+                0,
+                "passthrough = true\napi = \"chat\"\napi_key_env = \"K1\"\nmodels = [\"dall-e-*\"]"
+            ),
+            provider(
+                "responses",
+                &responses_url,
+                0,
+                "passthrough = true\napi = \"responses\"\napi_key_env = \"K2\"\nmodels = [\"gpt-image-*\"]"
+            ),
+            provider(
+                "claude",
+                &claude_url,
+                0,
+                "passthrough = true\napi = \"anthropic\"\napi_key_env = \"K3\"\nmodels = [\"claude-*\"]"
+            ),
+        ),
+        &[("K1", "sk-one"), ("K2", "sk-two"), ("K3", "sk-ant-three")],
+    );
+    for (model, by) in [
+        ("dall-e-3", "openai"),
+        ("gpt-image-1", "responses"),
+        ("claude-x", "claude"),
+    ] {
+        let r = client()
+            .post(format!("{}/v1/images/generations", proxy.url()))
+            .header("authorization", "Bearer sk-client")
+            .json(&json!({"model": model, "prompt": "p"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{model}");
+        assert_eq!(r.headers()["x-warden-provider"], by);
+    }
+    let headers = |fake: &Fake| fake.seen.lock().unwrap()[0].1.clone();
+    assert_eq!(headers(&openai)["authorization"], "Bearer sk-one");
+    assert_eq!(headers(&responses)["authorization"], "Bearer sk-two");
+    // The Anthropic way: x-api-key and anthropic-version, no bearer at all.
+    let claude_headers = headers(&claude);
+    assert_eq!(claude_headers["x-api-key"], "sk-ant-three");
+    assert!(claude_headers.get("anthropic-version").is_some());
+    assert!(claude_headers.get("authorization").is_none());
+}
