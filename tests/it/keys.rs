@@ -880,3 +880,81 @@ fn doctor_tightens_keys_toml_and_moves_a_corrupt_ledger_aside_and_preflight_chec
         "{report}"
     );
 }
+
+/// Every answered request has its ledger row, through `daemon restart` under
+/// load and the old proxy's drain, and through `daemon stop`.
+#[tokio::test(flavor = "multi_thread")]
+async fn daemon_restart_under_load_leaves_one_ledger_row_per_answered_request() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let home = TestHome::new();
+    home.config(&format!(
+        "[server]\nport = {}\n[daemon]\nstartup_timeout = 20\nstop_timeout = 10\n",
+        crate::support::free_port()
+    ));
+    let secret = create_key(&home, "loaded", &[]);
+    let _guard = crate::daemon::StopOnDrop(&home);
+    let out = run("daemon", &home, &["start", "--no-check"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let port = warden::lifecycle::pidfile::inspect(&home.file("run/proxy.pid"))
+        .ok()
+        .and_then(|state| match state {
+            warden::lifecycle::pidfile::PidState::Running(r) => r.port,
+            _ => None,
+        })
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..6 {
+        let (url, stop, answered, secret) =
+            (url.clone(), stop.clone(), answered.clone(), secret.clone());
+        workers.push(tokio::spawn(async move {
+            let c = client();
+            // Bounded: at most 20 000 requests per worker.
+            for _ in 0..20_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let sent = c.post(&url).bearer_auth(&secret).json(&chat_body(false)).send().await;
+                if let Ok(r) = sent {
+                    if r.status() == 200 && r.text().await.is_ok() {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while answered.load(Ordering::Relaxed) < 100 {
+        assert!(Instant::now() < deadline, "no load before the restart");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let home_path = home.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        crate::support::bin("daemon")
+            .arg("--home")
+            .arg(home_path)
+            .args(["restart", "--no-check"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let after = answered.load(Ordering::Relaxed);
+    while answered.load(Ordering::Relaxed) < after + 100 {
+        assert!(Instant::now() < deadline, "no load after the restart");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let out = run("daemon", &home, &["stop"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows = ledger_rows(&home);
+    let ok_rows = rows.iter().filter(|r| r.2 == 200).count();
+    assert_eq!(ok_rows, answered.load(Ordering::Relaxed), "ledger rows vs answered requests");
+}
