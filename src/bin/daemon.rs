@@ -22,6 +22,7 @@ use warden::support::cli::HomeArgs;
 ///   daemon start               # preflight checks, then start and wait until ready
 ///   daemon status --json       # exit 0 healthy, 1 dead, 3 stopped, 4 unhealthy
 ///   daemon restart             # zero-downtime: the new proxy takes over the socket
+///   daemon reload              # apply warden.toml and .env changes, as SIGHUP does
 ///   daemon logs -f             # follow logs/proxy.log
 ///   daemon stop                # SIGTERM, SIGKILL after daemon.stop_timeout
 #[derive(Parser, Debug)]
@@ -56,6 +57,10 @@ enum Cmd {
         #[arg(long)]
         no_check: bool,
     },
+    /// Re-read warden.toml and .env in the running proxy (as SIGHUP does). Exit 0 applied,
+    /// 1 applied but some settings need `daemon restart` (named), 2 refused (the running
+    /// configuration keeps serving), 3 not running, 4 the proxy could not be asked.
+    Reload,
     /// Is the proxy running and healthy? Exit 0 yes, 1 PID file but dead, 3 not running, 4 unhealthy.
     Status {
         #[arg(long)]
@@ -147,6 +152,13 @@ async fn run(home: Home, command: Cmd) -> i32 {
                 return 1;
             };
             restart(&supervisor, &op).await
+        }
+        Cmd::Reload => {
+            let supervisor = Supervisor::new(load_or_defaults(&home));
+            let Some(op) = begin(&supervisor, "daemon reload").await else {
+                return warden::support::exit::reload::UNREACHABLE;
+            };
+            reload(&supervisor, &op).await
         }
         Cmd::Status { json } => {
             let config = load_or_defaults(&home);
@@ -408,6 +420,30 @@ async fn stop(supervisor: &Supervisor, op: &Operation, force: bool) -> i32 {
             0
         }
         Err(e) => failed(supervisor, "stop", &e),
+    }
+}
+
+async fn reload(supervisor: &Supervisor, op: &Operation) -> i32 {
+    match supervisor.reload(op).await {
+        Ok(None) => {
+            println!(
+                "proxy is not running; nothing to reload (`daemon start` reads the configuration)"
+            );
+            warden::support::exit::reload::NOT_RUNNING
+        }
+        Ok(Some(answer)) => {
+            let line = format!("proxy PID {}: {}", answer.running.pid, answer.message);
+            if answer.code == 0 {
+                println!("{line}");
+            } else {
+                eprintln!("daemon: {line}");
+            }
+            answer.code
+        }
+        Err(e) => {
+            failed(supervisor, "reload", &e);
+            warden::support::exit::reload::UNREACHABLE
+        }
     }
 }
 

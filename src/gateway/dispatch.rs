@@ -46,9 +46,11 @@ pub async fn chat_with_headers(gw: &Gateway, body: Bytes, headers: HeaderMap) ->
         Err(e) => return failed(e),
     };
     let (stream, include_usage) = (view.stream, view.include_usage());
+    // The providers, keys and limits this request is served with, to its end.
+    let live = gw.live();
     let (model, body) = match view.model {
         Some(model) => (model, body),
-        None => match default_model(gw) {
+        None => match default_model(&live) {
             // The body goes upstream as it is: it must name the model too.
             Some(model) => match with_model(&body, model) {
                 Some(patched) => (model.to_string(), patched),
@@ -57,7 +59,7 @@ pub async fn chat_with_headers(gw: &Gateway, body: Bytes, headers: HeaderMap) ->
             None => return failed(crate::api::openai::invalid::missing_model()),
         },
     };
-    let slot = match Slot::try_take(gw) {
+    let slot = match Slot::try_take(gw, &live) {
         Ok(slot) => slot,
         Err(e) => return failed(e),
     };
@@ -72,13 +74,13 @@ pub async fn chat_with_headers(gw: &Gateway, body: Bytes, headers: HeaderMap) ->
     };
     Dispatched {
         info: Some(info),
-        outcome: gw.router.chat(call).await.map(|reply| (reply, slot)),
+        outcome: live.router.chat(call).await.map(|reply| (reply, slot)),
     }
 }
 
 /// `server.default_model`, when set: what a request without `model` gets.
-pub fn default_model(gw: &Gateway) -> Option<&str> {
-    Some(gw.config.server.default_model.as_str()).filter(|m| !m.is_empty())
+pub fn default_model(live: &super::Live) -> Option<&str> {
+    Some(live.config.server.default_model.as_str()).filter(|m| !m.is_empty())
 }
 
 /// The request body with `"model": model` added.
@@ -113,8 +115,9 @@ pub fn model_in(list: &[u8], id: &str) -> Result<serde_json::Value, ApiError> {
 /// The `GET /v1/models` list object: the upstream's own list when it has one,
 /// else the configured models.
 pub async fn models(gw: &Gateway) -> Bytes {
-    match gw.router.models().await {
+    let live = gw.live();
+    match live.router.models().await {
         Some(body) => body,
-        None => Bytes::from(configured_models(&gw.config).to_string()),
+        None => Bytes::from(configured_models(&live.config).to_string()),
     }
 }

@@ -57,7 +57,8 @@ fn record_prompt_metrics(gw: &Gateway) {
 
 /// The `providers` map of `/health`.
 fn provider_report(gw: &Gateway) -> BTreeMap<String, ProviderReport> {
-    gw.router
+    gw.live()
+        .router
         .providers()
         .iter()
         .map(|p| {
@@ -108,8 +109,8 @@ pub fn report(gw: &Gateway) -> HealthReport {
         timestamp: now_rfc3339(),
         ready,
         upstream: UpstreamInfo {
-            url: crate::support::redact::url(&gw.config.upstream.url),
-            api: gw.config.upstream.api.as_str().to_string(),
+            url: crate::support::redact::url(&gw.live().config.upstream.url),
+            api: gw.live().config.upstream.api.as_str().to_string(),
         },
         requests: RequestCounts {
             total: s.total.load(Ordering::Relaxed),
@@ -191,7 +192,7 @@ pub async fn metrics(
     headers: HeaderMap,
 ) -> Response {
     record_prompt_metrics(&gw);
-    for provider in gw.router.providers() {
+    for provider in gw.live().router.providers() {
         let h = provider.health();
         gw.metrics
             .provider_state(&provider.name, h.in_flight, h.cooling);

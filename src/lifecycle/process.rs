@@ -694,29 +694,29 @@ pub fn find_proxies_of_home(home: &Home, proxy_exe_name: &str) -> Vec<ProcessIde
     let mut found: Vec<ProcessIdentity> = entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&pid| pid > 0 && pid != me)
+        // The cheapest test first: most processes are not a proxy at all.
+        .filter(|&pid| runs_program(pid, proxy_exe_name))
         .filter(|&pid| real_uid(pid) == Some(uid))
         .filter_map(|pid| ProcessIdentity::of(pid).ok())
-        .filter(|id| runs_program(id, proxy_exe_name))
         .filter(|id| process_home(id.pid).is_some_and(|h| h == home.root()))
         .collect();
     found.sort_by_key(|id| id.pid);
     found
 }
 
-/// True when `id` was started from a program named `name`: its executable's file
-/// name, or — when that file has since been renamed (an upgrade that moves the old
-/// binary aside) — the command name the kernel recorded at `exec`, which a rename
-/// does not change (`/proc/PID/comm`, at most 15 bytes).
-fn runs_program(id: &ProcessIdentity, name: &str) -> bool {
-    if id.exe.file_name().is_some_and(|n| n == name) {
-        return true;
-    }
-    let Ok(comm) = std::fs::read_to_string(format!("/proc/{}/comm", id.pid)) else {
-        return false;
-    };
-    let comm = comm.trim_end_matches('\n');
+/// True when `pid` was started from a program named `name`: the command name
+/// the kernel recorded at `exec` (`/proc/PID/comm`, at most 15 bytes), which
+/// renaming the file later (an upgrade that moves the old binary aside) does not
+/// change, or else its executable's file name (a program started through a link
+/// of another name).
+fn runs_program(pid: i32, name: &str) -> bool {
     let short: String = name.chars().take(15).collect();
-    !comm.is_empty() && comm == short
+    if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        if comm.trim_end_matches('\n') == short {
+            return true;
+        }
+    }
+    read_exe(pid).is_ok_and(|exe| exe.file_name().is_some_and(|n| n == name))
 }
 
 /// The real UID of `pid` (first field of `Uid:` in `/proc/PID/status`).

@@ -91,6 +91,10 @@ fn old_note(old: &Option<OldProxy>) -> String {
 /// explain it.
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
+    #[error(
+        "cannot ask the proxy (PID {pid}) to reload: {source}; send it SIGHUP instead (`kill -HUP {pid}`) and read logs/proxy.log for the outcome"
+    )]
+    Reload { pid: i32, source: HandoffError },
     #[error("cannot prepare the home: {source}")]
     Home { source: std::io::Error },
     #[error("cannot {action} {}: {source}", path.display())]
@@ -214,6 +218,15 @@ impl SupervisorError {
 pub struct Running {
     pub pid: i32,
     pub url: String,
+}
+
+/// The running proxy's answer to `daemon reload`.
+#[derive(Debug)]
+pub struct Reloaded {
+    pub running: Running,
+    /// 0 applied, 1 applied but some settings need `daemon restart`, 2 refused.
+    pub code: i32,
+    pub message: String,
 }
 
 #[derive(Debug)]
@@ -478,6 +491,31 @@ impl Supervisor {
             }
             _ => None,
         }
+    }
+
+    /// Asks the running proxy to reload its configuration (SPEC §17) and
+    /// returns its answer: `None` when no proxy of this home runs.
+    pub async fn reload(&self, _op: &Operation) -> Result<Option<Reloaded>, SupervisorError> {
+        let Some((record, running)) = self.running() else {
+            return Ok(None);
+        };
+        let path = handoff::control_socket_path(self.home(), record.pid);
+        let asked = path.clone();
+        let answer = tokio::task::spawn_blocking(move || handoff::request_reload(&asked))
+            .await
+            .map_err(|source| HandoffError::Task { path, source })
+            .and_then(|answer| answer)
+            .map_err(|source| SupervisorError::Reload {
+                pid: record.pid,
+                source,
+            })?;
+        let (code, message) = answer;
+        self.log_action(&format!("reload pid={} code={code}: {message}", record.pid));
+        Ok(Some(Reloaded {
+            running,
+            code,
+            message,
+        }))
     }
 
     /// Takes the home's operation lock for `name` (`daemon restart`, …), waiting
