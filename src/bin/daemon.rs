@@ -318,7 +318,19 @@ fn report_error(e: &SupervisorError) {
     }
 }
 
+/// `daemon start`/`restart` end what `daemon stop` asked of a watchdog.
+fn resume_watchdog(supervisor: &Supervisor, op: &Operation) {
+    match supervisor.clear_stopped(op) {
+        Ok(true) => {
+            supervisor.log_action("run/stopped removed: a watchdog watches the proxy again");
+        }
+        Ok(false) => {}
+        Err(e) => eprintln!("daemon: warning: {e}; a watchdog keeps standing by"),
+    }
+}
+
 async fn start(supervisor: &Supervisor, op: &Operation, json: bool) -> i32 {
+    resume_watchdog(supervisor, op);
     let spinner = Spinner::new();
     let outcome = interruptible(supervisor.start(op, &|msg| spinner.tick(msg))).await;
     drop(spinner);
@@ -395,6 +407,21 @@ fn interrupted(supervisor: &Supervisor, what: &str) -> i32 {
 }
 
 async fn stop(supervisor: &Supervisor, op: &Operation, force: bool) -> i32 {
+    // First, so a watchdog that checks while the proxy stops stands by.
+    if let Err(e) = supervisor.mark_stopped(op) {
+        eprintln!("daemon: warning: {e}; a running watchdog may start the proxy again");
+    }
+    let code = stop_now(supervisor, op, force).await;
+    if let Some(watchdog) = warden::lifecycle::supervisor::running_watchdog(supervisor.home()) {
+        println!(
+            "watchdog PID {} stands by and will not restart the proxy until `daemon start` or `daemon restart`",
+            watchdog.pid
+        );
+    }
+    code
+}
+
+async fn stop_now(supervisor: &Supervisor, op: &Operation, force: bool) -> i32 {
     match supervisor.stop(op, force).await {
         Ok(StopOutcome::NotRunning) => {
             println!("proxy is not running");
@@ -448,6 +475,7 @@ async fn reload(supervisor: &Supervisor, op: &Operation) -> i32 {
 }
 
 async fn restart(supervisor: &Supervisor, op: &Operation) -> i32 {
+    resume_watchdog(supervisor, op);
     let spinner = Spinner::new();
     let outcome = interruptible(supervisor.restart(op, &|msg| spinner.tick(msg))).await;
     drop(spinner);
@@ -573,8 +601,19 @@ fn print_status(status: &warden::lifecycle::supervisor::StatusReport, ui_url: Op
                 println!("  {}", status.message);
             }
         }
-        ProxyState::Stopped => println!("proxy is not running"),
+        ProxyState::Stopped => match &status.stopped_by_operator {
+            Some(by) => println!("proxy is not running ({by})"),
+            None => println!("proxy is not running"),
+        },
         ProxyState::Dead => println!("proxy {}: {}", status.state, status.message),
+    }
+    match (&status.watchdog, &status.stopped_by_operator) {
+        (Some(w), Some(_)) => println!(
+            "  watchdog  PID {}, standing by until `daemon start` or `daemon restart`",
+            w.pid
+        ),
+        (Some(w), None) => println!("  watchdog  PID {}, watching", w.pid),
+        (None, _) => {}
     }
 }
 
