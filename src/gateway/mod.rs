@@ -11,6 +11,7 @@
 //! network fetch.
 
 mod admission;
+pub(crate) mod body_budget;
 mod body_end;
 mod chat;
 pub mod connections;
@@ -57,6 +58,8 @@ pub struct Gateway {
     pub prompts: PromptStore,
     /// Whether prompts are sent upstream at all (see [`prompts_in_use`]).
     uses_prompts: bool,
+    /// Request bodies held in memory, all connections together (`server.max_body_memory`).
+    pub(crate) body_budget: body_budget::BodyBudget,
     ready: AtomicBool,
     /// Set when the drain begins: responses then ask clients to close the connection.
     draining: AtomicBool,
@@ -134,6 +137,7 @@ impl Gateway {
             uses_prompts: prompts_in_use(&config),
             prompts,
             live: std::sync::RwLock::new(Arc::new(live)),
+            body_budget: body_budget::BodyBudget::new(config.server.max_body_memory),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             ready_watch: tokio::sync::watch::Sender::new(false),

@@ -192,6 +192,7 @@ pub async fn metrics(
     headers: HeaderMap,
 ) -> Response {
     record_prompt_metrics(&gw);
+    gw.metrics.request_body_bytes(gw.body_budget.held());
     for provider in gw.live().router.providers() {
         let h = provider.health();
         gw.metrics
