@@ -507,8 +507,10 @@ fn once_starts_a_missing_proxy_and_exits_by_health() {
     assert_eq!(log(&home), before);
     assert_eq!(proxy_record(&home).map(|r| r.pid), Some(started.pid));
 
-    // Cannot be made healthy (another program holds the port) → 1.
-    assert!(run("daemon", &home, &["stop"]).status.success());
+    // Cannot be made healthy (another program holds the port) → 1. The proxy is
+    // killed (identity-checked), not stopped with `daemon stop`, after which
+    // `--once` would stand by.
+    process::terminate(&started.identity(), Duration::ZERO).unwrap();
     let _holder = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     let out = run("watchdog", &home, &["--once"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
