@@ -35,7 +35,7 @@ impl InstallDir {
     fn new() -> InstallDir {
         let dir = tempfile::tempdir().unwrap();
         let install = InstallDir { dir };
-        for name in ["daemon", "watchdog", "proxy"] {
+        for name in ["daemon", "watchdog", "preflight", "proxy"] {
             install.put(name);
         }
         install
@@ -50,6 +50,7 @@ impl InstallDir {
         let from = match name {
             "daemon" => env!("CARGO_BIN_EXE_daemon"),
             "watchdog" => env!("CARGO_BIN_EXE_watchdog"),
+            "preflight" => env!("CARGO_BIN_EXE_preflight"),
             "proxy" => env!("CARGO_BIN_EXE_proxy"),
             other => panic!("unknown binary {other}"),
         };
@@ -124,7 +125,12 @@ fn moving_the_old_binary_aside_locks_no_tool_out() {
     assert_eq!(out.status.code(), Some(0), "{}", said(&out));
     assert_eq!(running(&home).pid, old.pid, "the watchdog replaced nothing");
 
-    let out = install.run("daemon", &home, &["restart"]);
+    // preflight's process check still knows it as this home's proxy, not an orphan.
+    let out = install.run("preflight", &home, &["--only", "process"]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+
+    // (--no-check: the port check's 1 s budget is not what this test is about.)
+    let out = install.run("daemon", &home, &["restart", "--no-check"]);
     assert_eq!(out.status.code(), Some(0), "{}", said(&out));
     let new = running(&home);
     assert_ne!(new.pid, old.pid);
