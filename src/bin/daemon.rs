@@ -578,6 +578,12 @@ fn print_status(status: &warden::lifecycle::supervisor::StatusReport, ui_url: Op
                     }
                     println!("{line}");
                 }
+                if !h.cooling_models.is_empty() {
+                    println!(
+                        "  cooling   every provider of {} is cooling: requests for it get 503 until one recovers",
+                        h.cooling_models.join(", ")
+                    );
+                }
                 for (name, p) in &h.prompts {
                     let age = p.age_secs.map_or("-".to_string(), |a| format!("{a:.0} s"));
                     println!(

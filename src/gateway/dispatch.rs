@@ -110,7 +110,11 @@ pub async fn embeddings(gw: &Gateway, body: Bytes, headers: HeaderMap) -> Dispat
     };
     Dispatched {
         info: Some(info),
-        outcome: live.router.embeddings(call).await.map(|reply| (reply, slot)),
+        outcome: live
+            .router
+            .embeddings(call)
+            .await
+            .map(|reply| (reply, slot)),
     }
 }
 
@@ -144,7 +148,11 @@ pub async fn completions(gw: &Gateway, body: Bytes, headers: HeaderMap) -> Dispa
     };
     Dispatched {
         info: Some(info),
-        outcome: live.router.completions(call).await.map(|reply| (reply, slot)),
+        outcome: live
+            .router
+            .completions(call)
+            .await
+            .map(|reply| (reply, slot)),
     }
 }
 

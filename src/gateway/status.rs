@@ -92,6 +92,12 @@ pub fn report(gw: &Gateway) -> HealthReport {
     let ready = gw.is_ready();
     let nats_state = gw.nats.state();
     let mut status = HealthReport::derive_status(ready, &prompts);
+    // Upstream trouble never makes the proxy itself `fail` (a watchdog would
+    // restart a healthy proxy for it): some models unreachable is a warning.
+    let cooling_models = gw.live().router.cooling_models();
+    if status == HealthStatus::Pass && !cooling_models.is_empty() {
+        status = HealthStatus::Warn;
+    }
     if status == HealthStatus::Pass
         && !matches!(
             nats_state,
@@ -130,6 +136,7 @@ pub fn report(gw: &Gateway) -> HealthReport {
         memory: MemoryInfo {
             rss_bytes: rss_bytes().unwrap_or(0),
         },
+        cooling_models,
         nats: NatsHealth {
             state: nats_state.as_str().to_string(),
             in_flight: gw.nats.in_flight(),

@@ -296,6 +296,10 @@ pub(crate) enum ProbeError {
     Get { url: String, error: reqwest::Error },
     #[error("{url} answered HTTP {status}")]
     Status { url: String, status: u16 },
+    /// `GET {base}/models` answered 404: a server is there, but the base URL's
+    /// path is not where its API lives, so every request would fail the same way.
+    #[error("GET {url} answered HTTP 404: a server answers, but not at this base path; {advice}")]
+    WrongPath { url: String, advice: String },
     #[error("{url} serves content with SHA-256 {digest}, not in the source's sha256 allow-list")]
     Digest { url: String, digest: String },
 }
