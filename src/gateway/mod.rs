@@ -54,6 +54,9 @@ pub struct Gateway {
     /// What a reload replaces (SIGHUP, `daemon reload`): a request takes the
     /// current one once, at its start, and keeps it to its end.
     live: std::sync::RwLock<Arc<Live>>,
+    /// What reloads replaced, while requests still hold it: at shutdown their
+    /// agent CLI processes are killed too.
+    retired: std::sync::Mutex<Vec<std::sync::Weak<Live>>>,
     pub metrics: Arc<Metrics>,
     /// The prompt cache: `instructions` for a Responses upstream and `/v1/responses`.
     pub prompts: PromptStore,
@@ -138,6 +141,7 @@ impl Gateway {
             uses_prompts: prompts_in_use(&config),
             prompts,
             live: std::sync::RwLock::new(Arc::new(live)),
+            retired: std::sync::Mutex::new(Vec::new()),
             body_budget: body_budget::BodyBudget::new(config.server.max_body_memory),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -163,7 +167,31 @@ impl Gateway {
             .live
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        std::mem::replace(&mut *slot, next)
+        let old = std::mem::replace(&mut *slot, next);
+        let mut retired = self
+            .retired
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        retired.retain(|weak| weak.strong_count() > 0);
+        retired.push(Arc::downgrade(&old));
+        old
+    }
+
+    /// Kills every agent CLI process still running, of the current providers
+    /// and of those a reload replaced; returns how many there were.
+    fn kill_processes(&self) -> usize {
+        let retired: Vec<Arc<Live>> = self
+            .retired
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
+        self.live().router.kill_processes()
+            + retired
+                .iter()
+                .map(|live| live.router.kill_processes())
+                .sum::<usize>()
     }
 
     pub fn is_ready(&self) -> bool {
@@ -388,6 +416,13 @@ pub async fn run(
         tracing::warn!(
             in_flight = gw.metrics.stats.in_flight.load(Ordering::Relaxed),
             "graceful_timeout reached: closing the remaining connections"
+        );
+    }
+    let killed = gw.kill_processes();
+    if killed > 0 {
+        tracing::warn!(
+            processes = killed,
+            "agent CLI processes still running after the drain were killed"
         );
     }
     tracing::info!(

@@ -300,6 +300,12 @@ pub(crate) enum ProbeError {
     /// path is not where its API lives, so every request would fail the same way.
     #[error("GET {url} answered HTTP 404: a server answers, but not at this base path; {advice}")]
     WrongPath { url: String, advice: String },
+    /// An `api = "command"` provider's program is not found.
+    #[error("{program:?} is not on PATH ({hint})")]
+    NotOnPath { program: String, hint: String },
+    /// Its program did not answer `--version`.
+    #[error("`{program} --version` {why}")]
+    NoVersion { program: String, why: String },
     #[error("{url} serves content with SHA-256 {digest}, not in the source's sha256 allow-list")]
     Digest { url: String, digest: String },
 }
