@@ -51,7 +51,11 @@ pub async fn authenticate_anthropic(
 }
 
 fn identify(gw: &Gateway, mut request: Request, x_api_key: bool) -> Result<Request, ApiError> {
-    match gw.keys.identify(presented(request.headers(), x_api_key)) {
+    let live = gw.live();
+    match gw.keys.identify(
+        presented(request.headers(), x_api_key),
+        live.auth_token.as_deref(),
+    ) {
         Ok(Caller::Open) => Ok(request),
         Ok(caller) => {
             request.extensions_mut().insert(caller);
@@ -96,9 +100,9 @@ pub struct Slot {
 }
 
 impl Slot {
-    /// Takes a slot now or fails with 429; never waits.
-    pub fn try_take(gw: &Gateway) -> Result<Slot, ApiError> {
-        match gw.slots.clone().try_acquire_owned() {
+    /// Takes a slot of `live`'s limit now or fails with 429; never waits.
+    pub fn try_take(gw: &Gateway, live: &super::Live) -> Result<Slot, ApiError> {
+        match live.slots.clone().try_acquire_owned() {
             Ok(permit) => {
                 gw.metrics.slot_taken();
                 Ok(Slot {
@@ -108,7 +112,7 @@ impl Slot {
             }
             Err(_) => {
                 gw.metrics.rejected(Rejection::Concurrency);
-                Err(ApiError::overloaded(gw.config.server.max_concurrent))
+                Err(ApiError::overloaded(live.config.server.max_concurrent))
             }
         }
     }

@@ -47,7 +47,9 @@ pub async fn passthrough(
         .path_and_query()
         .map_or(path.as_str(), |pq| pq.as_str());
     let rest = rest.strip_prefix("/v1").unwrap_or(rest).to_string();
-    if !gw.router.passes_through() {
+    // The providers, keys and limits this request is served with, to its end.
+    let live = gw.live();
+    if !live.router.passes_through() {
         return no_passthrough(&path).into_response();
     }
     let mut headers = client_headers(&parts.headers);
@@ -108,7 +110,7 @@ pub async fn passthrough(
             upload.count(body.into_data_stream()),
         ))
     };
-    let (candidates, rewrite) = match gw.router.route_passthrough(model.as_deref(), &path) {
+    let (candidates, rewrite) = match live.router.route_passthrough(model.as_deref(), &path) {
         Ok(route) => route,
         Err(e) => return e.into_response(),
     };
@@ -135,10 +137,11 @@ pub async fn passthrough(
         PassBody::Whole(bytes) => (bytes.len(), bytes),
         _ => (declared_length.unwrap_or(0) as usize, &[]),
     };
-    let (slot, info, stats) = match dispatch::admit(&gw, &origin, &routed, input_bytes, json_body) {
-        Ok(admitted) => admitted,
-        Err(e) => return e.into_response(),
-    };
+    let (slot, info, stats) =
+        match dispatch::admit(&gw, &live, &origin, &routed, input_bytes, json_body) {
+            Ok(admitted) => admitted,
+            Err(e) => return e.into_response(),
+        };
     let call = PassCall {
         method: parts.method,
         path_and_query: rest,
@@ -146,7 +149,7 @@ pub async fn passthrough(
         body: pass_body,
         stats,
     };
-    let mut response = match gw.router.passthrough(&routed, candidates, call).await {
+    let mut response = match live.router.passthrough(&routed, candidates, call).await {
         Ok(passed) => {
             let (parts, body) = passed.response.into_parts();
             let body = body.into_data_stream().map(move |chunk| {

@@ -34,10 +34,12 @@ pub async fn responses(
         Ok(_) => return invalid::not_an_object().into_response(),
         Err(e) => return invalid::json(e).into_response(),
     };
+    // The providers, keys and limits this request is served with, to its end.
+    let live = gw.live();
     let model_added = request.get("model").is_none();
     let model = match request.get("model") {
         Some(Value::String(model)) => model.clone(),
-        None => match dispatch::default_model(&gw) {
+        None => match dispatch::default_model(&live) {
             Some(model) => {
                 request.insert("model".into(), json!(model));
                 model.to_string()
@@ -68,6 +70,10 @@ pub async fn responses(
             .into_response();
         }
     }
+    let slot = match Slot::try_take(&gw, &live) {
+        Ok(slot) => slot,
+        Err(e) => return e.into_response(),
+    };
     let origin = dispatch::Origin::http(caller.map(|c| c.0), "/v1/responses", &headers);
     let input_bytes = request.get("input").map_or(0, |i| match i {
         Value::String(s) => s.len(),
@@ -80,11 +86,7 @@ pub async fn responses(
         Ok(ticket) => ticket,
         Err(e) => return e.into_response(),
     };
-    let slot = match Slot::try_take(&gw) {
-        Ok(slot) => slot,
-        Err(e) => return e.into_response(),
-    };
-    let body = match base_prompt_policy(&gw, &request) {
+    let body = match base_prompt_policy(&gw, &live, &request) {
         BasePrompt::Skip if !model_added => body,
         BasePrompt::Skip => {
             Bytes::from(serde_json::to_vec(&Value::Object(request)).expect("JSON serialises"))
@@ -105,7 +107,7 @@ pub async fn responses(
         stats,
         headers: client_headers(&headers),
     };
-    respond(gw.router.responses(call).await, slot, info)
+    respond(live.router.responses(call).await, slot, info)
 }
 
 /// Whether `/v1/responses` adds the base prompt to a request.
@@ -120,8 +122,12 @@ enum BasePrompt {
 /// `responses_always_base_instructions` — only when the client brought no
 /// instructions of its own (`instructions`, or a leading system/developer
 /// message in `input`, as Codex sends its prompt), so prompts are never doubled.
-fn base_prompt_policy(gw: &Gateway, request: &Map<String, Value>) -> BasePrompt {
-    let f = &gw.config.features;
+fn base_prompt_policy(
+    gw: &Gateway,
+    live: &super::Live,
+    request: &Map<String, Value>,
+) -> BasePrompt {
+    let f = &live.config.features;
     if !gw.uses_prompts() || f.responses_no_base_instructions {
         return BasePrompt::Skip;
     }

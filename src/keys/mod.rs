@@ -70,7 +70,6 @@ struct Table {
 pub enum Caller {
     /// Keys are not in force and no operator token is set: anyone.
     Open,
-    /// The operator's token (`server.auth_token_env`).
     Operator,
     Key(Arc<KeyState>),
 }
@@ -155,7 +154,6 @@ pub struct Keys {
     table: RwLock<Arc<Table>>,
     /// Keys in force (a key is required): mirrors the table, read lock-free.
     enforced: AtomicBool,
-    operator: Option<String>,
     counters: Arc<dyn Counters>,
     prices: Prices,
     default_reservation: u64,
@@ -189,7 +187,6 @@ impl Keys {
             require: config.keys.require,
             table: RwLock::new(Arc::new(Table::default())),
             enforced: AtomicBool::new(config.keys.require == Require::Always),
-            operator: config.auth_token().filter(|t| !t.is_empty()),
             counters: Arc::new(LocalCounters::new()),
             prices: config.prices.clone(),
             default_reservation: config.keys.default_reservation,
@@ -356,15 +353,21 @@ impl Keys {
         });
     }
 
-    /// Who presented `secret` (`None`: nothing presented).
-    pub fn identify(&self, secret: Option<&str>) -> Result<Caller, AuthFailure> {
-        if let (Some(expected), Some(given)) = (&self.operator, secret) {
+    /// Who presented `secret` (`None`: nothing presented); `operator` is the
+    /// operator's token in force (`server.auth_token_env`), when set.
+    pub fn identify(
+        &self,
+        secret: Option<&str>,
+        operator: Option<&str>,
+    ) -> Result<Caller, AuthFailure> {
+        let operator = operator.filter(|t| !t.is_empty());
+        if let (Some(expected), Some(given)) = (operator, secret) {
             if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
                 return Ok(Caller::Operator);
             }
         }
         if !self.enforced() {
-            return match (&self.operator, secret) {
+            return match (operator, secret) {
                 (None, _) => Ok(Caller::Open),
                 (Some(_), None) => Err(AuthFailure::Missing),
                 (Some(_), Some(_)) => Err(AuthFailure::Unknown),

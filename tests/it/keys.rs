@@ -917,7 +917,12 @@ async fn daemon_restart_under_load_leaves_one_ledger_row_per_answered_request() 
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                let sent = c.post(&url).bearer_auth(&secret).json(&chat_body(false)).send().await;
+                let sent = c
+                    .post(&url)
+                    .bearer_auth(&secret)
+                    .json(&chat_body(false))
+                    .send()
+                    .await;
                 if let Ok(r) = sent {
                     if r.status() == 200 && r.text().await.is_ok() {
                         answered.fetch_add(1, Ordering::Relaxed);
@@ -956,5 +961,9 @@ async fn daemon_restart_under_load_leaves_one_ledger_row_per_answered_request() 
     assert!(out.status.success(), "{}", text(&out.stderr));
     let rows = ledger_rows(&home);
     let ok_rows = rows.iter().filter(|r| r.2 == 200).count();
-    assert_eq!(ok_rows, answered.load(Ordering::Relaxed), "ledger rows vs answered requests");
+    assert_eq!(
+        ok_rows,
+        answered.load(Ordering::Relaxed),
+        "ledger rows vs answered requests"
+    );
 }

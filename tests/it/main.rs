@@ -43,4 +43,5 @@ mod routing;
 mod safety_doc;
 mod systemd;
 mod ui;
+mod upgrade;
 mod watchdog;

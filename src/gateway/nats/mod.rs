@@ -541,7 +541,7 @@ pub(super) fn origin(
         .map(|v| v.as_str().trim())
         .map(|v| super::admission::bearer_credentials(v).unwrap_or(v))
         .filter(|v| !v.is_empty());
-    match gw.keys.identify(secret) {
+    match gw.keys.identify(secret, gw.live().auth_token.as_deref()) {
         Ok(caller) => Ok(dispatch::Origin {
             caller,
             ingress: Ingress::Nats,
