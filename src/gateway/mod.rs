@@ -324,6 +324,13 @@ pub async fn run(
             "graceful_timeout reached: closing the remaining connections"
         );
     }
+    let killed = gw.router.kill_processes();
+    if killed > 0 {
+        tracing::warn!(
+            processes = killed,
+            "agent CLI processes still running after the drain were killed"
+        );
+    }
     tracing::info!(
         requests = gw.metrics.stats.total.load(Ordering::Relaxed),
         uptime_secs = gw.metrics.uptime().as_secs_f64(),
