@@ -564,7 +564,7 @@ pub struct Settings {
     pub watchdog: WatchdogConfig,
     pub logs: LogsConfig,
     pub nats: NatsConfig,
-    /// Per-client keys, limits and the usage ledger (SPEC §14).
+    /// Per-client keys, limits and the usage ledger (docs/contract.md §14, docs/keys.md).
     pub keys: crate::home::keys_config::KeysConfig,
     /// USD per 1M tokens, by model name or trailing-`*` pattern.
     pub prices: crate::home::keys_config::Prices,

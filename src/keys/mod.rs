@@ -1,4 +1,4 @@
-//! Keys, limits, budgets and usage (SPEC §14): who is calling, what they may
+//! Keys, limits, budgets and usage (docs/contract.md §14): who is calling, what they may
 //! use, how much they may spend, and what they spent.
 //!
 //! - [`file`]: `keys.toml`, the SHA-256 of each secret and its limits.

@@ -1,4 +1,4 @@
-//! Keys, limits, budgets and usage (SPEC §14): `proxy keys` and `proxy usage`,
+//! Keys, limits, budgets and usage (docs/contract.md §14): `proxy keys` and `proxy usage`,
 //! authentication by key on every ingress, per-key limits with reservations,
 //! usage metering (streams included) and the SQLite ledger. Each of the peers'
 //! bugs named in the issue has a test named after what it proves.
@@ -102,7 +102,7 @@ fn keys_create_prints_the_secret_once_and_the_file_keeps_only_its_hash() {
         "{}",
         text(&out.stderr)
     );
-    // list --json: SPEC's fields, and never the secret.
+    // list --json: the contract's fields, and never the secret.
     let out = run("proxy", &home, &["keys", "list", "--json"]);
     assert!(out.status.success());
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();

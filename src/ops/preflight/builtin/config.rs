@@ -40,7 +40,7 @@ pub(super) fn check_config(ctx: &Context) -> Outcome {
             ctx.upstream_text()
         )
     };
-    // keys.toml: the client keys a proxy would load (SPEC §14).
+    // keys.toml: the client keys a proxy would load (docs/keys.md).
     let keys_path = ctx.home.resolve_path(&ctx.cfg.keys.file);
     match crate::keys::file::KeyFile::load(&keys_path) {
         Err(e) => {
