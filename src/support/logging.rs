@@ -221,6 +221,18 @@ impl Visit for PlainVisitor<'_> {
         }
     }
 
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        let name = field.name();
+        if self.result.is_err() || name.starts_with("log.") {
+            return;
+        }
+        self.pad();
+        let name = name.strip_prefix("r#").unwrap_or(name);
+        // `{:?}` of a float is digits, `.`, `-`, `e`, `inf` or `NaN`: nothing to escape.
+        self.result =
+            std::fmt::Write::write_fmt(&mut self.writer, format_args!("{name}={value:?}"));
+    }
+
     fn record_bool(&mut self, field: &Field, value: bool) {
         self.plain_field(field.name(), if value { "true" } else { "false" });
     }
@@ -563,6 +575,10 @@ mod tests {
                 min = i64::MIN,
                 pos = 42i64,
                 no = false,
+                ratio = 0.5f64,
+                whole = 2.0f64,
+                tiny = 1e-9f64,
+                nan = f64::NAN,
                 "plain fast paths"
             );
             tracing::error!(error = &err as &(dyn std::error::Error + 'static), "failed");
