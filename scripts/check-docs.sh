@@ -5,6 +5,8 @@
 #   - no link leaves the repository (a ../ past its root, an absolute path), and no file
 #     mentions the contract's old place outside it (shared/SPEC.md, ../shared);
 #   - every docs/NAME.md any file mentions exists;
+#   - no Markdown file speaks of how warden was made ("this turn", "the first version",
+#     "the seed's", "since session N", "since 0.2", "issue 13"): a reader has none of that;
 #   - README.md stays under 300 lines.
 # Each problem is printed as FILE:LINE: what is wrong; the exit status is 1 when there is one.
 set -euo pipefail
@@ -91,6 +93,14 @@ for md in tracked(r"\.md$"):
                 continue
             if anchor and dest.endswith(".md") and anchor not in anchors(dest):
                 report(md, number, f"link {target!r}: {dest} has no heading with the anchor #{anchor}")
+
+HISTORY = re.compile(r"\b(this turn|first turn|first version|the seed's|since session \d+|"
+                     r"since \d+\.\d+\b|issue \d+)", re.IGNORECASE)
+for md in tracked(r"\.md$"):
+    for number, line in enumerate(open(md, encoding="utf-8"), 1):
+        m = HISTORY.search(line)
+        if m:
+            report(md, number, f"{m.group(0)!r} speaks of how warden was made: say what it does now")
 
 own = os.path.join("scripts", "check-docs.sh")
 for f in tracked():

@@ -32,8 +32,12 @@ pub fn route_label(path: &str) -> &'static str {
         "/health/live" => ROUTES[6],
         "/health/ready" => ROUTES[7],
         "/metrics" => ROUTES[8],
-        p if p.starts_with("/v1/models/") => ROUTES[9],
-        _ => ROUTES[10],
+        "/v1/embeddings" => ROUTES[9],
+        "/v1/completions" => ROUTES[10],
+        p if p.starts_with("/v1/models/") => ROUTES[11],
+        // Every other API path is passed through (one label, whatever the path).
+        p if p.starts_with("/v1/") => ROUTES[12],
+        _ => ROUTES[13],
     }
 }
 
@@ -50,13 +54,16 @@ static ROUTES: [&str; ROUTE_COUNT] = [
     "/health/live",
     "/health/ready",
     "/metrics",
+    "/v1/embeddings",
+    "/v1/completions",
     "/v1/models/{id}",
+    "/v1/*",
     "other",
 ];
 
 /// The index in [`ROUTES`] of a label that came from there (compared by
 /// address, so a lookup costs a few comparisons and no hashing).
-const ROUTE_COUNT: usize = 11;
+const ROUTE_COUNT: usize = 14;
 
 fn route_index(route: &'static str) -> Option<usize> {
     ROUTES

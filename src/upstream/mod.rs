@@ -10,6 +10,7 @@
 //! - [`responses`]: a Responses API server, spoken to in translation.
 //! - [`anthropic`]: an Anthropic Messages API server, spoken to in translation
 //!   (Chat Completions and Responses requests alike).
+//! - [`command`]: an agent CLI (Claude Code, Codex, ...) run once per request.
 //!
 //! The two HTTP kinds share one client, retry loop and timeouts ([`http`]).
 //!
@@ -20,10 +21,13 @@ pub(crate) mod anthropic;
 pub mod bounded;
 pub(crate) mod catalog;
 pub(crate) mod chat;
+pub mod command;
 pub(crate) mod forward;
 pub(crate) mod http;
 pub(crate) mod mock;
+mod mock_embeddings;
 mod mock_responses;
+pub mod passthrough;
 pub(crate) mod provider;
 pub(crate) mod responses;
 mod retry;
@@ -64,6 +68,9 @@ pub enum UpstreamError {
         name: String,
         source: Box<UpstreamError>,
     },
+    /// An `api = "command"` provider without a preset or command.
+    #[error("api = \"command\" needs a preset or a command")]
+    NoCommand,
     #[error("between 1 and {max} providers can be routed to, not {count}")]
     ProviderCount { count: usize, max: usize },
 }
@@ -163,11 +170,37 @@ pub struct ResponsesCall {
     pub headers: axum::http::HeaderMap,
 }
 
+/// One `POST /v1/embeddings` request, forwarded as it is (the mock answers it).
+#[derive(Clone)]
+pub struct EmbeddingsCall {
+    pub body: Bytes,
+    /// The model it is routed by.
+    pub model: String,
+    pub stats: Arc<ExchangeStats>,
+    /// The client's headers that go upstream ([`forward::client_headers`]).
+    pub headers: axum::http::HeaderMap,
+}
+
+/// One `POST /v1/completions` (legacy text completions) request: forwarded as
+/// it is to a Chat Completions provider, translated for the others.
+#[derive(Clone)]
+pub struct CompletionsCall {
+    pub body: Bytes,
+    /// The model it is routed by.
+    pub model: String,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub stats: Arc<ExchangeStats>,
+    /// The client's headers that go upstream ([`forward::client_headers`]).
+    pub headers: axum::http::HeaderMap,
+}
+
 pub enum Upstream {
     Mock(mock::MockUpstream),
     Chat(chat::ChatUpstream),
     Responses(responses::ResponsesUpstream),
     Anthropic(anthropic::AnthropicUpstream),
+    Command(command::CommandUpstream),
 }
 
 impl Upstream {
@@ -179,6 +212,11 @@ impl Upstream {
         metrics: Arc<Metrics>,
         prompts: PromptStore,
     ) -> Result<Upstream, UpstreamError> {
+        if let Some(command) = &provider.command {
+            return Ok(Upstream::Command(command::CommandUpstream::new(
+                provider, command, config,
+            )));
+        }
         if provider.is_mock() {
             return Ok(Upstream::Mock(mock::MockUpstream::new()));
         }
@@ -196,6 +234,12 @@ impl Upstream {
                 )?;
                 Upstream::Anthropic(anthropic::AnthropicUpstream::new(http))
             }
+            UpstreamApi::Command => {
+                return Err(UpstreamError::Provider {
+                    name: provider.name.clone(),
+                    source: Box::new(UpstreamError::NoCommand),
+                });
+            }
         })
     }
 
@@ -205,6 +249,7 @@ impl Upstream {
             Upstream::Chat(c) => c.chat(call).await,
             Upstream::Responses(r) => r.chat(call).await,
             Upstream::Anthropic(a) => a.chat(call).await,
+            Upstream::Command(c) => c.chat(call).await,
         }
     }
 
@@ -218,6 +263,7 @@ impl Upstream {
             Upstream::Chat(c) => c.http(),
             Upstream::Responses(r) => r.http(),
             Upstream::Anthropic(a) => return a.responses(call).await,
+            Upstream::Command(c) => return c.responses(call).await,
         };
         http.forward(
             http.responses_url(),
@@ -230,12 +276,87 @@ impl Upstream {
         .await
     }
 
+    /// The HTTP side of a provider with a URL (`None` for the mock).
+    pub fn http(&self) -> Option<&http::HttpUpstream> {
+        match self {
+            Upstream::Mock(_) | Upstream::Command(_) => None,
+            Upstream::Chat(c) => Some(c.http()),
+            Upstream::Responses(r) => Some(r.http()),
+            Upstream::Anthropic(a) => Some(a.http()),
+        }
+    }
+
+    /// Whether this kind serves `POST /v1/embeddings` (the Messages API and
+    /// agent CLIs have none).
+    pub fn serves_embeddings(&self) -> bool {
+        !matches!(self, Upstream::Anthropic(_) | Upstream::Command(_))
+    }
+
+    /// Forwards an embeddings request to `{base}/embeddings` (`api = "chat"` or
+    /// `"responses"`: OpenAI-compatible servers serve it next to the others);
+    /// the mock answers deterministic vectors. The router never sends one to
+    /// an Anthropic provider ([`Upstream::serves_embeddings`]).
+    pub async fn embeddings(&self, call: EmbeddingsCall) -> Result<Reply, ApiError> {
+        let http = match self {
+            Upstream::Mock(_) => return mock_embeddings::respond(call),
+            Upstream::Chat(c) => c.http(),
+            Upstream::Responses(r) => r.http(),
+            Upstream::Anthropic(a) => {
+                return Err(ApiError::not_found(format!(
+                    "provider {} speaks the Anthropic Messages API, which has no embeddings",
+                    a.http().display_url()
+                ))
+                .code("model_not_found"));
+            }
+            Upstream::Command(_) => {
+                return Err(ApiError::not_found(
+                    "an agent CLI provider (api = \"command\") has no embeddings",
+                )
+                .code("model_not_found"));
+            }
+        };
+        http.forward(
+            http.embeddings_url(),
+            &call.body,
+            false,
+            call.stats,
+            chat::usage_of,
+            &call.headers,
+        )
+        .await
+    }
+
+    /// A legacy completions request: forwarded as sent to `{base}/completions`
+    /// of a Chat Completions provider (streams relayed chunk by chunk); the
+    /// mock, Responses and Anthropic providers answer it through their Chat
+    /// path in translation ([`translated::completions_over_chat`]).
+    pub async fn completions(&self, call: CompletionsCall) -> Result<Reply, ApiError> {
+        match self {
+            Upstream::Chat(c) => {
+                let http = c.http();
+                http.forward(
+                    http.completions_url(),
+                    &call.body,
+                    call.stream,
+                    call.stats,
+                    chat::usage_of,
+                    &call.headers,
+                )
+                .await
+            }
+            _ => translated::completions_over_chat(call, |chat| self.chat(chat)).await,
+        }
+    }
+
     /// The upstream's own model list (a `list` object), when it has one. A
     /// Responses upstream is not asked (ChatMock parity: Codex has no list), so
     /// `/v1/models` serves the configured models and their reasoning variants.
     pub async fn models(&self) -> Option<Bytes> {
         match self {
-            Upstream::Mock(_) | Upstream::Responses(_) | Upstream::Anthropic(_) => None,
+            Upstream::Mock(_)
+            | Upstream::Responses(_)
+            | Upstream::Anthropic(_)
+            | Upstream::Command(_) => None,
             Upstream::Chat(c) => c.models().await,
         }
     }

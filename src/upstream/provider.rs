@@ -149,7 +149,8 @@ impl Provider {
             && !self.is_full()
     }
 
-    fn is_full(&self) -> bool {
+    /// At its own `max_concurrent`.
+    pub fn is_full(&self) -> bool {
         self.settings
             .max_concurrent
             .is_some_and(|max| self.in_flight() as usize >= max)

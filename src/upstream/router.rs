@@ -49,7 +49,8 @@ use tokio::time::Instant;
 
 use super::provider::{Admission, FailureKind, Provider};
 use super::{
-    ChatCall, ExchangeStats, FrameStream, Reply, ResponsesCall, Upstream, UpstreamError, retry,
+    ChatCall, CompletionsCall, EmbeddingsCall, ExchangeStats, FrameStream, Reply, ResponsesCall,
+    Upstream, UpstreamError, retry,
 };
 use crate::api::metrics::Metrics;
 use crate::api::openai::ApiError;
@@ -135,12 +136,13 @@ impl Router {
     pub fn summary(&self) -> String {
         self.providers
             .iter()
-            .map(|p| {
-                format!(
+            .map(|p| match &p.upstream {
+                Upstream::Command(c) => format!("{}={}", p.name, c.display()),
+                _ => format!(
                     "{}={}",
                     p.name,
                     crate::support::redact::url(&p.settings.url)
-                )
+                ),
             })
             .collect::<Vec<_>>()
             .join(" ")
@@ -155,6 +157,18 @@ impl Router {
             Duration::from_secs(config.routing.catalog_refresh),
         );
         catalog.discovers().then_some(catalog)
+    }
+
+    /// Kills every agent CLI process still running (after the shutdown
+    /// drain); returns how many there were.
+    pub fn kill_processes(&self) -> usize {
+        self.providers
+            .iter()
+            .map(|p| match &p.upstream {
+                Upstream::Command(c) => c.registry().kill_all(),
+                _ => 0,
+            })
+            .sum()
     }
 
     /// Every provider, in priority order.
@@ -182,6 +196,143 @@ impl Router {
             async move { provider.upstream.responses(call).await }
         })
         .await
+    }
+
+    /// An embeddings request (forwarded as it is), routed by `call.model` to
+    /// the candidates that serve embeddings (not `api = "anthropic"`).
+    pub async fn embeddings(&self, mut call: EmbeddingsCall) -> Result<Reply, ApiError> {
+        let candidates = self.route_and_rewrite(&mut call.model, &mut call.body)?;
+        let candidates = self.serving(
+            &call.model,
+            candidates,
+            Upstream::serves_embeddings,
+            "embeddings",
+        )?;
+        let (stats, model) = (call.stats.clone(), call.model.clone());
+        self.dispatch(&model, candidates, &stats, false, |provider| {
+            let call = call.clone();
+            async move { provider.upstream.embeddings(call).await }
+        })
+        .await
+    }
+
+    /// A legacy completions request, routed by `call.model`.
+    pub async fn completions(&self, mut call: CompletionsCall) -> Result<Reply, ApiError> {
+        let candidates = self.route_and_rewrite(&mut call.model, &mut call.body)?;
+        let (stats, model) = (call.stats.clone(), call.model.clone());
+        self.dispatch(&model, candidates, &stats, call.stream, |provider| {
+            let call = call.clone();
+            async move { provider.upstream.completions(call).await }
+        })
+        .await
+    }
+
+    /// Whether some provider has `passthrough = true`.
+    pub fn passes_through(&self) -> bool {
+        self.passthrough_mask() != 0
+    }
+
+    /// The providers with `passthrough = true`, as a bit mask.
+    fn passthrough_mask(&self) -> u64 {
+        let mut mask = 0;
+        for (i, provider) in self.providers.iter().enumerate() {
+            if provider.settings.passthrough && provider.upstream.http().is_some() {
+                mask |= 1 << i;
+            }
+        }
+        mask
+    }
+
+    /// Where a pass-through request goes: the `passthrough = true` providers
+    /// that serve `model` when the request names one (with the model name to
+    /// send instead, for an alias or `PROVIDER/MODEL`), else all of them.
+    pub fn route_passthrough(
+        &self,
+        model: Option<&str>,
+        path: &str,
+    ) -> Result<(u64, Option<String>), ApiError> {
+        let mask = self.passthrough_mask();
+        if mask == 0 {
+            return Err(no_passthrough(path));
+        }
+        let Some(model) = model else {
+            return Ok((mask, None));
+        };
+        let route = self.route(model)?;
+        let candidates = route.candidates & mask;
+        if candidates == 0 {
+            return Err(ApiError::not_found(format!(
+                "no provider with passthrough = true serves the model {model:?}; set \
+                 passthrough = true on a [[providers]] entry that serves it"
+            ))
+            .code("model_not_found")
+            .param("model"));
+        }
+        Ok((candidates, route.rewrite.map(str::to_owned)))
+    }
+
+    /// A pass-through request to the first of `candidates` that answers (a
+    /// streamed body: one attempt only, it cannot be sent twice).
+    pub async fn passthrough(
+        &self,
+        model: &str,
+        candidates: u64,
+        call: super::passthrough::PassCall,
+    ) -> Result<super::passthrough::Passed, ApiError> {
+        let attempts = if call.body.repeatable() {
+            self.attempts
+        } else {
+            1
+        };
+        let stats = call.stats.clone();
+        self.dispatch_at_most(attempts, model, candidates, &stats, false, |provider| {
+            let call = call.clone();
+            async move {
+                match provider.upstream.http() {
+                    Some(http) => http.pass(&call).await,
+                    None => Err(ApiError::bad_gateway(
+                        "the mock has no other endpoints to pass requests through to",
+                    )),
+                }
+            }
+        })
+        .await
+    }
+
+    /// `candidates` narrowed to the providers whose kind `serves` the route    /// `candidates` narrowed to the providers whose kind `serves` the route
+    /// (`what`, for the message); none left: 404 `model_not_found` saying why.
+    fn serving(
+        &self,
+        model: &str,
+        candidates: u64,
+        serves: fn(&Upstream) -> bool,
+        what: &str,
+    ) -> Result<u64, ApiError> {
+        let mut kept = 0;
+        let mut names = Vec::new();
+        for (i, provider) in self.providers.iter().enumerate() {
+            if candidates & (1 << i) != 0 {
+                if serves(&provider.upstream) {
+                    kept |= 1 << i;
+                } else {
+                    names.push(format!(
+                        "{} (api = \"{}\")",
+                        provider.name,
+                        provider.settings.api.as_str()
+                    ));
+                }
+            }
+        }
+        if kept != 0 {
+            return Ok(kept);
+        }
+        Err(ApiError::not_found(format!(
+            "the providers of the model {model:?} do not serve {what}: {}; \
+             route it to a provider with api = \"chat\" (or write PROVIDER/MODEL)",
+            names.join(", ")
+        ))
+        .code("model_not_found")
+        .param("model"))
     }
 
     /// Routes a request by `model` and returns its candidates; when an alias or
@@ -307,18 +458,39 @@ impl Router {
     }
 
     /// Runs attempts until one answers, the budget is spent or the deadline passes.
-    async fn dispatch<F, Fut>(
+    async fn dispatch<T, F, Fut>(
         &self,
         model: &str,
         candidates: u64,
         stats: &Arc<ExchangeStats>,
         stream: bool,
-        mut call: F,
-    ) -> Result<Reply, ApiError>
+        call: F,
+    ) -> Result<T, ApiError>
     where
+        T: Answer,
         F: FnMut(Arc<Provider>) -> Fut,
-        Fut: Future<Output = Result<Reply, ApiError>>,
+        Fut: Future<Output = Result<T, ApiError>>,
     {
+        self.dispatch_at_most(self.attempts, model, candidates, stats, stream, call)
+            .await
+    }
+
+    /// [`Router::dispatch`] with at most `max_attempts` attempts.
+    async fn dispatch_at_most<T, F, Fut>(
+        &self,
+        max_attempts: u32,
+        model: &str,
+        candidates: u64,
+        stats: &Arc<ExchangeStats>,
+        stream: bool,
+        mut call: F,
+    ) -> Result<T, ApiError>
+    where
+        T: Answer,
+        F: FnMut(Arc<Provider>) -> Fut,
+        Fut: Future<Output = Result<T, ApiError>>,
+    {
+        let attempts_allowed = max_attempts.clamp(1, self.attempts.max(1));
         let deadline = Instant::now() + self.chain_timeout;
         let mut used = [0u8; MAX_PROVIDERS];
         let mut tried: u64 = 0;
@@ -327,7 +499,7 @@ impl Router {
         let mut skipped_full = false;
         // The provider of the last failed attempt, until the next attempt starts.
         let mut failed_at: Option<usize> = None;
-        while attempts < self.attempts {
+        while attempts < attempts_allowed {
             let Some(index) = self.pick(candidates, tried, &used) else {
                 // Everyone this round was tried: another round after a
                 // backoff, unless the last failure was a timeout.
@@ -379,7 +551,7 @@ impl Router {
             let started = std::time::Instant::now();
             let outcome = tokio::time::timeout_at(deadline, async {
                 match call(provider.clone()).await {
-                    Ok(Reply::Stream(frames)) if stream => first_event(frames).await,
+                    Ok(answer) if stream => answer.first_event().await,
                     other => Attempt::Done(other),
                 }
             })
@@ -403,7 +575,7 @@ impl Router {
                 Ok(Attempt::Done(Ok(reply))) => {
                     probe.succeeded();
                     stats.set_provider(&self.providers[index]);
-                    return Ok(hold_in_flight(reply, in_flight));
+                    return Ok(reply.hold(in_flight));
                 }
                 Ok(Attempt::Done(Err(e))) => match failure_kind(&e) {
                     None => {
@@ -413,7 +585,7 @@ impl Router {
                     }
                     Some(kind) => (e, kind),
                 },
-                Ok(Attempt::ErrorFirst { frames, message }) => {
+                Ok(Attempt::ErrorFirst { answer, message }) => {
                     let e = ApiError::bad_gateway(format!(
                         "provider {:?} answered with an error event: {message}",
                         provider.name
@@ -421,11 +593,11 @@ impl Router {
                     probe.failed(self, FailureKind::Failed, &e);
                     // Fail over only to another provider ready now; else the
                     // client gets the stream as it came.
-                    let more =
-                        attempts < self.attempts && self.pick(candidates, tried, &used).is_some();
+                    let more = attempts < attempts_allowed
+                        && self.pick(candidates, tried, &used).is_some();
                     if !more {
                         stats.set_provider(&self.providers[index]);
-                        return Ok(hold_in_flight(Reply::Stream(frames), in_flight));
+                        return Ok(answer.hold(in_flight));
                     }
                     failed_at = Some(index);
                     tracing::warn!(provider = %provider.name, error = %message,
@@ -436,7 +608,7 @@ impl Router {
             };
             probe.failed(self, kind, &error);
             failed_at = Some(index);
-            if attempts < self.attempts {
+            if attempts < attempts_allowed {
                 tracing::debug!(provider = %provider.name, error = %error.message,
                     "attempt failed: trying the next candidate");
             }
@@ -451,7 +623,13 @@ impl Router {
             }
             return Err(error);
         }
-        Err(self.none_available(model, candidates, skipped_full))
+        // A provider at its own max_concurrent is never picked, so it is
+        // seen here: busy, not cooling.
+        let full = skipped_full
+            || self.providers.iter().enumerate().any(|(i, p)| {
+                candidates & (1 << i) != 0 && p.is_full() && p.cooling_for().is_none()
+            });
+        Err(self.none_available(model, candidates, full))
     }
 
     /// Every candidate was cooling (or full): 503 with the earliest recovery.
@@ -492,9 +670,19 @@ impl Router {
     }
 }
 
+/// 404 for a pass-through path when no provider has `passthrough = true`.
+pub fn no_passthrough(path: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "no route for {}: warden serves chat, responses, messages, embeddings and completions \
+         itself and passes other /v1/ paths only to providers with passthrough = true \
+         (set it on a [[providers]] entry, or upstream.passthrough = true)",
+        crate::support::redact::client(path)
+    ))
+}
+
 /// The request body with `model` replaced (aliases and `PROVIDER/MODEL`);
 /// every other field is kept as it was.
-fn with_model(body: &Bytes, model: &str) -> Result<Bytes, ApiError> {
+pub fn with_model(body: &Bytes, model: &str) -> Result<Bytes, ApiError> {
     let mut value: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)
         .map_err(|e| {
             ApiError::bad_request(format!("request body is not a JSON object: {e}"))
@@ -551,29 +739,51 @@ impl Drop for ProbeGuard<'_> {
     }
 }
 
-/// A stream keeps its provider's in-flight count until it ends.
-fn hold_in_flight(reply: Reply, in_flight: super::provider::InFlight) -> Reply {
-    match reply {
-        Reply::Complete(body) => Reply::Complete(body),
-        Reply::Stream(frames) => Reply::Stream(Box::pin(frames.map(move |frame| {
-            let _held = &in_flight;
-            frame
-        }))),
+/// What a provider attempt answers, as the router's one dispatch path needs
+/// it: [`Reply`] for the routes it understands, a pass-through answer
+/// (`super::passthrough::Passed`) for the others.
+pub trait Answer: Sized + Send {
+    /// For a streamed answer: read up to its first event, so an error there
+    /// fails over like a failure before the first byte. Others are done.
+    fn first_event(self) -> impl Future<Output = Attempt<Self>> + Send {
+        std::future::ready(Attempt::Done(Ok(self)))
+    }
+    /// The answer keeps its provider's in-flight count until it is over.
+    fn hold(self, in_flight: super::provider::InFlight) -> Self;
+}
+
+impl Answer for Reply {
+    async fn first_event(self) -> Attempt<Reply> {
+        match self {
+            Reply::Stream(frames) => first_event(frames).await,
+            complete => Attempt::Done(Ok(complete)),
+        }
+    }
+
+    /// A stream keeps its provider's in-flight count until it ends.
+    fn hold(self, in_flight: super::provider::InFlight) -> Reply {
+        match self {
+            Reply::Complete(body) => Reply::Complete(body),
+            Reply::Stream(frames) => Reply::Stream(Box::pin(frames.map(move |frame| {
+                let _held = &in_flight;
+                frame
+            }))),
+        }
     }
 }
 
-enum Attempt {
-    Done(Result<Reply, ApiError>),
-    /// A stream whose first event is an error (what was read is in `frames`).
+pub enum Attempt<T> {
+    Done(Result<T, ApiError>),
+    /// A stream whose first event is an error (what was read is still in `answer`).
     ErrorFirst {
-        frames: FrameStream,
+        answer: T,
         message: String,
     },
 }
 
 /// Reads a stream up to its first complete event; an error there counts as a
 /// failure before the first byte. The stream is handed back whole either way.
-async fn first_event(mut frames: FrameStream) -> Attempt {
+async fn first_event(mut frames: FrameStream) -> Attempt<Reply> {
     // Any line ending the SSE specification allows (CRLF, LF, CR) ends it.
     let mut parser = SseParser::new();
     let mut seen = 0;
@@ -596,7 +806,10 @@ async fn first_event(mut frames: FrameStream) -> Attempt {
     let rest = futures_util::stream::iter(read).chain(frames);
     let frames: FrameStream = Box::pin(rest);
     match message {
-        Some(message) => Attempt::ErrorFirst { frames, message },
+        Some(message) => Attempt::ErrorFirst {
+            answer: Reply::Stream(frames),
+            message,
+        },
         None => Attempt::Done(Ok(Reply::Stream(frames))),
     }
 }
@@ -668,7 +881,11 @@ data: {"type":"response.failed","response":{"error":{"message":"boom"}}}"#
             Bytes::from_static(b"\ndata: [DONE]\n\n"),
         ];
         let frames: FrameStream = Box::pin(futures_util::stream::iter(parts.clone()));
-        let Attempt::ErrorFirst { frames, message } = first_event(frames).await else {
+        let Attempt::ErrorFirst {
+            answer: Reply::Stream(frames),
+            message,
+        } = first_event(frames).await
+        else {
             panic!("an error first")
         };
         assert_eq!(message, "x");

@@ -18,6 +18,7 @@
 
 mod support;
 
+mod agent_clis;
 mod anthropic;
 mod clients;
 mod completions;
@@ -26,9 +27,12 @@ mod config_reference;
 mod daemon;
 mod docs_check;
 mod doctor;
+mod embeddings;
 mod home_only;
 mod hostile;
+mod legacy_completions;
 mod nats;
+mod passthrough;
 mod preflight;
 mod prompts;
 mod properties;
