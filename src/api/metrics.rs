@@ -61,10 +61,10 @@ static ROUTES: [&str; ROUTE_COUNT] = [
     "other",
 ];
 
-/// The index in [`ROUTES`] of a label that came from there (compared by
-/// address, so a lookup costs a few comparisons and no hashing).
 const ROUTE_COUNT: usize = 14;
 
+/// The index in [`ROUTES`] of a label that came from there (compared by
+/// address, so a lookup costs a few comparisons and no hashing).
 fn route_index(route: &'static str) -> Option<usize> {
     ROUTES
         .iter()
