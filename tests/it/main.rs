@@ -42,4 +42,5 @@ mod routing;
 mod safety_doc;
 mod systemd;
 mod ui;
+mod upgrade;
 mod watchdog;
