@@ -896,7 +896,7 @@ fn duplicate_key(text: &str, start: usize, end: usize) -> String {
             .strip_prefix(name)
             .is_some_and(|rest| rest.trim_start().starts_with('=') || rest.starts_with('.'))
     };
-    match lines[from..line - 1].iter().position(|l| defines(&l)) {
+    match lines[from..line - 1].iter().position(defines) {
         Some(i) => format!(
             "duplicate key: `{name}` in {table} was already defined at line {}; keep one of the two",
             from + i + 1
