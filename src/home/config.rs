@@ -75,7 +75,7 @@ pub enum UpstreamApi {
     Responses,
     /// The Anthropic Messages API (`POST {url}/messages`), spoken in translation.
     Anthropic,
-    /// An agent CLI run once per request (`[[providers]]` only; SPEC §19).
+    /// An agent CLI run once per request (`[[providers]]` only; docs/contract.md §19).
     Command,
 }
 
@@ -315,7 +315,7 @@ pub struct ProviderSettings {
     pub attempts: u32,
     /// `api = "command"`: how its CLI is run.
     pub command: Option<CommandSettings>,
-    /// Every other `/v1/` path is passed through to it (SPEC §16).
+    /// Every other `/v1/` path is passed through to it (docs/contract.md §16).
     pub passthrough: bool,
 }
 

@@ -103,7 +103,7 @@ impl Home {
         self.run_dir().join("watchdog.pid")
     }
     /// Left by `daemon stop`, removed by `daemon start`/`restart`: while it exists
-    /// a watchdog stands by instead of restarting the proxy (SPEC §17).
+    /// a watchdog stands by instead of restarting the proxy (docs/contract.md §17).
     pub fn stopped_marker(&self) -> PathBuf {
         self.run_dir().join("stopped")
     }

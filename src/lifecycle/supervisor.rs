@@ -644,7 +644,7 @@ impl Supervisor {
         }
     }
 
-    /// Asks the running proxy to reload its configuration (SPEC §17) and
+    /// Asks the running proxy to reload its configuration (docs/contract.md §17) and
     /// returns its answer: `None` when no proxy of this home runs.
     pub async fn reload(&self, _op: &Operation) -> Result<Option<Reloaded>, SupervisorError> {
         let Some((record, running)) = self.running() else {

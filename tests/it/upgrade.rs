@@ -1,4 +1,4 @@
-//! Upgrades, reloads and stops as an operator does them (SPEC §17): the binary
+//! Upgrades, reloads and stops as an operator does them (docs/contract.md §17): the binary
 //! moved aside under a running proxy, SIGHUP and `daemon reload`, `daemon stop`
 //! while a watchdog runs, `--host`/`--port` on `daemon start`.
 
