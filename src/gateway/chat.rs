@@ -16,16 +16,20 @@ use super::admission::Slot;
 use super::observe::ExchangeInfo;
 use super::{Gateway, dispatch};
 use crate::api::metrics::Rejection;
+use crate::telemetry::SpanParent;
+use axum::Extension;
 use crate::api::openai::ApiError;
 use crate::upstream::Reply;
 use crate::upstream::forward::client_headers;
 
 pub async fn chat_completions(
     State(gw): State<Arc<Gateway>>,
+    trace: Option<Extension<SpanParent>>,
     headers: HeaderMap,
     ClientBody(body): ClientBody,
 ) -> Response {
-    let dispatched = dispatch::chat_with_headers(&gw, body, client_headers(&headers)).await;
+    let trace = trace.map(|Extension(t)| t);
+    let dispatched = dispatch::chat_with_headers(&gw, body, client_headers(&headers), trace).await;
     let mut response = match dispatched.outcome {
         Ok((reply, slot)) => respond_reply(reply, slot),
         Err(e) => e.into_response(),

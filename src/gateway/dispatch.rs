@@ -12,6 +12,7 @@ use super::Gateway;
 use super::admission::Slot;
 pub use super::observe::{ExchangeInfo, Ingress, Record};
 use crate::api::openai::{ApiError, ChatRequestView};
+use crate::telemetry::SpanParent;
 use crate::upstream::{ChatCall, Reply, configured_models};
 
 /// What [`chat`] made of one request.
@@ -24,14 +25,20 @@ pub struct Dispatched {
     pub outcome: Result<(Reply, Slot), ApiError>,
 }
 
-/// Parses, admits and routes one Chat Completions request body.
-pub async fn chat(gw: &Gateway, body: Bytes) -> Dispatched {
-    chat_with_headers(gw, body, HeaderMap::new()).await
+/// Parses, admits and routes one Chat Completions request body; `trace` is
+/// the request's span when traces are on.
+pub async fn chat(gw: &Gateway, body: Bytes, trace: Option<SpanParent>) -> Dispatched {
+    chat_with_headers(gw, body, HeaderMap::new(), trace).await
 }
 
 /// [`chat`], with the client's headers that go upstream
 /// ([`crate::upstream::forward::client_headers`]).
-pub async fn chat_with_headers(gw: &Gateway, body: Bytes, headers: HeaderMap) -> Dispatched {
+pub async fn chat_with_headers(
+    gw: &Gateway,
+    body: Bytes,
+    headers: HeaderMap,
+    trace: Option<SpanParent>,
+) -> Dispatched {
     let failed = |e: ApiError| Dispatched {
         info: None,
         outcome: Err(e),
@@ -62,6 +69,9 @@ pub async fn chat_with_headers(gw: &Gateway, body: Bytes, headers: HeaderMap) ->
         Err(e) => return failed(e),
     };
     let (info, stats) = ExchangeInfo::begin(&model);
+    if let Some(trace) = trace {
+        let _ = stats.trace.set(trace);
+    }
     let call = ChatCall {
         body,
         model,

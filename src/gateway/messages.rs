@@ -56,6 +56,7 @@ fn parse_request(body: Result<ClientBody, ApiError>) -> Result<Value, ApiError> 
 
 pub async fn messages(
     State(gw): State<Arc<Gateway>>,
+    trace: Option<axum::Extension<crate::telemetry::SpanParent>>,
     headers: axum::http::HeaderMap,
     body: Result<ClientBody, ApiError>,
 ) -> Response {
@@ -81,7 +82,8 @@ pub async fn messages(
     };
     chat["model"] = json!(model);
     let body = Bytes::from(serde_json::to_vec(&chat).expect("JSON serialises"));
-    let dispatched = dispatch::chat_with_headers(&gw, body, client_headers(&headers)).await;
+    let trace = trace.map(|axum::Extension(t)| t);
+    let dispatched = dispatch::chat_with_headers(&gw, body, client_headers(&headers), trace).await;
     let mut response = match dispatched.outcome {
         Ok((reply, slot)) => respond(reply, slot, &model, stream),
         Err(e) => error_response(&e),

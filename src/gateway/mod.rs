@@ -65,6 +65,8 @@ pub struct Gateway {
     ready_watch: tokio::sync::watch::Sender<bool>,
     /// The last minutes of request figures, for the status page (`GET /ui`).
     pub history: history::History,
+    /// Traces (`[telemetry]`); `None` when off, and then no span is ever made.
+    pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
 impl Gateway {
@@ -72,7 +74,10 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         let prompts = PromptStore::new(&config.home, &config.prompts);
         let router = UpstreamRouter::from_config(&config, metrics.clone(), prompts.clone())?;
+        let telemetry = crate::telemetry::Telemetry::from_config(&config.telemetry, &metrics)
+            .map_err(|e| crate::upstream::UpstreamError::Telemetry(e.to_string()))?;
         Ok(Arc::new(Gateway {
+            telemetry,
             uses_prompts: prompts_in_use(&config),
             prompts,
             slots: Arc::new(Semaphore::new(config.server.max_concurrent)),
@@ -195,6 +200,9 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 /// first lets busy clients move to the new process during a restart.
 const LINGER: Duration = Duration::from_secs(2);
 
+/// At shutdown, how long the last spans may take to reach the collector.
+const TELEMETRY_FLUSH: Duration = Duration::from_secs(3);
+
 /// The most bytes of one request head (request line and headers); beyond: 431.
 pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
 
@@ -240,6 +248,10 @@ pub async fn run(
         // then from their GET /models in the background (readiness does not wait).
         catalog.load_cache();
         tokio::spawn(catalog.run());
+    }
+    if let Some(telemetry) = &gw.telemetry {
+        // Exports run on this runtime, off the request path.
+        telemetry.spawn_exporter();
     }
     // Off (no network at all) unless nats.url is set; connects in the background.
     let nats_ingress = nats::start(&gw);
@@ -314,6 +326,10 @@ pub async fn run(
             in_flight = gw.metrics.stats.in_flight.load(Ordering::Relaxed),
             "graceful_timeout reached: closing the remaining connections"
         );
+    }
+    if let Some(telemetry) = &gw.telemetry {
+        // The spans of the last requests, if the collector takes them quickly.
+        telemetry.flush(TELEMETRY_FLUSH).await;
     }
     tracing::info!(
         requests = gw.metrics.stats.total.load(Ordering::Relaxed),

@@ -19,6 +19,7 @@ use axum::response::Response;
 use super::Gateway;
 use super::body_end::{EndingBody, OnEnd};
 use crate::api::metrics::route_label;
+use crate::telemetry::{ServerSpan, SpanParent};
 use crate::upstream::ExchangeStats;
 use crate::upstream::forward::{REQUEST_ID, ensure_request_id};
 
@@ -67,6 +68,15 @@ pub async fn observe(State(gw): State<Arc<Gateway>>, mut request: Request, next:
     if api {
         gw.metrics.request_started();
     }
+    // A span for each request that may go to a provider; none at all when off.
+    let trace = match &gw.telemetry {
+        Some(telemetry) if api && request.method() == axum::http::Method::POST => {
+            let span = telemetry.http_span("POST", route, request.headers());
+            request.extensions_mut().insert(span.parent());
+            Some(span)
+        }
+        _ => None,
+    };
     let started = Instant::now();
     let mut response = next.run(request).await;
     let status = response.status().as_u16();
@@ -90,6 +100,7 @@ pub async fn observe(State(gw): State<Arc<Gateway>>, mut request: Request, next:
                 status,
                 started,
                 exchange,
+                trace,
             },
         ))
     })
@@ -107,6 +118,8 @@ pub struct Record {
     pub status: u16,
     started: Instant,
     pub exchange: Option<ExchangeInfo>,
+    /// The request's span, when traces are on; ended by [`Record::finish`].
+    trace: Option<ServerSpan>,
 }
 
 impl Record {
@@ -122,15 +135,50 @@ impl Record {
             status: 200,
             started: Instant::now(),
             exchange: None,
+            trace: None,
         }
+    }
+
+    /// Starts the request's CONSUMER span (when traces are on), continuing
+    /// the trace in the message's headers.
+    pub fn trace_nats(&mut self, subject: &str, headers: Option<&async_nats::HeaderMap>) {
+        if let Some(telemetry) = &self.gw.telemetry {
+            let get = |key: &str| headers.and_then(|h| h.get(key)).map(|v| v.as_str());
+            self.trace = Some(telemetry.nats_span(subject, get));
+        }
+    }
+
+    /// What the request's attempts are children of, when traces are on.
+    pub fn span_parent(&self) -> Option<SpanParent> {
+        self.trace.as_ref().map(ServerSpan::parent)
     }
 
     /// Records the request: `completed` is false when the client went away
     /// before the answer was fully delivered (status 499).
-    pub fn finish(self, completed: bool) {
+    pub fn finish(mut self, completed: bool) {
         let elapsed = self.started.elapsed();
         // 499 (nginx's "client closed request") for answers the client abandoned.
         let status = if completed { self.status } else { 499 };
+        let trace_id = self.trace.take().map(|span| {
+            let id = span.trace_id();
+            span.finish(status);
+            id
+        });
+        if status >= 500 {
+            self.gw.history.failed(super::history::Failure {
+                t: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                route: self.route,
+                status,
+                provider: self
+                    .exchange
+                    .as_ref()
+                    .and_then(|x| x.stats.provider_name())
+                    .map(str::to_string),
+                trace_id: trace_id.clone(),
+            });
+        }
         let metrics = &self.gw.metrics;
         match self.ingress {
             Ingress::Http => metrics.request_finished(self.route, status, elapsed, self.api),
@@ -144,22 +192,45 @@ impl Record {
                 let usage = x.stats.usage();
                 metrics.model_usage(&x.model, usage.prompt_tokens, usage.completion_tokens);
                 metrics.exchange_timing(elapsed, x.stats.upstream_time());
-                tracing::info!(
+                match &trace_id {
+                    None => tracing::info!(
+                        ingress,
+                        route = self.route,
+                        status,
+                        duration_ms,
+                        model = %crate::support::redact::client(&x.model),
+                        provider = x.stats.provider_name().unwrap_or("-"),
+                        failovers = x.stats.failovers(),
+                        prompt_tokens = usage.prompt_tokens,
+                        completion_tokens = usage.completion_tokens,
+                        "request"
+                    ),
+                    Some(trace_id) => tracing::info!(
+                        ingress,
+                        route = self.route,
+                        status,
+                        duration_ms,
+                        model = %crate::support::redact::client(&x.model),
+                        provider = x.stats.provider_name().unwrap_or("-"),
+                        failovers = x.stats.failovers(),
+                        prompt_tokens = usage.prompt_tokens,
+                        completion_tokens = usage.completion_tokens,
+                        trace_id = %trace_id,
+                        "request"
+                    ),
+                }
+            }
+            None if self.api || status >= 400 => match &trace_id {
+                None => tracing::info!(ingress, route = self.route, status, duration_ms, "request"),
+                Some(trace_id) => tracing::info!(
                     ingress,
                     route = self.route,
                     status,
                     duration_ms,
-                    model = %crate::support::redact::client(&x.model),
-                    provider = x.stats.provider_name().unwrap_or("-"),
-                    failovers = x.stats.failovers(),
-                    prompt_tokens = usage.prompt_tokens,
-                    completion_tokens = usage.completion_tokens,
+                    trace_id = %trace_id,
                     "request"
-                );
-            }
-            None if self.api || status >= 400 => {
-                tracing::info!(ingress, route = self.route, status, duration_ms, "request");
-            }
+                ),
+            },
             None => tracing::debug!(ingress, route = self.route, status, duration_ms, "request"),
         }
     }

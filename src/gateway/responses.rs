@@ -25,6 +25,7 @@ use crate::upstream::forward::client_headers;
 
 pub async fn responses(
     State(gw): State<Arc<Gateway>>,
+    trace: Option<axum::Extension<crate::telemetry::SpanParent>>,
     headers: HeaderMap,
     ClientBody(body): ClientBody,
 ) -> Response {
@@ -85,6 +86,9 @@ pub async fn responses(
         }
     };
     let (info, stats) = ExchangeInfo::begin(&model);
+    if let Some(axum::Extension(trace)) = trace {
+        let _ = stats.trace.set(trace);
+    }
     let call = ResponsesCall {
         body,
         model,

@@ -56,6 +56,7 @@ use crate::api::openai::ApiError;
 use crate::api::sse::SseParser;
 use crate::home::config::Config;
 use crate::prompts::PromptStore;
+use crate::telemetry::{AttemptSpan, AttemptStart, SpanParent, UsageSource};
 
 /// At most this many providers (the candidate set is a `u64` bit mask).
 pub use crate::home::config::MAX_PROVIDERS;
@@ -165,9 +166,16 @@ impl Router {
     /// A Chat Completions request, to the first candidate that answers.
     pub async fn chat(&self, mut call: ChatCall) -> Result<Reply, ApiError> {
         let candidates = self.route_and_rewrite(&mut call.model, &mut call.body)?;
-        let (stats, model) = (call.stats.clone(), call.model.clone());
-        self.dispatch(&model, candidates, &stats, call.stream, |provider| {
-            let call = call.clone();
+        let (stats, model, body) = (call.stats.clone(), call.model.clone(), call.body.clone());
+        let request = Request {
+            operation: "chat",
+            model: &model,
+            stream: call.stream,
+            body: &body,
+        };
+        self.dispatch(request, candidates, &stats, |provider, span| {
+            let mut call = call.clone();
+            trace_headers(&mut call.headers, span);
             async move { provider.upstream.chat(call).await }
         })
         .await
@@ -176,9 +184,16 @@ impl Router {
     /// A Responses API request (forwarded as it is), routed by `call.model`.
     pub async fn responses(&self, mut call: ResponsesCall) -> Result<Reply, ApiError> {
         let candidates = self.route_and_rewrite(&mut call.model, &mut call.body)?;
-        let (stats, model) = (call.stats.clone(), call.model.clone());
-        self.dispatch(&model, candidates, &stats, call.stream, |provider| {
-            let call = call.clone();
+        let (stats, model, body) = (call.stats.clone(), call.model.clone(), call.body.clone());
+        let request = Request {
+            operation: "chat",
+            model: &model,
+            stream: call.stream,
+            body: &body,
+        };
+        self.dispatch(request, candidates, &stats, |provider, span| {
+            let mut call = call.clone();
+            trace_headers(&mut call.headers, span);
             async move { provider.upstream.responses(call).await }
         })
         .await
@@ -309,16 +324,16 @@ impl Router {
     /// Runs attempts until one answers, the budget is spent or the deadline passes.
     async fn dispatch<F, Fut>(
         &self,
-        model: &str,
+        request: Request<'_>,
         candidates: u64,
         stats: &Arc<ExchangeStats>,
-        stream: bool,
         mut call: F,
     ) -> Result<Reply, ApiError>
     where
-        F: FnMut(Arc<Provider>) -> Fut,
+        F: FnMut(Arc<Provider>, Option<&AttemptSpan>) -> Fut,
         Fut: Future<Output = Result<Reply, ApiError>>,
     {
+        let (model, stream) = (request.model, request.stream);
         let deadline = Instant::now() + self.chain_timeout;
         let mut used = [0u8; MAX_PROVIDERS];
         let mut tried: u64 = 0;
@@ -376,20 +391,26 @@ impl Router {
             used[index] = used[index].saturating_add(1);
             provider.metrics.requests.inc();
             let in_flight = self.providers[index].enter();
+            // Off, no span: one check of an empty cell.
+            let span = stats
+                .trace
+                .get()
+                .map(|parent| request.attempt_span(parent, provider, attempts, stats));
             let started = std::time::Instant::now();
             let outcome = tokio::time::timeout_at(deadline, async {
-                match call(provider.clone()).await {
+                match call(provider.clone(), span.as_ref()).await {
                     Ok(Reply::Stream(frames)) if stream => first_event(frames).await,
                     other => Attempt::Done(other),
                 }
             })
             .await;
-            provider
-                .metrics
-                .latency
-                .observe(started.elapsed().as_secs_f64());
+            let elapsed = started.elapsed();
+            provider.metrics.latency.observe(elapsed.as_secs_f64());
             let (error, kind) = match outcome {
                 Err(_) => {
+                    if let Some(span) = span {
+                        span.failed("timeout");
+                    }
                     let e = ApiError::gateway_timeout(format!(
                         "no provider answered within {} s (upstream.first_byte_timeout, \
                          which covers every attempt); the last one tried was {:?}",
@@ -403,17 +424,54 @@ impl Router {
                 Ok(Attempt::Done(Ok(reply))) => {
                     probe.succeeded();
                     stats.set_provider(&self.providers[index]);
+                    let reply = match reply {
+                        Reply::Stream(frames) if stream => {
+                            // The stream's first event has arrived.
+                            provider
+                                .metrics
+                                .time_to_first_token
+                                .observe(elapsed.as_secs_f64());
+                            match span {
+                                Some(span) => {
+                                    let usage: Arc<dyn UsageSource> = stats.clone();
+                                    Reply::Stream(Box::pin(span.stream(frames, elapsed, usage)))
+                                }
+                                None => Reply::Stream(frames),
+                            }
+                        }
+                        reply => {
+                            if let Some(span) = span {
+                                match &reply {
+                                    Reply::Complete(body) => span.answered(body, stats.as_ref()),
+                                    Reply::Stream(_) => span.answered(b"", stats.as_ref()),
+                                }
+                            }
+                            reply
+                        }
+                    };
                     return Ok(hold_in_flight(reply, in_flight));
                 }
-                Ok(Attempt::Done(Err(e))) => match failure_kind(&e) {
-                    None => {
-                        probe.succeeded();
-                        stats.set_provider(&self.providers[index]);
-                        return Err(e);
+                Ok(Attempt::Done(Err(e))) => {
+                    if let Some(span) = span {
+                        // The provider's own status where the error renders one.
+                        match e.upstream_status {
+                            Some(status) => span.failed(&status.to_string()),
+                            None => span.failed(e.status.as_str()),
+                        }
                     }
-                    Some(kind) => (e, kind),
-                },
+                    match failure_kind(&e) {
+                        None => {
+                            probe.succeeded();
+                            stats.set_provider(&self.providers[index]);
+                            return Err(e);
+                        }
+                        Some(kind) => (e, kind),
+                    }
+                }
                 Ok(Attempt::ErrorFirst { frames, message }) => {
+                    if let Some(span) = span {
+                        span.failed("error_event");
+                    }
                     let e = ApiError::bad_gateway(format!(
                         "provider {:?} answered with an error event: {message}",
                         provider.name
@@ -489,6 +547,54 @@ impl Router {
         )
         .code("providers_cooling")
         .retry_after(secs)
+    }
+}
+
+/// What the router knows of a request, for its attempts and their spans.
+#[derive(Clone, Copy)]
+struct Request<'a> {
+    /// `gen_ai.operation.name`.
+    operation: &'static str,
+    /// The model sent upstream.
+    model: &'a str,
+    stream: bool,
+    /// The body sent upstream (read for a span only with `capture_content`).
+    body: &'a [u8],
+}
+
+impl Request<'_> {
+    /// The CLIENT span of attempt number `attempt` at `provider`.
+    fn attempt_span(
+        &self,
+        parent: &SpanParent,
+        provider: &Provider,
+        attempt: u32,
+        stats: &ExchangeStats,
+    ) -> AttemptSpan {
+        parent.attempt(AttemptStart {
+            operation: self.operation,
+            model: self.model,
+            provider: &provider.name,
+            system: provider.genai_system(),
+            server: provider.server.as_ref().map(|(host, port)| (host.as_str(), *port)),
+            attempt,
+            stream: self.stream,
+            key: stats.key_name.get().map(|k| &**k),
+            body: self.body,
+        })
+    }
+}
+
+/// Puts the attempt span's own context in the headers that go to the
+/// provider (`traceparent`, and `tracestate` when the trace has one).
+fn trace_headers(headers: &mut axum::http::HeaderMap, span: Option<&AttemptSpan>) {
+    use axum::http::HeaderValue;
+    let Some(span) = span else { return };
+    if let Ok(value) = HeaderValue::from_str(&span.traceparent()) {
+        headers.insert(crate::telemetry::propagation::TRACEPARENT, value);
+    }
+    if let Some(Ok(value)) = span.tracestate().map(|s| HeaderValue::from_str(&s)) {
+        headers.insert(crate::telemetry::propagation::TRACESTATE, value);
     }
 }
 

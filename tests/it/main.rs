@@ -35,5 +35,6 @@ mod responses;
 mod routing;
 mod safety_doc;
 mod systemd;
+mod traces;
 mod ui;
 mod watchdog;

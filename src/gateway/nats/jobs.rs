@@ -209,6 +209,7 @@ async fn handle(gw: Arc<Gateway>, client: async_nats::Client, message: js::Messa
         .filter(|s| !s.is_empty() && !s.contains([' ', '*', '>']));
     let (message, acker) = message.split();
     let mut record = Record::start(gw.clone(), Ingress::Nats, CHAT_ROUTE);
+    record.trace_nats(&message.subject, message.headers.as_ref());
     let Some(reply_to) = reply_to else {
         tracing::warn!(
             subject = %message.subject,
@@ -225,7 +226,7 @@ async fn handle(gw: Arc<Gateway>, client: async_nats::Client, message: js::Messa
     // Progress acks while the upstream thinks (before the first chunk); the
     // streaming relay sends its own between chunks.
     let dispatched = {
-        let work = dispatch::chat(&gw, message.payload);
+        let work = dispatch::chat(&gw, message.payload, record.span_parent());
         tokio::pin!(work);
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         loop {

@@ -495,13 +495,13 @@ async fn take(
         return;
     };
     let (gw, client) = (gw.clone(), worker.clone());
-    let payload = request.message.payload;
+    let message = request.message;
     tokio::spawn(async move {
         let _in_flight = in_flight;
         if route == MODELS_ROUTE {
             serve_models(gw, client, reply_to).await;
         } else {
-            serve_chat(gw, client, reply_to, payload).await;
+            serve_chat(gw, client, reply_to, message).await;
         }
     });
 }
@@ -510,10 +510,12 @@ async fn serve_chat(
     gw: Arc<Gateway>,
     client: async_nats::Client,
     reply_to: async_nats::Subject,
-    payload: bytes::Bytes,
+    message: async_nats::Message,
 ) {
     let mut record = Record::start(gw.clone(), Ingress::Nats, CHAT_ROUTE);
-    let dispatched = dispatch::chat(&gw, payload).await;
+    record.trace_nats(&message.subject, message.headers.as_ref());
+    let parent = record.span_parent();
+    let dispatched = dispatch::chat(&gw, message.payload, parent).await;
     record.exchange = dispatched.info;
     let delivered = match dispatched.outcome {
         Ok((answer, slot)) => reply::deliver(&client, reply_to, answer, slot, None).await,
