@@ -1321,7 +1321,49 @@ const FEATURE_VARS: [(&str, FeatureField); 6] = [
     }),
 ];
 
+/// Every variable that overrides a key, with the key (`docs/configuration.md` lists
+/// each in its key's row; a test checks it). `apply_env` reads no other variable.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("WARDEN_HOST", "server.host"),
+    ("WARDEN_PORT", "server.port"),
+    ("WARDEN_UPSTREAM_URL", "upstream.url"),
+    ("WARDEN_UPSTREAM_API", "upstream.api"),
+    ("WARDEN_NATS_URL", "nats.url"),
+    ("WARDEN_VERBOSE", "features.verbose"),
+    ("CHATMOCK_VERBOSE", "features.verbose"),
+    ("WARDEN_EXPOSE_REASONING", "features.expose_reasoning"),
+    ("CHATMOCK_EXPOSE_REASONING", "features.expose_reasoning"),
+    ("WARDEN_ENABLE_WEB_SEARCH", "features.enable_web_search"),
+    ("CHATMOCK_ENABLE_WEB_SEARCH", "features.enable_web_search"),
+    (
+        "WARDEN_ENABLE_RESPONSES_API",
+        "features.enable_responses_api",
+    ),
+    (
+        "CHATMOCK_ENABLE_RESPONSES_API",
+        "features.enable_responses_api",
+    ),
+    (
+        "WARDEN_RESPONSES_NO_BASE_INSTRUCTIONS",
+        "features.responses_no_base_instructions",
+    ),
+    (
+        "CHATMOCK_RESPONSES_NO_BASE_INSTRUCTIONS",
+        "features.responses_no_base_instructions",
+    ),
+    (
+        "WARDEN_RESPONSES_ALWAYS_BASE_INSTRUCTIONS",
+        "features.responses_always_base_instructions",
+    ),
+    (
+        "CHATMOCK_RESPONSES_ALWAYS_BASE_INSTRUCTIONS",
+        "features.responses_always_base_instructions",
+    ),
+];
+
 fn apply_env(s: &mut Settings, env: &EnvSource) -> Result<(), ConfigError> {
+    // Every variable read here is listed in ENV_OVERRIDES (checked in debug builds).
+    let env = ListedVars(env);
     fn bad(var: &str, origin: VarOrigin, message: String) -> ConfigError {
         ConfigError {
             origin: origin.to_string(),
@@ -1390,6 +1432,19 @@ fn apply_env(s: &mut Settings, env: &EnvSource) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// `apply_env`'s view of the variables: only those `ENV_OVERRIDES` lists.
+struct ListedVars<'a>(&'a EnvSource);
+
+impl ListedVars<'_> {
+    fn get_with_origin(&self, var: &str) -> Option<(String, VarOrigin)> {
+        debug_assert!(
+            ENV_OVERRIDES.iter().any(|(v, _)| *v == var),
+            "{var} overrides a key but is not in ENV_OVERRIDES (add it, and to docs/configuration.md)"
+        );
+        self.0.get_with_origin(var)
+    }
 }
 
 impl Overrides {
@@ -1558,6 +1613,41 @@ mod tests {
         ]);
         let cfg = Config::load_with_env(&home, &Overrides::default(), env).unwrap();
         assert!(!cfg.features.expose_reasoning);
+    }
+
+    /// Each listed variable really sets its key, and nothing else.
+    #[test]
+    fn every_listed_variable_overrides_its_key() {
+        let home = Home::at("/nonexistent-warden-home");
+        let defaults = serde_json::to_value(Settings::default()).unwrap();
+        let lookup =
+            |v: &serde_json::Value, key: &str| key.split('.').fold(v.clone(), |v, k| v[k].clone());
+        for (var, key) in ENV_OVERRIDES {
+            let applied = [
+                "127.0.0.2",
+                "8123",
+                "http://127.0.0.1:9/v1",
+                "responses",
+                "nats://127.0.0.1:4222",
+                "true",
+                "false",
+            ]
+            .iter()
+            .find_map(|value| {
+                let env = EnvSource::from_pairs([(*var, *value)]);
+                let cfg = Config::load_with_env(&home, &Overrides::default(), env).ok()?;
+                let got = serde_json::to_value(&cfg.settings).unwrap();
+                (lookup(&got, key) != lookup(&defaults, key)).then_some(got)
+            })
+            .unwrap_or_else(|| panic!("{var} does not change {key}"));
+            let mut expected = defaults.clone();
+            let mut slot = &mut expected;
+            for k in key.split('.') {
+                slot = &mut slot[k];
+            }
+            *slot = lookup(&applied, key);
+            assert_eq!(applied, expected, "{var} changes more than {key}");
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod anthropic;
 mod clients;
 mod completions;
 mod concurrent_operators;
+mod config_reference;
 mod daemon;
 mod doctor;
 mod home_only;
