@@ -16,11 +16,11 @@ use super::admission::Slot;
 use super::observe::ExchangeInfo;
 use super::{Gateway, dispatch};
 use crate::api::metrics::Rejection;
-use crate::telemetry::SpanParent;
-use axum::Extension;
 use crate::api::openai::ApiError;
+use crate::telemetry::SpanParent;
 use crate::upstream::Reply;
 use crate::upstream::forward::client_headers;
+use axum::Extension;
 
 pub async fn chat_completions(
     State(gw): State<Arc<Gateway>>,

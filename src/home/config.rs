@@ -508,7 +508,10 @@ impl TelemetryConfig {
     }
     /// Where spans are sent: `{otlp_endpoint}/v1/traces`.
     pub fn traces_url(&self) -> String {
-        format!("{}/v1/traces", self.otlp_endpoint.trim().trim_end_matches('/'))
+        format!(
+            "{}/v1/traces",
+            self.otlp_endpoint.trim().trim_end_matches('/')
+        )
     }
 }
 
@@ -918,7 +921,10 @@ fn validate_telemetry(t: &TelemetryConfig) -> Result<(), (String, String)> {
     if !(0.0..=1.0).contains(&t.sample_ratio) {
         return Err((
             "telemetry.sample_ratio".into(),
-            format!("{} is out of range: must be from 0.0 to 1.0", t.sample_ratio),
+            format!(
+                "{} is out of range: must be from 0.0 to 1.0",
+                t.sample_ratio
+            ),
         ));
     }
     let name = t.service_name.trim();
@@ -1329,6 +1335,8 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("WARDEN_UPSTREAM_URL", "upstream.url"),
     ("WARDEN_UPSTREAM_API", "upstream.api"),
     ("WARDEN_NATS_URL", "nats.url"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "telemetry.otlp_endpoint"),
+    ("OTEL_SERVICE_NAME", "telemetry.service_name"),
     ("WARDEN_VERBOSE", "features.verbose"),
     ("CHATMOCK_VERBOSE", "features.verbose"),
     ("WARDEN_EXPOSE_REASONING", "features.expose_reasoning"),

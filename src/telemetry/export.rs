@@ -78,11 +78,7 @@ pub(super) fn pipeline<E: SpanExporter + 'static>(
     exported: Counter,
     dropped: Counter,
     shown_url: String,
-) -> (
-    QueueProcessor,
-    Drain<E>,
-    mpsc::Sender<oneshot::Sender<()>>,
-) {
+) -> (QueueProcessor, Drain<E>, mpsc::Sender<oneshot::Sender<()>>) {
     let (span_tx, span_rx) = mpsc::channel(QUEUE_CAPACITY);
     let (flush_tx, flush_rx) = mpsc::channel(4);
     (
@@ -151,10 +147,7 @@ impl<E: SpanExporter + 'static> Drain<E> {
                 None
             }
             Ok(Err(e)) => Some(crate::support::redact::urls_in(&e.to_string()).into_owned()),
-            Err(_) => Some(format!(
-                "no answer within {} s",
-                EXPORT_TIMEOUT.as_secs()
-            )),
+            Err(_) => Some(format!("no answer within {} s", EXPORT_TIMEOUT.as_secs())),
         };
         if let Some(why) = &failure {
             self.dropped.inc_by(n);

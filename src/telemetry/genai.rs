@@ -113,7 +113,8 @@ impl Answer {
                 }
             }
         }
-        if capture && value.get("type").and_then(Value::as_str) == Some("response.output_text.delta")
+        if capture
+            && value.get("type").and_then(Value::as_str) == Some("response.output_text.delta")
         {
             if let Some(delta) = value.get("delta").and_then(Value::as_str) {
                 self.push_text(delta);

@@ -262,8 +262,10 @@ impl ServerSpan {
 
     /// Ends the span with the status the client got (499: it went away).
     pub fn finish(mut self, status: u16) {
-        self.span
-            .set_attribute(KeyValue::new("http.response.status_code", i64::from(status)));
+        self.span.set_attribute(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status),
+        ));
         if status >= 500 {
             self.span
                 .set_attribute(KeyValue::new("error.type", status.to_string()));
@@ -449,8 +451,12 @@ impl AttemptSpan {
             span.set_attribute(KeyValue::new("gen_ai.response.model", model));
         }
         if !a.finish_reasons.is_empty() {
-            let reasons: Vec<StringValue> =
-                a.finish_reasons.iter().cloned().map(StringValue::from).collect();
+            let reasons: Vec<StringValue> = a
+                .finish_reasons
+                .iter()
+                .cloned()
+                .map(StringValue::from)
+                .collect();
             span.set_attribute(KeyValue::new(
                 "gen_ai.response.finish_reasons",
                 Value::Array(Array::String(reasons)),

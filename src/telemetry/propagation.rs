@@ -77,7 +77,10 @@ mod tests {
             "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
             "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         ] {
-            assert!(extract(|k| (k == TRACEPARENT).then_some(bad)).is_none(), "{bad:?}");
+            assert!(
+                extract(|k| (k == TRACEPARENT).then_some(bad)).is_none(),
+                "{bad:?}"
+            );
         }
         assert!(extract(|_| None).is_none());
     }

@@ -456,6 +456,9 @@ impl Router {
                         // The provider's own status where the error renders one.
                         match e.upstream_status {
                             Some(status) => span.failed(&status.to_string()),
+                            None if failure_kind(&e) == Some(FailureKind::Timeout) => {
+                                span.failed("timeout");
+                            }
                             None => span.failed(e.status.as_str()),
                         }
                     }
@@ -576,7 +579,10 @@ impl Request<'_> {
             model: self.model,
             provider: &provider.name,
             system: provider.genai_system(),
-            server: provider.server.as_ref().map(|(host, port)| (host.as_str(), *port)),
+            server: provider
+                .server
+                .as_ref()
+                .map(|(host, port)| (host.as_str(), *port)),
             attempt,
             stream: self.stream,
             key: stats.key_name.get().map(|k| &**k),

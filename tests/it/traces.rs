@@ -97,12 +97,18 @@ async fn the_provider_gets_the_attempt_spans_context_not_the_callers() {
     let spans = collector.trace(&trace, 2).await;
     let server = one(&spans, SERVER);
     let attempt = one(&spans, CLIENT);
-    assert_eq!(server.parent_span_id, caller, "the caller's trace is continued");
+    assert_eq!(
+        server.parent_span_id, caller,
+        "the caller's trace is continued"
+    );
     assert!(server.links.is_empty(), "continued, not linked");
     assert_eq!(attempt.parent_span_id, server.span_id);
     let (sent_trace, sent_parent) = sent_traceparent(&upstream, 0);
     assert_eq!(sent_trace, trace);
-    assert_eq!(sent_parent, attempt.span_id, "the provider's parent is the attempt");
+    assert_eq!(
+        sent_parent, attempt.span_id,
+        "the provider's parent is the attempt"
+    );
     assert_ne!(sent_parent, caller);
 }
 
@@ -120,7 +126,10 @@ async fn one_request_is_one_server_span_and_one_client_span_with_genai_attribute
     assert_eq!(spans.len(), 2, "exactly two spans: {spans:#?}");
     let server = one(&spans, SERVER);
     assert_eq!(server.name, "POST /v1/chat/completions");
-    assert_eq!(server.parent_span_id, "", "a root without a caller's context");
+    assert_eq!(
+        server.parent_span_id, "",
+        "a root without a caller's context"
+    );
     assert_eq!(server.attr("http.request.method"), "POST");
     assert_eq!(server.attr("http.route"), "/v1/chat/completions");
     assert_eq!(server.attr("http.response.status_code"), 200);
@@ -200,8 +209,14 @@ async fn a_failed_attempt_that_failed_over_is_its_own_span_with_error_type() {
     let server = one(&spans, SERVER);
     let attempts: Vec<&Span> = spans.iter().filter(|s| s.kind == CLIENT).collect();
     assert_eq!(attempts.len(), 2, "{spans:#?}");
-    let first = attempts.iter().find(|s| s.attr("warden.attempt") == 1).unwrap();
-    let second = attempts.iter().find(|s| s.attr("warden.attempt") == 2).unwrap();
+    let first = attempts
+        .iter()
+        .find(|s| s.attr("warden.attempt") == 1)
+        .unwrap();
+    let second = attempts
+        .iter()
+        .find(|s| s.attr("warden.attempt") == 2)
+        .unwrap();
     assert_eq!(first.attr("warden.provider"), "broken");
     assert_eq!(first.attr("error.type"), "503");
     assert_eq!(first.status_code, STATUS_ERROR);
@@ -222,7 +237,11 @@ async fn responses_route_and_a_responses_provider_are_traced_and_propagated() {
     let prompts = PromptServer::start(PromptMode::Up);
     let upstream = ResponsesUpstream::start(Answer::Text);
     let collector = Collector::start(Mode::Accept);
-    let (_home, gw) = traced(&responses_config(&upstream.url(), &prompts, ""), &collector, "");
+    let (_home, gw) = traced(
+        &responses_config(&upstream.url(), &prompts, ""),
+        &collector,
+        "",
+    );
     // A Chat Completions request, translated to the Responses API.
     let response = post_traced(&gw, "/v1/chat/completions", &chat_body(false), None).await;
     assert_eq!(response.status(), 200);
@@ -232,7 +251,10 @@ async fn responses_route_and_a_responses_provider_are_traced_and_propagated() {
     assert_eq!(response.status(), 200);
     let headers = upstream.state.headers.lock().unwrap().clone();
     assert_eq!(headers.len(), 2);
-    for (i, route) in ["/v1/chat/completions", "/v1/responses"].into_iter().enumerate() {
+    for (i, route) in ["/v1/chat/completions", "/v1/responses"]
+        .into_iter()
+        .enumerate()
+    {
         let (trace, parent) =
             parse_traceparent(headers[i].get("traceparent").unwrap().to_str().unwrap());
         let spans = collector.trace(&trace, 2).await;
@@ -270,7 +292,10 @@ async fn an_anthropic_provider_attempt_is_traced_and_gets_the_traceparent() {
     assert_eq!(response.status(), 200);
     let requests = fake.requests();
     assert_eq!(requests.len(), 2);
-    for (i, route) in ["/v1/chat/completions", "/v1/messages"].into_iter().enumerate() {
+    for (i, route) in ["/v1/chat/completions", "/v1/messages"]
+        .into_iter()
+        .enumerate()
+    {
         let (trace, parent) =
             parse_traceparent(requests[i].1.get("traceparent").unwrap().to_str().unwrap());
         let spans = collector.trace(&trace, 2).await;
@@ -278,13 +303,22 @@ async fn an_anthropic_provider_attempt_is_traced_and_gets_the_traceparent() {
         let attempt = one(&spans, CLIENT);
         assert_eq!(attempt.span_id, parent);
         assert_eq!(attempt.attr("gen_ai.provider.name"), "anthropic");
-        assert!(attempt.attr("gen_ai.response.id").is_string(), "{attempt:#?}");
-        assert_eq!(attempt.attr("gen_ai.response.finish_reasons"), json!(["stop"]));
+        assert!(
+            attempt.attr("gen_ai.response.id").is_string(),
+            "{attempt:#?}"
+        );
+        assert_eq!(
+            attempt.attr("gen_ai.response.finish_reasons"),
+            json!(["stop"])
+        );
         assert_eq!(attempt.attr("gen_ai.usage.input_tokens"), 12);
         assert_eq!(attempt.attr("gen_ai.usage.output_tokens"), 4);
     }
     let exported = collector.raw_bytes();
-    assert!(!contains(&exported, b"sk-ant-secret-9d2e"), "the key is in a span");
+    assert!(
+        !contains(&exported, b"sk-ant-secret-9d2e"),
+        "the key is in a span"
+    );
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -296,7 +330,11 @@ async fn nats_requests_are_a_consumer_span_continuing_the_message_headers() {
     let nats = NatsServer::start();
     let upstream = Upstream::start(Behaviour::Fast);
     let collector = Collector::start(Mode::Accept);
-    let toml = format!("{}\n[nats]\nurl = \"{}\"\n", upstream_toml(&upstream.url()), nats.url());
+    let toml = format!(
+        "{}\n[nats]\nurl = \"{}\"\n",
+        upstream_toml(&upstream.url()),
+        nats.url()
+    );
     let (_home, gw) = traced(&toml, &collector, "");
     until("NATS connected", || async {
         crate::support::http::health(&gw).await["nats"]["state"] == "connected"
@@ -356,10 +394,11 @@ async fn no_secret_and_no_prompt_or_answer_text_in_any_exported_byte() {
     // retries too.
     let upstream = Upstream::start(Behaviour::FailThenRecover { n: 1, status: 502 });
     let collector = Collector::start(Mode::Accept);
-    let url = upstream.url().replace("http://", "http://user:url-pass-4b1c@");
-    let toml = format!(
-        "[upstream]\nurl = \"{url}\"\nattempts = 2\napi_key_env = \"OPENAI_API_KEY\"\n"
-    );
+    let url = upstream
+        .url()
+        .replace("http://", "http://user:url-pass-4b1c@");
+    let toml =
+        format!("[upstream]\nurl = \"{url}\"\nattempts = 2\napi_key_env = \"OPENAI_API_KEY\"\n");
     let home = TestHome::new();
     home.config(&format!(
         "{toml}\n[telemetry]\notlp_endpoint = \"{}\"\n",
@@ -391,7 +430,10 @@ async fn no_secret_and_no_prompt_or_answer_text_in_any_exported_byte() {
         "secret-prompt-text-7f3a",
         "from upstream",
     ] {
-        assert!(!contains(&exported, secret.as_bytes()), "{secret} was exported");
+        assert!(
+            !contains(&exported, secret.as_bytes()),
+            "{secret} was exported"
+        );
     }
 }
 
@@ -494,7 +536,10 @@ async fn traces_off_send_no_traceparent_and_export_nothing() {
     assert!(headers.get("traceparent").is_none(), "{headers:?}");
     let metrics = metrics_text(&gw).await;
     assert_eq!(dropped(&metrics), 0);
-    assert!(metrics.contains("warden_telemetry_spans_exported_total 0"), "{metrics}");
+    assert!(
+        metrics.contains("warden_telemetry_spans_exported_total 0"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -528,4 +573,49 @@ async fn a_collector_that_refuses_costs_counted_drops_never_a_request() {
     })
     .await;
     assert!(collector.spans().is_empty());
+}
+
+#[test]
+fn preflight_warns_when_the_collector_is_unreachable_and_the_checks_stay_ten() {
+    let port = crate::support::free_port();
+    let home = TestHome::new();
+    home.config(&format!(
+        "[telemetry]\notlp_endpoint = \"http://user:pw-3c9d@127.0.0.1:{port}\"\n"
+    ));
+    let out = crate::support::run("preflight", &home, &["--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let checks = report["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 10, "{report}");
+    let upstream = checks.iter().find(|c| c["id"] == "upstream").unwrap();
+    assert_eq!(upstream["status"], "warn", "{report}");
+    let message = upstream["message"].as_str().unwrap();
+    assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
+    assert!(
+        upstream["hint"]
+            .as_str()
+            .unwrap()
+            .contains("telemetry.otlp_endpoint")
+    );
+    assert!(!report.to_string().contains("pw-3c9d"), "{report}");
+    // Reachable: no warning from it.
+    let collector = Collector::start(Mode::Accept);
+    home.config(&format!(
+        "[telemetry]\notlp_endpoint = \"{}\"\n",
+        collector.endpoint()
+    ));
+    let out = crate::support::run("preflight", &home, &["--only", "upstream", "--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let upstream = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "upstream")
+        .unwrap();
+    assert_eq!(upstream["status"], "pass", "{report}");
+    assert!(
+        upstream["message"]
+            .as_str()
+            .unwrap()
+            .contains("accepts connections")
+    );
 }

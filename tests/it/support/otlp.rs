@@ -58,18 +58,17 @@ fn any(value: &Option<AnyValue>) -> Value {
         Some(Any::BoolValue(b)) => json!(b),
         Some(Any::IntValue(i)) => json!(i),
         Some(Any::DoubleValue(d)) => json!(d),
-        Some(Any::ArrayValue(a)) => Value::Array(
-            a.values
-                .iter()
-                .map(|v| any(&Some(v.clone())))
-                .collect(),
-        ),
+        Some(Any::ArrayValue(a)) => {
+            Value::Array(a.values.iter().map(|v| any(&Some(v.clone()))).collect())
+        }
         other => json!(format!("{other:?}")),
     }
 }
 
 fn attributes(kvs: &[KeyValue]) -> BTreeMap<String, Value> {
-    kvs.iter().map(|kv| (kv.key.clone(), any(&kv.value))).collect()
+    kvs.iter()
+        .map(|kv| (kv.key.clone(), any(&kv.value)))
+        .collect()
 }
 
 /// How the collector answers.
@@ -141,11 +140,7 @@ async fn traces(State(st): State<Arc<CollectorState>>, body: Bytes) -> Response 
     }
     st.spans.lock().unwrap().extend(decoded);
     st.changed.notify_waiters();
-    (
-        [("content-type", "application/x-protobuf")],
-        Bytes::new(),
-    )
-        .into_response()
+    ([("content-type", "application/x-protobuf")], Bytes::new()).into_response()
 }
 
 impl Collector {
@@ -204,7 +199,10 @@ impl Collector {
                 spans.iter().filter(|s| s.trace_id == trace_id).count() >= n
             })
             .await;
-        spans.into_iter().filter(|s| s.trace_id == trace_id).collect()
+        spans
+            .into_iter()
+            .filter(|s| s.trace_id == trace_id)
+            .collect()
     }
 
     /// Waits until an export request arrived.
