@@ -167,7 +167,8 @@ mod tests {
                 "daemon",
                 "watchdog",
                 "logs",
-                "nats"
+                "nats",
+                "telemetry"
             ]
         );
     }

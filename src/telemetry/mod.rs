@@ -282,6 +282,13 @@ pub struct SpanParent {
     context: SpanContext,
 }
 
+impl SpanParent {
+    /// The trace id, 32 hex digits (for the usage ledger and logs).
+    pub fn trace_id(&self) -> String {
+        self.context.trace_id().to_string()
+    }
+}
+
 impl std::fmt::Debug for SpanParent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SpanParent")

@@ -86,13 +86,14 @@ async fn the_provider_gets_the_attempt_spans_context_not_the_callers() {
     let collector = Collector::start(Mode::Accept);
     let (_home, gw) = traced(&upstream_toml(&upstream.url()), &collector, "");
     let (trace, caller) = caller_ids();
-    let response = post_traced(
-        &gw,
-        "/v1/chat/completions",
-        &chat_body(false),
-        Some(&format!("00-{trace}-{caller}-01")),
-    )
-    .await;
+    let response = client()
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .header("traceparent", format!("00-{trace}-{caller}-01"))
+        .header("tracestate", "vendor=abc")
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let spans = collector.trace(&trace, 2).await;
     let server = one(&spans, SERVER);
@@ -110,6 +111,38 @@ async fn the_provider_gets_the_attempt_spans_context_not_the_callers() {
         "the provider's parent is the attempt"
     );
     assert_ne!(sent_parent, caller);
+    let headers = upstream.state.headers.lock().unwrap()[0].clone();
+    assert_eq!(
+        headers["tracestate"], "vendor=abc",
+        "the caller's tracestate goes on"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_zero_sample_ratio_exports_nothing_but_still_propagates_unsampled() {
+    let upstream = Upstream::start(Behaviour::Fast);
+    let collector = Collector::start(Mode::Accept);
+    let (_home, gw) = traced(
+        &upstream_toml(&upstream.url()),
+        &collector,
+        "sample_ratio = 0.0",
+    );
+    let response = post_traced(&gw, "/v1/chat/completions", &chat_body(false), None).await;
+    assert_eq!(response.status(), 200);
+    let headers = upstream.state.headers.lock().unwrap()[0].clone();
+    let unsampled_tp = headers["traceparent"].to_str().unwrap().to_string();
+    assert!(unsampled_tp.ends_with("-00"), "not sampled: {unsampled_tp}");
+    // A sampled caller is followed whatever the ratio.
+    let (trace, caller) = caller_ids();
+    let tp = format!("00-{trace}-{caller}-01");
+    let response = post_traced(&gw, "/v1/chat/completions", &chat_body(false), Some(&tp)).await;
+    assert_eq!(response.status(), 200);
+    let spans = collector.trace(&trace, 2).await;
+    assert_eq!(spans.len(), 2);
+    // The unsampled request's spans were never exported (they would have come
+    // in the same or an earlier batch).
+    let (unsampled, _) = parse_traceparent(&unsampled_tp);
+    assert!(collector.spans().iter().all(|s| s.trace_id != unsampled));
 }
 
 #[tokio::test(flavor = "multi_thread")]
