@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# benches/routing.sh — what routing between providers costs (SPEC §11), measured with
+# benches/routing.sh — what routing between providers costs (docs/contract.md §11), measured with
 # wrk against the release build, all on 127.0.0.1, bounded in time (~1 min of load):
 #
 #   1. throughput, non-streaming, at ROUTING_CONNS connections: one provider

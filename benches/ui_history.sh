@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# benches/ui_history.sh — what the status page's history ring costs in memory (issue 19:
+# benches/ui_history.sh — what the status page's history ring costs in memory (goal:
 # "RSS after an hour of history within 1 MiB of RSS without it").
 #
 # Two release proxies on the built-in mock, identical but for `server.ui` (true: the

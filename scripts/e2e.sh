@@ -16,7 +16,7 @@
 #   7. the openai SDK's Responses API and Codex CLI through an `api = "anthropic"` proxy
 #      against a small Messages API server (tests/sdk/anthropic_server.py): Responses →
 #      Messages and back, a tool round trip;
-#   8. the README's nats-py example (tests/sdk/nats_example.py) against a real nats-server
+#   8. the nats-py example of docs/nats.md (tests/sdk/nats_example.py) against a real nats-server
 #      and a proxy on the built-in upstream: request/reply and a stream.
 # Installs what it needs (Debian's nginx-light and prometheus for promtool; openai and
 # anthropic from PyPI; Claude Code from npm into ~/.cache/warden-e2e; Codex CLI and the openai
@@ -289,7 +289,7 @@ grep -q 'route="/v1/messages" status=200' "$mock_home/logs/proxy.log" \
   || { echo "e2e: no /v1/messages line in the access log"; tail "$mock_home/logs/proxy.log"; exit 1; }
 echo "claude $("$claude_bin" --version 2>/dev/null | head -1): 'say hi' answered through /v1/messages on the mock"
 
-echo "== nats-py (the README example) through a proxy on the built-in upstream"
+echo "== nats-py (the example of docs/nats.md) through a proxy on the built-in upstream"
 nats_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 nats-server -a 127.0.0.1 -p "$nats_port" > "$work/nats.log" 2>&1 &
 pids+=($!)

@@ -5,7 +5,7 @@
 # daemon-started proxy; restarts happen mid-run. The script fails unless wrk saw
 # zero socket errors and zero non-2xx answers, and every NATS request found a
 # responder and got an answer, but for at most one lost per restart: the drain's
-# residual window (README, "Across many hosts").
+# residual window (docs/nats.md).
 # Usage: scripts/restart-under-load.sh [seconds=12] [restarts=3]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,8 @@
 //! warden keeps a local OpenAI-compatible LLM gateway running and honest.
 //!
 //! One library, five thin binaries (`src/bin/`): `proxy` (the gateway), `daemon`,
-//! `preflight`, `doctor` and `watchdog`. `shared/SPEC.md` is the external contract.
+//! `preflight`, `doctor` and `watchdog`. `docs/contract.md` is the external
+//! contract; the rest of `docs/` is the user documentation.
 //!
 //! # Layout
 //!

@@ -1,11 +1,11 @@
-//! The `/health` report (SPEC §3) — one shape shared by the proxy that serves it
+//! The `/health` report (docs/contract.md §3) — one shape shared by the proxy that serves it
 //! and the `daemon`/`watchdog` that read it.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// pass / warn / fail, as in the IETF health-check draft the SPEC follows.
+/// pass / warn / fail, as in the IETF health-check draft the contract follows.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthStatus {
@@ -39,7 +39,7 @@ pub struct PromptHealth {
     pub fresh: bool,
 }
 
-/// One provider in `/health` (SPEC §11).
+/// One provider in `/health` (docs/contract.md §11).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ProviderReport {
     /// `healthy` or `cooling`.
@@ -57,7 +57,7 @@ pub struct MemoryInfo {
     pub rss_bytes: u64,
 }
 
-/// The NATS ingress (SPEC §13): `state` is `off`, `connected`, `reconnecting`
+/// The NATS ingress (docs/contract.md §13): `state` is `off`, `connected`, `reconnecting`
 /// or `disconnected`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct NatsHealth {
@@ -95,7 +95,7 @@ pub struct HealthReport {
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderReport>,
     pub memory: MemoryInfo,
-    /// Absent in reports of proxies older than 0.2.
+    /// Absent from the reports of older proxies, which had no NATS ingress.
     #[serde(default)]
     pub nats: NatsHealth,
 }

@@ -144,6 +144,8 @@ pub enum Rejection {
     Concurrency,
     Auth,
     BodyTooLarge,
+    /// `server.max_body_memory` had no room for a body within `body_timeout`.
+    BodyMemory,
 }
 
 impl Rejection {
@@ -152,6 +154,7 @@ impl Rejection {
             Rejection::Concurrency => "concurrency",
             Rejection::Auth => "auth",
             Rejection::BodyTooLarge => "body_too_large",
+            Rejection::BodyMemory => "body_memory",
         }
     }
 }
@@ -272,6 +275,7 @@ pub struct Metrics {
     provider_in_flight: Family<ProviderLabel, Gauge>,
     provider_cooling: Family<ProviderLabel, Gauge>,
     client_connections: Gauge,
+    request_body_bytes: Gauge,
     client_connections_shed: Counter,
     client_connections_refused: Counter,
     client_malformed: Family<StatusLabel, Counter>,
@@ -321,6 +325,7 @@ impl Metrics {
             provider_in_flight: Family::default(),
             provider_cooling: Family::default(),
             client_connections: Gauge::default(),
+            request_body_bytes: Gauge::default(),
             client_connections_shed: Counter::default(),
             client_connections_refused: Counter::default(),
             client_malformed: Family::default(),
@@ -363,6 +368,11 @@ impl Metrics {
             "client_connections",
             "Client connections open now (at most server.max_connections)",
             m.client_connections.clone(),
+        );
+        registry.register(
+            "request_body_bytes",
+            "Bytes of request bodies held in memory now, all connections together (at most server.max_body_memory)",
+            m.request_body_bytes.clone(),
         );
         registry.register(
             "client_connections_shed",
@@ -447,7 +457,7 @@ impl Metrics {
         );
         registry.register(
             "provider_requests",
-            "Upstream attempts sent to each provider (SPEC 11)",
+            "Upstream attempts sent to each provider",
             m.provider_requests.clone(),
         );
         registry.register(
@@ -507,6 +517,7 @@ impl Metrics {
             Rejection::Concurrency,
             Rejection::Auth,
             Rejection::BodyTooLarge,
+            Rejection::BodyMemory,
         ] {
             let _ = m.rejected.get_or_create(&ReasonLabel {
                 reason: why.label(),
@@ -601,6 +612,11 @@ impl Metrics {
         self.client_connections.set(open as i64);
     }
 
+    /// Bytes of request bodies held now (set when `/metrics` is read).
+    pub fn request_body_bytes(&self, held: usize) {
+        self.request_body_bytes.set(held as i64);
+    }
+
     pub fn connection_shed(&self) {
         self.client_connections_shed.inc();
     }
@@ -641,7 +657,7 @@ impl Metrics {
         let counters = match cached {
             Some(counters) => counters,
             // A name too long for a label or with control characters counts as
-            // `other`: labels stay short and printable (SPEC §10).
+            // `other`: labels stay short and printable (docs/contract.md §10).
             None if !crate::support::redact::client(model).is_plain() => {
                 return self.model_usage_uncached("other", prompt_tokens, completion_tokens);
             }

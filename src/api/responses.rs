@@ -22,7 +22,7 @@ use crate::home::config;
 /// Switches that change the translated request.
 #[derive(Clone, Debug, Default)]
 pub struct TranslateOptions {
-    /// Adds a `{"type":"web_search"}` tool (SPEC `features.enable_web_search`).
+    /// Adds a `{"type":"web_search"}` tool (`features.enable_web_search`).
     pub enable_web_search: bool,
 }
 

@@ -1,5 +1,5 @@
 //! `daemon`: start, stop, restart, status, check and logs for the proxy of one
-//! home (SPEC §5). The work is in `warden::lifecycle::supervisor` (shared with `watchdog`)
+//! home (docs/contract.md §5). The work is in `warden::lifecycle::supervisor` (shared with `watchdog`)
 //! and `warden::ops::preflight` (shared with `preflight`); this file parses arguments,
 //! draws the spinner and chooses exit codes.
 

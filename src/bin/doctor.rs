@@ -1,5 +1,5 @@
 //! `doctor`: "something looks broken" — diagnose a home and fix what is safe to
-//! fix (SPEC §7). All the logic is in `warden::ops::doctor`; this file parses flags and
+//! fix (docs/contract.md §7). All the logic is in `warden::ops::doctor`; this file parses flags and
 //! picks an output.
 //!
 //! Exit codes: 0 nothing is left broken, 1 something still needs fixing (in a dry

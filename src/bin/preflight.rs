@@ -1,4 +1,4 @@
-//! `preflight`: is this host ready to run the proxy? (SPEC §6)
+//! `preflight`: is this host ready to run the proxy? (docs/contract.md §6)
 //!
 //! Runs the ten built-in checks and the operator's `$WARDEN_HOME/checks/*.toml`
 //! concurrently and prints the result for people, as one JSON document

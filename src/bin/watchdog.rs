@@ -1,4 +1,4 @@
-//! `watchdog`: keeps the proxy of one home alive (SPEC §8). The loop, strikes,
+//! `watchdog`: keeps the proxy of one home alive (docs/contract.md §8). The loop, strikes,
 //! restarts and the give-up hook are in `warden::lifecycle::watchdog`; this file parses
 //! arguments, loads the configuration and builds a small single-threaded runtime.
 

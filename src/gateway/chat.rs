@@ -122,6 +122,15 @@ fn body_rejection(gw: &Gateway, rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         gw.metrics.rejected(Rejection::BodyTooLarge);
         ApiError::payload_too_large(gw.config.server.max_body_bytes)
+    } else if let Some(full) = super::body_budget::BodyMemoryFull::caused(&rejection) {
+        gw.metrics.rejected(Rejection::BodyMemory);
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            full.to_string(),
+        )
+        .code("body_memory_full")
+        .retry_after(1)
     } else if let Some(secs) = super::connections::BodyTimedOut::caused(&rejection) {
         ApiError::new(
             StatusCode::REQUEST_TIMEOUT,

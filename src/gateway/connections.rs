@@ -1,4 +1,4 @@
-//! Connection-level bounds (SPEC §10): what a client can make the proxy hold
+//! Connection-level bounds (docs/contract.md §10): what a client can make the proxy hold
 //! before and after auth, enforced in the accept loop and around hyper.
 //!
 //! - `server.header_timeout`: a fresh connection, or one whose next request has
@@ -12,6 +12,9 @@
 //!   one still sending its head); with none to shed it is refused.
 //! - A declared `Content-Length` over `server.max_body_bytes` is answered 413 at
 //!   once, before any byte of the body is read (and without `100 Continue`).
+//! - `server.max_body_memory`: every body draws on one budget before each chunk
+//!   is read; past it the body waits (TCP backpressure), then 503
+//!   ([`super::body_budget`]).
 //! - Memory: a connection's first request head is read here ([`serve`]), into a
 //!   buffer the size of what arrived (64 KiB at most, else 431); hyper's
 //!   connection (16 KiB of buffers and more of state) exists only from then on.
@@ -42,6 +45,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::Gateway;
+use super::body_budget::{Acquire, BodyMemoryFull, CHUNK, Lease};
 use super::body_end::{EndingBody, OnEnd};
 use crate::api::metrics::{Metrics, Rejection};
 use crate::api::openai::ApiError;
@@ -531,44 +535,149 @@ impl BodyTimedOut {
     }
 }
 
-/// A request body with a deadline; the timer is only armed if the body is not
-/// already all there when first read.
+type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body with a deadline, drawing on `server.max_body_memory` before
+/// each chunk is read ([`super::body_budget`]). The timer is only armed if the
+/// body is not already all there when first read.
 struct TimedBody {
     inner: Incoming,
     deadline: tokio::time::Instant,
     timeout_secs: u64,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    lease: Arc<Lease>,
+    /// Bytes reserved in the budget and not yet used by a chunk.
+    credit: usize,
+    /// Bytes read so far.
+    received: usize,
+    /// `server.max_body_bytes`: a reservation never asks beyond it.
+    max_body_bytes: usize,
+    /// `server.max_body_memory`, for the 503's message.
+    budget_total: usize,
+    /// A chunk that arrived larger than the credit, waiting for the rest.
+    pending: Option<Frame<Bytes>>,
+    /// A wait for room in the budget (the deadline during it means 503).
+    waiting: Option<Acquire>,
+}
+
+impl TimedBody {
+    /// Reserves `n` bytes now, or starts waiting for them (`false`).
+    fn reserve(&mut self, n: usize) -> bool {
+        if self.lease.try_take(n) {
+            self.credit += n;
+            true
+        } else {
+            self.waiting = Some(self.lease.wait_for(n));
+            false
+        }
+    }
+
+    /// How much to reserve before the next read: the rest of a declared
+    /// length, at most one chunk, never past `max_body_bytes`.
+    fn next_reservation(&self) -> usize {
+        let rest = self.max_body_bytes.saturating_sub(self.received).max(1);
+        let hint = http_body::Body::size_hint(&self.inner)
+            .upper()
+            .unwrap_or(u64::MAX);
+        (hint.min(CHUNK as u64) as usize).min(rest).max(1)
+    }
+
+    /// Nothing to do until the client sends or the budget frees: the
+    /// deadline, if it has come, ends the body (408, or 503 if waiting for room).
+    fn poll_deadline(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let deadline = self.deadline;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        if self.waiting.take().is_some() {
+            return Poll::Ready(Some(Err(Box::new(BodyMemoryFull {
+                total: self.budget_total,
+                secs: self.timeout_secs,
+            }))));
+        }
+        Poll::Ready(Some(Err(Box::new(BodyTimedOut(self.timeout_secs)))))
+    }
 }
 
 impl http_body::Body for TimedBody {
     type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Error = BodyError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
-            Poll::Pending => {
-                let deadline = self.deadline;
-                let sleep = self
-                    .sleep
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                if sleep.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Some(Err(Box::new(BodyTimedOut(self.timeout_secs)))));
+        let this = self.get_mut();
+        loop {
+            if let Some(wait) = &mut this.waiting {
+                match wait.as_mut().poll(cx) {
+                    Poll::Ready(Ok(permit)) => {
+                        this.credit += this.lease.took(permit);
+                        if this.sleep.as_ref().is_some_and(|s| s.is_elapsed()) {
+                            // Room came only after body_timeout: still a 503.
+                            return this.poll_deadline(cx);
+                        }
+                        this.waiting = None;
+                    }
+                    // The budget's semaphore is never closed.
+                    Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(Box::new(e)))),
+                    Poll::Pending => return this.poll_deadline(cx),
                 }
-                Poll::Pending
+            }
+            if let Some(frame) = this.pending.take() {
+                let n = frame.data_ref().map_or(0, Bytes::len);
+                if n <= this.credit {
+                    this.credit -= n;
+                    this.received += n;
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                let short = n - this.credit;
+                this.pending = Some(frame);
+                this.reserve(short);
+                continue;
+            }
+            if this.credit == 0 && !this.inner.is_end_stream() {
+                let n = this.next_reservation();
+                if !this.reserve(n) {
+                    continue;
+                }
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => this.pending = Some(frame),
+                Poll::Ready(None) => {
+                    // The reservation the end did not use goes back at once.
+                    this.lease.give_back(std::mem::take(&mut this.credit));
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+                Poll::Pending => return this.poll_deadline(cx),
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.pending.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let pending = self
+            .pending
+            .as_ref()
+            .and_then(Frame::data_ref)
+            .map_or(0, |d| d.len() as u64);
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + pending);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + pending);
+        }
+        hint
     }
 }
 
@@ -630,12 +739,21 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         }
         let deadline = tokio::time::Instant::now() + limits.body_timeout;
         let timeout_secs = limits.body_timeout.as_secs();
+        let budget = &self.shared.gw.body_budget;
+        let lease = budget.lease();
         let request = request.map(|inner| {
             Body::new(TimedBody {
                 inner,
                 deadline,
                 timeout_secs,
                 sleep: None,
+                lease: lease.clone(),
+                credit: 0,
+                received: 0,
+                max_body_bytes: limits.max_body_bytes,
+                budget_total: budget.total(),
+                pending: None,
+                waiting: None,
             })
         });
         let routed = self.shared.router.clone().oneshot(request);
@@ -644,6 +762,8 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                 Ok(response) => response,
                 Err(never) => match never {},
             };
+            // The handler has answered: the body's bytes go back to the budget.
+            drop(lease);
             Ok(response.map(|inner| TrackedBody::new(inner, state)))
         })
     }

@@ -248,7 +248,7 @@ mod tests {
         assert_eq!(samples.last().map(|s| s.t), Some((CAPACITY * 3 + 6) as u64));
         assert_eq!(samples[0].t, (2 * CAPACITY + 7) as u64);
         assert_eq!(h.allocated(), allocated, "the ring never reallocates");
-        // The README's bound: 180 samples of at most 72 bytes, about 13 KiB.
+        // docs/gateway.md's bound (Status page): 180 samples of at most 72 bytes, about 13 KiB.
         assert!(std::mem::size_of::<Sample>() <= 72);
         assert!(allocated * std::mem::size_of::<Sample>() <= 16 * 1024);
     }

@@ -4,7 +4,7 @@
 //! body, then it closes the connection. hyper has no hook for that answer, so
 //! [`super::connections::WatchedIo`] recognises it on its way to the socket and
 //! sends this module's rewrite instead: the same status line and headers, plus
-//! an OpenAI-shaped JSON error body (SPEC §10: every error names what failed).
+//! an OpenAI-shaped JSON error body (docs/contract.md §10: every error names what failed).
 //!
 //! The first request head of a connection is read by the gateway itself
 //! (`connections::serve`), so its 431 is [`head_too_large`], built here too.

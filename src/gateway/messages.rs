@@ -1,5 +1,5 @@
 //! `POST /v1/messages` and `POST /v1/messages/count_tokens`: the Anthropic
-//! Messages API in front of any provider (SPEC §12), so the Anthropic SDKs and
+//! Messages API in front of any provider (docs/contract.md §12), so the Anthropic SDKs and
 //! Claude Code can use warden.
 //!
 //! The request is translated to Chat Completions ([`anthropic::messages_request_to_chat`])

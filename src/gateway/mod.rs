@@ -11,6 +11,7 @@
 //! network fetch.
 
 mod admission;
+pub(crate) mod body_budget;
 mod body_end;
 mod chat;
 pub mod connections;
@@ -55,6 +56,8 @@ pub struct Gateway {
     uses_prompts: bool,
     /// One permit per upstream call allowed in flight (`server.max_concurrent`).
     slots: Arc<Semaphore>,
+    /// Request bodies held in memory, all connections together (`server.max_body_memory`).
+    pub(crate) body_budget: body_budget::BodyBudget,
     auth_token: Option<String>,
     ready: AtomicBool,
     /// Set when the drain begins: responses then ask clients to close the connection.
@@ -81,6 +84,7 @@ impl Gateway {
             uses_prompts: prompts_in_use(&config),
             prompts,
             slots: Arc::new(Semaphore::new(config.server.max_concurrent)),
+            body_budget: body_budget::BodyBudget::new(config.server.max_body_memory),
             auth_token: config.auth_token(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),

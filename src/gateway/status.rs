@@ -191,6 +191,7 @@ pub async fn metrics(
     headers: HeaderMap,
 ) -> Response {
     record_prompt_metrics(&gw);
+    gw.metrics.request_body_bytes(gw.body_budget.held());
     for provider in gw.router.providers() {
         let h = provider.health();
         gw.metrics

@@ -1,4 +1,4 @@
-//! `warden.toml` and its overrides (SPEC §2).
+//! `warden.toml` and its overrides (docs/contract.md §2).
 //!
 //! Precedence, highest first: command-line flags > process environment > `.env`
 //! in the home > `warden.toml` > built-in defaults. Every key has a default, so a
@@ -26,6 +26,8 @@ pub struct ServerConfig {
     pub port: u16,
     pub max_concurrent: usize,
     pub max_body_bytes: usize,
+    /// Bytes of request bodies held in memory at once, over every connection together.
+    pub max_body_memory: usize,
     pub graceful_timeout: u64,
     pub auth_token_env: String,
     /// Seconds a request's headers may take to arrive; then the connection is closed.
@@ -51,6 +53,7 @@ impl Default for ServerConfig {
             port: 8000,
             max_concurrent: 64,
             max_body_bytes: 10 * 1024 * 1024,
+            max_body_memory: 64 * 1024 * 1024,
             graceful_timeout: 120,
             auth_token_env: "WARDEN_AUTH_TOKEN".into(),
             header_timeout: 10,
@@ -148,7 +151,7 @@ impl UpstreamConfig {
     }
 }
 
-/// One `[[providers]]` entry (SPEC §11). Unset optional keys take the
+/// One `[[providers]]` entry (docs/contract.md §11). Unset optional keys take the
 /// `[upstream]` value (timeouts, attempts) or the global limit.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -196,7 +199,7 @@ fn one() -> u32 {
     1
 }
 
-/// `[routing]`: passive health and the model catalog (SPEC §11).
+/// `[routing]`: passive health and the model catalog (docs/contract.md §11).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {
@@ -314,11 +317,11 @@ pub struct FeaturesConfig {
     pub verbose: bool,
     pub expose_reasoning: bool,
     pub enable_web_search: bool,
-    /// Serve `POST /v1/responses` (on by default since 0.2; `false`: 404).
+    /// Serve `POST /v1/responses` (on by default; `false`: 404).
     pub enable_responses_api: bool,
     pub responses_no_base_instructions: bool,
     /// Add the base prompt to `/v1/responses` even when the client brings its
-    /// own instructions or a leading system/developer message (the 0.1 policy).
+    /// own instructions or a leading system/developer message.
     pub responses_always_base_instructions: bool,
 }
 
@@ -406,7 +409,7 @@ impl Default for LogsConfig {
     }
 }
 
-/// The NATS ingress (SPEC §13): off while `url` is empty.
+/// The NATS ingress (docs/contract.md §13): off while `url` is empty.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
@@ -1001,7 +1004,7 @@ const DAY: u64 = 86_400;
 /// permits), overflow a deadline or exhaust memory, so they fail at load.
 fn check_ranges(s: &Settings) -> Result<(), (String, String)> {
     let opt = |v: Option<u64>| v.unwrap_or(1);
-    let checks: [(&str, u64, u64, u64, bool); 25] = [
+    let checks: [(&str, u64, u64, u64, bool); 26] = [
         (
             "server.max_concurrent",
             s.server.max_concurrent as u64,
@@ -1014,6 +1017,13 @@ fn check_ranges(s: &Settings) -> Result<(), (String, String)> {
             s.server.max_body_bytes as u64,
             1,
             1 << 30,
+            false,
+        ),
+        (
+            "server.max_body_memory",
+            s.server.max_body_memory as u64,
+            1,
+            1 << 40,
             false,
         ),
         (
@@ -1138,6 +1148,16 @@ fn check_ranges(s: &Settings) -> Result<(), (String, String)> {
                 format!("{value} is out of range: must be from {least} to {most}{unit}"),
             ));
         }
+    }
+    if s.server.max_body_memory < s.server.max_body_bytes {
+        return Err((
+            "server.max_body_memory".to_string(),
+            format!(
+                "{} is less than server.max_body_bytes ({}): a body that large could never be \
+                 held; raise server.max_body_memory or lower server.max_body_bytes",
+                s.server.max_body_memory, s.server.max_body_bytes
+            ),
+        ));
     }
     for origin in &s.server.cors_origins {
         if !is_cors_origin(origin) {
@@ -1610,6 +1630,26 @@ mod tests {
             assert_eq!(err.key.as_deref(), Some(key), "{err}");
             assert!(err.message.contains("out of range"), "{err}");
         }
+    }
+
+    #[test]
+    fn max_body_memory_must_hold_one_whole_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let load = |text: &str| {
+            std::fs::write(home.config_file(), text).unwrap();
+            Config::load_with_env(&home, &Overrides::default(), EnvSource::default())
+        };
+        let err = load("[server]\nmax_body_memory = 1000\n").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("server.max_body_memory"), "{err}");
+        assert!(
+            err.message.contains("server.max_body_bytes (10485760)"),
+            "{err}"
+        );
+        let ok = load("[server]\nmax_body_memory = 1000\nmax_body_bytes = 1000\n").unwrap();
+        assert_eq!(ok.server.max_body_memory, 1000);
+        let default = load("").unwrap();
+        assert_eq!(default.server.max_body_memory, 64 << 20);
     }
 
     #[test]

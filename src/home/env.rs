@@ -1,4 +1,4 @@
-//! Variable lookup with the SPEC's precedence: the process environment first,
+//! Variable lookup with the documented precedence (docs/contract.md §1): the process environment first,
 //! then the home's `.env` file, which never overrides a variable already set.
 //!
 //! The `.env` file is read into a map instead of being exported into the process:
@@ -141,7 +141,7 @@ impl EnvSource {
     }
 }
 
-/// Never the line's content: a malformed line may hold a token (SPEC §10).
+/// Never the line's content: a malformed line may hold a token (docs/contract.md §10).
 fn describe_dotenv_error(path: &Path, text: &str, e: dotenvy::Error) -> EnvError {
     let message = match e {
         dotenvy::Error::LineParse(line, _) => {

@@ -1,4 +1,4 @@
-//! The home directory: where everything warden owns lives (SPEC §1).
+//! The home directory: where everything warden owns lives (docs/contract.md §1).
 //!
 //! Every binary resolves the same home the same way, so `daemon`, `doctor` and
 //! `watchdog` always look at the files the running `proxy` writes. Paths are made
@@ -46,7 +46,7 @@ pub struct Home {
 }
 
 impl Home {
-    /// Resolves the home with the SPEC's precedence: `--home` flag, then
+    /// Resolves the home with the documented precedence (docs/contract.md §1): `--home` flag, then
     /// `WARDEN_HOME`, then `$XDG_STATE_HOME/warden`, then `~/.local/state/warden`.
     pub fn resolve(flag: Option<&Path>) -> Result<Home, HomeError> {
         let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());

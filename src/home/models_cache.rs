@@ -1,5 +1,5 @@
 //! `cache/models.json`: the model catalog cache the proxy keeps (what providers
-//! with `models = []` reported, SPEC §11) and `doctor` checks. Only a cache: a
+//! with `models = []` reported, docs/contract.md §11) and `doctor` checks. Only a cache: a
 //! corrupt one is ignored by the proxy and deleted by `doctor`.
 
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! Locked PID files (SPEC §4).
+//! Locked PID files (docs/contract.md §4).
 //!
 //! The process that owns `run/proxy.pid` (or `run/watchdog.pid`) holds an exclusive
 //! `flock` on it for its whole life, so "the lock can be taken" means "stale" — no

@@ -1,4 +1,4 @@
-//! Who holds a TCP port (SPEC §4: a foreign holder is named — PID and command — and
+//! Who holds a TCP port (docs/contract.md §4: a foreign holder is named — PID and command — and
 //! left alone).
 //!
 //! Listening sockets come from `/proc/net/tcp` and `/proc/net/tcp6` (this network

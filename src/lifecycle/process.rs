@@ -1,4 +1,4 @@
-//! Process identity and safe signalling (SPEC §4), Linux `/proc` only.
+//! Process identity and safe signalling (docs/contract.md §4), Linux `/proc` only.
 //!
 //! A PID alone does not name a process: once it exits, the kernel may hand the same
 //! number to an unrelated program. warden therefore remembers a [`ProcessIdentity`]
@@ -665,7 +665,7 @@ async fn wait_exit_async_impl(identity: &ProcessIdentity, use_pidfd: bool) -> io
 
 /// Processes of the current user whose executable's file name is `proxy_exe_name`
 /// and whose effective warden home is `home` — how `doctor` and `preflight` find an
-/// orphaned proxy. A process's home is resolved as the proxy itself does (SPEC §1):
+/// orphaned proxy. A process's home is resolved as the proxy itself does (docs/contract.md §1):
 /// `--home DIR` / `--home=DIR` on its command line, else `WARDEN_HOME`, else
 /// `XDG_STATE_HOME/warden`, else `HOME/.local/state/warden` from its environment.
 /// A relative `--home` is resolved against the process's current directory.

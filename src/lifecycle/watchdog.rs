@@ -1,4 +1,4 @@
-//! The watchdog (SPEC §8): keeps the proxy of one home alive on long-running hosts.
+//! The watchdog (docs/contract.md §8): keeps the proxy of one home alive on long-running hosts.
 //!
 //! One loop on a current-thread runtime waits, without polling, for the first of:
 //! the interval timer, the exit of the proxy named by `run/proxy.pid` (its pidfd

@@ -1,4 +1,4 @@
-//! The prompt cache (SPEC §3): the instructions sent to a Responses API upstream.
+//! The prompt cache (docs/contract.md §3): the instructions sent to a Responses API upstream.
 //!
 //! Each `[[prompts.source]]` is served through a fallback chain, first match wins:
 //!

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use crate::home::Home;
 use crate::support::exit;
 
-/// `--home DIR`: the one flag every binary takes (SPEC §1).
+/// `--home DIR`: the one flag every binary takes (docs/contract.md §1).
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct HomeArgs {
     /// Home directory [default: $WARDEN_HOME, else $XDG_STATE_HOME/warden, else ~/.local/state/warden]
@@ -26,7 +26,7 @@ impl HomeArgs {
     }
 }
 
-/// The `--version` text: `NAME X.Y.Z` (SPEC §3).
+/// The `--version` text: `NAME X.Y.Z` (docs/contract.md §3).
 pub fn version_line(binary: &str) -> String {
     format!("{binary} {}", crate::VERSION)
 }

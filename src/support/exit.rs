@@ -1,5 +1,5 @@
 //! Every exit code the five binaries end with, defined once. They are part of
-//! the contract (SPEC §4–§8, README "Exit codes"): scripts, cron, systemd and
+//! the contract (docs/contract.md, "Exit codes"): scripts, cron, systemd and
 //! Nagios read them, so no value here ever changes.
 //!
 //! Each binary's `main` turns its outcome into one of these in one place.
@@ -59,7 +59,7 @@ pub fn to_exit_code(code: i32) -> ExitCode {
 mod tests {
     use super::*;
 
-    /// The values scripts depend on (SPEC): a change here is a breaking change.
+    /// The values scripts depend on (docs/contract.md): a change here is a breaking change.
     #[test]
     fn exit_codes_are_the_documented_ones() {
         assert_eq!((OK, FAILED, USAGE), (0, 1, 2));

@@ -167,7 +167,7 @@ impl Visit for PlainVisitor<'_> {
             name => {
                 let name = name.strip_prefix("r#").unwrap_or(name);
                 // Control characters are escaped: a value (a client's string, an
-                // upstream's error) can never start a forged line (SPEC §10).
+                // upstream's error) can never start a forged line (docs/contract.md §10).
                 std::fmt::Write::write_fmt(
                     &mut Escaping(&mut self.writer),
                     format_args!("{name}={value:?}"),

@@ -1,4 +1,4 @@
-//! The one place secrets and client strings are made safe to show (SPEC §10).
+//! The one place secrets and client strings are made safe to show (docs/contract.md §10).
 //!
 //! - [`url`]: a URL with its userinfo replaced by `***` (`http://***@host/v1`), for
 //!   `/health`, error bodies, log lines, `daemon status` and preflight messages.

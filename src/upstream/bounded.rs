@@ -1,4 +1,4 @@
-//! Bounds on what an upstream answers (SPEC §10): every HTTP provider's bodies
+//! Bounds on what an upstream answers (docs/contract.md §10): every HTTP provider's bodies
 //! and streams go through these, whatever the wire format.
 //!
 //! - [`EventFramer`]: cuts a relayed SSE byte stream at event boundaries, so the

@@ -17,7 +17,7 @@
 //! by either stack: a 3xx answer is a 502, so a prompt is never re-sent to a
 //! host the configuration does not name.
 //!
-//! What an upstream answers is bounded ([`super::bounded`], SPEC §10): a body
+//! What an upstream answers is bounded ([`super::bounded`], docs/contract.md §10): a body
 //! over `upstream.max_response_bytes` or an event over `max_event_bytes` is an
 //! error, the whole exchange has the deadline `upstream.timeout` on top of the
 //! first-byte and idle timeouts, and a status outside 100–599 or a non-JSON
@@ -68,7 +68,7 @@ pub struct HttpUpstream {
     direct: Option<DirectClient>,
     /// The base URL without a trailing slash, e.g. `http://127.0.0.1:9000/v1`.
     base: String,
-    /// The same for messages: userinfo shown as `***` (SPEC §10).
+    /// The same for messages: userinfo shown as `***` (docs/contract.md §10).
     display: String,
     /// `{base}/responses`, parsed once for `POST /v1/responses` passthrough.
     responses_url: UpstreamUrl,

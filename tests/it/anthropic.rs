@@ -1,4 +1,4 @@
-//! The Anthropic Messages API both ways (SPEC §12): `POST /v1/messages` for
+//! The Anthropic Messages API both ways (docs/contract.md §12): `POST /v1/messages` for
 //! Anthropic clients, served by any provider (the mock here), and Claude as a
 //! provider (`api = "anthropic"`) behind a fake Anthropic upstream written here.
 

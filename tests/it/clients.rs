@@ -1,4 +1,4 @@
-//! What every OpenAI client needs from the default setup (issue 15): the mock
+//! What every OpenAI client needs from the default setup: the mock
 //! serves the Responses API offline with the full event sequence, no network
 //! at all on the mock, `GET /v1/models/{id}`, `x-request-id`, forwarded client
 //! headers, request validation and CORS.

@@ -1,5 +1,5 @@
 //! Shell completions, man pages, `--version` and `--help` of the binaries
-//! (`--generate KIND`, SPEC §3, issue 9). Add a binary to `BINARIES` when it lands.
+//! (`--generate KIND`, docs/contract.md §3). Add a binary to `BINARIES` when it lands.
 
 use crate::support::bin;
 

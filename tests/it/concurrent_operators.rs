@@ -1,4 +1,4 @@
-//! Several operators at once (issue 14): concurrent `daemon start|stop|restart`,
+//! Several operators at once: concurrent `daemon start|stop|restart`,
 //! `watchdog --once`, a successor killed mid-restart, a frozen proxy, an oversized
 //! PID file, and a seeded stress test of all of them interleaved with `kill -9` and
 //! SIGSTOP. After every settled step the invariant holds: at most one proxy of the

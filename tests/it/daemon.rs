@@ -499,7 +499,7 @@ fn output_is_plain_and_a_closed_pipe_is_not_a_panic() {
     );
 }
 
-/// A provider on a closed port first, the mock second (README, "Providers and
+/// A provider on a closed port first, the mock second (docs/providers.md, "Routing"
 /// routing"): `preflight`, `doctor` and `daemon status` name the providers,
 /// never the `[upstream]` that `[[providers]]` replaces (the built-in mock).
 #[test]

@@ -1,4 +1,4 @@
-//! Hostile clients and broken upstreams (SPEC §10): every resource either can
+//! Hostile clients and broken upstreams (docs/contract.md §10): every resource either can
 //! make the proxy hold is bounded, no secret reaches an output, and no client
 //! string forges a log line or grows a metric.
 
@@ -261,6 +261,97 @@ fn a_declared_length_over_the_limit_is_413_at_once_without_100_continue() {
         let body: Value = serde_json::from_str(reply.split("\r\n\r\n").nth(1).unwrap()).unwrap();
         assert_openai_error(&body);
     }
+}
+
+/// One figure of `GET /metrics` (a line `name value`).
+fn metric(proxy: &Proxy, name: &str) -> f64 {
+    let text = scrape(proxy, "/metrics");
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// A field of `/proc/PID/status` in bytes (`VmRSS`, `VmHWM`: the peak).
+fn proc_status_bytes(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
+    kib * 1024
+}
+
+/// A small chat request on its own connection, through the mock: the status line.
+fn normal_chat(proxy: &Proxy) -> String {
+    let body = r#"{"model":"gpt-5","messages":[{"role":"user","content":"hi"}]}"#;
+    let mut stream = connect(proxy);
+    stream
+        .write_all(
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let reply = read_until_closed(&mut stream);
+    reply.lines().next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn stalled_bodies_are_bounded_together_by_max_body_memory() {
+    // Twenty clients announce 10 MB bodies (under max_body_bytes), send 5 MiB
+    // each and stall: 100 MiB offered, 16 MiB of room.
+    const BUDGET: u64 = 16 << 20;
+    let home = home_with(&format!("max_body_memory = {BUDGET}\nbody_timeout = 5"));
+    let proxy = Proxy::start(&home, &[], &[]);
+    assert_eq!(normal_chat(&proxy), "HTTP/1.1 200 OK");
+    let before = proc_status_bytes(proxy.pid(), "VmHWM");
+    let clients: Vec<_> = (0..20)
+        .map(|_| {
+            let mut stream = connect(&proxy);
+            stream.set_write_timeout(Some(PATIENCE)).unwrap();
+            std::thread::spawn(move || {
+                stream
+                    .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10000000\r\n\r\n")
+                    .unwrap();
+                let piece = vec![b' '; 64 << 10];
+                for _ in 0..80 {
+                    // A body the proxy has no room for blocks here until it is
+                    // refused and the connection closed.
+                    if stream.write_all(&piece).is_err() {
+                        break;
+                    }
+                }
+                // Every connection is closed by body_timeout (408 for a body
+                // that had room, 503 for one that waited for it; a refused
+                // client still sending may see a reset instead of the answer).
+                read_until_closed(&mut stream)
+            })
+        })
+        .collect();
+    let replies: Vec<String> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    for reply in &replies {
+        assert!(
+            reply.is_empty()
+                || reply.starts_with("HTTP/1.1 408")
+                || reply.starts_with("HTTP/1.1 503"),
+            "{reply}"
+        );
+    }
+    let peak = proc_status_bytes(proxy.pid(), "VmHWM").saturating_sub(before);
+    assert!(
+        peak < BUDGET + (16 << 20),
+        "100 MiB of stalled bodies took the proxy's peak RSS up by {} MiB (budget {} MiB)",
+        peak >> 20,
+        BUDGET >> 20
+    );
+    // Everything was given back, and a normal request is served.
+    assert_eq!(metric(&proxy, "warden_request_body_bytes"), 0.0);
+    assert_eq!(normal_chat(&proxy), "HTTP/1.1 200 OK");
 }
 
 #[test]
@@ -575,6 +666,88 @@ fn whole_events(body: &str) -> Vec<Value> {
             }
         })
         .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_with_no_room_in_max_body_memory_waits_then_is_503_with_retry_after() {
+    // The upstream holds every request until the gate opens: the first body
+    // stays counted while its upstream call is in flight.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let held = gate.clone();
+    let (url, hits) = raw_upstream(move |mut stream| {
+        let gate = held.clone();
+        async move {
+            let _ = gate.acquire().await;
+            let body = r#"{"id":"c","object":"chat.completion","created":1,"model":"gpt-5","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#;
+            let _ = stream
+                .write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                )
+                .await;
+        }
+    })
+    .await;
+    let (_home, proxy) = proxy_for(
+        &url,
+        "[server]\nmax_body_bytes = 100000\nmax_body_memory = 100000\nbody_timeout = 2",
+    );
+    let big =
+        json!({"model": "gpt-5", "messages": [{"role": "user", "content": "x".repeat(99_000)}]});
+    let big_len = serde_json::to_vec(&big).unwrap().len();
+    let first = tokio::spawn({
+        let url = proxy.url.clone();
+        async move {
+            client()
+                .post(format!("{url}/v1/chat/completions"))
+                .json(&big)
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    crate::support::http::until("the first request reaches the upstream", || {
+        let hits = hits.clone();
+        async move { hits.load(Ordering::SeqCst) == 1 }
+    })
+    .await;
+    let text = metrics_text(&proxy).await;
+    assert!(
+        text.lines()
+            .any(|l| l == format!("warden_request_body_bytes {big_len}")),
+        "{text}"
+    );
+    // Under 1 KB left: a 2 KB body waits for room, and is refused at body_timeout.
+    let second =
+        json!({"model": "gpt-5", "messages": [{"role": "user", "content": "y".repeat(2000)}]});
+    let reply = post_chat(&proxy, &second).await;
+    assert_eq!(reply.status(), 503);
+    assert_eq!(reply.headers()["retry-after"], "1");
+    let body: Value = reply.json().await.unwrap();
+    assert_openai_error(&body);
+    assert_eq!(body["error"]["code"], "body_memory_full", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("server.max_body_memory (100000 bytes)"),
+        "{message}"
+    );
+    assert!(
+        metrics_text(&proxy)
+            .await
+            .contains("warden_http_requests_rejected_total{reason=\"body_memory\"} 1\n")
+    );
+    // The first answer completes, its bytes go back, and the next one fits.
+    gate.add_permits(100);
+    assert_eq!(first.await.unwrap().status(), 200);
+    assert_eq!(post_chat(&proxy, &second).await.status(), 200);
+    assert!(
+        metrics_text(&proxy)
+            .await
+            .contains("\nwarden_request_body_bytes 0\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -24,6 +24,7 @@ mod completions;
 mod concurrent_operators;
 mod config_reference;
 mod daemon;
+mod docs_check;
 mod doctor;
 mod home_only;
 mod hostile;

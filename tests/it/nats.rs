@@ -1,4 +1,4 @@
-//! The NATS ingress (SPEC §13) against a real nats-server: request/reply,
+//! The NATS ingress (docs/contract.md §13) against a real nats-server: request/reply,
 //! streaming, discovery, error replies, the 429 beyond the cap, JetStream jobs
 //! surviving a killed proxy, reconnects, and the drain on SIGTERM.
 

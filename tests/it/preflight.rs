@@ -467,7 +467,7 @@ fn this_homes_own_proxy_may_hold_the_port_and_an_unrecorded_one_is_an_orphan() {
 #[test]
 fn a_stale_pid_file_fails_process() {
     let home = prepared_home();
-    // A record nobody holds the lock of: stale by definition (SPEC §4).
+    // A record nobody holds the lock of: stale by definition (docs/contract.md §4).
     let record = PidRecord::for_current_process(home.path(), None).unwrap();
     std::fs::write(home.path().join("run/proxy.pid"), record.render()).unwrap();
     let out = run(preflight(home.path()).args(["--json", "--only", "process"]));

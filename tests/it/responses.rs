@@ -415,7 +415,7 @@ async fn the_base_prompt_is_not_added_when_the_client_brings_its_own() {
     assert_eq!(headers["x-request-id"], r.headers()["x-request-id"]);
     drop(proxy);
 
-    // responses_always_base_instructions: the 0.1 policy, the base prompt on
+    // responses_always_base_instructions: the base prompt always on
     // top and the client's own kept as a developer message.
     let (upstream, _prompts, _home, proxy) = setup(
         Answer::Text,

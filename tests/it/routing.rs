@@ -1,4 +1,4 @@
-//! Providers and routing (SPEC §11): routing by model, failover before the
+//! Providers and routing (docs/contract.md §11): routing by model, failover before the
 //! first byte, passive health (cooldown, half-open probe), the provider header,
 //! `/health` and `/metrics` per provider, the model catalog. Upstreams are real
 //! axum servers whose behaviour a test sets and changes: healthy, failing,

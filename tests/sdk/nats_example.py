@@ -1,4 +1,4 @@
-"""The README's nats-py example ("Across many hosts"), run by scripts/e2e.sh against a
+"""The nats-py example of docs/nats.md, run by scripts/e2e.sh against a
 real nats-server and a proxy on the built-in mock: one request/reply, then a stream.
 
     python3 tests/sdk/nats_example.py [NATS_URL]      (default nats://127.0.0.1:4222)

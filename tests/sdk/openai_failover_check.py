@@ -1,5 +1,5 @@
 """The official `openai` Python SDK (v2) through two providers, the first one dead
-(its port closed): every request must be answered, by the second (SPEC §11).
+(its port closed): every request must be answered, by the second (docs/contract.md §11).
 
 Usage: python3 openai_failover_check.py BASE_URL SECOND N
   BASE_URL  the proxy's URL, e.g. http://127.0.0.1:8000

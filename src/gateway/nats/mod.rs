@@ -1,4 +1,4 @@
-//! The NATS ingress (SPEC §13): the same gateway, reached over NATS instead of
+//! The NATS ingress (docs/contract.md §13): the same gateway, reached over NATS instead of
 //! HTTP, so proxies on many hosts can share one stream of requests.
 //!
 //! Why NATS, and why this shape:

@@ -1,4 +1,4 @@
-//! Reply shapes on NATS (SPEC §13), the same for the service and for JetStream
+//! Reply shapes on NATS (docs/contract.md §13), the same for the service and for JetStream
 //! jobs:
 //! - a complete answer: one message, the `chat.completion` JSON;
 //! - a stream: one message per chunk (the JSON of an SSE `data:` line) with

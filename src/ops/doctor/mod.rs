@@ -1,4 +1,4 @@
-//! `doctor` (SPEC §7): diagnose a home and fix what is safe to fix.
+//! `doctor` (docs/contract.md §7): diagnose a home and fix what is safe to fix.
 //!
 //! Each topic has one small inspection in [`diagnose`] that maps what it finds to
 //! a [`Diagnosis`]: fine, broken with a [`Fix`], or broken in a way only a person

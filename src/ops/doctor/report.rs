@@ -128,7 +128,7 @@ mod tests {
         let summary = Summary::of(&findings);
         Report {
             ok: summary.needs_you == 0 && summary.would_fix == 0,
-            version: "0.1.0".into(),
+            version: crate::VERSION.into(),
             home: "/srv/warden".into(),
             dry_run,
             yes: false,

@@ -1,4 +1,4 @@
-//! Preflight checks: "is this host ready to run the proxy?" (SPEC §6).
+//! Preflight checks: "is this host ready to run the proxy?" (docs/contract.md §6).
 //!
 //! The ten built-in checks are declared in the repository's `checks/builtin.toml`
 //! (id, order, title, timeout, hint), compiled in with `include_str!`; their logic
@@ -114,7 +114,7 @@ impl Summary {
     }
 }
 
-/// A whole run: exactly the `--json` document of SPEC §6.
+/// A whole run: exactly the `--json` document of docs/contract.md §6.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
     /// True when no check failed (warnings and skips allowed).

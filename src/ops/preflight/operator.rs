@@ -150,7 +150,7 @@ impl Entry {
             id,
             timeout: GRACE,
             hint: Some(format!(
-                "fix or remove {}: `kind` is one of command, http, tcp, file (see Operator checks in the README)",
+                "fix or remove {}: `kind` is one of command, http, tcp, file (see docs/operating.md, Operator checks)",
                 file.display()
             )),
             check: Err(error),

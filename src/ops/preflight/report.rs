@@ -183,7 +183,7 @@ mod tests {
         let summary = Summary::of(&checks);
         Report {
             ok: summary.fail == 0,
-            version: "0.1.0".into(),
+            version: crate::VERSION.into(),
             home: "/srv/warden home".into(),
             duration_ms: 14,
             summary,

@@ -238,7 +238,7 @@ impl Context {
     }
 
     /// The harness timeout of a declared check. `upstream` gets at least
-    /// `upstream.connect_timeout` (plus a little), the budget the SPEC gives it.
+    /// `upstream.connect_timeout` (plus a little), the budget docs/contract.md §6 gives it.
     pub fn timeout_for(&self, spec: &BuiltinSpec) -> Duration {
         let declared = Duration::from_millis(spec.timeout_ms);
         if spec.id == "upstream" && !self.cfg.providers.is_empty() {

@@ -1,4 +1,4 @@
-//! The NATS part of the `upstream` check (SPEC §13: the ten checks stay ten):
+//! The NATS part of the `upstream` check (docs/contract.md §13: the ten checks stay ten):
 //! when `nats.url` is set, each server must accept a TCP connection and greet
 //! with NATS's `INFO` line within `upstream.connect_timeout`. A NATS server that
 //! is away is a warning, not a failure: the proxy serves HTTP without it and
