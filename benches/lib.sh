@@ -23,11 +23,17 @@ need_apt() {
 }
 
 # start_nginx: the fixed-answer upstream (benches/nginx/fixed-upstream.conf) on a free
-# port; sets nginx_port (chat.completion at /json/v1, SSE at /sse/v1).
+# port; sets nginx_port (chat.completion and embeddings at /json/v1, SSE at /sse/v1).
 start_nginx() {
   nginx_port=$(free_port)
   mkdir -p "$work/nginx"
   sed "s/@PORT@/$nginx_port/g; s#@WORK@#$work/nginx#g" benches/nginx/fixed-upstream.conf >"$work/nginx/nginx.conf"
+  # The fixed embeddings answer: two unit vectors of 1536 dimensions.
+  mkdir -p "$work/nginx/json/v1"
+  python3 -c 'import json, math; v=[math.sin(i)/math.sqrt(768) for i in range(1536)]; print(json.dumps({"object":"list","data":[{"object":"embedding","index":i,"embedding":v} for i in range(2)],"model":"text-embedding-3-small","usage":{"prompt_tokens":9,"total_tokens":9}}))' >"$work/nginx/json/v1/embeddings"
+  # nginx's worker (nobody, when started by root) reads it: the path must be traversable.
+  chmod 711 "$work" "$work/nginx"
+  chmod -R a+rX "$work/nginx/json"
   nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" -e "$work/nginx/error.log" &
   pids+=($!)
   wait_http "http://127.0.0.1:$nginx_port/json/v1/models"

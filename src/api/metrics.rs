@@ -32,7 +32,11 @@ pub fn route_label(path: &str) -> &'static str {
         "/health/live" => "/health/live",
         "/health/ready" => "/health/ready",
         "/metrics" => "/metrics",
+        "/v1/embeddings" => "/v1/embeddings",
+        "/v1/completions" => "/v1/completions",
         p if p.starts_with("/v1/models/") => "/v1/models/{id}",
+        // Every other API path is passed through (one label, whatever the path).
+        p if p.starts_with("/v1/") => "/v1/*",
         _ => "other",
     }
 }

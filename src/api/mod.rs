@@ -6,6 +6,7 @@
 //! to import the other to agree on a shape: the upstreams never import the gateway.
 
 pub mod anthropic;
+pub mod completions;
 pub(crate) mod health;
 pub(crate) mod metrics;
 pub mod openai;

@@ -226,19 +226,7 @@ pub fn json_type(raw: &str) -> &'static str {
 impl ChatRequestView<'_> {
     /// Parses and validates a request body (see [`invalid`] for the errors).
     pub fn parse(body: &[u8]) -> Result<ChatRequestView<'_>, ApiError> {
-        let object = body
-            .iter()
-            .find(|b| !b.is_ascii_whitespace())
-            .is_none_or(|&b| b == b'{');
-        if !object {
-            // (serde would take an array for a struct's fields in order.)
-            return Err(
-                match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
-                    Ok(_) => invalid::not_an_object(),
-                    Err(e) => invalid::json(e),
-                },
-            );
-        }
+        must_be_object(body)?;
         let fields: SentFields = serde_json::from_slice(body).map_err(invalid::json)?;
         let messages = fields
             .messages
@@ -254,38 +242,115 @@ impl ChatRequestView<'_> {
         if raw[1..].trim_start().starts_with(']') {
             return Err(invalid::empty_array("messages"));
         }
-        let model = match fields.model {
-            None => None,
-            Some(raw) => Some(
-                serde_json::from_str::<String>(raw.get())
-                    .map_err(|_| invalid::wrong_type("model", "a string", json_type(raw.get())))?,
-            ),
-        };
-        let stream = match fields.stream.map(RawValue::get) {
-            None | Some("null") => false,
-            Some(raw) => serde_json::from_str::<bool>(raw)
-                .map_err(|_| invalid::wrong_type("stream", "a boolean", json_type(raw)))?,
-        };
-        let stream_options = match fields.stream_options.map(RawValue::get) {
-            None | Some("null") => None,
-            Some(raw) => Some(serde_json::from_str::<StreamOptions>(raw).map_err(|_| {
-                invalid::wrong_type(
-                    "stream_options",
-                    "an object with a boolean include_usage",
-                    json_type(raw),
-                )
-            })?),
-        };
         Ok(ChatRequestView {
-            model,
+            model: model_field(fields.model)?,
             messages,
-            stream,
-            stream_options,
+            stream: stream_field(fields.stream)?,
+            stream_options: stream_options_field(fields.stream_options)?,
         })
     }
 
     pub fn include_usage(&self) -> bool {
         self.stream_options.is_some_and(|o| o.include_usage)
+    }
+}
+
+/// The fields the gateway reads of a request routed by model on the other
+/// OpenAI routes (`/v1/embeddings`, `/v1/completions`): the same checks as
+/// [`ChatRequestView`], with `required` (`input`, `prompt`) in place of `messages`.
+#[derive(Debug)]
+pub struct RoutedRequestView {
+    /// `None` only when the request had none (a configured default may apply).
+    pub model: Option<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+#[derive(Deserialize)]
+struct RoutedFields<'a> {
+    #[serde(default, borrow, deserialize_with = "present")]
+    model: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    stream: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    stream_options: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    input: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    prompt: Option<&'a RawValue>,
+}
+
+impl RoutedRequestView {
+    /// Parses a request body whose field `required` (`"input"` or `"prompt"`)
+    /// must be present and not `null`.
+    pub fn parse(body: &[u8], required: &'static str) -> Result<RoutedRequestView, ApiError> {
+        must_be_object(body)?;
+        let fields: RoutedFields = serde_json::from_slice(body).map_err(invalid::json)?;
+        let needed = match required {
+            "prompt" => fields.prompt,
+            _ => fields.input,
+        };
+        match needed.map(RawValue::get) {
+            None => return Err(invalid::missing(required)),
+            Some("null") => return Err(invalid::wrong_type(required, "a value", "null")),
+            Some(_) => {}
+        }
+        Ok(RoutedRequestView {
+            model: model_field(fields.model)?,
+            stream: stream_field(fields.stream)?,
+            include_usage: stream_options_field(fields.stream_options)?
+                .is_some_and(|o| o.include_usage),
+        })
+    }
+}
+
+/// 400 unless the body is a JSON object (serde would take an array for a
+/// struct's fields in order).
+fn must_be_object(body: &[u8]) -> Result<(), ApiError> {
+    let object = body
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_none_or(|&b| b == b'{');
+    if object {
+        return Ok(());
+    }
+    Err(
+        match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            Ok(_) => invalid::not_an_object(),
+            Err(e) => invalid::json(e),
+        },
+    )
+}
+
+fn model_field(raw: Option<&RawValue>) -> Result<Option<String>, ApiError> {
+    match raw {
+        None => Ok(None),
+        Some(raw) => serde_json::from_str::<String>(raw.get())
+            .map(Some)
+            .map_err(|_| invalid::wrong_type("model", "a string", json_type(raw.get()))),
+    }
+}
+
+fn stream_field(raw: Option<&RawValue>) -> Result<bool, ApiError> {
+    match raw.map(RawValue::get) {
+        None | Some("null") => Ok(false),
+        Some(raw) => serde_json::from_str::<bool>(raw)
+            .map_err(|_| invalid::wrong_type("stream", "a boolean", json_type(raw))),
+    }
+}
+
+fn stream_options_field(raw: Option<&RawValue>) -> Result<Option<StreamOptions>, ApiError> {
+    match raw.map(RawValue::get) {
+        None | Some("null") => Ok(None),
+        Some(raw) => serde_json::from_str::<StreamOptions>(raw)
+            .map(Some)
+            .map_err(|_| {
+                invalid::wrong_type(
+                    "stream_options",
+                    "an object with a boolean include_usage",
+                    json_type(raw),
+                )
+            }),
     }
 }
 

@@ -30,6 +30,36 @@ pub async fn chat_completions(
 ) -> Response {
     let trace = trace.map(|Extension(t)| t);
     let dispatched = dispatch::chat_with_headers(&gw, body, client_headers(&headers), trace).await;
+    respond_dispatched(dispatched)
+}
+
+/// `POST /v1/embeddings`: routed by model like chat, answered as the provider
+/// answered (one JSON body).
+pub async fn embeddings(
+    State(gw): State<Arc<Gateway>>,
+    trace: Option<Extension<SpanParent>>,
+    headers: HeaderMap,
+    ClientBody(body): ClientBody,
+) -> Response {
+    let trace = trace.map(|Extension(t)| t);
+    let dispatched = dispatch::embeddings(&gw, body, client_headers(&headers), trace).await;
+    respond_dispatched(dispatched)
+}
+
+/// `POST /v1/completions` (legacy text completions), streaming included.
+pub async fn completions(
+    State(gw): State<Arc<Gateway>>,
+    trace: Option<Extension<SpanParent>>,
+    headers: HeaderMap,
+    ClientBody(body): ClientBody,
+) -> Response {
+    let trace = trace.map(|Extension(t)| t);
+    let dispatched = dispatch::completions(&gw, body, client_headers(&headers), trace).await;
+    respond_dispatched(dispatched)
+}
+
+/// The HTTP response for what [`dispatch`] made of a request.
+pub(super) fn respond_dispatched(dispatched: dispatch::Dispatched) -> Response {
     let mut response = match dispatched.outcome {
         Ok((reply, slot)) => respond_reply(reply, slot),
         Err(e) => e.into_response(),
@@ -115,6 +145,45 @@ impl FromRequest<Arc<Gateway>> for ClientBody {
             .await
             .map(ClientBody)
             .map_err(|rejection| body_rejection(gw, rejection))
+    }
+}
+
+impl ClientBody {
+    /// Reads a body taken from a request by hand, with the same limits and
+    /// errors as the extractor.
+    pub async fn read(gw: &Gateway, body: Body) -> Result<Bytes, ApiError> {
+        let max = gw.config.server.max_body_bytes;
+        axum::body::to_bytes(body, max).await.map_err(|e| {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(cause) = source {
+                if cause.is::<http_body_util::LengthLimitError>() {
+                    gw.metrics.rejected(Rejection::BodyTooLarge);
+                    return ApiError::payload_too_large(max);
+                }
+                source = cause.source();
+            }
+            if let Some(full) = super::body_budget::BodyMemoryFull::caused(&e) {
+                gw.metrics.rejected(Rejection::BodyMemory);
+                return ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    full.to_string(),
+                )
+                .code("body_memory_full")
+                .retry_after(1);
+            }
+            if let Some(secs) = super::connections::BodyTimedOut::caused(&e) {
+                return ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "invalid_request_error",
+                    format!(
+                        "the request body did not arrive within server.body_timeout ({secs} s)"
+                    ),
+                )
+                .code("request_timeout");
+            }
+            ApiError::bad_request(format!("cannot read the request body: {e}"))
+        })
     }
 }
 

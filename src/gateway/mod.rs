@@ -22,6 +22,7 @@ mod malformed;
 mod messages;
 pub(crate) mod nats;
 mod observe;
+mod passthrough;
 mod responses;
 pub mod serve;
 mod status;
@@ -34,7 +35,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -125,8 +126,12 @@ impl Gateway {
 pub fn router(gw: Arc<Gateway>) -> Router {
     let mut api = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/embeddings", post(chat::embeddings))
+        .route("/v1/completions", post(chat::completions))
         .route("/v1/models", get(chat::models))
-        .route("/v1/models/{*id}", get(chat::model));
+        .route("/v1/models/{*id}", get(chat::model))
+        // Every other /v1/ path: to providers with passthrough = true.
+        .route("/v1/{*rest}", any(passthrough::passthrough));
     if gw.config.features.enable_responses_api {
         api = api.route("/v1/responses", post(responses::responses));
     } else {

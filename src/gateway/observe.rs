@@ -70,8 +70,9 @@ pub async fn observe(State(gw): State<Arc<Gateway>>, mut request: Request, next:
     }
     // A span for each request that may go to a provider; none at all when off.
     let trace = match &gw.telemetry {
-        Some(telemetry) if api && request.method() == axum::http::Method::POST => {
-            let span = telemetry.http_span("POST", route, request.headers());
+        Some(telemetry) if goes_upstream(route, request.method()) => {
+            let method = method_name(request.method());
+            let span = telemetry.http_span(method, route, request.headers());
             request.extensions_mut().insert(span.parent());
             Some(span)
         }
@@ -104,6 +105,29 @@ pub async fn observe(State(gw): State<Arc<Gateway>>, mut request: Request, next:
             },
         ))
     })
+}
+
+/// Whether a request may reach a provider (and so has a span): the API's
+/// POST routes, and any method on a pass-through path.
+fn goes_upstream(route: &str, method: &axum::http::Method) -> bool {
+    route.starts_with("/v1/")
+        && !route.starts_with("/v1/models")
+        && (method == axum::http::Method::POST || route == "/v1/*")
+}
+
+/// The method as spans name it: one of HTTP's, else `_OTHER` (bounded).
+fn method_name(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "_OTHER",
+    }
 }
 
 /// One request being observed: counted when it starts, recorded (metrics and

@@ -106,6 +106,8 @@ pub struct UpstreamConfig {
     pub max_response_bytes: usize,
     /// One SSE event (or line) larger than this ends the stream with an error event.
     pub max_event_bytes: usize,
+    /// Pass every other `/v1/` path (audio, images, files, …) through to it.
+    pub passthrough: bool,
 }
 
 impl Default for UpstreamConfig {
@@ -122,6 +124,7 @@ impl Default for UpstreamConfig {
             models: vec!["gpt-5".into(), "gpt-5-codex".into()],
             max_response_bytes: 64 << 20,
             max_event_bytes: 4 << 20,
+            passthrough: false,
         }
     }
 }
@@ -187,6 +190,9 @@ pub struct ProviderConfig {
     pub timeout: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
+    /// Pass every other `/v1/` path (audio, images, files, …) through to it.
+    #[serde(default)]
+    pub passthrough: bool,
 }
 
 fn default_api() -> UpstreamApi {
@@ -247,6 +253,8 @@ pub struct ProviderSettings {
     pub timeout: Duration,
     /// Attempts of one request that may go to this provider.
     pub attempts: u32,
+    /// Every other `/v1/` path is passed through to it (SPEC §16).
+    pub passthrough: bool,
 }
 
 impl ProviderSettings {
@@ -695,6 +703,7 @@ impl Config {
                 idle_timeout: up.idle_timeout(),
                 timeout: up.total_timeout(),
                 attempts: up.attempts,
+                passthrough: up.passthrough,
             }];
         }
         let secs = Duration::from_secs;
@@ -726,6 +735,7 @@ impl Config {
                     })),
                     timeout: secs(timeout),
                     attempts: p.attempts.unwrap_or(up.attempts),
+                    passthrough: p.passthrough,
                 }
             })
             .collect()
@@ -844,6 +854,14 @@ fn validate(s: &Settings) -> Result<(), (String, String)> {
     }
     check_ranges(s)?;
     validate_providers(s)?;
+    if s.upstream.passthrough && s.upstream.url == MOCK_UPSTREAM && s.providers.is_empty() {
+        return err(
+            "upstream.passthrough",
+            "the mock has no other endpoints to pass requests through to; set upstream.url \
+             to the server that serves them"
+                .into(),
+        );
+    }
     if s.upstream.url != MOCK_UPSTREAM {
         match reqwest::Url::parse(&s.upstream.url) {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
@@ -1229,6 +1247,14 @@ fn validate_providers(s: &Settings) -> Result<(), (String, String)> {
                     "{:?} is neither \"mock\" nor an http(s) base URL like https://api.openai.com/v1",
                     p.url
                 ),
+            );
+        }
+        if p.passthrough && p.url == MOCK_UPSTREAM {
+            return err(
+                key("passthrough"),
+                "the mock has no other endpoints to pass requests through to; set passthrough \
+                 on a provider with an http(s) url"
+                    .into(),
             );
         }
         for model in &p.models {

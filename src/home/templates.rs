@@ -113,6 +113,7 @@ mod tests {
             idle_timeout: Some(1),
             timeout: Some(1),
             attempts: Some(1),
+            passthrough: true,
         }];
         all.aliases.insert("fast".into(), "gpt-5-mini".into());
         all.prompts.sources[0].sha256 = vec!["0".repeat(64)];

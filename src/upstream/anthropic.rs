@@ -45,6 +45,11 @@ impl AnthropicUpstream {
         }
     }
 
+    /// The shared HTTP side.
+    pub fn http(&self) -> &HttpUpstream {
+        &self.http
+    }
+
     /// A Chat Completions request, answered through the Messages API.
     pub async fn chat(&self, call: ChatCall) -> Result<Reply, ApiError> {
         let chat = request_json(&call.body, &call.model)?;

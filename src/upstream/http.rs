@@ -72,6 +72,9 @@ pub struct HttpUpstream {
     display: String,
     /// `{base}/responses`, parsed once for `POST /v1/responses` passthrough.
     responses_url: UpstreamUrl,
+    /// `{base}/embeddings` and `{base}/completions`, the same for those routes.
+    embeddings_url: UpstreamUrl,
+    completions_url: UpstreamUrl,
     auth: Option<HeaderValue>,
     /// Headers some kinds of upstream need besides (Anthropic: `x-api-key`,
     /// `anthropic-version`).
@@ -127,6 +130,8 @@ impl HttpUpstream {
             client,
             direct,
             responses_url: UpstreamUrl::new(format!("{}/responses", provider.base_url())),
+            embeddings_url: UpstreamUrl::new(format!("{}/embeddings", provider.base_url())),
+            completions_url: UpstreamUrl::new(format!("{}/completions", provider.base_url())),
             base: provider.base_url().to_string(),
             display: crate::support::redact::url(provider.base_url()),
             auth,
@@ -175,6 +180,16 @@ impl HttpUpstream {
     /// `{base}/responses`, parsed once.
     pub fn responses_url(&self) -> &UpstreamUrl {
         &self.responses_url
+    }
+
+    /// `{base}/embeddings`, parsed once.
+    pub fn embeddings_url(&self) -> &UpstreamUrl {
+        &self.embeddings_url
+    }
+
+    /// `{base}/completions` (legacy text completions), parsed once.
+    pub fn completions_url(&self) -> &UpstreamUrl {
+        &self.completions_url
     }
 
     /// The base URL, for messages (never the key).
@@ -342,9 +357,9 @@ impl HttpUpstream {
             return Err(self.passthrough_error(response).await);
         }
         if stream {
-            // A Chat Completions stream must end with `[DONE]`; a Responses
-            // stream ends with its own terminal event.
-            let expect_done = url.text.ends_with("/chat/completions");
+            // A Chat Completions (or legacy Completions) stream must end with
+            // `[DONE]`; a Responses stream ends with its own terminal event.
+            let expect_done = url.text.ends_with("/completions");
             return Ok(Reply::Stream(self.relay_events(
                 response,
                 stats,
@@ -621,6 +636,96 @@ impl HttpUpstream {
                 }
             }
         }))
+    }
+
+    /// A pass-through request (see [`super::passthrough`]): sent once, to
+    /// `{base}{path_and_query}`, with the provider's key; the answer streamed
+    /// back as it arrives. A 429 or 5xx is an error (so a repeatable request
+    /// fails over); every other answer goes to the client as it is.
+    pub async fn pass(
+        &self,
+        call: &super::passthrough::PassCall,
+    ) -> Result<super::passthrough::Passed, ApiError> {
+        let text = format!("{}{}", self.base, call.path_and_query);
+        let url = reqwest::Url::parse(&text).map_err(|e| {
+            ApiError::bad_request(format!("the request path cannot be passed on: {e}"))
+        })?;
+        let Some(body) = call.body.take() else {
+            return Err(ApiError::bad_gateway(
+                "the request body was already sent to another provider; it cannot be sent twice",
+            ));
+        };
+        let mut headers = HeaderMap::with_capacity(call.headers.len() + 4);
+        for (name, value) in &call.headers {
+            headers.append(name.clone(), value.clone());
+        }
+        if let Some(auth) = &self.auth {
+            headers.insert(AUTHORIZATION, auth.clone());
+        }
+        for (name, value) in &self.extra_headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        headers.insert(
+            USER_AGENT,
+            HeaderValue::from_static(crate::support::http_client::USER_AGENT),
+        );
+        if !headers.contains_key(ACCEPT) {
+            headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
+        }
+        let mut request = reqwest::Request::new(call.method.clone(), url);
+        *request.headers_mut() = headers;
+        *request.body_mut() = body;
+        let stats = &call.stats;
+        let deadline = stats.deadline(self.total_timeout);
+        let started = Instant::now();
+        let outcome = timeout(
+            deadline.wait(self.first_byte_timeout),
+            self.client.execute(request),
+        )
+        .await;
+        stats.add_upstream_time(started.elapsed());
+        let response = match outcome {
+            Err(_) if deadline.passed() => {
+                self.metrics.upstream_attempt(AttemptOutcome::Timeout);
+                return Err(self.deadline_error(&deadline));
+            }
+            Err(_) => {
+                self.metrics.upstream_attempt(AttemptOutcome::Timeout);
+                return Err(ApiError::gateway_timeout(format!(
+                    "upstream {} sent no response within {} s (upstream.first_byte_timeout)",
+                    self.display,
+                    self.first_byte_timeout.as_secs()
+                )));
+            }
+            Ok(Err(e)) => {
+                self.metrics.upstream_attempt(AttemptOutcome::Failed);
+                return Err(ApiError::bad_gateway(format!(
+                    "cannot reach upstream {}: {}",
+                    self.display,
+                    ExchangeError::reqwest(e)
+                )));
+            }
+            Ok(Ok(response)) => response,
+        };
+        if !conforming_status(response.status()) {
+            self.metrics.upstream_attempt(AttemptOutcome::Failed);
+            return Err(self.nonconforming_status(&response));
+        }
+        if retry::is_retryable(response.status()) {
+            self.metrics.upstream_attempt(AttemptOutcome::Failed);
+            return Err(self.passthrough_error(response).await);
+        }
+        self.metrics.upstream_attempt(AttemptOutcome::Ok);
+        let status = response.status().as_u16();
+        let headers = super::passthrough::relayed_headers(response.headers());
+        let chunks = self
+            .chunks(response, stats.clone())
+            .map(|chunk| chunk.map_err(|e| std::io::Error::other(e.message)));
+        let mut answer = http::Response::new(axum::body::Body::from_stream(chunks));
+        *answer.status_mut() =
+            http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+        *answer.headers_mut() = headers;
+        Ok(super::passthrough::Passed { response: answer })
     }
 
     /// `GET {base}{path}` when it answers a `list` object in time.

@@ -23,7 +23,9 @@ pub(crate) mod chat;
 pub(crate) mod forward;
 pub(crate) mod http;
 pub(crate) mod mock;
+mod mock_embeddings;
 mod mock_responses;
+pub mod passthrough;
 pub(crate) mod provider;
 pub(crate) mod responses;
 mod retry;
@@ -179,6 +181,31 @@ pub struct ResponsesCall {
     pub headers: axum::http::HeaderMap,
 }
 
+/// One `POST /v1/embeddings` request, forwarded as it is (the mock answers it).
+#[derive(Clone)]
+pub struct EmbeddingsCall {
+    pub body: Bytes,
+    /// The model it is routed by.
+    pub model: String,
+    pub stats: Arc<ExchangeStats>,
+    /// The client's headers that go upstream ([`forward::client_headers`]).
+    pub headers: axum::http::HeaderMap,
+}
+
+/// One `POST /v1/completions` (legacy text completions) request: forwarded as
+/// it is to a Chat Completions provider, translated for the others.
+#[derive(Clone)]
+pub struct CompletionsCall {
+    pub body: Bytes,
+    /// The model it is routed by.
+    pub model: String,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub stats: Arc<ExchangeStats>,
+    /// The client's headers that go upstream ([`forward::client_headers`]).
+    pub headers: axum::http::HeaderMap,
+}
+
 pub enum Upstream {
     Mock(mock::MockUpstream),
     Chat(chat::ChatUpstream),
@@ -244,6 +271,71 @@ impl Upstream {
             &call.headers,
         )
         .await
+    }
+
+    /// The HTTP side of a provider with a URL (`None` for the mock).
+    pub fn http(&self) -> Option<&http::HttpUpstream> {
+        match self {
+            Upstream::Mock(_) => None,
+            Upstream::Chat(c) => Some(c.http()),
+            Upstream::Responses(r) => Some(r.http()),
+            Upstream::Anthropic(a) => Some(a.http()),
+        }
+    }
+
+    /// Whether this kind serves `POST /v1/embeddings` (the Messages API has none).
+    pub fn serves_embeddings(&self) -> bool {
+        !matches!(self, Upstream::Anthropic(_))
+    }
+
+    /// Forwards an embeddings request to `{base}/embeddings` (`api = "chat"` or
+    /// `"responses"`: OpenAI-compatible servers serve it next to the others);
+    /// the mock answers deterministic vectors. The router never sends one to
+    /// an Anthropic provider ([`Upstream::serves_embeddings`]).
+    pub async fn embeddings(&self, call: EmbeddingsCall) -> Result<Reply, ApiError> {
+        let http = match self {
+            Upstream::Mock(_) => return mock_embeddings::respond(call),
+            Upstream::Chat(c) => c.http(),
+            Upstream::Responses(r) => r.http(),
+            Upstream::Anthropic(a) => {
+                return Err(ApiError::not_found(format!(
+                    "provider {} speaks the Anthropic Messages API, which has no embeddings",
+                    a.http().display_url()
+                ))
+                .code("model_not_found"));
+            }
+        };
+        http.forward(
+            http.embeddings_url(),
+            &call.body,
+            false,
+            call.stats,
+            chat::usage_of,
+            &call.headers,
+        )
+        .await
+    }
+
+    /// A legacy completions request: forwarded as sent to `{base}/completions`
+    /// of a Chat Completions provider (streams relayed chunk by chunk); the
+    /// mock, Responses and Anthropic providers answer it through their Chat
+    /// path in translation ([`translated::completions_over_chat`]).
+    pub async fn completions(&self, call: CompletionsCall) -> Result<Reply, ApiError> {
+        match self {
+            Upstream::Chat(c) => {
+                let http = c.http();
+                http.forward(
+                    http.completions_url(),
+                    &call.body,
+                    call.stream,
+                    call.stats,
+                    chat::usage_of,
+                    &call.headers,
+                )
+                .await
+            }
+            _ => translated::completions_over_chat(call, |chat| self.chat(chat)).await,
+        }
     }
 
     /// The upstream's own model list (a `list` object), when it has one. A

@@ -49,7 +49,8 @@ use tokio::time::Instant;
 
 use super::provider::{Admission, FailureKind, Provider};
 use super::{
-    ChatCall, ExchangeStats, FrameStream, Reply, ResponsesCall, Upstream, UpstreamError, retry,
+    ChatCall, CompletionsCall, EmbeddingsCall, ExchangeStats, FrameStream, Reply, ResponsesCall,
+    Upstream, UpstreamError, retry,
 };
 use crate::api::metrics::Metrics;
 use crate::api::openai::ApiError;
@@ -167,12 +168,7 @@ impl Router {
     pub async fn chat(&self, mut call: ChatCall) -> Result<Reply, ApiError> {
         let candidates = self.route_and_rewrite(&mut call.model, &mut call.body)?;
         let (stats, model, body) = (call.stats.clone(), call.model.clone(), call.body.clone());
-        let request = Request {
-            operation: "chat",
-            model: &model,
-            stream: call.stream,
-            body: &body,
-        };
+        let request = Request::new("chat", &model, call.stream, &body);
         self.dispatch(request, candidates, &stats, |provider, span| {
             let mut call = call.clone();
             trace_headers(&mut call.headers, span);
@@ -185,18 +181,157 @@ impl Router {
     pub async fn responses(&self, mut call: ResponsesCall) -> Result<Reply, ApiError> {
         let candidates = self.route_and_rewrite(&mut call.model, &mut call.body)?;
         let (stats, model, body) = (call.stats.clone(), call.model.clone(), call.body.clone());
-        let request = Request {
-            operation: "chat",
-            model: &model,
-            stream: call.stream,
-            body: &body,
-        };
+        let request = Request::new("chat", &model, call.stream, &body);
         self.dispatch(request, candidates, &stats, |provider, span| {
             let mut call = call.clone();
             trace_headers(&mut call.headers, span);
             async move { provider.upstream.responses(call).await }
         })
         .await
+    }
+
+    /// An embeddings request (forwarded as it is), routed by `call.model` to
+    /// the candidates that serve embeddings (not `api = "anthropic"`).
+    pub async fn embeddings(&self, mut call: EmbeddingsCall) -> Result<Reply, ApiError> {
+        let candidates = self.route_and_rewrite(&mut call.model, &mut call.body)?;
+        let candidates = self.serving(
+            &call.model,
+            candidates,
+            Upstream::serves_embeddings,
+            "embeddings",
+        )?;
+        let (stats, model, body) = (call.stats.clone(), call.model.clone(), call.body.clone());
+        let request = Request::new("embeddings", &model, false, &body);
+        self.dispatch(request, candidates, &stats, |provider, span| {
+            let mut call = call.clone();
+            trace_headers(&mut call.headers, span);
+            async move { provider.upstream.embeddings(call).await }
+        })
+        .await
+    }
+
+    /// A legacy completions request, routed by `call.model`.
+    pub async fn completions(&self, mut call: CompletionsCall) -> Result<Reply, ApiError> {
+        let candidates = self.route_and_rewrite(&mut call.model, &mut call.body)?;
+        let (stats, model, body) = (call.stats.clone(), call.model.clone(), call.body.clone());
+        let request = Request::new("text_completion", &model, call.stream, &body);
+        self.dispatch(request, candidates, &stats, |provider, span| {
+            let mut call = call.clone();
+            trace_headers(&mut call.headers, span);
+            async move { provider.upstream.completions(call).await }
+        })
+        .await
+    }
+
+    /// Whether some provider has `passthrough = true`.
+    pub fn passes_through(&self) -> bool {
+        self.passthrough_mask() != 0
+    }
+
+    /// The providers with `passthrough = true`, as a bit mask.
+    fn passthrough_mask(&self) -> u64 {
+        let mut mask = 0;
+        for (i, provider) in self.providers.iter().enumerate() {
+            if provider.settings.passthrough && provider.upstream.http().is_some() {
+                mask |= 1 << i;
+            }
+        }
+        mask
+    }
+
+    /// Where a pass-through request goes: the `passthrough = true` providers
+    /// that serve `model` when the request names one (with the model name to
+    /// send instead, for an alias or `PROVIDER/MODEL`), else all of them.
+    pub fn route_passthrough(
+        &self,
+        model: Option<&str>,
+        path: &str,
+    ) -> Result<(u64, Option<String>), ApiError> {
+        let mask = self.passthrough_mask();
+        if mask == 0 {
+            return Err(no_passthrough(path));
+        }
+        let Some(model) = model else {
+            return Ok((mask, None));
+        };
+        let route = self.route(model)?;
+        let candidates = route.candidates & mask;
+        if candidates == 0 {
+            return Err(ApiError::not_found(format!(
+                "no provider with passthrough = true serves the model {model:?}; set \
+                 passthrough = true on a [[providers]] entry that serves it"
+            ))
+            .code("model_not_found")
+            .param("model"));
+        }
+        Ok((candidates, route.rewrite.map(str::to_owned)))
+    }
+
+    /// A pass-through request to the first of `candidates` that answers (a
+    /// streamed body: one attempt only, it cannot be sent twice).
+    pub async fn passthrough(
+        &self,
+        model: &str,
+        candidates: u64,
+        call: super::passthrough::PassCall,
+    ) -> Result<super::passthrough::Passed, ApiError> {
+        let attempts = if call.body.repeatable() {
+            self.attempts
+        } else {
+            1
+        };
+        let stats = call.stats.clone();
+        // The body is streamed: never read for a span.
+        let request = Request::new("passthrough", model, false, b"");
+        self.dispatch_at_most(attempts, request, candidates, &stats, |provider, span| {
+            let mut call = call.clone();
+            trace_headers(&mut call.headers, span);
+            async move {
+                match provider.upstream.http() {
+                    Some(http) => http.pass(&call).await,
+                    None => Err(ApiError::bad_gateway(
+                        "the mock has no other endpoints to pass requests through to",
+                    )),
+                }
+            }
+        })
+        .await
+    }
+
+    /// `candidates` narrowed to the providers whose kind `serves` the route    /// `candidates` narrowed to the providers whose kind `serves` the route
+    /// (`what`, for the message); none left: 404 `model_not_found` saying why.
+    fn serving(
+        &self,
+        model: &str,
+        candidates: u64,
+        serves: fn(&Upstream) -> bool,
+        what: &str,
+    ) -> Result<u64, ApiError> {
+        let mut kept = 0;
+        let mut names = Vec::new();
+        for (i, provider) in self.providers.iter().enumerate() {
+            if candidates & (1 << i) != 0 {
+                if serves(&provider.upstream) {
+                    kept |= 1 << i;
+                } else {
+                    names.push(format!(
+                        "{} (api = \"{}\")",
+                        provider.name,
+                        provider.settings.api.as_str()
+                    ));
+                }
+            }
+        }
+        if kept != 0 {
+            return Ok(kept);
+        }
+        Err(ApiError::not_found(format!(
+            "the providers of the model {model:?} do not serve {what}: {}; \
+             route it to a provider with api = \"chat\" (or write PROVIDER/MODEL)",
+            names.join(", ")
+        ))
+        .code("model_not_found")
+        .param("model"))
     }
 
     /// Routes a request by `model` and returns its candidates; when an alias or
@@ -322,18 +457,38 @@ impl Router {
     }
 
     /// Runs attempts until one answers, the budget is spent or the deadline passes.
-    async fn dispatch<F, Fut>(
+    async fn dispatch<T, F, Fut>(
         &self,
         request: Request<'_>,
         candidates: u64,
         stats: &Arc<ExchangeStats>,
-        mut call: F,
-    ) -> Result<Reply, ApiError>
+        call: F,
+    ) -> Result<T, ApiError>
     where
+        T: Answer,
         F: FnMut(Arc<Provider>, Option<&AttemptSpan>) -> Fut,
-        Fut: Future<Output = Result<Reply, ApiError>>,
+        Fut: Future<Output = Result<T, ApiError>>,
+    {
+        self.dispatch_at_most(self.attempts, request, candidates, stats, call)
+            .await
+    }
+
+    /// [`Router::dispatch`] with at most `max_attempts` attempts.
+    async fn dispatch_at_most<T, F, Fut>(
+        &self,
+        max_attempts: u32,
+        request: Request<'_>,
+        candidates: u64,
+        stats: &Arc<ExchangeStats>,
+        mut call: F,
+    ) -> Result<T, ApiError>
+    where
+        T: Answer,
+        F: FnMut(Arc<Provider>, Option<&AttemptSpan>) -> Fut,
+        Fut: Future<Output = Result<T, ApiError>>,
     {
         let (model, stream) = (request.model, request.stream);
+        let attempts_allowed = max_attempts.clamp(1, self.attempts.max(1));
         let deadline = Instant::now() + self.chain_timeout;
         let mut used = [0u8; MAX_PROVIDERS];
         let mut tried: u64 = 0;
@@ -342,7 +497,7 @@ impl Router {
         let mut skipped_full = false;
         // The provider of the last failed attempt, until the next attempt starts.
         let mut failed_at: Option<usize> = None;
-        while attempts < self.attempts {
+        while attempts < attempts_allowed {
             let Some(index) = self.pick(candidates, tried, &used) else {
                 // Everyone this round was tried: another round after a
                 // backoff, unless the last failure was a timeout.
@@ -399,7 +554,7 @@ impl Router {
             let started = std::time::Instant::now();
             let outcome = tokio::time::timeout_at(deadline, async {
                 match call(provider.clone(), span.as_ref()).await {
-                    Ok(Reply::Stream(frames)) if stream => first_event(frames).await,
+                    Ok(answer) if stream => answer.first_event().await,
                     other => Attempt::Done(other),
                 }
             })
@@ -421,35 +576,20 @@ impl Router {
                     stats.set_provider(&self.providers[index]);
                     return Err(e);
                 }
-                Ok(Attempt::Done(Ok(reply))) => {
+                Ok(Attempt::Done(Ok(mut reply))) => {
                     probe.succeeded();
                     stats.set_provider(&self.providers[index]);
-                    let reply = match reply {
-                        Reply::Stream(frames) if stream => {
-                            // The stream's first event has arrived.
-                            provider
-                                .metrics
-                                .time_to_first_token
-                                .observe(elapsed.as_secs_f64());
-                            match span {
-                                Some(span) => {
-                                    let usage: Arc<dyn UsageSource> = stats.clone();
-                                    Reply::Stream(Box::pin(span.stream(frames, elapsed, usage)))
-                                }
-                                None => Reply::Stream(frames),
-                            }
-                        }
-                        reply => {
-                            if let Some(span) = span {
-                                match &reply {
-                                    Reply::Complete(body) => span.answered(body, stats.as_ref()),
-                                    Reply::Stream(_) => span.answered(b"", stats.as_ref()),
-                                }
-                            }
-                            reply
-                        }
-                    };
-                    return Ok(hold_in_flight(reply, in_flight));
+                    if stream && reply.streamed() {
+                        // The stream's first event has arrived.
+                        provider
+                            .metrics
+                            .time_to_first_token
+                            .observe(elapsed.as_secs_f64());
+                    }
+                    if let Some(span) = span {
+                        reply = reply.end_span(span, elapsed, stats.clone());
+                    }
+                    return Ok(reply.hold(in_flight));
                 }
                 Ok(Attempt::Done(Err(e))) => {
                     if let Some(span) = span {
@@ -471,7 +611,7 @@ impl Router {
                         Some(kind) => (e, kind),
                     }
                 }
-                Ok(Attempt::ErrorFirst { frames, message }) => {
+                Ok(Attempt::ErrorFirst { answer, message }) => {
                     if let Some(span) = span {
                         span.failed("error_event");
                     }
@@ -482,11 +622,11 @@ impl Router {
                     probe.failed(self, FailureKind::Failed, &e);
                     // Fail over only to another provider ready now; else the
                     // client gets the stream as it came.
-                    let more =
-                        attempts < self.attempts && self.pick(candidates, tried, &used).is_some();
+                    let more = attempts < attempts_allowed
+                        && self.pick(candidates, tried, &used).is_some();
                     if !more {
                         stats.set_provider(&self.providers[index]);
-                        return Ok(hold_in_flight(Reply::Stream(frames), in_flight));
+                        return Ok(answer.hold(in_flight));
                     }
                     failed_at = Some(index);
                     tracing::warn!(provider = %provider.name, error = %message,
@@ -497,7 +637,7 @@ impl Router {
             };
             probe.failed(self, kind, &error);
             failed_at = Some(index);
-            if attempts < self.attempts {
+            if attempts < attempts_allowed {
                 tracing::debug!(provider = %provider.name, error = %error.message,
                     "attempt failed: trying the next candidate");
             }
@@ -553,6 +693,16 @@ impl Router {
     }
 }
 
+/// 404 for a pass-through path when no provider has `passthrough = true`.
+pub fn no_passthrough(path: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "no route for {}: warden serves chat, responses, messages, embeddings and completions \
+         itself and passes other /v1/ paths only to providers with passthrough = true \
+         (set it on a [[providers]] entry, or upstream.passthrough = true)",
+        crate::support::redact::client(path)
+    ))
+}
+
 /// What the router knows of a request, for its attempts and their spans.
 #[derive(Clone, Copy)]
 struct Request<'a> {
@@ -565,7 +715,16 @@ struct Request<'a> {
     body: &'a [u8],
 }
 
-impl Request<'_> {
+impl<'a> Request<'a> {
+    fn new(operation: &'static str, model: &'a str, stream: bool, body: &'a [u8]) -> Request<'a> {
+        Request {
+            operation,
+            model,
+            stream,
+            body,
+        }
+    }
+
     /// The CLIENT span of attempt number `attempt` at `provider`.
     fn attempt_span(
         &self,
@@ -606,7 +765,7 @@ fn trace_headers(headers: &mut axum::http::HeaderMap, span: Option<&AttemptSpan>
 
 /// The request body with `model` replaced (aliases and `PROVIDER/MODEL`);
 /// every other field is kept as it was.
-fn with_model(body: &Bytes, model: &str) -> Result<Bytes, ApiError> {
+pub fn with_model(body: &Bytes, model: &str) -> Result<Bytes, ApiError> {
     let mut value: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)
         .map_err(|e| {
             ApiError::bad_request(format!("request body is not a JSON object: {e}"))
@@ -663,29 +822,88 @@ impl Drop for ProbeGuard<'_> {
     }
 }
 
-/// A stream keeps its provider's in-flight count until it ends.
-fn hold_in_flight(reply: Reply, in_flight: super::provider::InFlight) -> Reply {
-    match reply {
-        Reply::Complete(body) => Reply::Complete(body),
-        Reply::Stream(frames) => Reply::Stream(Box::pin(frames.map(move |frame| {
-            let _held = &in_flight;
-            frame
-        }))),
+/// What a provider attempt answers, as the router's one dispatch path needs
+/// it: [`Reply`] for the routes it understands, a pass-through answer
+/// (`super::passthrough::Passed`) for the others.
+pub trait Answer: Sized + Send {
+    /// For a streamed answer: read up to its first event, so an error there
+    /// fails over like a failure before the first byte. Others are done.
+    fn first_event(self) -> impl Future<Output = Attempt<Self>> + Send {
+        std::future::ready(Attempt::Done(Ok(self)))
+    }
+    /// The answer keeps its provider's in-flight count until it is over.
+    fn hold(self, in_flight: super::provider::InFlight) -> Self;
+    /// Whether it is a stream (its first event has arrived).
+    fn streamed(&self) -> bool {
+        false
+    }
+    /// The attempt's span ends with this answer (a stream's when it ends);
+    /// `first_chunk` is the time from the attempt's start until now.
+    fn end_span(
+        self,
+        span: AttemptSpan,
+        _first_chunk: std::time::Duration,
+        usage: Arc<ExchangeStats>,
+    ) -> Self {
+        span.answered(b"", usage.as_ref());
+        self
     }
 }
 
-enum Attempt {
-    Done(Result<Reply, ApiError>),
-    /// A stream whose first event is an error (what was read is in `frames`).
+impl Answer for Reply {
+    fn streamed(&self) -> bool {
+        matches!(self, Reply::Stream(_))
+    }
+
+    fn end_span(
+        self,
+        span: AttemptSpan,
+        first_chunk: std::time::Duration,
+        usage: Arc<ExchangeStats>,
+    ) -> Reply {
+        match self {
+            Reply::Complete(body) => {
+                span.answered(&body, usage.as_ref());
+                Reply::Complete(body)
+            }
+            Reply::Stream(frames) => {
+                let usage: Arc<dyn UsageSource> = usage;
+                Reply::Stream(Box::pin(span.stream(frames, first_chunk, usage)))
+            }
+        }
+    }
+
+    async fn first_event(self) -> Attempt<Reply> {
+        match self {
+            Reply::Stream(frames) => first_event(frames).await,
+            complete => Attempt::Done(Ok(complete)),
+        }
+    }
+
+    /// A stream keeps its provider's in-flight count until it ends.
+    fn hold(self, in_flight: super::provider::InFlight) -> Reply {
+        match self {
+            Reply::Complete(body) => Reply::Complete(body),
+            Reply::Stream(frames) => Reply::Stream(Box::pin(frames.map(move |frame| {
+                let _held = &in_flight;
+                frame
+            }))),
+        }
+    }
+}
+
+pub enum Attempt<T> {
+    Done(Result<T, ApiError>),
+    /// A stream whose first event is an error (what was read is still in `answer`).
     ErrorFirst {
-        frames: FrameStream,
+        answer: T,
         message: String,
     },
 }
 
 /// Reads a stream up to its first complete event; an error there counts as a
 /// failure before the first byte. The stream is handed back whole either way.
-async fn first_event(mut frames: FrameStream) -> Attempt {
+async fn first_event(mut frames: FrameStream) -> Attempt<Reply> {
     // Any line ending the SSE specification allows (CRLF, LF, CR) ends it.
     let mut parser = SseParser::new();
     let mut seen = 0;
@@ -708,7 +926,10 @@ async fn first_event(mut frames: FrameStream) -> Attempt {
     let rest = futures_util::stream::iter(read).chain(frames);
     let frames: FrameStream = Box::pin(rest);
     match message {
-        Some(message) => Attempt::ErrorFirst { frames, message },
+        Some(message) => Attempt::ErrorFirst {
+            answer: Reply::Stream(frames),
+            message,
+        },
         None => Attempt::Done(Ok(Reply::Stream(frames))),
     }
 }
@@ -780,7 +1001,11 @@ data: {"type":"response.failed","response":{"error":{"message":"boom"}}}"#
             Bytes::from_static(b"\ndata: [DONE]\n\n"),
         ];
         let frames: FrameStream = Box::pin(futures_util::stream::iter(parts.clone()));
-        let Attempt::ErrorFirst { frames, message } = first_event(frames).await else {
+        let Attempt::ErrorFirst {
+            answer: Reply::Stream(frames),
+            message,
+        } = first_event(frames).await
+        else {
             panic!("an error first")
         };
         assert_eq!(message, "x");

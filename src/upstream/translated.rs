@@ -25,7 +25,9 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use super::http::{ChunkStream, HttpUpstream};
-use super::{ChatCall, ExchangeStats, FrameStream, Reply, ResponsesCall, unix_now};
+use super::{
+    ChatCall, CompletionsCall, ExchangeStats, FrameStream, Reply, ResponsesCall, unix_now,
+};
 use crate::api::anthropic::MessagesToChat;
 use crate::api::openai::{ApiError, Usage};
 use crate::api::responses::{
@@ -309,6 +311,89 @@ where
         Reply::Stream(frames) => Reply::Stream(translate_stream(
             Box::pin(frames.map(Ok)),
             ChatToResponses::new(shell, translated.tools),
+            stats,
+            String::new(),
+            None,
+        )),
+    })
+}
+
+/// Chat chunk frames in, legacy `text_completion` chunks out (the usage was
+/// already counted by the Chat path underneath).
+struct ChatToCompletions {
+    done: bool,
+}
+
+impl Translate for ChatToCompletions {
+    fn translate_event(&mut self, event: &SseEvent) -> Vec<String> {
+        if event.data.trim() == "[DONE]" {
+            self.done = true;
+            return vec!["data: [DONE]\n\n".to_string()];
+        }
+        let Ok(chunk) = serde_json::from_str::<Value>(&event.data) else {
+            return Vec::new();
+        };
+        crate::api::completions::chunk_to_completion(&chunk)
+            .map(|out| format!("data: {out}\n\n"))
+            .into_iter()
+            .collect()
+    }
+    fn finish(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+    fn abort(&mut self, message: &str, code: Option<&str>) -> Vec<String> {
+        self.done = true;
+        let error = serde_json::json!({"error": {"message": message, "type": "upstream_error",
+            "param": null, "code": code}});
+        vec![format!("data: {error}\n\n")]
+    }
+    fn is_done(&self) -> bool {
+        self.done
+    }
+}
+
+/// Serves a legacy completions request through `chat`, a provider's Chat
+/// Completions path ([`crate::api::completions`]): refused with a 400 naming
+/// the field where the translation cannot honour it.
+pub(super) async fn completions_over_chat<F, Fut>(
+    call: CompletionsCall,
+    chat: F,
+) -> Result<Reply, ApiError>
+where
+    F: FnOnce(ChatCall) -> Fut,
+    Fut: Future<Output = Result<Reply, ApiError>>,
+{
+    let request = request_json(&call.body, &call.model)?;
+    let translated = crate::api::completions::completions_to_chat(&request)?;
+    let body = Bytes::from(serde_json::to_vec(&translated).expect("JSON serialises"));
+    let stats = call.stats.clone();
+    let reply = chat(ChatCall {
+        body,
+        model: call.model,
+        stream: call.stream,
+        include_usage: call.include_usage,
+        stats: call.stats,
+        headers: call.headers,
+    })
+    .await?;
+    Ok(match reply {
+        Reply::Complete(body) => {
+            let completion = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .filter(|c| c["choices"].is_array())
+                .ok_or_else(|| {
+                    ApiError::bad_gateway(
+                        "the provider's answer is not a chat.completion; cannot answer in \
+                         the completions API's shape",
+                    )
+                })?;
+            Reply::Complete(Bytes::from(
+                crate::api::completions::chat_to_completion(&completion).to_string(),
+            ))
+        }
+        Reply::Stream(frames) => Reply::Stream(translate_stream(
+            Box::pin(frames.map(Ok)),
+            ChatToCompletions { done: false },
             stats,
             String::new(),
             None,

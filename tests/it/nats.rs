@@ -801,3 +801,83 @@ async fn a_jetstream_job_is_nakked_on_upstream_failure_then_answered_once() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn embeddings_over_request_reply_and_as_jetstream_jobs() {
+    let nats = NatsServer::start();
+    let home = home_with(&nats, "mock", "jetstream = true\n");
+    let proxy = Proxy::start(&home, &[], &[]);
+    wait_nats_state(&proxy, "connected").await;
+    let nc = nats.client().await;
+    let body = json!({"model": "text-embedding-3-small", "input": ["a", "b"], "dimensions": 8});
+
+    // Request/reply: the embeddings list, as over HTTP.
+    let reply = request(&nc, "warden.embeddings", body.clone()).await;
+    assert!(header(&reply, "Nats-Service-Error").is_none());
+    let list: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(list["object"], "list", "{list}");
+    assert_eq!(list["data"].as_array().unwrap().len(), 2);
+    assert_eq!(list["data"][1]["embedding"].as_array().unwrap().len(), 8);
+    let http: Value = client()
+        .post(format!("{}/v1/embeddings", proxy.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        http["data"], list["data"],
+        "the same vectors on both ingresses"
+    );
+
+    // A bad request: an error reply naming the field, with the HTTP status.
+    let reply = request(&nc, "warden.embeddings", json!({"model": "m"})).await;
+    assert_eq!(header(&reply, "Nats-Service-Error-Code"), Some("400"));
+    let error: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(error["error"]["param"], "input");
+
+    // The service lists the endpoint.
+    let info = request(&nc, "$SRV.INFO.warden", json!({})).await;
+    let info: Value = serde_json::from_slice(&info.payload).unwrap();
+    assert!(
+        info["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["subject"] == "warden.embeddings"),
+        "{info}"
+    );
+
+    // A JetStream job on warden.jobs.embeddings is answered on its reply subject.
+    let js = async_nats::jetstream::new(nc.clone());
+    let deadline = Instant::now() + PATIENCE;
+    while js.get_stream("WARDEN").await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the proxy created no WARDEN stream"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut replies = nc.subscribe("answers.embeddings").await.unwrap();
+    nc.flush().await.unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert("Warden-Reply-To", "answers.embeddings");
+    js.publish_with_headers(
+        "warden.jobs.embeddings",
+        headers,
+        Bytes::from(body.to_string()),
+    )
+    .await
+    .unwrap()
+    .await
+    .expect("the job stream stores the job");
+    let reply = tokio::time::timeout(PATIENCE, replies.next())
+        .await
+        .expect("the embeddings job was answered")
+        .unwrap();
+    let answered: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(answered["data"], list["data"]);
+    wait_jobs_done(&js).await;
+}

@@ -353,6 +353,39 @@ async fn provider_slash_model_and_aliases_send_the_routed_name_upstream() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn models_lists_the_aliases_and_answers_for_one() {
+    let a = TestUpstream::start("a", Mode::Healthy);
+    let (_home, proxy) = start(&format!(
+        "{}[aliases]\nfast = \"gpt-5-mini\"\ngpt-5 = \"a/gpt-5\"\n",
+        provider("a", &a.url, r#"["gpt-5", "gpt-5-*"]"#, 0, ""),
+    ));
+    // Declared names first, then each alias once (an alias that is also a
+    // declared name is not listed twice).
+    assert_eq!(model_ids(&proxy).await, ["gpt-5", "fast"]);
+    let r = client()
+        .get(format!("{}/v1/models/fast", proxy.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let model: Value = r.json().await.unwrap();
+    assert_eq!(model["id"], "fast");
+    assert_eq!(model["object"], "model");
+    let r = client()
+        .get(format!("{}/v1/models/slow", proxy.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // The [upstream] shorthand (the mock) lists them too.
+    let (_home, mock) = start("[aliases]\nquick = \"gpt-5\"\n");
+    let ids = model_ids(&mock).await;
+    assert_eq!(ids.last().map(String::as_str), Some("quick"), "{ids:?}");
+    assert!(ids.contains(&"gpt-5".to_string()), "{ids:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn no_candidate_for_a_model_is_404_model_not_found() {
     let a = TestUpstream::start("a", Mode::Healthy);
     let (_home, proxy) = start(&provider("a", &a.url, r#"["gpt-5"]"#, 0, ""));

@@ -652,3 +652,99 @@ fn preflight_warns_when_the_collector_is_unreachable_and_the_checks_stay_ten() {
             .contains("accepts connections")
     );
 }
+
+/// A provider serving embeddings, legacy completions and a pass-through path,
+/// recording the headers of each request by path.
+fn openai_api_fake() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, axum::http::HeaderMap)>>>,
+) {
+    use axum::routing::{get, post};
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, axum::http::HeaderMap)>>>;
+    let seen: Seen = Default::default();
+    async fn answer(
+        axum::extract::State(seen): axum::extract::State<Seen>,
+        uri: axum::http::Uri,
+        headers: axum::http::HeaderMap,
+    ) -> axum::Json<Value> {
+        seen.lock().unwrap().push((uri.path().to_string(), headers));
+        axum::Json(match uri.path() {
+            "/v1/embeddings" => json!({"object": "list", "model": "emb-up",
+                "data": [{"object": "embedding", "index": 0, "embedding": [0.6, 0.8]}],
+                "usage": {"prompt_tokens": 3, "total_tokens": 3}}),
+            "/v1/completions" => json!({"id": "cmpl-up", "object": "text_completion",
+                "model": "up-model", "choices": [{"index": 0, "text": "done",
+                "finish_reason": "length"}], "usage": {"prompt_tokens": 2, "completion_tokens": 1}}),
+            _ => json!({"object": "list", "data": []}),
+        })
+    }
+    let app = axum::Router::new()
+        .route("/v1/embeddings", post(answer))
+        .route("/v1/completions", post(answer))
+        .route("/v1/files", get(answer))
+        .with_state(seen.clone());
+    let addr = crate::support::prompt_server::serve(app);
+    (format!("http://{addr}/v1"), seen)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn embeddings_completions_and_pass_through_are_traced_and_get_the_traceparent() {
+    // LiteLLM #14670: no traceparent on embeddings.
+    let (url, seen) = openai_api_fake();
+    let collector = Collector::start(Mode::Accept);
+    let toml = format!(
+        "[[providers]]\nname = \"openai\"\nurl = \"{url}\"\nmodels = [\"*\"]\npassthrough = true\n"
+    );
+    let (_home, gw) = traced(&toml, &collector, "");
+    let embed = json!({"model": "emb-1", "input": "secret-prompt-text-7f3a"});
+    let response = post_traced(&gw, "/v1/embeddings", &embed, None).await;
+    assert_eq!(response.status(), 200);
+    let complete = json!({"model": "gpt-5", "prompt": "secret-prompt-text-7f3a"});
+    let response = post_traced(&gw, "/v1/completions", &complete, None).await;
+    assert_eq!(response.status(), 200);
+    let response = client()
+        .get(format!("{}/v1/files", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    for ((path, headers), (server_name, client_name, operation)) in seen.iter().zip([
+        ("POST /v1/embeddings", "embeddings emb-1", "embeddings"),
+        (
+            "POST /v1/completions",
+            "text_completion gpt-5",
+            "text_completion",
+        ),
+        ("GET /v1/*", "passthrough -", "passthrough"),
+    ]) {
+        let tp = headers
+            .get("traceparent")
+            .unwrap_or_else(|| panic!("{path} got no traceparent"));
+        let (trace, parent) = parse_traceparent(tp.to_str().unwrap());
+        let spans = collector.trace(&trace, 2).await;
+        let server = one(&spans, SERVER);
+        assert_eq!(server.name, server_name);
+        let attempt = one(&spans, CLIENT);
+        assert_eq!(attempt.span_id, parent, "{path}");
+        assert_eq!(attempt.parent_span_id, server.span_id);
+        assert_eq!(attempt.name, client_name);
+        assert_eq!(attempt.attr("gen_ai.operation.name"), operation);
+    }
+    let spans = collector.spans();
+    let embeddings = spans.iter().find(|s| s.name == "embeddings emb-1").unwrap();
+    assert_eq!(embeddings.attr("gen_ai.usage.input_tokens"), 3);
+    let completion = spans
+        .iter()
+        .find(|s| s.name == "text_completion gpt-5")
+        .unwrap();
+    assert_eq!(
+        completion.attr("gen_ai.response.finish_reasons"),
+        json!(["length"])
+    );
+    assert!(!contains(
+        &collector.raw_bytes(),
+        b"secret-prompt-text-7f3a"
+    ));
+}

@@ -1,7 +1,8 @@
 //! JetStream mode (`nats.jetstream = true`): chat requests as durable jobs.
 //!
-//! A client publishes a Chat Completions body to `SUBJECT.jobs.chat` with the
-//! header `Warden-Reply-To: SUBJECT_FOR_REPLIES`. The jobs live in the
+//! A client publishes a Chat Completions body to `SUBJECT.jobs.chat` (an
+//! embeddings request to `SUBJECT.jobs.embeddings`) with the header
+//! `Warden-Reply-To: SUBJECT_FOR_REPLIES`. The jobs live in the
 //! work-queue stream `nats.stream` until a proxy acks them; every proxy pulls
 //! from one durable consumer (`warden`), whose `max_ack_pending` is
 //! `nats.max_concurrent`, and pulls only as many jobs as it has room for.
@@ -27,31 +28,74 @@ use futures_util::StreamExt;
 use tokio::sync::{Semaphore, watch};
 
 use super::reply::{self, Delivered};
-use super::{CHAT_ROUTE, InFlight, NatsError};
+use super::{CHAT_ROUTE, EMBEDDINGS_ROUTE, InFlight, NatsError};
 use crate::api::openai::ApiError;
 use crate::gateway::Gateway;
-use crate::gateway::dispatch::{self, Ingress, Record};
+use crate::gateway::dispatch::{Ingress, Record};
 
 /// The header naming where a job's replies go.
 pub const REPLY_TO_HEADER: &str = "Warden-Reply-To";
-/// The durable consumer every proxy shares.
+/// The durable consumer of chat jobs every proxy shares.
 pub const CONSUMER: &str = "warden";
+/// The durable consumer of embeddings jobs (a work-queue stream takes one
+/// consumer per subject, and one filter per consumer before NATS 2.10).
+pub const EMBEDDINGS_CONSUMER: &str = "warden-embeddings";
+
+/// The jobs of one subject: `SUBJECT.jobs.chat` or `SUBJECT.jobs.embeddings`.
+#[derive(Clone, Copy)]
+struct Queue {
+    consumer: &'static str,
+    /// The part after `SUBJECT.jobs.`.
+    subject: &'static str,
+}
+
+const QUEUES: [Queue; 2] = [
+    Queue {
+        consumer: CONSUMER,
+        subject: "chat",
+    },
+    Queue {
+        consumer: EMBEDDINGS_CONSUMER,
+        subject: "embeddings",
+    },
+];
 /// Deliveries of one job at most (the first and four redeliveries).
 pub const MAX_DELIVER: i64 = 5;
 /// How long one pull waits for jobs before asking again.
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
 
-/// Sets up the stream and consumer, then pulls jobs until `stop`; retried
-/// with backoff while the server is away or JetStream is not enabled there.
+/// Sets up the stream and its consumers, then pulls chat and embeddings jobs
+/// until `stop` (the two share `permits`).
 pub async fn run(
     gw: Arc<Gateway>,
     client: async_nats::Client,
     permits: Arc<Semaphore>,
+    stop: watch::Receiver<bool>,
+) {
+    let [chat, embeddings] = QUEUES.map(|queue| {
+        run_queue(
+            gw.clone(),
+            client.clone(),
+            permits.clone(),
+            stop.clone(),
+            queue,
+        )
+    });
+    tokio::join!(chat, embeddings);
+}
+
+/// Pulls the jobs of one queue until `stop`; retried with backoff while the
+/// server is away or JetStream is not enabled there.
+async fn run_queue(
+    gw: Arc<Gateway>,
+    client: async_nats::Client,
+    permits: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
+    queue: Queue,
 ) {
     let mut failures: u32 = 0;
     while !*stop.borrow() {
-        match pull_jobs(&gw, &client, &permits, &mut stop).await {
+        match pull_jobs(&gw, &client, &permits, &mut stop, queue).await {
             Ok(()) => break,
             Err(e) => {
                 failures = failures.saturating_add(1);
@@ -73,6 +117,7 @@ pub async fn run(
 async fn consumer(
     gw: &Gateway,
     client: &async_nats::Client,
+    queue: Queue,
 ) -> Result<js::consumer::Consumer<pull::Config>, NatsError> {
     let nats = &gw.config.nats;
     let context = js::new(client.clone());
@@ -90,27 +135,29 @@ async fn consumer(
             source,
         })?;
     let config = pull::Config {
-        durable_name: Some(CONSUMER.into()),
+        durable_name: Some(queue.consumer.into()),
         ack_policy: AckPolicy::Explicit,
         ack_wait: nats.ack_wait(),
         max_deliver: MAX_DELIVER,
         max_ack_pending: nats.max_concurrent as i64,
-        filter_subject: format!("{}.jobs.chat", nats.subject),
+        filter_subject: format!("{}.jobs.{}", nats.subject, queue.subject),
         ..Default::default()
     };
     match stream.create_consumer(config).await {
         Ok(consumer) => Ok(consumer),
         // An existing consumer with other settings (say, another proxy's
         // max_concurrent) is used as it is.
-        Err(create) => stream
-            .get_consumer(CONSUMER)
-            .await
-            .map_err(|get| NatsError::Consumer {
-                consumer: CONSUMER,
-                stream: nats.stream.clone(),
-                create,
-                get,
-            }),
+        Err(create) => {
+            stream
+                .get_consumer(queue.consumer)
+                .await
+                .map_err(|get| NatsError::Consumer {
+                    consumer: queue.consumer,
+                    stream: nats.stream.clone(),
+                    create,
+                    get,
+                })
+        }
     }
 }
 
@@ -119,16 +166,17 @@ async fn pull_jobs(
     client: &async_nats::Client,
     permits: &Arc<Semaphore>,
     stop: &mut watch::Receiver<bool>,
+    queue: Queue,
 ) -> Result<(), NatsError> {
-    let consumer = consumer(gw, client).await?;
+    let consumer = consumer(gw, client, queue).await?;
     let pull_error = |source: Box<dyn std::error::Error + Send + Sync>| NatsError::Pull {
-        consumer: CONSUMER,
+        consumer: queue.consumer,
         stream: gw.config.nats.stream.clone(),
         source,
     };
     tracing::info!(
         stream = %gw.config.nats.stream,
-        consumer = CONSUMER,
+        consumer = queue.consumer,
         "NATS JetStream jobs: pulling"
     );
     loop {
@@ -208,7 +256,12 @@ async fn handle(gw: Arc<Gateway>, client: async_nats::Client, message: js::Messa
         .map(|v| v.as_str().trim().to_string())
         .filter(|s| !s.is_empty() && !s.contains([' ', '*', '>']));
     let (message, acker) = message.split();
-    let mut record = Record::start(gw.clone(), Ingress::Nats, CHAT_ROUTE);
+    let route = if message.subject.ends_with(".jobs.embeddings") {
+        EMBEDDINGS_ROUTE
+    } else {
+        CHAT_ROUTE
+    };
+    let mut record = Record::start(gw.clone(), Ingress::Nats, route);
     record.trace_nats(&message.subject, message.headers.as_ref());
     let Some(reply_to) = reply_to else {
         tracing::warn!(
@@ -226,7 +279,7 @@ async fn handle(gw: Arc<Gateway>, client: async_nats::Client, message: js::Messa
     // Progress acks while the upstream thinks (before the first chunk); the
     // streaming relay sends its own between chunks.
     let dispatched = {
-        let work = dispatch::chat(&gw, message.payload, record.span_parent());
+        let work = super::dispatch_route(&gw, message.payload, route, record.span_parent());
         tokio::pin!(work);
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         loop {

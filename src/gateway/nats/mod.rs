@@ -5,8 +5,8 @@
 //! - **Distribution is NATS's job.** Every proxy subscribes in one queue group
 //!   (`nats.queue`); the server hands each request to one of them. warden adds
 //!   no coordinator of its own.
-//! - **A NATS service** (`async-nats`'s `service` API): `SUBJECT.chat` and
-//!   `SUBJECT.models` are endpoints of the service `warden`, so `$SRV.PING`,
+//! - **A NATS service** (`async-nats`'s `service` API): `SUBJECT.chat`,
+//!   `SUBJECT.embeddings` and `SUBJECT.models` are endpoints of the service `warden`, so `$SRV.PING`,
 //!   `$SRV.INFO` and `$SRV.STATS` discover and describe every proxy, as for any
 //!   NATS micro-service. Replies are published by warden itself (the service's
 //!   `respond` cannot send headers with a body), so the service's own
@@ -58,6 +58,7 @@ use crate::api::openai::ApiError;
 
 /// The HTTP route a NATS endpoint stands for, in logs and metrics.
 const CHAT_ROUTE: &str = "/v1/chat/completions";
+const EMBEDDINGS_ROUTE: &str = "/v1/embeddings";
 const MODELS_ROUTE: &str = "/v1/models";
 
 /// Connection state as `/health` reports it.
@@ -381,7 +382,7 @@ async fn run(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
     let counts = gw.clone();
     let service = client
         .service_builder()
-        .description("warden: OpenAI-compatible Chat Completions over NATS")
+        .description("warden: OpenAI-compatible Chat Completions and Embeddings over NATS")
         .queue_group(&nats.queue)
         .stats_handler(move |_endpoint, _stats| {
             let s = &counts.metrics.stats;
@@ -406,9 +407,13 @@ async fn run(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
             .name(name)
             .add(format!("{}.{name}", nats.subject))
     };
-    let (mut chat, mut models) = match (endpoint("chat").await, endpoint("models").await) {
-        (Ok(chat), Ok(models)) => (chat, models),
-        (Err(e), _) | (_, Err(e)) => {
+    let (mut chat, mut embeddings, mut models) = match (
+        endpoint("chat").await,
+        endpoint("embeddings").await,
+        endpoint("models").await,
+    ) {
+        (Ok(chat), Ok(embeddings), Ok(models)) => (chat, embeddings, models),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
             tracing::error!(error = %e, "cannot add the NATS service endpoints");
             return;
         }
@@ -427,6 +432,7 @@ async fn run(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
     loop {
         let (request, route) = tokio::select! {
             Some(request) = chat.next() => (request, CHAT_ROUTE),
+            Some(request) = embeddings.next() => (request, EMBEDDINGS_ROUTE),
             Some(request) = models.next() => (request, MODELS_ROUTE),
             _ = stop.wait_for(|stop| *stop) => break,
         };
@@ -441,7 +447,12 @@ async fn run(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
         && client.drain().await.is_ok()
     {
         let mut rest = futures_util::stream::select(
-            chat.by_ref().map(|request| (request, CHAT_ROUTE)),
+            futures_util::stream::select(
+                chat.by_ref().map(|request| (request, CHAT_ROUTE)),
+                embeddings
+                    .by_ref()
+                    .map(|request| (request, EMBEDDINGS_ROUTE)),
+            ),
             models.by_ref().map(|request| (request, MODELS_ROUTE)),
         );
         let drained_by = tokio::time::Instant::now() + DRAIN_TIMEOUT;
@@ -452,6 +463,7 @@ async fn run(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
         }
     }
     let _ = chat.stop().await;
+    let _ = embeddings.stop().await;
     let _ = models.stop().await;
     let _ = service.stop().await;
     if let Some(jobs) = jobs {
@@ -501,21 +513,22 @@ async fn take(
         if route == MODELS_ROUTE {
             serve_models(gw, client, reply_to).await;
         } else {
-            serve_chat(gw, client, reply_to, message).await;
+            serve_routed(gw, client, reply_to, message, route).await;
         }
     });
 }
 
-async fn serve_chat(
+/// A chat or embeddings request (`route` says which), answered on `reply_to`.
+async fn serve_routed(
     gw: Arc<Gateway>,
     client: async_nats::Client,
     reply_to: async_nats::Subject,
     message: async_nats::Message,
+    route: &'static str,
 ) {
-    let mut record = Record::start(gw.clone(), Ingress::Nats, CHAT_ROUTE);
+    let mut record = Record::start(gw.clone(), Ingress::Nats, route);
     record.trace_nats(&message.subject, message.headers.as_ref());
-    let parent = record.span_parent();
-    let dispatched = dispatch::chat(&gw, message.payload, parent).await;
+    let dispatched = dispatch_route(&gw, message.payload, route, record.span_parent()).await;
     record.exchange = dispatched.info;
     let delivered = match dispatched.outcome {
         Ok((answer, slot)) => reply::deliver(&client, reply_to, answer, slot, None).await,
@@ -527,6 +540,21 @@ async fn serve_chat(
     };
     record.status = delivered.status;
     record.finish(delivered.sent);
+}
+
+/// The dispatch of a NATS request on `route` (chat or embeddings); `trace` is
+/// its span when traces are on.
+async fn dispatch_route(
+    gw: &Gateway,
+    payload: bytes::Bytes,
+    route: &'static str,
+    trace: Option<crate::telemetry::SpanParent>,
+) -> dispatch::Dispatched {
+    if route == EMBEDDINGS_ROUTE {
+        dispatch::embeddings(gw, payload, axum::http::HeaderMap::new(), trace).await
+    } else {
+        dispatch::chat(gw, payload, trace).await
+    }
 }
 
 async fn serve_models(gw: Arc<Gateway>, client: async_nats::Client, reply_to: async_nats::Subject) {
