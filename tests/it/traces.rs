@@ -653,14 +653,13 @@ fn preflight_warns_when_the_collector_is_unreachable_and_the_checks_stay_ten() {
     );
 }
 
+/// The path and headers of each request a fake provider received.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, axum::http::HeaderMap)>>>;
+
 /// A provider serving embeddings, legacy completions and a pass-through path,
 /// recording the headers of each request by path.
-fn openai_api_fake() -> (
-    String,
-    std::sync::Arc<std::sync::Mutex<Vec<(String, axum::http::HeaderMap)>>>,
-) {
+fn openai_api_fake() -> (String, Seen) {
     use axum::routing::{get, post};
-    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, axum::http::HeaderMap)>>>;
     let seen: Seen = Default::default();
     async fn answer(
         axum::extract::State(seen): axum::extract::State<Seen>,
