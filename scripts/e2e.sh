@@ -17,7 +17,10 @@
 #      against a small Messages API server (tests/sdk/anthropic_server.py): Responses →
 #      Messages and back, a tool round trip;
 #   8. the nats-py example of docs/nats.md (tests/sdk/nats_example.py) against a real nats-server
-#      and a proxy on the built-in upstream: request/reply and a stream.
+#      and a proxy on the built-in upstream: request/reply and a stream;
+#   9. agent CLIs as providers (docs/agent-clis.md): a proxy whose `claude-code` and `codex`
+#      presets run the real Claude Code and Codex CLI, pointed offline at the first proxy's
+#      mock, driven by the openai SDK with and without streaming; preflight finds both CLIs.
 # Installs what it needs (Debian's nginx-light and prometheus for promtool; openai and
 # anthropic from PyPI; Claude Code from npm into ~/.cache/warden-e2e; Codex CLI and the openai
 # Node SDK, pinned, from npm into target/e2e/node) when missing. Everything listens on 127.0.0.1 only and is stopped on exit.
@@ -56,7 +59,7 @@ if [ ! -x "$CODEX" ] || [ ! -f "$node_dir/node_modules/openai/package.json" ]; t
 fi
 export NODE_PATH=$PWD/$node_dir/node_modules
 
-cargo build --locked --bin proxy
+cargo build --locked --bin proxy --bin preflight
 PROXY=target/debug/proxy
 work=$(mktemp -d)
 pids=()
@@ -288,6 +291,78 @@ case $answer in *"say hi"*) ;; *) echo "e2e: unexpected claude answer: $answer";
 grep -q 'route="/v1/messages" status=200' "$mock_home/logs/proxy.log" \
   || { echo "e2e: no /v1/messages line in the access log"; tail "$mock_home/logs/proxy.log"; exit 1; }
 echo "claude $("$claude_bin" --version 2>/dev/null | head -1): 'say hi' answered through /v1/messages on the mock"
+
+echo "== agent CLIs as providers: Claude Code and Codex CLI run by a second proxy (api = \"command\")"
+# The second proxy runs the real CLIs once per request; they answer offline through the
+# first proxy's mock: Claude Code through /v1/messages (ANTHROPIC_BASE_URL), Codex through
+# /v1/responses (its private CODEX_HOME, as for codex_exec above). The openai SDK drives it.
+cli_home=$work/home-clis
+mkdir -p "$cli_home" "$work/codex-home"
+cat > "$work/codex-home/config.toml" <<TOML
+model = "gpt-5"
+model_provider = "warden"
+
+[model_providers.warden]
+name = "warden"
+base_url = "$mock_url/v1"
+env_key = "WARDEN_E2E_CODEX_KEY"
+wire_api = "responses"
+TOML
+cat > "$cli_home/warden.toml" <<TOML
+[[providers]]
+name = "claude"
+api = "command"
+preset = "claude-code"
+models = ["claude-code", "claude-code/*"]
+env = ["ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY", "DISABLE_TELEMETRY", "DISABLE_ERROR_REPORTING", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"]
+max_concurrent = 2
+timeout = 180
+
+[[providers]]
+name = "codex"
+api = "command"
+preset = "codex"
+models = ["codex", "codex/*"]
+env = ["CODEX_HOME", "WARDEN_E2E_CODEX_KEY"]
+max_concurrent = 2
+timeout = 180
+TOML
+: > "$cli_home.out"
+env -i PATH="$(dirname "$claude_bin"):$(dirname "$CODEX"):$PATH" HOME="$claude_home" LANG=C.UTF-8 \
+  ANTHROPIC_BASE_URL="$mock_url" ANTHROPIC_API_KEY=anything DISABLE_TELEMETRY=1 DISABLE_ERROR_REPORTING=1 \
+  CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 CODEX_HOME="$work/codex-home" WARDEN_E2E_CODEX_KEY=unused \
+  "$PROXY" --home "$cli_home" --port 0 > "$cli_home.out" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do
+  clis_url=$(sed -n 's/^listening on //p' "$cli_home.out" | head -1)
+  [ -n "$clis_url" ] && break
+  sleep 0.1
+done
+[ -n "$clis_url" ] || { echo "e2e: the agent-CLI proxy did not start:"; cat "$cli_home.out"; exit 1; }
+env -i PATH="$(dirname "$claude_bin"):$(dirname "$CODEX"):$PATH" HOME="$claude_home" \
+  target/debug/preflight --home "$cli_home" --only upstream > "$work/clis-preflight.txt" 2>&1 \
+  || { echo "e2e: preflight upstream on the agent CLIs:"; cat "$work/clis-preflight.txt"; exit 1; }
+python3 - "$clis_url" <<'PY' || { echo "e2e: the agent CLIs through warden:"; tail -20 "$cli_home/logs/proxy.log"; exit 1; }
+import sys, openai
+client = openai.OpenAI(base_url=sys.argv[1] + "/v1", api_key="unused", timeout=180)
+for model in ["claude-code", "claude-code/sonnet", "codex", "codex/gpt-5"]:
+    prompt = f"hello warden from {model}"
+    r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}])
+    # The mock echoes the last user message, which ends with the prompt.
+    assert r.choices[0].message.content.rstrip().endswith(prompt), (model, r)
+    assert r.usage.prompt_tokens > 0 and r.usage.completion_tokens > 0, (model, r.usage)
+    chunks = list(client.chat.completions.create(
+        model=model, stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": prompt}]))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.rstrip().endswith(prompt), (model, text)
+    assert chunks[-1].usage and chunks[-1].usage.prompt_tokens > 0, (model, chunks[-1])
+    print(f"{model}: answered, streamed in {len(chunks)} chunks, usage reported")
+PY
+grep -q '"claude":{[^}]*"in_flight":0' <(curl -sf "$clis_url/health") \
+  || { echo "e2e: a CLI is still counted in flight:"; curl -sf "$clis_url/health"; exit 1; }
+grep -q "answers --version" "$work/clis-preflight.txt"
+echo "claude-code and codex presets: the openai SDK answered by the real CLIs, with and without streaming"
 
 echo "== nats-py (the example of docs/nats.md) through a proxy on the built-in upstream"
 nats_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

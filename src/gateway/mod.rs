@@ -336,6 +336,13 @@ pub async fn run(
             "graceful_timeout reached: closing the remaining connections"
         );
     }
+    let killed = gw.router.kill_processes();
+    if killed > 0 {
+        tracing::warn!(
+            processes = killed,
+            "agent CLI processes still running after the drain were killed"
+        );
+    }
     if let Some(telemetry) = &gw.telemetry {
         // The spans of the last requests, if the collector takes them quickly.
         telemetry.flush(TELEMETRY_FLUSH).await;

@@ -75,6 +75,52 @@ pub enum UpstreamApi {
     Responses,
     /// The Anthropic Messages API (`POST {url}/messages`), spoken in translation.
     Anthropic,
+    /// An agent CLI run once per request (`[[providers]]` only; SPEC §19).
+    Command,
+}
+
+/// A known agent CLI and how warden runs it headless (`preset = "..."`).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum CommandPreset {
+    ClaudeCode,
+    Codex,
+    GeminiCli,
+    CursorAgent,
+}
+
+impl CommandPreset {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandPreset::ClaudeCode => "claude-code",
+            CommandPreset::Codex => "codex",
+            CommandPreset::GeminiCli => "gemini-cli",
+            CommandPreset::CursorAgent => "cursor-agent",
+        }
+    }
+}
+
+/// What a custom `command` prints on stdout (`format = "..."`).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum CommandFormat {
+    /// One JSON event a line, in Claude Code's `--output-format stream-json` shape.
+    StreamJson,
+    /// Plain text: everything printed is the answer.
+    Text,
+}
+
+/// An `api = "command"` provider's process settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CommandSettings {
+    /// The preset it was built from, if any.
+    pub preset: Option<CommandPreset>,
+    /// A custom command's argv (empty with a preset).
+    pub command: Vec<String>,
+    /// A custom command's output format (ignored with a preset).
+    pub format: CommandFormat,
+    /// Variables passed to the process besides PATH, HOME, LANG and TMPDIR.
+    pub env: Vec<String>,
 }
 
 impl UpstreamApi {
@@ -83,6 +129,7 @@ impl UpstreamApi {
             UpstreamApi::Chat => "chat",
             UpstreamApi::Responses => "responses",
             UpstreamApi::Anthropic => "anthropic",
+            UpstreamApi::Command => "command",
         }
     }
 }
@@ -161,7 +208,8 @@ impl UpstreamConfig {
 pub struct ProviderConfig {
     /// `[a-z0-9_-]+`, unique; what `x-warden-provider` and `PROVIDER/MODEL` say.
     pub name: String,
-    /// A base URL, or `mock`.
+    /// A base URL, or `mock` (empty for `api = "command"`).
+    #[serde(default)]
     pub url: String,
     #[serde(default = "default_api")]
     pub api: UpstreamApi,
@@ -190,6 +238,18 @@ pub struct ProviderConfig {
     pub timeout: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
+    /// `api = "command"`: a known CLI (claude-code | codex | gemini-cli | cursor-agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<CommandPreset>,
+    /// `api = "command"`: the argv of a custom CLI (`{model}` marks the model argument).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// `api = "command"`: what a custom `command` prints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<CommandFormat>,
+    /// `api = "command"`: variables passed on to the CLI.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
     /// Pass every other `/v1/` path (audio, images, files, …) through to it.
     #[serde(default)]
     pub passthrough: bool,
@@ -253,6 +313,8 @@ pub struct ProviderSettings {
     pub timeout: Duration,
     /// Attempts of one request that may go to this provider.
     pub attempts: u32,
+    /// `api = "command"`: how its CLI is run.
+    pub command: Option<CommandSettings>,
     /// Every other `/v1/` path is passed through to it (SPEC §16).
     pub passthrough: bool,
 }
@@ -703,6 +765,7 @@ impl Config {
                 idle_timeout: up.idle_timeout(),
                 timeout: up.total_timeout(),
                 attempts: up.attempts,
+                command: None,
                 passthrough: up.passthrough,
             }];
         }
@@ -735,6 +798,12 @@ impl Config {
                     })),
                     timeout: secs(timeout),
                     attempts: p.attempts.unwrap_or(up.attempts),
+                    command: (p.api == UpstreamApi::Command).then(|| CommandSettings {
+                        preset: p.preset,
+                        command: p.command.clone().unwrap_or_default(),
+                        format: p.format.unwrap_or(CommandFormat::StreamJson),
+                        env: p.env.clone(),
+                    }),
                     passthrough: p.passthrough,
                 }
             })
@@ -853,6 +922,12 @@ fn validate(s: &Settings) -> Result<(), (String, String)> {
         );
     }
     check_ranges(s)?;
+    if s.upstream.api == UpstreamApi::Command {
+        return err(
+            "upstream.api",
+            "\"command\" providers are declared as [[providers]] with api = \"command\", not in [upstream]".into(),
+        );
+    }
     validate_providers(s)?;
     if s.upstream.passthrough && s.upstream.url == MOCK_UPSTREAM && s.providers.is_empty() {
         return err(
@@ -1240,7 +1315,31 @@ fn validate_providers(s: &Settings) -> Result<(), (String, String)> {
         if !names.insert(p.name.as_str()) {
             return err(key("name"), format!("{:?} is used twice", p.name));
         }
-        if p.url != MOCK_UPSTREAM && !is_http_url(&p.url) {
+        if p.api == UpstreamApi::Command {
+            validate_command_provider(p, &key)?;
+        } else if let Some(field) = [
+            ("preset", p.preset.is_some()),
+            ("command", p.command.is_some()),
+            ("format", p.format.is_some()),
+            ("env", !p.env.is_empty()),
+        ]
+        .into_iter()
+        .find_map(|(k, set)| set.then_some(k))
+        {
+            return err(
+                key(field),
+                format!(
+                    "only an api = \"command\" provider takes {field}; this one has api = {:?}",
+                    p.api.as_str()
+                ),
+            );
+        } else if p.url.is_empty() {
+            return err(
+                key("url"),
+                "missing: a base URL like https://api.openai.com/v1, or \"mock\"".into(),
+            );
+        }
+        if p.api != UpstreamApi::Command && p.url != MOCK_UPSTREAM && !is_http_url(&p.url) {
             return err(
                 key("url"),
                 format!(
@@ -1333,6 +1432,98 @@ fn validate_providers(s: &Settings) -> Result<(), (String, String)> {
                 key,
                 format!("{target:?} is itself an alias: point at the model it names"),
             );
+        }
+    }
+    Ok(())
+}
+
+/// An `api = "command"` provider: a preset or a command, never a URL; models
+/// declared (a CLI has no model list to discover).
+fn validate_command_provider(
+    p: &ProviderConfig,
+    key: &dyn Fn(&str) -> String,
+) -> Result<(), (String, String)> {
+    let err = |k: &str, msg: String| Err((key(k), msg));
+    if !p.url.is_empty() {
+        return err(
+            "url",
+            "an api = \"command\" provider runs a program, not a URL: remove url".into(),
+        );
+    }
+    if p.passthrough {
+        return err(
+            "passthrough",
+            "an api = \"command\" provider answers chat only: it has no other endpoints to pass requests through to".into(),
+        );
+    }
+    if !p.api_key_env.is_empty() {
+        return err(
+            "api_key_env",
+            "an api = \"command\" provider sends no key: list the variables its CLI needs in env"
+                .into(),
+        );
+    }
+    match (&p.preset, &p.command) {
+        (None, None) => {
+            return err(
+                "preset",
+                "missing: set preset = \"claude-code\" (or \"codex\", \"gemini-cli\", \"cursor-agent\"), \
+                 or command = [\"program\", \"arg\", ...] with format"
+                    .into(),
+            );
+        }
+        (Some(_), Some(_)) => {
+            return err("command", "set either preset or command, not both".into());
+        }
+        (Some(_), None) if p.format.is_some() => {
+            return err(
+                "format",
+                "a preset has its own output format: remove format".into(),
+            );
+        }
+        (None, Some(argv)) => {
+            if argv.is_empty() || argv[0].trim().is_empty() {
+                return err(
+                    "command",
+                    "must name a program first, e.g. [\"my-agent\", \"--json\"]".into(),
+                );
+            }
+            if argv.len() > 256 || argv.iter().any(|a| a.len() > 4096 || a.contains('\0')) {
+                return err(
+                    "command",
+                    "at most 256 arguments of at most 4096 bytes each, without NUL".into(),
+                );
+            }
+            if argv[0] == "{model}" {
+                return err("command", "the program cannot be {model}".into());
+            }
+        }
+        (Some(_), None) => {}
+    }
+    if p.models.is_empty() {
+        return err(
+            "models",
+            "an api = \"command\" provider cannot discover its models: list them, e.g. \
+             [\"claude-code\", \"claude-code/*\"]"
+                .into(),
+        );
+    }
+    if p.env.len() > 64 {
+        return err("env", format!("{} variables: at most 64", p.env.len()));
+    }
+    for var in &p.env {
+        let valid = !var.is_empty()
+            && var.len() <= 128
+            && !var.starts_with(|c: char| c.is_ascii_digit())
+            && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return err(
+                "env",
+                format!("{var:?} is not a variable name (letters, digits and '_')"),
+            );
+        }
+        if var == "WARDEN_REQUEST_ID" {
+            return err("env", "WARDEN_REQUEST_ID is set by warden itself".into());
         }
     }
     Ok(())
@@ -1624,6 +1815,108 @@ mod tests {
         }
         let err = parse("[logs]\ntarget = \"syslog\"\n").unwrap_err();
         assert_eq!(err.key.as_deref(), Some("logs.target"), "{err}");
+    }
+
+    #[test]
+    fn command_providers_are_checked_naming_the_key() {
+        let p = "[[providers]]\nname = \"c\"\napi = \"command\"\n";
+        for (text, key, says) in [
+            (p.to_string(), "providers[0].preset", "missing"),
+            (
+                format!("{p}preset = \"claude\"\n"),
+                "providers[0].preset",
+                "unknown variant",
+            ),
+            (
+                format!("{p}preset = \"codex\"\nurl = \"mock\"\n"),
+                "providers[0].url",
+                "remove url",
+            ),
+            (
+                format!("{p}preset = \"codex\"\ncommand = [\"x\"]\n"),
+                "providers[0].command",
+                "not both",
+            ),
+            (
+                format!("{p}preset = \"codex\"\nformat = \"text\"\n"),
+                "providers[0].format",
+                "own output format",
+            ),
+            (
+                format!("{p}command = []\n"),
+                "providers[0].command",
+                "program",
+            ),
+            (
+                format!("{p}command = [\"x\"]\nformat = \"json\"\n"),
+                "providers[0].format",
+                "unknown variant",
+            ),
+            (
+                format!("{p}preset = \"codex\"\nmodels = []\n"),
+                "providers[0].models",
+                "cannot discover",
+            ),
+            (
+                format!("{p}preset = \"codex\"\nenv = [\"A-B\"]\n"),
+                "providers[0].env",
+                "not a variable name",
+            ),
+            (
+                format!("{p}preset = \"codex\"\npassthrough = true\n"),
+                "providers[0].passthrough",
+                "chat only",
+            ),
+            (
+                format!("{p}preset = \"codex\"\napi_key_env = \"K\"\n"),
+                "providers[0].api_key_env",
+                "env",
+            ),
+            (
+                "[[providers]]\nname = \"h\"\nurl = \"mock\"\npreset = \"codex\"\n".to_string(),
+                "providers[0].preset",
+                "only an api = \"command\" provider",
+            ),
+            (
+                "[[providers]]\nname = \"h\"\n".to_string(),
+                "providers[0].url",
+                "missing",
+            ),
+            (
+                "[upstream]\napi = \"command\"\n".to_string(),
+                "upstream.api",
+                "[[providers]]",
+            ),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let home = Home::at(dir.path());
+            std::fs::write(home.config_file(), &text).unwrap();
+            let err = Config::load_with_env(&home, &Overrides::default(), EnvSource::default())
+                .unwrap_err();
+            assert_eq!(err.key.as_deref(), Some(key), "{text}: {err}");
+            assert!(err.message.contains(says), "{text}: {err}");
+            assert!(err.to_string().contains("warden.toml"), "{err}");
+        }
+        // A serde error (an unknown preset) also has its line.
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        std::fs::write(
+            home.config_file(),
+            "[[providers]]\nname = \"c\"\napi = \"command\"\npreset = \"nope\"\n",
+        )
+        .unwrap();
+        let err =
+            Config::load_with_env(&home, &Overrides::default(), EnvSource::default()).unwrap_err();
+        assert_eq!(err.line_col.map(|(l, _)| l), Some(4), "{err}");
+        // A good one.
+        std::fs::write(home.config_file(), "[[providers]]\nname = \"c\"\napi = \"command\"\npreset = \"claude-code\"\nmodels = [\"claude-code\"]\nenv = [\"ANTHROPIC_BASE_URL\"]\nmax_concurrent = 2\ntimeout = 60\n").unwrap();
+        let config =
+            Config::load_with_env(&home, &Overrides::default(), EnvSource::default()).unwrap();
+        let settings = config.provider_settings().remove(0);
+        let command = settings.command.unwrap();
+        assert_eq!(command.preset, Some(CommandPreset::ClaudeCode));
+        assert_eq!(command.env, ["ANTHROPIC_BASE_URL"]);
+        assert_eq!(settings.max_concurrent, Some(2));
     }
 
     #[test]

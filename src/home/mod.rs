@@ -5,6 +5,7 @@
 //! absolute at resolution time because the daemon detaches its children and a
 //! relative home would silently point somewhere else after a `chdir`.
 
+pub mod agent_cli;
 pub(crate) mod atomic_file;
 pub mod config;
 pub mod env;

@@ -113,6 +113,10 @@ mod tests {
             idle_timeout: Some(1),
             timeout: Some(1),
             attempts: Some(1),
+            preset: Some(crate::home::config::CommandPreset::ClaudeCode),
+            command: Some(vec!["x".into()]),
+            format: Some(crate::home::config::CommandFormat::Text),
+            env: vec!["X".into()],
             passthrough: true,
         }];
         all.aliases.insert("fast".into(), "gpt-5-mini".into());

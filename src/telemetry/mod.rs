@@ -303,6 +303,8 @@ pub enum GenAiSystem {
     OpenAi,
     Anthropic,
     Mock,
+    /// An agent CLI run as a provider (`api = "command"`).
+    Command,
 }
 
 impl GenAiSystem {
@@ -311,6 +313,7 @@ impl GenAiSystem {
             GenAiSystem::OpenAi => "openai",
             GenAiSystem::Anthropic => "anthropic",
             GenAiSystem::Mock => "warden.mock",
+            GenAiSystem::Command => "warden.command",
         }
     }
 }

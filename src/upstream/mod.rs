@@ -10,6 +10,7 @@
 //! - [`responses`]: a Responses API server, spoken to in translation.
 //! - [`anthropic`]: an Anthropic Messages API server, spoken to in translation
 //!   (Chat Completions and Responses requests alike).
+//! - [`command`]: an agent CLI (Claude Code, Codex, ...) run once per request.
 //!
 //! The two HTTP kinds share one client, retry loop and timeouts ([`http`]).
 //!
@@ -20,6 +21,7 @@ pub(crate) mod anthropic;
 pub mod bounded;
 pub(crate) mod catalog;
 pub(crate) mod chat;
+pub mod command;
 pub(crate) mod forward;
 pub(crate) mod http;
 pub(crate) mod mock;
@@ -66,6 +68,9 @@ pub enum UpstreamError {
         name: String,
         source: Box<UpstreamError>,
     },
+    /// An `api = "command"` provider without a preset or command.
+    #[error("api = \"command\" needs a preset or a command")]
+    NoCommand,
     #[error("between 1 and {max} providers can be routed to, not {count}")]
     ProviderCount { count: usize, max: usize },
     /// `[telemetry]` could not be set up.
@@ -211,6 +216,7 @@ pub enum Upstream {
     Chat(chat::ChatUpstream),
     Responses(responses::ResponsesUpstream),
     Anthropic(anthropic::AnthropicUpstream),
+    Command(command::CommandUpstream),
 }
 
 impl Upstream {
@@ -222,6 +228,11 @@ impl Upstream {
         metrics: Arc<Metrics>,
         prompts: PromptStore,
     ) -> Result<Upstream, UpstreamError> {
+        if let Some(command) = &provider.command {
+            return Ok(Upstream::Command(command::CommandUpstream::new(
+                provider, command, config,
+            )));
+        }
         if provider.is_mock() {
             return Ok(Upstream::Mock(mock::MockUpstream::new()));
         }
@@ -239,6 +250,12 @@ impl Upstream {
                 )?;
                 Upstream::Anthropic(anthropic::AnthropicUpstream::new(http))
             }
+            UpstreamApi::Command => {
+                return Err(UpstreamError::Provider {
+                    name: provider.name.clone(),
+                    source: Box::new(UpstreamError::NoCommand),
+                });
+            }
         })
     }
 
@@ -248,6 +265,7 @@ impl Upstream {
             Upstream::Chat(c) => c.chat(call).await,
             Upstream::Responses(r) => r.chat(call).await,
             Upstream::Anthropic(a) => a.chat(call).await,
+            Upstream::Command(c) => c.chat(call).await,
         }
     }
 
@@ -261,6 +279,7 @@ impl Upstream {
             Upstream::Chat(c) => c.http(),
             Upstream::Responses(r) => r.http(),
             Upstream::Anthropic(a) => return a.responses(call).await,
+            Upstream::Command(c) => return c.responses(call).await,
         };
         http.forward(
             http.responses_url(),
@@ -276,16 +295,17 @@ impl Upstream {
     /// The HTTP side of a provider with a URL (`None` for the mock).
     pub fn http(&self) -> Option<&http::HttpUpstream> {
         match self {
-            Upstream::Mock(_) => None,
+            Upstream::Mock(_) | Upstream::Command(_) => None,
             Upstream::Chat(c) => Some(c.http()),
             Upstream::Responses(r) => Some(r.http()),
             Upstream::Anthropic(a) => Some(a.http()),
         }
     }
 
-    /// Whether this kind serves `POST /v1/embeddings` (the Messages API has none).
+    /// Whether this kind serves `POST /v1/embeddings` (the Messages API and
+    /// agent CLIs have none).
     pub fn serves_embeddings(&self) -> bool {
-        !matches!(self, Upstream::Anthropic(_))
+        !matches!(self, Upstream::Anthropic(_) | Upstream::Command(_))
     }
 
     /// Forwards an embeddings request to `{base}/embeddings` (`api = "chat"` or
@@ -302,6 +322,12 @@ impl Upstream {
                     "provider {} speaks the Anthropic Messages API, which has no embeddings",
                     a.http().display_url()
                 ))
+                .code("model_not_found"));
+            }
+            Upstream::Command(_) => {
+                return Err(ApiError::not_found(
+                    "an agent CLI provider (api = \"command\") has no embeddings",
+                )
                 .code("model_not_found"));
             }
         };
@@ -343,7 +369,10 @@ impl Upstream {
     /// `/v1/models` serves the configured models and their reasoning variants.
     pub async fn models(&self) -> Option<Bytes> {
         match self {
-            Upstream::Mock(_) | Upstream::Responses(_) | Upstream::Anthropic(_) => None,
+            Upstream::Mock(_)
+            | Upstream::Responses(_)
+            | Upstream::Anthropic(_)
+            | Upstream::Command(_) => None,
             Upstream::Chat(c) => c.models().await,
         }
     }

@@ -117,6 +117,7 @@ impl Provider {
         match self.upstream {
             super::Upstream::Mock(_) => GenAiSystem::Mock,
             _ if self.settings.api == UpstreamApi::Anthropic => GenAiSystem::Anthropic,
+            _ if self.settings.api == UpstreamApi::Command => GenAiSystem::Command,
             _ => GenAiSystem::OpenAi,
         }
     }
@@ -167,7 +168,8 @@ impl Provider {
             && !self.is_full()
     }
 
-    fn is_full(&self) -> bool {
+    /// At its own `max_concurrent`.
+    pub fn is_full(&self) -> bool {
         self.settings
             .max_concurrent
             .is_some_and(|max| self.in_flight() as usize >= max)

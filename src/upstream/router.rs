@@ -137,12 +137,13 @@ impl Router {
     pub fn summary(&self) -> String {
         self.providers
             .iter()
-            .map(|p| {
-                format!(
+            .map(|p| match &p.upstream {
+                Upstream::Command(c) => format!("{}={}", p.name, c.display()),
+                _ => format!(
                     "{}={}",
                     p.name,
                     crate::support::redact::url(&p.settings.url)
-                )
+                ),
             })
             .collect::<Vec<_>>()
             .join(" ")
@@ -157,6 +158,18 @@ impl Router {
             Duration::from_secs(config.routing.catalog_refresh),
         );
         catalog.discovers().then_some(catalog)
+    }
+
+    /// Kills every agent CLI process still running (after the shutdown
+    /// drain); returns how many there were.
+    pub fn kill_processes(&self) -> usize {
+        self.providers
+            .iter()
+            .map(|p| match &p.upstream {
+                Upstream::Command(c) => c.registry().kill_all(),
+                _ => 0,
+            })
+            .sum()
     }
 
     /// Every provider, in priority order.
@@ -652,7 +665,13 @@ impl Router {
             }
             return Err(error);
         }
-        Err(self.none_available(model, candidates, skipped_full))
+        // A provider at its own max_concurrent is never picked, so it is
+        // seen here: busy, not cooling.
+        let full = skipped_full
+            || self.providers.iter().enumerate().any(|(i, p)| {
+                candidates & (1 << i) != 0 && p.is_full() && p.cooling_for().is_none()
+            });
+        Err(self.none_available(model, candidates, full))
     }
 
     /// Every candidate was cooling (or full): 503 with the earliest recovery.

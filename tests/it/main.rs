@@ -18,6 +18,7 @@
 
 mod support;
 
+mod agent_clis;
 mod anthropic;
 mod clients;
 mod completions;

@@ -245,6 +245,12 @@ pub fn api_key(ctx: &Context) -> Diagnosis {
             });
             continue;
         }
+        if provider.command.is_some() {
+            fine.push(format!(
+                "{who}: runs an agent CLI, signed in as the user that runs the proxy (no key)"
+            ));
+            continue;
+        }
         if provider.api_key_env.is_empty() {
             fine.push(format!("{who}: no key configured (api_key_env is empty)"));
             continue;

@@ -302,6 +302,12 @@ pub(crate) enum ProbeError {
     Get { url: String, error: reqwest::Error },
     #[error("{url} answered HTTP {status}")]
     Status { url: String, status: u16 },
+    /// An `api = "command"` provider's program is not found.
+    #[error("{program:?} is not on PATH ({hint})")]
+    NotOnPath { program: String, hint: String },
+    /// Its program did not answer `--version`.
+    #[error("`{program} --version` {why}")]
+    NoVersion { program: String, why: String },
     #[error("{url} serves content with SHA-256 {digest}, not in the source's sha256 allow-list")]
     Digest { url: String, digest: String },
 }

@@ -9,7 +9,8 @@
 use std::time::{Duration, Instant};
 
 use super::{Context, ProbeError};
-use crate::home::config::{ProviderSettings, pattern_matches};
+use crate::home::agent_cli as presets;
+use crate::home::config::{CommandSettings, ProviderSettings, pattern_matches};
 use crate::ops::preflight::Outcome;
 use crate::support::http_client;
 
@@ -87,6 +88,9 @@ async fn probe(base: &str, budget: Duration, key: &str) -> Result<String, ProbeE
 async fn check_providers(ctx: &Context) -> Outcome {
     let providers = ctx.cfg.provider_settings();
     let probes = providers.iter().map(|p| async move {
+        if let Some(command) = &p.command {
+            return probe_command(command, p.connect_timeout.max(Duration::from_secs(10))).await;
+        }
         if p.is_mock() {
             return Ok("mock, built in".to_string());
         }
@@ -110,10 +114,17 @@ async fn check_providers(ctx: &Context) -> Outcome {
     for (p, result) in providers.iter().zip(&results) {
         let Err(why) = result else { continue };
         down.push(format!("{}: {why}", p.name));
-        probes_by_hand.push(format!(
-            "`curl -sS {}/models`",
-            crate::support::redact::url(p.base_url())
-        ));
+        probes_by_hand.push(match &p.command {
+            Some(command) => format!(
+                "`{} --version` ({})",
+                presets::program(command),
+                presets::install_hint(command)
+            ),
+            None => format!(
+                "`curl -sS {}/models`",
+                crate::support::redact::url(p.base_url())
+            ),
+        });
         // Its models (patterns as written) that no reachable provider covers.
         for model in &p.models {
             let covered = up.iter().any(|u| {
@@ -137,7 +148,7 @@ async fn check_providers(ctx: &Context) -> Outcome {
     // The declared hint names `upstream.url`, which `[[providers]]` replaces.
     let hint = || {
         format!(
-            "check that the unreachable providers are up and that their `url` in the \
+            "check that the unreachable providers are up and that their `url` (or command) in the \
              [[providers]] of {} is right: {}",
             ctx.home.config_file().display(),
             probes_by_hand.join(", ")
@@ -163,6 +174,83 @@ async fn check_providers(ctx: &Context) -> Outcome {
         "{} providers answer: {}",
         providers.len(),
         fine.join("; ")
+    ))
+}
+
+/// An `api = "command"` provider: its program is on PATH (as the proxy would
+/// find it) and answers `--version` within `budget`, run as the proxy runs it:
+/// a bare environment, its own process group, killed at the deadline.
+async fn probe_command(command: &CommandSettings, budget: Duration) -> Result<String, ProbeError> {
+    let program = presets::program(command).to_string();
+    let found = if program.contains('/') {
+        let path = std::path::PathBuf::from(&program);
+        path.is_file().then_some(path)
+    } else {
+        which::which(&program).ok()
+    };
+    let Some(path) = found else {
+        return Err(ProbeError::NotOnPath {
+            hint: presets::install_hint(command),
+            program,
+        });
+    };
+    let mut cmd = tokio::process::Command::new(&path);
+    cmd.arg("--version")
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    for var in presets::PASSED_THROUGH {
+        if let Some(value) = std::env::var_os(var) {
+            cmd.env(var, value);
+        }
+    }
+    let no_version = |why: String| ProbeError::NoVersion {
+        program: path.display().to_string(),
+        why,
+    };
+    let child = cmd
+        .spawn()
+        .map_err(|e| no_version(format!("cannot run: {e}")))?;
+    let pid = child.id();
+    let output = match tokio::time::timeout(budget, child.wait_with_output()).await {
+        Ok(Ok(output)) => output,
+        Ok(Err(e)) => return Err(no_version(format!("failed: {e}"))),
+        Err(_) => {
+            // Dropping the child killed it; its group goes too (the leader
+            // is not reaped yet, so the group id is still its own).
+            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            return Err(no_version(format!(
+                "did not answer within {} s",
+                budget.as_secs()
+            )));
+        }
+    };
+    let first_line = |bytes: &[u8]| {
+        String::from_utf8_lossy(bytes)
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .map(|l| crate::support::redact::truncate(l, 120).to_string())
+    };
+    if !output.status.success() {
+        return Err(no_version(format!(
+            "exited with {}{}",
+            output.status,
+            first_line(&output.stderr).map_or(String::new(), |l| format!(": {l}"))
+        )));
+    }
+    Ok(format!(
+        "{} answers --version: {}",
+        path.display(),
+        first_line(&output.stdout).unwrap_or_else(|| "(nothing printed)".into())
     ))
 }
 
