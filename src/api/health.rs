@@ -95,6 +95,11 @@ pub struct HealthReport {
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderReport>,
     pub memory: MemoryInfo,
+    /// Models (entries of a provider's `models`, or aliases) whose every
+    /// provider is cooling: requests for them get 503 until one recovers, and
+    /// `status` is `warn` meanwhile. Absent from older proxies' reports.
+    #[serde(default)]
+    pub cooling_models: Vec<String>,
     /// Absent from the reports of older proxies, which had no NATS ingress.
     #[serde(default)]
     pub nats: NatsHealth,

@@ -22,6 +22,7 @@ use warden::support::cli::HomeArgs;
 ///   daemon start               # preflight checks, then start and wait until ready
 ///   daemon status --json       # exit 0 healthy, 1 dead, 3 stopped, 4 unhealthy
 ///   daemon restart             # zero-downtime: the new proxy takes over the socket
+///   daemon reload              # apply warden.toml and .env changes, as SIGHUP does
 ///   daemon logs -f             # follow logs/proxy.log
 ///   daemon stop                # SIGTERM, SIGKILL after daemon.stop_timeout
 #[derive(Parser, Debug)]
@@ -56,6 +57,10 @@ enum Cmd {
         #[arg(long)]
         no_check: bool,
     },
+    /// Re-read warden.toml and .env in the running proxy (as SIGHUP does). Exit 0 applied,
+    /// 1 applied but some settings need `daemon restart` (named), 2 refused (the running
+    /// configuration keeps serving), 3 not running, 4 the proxy could not be asked.
+    Reload,
     /// Is the proxy running and healthy? Exit 0 yes, 1 PID file but dead, 3 not running, 4 unhealthy.
     Status {
         #[arg(long)]
@@ -147,6 +152,13 @@ async fn run(home: Home, command: Cmd) -> i32 {
                 return 1;
             };
             restart(&supervisor, &op).await
+        }
+        Cmd::Reload => {
+            let supervisor = Supervisor::new(load_or_defaults(&home));
+            let Some(op) = begin(&supervisor, "daemon reload").await else {
+                return warden::support::exit::reload::UNREACHABLE;
+            };
+            reload(&supervisor, &op).await
         }
         Cmd::Status { json } => {
             let config = load_or_defaults(&home);
@@ -306,7 +318,19 @@ fn report_error(e: &SupervisorError) {
     }
 }
 
+/// `daemon start`/`restart` end what `daemon stop` asked of a watchdog.
+fn resume_watchdog(supervisor: &Supervisor, op: &Operation) {
+    match supervisor.clear_stopped(op) {
+        Ok(true) => {
+            supervisor.log_action("run/stopped removed: a watchdog watches the proxy again");
+        }
+        Ok(false) => {}
+        Err(e) => eprintln!("daemon: warning: {e}; a watchdog keeps standing by"),
+    }
+}
+
 async fn start(supervisor: &Supervisor, op: &Operation, json: bool) -> i32 {
+    resume_watchdog(supervisor, op);
     let spinner = Spinner::new();
     let outcome = interruptible(supervisor.start(op, &|msg| spinner.tick(msg))).await;
     drop(spinner);
@@ -383,6 +407,21 @@ fn interrupted(supervisor: &Supervisor, what: &str) -> i32 {
 }
 
 async fn stop(supervisor: &Supervisor, op: &Operation, force: bool) -> i32 {
+    // First, so a watchdog that checks while the proxy stops stands by.
+    if let Err(e) = supervisor.mark_stopped(op) {
+        eprintln!("daemon: warning: {e}; a running watchdog may start the proxy again");
+    }
+    let code = stop_now(supervisor, op, force).await;
+    if let Some(watchdog) = warden::lifecycle::supervisor::running_watchdog(supervisor.home()) {
+        println!(
+            "watchdog PID {} stands by and will not restart the proxy until `daemon start` or `daemon restart`",
+            watchdog.pid
+        );
+    }
+    code
+}
+
+async fn stop_now(supervisor: &Supervisor, op: &Operation, force: bool) -> i32 {
     match supervisor.stop(op, force).await {
         Ok(StopOutcome::NotRunning) => {
             println!("proxy is not running");
@@ -411,7 +450,32 @@ async fn stop(supervisor: &Supervisor, op: &Operation, force: bool) -> i32 {
     }
 }
 
+async fn reload(supervisor: &Supervisor, op: &Operation) -> i32 {
+    match supervisor.reload(op).await {
+        Ok(None) => {
+            println!(
+                "proxy is not running; nothing to reload (`daemon start` reads the configuration)"
+            );
+            warden::support::exit::reload::NOT_RUNNING
+        }
+        Ok(Some(answer)) => {
+            let line = format!("proxy PID {}: {}", answer.running.pid, answer.message);
+            if answer.code == 0 {
+                println!("{line}");
+            } else {
+                eprintln!("daemon: {line}");
+            }
+            answer.code
+        }
+        Err(e) => {
+            failed(supervisor, "reload", &e);
+            warden::support::exit::reload::UNREACHABLE
+        }
+    }
+}
+
 async fn restart(supervisor: &Supervisor, op: &Operation) -> i32 {
+    resume_watchdog(supervisor, op);
     let spinner = Spinner::new();
     let outcome = interruptible(supervisor.restart(op, &|msg| spinner.tick(msg))).await;
     drop(spinner);
@@ -514,6 +578,12 @@ fn print_status(status: &warden::lifecycle::supervisor::StatusReport, ui_url: Op
                     }
                     println!("{line}");
                 }
+                if !h.cooling_models.is_empty() {
+                    println!(
+                        "  cooling   every provider of {} is cooling: requests for it get 503 until one recovers",
+                        h.cooling_models.join(", ")
+                    );
+                }
                 for (name, p) in &h.prompts {
                     let age = p.age_secs.map_or("-".to_string(), |a| format!("{a:.0} s"));
                     println!(
@@ -537,8 +607,19 @@ fn print_status(status: &warden::lifecycle::supervisor::StatusReport, ui_url: Op
                 println!("  {}", status.message);
             }
         }
-        ProxyState::Stopped => println!("proxy is not running"),
+        ProxyState::Stopped => match &status.stopped_by_operator {
+            Some(by) => println!("proxy is not running ({by})"),
+            None => println!("proxy is not running"),
+        },
         ProxyState::Dead => println!("proxy {}: {}", status.state, status.message),
+    }
+    match (&status.watchdog, &status.stopped_by_operator) {
+        (Some(w), Some(_)) => println!(
+            "  watchdog  PID {}, standing by until `daemon start` or `daemon restart`",
+            w.pid
+        ),
+        (Some(w), None) => println!("  watchdog  PID {}, watching", w.pid),
+        (None, _) => {}
     }
 }
 

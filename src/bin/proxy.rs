@@ -114,6 +114,6 @@ fn run(args: Args) -> Result<i32, ProxyError> {
         .enable_all()
         .build()
         .map_err(ProxyError::Runtime)?;
-    runtime.block_on(serve_foreground(config))?;
+    runtime.block_on(serve_foreground(config, overrides))?;
     Ok(exit::OK)
 }

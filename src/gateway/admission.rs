@@ -23,7 +23,7 @@ pub async fn require_bearer(
     request: Request,
     next: Next,
 ) -> Response {
-    if let Some(expected) = &gw.auth_token {
+    if let Some(expected) = &gw.live().auth_token {
         if !bearer_matches(request.headers(), expected) {
             gw.metrics.rejected(Rejection::Auth);
             return ApiError::unauthorized().into_response();
@@ -39,7 +39,7 @@ pub async fn require_api_key(
     request: Request,
     next: Next,
 ) -> Response {
-    if let Some(expected) = &gw.auth_token {
+    if let Some(expected) = &gw.live().auth_token {
         let api_key = request
             .headers()
             .get("x-api-key")
@@ -89,9 +89,9 @@ pub struct Slot {
 }
 
 impl Slot {
-    /// Takes a slot now or fails with 429; never waits.
-    pub fn try_take(gw: &Gateway) -> Result<Slot, ApiError> {
-        match gw.slots.clone().try_acquire_owned() {
+    /// Takes a slot of `live`'s limit now or fails with 429; never waits.
+    pub fn try_take(gw: &Gateway, live: &super::Live) -> Result<Slot, ApiError> {
+        match live.slots.clone().try_acquire_owned() {
             Ok(permit) => {
                 gw.metrics.slot_taken();
                 Ok(Slot {
@@ -101,7 +101,7 @@ impl Slot {
             }
             Err(_) => {
                 gw.metrics.rejected(Rejection::Concurrency);
-                Err(ApiError::overloaded(gw.config.server.max_concurrent))
+                Err(ApiError::overloaded(live.config.server.max_concurrent))
             }
         }
     }

@@ -60,11 +60,13 @@ pub async fn chat_with_headers(
         Err(e) => return failed(e),
     };
     let (stream, include_usage) = (view.stream, view.include_usage());
-    let (model, body) = match model_and_body(gw, view.model, body) {
+    // The providers, keys and limits this request is served with, to its end.
+    let live = gw.live();
+    let (model, body) = match model_and_body(&live, view.model, body) {
         Ok(resolved) => resolved,
         Err(e) => return failed(e),
     };
-    let (slot, info, stats) = match admit(gw, &model, trace) {
+    let (slot, info, stats) = match admit(gw, &live, &model, trace) {
         Ok(admitted) => admitted,
         Err(e) => return failed(e),
     };
@@ -78,7 +80,7 @@ pub async fn chat_with_headers(
     };
     Dispatched {
         info: Some(info),
-        outcome: gw.router.chat(call).await.map(|reply| (reply, slot)),
+        outcome: live.router.chat(call).await.map(|reply| (reply, slot)),
     }
 }
 
@@ -102,11 +104,13 @@ pub async fn embeddings(
         Ok(view) => view,
         Err(e) => return failed(e),
     };
-    let (model, body) = match model_and_body(gw, view.model, body) {
+    // The providers, keys and limits this request is served with, to its end.
+    let live = gw.live();
+    let (model, body) = match model_and_body(&live, view.model, body) {
         Ok(resolved) => resolved,
         Err(e) => return failed(e),
     };
-    let (slot, info, stats) = match admit(gw, &model, trace) {
+    let (slot, info, stats) = match admit(gw, &live, &model, trace) {
         Ok(admitted) => admitted,
         Err(e) => return failed(e),
     };
@@ -118,7 +122,11 @@ pub async fn embeddings(
     };
     Dispatched {
         info: Some(info),
-        outcome: gw.router.embeddings(call).await.map(|reply| (reply, slot)),
+        outcome: live
+            .router
+            .embeddings(call)
+            .await
+            .map(|reply| (reply, slot)),
     }
 }
 
@@ -137,11 +145,13 @@ pub async fn completions(
         Ok(view) => view,
         Err(e) => return failed(e),
     };
-    let (model, body) = match model_and_body(gw, view.model, body) {
+    // The providers, keys and limits this request is served with, to its end.
+    let live = gw.live();
+    let (model, body) = match model_and_body(&live, view.model, body) {
         Ok(resolved) => resolved,
         Err(e) => return failed(e),
     };
-    let (slot, info, stats) = match admit(gw, &model, trace) {
+    let (slot, info, stats) = match admit(gw, &live, &model, trace) {
         Ok(admitted) => admitted,
         Err(e) => return failed(e),
     };
@@ -155,7 +165,11 @@ pub async fn completions(
     };
     Dispatched {
         info: Some(info),
-        outcome: gw.router.completions(call).await.map(|reply| (reply, slot)),
+        outcome: live
+            .router
+            .completions(call)
+            .await
+            .map(|reply| (reply, slot)),
     }
 }
 
@@ -166,10 +180,11 @@ pub async fn completions(
 /// traces are on) makes each provider attempt a child span of it.
 pub fn admit(
     gw: &Gateway,
+    live: &super::Live,
     model: &str,
     trace: Option<SpanParent>,
 ) -> Result<(Slot, ExchangeInfo, std::sync::Arc<ExchangeStats>), ApiError> {
-    let slot = Slot::try_take(gw)?;
+    let slot = Slot::try_take(gw, live)?;
     let (info, stats) = ExchangeInfo::begin(model);
     if let Some(trace) = trace {
         let _ = stats.trace.set(trace);
@@ -180,13 +195,13 @@ pub fn admit(
 /// The model a request is routed by, and its body naming it: the request's
 /// own, else `server.default_model` written into the body; else 400.
 pub fn model_and_body(
-    gw: &Gateway,
+    live: &super::Live,
     model: Option<String>,
     body: Bytes,
 ) -> Result<(String, Bytes), ApiError> {
     match model {
         Some(model) => Ok((model, body)),
-        None => match default_model(gw) {
+        None => match default_model(live) {
             // The body goes upstream as it is: it must name the model too.
             Some(model) => match with_model(&body, model) {
                 Some(patched) => Ok((model.to_string(), patched)),
@@ -198,8 +213,8 @@ pub fn model_and_body(
 }
 
 /// `server.default_model`, when set: what a request without `model` gets.
-pub fn default_model(gw: &Gateway) -> Option<&str> {
-    Some(gw.config.server.default_model.as_str()).filter(|m| !m.is_empty())
+pub fn default_model(live: &super::Live) -> Option<&str> {
+    Some(live.config.server.default_model.as_str()).filter(|m| !m.is_empty())
 }
 
 /// The request body with `"model": model` added.
@@ -236,11 +251,12 @@ pub fn model_in(list: &[u8], id: &str) -> Result<serde_json::Value, ApiError> {
 /// The `[aliases]` names are listed too (after the models, each once), so a
 /// client that checks its model against the list finds an alias it was given.
 pub async fn models(gw: &Gateway) -> Bytes {
-    let list = match gw.router.models().await {
+    let live = gw.live();
+    let list = match live.router.models().await {
         Some(body) => body,
-        None => Bytes::from(configured_models(&gw.config).to_string()),
+        None => Bytes::from(configured_models(&live.config).to_string()),
     };
-    with_aliases(list, &gw.config.aliases)
+    with_aliases(list, &live.config.aliases)
 }
 
 /// `list` (a models `list` object) with an entry for each alias it lacks.

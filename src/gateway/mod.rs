@@ -23,6 +23,7 @@ mod messages;
 pub(crate) mod nats;
 mod observe;
 mod passthrough;
+pub mod reload;
 mod responses;
 pub mod serve;
 mod status;
@@ -47,19 +48,22 @@ use crate::upstream::Router as UpstreamRouter;
 
 /// Everything the handlers share. Read-mostly; counters are atomics.
 pub struct Gateway {
+    /// The configuration the proxy started with: what a reload cannot change
+    /// (address, NATS, connection limits, the routes) is read from here.
     pub config: Config,
-    /// Where requests go: the providers, chosen by model, with failover.
-    pub router: UpstreamRouter,
+    /// What a reload replaces (SIGHUP, `daemon reload`): a request takes the
+    /// current one once, at its start, and keeps it to its end.
+    live: std::sync::RwLock<Arc<Live>>,
+    /// What reloads replaced, while requests still hold it: at shutdown their
+    /// agent CLI processes are killed too.
+    retired: std::sync::Mutex<Vec<std::sync::Weak<Live>>>,
     pub metrics: Arc<Metrics>,
     /// The prompt cache: `instructions` for a Responses upstream and `/v1/responses`.
     pub prompts: PromptStore,
     /// Whether prompts are sent upstream at all (see [`prompts_in_use`]).
     uses_prompts: bool,
-    /// One permit per upstream call allowed in flight (`server.max_concurrent`).
-    slots: Arc<Semaphore>,
     /// Request bodies held in memory, all connections together (`server.max_body_memory`).
     pub(crate) body_budget: body_budget::BodyBudget,
-    auth_token: Option<String>,
     ready: AtomicBool,
     /// Set when the drain begins: responses then ask clients to close the connection.
     draining: AtomicBool,
@@ -73,29 +77,126 @@ pub struct Gateway {
     pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
+/// The part of the gateway a reload replaces as a whole: the configuration
+/// requests are served with, the providers (routing, aliases, keys) and the
+/// limits. A request holds the `Arc` it started with, so a reload never
+/// changes a request in flight.
+pub struct Live {
+    /// The configuration as last (re)loaded.
+    pub config: Config,
+    /// Where requests go: the providers, chosen by model, with failover.
+    pub router: UpstreamRouter,
+    /// One permit per upstream call allowed in flight (`server.max_concurrent`).
+    slots: Arc<Semaphore>,
+    auth_token: Option<String>,
+    /// The model catalog's refresh task, stopped when this is replaced.
+    catalog: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Live {
+    fn build(
+        config: Config,
+        metrics: &Arc<Metrics>,
+        prompts: &PromptStore,
+        slots: Option<Arc<Semaphore>>,
+    ) -> Result<Live, crate::upstream::UpstreamError> {
+        let router = UpstreamRouter::from_config(&config, metrics.clone(), prompts.clone())?;
+        Ok(Live {
+            router,
+            slots: slots.unwrap_or_else(|| Arc::new(Semaphore::new(config.server.max_concurrent))),
+            auth_token: config.auth_token(),
+            catalog: std::sync::Mutex::new(None),
+            config,
+        })
+    }
+
+    /// Loads the model catalog's cache and starts its refresh task, when a
+    /// provider discovers its models. Needs the Tokio runtime.
+    fn start_catalog(&self) {
+        if let Some(catalog) = self.router.catalog(&self.config) {
+            // Models of providers with `models = []`: from cache/models.json now,
+            // then from their GET /models in the background (readiness does not wait).
+            catalog.load_cache();
+            let task = tokio::spawn(catalog.run());
+            *self.catalog.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
+        }
+    }
+
+    fn stop_catalog(&self) {
+        if let Some(task) = self
+            .catalog
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+    }
+}
+
 impl Gateway {
     pub fn new(config: Config) -> Result<Arc<Gateway>, crate::upstream::UpstreamError> {
         let metrics = Arc::new(Metrics::new());
         let prompts = PromptStore::new(&config.home, &config.prompts);
-        let router = UpstreamRouter::from_config(&config, metrics.clone(), prompts.clone())?;
+        let live = Live::build(config.clone(), &metrics, &prompts, None)?;
         let telemetry = crate::telemetry::Telemetry::from_config(&config.telemetry, &metrics)
             .map_err(|e| crate::upstream::UpstreamError::Telemetry(e.to_string()))?;
         Ok(Arc::new(Gateway {
             telemetry,
             uses_prompts: prompts_in_use(&config),
             prompts,
-            slots: Arc::new(Semaphore::new(config.server.max_concurrent)),
+            live: std::sync::RwLock::new(Arc::new(live)),
+            retired: std::sync::Mutex::new(Vec::new()),
             body_budget: body_budget::BodyBudget::new(config.server.max_body_memory),
-            auth_token: config.auth_token(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             ready_watch: tokio::sync::watch::Sender::new(false),
             nats: nats::NatsStatus::new(config.nats.enabled()),
             history: history::History::new(),
-            router,
             metrics,
             config,
         }))
+    }
+
+    /// What new requests are served with now (see [`Live`]).
+    pub fn live(&self) -> Arc<Live> {
+        self.live
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Puts `next` in place for new requests; returns what it replaced.
+    fn swap_live(&self, next: Arc<Live>) -> Arc<Live> {
+        let mut slot = self
+            .live
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let old = std::mem::replace(&mut *slot, next);
+        let mut retired = self
+            .retired
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        retired.retain(|weak| weak.strong_count() > 0);
+        retired.push(Arc::downgrade(&old));
+        old
+    }
+
+    /// Kills every agent CLI process still running, of the current providers
+    /// and of those a reload replaced; returns how many there were.
+    fn kill_processes(&self) -> usize {
+        let retired: Vec<Arc<Live>> = self
+            .retired
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
+        self.live().router.kill_processes()
+            + retired
+                .iter()
+                .map(|live| live.router.kill_processes())
+                .sum::<usize>()
     }
 
     pub fn is_ready(&self) -> bool {
@@ -252,12 +353,7 @@ pub async fn run(
         let prompts = gw.prompts.clone();
         tokio::spawn(async move { prompts.warm().await });
     }
-    if let Some(catalog) = gw.router.catalog(&gw.config) {
-        // Models of providers with `models = []`: from cache/models.json now,
-        // then from their GET /models in the background (readiness does not wait).
-        catalog.load_cache();
-        tokio::spawn(catalog.run());
-    }
+    gw.live().start_catalog();
     if let Some(telemetry) = &gw.telemetry {
         // Exports run on this runtime, off the request path.
         telemetry.spawn_exporter();
@@ -271,9 +367,7 @@ pub async fn run(
     tracing::info!(
         version = crate::VERSION,
         address = %addr,
-        upstream = %crate::support::redact::url(&gw.config.upstream.url),
-        api = gw.config.upstream.api.as_str(),
-        providers = %gw.router.summary(),
+        providers = %gw.live().router.summary(),
         pid = std::process::id(),
         fd_limit = fd_limit.unwrap_or(0),
         max_connections = limits.max_connections,
@@ -336,7 +430,7 @@ pub async fn run(
             "graceful_timeout reached: closing the remaining connections"
         );
     }
-    let killed = gw.router.kill_processes();
+    let killed = gw.kill_processes();
     if killed > 0 {
         tracing::warn!(
             processes = killed,

@@ -42,7 +42,9 @@ pub async fn passthrough(State(gw): State<Arc<Gateway>>, request: Request) -> Re
         .path_and_query()
         .map_or(path.as_str(), |pq| pq.as_str());
     let rest = rest.strip_prefix("/v1").unwrap_or(rest).to_string();
-    if !gw.router.passes_through() {
+    // The providers, keys and limits this request is served with, to its end.
+    let live = gw.live();
+    if !live.router.passes_through() {
         return no_passthrough(&path).into_response();
     }
     let mut headers = client_headers(&parts.headers);
@@ -103,7 +105,7 @@ pub async fn passthrough(State(gw): State<Arc<Gateway>>, request: Request) -> Re
             upload.count(body.into_data_stream()),
         ))
     };
-    let (candidates, rewrite) = match gw.router.route_passthrough(model.as_deref(), &path) {
+    let (candidates, rewrite) = match live.router.route_passthrough(model.as_deref(), &path) {
         Ok(route) => route,
         Err(e) => return e.into_response(),
     };
@@ -129,7 +131,7 @@ pub async fn passthrough(State(gw): State<Arc<Gateway>>, request: Request) -> Re
         .extensions
         .get::<crate::telemetry::SpanParent>()
         .cloned();
-    let (slot, info, stats) = match dispatch::admit(&gw, &routed, trace) {
+    let (slot, info, stats) = match dispatch::admit(&gw, &live, &routed, trace) {
         Ok(admitted) => admitted,
         Err(e) => return e.into_response(),
     };
@@ -140,7 +142,7 @@ pub async fn passthrough(State(gw): State<Arc<Gateway>>, request: Request) -> Re
         body: pass_body,
         stats,
     };
-    let mut response = match gw.router.passthrough(&routed, candidates, call).await {
+    let mut response = match live.router.passthrough(&routed, candidates, call).await {
         Ok(passed) => {
             let (parts, body) = passed.response.into_parts();
             let body = body.into_data_stream().map(move |chunk| {

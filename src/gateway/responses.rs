@@ -34,10 +34,12 @@ pub async fn responses(
         Ok(_) => return invalid::not_an_object().into_response(),
         Err(e) => return invalid::json(e).into_response(),
     };
+    // The providers, keys and limits this request is served with, to its end.
+    let live = gw.live();
     let model_added = request.get("model").is_none();
     let model = match request.get("model") {
         Some(Value::String(model)) => model.clone(),
-        None => match dispatch::default_model(&gw) {
+        None => match dispatch::default_model(&live) {
             Some(model) => {
                 request.insert("model".into(), json!(model));
                 model.to_string()
@@ -68,11 +70,11 @@ pub async fn responses(
             .into_response();
         }
     }
-    let slot = match Slot::try_take(&gw) {
+    let slot = match Slot::try_take(&gw, &live) {
         Ok(slot) => slot,
         Err(e) => return e.into_response(),
     };
-    let body = match base_prompt_policy(&gw, &request) {
+    let body = match base_prompt_policy(&gw, &live, &request) {
         BasePrompt::Skip if !model_added => body,
         BasePrompt::Skip => {
             Bytes::from(serde_json::to_vec(&Value::Object(request)).expect("JSON serialises"))
@@ -96,7 +98,7 @@ pub async fn responses(
         stats,
         headers: client_headers(&headers),
     };
-    respond(gw.router.responses(call).await, slot, info)
+    respond(live.router.responses(call).await, slot, info)
 }
 
 /// Whether `/v1/responses` adds the base prompt to a request.
@@ -111,8 +113,12 @@ enum BasePrompt {
 /// `responses_always_base_instructions` — only when the client brought no
 /// instructions of its own (`instructions`, or a leading system/developer
 /// message in `input`, as Codex sends its prompt), so prompts are never doubled.
-fn base_prompt_policy(gw: &Gateway, request: &Map<String, Value>) -> BasePrompt {
-    let f = &gw.config.features;
+fn base_prompt_policy(
+    gw: &Gateway,
+    live: &super::Live,
+    request: &Map<String, Value>,
+) -> BasePrompt {
+    let f = &live.config.features;
     if !gw.uses_prompts() || f.responses_no_base_instructions {
         return BasePrompt::Skip;
     }

@@ -64,7 +64,10 @@ fn bind_hint(e: &io::Error) -> &'static str {
 /// port fails fast; then `run/proxy.pid` is locked, so two proxies of one home
 /// can never both serve. A successor started by `daemon restart` instead takes
 /// the PID file over from its predecessor once it is about to serve.
-pub async fn serve_foreground(config: Config) -> Result<(), ServeError> {
+pub async fn serve_foreground(
+    config: Config,
+    overrides: crate::home::config::Overrides,
+) -> Result<(), ServeError> {
     let _log_guard = crate::support::logging::init(
         &config.home,
         LogKind::Proxy,
@@ -76,14 +79,17 @@ pub async fn serve_foreground(config: Config) -> Result<(), ServeError> {
         dir: config.home.logs_dir(),
         source,
     })?;
-    let result = serve_logged(config).await;
+    let result = serve_logged(config, overrides).await;
     if let Err(e) = &result {
         tracing::error!("{e}");
     }
     result
 }
 
-async fn serve_logged(config: Config) -> Result<(), ServeError> {
+async fn serve_logged(
+    config: Config,
+    overrides: crate::home::config::Overrides,
+) -> Result<(), ServeError> {
     let home = config.home.clone();
     home.ensure_dirs().map_err(|source| ServeError::HomeDirs {
         root: home.root().to_path_buf(),
@@ -119,6 +125,7 @@ async fn serve_logged(config: Config) -> Result<(), ServeError> {
     }));
     let stopping = Arc::new(AtomicBool::new(false));
     let gw = Gateway::new(config)?;
+    let reloader = gateway::reload::Reloader::new(gw.clone(), overrides);
     // The control socket is a convenience for restarts: without it (say, a home
     // path too long for a Unix socket) the proxy still serves.
     let reclaim = reclaimer(
@@ -127,7 +134,15 @@ async fn serve_logged(config: Config) -> Result<(), ServeError> {
         pid_path.clone(),
         record.clone(),
     );
-    let _control = handoff::serve_control(&home, listener.as_raw_fd(), reclaim)
+    let reload: handoff::Reload = {
+        let reloader = reloader.clone();
+        Arc::new(move || {
+            let outcome = reloader.reload("daemon reload");
+            (outcome.code(), outcome.message())
+        })
+    };
+    let requests = handoff::Requests { reclaim, reload };
+    let _control = handoff::serve_control(&home, listener.as_raw_fd(), requests)
         .map_err(|e| tracing::warn!(error = %e, "no control socket: `daemon restart` will stop, then start"))
         .ok();
     if takeover {
@@ -143,6 +158,8 @@ async fn serve_logged(config: Config) -> Result<(), ServeError> {
     // Signal handlers go in before anyone learns the address: a SIGTERM right after the
     // "listening on" line must drain and exit 0, not kill the process outright.
     let signal = shutdown_signal();
+    // SIGHUP (`kill -HUP`, `systemctl reload`) reloads the configuration.
+    reload_on_sighup(reloader);
     // One machine-readable line on stdout, so callers that asked for port 0 learn the port.
     println!(
         "listening on {}",
@@ -197,6 +214,25 @@ fn reclaimer(
         tracing::warn!(path = %path.display(), "took the PID file back: the successor of a restart died");
         Ok(format!("PID {} holds {} again", record.pid, path.display()))
     })
+}
+
+/// Installs the SIGHUP handler now (a SIGHUP no longer ends the process) and
+/// reloads on each one, logging the outcome.
+fn reload_on_sighup(reloader: Arc<gateway::reload::Reloader>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(hup) => hup,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot handle SIGHUP: reload with `daemon reload`");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let reloader = reloader.clone();
+            let _ = tokio::task::spawn_blocking(move || reloader.reload("SIGHUP")).await;
+        }
+    });
 }
 
 /// Completes on the first SIGTERM or SIGINT. The handlers are installed when this is

@@ -57,7 +57,8 @@ fn record_prompt_metrics(gw: &Gateway) {
 
 /// The `providers` map of `/health`.
 fn provider_report(gw: &Gateway) -> BTreeMap<String, ProviderReport> {
-    gw.router
+    gw.live()
+        .router
         .providers()
         .iter()
         .map(|p| {
@@ -91,6 +92,12 @@ pub fn report(gw: &Gateway) -> HealthReport {
     let ready = gw.is_ready();
     let nats_state = gw.nats.state();
     let mut status = HealthReport::derive_status(ready, &prompts);
+    // Upstream trouble never makes the proxy itself `fail` (a watchdog would
+    // restart a healthy proxy for it): some models unreachable is a warning.
+    let cooling_models = gw.live().router.cooling_models();
+    if status == HealthStatus::Pass && !cooling_models.is_empty() {
+        status = HealthStatus::Warn;
+    }
     if status == HealthStatus::Pass
         && !matches!(
             nats_state,
@@ -108,8 +115,8 @@ pub fn report(gw: &Gateway) -> HealthReport {
         timestamp: now_rfc3339(),
         ready,
         upstream: UpstreamInfo {
-            url: crate::support::redact::url(&gw.config.upstream.url),
-            api: gw.config.upstream.api.as_str().to_string(),
+            url: crate::support::redact::url(&gw.live().config.upstream.url),
+            api: gw.live().config.upstream.api.as_str().to_string(),
         },
         requests: RequestCounts {
             total: s.total.load(Ordering::Relaxed),
@@ -129,6 +136,7 @@ pub fn report(gw: &Gateway) -> HealthReport {
         memory: MemoryInfo {
             rss_bytes: rss_bytes().unwrap_or(0),
         },
+        cooling_models,
         nats: NatsHealth {
             state: nats_state.as_str().to_string(),
             in_flight: gw.nats.in_flight(),
@@ -192,7 +200,7 @@ pub async fn metrics(
 ) -> Response {
     record_prompt_metrics(&gw);
     gw.metrics.request_body_bytes(gw.body_budget.held());
-    for provider in gw.router.providers() {
+    for provider in gw.live().router.providers() {
         let h = provider.health();
         gw.metrics
             .provider_state(&provider.name, h.in_flight, h.cooling);

@@ -45,6 +45,7 @@ pub async fn page() -> Response {
 pub async fn history(State(gw): State<Arc<Gateway>>) -> Response {
     let now = SystemTime::now();
     let providers: Vec<_> = gw
+        .live()
         .router
         .providers()
         .iter()

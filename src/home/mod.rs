@@ -102,6 +102,11 @@ impl Home {
     pub fn watchdog_pid_file(&self) -> PathBuf {
         self.run_dir().join("watchdog.pid")
     }
+    /// Left by `daemon stop`, removed by `daemon start`/`restart`: while it exists
+    /// a watchdog stands by instead of restarting the proxy (SPEC §17).
+    pub fn stopped_marker(&self) -> PathBuf {
+        self.run_dir().join("stopped")
+    }
     pub fn cache_dir(&self) -> PathBuf {
         self.root.join("cache")
     }

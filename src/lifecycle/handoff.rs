@@ -32,12 +32,30 @@ pub const INHERITED_FD: RawFd = 3;
 const REQUEST: &[u8] = b"listener\n";
 /// Asks a proxy to take `run/proxy.pid` back (its successor died after taking it).
 const RECLAIM: &[u8] = b"reclaim\n";
+/// Asks a proxy to reload its configuration (`daemon reload`).
+const RELOAD: &[u8] = b"reload\n";
+/// The longest answer to a reload that is read (a message naming file, key, line).
+const MAX_RELOAD_ANSWER: u64 = 64 * 1024;
+/// How long `daemon reload` waits for the proxy's answer.
+const RELOAD_WAIT: Duration = Duration::from_secs(30);
 /// The longest request line a control socket reads.
 const MAX_REQUEST: usize = 32;
 
 /// What a proxy does when asked to take its PID file back: `Ok(what happened)`
 /// or `Err(why not)`.
 pub type Reclaim = std::sync::Arc<dyn Fn() -> Result<String, ReclaimError> + Send + Sync>;
+
+/// What a proxy does when asked to reload: `(exit code, message)` — 0 applied,
+/// 1 applied but some settings need a restart, 2 refused (see
+/// `gateway::reload`).
+pub type Reload = std::sync::Arc<dyn Fn() -> (i32, String) + Send + Sync>;
+
+/// What a proxy answers on its control socket besides handing over its socket.
+#[derive(Clone)]
+pub struct Requests {
+    pub reclaim: Reclaim,
+    pub reload: Reload,
+}
 
 /// Why a proxy refuses to take its PID file back (sent to the asker as text).
 #[derive(Debug, thiserror::Error)]
@@ -165,11 +183,12 @@ impl Drop for ControlSocket {
 }
 
 /// Starts answering requests on `run/proxy-<our PID>.sock`: the listening socket
-/// for a successor, and "take your PID file back" after a failed hand-off.
+/// for a successor, "take your PID file back" after a failed hand-off, and
+/// "reload your configuration".
 pub fn serve_control(
     home: &Home,
     listener_fd: RawFd,
-    reclaim: Reclaim,
+    requests: Requests,
 ) -> std::io::Result<ControlSocket> {
     use std::os::unix::fs::PermissionsExt;
     let path = control_socket_path(home, std::process::id() as i32);
@@ -186,9 +205,9 @@ pub fn serve_control(
             let Ok(stream) = stream.into_std() else {
                 continue;
             };
-            let reclaim = reclaim.clone();
+            let requests = requests.clone();
             tokio::task::spawn_blocking(move || {
-                if let Err(e) = answer(stream, listener_fd, &reclaim) {
+                if let Err(e) = answer(stream, listener_fd, &requests) {
                     tracing::warn!(error = %e, "control socket request failed");
                 }
             });
@@ -211,12 +230,16 @@ fn read_request(stream: &mut UnixStream) -> std::io::Result<Vec<u8>> {
     Ok(request)
 }
 
-fn answer(mut stream: UnixStream, listener_fd: RawFd, reclaim: &Reclaim) -> std::io::Result<()> {
+fn answer(mut stream: UnixStream, listener_fd: RawFd, requests: &Requests) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let request = read_request(&mut stream)?;
+    if request == RELOAD {
+        let (code, message) = (requests.reload)();
+        return stream.write_all(format!("{code} {message}").as_bytes());
+    }
     if request == RECLAIM {
-        let reply = match reclaim() {
+        let reply = match (requests.reclaim)() {
             Ok(what) => format!("ok {what}"),
             Err(why) => format!("no {why}"),
         };
@@ -277,6 +300,28 @@ pub fn request_reclaim(path: &Path) -> Result<String, HandoffError> {
             path: path.to_path_buf(),
         }),
     }
+}
+
+/// Asks the proxy behind `path` to reload its configuration; `Ok((code,
+/// message))` with its answer (see [`Reload`]).
+pub fn request_reload(path: &Path) -> Result<(i32, String), HandoffError> {
+    let mut stream = ask(path, RELOAD)?;
+    let io = |source| HandoffError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    stream.set_read_timeout(Some(RELOAD_WAIT)).map_err(io)?;
+    let mut reply = String::new();
+    (&mut stream)
+        .take(MAX_RELOAD_ANSWER)
+        .read_to_string(&mut reply)
+        .map_err(io)?;
+    reply
+        .split_once(' ')
+        .and_then(|(code, message)| Some((code.parse().ok()?, message.to_string())))
+        .ok_or_else(|| HandoffError::NoAnswer {
+            path: path.to_path_buf(),
+        })
 }
 
 /// Asks the proxy behind `path` for its listening socket.

@@ -2,7 +2,7 @@
 //!
 //! A PID alone does not name a process: once it exits, the kernel may hand the same
 //! number to an unrelated program. warden therefore remembers a [`ProcessIdentity`]
-//! (PID + start time + executable) for every process it starts, and [`signal`] checks
+//! (PID + start time) for every process it starts, and [`signal`] checks
 //! that identity before sending anything. Where the kernel has pidfds (Linux ≥ 5.3)
 //! the check is repeated *after* the pidfd is opened: the pidfd pins the process, so
 //! the signal cannot reach a successor that got the PID in between.
@@ -31,15 +31,30 @@ const PROC_POLL: Duration = Duration::from_millis(20);
 const ASYNC_PROC_POLL: Duration = Duration::from_millis(250);
 
 /// Who a process is: its PID plus what makes it unique over time.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Two identities are equal when PID and start time are: a PID is reused only after
+/// its process has exited, and the kernel never starts two processes with one PID in
+/// the same clock tick. The executable's path is kept for messages only — it is not
+/// part of the identity, because replacing the binary on disk (installing over it,
+/// `cargo install`, moving the old file aside) changes what `/proc/PID/exe` reads
+/// while the process stays the same one (SPEC §17).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ProcessIdentity {
     pub pid: i32,
     /// Field 22 of `/proc/PID/stat`: clock ticks after boot when the process started.
     pub start_time: u64,
     /// `readlink /proc/PID/exe`, without the ` (deleted)` the kernel appends when the
-    /// binary was replaced on disk (an upgrade must not make our own proxy "foreign").
+    /// binary was replaced on disk. For messages only; see the type's comment.
     pub exe: PathBuf,
 }
+
+impl PartialEq for ProcessIdentity {
+    fn eq(&self, other: &ProcessIdentity) -> bool {
+        self.pid == other.pid && self.start_time == other.start_time
+    }
+}
+
+impl Eq for ProcessIdentity {}
 
 /// Why a signal was not sent (or did not have its effect).
 #[derive(Debug, thiserror::Error)]
@@ -270,7 +285,7 @@ impl ProcessIdentity {
         ProcessIdentity::of(std::process::id() as i32)
     }
 
-    /// True when a live (non-zombie) process has this PID, start time and executable.
+    /// True when a live (non-zombie) process has this PID and start time.
     pub fn matches_live(&self) -> bool {
         ProcessIdentity::of(self.pid).is_ok_and(|live| live == *self)
     }
@@ -679,13 +694,29 @@ pub fn find_proxies_of_home(home: &Home, proxy_exe_name: &str) -> Vec<ProcessIde
     let mut found: Vec<ProcessIdentity> = entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&pid| pid > 0 && pid != me)
+        // The cheapest test first: most processes are not a proxy at all.
+        .filter(|&pid| runs_program(pid, proxy_exe_name))
         .filter(|&pid| real_uid(pid) == Some(uid))
         .filter_map(|pid| ProcessIdentity::of(pid).ok())
-        .filter(|id| id.exe.file_name().is_some_and(|n| n == proxy_exe_name))
         .filter(|id| process_home(id.pid).is_some_and(|h| h == home.root()))
         .collect();
     found.sort_by_key(|id| id.pid);
     found
+}
+
+/// True when `pid` was started from a program named `name`: the command name
+/// the kernel recorded at `exec` (`/proc/PID/comm`, at most 15 bytes), which
+/// renaming the file later (an upgrade that moves the old binary aside) does not
+/// change, or else its executable's file name (a program started through a link
+/// of another name).
+fn runs_program(pid: i32, name: &str) -> bool {
+    let short: String = name.chars().take(15).collect();
+    if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        if comm.trim_end_matches('\n') == short {
+            return true;
+        }
+    }
+    read_exe(pid).is_ok_and(|exe| exe.file_name().is_some_and(|n| n == name))
 }
 
 /// The real UID of `pid` (first field of `Uid:` in `/proc/PID/status`).
@@ -877,8 +908,10 @@ pub(crate) mod tests {
             }
             .matches_live()
         );
+        // The executable's path is not part of the identity: a binary renamed or
+        // replaced on disk is still the same process.
         assert!(
-            !ProcessIdentity {
+            ProcessIdentity {
                 exe: "/bin/true".into(),
                 ..id.clone()
             }
@@ -897,22 +930,14 @@ pub(crate) mod tests {
         let err = signal(&wrong_time, Signal::SIGKILL).unwrap_err();
         assert!(matches!(err, ProcessError::IdentityMismatch { pid, .. } if pid == real.pid));
         assert!(err.to_string().contains("leaving it alone"), "{err}");
-        let wrong_exe = ProcessIdentity {
-            exe: "/opt/warden/proxy".into(),
-            ..real.clone()
-        };
-        let err = signal_impl(&wrong_exe, Signal::SIGKILL, false).unwrap_err();
+        let err = signal_impl(&wrong_time, Signal::SIGKILL, false).unwrap_err();
         let msg = err.to_string();
         assert!(
-            msg.contains(&format!("PID {} now belongs to", real.pid)),
-            "{msg}"
-        );
-        assert!(
-            msg.contains("not the /opt/warden/proxy we started"),
+            msg.contains(&format!("PID {} now belongs to another", real.pid)),
             "{msg}"
         );
         assert!(matches!(
-            terminate(&wrong_exe, Duration::ZERO),
+            terminate(&wrong_time, Duration::ZERO),
             Ok(Termination::AlreadyGone)
         ));
         // Nothing was sent: the child is still running.

@@ -91,6 +91,10 @@ fn old_note(old: &Option<OldProxy>) -> String {
 /// explain it.
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
+    #[error(
+        "cannot ask the proxy (PID {pid}) to reload: {source}; send it SIGHUP instead (`kill -HUP {pid}`) and read logs/proxy.log for the outcome"
+    )]
+    Reload { pid: i32, source: HandoffError },
     #[error("cannot prepare the home: {source}")]
     Home { source: std::io::Error },
     #[error("cannot {action} {}: {source}", path.display())]
@@ -214,6 +218,15 @@ impl SupervisorError {
 pub struct Running {
     pub pid: i32,
     pub url: String,
+}
+
+/// The running proxy's answer to `daemon reload`.
+#[derive(Debug)]
+pub struct Reloaded {
+    pub running: Running,
+    /// 0 applied, 1 applied but some settings need `daemon restart`, 2 refused.
+    pub code: i32,
+    pub message: String,
 }
 
 #[derive(Debug)]
@@ -340,6 +353,38 @@ pub struct StatusReport {
     /// Proxies of this home that hold a listening socket but that the PID file
     /// does not name.
     pub unrecorded: Vec<i32>,
+    /// The running watchdog of this home (`{"pid": N}`), or `null`.
+    pub watchdog: Option<WatchdogInfo>,
+    /// What `daemon stop` left in `run/stopped` (a watchdog stands by meanwhile).
+    pub stopped_by_operator: Option<String>,
+}
+
+/// A watchdog that holds `run/watchdog.pid`.
+#[derive(Debug, Clone, Serialize)]
+pub struct WatchdogInfo {
+    pub pid: i32,
+}
+
+/// The running watchdog of `home`: the live holder of `run/watchdog.pid`.
+pub fn running_watchdog(home: &Home) -> Option<WatchdogInfo> {
+    match pidfile::inspect(&home.watchdog_pid_file()) {
+        Ok(PidState::Running(record)) if record.identity().matches_live() => {
+            Some(WatchdogInfo { pid: record.pid })
+        }
+        _ => None,
+    }
+}
+
+/// What `run/stopped` says (who stopped the proxy, when), while it exists.
+pub fn stopped_by_operator(home: &Home) -> Option<String> {
+    let text = std::fs::read(home.stopped_marker()).ok()?;
+    let text = String::from_utf8_lossy(&text[..text.len().min(512)]);
+    let line = text.lines().next().unwrap_or("").trim();
+    Some(if line.is_empty() {
+        "stopped by `daemon stop`".to_string()
+    } else {
+        line.to_string()
+    })
 }
 
 impl StatusReport {
@@ -444,7 +489,7 @@ impl Supervisor {
         }
     }
 
-    fn home(&self) -> &Home {
+    pub fn home(&self) -> &Home {
         &self.config.home
     }
 
@@ -478,6 +523,63 @@ impl Supervisor {
             }
             _ => None,
         }
+    }
+
+    /// Leaves `run/stopped` (`daemon stop`): until `daemon start` or `restart`
+    /// removes it, a watchdog stands by instead of restarting the proxy.
+    pub fn mark_stopped(&self, _op: &Operation) -> Result<(), SupervisorError> {
+        let path = self.home().stopped_marker();
+        let line = format!(
+            "stopped by `daemon stop` (PID {}) at {}\n",
+            std::process::id(),
+            crate::support::time::now_rfc3339()
+        );
+        crate::home::atomic_file::write(&path, line.as_bytes(), None).map_err(|source| {
+            SupervisorError::PidFile {
+                action: "write",
+                path,
+                source,
+            }
+        })
+    }
+
+    /// Removes `run/stopped` (`daemon start`, `daemon restart`); true when it was there.
+    pub fn clear_stopped(&self, _op: &Operation) -> Result<bool, SupervisorError> {
+        let path = self.home().stopped_marker();
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(SupervisorError::PidFile {
+                action: "remove",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Asks the running proxy to reload its configuration (SPEC §17) and
+    /// returns its answer: `None` when no proxy of this home runs.
+    pub async fn reload(&self, _op: &Operation) -> Result<Option<Reloaded>, SupervisorError> {
+        let Some((record, running)) = self.running() else {
+            return Ok(None);
+        };
+        let path = handoff::control_socket_path(self.home(), record.pid);
+        let asked = path.clone();
+        let answer = tokio::task::spawn_blocking(move || handoff::request_reload(&asked))
+            .await
+            .map_err(|source| HandoffError::Task { path, source })
+            .and_then(|answer| answer)
+            .map_err(|source| SupervisorError::Reload {
+                pid: record.pid,
+                source,
+            })?;
+        let (code, message) = answer;
+        self.log_action(&format!("reload pid={} code={code}: {message}", record.pid));
+        Ok(Some(Reloaded {
+            running,
+            code,
+            message,
+        }))
     }
 
     /// Takes the home's operation lock for `name` (`daemon restart`, …), waiting
@@ -1030,6 +1132,8 @@ impl Supervisor {
             message,
             health: None,
             unrecorded: Vec::new(),
+            watchdog: running_watchdog(self.home()),
+            stopped_by_operator: stopped_by_operator(self.home()),
         };
         match pidfile::inspect(&pid_file) {
             Err(e) => base(

@@ -23,6 +23,10 @@
 //! line, while another operation holds it) and, if it had to wait, checks again
 //! first: what another operator fixed meanwhile is not undone.
 //!
+//! Standing by: `daemon stop` leaves `run/stopped`; while it exists the watchdog
+//! restarts nothing (a proxy an operator stopped stays stopped), says so once in
+//! its log, and resumes when `daemon start` or `daemon restart` removes it.
+//!
 //! Safety: only verified proxies of this home are ever signalled (all signalling is
 //! in [`Supervisor`]/[`process`]); `waitpid` is only called on PIDs this process
 //! spawned.
@@ -38,7 +42,9 @@ use crate::home::config::{Config, base_url_for};
 use crate::home::{Home, LogKind};
 use crate::lifecycle::pidfile::{self, PidFileError, PidRecord, PidState};
 use crate::lifecycle::process;
-use crate::lifecycle::supervisor::{StartOutcome, StopOutcome, Supervisor, SupervisorError};
+use crate::lifecycle::supervisor::{
+    StartOutcome, StopOutcome, Supervisor, SupervisorError, stopped_by_operator,
+};
 
 /// How long `on_give_up` may run before it is killed.
 pub const GIVE_UP_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -169,6 +175,8 @@ pub struct Watchdog {
     children: Vec<i32>,
     /// Mirror log lines on stderr (a person is watching).
     echo: bool,
+    /// `run/stopped` was there at the last check (logged once per stand-by).
+    standing_by: bool,
 }
 
 impl Watchdog {
@@ -186,6 +194,7 @@ impl Watchdog {
             strikes: Strikes::default(),
             children: Vec::new(),
             echo: std::io::stderr().is_terminal(),
+            standing_by: false,
         }
     }
 
@@ -300,6 +309,12 @@ impl Watchdog {
             })
             .await
             .map_err(RestartError::Begin)?;
+        if let Some(by) = stopped_by_operator(&self.home) {
+            // `daemon stop` ran while this restart waited for the lock.
+            return Ok(format!(
+                "nothing restarted: the proxy was {by}; standing by"
+            ));
+        }
         let mut alive = alive.cloned();
         if op.waited() {
             // Someone else worked on the proxy meanwhile: judge it again.
@@ -378,6 +393,12 @@ impl Watchdog {
     /// at the end (also after a successful restart), 1 when not. Silent when the
     /// check passes, so cron mails only when something happened.
     pub async fn once(&mut self) -> i32 {
+        if let Some(by) = stopped_by_operator(&self.home) {
+            self.log(&format!(
+                "once: standing by: the proxy was {by}; not checked, not restarted"
+            ));
+            return EXIT_OK;
+        }
         match self.check().await {
             Check::Healthy { .. } => EXIT_OK,
             Check::Failed { reason, alive } => {
@@ -501,6 +522,21 @@ impl Watchdog {
 
     /// One check and what follows from it. `Some(code)` ends the watchdog.
     async fn handle_check(&mut self, trigger: Trigger, signals: &mut Signals) -> Option<i32> {
+        if let Some(by) = stopped_by_operator(&self.home) {
+            self.reap(None);
+            if !self.standing_by {
+                self.standing_by = true;
+                self.strikes.clear();
+                self.log(&format!(
+                    "standing by: the proxy was {by}; not restarting it until `daemon start` or `daemon restart`"
+                ));
+            }
+            return None;
+        }
+        if self.standing_by {
+            self.standing_by = false;
+            self.log("watching again: `daemon start` or `daemon restart` removed run/stopped");
+        }
         let exit_status = match trigger {
             Trigger::Exit(pid) => self.reap(Some(pid)),
             _ => {

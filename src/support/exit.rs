@@ -29,6 +29,21 @@ pub mod status {
     pub const UNHEALTHY: i32 = 4;
 }
 
+/// `daemon reload` (SPEC §17); the proxy's answer to a reload carries the first three.
+pub mod reload {
+    /// Everything applied to new requests.
+    pub const APPLIED: i32 = 0;
+    /// What can change live applied; a setting named in the message needs `daemon restart`.
+    pub const NEEDS_RESTART: i32 = 1;
+    /// The new configuration has an error: nothing applied, the old one keeps serving.
+    pub const REFUSED: i32 = 2;
+    /// No proxy runs (as `daemon status`).
+    pub const NOT_RUNNING: i32 = 3;
+    /// The running proxy could not be asked (another operation held the home too
+    /// long, or its control socket did not answer); nothing is known to have changed.
+    pub const UNREACHABLE: i32 = 4;
+}
+
 /// `preflight --format nagios`, the Nagios plugin convention.
 pub mod nagios {
     pub const OK: i32 = 0;

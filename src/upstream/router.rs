@@ -418,6 +418,50 @@ impl Router {
         None
     }
 
+    /// What clients cannot reach now because every provider that serves it is
+    /// cooling: entries of the providers' `models` (patterns as written; the ids
+    /// a discovering provider reported) and aliases (`NAME (alias of TARGET)`).
+    /// Requests for them get 503 `providers_cooling` until one recovers, so
+    /// `/health` warns while this is not empty. Empty at once when nothing cools.
+    pub fn cooling_models(&self) -> Vec<String> {
+        let mut cooling: u64 = 0;
+        for (i, provider) in self.providers.iter().enumerate() {
+            if provider.health().cooling {
+                cooling |= 1 << i;
+            }
+        }
+        if cooling == 0 {
+            return Vec::new();
+        }
+        let all_cooling = |candidates: u64| candidates != 0 && candidates & !cooling == 0;
+        let mut names: Vec<String> = Vec::new();
+        for provider in &self.providers {
+            let entries = if provider.discovers() {
+                provider.discovered()
+            } else {
+                provider.settings.models.clone()
+            };
+            for entry in entries {
+                // A pattern's candidates: the providers that serve what it starts with.
+                let probe = entry.strip_suffix('*').unwrap_or(&entry);
+                if all_cooling(self.candidates(probe)) && !names.contains(&entry) {
+                    names.push(entry);
+                }
+            }
+        }
+        let mut aliases: Vec<(&String, &String)> = self.aliases.iter().collect();
+        aliases.sort();
+        for (alias, target) in aliases {
+            if self
+                .route(alias)
+                .is_ok_and(|route| all_cooling(route.candidates))
+            {
+                names.push(format!("{alias} (alias of {target})"));
+            }
+        }
+        names
+    }
+
     /// The providers that serve `model`, as a bit mask over `self.providers`.
     fn candidates(&self, model: &str) -> u64 {
         let mut mask = 0;

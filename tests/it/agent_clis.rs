@@ -72,6 +72,10 @@ elif mode == "fail":
     sys.exit(3)
 elif mode == "silent":
     pass
+elif mode == "dies":
+    delta("partial ")
+    sys.stderr.write("segfault in the model\n")
+    sys.exit(2)
 elif mode == "huge":
     delta("x")
     line = json.dumps({"type": "noise", "pad": "y" * 1000}) + "\n"
@@ -358,6 +362,23 @@ async fn a_failing_cli_fails_over_and_alone_is_a_502_with_its_redacted_stderr() 
     );
     assert!(!health.to_string().contains("s3cret-value"));
     assert!(metrics_text(&proxy).await.contains("lonely"));
+}
+
+#[tokio::test]
+async fn a_cli_that_fails_after_answering_ends_the_stream_with_one_error_event() {
+    let fakes = Fakes::new();
+    let (_home, proxy) = start(&fakes.provider("agent", "dies", ""), &[]);
+    let response = post_chat(&proxy, &chat("agent", true)).await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    let data = sse_data(&text);
+    assert!(data[0].contains("partial "), "{text}");
+    let errors: Vec<&String> = data.iter().filter(|d| d.contains("\"error\"")).collect();
+    assert_eq!(errors.len(), 1, "{text}");
+    assert!(errors[0].contains("exited with status 2"), "{text}");
+    assert!(errors[0].contains("segfault in the model"), "{text}");
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    assert!(!text.contains("\"finish_reason\":\"stop\""), "{text}");
 }
 
 #[tokio::test]

@@ -43,4 +43,5 @@ mod safety_doc;
 mod systemd;
 mod traces;
 mod ui;
+mod upgrade;
 mod watchdog;

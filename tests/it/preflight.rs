@@ -545,3 +545,67 @@ fn checks_run_concurrently() {
     assert_eq!(check(&report, "ping")["status"], "pass");
     assert_eq!(check(&report, "pong")["status"], "pass");
 }
+
+/// A provider URL with a wrong base path (its `GET …/models` answers 404) is not
+/// a pass: alone it fails, saying the path is wrong and what it usually ends in;
+/// covered by another provider it warns.
+#[test]
+fn a_url_whose_models_answer_404_is_a_wrong_base_path_not_a_pass() {
+    use crate::support::upstream::{Behaviour, Upstream};
+    let up = Upstream::start(Behaviour::Fast);
+    // The test upstream serves /v1/models; the base path without /v1 answers 404.
+    let wrong = format!("http://{}", up.addr);
+    let dir = prepared_home();
+    write_config(
+        dir.path(),
+        free_port(),
+        &format!("[upstream]\nurl = \"{wrong}\"\n"),
+    );
+    write_private(
+        &dir.path().join(".env"),
+        "OPENAI_API_KEY=k-test-0123456789\n",
+    );
+    let out = run(preflight(dir.path()).args(["--only", "upstream", "--json"]));
+    let report = json(&out);
+    let upstream = check(&report, "upstream");
+    assert_eq!(upstream["status"], "fail", "{report}");
+    let message = upstream["message"].as_str().unwrap();
+    assert!(
+        message.contains("HTTP 404")
+            && message.contains("not at this base path")
+            && message.contains(&format!("{wrong}/v1")),
+        "{message}"
+    );
+    assert_eq!(out.status.code(), Some(1));
+
+    // The right base path passes.
+    write_config(
+        dir.path(),
+        free_port(),
+        &format!("[upstream]\nurl = \"{}\"\n", up.url()),
+    );
+    let report = json(&run(
+        preflight(dir.path()).args(["--only", "upstream", "--json"])
+    ));
+    assert_eq!(check(&report, "upstream")["status"], "pass", "{report}");
+
+    // With providers: the wrong one is unreachable, the other covers its models.
+    write_config(
+        dir.path(),
+        free_port(),
+        &format!(
+            "[[providers]]\nname = \"wrong\"\nurl = \"{wrong}\"\napi_key_env = \"OPENAI_API_KEY\"\n\n\
+             [[providers]]\nname = \"right\"\nurl = \"{}\"\napi_key_env = \"OPENAI_API_KEY\"\n",
+            up.url()
+        ),
+    );
+    let report = json(&run(
+        preflight(dir.path()).args(["--only", "upstream", "--json"])
+    ));
+    let upstream = check(&report, "upstream");
+    assert_eq!(upstream["status"], "warn", "{report}");
+    assert!(
+        upstream["message"].as_str().unwrap().contains("wrong: GET"),
+        "{report}"
+    );
+}

@@ -883,3 +883,43 @@ async fn the_catalog_unites_declared_and_discovered_models_and_outlives_a_down_p
     assert!(said.contains("models.json"), "{said}");
     assert!(!home.file("cache/models.json").exists(), "{said}");
 }
+
+/// docs/contract.md §17: while every provider of some `models` entry (or alias)
+/// is cooling, `/health` says `warn` (HTTP 200) and names them; readiness stays
+/// 200, and the models other providers serve still answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn health_warns_naming_the_models_whose_every_provider_is_cooling() {
+    let a = TestUpstream::start("a", Mode::RateLimited(Some(300)));
+    let b = TestUpstream::start("b", Mode::Healthy);
+    let (_home, proxy) = start(&format!(
+        "{}{}[aliases]\nfast = \"gpt-4o\"\nsmart = \"o4-mini\"\n",
+        provider("a", &a.url, r#"["gpt-*"]"#, 0, ""),
+        provider("b", &b.url, r#"["o4-*"]"#, 0, ""),
+    ));
+    let h = health(&proxy).await;
+    assert_eq!(h["status"], "pass", "{h}");
+    assert_eq!(h["cooling_models"], json!([]), "{h}");
+
+    assert_eq!(chat(&proxy, "gpt-4o").await.status(), 429);
+    let r = client()
+        .get(format!("{}/health", proxy.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "warn is still HTTP 200");
+    let h: Value = r.json().await.unwrap();
+    assert_eq!(h["status"], "warn", "{h}");
+    assert_eq!(
+        h["cooling_models"],
+        json!(["gpt-*", "fast (alias of gpt-4o)"]),
+        "{h}"
+    );
+    let ready = client()
+        .get(format!("{}/health/ready", proxy.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(chat(&proxy, "gpt-4o").await.status(), 503);
+    assert_eq!(chat(&proxy, "o4-mini").await.status(), 200);
+}

@@ -507,8 +507,10 @@ fn once_starts_a_missing_proxy_and_exits_by_health() {
     assert_eq!(log(&home), before);
     assert_eq!(proxy_record(&home).map(|r| r.pid), Some(started.pid));
 
-    // Cannot be made healthy (another program holds the port) → 1.
-    assert!(run("daemon", &home, &["stop"]).status.success());
+    // Cannot be made healthy (another program holds the port) → 1. The proxy is
+    // killed (identity-checked), not stopped with `daemon stop`, after which
+    // `--once` would stand by.
+    process::terminate(&started.identity(), Duration::ZERO).unwrap();
     let _holder = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     let out = run("watchdog", &home, &["--once"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
@@ -561,4 +563,62 @@ fn a_broken_config_at_start_is_exit_2_naming_the_key() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// `daemon stop` while a watchdog runs: the watchdog stands by (it logs so and
+/// restarts nothing), `daemon status` names it, `daemon start` resumes it, and
+/// `watchdog --once` after a stop exits 0 doing nothing.
+#[test]
+fn a_watchdog_stands_by_after_daemon_stop_and_resumes_after_start() {
+    let (home, _port) = home_with("");
+    let _cleanup = ProxyCleanup {
+        home: &home,
+        also: Vec::new(),
+    };
+    let first = start_proxy(&home);
+    let mut watchdog = Watchdog::spawn(&home, &["--interval", "1"]);
+    wait_log(&home, &format!("watching PID {}", first.pid));
+    let out = run("daemon", &home, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["watchdog"]["pid"], watchdog.pid(), "{status}");
+
+    let out = run("daemon", &home, &["stop"]);
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains(&format!("watchdog PID {} stands by", watchdog.pid())),
+        "{said}"
+    );
+    assert!(home.file("run/stopped").exists());
+    // The proxy's exit wakes the watchdog at once: that check stands by instead
+    // of restarting.
+    wait_log(&home, "standing by: the proxy was stopped by `daemon stop`");
+    assert!(proxy_record(&home).is_none(), "the watchdog restarted it");
+    assert!(!log(&home).contains("restart done"), "{}", log(&home));
+    let out = run("daemon", &home, &["status"]);
+    assert_eq!(out.status.code(), Some(3));
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("stopped by `daemon stop`")
+            && shown.contains(&format!("watchdog  PID {}, standing by", watchdog.pid())),
+        "{shown}"
+    );
+
+    let out = run("daemon", &home, &["start", "--no-check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!home.file("run/stopped").exists());
+    wait_log(&home, "watching again");
+    watchdog.signal(Signal::SIGTERM);
+    assert_eq!(watchdog.wait().code(), Some(0));
+
+    // `watchdog --once` (cron) after `daemon stop`: exit 0, nothing started.
+    assert_eq!(run("daemon", &home, &["stop"]).status.code(), Some(0));
+    let out = run("watchdog", &home, &["--once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).is_empty(), "{}", text(&out.stdout));
+    assert!(proxy_record(&home).is_none(), "--once started the proxy");
+    assert!(log(&home).contains("once: standing by"), "{}", log(&home));
+    let out = run("daemon", &home, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(status["watchdog"].is_null(), "{status}");
 }

@@ -40,11 +40,6 @@ impl Registry {
         };
         groups.iter().filter(|g| g.kill()).count()
     }
-
-    /// How many processes are running now.
-    pub fn running(&self) -> usize {
-        self.live.lock().map_or(0, |l| l.len())
-    }
 }
 
 /// Shared by the request (which may kill) and the reaper (which reaps).

@@ -302,6 +302,10 @@ pub(crate) enum ProbeError {
     Get { url: String, error: reqwest::Error },
     #[error("{url} answered HTTP {status}")]
     Status { url: String, status: u16 },
+    /// `GET {base}/models` answered 404: a server is there, but the base URL's
+    /// path is not where its API lives, so every request would fail the same way.
+    #[error("GET {url} answered HTTP 404: a server answers, but not at this base path; {advice}")]
+    WrongPath { url: String, advice: String },
     /// An `api = "command"` provider's program is not found.
     #[error("{program:?} is not on PATH ({hint})")]
     NotOnPath { program: String, hint: String },

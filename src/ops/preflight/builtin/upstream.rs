@@ -1,5 +1,8 @@
 //! `upstream`: does the upstream answer HTTP at all within `upstream.connect_timeout`?
-//! Any status passes (a 401 without a key still proves the server is there).
+//! Any status passes (a 401 without a key still proves the server is there) but
+//! 404: `GET {url}/models` not found means the URL's base path is wrong (an
+//! OpenAI-compatible base usually ends in `/v1`), and every request would fail
+//! the same way, so it counts as unreachable.
 //!
 //! With `[[providers]]` every provider is asked (at once, each within its own
 //! `connect_timeout`): the check fails when some configured model has no
@@ -74,6 +77,12 @@ async fn probe(base: &str, budget: Duration, key: &str) -> Result<String, ProbeE
         .build()
         .map_err(|error| ProbeError::Client { error })?;
     match client.get(url.clone()).send().await {
+        Ok(response) if response.status() == reqwest::StatusCode::NOT_FOUND => {
+            Err(ProbeError::WrongPath {
+                url: shown,
+                advice: path_advice(base),
+            })
+        }
         Ok(response) => Ok(format!(
             "GET {shown} answered HTTP {} in {} ms",
             response.status().as_u16(),
@@ -81,6 +90,19 @@ async fn probe(base: &str, budget: Duration, key: &str) -> Result<String, ProbeE
         )),
         Err(e) if e.is_timeout() => Err(ProbeError::NoAnswer { url: shown, budget }),
         Err(error) => Err(ProbeError::Get { url: shown, error }),
+    }
+}
+
+/// What to try when `GET {base}/models` is not found.
+fn path_advice(base: &str) -> String {
+    let base = crate::support::redact::url(base.trim_end_matches('/'));
+    if base.ends_with("/v1") {
+        "check the path of the URL against the provider's documentation".to_string()
+    } else {
+        format!(
+            "an OpenAI-compatible base URL usually ends in /v1 (for example {base}/v1); \
+             check the path against the provider's documentation"
+        )
     }
 }
 
