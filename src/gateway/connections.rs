@@ -741,6 +741,10 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let timeout_secs = limits.body_timeout.as_secs();
         let budget = &self.shared.gw.body_budget;
         let lease = budget.lease();
+        let mut request = request;
+        // A handler that streams the body on (pass-through) gives bytes back
+        // as they leave, instead of when it answers.
+        request.extensions_mut().insert(lease.clone());
         let request = request.map(|inner| {
             Body::new(TimedBody {
                 inner,

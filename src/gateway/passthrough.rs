@@ -65,7 +65,11 @@ pub async fn passthrough(State(gw): State<Arc<Gateway>>, request: Request) -> Re
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let max = gw.config.server.max_body_bytes;
-    let upload = Upload::new(max);
+    let lease = parts
+        .extensions
+        .get::<Arc<super::body_budget::Lease>>()
+        .cloned();
+    let upload = Upload::new(max, lease);
     let empty = http_body::Body::is_end_stream(&body) || parts.method == Method::GET;
     let mut model: Option<String> = None;
     let mut multipart: Option<Multipart> = None;
@@ -283,8 +287,9 @@ impl Multipart {
     }
 }
 
-/// Counts a streamed upload against `server.max_body_bytes` and remembers why
-/// it stopped, so the client gets 413 or 408 rather than the provider's error.
+/// Counts a streamed upload against `server.max_body_bytes`, gives its bytes
+/// back to `server.max_body_memory` as they are handed on, and remembers why it
+/// stopped, so the client gets 413, 503 or 408 rather than the provider's error.
 #[derive(Clone)]
 struct Upload {
     max: u64,
@@ -293,16 +298,20 @@ struct Upload {
     timed_out: Arc<AtomicBool>,
     /// `server.max_body_memory` had no room for it in time: why, for the 503.
     memory_full: Arc<std::sync::OnceLock<String>>,
+    /// The request's share of `server.max_body_memory`: a chunk handed on to
+    /// the provider is no longer held, so its bytes go back at once.
+    lease: Option<Arc<super::body_budget::Lease>>,
 }
 
 impl Upload {
-    fn new(max: usize) -> Upload {
+    fn new(max: usize, lease: Option<Arc<super::body_budget::Lease>>) -> Upload {
         Upload {
             max: max as u64,
             seen: Arc::new(AtomicU64::new(0)),
             too_large: Arc::new(AtomicBool::new(false)),
             timed_out: Arc::new(AtomicBool::new(false)),
             memory_full: Arc::new(std::sync::OnceLock::new()),
+            lease,
         }
     }
 
@@ -322,6 +331,11 @@ impl Upload {
                         "request body is larger than server.max_body_bytes ({} bytes)",
                         upload.max
                     )));
+                }
+                // Handed on (at most a chunk or two wait in the client's
+                // buffers): no longer held, so no longer counted.
+                if let Some(lease) = &upload.lease {
+                    lease.give_back(chunk.len());
                 }
                 Ok(chunk)
             }
