@@ -3,8 +3,12 @@
 # valgrind's callgrind: deterministic, so a loaded machine does not blur it (unlike req/s).
 # Runs PROXY twice under callgrind in front of the nginx fixed-answer upstream: once with no
 # request and once with N sequential keep-alive chat requests (default 2000); prints
-# (total(N) - total(0)) / N. Compare two builds by running it on each.
+# (total(N) - total(0)) / N, and the same for calls to the C allocator (malloc, calloc,
+# realloc, ...: allocations per request, counted from callgrind's call counts by
+# benches/callgrind_allocs.py). Compare two builds by running it on each.
 #   benches/instructions.sh target/release/proxy
+#   CALLGRIND_KEEP=DIR benches/instructions.sh ...   also keeps both callgrind files in DIR
+#     (callgrind_annotate DIR/callgrind.N: where the instructions go, by function)
 # Needs valgrind and nginx (Debian); loopback only; stops what it started.
 set -euo pipefail
 BIN=$(realpath "${1:?usage: benches/instructions.sh PROXY [N]}")
@@ -34,8 +38,9 @@ for _ in range(n):
 PY
   kill -TERM "$pid"
   wait "$pid" || true
-  awk '/^(summary|totals):/ {print $2; exit}' "$work/callgrind.$n"
+  if [ -n "${CALLGRIND_KEEP:-}" ]; then mkdir -p "$CALLGRIND_KEEP" && cp "$work/callgrind.$n" "$CALLGRIND_KEEP/"; fi
+  echo "$(awk '/^(summary|totals):/ {print $2; exit}' "$work/callgrind.$n") $(python3 benches/callgrind_allocs.py "$work/callgrind.$n")"
 }
-zero=$(total 0)
-many=$(total "$N")
-echo "$BIN: $(((many - zero) / N)) instructions per request (callgrind, N=$N)"
+read -r zero zero_allocs < <(total 0)
+read -r many many_allocs < <(total "$N")
+echo "$BIN: $(((many - zero) / N)) instructions and $(((many_allocs - zero_allocs) / N)) allocations per request (callgrind, N=$N)"

@@ -3,7 +3,7 @@
 #   - every relative link in a Markdown file resolves to a file or folder of the repository,
 #     and a link's #anchor to a heading of the Markdown file it names;
 #   - no link leaves the repository (a ../ past its root, an absolute path), and no file
-#     mentions the contract's old place outside it (shared/SPEC.md, ../shared);
+#     mentions the contract's old place outside it (shared/SPEC.md, ../shared, "SPEC §N");
 #   - every docs/NAME.md any file mentions exists;
 #   - no Markdown file speaks of how warden was made ("this turn", "the first version",
 #     "the seed's", "since session N", "since 0.2", "issue 13"): a reader has none of that;
@@ -114,6 +114,9 @@ for f in tracked():
         for outside in ("shared/SPEC", "../shared"):
             if outside in line:
                 report(f, number, f"mentions {outside!r}, which is not in the repository: point at docs/ instead")
+        if re.search(r"\bSPEC\b(?!S)", line):
+            report(f, number, "refers to the SPEC, which is not in the repository: "
+                              "write docs/contract.md §N (the same numbers) or name a docs/ page")
         for doc in re.findall(r"\bdocs/[A-Za-z0-9_-]+\.md\b", line):
             if not os.path.exists(doc):
                 report(f, number, f"mentions {doc}, which does not exist")

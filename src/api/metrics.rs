@@ -23,22 +23,52 @@ use serde_json::{Map, Value, json};
 /// keeps label cardinality bounded whatever clients send.
 pub fn route_label(path: &str) -> &'static str {
     match path {
-        "/v1/chat/completions" => "/v1/chat/completions",
-        "/v1/models" => "/v1/models",
-        "/v1/responses" => "/v1/responses",
-        "/v1/messages" => "/v1/messages",
-        "/v1/messages/count_tokens" => "/v1/messages/count_tokens",
-        "/health" => "/health",
-        "/health/live" => "/health/live",
-        "/health/ready" => "/health/ready",
-        "/metrics" => "/metrics",
-        "/v1/embeddings" => "/v1/embeddings",
-        "/v1/completions" => "/v1/completions",
-        p if p.starts_with("/v1/models/") => "/v1/models/{id}",
+        "/v1/chat/completions" => ROUTES[0],
+        "/v1/models" => ROUTES[1],
+        "/v1/responses" => ROUTES[2],
+        "/v1/messages" => ROUTES[3],
+        "/v1/messages/count_tokens" => ROUTES[4],
+        "/health" => ROUTES[5],
+        "/health/live" => ROUTES[6],
+        "/health/ready" => ROUTES[7],
+        "/metrics" => ROUTES[8],
+        "/v1/embeddings" => ROUTES[9],
+        "/v1/completions" => ROUTES[10],
+        p if p.starts_with("/v1/models/") => ROUTES[11],
         // Every other API path is passed through (one label, whatever the path).
-        p if p.starts_with("/v1/") => "/v1/*",
-        _ => "other",
+        p if p.starts_with("/v1/") => ROUTES[12],
+        _ => ROUTES[13],
     }
+}
+
+/// Every `route` label [`route_label`] hands out, in one place (a static, so
+/// each has one address): a label from here is recognised by its address
+/// ([`route_index`]).
+static ROUTES: [&str; ROUTE_COUNT] = [
+    "/v1/chat/completions",
+    "/v1/models",
+    "/v1/responses",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+    "/health",
+    "/health/live",
+    "/health/ready",
+    "/metrics",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/models/{id}",
+    "/v1/*",
+    "other",
+];
+
+const ROUTE_COUNT: usize = 14;
+
+/// The index in [`ROUTES`] of a label that came from there (compared by
+/// address, so a lookup costs a few comparisons and no hashing).
+fn route_index(route: &'static str) -> Option<usize> {
+    ROUTES
+        .iter()
+        .position(|r| std::ptr::eq(r.as_ptr(), route.as_ptr()) && r.len() == route.len())
 }
 
 /// At most this many distinct model names get their own label; the rest are `other`.
@@ -257,6 +287,11 @@ pub struct Metrics {
     model_labels: std::sync::atomic::AtomicUsize,
     model_tokens: Family<ModelTokenLabel, Counter>,
     upstream_attempts: Family<OutcomeLabel, Counter>,
+    /// `upstream_attempts`' series, by `AttemptOutcome as usize`.
+    attempt_counters: [Counter; 4],
+    /// Each route's `requests{status="200"}` series and `duration` histogram,
+    /// by [`route_index`], once used.
+    route_ok: [OnceLock<(Counter, Histogram)>; ROUTE_COUNT],
     uptime: Gauge<f64, std::sync::atomic::AtomicU64>,
     rss: Gauge,
     prompt_age: Family<PromptLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -309,6 +344,8 @@ impl Metrics {
             model_labels: Default::default(),
             model_tokens: Family::default(),
             upstream_attempts: Family::default(),
+            attempt_counters: Default::default(),
+            route_ok: Default::default(),
             uptime: Gauge::default(),
             rss: Gauge::default(),
             prompt_age: Family::default(),
@@ -512,11 +549,13 @@ impl Metrics {
         );
         // Series that exist from the start at 0, so dashboards and alerts see them
         // before the first event.
-        for outcome in AttemptOutcome::ALL {
-            let _ = m.upstream_attempts.get_or_create(&OutcomeLabel {
-                outcome: outcome.label(),
-            });
-        }
+        let attempt_counters = AttemptOutcome::ALL.map(|outcome| {
+            m.upstream_attempts
+                .get_or_create(&OutcomeLabel {
+                    outcome: outcome.label(),
+                })
+                .clone()
+        });
         for why in [
             Rejection::Concurrency,
             Rejection::Auth,
@@ -527,7 +566,11 @@ impl Metrics {
                 reason: why.label(),
             });
         }
-        Metrics { registry, ..m }
+        Metrics {
+            registry,
+            attempt_counters,
+            ..m
+        }
     }
 
     pub fn uptime(&self) -> Duration {
@@ -545,12 +588,29 @@ impl Metrics {
 
     /// A response finished (or the client went away), for any route.
     pub fn request_finished(&self, route: &'static str, status: u16, elapsed: Duration, api: bool) {
-        self.requests
-            .get_or_create(&RouteStatus { route, status })
-            .inc();
-        self.duration
-            .get_or_create(&RouteLabel { route })
-            .observe(elapsed.as_secs_f64());
+        match route_index(route).filter(|_| status == 200) {
+            // The usual answer: its two series, looked up once per route.
+            Some(i) => {
+                let (ok, duration) = self.route_ok[i].get_or_init(|| {
+                    (
+                        self.requests
+                            .get_or_create(&RouteStatus { route, status })
+                            .clone(),
+                        self.duration.get_or_create(&RouteLabel { route }).clone(),
+                    )
+                });
+                ok.inc();
+                duration.observe(elapsed.as_secs_f64());
+            }
+            None => {
+                self.requests
+                    .get_or_create(&RouteStatus { route, status })
+                    .inc();
+                self.duration
+                    .get_or_create(&RouteLabel { route })
+                    .observe(elapsed.as_secs_f64());
+            }
+        }
         if api {
             let counter = if status < 400 {
                 &self.stats.success
@@ -637,11 +697,9 @@ impl Metrics {
     }
 
     pub fn upstream_attempt(&self, outcome: AttemptOutcome) {
-        self.upstream_attempts
-            .get_or_create(&OutcomeLabel {
-                outcome: outcome.label(),
-            })
-            .inc();
+        // The series of every outcome exists from the start: a handle per
+        // outcome, no label lookup per attempt.
+        self.attempt_counters[outcome as usize].inc();
     }
 
     /// Records one exchange's upstream time and the overhead the gateway added.
@@ -929,6 +987,31 @@ mod tests {
         assert_eq!(samples[0]["labels"]["route"], json!("/v1/models"));
         let tokens = &json["metrics"]["warden_model_tokens"]["samples"];
         assert_eq!(tokens.as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_route_label_counts_in_one_series_whichever_way_it_is_looked_up() {
+        let m = Metrics::new();
+        let chat = route_label("/v1/chat/completions");
+        assert_eq!(route_index(chat), Some(0));
+        // A label equal in text but not from `route_label` takes the lookup path.
+        let other: &'static str = Box::leak(String::from("/v1/chat/completions").into_boxed_str());
+        assert_eq!(route_index(other), None);
+        for route in [chat, chat, other] {
+            m.request_finished(route, 200, Duration::from_millis(1), true);
+        }
+        m.request_finished(chat, 500, Duration::from_millis(1), true);
+        m.upstream_attempt(AttemptOutcome::Retried);
+        let text = m.render_text();
+        for line in [
+            "warden_http_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 3\n",
+            "warden_http_requests_total{route=\"/v1/chat/completions\",status=\"500\"} 1\n",
+            "warden_http_request_duration_seconds_count{route=\"/v1/chat/completions\"} 4\n",
+            "warden_upstream_attempts_total{outcome=\"retried\"} 1\n",
+            "warden_upstream_attempts_total{outcome=\"ok\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 
     #[test]

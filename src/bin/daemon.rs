@@ -20,6 +20,7 @@ use warden::support::cli::HomeArgs;
 ///
 /// Examples:
 ///   daemon start               # preflight checks, then start and wait until ready
+///   daemon start --port 8080   # on another port (restarts and the watchdog keep it)
 ///   daemon status --json       # exit 0 healthy, 1 dead, 3 stopped, 4 unhealthy
 ///   daemon restart             # zero-downtime: the new proxy takes over the socket
 ///   daemon reload              # apply warden.toml and .env changes, as SIGHUP does
@@ -41,6 +42,12 @@ enum Cmd {
         /// Skip the preflight checks.
         #[arg(long)]
         no_check: bool,
+        /// Listen on this address (kept for restarts and the watchdog) [default: server.host]
+        #[arg(long, value_name = "H")]
+        host: Option<String>,
+        /// Listen on this port (kept for restarts and the watchdog) [default: server.port]
+        #[arg(long, value_name = "P")]
+        port: Option<u16>,
         /// Print the outcome as one JSON document.
         #[arg(long)]
         json: bool,
@@ -56,6 +63,12 @@ enum Cmd {
         /// Skip the preflight checks.
         #[arg(long)]
         no_check: bool,
+        /// Move to this address (stop, then start) [default: the running proxy's]
+        #[arg(long, value_name = "H")]
+        host: Option<String>,
+        /// Move to this port (stop, then start) [default: the running proxy's]
+        #[arg(long, value_name = "P")]
+        port: Option<u16>,
     },
     /// Re-read warden.toml and .env in the running proxy (as SIGHUP does). Exit 0 applied,
     /// 1 applied but some settings need `daemon restart` (named), 2 refused (the running
@@ -110,7 +123,8 @@ fn main() -> ExitCode {
 fn load(home: &Home) -> Result<Config, i32> {
     Config::load(home, &Overrides::default()).map_err(|e| {
         eprintln!("daemon: configuration error: {e}");
-        eprintln!("daemon: fix it (or run `doctor`), then try again");
+        // doctor cannot fix a wrong value or key: the message names where it is.
+        eprintln!("daemon: fix what it names, then try again");
         1
     })
 }
@@ -134,8 +148,20 @@ async fn run(home: Home, command: Cmd) -> i32 {
             which,
         } => logs(&home, follow, lines, which),
         Cmd::Check { json } => check(&home, json).await.1,
-        Cmd::Start { no_check, json } => {
-            let Some((supervisor, op)) = launching(&home, "daemon start", no_check).await else {
+        Cmd::Start {
+            no_check,
+            json,
+            host,
+            port,
+        } => {
+            let address = Overrides {
+                host,
+                port,
+                upstream_url: None,
+            };
+            let Some((supervisor, op)) =
+                launching(&home, "daemon start", no_check, address, false).await
+            else {
                 return 1;
             };
             start(&supervisor, &op, json).await
@@ -147,8 +173,19 @@ async fn run(home: Home, command: Cmd) -> i32 {
             };
             stop(&supervisor, &op, force).await
         }
-        Cmd::Restart { no_check } => {
-            let Some((supervisor, op)) = launching(&home, "daemon restart", no_check).await else {
+        Cmd::Restart {
+            no_check,
+            host,
+            port,
+        } => {
+            let address = Overrides {
+                host,
+                port,
+                upstream_url: None,
+            };
+            let Some((supervisor, op)) =
+                launching(&home, "daemon restart", no_check, address, true).await
+            else {
                 return 1;
             };
             restart(&supervisor, &op).await
@@ -196,10 +233,22 @@ async fn launching(
     home: &Home,
     name: &'static str,
     no_check: bool,
+    address: Overrides,
+    keep_address: bool,
 ) -> Option<(Supervisor, Operation)> {
-    let supervisor = Supervisor::new(load(home).ok()?);
+    let mut supervisor = Supervisor::new(load(home).ok()?);
     let op = begin(&supervisor, name).await?;
-    if !prepare(&supervisor, &op) || (!no_check && !gate(home).await) {
+    if let Err(e) = supervisor.set_address(&op, address, keep_address) {
+        report_error(&e);
+        return None;
+    }
+    // Preflight checks the address the proxy will really be given.
+    let overrides = Overrides {
+        host: Some(supervisor.config.server.host.clone()),
+        port: Some(supervisor.config.server.port),
+        upstream_url: None,
+    };
+    if !prepare(&supervisor, &op) || (!no_check && !gate(home, overrides).await) {
         return None;
     }
     Some((supervisor, op))
@@ -231,8 +280,12 @@ fn prepare(supervisor: &Supervisor, op: &Operation) -> bool {
 }
 
 /// Runs the preflight checks; prints the failures and returns false when any failed.
-async fn gate(home: &Home) -> bool {
-    let report = preflight::run(home, &RunOptions::default()).await;
+async fn gate(home: &Home, overrides: Overrides) -> bool {
+    let options = RunOptions {
+        overrides,
+        ..RunOptions::default()
+    };
+    let report = preflight::run(home, &options).await;
     let failed: Vec<_> = report.failed().collect();
     if failed.is_empty() {
         // Warnings do not stop a start, but a provider or NATS server that is
@@ -253,10 +306,21 @@ async fn gate(home: &Home) -> bool {
             eprintln!("      fix: {hint}");
         }
     }
-    eprintln!(
-        "daemon: run `doctor` to fix what is safe to fix, or pass --no-check to start anyway"
-    );
     let ids: Vec<_> = report.failed().map(|c| c.id.as_str()).collect();
+    // Only where doctor has a fix (folders, .env's mode, stale PID files,
+    // orphans, the prompt cache); a taken port or a typo is the operator's to fix.
+    if ids
+        .iter()
+        .any(|id| ["dirs", "env", "process", "prompts"].contains(id))
+    {
+        eprintln!(
+            "daemon: run `doctor` to fix what is safe to fix, or pass --no-check to start anyway"
+        );
+    } else {
+        eprintln!(
+            "daemon: fix what is named above (doctor has no fix for it), or pass --no-check to start anyway"
+        );
+    }
     let line = format!("start refused: preflight failed ({})", ids.join(", "));
     let _ = warden::home::logs::append_line(home, LogKind::Daemon, &line);
     false

@@ -73,7 +73,8 @@ fn main() -> ExitCode {
             };
             let status = exit::fail("proxy", &e, code);
             if let ProxyError::Config(_) = e {
-                eprintln!("proxy: fix the value (or run `doctor`) and start again");
+                // doctor cannot fix a wrong value or key: the message above names it.
+                eprintln!("proxy: fix what it names and start again");
             }
             status
         }

@@ -1,5 +1,5 @@
 //! `server.max_body_memory`: one budget of bytes for every request body held in
-//! memory at once, over all connections together (SPEC §10).
+//! memory at once, over all connections together (docs/contract.md §10).
 //!
 //! Each request body draws on the budget before it is read further: a
 //! connection reserves room for its next chunk (the rest of a declared

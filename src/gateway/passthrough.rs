@@ -1,6 +1,6 @@
 //! Every other `/v1/` path (audio, images, files, batches, moderations,
 //! uploads, …): passed through to a provider with `passthrough = true`
-//! (SPEC §16; the sending side is [`crate::upstream::passthrough`]).
+//! (docs/contract.md §16; the sending side is [`crate::upstream::passthrough`]).
 //!
 //! How the provider is chosen: by the request's `model` when it names one (in
 //! a JSON body, or in the `model` field of a multipart form, as the audio API

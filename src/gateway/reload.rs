@@ -1,4 +1,4 @@
-//! Reloading the configuration while serving (SPEC §17): SIGHUP, or `daemon
+//! Reloading the configuration while serving (docs/contract.md §17): SIGHUP, or `daemon
 //! reload` through the control socket, re-reads `warden.toml` and `.env` (the
 //! operator token and provider keys included) and puts new providers, routing,
 //! aliases, limits and keys in place for new requests at once. A request in
@@ -153,7 +153,7 @@ impl Reloader {
     }
 }
 
-/// The one place a reload reads the client keys (`keys.toml`, SPEC §14): the
+/// The one place a reload reads the client keys (`keys.toml`, docs/keys.md): the
 /// keys module plugs in here, and an error here refuses the whole reload like a
 /// bad `warden.toml` does. Without that module there is nothing more to read.
 fn reload_keys(config: &Config) -> Result<(), ConfigError> {

@@ -51,7 +51,7 @@ pub enum ServeError {
 
 fn bind_hint(e: &io::Error) -> &'static str {
     if e.kind() == io::ErrorKind::AddrInUse {
-        "; another process holds it: `preflight --only port` names it; pick another port with server.port in warden.toml, WARDEN_PORT or --port"
+        "; another process holds it: `preflight --only port` names it (warden never stops a program it did not start); pick another port: server.port in warden.toml, WARDEN_PORT, `daemon start --port P` or `proxy --port P`"
     } else {
         ""
     }

@@ -75,7 +75,7 @@ pub enum UpstreamApi {
     Responses,
     /// The Anthropic Messages API (`POST {url}/messages`), spoken in translation.
     Anthropic,
-    /// An agent CLI run once per request (`[[providers]]` only; SPEC §19).
+    /// An agent CLI run once per request (`[[providers]]` only; docs/contract.md §19).
     Command,
 }
 
@@ -315,7 +315,7 @@ pub struct ProviderSettings {
     pub attempts: u32,
     /// `api = "command"`: how its CLI is run.
     pub command: Option<CommandSettings>,
-    /// Every other `/v1/` path is passed through to it (SPEC §16).
+    /// Every other `/v1/` path is passed through to it (docs/contract.md §16).
     pub passthrough: bool,
 }
 
@@ -546,7 +546,7 @@ impl NatsConfig {
     }
 }
 
-/// Traces (SPEC §15): off while `otlp_endpoint` is empty.
+/// Traces (docs/contract.md §15): off while `otlp_endpoint` is empty.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
@@ -666,6 +666,14 @@ impl Config {
     /// Loads the home's `.env` and `warden.toml` and applies environment and
     /// command-line overrides.
     pub fn load(home: &Home, overrides: &Overrides) -> Result<Config, ConfigError> {
+        if let Some(problem) = home.root_problem() {
+            return Err(ConfigError {
+                origin: home.root().display().to_string(),
+                key: None,
+                line_col: None,
+                message: problem,
+            });
+        }
         let env_path = home.env_file();
         let env = EnvSource::load(&env_path).map_err(|e| ConfigError {
             origin: env_path.display().to_string(),
@@ -872,24 +880,95 @@ pub fn parse_settings(text: &str, path: &Path) -> Result<Settings, ConfigError> 
 
 fn toml_error(text: &str, path: &Path, key: Option<String>, e: &toml::de::Error) -> ConfigError {
     let line_col = e.span().map(|span| line_col(text, span.start));
+    let mut message = plain_types(e.message().trim(), key.as_deref());
+    if message == "duplicate key" {
+        if let Some(span) = e.span() {
+            message = duplicate_key(text, span.start, span.end);
+        }
+    }
     ConfigError {
         origin: path.display().to_string(),
         key,
         line_col,
-        message: plain_types(e.message().trim()),
+        message,
     }
 }
 
-/// serde names Rust types ("expected u16"); operators think in values.
-fn plain_types(message: &str) -> String {
+/// toml says only "duplicate key": this names the key, its table and the line
+/// where it was first defined, read from the text (`start..end` is the second
+/// definition's key).
+fn duplicate_key(text: &str, start: usize, end: usize) -> String {
+    let name = text.get(start..end).unwrap_or("").trim().trim_matches('"');
+    let (line, _) = line_col(text, start);
+    let lines: Vec<&str> = text.lines().collect();
+    let header_of = |l: &str| -> Option<String> {
+        let t = l.trim();
+        let inner = t
+            .strip_prefix("[[")
+            .and_then(|r| r.split("]]").next())
+            .or_else(|| t.strip_prefix('[').and_then(|r| r.split(']').next()))?;
+        Some(inner.trim().to_string())
+    };
+    let here = lines.get(line - 1).copied().unwrap_or("");
+    if let Some(table) =
+        header_of(here).filter(|h| !here.trim_start().starts_with("[[") && !h.is_empty())
+    {
+        // A table header seen before.
+        if let Some(first) = lines[..line - 1].iter().position(|l| {
+            header_of(l).as_deref() == Some(table.as_str()) && !l.trim_start().starts_with("[[")
+        }) {
+            return format!(
+                "duplicate key: the table [{table}] is defined twice, first at line {}; put its keys under one [{table}]",
+                first + 1
+            );
+        }
+        return format!("duplicate key: the table [{table}] is defined twice");
+    }
+    // A key: in the table whose header comes last before it.
+    let header_line = lines[..line - 1]
+        .iter()
+        .rposition(|l| header_of(l).is_some());
+    let table = header_line
+        .and_then(|i| header_of(lines[i]))
+        .map_or("the top level (before any [table])".to_string(), |t| {
+            format!("[{t}]")
+        });
+    let from = header_line.map_or(0, |i| i + 1);
+    let defines = |l: &&str| {
+        l.trim_start()
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.trim_start().starts_with('=') || rest.starts_with('.'))
+    };
+    match lines[from..line - 1].iter().position(defines) {
+        Some(i) => format!(
+            "duplicate key: `{name}` in {table} was already defined at line {}; keep one of the two",
+            from + i + 1
+        ),
+        None => format!("duplicate key: `{name}` in {table} is defined twice; keep one"),
+    }
+}
+
+/// serde names Rust types ("expected u16"); operators think in values. `key`
+/// (`logs.max_bytes`) says what a whole number counts.
+fn plain_types(message: &str, key: Option<&str>) -> String {
     let mut text = message.to_string();
+    let last = key.and_then(|k| k.rsplit('.').next()).unwrap_or("");
+    let whole = if last.contains("bytes") {
+        "expected a whole number of bytes"
+    } else if [
+        "timeout", "interval", "cooldown", "refresh", "ttl", "ack_wait",
+    ]
+    .iter()
+    .any(|s| last.contains(s))
+    {
+        "expected a whole number of seconds"
+    } else {
+        "expected a whole number"
+    };
     for (rust, plain) in [
         ("expected u16", "expected a port number (0-65535)"),
         ("expected u32", "expected a whole number"),
-        (
-            "expected u64",
-            "expected a whole number of seconds or bytes",
-        ),
+        ("expected u64", whole),
         ("expected usize", "expected a whole number"),
         ("expected a boolean", "expected true or false"),
     ] {
@@ -1632,7 +1711,7 @@ fn apply_env(s: &mut Settings, env: &EnvSource) -> Result<(), ConfigError> {
     if let Some((v, _)) = env.get_with_origin("WARDEN_NATS_URL") {
         s.nats.url = v;
     }
-    // The OpenTelemetry variables every SDK honours (SPEC §15).
+    // The OpenTelemetry variables every SDK honours (docs/contract.md §15).
     for var in ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"] {
         if let Some((v, origin)) = env.get_with_origin(var) {
             if var == "OTEL_SERVICE_NAME" {
@@ -1722,6 +1801,38 @@ mod tests {
 
     fn parse(text: &str) -> Result<Settings, ConfigError> {
         parse_settings(text, Path::new("/h/warden.toml"))
+    }
+
+    #[test]
+    fn a_duplicate_key_names_its_table_and_its_first_line() {
+        let err = parse("[server]\nport = 1\nhost = \"127.0.0.1\"\n\n[logs]\nmax_bytes = 5\n\n[server]\nport = 2\n")
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("the table [server] is defined twice, first at line 1"),
+            "{text}"
+        );
+        let err = parse("[server]\nport = 1\nhost = \"127.0.0.1\"\nport = 2\n").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("`port` in [server] was already defined at line 2")
+                && text.contains(":4:"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_wrong_number_says_what_it_counts() {
+        let text = parse("[logs]\nmax_bytes = \"big\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("a whole number of bytes"), "{text}");
+        assert!(!text.contains("seconds"), "{text}");
+        let text = parse("[server]\ngraceful_timeout = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("a whole number of seconds"), "{text}");
+        assert!(!text.contains("bytes"), "{text}");
     }
 
     #[test]

@@ -71,6 +71,14 @@ impl EnvSource {
         let mut dotenv_path = None;
         match std::fs::read_to_string(path) {
             Ok(text) => {
+                // Every bad line at once, each named by number and key, never shown.
+                let problems = line_problems(&text);
+                if !problems.is_empty() {
+                    return Err(EnvError::Syntax {
+                        path: path.to_path_buf(),
+                        message: format!("{}: {}", path.display(), problems.join("; ")),
+                    });
+                }
                 for item in dotenvy::from_read_iter(text.as_bytes()) {
                     let (key, value) = item.map_err(|e| describe_dotenv_error(path, &text, e))?;
                     dotenv.insert(key, value);
@@ -141,6 +149,90 @@ impl EnvSource {
     }
 }
 
+/// The problems of every line of a `.env` text that is not `KEY=value`, a
+/// comment or blank, in words that name the line and its key but never show a
+/// value (it may be a secret): a line without `=`, a key that is not a
+/// variable name, and a quote that is never closed.
+fn line_problems(text: &str) -> Vec<String> {
+    /// An opened quote: its character, line and key.
+    struct Open {
+        quote: char,
+        line: usize,
+        key: String,
+    }
+    const HIDDEN: &str = "content not shown, it may hold a secret";
+    let mut problems = Vec::new();
+    let mut open: Option<Open> = None;
+    for (i, raw) in text.lines().enumerate() {
+        let n = i + 1;
+        if let Some(o) = &open {
+            if closes(raw, o.quote).is_some() {
+                open = None;
+            }
+            continue;
+        }
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line).trim_start();
+        let Some((key, value)) = line.split_once('=') else {
+            problems.push(format!("line {n} is not KEY=value ({HIDDEN})"));
+            continue;
+        };
+        let key = key.trim();
+        let valid = key
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && key.len() <= 128
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+        if !valid {
+            problems.push(format!(
+                "line {n}: the part before '=' is not a variable name (letters, digits, '_'; {HIDDEN})"
+            ));
+            continue;
+        }
+        let value = value.trim_start();
+        if let Some(quote) = value.chars().next().filter(|c| *c == '"' || *c == '\'') {
+            if closes(&value[1..], quote).is_none() {
+                open = Some(Open {
+                    quote,
+                    line: n,
+                    key: key.to_string(),
+                });
+            }
+        }
+    }
+    if let Some(o) = open {
+        problems.push(format!(
+            "line {} (key {}): the {} quote that starts the value is never closed",
+            o.line,
+            o.key,
+            if o.quote == '"' { "double" } else { "single" }
+        ));
+    }
+    problems
+}
+
+/// Where in `rest` the `quote` closes (a `\` escapes the next character inside
+/// double quotes), if it does.
+fn closes(rest: &str, quote: char) -> Option<usize> {
+    let mut escaped = false;
+    for (i, c) in rest.char_indices() {
+        if escaped {
+            escaped = false;
+        } else if c == '\\' && quote == '"' {
+            escaped = true;
+        } else if c == quote {
+            return Some(i);
+        }
+    }
+    None
+}
+
 /// Never the line's content: a malformed line may hold a token (docs/contract.md §10).
 fn describe_dotenv_error(path: &Path, text: &str, e: dotenvy::Error) -> EnvError {
     let message = match e {
@@ -172,6 +264,33 @@ mod tests {
         assert_eq!(env.get("A").as_deref(), Some("1"));
         assert_eq!(env.get("B"), None);
         assert_eq!(env.get("C"), None);
+    }
+
+    #[test]
+    fn every_bad_line_is_named_and_an_unterminated_quote_is_called_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".env");
+        std::fs::write(
+            &path,
+            "GOOD=1\nnot a pair sk-one\n# fine\n9BAD=sk-two\nMULTI=\"a\nb\"\nTOKEN=\"sk-live-secret\nLAST=x\n",
+        )
+        .unwrap();
+        let err = EnvSource::load(&path).unwrap_err().to_string();
+        assert!(err.contains("line 2 is not KEY=value"), "{err}");
+        assert!(err.contains("line 4: the part before '='"), "{err}");
+        assert!(
+            err.contains(
+                "line 7 (key TOKEN): the double quote that starts the value is never closed"
+            ),
+            "{err}"
+        );
+        assert!(
+            !err.contains("line 5") && !err.contains("MULTI"),
+            "a closed multi-line value is fine: {err}"
+        );
+        for secret in ["sk-one", "sk-two", "sk-live-secret"] {
+            assert!(!err.contains(secret), "{err}");
+        }
     }
 
     #[test]

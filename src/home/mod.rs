@@ -103,9 +103,14 @@ impl Home {
         self.run_dir().join("watchdog.pid")
     }
     /// Left by `daemon stop`, removed by `daemon start`/`restart`: while it exists
-    /// a watchdog stands by instead of restarting the proxy (SPEC §17).
+    /// a watchdog stands by instead of restarting the proxy (docs/contract.md §17).
     pub fn stopped_marker(&self) -> PathBuf {
         self.run_dir().join("stopped")
+    }
+    /// `daemon start --host/--port`, kept so `daemon restart` and the watchdog
+    /// start the proxy on the same address (removed by a `daemon start` without them).
+    pub fn address_file(&self) -> PathBuf {
+        self.run_dir().join("address")
     }
     pub fn cache_dir(&self) -> PathBuf {
         self.root.join("cache")
@@ -124,13 +129,62 @@ impl Home {
 
     /// Creates the home and its required directories (idempotent).
     pub fn ensure_dirs(&self) -> std::io::Result<()> {
+        if let Some(problem) = self.root_problem() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                problem,
+            ));
+        }
         for dir in self.required_dirs() {
             std::fs::create_dir_all(&dir).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display()))
+                let words = match std::fs::metadata(&dir) {
+                    Ok(m) if !m.is_dir() => not_a_folder(&dir, self),
+                    _ => format!("cannot create {}: {e}", dir.display()),
+                };
+                std::io::Error::new(e.kind(), words)
             })?;
         }
         Ok(())
     }
+
+    /// The one cause when the home itself cannot be a home: its path is a file
+    /// (or lies under one). Everything else about the home is then moot, so
+    /// every tool says this once instead of what follows from it.
+    pub fn root_problem(&self) -> Option<String> {
+        let root = self.root();
+        let file = root
+            .ancestors()
+            .find(|p| std::fs::metadata(p).is_ok_and(|m| !m.is_dir()))?;
+        Some(if file == root {
+            format!(
+                "the home {} is a file, not a folder: move the file aside (`mv {} {}.file`) \
+                 or choose another home with --home DIR or WARDEN_HOME",
+                root.display(),
+                root.display(),
+                root.display()
+            )
+        } else {
+            format!(
+                "the home {} cannot exist: {} is a file, not a folder; choose another home \
+                 with --home DIR or WARDEN_HOME, or move that file aside",
+                root.display(),
+                file.display()
+            )
+        })
+    }
+}
+
+/// A folder of the home that is a file: what it is and what to do (as
+/// `preflight`'s `dirs` check says it).
+fn not_a_folder(dir: &Path, home: &Home) -> String {
+    format!(
+        "{} is a file where warden needs a folder: move it aside (`mv {} {}.file`), \
+         then run `doctor --home {}`",
+        dir.display(),
+        dir.display(),
+        dir.display(),
+        home.root().display()
+    )
 }
 
 #[cfg(test)]

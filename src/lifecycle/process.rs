@@ -37,7 +37,7 @@ const ASYNC_PROC_POLL: Duration = Duration::from_millis(250);
 /// the same clock tick. The executable's path is kept for messages only — it is not
 /// part of the identity, because replacing the binary on disk (installing over it,
 /// `cargo install`, moving the old file aside) changes what `/proc/PID/exe` reads
-/// while the process stays the same one (SPEC §17).
+/// while the process stays the same one (docs/contract.md §17).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ProcessIdentity {
     pub pid: i32,

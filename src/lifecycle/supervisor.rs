@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::api::health::{HealthReport, HealthStatus, probe};
-use crate::home::config::{Config, Settings, base_url_for};
+use crate::home::config::{Config, Overrides, Settings, base_url_for};
 use crate::home::{Home, LogKind};
 use crate::lifecycle::handoff::{self, HandoffError};
 use crate::lifecycle::oplock::{self, OpLockError, OperationLock};
@@ -478,15 +478,102 @@ impl Drop for Spawned {
 pub struct Supervisor {
     pub config: Config,
     probe: reqwest::Client,
+    /// `--host`/`--port` the proxy is started with (`daemon start --host H --port P`,
+    /// kept in `run/address`); `None`: the configuration's.
+    address: Overrides,
+    /// The configuration's own address, before `address` was put over it.
+    configured: (String, u16),
+    /// `daemon restart --host/--port` named an address: no socket hand-off.
+    address_given: bool,
+}
+
+/// What `run/address` holds (`host=H`, `port=P` lines); nothing when it is absent
+/// or unreadable (then the configuration's address applies).
+pub fn saved_address(home: &Home) -> Overrides {
+    let mut address = Overrides::default();
+    let Ok(text) = std::fs::read_to_string(home.address_file()) else {
+        return address;
+    };
+    for line in text.lines().take(8) {
+        match line.split_once('=') {
+            Some(("host", host)) if !host.trim().is_empty() => {
+                address.host = Some(host.trim().to_string());
+            }
+            Some(("port", port)) => address.port = port.trim().parse().ok(),
+            _ => {}
+        }
+    }
+    address
 }
 
 impl Supervisor {
-    pub fn new(config: Config) -> Supervisor {
+    pub fn new(mut config: Config) -> Supervisor {
         let timeout = Duration::from_secs(config.watchdog.health_timeout.max(1));
+        let configured = (config.server.host.clone(), config.server.port);
+        let address = saved_address(&config.home);
+        address.apply_to(&mut config.settings);
         Supervisor {
             probe: probe::client(timeout),
             config,
+            address,
+            configured,
+            address_given: false,
         }
+    }
+
+    /// `daemon start`/`restart --host H --port P`: the address the proxy is
+    /// started with from now on, kept in `run/address` for restarts and the
+    /// watchdog. `daemon start` without them (`keep: false`) goes back to the
+    /// configuration's address; `daemon restart` without them keeps the one
+    /// the proxy was given.
+    pub fn set_address(
+        &mut self,
+        _op: &Operation,
+        given: Overrides,
+        keep: bool,
+    ) -> Result<(), SupervisorError> {
+        let given_any = given.host.is_some() || given.port.is_some();
+        if !given_any && keep {
+            return Ok(());
+        }
+        let path = self.home().address_file();
+        let mut address = if keep {
+            self.address.clone()
+        } else {
+            Overrides::default()
+        };
+        if given.host.is_some() {
+            address.host = given.host;
+        }
+        if given.port.is_some() {
+            address.port = given.port;
+        }
+        let result = if address.host.is_none() && address.port.is_none() {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        } else {
+            let mut text = String::new();
+            if let Some(host) = &address.host {
+                text.push_str(&format!("host={host}\n"));
+            }
+            if let Some(port) = address.port {
+                text.push_str(&format!("port={port}\n"));
+            }
+            crate::home::atomic_file::write(&path, text.as_bytes(), None)
+        };
+        result.map_err(|source| SupervisorError::PidFile {
+            action: "write",
+            path,
+            source,
+        })?;
+        self.config.settings.server.host = self.configured.0.clone();
+        self.config.settings.server.port = self.configured.1;
+        address.apply_to(&mut self.config.settings);
+        self.address = address;
+        self.address_given = given_any;
+        Ok(())
     }
 
     pub fn home(&self) -> &Home {
@@ -557,7 +644,7 @@ impl Supervisor {
         }
     }
 
-    /// Asks the running proxy to reload its configuration (SPEC §17) and
+    /// Asks the running proxy to reload its configuration (docs/contract.md §17) and
     /// returns its answer: `None` when no proxy of this home runs.
     pub async fn reload(&self, _op: &Operation) -> Result<Option<Reloaded>, SupervisorError> {
         let Some((record, running)) = self.running() else {
@@ -743,9 +830,14 @@ impl Supervisor {
             })?;
         let exe = Self::proxy_exe()?;
         let mut cmd = Command::new(&exe);
-        cmd.arg("--home")
-            .arg(home.root())
-            .stdin(Stdio::null())
+        cmd.arg("--home").arg(home.root());
+        if let Some(host) = &self.address.host {
+            cmd.arg("--host").arg(host);
+        }
+        if let Some(port) = self.address.port {
+            cmd.arg("--port").arg(port.to_string());
+        }
+        cmd.stdin(Stdio::null())
             // stdout only carries the "listening on" line for interactive use; the
             // log gets structured lines (and stderr for fatal start-up errors).
             .stdout(Stdio::null())
@@ -982,6 +1074,18 @@ impl Supervisor {
                 op.name, old.pid
             ));
             return Ok(RestartOutcome::ByRival { running });
+        }
+        let wanted = self.config.server.port;
+        // A new address (`restart --host/--port`, or `server.port` changed in the
+        // file): the old socket cannot be handed over.
+        if (self.address_given && self.address.host.is_some())
+            || (wanted != 0 && old.port.is_some_and(|p| p != wanted))
+        {
+            let why = format!(
+                "the address changes to {}",
+                base_url_for(&self.config.server.host, wanted)
+            );
+            return self.stop_start(op, old, why, tick).await;
         }
         let control = handoff::control_socket_path(self.home(), old.pid);
         let path = control.clone();

@@ -29,7 +29,7 @@ pub mod status {
     pub const UNHEALTHY: i32 = 4;
 }
 
-/// `daemon reload` (SPEC §17); the proxy's answer to a reload carries the first three.
+/// `daemon reload` (docs/contract.md §17); the proxy's answer to a reload carries the first three.
 pub mod reload {
     /// Everything applied to new requests.
     pub const APPLIED: i32 = 0;

@@ -8,6 +8,7 @@
 //! person running `proxy` in the foreground wants; a detached process (stderr
 //! redirected to the log by `daemon`) does not duplicate its lines.
 
+use std::cell::Cell;
 use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -18,6 +19,7 @@ use tracing::field::{Field, Visit};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::{RecordFields, VisitOutput};
 use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
+use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::fmt::writer::MakeWriterExt;
 use tracing_subscriber::fmt::{FormatFields, MakeWriter};
 
@@ -67,6 +69,7 @@ pub fn init(
     let stderr = std::io::stderr.with_filter(move |_| mirror);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_timer(LogTime)
         .with_ansi(false)
         .with_target(false)
         .with_writer(writer.and(stderr));
@@ -77,6 +80,78 @@ pub fn init(
     // A second init in the same process (tests) keeps the first subscriber.
     let _ = result;
     Ok(guard)
+}
+
+/// The logs' timestamps, `2026-01-01T00:00:00.123456Z`: exactly what
+/// tracing-subscriber's `SystemTime` writes, but the date and time of day are
+/// worked out once per second (per thread) instead of once per line; a line
+/// then costs a clock read and six digits.
+pub struct LogTime;
+
+/// Seconds since the epoch of 10000-01-01: from there on, tracing-subscriber's
+/// own formatting (a `+` and five digits of year).
+const YEAR_10000: u64 = 253_402_300_800;
+
+impl FormatTime for LogTime {
+    fn format_time(&self, w: &mut Writer<'_>) -> std::fmt::Result {
+        let now = std::time::SystemTime::now();
+        let since = match now.duration_since(std::time::UNIX_EPOCH) {
+            Ok(since) if since.as_secs() < YEAR_10000 => since,
+            _ => return tracing_subscriber::fmt::time::SystemTime.format_time(w),
+        };
+        thread_local! {
+            static SECOND: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
+        }
+        let secs = since.as_secs();
+        let prefix = SECOND.with(|cached| match cached.get() {
+            (at, prefix) if at == secs => prefix,
+            _ => {
+                let prefix = date_time(secs);
+                cached.set((secs, prefix));
+                prefix
+            }
+        });
+        let mut out = [0u8; 27];
+        out[..19].copy_from_slice(&prefix);
+        out[19] = b'.';
+        let mut micros = since.subsec_micros();
+        for digit in out[20..26].iter_mut().rev() {
+            *digit = b'0' + (micros % 10) as u8;
+            micros /= 10;
+        }
+        out[26] = b'Z';
+        w.write_str(std::str::from_utf8(&out).map_err(|_| std::fmt::Error)?)
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` (UTC) of `secs` since the epoch, before year 10000
+/// (the civil-from-days algorithm of Howard Hinnant's `chrono`-compatible
+/// date algorithms).
+fn date_time(secs: u64) -> [u8; 19] {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    let mut out = *b"0000-00-00T00:00:00";
+    let mut put = |at: usize, width: usize, mut n: u64| {
+        for digit in out[at..at + width].iter_mut().rev() {
+            *digit = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, rem / 3600);
+    put(14, 2, rem / 60 % 60);
+    put(17, 2, rem % 60);
+    out
 }
 
 /// Field formatting for the text log, with exactly the output of
@@ -129,8 +204,55 @@ impl PlainVisitor<'_> {
 }
 
 impl Visit for PlainVisitor<'_> {
+    // Numbers and plain strings are written directly: the same text as
+    // `name={value:?}`, without the formatting machinery and the control-character
+    // scan (a number has none; a plain string is checked for them here). The
+    // access log line is mostly such fields.
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        let mut digits = [0u8; 20];
+        self.plain_field(field.name(), decimal(value, &mut digits));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        if value < 0 {
+            self.record_debug(field, &value);
+        } else {
+            self.record_u64(field, value.unsigned_abs());
+        }
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        let name = field.name();
+        if self.result.is_err() || name.starts_with("log.") {
+            return;
+        }
+        self.pad();
+        let name = name.strip_prefix("r#").unwrap_or(name);
+        // `{:?}` of a float is digits, `.`, `-`, `e`, `inf` or `NaN`: nothing to escape.
+        self.result =
+            std::fmt::Write::write_fmt(&mut self.writer, format_args!("{name}={value:?}"));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.plain_field(field.name(), if value { "true" } else { "false" });
+    }
+
     fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
+        let name = field.name();
+        if name != "message" && !name.starts_with("log.") && is_plain_debug(value) {
+            if self.result.is_ok() {
+                self.pad();
+                let name = name.strip_prefix("r#").unwrap_or(name);
+                let w = &mut self.writer;
+                self.result = w
+                    .write_str(name)
+                    .and_then(|()| w.write_str("=\""))
+                    .and_then(|()| w.write_str(value))
+                    .and_then(|()| w.write_char('"'));
+            }
+            return;
+        }
+        if name == "message" {
             if self.result.is_ok() {
                 self.pad();
                 let done = self.with_default_visitor(|inner| inner.record_str(field, value));
@@ -175,6 +297,45 @@ impl Visit for PlainVisitor<'_> {
             }
         };
     }
+}
+
+impl PlainVisitor<'_> {
+    /// `name=text`, where `text` is already what `{:?}` would print and holds no
+    /// control character.
+    fn plain_field(&mut self, name: &str, text: &str) {
+        if self.result.is_err() || name.starts_with("log.") {
+            return;
+        }
+        self.pad();
+        let name = name.strip_prefix("r#").unwrap_or(name);
+        let w = &mut self.writer;
+        self.result = w
+            .write_str(name)
+            .and_then(|()| w.write_char('='))
+            .and_then(|()| w.write_str(text));
+    }
+}
+
+/// `n` in decimal, written into the end of `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    std::str::from_utf8(&buf[at..]).unwrap_or("0")
+}
+
+/// Whether `{:?}` of `s` is `s` in double quotes: printable ASCII without `"` or
+/// `\\` (everything else `Debug` escapes, or the control-character escaping must see).
+fn is_plain_debug(s: &str) -> bool {
+    s.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
 }
 
 /// Writes through to `W` with control characters escaped.
@@ -404,6 +565,22 @@ mod tests {
                 big = 1u128 << 100,
                 "a\x1b[31m b\n c"
             );
+            tracing::info!(
+                empty = "",
+                quoted = "a \"b\" c\\d",
+                accented = "caf\u{e9}",
+                tab = "a\tb",
+                zero = 0u64,
+                max = u64::MAX,
+                min = i64::MIN,
+                pos = 42i64,
+                no = false,
+                ratio = 0.5f64,
+                whole = 2.0f64,
+                tiny = 1e-9f64,
+                nan = f64::NAN,
+                "plain fast paths"
+            );
             tracing::error!(error = &err as &(dyn std::error::Error + 'static), "failed");
             tracing::info!(only = ?Some("field"));
             tracing::info!("{} formatted {:?}", 1, "two");
@@ -437,6 +614,40 @@ mod tests {
         // The one intended difference: a newline inside a value is escaped, so no
         // line can be forged (DefaultFields writes it raw).
         assert_eq!(plain, default.replace("b\n c", "b\\n c"));
+    }
+
+    #[test]
+    fn log_time_writes_what_tracing_subscribers_system_time_writes() {
+        for (secs, text) in [
+            (0, "1970-01-01T00:00:00"),
+            (951_782_400, "2000-02-29T00:00:00"),
+            (951_868_799, "2000-02-29T23:59:59"),
+            (1_767_225_599, "2025-12-31T23:59:59"),
+            (1_796_613_945, "2026-12-07T03:25:45"),
+            (4_102_444_800, "2100-01-01T00:00:00"),
+            (253_402_300_799, "9999-12-31T23:59:59"),
+        ] {
+            assert_eq!(std::str::from_utf8(&super::date_time(secs)).unwrap(), text);
+        }
+        use tracing_subscriber::fmt::format::Writer;
+        use tracing_subscriber::fmt::time::FormatTime;
+        // Both read the clock: the same second (retried across a second's turn),
+        // the same layout.
+        for _ in 0..3 {
+            let (mut ours, mut theirs) = (String::new(), String::new());
+            super::LogTime
+                .format_time(&mut Writer::new(&mut ours))
+                .unwrap();
+            tracing_subscriber::fmt::time::SystemTime
+                .format_time(&mut Writer::new(&mut theirs))
+                .unwrap();
+            assert_eq!(ours.len(), theirs.len(), "{ours} {theirs}");
+            assert!(ours.ends_with('Z') && ours.as_bytes()[19] == b'.', "{ours}");
+            if ours[..19] == theirs[..19] {
+                return;
+            }
+        }
+        panic!("never the same second");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Traces (SPEC §15): OpenTelemetry spans for every proxied request, sent to a
+//! Traces (docs/contract.md §15): OpenTelemetry spans for every proxied request, sent to a
 //! collector over OTLP/HTTP (protobuf) by warden's own HTTP client.
 //!
 //! Off (an empty `telemetry.otlp_endpoint`) there is no [`Telemetry`] at all:

@@ -81,8 +81,14 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
             return value.clone();
         }
     }
-    let id = format!("req_{:032x}", fastrand::u128(..));
-    let value = HeaderValue::from_str(&id).expect("hex digits are a valid header value");
+    // `req_` and 32 lower-case hex digits, written by hand (no formatter).
+    let mut id = *b"req_00000000000000000000000000000000";
+    let mut n = fastrand::u128(..);
+    for digit in id[4..].iter_mut().rev() {
+        *digit = b"0123456789abcdef"[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    let value = HeaderValue::from_bytes(&id).expect("hex digits are a valid header value");
     headers.insert(REQUEST_ID, value.clone());
     value
 }
@@ -157,7 +163,14 @@ mod tests {
             let mut headers = HeaderMap::new();
             headers.insert(REQUEST_ID, HeaderValue::from_str(bad).unwrap());
             let id = ensure_request_id(&mut headers);
-            assert!(id.to_str().unwrap().starts_with("req_"), "{bad:?}");
+            let id = id.to_str().unwrap();
+            assert!(id.starts_with("req_") && id.len() == 36, "{bad:?}");
+            assert!(
+                id[4..]
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+                "{id}"
+            );
             assert_eq!(headers[REQUEST_ID], id);
         }
         let mut headers = HeaderMap::new();

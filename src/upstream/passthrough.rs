@@ -1,4 +1,4 @@
-//! Pass-through (SPEC §16): every `/v1/` path the gateway does not serve itself
+//! Pass-through (docs/contract.md §16): every `/v1/` path the gateway does not serve itself
 //! (audio, images, files, batches, moderations, uploads, …) goes to a provider
 //! with `passthrough = true`, as `{url}/X?Q`, with the provider's key in place
 //! of the client's.

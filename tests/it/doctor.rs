@@ -114,7 +114,7 @@ fn one_run_makes_a_missing_home_pass_preflight_and_the_next_finds_nothing() {
     let out = doctor_at(&root, &[], &env);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
-    for line in ["✗ fixed: dirs", "✗ fixed: config", "✗ fixed: env"] {
+    for line in ["✓ fixed: dirs", "✓ fixed: config", "✓ fixed: env"] {
         assert!(stdout.contains(line), "{line} in:\n{stdout}");
     }
     assert!(stdout.contains("fixed, nothing left broken"), "{stdout}");
@@ -300,7 +300,7 @@ fn a_pid_file_naming_an_unrelated_live_process_is_removed_and_the_process_untouc
         assert_eq!(out.status.code(), Some(0), "{stdout}");
         let line = stdout
             .lines()
-            .find(|l| l.starts_with("✗ fixed: proxy-pid"))
+            .find(|l| l.starts_with("✓ fixed: proxy-pid"))
             .unwrap_or_else(|| panic!("no fixed proxy-pid line:\n{stdout}"));
         assert!(line.contains(&format!("PID {}", sleeper.pid())), "{line}");
         assert!(line.contains("nothing was signalled"), "{line}");
@@ -390,7 +390,7 @@ fn env_readable_by_others_is_tightened_to_0600() {
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(
-        stdout.contains("✗ fixed: env — tightened") && stdout.contains("from 0644 to 0600"),
+        stdout.contains("✓ fixed: env — tightened") && stdout.contains("from 0644 to 0600"),
         "{stdout}"
     );
     assert_eq!(mode(&env), 0o600);

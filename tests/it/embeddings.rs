@@ -1,4 +1,4 @@
-//! `POST /v1/embeddings` (SPEC §16): the mock's deterministic vectors in every
+//! `POST /v1/embeddings` (docs/contract.md §16): the mock's deterministic vectors in every
 //! input shape and encoding, routing by model (aliases, `PROVIDER/MODEL`),
 //! failover and cooldown, `api = "anthropic"` providers never asked, the byte
 //! limit, metrics and NATS. Upstreams are real axum servers.

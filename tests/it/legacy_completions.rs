@@ -1,4 +1,4 @@
-//! `POST /v1/completions`, the legacy text completions API (SPEC §16): sent as
+//! `POST /v1/completions`, the legacy text completions API (docs/contract.md §16): sent as
 //! it is to a Chat Completions provider (streams relayed chunk by chunk), and
 //! answered in translation by the mock, a Responses provider and an Anthropic
 //! provider, with what a translation cannot honour refused naming the field.

@@ -1,5 +1,5 @@
 //! Pass-through of every other `/v1/` path to providers with `passthrough =
-//! true` (SPEC §16): a multipart audio upload routed by its `model` field and
+//! true` (docs/contract.md §16): a multipart audio upload routed by its `model` field and
 //! its streamed answer relayed, JSON bodies routed by model with failover,
 //! query strings, the provider's key in place of the client's, headers, the
 //! upload limit, the 404 naming the setting, and a 50 MB download through a

@@ -609,3 +609,13 @@ fn a_url_whose_models_answer_404_is_a_wrong_base_path_not_a_pass() {
         "{report}"
     );
 }
+
+/// `--only env` prints the check it ran, not a SKIP line per check it left out.
+#[test]
+fn only_prints_the_checks_it_ran() {
+    let dir = prepared_home();
+    let out = run(preflight(dir.path()).args(["--only", "env"]));
+    let text = stdout(&out);
+    assert!(!text.contains("SKIP"), "{text}");
+    assert!(text.starts_with("[1/1] PASS"), "{text}");
+}

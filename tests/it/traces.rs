@@ -1,4 +1,4 @@
-//! Traces (SPEC §15) against a real OTLP/HTTP collector started by each test
+//! Traces (docs/contract.md §15) against a real OTLP/HTTP collector started by each test
 //! (`support::otlp`): the span tree and its attributes for every provider kind,
 //! route and ingress, W3C trace context in and out, and what a collector that
 //! is down or slow costs (nothing, but counted drops). Each test that proves a

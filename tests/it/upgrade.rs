@@ -1,4 +1,4 @@
-//! Upgrades, reloads and stops as an operator does them (SPEC §17): the binary
+//! Upgrades, reloads and stops as an operator does them (docs/contract.md §17): the binary
 //! moved aside under a running proxy, SIGHUP and `daemon reload`, `daemon stop`
 //! while a watchdog runs, `--host`/`--port` on `daemon start`.
 
@@ -275,4 +275,125 @@ async fn sighup_and_daemon_reload_apply_a_new_provider_and_refuse_a_broken_confi
         !log.contains("key-one") && !log.contains("key-two"),
         "{log}"
     );
+}
+
+/// `daemon start --port P` runs the proxy on P (preflight checks P), a restart
+/// without flags keeps it, `restart --port Q` moves it; the bind error of a taken
+/// port suggests what exists, and no message sends the operator to `doctor` for
+/// a port another program holds.
+#[test]
+fn daemon_start_and_restart_take_host_and_port() {
+    let home = home();
+    let _guard = StopOnDrop(&home);
+    let port = free_port();
+    let out = run(
+        "daemon",
+        &home,
+        &["start", "--host", "127.0.0.1", "--port", &port.to_string()],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    assert!(said(&out).contains(&format!(":{port}")), "{}", said(&out));
+    assert_eq!(running(&home).port, Some(port));
+
+    // (--no-check from here on: preflight's 1 s port budget is not the point.)
+    let out = run("daemon", &home, &["restart", "--no-check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    assert!(said(&out).contains("without downtime"), "{}", said(&out));
+    assert_eq!(running(&home).port, Some(port), "restart keeps the address");
+    let status: Value =
+        serde_json::from_slice(&run("daemon", &home, &["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["url"], format!("http://127.0.0.1:{port}").as_str());
+
+    let other = free_port();
+    let out = run(
+        "daemon",
+        &home,
+        &["restart", "--no-check", "--port", &other.to_string()],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    assert_eq!(running(&home).port, Some(other), "moved");
+    assert!(said(&out).contains("the address changes"), "{}", said(&out));
+
+    // A port another program holds: preflight (with the given port) refuses,
+    // and nothing suggests doctor, which cannot fix that.
+    assert_eq!(run("daemon", &home, &["stop"]).status.code(), Some(0));
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = holder.local_addr().unwrap().port().to_string();
+    let out = run("daemon", &home, &["start", "--port", &taken]);
+    let message = said(&out);
+    assert_eq!(out.status.code(), Some(1), "{message}");
+    assert!(message.contains(&format!("127.0.0.1:{taken}")), "{message}");
+    assert!(!message.contains("run `doctor`"), "{message}");
+    // The proxy's own bind error names what exists.
+    let out = run("daemon", &home, &["start", "--no-check", "--port", &taken]);
+    let message = format!("{}{}", said(&out), home.read("logs/proxy.log"));
+    assert_eq!(out.status.code(), Some(1), "{message}");
+    assert!(message.contains("daemon start --port P"), "{message}");
+}
+
+/// A home that is a file, and `cache` that is a file: one cause, said once, in
+/// the words preflight uses; doctor reports one finding.
+#[test]
+fn a_home_or_a_folder_that_is_a_file_is_one_clear_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("home");
+    std::fs::write(&file, "not a folder").unwrap();
+    let mut cmd = crate::support::bin("daemon");
+    let out = cmd.arg("--home").arg(&file).arg("start").output().unwrap();
+    let message = said(&out);
+    assert_ne!(out.status.code(), Some(0), "{message}");
+    assert!(
+        message.contains("is a file, not a folder") && !message.contains("doctor`)"),
+        "{message}"
+    );
+    let out = crate::support::bin("doctor")
+        .arg("--home")
+        .arg(&file)
+        .args(["--dry-run", "--json"])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let findings = report["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 1, "one cause, one finding: {report}");
+    assert_eq!(findings[0]["status"], "needs-you");
+    let out = crate::support::bin("proxy")
+        .arg("--home")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let message = said(&out);
+    assert_eq!(out.status.code(), Some(2), "{message}");
+    assert!(message.contains("is a file, not a folder"), "{message}");
+    assert!(!message.contains("fix the value"), "{message}");
+
+    let home = home();
+    home.write("cache", "a file where a folder belongs");
+    let out = run("daemon", &home, &["start", "--no-check"]);
+    let message = said(&out);
+    assert_eq!(out.status.code(), Some(1), "{message}");
+    assert!(
+        message.contains("is a file where warden needs a folder") && message.contains("mv "),
+        "{message}"
+    );
+    assert!(!message.contains("File exists"), "{message}");
+}
+
+/// `server.port` changed in the file: `daemon reload` names it, and `daemon
+/// restart` moves the proxy there.
+#[test]
+fn a_port_changed_in_the_file_applies_at_restart() {
+    let home = home();
+    let _guard = StopOnDrop(&home);
+    let out = run("daemon", &home, &["start"]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    let other = free_port();
+    home.config(&format!(
+        "[server]\nport = {other}\n[daemon]\nstartup_timeout = 20\nstop_timeout = 5\n"
+    ));
+    let out = run("daemon", &home, &["reload"]);
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    assert!(said(&out).contains("server.port"), "{}", said(&out));
+    let out = run("daemon", &home, &["restart", "--no-check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    assert_eq!(running(&home).port, Some(other));
 }

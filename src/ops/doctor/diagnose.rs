@@ -712,7 +712,7 @@ pub fn writable_without_writing(home: &Home) -> Diagnosis {
     }
     if !missing.is_empty() {
         return Diagnosis::ok(format!(
-            "not checked: {} missing (see `dirs`)",
+            "checked once `dirs` has created {}",
             missing.join(", ")
         ));
     }

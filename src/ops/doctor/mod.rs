@@ -631,6 +631,28 @@ pub async fn run(home: &Home, opts: Options) -> Report {
     let started = Instant::now();
     let mut findings = Vec::new();
 
+    // A home that is a file: one cause, one finding, nothing else to judge.
+    if let Some(problem) = home.root_problem() {
+        findings.push(Finding {
+            id: "home".into(),
+            status: FindingStatus::NeedsYou,
+            message: problem,
+            action: None,
+            hint: Some("then run `doctor` again".into()),
+        });
+        let summary = Summary::of(&findings);
+        return Report {
+            ok: false,
+            version: crate::VERSION.to_string(),
+            home: home.root().to_path_buf(),
+            dry_run: opts.dry_run,
+            yes: opts.yes,
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            summary,
+            findings,
+        };
+    }
+
     // The layout first: everything else reads it.
     findings.push(settle("dirs", diagnose::dirs(home), opts).await);
     findings.push(settle("config", diagnose::config(home), opts).await);

@@ -16,7 +16,7 @@ pub fn exit_code(report: &Report) -> i32 {
 fn mark(status: FindingStatus, color: bool) -> String {
     let text = match status {
         FindingStatus::Ok => "✓ ok",
-        FindingStatus::Fixed => "✗ fixed:",
+        FindingStatus::Fixed => "✓ fixed:",
         FindingStatus::WouldFix => "→ would fix:",
         FindingStatus::NeedsYou => "! needs you:",
     };
@@ -31,7 +31,7 @@ fn mark(status: FindingStatus, color: bool) -> String {
     }
 }
 
-/// The human output: a line per finding (`✓ ok`, `✗ fixed: …`, `→ would fix: …`,
+/// The human output: a line per finding (`✓ ok`, `✓ fixed: …`, `→ would fix: …`,
 /// `! needs you: …`), an indented `hint:` or `note:` where there is one, and a
 /// closing summary.
 pub fn human(report: &Report, color: bool) -> String {
@@ -145,7 +145,7 @@ mod tests {
         let text = human(&r, false);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "✓ ok f0 — problem 0");
-        assert_eq!(lines[1], "✗ fixed: f1 — action 1");
+        assert_eq!(lines[1], "✓ fixed: f1 — action 1");
         assert_eq!(lines[2], "! needs you: f2 — problem 2");
         assert_eq!(lines[3], "    hint: hint 2");
         assert!(

@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 
 use owo_colors::OwoColorize;
 
-use super::{Report, Status};
+use super::{CheckResult, Report, Status};
 
 use crate::support::exit::{self, nagios};
 
@@ -39,9 +39,16 @@ fn label(status: Status, color: bool) -> String {
 /// `hint:` line under each failure and warning, a summary, and a pointer to
 /// `doctor` when something failed.
 pub fn human(report: &Report, color: bool) -> String {
-    let total = report.checks.len();
+    // `--only ID` shows the checks it ran, not a line per check it left out
+    // (they stay in `--json` and in the summary's skip count).
+    let shown: Vec<&CheckResult> = report
+        .checks
+        .iter()
+        .filter(|c| !(c.status == Status::Skip && c.message == "not selected (--only)"))
+        .collect();
+    let total = shown.len();
     let mut out = String::new();
-    for (i, check) in report.checks.iter().enumerate() {
+    for (i, check) in shown.into_iter().enumerate() {
         let counter = format!("[{}/{total}]", i + 1);
         out.push_str(&format!(
             "{counter} {}  {} — {}\n",
@@ -164,7 +171,7 @@ fn nagios_safe(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{CheckResult, Summary};
+    use super::super::Summary;
     use super::*;
 
     fn report(statuses: &[Status]) -> Report {

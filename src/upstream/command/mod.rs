@@ -1,4 +1,4 @@
-//! Agent CLIs as providers (`api = "command"`, SPEC §19): each request runs
+//! Agent CLIs as providers (`api = "command"`, docs/contract.md §19): each request runs
 //! the CLI once and its printed answer becomes the response.
 //!
 //! - [`presets`]: the command line of each known CLI (its own tools off,

@@ -17,10 +17,18 @@ const PROMPT_PROBE_MAX: Duration = Duration::from_millis(2500);
 
 pub(super) async fn check_prompts(ctx: Arc<Context>) -> Outcome {
     if !prompts::prompts_in_use(&ctx.cfg) {
+        // With [[providers]], `[upstream]` is unused: name what requests go to.
+        let used_by = if ctx.cfg.providers.is_empty() {
+            format!(
+                "upstream {:?} (api {:?})",
+                crate::support::redact::url(&ctx.cfg.upstream.url),
+                ctx.cfg.upstream.api.as_str()
+            )
+        } else {
+            "these providers (none has api = \"responses\")".to_string()
+        };
         return Outcome::pass(format!(
-            "prompts are not used with upstream {:?} (api {:?}); nothing to fetch",
-            crate::support::redact::url(&ctx.cfg.upstream.url),
-            ctx.cfg.upstream.api.as_str()
+            "prompts are not used with {used_by}; nothing to fetch"
         ));
     }
     let statuses = {

@@ -1,4 +1,4 @@
-//! The collector part of the `upstream` check (SPEC §15; the ten checks stay
+//! The collector part of the `upstream` check (docs/contract.md §15; the ten checks stay
 //! ten): when `telemetry.otlp_endpoint` is set, its host must accept a TCP
 //! connection within `upstream.connect_timeout`. A collector that is away is a
 //! warning, never a failure: the proxy serves as usual and its spans are
