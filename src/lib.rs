@@ -13,6 +13,8 @@
 //!   observation (metrics, access log), `/health`, and running it as a process.
 //! - [`upstream`]: where requests go: the mock, Chat Completions and Responses
 //!   upstreams, their HTTP client, retries and timeouts.
+//! - [`telemetry`]: traces: OpenTelemetry spans of requests and provider
+//!   attempts, W3C trace context in and out, the bounded OTLP/HTTP export.
 //! - [`api`]: what gateway and upstreams share: OpenAI wire shapes, the Responses
 //!   and Anthropic translations, SSE parsing, the `/health` report and the metrics.
 //! - [`prompts`]: the prompt cache and its fallback chain, and `proxy prompts`.
@@ -35,6 +37,7 @@ pub mod lifecycle;
 pub mod ops;
 pub mod prompts;
 pub mod support;
+pub mod telemetry;
 pub mod upstream;
 
 /// The toolkit's version, printed by every binary's `--version`.

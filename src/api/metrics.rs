@@ -149,6 +149,8 @@ pub struct ProviderMetrics {
     pub cooldowns: Counter,
     /// Time per attempt, until the answer (or the first event of a stream).
     pub latency: Histogram,
+    /// Time from an attempt's start to a stream's first event (streams only).
+    pub time_to_first_token: Histogram,
 }
 
 impl Default for ProviderMetrics {
@@ -160,6 +162,7 @@ impl Default for ProviderMetrics {
             failovers: Counter::default(),
             cooldowns: Counter::default(),
             latency: latency_histogram(),
+            time_to_first_token: ttft_histogram(),
         }
     }
 }
@@ -237,6 +240,15 @@ fn latency_histogram() -> Histogram {
     Histogram::new(latency_buckets())
 }
 
+/// The OpenTelemetry GenAI buckets of `gen_ai.server.time_to_first_token`.
+pub const TTFT_BUCKETS: [f64; 16] = [
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+fn ttft_histogram() -> Histogram {
+    Histogram::new(TTFT_BUCKETS)
+}
+
 /// One model's counters; token series are created on first use, as before.
 struct ModelCounters {
     requests: Counter,
@@ -294,6 +306,11 @@ pub struct Metrics {
     provider_failovers: Family<ProviderLabel, Counter>,
     provider_cooldowns: Family<ProviderLabel, Counter>,
     provider_duration: Family<ProviderLabel, Histogram, fn() -> Histogram>,
+    provider_ttft: Family<ProviderLabel, Histogram, fn() -> Histogram>,
+    /// Spans lost: the export queue was full, or the collector failed or was too slow.
+    pub telemetry_spans_dropped: Counter,
+    /// Spans the collector accepted.
+    pub telemetry_spans_exported: Counter,
     provider_in_flight: Family<ProviderLabel, Gauge>,
     provider_cooling: Family<ProviderLabel, Gauge>,
     client_connections: Gauge,
@@ -343,6 +360,9 @@ impl Metrics {
             provider_failovers: Family::default(),
             provider_cooldowns: Family::default(),
             provider_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            provider_ttft: Family::new_with_constructor(ttft_histogram as fn() -> Histogram),
+            telemetry_spans_dropped: Counter::default(),
+            telemetry_spans_exported: Counter::default(),
             provider_in_flight: Family::default(),
             provider_cooling: Family::default(),
             client_connections: Gauge::default(),
@@ -500,6 +520,22 @@ impl Metrics {
             "provider_request_duration_seconds",
             "Time per attempt at each provider, until its answer (or a stream's first event)",
             m.provider_duration.clone(),
+        );
+        registry.register(
+            "time_to_first_token_seconds",
+            "Time from an attempt's start to the first event of a streamed answer, per provider",
+            m.provider_ttft.clone(),
+        );
+        registry.register(
+            "telemetry_spans_dropped",
+            "Trace spans lost: the export queue was full, or the collector refused, failed or \
+             was too slow (0 while telemetry is off)",
+            m.telemetry_spans_dropped.clone(),
+        );
+        registry.register(
+            "telemetry_spans_exported",
+            "Trace spans the OTLP collector accepted",
+            m.telemetry_spans_exported.clone(),
         );
         registry.register(
             "provider_in_flight",
@@ -765,6 +801,7 @@ impl Metrics {
             failovers: self.provider_failovers.get_or_create(&label).clone(),
             cooldowns: self.provider_cooldowns.get_or_create(&label).clone(),
             latency: self.provider_duration.get_or_create(&label).clone(),
+            time_to_first_token: self.provider_ttft.get_or_create(&label).clone(),
         }
     }
 

@@ -20,6 +20,10 @@ pub struct ApiError {
     pub param: Option<&'static str>,
     /// Seconds for a `Retry-After` header (429 and 503).
     pub retry_after: Option<u64>,
+    /// The status the upstream itself answered, when this error is the
+    /// gateway's rendering of it (a provider's 503 becomes a 502 here); the
+    /// `error.type` of the attempt's span.
+    pub upstream_status: Option<u16>,
 }
 
 impl ApiError {
@@ -31,6 +35,7 @@ impl ApiError {
             code: None,
             param: None,
             retry_after: None,
+            upstream_status: None,
         }
     }
     pub fn code(mut self, code: &'static str) -> Self {
@@ -43,6 +48,10 @@ impl ApiError {
     }
     pub fn retry_after(mut self, secs: u64) -> Self {
         self.retry_after = Some(secs);
+        self
+    }
+    pub fn upstream_status(mut self, status: u16) -> Self {
+        self.upstream_status = Some(status);
         self
     }
 

@@ -18,18 +18,20 @@ use super::{Gateway, dispatch};
 use crate::api::metrics::Rejection;
 use crate::api::openai::ApiError;
 use crate::keys::Caller;
+use crate::telemetry::SpanParent;
 use crate::upstream::Reply;
 use crate::upstream::forward::client_headers;
 
 pub async fn chat_completions(
     State(gw): State<Arc<Gateway>>,
     caller: Option<Extension<Caller>>,
+    trace: Option<Extension<SpanParent>>,
     headers: HeaderMap,
     ClientBody(body): ClientBody,
 ) -> Response {
-    let origin = dispatch::Origin::http(caller.map(|c| c.0), "/v1/chat/completions", &headers);
-    let dispatched =
-        dispatch::chat_with_headers(&gw, body, client_headers(&headers), &origin).await;
+    let origin = dispatch::Origin::http(caller.map(|c| c.0), "/v1/chat/completions", &headers)
+        .traced(trace.map(|Extension(t)| t));
+    let dispatched = dispatch::chat_with_headers(&gw, body, client_headers(&headers), &origin).await;
     respond_dispatched(dispatched)
 }
 
@@ -38,10 +40,12 @@ pub async fn chat_completions(
 pub async fn embeddings(
     State(gw): State<Arc<Gateway>>,
     caller: Option<Extension<Caller>>,
+    trace: Option<Extension<SpanParent>>,
     headers: HeaderMap,
     ClientBody(body): ClientBody,
 ) -> Response {
-    let origin = dispatch::Origin::http(caller.map(|c| c.0), "/v1/embeddings", &headers);
+    let origin = dispatch::Origin::http(caller.map(|c| c.0), "/v1/embeddings", &headers)
+        .traced(trace.map(|Extension(t)| t));
     let dispatched = dispatch::embeddings(&gw, body, client_headers(&headers), &origin).await;
     respond_dispatched(dispatched)
 }
@@ -50,10 +54,12 @@ pub async fn embeddings(
 pub async fn completions(
     State(gw): State<Arc<Gateway>>,
     caller: Option<Extension<Caller>>,
+    trace: Option<Extension<SpanParent>>,
     headers: HeaderMap,
     ClientBody(body): ClientBody,
 ) -> Response {
-    let origin = dispatch::Origin::http(caller.map(|c| c.0), "/v1/completions", &headers);
+    let origin = dispatch::Origin::http(caller.map(|c| c.0), "/v1/completions", &headers)
+        .traced(trace.map(|Extension(t)| t));
     let dispatched = dispatch::completions(&gw, body, client_headers(&headers), &origin).await;
     respond_dispatched(dispatched)
 }

@@ -18,6 +18,7 @@ use super::admission::Slot;
 pub use super::observe::{ExchangeInfo, Ingress, Record};
 use crate::api::openai::{ApiError, ChatRequestView, RoutedRequestView};
 use crate::keys::{Caller, Metered, Ticket};
+use crate::telemetry::SpanParent;
 use crate::upstream::{
     ChatCall, CompletionsCall, EmbeddingsCall, ExchangeStats, Reply, configured_models,
 };
@@ -41,6 +42,9 @@ pub struct Origin {
     /// The HTTP route (the equivalent one for NATS).
     pub route: &'static str,
     pub request_id: Option<String>,
+    /// The request's span when traces are on: each provider attempt is a
+    /// child span of it.
+    pub trace: Option<SpanParent>,
 }
 
 impl Origin {
@@ -54,7 +58,14 @@ impl Origin {
                 .get(crate::upstream::forward::REQUEST_ID)
                 .and_then(|v| v.to_str().ok())
                 .map(|v| crate::support::redact::truncate(v, 128).to_string()),
+            trace: None,
         }
+    }
+
+    /// The same origin, traced under `trace` (the request's span, when on).
+    pub fn traced(mut self, trace: Option<SpanParent>) -> Origin {
+        self.trace = trace;
+        self
     }
 }
 
@@ -114,7 +125,8 @@ fn max_output(body: &[u8]) -> Option<u64> {
         .or(l.max_output_tokens)
 }
 
-/// Parses, admits and routes one Chat Completions request body.
+/// Parses, admits and routes one Chat Completions request body; the
+/// origin's `trace` is the request's span when traces are on.
 pub async fn chat(gw: &Gateway, body: Bytes, origin: &Origin) -> Dispatched {
     chat_with_headers(gw, body, HeaderMap::new(), origin).await
 }
@@ -262,7 +274,8 @@ pub async fn completions(
 /// models, rate limits and budget, [`admit_key`]; `input_bytes` of the
 /// request estimate its input tokens), and the exchange the access log, the
 /// metrics, the ledger and the upstream call share. What every route must pass
-/// before an upstream call is added here.
+/// before an upstream call is added here. The origin's `trace` (the request's
+/// span, when traces are on) makes each provider attempt a child span of it.
 pub fn admit(
     gw: &Gateway,
     live: &super::Live,
@@ -274,8 +287,25 @@ pub fn admit(
     // The slot first: a request refused for concurrency reserves nothing.
     let slot = Slot::try_take(gw, live)?;
     let ticket = admit_key(gw, origin, model, input_bytes, body)?;
-    let (info, stats) = ExchangeInfo::begin_metered(model, ticket);
+    let (info, stats) = begin(model, ticket, origin);
     Ok((slot, info, stats))
+}
+
+/// The exchange of an admitted request: metered by its `ticket`, traced under
+/// the origin's span, its attempt spans naming the caller's key.
+pub fn begin(
+    model: &str,
+    ticket: Option<Ticket>,
+    origin: &Origin,
+) -> (ExchangeInfo, std::sync::Arc<ExchangeStats>) {
+    let (info, stats) = ExchangeInfo::begin_metered(model, ticket);
+    if let Some(trace) = &origin.trace {
+        let _ = stats.trace.set(trace.clone());
+    }
+    if let Some(name) = origin.caller.name() {
+        let _ = stats.key_name.set(std::sync::Arc::from(name));
+    }
+    (info, stats)
 }
 
 /// The model a request is routed by, and its body naming it: the request's

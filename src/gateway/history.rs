@@ -42,9 +42,26 @@ pub struct Sample {
     pub p99_ms: Option<f64>,
 }
 
+/// How many recent failed requests the status page lists.
+pub const FAILURES: usize = 20;
+
+/// One recent request answered 5xx (or abandoned after one), for the status
+/// page: when, where, which provider, and its trace id when traces are on.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Failure {
+    /// Unix time in milliseconds.
+    pub t: u64,
+    pub route: &'static str,
+    pub status: u16,
+    pub provider: Option<String>,
+    pub trace_id: Option<String>,
+}
+
 /// The ring of samples and what the next sample needs from the previous one.
 pub struct History {
     inner: Mutex<Inner>,
+    /// The last [`FAILURES`] failed requests, oldest first (written on failures only).
+    failures: Mutex<VecDeque<Failure>>,
 }
 
 struct Inner {
@@ -66,7 +83,23 @@ impl History {
                 samples: VecDeque::with_capacity(CAPACITY),
                 last_buckets: Vec::with_capacity(MAX_BUCKETS),
             }),
+            failures: Mutex::new(VecDeque::with_capacity(FAILURES)),
         }
+    }
+
+    /// Records a failed request (the oldest of [`FAILURES`] makes room).
+    pub fn failed(&self, failure: Failure) {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if failures.len() == FAILURES {
+            failures.pop_front();
+        }
+        failures.push_back(failure);
+    }
+
+    /// The recent failed requests, newest first.
+    pub fn failures(&self) -> Vec<Failure> {
+        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures.iter().rev().cloned().collect()
     }
 
     /// Takes one sample from the metrics now.

@@ -57,6 +57,7 @@ fn parse_request(body: Result<ClientBody, ApiError>) -> Result<Value, ApiError> 
 pub async fn messages(
     State(gw): State<Arc<Gateway>>,
     caller: Option<axum::extract::Extension<crate::keys::Caller>>,
+    trace: Option<axum::Extension<crate::telemetry::SpanParent>>,
     headers: axum::http::HeaderMap,
     body: Result<ClientBody, ApiError>,
 ) -> Response {
@@ -82,7 +83,8 @@ pub async fn messages(
     };
     chat["model"] = json!(model);
     let body = Bytes::from(serde_json::to_vec(&chat).expect("JSON serialises"));
-    let origin = dispatch::Origin::http(caller.map(|c| c.0), "/v1/messages", &headers);
+    let origin = dispatch::Origin::http(caller.map(|c| c.0), "/v1/messages", &headers)
+        .traced(trace.map(|axum::Extension(t)| t));
     let dispatched =
         dispatch::chat_with_headers(&gw, body, client_headers(&headers), &origin).await;
     let mut response = match dispatched.outcome {

@@ -75,6 +75,8 @@ pub struct Gateway {
     ready_watch: tokio::sync::watch::Sender<bool>,
     /// The last minutes of request figures, for the status page (`GET /ui`).
     pub history: history::History,
+    /// Traces (`[telemetry]`); `None` when off, and then no span is ever made.
+    pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
 /// The part of the gateway a reload replaces as a whole: the configuration
@@ -149,7 +151,10 @@ impl Gateway {
         let keys = crate::keys::Keys::load(&config)?;
         let prompts = PromptStore::new(&config.home, &config.prompts);
         let live = Live::build(config.clone(), &metrics, &prompts, None)?;
+        let telemetry = crate::telemetry::Telemetry::from_config(&config.telemetry, &metrics)
+            .map_err(|e| crate::upstream::UpstreamError::Telemetry(e.to_string()))?;
         Ok(Arc::new(Gateway {
+            telemetry,
             uses_prompts: prompts_in_use(&config),
             prompts,
             live: std::sync::RwLock::new(Arc::new(live)),
@@ -318,6 +323,9 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 /// first lets busy clients move to the new process during a restart.
 const LINGER: Duration = Duration::from_secs(2);
 
+/// At shutdown, how long the last spans may take to reach the collector.
+const TELEMETRY_FLUSH: Duration = Duration::from_secs(3);
+
 /// The most bytes of one request head (request line and headers); beyond: 431.
 pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
 
@@ -359,6 +367,10 @@ pub async fn run(
         tokio::spawn(async move { prompts.warm().await });
     }
     gw.live().start_catalog();
+    if let Some(telemetry) = &gw.telemetry {
+        // Exports run on this runtime, off the request path.
+        telemetry.spawn_exporter();
+    }
     // Off (no network at all) unless nats.url is set; connects in the background.
     let nats_ingress = nats::start(&gw);
     // keys.toml: a key created, revoked or rotated is in force within a second.
@@ -450,6 +462,10 @@ pub async fn run(
             path = %gw.keys.ledger_path().display(),
             "usage ledger: rows still waiting at exit could not be written"
         );
+    }
+    if let Some(telemetry) = &gw.telemetry {
+        // The spans of the last requests, if the collector takes them quickly.
+        telemetry.flush(TELEMETRY_FLUSH).await;
     }
     tracing::info!(
         requests = gw.metrics.stats.total.load(Ordering::Relaxed),

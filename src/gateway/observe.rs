@@ -19,6 +19,7 @@ use axum::response::Response;
 use super::Gateway;
 use super::body_end::{EndingBody, OnEnd};
 use crate::api::metrics::route_label;
+use crate::telemetry::{ServerSpan, SpanParent};
 use crate::upstream::ExchangeStats;
 use crate::upstream::forward::{REQUEST_ID, ensure_request_id};
 
@@ -122,6 +123,16 @@ pub async fn observe(State(gw): State<Arc<Gateway>>, mut request: Request, next:
     if api {
         gw.metrics.request_started();
     }
+    // A span for each request that may go to a provider; none at all when off.
+    let trace = match &gw.telemetry {
+        Some(telemetry) if goes_upstream(route, request.method()) => {
+            let method = method_name(request.method());
+            let span = telemetry.http_span(method, route, request.headers());
+            request.extensions_mut().insert(span.parent());
+            Some(span)
+        }
+        _ => None,
+    };
     let started = Instant::now();
     let mut response = next.run(request).await;
     let status = response.status().as_u16();
@@ -151,11 +162,35 @@ pub async fn observe(State(gw): State<Arc<Gateway>>, mut request: Request, next:
                     status,
                     started,
                     exchange,
+                    trace,
                 },
             )
             .declared(declared),
         )
     })
+}
+
+/// Whether a request may reach a provider (and so has a span): the API's
+/// POST routes, and any method on a pass-through path.
+fn goes_upstream(route: &str, method: &axum::http::Method) -> bool {
+    route.starts_with("/v1/")
+        && !route.starts_with("/v1/models")
+        && (method == axum::http::Method::POST || route == "/v1/*")
+}
+
+/// The method as spans name it: one of HTTP's, else `_OTHER` (bounded).
+fn method_name(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "_OTHER",
+    }
 }
 
 /// One request being observed: counted when it starts, recorded (metrics and
@@ -170,6 +205,8 @@ pub struct Record {
     pub status: u16,
     started: Instant,
     pub exchange: Option<ExchangeInfo>,
+    /// The request's span, when traces are on; ended by [`Record::finish`].
+    trace: Option<ServerSpan>,
 }
 
 impl Record {
@@ -185,15 +222,50 @@ impl Record {
             status: 200,
             started: Instant::now(),
             exchange: None,
+            trace: None,
         }
+    }
+
+    /// Starts the request's CONSUMER span (when traces are on), continuing
+    /// the trace in the message's headers.
+    pub fn trace_nats(&mut self, subject: &str, headers: Option<&async_nats::HeaderMap>) {
+        if let Some(telemetry) = &self.gw.telemetry {
+            let get = |key: &str| headers.and_then(|h| h.get(key)).map(|v| v.as_str());
+            self.trace = Some(telemetry.nats_span(subject, get));
+        }
+    }
+
+    /// What the request's attempts are children of, when traces are on.
+    pub fn span_parent(&self) -> Option<SpanParent> {
+        self.trace.as_ref().map(ServerSpan::parent)
     }
 
     /// Records the request: `completed` is false when the client went away
     /// before the answer was fully delivered (status 499).
-    pub fn finish(self, completed: bool) {
+    pub fn finish(mut self, completed: bool) {
         let elapsed = self.started.elapsed();
         // 499 (nginx's "client closed request") for answers the client abandoned.
         let status = if completed { self.status } else { 499 };
+        let trace_id = self.trace.take().map(|span| {
+            let id = span.trace_id();
+            span.finish(status);
+            id
+        });
+        if status >= 500 {
+            self.gw.history.failed(super::history::Failure {
+                t: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                route: self.route,
+                status,
+                provider: self
+                    .exchange
+                    .as_ref()
+                    .and_then(|x| x.stats.provider_name())
+                    .map(str::to_string),
+                trace_id: trace_id.clone(),
+            });
+        }
         let metrics = &self.gw.metrics;
         match self.ingress {
             Ingress::Http => metrics.request_finished(self.route, status, elapsed, self.api),
@@ -208,22 +280,45 @@ impl Record {
                 let usage = x.stats.usage();
                 metrics.model_usage(&x.model, usage.prompt_tokens, usage.completion_tokens);
                 metrics.exchange_timing(elapsed, x.stats.upstream_time());
-                tracing::info!(
+                match &trace_id {
+                    None => tracing::info!(
+                        ingress,
+                        route = self.route,
+                        status,
+                        duration_ms,
+                        model = %crate::support::redact::client(&x.model),
+                        provider = x.stats.provider_name().unwrap_or("-"),
+                        failovers = x.stats.failovers(),
+                        prompt_tokens = usage.prompt_tokens,
+                        completion_tokens = usage.completion_tokens,
+                        "request"
+                    ),
+                    Some(trace_id) => tracing::info!(
+                        ingress,
+                        route = self.route,
+                        status,
+                        duration_ms,
+                        model = %crate::support::redact::client(&x.model),
+                        provider = x.stats.provider_name().unwrap_or("-"),
+                        failovers = x.stats.failovers(),
+                        prompt_tokens = usage.prompt_tokens,
+                        completion_tokens = usage.completion_tokens,
+                        trace_id = %trace_id,
+                        "request"
+                    ),
+                }
+            }
+            None if self.api || status >= 400 => match &trace_id {
+                None => tracing::info!(ingress, route = self.route, status, duration_ms, "request"),
+                Some(trace_id) => tracing::info!(
                     ingress,
                     route = self.route,
                     status,
                     duration_ms,
-                    model = %crate::support::redact::client(&x.model),
-                    provider = x.stats.provider_name().unwrap_or("-"),
-                    failovers = x.stats.failovers(),
-                    prompt_tokens = usage.prompt_tokens,
-                    completion_tokens = usage.completion_tokens,
+                    trace_id = %trace_id,
                     "request"
-                );
-            }
-            None if self.api || status >= 400 => {
-                tracing::info!(ingress, route = self.route, status, duration_ms, "request");
-            }
+                ),
+            },
             None => tracing::debug!(ingress, route = self.route, status, duration_ms, "request"),
         }
     }

@@ -164,7 +164,7 @@ fn reload_keys(config: &Config) -> Result<(), ConfigError> {
 /// The settings that differ between the configuration the process started
 /// with and `next` but that a running process cannot change: what it was built
 /// with at start (the listening address, connection limits, the routes, NATS,
-/// the prompt cache, the log's format and destination). Named `section.key`.
+/// the prompt cache, traces, the log's format and destination). Named `section.key`.
 pub fn needs_restart(started: &Config, next: &Config) -> Vec<String> {
     /// Sections whose every key is fixed at start, but for the live ones listed.
     const FIXED: &[(&str, &[&str])] = &[
@@ -174,6 +174,8 @@ pub fn needs_restart(started: &Config, next: &Config) -> Vec<String> {
         ),
         ("nats", &[]),
         ("prompts", &[]),
+        // The tracer and its exporter are built at start.
+        ("telemetry", &[]),
     ];
     /// Single keys fixed at start in sections that are otherwise live.
     const FIXED_KEYS: &[(&str, &str)] = &[

@@ -16,7 +16,6 @@ use serde_json::{Map, Value, json};
 
 use super::admission::Slot;
 use super::chat::{ClientBody, respond};
-use super::observe::ExchangeInfo;
 use super::{Gateway, dispatch};
 use crate::api::openai::{ApiError, invalid, json_type};
 use crate::api::responses::instructions_for;
@@ -26,6 +25,7 @@ use crate::upstream::forward::client_headers;
 pub async fn responses(
     State(gw): State<Arc<Gateway>>,
     caller: Option<axum::extract::Extension<crate::keys::Caller>>,
+    trace: Option<axum::Extension<crate::telemetry::SpanParent>>,
     headers: HeaderMap,
     ClientBody(body): ClientBody,
 ) -> Response {
@@ -74,7 +74,8 @@ pub async fn responses(
         Ok(slot) => slot,
         Err(e) => return e.into_response(),
     };
-    let origin = dispatch::Origin::http(caller.map(|c| c.0), "/v1/responses", &headers);
+    let origin = dispatch::Origin::http(caller.map(|c| c.0), "/v1/responses", &headers)
+        .traced(trace.map(|axum::Extension(t)| t));
     let input_bytes = request.get("input").map_or(0, |i| match i {
         Value::String(s) => s.len(),
         other => other.to_string().len(),
@@ -99,7 +100,7 @@ pub async fn responses(
             Bytes::from(serde_json::to_vec(&Value::Object(request)).expect("JSON serialises"))
         }
     };
-    let (info, stats) = ExchangeInfo::begin_metered(&model, ticket);
+    let (info, stats) = dispatch::begin(&model, ticket, &origin);
     let call = ResponsesCall {
         body,
         model,

@@ -39,7 +39,9 @@ pub async fn page() -> Response {
         .into_response()
 }
 
-/// `{"interval_secs", "capacity", "samples": [...], "providers": [...]}`.
+/// `{"interval_secs", "capacity", "samples": [...], "providers": [...],
+/// "failures": [...]}` (failures: the recent 5xx answers, newest first, with
+/// their trace ids when traces are on).
 pub async fn history(State(gw): State<Arc<Gateway>>) -> Response {
     let now = SystemTime::now();
     let providers: Vec<_> = gw
@@ -72,6 +74,7 @@ pub async fn history(State(gw): State<Arc<Gateway>>) -> Response {
             "capacity": CAPACITY,
             "samples": gw.history.samples(),
             "providers": providers,
+            "failures": gw.history.failures(),
         })),
     )
         .into_response()

@@ -546,6 +546,48 @@ impl NatsConfig {
     }
 }
 
+/// Traces (docs/contract.md §15): off while `otlp_endpoint` is empty.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// The collector's OTLP/HTTP base URL (`/v1/traces` is appended); empty = off.
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` wins.
+    pub otlp_endpoint: String,
+    /// `service.name` of the spans; `OTEL_SERVICE_NAME` wins.
+    pub service_name: String,
+    /// The share of traces sampled among those that arrive without a sampled parent.
+    pub sample_ratio: f64,
+    /// Prompts and answers as `gen_ai.input.messages` / `gen_ai.output.messages`.
+    pub capture_content: bool,
+    /// Continue a client's `traceparent`; false: a new trace that links to it.
+    pub trust_parent: bool,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: String::new(),
+            service_name: "warden".into(),
+            sample_ratio: 1.0,
+            capture_content: false,
+            trust_parent: true,
+        }
+    }
+}
+
+impl TelemetryConfig {
+    pub fn enabled(&self) -> bool {
+        !self.otlp_endpoint.trim().is_empty()
+    }
+    /// Where spans are sent: `{otlp_endpoint}/v1/traces`.
+    pub fn traces_url(&self) -> String {
+        format!(
+            "{}/v1/traces",
+            self.otlp_endpoint.trim().trim_end_matches('/')
+        )
+    }
+}
+
 /// The file's shape: every section optional, every key defaulted.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -568,6 +610,7 @@ pub struct Settings {
     pub keys: crate::home::keys_config::KeysConfig,
     /// USD per 1M tokens, by model name or trailing-`*` pattern.
     pub prices: crate::home::keys_config::Prices,
+    pub telemetry: TelemetryConfig,
 }
 
 /// Values given on the command line; they beat every other source.
@@ -993,6 +1036,7 @@ fn validate(s: &Settings) -> Result<(), (String, String)> {
     }
     validate_nats(&s.nats)?;
     crate::home::keys_config::validate(&s.keys, &s.prices)?;
+    validate_telemetry(&s.telemetry)?;
     let mut names = std::collections::HashSet::new();
     for (i, src) in s.prompts.sources.iter().enumerate() {
         if src.name.is_empty()
@@ -1036,6 +1080,41 @@ fn is_subject(s: &str) -> bool {
                     .chars()
                     .any(|c| c.is_whitespace() || c == '*' || c == '>' || c.is_control())
         })
+}
+
+fn validate_telemetry(t: &TelemetryConfig) -> Result<(), (String, String)> {
+    if t.enabled() {
+        match reqwest::Url::parse(t.otlp_endpoint.trim()) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+            _ => {
+                return Err((
+                    "telemetry.otlp_endpoint".into(),
+                    format!(
+                        "{:?} is not an OTLP/HTTP base URL like http://127.0.0.1:4318 \
+                         (empty turns traces off)",
+                        crate::support::redact::url(&t.otlp_endpoint)
+                    ),
+                ));
+            }
+        }
+    }
+    if !(0.0..=1.0).contains(&t.sample_ratio) {
+        return Err((
+            "telemetry.sample_ratio".into(),
+            format!(
+                "{} is out of range: must be from 0.0 to 1.0",
+                t.sample_ratio
+            ),
+        ));
+    }
+    let name = t.service_name.trim();
+    if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+        return Err((
+            "telemetry.service_name".into(),
+            "must be 1 to 255 printable characters".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn validate_nats(n: &NatsConfig) -> Result<(), (String, String)> {
@@ -1577,6 +1656,8 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("WARDEN_UPSTREAM_URL", "upstream.url"),
     ("WARDEN_UPSTREAM_API", "upstream.api"),
     ("WARDEN_NATS_URL", "nats.url"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "telemetry.otlp_endpoint"),
+    ("OTEL_SERVICE_NAME", "telemetry.service_name"),
     ("WARDEN_VERBOSE", "features.verbose"),
     ("CHATMOCK_VERBOSE", "features.verbose"),
     ("WARDEN_EXPOSE_REASONING", "features.expose_reasoning"),
@@ -1634,6 +1715,18 @@ fn apply_env(s: &mut Settings, env: &EnvSource) -> Result<(), ConfigError> {
     }
     if let Some((v, _)) = env.get_with_origin("WARDEN_NATS_URL") {
         s.nats.url = v;
+    }
+    // The OpenTelemetry variables every SDK honours (docs/contract.md §15).
+    for var in ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"] {
+        if let Some((v, origin)) = env.get_with_origin(var) {
+            if var == "OTEL_SERVICE_NAME" {
+                s.telemetry.service_name = v;
+            } else {
+                s.telemetry.otlp_endpoint = v;
+            }
+            // Named by the variable, not as if the file said it.
+            validate_telemetry(&s.telemetry).map_err(|(_, message)| bad(var, origin, message))?;
+        }
     }
     if let Some((v, _)) = env.get_with_origin("WARDEN_UPSTREAM_URL") {
         s.upstream.url = v;

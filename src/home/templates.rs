@@ -174,7 +174,8 @@ mod tests {
                 "logs",
                 "nats",
                 "keys",
-                "prices"
+                "prices",
+                "telemetry"
             ]
         );
     }

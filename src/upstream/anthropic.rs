@@ -67,7 +67,8 @@ impl AnthropicUpstream {
                 .read_body(response, &call.stats)
                 .await
                 .unwrap_or_default();
-            let mut err = provider_error(status.as_u16(), &body, self.http.display_url());
+            let mut err = provider_error(status.as_u16(), &body, self.http.display_url())
+                .upstream_status(status.as_u16());
             if let Some(after) = retry_after {
                 err = err.retry_after(after.as_secs().max(1));
             }

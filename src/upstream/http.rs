@@ -207,6 +207,7 @@ impl HttpUpstream {
         client_headers: &HeaderMap,
     ) -> Result<reqwest::Response, ApiError> {
         let mut last_error = String::new();
+        let mut last_status: Option<u16> = None;
         let deadline = stats.deadline(self.total_timeout);
         for attempt in 1..=self.attempts {
             let started = Instant::now();
@@ -232,6 +233,7 @@ impl HttpUpstream {
                 }
                 Ok(Err(e)) => {
                     last_error = format!("cannot reach upstream {}: {e}", self.display);
+                    last_status = None;
                 }
                 Ok(Ok(response)) if !conforming_status(response.status()) => {
                     self.metrics.upstream_attempt(AttemptOutcome::Failed);
@@ -239,6 +241,7 @@ impl HttpUpstream {
                 }
                 Ok(Ok(response)) if retry::is_retryable(response.status()) => {
                     retry_after = retry::retry_after(response.headers());
+                    last_status = Some(response.status().as_u16());
                     last_error =
                         format!("upstream {} answered {}", self.display, response.status());
                     if attempt == self.attempts
@@ -269,7 +272,11 @@ impl HttpUpstream {
         if self.attempts > 1 {
             last_error = format!("{last_error} (after {} attempts)", self.attempts);
         }
-        Err(ApiError::bad_gateway(last_error))
+        let error = ApiError::bad_gateway(last_error);
+        Err(match last_status {
+            Some(status) => error.upstream_status(status),
+            None => error,
+        })
     }
 
     /// One request, until response headers arrive.

@@ -74,6 +74,9 @@ pub enum UpstreamError {
     NoCommand,
     #[error("between 1 and {max} providers can be routed to, not {count}")]
     ProviderCount { count: usize, max: usize },
+    /// `[telemetry]` could not be set up.
+    #[error("{0}")]
+    Telemetry(String),
 }
 
 /// A stream of complete SSE frames (`data: ...\n\n`), ending after `[DONE]` or
@@ -113,6 +116,19 @@ pub struct ExchangeStats {
     pub streamed_bytes: AtomicU64,
     /// When the first streamed event went on to the client, when metered.
     pub first_event_at: OnceLock<std::time::Instant>,
+    /// The request's span, set by the ingress when traces are on: each attempt
+    /// is a child span of it (empty when off: no span is made).
+    pub trace: OnceLock<crate::telemetry::SpanParent>,
+    /// The name of the client's key (`warden.key` on attempt spans), once keys
+    /// identify the caller.
+    pub key_name: OnceLock<Arc<str>>,
+}
+
+impl crate::telemetry::UsageSource for ExchangeStats {
+    fn usage(&self) -> (u64, u64) {
+        let usage = ExchangeStats::usage(self);
+        (usage.prompt_tokens, usage.completion_tokens)
+    }
 }
 
 impl ExchangeStats {

@@ -79,6 +79,8 @@ pub struct Provider {
     last_error: Mutex<Option<String>>,
     /// What its `GET /models` reported (only with `models = []`).
     discovered: RwLock<Arc<[String]>>,
+    /// Host and port of its URL, for attempt spans (`None` for the mock).
+    pub server: Option<(String, u16)>,
 }
 
 impl Provider {
@@ -91,7 +93,6 @@ impl Provider {
             name: Arc::from(settings.name.as_str()),
             header: axum::http::HeaderValue::from_str(&settings.name)
                 .unwrap_or(axum::http::HeaderValue::from_static("invalid-name")),
-            settings,
             upstream,
             metrics,
             in_flight: AtomicU32::new(0),
@@ -100,6 +101,24 @@ impl Provider {
             probing: AtomicBool::new(false),
             last_error: Mutex::new(None),
             discovered: RwLock::new(Arc::from(Vec::new())),
+            server: if settings.is_mock() {
+                None
+            } else {
+                crate::telemetry::server_of(&settings.url)
+            },
+            settings,
+        }
+    }
+
+    /// `gen_ai.provider.name`: the well-known name of its API.
+    pub fn genai_system(&self) -> crate::telemetry::GenAiSystem {
+        use crate::home::config::UpstreamApi;
+        use crate::telemetry::GenAiSystem;
+        match self.upstream {
+            super::Upstream::Mock(_) => GenAiSystem::Mock,
+            _ if self.settings.api == UpstreamApi::Anthropic => GenAiSystem::Anthropic,
+            _ if self.settings.api == UpstreamApi::Command => GenAiSystem::Command,
+            _ => GenAiSystem::OpenAi,
         }
     }
 

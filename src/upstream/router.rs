@@ -57,6 +57,7 @@ use crate::api::openai::ApiError;
 use crate::api::sse::SseParser;
 use crate::home::config::Config;
 use crate::prompts::PromptStore;
+use crate::telemetry::{AttemptSpan, AttemptStart, SpanParent, UsageSource};
 
 /// At most this many providers (the candidate set is a `u64` bit mask).
 pub use crate::home::config::MAX_PROVIDERS;
@@ -179,9 +180,11 @@ impl Router {
     /// A Chat Completions request, to the first candidate that answers.
     pub async fn chat(&self, mut call: ChatCall) -> Result<Reply, ApiError> {
         let candidates = self.route_and_rewrite(&mut call.model, &mut call.body)?;
-        let (stats, model) = (call.stats.clone(), call.model.clone());
-        self.dispatch(&model, candidates, &stats, call.stream, |provider| {
-            let call = call.clone();
+        let (stats, model, body) = (call.stats.clone(), call.model.clone(), call.body.clone());
+        let request = Request::new("chat", &model, call.stream, &body);
+        self.dispatch(request, candidates, &stats, |provider, span| {
+            let mut call = call.clone();
+            trace_headers(&mut call.headers, span);
             async move { provider.upstream.chat(call).await }
         })
         .await
@@ -190,9 +193,11 @@ impl Router {
     /// A Responses API request (forwarded as it is), routed by `call.model`.
     pub async fn responses(&self, mut call: ResponsesCall) -> Result<Reply, ApiError> {
         let candidates = self.route_and_rewrite(&mut call.model, &mut call.body)?;
-        let (stats, model) = (call.stats.clone(), call.model.clone());
-        self.dispatch(&model, candidates, &stats, call.stream, |provider| {
-            let call = call.clone();
+        let (stats, model, body) = (call.stats.clone(), call.model.clone(), call.body.clone());
+        let request = Request::new("chat", &model, call.stream, &body);
+        self.dispatch(request, candidates, &stats, |provider, span| {
+            let mut call = call.clone();
+            trace_headers(&mut call.headers, span);
             async move { provider.upstream.responses(call).await }
         })
         .await
@@ -208,9 +213,11 @@ impl Router {
             Upstream::serves_embeddings,
             "embeddings",
         )?;
-        let (stats, model) = (call.stats.clone(), call.model.clone());
-        self.dispatch(&model, candidates, &stats, false, |provider| {
-            let call = call.clone();
+        let (stats, model, body) = (call.stats.clone(), call.model.clone(), call.body.clone());
+        let request = Request::new("embeddings", &model, false, &body);
+        self.dispatch(request, candidates, &stats, |provider, span| {
+            let mut call = call.clone();
+            trace_headers(&mut call.headers, span);
             async move { provider.upstream.embeddings(call).await }
         })
         .await
@@ -219,9 +226,11 @@ impl Router {
     /// A legacy completions request, routed by `call.model`.
     pub async fn completions(&self, mut call: CompletionsCall) -> Result<Reply, ApiError> {
         let candidates = self.route_and_rewrite(&mut call.model, &mut call.body)?;
-        let (stats, model) = (call.stats.clone(), call.model.clone());
-        self.dispatch(&model, candidates, &stats, call.stream, |provider| {
-            let call = call.clone();
+        let (stats, model, body) = (call.stats.clone(), call.model.clone(), call.body.clone());
+        let request = Request::new("text_completion", &model, call.stream, &body);
+        self.dispatch(request, candidates, &stats, |provider, span| {
+            let mut call = call.clone();
+            trace_headers(&mut call.headers, span);
             async move { provider.upstream.completions(call).await }
         })
         .await
@@ -285,8 +294,11 @@ impl Router {
             1
         };
         let stats = call.stats.clone();
-        self.dispatch_at_most(attempts, model, candidates, &stats, false, |provider| {
-            let call = call.clone();
+        // The body is streamed: never read for a span.
+        let request = Request::new("passthrough", model, false, b"");
+        self.dispatch_at_most(attempts, request, candidates, &stats, |provider, span| {
+            let mut call = call.clone();
+            trace_headers(&mut call.headers, span);
             async move {
                 match provider.upstream.http() {
                     Some(http) => http.pass(&call).await,
@@ -504,18 +516,17 @@ impl Router {
     /// Runs attempts until one answers, the budget is spent or the deadline passes.
     async fn dispatch<T, F, Fut>(
         &self,
-        model: &str,
+        request: Request<'_>,
         candidates: u64,
         stats: &Arc<ExchangeStats>,
-        stream: bool,
         call: F,
     ) -> Result<T, ApiError>
     where
         T: Answer,
-        F: FnMut(Arc<Provider>) -> Fut,
+        F: FnMut(Arc<Provider>, Option<&AttemptSpan>) -> Fut,
         Fut: Future<Output = Result<T, ApiError>>,
     {
-        self.dispatch_at_most(self.attempts, model, candidates, stats, stream, call)
+        self.dispatch_at_most(self.attempts, request, candidates, stats, call)
             .await
     }
 
@@ -523,17 +534,17 @@ impl Router {
     async fn dispatch_at_most<T, F, Fut>(
         &self,
         max_attempts: u32,
-        model: &str,
+        request: Request<'_>,
         candidates: u64,
         stats: &Arc<ExchangeStats>,
-        stream: bool,
         mut call: F,
     ) -> Result<T, ApiError>
     where
         T: Answer,
-        F: FnMut(Arc<Provider>) -> Fut,
+        F: FnMut(Arc<Provider>, Option<&AttemptSpan>) -> Fut,
         Fut: Future<Output = Result<T, ApiError>>,
     {
+        let (model, stream) = (request.model, request.stream);
         let attempts_allowed = max_attempts.clamp(1, self.attempts.max(1));
         let deadline = Instant::now() + self.chain_timeout;
         let mut used = [0u8; MAX_PROVIDERS];
@@ -592,20 +603,26 @@ impl Router {
             used[index] = used[index].saturating_add(1);
             provider.metrics.requests.inc();
             let in_flight = self.providers[index].enter();
+            // Off, no span: one check of an empty cell.
+            let span = stats
+                .trace
+                .get()
+                .map(|parent| request.attempt_span(parent, provider, attempts, stats));
             let started = std::time::Instant::now();
             let outcome = tokio::time::timeout_at(deadline, async {
-                match call(provider.clone()).await {
+                match call(provider.clone(), span.as_ref()).await {
                     Ok(answer) if stream => answer.first_event().await,
                     other => Attempt::Done(other),
                 }
             })
             .await;
-            provider
-                .metrics
-                .latency
-                .observe(started.elapsed().as_secs_f64());
+            let elapsed = started.elapsed();
+            provider.metrics.latency.observe(elapsed.as_secs_f64());
             let (error, kind) = match outcome {
                 Err(_) => {
+                    if let Some(span) = span {
+                        span.failed("timeout");
+                    }
                     let e = ApiError::gateway_timeout(format!(
                         "no provider answered within {} s (upstream.first_byte_timeout, \
                          which covers every attempt); the last one tried was {:?}",
@@ -616,20 +633,46 @@ impl Router {
                     stats.set_provider(&self.providers[index]);
                     return Err(e);
                 }
-                Ok(Attempt::Done(Ok(reply))) => {
+                Ok(Attempt::Done(Ok(mut reply))) => {
                     probe.succeeded();
                     stats.set_provider(&self.providers[index]);
-                    return Ok(reply.metered(stats).hold(in_flight));
-                }
-                Ok(Attempt::Done(Err(e))) => match failure_kind(&e) {
-                    None => {
-                        probe.succeeded();
-                        stats.set_provider(&self.providers[index]);
-                        return Err(e);
+                    if stream && reply.streamed() {
+                        // The stream's first event has arrived.
+                        provider
+                            .metrics
+                            .time_to_first_token
+                            .observe(elapsed.as_secs_f64());
                     }
-                    Some(kind) => (e, kind),
-                },
+                    reply = reply.metered(stats);
+                    if let Some(span) = span {
+                        reply = reply.end_span(span, elapsed, stats.clone());
+                    }
+                    return Ok(reply.hold(in_flight));
+                }
+                Ok(Attempt::Done(Err(e))) => {
+                    if let Some(span) = span {
+                        // The provider's own status where the error renders one.
+                        match e.upstream_status {
+                            Some(status) => span.failed(&status.to_string()),
+                            None if failure_kind(&e) == Some(FailureKind::Timeout) => {
+                                span.failed("timeout");
+                            }
+                            None => span.failed(e.status.as_str()),
+                        }
+                    }
+                    match failure_kind(&e) {
+                        None => {
+                            probe.succeeded();
+                            stats.set_provider(&self.providers[index]);
+                            return Err(e);
+                        }
+                        Some(kind) => (e, kind),
+                    }
+                }
                 Ok(Attempt::ErrorFirst { answer, message }) => {
+                    if let Some(span) = span {
+                        span.failed("error_event");
+                    }
                     let e = ApiError::bad_gateway(format!(
                         "provider {:?} answered with an error event: {message}",
                         provider.name
@@ -724,6 +767,66 @@ pub fn no_passthrough(path: &str) -> ApiError {
     ))
 }
 
+/// What the router knows of a request, for its attempts and their spans.
+#[derive(Clone, Copy)]
+struct Request<'a> {
+    /// `gen_ai.operation.name`.
+    operation: &'static str,
+    /// The model sent upstream.
+    model: &'a str,
+    stream: bool,
+    /// The body sent upstream (read for a span only with `capture_content`).
+    body: &'a [u8],
+}
+
+impl<'a> Request<'a> {
+    fn new(operation: &'static str, model: &'a str, stream: bool, body: &'a [u8]) -> Request<'a> {
+        Request {
+            operation,
+            model,
+            stream,
+            body,
+        }
+    }
+
+    /// The CLIENT span of attempt number `attempt` at `provider`.
+    fn attempt_span(
+        &self,
+        parent: &SpanParent,
+        provider: &Provider,
+        attempt: u32,
+        stats: &ExchangeStats,
+    ) -> AttemptSpan {
+        parent.attempt(AttemptStart {
+            operation: self.operation,
+            model: self.model,
+            provider: &provider.name,
+            system: provider.genai_system(),
+            server: provider
+                .server
+                .as_ref()
+                .map(|(host, port)| (host.as_str(), *port)),
+            attempt,
+            stream: self.stream,
+            key: stats.key_name.get().map(|k| &**k),
+            body: self.body,
+        })
+    }
+}
+
+/// Puts the attempt span's own context in the headers that go to the
+/// provider (`traceparent`, and `tracestate` when the trace has one).
+fn trace_headers(headers: &mut axum::http::HeaderMap, span: Option<&AttemptSpan>) {
+    use axum::http::HeaderValue;
+    let Some(span) = span else { return };
+    if let Ok(value) = HeaderValue::from_str(&span.traceparent()) {
+        headers.insert(crate::telemetry::propagation::TRACEPARENT, value);
+    }
+    if let Some(Ok(value)) = span.tracestate().map(|s| HeaderValue::from_str(&s)) {
+        headers.insert(crate::telemetry::propagation::TRACESTATE, value);
+    }
+}
+
 /// The request body with `model` replaced (aliases and `PROVIDER/MODEL`);
 /// every other field is kept as it was.
 pub fn with_model(body: &Bytes, model: &str) -> Result<Bytes, ApiError> {
@@ -799,9 +902,46 @@ pub trait Answer: Sized + Send {
     fn metered(self, _stats: &Arc<ExchangeStats>) -> Self {
         self
     }
+    /// Whether it is a stream (its first event has arrived).
+    fn streamed(&self) -> bool {
+        false
+    }
+    /// The attempt's span ends with this answer (a stream's when it ends);
+    /// `first_chunk` is the time from the attempt's start until now.
+    fn end_span(
+        self,
+        span: AttemptSpan,
+        _first_chunk: std::time::Duration,
+        usage: Arc<ExchangeStats>,
+    ) -> Self {
+        span.answered(b"", usage.as_ref());
+        self
+    }
 }
 
 impl Answer for Reply {
+    fn streamed(&self) -> bool {
+        matches!(self, Reply::Stream(_))
+    }
+
+    fn end_span(
+        self,
+        span: AttemptSpan,
+        first_chunk: std::time::Duration,
+        usage: Arc<ExchangeStats>,
+    ) -> Reply {
+        match self {
+            Reply::Complete(body) => {
+                span.answered(&body, usage.as_ref());
+                Reply::Complete(body)
+            }
+            Reply::Stream(frames) => {
+                let usage: Arc<dyn UsageSource> = usage;
+                Reply::Stream(Box::pin(span.stream(frames, first_chunk, usage)))
+            }
+        }
+    }
+
     async fn first_event(self) -> Attempt<Reply> {
         match self {
             Reply::Stream(frames) => first_event(frames).await,

@@ -244,7 +244,7 @@ async fn count_tokens_estimates_without_calling_a_provider() {
 
 /// What the fake Anthropic upstream answers to one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Script {
+pub(crate) enum Script {
     /// "Hello from Claude" (JSON, or the full event sequence when asked to stream).
     Text,
     /// A `get_weather` tool call with input `{"city":"Paris"}`.
@@ -268,7 +268,7 @@ struct FakeState {
     requests: std::sync::Mutex<Vec<(String, axum::http::HeaderMap, Value)>>,
 }
 
-struct FakeAnthropic {
+pub(crate) struct FakeAnthropic {
     addr: std::net::SocketAddr,
     state: std::sync::Arc<FakeState>,
 }
@@ -371,7 +371,7 @@ async fn fake_messages(
 }
 
 impl FakeAnthropic {
-    fn start(scripts: &[Script]) -> FakeAnthropic {
+    pub(crate) fn start(scripts: &[Script]) -> FakeAnthropic {
         let state = std::sync::Arc::new(FakeState {
             scripts: scripts.to_vec(),
             requests: std::sync::Mutex::new(Vec::new()),
@@ -385,11 +385,11 @@ impl FakeAnthropic {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}/v1", self.addr)
     }
 
-    fn requests(&self) -> Vec<(String, axum::http::HeaderMap, Value)> {
+    pub(crate) fn requests(&self) -> Vec<(String, axum::http::HeaderMap, Value)> {
         self.state.requests.lock().unwrap().clone()
     }
 

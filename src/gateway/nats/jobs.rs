@@ -262,6 +262,7 @@ async fn handle(gw: Arc<Gateway>, client: async_nats::Client, message: js::Messa
         CHAT_ROUTE
     };
     let mut record = Record::start(gw.clone(), Ingress::Nats, route);
+    record.trace_nats(&message.subject, message.headers.as_ref());
     let Some(reply_to) = reply_to else {
         tracing::warn!(
             subject = %message.subject,
@@ -289,6 +290,7 @@ async fn handle(gw: Arc<Gateway>, client: async_nats::Client, message: js::Messa
     // Progress acks while the upstream thinks (before the first chunk); the
     // streaming relay sends its own between chunks.
     let dispatched = {
+        let origin = origin.traced(record.span_parent());
         let work = super::dispatch_route(&gw, message.payload, &origin);
         tokio::pin!(work);
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);

@@ -507,8 +507,8 @@ async fn take(
         return;
     };
     let (gw, client) = (gw.clone(), worker.clone());
-    let payload = request.message.payload;
-    let origin = origin(&gw, request.message.headers.as_ref(), route);
+    let message = request.message;
+    let origin = origin(&gw, message.headers.as_ref(), route);
     tokio::spawn(async move {
         let _in_flight = in_flight;
         let origin = match origin {
@@ -524,7 +524,7 @@ async fn take(
         if route == MODELS_ROUTE {
             serve_models(gw, client, reply_to).await;
         } else {
-            serve_routed(gw, client, reply_to, payload, origin).await;
+            serve_routed(gw, client, reply_to, message, origin).await;
         }
     });
 }
@@ -547,6 +547,7 @@ pub(super) fn origin(
             ingress: Ingress::Nats,
             route,
             request_id: None,
+            trace: None,
         }),
         Err(failure) => {
             gw.metrics.rejected(Rejection::Auth);
@@ -560,11 +561,13 @@ async fn serve_routed(
     gw: Arc<Gateway>,
     client: async_nats::Client,
     reply_to: async_nats::Subject,
-    payload: bytes::Bytes,
+    message: async_nats::Message,
     origin: dispatch::Origin,
 ) {
     let mut record = Record::start(gw.clone(), Ingress::Nats, origin.route);
-    let dispatched = dispatch_route(&gw, payload, &origin).await;
+    record.trace_nats(&message.subject, message.headers.as_ref());
+    let origin = origin.traced(record.span_parent());
+    let dispatched = dispatch_route(&gw, message.payload, &origin).await;
     record.exchange = dispatched.info;
     let delivered = match dispatched.outcome {
         Ok((answer, slot)) => reply::deliver(&client, reply_to, answer, slot, None).await,
@@ -578,7 +581,8 @@ async fn serve_routed(
     record.finish(delivered.sent);
 }
 
-/// The dispatch of a NATS request on `route` (chat or embeddings).
+/// The dispatch of a NATS request on `route` (chat or embeddings); `trace` is
+/// its span when traces are on.
 async fn dispatch_route(
     gw: &Gateway,
     payload: bytes::Bytes,

@@ -6,6 +6,7 @@
 pub mod gateway;
 pub mod http;
 pub mod nats;
+pub mod otlp;
 pub mod prompt_server;
 pub mod responses_upstream;
 pub mod upstream;

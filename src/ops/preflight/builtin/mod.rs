@@ -28,6 +28,7 @@ pub(crate) mod nats;
 mod port;
 mod process;
 mod prompts;
+mod telemetry;
 mod upstream;
 mod writable;
 
@@ -63,8 +64,13 @@ pub(crate) async fn run(id: &str, ctx: Arc<Context>) -> Outcome {
         "port" => sync(port::check_port).await,
         "process" => sync(process::check_process).await,
         "upstream" => {
-            let nats = nats::check(&ctx.cfg.nats, ctx.cfg.upstream.connect_timeout()).await;
-            nats::combine(upstream::check_upstream(&ctx).await, nats)
+            let budget = ctx.cfg.upstream.connect_timeout();
+            let nats = nats::check(&ctx.cfg.nats, budget).await;
+            let collector = telemetry::check(&ctx.cfg.telemetry, budget).await;
+            nats::combine(
+                nats::combine(upstream::check_upstream(&ctx).await, nats),
+                collector,
+            )
         }
         "prompts" => prompts::check_prompts(ctx).await,
         other => Outcome::fail(format!("no logic for built-in check {other:?}")),
