@@ -31,7 +31,8 @@ pub async fn chat_completions(
 ) -> Response {
     let origin = dispatch::Origin::http(caller.map(|c| c.0), "/v1/chat/completions", &headers)
         .traced(trace.map(|Extension(t)| t));
-    let dispatched = dispatch::chat_with_headers(&gw, body, client_headers(&headers), &origin).await;
+    let dispatched =
+        dispatch::chat_with_headers(&gw, body, client_headers(&headers), &origin).await;
     respond_dispatched(dispatched)
 }
 

@@ -40,8 +40,12 @@ pub async fn passthrough(
     request: Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let origin = dispatch::Origin::http(caller.map(|c| c.0), "/v1/*", &parts.headers)
-        .traced(parts.extensions.get::<crate::telemetry::SpanParent>().cloned());
+    let origin = dispatch::Origin::http(caller.map(|c| c.0), "/v1/*", &parts.headers).traced(
+        parts
+            .extensions
+            .get::<crate::telemetry::SpanParent>()
+            .cloned(),
+    );
     let path = parts.uri.path().to_string();
     let rest = parts
         .uri
