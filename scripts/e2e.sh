@@ -385,4 +385,7 @@ echo "== promtool check metrics"
 curl -sf "$json_url/metrics" | promtool check metrics
 curl -sf "$responses_url/metrics" | promtool check metrics  # with the prompt gauges
 echo "promtool: /metrics accepted"
+
+# Embeddings, legacy completions and pass-through with real clients (its own script).
+bash scripts/e2e-openai-api.sh
 echo "e2e: all passed"
