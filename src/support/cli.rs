@@ -55,6 +55,31 @@ impl Generate {
     }
 }
 
+/// The help texts' indented lines (the examples: a command, spaces, a `#`
+/// comment) kept as written in the man page: each run of them goes between
+/// `.nf` and `.fi`, so `man` neither joins nor justifies them.
+fn examples_unfilled(page: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(page.len() + 64);
+    let mut in_run = false;
+    for line in page.split_inclusive(|&b| b == b'\n') {
+        let indented = line.starts_with(b"  ");
+        if indented && !in_run {
+            out.extend_from_slice(b".nf\n");
+        } else if !indented && in_run {
+            out.extend_from_slice(b".fi\n");
+        }
+        in_run = indented;
+        out.extend_from_slice(line);
+    }
+    if in_run {
+        if !out.ends_with(b"\n") {
+            out.push(b'\n');
+        }
+        out.extend_from_slice(b".fi\n");
+    }
+    out
+}
+
 /// Writes the man page or completion script for `cmd` (a binary's `clap::Command`,
 /// e.g. `Args::command()`) to `out`.
 pub fn generate(
@@ -66,7 +91,9 @@ pub fn generate(
     match kind {
         Generate::Man => {
             cmd.build();
-            clap_mangen::Man::new(cmd).render(out)
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut page)?;
+            out.write_all(&examples_unfilled(&page))
         }
         Generate::CompleteBash => {
             clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, name, out);
@@ -189,6 +216,21 @@ mod tests {
             }))
         );
         assert_eq!(generate_request(["--", "--generate", "man"]), None);
+    }
+
+    #[test]
+    fn man_page_examples_are_neither_joined_nor_justified() {
+        let cmd = clap::Command::new("demo").about("A demo").after_help(
+            "Examples:\n  demo start --port 8080        # on another port\n  demo --json   # one JSON document, for cron and CI (exit 1 on a failure)",
+        );
+        let mut out = Vec::new();
+        generate(Generate::Man, cmd, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let start = text.find(".nf\n").expect("examples in a no-fill block");
+        let end = text[start..].find(".fi\n").expect("the block ends") + start;
+        let block = &text[start..end];
+        assert!(block.contains("demo start"), "{text}");
+        assert!(block.contains("demo \\-\\-json"), "{text}");
     }
 
     #[test]
