@@ -73,7 +73,7 @@ impl Origin {
 /// operator while keys are off). Refusals are 403 `model_not_allowed`, 429
 /// `rate_limit_exceeded` / `insufficient_quota`, or 503 when the ledger is
 /// past its backlog and `keys.fail_closed`.
-pub fn admit_key(
+pub async fn admit_key(
     gw: &Gateway,
     origin: &Origin,
     model: &str,
@@ -95,6 +95,7 @@ pub fn admit_key(
                 request_id: origin.request_id.clone(),
             },
         )
+        .await
         .map_err(denied)
 }
 
@@ -160,7 +161,7 @@ pub async fn chat_with_headers(
         Ok(resolved) => resolved,
         Err(e) => return failed(e),
     };
-    let (slot, info, stats) = match admit(gw, &live, origin, &model, input_bytes, &body) {
+    let (slot, info, stats) = match admit(gw, &live, origin, &model, input_bytes, &body).await {
         Ok(admitted) => admitted,
         Err(e) => return failed(e),
     };
@@ -205,7 +206,7 @@ pub async fn embeddings(
         Err(e) => return failed(e),
     };
     let input_bytes = body.len();
-    let (slot, info, stats) = match admit(gw, &live, origin, &model, input_bytes, &body) {
+    let (slot, info, stats) = match admit(gw, &live, origin, &model, input_bytes, &body).await {
         Ok(admitted) => admitted,
         Err(e) => return failed(e),
     };
@@ -247,7 +248,7 @@ pub async fn completions(
         Err(e) => return failed(e),
     };
     let input_bytes = body.len();
-    let (slot, info, stats) = match admit(gw, &live, origin, &model, input_bytes, &body) {
+    let (slot, info, stats) = match admit(gw, &live, origin, &model, input_bytes, &body).await {
         Ok(admitted) => admitted,
         Err(e) => return failed(e),
     };
@@ -276,7 +277,7 @@ pub async fn completions(
 /// metrics, the ledger and the upstream call share. What every route must pass
 /// before an upstream call is added here. The origin's `trace` (the request's
 /// span, when traces are on) makes each provider attempt a child span of it.
-pub fn admit(
+pub async fn admit(
     gw: &Gateway,
     live: &super::Live,
     origin: &Origin,
@@ -286,7 +287,7 @@ pub fn admit(
 ) -> Result<(Slot, ExchangeInfo, std::sync::Arc<ExchangeStats>), ApiError> {
     // The slot first: a request refused for concurrency reserves nothing.
     let slot = Slot::try_take(gw, live)?;
-    let ticket = admit_key(gw, origin, model, input_bytes, body)?;
+    let ticket = admit_key(gw, origin, model, input_bytes, body).await?;
     let (info, stats) = begin(model, ticket, origin);
     Ok((slot, info, stats))
 }
