@@ -24,6 +24,9 @@ pub struct ApiError {
     /// gateway's rendering of it (a provider's 503 becomes a 502 here); the
     /// `error.type` of the attempt's span.
     pub upstream_status: Option<u16>,
+    /// Headers the answer carries besides `Retry-After` (a key's
+    /// `x-ratelimit-*` on its refusals).
+    pub headers: Vec<(axum::http::HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
@@ -36,6 +39,7 @@ impl ApiError {
             param: None,
             retry_after: None,
             upstream_status: None,
+            headers: Vec::new(),
         }
     }
     pub fn code(mut self, code: &'static str) -> Self {
@@ -120,6 +124,9 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        for (name, value) in self.headers {
+            response.headers_mut().insert(name, value);
         }
         response
     }

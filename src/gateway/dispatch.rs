@@ -107,6 +107,7 @@ pub fn denied(d: crate::keys::Denied) -> ApiError {
         e = e.param("model");
     }
     e.retry_after = d.retry_after;
+    e.headers = super::chat::rate_limit_pairs(&d.rate);
     e
 }
 

@@ -123,6 +123,8 @@ pub struct Denied {
     pub code: &'static str,
     pub message: String,
     pub retry_after: Option<u64>,
+    /// The key's `x-ratelimit-*` figures at the refusal (for the limits it has).
+    pub rate: RateHeaders,
 }
 
 impl Denied {
@@ -133,6 +135,7 @@ impl Denied {
             code,
             message,
             retry_after: None,
+            rate: RateHeaders::default(),
         }
     }
 }
@@ -481,8 +484,9 @@ impl Keys {
                 started,
             )));
         };
-        let refuse = |e: Denied, request: &Metered| {
+        let refuse = |mut e: Denied, request: &Metered| {
             self.refused(&key, request, e.status);
+            e.rate = self.counters.headers(key.name(), &key.limits, now_millis());
             Err(e)
         };
         if !key.entry.models.is_empty()

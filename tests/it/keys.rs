@@ -278,8 +278,199 @@ async fn rpm_beyond_the_limit_is_429_rate_limit_exceeded_with_retry_after_and_ra
         .parse()
         .unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
+    // The refusal carries the key's figures too: no request left this minute.
+    let h = third.headers();
+    assert_eq!(h["x-ratelimit-limit-requests"], "2");
+    assert_eq!(h["x-ratelimit-remaining-requests"], "0");
+    assert!(
+        h["x-ratelimit-reset-requests"]
+            .to_str()
+            .unwrap()
+            .ends_with('s')
+    );
+    assert_eq!(h["x-ratelimit-limit-tokens"], "100000");
+    assert!(h.contains_key("x-ratelimit-remaining-tokens"));
     let body: Value = third.json().await.unwrap();
     assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+}
+
+/// Every 429 a key earns (max_parallel, tpm, insufficient_quota) carries
+/// `Retry-After` and the `x-ratelimit-*` headers of the limits the key has, in
+/// OpenAI's shape on /v1/chat/completions and in Anthropic's on /v1/messages.
+#[tokio::test]
+async fn every_429_of_a_key_carries_retry_after_and_its_ratelimit_headers() {
+    let upstream = Upstream::start(Behaviour::StallStream);
+    let home = TestHome::new();
+    home.config(&format!(
+        "[upstream]\nurl = \"{}\"\nattempts = 1\n",
+        upstream.url()
+    ));
+    let parallel = create_key(&home, "parallel", &["--max-parallel", "1", "--rpm", "50"]);
+    let tokens = create_key(&home, "tokens", &["--tpm", "30"]);
+    let budget = create_key(
+        &home,
+        "budget",
+        &["--budget-tokens", "30", "--period", "day", "--rpm", "40"],
+    );
+    let gw = InProcess::start(&home, &[]);
+    let check = |r: &reqwest::Response, code: &str, want: &[(&str, &str)]| {
+        assert_eq!(r.status(), 429, "{code}");
+        let h = r.headers();
+        let retry: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!(retry >= 1, "{code}: Retry-After {retry}");
+        for (name, value) in want {
+            assert_eq!(h[*name], *value, "{code}: {name} in {h:?}");
+        }
+        for kind in ["requests", "tokens"] {
+            let has = want.iter().any(|(n, _)| n.ends_with(kind));
+            for part in ["limit", "remaining", "reset"] {
+                let name = format!("x-ratelimit-{part}-{kind}");
+                assert_eq!(h.contains_key(&name), has, "{code}: {name} in {h:?}");
+            }
+        }
+    };
+    // max_parallel: one stream holds the only slot.
+    let mut streaming = chat_as(&gw, Some(&parallel), &chat_body(true)).await;
+    assert_eq!(streaming.status(), 200);
+    read_until(&mut streaming, "first").await;
+    let r = chat_as(&gw, Some(&parallel), &chat_body(true)).await;
+    check(
+        &r,
+        "max_parallel",
+        &[
+            ("x-ratelimit-limit-requests", "50"),
+            ("x-ratelimit-remaining-requests", "49"),
+        ],
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    // The same refusal on /v1/messages, in Anthropic's shape, same headers.
+    let r = client()
+        .post(format!("{}/v1/messages", gw.url))
+        .header("x-api-key", &parallel)
+        .json(&json!({"model": "gpt-5", "max_tokens": 16,
+                      "messages": [{"role": "user", "content": "hello"}]}))
+        .send()
+        .await
+        .unwrap();
+    check(
+        &r,
+        "max_parallel on /v1/messages",
+        &[
+            ("x-ratelimit-limit-requests", "50"),
+            ("x-ratelimit-remaining-requests", "49"),
+        ],
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["type"], "error", "{body}");
+    drop(streaming);
+    // tpm: the first request's tokens fill the window.
+    let big = json!({"model": "gpt-5", "messages": [{"role": "user", "content": "x".repeat(200)}],
+                     "max_tokens": 16, "stream": true});
+    let mut first = chat_as(&gw, Some(&tokens), &big).await;
+    assert_eq!(first.status(), 200);
+    read_until(&mut first, "first").await;
+    let r = chat_as(&gw, Some(&tokens), &chat_body(false)).await;
+    check(
+        &r,
+        "tpm",
+        &[
+            ("x-ratelimit-limit-tokens", "30"),
+            ("x-ratelimit-remaining-tokens", "0"),
+        ],
+    );
+    // insufficient_quota: 27 reserved of 30 leaves no room for a second.
+    let mut held = chat_as(&gw, Some(&budget), &chat_body(true)).await;
+    assert_eq!(held.status(), 200);
+    read_until(&mut held, "first").await;
+    let r = chat_as(&gw, Some(&budget), &chat_body(true)).await;
+    check(
+        &r,
+        "insufficient_quota",
+        &[
+            ("x-ratelimit-limit-requests", "40"),
+            ("x-ratelimit-remaining-requests", "39"),
+        ],
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "insufficient_quota");
+    drop(held);
+}
+
+/// A metered answer carries the key's `x-ratelimit-*` headers on every route:
+/// chat, responses, messages, embeddings, completions and pass-through.
+#[tokio::test]
+async fn metered_answers_carry_ratelimit_headers_on_every_route() {
+    async fn images() -> axum::Json<Value> {
+        axum::Json(json!({"created": 1, "data": [{"url": "https://example.invalid/x.png"}]}))
+    }
+    let app = axum::Router::new().route("/v1/images/generations", axum::routing::post(images));
+    let images_url = format!("http://{}/v1", crate::support::prompt_server::serve(app));
+    let home = TestHome::new();
+    home.config(&format!(
+        "[[providers]]\nname = \"mock\"\nurl = \"mock\"\nmodels = [\"*\"]\n\n\
+         [[providers]]\nname = \"img\"\nurl = \"{images_url}\"\npassthrough = true\nmodels = [\"dall-e-*\"]\n"
+    ));
+    let secret = create_key(&home, "headers", &["--rpm", "100", "--tpm", "1000000"]);
+    let gw = InProcess::start(&home, &[]);
+    let calls = [
+        ("/v1/chat/completions", chat_body(false)),
+        ("/v1/chat/completions", chat_body(true)),
+        ("/v1/responses", json!({"model": "gpt-5", "input": "hello"})),
+        (
+            "/v1/responses",
+            json!({"model": "gpt-5", "input": "hello", "stream": true}),
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "gpt-5", "max_tokens": 20,
+                   "messages": [{"role": "user", "content": "hello"}]}),
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": "text-embedding-3-small", "input": "hello"}),
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "gpt-5", "prompt": "hello", "max_tokens": 5}),
+        ),
+        (
+            "/v1/images/generations",
+            json!({"model": "dall-e-3", "prompt": "a cat"}),
+        ),
+    ];
+    for (i, (path, body)) in calls.iter().enumerate() {
+        let r = client()
+            .post(format!("{}{path}", gw.url))
+            .bearer_auth(&secret)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let h = r.headers().clone();
+        let _ = r.bytes().await.unwrap();
+        assert_eq!(h["x-ratelimit-limit-requests"], "100", "{path}: {h:?}");
+        assert_eq!(
+            h["x-ratelimit-remaining-requests"],
+            (99 - i).to_string().as_str(),
+            "{path}: {h:?}"
+        );
+        assert!(
+            h["x-ratelimit-reset-requests"]
+                .to_str()
+                .unwrap()
+                .ends_with('s')
+        );
+        assert_eq!(h["x-ratelimit-limit-tokens"], "1000000", "{path}: {h:?}");
+        let remaining: u64 = h["x-ratelimit-remaining-tokens"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(remaining < 1_000_000, "{path}: {h:?}");
+        assert!(h.contains_key("x-ratelimit-reset-tokens"), "{path}: {h:?}");
+    }
 }
 
 /// LiteLLM #34732: budget checks and spend records as separate steps let a burst overspend.
