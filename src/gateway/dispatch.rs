@@ -107,7 +107,9 @@ pub fn denied(d: crate::keys::Denied) -> ApiError {
         e = e.param("model");
     }
     e.retry_after = d.retry_after;
-    e.headers = super::chat::rate_limit_pairs(&d.rate);
+    if let Some(rate) = &d.rate {
+        e.headers = super::chat::rate_limit_pairs(rate);
+    }
     e
 }
 

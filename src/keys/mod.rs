@@ -124,7 +124,7 @@ pub struct Denied {
     pub message: String,
     pub retry_after: Option<u64>,
     /// The key's `x-ratelimit-*` figures at the refusal (for the limits it has).
-    pub rate: RateHeaders,
+    pub rate: Option<Box<RateHeaders>>,
 }
 
 impl Denied {
@@ -135,7 +135,7 @@ impl Denied {
             code,
             message,
             retry_after: None,
-            rate: RateHeaders::default(),
+            rate: None,
         }
     }
 }
@@ -486,7 +486,11 @@ impl Keys {
         };
         let refuse = |mut e: Denied, request: &Metered| {
             self.refused(&key, request, e.status);
-            e.rate = self.counters.headers(key.name(), &key.limits, now_millis());
+            e.rate = Some(Box::new(self.counters.headers(
+                key.name(),
+                &key.limits,
+                now_millis(),
+            )));
             Err(e)
         };
         if !key.entry.models.is_empty()
