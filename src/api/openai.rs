@@ -368,6 +368,26 @@ pub struct Usage {
     pub prompt_tokens: u64,
     #[serde(default)]
     pub completion_tokens: u64,
+    /// Prompt tokens read from the provider's cache (included in
+    /// `prompt_tokens`): Chat's `prompt_tokens_details.cached_tokens`.
+    #[serde(
+        default,
+        rename = "prompt_tokens_details",
+        deserialize_with = "cached_of_details"
+    )]
+    pub cached_tokens: u64,
+}
+
+/// `cached_tokens` of a `prompt_tokens_details` object (0 when absent or null).
+fn cached_of_details<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    struct Details {
+        #[serde(default)]
+        cached_tokens: Option<u64>,
+    }
+    Ok(Option::<Details>::deserialize(d)?
+        .and_then(|details| details.cached_tokens)
+        .unwrap_or(0))
 }
 
 #[cfg(test)]

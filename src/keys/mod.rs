@@ -611,6 +611,7 @@ impl Keys {
                 route: request.route.to_string(),
                 model: Some(crate::support::redact::truncate(&request.model, 256).to_string()),
                 status,
+                trace_id: request.trace_id.clone(),
                 ..Row::default()
             });
         }
@@ -635,13 +636,16 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[derive(Clone, Debug, Default)]
 pub struct Metered {
     pub ingress: &'static str,
-    pub route: &'static str,
+    /// The route (pass-through: the request's own path).
+    pub route: std::borrow::Cow<'static, str>,
     pub model: String,
     /// Input tokens estimated at 4 bytes of the request's messages a token.
     pub input_estimate: u64,
     /// The request's own output limit (`max_tokens` and the like).
     pub max_output: Option<u64>,
     pub request_id: Option<String>,
+    /// The request's trace id when traces are on (for a refusal's row).
+    pub trace_id: Option<String>,
 }
 
 /// 4 bytes a token, never zero for something sent.
@@ -772,7 +776,7 @@ impl Ticket {
                 cost_usd: micros as f64 / 1e6,
                 duration_ms: (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
                 ttft_ms: outcome.ttft.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3),
-                trace_id: outcome.trace_id,
+                trace_id: outcome.trace_id.or(self.request.trace_id.take()),
                 estimated,
             });
             if !pushed {

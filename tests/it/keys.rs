@@ -1007,7 +1007,11 @@ async fn embeddings_completions_and_pass_through_need_the_key_and_are_metered() 
     );
     assert_eq!(
         answered.iter().map(|r| r.1.as_str()).collect::<Vec<_>>(),
-        ["/v1/embeddings", "/v1/completions", "/v1/*"]
+        [
+            "/v1/embeddings",
+            "/v1/completions",
+            "/v1/images/generations"
+        ]
     );
 }
 
@@ -1156,5 +1160,302 @@ async fn daemon_restart_under_load_leaves_one_ledger_row_per_answered_request() 
         ok_rows,
         answered.load(Ordering::Relaxed),
         "ledger rows vs answered requests"
+    );
+}
+
+/// An SSE body of the given JSON events (`event:` named by their `type`, when
+/// they have one), then `[DONE]` when asked.
+fn sse_body(events: &[Value], done: bool) -> axum::response::Response {
+    let mut text = String::new();
+    for e in events {
+        if let Some(kind) = e["type"].as_str() {
+            text.push_str(&format!("event: {kind}\n"));
+        }
+        text.push_str(&format!("data: {e}\n\n"));
+    }
+    if done {
+        text.push_str("data: [DONE]\n\n");
+    }
+    axum::response::Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(axum::body::Body::from(text))
+        .unwrap()
+}
+
+/// A fake provider that reports cached input tokens in each API's own way:
+/// Chat (`prompt_tokens_details.cached_tokens`, 80 of 100), Responses
+/// (`input_tokens_details.cached_tokens`, 150 of 200) and Anthropic
+/// (`cache_read_input_tokens` 40 besides `input_tokens` 10).
+fn cached_tokens_provider() -> String {
+    use axum::response::IntoResponse;
+    async fn chat(axum::Json(req): axum::Json<Value>) -> axum::response::Response {
+        let usage = json!({"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110,
+                           "prompt_tokens_details": {"cached_tokens": 80}});
+        let model = req["model"].clone();
+        if req["stream"] == true {
+            let chunk = |delta: Value, finish: Value| {
+                json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": model,
+                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+            };
+            let mut events = vec![
+                chunk(json!({"role": "assistant", "content": "hi"}), Value::Null),
+                chunk(json!({}), json!("stop")),
+            ];
+            if req["stream_options"]["include_usage"] == true {
+                events.push(
+                    json!({"id": "c1", "object": "chat.completion.chunk", "created": 1,
+                                   "model": model, "choices": [], "usage": usage}),
+                );
+            }
+            return sse_body(&events, true);
+        }
+        axum::Json(
+            json!({"id": "c1", "object": "chat.completion", "created": 1, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                         "finish_reason": "stop"}],
+            "usage": usage}),
+        )
+        .into_response()
+    }
+    async fn responses(axum::Json(req): axum::Json<Value>) -> axum::response::Response {
+        let response = json!({"id": "resp_1", "object": "response", "created_at": 1,
+            "status": "completed", "model": req["model"],
+            "output": [{"type": "message", "id": "m1", "role": "assistant", "status": "completed",
+                        "content": [{"type": "output_text", "text": "hi", "annotations": []}]}],
+            "usage": {"input_tokens": 200, "output_tokens": 20, "total_tokens": 220,
+                      "input_tokens_details": {"cached_tokens": 150}}});
+        if req["stream"] == true {
+            return sse_body(
+                &[
+                    json!({"type": "response.created", "response": {"id": "resp_1", "status": "in_progress"}}),
+                    json!({"type": "response.output_text.delta", "item_id": "m1", "output_index": 0,
+                           "content_index": 0, "delta": "hi"}),
+                    json!({"type": "response.completed", "response": response}),
+                ],
+                false,
+            );
+        }
+        axum::Json(response).into_response()
+    }
+    async fn messages(axum::Json(req): axum::Json<Value>) -> axum::response::Response {
+        let usage = json!({"input_tokens": 10, "cache_read_input_tokens": 40,
+                           "cache_creation_input_tokens": 0, "output_tokens": 5});
+        if req["stream"] == true {
+            return sse_body(
+                &[
+                    json!({"type": "message_start", "message": {"id": "msg_1", "type": "message",
+                        "role": "assistant", "model": req["model"], "content": [],
+                        "stop_reason": null, "stop_sequence": null,
+                        "usage": {"input_tokens": 10, "cache_read_input_tokens": 40,
+                                  "cache_creation_input_tokens": 0, "output_tokens": 1}}}),
+                    json!({"type": "content_block_start", "index": 0,
+                           "content_block": {"type": "text", "text": ""}}),
+                    json!({"type": "content_block_delta", "index": 0,
+                           "delta": {"type": "text_delta", "text": "hi"}}),
+                    json!({"type": "content_block_stop", "index": 0}),
+                    json!({"type": "message_delta", "delta": {"stop_reason": "end_turn",
+                           "stop_sequence": null}, "usage": {"output_tokens": 5}}),
+                    json!({"type": "message_stop"}),
+                ],
+                false,
+            );
+        }
+        axum::Json(
+            json!({"id": "msg_1", "type": "message", "role": "assistant",
+            "model": req["model"], "content": [{"type": "text", "text": "hi"}],
+            "stop_reason": "end_turn", "stop_sequence": null, "usage": usage}),
+        )
+        .into_response()
+    }
+    let app = axum::Router::new()
+        .route("/v1/chat/completions", axum::routing::post(chat))
+        .route("/v1/responses", axum::routing::post(responses))
+        .route("/v1/messages", axum::routing::post(messages));
+    let url = format!("http://{}/v1", crate::support::prompt_server::serve(app));
+    format!(
+        "[[providers]]\nname = \"chat\"\nurl = \"{url}\"\nmodels = [\"gpt-5\"]\nattempts = 1\n\n\
+         [[providers]]\nname = \"resp\"\nurl = \"{url}\"\napi = \"responses\"\nmodels = [\"o3\"]\nattempts = 1\n\n\
+         [[providers]]\nname = \"claude\"\nurl = \"{url}\"\napi = \"anthropic\"\napi_key_env = \"ANTHROPIC_API_KEY\"\nmodels = [\"claude-*\"]\nattempts = 1\n\n\
+         [features]\nresponses_no_base_instructions = true\n\n\
+         [prices]\n\"gpt-5\" = {{ input = 1.0, output = 10.0, cached_input = 0.1 }}\n\
+         \"o3\" = {{ input = 2.0, output = 8.0, cached_input = 0.5 }}\n\
+         \"claude-*\" = {{ input = 3.0, output = 15.0, cached_input = 0.3 }}\n"
+    )
+}
+
+/// Every ledger row's (route, model, input, output, cached, cost, trace id).
+type Metering = (String, String, i64, i64, i64, f64, Option<String>);
+
+fn metering_rows(home: &TestHome) -> Vec<Metering> {
+    let conn = rusqlite::Connection::open(home.file("data/usage.db")).unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT route, model, input_tokens, output_tokens, cached_tokens, cost_usd, trace_id
+             FROM usage ORDER BY rowid",
+        )
+        .unwrap();
+    stmt.query_map([], |r| {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+        ))
+    })
+    .unwrap()
+    .collect::<rusqlite::Result<_>>()
+    .unwrap()
+}
+
+/// The ledger's `cached_tokens` is what the provider reported (OpenAI Chat and
+/// Responses, Anthropic), streamed or not, with input counting cached tokens;
+/// the cost prices them at `cached_input`; `trace_id` is null with traces off.
+#[tokio::test]
+async fn cached_tokens_are_recorded_from_every_provider_and_priced_at_cached_input() {
+    let home = TestHome::new();
+    home.config(&cached_tokens_provider());
+    let secret = create_key(&home, "cache", &[]);
+    let gw = InProcess::start(&home, &[("ANTHROPIC_API_KEY", "sk-ant-test")]);
+    let calls = [
+        (
+            "/v1/chat/completions",
+            json!({"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "gpt-5", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        ("/v1/responses", json!({"model": "o3", "input": "hi"})),
+        (
+            "/v1/responses",
+            json!({"model": "o3", "input": "hi", "stream": true}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "o3", "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "claude-x", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "claude-x", "max_tokens": 20, "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "claude-x", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+    ];
+    for (path, body) in &calls {
+        let r = client()
+            .post(format!("{}{path}", gw.url))
+            .bearer_auth(&secret)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path} {body}");
+        let text = r.text().await.unwrap();
+        assert!(text.contains("hi"), "{path}: {text}");
+    }
+    wait_rows(&home, calls.len()).await;
+    let rows = metering_rows(&home);
+    let got: Vec<(&str, &str, i64, i64, i64)> = rows
+        .iter()
+        .map(|r| (r.0.as_str(), r.1.as_str(), r.2, r.3, r.4))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("/v1/chat/completions", "gpt-5", 100, 10, 80),
+            ("/v1/chat/completions", "gpt-5", 100, 10, 80),
+            ("/v1/responses", "o3", 200, 20, 150),
+            ("/v1/responses", "o3", 200, 20, 150),
+            ("/v1/chat/completions", "o3", 200, 20, 150),
+            ("/v1/messages", "claude-x", 50, 5, 40),
+            ("/v1/messages", "claude-x", 50, 5, 40),
+            ("/v1/chat/completions", "claude-x", 50, 5, 40),
+        ]
+    );
+    // USD per 1M tokens: uncached input, cached input at cached_input, output.
+    let want = |uncached: f64, cached: f64, output: f64| (uncached + cached + output) / 1e6;
+    let costs = [
+        want(20.0 * 1.0, 80.0 * 0.1, 10.0 * 10.0),
+        want(50.0 * 2.0, 150.0 * 0.5, 20.0 * 8.0),
+        want(10.0 * 3.0, 40.0 * 0.3, 5.0 * 15.0),
+    ];
+    for (row, cost) in rows.iter().zip([0, 0, 1, 1, 1, 2, 2, 2].map(|i| costs[i])) {
+        assert!((row.5 - cost).abs() < 1e-12, "{row:?}: want {cost}");
+        assert_eq!(row.6, None, "traces are off: {row:?}");
+    }
+    let out = run("proxy", &home, &["usage", "--by", "model", "--json"]);
+    let by_model: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cached: Vec<(String, u64)> = by_model
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["model"].as_str().unwrap().to_string(),
+                m["cached_tokens"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        cached,
+        [
+            ("claude-x".to_string(), 120),
+            ("gpt-5".to_string(), 160),
+            ("o3".to_string(), 450)
+        ],
+        "{by_model}"
+    );
+}
+
+/// With traces on, each ledger row's `trace_id` is the trace of the request's
+/// exported span, so a row leads to its trace and back.
+#[tokio::test]
+async fn the_ledger_trace_id_is_the_exported_spans_trace_id() {
+    use crate::support::otlp::{Collector, Mode, SERVER};
+    let collector = Collector::start(Mode::Accept);
+    let home = TestHome::new();
+    home.config(&format!(
+        "[telemetry]\notlp_endpoint = \"{}\"\n",
+        collector.endpoint()
+    ));
+    let secret = create_key(&home, "traced", &[]);
+    let gw = InProcess::start(&home, &[]);
+    for stream in [false, true] {
+        let r = chat_as(&gw, Some(&secret), &chat_body(stream)).await;
+        assert_eq!(r.status(), 200);
+        let _ = r.bytes().await.unwrap();
+    }
+    wait_rows(&home, 2).await;
+    let rows = metering_rows(&home);
+    let spans = collector
+        .until("two server spans", |spans| {
+            spans.iter().filter(|s| s.kind == SERVER).count() >= 2
+        })
+        .await;
+    let mut exported: Vec<String> = spans
+        .iter()
+        .filter(|s| s.kind == SERVER)
+        .map(|s| s.trace_id.clone())
+        .collect();
+    let mut recorded: Vec<String> = rows
+        .iter()
+        .map(|r| r.6.clone().expect("a trace id with traces on"))
+        .collect();
+    exported.sort();
+    recorded.sort();
+    assert_eq!(recorded, exported);
+    assert!(
+        recorded
+            .iter()
+            .all(|t| t.len() == 32 && t != &"0".repeat(32))
     );
 }
