@@ -161,6 +161,7 @@ pub struct Keys {
     prices: Prices,
     default_reservation: u64,
     fail_closed: bool,
+    ledger_backlog: usize,
     ledger_path: PathBuf,
     ledger: RwLock<Option<Arc<Ledger>>>,
     stats: RwLock<HashMap<String, Arc<KeyStats>>>,
@@ -194,6 +195,7 @@ impl Keys {
             prices: config.prices.clone(),
             default_reservation: config.keys.default_reservation,
             fail_closed: config.keys.fail_closed,
+            ledger_backlog: config.keys.ledger_backlog,
             ledger_path: config.home.resolve_path(&config.keys.ledger),
             ledger: RwLock::new(None),
             stats: RwLock::new(HashMap::new()),
@@ -278,7 +280,10 @@ impl Keys {
         if slot.is_some() {
             return;
         }
-        *slot = Some(Arc::new(Ledger::start(self.ledger_path.clone())));
+        *slot = Some(Arc::new(Ledger::start_bounded(
+            self.ledger_path.clone(),
+            self.ledger_backlog,
+        )));
         drop(slot);
         self.preload_spend();
     }
@@ -779,10 +784,12 @@ impl Ticket {
                 trace_id: outcome.trace_id.or(self.request.trace_id.take()),
                 estimated,
             });
-            if !pushed {
+            // Said once, then at every power of two dropped: a bounded log.
+            if !pushed && ledger.dropped().is_power_of_two() {
                 tracing::error!(
-                    "usage ledger backlog full ({} rows): a row was dropped",
-                    ledger::MAX_BACKLOG
+                    dropped = ledger.dropped(),
+                    "usage ledger backlog full ({} rows): rows are dropped (keys.fail_closed = false); run `doctor`",
+                    ledger.max_backlog()
                 );
             }
         }

@@ -1459,3 +1459,89 @@ async fn the_ledger_trace_id_is_the_exported_spans_trace_id() {
             .all(|t| t.len() == 32 && t != &"0".repeat(32))
     );
 }
+
+/// Waits until `/health`'s `keys.ledger` says `want`.
+async fn wait_ledger_state(gw: &InProcess, want: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let report = health(gw).await;
+        if report["keys"]["ledger"] == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "ledger never {want}: {report}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An unwritable ledger never stops serving until its backlog bound
+/// (`keys.ledger_backlog`, 20 here); past it, `fail_closed = true` answers 503
+/// `ledger_unavailable` to metered requests but never to the operator's token,
+/// and `fail_closed = false` serves on.
+#[tokio::test]
+async fn an_unwritable_ledger_serves_until_its_backlog_bound_then_fail_closed_spares_the_operator()
+{
+    for fail_closed in [true, false] {
+        let home = TestHome::new();
+        home.config(&format!(
+            "[keys]\nledger_backlog = 20\nfail_closed = {fail_closed}\n"
+        ));
+        // A directory where the database should be: it can never be written.
+        std::fs::create_dir_all(home.file("data/usage.db")).unwrap();
+        let secret = create_key(&home, "heavy", &[]);
+        let gw = InProcess::start(&home, &[("WARDEN_AUTH_TOKEN", "operator-secret")]);
+        for i in 0..20 {
+            let r = chat_as(&gw, Some(&secret), &chat_body(false)).await;
+            assert_eq!(r.status(), 200, "request {i} is within the bound");
+        }
+        wait_ledger_state(&gw, "failing").await;
+        let report = health(&gw).await;
+        assert_eq!(report["status"], "warn", "{report}");
+        for _ in 0..3 {
+            let r = chat_as(&gw, Some(&secret), &chat_body(false)).await;
+            if fail_closed {
+                assert_eq!(r.status(), 503);
+                assert_eq!(r.headers()["retry-after"], "5");
+                let body: Value = r.json().await.unwrap();
+                assert_eq!(body["error"]["code"], "ledger_unavailable", "{body}");
+            } else {
+                assert_eq!(r.status(), 200, "fail_closed = false serves on");
+            }
+            let r = chat_as(&gw, Some("operator-secret"), &chat_body(false)).await;
+            assert_eq!(r.status(), 200, "the operator's token is never refused");
+        }
+    }
+}
+
+/// `keys.toml` is bounded: at most 10,000 keys (`proxy keys create` refuses
+/// the next one) and 8 MiB; past either, the error names the file and says
+/// what to do.
+#[test]
+fn a_keys_file_past_its_bounds_is_refused_naming_the_file() {
+    use warden::keys::file::MAX_KEYS;
+    let home = TestHome::new();
+    let mut full = String::new();
+    for i in 0..MAX_KEYS {
+        full.push_str(&format!(
+            "[[key]]\nname = \"k{i}\"\nsha256 = \"{}\"\n\n",
+            "0".repeat(64)
+        ));
+    }
+    home.write("keys.toml", &full);
+    let out = run("proxy", &home, &["keys", "create", "one-too-many"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("keys.toml") && err.contains(&format!("at most {MAX_KEYS}")),
+        "{err}"
+    );
+    assert_eq!(home.read("keys.toml"), full, "the file is left as it was");
+    // A file past 8 MiB is refused before it is parsed.
+    home.write("keys.toml", &"# padding padding\n".repeat(500_000));
+    let out = run("proxy", &home, &["keys", "list"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("keys.toml") && err.contains("larger than 8 MiB"),
+        "{err}"
+    );
+}
