@@ -1545,3 +1545,128 @@ fn a_keys_file_past_its_bounds_is_refused_naming_the_file() {
         "{err}"
     );
 }
+
+/// GET `path` of `server` as JSON.
+async fn get_json_of(server: &impl Served, path: &str) -> Value {
+    let r = client()
+        .get(format!("{}{path}", server.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{path}");
+    r.json().await.unwrap()
+}
+
+/// `/ui` shows usage per key name and per model (requests, tokens, cost; today
+/// and this period) from memory; a restart keeps the figures (read back from
+/// the ledger once); the key's secret appears nowhere on the page or its data.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_status_page_shows_usage_per_key_and_model_and_never_a_secret() {
+    let upstream = Upstream::start(Behaviour::Fast);
+    let home = TestHome::new();
+    home.config(&format!(
+        "[upstream]\nurl = \"{}\"\nattempts = 1\n\n[prices]\n\"gpt-5\" = {{ input = 1.0, output = 10.0 }}\n",
+        upstream.url()
+    ));
+    let alice = create_key(&home, "alice", &["--period", "day"]);
+    let bob = create_key(&home, "bob", &["--models", "other"]);
+    let gw = InProcess::start(&home, &[]);
+    let off = get_json_of(&gw, "/ui/usage.json").await;
+    assert_eq!(off["keys"], json!([]), "{off}");
+    for _ in 0..3 {
+        assert_eq!(
+            chat_as(&gw, Some(&alice), &chat_body(false)).await.status(),
+            200
+        );
+    }
+    assert_eq!(
+        chat_as(&gw, Some(&bob), &chat_body(false)).await.status(),
+        403
+    );
+    // The upstream reports 5 + 2 tokens a request: 5 × $1 + 2 × $10 per 1M.
+    let figures = |requests: u64, refused: u64| {
+        json!({"requests": requests, "refused": refused, "input_tokens": 5 * requests,
+               "output_tokens": 2 * requests, "cached_tokens": 0, "tokens": 7 * requests,
+               "cost_usd": (25 * requests) as f64 / 1e6})
+    };
+    let want = json!({
+        "enabled": true,
+        "keys": [
+            {"name": "alice", "period": "day", "today": figures(3, 0), "period_figures": figures(3, 0)},
+            {"name": "bob", "period": "month", "today": figures(0, 1), "period_figures": figures(0, 1)},
+        ],
+        "models": [{"model": "gpt-5", "today": figures(3, 1), "month": figures(3, 1)}],
+    });
+    let usage = get_json_of(&gw, "/ui/usage.json").await;
+    assert_eq!(usage, want);
+    // The page, as a browser renders it.
+    let url = format!("{}/ui", gw.url);
+    let dom = tokio::task::spawn_blocking(move || crate::ui::dump_dom(&url))
+        .await
+        .unwrap();
+    let row = |attr: &str| {
+        let at = dom
+            .find(attr)
+            .unwrap_or_else(|| panic!("{attr} not on the page:\n{dom}"));
+        dom[at..at + dom[at..].find("</tr>").unwrap()].to_string()
+    };
+    let alice_row = row("data-key=\"alice\"");
+    for cell in [
+        "<td>alice</td>",
+        "<td>3</td>",
+        "<td>21</td>",
+        "<td>$0.000075</td>",
+        "<td>day</td>",
+    ] {
+        assert!(alice_row.contains(cell), "{cell} in {alice_row}");
+    }
+    let model_row = row("data-model=\"gpt-5\"");
+    for cell in ["<td>gpt-5</td>", "<td>3</td>", "<td>21</td>"] {
+        assert!(model_row.contains(cell), "{cell} in {model_row}");
+    }
+    for secret in [&alice, &bob] {
+        let tail = &secret[secret.len() - 12..];
+        assert!(!dom.contains(tail), "a secret on the page");
+        assert!(!usage.to_string().contains(tail), "a secret in usage.json");
+    }
+    // A restart reads the figures back from the ledger.
+    wait_rows(&home, 4).await;
+    let again = InProcess::start(&home, &[]);
+    assert_eq!(get_json_of(&again, "/ui/usage.json").await, want);
+}
+
+/// What a key spent this period is read back from the ledger when the proxy
+/// starts: a restart never gives a budget back.
+#[tokio::test]
+async fn a_restart_keeps_what_a_key_spent_this_period() {
+    let upstream = Upstream::start(Behaviour::Fast);
+    let home = TestHome::new();
+    home.config(&format!(
+        "[upstream]\nurl = \"{}\"\nattempts = 1\n",
+        upstream.url()
+    ));
+    // A reservation is 27 tokens and a request spends 7: 30 fits one request
+    // from zero, and none after 7 are spent.
+    let secret = create_key(
+        &home,
+        "frugal",
+        &["--budget-tokens", "30", "--period", "day"],
+    );
+    {
+        let gw = InProcess::start(&home, &[]);
+        assert_eq!(
+            chat_as(&gw, Some(&secret), &chat_body(false))
+                .await
+                .status(),
+            200
+        );
+        let r = chat_as(&gw, Some(&secret), &chat_body(false)).await;
+        assert_eq!(r.status(), 429, "7 spent + 27 reserved > 30");
+        wait_rows(&home, 2).await;
+    }
+    let gw = InProcess::start(&home, &[]);
+    let r = chat_as(&gw, Some(&secret), &chat_body(false)).await;
+    assert_eq!(r.status(), 429, "the restart gave the budget back");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "insufficient_quota");
+}
