@@ -15,6 +15,7 @@
 //! With no key ever created and `require = "auto"`, identification is one
 //! lock-free check and admission returns at once: keys off cost nothing.
 
+pub mod book;
 pub mod command;
 pub mod file;
 pub mod ledger;
@@ -124,6 +125,8 @@ pub struct Denied {
     pub code: &'static str,
     pub message: String,
     pub retry_after: Option<u64>,
+    /// The key's `x-ratelimit-*` figures at the refusal (for the limits it has).
+    pub rate: Option<Box<RateHeaders>>,
 }
 
 impl Denied {
@@ -134,6 +137,7 @@ impl Denied {
             code,
             message,
             retry_after: None,
+            rate: None,
         }
     }
 }
@@ -161,9 +165,12 @@ pub struct Keys {
     prices: Prices,
     default_reservation: u64,
     fail_closed: bool,
+    ledger_backlog: usize,
     ledger_path: PathBuf,
     ledger: RwLock<Option<Arc<Ledger>>>,
     stats: RwLock<HashMap<String, Arc<KeyStats>>>,
+    /// Per key and model: today, this month, this budget period (for `/ui`).
+    book: book::Book,
     /// (mtime, size, inode) of keys.toml when last read.
     seen: std::sync::Mutex<Option<(SystemTime, u64, u64)>>,
 }
@@ -195,9 +202,11 @@ impl Keys {
             prices: config.prices.clone(),
             default_reservation: config.keys.default_reservation,
             fail_closed: config.keys.fail_closed,
+            ledger_backlog: config.keys.ledger_backlog,
             ledger_path: config.home.resolve_path(&config.keys.ledger),
             ledger: RwLock::new(None),
             stats: RwLock::new(HashMap::new()),
+            book: book::Book::default(),
             seen: std::sync::Mutex::new(fingerprint(&path)),
             path,
         };
@@ -261,10 +270,12 @@ impl Keys {
             Require::Never => false,
             Require::Auto => table.any,
         };
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        // After the table is in place: the ledger's preload reads each key's
+        // budget period from it.
         if enforced {
             self.start_ledger();
         }
-        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
         self.enforced.store(enforced, Ordering::Release);
     }
 
@@ -283,9 +294,66 @@ impl Keys {
         if slot.is_some() {
             return;
         }
-        *slot = Some(Arc::new(Ledger::start(self.ledger_path.clone())));
+        *slot = Some(Arc::new(Ledger::start_bounded(
+            self.ledger_path.clone(),
+            self.ledger_backlog,
+        )));
         drop(slot);
         self.preload_spend();
+        self.preload_book();
+    }
+
+    /// Fills the page's figures with what the ledger holds for today, this
+    /// month and each key's period: a few grouped reads, once, at start.
+    fn preload_book(&self) {
+        let conn = match ledger::open_read(&self.ledger_path) {
+            Ok(Some(conn)) => conn,
+            _ => return,
+        };
+        let now = now_millis() / 1000;
+        let periods: HashMap<String, period::Period> = self
+            .table()
+            .by_digest
+            .values()
+            .map(|k| (k.name().to_string(), k.limits.period))
+            .collect();
+        let period_of = |key: &str| periods.get(key).copied().unwrap_or_default();
+        let mut reads = vec![
+            (book::Window::Today, period::Period::Day, None),
+            (book::Window::Month, period::Period::Month, None),
+        ];
+        for p in [
+            period::Period::Day,
+            period::Period::Week,
+            period::Period::Month,
+            period::Period::Total,
+        ] {
+            reads.push((book::Window::Period, p, Some(p)));
+        }
+        for (window, span, only) in reads {
+            let since = ledger::rfc3339(span.start(now));
+            let rows = match ledger::aggregate_since(&conn, &since, book::MAX_ENTRIES) {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read usage from the ledger for the status page");
+                    return;
+                }
+            };
+            for (key, model, figures) in rows {
+                let period = period_of(&key);
+                if only.is_some_and(|p| p != period) {
+                    continue;
+                }
+                self.book
+                    .preload(&key, &model, period, now, window, figures);
+            }
+        }
+    }
+
+    /// Per key and per model, today and this period: what `/ui` shows (from
+    /// memory; no database read).
+    pub fn usage_summary(&self) -> serde_json::Value {
+        book::summary(&self.book.snapshot(now_millis() / 1000))
     }
 
     fn preload_spend(&self) {
@@ -493,8 +561,12 @@ impl Keys {
                 started,
             )));
         };
-        let refuse = |e: Denied, request: &Metered| {
+        let refuse = |mut e: Denied, request: &Metered| {
             self.refused(&key, request, e.status);
+            e.rate = Some(Box::new(match &self.shared {
+                Some(shared) => shared.headers(key.name(), &key.limits, now_millis()),
+                None => self.counters.headers(key.name(), &key.limits, now_millis()),
+            }));
             Err(e)
         };
         if !key.entry.models.is_empty()
@@ -625,6 +697,16 @@ impl Keys {
         self.stats_of(key.name())
             .refused
             .fetch_add(1, Ordering::Relaxed);
+        self.book.record(
+            key.name(),
+            crate::support::redact::truncate(&request.model, 256),
+            key.limits.period,
+            now_millis() / 1000,
+            book::Figures {
+                refused: 1,
+                ..book::Figures::default()
+            },
+        );
         if let Some(ledger) = self.ledger() {
             ledger.push(self.published(Row {
                 time: ledger::rfc3339_millis(now_millis()),
@@ -634,6 +716,7 @@ impl Keys {
                 route: request.route.to_string(),
                 model: Some(crate::support::redact::truncate(&request.model, 256).to_string()),
                 status,
+                trace_id: request.trace_id.clone(),
                 ..Row::default()
             }));
         }
@@ -674,13 +757,16 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[derive(Clone, Debug, Default)]
 pub struct Metered {
     pub ingress: &'static str,
-    pub route: &'static str,
+    /// The route (pass-through: the request's own path).
+    pub route: std::borrow::Cow<'static, str>,
     pub model: String,
     /// Input tokens estimated at 4 bytes of the request's messages a token.
     pub input_estimate: u64,
     /// The request's own output limit (`max_tokens` and the like).
     pub max_output: Option<u64>,
     pub request_id: Option<String>,
+    /// The request's trace id when traces are on (for a refusal's row).
+    pub trace_id: Option<String>,
 }
 
 /// 4 bytes a token, never zero for something sent.
@@ -801,6 +887,22 @@ impl Ticket {
         stats.input_tokens.fetch_add(input, Ordering::Relaxed);
         stats.output_tokens.fetch_add(output, Ordering::Relaxed);
         stats.cost_micros.fetch_add(micros, Ordering::Relaxed);
+        self.keys.book.record(
+            &name,
+            crate::support::redact::truncate(&self.request.model, 256),
+            self.key
+                .as_ref()
+                .map_or_else(period::Period::default, |k| k.limits.period),
+            now_millis() / 1000,
+            book::Figures {
+                requests: 1,
+                refused: 0,
+                input_tokens: input,
+                output_tokens: output,
+                cached_tokens: cached,
+                cost_micros: micros,
+            },
+        );
         if let Some(ledger) = self.keys.ledger() {
             let pushed = ledger.push(self.keys.published(Row {
                 time: ledger::rfc3339_millis(now_millis()),
@@ -817,13 +919,15 @@ impl Ticket {
                 cost_usd: micros as f64 / 1e6,
                 duration_ms: (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
                 ttft_ms: outcome.ttft.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3),
-                trace_id: outcome.trace_id,
+                trace_id: outcome.trace_id.or(self.request.trace_id.take()),
                 estimated,
             }));
-            if !pushed {
+            // Said once, then at every power of two dropped: a bounded log.
+            if !pushed && ledger.dropped().is_power_of_two() {
                 tracing::error!(
-                    "usage ledger backlog full ({} rows): a row was dropped",
-                    ledger::MAX_BACKLOG
+                    dropped = ledger.dropped(),
+                    "usage ledger backlog full ({} rows): rows are dropped (keys.fail_closed = false); run `doctor`",
+                    ledger.max_backlog()
                 );
             }
         }

@@ -434,31 +434,36 @@ impl State {
                 },
             );
         }
-        let headers = RateHeaders {
-            requests: limits.rpm.map(|rpm| {
-                let reset = self
-                    .requests
-                    .first()
-                    .map_or(0, |&(t, _)| (t + MINUTE).saturating_sub(now));
-                (
-                    rpm,
-                    rpm.saturating_sub(State::window(&self.requests)),
-                    reset,
-                )
-            }),
-            tokens: limits.tpm.map(|tpm| {
-                let reset = self
-                    .tokens
-                    .first()
-                    .map_or(0, |&(t, _)| (t + MINUTE).saturating_sub(now));
-                (tpm, tpm.saturating_sub(State::window(&self.tokens)), reset)
-            }),
-        };
+        let headers = self.headers(limits, now);
         Ok(Grant {
             reserved,
             headers,
             hold: 0,
         })
+    }
+
+    /// The `x-ratelimit-*` figures for the limits the key has.
+    fn headers(&self, limits: &Limits, now: Millis) -> RateHeaders {
+        let reset = |w: &[(Millis, u64)]| {
+            w.first()
+                .map_or(0, |&(t, _)| (t + MINUTE).saturating_sub(now))
+        };
+        RateHeaders {
+            requests: limits.rpm.map(|rpm| {
+                (
+                    rpm,
+                    rpm.saturating_sub(State::window(&self.requests)),
+                    reset(&self.requests),
+                )
+            }),
+            tokens: limits.tpm.map(|tpm| {
+                (
+                    tpm,
+                    tpm.saturating_sub(State::window(&self.tokens)),
+                    reset(&self.tokens),
+                )
+            }),
+        }
     }
 
     fn settle(
@@ -876,6 +881,14 @@ impl Shared {
             }
             tracing::error!(key = %key, "shared key counters: a settlement could not be written to NATS; its hold expires on its own");
         });
+    }
+
+    /// The `x-ratelimit-*` figures of `key` as last seen (what a refusal carries).
+    pub fn headers(&self, key: &str, limits: &Limits, now: Millis) -> RateHeaders {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let (_, state) = cache.entry(key.to_string()).or_default();
+        state.prune(limits.period, now);
+        state.headers(limits, now)
     }
 
     /// Spent this period, as last seen.

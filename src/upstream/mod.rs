@@ -98,6 +98,8 @@ pub enum Reply {
 pub struct ExchangeStats {
     pub prompt_tokens: AtomicU64,
     pub completion_tokens: AtomicU64,
+    /// Prompt tokens the provider read from its cache (within `prompt_tokens`).
+    pub cached_tokens: AtomicU64,
     /// Nanoseconds spent waiting on the upstream.
     pub upstream_nanos: AtomicU64,
     /// The provider that answered (or failed last), set by the [`Router`].
@@ -144,11 +146,14 @@ impl ExchangeStats {
             .store(usage.prompt_tokens, Ordering::Relaxed);
         self.completion_tokens
             .store(usage.completion_tokens, Ordering::Relaxed);
+        self.cached_tokens
+            .store(usage.cached_tokens, Ordering::Relaxed);
     }
     pub fn usage(&self) -> Usage {
         Usage {
             prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
             completion_tokens: self.completion_tokens.load(Ordering::Relaxed),
+            cached_tokens: self.cached_tokens.load(Ordering::Relaxed),
         }
     }
     pub fn add_upstream_time(&self, d: Duration) {
