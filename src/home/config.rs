@@ -1036,6 +1036,14 @@ fn validate(s: &Settings) -> Result<(), (String, String)> {
     }
     validate_nats(&s.nats)?;
     crate::home::keys_config::validate(&s.keys, &s.prices)?;
+    if s.keys.shared && !s.nats.enabled() {
+        return Err((
+            "keys.shared".into(),
+            "needs the NATS server that holds the keys and counters: set [nats] url, \
+             or keys.shared = false"
+                .into(),
+        ));
+    }
     validate_telemetry(&s.telemetry)?;
     let mut names = std::collections::HashSet::new();
     for (i, src) in s.prompts.sources.iter().enumerate() {
@@ -1917,6 +1925,7 @@ mod tests {
             ("[nats]\nqueue = \"\"\n", "nats.queue"),
             ("[nats]\nstream = \"a.b\"\n", "nats.stream"),
             ("[nats]\nurl = \"http://x:1\"\n", "nats.url"),
+            ("[keys]\nshared = true\n", "keys.shared"),
             (
                 "[nats]\ntoken_env = \"T\"\ncredentials_file = \"/x.creds\"\n",
                 "nats.credentials_file",
