@@ -1084,6 +1084,16 @@ async fn follow_keys(weak_keys: Weak<Keys>, weak: Weak<Shared>, conn: Conn) {
                 match (entry.operation, name) {
                     (kv::Operation::Put, Some(_)) => {
                         match serde_json::from_slice::<KeyEntry>(&entry.value) {
+                            // Bounded as keys.toml is.
+                            Ok(key)
+                                if bucket.len() >= super::file::MAX_KEYS
+                                    && !bucket.contains_key(&key.name) =>
+                            {
+                                tracing::error!(
+                                    "shared keys: {KEYS_BUCKET} holds more than {} keys; the rest are ignored",
+                                    super::file::MAX_KEYS
+                                );
+                            }
                             Ok(key) => {
                                 bucket.insert(key.name.clone(), key);
                             }

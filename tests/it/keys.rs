@@ -1670,3 +1670,204 @@ async fn a_restart_keeps_what_a_key_spent_this_period() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "insufficient_quota");
 }
+
+/// Bifrost #3357: a stream the client cancels is charged what was streamed
+/// (status 499), never zero.
+#[tokio::test]
+async fn a_stream_the_client_cancels_is_charged_what_was_streamed_never_zero() {
+    let upstream = Upstream::start(Behaviour::StallStream);
+    let home = TestHome::new();
+    home.config(&format!(
+        "[upstream]\nurl = \"{}\"\nattempts = 1\n\n[prices]\n\"gpt-5\" = {{ input = 1.0, output = 10.0 }}\n",
+        upstream.url()
+    ));
+    let secret = create_key(&home, "quitter", &[]);
+    let gw = InProcess::start(&home, &[]);
+    let mut r = chat_as(&gw, Some(&secret), &chat_body(true)).await;
+    read_until(&mut r, "first").await;
+    drop(r);
+    let rows = wait_rows(&home, 1).await;
+    // "first" (5 bytes) is 2 output tokens; the input is the messages' estimate.
+    assert_eq!((rows[0].2, rows[0].4), (499, 2), "{rows:?}");
+    assert!(rows[0].3 > 0, "{rows:?}");
+    let cost = metering_rows(&home)[0].5;
+    assert!(cost > 0.0, "a cancelled stream at zero cost");
+}
+
+/// LiteLLM #20256, the timed-out half: a call that times out (before its
+/// first byte, or silent mid-stream) gives its `max_parallel` slot back.
+#[tokio::test]
+async fn the_parallel_slot_is_given_back_when_the_upstream_times_out() {
+    for (behaviour, timeout, stream) in [
+        (Behaviour::Hang, "first_byte_timeout = 1", false),
+        (Behaviour::StallStream, "idle_timeout = 1", true),
+    ] {
+        let upstream = Upstream::start(behaviour);
+        let home = TestHome::new();
+        home.config(&format!(
+            "[upstream]\nurl = \"{}\"\nattempts = 1\n{timeout}\n",
+            upstream.url()
+        ));
+        let secret = create_key(&home, "single", &["--max-parallel", "1"]);
+        let gw = InProcess::start(&home, &[]);
+        for i in 0..3 {
+            let r = chat_as(&gw, Some(&secret), &chat_body(stream)).await;
+            let status = r.status();
+            let body = r.text().await.unwrap();
+            if stream {
+                // The stream began, then ended with an error event at the timeout.
+                assert_eq!(status, 200, "request {i}: {body}");
+                assert!(body.contains("\"error\""), "request {i}: {body}");
+            } else {
+                assert_eq!(
+                    status, 504,
+                    "request {i} (never 429: the slot came back): {body}"
+                );
+            }
+        }
+    }
+}
+
+/// LiteLLM #38176: /v1/responses and /v1/messages traffic counts against a
+/// key's budget: alternating the two exhausts it, and what was spent stays
+/// within it.
+#[tokio::test]
+async fn responses_and_messages_traffic_counts_against_the_budget() {
+    let home = TestHome::new();
+    let secret = create_key(
+        &home,
+        "budgeted",
+        &["--budget-tokens", "40", "--period", "day"],
+    );
+    let gw = InProcess::start(&home, &[]);
+    let mut answered = std::collections::BTreeMap::new();
+    let mut refused = None;
+    for i in 0..100 {
+        let (path, body) = if i % 2 == 0 {
+            (
+                "/v1/responses",
+                json!({"model": "gpt-5", "input": "hello", "max_output_tokens": 10}),
+            )
+        } else {
+            (
+                "/v1/messages",
+                json!({"model": "gpt-5", "max_tokens": 10,
+                       "messages": [{"role": "user", "content": "hello"}]}),
+            )
+        };
+        let r = client()
+            .post(format!("{}{path}", gw.url))
+            .bearer_auth(&secret)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            refused = Some((path, r.text().await.unwrap()));
+            break;
+        }
+        assert_eq!(r.status(), 200, "{path}");
+        *answered.entry(path).or_insert(0) += 1;
+    }
+    let (path, body) = refused.expect("the budget was never exhausted");
+    // OpenAI's `insufficient_quota` on /v1/responses; Anthropic's shape on /v1/messages.
+    assert!(body.contains("has spent its budget"), "{path}: {body}");
+    assert!(
+        answered.len() == 2,
+        "both routes were answered first: {answered:?}"
+    );
+    let n: usize = answered.values().sum();
+    let rows = wait_rows(&home, n + 1).await;
+    let spent: i64 = rows.iter().map(|r| r.3 + r.4).sum();
+    assert!(spent > 0 && spent <= 40, "spent {spent} of 40: {rows:?}");
+    let out = run("proxy", &home, &["keys", "list", "--json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["spent_tokens"], json!(spent), "{list}");
+}
+
+/// LiteLLM #37923: a stream is priced from `[prices]` with the tokens the
+/// provider reported, even when the provider says it cost nothing.
+#[tokio::test]
+async fn a_stream_is_priced_from_prices_even_when_the_provider_reports_zero_cost() {
+    async fn chat(axum::Json(req): axum::Json<Value>) -> axum::response::Response {
+        let model = req["model"].clone();
+        let chunk = json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": model,
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]});
+        let usage = json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": model,
+            "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15,
+                                      "cost": 0.0, "total_cost": 0.0}});
+        sse_body(&[chunk, usage], true)
+    }
+    let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(chat));
+    let url = format!("http://{}/v1", crate::support::prompt_server::serve(app));
+    let home = TestHome::new();
+    home.config(&format!(
+        "[upstream]\nurl = \"{url}\"\nattempts = 1\n\n[prices]\n\"gpt-5\" = {{ input = 1.0, output = 10.0 }}\n"
+    ));
+    let secret = create_key(&home, "free-lunch", &[]);
+    let gw = InProcess::start(&home, &[]);
+    let r = chat_as(&gw, Some(&secret), &chat_body(true)).await;
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("[DONE]") && !body.contains("\"usage\""),
+        "{body}"
+    );
+    wait_rows(&home, 1).await;
+    let row = &metering_rows(&home)[0];
+    assert_eq!((row.2, row.3), (10, 5), "{row:?}");
+    // 10 × $1 + 5 × $10 per 1M tokens.
+    assert!((row.5 - 0.00006).abs() < 1e-12, "{row:?}");
+}
+
+/// LiteLLM PR #32368 (database queries to look a key up): keys are looked up
+/// in memory. With the ledger's whole `data/` folder gone (a file in its
+/// place), keys still authenticate, unknown ones are still refused, and a
+/// revocation still takes effect.
+#[tokio::test]
+async fn keys_are_looked_up_in_memory_and_serve_with_no_database_at_all() {
+    let home = TestHome::new();
+    let secret = create_key(&home, "memory", &[]);
+    let gw = InProcess::start(&home, &[]);
+    assert_eq!(
+        chat_as(&gw, Some(&secret), &chat_body(false))
+            .await
+            .status(),
+        200
+    );
+    wait_rows(&home, 1).await;
+    std::fs::remove_dir_all(home.file("data")).unwrap();
+    std::fs::write(
+        home.file("data"),
+        "not a folder: no database can be opened here",
+    )
+    .unwrap();
+    for _ in 0..20 {
+        assert_eq!(
+            chat_as(&gw, Some(&secret), &chat_body(false))
+                .await
+                .status(),
+            200
+        );
+        assert_eq!(
+            chat_as(&gw, Some("wk-0000000000000000"), &chat_body(false))
+                .await
+                .status(),
+            401
+        );
+    }
+    let out = run("proxy", &home, &["keys", "revoke", "memory"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let deadline = Instant::now() + PATIENCE;
+    while chat_as(&gw, Some(&secret), &chat_body(false))
+        .await
+        .status()
+        != 401
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the revocation never took effect"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
