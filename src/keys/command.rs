@@ -284,16 +284,32 @@ fn list(config: &Config, file: &KeyFile, json: bool, out: &mut dyn Write) -> std
     let ledger_path = config.home.resolve_path(&config.keys.ledger);
     let conn = ledger::open_read(&ledger_path).ok().flatten();
     let now = super::now_millis() / 1000;
+    // keys.shared: spend on every host, from the shared counters.
+    let shared_spent = if config.keys.shared && config.nats.enabled() {
+        let keys: Vec<_> = file
+            .keys
+            .iter()
+            .map(|k| (k.name.clone(), k.period))
+            .collect();
+        super::shared::spent_blocking(config, &keys)
+            .map_err(|e| eprintln!("proxy keys list: {e}: spend is this host's alone"))
+            .unwrap_or_default()
+    } else {
+        Default::default()
+    };
     let mut rows = Vec::new();
     for k in &file.keys {
         let since = ledger::rfc3339(k.period.start(now));
-        let (spent, last_used) = match &conn {
+        let (mut spent, last_used) = match &conn {
             Some(c) => (
                 ledger::spent_since(c, &k.name, &since).unwrap_or_default(),
                 ledger::last_used(c, &k.name).ok().flatten(),
             ),
             None => ((0, 0.0), None),
         };
+        if let Some(&(tokens, micros)) = shared_spent.get(&k.name) {
+            spent = (tokens, micros as f64 / 1e6);
+        }
         rows.push(json!({
             "name": k.name,
             "models": if k.models.is_empty() { Value::Null } else { json!(k.models) },

@@ -1245,6 +1245,35 @@ pub fn put_key_blocking(config: &Config, entry: &KeyEntry) -> Result<(), String>
     blocking(config, async |conn| conn.put_key(entry).await)
 }
 
+/// What each key spent this period on every host, from its entry of
+/// [`LIMITS_BUCKET`] (`proxy keys list` with `keys.shared`): (tokens, USD
+/// millionths) per key name that has an entry (a key with no limit has none).
+pub fn spent_blocking(
+    config: &Config,
+    keys: &[(String, Period)],
+) -> Result<HashMap<String, (u64, u64)>, String> {
+    blocking(config, async |conn| {
+        let now = super::now_millis();
+        let mut out = HashMap::new();
+        for (name, period) in keys {
+            let entry = tokio::time::timeout(OP_TIMEOUT, conn.limits.entry(kv_key(name)))
+                .await
+                .map_err(|_| format!("reading {LIMITS_BUCKET} timed out"))?
+                .map_err(|e| format!("cannot read {LIMITS_BUCKET}: {e}"))?;
+            if let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) {
+                let state: State = serde_json::from_slice(&entry.value).unwrap_or_default();
+                let spent = if state.period_start == period.start(now / 1000) {
+                    (state.spent_tokens, state.spent_micros)
+                } else {
+                    (0, 0)
+                };
+                out.insert(name.clone(), spent);
+            }
+        }
+        Ok(out)
+    })
+}
+
 /// Every row of the usage stream (`proxy usage --nats`).
 pub fn usage_rows_blocking(config: &Config) -> Result<Vec<Row>, String> {
     blocking(config, async |conn| conn.usage_rows().await)
@@ -1311,6 +1340,69 @@ mod tests {
         s.admit(&limits, want, T0, Some("dead.1")).unwrap();
         assert!(s.admit(&limits, want, T0 + 1, Some("p.1")).is_err());
         s.admit(&limits, want, T0 + HOLD_TTL, Some("p.1")).unwrap();
+    }
+
+    #[test]
+    fn a_key_holds_at_most_max_holds_requests_in_flight_across_proxies() {
+        let limits = Limits {
+            budget: Some(Budget::Tokens(u64::MAX / 4)),
+            ..Limits::default()
+        };
+        let want = Want {
+            input_tokens: 1,
+            tokens: 1,
+            micros: 0,
+        };
+        let mut s = State::default();
+        s.admit(&limits, want, T0, Some("p.0")).unwrap();
+        let hold = s.holds["p.0"];
+        for n in 1..MAX_HOLDS {
+            s.holds.insert(format!("p.{n}"), hold);
+        }
+        assert_eq!(
+            s.admit(&limits, want, T0, Some("p.last")).unwrap_err(),
+            Refusal::Rate {
+                what: "in_flight",
+                retry_after: 1
+            }
+        );
+        // The entry stays small enough for one NATS message (1 MiB by default).
+        assert!(serde_json::to_vec(&s).unwrap().len() < 1 << 20);
+    }
+
+    #[test]
+    fn settlements_waiting_for_a_write_are_applied_once_and_free_their_holds() {
+        let limits = Limits {
+            max_parallel: Some(2),
+            budget: Some(Budget::Tokens(100)),
+            period: Period::Day,
+            ..Limits::default()
+        };
+        let want = Want {
+            input_tokens: 1,
+            tokens: 40,
+            micros: 0,
+        };
+        let mut s = State::default();
+        s.admit(&limits, want, T0, Some("p.1")).unwrap();
+        s.admit(&limits, want, T0, Some("p.2")).unwrap();
+        assert!(s.admit(&limits, want, T0, Some("p.3")).is_err());
+        let mut pending = Pending::default();
+        for hold in ["p.1", "p.2"] {
+            pending.merge(Pending {
+                holds: vec![hold.into()],
+                spent_tokens: 10,
+                period: Period::Day,
+                now: T0,
+                ..Pending::default()
+            });
+        }
+        pending.apply(&mut s);
+        assert_eq!((s.spent_tokens, s.holds.len()), (20, 0));
+        // 20 spent + 40 + 40 fit 100; a third does not.
+        s.admit(&limits, want, T0, Some("p.3")).unwrap();
+        s.admit(&limits, want, T0, Some("p.4")).unwrap();
+        assert!(s.admit(&limits, want, T0, Some("p.5")).is_err());
     }
 
     #[test]

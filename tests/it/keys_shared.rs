@@ -223,10 +223,15 @@ async fn a_shared_budget_hit_by_60_concurrent_requests_over_three_proxies_is_not
             let spent =
                 row["input_tokens"].as_u64().unwrap() + row["output_tokens"].as_u64().unwrap();
             assert_eq!(spent, 7 * (3 + more), "{usage}");
-            assert!(spent <= 100, "{list}");
-            break;
+            // keys list on a host that served a third of them: the spend of all.
+            if list[0]["spent_tokens"] == spent {
+                break;
+            }
         }
-        assert!(Instant::now() < deadline, "usage --nats: {usage}");
+        assert!(
+            Instant::now() < deadline,
+            "usage --nats: {usage}, keys list: {list}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
