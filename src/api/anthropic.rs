@@ -559,6 +559,11 @@ impl MessagesToChat {
         ))
     }
 
+    /// Input tokens read from the cache (`cache_read_input_tokens`), as far as reported.
+    pub fn cached(&self) -> u64 {
+        self.usage["cache_read_input_tokens"].as_u64().unwrap_or(0)
+    }
+
     pub fn is_done(&self) -> bool {
         self.out.is_done()
     }

@@ -24,6 +24,9 @@ pub struct ApiError {
     /// gateway's rendering of it (a provider's 503 becomes a 502 here); the
     /// `error.type` of the attempt's span.
     pub upstream_status: Option<u16>,
+    /// Headers the answer carries besides `Retry-After` (a key's
+    /// `x-ratelimit-*` on its refusals).
+    pub headers: Vec<(axum::http::HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
@@ -36,6 +39,7 @@ impl ApiError {
             param: None,
             retry_after: None,
             upstream_status: None,
+            headers: Vec::new(),
         }
     }
     pub fn code(mut self, code: &'static str) -> Self {
@@ -120,6 +124,9 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        for (name, value) in self.headers {
+            response.headers_mut().insert(name, value);
         }
         response
     }
@@ -361,6 +368,26 @@ pub struct Usage {
     pub prompt_tokens: u64,
     #[serde(default)]
     pub completion_tokens: u64,
+    /// Prompt tokens read from the provider's cache (included in
+    /// `prompt_tokens`): Chat's `prompt_tokens_details.cached_tokens`.
+    #[serde(
+        default,
+        rename = "prompt_tokens_details",
+        deserialize_with = "cached_of_details"
+    )]
+    pub cached_tokens: u64,
+}
+
+/// `cached_tokens` of a `prompt_tokens_details` object (0 when absent or null).
+fn cached_of_details<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    struct Details {
+        #[serde(default)]
+        cached_tokens: Option<u64>,
+    }
+    Ok(Option::<Details>::deserialize(d)?
+        .and_then(|details| details.cached_tokens)
+        .unwrap_or(0))
 }
 
 #[cfg(test)]

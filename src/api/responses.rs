@@ -449,6 +449,8 @@ pub struct StreamTranslator {
     out: ChatChunks,
     calls: Vec<StreamedCall>,
     usage: Option<(u64, u64)>,
+    /// Input tokens read from the cache, from the final event.
+    cached: u64,
 }
 
 impl StreamTranslator {
@@ -459,12 +461,18 @@ impl StreamTranslator {
             out: ChatChunks::new(model, id, created, include_usage),
             calls: Vec::new(),
             usage: None,
+            cached: 0,
         }
     }
 
     /// `(input_tokens, output_tokens)` from the upstream's final event, once seen.
     pub fn usage(&self) -> Option<(u64, u64)> {
         self.usage
+    }
+
+    /// `input_tokens_details.cached_tokens` from the final event (0 until then).
+    pub fn cached(&self) -> u64 {
+        self.cached
     }
 
     /// True once the terminal frames (finish or error, then `[DONE]`) were produced.
@@ -530,6 +538,9 @@ impl StreamTranslator {
                 self.usage = response["usage"]["input_tokens"]
                     .as_u64()
                     .zip(response["usage"]["output_tokens"].as_u64());
+                self.cached = response["usage"]["input_tokens_details"]["cached_tokens"]
+                    .as_u64()
+                    .unwrap_or(0);
                 let reason = if self.calls.is_empty() {
                     stop_reason(response)
                 } else {

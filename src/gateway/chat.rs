@@ -115,6 +115,17 @@ pub(super) fn attach(response: &mut Response, info: ExchangeInfo) {
 
 /// OpenAI's `x-ratelimit-*` headers, for the limits the key has.
 fn rate_limit_headers(headers: &mut HeaderMap, rate: &crate::keys::limits::RateHeaders) {
+    for (name, value) in rate_limit_pairs(rate) {
+        headers.insert(name, value);
+    }
+}
+
+/// The `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers for
+/// the limits a key has (none for a limit it has not).
+pub(super) fn rate_limit_pairs(
+    rate: &crate::keys::limits::RateHeaders,
+) -> Vec<(axum::http::HeaderName, HeaderValue)> {
+    let mut pairs = Vec::new();
     for (kind, figures) in [("requests", rate.requests), ("tokens", rate.tokens)] {
         let Some((limit, remaining, reset_ms)) = figures else {
             continue;
@@ -132,10 +143,11 @@ fn rate_limit_headers(headers: &mut HeaderMap, rate: &crate::keys::limits::RateH
                 axum::http::HeaderName::try_from(name),
                 HeaderValue::try_from(value),
             ) {
-                headers.insert(name, value);
+                pairs.push((name, value));
             }
         }
     }
+    pairs
 }
 
 /// The HTTP response for an upstream's reply. A stream's body owns the slot:

@@ -41,6 +41,9 @@ pub struct Origin {
     pub ingress: Ingress,
     /// The HTTP route (the equivalent one for NATS).
     pub route: &'static str,
+    /// The request's own path where `route` is a pattern (pass-through's
+    /// `/v1/*`): what the ledger records.
+    pub path: Option<String>,
     pub request_id: Option<String>,
     /// The request's span when traces are on: each provider attempt is a
     /// child span of it.
@@ -57,6 +60,7 @@ impl Origin {
             caller: caller.unwrap_or(Caller::Open),
             ingress: Ingress::Http,
             route,
+            path: None,
             request_id: headers
                 .get(crate::upstream::forward::REQUEST_ID)
                 .and_then(|v| v.to_str().ok())
@@ -96,11 +100,15 @@ pub fn admit_key(
             &origin.caller,
             Metered {
                 ingress: origin.ingress.as_str(),
-                route: origin.route,
+                route: match &origin.path {
+                    Some(path) => std::borrow::Cow::Owned(path.clone()),
+                    None => std::borrow::Cow::Borrowed(origin.route),
+                },
                 model: model.to_string(),
                 input_estimate: crate::keys::estimate_tokens(input_bytes),
                 max_output: max_output(body),
                 request_id: origin.request_id.clone(),
+                trace_id: origin.trace.as_ref().map(SpanParent::trace_id),
             },
         )
         .map_err(denied)
@@ -115,6 +123,9 @@ pub fn denied(d: crate::keys::Denied) -> ApiError {
         e = e.param("model");
     }
     e.retry_after = d.retry_after;
+    if let Some(rate) = &d.rate {
+        e.headers = super::chat::rate_limit_pairs(rate);
+    }
     e
 }
 

@@ -37,6 +37,9 @@ pub fn error_response(err: &ApiError) -> Response {
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
+    for (name, value) in &err.headers {
+        response.headers_mut().insert(name, value.clone());
+    }
     response
 }
 

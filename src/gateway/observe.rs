@@ -82,7 +82,12 @@ impl ExchangeInfo {
         let s = &self.stats;
         let usage = s.usage_reported.load(Relaxed).then(|| {
             let u = s.usage();
-            (u.prompt_tokens, u.completion_tokens, 0)
+            // Cached tokens are part of the input, never more than it.
+            (
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.cached_tokens.min(u.prompt_tokens),
+            )
         });
         ticket.finish(crate::keys::Outcome {
             status,
@@ -93,7 +98,7 @@ impl ExchangeInfo {
                 .first_event_at
                 .get()
                 .map(|t| t.saturating_duration_since(started)),
-            trace_id: None,
+            trace_id: s.trace.get().map(SpanParent::trace_id),
         });
     }
 }

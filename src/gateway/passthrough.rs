@@ -47,6 +47,11 @@ pub async fn passthrough(
             .cloned(),
     );
     let path = parts.uri.path().to_string();
+    // The ledger records the route the client called, bounded.
+    let origin = dispatch::Origin {
+        path: Some(crate::support::redact::truncate(&path, 256).to_string()),
+        ..origin
+    };
     let rest = parts
         .uri
         .path_and_query()

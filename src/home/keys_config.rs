@@ -30,6 +30,8 @@ pub struct KeysConfig {
     pub default_reservation: u64,
     /// Ledger unavailable past its backlog bound: 503 for metered requests.
     pub fail_closed: bool,
+    /// Ledger rows waiting in memory at most (the ledger cannot be written).
+    pub ledger_backlog: usize,
     /// Keys and counters in JetStream KV, one limit across hosts (not yet served).
     pub shared: bool,
     /// Seconds without NATS before `fail_closed` applies (with `shared`).
@@ -44,6 +46,7 @@ impl Default for KeysConfig {
             require: Require::Auto,
             default_reservation: 4096,
             fail_closed: true,
+            ledger_backlog: 100_000,
             shared: false,
             shared_grace: 5,
         }
@@ -78,6 +81,15 @@ pub fn validate(keys: &KeysConfig, prices: &Prices) -> Result<(), (String, Strin
             format!(
                 "{} is out of range: expected 1 to 10000000 tokens",
                 keys.default_reservation
+            ),
+        ));
+    }
+    if !(10..=1_000_000).contains(&keys.ledger_backlog) {
+        return Err((
+            "keys.ledger_backlog".into(),
+            format!(
+                "{} is out of range: expected 10 to 1000000 rows",
+                keys.ledger_backlog
             ),
         ));
     }

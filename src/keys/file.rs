@@ -13,6 +13,9 @@ use super::period::Period;
 /// At most this many keys in one file (each has its counters and metric labels).
 pub const MAX_KEYS: usize = 10_000;
 
+/// A key file is at most this many bytes (10,000 keys with long model lists fit).
+pub const MAX_FILE_BYTES: u64 = 8 << 20;
+
 /// What a secret starts with.
 pub const SECRET_PREFIX: &str = "wk-";
 
@@ -130,7 +133,25 @@ pub fn valid_name(name: &str) -> bool {
 impl KeyFile {
     /// Reads `path`; a missing file is an empty one (`Ok(None)`).
     pub fn load(path: &Path) -> Result<Option<KeyFile>, KeyFileError> {
-        let text = match std::fs::read_to_string(path) {
+        let read = std::fs::File::open(path).and_then(|f| {
+            use std::io::Read;
+            let mut text = String::new();
+            // One byte past the bound tells a file that is too large.
+            f.take(MAX_FILE_BYTES + 1).read_to_string(&mut text)?;
+            Ok(text)
+        });
+        let text = match read {
+            Ok(text) if text.len() as u64 > MAX_FILE_BYTES => {
+                return Err(KeyFileError::Invalid {
+                    path: path.into(),
+                    line: None,
+                    message: format!(
+                        "larger than {} MiB: a key file holds at most {MAX_KEYS} keys; \
+                         remove keys nobody uses",
+                        MAX_FILE_BYTES >> 20
+                    ),
+                });
+            }
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => {
@@ -159,7 +180,11 @@ impl KeyFile {
         if file.keys.len() > MAX_KEYS {
             return Err(invalid(
                 None,
-                format!("{} keys: at most {MAX_KEYS} are allowed", file.keys.len()),
+                format!(
+                    "{} keys: at most {MAX_KEYS} are allowed; remove keys nobody uses \
+                     (`proxy keys list` shows when each was last used)",
+                    file.keys.len()
+                ),
             ));
         }
         let line_of = |name: &str| {

@@ -14,13 +14,14 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// Rows waiting in memory at most; past this, `keys.fail_closed` applies.
+/// Rows waiting in memory at most, unless `keys.ledger_backlog` says
+/// otherwise; past this, `keys.fail_closed` applies.
 pub const MAX_BACKLOG: usize = 100_000;
 /// How often queued rows are written.
 pub const WRITE_EVERY: Duration = Duration::from_millis(200);
 /// Rows per transaction at most.
 const BATCH: usize = 5_000;
-/// A backlog at least this long is "behind".
+/// A backlog at least this long (or a tenth of the bound, when less) is "behind".
 const BEHIND: usize = 10_000;
 
 /// The table, one column per field of a row.
@@ -93,6 +94,8 @@ struct Queue {
 
 struct Shared {
     path: PathBuf,
+    /// Rows waiting (queued and being written) at most.
+    max_backlog: usize,
     queue: Mutex<Queue>,
     /// Wakes the writer.
     work: Condvar,
@@ -112,8 +115,14 @@ pub struct Ledger {
 impl Ledger {
     /// Starts the writer for the database at `path` (created when missing).
     pub fn start(path: PathBuf) -> Ledger {
+        Ledger::start_bounded(path, MAX_BACKLOG)
+    }
+
+    /// [`Ledger::start`], with at most `max_backlog` rows waiting in memory.
+    pub fn start_bounded(path: PathBuf, max_backlog: usize) -> Ledger {
         let shared = Arc::new(Shared {
             path,
+            max_backlog: max_backlog.max(1),
             queue: Mutex::new(Queue {
                 rows: VecDeque::new(),
                 writing: 0,
@@ -143,10 +152,10 @@ impl Ledger {
         self.shared.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a row; `false` (and the row counted as dropped) past [`MAX_BACKLOG`].
+    /// Queues a row; `false` (and the row counted as dropped) past the bound.
     pub fn push(&self, row: Row) -> bool {
         let mut q = self.queue();
-        if q.rows.len() >= MAX_BACKLOG {
+        if q.rows.len() + q.writing >= self.shared.max_backlog {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             return false;
         }
@@ -159,7 +168,12 @@ impl Ledger {
 
     /// Whether the backlog is at its bound (then `fail_closed` applies).
     pub fn full(&self) -> bool {
-        self.queue().rows.len() >= MAX_BACKLOG
+        self.backlog() >= self.shared.max_backlog
+    }
+
+    /// Rows waiting in memory at most.
+    pub fn max_backlog(&self) -> usize {
+        self.shared.max_backlog
     }
 
     pub fn backlog(&self) -> usize {
@@ -170,7 +184,7 @@ impl Ledger {
     pub fn state(&self) -> LedgerState {
         if self.shared.failing.load(Ordering::Relaxed) != 0 {
             LedgerState::Failing
-        } else if self.backlog() >= BEHIND {
+        } else if self.backlog() >= BEHIND.min(self.shared.max_backlog.div_ceil(10)) {
             LedgerState::Behind
         } else {
             LedgerState::Ok
@@ -305,7 +319,7 @@ fn writer(shared: &Shared) {
                 for row in batch.into_iter().rev() {
                     q.rows.push_front(row);
                 }
-                while q.rows.len() > MAX_BACKLOG {
+                while q.rows.len() > shared.max_backlog {
                     q.rows.pop_back();
                     shared.dropped.fetch_add(1, Ordering::Relaxed);
                 }

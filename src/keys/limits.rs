@@ -62,7 +62,7 @@ pub struct Grant {
 }
 
 /// The `x-ratelimit-*` figures after an admission (for the limits a key has).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RateHeaders {
     /// limit, remaining, milliseconds until the window frees one.
     pub requests: Option<(u64, u64, Millis)>,
@@ -93,6 +93,11 @@ pub trait Counters: Send + Sync + 'static {
     fn preload(&self, key: &str, period_start: u64, spend: Spend);
     /// Calls in flight for `key`.
     fn in_flight(&self, key: &str) -> u64;
+    /// The `x-ratelimit-*` figures of `key` now, without admitting anything
+    /// (what a refusal carries).
+    fn headers(&self, _key: &str, _limits: &Limits, _now: Millis) -> RateHeaders {
+        RateHeaders::default()
+    }
 }
 
 /// The counters of one process, in memory.
@@ -140,6 +145,26 @@ impl KeyCounters {
             _ => self.tokens.push_back((bucket, n)),
         }
         self.window_tokens += n;
+    }
+
+    /// The `x-ratelimit-*` figures for the limits a key has.
+    fn headers(&self, limits: &Limits, now: Millis) -> RateHeaders {
+        RateHeaders {
+            requests: limits.rpm.map(|rpm| {
+                let reset = self
+                    .requests
+                    .front()
+                    .map_or(0, |&t| (t + MINUTE).saturating_sub(now));
+                (rpm, rpm.saturating_sub(self.requests.len() as u64), reset)
+            }),
+            tokens: limits.tpm.map(|tpm| {
+                let reset = self
+                    .tokens
+                    .front()
+                    .map_or(0, |&(t, _)| (t + MINUTE).saturating_sub(now));
+                (tpm, tpm.saturating_sub(self.window_tokens), reset)
+            }),
+        }
     }
 
     /// Starts a new period when `now` is past the current one (spend resets).
@@ -243,22 +268,7 @@ impl Counters for LocalCounters {
                     ..Want::default()
                 }
             };
-            let headers = RateHeaders {
-                requests: limits.rpm.map(|rpm| {
-                    let reset = c
-                        .requests
-                        .front()
-                        .map_or(0, |&t| (t + MINUTE).saturating_sub(now));
-                    (rpm, rpm.saturating_sub(c.requests.len() as u64), reset)
-                }),
-                tokens: limits.tpm.map(|tpm| {
-                    let reset = c
-                        .tokens
-                        .front()
-                        .map_or(0, |&(t, _)| (t + MINUTE).saturating_sub(now));
-                    (tpm, tpm.saturating_sub(c.window_tokens), reset)
-                }),
-            };
+            let headers = c.headers(limits, now);
             Ok(Grant { reserved, headers })
         })
     }
@@ -292,6 +302,13 @@ impl Counters for LocalCounters {
 
     fn in_flight(&self, key: &str) -> u64 {
         self.with(key, |c| c.in_flight)
+    }
+
+    fn headers(&self, key: &str, limits: &Limits, now: Millis) -> RateHeaders {
+        self.with(key, |c| {
+            c.prune(now);
+            c.headers(limits, now)
+        })
     }
 }
 

@@ -123,6 +123,8 @@ pub struct Denied {
     pub code: &'static str,
     pub message: String,
     pub retry_after: Option<u64>,
+    /// The key's `x-ratelimit-*` figures at the refusal (for the limits it has).
+    pub rate: Option<Box<RateHeaders>>,
 }
 
 impl Denied {
@@ -133,6 +135,7 @@ impl Denied {
             code,
             message,
             retry_after: None,
+            rate: None,
         }
     }
 }
@@ -158,6 +161,7 @@ pub struct Keys {
     prices: Prices,
     default_reservation: u64,
     fail_closed: bool,
+    ledger_backlog: usize,
     ledger_path: PathBuf,
     ledger: RwLock<Option<Arc<Ledger>>>,
     stats: RwLock<HashMap<String, Arc<KeyStats>>>,
@@ -191,6 +195,7 @@ impl Keys {
             prices: config.prices.clone(),
             default_reservation: config.keys.default_reservation,
             fail_closed: config.keys.fail_closed,
+            ledger_backlog: config.keys.ledger_backlog,
             ledger_path: config.home.resolve_path(&config.keys.ledger),
             ledger: RwLock::new(None),
             stats: RwLock::new(HashMap::new()),
@@ -275,7 +280,10 @@ impl Keys {
         if slot.is_some() {
             return;
         }
-        *slot = Some(Arc::new(Ledger::start(self.ledger_path.clone())));
+        *slot = Some(Arc::new(Ledger::start_bounded(
+            self.ledger_path.clone(),
+            self.ledger_backlog,
+        )));
         drop(slot);
         self.preload_spend();
     }
@@ -481,8 +489,13 @@ impl Keys {
                 started,
             )));
         };
-        let refuse = |e: Denied, request: &Metered| {
+        let refuse = |mut e: Denied, request: &Metered| {
             self.refused(&key, request, e.status);
+            e.rate = Some(Box::new(self.counters.headers(
+                key.name(),
+                &key.limits,
+                now_millis(),
+            )));
             Err(e)
         };
         if !key.entry.models.is_empty()
@@ -603,6 +616,7 @@ impl Keys {
                 route: request.route.to_string(),
                 model: Some(crate::support::redact::truncate(&request.model, 256).to_string()),
                 status,
+                trace_id: request.trace_id.clone(),
                 ..Row::default()
             });
         }
@@ -627,13 +641,16 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[derive(Clone, Debug, Default)]
 pub struct Metered {
     pub ingress: &'static str,
-    pub route: &'static str,
+    /// The route (pass-through: the request's own path).
+    pub route: std::borrow::Cow<'static, str>,
     pub model: String,
     /// Input tokens estimated at 4 bytes of the request's messages a token.
     pub input_estimate: u64,
     /// The request's own output limit (`max_tokens` and the like).
     pub max_output: Option<u64>,
     pub request_id: Option<String>,
+    /// The request's trace id when traces are on (for a refusal's row).
+    pub trace_id: Option<String>,
 }
 
 /// 4 bytes a token, never zero for something sent.
@@ -764,13 +781,15 @@ impl Ticket {
                 cost_usd: micros as f64 / 1e6,
                 duration_ms: (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
                 ttft_ms: outcome.ttft.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3),
-                trace_id: outcome.trace_id,
+                trace_id: outcome.trace_id.or(self.request.trace_id.take()),
                 estimated,
             });
-            if !pushed {
+            // Said once, then at every power of two dropped: a bounded log.
+            if !pushed && ledger.dropped().is_power_of_two() {
                 tracing::error!(
-                    "usage ledger backlog full ({} rows): a row was dropped",
-                    ledger::MAX_BACKLOG
+                    dropped = ledger.dropped(),
+                    "usage ledger backlog full ({} rows): rows are dropped (keys.fail_closed = false); run `doctor`",
+                    ledger.max_backlog()
                 );
             }
         }

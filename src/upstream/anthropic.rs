@@ -98,13 +98,16 @@ impl AnthropicUpstream {
                 ))
             })?;
         let completion = messages_to_chat(&message, &call.model);
-        if let (Some(prompt), Some(completion)) = (
+        if let (Some(prompt), Some(output)) = (
             completion["usage"]["prompt_tokens"].as_u64(),
             completion["usage"]["completion_tokens"].as_u64(),
         ) {
             call.stats.set_usage(Usage {
                 prompt_tokens: prompt,
-                completion_tokens: completion,
+                completion_tokens: output,
+                cached_tokens: completion["usage"]["prompt_tokens_details"]["cached_tokens"]
+                    .as_u64()
+                    .unwrap_or(0),
             });
         }
         Ok(Reply::Complete(Bytes::from(completion.to_string())))

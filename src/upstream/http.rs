@@ -978,7 +978,8 @@ mod tests {
                 usage,
                 Usage {
                     prompt_tokens: 3,
-                    completion_tokens: 4
+                    completion_tokens: 4,
+                    cached_tokens: 0,
                 }
             );
         }

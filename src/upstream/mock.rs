@@ -98,6 +98,7 @@ impl MockUpstream {
         let usage = Usage {
             prompt_tokens,
             completion_tokens: count_words(&reply),
+            cached_tokens: 0,
         };
         call.stats.set_usage(usage);
         let n = self.counter.fetch_add(1, Ordering::Relaxed);

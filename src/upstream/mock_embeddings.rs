@@ -216,6 +216,7 @@ pub fn respond(call: EmbeddingsCall) -> Result<Reply, ApiError> {
     call.stats.set_usage(Usage {
         prompt_tokens,
         completion_tokens: 0,
+        cached_tokens: 0,
     });
     let data = inputs
         .iter()

@@ -60,6 +60,7 @@ pub fn respond(counter: &AtomicU64, call: ResponsesCall) -> Result<Reply, ApiErr
     let usage = Usage {
         prompt_tokens,
         completion_tokens,
+        cached_tokens: 0,
     };
     call.stats.set_usage(usage);
     let n = counter.fetch_add(1, Ordering::Relaxed);

@@ -99,6 +99,8 @@ pub enum Reply {
 pub struct ExchangeStats {
     pub prompt_tokens: AtomicU64,
     pub completion_tokens: AtomicU64,
+    /// Prompt tokens the provider read from its cache (within `prompt_tokens`).
+    pub cached_tokens: AtomicU64,
     /// Nanoseconds spent waiting on the upstream.
     pub upstream_nanos: AtomicU64,
     /// The provider that answered (or failed last), set by the [`Router`].
@@ -127,6 +129,7 @@ pub struct ExchangeStats {
     /// §18): [`ExchangeStats::usage`] adds them to the last call's.
     pub earlier_prompt_tokens: AtomicU64,
     pub earlier_completion_tokens: AtomicU64,
+    pub earlier_cached_tokens: AtomicU64,
     /// Model calls made when server tools ran (0: none ran): `x-warden-tool-rounds`.
     pub tool_rounds: AtomicU32,
     /// `tools.max_rounds` stopped the loop: `x-warden-tool-limit: reached`.
@@ -153,6 +156,8 @@ impl ExchangeStats {
             .store(usage.prompt_tokens, Ordering::Relaxed);
         self.completion_tokens
             .store(usage.completion_tokens, Ordering::Relaxed);
+        self.cached_tokens
+            .store(usage.cached_tokens, Ordering::Relaxed);
     }
     pub fn usage(&self) -> Usage {
         Usage {
@@ -160,6 +165,8 @@ impl ExchangeStats {
                 + self.earlier_prompt_tokens.load(Ordering::Relaxed),
             completion_tokens: self.completion_tokens.load(Ordering::Relaxed)
                 + self.earlier_completion_tokens.load(Ordering::Relaxed),
+            cached_tokens: self.cached_tokens.load(Ordering::Relaxed)
+                + self.earlier_cached_tokens.load(Ordering::Relaxed),
         }
     }
     /// Banks the usage of a finished model call of a server-tool loop, so the
@@ -167,6 +174,9 @@ impl ExchangeStats {
     pub fn bank_usage(&self) {
         let prompt = self.prompt_tokens.swap(0, Ordering::Relaxed);
         let completion = self.completion_tokens.swap(0, Ordering::Relaxed);
+        let cached = self.cached_tokens.swap(0, Ordering::Relaxed);
+        self.earlier_cached_tokens
+            .fetch_add(cached, Ordering::Relaxed);
         self.earlier_prompt_tokens
             .fetch_add(prompt, Ordering::Relaxed);
         self.earlier_completion_tokens

@@ -133,6 +133,9 @@ fn responses_usage_of(value: &Value) -> Option<Usage> {
     Some(Usage {
         prompt_tokens: usage["input_tokens"].as_u64()?,
         completion_tokens: usage["output_tokens"].as_u64()?,
+        cached_tokens: usage["input_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap_or(0),
     })
 }
 
@@ -189,6 +192,7 @@ mod tests {
         let want = Usage {
             prompt_tokens: 3,
             completion_tokens: 4,
+            cached_tokens: 0,
         };
         assert_eq!(responses_usage(event.to_string().as_bytes()), Some(want));
         let object =

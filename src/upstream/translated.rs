@@ -63,6 +63,10 @@ pub(super) trait Translate: Send + 'static {
     fn usage(&self) -> Option<(u64, u64)> {
         None
     }
+    /// Cached input tokens (within the prompt tokens), once reported.
+    fn cached(&self) -> u64 {
+        0
+    }
 }
 
 impl Translate for StreamTranslator {
@@ -89,6 +93,9 @@ impl Translate for StreamTranslator {
     }
     fn usage(&self) -> Option<(u64, u64)> {
         StreamTranslator::usage(self)
+    }
+    fn cached(&self) -> u64 {
+        StreamTranslator::cached(self)
     }
 }
 
@@ -117,6 +124,9 @@ impl Translate for MessagesToChat {
     }
     fn usage(&self) -> Option<(u64, u64)> {
         MessagesToChat::usage(self)
+    }
+    fn cached(&self) -> u64 {
+        MessagesToChat::cached(self)
     }
 }
 
@@ -207,6 +217,7 @@ pub(super) fn translate_stream<T: Translate>(
                 self.stats.set_usage(Usage {
                     prompt_tokens,
                     completion_tokens,
+                    cached_tokens: self.translator.cached(),
                 });
             }
         }

@@ -278,8 +278,199 @@ async fn rpm_beyond_the_limit_is_429_rate_limit_exceeded_with_retry_after_and_ra
         .parse()
         .unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
+    // The refusal carries the key's figures too: no request left this minute.
+    let h = third.headers();
+    assert_eq!(h["x-ratelimit-limit-requests"], "2");
+    assert_eq!(h["x-ratelimit-remaining-requests"], "0");
+    assert!(
+        h["x-ratelimit-reset-requests"]
+            .to_str()
+            .unwrap()
+            .ends_with('s')
+    );
+    assert_eq!(h["x-ratelimit-limit-tokens"], "100000");
+    assert!(h.contains_key("x-ratelimit-remaining-tokens"));
     let body: Value = third.json().await.unwrap();
     assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+}
+
+/// Every 429 a key earns (max_parallel, tpm, insufficient_quota) carries
+/// `Retry-After` and the `x-ratelimit-*` headers of the limits the key has, in
+/// OpenAI's shape on /v1/chat/completions and in Anthropic's on /v1/messages.
+#[tokio::test]
+async fn every_429_of_a_key_carries_retry_after_and_its_ratelimit_headers() {
+    let upstream = Upstream::start(Behaviour::StallStream);
+    let home = TestHome::new();
+    home.config(&format!(
+        "[upstream]\nurl = \"{}\"\nattempts = 1\n",
+        upstream.url()
+    ));
+    let parallel = create_key(&home, "parallel", &["--max-parallel", "1", "--rpm", "50"]);
+    let tokens = create_key(&home, "tokens", &["--tpm", "30"]);
+    let budget = create_key(
+        &home,
+        "budget",
+        &["--budget-tokens", "30", "--period", "day", "--rpm", "40"],
+    );
+    let gw = InProcess::start(&home, &[]);
+    let check = |r: &reqwest::Response, code: &str, want: &[(&str, &str)]| {
+        assert_eq!(r.status(), 429, "{code}");
+        let h = r.headers();
+        let retry: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!(retry >= 1, "{code}: Retry-After {retry}");
+        for (name, value) in want {
+            assert_eq!(h[*name], *value, "{code}: {name} in {h:?}");
+        }
+        for kind in ["requests", "tokens"] {
+            let has = want.iter().any(|(n, _)| n.ends_with(kind));
+            for part in ["limit", "remaining", "reset"] {
+                let name = format!("x-ratelimit-{part}-{kind}");
+                assert_eq!(h.contains_key(&name), has, "{code}: {name} in {h:?}");
+            }
+        }
+    };
+    // max_parallel: one stream holds the only slot.
+    let mut streaming = chat_as(&gw, Some(&parallel), &chat_body(true)).await;
+    assert_eq!(streaming.status(), 200);
+    read_until(&mut streaming, "first").await;
+    let r = chat_as(&gw, Some(&parallel), &chat_body(true)).await;
+    check(
+        &r,
+        "max_parallel",
+        &[
+            ("x-ratelimit-limit-requests", "50"),
+            ("x-ratelimit-remaining-requests", "49"),
+        ],
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    // The same refusal on /v1/messages, in Anthropic's shape, same headers.
+    let r = client()
+        .post(format!("{}/v1/messages", gw.url))
+        .header("x-api-key", &parallel)
+        .json(&json!({"model": "gpt-5", "max_tokens": 16,
+                      "messages": [{"role": "user", "content": "hello"}]}))
+        .send()
+        .await
+        .unwrap();
+    check(
+        &r,
+        "max_parallel on /v1/messages",
+        &[
+            ("x-ratelimit-limit-requests", "50"),
+            ("x-ratelimit-remaining-requests", "49"),
+        ],
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["type"], "error", "{body}");
+    drop(streaming);
+    // tpm: the first request's tokens fill the window.
+    let big = json!({"model": "gpt-5", "messages": [{"role": "user", "content": "x".repeat(200)}],
+                     "max_tokens": 16, "stream": true});
+    let mut first = chat_as(&gw, Some(&tokens), &big).await;
+    assert_eq!(first.status(), 200);
+    read_until(&mut first, "first").await;
+    let r = chat_as(&gw, Some(&tokens), &chat_body(false)).await;
+    check(
+        &r,
+        "tpm",
+        &[
+            ("x-ratelimit-limit-tokens", "30"),
+            ("x-ratelimit-remaining-tokens", "0"),
+        ],
+    );
+    // insufficient_quota: 27 reserved of 30 leaves no room for a second.
+    let mut held = chat_as(&gw, Some(&budget), &chat_body(true)).await;
+    assert_eq!(held.status(), 200);
+    read_until(&mut held, "first").await;
+    let r = chat_as(&gw, Some(&budget), &chat_body(true)).await;
+    check(
+        &r,
+        "insufficient_quota",
+        &[
+            ("x-ratelimit-limit-requests", "40"),
+            ("x-ratelimit-remaining-requests", "39"),
+        ],
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "insufficient_quota");
+    drop(held);
+}
+
+/// A metered answer carries the key's `x-ratelimit-*` headers on every route:
+/// chat, responses, messages, embeddings, completions and pass-through.
+#[tokio::test]
+async fn metered_answers_carry_ratelimit_headers_on_every_route() {
+    async fn images() -> axum::Json<Value> {
+        axum::Json(json!({"created": 1, "data": [{"url": "https://example.invalid/x.png"}]}))
+    }
+    let app = axum::Router::new().route("/v1/images/generations", axum::routing::post(images));
+    let images_url = format!("http://{}/v1", crate::support::prompt_server::serve(app));
+    let home = TestHome::new();
+    home.config(&format!(
+        "[[providers]]\nname = \"mock\"\nurl = \"mock\"\nmodels = [\"*\"]\n\n\
+         [[providers]]\nname = \"img\"\nurl = \"{images_url}\"\npassthrough = true\nmodels = [\"dall-e-*\"]\n"
+    ));
+    let secret = create_key(&home, "headers", &["--rpm", "100", "--tpm", "1000000"]);
+    let gw = InProcess::start(&home, &[]);
+    let calls = [
+        ("/v1/chat/completions", chat_body(false)),
+        ("/v1/chat/completions", chat_body(true)),
+        ("/v1/responses", json!({"model": "gpt-5", "input": "hello"})),
+        (
+            "/v1/responses",
+            json!({"model": "gpt-5", "input": "hello", "stream": true}),
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "gpt-5", "max_tokens": 20,
+                   "messages": [{"role": "user", "content": "hello"}]}),
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": "text-embedding-3-small", "input": "hello"}),
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "gpt-5", "prompt": "hello", "max_tokens": 5}),
+        ),
+        (
+            "/v1/images/generations",
+            json!({"model": "dall-e-3", "prompt": "a cat"}),
+        ),
+    ];
+    for (i, (path, body)) in calls.iter().enumerate() {
+        let r = client()
+            .post(format!("{}{path}", gw.url))
+            .bearer_auth(&secret)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let h = r.headers().clone();
+        let _ = r.bytes().await.unwrap();
+        assert_eq!(h["x-ratelimit-limit-requests"], "100", "{path}: {h:?}");
+        assert_eq!(
+            h["x-ratelimit-remaining-requests"],
+            (99 - i).to_string().as_str(),
+            "{path}: {h:?}"
+        );
+        assert!(
+            h["x-ratelimit-reset-requests"]
+                .to_str()
+                .unwrap()
+                .ends_with('s')
+        );
+        assert_eq!(h["x-ratelimit-limit-tokens"], "1000000", "{path}: {h:?}");
+        let remaining: u64 = h["x-ratelimit-remaining-tokens"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(remaining < 1_000_000, "{path}: {h:?}");
+        assert!(h.contains_key("x-ratelimit-reset-tokens"), "{path}: {h:?}");
+    }
 }
 
 /// LiteLLM #34732: budget checks and spend records as separate steps let a burst overspend.
@@ -816,7 +1007,11 @@ async fn embeddings_completions_and_pass_through_need_the_key_and_are_metered() 
     );
     assert_eq!(
         answered.iter().map(|r| r.1.as_str()).collect::<Vec<_>>(),
-        ["/v1/embeddings", "/v1/completions", "/v1/*"]
+        [
+            "/v1/embeddings",
+            "/v1/completions",
+            "/v1/images/generations"
+        ]
     );
 }
 
@@ -965,5 +1160,388 @@ async fn daemon_restart_under_load_leaves_one_ledger_row_per_answered_request() 
         ok_rows,
         answered.load(Ordering::Relaxed),
         "ledger rows vs answered requests"
+    );
+}
+
+/// An SSE body of the given JSON events (`event:` named by their `type`, when
+/// they have one), then `[DONE]` when asked.
+fn sse_body(events: &[Value], done: bool) -> axum::response::Response {
+    let mut text = String::new();
+    for e in events {
+        if let Some(kind) = e["type"].as_str() {
+            text.push_str(&format!("event: {kind}\n"));
+        }
+        text.push_str(&format!("data: {e}\n\n"));
+    }
+    if done {
+        text.push_str("data: [DONE]\n\n");
+    }
+    axum::response::Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(axum::body::Body::from(text))
+        .unwrap()
+}
+
+/// A fake provider that reports cached input tokens in each API's own way:
+/// Chat (`prompt_tokens_details.cached_tokens`, 80 of 100), Responses
+/// (`input_tokens_details.cached_tokens`, 150 of 200) and Anthropic
+/// (`cache_read_input_tokens` 40 besides `input_tokens` 10).
+fn cached_tokens_provider() -> String {
+    use axum::response::IntoResponse;
+    async fn chat(axum::Json(req): axum::Json<Value>) -> axum::response::Response {
+        let usage = json!({"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110,
+                           "prompt_tokens_details": {"cached_tokens": 80}});
+        let model = req["model"].clone();
+        if req["stream"] == true {
+            let chunk = |delta: Value, finish: Value| {
+                json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": model,
+                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+            };
+            let mut events = vec![
+                chunk(json!({"role": "assistant", "content": "hi"}), Value::Null),
+                chunk(json!({}), json!("stop")),
+            ];
+            if req["stream_options"]["include_usage"] == true {
+                events.push(
+                    json!({"id": "c1", "object": "chat.completion.chunk", "created": 1,
+                                   "model": model, "choices": [], "usage": usage}),
+                );
+            }
+            return sse_body(&events, true);
+        }
+        axum::Json(
+            json!({"id": "c1", "object": "chat.completion", "created": 1, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                         "finish_reason": "stop"}],
+            "usage": usage}),
+        )
+        .into_response()
+    }
+    async fn responses(axum::Json(req): axum::Json<Value>) -> axum::response::Response {
+        let response = json!({"id": "resp_1", "object": "response", "created_at": 1,
+            "status": "completed", "model": req["model"],
+            "output": [{"type": "message", "id": "m1", "role": "assistant", "status": "completed",
+                        "content": [{"type": "output_text", "text": "hi", "annotations": []}]}],
+            "usage": {"input_tokens": 200, "output_tokens": 20, "total_tokens": 220,
+                      "input_tokens_details": {"cached_tokens": 150}}});
+        if req["stream"] == true {
+            return sse_body(
+                &[
+                    json!({"type": "response.created", "response": {"id": "resp_1", "status": "in_progress"}}),
+                    json!({"type": "response.output_text.delta", "item_id": "m1", "output_index": 0,
+                           "content_index": 0, "delta": "hi"}),
+                    json!({"type": "response.completed", "response": response}),
+                ],
+                false,
+            );
+        }
+        axum::Json(response).into_response()
+    }
+    async fn messages(axum::Json(req): axum::Json<Value>) -> axum::response::Response {
+        let usage = json!({"input_tokens": 10, "cache_read_input_tokens": 40,
+                           "cache_creation_input_tokens": 0, "output_tokens": 5});
+        if req["stream"] == true {
+            return sse_body(
+                &[
+                    json!({"type": "message_start", "message": {"id": "msg_1", "type": "message",
+                        "role": "assistant", "model": req["model"], "content": [],
+                        "stop_reason": null, "stop_sequence": null,
+                        "usage": {"input_tokens": 10, "cache_read_input_tokens": 40,
+                                  "cache_creation_input_tokens": 0, "output_tokens": 1}}}),
+                    json!({"type": "content_block_start", "index": 0,
+                           "content_block": {"type": "text", "text": ""}}),
+                    json!({"type": "content_block_delta", "index": 0,
+                           "delta": {"type": "text_delta", "text": "hi"}}),
+                    json!({"type": "content_block_stop", "index": 0}),
+                    json!({"type": "message_delta", "delta": {"stop_reason": "end_turn",
+                           "stop_sequence": null}, "usage": {"output_tokens": 5}}),
+                    json!({"type": "message_stop"}),
+                ],
+                false,
+            );
+        }
+        axum::Json(
+            json!({"id": "msg_1", "type": "message", "role": "assistant",
+            "model": req["model"], "content": [{"type": "text", "text": "hi"}],
+            "stop_reason": "end_turn", "stop_sequence": null, "usage": usage}),
+        )
+        .into_response()
+    }
+    let app = axum::Router::new()
+        .route("/v1/chat/completions", axum::routing::post(chat))
+        .route("/v1/responses", axum::routing::post(responses))
+        .route("/v1/messages", axum::routing::post(messages));
+    let url = format!("http://{}/v1", crate::support::prompt_server::serve(app));
+    format!(
+        "[[providers]]\nname = \"chat\"\nurl = \"{url}\"\nmodels = [\"gpt-5\"]\nattempts = 1\n\n\
+         [[providers]]\nname = \"resp\"\nurl = \"{url}\"\napi = \"responses\"\nmodels = [\"o3\"]\nattempts = 1\n\n\
+         [[providers]]\nname = \"claude\"\nurl = \"{url}\"\napi = \"anthropic\"\napi_key_env = \"ANTHROPIC_API_KEY\"\nmodels = [\"claude-*\"]\nattempts = 1\n\n\
+         [features]\nresponses_no_base_instructions = true\n\n\
+         [prices]\n\"gpt-5\" = {{ input = 1.0, output = 10.0, cached_input = 0.1 }}\n\
+         \"o3\" = {{ input = 2.0, output = 8.0, cached_input = 0.5 }}\n\
+         \"claude-*\" = {{ input = 3.0, output = 15.0, cached_input = 0.3 }}\n"
+    )
+}
+
+/// Every ledger row's (route, model, input, output, cached, cost, trace id).
+type Metering = (String, String, i64, i64, i64, f64, Option<String>);
+
+fn metering_rows(home: &TestHome) -> Vec<Metering> {
+    let conn = rusqlite::Connection::open(home.file("data/usage.db")).unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT route, model, input_tokens, output_tokens, cached_tokens, cost_usd, trace_id
+             FROM usage ORDER BY rowid",
+        )
+        .unwrap();
+    stmt.query_map([], |r| {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+        ))
+    })
+    .unwrap()
+    .collect::<rusqlite::Result<_>>()
+    .unwrap()
+}
+
+/// The ledger's `cached_tokens` is what the provider reported (OpenAI Chat and
+/// Responses, Anthropic), streamed or not, with input counting cached tokens;
+/// the cost prices them at `cached_input`; `trace_id` is null with traces off.
+#[tokio::test]
+async fn cached_tokens_are_recorded_from_every_provider_and_priced_at_cached_input() {
+    let home = TestHome::new();
+    home.config(&cached_tokens_provider());
+    let secret = create_key(&home, "cache", &[]);
+    let gw = InProcess::start(&home, &[("ANTHROPIC_API_KEY", "sk-ant-test")]);
+    let calls = [
+        (
+            "/v1/chat/completions",
+            json!({"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "gpt-5", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        ("/v1/responses", json!({"model": "o3", "input": "hi"})),
+        (
+            "/v1/responses",
+            json!({"model": "o3", "input": "hi", "stream": true}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "o3", "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "claude-x", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "claude-x", "max_tokens": 20, "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "claude-x", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+    ];
+    for (path, body) in &calls {
+        let r = client()
+            .post(format!("{}{path}", gw.url))
+            .bearer_auth(&secret)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path} {body}");
+        let text = r.text().await.unwrap();
+        assert!(text.contains("hi"), "{path}: {text}");
+    }
+    wait_rows(&home, calls.len()).await;
+    let rows = metering_rows(&home);
+    let got: Vec<(&str, &str, i64, i64, i64)> = rows
+        .iter()
+        .map(|r| (r.0.as_str(), r.1.as_str(), r.2, r.3, r.4))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("/v1/chat/completions", "gpt-5", 100, 10, 80),
+            ("/v1/chat/completions", "gpt-5", 100, 10, 80),
+            ("/v1/responses", "o3", 200, 20, 150),
+            ("/v1/responses", "o3", 200, 20, 150),
+            ("/v1/chat/completions", "o3", 200, 20, 150),
+            ("/v1/messages", "claude-x", 50, 5, 40),
+            ("/v1/messages", "claude-x", 50, 5, 40),
+            ("/v1/chat/completions", "claude-x", 50, 5, 40),
+        ]
+    );
+    // USD per 1M tokens: uncached input, cached input at cached_input, output.
+    let want = |uncached: f64, cached: f64, output: f64| (uncached + cached + output) / 1e6;
+    let costs = [
+        want(20.0 * 1.0, 80.0 * 0.1, 10.0 * 10.0),
+        want(50.0 * 2.0, 150.0 * 0.5, 20.0 * 8.0),
+        want(10.0 * 3.0, 40.0 * 0.3, 5.0 * 15.0),
+    ];
+    for (row, cost) in rows.iter().zip([0, 0, 1, 1, 1, 2, 2, 2].map(|i| costs[i])) {
+        assert!((row.5 - cost).abs() < 1e-12, "{row:?}: want {cost}");
+        assert_eq!(row.6, None, "traces are off: {row:?}");
+    }
+    let out = run("proxy", &home, &["usage", "--by", "model", "--json"]);
+    let by_model: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cached: Vec<(String, u64)> = by_model
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["model"].as_str().unwrap().to_string(),
+                m["cached_tokens"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        cached,
+        [
+            ("claude-x".to_string(), 120),
+            ("gpt-5".to_string(), 160),
+            ("o3".to_string(), 450)
+        ],
+        "{by_model}"
+    );
+}
+
+/// With traces on, each ledger row's `trace_id` is the trace of the request's
+/// exported span, so a row leads to its trace and back.
+#[tokio::test]
+async fn the_ledger_trace_id_is_the_exported_spans_trace_id() {
+    use crate::support::otlp::{Collector, Mode, SERVER};
+    let collector = Collector::start(Mode::Accept);
+    let home = TestHome::new();
+    home.config(&format!(
+        "[telemetry]\notlp_endpoint = \"{}\"\n",
+        collector.endpoint()
+    ));
+    let secret = create_key(&home, "traced", &[]);
+    let gw = InProcess::start(&home, &[]);
+    for stream in [false, true] {
+        let r = chat_as(&gw, Some(&secret), &chat_body(stream)).await;
+        assert_eq!(r.status(), 200);
+        let _ = r.bytes().await.unwrap();
+    }
+    wait_rows(&home, 2).await;
+    let rows = metering_rows(&home);
+    let spans = collector
+        .until("two server spans", |spans| {
+            spans.iter().filter(|s| s.kind == SERVER).count() >= 2
+        })
+        .await;
+    let mut exported: Vec<String> = spans
+        .iter()
+        .filter(|s| s.kind == SERVER)
+        .map(|s| s.trace_id.clone())
+        .collect();
+    let mut recorded: Vec<String> = rows
+        .iter()
+        .map(|r| r.6.clone().expect("a trace id with traces on"))
+        .collect();
+    exported.sort();
+    recorded.sort();
+    assert_eq!(recorded, exported);
+    assert!(
+        recorded
+            .iter()
+            .all(|t| t.len() == 32 && t != &"0".repeat(32))
+    );
+}
+
+/// Waits until `/health`'s `keys.ledger` says `want`.
+async fn wait_ledger_state(gw: &InProcess, want: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let report = health(gw).await;
+        if report["keys"]["ledger"] == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "ledger never {want}: {report}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An unwritable ledger never stops serving until its backlog bound
+/// (`keys.ledger_backlog`, 20 here); past it, `fail_closed = true` answers 503
+/// `ledger_unavailable` to metered requests but never to the operator's token,
+/// and `fail_closed = false` serves on.
+#[tokio::test]
+async fn an_unwritable_ledger_serves_until_its_backlog_bound_then_fail_closed_spares_the_operator()
+{
+    for fail_closed in [true, false] {
+        let home = TestHome::new();
+        home.config(&format!(
+            "[keys]\nledger_backlog = 20\nfail_closed = {fail_closed}\n"
+        ));
+        // A directory where the database should be: it can never be written.
+        std::fs::create_dir_all(home.file("data/usage.db")).unwrap();
+        let secret = create_key(&home, "heavy", &[]);
+        let gw = InProcess::start(&home, &[("WARDEN_AUTH_TOKEN", "operator-secret")]);
+        for i in 0..20 {
+            let r = chat_as(&gw, Some(&secret), &chat_body(false)).await;
+            assert_eq!(r.status(), 200, "request {i} is within the bound");
+        }
+        wait_ledger_state(&gw, "failing").await;
+        let report = health(&gw).await;
+        assert_eq!(report["status"], "warn", "{report}");
+        for _ in 0..3 {
+            let r = chat_as(&gw, Some(&secret), &chat_body(false)).await;
+            if fail_closed {
+                assert_eq!(r.status(), 503);
+                assert_eq!(r.headers()["retry-after"], "5");
+                let body: Value = r.json().await.unwrap();
+                assert_eq!(body["error"]["code"], "ledger_unavailable", "{body}");
+            } else {
+                assert_eq!(r.status(), 200, "fail_closed = false serves on");
+            }
+            let r = chat_as(&gw, Some("operator-secret"), &chat_body(false)).await;
+            assert_eq!(r.status(), 200, "the operator's token is never refused");
+        }
+    }
+}
+
+/// `keys.toml` is bounded: at most 10,000 keys (`proxy keys create` refuses
+/// the next one) and 8 MiB; past either, the error names the file and says
+/// what to do.
+#[test]
+fn a_keys_file_past_its_bounds_is_refused_naming_the_file() {
+    use warden::keys::file::MAX_KEYS;
+    let home = TestHome::new();
+    let mut full = String::new();
+    for i in 0..MAX_KEYS {
+        full.push_str(&format!(
+            "[[key]]\nname = \"k{i}\"\nsha256 = \"{}\"\n\n",
+            "0".repeat(64)
+        ));
+    }
+    home.write("keys.toml", &full);
+    let out = run("proxy", &home, &["keys", "create", "one-too-many"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("keys.toml") && err.contains(&format!("at most {MAX_KEYS}")),
+        "{err}"
+    );
+    assert_eq!(home.read("keys.toml"), full, "the file is left as it was");
+    // A file past 8 MiB is refused before it is parsed.
+    home.write("keys.toml", &"# padding padding\n".repeat(500_000));
+    let out = run("proxy", &home, &["keys", "list"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("keys.toml") && err.contains("larger than 8 MiB"),
+        "{err}"
     );
 }

@@ -546,6 +546,7 @@ pub(super) fn origin(
             caller,
             ingress: Ingress::Nats,
             route,
+            path: None,
             request_id: None,
             trace: None,
             server_tools: !crate::tools::Tools::opted_out(

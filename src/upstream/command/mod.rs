@@ -585,6 +585,7 @@ impl Answer {
         self.stats.set_usage(Usage {
             prompt_tokens: prompt,
             completion_tokens: completion,
+            cached_tokens: 0,
         });
     }
 
