@@ -102,12 +102,27 @@ name = "nobody"
 
 [[tools.declare]]
 name = "garbled"
+
+[[tools.declare]]
+name = "big"
 "#;
 
 fn gateway(nats: &NatsServer, upstream: &Scripted, tools: &str) -> InProcess {
+    gateway_with(nats, upstream, "", tools, "")
+}
+
+/// `upstream_extra` goes into `[upstream]`, `tools` into `[tools]`, `after` at
+/// the end (other sections).
+fn gateway_with(
+    nats: &NatsServer,
+    upstream: &Scripted,
+    upstream_extra: &str,
+    tools: &str,
+    after: &str,
+) -> InProcess {
     let home = TestHome::new();
     home.config(&format!(
-        "[upstream]\nurl = \"{}\"\nattempts = 1\n\n[nats]\nurl = \"{}\"\n\n[tools]\ntimeout = 1\n{tools}\n{DECLARE}",
+        "[upstream]\nurl = \"{}\"\nattempts = 1\n{upstream_extra}\n\n[nats]\nurl = \"{}\"\n\n[tools]\ntimeout = 1\n{tools}\n{DECLARE}\n{after}",
         upstream.url,
         nats.url()
     ));
@@ -121,7 +136,7 @@ fn gateway(nats: &NatsServer, upstream: &Scripted, tools: &str) -> InProcess {
 async fn tool_service(nats: &NatsServer, together: bool) -> async_nats::Client {
     let nc = nats.client().await;
     let mut subscriptions = Vec::new();
-    for tool in ["get_weather", "get_time", "silent", "garbled"] {
+    for tool in ["get_weather", "get_time", "silent", "garbled", "big"] {
         subscriptions.push(nc.subscribe(format!("tools.execute.{tool}")).await.unwrap());
     }
     let mut subscription = futures_util::stream::select_all(subscriptions);
@@ -143,6 +158,9 @@ async fn tool_service(nats: &NatsServer, together: bool) -> async_nats::Client {
                     .next()
                     .unwrap()
                     .to_string();
+                if let Some(seen) = message.headers.as_ref().and_then(|h| h.get("traceparent")) {
+                    TRACEPARENTS.lock().unwrap().push(seen.as_str().to_string());
+                }
                 let args: Value = serde_json::from_slice(&message.payload).unwrap_or(Value::Null);
                 let answer = match tool.as_str() {
                     "get_weather" | "get_time" => {
@@ -163,6 +181,7 @@ async fn tool_service(nats: &NatsServer, together: bool) -> async_nats::Client {
                         }
                     }
                     "garbled" => "sunny, probably".to_string(),
+                    "big" => json!({"data": "x".repeat(4096)}).to_string(),
                     _ => return, // silent
                 };
                 let _ = replies.publish(reply_to, Bytes::from(answer)).await;
@@ -171,6 +190,9 @@ async fn tool_service(nats: &NatsServer, together: bool) -> async_nats::Client {
     });
     nc
 }
+
+/// The `traceparent` headers tool calls carried (only the traced test sets traces on).
+static TRACEPARENTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 fn chat_body(stream: bool) -> Value {
     json!({"model": "gpt-5", "stream": stream,
@@ -621,5 +643,81 @@ async fn a_responses_client_gets_the_tools_too() {
     assert_eq!(
         tool_results(&requests[1]),
         vec![("call_1".to_string(), json!({"city": "Oslo", "temp": 21}))]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replies_past_max_event_bytes_and_calls_past_16_an_answer_are_refused() {
+    let nats = NatsServer::start();
+    let _service = tool_service(&nats, false).await;
+    let mut many: Vec<(String, &str, Value)> = vec![("c_big".to_string(), "big", json!({}))];
+    for i in 0..16 {
+        many.push((format!("c_{i}"), "get_weather", json!({"city": "Oslo"})));
+    }
+    let list: Vec<(&str, &str, Value)> = many
+        .iter()
+        .map(|(id, name, args)| (id.as_str(), *name, args.clone()))
+        .collect();
+    let upstream = Scripted::start(vec![calls(&list), says("ok")]);
+    let gw = gateway_with(&nats, &upstream, "max_event_bytes = 2048", "", "");
+    let response = post_chat(&gw, &chat_body(false)).await;
+    assert_eq!(response.status(), 200);
+    let results = tool_results(&upstream.requests()[1]);
+    assert_eq!(results.len(), 17, "every call has its result");
+    let error = results[0].1["error"].as_str().unwrap();
+    assert!(error.contains("larger than 2048 bytes"), "{error}");
+    assert_eq!(results[1].1, json!({"city": "Oslo", "temp": 21}));
+    let last = results[16].1["error"].as_str().unwrap();
+    assert!(last.contains("more than 16 server tool calls"), "{last}");
+    let metrics = metrics_text(&gw).await;
+    assert!(
+        metrics.contains(r#"warden_tool_calls_total{tool="big",outcome="invalid_reply"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"warden_tool_calls_total{tool="get_weather",outcome="ok"} 15"#));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_call_is_an_execute_tool_span_whose_context_the_service_receives() {
+    use crate::support::otlp::{Collector, Mode};
+    let nats = NatsServer::start();
+    let _service = tool_service(&nats, false).await;
+    let collector = Collector::start(Mode::Accept);
+    let upstream = Scripted::start(vec![
+        calls(&[("call_traced", "get_time", json!({"city": "Oslo"}))]),
+        says("noon"),
+    ]);
+    let telemetry = format!(
+        "[telemetry]\notlp_endpoint = \"{}\"\n",
+        collector.endpoint()
+    );
+    let gw = gateway_with(&nats, &upstream, "", "", &telemetry);
+    let response = post_chat(&gw, &chat_body(false)).await;
+    assert_eq!(response.status(), 200);
+    let spans = collector
+        .until("the execute_tool span", |spans| {
+            spans.iter().any(|s| s.name == "execute_tool get_time")
+        })
+        .await;
+    let tool = spans
+        .iter()
+        .find(|s| s.name == "execute_tool get_time")
+        .unwrap();
+    assert_eq!(tool.attr("gen_ai.operation.name"), "execute_tool");
+    assert_eq!(tool.attr("gen_ai.tool.name"), "get_time");
+    assert_eq!(tool.attr("gen_ai.tool.call.id"), "call_traced");
+    let server = spans
+        .iter()
+        .find(|s| s.trace_id == tool.trace_id && s.parent_span_id.is_empty())
+        .expect("the request's span");
+    assert_eq!(
+        tool.parent_span_id, server.span_id,
+        "inside the request's span"
+    );
+    let sent = TRACEPARENTS.lock().unwrap().clone();
+    assert!(
+        sent.iter()
+            .any(|t| t.contains(&tool.trace_id) && t.contains(&tool.span_id)),
+        "the service got the span's context: {sent:?}"
     );
 }
