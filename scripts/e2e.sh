@@ -21,6 +21,9 @@
 #   9. agent CLIs as providers (docs/agent-clis.md): a proxy whose `claude-code` and `codex`
 #      presets run the real Claude Code and Codex CLI, pointed offline at the first proxy's
 #      mock, driven by the openai SDK with and without streaming; preflight finds both CLIs.
+#  10. client keys with real clients (scripts/e2e-keys.sh, which runs alone too): the openai
+#      SDK reads x-ratelimit-* and retries a 429 after Retry-After; the anthropic SDK and
+#      Codex CLI with wk- keys; `proxy usage` counts each key.
 # Installs what it needs (Debian's nginx-light and prometheus for promtool; openai and
 # anthropic from PyPI; Claude Code from npm into ~/.cache/warden-e2e; Codex CLI and the openai
 # Node SDK, pinned, from npm into target/e2e/node) when missing. Everything listens on 127.0.0.1 only and is stopped on exit.
@@ -388,4 +391,6 @@ echo "promtool: /metrics accepted"
 
 # Embeddings, legacy completions and pass-through with real clients (its own script).
 bash scripts/e2e-openai-api.sh
+# Client keys with real clients (its own script).
+bash scripts/e2e-keys.sh
 echo "e2e: all passed"

@@ -277,7 +277,8 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         // The status page; open like /health (it shows what /health shows).
         router = router
             .route("/ui", get(ui::page))
-            .route("/ui/history.json", get(ui::history));
+            .route("/ui/history.json", get(ui::history))
+            .route("/ui/usage.json", get(ui::usage));
     }
     router = router
         .fallback(not_found)

@@ -1,8 +1,9 @@
 //! The status page: `GET /ui` serves one self-contained HTML file (embedded in
 //! the binary, no external assets) that refreshes itself from `/health`,
-//! `/metrics?format=json` and `GET /ui/history.json` (the recent history ring
-//! plus every provider's passive health). Same policy as `/health`: open, and
-//! nothing secret is shown.
+//! `/metrics?format=json`, `GET /ui/history.json` (the recent history ring
+//! plus every provider's passive health) and `GET /ui/usage.json` (usage per
+//! key name and per model, from memory). Same policy as `/health`: open, and
+//! nothing secret is shown (a key by its name only).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -76,6 +77,21 @@ pub async fn history(State(gw): State<Arc<Gateway>>) -> Response {
             "providers": providers,
             "failures": gw.history.failures(),
         })),
+    )
+        .into_response()
+}
+
+/// `{"enabled", "keys": [{"name", "period", "today", "period_figures"}],
+/// "models": [{"model", "today", "month"}]}`: each figure `requests`,
+/// `refused`, `input_tokens`, `output_tokens`, `cached_tokens`, `tokens`,
+/// `cost_usd`. From memory (filled from the ledger once at start); keys by
+/// name only.
+pub async fn usage(State(gw): State<Arc<Gateway>>) -> Response {
+    let mut body = gw.keys.usage_summary();
+    body["enabled"] = json!(gw.keys.enforced());
+    (
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        Json(body),
     )
         .into_response()
 }

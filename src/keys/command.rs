@@ -323,9 +323,7 @@ pub fn parse_time(t: &str) -> Option<String> {
     Some(humantime::format_rfc3339_millis(parsed).to_string())
 }
 
-/// A row of a request refused at admission: warden's own 403, 429 or 503
-/// (no provider was asked).
-const REFUSED: &str = "(provider IS NULL AND status IN (403, 429, 503))";
+use super::ledger::REFUSED;
 
 /// Runs `proxy usage`; the exit code.
 pub fn usage(config: &Config, args: &UsageArgs, out: &mut dyn Write) -> i32 {

@@ -394,6 +394,41 @@ pub fn spent_since(
     )
 }
 
+/// A row of a request refused at admission: warden's own 403, 429 or 503
+/// (no provider was asked).
+pub const REFUSED: &str = "(provider IS NULL AND status IN (403, 429, 503))";
+
+/// Per (key, model) since `since` (RFC 3339): answered and refused requests,
+/// tokens and cost; at most `limit` pairs.
+pub fn aggregate_since(
+    conn: &rusqlite::Connection,
+    since: &str,
+    limit: usize,
+) -> rusqlite::Result<Vec<(String, String, super::book::Figures)>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT key, COALESCE(model, ''),
+                SUM(CASE WHEN {REFUSED} THEN 0 ELSE 1 END),
+                SUM(CASE WHEN {REFUSED} THEN 1 ELSE 0 END),
+                SUM(input_tokens), SUM(output_tokens), SUM(cached_tokens), SUM(cost_usd)
+         FROM usage WHERE time >= ?1 GROUP BY key, model LIMIT ?2"
+    ))?;
+    stmt.query_map(rusqlite::params![since, limit as i64], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            super::book::Figures {
+                requests: r.get::<_, i64>(2)? as u64,
+                refused: r.get::<_, i64>(3)? as u64,
+                input_tokens: r.get::<_, i64>(4)? as u64,
+                output_tokens: r.get::<_, i64>(5)? as u64,
+                cached_tokens: r.get::<_, i64>(6)? as u64,
+                cost_micros: (r.get::<_, f64>(7)? * 1e6).round() as u64,
+            },
+        ))
+    })?
+    .collect()
+}
+
 /// The last time `key` was used, when it was.
 pub fn last_used(conn: &rusqlite::Connection, key: &str) -> rusqlite::Result<Option<String>> {
     conn.query_row(

@@ -15,6 +15,7 @@
 //! With no key ever created and `require = "auto"`, identification is one
 //! lock-free check and admission returns at once: keys off cost nothing.
 
+pub mod book;
 pub mod command;
 pub mod file;
 pub mod ledger;
@@ -165,6 +166,8 @@ pub struct Keys {
     ledger_path: PathBuf,
     ledger: RwLock<Option<Arc<Ledger>>>,
     stats: RwLock<HashMap<String, Arc<KeyStats>>>,
+    /// Per key and model: today, this month, this budget period (for `/ui`).
+    book: book::Book,
     /// (mtime, size, inode) of keys.toml when last read.
     seen: std::sync::Mutex<Option<(SystemTime, u64, u64)>>,
 }
@@ -199,6 +202,7 @@ impl Keys {
             ledger_path: config.home.resolve_path(&config.keys.ledger),
             ledger: RwLock::new(None),
             stats: RwLock::new(HashMap::new()),
+            book: book::Book::default(),
             seen: std::sync::Mutex::new(fingerprint(&path)),
             path,
         };
@@ -258,10 +262,12 @@ impl Keys {
             Require::Never => false,
             Require::Auto => table.any,
         };
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        // After the table is in place: the ledger's preload reads each key's
+        // budget period from it.
         if enforced {
             self.start_ledger();
         }
-        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
         self.enforced.store(enforced, Ordering::Release);
     }
 
@@ -286,6 +292,60 @@ impl Keys {
         )));
         drop(slot);
         self.preload_spend();
+        self.preload_book();
+    }
+
+    /// Fills the page's figures with what the ledger holds for today, this
+    /// month and each key's period: a few grouped reads, once, at start.
+    fn preload_book(&self) {
+        let conn = match ledger::open_read(&self.ledger_path) {
+            Ok(Some(conn)) => conn,
+            _ => return,
+        };
+        let now = now_millis() / 1000;
+        let periods: HashMap<String, period::Period> = self
+            .table()
+            .by_digest
+            .values()
+            .map(|k| (k.name().to_string(), k.limits.period))
+            .collect();
+        let period_of = |key: &str| periods.get(key).copied().unwrap_or_default();
+        let mut reads = vec![
+            (book::Window::Today, period::Period::Day, None),
+            (book::Window::Month, period::Period::Month, None),
+        ];
+        for p in [
+            period::Period::Day,
+            period::Period::Week,
+            period::Period::Month,
+            period::Period::Total,
+        ] {
+            reads.push((book::Window::Period, p, Some(p)));
+        }
+        for (window, span, only) in reads {
+            let since = ledger::rfc3339(span.start(now));
+            let rows = match ledger::aggregate_since(&conn, &since, book::MAX_ENTRIES) {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read usage from the ledger for the status page");
+                    return;
+                }
+            };
+            for (key, model, figures) in rows {
+                let period = period_of(&key);
+                if only.is_some_and(|p| p != period) {
+                    continue;
+                }
+                self.book
+                    .preload(&key, &model, period, now, window, figures);
+            }
+        }
+    }
+
+    /// Per key and per model, today and this period: what `/ui` shows (from
+    /// memory; no database read).
+    pub fn usage_summary(&self) -> serde_json::Value {
+        book::summary(&self.book.snapshot(now_millis() / 1000))
     }
 
     fn preload_spend(&self) {
@@ -607,6 +667,16 @@ impl Keys {
         self.stats_of(key.name())
             .refused
             .fetch_add(1, Ordering::Relaxed);
+        self.book.record(
+            key.name(),
+            crate::support::redact::truncate(&request.model, 256),
+            key.limits.period,
+            now_millis() / 1000,
+            book::Figures {
+                refused: 1,
+                ..book::Figures::default()
+            },
+        );
         if let Some(ledger) = self.ledger() {
             ledger.push(Row {
                 time: ledger::rfc3339_millis(now_millis()),
@@ -765,6 +835,22 @@ impl Ticket {
         stats.input_tokens.fetch_add(input, Ordering::Relaxed);
         stats.output_tokens.fetch_add(output, Ordering::Relaxed);
         stats.cost_micros.fetch_add(micros, Ordering::Relaxed);
+        self.keys.book.record(
+            &name,
+            crate::support::redact::truncate(&self.request.model, 256),
+            self.key
+                .as_ref()
+                .map_or_else(period::Period::default, |k| k.limits.period),
+            now_millis() / 1000,
+            book::Figures {
+                requests: 1,
+                refused: 0,
+                input_tokens: input,
+                output_tokens: output,
+                cached_tokens: cached,
+                cost_micros: micros,
+            },
+        );
         if let Some(ledger) = self.keys.ledger() {
             let pushed = ledger.push(Row {
                 time: ledger::rfc3339_millis(now_millis()),

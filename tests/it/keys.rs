@@ -1545,3 +1545,329 @@ fn a_keys_file_past_its_bounds_is_refused_naming_the_file() {
         "{err}"
     );
 }
+
+/// GET `path` of `server` as JSON.
+async fn get_json_of(server: &impl Served, path: &str) -> Value {
+    let r = client()
+        .get(format!("{}{path}", server.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{path}");
+    r.json().await.unwrap()
+}
+
+/// `/ui` shows usage per key name and per model (requests, tokens, cost; today
+/// and this period) from memory; a restart keeps the figures (read back from
+/// the ledger once); the key's secret appears nowhere on the page or its data.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_status_page_shows_usage_per_key_and_model_and_never_a_secret() {
+    let upstream = Upstream::start(Behaviour::Fast);
+    let home = TestHome::new();
+    home.config(&format!(
+        "[upstream]\nurl = \"{}\"\nattempts = 1\n\n[prices]\n\"gpt-5\" = {{ input = 1.0, output = 10.0 }}\n",
+        upstream.url()
+    ));
+    let alice = create_key(&home, "alice", &["--period", "day"]);
+    let bob = create_key(&home, "bob", &["--models", "other"]);
+    let gw = InProcess::start(&home, &[]);
+    let off = get_json_of(&gw, "/ui/usage.json").await;
+    assert_eq!(off["keys"], json!([]), "{off}");
+    for _ in 0..3 {
+        assert_eq!(
+            chat_as(&gw, Some(&alice), &chat_body(false)).await.status(),
+            200
+        );
+    }
+    assert_eq!(
+        chat_as(&gw, Some(&bob), &chat_body(false)).await.status(),
+        403
+    );
+    // The upstream reports 5 + 2 tokens a request: 5 × $1 + 2 × $10 per 1M.
+    let figures = |requests: u64, refused: u64| {
+        json!({"requests": requests, "refused": refused, "input_tokens": 5 * requests,
+               "output_tokens": 2 * requests, "cached_tokens": 0, "tokens": 7 * requests,
+               "cost_usd": (25 * requests) as f64 / 1e6})
+    };
+    let want = json!({
+        "enabled": true,
+        "keys": [
+            {"name": "alice", "period": "day", "today": figures(3, 0), "period_figures": figures(3, 0)},
+            {"name": "bob", "period": "month", "today": figures(0, 1), "period_figures": figures(0, 1)},
+        ],
+        "models": [{"model": "gpt-5", "today": figures(3, 1), "month": figures(3, 1)}],
+    });
+    let usage = get_json_of(&gw, "/ui/usage.json").await;
+    assert_eq!(usage, want);
+    // The page, as a browser renders it.
+    let url = format!("{}/ui", gw.url);
+    let dom = tokio::task::spawn_blocking(move || crate::ui::dump_dom(&url))
+        .await
+        .unwrap();
+    let row = |attr: &str| {
+        let at = dom
+            .find(attr)
+            .unwrap_or_else(|| panic!("{attr} not on the page:\n{dom}"));
+        dom[at..at + dom[at..].find("</tr>").unwrap()].to_string()
+    };
+    let alice_row = row("data-key=\"alice\"");
+    for cell in [
+        "<td>alice</td>",
+        "<td>3</td>",
+        "<td>21</td>",
+        "<td>$0.000075</td>",
+        "<td>day</td>",
+    ] {
+        assert!(alice_row.contains(cell), "{cell} in {alice_row}");
+    }
+    let model_row = row("data-model=\"gpt-5\"");
+    for cell in ["<td>gpt-5</td>", "<td>3</td>", "<td>21</td>"] {
+        assert!(model_row.contains(cell), "{cell} in {model_row}");
+    }
+    for secret in [&alice, &bob] {
+        let tail = &secret[secret.len() - 12..];
+        assert!(!dom.contains(tail), "a secret on the page");
+        assert!(!usage.to_string().contains(tail), "a secret in usage.json");
+    }
+    // A restart reads the figures back from the ledger.
+    wait_rows(&home, 4).await;
+    let again = InProcess::start(&home, &[]);
+    assert_eq!(get_json_of(&again, "/ui/usage.json").await, want);
+}
+
+/// What a key spent this period is read back from the ledger when the proxy
+/// starts: a restart never gives a budget back.
+#[tokio::test]
+async fn a_restart_keeps_what_a_key_spent_this_period() {
+    let upstream = Upstream::start(Behaviour::Fast);
+    let home = TestHome::new();
+    home.config(&format!(
+        "[upstream]\nurl = \"{}\"\nattempts = 1\n",
+        upstream.url()
+    ));
+    // A reservation is 27 tokens and a request spends 7: 30 fits one request
+    // from zero, and none after 7 are spent.
+    let secret = create_key(
+        &home,
+        "frugal",
+        &["--budget-tokens", "30", "--period", "day"],
+    );
+    {
+        let gw = InProcess::start(&home, &[]);
+        assert_eq!(
+            chat_as(&gw, Some(&secret), &chat_body(false))
+                .await
+                .status(),
+            200
+        );
+        let r = chat_as(&gw, Some(&secret), &chat_body(false)).await;
+        assert_eq!(r.status(), 429, "7 spent + 27 reserved > 30");
+        wait_rows(&home, 2).await;
+    }
+    let gw = InProcess::start(&home, &[]);
+    let r = chat_as(&gw, Some(&secret), &chat_body(false)).await;
+    assert_eq!(r.status(), 429, "the restart gave the budget back");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "insufficient_quota");
+}
+
+/// Bifrost #3357: a stream the client cancels is charged what was streamed
+/// (status 499), never zero.
+#[tokio::test]
+async fn a_stream_the_client_cancels_is_charged_what_was_streamed_never_zero() {
+    let upstream = Upstream::start(Behaviour::StallStream);
+    let home = TestHome::new();
+    home.config(&format!(
+        "[upstream]\nurl = \"{}\"\nattempts = 1\n\n[prices]\n\"gpt-5\" = {{ input = 1.0, output = 10.0 }}\n",
+        upstream.url()
+    ));
+    let secret = create_key(&home, "quitter", &[]);
+    let gw = InProcess::start(&home, &[]);
+    let mut r = chat_as(&gw, Some(&secret), &chat_body(true)).await;
+    read_until(&mut r, "first").await;
+    drop(r);
+    let rows = wait_rows(&home, 1).await;
+    // "first" (5 bytes) is 2 output tokens; the input is the messages' estimate.
+    assert_eq!((rows[0].2, rows[0].4), (499, 2), "{rows:?}");
+    assert!(rows[0].3 > 0, "{rows:?}");
+    let cost = metering_rows(&home)[0].5;
+    assert!(cost > 0.0, "a cancelled stream at zero cost");
+}
+
+/// LiteLLM #20256, the timed-out half: a call that times out (before its
+/// first byte, or silent mid-stream) gives its `max_parallel` slot back.
+#[tokio::test]
+async fn the_parallel_slot_is_given_back_when_the_upstream_times_out() {
+    for (behaviour, timeout, stream) in [
+        (Behaviour::Hang, "first_byte_timeout = 1", false),
+        (Behaviour::StallStream, "idle_timeout = 1", true),
+    ] {
+        let upstream = Upstream::start(behaviour);
+        let home = TestHome::new();
+        home.config(&format!(
+            "[upstream]\nurl = \"{}\"\nattempts = 1\n{timeout}\n",
+            upstream.url()
+        ));
+        let secret = create_key(&home, "single", &["--max-parallel", "1"]);
+        let gw = InProcess::start(&home, &[]);
+        for i in 0..3 {
+            let r = chat_as(&gw, Some(&secret), &chat_body(stream)).await;
+            let status = r.status();
+            let body = r.text().await.unwrap();
+            if stream {
+                // The stream began, then ended with an error event at the timeout.
+                assert_eq!(status, 200, "request {i}: {body}");
+                assert!(body.contains("\"error\""), "request {i}: {body}");
+            } else {
+                assert_eq!(
+                    status, 504,
+                    "request {i} (never 429: the slot came back): {body}"
+                );
+            }
+        }
+    }
+}
+
+/// LiteLLM #38176: /v1/responses and /v1/messages traffic counts against a
+/// key's budget: alternating the two exhausts it, and what was spent stays
+/// within it.
+#[tokio::test]
+async fn responses_and_messages_traffic_counts_against_the_budget() {
+    let home = TestHome::new();
+    let secret = create_key(
+        &home,
+        "budgeted",
+        &["--budget-tokens", "40", "--period", "day"],
+    );
+    let gw = InProcess::start(&home, &[]);
+    let mut answered = std::collections::BTreeMap::new();
+    let mut refused = None;
+    for i in 0..100 {
+        let (path, body) = if i % 2 == 0 {
+            (
+                "/v1/responses",
+                json!({"model": "gpt-5", "input": "hello", "max_output_tokens": 10}),
+            )
+        } else {
+            (
+                "/v1/messages",
+                json!({"model": "gpt-5", "max_tokens": 10,
+                       "messages": [{"role": "user", "content": "hello"}]}),
+            )
+        };
+        let r = client()
+            .post(format!("{}{path}", gw.url))
+            .bearer_auth(&secret)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            refused = Some((path, r.text().await.unwrap()));
+            break;
+        }
+        assert_eq!(r.status(), 200, "{path}");
+        *answered.entry(path).or_insert(0) += 1;
+    }
+    let (path, body) = refused.expect("the budget was never exhausted");
+    // OpenAI's `insufficient_quota` on /v1/responses; Anthropic's shape on /v1/messages.
+    assert!(body.contains("has spent its budget"), "{path}: {body}");
+    assert!(
+        answered.len() == 2,
+        "both routes were answered first: {answered:?}"
+    );
+    let n: usize = answered.values().sum();
+    let rows = wait_rows(&home, n + 1).await;
+    let spent: i64 = rows.iter().map(|r| r.3 + r.4).sum();
+    assert!(spent > 0 && spent <= 40, "spent {spent} of 40: {rows:?}");
+    let out = run("proxy", &home, &["keys", "list", "--json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["spent_tokens"], json!(spent), "{list}");
+}
+
+/// LiteLLM #37923: a stream is priced from `[prices]` with the tokens the
+/// provider reported, even when the provider says it cost nothing.
+#[tokio::test]
+async fn a_stream_is_priced_from_prices_even_when_the_provider_reports_zero_cost() {
+    async fn chat(axum::Json(req): axum::Json<Value>) -> axum::response::Response {
+        let model = req["model"].clone();
+        let chunk = json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": model,
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]});
+        let usage = json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": model,
+            "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15,
+                                      "cost": 0.0, "total_cost": 0.0}});
+        sse_body(&[chunk, usage], true)
+    }
+    let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(chat));
+    let url = format!("http://{}/v1", crate::support::prompt_server::serve(app));
+    let home = TestHome::new();
+    home.config(&format!(
+        "[upstream]\nurl = \"{url}\"\nattempts = 1\n\n[prices]\n\"gpt-5\" = {{ input = 1.0, output = 10.0 }}\n"
+    ));
+    let secret = create_key(&home, "free-lunch", &[]);
+    let gw = InProcess::start(&home, &[]);
+    let r = chat_as(&gw, Some(&secret), &chat_body(true)).await;
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("[DONE]") && !body.contains("\"usage\""),
+        "{body}"
+    );
+    wait_rows(&home, 1).await;
+    let row = &metering_rows(&home)[0];
+    assert_eq!((row.2, row.3), (10, 5), "{row:?}");
+    // 10 × $1 + 5 × $10 per 1M tokens.
+    assert!((row.5 - 0.00006).abs() < 1e-12, "{row:?}");
+}
+
+/// LiteLLM PR #32368 (database queries to look a key up): keys are looked up
+/// in memory. With the ledger's whole `data/` folder gone (a file in its
+/// place), keys still authenticate, unknown ones are still refused, and a
+/// revocation still takes effect.
+#[tokio::test]
+async fn keys_are_looked_up_in_memory_and_serve_with_no_database_at_all() {
+    let home = TestHome::new();
+    let secret = create_key(&home, "memory", &[]);
+    let gw = InProcess::start(&home, &[]);
+    assert_eq!(
+        chat_as(&gw, Some(&secret), &chat_body(false))
+            .await
+            .status(),
+        200
+    );
+    wait_rows(&home, 1).await;
+    std::fs::remove_dir_all(home.file("data")).unwrap();
+    std::fs::write(
+        home.file("data"),
+        "not a folder: no database can be opened here",
+    )
+    .unwrap();
+    for _ in 0..20 {
+        assert_eq!(
+            chat_as(&gw, Some(&secret), &chat_body(false))
+                .await
+                .status(),
+            200
+        );
+        assert_eq!(
+            chat_as(&gw, Some("wk-0000000000000000"), &chat_body(false))
+                .await
+                .status(),
+            401
+        );
+    }
+    let out = run("proxy", &home, &["keys", "revoke", "memory"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let deadline = Instant::now() + PATIENCE;
+    while chat_as(&gw, Some(&secret), &chat_body(false))
+        .await
+        .status()
+        != 401
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the revocation never took effect"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -33,7 +33,7 @@ fn provider_state(h: &Value, name: &str) -> String {
 }
 
 /// `chromium --headless --dump-dom URL`, killed (by its own PID) past the deadline.
-fn dump_dom(url: &str) -> String {
+pub(crate) fn dump_dom(url: &str) -> String {
     let profile = tempfile::tempdir().unwrap();
     let out = tempfile::NamedTempFile::new().unwrap();
     let mut child = Command::new("chromium")

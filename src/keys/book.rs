@@ -1,0 +1,236 @@
+//! What each key spent on each model today, this month and in its budget
+//! period, kept in memory for the status page (`/ui`): updated when a request
+//! is settled or refused, read without touching the ledger. At start it is
+//! filled from the ledger once (off the request path), so a restart does not
+//! zero the page.
+//!
+//! Bounded: at most [`MAX_ENTRIES`] (key, model) pairs; past that, a key's
+//! further models are counted under [`OTHER_MODELS`].
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::period::Period;
+
+/// (key, model) pairs kept at most.
+pub const MAX_ENTRIES: usize = 4096;
+
+/// The model name the figures of models past [`MAX_ENTRIES`] are counted under.
+pub const OTHER_MODELS: &str = "(other models)";
+
+/// Requests, tokens and cost over one window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Figures {
+    /// Answered requests.
+    pub requests: u64,
+    /// Requests refused at admission (403, 429, 503).
+    pub refused: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_tokens: u64,
+    /// Millionths of a dollar.
+    pub cost_micros: u64,
+}
+
+impl Figures {
+    fn add(&mut self, other: &Figures) {
+        self.requests += other.requests;
+        self.refused += other.refused;
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.cached_tokens += other.cached_tokens;
+        self.cost_micros += other.cost_micros;
+    }
+}
+
+/// The three windows of one (key, model).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Windows {
+    /// The UTC day, month and key's budget period the figures below belong to
+    /// (their first Unix second).
+    day_start: u64,
+    month_start: u64,
+    period_start: u64,
+    pub today: Figures,
+    pub month: Figures,
+    pub period: Figures,
+}
+
+impl Windows {
+    /// Starts new windows where `now` is past them.
+    fn roll(&mut self, period: Period, now: u64) {
+        let day = Period::Day.start(now);
+        if day != self.day_start {
+            self.day_start = day;
+            self.today = Figures::default();
+        }
+        let month = Period::Month.start(now);
+        if month != self.month_start {
+            self.month_start = month;
+            self.month = Figures::default();
+        }
+        let start = period.start(now);
+        if start != self.period_start {
+            self.period_start = start;
+            self.period = Figures::default();
+        }
+    }
+}
+
+/// Which windows a ledger aggregate read at start belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Window {
+    Today,
+    Month,
+    Period,
+}
+
+/// The figures per (key, model).
+#[derive(Default)]
+pub struct Book {
+    entries: Mutex<HashMap<(String, String), (Period, Windows)>>,
+}
+
+impl Book {
+    fn with_entry<T>(
+        &self,
+        key: &str,
+        model: &str,
+        period: Period,
+        f: impl FnOnce(&mut Windows) -> T,
+    ) -> T {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut id = (key.to_string(), model.to_string());
+        if !entries.contains_key(&id) && entries.len() >= MAX_ENTRIES {
+            id.1 = OTHER_MODELS.to_string();
+        }
+        let (p, windows) = entries.entry(id).or_insert((period, Windows::default()));
+        *p = period;
+        f(windows)
+    }
+
+    /// Adds one settled or refused request at `now` (Unix seconds).
+    pub fn record(&self, key: &str, model: &str, period: Period, now: u64, figures: Figures) {
+        self.with_entry(key, model, period, |w| {
+            w.roll(period, now);
+            w.today.add(&figures);
+            w.month.add(&figures);
+            w.period.add(&figures);
+        });
+    }
+
+    /// Sets what the ledger holds for a window before this process began.
+    pub fn preload(
+        &self,
+        key: &str,
+        model: &str,
+        period: Period,
+        now: u64,
+        window: Window,
+        figures: Figures,
+    ) {
+        self.with_entry(key, model, period, |w| {
+            w.roll(period, now);
+            match window {
+                Window::Today => w.today.add(&figures),
+                Window::Month => w.month.add(&figures),
+                Window::Period => w.period.add(&figures),
+            }
+        });
+    }
+
+    /// Every (key, model, its budget period, windows) as of `now`, sorted.
+    pub fn snapshot(&self, now: u64) -> Vec<(String, String, Period, Windows)> {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<_> = entries
+            .iter_mut()
+            .map(|((key, model), (period, windows))| {
+                windows.roll(*period, now);
+                (key.clone(), model.clone(), *period, *windows)
+            })
+            .collect();
+        drop(entries);
+        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        out
+    }
+}
+
+/// Per key (today and its period) and per model (today and this month): what
+/// `/ui` shows.
+pub fn summary(entries: &[(String, String, Period, Windows)]) -> serde_json::Value {
+    let mut keys: Vec<(String, Period, Figures, Figures)> = Vec::new();
+    let mut models: std::collections::BTreeMap<&str, (Figures, Figures)> = Default::default();
+    for (key, model, period, w) in entries {
+        match keys.last_mut() {
+            Some(last) if &last.0 == key => {
+                last.2.add(&w.today);
+                last.3.add(&w.period);
+            }
+            _ => keys.push((key.clone(), *period, w.today, w.period)),
+        }
+        let m = models.entry(model.as_str()).or_default();
+        m.0.add(&w.today);
+        m.1.add(&w.month);
+    }
+    serde_json::json!({
+        "keys": keys.iter().map(|(name, period, today, this)| serde_json::json!({
+            "name": name, "period": period.as_str(), "today": view(today), "period_figures": view(this),
+        })).collect::<Vec<_>>(),
+        "models": models.iter().map(|(model, (today, month))| serde_json::json!({
+            "model": model, "today": view(today), "month": view(month),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn view(f: &Figures) -> serde_json::Value {
+    serde_json::json!({
+        "requests": f.requests,
+        "refused": f.refused,
+        "input_tokens": f.input_tokens,
+        "output_tokens": f.output_tokens,
+        "cached_tokens": f.cached_tokens,
+        "tokens": f.input_tokens + f.output_tokens,
+        "cost_usd": f.cost_micros as f64 / 1e6,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u64 = 1_796_000_000;
+
+    fn one(input: u64) -> Figures {
+        Figures {
+            requests: 1,
+            input_tokens: input,
+            ..Figures::default()
+        }
+    }
+
+    #[test]
+    fn windows_roll_over_at_their_utc_bounds() {
+        let book = Book::default();
+        book.record("a", "m", Period::Week, T0, one(5));
+        let midnight = Period::Day.end(T0).unwrap();
+        book.record("a", "m", Period::Week, midnight, one(7));
+        let snap = book.snapshot(midnight);
+        let w = &snap[0].3;
+        assert_eq!(w.today.input_tokens, 7);
+        // The same week, unless that midnight began a new one.
+        let same_week = Period::Week.start(T0) == Period::Week.start(midnight);
+        assert_eq!(w.period.input_tokens, if same_week { 12 } else { 7 });
+    }
+
+    #[test]
+    fn models_past_the_bound_are_counted_together() {
+        let book = Book::default();
+        for i in 0..MAX_ENTRIES + 10 {
+            book.record("a", &format!("m{i}"), Period::Month, T0, one(1));
+        }
+        let snap = book.snapshot(T0);
+        assert_eq!(snap.len(), MAX_ENTRIES + 1);
+        let other = snap.iter().find(|e| e.1 == OTHER_MODELS).unwrap();
+        assert_eq!(other.3.today.requests, 10);
+    }
+}
