@@ -8,7 +8,8 @@
 //! further models are counted under [`OTHER_MODELS`].
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use super::period::Period;
 
@@ -85,13 +86,35 @@ pub enum Window {
     Period,
 }
 
-/// The figures per (key, model).
+/// One key's figures per model.
+#[derive(Default)]
+struct KeyBook {
+    period: Period,
+    models: HashMap<String, Windows>,
+}
+
+/// The figures per (key, model): one lock per key (as the limits' counters),
+/// and no allocation once a (key, model) pair has its entry.
 #[derive(Default)]
 pub struct Book {
-    entries: Mutex<HashMap<(String, String), (Period, Windows)>>,
+    keys: RwLock<HashMap<String, Arc<Mutex<KeyBook>>>>,
+    /// (key, model) pairs kept, all keys together.
+    entries: AtomicUsize,
 }
 
 impl Book {
+    fn key(&self, key: &str) -> Arc<Mutex<KeyBook>> {
+        if let Some(k) = self.keys.read().unwrap_or_else(|p| p.into_inner()).get(key) {
+            return k.clone();
+        }
+        self.keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.to_string())
+            .or_default()
+            .clone()
+    }
+
     fn with_entry<T>(
         &self,
         key: &str,
@@ -99,13 +122,21 @@ impl Book {
         period: Period,
         f: impl FnOnce(&mut Windows) -> T,
     ) -> T {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let mut id = (key.to_string(), model.to_string());
-        if !entries.contains_key(&id) && entries.len() >= MAX_ENTRIES {
-            id.1 = OTHER_MODELS.to_string();
+        let book = self.key(key);
+        let mut book = book.lock().unwrap_or_else(|p| p.into_inner());
+        book.period = period;
+        if let Some(windows) = book.models.get_mut(model) {
+            return f(windows);
         }
-        let (p, windows) = entries.entry(id).or_insert((period, Windows::default()));
-        *p = period;
+        let model = if self.entries.load(Ordering::Relaxed) < MAX_ENTRIES {
+            model
+        } else {
+            OTHER_MODELS
+        };
+        let windows = book.models.entry(model.to_string()).or_insert_with(|| {
+            self.entries.fetch_add(1, Ordering::Relaxed);
+            Windows::default()
+        });
         f(windows)
     }
 
@@ -141,15 +172,22 @@ impl Book {
 
     /// Every (key, model, its budget period, windows) as of `now`, sorted.
     pub fn snapshot(&self, now: u64) -> Vec<(String, String, Period, Windows)> {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<_> = entries
-            .iter_mut()
-            .map(|((key, model), (period, windows))| {
-                windows.roll(*period, now);
-                (key.clone(), model.clone(), *period, *windows)
-            })
+        let keys: Vec<(String, Arc<Mutex<KeyBook>>)> = self
+            .keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        drop(entries);
+        let mut out = Vec::new();
+        for (key, book) in keys {
+            let mut book = book.lock().unwrap_or_else(|p| p.into_inner());
+            let period = book.period;
+            for (model, windows) in book.models.iter_mut() {
+                windows.roll(period, now);
+                out.push((key.clone(), model.clone(), period, *windows));
+            }
+        }
         out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         out
     }

@@ -479,6 +479,49 @@ mod tests {
     }
 
     #[test]
+    fn a_ledger_held_up_says_behind_then_catches_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.db");
+        // Another connection holds the database's write lock: the writer waits
+        // (its busy timeout) and rows pile up without a failure.
+        let blocker = open(&path).unwrap();
+        blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let ledger = Ledger::start_bounded(path.clone(), 100);
+        for i in 0..20 {
+            assert!(ledger.push(Row {
+                time: rfc3339_millis(1_000 + i),
+                key: "k".into(),
+                ingress: "http",
+                route: "/v1/chat/completions".into(),
+                status: 200,
+                ..Row::default()
+            }));
+        }
+        // A tenth of the bound (10) is behind; the writer has not failed.
+        assert_eq!(ledger.state(), LedgerState::Behind);
+        blocker.execute_batch("COMMIT").unwrap();
+        assert!(ledger.flush(Duration::from_secs(30)));
+        assert_eq!(ledger.state(), LedgerState::Ok);
+        assert_eq!(ledger.written(), 20);
+    }
+
+    #[test]
+    fn the_backlog_bound_counts_rows_being_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.db");
+        std::fs::create_dir(&path).unwrap();
+        let ledger = Ledger::start_bounded(path, 10);
+        let pushed = (0..25).filter(|_| ledger.push(Row::default())).count();
+        assert_eq!(pushed, 10);
+        assert!(ledger.full());
+        assert_eq!(ledger.dropped(), 15);
+        // However the writer is placed (rows taken out to write, or put back),
+        // never more than the bound waits.
+        assert!(!ledger.flush(Duration::from_millis(300)));
+        assert_eq!(ledger.backlog(), 10);
+    }
+
+    #[test]
     fn an_unwritable_ledger_keeps_rows_in_memory_and_says_failing() {
         let dir = tempfile::tempdir().unwrap();
         // A directory where the file should be: never openable as a database.
