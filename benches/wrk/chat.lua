@@ -22,9 +22,10 @@ function init(args)
   end
   -- Every target gets the same bytes, bearer included: LiteLLM's proxy requires its
   -- master key and warden is started with the same token, so both authenticate.
+  -- BENCH_BEARER replaces it (benches/keys-shared.sh sends a client key).
   local headers = {
     ["Content-Type"] = "application/json",
-    ["Authorization"] = "Bearer sk-bench-0123456789",
+    ["Authorization"] = "Bearer " .. (os.getenv("BENCH_BEARER") or "sk-bench-0123456789"),
   }
   req = wrk.format("POST", nil, headers, body)
 end

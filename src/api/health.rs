@@ -114,6 +114,10 @@ pub struct KeysHealth {
     pub count: usize,
     /// `ok`, `behind` (a backlog of rows) or `failing` (cannot be written).
     pub ledger: String,
+    /// With `keys.shared`: `ok` (NATS answers), `grace` (away, served from the
+    /// last known state) or `failing` (away past `keys.shared_grace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<String>,
 }
 
 impl HealthReport {

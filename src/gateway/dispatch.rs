@@ -85,7 +85,7 @@ impl Origin {
 /// operator while keys are off). Refusals are 403 `model_not_allowed`, 429
 /// `rate_limit_exceeded` / `insufficient_quota`, or 503 when the ledger is
 /// past its backlog and `keys.fail_closed`.
-pub fn admit_key(
+pub async fn admit_key(
     gw: &Gateway,
     origin: &Origin,
     model: &str,
@@ -111,6 +111,7 @@ pub fn admit_key(
                 trace_id: origin.trace.as_ref().map(SpanParent::trace_id),
             },
         )
+        .await
         .map_err(denied)
 }
 
@@ -179,7 +180,7 @@ pub async fn chat_with_headers(
         Ok(resolved) => resolved,
         Err(e) => return failed(e),
     };
-    let (slot, info, stats) = match admit(gw, &live, origin, &model, input_bytes, &body) {
+    let (slot, info, stats) = match admit(gw, &live, origin, &model, input_bytes, &body).await {
         Ok(admitted) => admitted,
         Err(e) => return failed(e),
     };
@@ -241,7 +242,7 @@ pub async fn embeddings(
         Err(e) => return failed(e),
     };
     let input_bytes = body.len();
-    let (slot, info, stats) = match admit(gw, &live, origin, &model, input_bytes, &body) {
+    let (slot, info, stats) = match admit(gw, &live, origin, &model, input_bytes, &body).await {
         Ok(admitted) => admitted,
         Err(e) => return failed(e),
     };
@@ -283,7 +284,7 @@ pub async fn completions(
         Err(e) => return failed(e),
     };
     let input_bytes = body.len();
-    let (slot, info, stats) = match admit(gw, &live, origin, &model, input_bytes, &body) {
+    let (slot, info, stats) = match admit(gw, &live, origin, &model, input_bytes, &body).await {
         Ok(admitted) => admitted,
         Err(e) => return failed(e),
     };
@@ -312,7 +313,7 @@ pub async fn completions(
 /// metrics, the ledger and the upstream call share. What every route must pass
 /// before an upstream call is added here. The origin's `trace` (the request's
 /// span, when traces are on) makes each provider attempt a child span of it.
-pub fn admit(
+pub async fn admit(
     gw: &Gateway,
     live: &super::Live,
     origin: &Origin,
@@ -322,7 +323,7 @@ pub fn admit(
 ) -> Result<(Slot, ExchangeInfo, std::sync::Arc<ExchangeStats>), ApiError> {
     // The slot first: a request refused for concurrency reserves nothing.
     let slot = Slot::try_take(gw, live)?;
-    let ticket = admit_key(gw, origin, model, input_bytes, body)?;
+    let ticket = admit_key(gw, origin, model, input_bytes, body).await?;
     let (info, stats) = begin(model, ticket, origin);
     Ok((slot, info, stats))
 }

@@ -152,7 +152,7 @@ pub async fn passthrough(
         _ => (declared_length.unwrap_or(0) as usize, &[]),
     };
     let (slot, info, stats) =
-        match dispatch::admit(&gw, &live, &origin, &routed, input_bytes, json_body) {
+        match dispatch::admit(&gw, &live, &origin, &routed, input_bytes, json_body).await {
             Ok(admitted) => admitted,
             Err(e) => return e.into_response(),
         };

@@ -83,7 +83,7 @@ pub async fn responses(
         .get("instructions")
         .and_then(Value::as_str)
         .map_or(0, str::len);
-    let ticket = match dispatch::admit_key(&gw, &origin, &model, input_bytes, &body) {
+    let ticket = match dispatch::admit_key(&gw, &origin, &model, input_bytes, &body).await {
         Ok(ticket) => ticket,
         Err(e) => return e.into_response(),
     };

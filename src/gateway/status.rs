@@ -111,9 +111,16 @@ pub fn report(gw: &Gateway) -> HealthReport {
         if status == HealthStatus::Pass && ledger != crate::keys::ledger::LedgerState::Ok {
             status = HealthStatus::Warn;
         }
+        let shared = gw.keys.shared_state();
+        if status == HealthStatus::Pass
+            && shared.is_some_and(|s| s != crate::keys::shared::SharedState::Ok)
+        {
+            status = HealthStatus::Warn;
+        }
         KeysHealth {
             count,
             ledger: ledger.as_str().to_string(),
+            shared: shared.map(|s| s.as_str().to_string()),
         }
     });
     HealthReport {

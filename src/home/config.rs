@@ -1038,6 +1038,14 @@ fn validate(s: &Settings) -> Result<(), (String, String)> {
     }
     validate_nats(&s.nats)?;
     crate::home::keys_config::validate(&s.keys, &s.prices)?;
+    if s.keys.shared && !s.nats.enabled() {
+        return Err((
+            "keys.shared".into(),
+            "needs the NATS server that holds the keys and counters: set [nats] url, \
+             or keys.shared = false"
+                .into(),
+        ));
+    }
     validate_telemetry(&s.telemetry)?;
     crate::home::tools_config::validate(&s.tools, s.nats.enabled())?;
     let mut names = std::collections::HashSet::new();
@@ -1920,6 +1928,7 @@ mod tests {
             ("[nats]\nqueue = \"\"\n", "nats.queue"),
             ("[nats]\nstream = \"a.b\"\n", "nats.stream"),
             ("[nats]\nurl = \"http://x:1\"\n", "nats.url"),
+            ("[keys]\nshared = true\n", "keys.shared"),
             (
                 "[nats]\ntoken_env = \"T\"\ncredentials_file = \"/x.creds\"\n",
                 "nats.credentials_file",

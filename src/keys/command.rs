@@ -113,9 +113,50 @@ fn run_keys(
         Ok(file) => file.unwrap_or_default(),
         Err(e) => return Ok(fail(&format!("proxy keys: {e}"))),
     };
+    // keys.shared: the bucket is the authority; keys.toml gets a copy of it.
+    let shared = config.keys.shared && config.nats.enabled();
+    if shared {
+        match super::shared::bucket_keys_blocking(config) {
+            Ok(bucket) => {
+                for entry in bucket {
+                    match file.find_mut(&entry.name) {
+                        Some(local) => *local = entry,
+                        None => file.keys.push(entry),
+                    }
+                }
+            }
+            Err(e) if matches!(action, KeysAction::List) => {
+                eprintln!("proxy keys: keys.shared is on but {e}: listing keys.toml alone");
+            }
+            Err(e) => {
+                return Ok(fail(&format!(
+                    "proxy keys: keys.shared is on but {e}; nothing was changed (the key \
+                     must reach {} so that every host sees it)",
+                    super::shared::KEYS_BUCKET
+                )));
+            }
+        }
+    }
     let save = |file: &KeyFile| match file.save(&path) {
         Ok(()) => None,
         Err(e) => Some(fail(&format!("proxy keys: {e}"))),
+    };
+    // With keys.shared, after keys.toml: the key's entry into the bucket.
+    let save = |file: &KeyFile, name: &str| {
+        if let Some(code) = save(file) {
+            return Some(code);
+        }
+        let entry = file.find(name)?;
+        if !shared {
+            return None;
+        }
+        match super::shared::put_key_blocking(config, entry) {
+            Ok(()) => None,
+            Err(e) => Some(fail(&format!(
+                "proxy keys: {} is written but {e}: other hosts do not see the change; run the command again once NATS answers",
+                path.display()
+            ))),
+        }
     };
     match action {
         KeysAction::Create {
@@ -172,7 +213,7 @@ fn run_keys(
             if let Err(e) = KeyFile::parse(&text, &path) {
                 return Ok(fail(&format!("proxy keys create: {e}")));
             }
-            if let Some(code) = save(&file) {
+            if let Some(code) = save(&file, &name) {
                 return Ok(code);
             }
             if json {
@@ -197,7 +238,7 @@ fn run_keys(
             if key.revoked.is_none() {
                 key.revoked = Some(now_rfc3339());
             }
-            if let Some(code) = save(&file) {
+            if let Some(code) = save(&file, &name) {
                 return Ok(code);
             }
             if json {
@@ -224,7 +265,7 @@ fn run_keys(
             key.sha256 = hash_secret(&secret);
             key.hint = hint_of(&secret);
             key.revoked = None;
-            if let Some(code) = save(&file) {
+            if let Some(code) = save(&file, &name) {
                 return Ok(code);
             }
             if json {
@@ -327,12 +368,6 @@ use super::ledger::REFUSED;
 
 /// Runs `proxy usage`; the exit code.
 pub fn usage(config: &Config, args: &UsageArgs, out: &mut dyn Write) -> i32 {
-    if args.nats {
-        return fail(
-            "proxy usage --nats: needs keys.shared = true with [nats], which this version does not serve yet; \
-             run `proxy usage` on each host",
-        );
-    }
     let column = match args.by.as_str() {
         "key" => "key",
         "model" => "model",
@@ -369,7 +404,23 @@ pub fn usage(config: &Config, args: &UsageArgs, out: &mut dyn Write) -> i32 {
         params.push(m.clone());
     }
     let path = config.home.resolve_path(&config.keys.ledger);
-    let rows: Vec<Value> = match ledger::open_read(&path) {
+    // --nats: every host's rows from the usage stream, in a ledger in memory.
+    let source = if args.nats {
+        if !(config.keys.shared && config.nats.enabled()) {
+            return fail(
+                "proxy usage --nats: needs keys.shared = true and [nats] url in warden.toml \
+                 (every proxy then publishes its rows to the stream WARDEN_USAGE); \
+                 without them run `proxy usage` on each host",
+            );
+        }
+        match super::shared::usage_rows_blocking(config) {
+            Ok(rows) => ledger::in_memory(&rows).map(Some),
+            Err(e) => return fail(&format!("proxy usage --nats: {e}")),
+        }
+    } else {
+        ledger::open_read(&path)
+    };
+    let rows: Vec<Value> = match source {
         Ok(None) => Vec::new(),
         Ok(Some(conn)) => {
             let sql = format!(

@@ -348,6 +348,14 @@ fn writer(shared: &Shared) {
     }
 }
 
+/// A ledger in memory holding `rows` (`proxy usage --nats`).
+pub fn in_memory(rows: &[Row]) -> rusqlite::Result<rusqlite::Connection> {
+    let mut conn = rusqlite::Connection::open_in_memory()?;
+    conn.execute_batch(SCHEMA)?;
+    insert(&mut conn, rows)?;
+    Ok(conn)
+}
+
 fn insert(conn: &mut rusqlite::Connection, rows: &[Row]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {

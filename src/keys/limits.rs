@@ -59,6 +59,8 @@ pub struct Spend {
 pub struct Grant {
     pub reserved: Want,
     pub headers: RateHeaders,
+    /// The shared counters' hold of this request (0: none; see `shared`).
+    pub hold: u64,
 }
 
 /// The `x-ratelimit-*` figures after an admission (for the limits a key has).
@@ -79,6 +81,9 @@ pub enum Refusal {
     },
     /// The budget is spent for the period; `None` for a `total` budget.
     Quota { retry_after: Option<u64> },
+    /// The shared counters are out of reach past `keys.shared_grace` and
+    /// `keys.fail_closed` is on.
+    Unavailable,
 }
 
 /// Where the counters are kept.
@@ -269,7 +274,11 @@ impl Counters for LocalCounters {
                 }
             };
             let headers = c.headers(limits, now);
-            Ok(Grant { reserved, headers })
+            Ok(Grant {
+                reserved,
+                headers,
+                hold: 0,
+            })
         })
     }
 

@@ -21,6 +21,7 @@ pub mod file;
 pub mod ledger;
 pub mod limits;
 pub mod period;
+pub mod shared;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -159,6 +160,8 @@ pub struct Keys {
     /// Keys in force (a key is required): mirrors the table, read lock-free.
     enforced: AtomicBool,
     counters: Arc<dyn Counters>,
+    /// `keys.shared`: keys and counters in NATS JetStream KV, across hosts.
+    shared: Option<Arc<shared::Shared>>,
     prices: Prices,
     default_reservation: u64,
     fail_closed: bool,
@@ -195,6 +198,7 @@ impl Keys {
             table: RwLock::new(Arc::new(Table::default())),
             enforced: AtomicBool::new(config.keys.require == Require::Always),
             counters: Arc::new(LocalCounters::new()),
+            shared: shared::Shared::from_config(config),
             prices: config.prices.clone(),
             default_reservation: config.keys.default_reservation,
             fail_closed: config.keys.fail_closed,
@@ -221,6 +225,10 @@ impl Keys {
     }
 
     fn install(&self, file: KeyFile) {
+        let file = match &self.shared {
+            Some(shared) => shared.merge(file),
+            None => file,
+        };
         let mut table = Table {
             any: !file.keys.is_empty(),
             ..Table::default()
@@ -408,6 +416,10 @@ impl Keys {
     /// Follows `keys.toml` while `keys` lives: a change is in force within
     /// [`POLL_EVERY`] plus a read.
     pub fn watch(keys: &Arc<Keys>) {
+        if let Some(shared) = &keys.shared {
+            // The keys bucket, hold renewal and the usage stream.
+            shared::spawn(keys, shared.clone());
+        }
         let weak = Arc::downgrade(keys);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(POLL_EVERY);
@@ -528,7 +540,7 @@ impl Keys {
     }
 
     /// May `caller` send this request? `Ok(None)`: nothing to meter (keys off).
-    pub fn admit(
+    pub async fn admit(
         self: &Arc<Self>,
         caller: &Caller,
         request: Metered,
@@ -551,11 +563,10 @@ impl Keys {
         };
         let refuse = |mut e: Denied, request: &Metered| {
             self.refused(&key, request, e.status);
-            e.rate = Some(Box::new(self.counters.headers(
-                key.name(),
-                &key.limits,
-                now_millis(),
-            )));
+            e.rate = Some(Box::new(match &self.shared {
+                Some(shared) => shared.headers(key.name(), &key.limits, now_millis()),
+                None => self.counters.headers(key.name(), &key.limits, now_millis()),
+            }));
             Err(e)
         };
         if !key.entry.models.is_empty()
@@ -612,10 +623,17 @@ impl Keys {
             tokens: request.input_estimate + output,
             micros: self.micros(&request.model, request.input_estimate, 0, output),
         };
-        match self
-            .counters
-            .admit(key.name(), &key.limits, want, now_millis())
-        {
+        let admitted = match &self.shared {
+            Some(shared) => {
+                shared
+                    .admit(key.name(), &key.limits, want, now_millis())
+                    .await
+            }
+            None => self
+                .counters
+                .admit(key.name(), &key.limits, want, now_millis()),
+        };
+        match admitted {
             Ok(grant) => Ok(Some(Ticket::new(
                 self.clone(),
                 Some(key),
@@ -638,6 +656,18 @@ impl Keys {
                 };
                 refuse(e, &request)
             }
+            Err(Refusal::Unavailable) => Err(Denied {
+                retry_after: Some(5),
+                ..Denied::new(
+                    503,
+                    "server_error",
+                    "keys_unavailable",
+                    "the shared key counters (NATS) are out of reach for longer than \
+                     keys.shared_grace and keys.fail_closed = true: metered requests resume \
+                     once NATS answers (run `doctor`)"
+                        .into(),
+                )
+            }),
             Err(Refusal::Quota { retry_after }) => {
                 let when = match retry_after {
                     Some(s) => format!(
@@ -678,7 +708,7 @@ impl Keys {
             },
         );
         if let Some(ledger) = self.ledger() {
-            ledger.push(Row {
+            ledger.push(self.published(Row {
                 time: ledger::rfc3339_millis(now_millis()),
                 request_id: request.request_id.clone(),
                 key: key.name().to_string(),
@@ -688,12 +718,28 @@ impl Keys {
                 status,
                 trace_id: request.trace_id.clone(),
                 ..Row::default()
-            });
+            }));
         }
+    }
+
+    /// `/health`'s `keys.shared`: `None` unless `keys.shared` is on.
+    pub fn shared_state(&self) -> Option<shared::SharedState> {
+        self.shared.as_ref().map(|s| s.state())
+    }
+
+    /// `row`, queued for the usage stream too when shared.
+    fn published(&self, row: Row) -> Row {
+        if let Some(shared) = &self.shared {
+            shared.publish(&row);
+        }
+        row
     }
 
     /// Spent this period by `key`.
     pub fn spent(&self, key: &KeyState) -> Spend {
+        if let Some(shared) = &self.shared {
+            return shared.spent(key.name(), key.limits.period, now_millis());
+        }
         self.counters
             .spent(key.name(), key.limits.period, now_millis())
     }
@@ -818,16 +864,22 @@ impl Ticket {
         };
         let micros = self.keys.micros(&self.request.model, input, cached, output);
         if let Some(key) = &self.key {
-            self.keys.counters.settle(
-                key.name(),
-                &key.limits,
-                &self.grant,
-                Spend {
-                    tokens: input + output,
-                    micros,
-                },
-                now_millis(),
-            );
+            let used = Spend {
+                tokens: input + output,
+                micros,
+            };
+            match &self.keys.shared {
+                Some(shared) => {
+                    shared.settle(key.name(), &key.limits, &self.grant, used, now_millis())
+                }
+                None => self.keys.counters.settle(
+                    key.name(),
+                    &key.limits,
+                    &self.grant,
+                    used,
+                    now_millis(),
+                ),
+            }
         }
         let name = self.key_name().to_string();
         let stats = self.keys.stats_of(&name);
@@ -852,7 +904,7 @@ impl Ticket {
             },
         );
         if let Some(ledger) = self.keys.ledger() {
-            let pushed = ledger.push(Row {
+            let pushed = ledger.push(self.keys.published(Row {
                 time: ledger::rfc3339_millis(now_millis()),
                 request_id: self.request.request_id.take(),
                 key: name,
@@ -869,7 +921,7 @@ impl Ticket {
                 ttft_ms: outcome.ttft.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3),
                 trace_id: outcome.trace_id.or(self.request.trace_id.take()),
                 estimated,
-            });
+            }));
             // Said once, then at every power of two dropped: a bounded log.
             if !pushed && ledger.dropped().is_power_of_two() {
                 tracing::error!(

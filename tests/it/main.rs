@@ -31,6 +31,7 @@ mod embeddings;
 mod home_only;
 mod hostile;
 mod keys;
+mod keys_shared;
 mod legacy_completions;
 mod nats;
 mod passthrough;
