@@ -285,6 +285,21 @@ async fn bucket(js: &jetstream::Context, name: &str) -> Result<kv::Store, String
         .map_err(|e| format!("cannot open the JetStream KV bucket {name}: {e}"))
 }
 
+/// `limits` with every check out of reach: records an admission without refusing it.
+fn unlimited(limits: &Limits) -> Limits {
+    const FAR: u64 = u64::MAX / 4;
+    Limits {
+        rpm: limits.rpm.map(|_| FAR),
+        tpm: limits.tpm.map(|_| FAR),
+        max_parallel: None,
+        budget: limits.budget.map(|b| match b {
+            Budget::Tokens(_) => Budget::Tokens(FAR),
+            Budget::Micros(_) => Budget::Micros(FAR),
+        }),
+        period: limits.period,
+    }
+}
+
 /// A key name as a KV key (names may hold '@', which KV keys may not).
 fn kv_key(name: &str) -> String {
     format!("k.{}", hex::encode(name.as_bytes()))
@@ -465,30 +480,55 @@ impl State {
             }),
         }
     }
+}
 
-    fn settle(
-        &mut self,
-        limits: &Limits,
-        hold: Option<&str>,
-        reserved_input: u64,
-        used: Spend,
-        now: Millis,
-    ) {
-        self.prune(limits.period, now);
-        if let Some(name) = hold {
-            self.holds.remove(name);
+/// Settlements not yet written to a key's entry: the key's next write (an
+/// admission's, or a flush [`SETTLE_BATCH`] later) carries them, so a busy
+/// key costs one write per request, not two.
+#[derive(Clone, Debug, Default)]
+struct Pending {
+    holds: Vec<String>,
+    spent_tokens: u64,
+    spent_micros: u64,
+    /// Tokens used beyond the input counted at admission (the tpm window).
+    window_tokens: u64,
+    tpm: bool,
+    period: Period,
+    now: Millis,
+}
+
+impl Pending {
+    fn apply(&self, s: &mut State) {
+        s.prune(self.period, self.now);
+        for h in &self.holds {
+            s.holds.remove(h);
         }
-        self.spent_tokens += used.tokens;
-        self.spent_micros += used.micros;
-        if limits.tpm.is_some() {
-            add(
-                &mut self.tokens,
-                now,
-                used.tokens.saturating_sub(reserved_input),
-            );
+        s.spent_tokens += self.spent_tokens;
+        s.spent_micros += self.spent_micros;
+        if self.tpm {
+            add(&mut s.tokens, self.now, self.window_tokens);
         }
     }
+
+    fn merge(&mut self, other: Pending) {
+        for h in other.holds {
+            if self.holds.len() >= MAX_HOLDS {
+                // It expires on its own.
+                self.holds.remove(0);
+            }
+            self.holds.push(h);
+        }
+        self.spent_tokens += other.spent_tokens;
+        self.spent_micros += other.spent_micros;
+        self.window_tokens += other.window_tokens;
+        self.tpm |= other.tpm;
+        self.period = other.period;
+        self.now = self.now.max(other.now);
+    }
 }
+
+/// How long a settlement waits for an admission of the same key to carry it.
+pub const SETTLE_BATCH: Duration = Duration::from_millis(20);
 
 /// `/health`'s word for the shared counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -529,6 +569,8 @@ pub struct Shared {
     /// One compare-and-set at a time per key from this proxy: its own
     /// requests queue here instead of conflicting with each other.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Settlements not yet written, per key name.
+    pending: Mutex<HashMap<String, Pending>>,
     /// Holds this proxy owns, per key name: renewed while their requests run.
     mine: Mutex<HashMap<String, Vec<String>>>,
     /// When NATS was last found away (`None`: it answers).
@@ -560,6 +602,7 @@ impl Shared {
             conn: RwLock::new(None),
             cache: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
             mine: Mutex::new(HashMap::new()),
             down_since: Mutex::new(Some(Instant::now())),
             next_hold: AtomicU64::new(1),
@@ -683,7 +726,7 @@ impl Shared {
         let result = match self.up() {
             Some(conn) => {
                 // Err: NATS did not answer; served below from the last known state.
-                self.cas(&conn, key, |s| {
+                self.cas(&conn, key, false, |s| {
                     s.admit(limits, want, now, hold_name.as_deref())
                 })
                 .await
@@ -697,10 +740,25 @@ impl Shared {
                 if self.state() == SharedState::Failing && self.fail_closed {
                     return Err(Refusal::Unavailable);
                 }
-                // From the last known state, counted here alone.
+                // From the last known state (with this proxy's settlements
+                // not yet written), counted here alone.
                 let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
                 let (_, state) = cache.entry(key.to_string()).or_default();
-                state.admit(limits, want, now, hold_name.as_deref())
+                let mut view = state.clone();
+                if let Some(p) = self
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(key)
+                {
+                    p.apply(&mut view);
+                }
+                let granted = view.admit(limits, want, now, hold_name.as_deref());
+                if granted.is_ok() {
+                    // Recorded in the last known state too, past its limits.
+                    let _ = state.admit(&unlimited(limits), want, now, hold_name.as_deref());
+                }
+                granted
             }
         };
         let mut grant = result?;
@@ -723,6 +781,7 @@ impl Shared {
         &self,
         conn: &Conn,
         key: &str,
+        flush_only: bool,
         mut f: impl FnMut(&mut State) -> Result<T, Refusal>,
     ) -> Result<Result<T, Refusal>, Op> {
         let lock = self
@@ -733,6 +792,25 @@ impl Shared {
             .or_default()
             .clone();
         let _turn = lock.lock().await;
+        // The settlements waiting for this key go with this write.
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        if flush_only && pending.is_none() {
+            return Ok(f(&mut State::default()));
+        }
+        let give_back = |pending: Option<Pending>| {
+            if let Some(p) = pending {
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(key.to_string())
+                    .or_default()
+                    .merge(p);
+            }
+        };
         let kv_name = kv_key(key);
         let mut cached = self
             .cache
@@ -742,48 +820,61 @@ impl Shared {
             .cloned();
         for _ in 0..MAX_CAS {
             let fresh = cached.is_none();
-            let (revision, mut state) = match cached.take() {
+            let (revision, mut base) = match cached.take() {
                 Some(c) => c,
-                None => self.read(conn, &kv_name).await?,
+                None => match self.read(conn, &kv_name).await {
+                    Ok(read) => read,
+                    Err(down) => {
+                        give_back(pending);
+                        return Err(down);
+                    }
+                },
             };
-            let before = state.clone();
-            match f(&mut state) {
-                Err(refusal) if fresh => {
-                    self.remember(key, revision, before);
+            if let Some(p) = &pending {
+                p.apply(&mut base);
+            }
+            let mut next = base.clone();
+            let (outcome, write) = match f(&mut next) {
+                Ok(value) => (Ok(value), next),
+                // A refusal from the cache is checked again on a fresh read.
+                Err(_) if !fresh => continue,
+                Err(refusal) if pending.is_none() => {
+                    self.remember(key, revision, base);
                     return Ok(Err(refusal));
                 }
-                Err(_) => continue,
-                Ok(value) => {
-                    let bytes: bytes::Bytes = serde_json::to_vec(&state).unwrap_or_default().into();
-                    let write = async {
-                        if revision == 0 {
-                            conn.limits
-                                .create(&kv_name, bytes)
-                                .await
-                                .map_err(|e| e.kind() == kv::CreateErrorKind::AlreadyExists)
-                        } else {
-                            conn.limits
-                                .update(&kv_name, bytes, revision)
-                                .await
-                                .map_err(|e| e.kind() == kv::UpdateErrorKind::WrongLastRevision)
-                        }
-                    };
-                    match tokio::time::timeout(OP_TIMEOUT, write).await {
-                        Ok(Ok(new_revision)) => {
-                            self.remember(key, new_revision, state);
-                            self.mark_up();
-                            return Ok(Ok(value));
-                        }
-                        // Someone else wrote it first: read again, check again.
-                        Ok(Err(true)) => continue,
-                        Ok(Err(false)) | Err(_) => {
-                            self.mark_down();
-                            return Err(Op::Down);
-                        }
-                    }
+                // Refused, but the settlements are written all the same.
+                Err(refusal) => (Err(refusal), base),
+            };
+            let bytes: bytes::Bytes = serde_json::to_vec(&write).unwrap_or_default().into();
+            let written = async {
+                if revision == 0 {
+                    conn.limits
+                        .create(&kv_name, bytes)
+                        .await
+                        .map_err(|e| e.kind() == kv::CreateErrorKind::AlreadyExists)
+                } else {
+                    conn.limits
+                        .update(&kv_name, bytes, revision)
+                        .await
+                        .map_err(|e| e.kind() == kv::UpdateErrorKind::WrongLastRevision)
+                }
+            };
+            match tokio::time::timeout(OP_TIMEOUT, written).await {
+                Ok(Ok(new_revision)) => {
+                    self.remember(key, new_revision, write);
+                    self.mark_up();
+                    return Ok(outcome);
+                }
+                // Someone else wrote it first: read again, check again.
+                Ok(Err(true)) => continue,
+                Ok(Err(false)) | Err(_) => {
+                    self.mark_down();
+                    give_back(pending);
+                    return Err(Op::Down);
                 }
             }
         }
+        give_back(pending);
         Ok(Err(Refusal::Rate {
             what: "contention",
             retry_after: 1,
@@ -836,50 +927,43 @@ impl Shared {
                 }
             }
         }
-        // The last known state follows at once (what the grace serves from).
-        if let Some((_, state)) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(key)
-        {
-            state.settle(
-                limits,
-                hold.as_deref(),
-                grant.reserved.input_tokens,
-                used,
-                now,
-            );
-        }
         // Nothing to write back: the request counted at admission.
         if hold.is_none() && limits.tpm.is_none() && limits.budget.is_none() {
             return;
         }
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.to_string())
+            .or_default()
+            .merge(Pending {
+                holds: hold.into_iter().collect(),
+                spent_tokens: used.tokens,
+                spent_micros: used.micros,
+                window_tokens: used.tokens.saturating_sub(grant.reserved.input_tokens),
+                tpm: limits.tpm.is_some(),
+                period: limits.period,
+                now,
+            });
         let Some(runtime) = self.runtime.get() else {
             return;
         };
         let shared = self.clone();
         let key = key.to_string();
-        let limits = limits.clone();
-        let reserved_input = grant.reserved.input_tokens;
         runtime.spawn(async move {
+            // An admission of the same key within this window carries it.
+            tokio::time::sleep(SETTLE_BATCH).await;
             let patience = Instant::now() + SETTLE_PATIENCE;
             while Instant::now() < patience {
                 if let Some(conn) = shared.up() {
-                    let done = shared
-                        .cas(&conn, &key, |s| {
-                            s.settle(&limits, hold.as_deref(), reserved_input, used, now);
-                            Ok(())
-                        })
-                        .await;
-                    if matches!(done, Ok(Ok(()))) {
+                    if matches!(shared.cas(&conn, &key, true, |_| Ok(())).await, Ok(Ok(()))) {
                         return;
                     }
                 }
                 // NATS away (or the key contended past MAX_CAS): try again shortly.
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            tracing::error!(key = %key, "shared key counters: a settlement could not be written to NATS; its hold expires on its own");
+            tracing::error!(key = %key, "shared key counters: settlements could not be written to NATS for 2 minutes; they go with the key's next write");
         });
     }
 
@@ -932,7 +1016,7 @@ impl Shared {
         for (key, holds) in mine {
             let until = super::now_millis() + HOLD_TTL;
             let _ = self
-                .cas(&conn.clone(), &key, |s| {
+                .cas(conn, &key, false, |s| {
                     for h in &holds {
                         if let Some(hold) = s.holds.get_mut(h) {
                             hold.until = hold.until.max(until);
