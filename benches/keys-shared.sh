@@ -29,7 +29,8 @@ start_nginx
 
 nats_port=$(free_port)
 mkdir -p "$work/js"
-nats-server -a 127.0.0.1 -p "$nats_port" -js -sd "$work/js" >"$work/nats.out" 2>&1 &
+monitor_port=$(free_port)
+nats-server -a 127.0.0.1 -p "$nats_port" -m "$monitor_port" -js -sd "$work/js" >"$work/nats.out" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break; sleep 0.05; done
 
@@ -63,11 +64,11 @@ for _ in $(seq 1 200); do
   sleep 0.05
 done
 
-run() { # NAME CONNECTIONS -> "rps p50_us p99_us errors"
+run() { # NAME CONNECTIONS -> "rps p50_us p99_us errors requests"
   BENCH_BEARER=$(cat "$work/$1.key") wrk -t1 -c"$2" -d"${SECS}"s --timeout 10s -s benches/wrk/chat.lua \
     "$(cat "$work/$1.url")/v1/chat/completions" -- json \
     | awk '/^RESULT/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-                       print v["rps"], v["p50_us"], v["p99_us"], v["errors"] + v["non2xx"] }'
+                       print v["rps"], v["p50_us"], v["p99_us"], v["errors"] + v["non2xx"], v["requests"] }'
 }
 for r in $(seq "$ROUNDS"); do
   for c in local shared; do
@@ -77,13 +78,25 @@ for r in $(seq "$ROUNDS"); do
   done
 done
 
+# KV writes: the WARDEN_LIMITS stream's last sequence (one per write).
+sleep 0.5 # the last settlements' flush
+curl -s "http://127.0.0.1:$monitor_port/jsz?streams=true" >"$work/jsz.json"
+
 python3 - "$work" "$SECS" "$ROUNDS" "$BIN" >"$OUT" <<'PY'
-import statistics, sys
+import json, statistics, sys
 work, secs, rounds, binary = sys.argv[1:5]
 cells = {}
+shared_requests = 0
 for line in open(f"{work}/results"):
-    c, conns, rps, p50, p99, errors = line.split()
+    c, conns, rps, p50, p99, errors, requests = line.split()
     cells.setdefault((c, int(conns)), []).append((float(rps), float(p50), float(p99), int(errors)))
+    if c == "shared":
+        shared_requests += int(requests)
+writes = 0
+for account in json.load(open(f"{work}/jsz.json")).get("account_details", []):
+    for stream in account.get("stream_detail", []):
+        if stream["name"] == "KV_WARDEN_LIMITS":
+            writes = stream["state"]["last_seq"]
 print("# One limit across hosts: what shared key counters cost, one run\n")
 print(f"benches/keys-shared.sh: wrk, {secs} s per run, {rounds} alternating rounds, medians; "
       f"a client key with an rpm and a budget on every request; nats-server -js on loopback; "
@@ -103,5 +116,8 @@ for conns in (1, 64):
         errors = sum(r[3] for r in runs)
         print(f"| {c} | {conns} | {rps:.0f} | {rps / base_r * 100:.1f}% | {p50:.0f} | "
               f"{p50 - base_p:+.0f} | {p99:.0f} | {errors} |")
+print(f"\nKV writes to `WARDEN_LIMITS` (its stream's last sequence): {writes} for "
+      f"{shared_requests} requests through the shared proxy, "
+      f"{writes / max(shared_requests, 1):.3f} a request (admissions, settlements, renewals).")
 PY
 cat "$OUT"
