@@ -11,6 +11,8 @@
 //!
 //! - [`gateway`]: the HTTP server `proxy` runs: routes, admission (auth, limits),
 //!   observation (metrics, access log), `/health`, and running it as a process.
+//! - [`tools`]: server tools (`[tools]`): declared tools offered to the model,
+//!   run over NATS, the loop that calls the model again with their results.
 //! - [`upstream`]: where requests go: the mock, Chat Completions and Responses
 //!   upstreams, their HTTP client, retries and timeouts.
 //! - [`telemetry`]: traces: OpenTelemetry spans of requests and provider
@@ -38,6 +40,7 @@ pub mod ops;
 pub mod prompts;
 pub mod support;
 pub mod telemetry;
+pub mod tools;
 pub mod upstream;
 
 /// The toolkit's version, printed by every binary's `--version`.

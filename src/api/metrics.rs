@@ -131,6 +131,17 @@ pub fn nats_outcome(status: u16) -> &'static str {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ToolOutcomeLabel {
+    tool: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ToolLabel {
+    tool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProviderLabel {
     provider: String,
 }
@@ -318,6 +329,9 @@ pub struct Metrics {
     client_connections_shed: Counter,
     client_connections_refused: Counter,
     client_malformed: Family<StatusLabel, Counter>,
+    /// Server tool calls over NATS (docs/contract.md §18), by declared tool.
+    tool_calls: Family<ToolOutcomeLabel, Counter>,
+    tool_duration: Family<ToolLabel, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -370,6 +384,8 @@ impl Metrics {
             client_connections_shed: Counter::default(),
             client_connections_refused: Counter::default(),
             client_malformed: Family::default(),
+            tool_calls: Family::default(),
+            tool_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
         };
         let build_info: Family<Vec<(String, String)>, Gauge> = Family::default();
         build_info
@@ -541,6 +557,16 @@ impl Metrics {
             "provider_in_flight",
             "Calls in flight at each provider",
             m.provider_in_flight.clone(),
+        );
+        registry.register(
+            "tool_calls",
+            "Server tool calls over NATS by tool and outcome (ok, error, timeout, no_responders, invalid_reply)",
+            m.tool_calls.clone(),
+        );
+        registry.register(
+            "tool_call_duration_seconds",
+            "Time from a server tool's NATS request to its reply, by tool",
+            m.tool_duration.clone(),
         );
         registry.register(
             "provider_cooling",
@@ -806,6 +832,22 @@ impl Metrics {
     }
 
     /// Sets the scrape-time gauges for one provider.
+    /// One server tool call finished (`outcome`: ok, error, timeout,
+    /// no_responders, invalid_reply). `tool` is a declared name: the series are bounded.
+    pub fn tool_call(&self, tool: &str, outcome: &'static str, took: std::time::Duration) {
+        self.tool_calls
+            .get_or_create(&ToolOutcomeLabel {
+                tool: tool.to_string(),
+                outcome,
+            })
+            .inc();
+        self.tool_duration
+            .get_or_create(&ToolLabel {
+                tool: tool.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
     pub fn provider_state(&self, name: &str, in_flight: u32, cooling: bool) {
         let label = ProviderLabel {
             provider: name.to_string(),

@@ -88,6 +88,25 @@ pub(super) fn attach(response: &mut Response, info: ExchangeInfo) {
             .headers_mut()
             .insert(PROVIDER_HEADER, provider.header.clone());
     }
+    let rounds = info
+        .stats
+        .tool_rounds
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if rounds > 0 {
+        response
+            .headers_mut()
+            .insert(crate::tools::ROUNDS_HEADER, HeaderValue::from(rounds));
+    }
+    if info
+        .stats
+        .tool_limit_reached
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        response.headers_mut().insert(
+            crate::tools::LIMIT_HEADER,
+            HeaderValue::from_static("reached"),
+        );
+    }
     if let Some(rate) = info.rate_headers() {
         rate_limit_headers(response.headers_mut(), &rate);
     }

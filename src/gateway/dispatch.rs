@@ -48,6 +48,9 @@ pub struct Origin {
     /// The request's span when traces are on: each provider attempt is a
     /// child span of it.
     pub trace: Option<SpanParent>,
+    /// Whether the declared server tools are offered (`x-warden-tools: none`
+    /// opts out, docs/contract.md §18).
+    pub server_tools: bool,
 }
 
 impl Origin {
@@ -63,6 +66,11 @@ impl Origin {
                 .and_then(|v| v.to_str().ok())
                 .map(|v| crate::support::redact::truncate(v, 128).to_string()),
             trace: None,
+            server_tools: !crate::tools::Tools::opted_out(
+                headers
+                    .get(crate::tools::OPT_OUT_HEADER)
+                    .and_then(|v| v.to_str().ok()),
+            ),
         }
     }
 
@@ -184,10 +192,27 @@ pub async fn chat_with_headers(
         stats,
         headers,
     };
+    let reply = match gw.tools.as_ref().filter(|_| origin.server_tools) {
+        Some(tools) => {
+            crate::tools::run_chat(tools.clone(), model_call(&live), call, origin.trace.clone())
+                .await
+        }
+        None => live.router.chat(call).await,
+    };
     Dispatched {
         info: Some(info),
-        outcome: live.router.chat(call).await.map(|reply| (reply, slot)),
+        outcome: reply.map(|reply| (reply, slot)),
     }
+}
+
+/// One model call of the server-tool loop (docs/contract.md §18): routed by
+/// the providers the request started with.
+pub fn model_call(live: &std::sync::Arc<super::Live>) -> crate::tools::ModelCall {
+    let live = live.clone();
+    std::sync::Arc::new(move |call| {
+        let live = live.clone();
+        Box::pin(async move { live.router.chat(call).await })
+    })
 }
 
 /// Parses, admits and routes one embeddings request body (HTTP or NATS).

@@ -77,6 +77,8 @@ pub struct Gateway {
     pub history: history::History,
     /// Traces (`[telemetry]`); `None` when off, and then no span is ever made.
     pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
+    /// Server tools run over NATS (`[tools]`); `None` when none is declared.
+    pub tools: Option<Arc<crate::tools::Tools>>,
 }
 
 /// The part of the gateway a reload replaces as a whole: the configuration
@@ -154,6 +156,7 @@ impl Gateway {
         let telemetry = crate::telemetry::Telemetry::from_config(&config.telemetry, &metrics)
             .map_err(|e| crate::upstream::UpstreamError::Telemetry(e.to_string()))?;
         Ok(Arc::new(Gateway {
+            tools: crate::tools::Tools::from_config(&config, metrics.clone()),
             telemetry,
             uses_prompts: prompts_in_use(&config),
             prompts,
@@ -374,6 +377,10 @@ pub async fn run(
     }
     // Off (no network at all) unless nats.url is set; connects in the background.
     let nats_ingress = nats::start(&gw);
+    // Server tools: their own NATS connection, in the background (none declared: nothing).
+    if let Some(tools) = &gw.tools {
+        tools.start();
+    }
     // keys.toml: a key created, revoked or rotated is in force within a second.
     crate::keys::Keys::watch(&gw.keys);
     if gw.config.server.ui {

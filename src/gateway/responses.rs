@@ -108,7 +108,39 @@ pub async fn responses(
         stats,
         headers: client_headers(&headers),
     };
-    respond(live.router.responses(call).await, slot, info)
+    // Server tools (docs/contract.md §18): the request is served through the
+    // Chat loop and answered in the Responses shape; one that continues a
+    // stored conversation goes on as it is.
+    let with_tools = gw
+        .tools
+        .as_ref()
+        .filter(|_| origin.server_tools && stateless(&call.body));
+    let reply = match with_tools {
+        Some(tools) => {
+            let (tools, model, trace) = (
+                tools.clone(),
+                dispatch::model_call(&live),
+                origin.trace.clone(),
+            );
+            crate::upstream::responses_over_chat(call, move |chat| {
+                crate::tools::run_chat(tools, model, chat, trace)
+            })
+            .await
+        }
+        None => live.router.responses(call).await,
+    };
+    respond(reply, slot, info)
+}
+
+/// Whether a Responses request carries its whole conversation (no
+/// `previous_response_id` or `conversation` naming one stored upstream).
+fn stateless(body: &[u8]) -> bool {
+    let Ok(request) = serde_json::from_slice::<Value>(body) else {
+        return false;
+    };
+    ["previous_response_id", "conversation"]
+        .iter()
+        .all(|k| request.get(*k).is_none_or(Value::is_null))
 }
 
 /// Whether `/v1/responses` adds the base prompt to a request.

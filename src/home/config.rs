@@ -611,6 +611,8 @@ pub struct Settings {
     /// USD per 1M tokens, by model name or trailing-`*` pattern.
     pub prices: crate::home::keys_config::Prices,
     pub telemetry: TelemetryConfig,
+    /// Tools the gateway runs over NATS (docs/contract.md §18, docs/tools.md).
+    pub tools: crate::home::tools_config::ToolsConfig,
 }
 
 /// Values given on the command line; they beat every other source.
@@ -1045,6 +1047,7 @@ fn validate(s: &Settings) -> Result<(), (String, String)> {
         ));
     }
     validate_telemetry(&s.telemetry)?;
+    crate::home::tools_config::validate(&s.tools, s.nats.enabled())?;
     let mut names = std::collections::HashSet::new();
     for (i, src) in s.prompts.sources.iter().enumerate() {
         if src.name.is_empty()
@@ -1080,7 +1083,7 @@ fn validate(s: &Settings) -> Result<(), (String, String)> {
 }
 
 /// A NATS subject token list: dot-separated, no wildcards or whitespace.
-fn is_subject(s: &str) -> bool {
+pub(crate) fn is_subject(s: &str) -> bool {
     !s.is_empty()
         && s.split('.').all(|token| {
             !token.is_empty()

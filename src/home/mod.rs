@@ -13,6 +13,7 @@ pub mod keys_config;
 pub mod logs;
 pub(crate) mod models_cache;
 pub mod templates;
+pub mod tools_config;
 
 use std::path::{Path, PathBuf};
 

@@ -175,7 +175,8 @@ mod tests {
                 "nats",
                 "keys",
                 "prices",
-                "telemetry"
+                "telemetry",
+                "tools"
             ]
         );
     }

@@ -386,6 +386,53 @@ impl SpanParent {
     }
 }
 
+impl SpanParent {
+    /// Starts the INTERNAL span `execute_tool {name}` of one server tool call
+    /// (docs/contract.md §18): `gen_ai.operation.name = execute_tool`,
+    /// `gen_ai.tool.name`, `gen_ai.tool.call.id`.
+    pub fn tool(&self, name: &str, call_id: &str) -> ToolSpan {
+        let tracer = &self.telemetry.tracer;
+        let attributes = vec![
+            KeyValue::new("gen_ai.operation.name", "execute_tool"),
+            KeyValue::new("gen_ai.tool.name", name.to_string()),
+            KeyValue::new(
+                "gen_ai.tool.call.id",
+                crate::support::redact::truncate(call_id, 128).to_string(),
+            ),
+            KeyValue::new("gen_ai.tool.type", "function"),
+        ];
+        let parent = Context::new().with_remote_span_context(self.context.clone());
+        let span = tracer
+            .span_builder(format!("execute_tool {name}"))
+            .with_kind(SpanKind::Internal)
+            .with_attributes(attributes)
+            .start_with_context(tracer, &parent);
+        ToolSpan { span }
+    }
+}
+
+/// The span of one server tool call.
+pub struct ToolSpan {
+    span: opentelemetry_sdk::trace::Span,
+}
+
+impl ToolSpan {
+    /// The `traceparent` the tool service receives (a NATS header).
+    pub fn traceparent(&self) -> String {
+        propagation::traceparent(self.span.span_context())
+    }
+
+    /// Ends the span; a failed call carries its outcome as `error.type`.
+    pub fn finish(mut self, error_type: Option<&str>) {
+        if let Some(error_type) = error_type {
+            self.span
+                .set_attribute(KeyValue::new("error.type", error_type.to_string()));
+            self.span.set_status(Status::error(""));
+        }
+        self.span.end();
+    }
+}
+
 /// The CLIENT span of one provider attempt.
 pub struct AttemptSpan {
     span: opentelemetry_sdk::trace::Span,

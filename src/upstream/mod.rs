@@ -34,6 +34,7 @@ pub(crate) mod responses;
 mod retry;
 pub(crate) mod router;
 mod translated;
+pub use translated::responses_over_chat;
 
 pub use provider::Provider;
 pub use router::Router;
@@ -124,6 +125,15 @@ pub struct ExchangeStats {
     /// The name of the client's key (`warden.key` on attempt spans), once keys
     /// identify the caller.
     pub key_name: OnceLock<Arc<str>>,
+    /// Tokens of the earlier model calls of a server-tool loop (docs/contract.md
+    /// §18): [`ExchangeStats::usage`] adds them to the last call's.
+    pub earlier_prompt_tokens: AtomicU64,
+    pub earlier_completion_tokens: AtomicU64,
+    pub earlier_cached_tokens: AtomicU64,
+    /// Model calls made when server tools ran (0: none ran): `x-warden-tool-rounds`.
+    pub tool_rounds: AtomicU32,
+    /// `tools.max_rounds` stopped the loop: `x-warden-tool-limit: reached`.
+    pub tool_limit_reached: std::sync::atomic::AtomicBool,
 }
 
 impl crate::telemetry::UsageSource for ExchangeStats {
@@ -151,10 +161,26 @@ impl ExchangeStats {
     }
     pub fn usage(&self) -> Usage {
         Usage {
-            prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
-            completion_tokens: self.completion_tokens.load(Ordering::Relaxed),
-            cached_tokens: self.cached_tokens.load(Ordering::Relaxed),
+            prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed)
+                + self.earlier_prompt_tokens.load(Ordering::Relaxed),
+            completion_tokens: self.completion_tokens.load(Ordering::Relaxed)
+                + self.earlier_completion_tokens.load(Ordering::Relaxed),
+            cached_tokens: self.cached_tokens.load(Ordering::Relaxed)
+                + self.earlier_cached_tokens.load(Ordering::Relaxed),
         }
+    }
+    /// Banks the usage of a finished model call of a server-tool loop, so the
+    /// next call's usage adds to it rather than replacing it.
+    pub fn bank_usage(&self) {
+        let prompt = self.prompt_tokens.swap(0, Ordering::Relaxed);
+        let completion = self.completion_tokens.swap(0, Ordering::Relaxed);
+        let cached = self.cached_tokens.swap(0, Ordering::Relaxed);
+        self.earlier_cached_tokens
+            .fetch_add(cached, Ordering::Relaxed);
+        self.earlier_prompt_tokens
+            .fetch_add(prompt, Ordering::Relaxed);
+        self.earlier_completion_tokens
+            .fetch_add(completion, Ordering::Relaxed);
     }
     pub fn add_upstream_time(&self, d: Duration) {
         self.upstream_nanos

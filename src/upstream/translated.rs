@@ -274,10 +274,7 @@ pub(super) fn translate_stream<T: Translate>(
 
 /// Serves a Responses API request through `chat`, a provider's Chat
 /// Completions path (see the module documentation).
-pub(super) async fn responses_over_chat<F, Fut>(
-    call: ResponsesCall,
-    chat: F,
-) -> Result<Reply, ApiError>
+pub async fn responses_over_chat<F, Fut>(call: ResponsesCall, chat: F) -> Result<Reply, ApiError>
 where
     F: FnOnce(ChatCall) -> Fut,
     Fut: Future<Output = Result<Reply, ApiError>>,

@@ -43,6 +43,7 @@ mod responses;
 mod routing;
 mod safety_doc;
 mod systemd;
+mod tools;
 mod traces;
 mod ui;
 mod upgrade;

@@ -303,9 +303,18 @@ async fn handle(gw: Arc<Gateway>, client: async_nats::Client, message: js::Messa
     };
     record.exchange = dispatched.info;
     let last_try = delivered >= MAX_DELIVER;
+    let stats = record.exchange.as_ref().map(|x| x.stats.clone());
     let delivered_reply = match dispatched.outcome {
         Ok((answer, slot)) => {
-            reply::deliver(&client, reply_to, answer, slot, Some((&acker, interval))).await
+            reply::deliver(
+                &client,
+                reply_to,
+                answer,
+                slot,
+                Some((&acker, interval)),
+                stats.as_deref(),
+            )
+            .await
         }
         Err(e) if retryable(&e) && !last_try => {
             let delay = nak_delay(delivered);

@@ -549,6 +549,11 @@ pub(super) fn origin(
             path: None,
             request_id: None,
             trace: None,
+            server_tools: !crate::tools::Tools::opted_out(
+                headers
+                    .and_then(|h| h.get(crate::tools::OPT_OUT_HEADER))
+                    .map(|v| v.as_str()),
+            ),
         }),
         Err(failure) => {
             gw.metrics.rejected(Rejection::Auth);
@@ -570,8 +575,11 @@ async fn serve_routed(
     let origin = origin.traced(record.span_parent());
     let dispatched = dispatch_route(&gw, message.payload, &origin).await;
     record.exchange = dispatched.info;
+    let stats = record.exchange.as_ref().map(|x| x.stats.clone());
     let delivered = match dispatched.outcome {
-        Ok((answer, slot)) => reply::deliver(&client, reply_to, answer, slot, None).await,
+        Ok((answer, slot)) => {
+            reply::deliver(&client, reply_to, answer, slot, None, stats.as_deref()).await
+        }
         Err(e) => reply::Delivered {
             status: e.status.as_u16(),
             sent: reply::publish_error(&client, reply_to, &e).await,

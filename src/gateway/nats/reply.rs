@@ -19,7 +19,7 @@ use futures_util::StreamExt;
 
 use crate::api::openai::ApiError;
 use crate::gateway::admission::Slot;
-use crate::upstream::Reply;
+use crate::upstream::{ExchangeStats, Reply};
 
 pub const SEQ_HEADER: &str = "Warden-Seq";
 pub const STATUS_HEADER: &str = "Warden-Status";
@@ -55,17 +55,26 @@ pub async fn publish_error(client: &Client, to: Subject, e: &ApiError) -> bool {
 /// Publishes an upstream's reply; a stream's slot is held until its end.
 /// `progress` (JetStream) is sent a progress ack every `interval` while chunks
 /// are relayed, so a long generation is not redelivered.
+/// `stats` (the exchange's) adds the server-tool headers (docs/contract.md §18)
+/// to a complete answer and to a stream's last message.
 pub async fn deliver(
     client: &Client,
     to: Subject,
     reply: Reply,
     slot: Slot,
     progress: Option<(&Acker, Duration)>,
+    stats: Option<&ExchangeStats>,
 ) -> Delivered {
     match reply {
         Reply::Complete(json) => {
             drop(slot);
-            let sent = client.publish(to, json).await.is_ok();
+            let mut headers = HeaderMap::new();
+            tool_headers(stats, &mut headers);
+            let sent = if !headers.is_empty() {
+                client.publish_with_headers(to, headers, json).await.is_ok()
+            } else {
+                client.publish(to, json).await.is_ok()
+            };
             Delivered {
                 status: 200,
                 sent,
@@ -114,6 +123,7 @@ pub async fn deliver(
             }
             let mut headers = HeaderMap::new();
             headers.insert(STATUS_HEADER, "done");
+            tool_headers(stats, &mut headers);
             let sent = client
                 .publish_with_headers(to, headers, Bytes::new())
                 .await
@@ -124,6 +134,23 @@ pub async fn deliver(
                 started: true,
             }
         }
+    }
+}
+
+/// `x-warden-tool-rounds` and `x-warden-tool-limit`, when server tools ran.
+fn tool_headers(stats: Option<&ExchangeStats>, headers: &mut HeaderMap) {
+    let Some(stats) = stats else {
+        return;
+    };
+    let rounds = stats.tool_rounds.load(std::sync::atomic::Ordering::Relaxed);
+    if rounds > 0 {
+        headers.insert(crate::tools::ROUNDS_HEADER, rounds.to_string().as_str());
+    }
+    if stats
+        .tool_limit_reached
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        headers.insert(crate::tools::LIMIT_HEADER, "reached");
     }
 }
 

@@ -1,0 +1,164 @@
+//! Server calls kept while the client runs its own: when one model answer
+//! mixes server and client tool calls, the server ones run and the client gets
+//! the assistant message with its own calls only. The whole message and the
+//! server results are kept here, under the client calls' ids, and put back
+//! into the conversation when the client's follow-up brings those ids.
+//! Bounded: at most [`MAX_ENTRIES`] answers, each for [`KEEP_FOR`].
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How many answers are kept at most; the oldest goes first.
+pub const MAX_ENTRIES: usize = 1000;
+/// How long one is kept.
+pub const KEEP_FOR: Duration = Duration::from_secs(600);
+
+/// One mixed answer: every call it made, and the server calls' results.
+#[derive(Debug)]
+struct Kept {
+    tool_calls: Vec<Value>,
+    results: Vec<Value>,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct Inner {
+    by_call: HashMap<String, Arc<Kept>>,
+    /// Insertion order: (first client call id, every client call id).
+    order: VecDeque<Vec<String>>,
+}
+
+#[derive(Default)]
+pub struct Pending {
+    inner: Mutex<Inner>,
+}
+
+impl Pending {
+    /// Keeps an answer: `tool_calls` all of its calls, `client_ids` the ids of
+    /// the client's among them, `results` the server calls' tool messages.
+    pub fn keep(&self, client_ids: Vec<String>, tool_calls: Vec<Value>, results: Vec<Value>) {
+        if client_ids.is_empty() {
+            return;
+        }
+        let kept = Arc::new(Kept {
+            tool_calls,
+            results,
+            at: Instant::now(),
+        });
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.expire();
+        while inner.order.len() >= MAX_ENTRIES {
+            inner.pop_oldest();
+        }
+        for id in &client_ids {
+            inner.by_call.insert(id.clone(), kept.clone());
+        }
+        inner.order.push_back(client_ids);
+    }
+
+    /// Puts kept server calls back into `messages` (a Chat Completions
+    /// conversation): an assistant message whose calls are the client's of a
+    /// kept answer gets all of that answer's calls again, followed by the
+    /// server calls' results. Returns whether anything was put back.
+    pub fn restore(&self, messages: &mut Vec<Value>) -> bool {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.expire();
+        if inner.by_call.is_empty() {
+            return false;
+        }
+        let mut restored = false;
+        let mut i = 0;
+        while i < messages.len() {
+            let kept = messages[i]
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .and_then(|calls| calls.first())
+                .and_then(|call| call.get("id"))
+                .and_then(Value::as_str)
+                .and_then(|id| inner.by_call.get(id))
+                .cloned();
+            if let Some(kept) = kept {
+                messages[i]["tool_calls"] = Value::Array(kept.tool_calls.clone());
+                let n = kept.results.len();
+                for (k, result) in kept.results.iter().enumerate() {
+                    messages.insert(i + 1 + k, result.clone());
+                }
+                restored = true;
+                i += n;
+            }
+            i += 1;
+        }
+        restored
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .order
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Inner {
+    fn pop_oldest(&mut self) {
+        if let Some(ids) = self.order.pop_front() {
+            for id in ids {
+                self.by_call.remove(&id);
+            }
+        }
+    }
+
+    fn expire(&mut self) {
+        while let Some(first) = self.order.front().and_then(|ids| ids.first()) {
+            match self.by_call.get(first) {
+                Some(kept) if kept.at.elapsed() < KEEP_FOR => break,
+                _ => self.pop_oldest(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_kept_answer_is_put_back_and_the_store_is_bounded() {
+        let pending = Pending::default();
+        let calls = vec![
+            json!({"id": "s1", "type": "function", "function": {"name": "srv", "arguments": "{}"}}),
+            json!({"id": "c1", "type": "function", "function": {"name": "cli", "arguments": "{}"}}),
+        ];
+        let result = json!({"role": "tool", "tool_call_id": "s1", "content": "{\"ok\":1}"});
+        pending.keep(vec!["c1".into()], calls.clone(), vec![result.clone()]);
+        let mut messages = vec![
+            json!({"role": "user", "content": "hi"}),
+            json!({"role": "assistant", "content": null, "tool_calls": [calls[1]]}),
+            json!({"role": "tool", "tool_call_id": "c1", "content": "client"}),
+        ];
+        assert!(pending.restore(&mut messages));
+        assert_eq!(messages.len(), 4);
+        assert_eq!(messages[1]["tool_calls"], json!(calls));
+        assert_eq!(messages[2], result);
+        assert_eq!(messages[3]["tool_call_id"], "c1");
+
+        for i in 0..MAX_ENTRIES + 10 {
+            pending.keep(vec![format!("x{i}")], vec![], vec![]);
+        }
+        assert_eq!(pending.len(), MAX_ENTRIES);
+        let mut again = vec![json!({"role": "assistant", "tool_calls": [calls[1]]})];
+        assert!(
+            !pending.restore(&mut again),
+            "the oldest answer was dropped"
+        );
+    }
+}

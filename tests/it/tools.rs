@@ -1,0 +1,723 @@
+//! Server tools run over NATS (docs/contract.md §18) against a real nats-server,
+//! a tool service written here with async-nats, and a scripted upstream that
+//! asks for tools: one round, two rounds, parallel calls, mixed server and
+//! client calls, every failure (timeout, no responders, NATS down, a reply
+//! that is not JSON), the `max_rounds` limit, a streaming client, Messages and
+//! NATS clients, and the opt-out.
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::routing::post;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use crate::support::gateway::InProcess;
+use crate::support::http::{Served, metrics_text, post_chat};
+use crate::support::nats::NatsServer;
+use crate::support::prompt_server::serve;
+use crate::support::{PATIENCE, TestHome, client};
+
+/// An upstream that answers each chat request with the next scripted answer
+/// (the last one again once the script is used up) and records the requests.
+struct Scripted {
+    url: String,
+    requests: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Scripted {
+    fn start(answers: Vec<Value>) -> Scripted {
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        let answers = Arc::new(answers);
+        let app = Router::new().route(
+            "/v1/chat/completions",
+            post(move |body: Bytes| {
+                let seen = seen.clone();
+                let answers = answers.clone();
+                async move {
+                    let request: Value = serde_json::from_slice(&body).unwrap();
+                    let n = {
+                        let mut seen = seen.lock().unwrap();
+                        seen.push(request);
+                        seen.len()
+                    };
+                    let answer = answers[(n - 1).min(answers.len() - 1)].clone();
+                    axum::Json(answer)
+                }
+            }),
+        );
+        Scripted {
+            url: format!("http://{}/v1", serve(app)),
+            requests,
+        }
+    }
+
+    fn requests(&self) -> Vec<Value> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+fn completion(message: Value, finish: &str) -> Value {
+    json!({"id": "chatcmpl-s", "object": "chat.completion", "created": 1, "model": "gpt-5",
+           "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+           "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}})
+}
+
+fn says(text: &str) -> Value {
+    completion(json!({"role": "assistant", "content": text}), "stop")
+}
+
+/// An answer calling `(id, tool, arguments)` each.
+fn calls(list: &[(&str, &str, Value)]) -> Value {
+    let calls: Vec<Value> = list
+        .iter()
+        .map(|(id, name, args)| {
+            json!({"id": id, "type": "function",
+                   "function": {"name": name, "arguments": args.to_string()}})
+        })
+        .collect();
+    completion(
+        json!({"role": "assistant", "content": null, "tool_calls": calls}),
+        "tool_calls",
+    )
+}
+
+const DECLARE: &str = r#"
+[[tools.declare]]
+name = "get_weather"
+description = "Current weather for a city"
+parameters = { type = "object", properties = { city = { type = "string" } }, required = ["city"] }
+
+[[tools.declare]]
+name = "get_time"
+description = "The time in a city"
+
+[[tools.declare]]
+name = "silent"
+
+[[tools.declare]]
+name = "nobody"
+
+[[tools.declare]]
+name = "garbled"
+
+[[tools.declare]]
+name = "big"
+"#;
+
+fn gateway(nats: &NatsServer, upstream: &Scripted, tools: &str) -> InProcess {
+    gateway_with(nats, upstream, "", tools, "")
+}
+
+/// `upstream_extra` goes into `[upstream]`, `tools` into `[tools]`, `after` at
+/// the end (other sections).
+fn gateway_with(
+    nats: &NatsServer,
+    upstream: &Scripted,
+    upstream_extra: &str,
+    tools: &str,
+    after: &str,
+) -> InProcess {
+    let home = TestHome::new();
+    home.config(&format!(
+        "[upstream]\nurl = \"{}\"\nattempts = 1\n{upstream_extra}\n\n[nats]\nurl = \"{}\"\n\n[tools]\ntimeout = 1\n{tools}\n{DECLARE}\n{after}",
+        upstream.url,
+        nats.url()
+    ));
+    InProcess::start(&home, &[])
+}
+
+/// A tool service on the bus: `get_weather` answers `{"city":…,"temp":21}`,
+/// `get_time` `{"time":"12:00"}` (each only once the other has arrived when
+/// `together` is set: proof that parallel calls run at once), `silent` never
+/// answers, `garbled` answers text that is not JSON; `nobody` has no service.
+async fn tool_service(nats: &NatsServer, together: bool) -> async_nats::Client {
+    let nc = nats.client().await;
+    let mut subscriptions = Vec::new();
+    for tool in ["get_weather", "get_time", "silent", "garbled", "big"] {
+        subscriptions.push(nc.subscribe(format!("tools.execute.{tool}")).await.unwrap());
+    }
+    let mut subscription = futures_util::stream::select_all(subscriptions);
+    nc.flush().await.unwrap();
+    let replies = nc.clone();
+    let arrived = Arc::new(tokio::sync::Semaphore::new(0));
+    tokio::spawn(async move {
+        while let Some(message) = subscription.next().await {
+            let replies = replies.clone();
+            let arrived = arrived.clone();
+            tokio::spawn(async move {
+                let Some(reply_to) = message.reply.clone() else {
+                    return;
+                };
+                let tool = message
+                    .subject
+                    .as_str()
+                    .rsplit('.')
+                    .next()
+                    .unwrap()
+                    .to_string();
+                if let Some(seen) = message.headers.as_ref().and_then(|h| h.get("traceparent")) {
+                    TRACEPARENTS.lock().unwrap().push(seen.as_str().to_string());
+                }
+                let args: Value = serde_json::from_slice(&message.payload).unwrap_or(Value::Null);
+                let answer = match tool.as_str() {
+                    "get_weather" | "get_time" => {
+                        if together {
+                            arrived.add_permits(1);
+                            // Both calls in flight at once, or this one waits in vain.
+                            let both =
+                                tokio::time::timeout(PATIENCE, arrived.acquire_many(2)).await;
+                            if let Ok(Ok(permits)) = both {
+                                permits.forget();
+                                arrived.add_permits(2);
+                            }
+                        }
+                        if tool == "get_weather" {
+                            json!({"city": args["city"], "temp": 21}).to_string()
+                        } else {
+                            json!({"time": "12:00"}).to_string()
+                        }
+                    }
+                    "garbled" => "sunny, probably".to_string(),
+                    "big" => json!({"data": "x".repeat(4096)}).to_string(),
+                    _ => return, // silent
+                };
+                let _ = replies.publish(reply_to, Bytes::from(answer)).await;
+            });
+        }
+    });
+    nc
+}
+
+/// The `traceparent` headers tool calls carried (only the traced test sets traces on).
+static TRACEPARENTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn chat_body(stream: bool) -> Value {
+    json!({"model": "gpt-5", "stream": stream,
+           "messages": [{"role": "user", "content": "weather in Oslo?"}]})
+}
+
+fn header(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+}
+
+/// The tool messages the upstream's request `n` carried, by call id.
+fn tool_results(request: &Value) -> Vec<(String, Value)> {
+    request["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| {
+            (
+                m["tool_call_id"].as_str().unwrap().to_string(),
+                serde_json::from_str(m["content"].as_str().unwrap()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_round_calls_the_tool_over_nats_and_the_model_again() {
+    let nats = NatsServer::start();
+    let _service = tool_service(&nats, false).await;
+    let upstream = Scripted::start(vec![
+        calls(&[("call_1", "get_weather", json!({"city": "Oslo"}))]),
+        says("It is 21 degrees in Oslo."),
+    ]);
+    let gw = gateway(&nats, &upstream, "");
+    let response = post_chat(&gw, &chat_body(false)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        header(&response, "x-warden-tool-rounds").as_deref(),
+        Some("2")
+    );
+    assert_eq!(header(&response, "x-warden-tool-limit"), None);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "It is 21 degrees in Oslo."
+    );
+    assert_eq!(
+        body["usage"]["prompt_tokens"], 20,
+        "both rounds' usage: {body}"
+    );
+    assert_eq!(body["usage"]["total_tokens"], 26);
+
+    let requests = upstream.requests();
+    assert_eq!(requests.len(), 2);
+    let offered: Vec<&str> = requests[0]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect();
+    assert!(offered.contains(&"get_weather"), "{offered:?}");
+    assert_eq!(
+        requests[0]["tools"][0]["function"]["parameters"]["required"],
+        json!(["city"])
+    );
+    assert_eq!(
+        tool_results(&requests[1]),
+        vec![("call_1".to_string(), json!({"city": "Oslo", "temp": 21}))]
+    );
+    let assistant = &requests[1]["messages"][1];
+    assert_eq!(assistant["role"], "assistant");
+    assert_eq!(assistant["tool_calls"][0]["id"], "call_1");
+
+    let metrics = metrics_text(&gw).await;
+    assert!(
+        metrics.contains(r#"warden_tool_calls_total{tool="get_weather",outcome="ok"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"warden_tool_call_duration_seconds_count{tool="get_weather"} 1"#));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parallel_calls_run_at_once_and_a_second_round_follows() {
+    let nats = NatsServer::start();
+    let _service = tool_service(&nats, true).await;
+    let upstream = Scripted::start(vec![
+        calls(&[
+            ("call_w", "get_weather", json!({"city": "Oslo"})),
+            ("call_t", "get_time", json!({"city": "Oslo"})),
+        ]),
+        calls(&[
+            ("call_w2", "get_weather", json!({"city": "Bergen"})),
+            ("call_t2", "get_time", json!({"city": "Bergen"})),
+        ]),
+        says("done"),
+    ]);
+    let gw = gateway(&nats, &upstream, "");
+    let response = post_chat(&gw, &chat_body(false)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        header(&response, "x-warden-tool-rounds").as_deref(),
+        Some("3")
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "done");
+    let requests = upstream.requests();
+    assert_eq!(requests.len(), 3);
+    // Each waited for the other: sequential calls would have timed out (1 s).
+    assert_eq!(
+        tool_results(&requests[1]),
+        vec![
+            ("call_w".to_string(), json!({"city": "Oslo", "temp": 21})),
+            ("call_t".to_string(), json!({"time": "12:00"})),
+        ]
+    );
+    assert_eq!(
+        tool_results(&requests[2]).len(),
+        4,
+        "the conversation grows"
+    );
+    assert_eq!(
+        tool_results(&requests[2])[2],
+        ("call_w2".to_string(), json!({"city": "Bergen", "temp": 21}))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failures_become_error_results_for_the_model_and_metrics() {
+    let nats = NatsServer::start();
+    let _service = tool_service(&nats, false).await;
+    let upstream = Scripted::start(vec![
+        calls(&[
+            ("c_silent", "silent", json!({})),
+            ("c_nobody", "nobody", json!({})),
+            ("c_garbled", "garbled", json!({})),
+        ]),
+        says("sorry"),
+    ]);
+    let gw = gateway(&nats, &upstream, "");
+    let response = post_chat(&gw, &chat_body(false)).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "sorry");
+    let results = tool_results(&upstream.requests()[1]);
+    assert_eq!(results.len(), 3);
+    for (id, needle) in [
+        ("c_silent", "no reply within"),
+        ("c_nobody", "no service answers"),
+        ("c_garbled", "not JSON"),
+    ] {
+        let (_, result) = results.iter().find(|(i, _)| i == id).unwrap();
+        let error = result["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{result}"));
+        assert!(error.contains(needle), "{id}: {error}");
+    }
+    let metrics = metrics_text(&gw).await;
+    for series in [
+        r#"warden_tool_calls_total{tool="silent",outcome="timeout"} 1"#,
+        r#"warden_tool_calls_total{tool="nobody",outcome="no_responders"} 1"#,
+        r#"warden_tool_calls_total{tool="garbled",outcome="invalid_reply"} 1"#,
+    ] {
+        assert!(metrics.contains(series), "{series} in {metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_down_is_an_error_result_not_a_hang() {
+    let mut nats = NatsServer::start();
+    let upstream = Scripted::start(vec![
+        calls(&[("call_1", "get_weather", json!({"city": "Oslo"}))]),
+        says("the weather service is away"),
+    ]);
+    let gw = gateway(&nats, &upstream, "");
+    nats.stop();
+    let response = tokio::time::timeout(PATIENCE, post_chat(&gw, &chat_body(false)))
+        .await
+        .expect("an answer while NATS is down");
+    assert_eq!(response.status(), 200);
+    let results = tool_results(&upstream.requests()[1]);
+    let error = results[0].1["error"].as_str().unwrap();
+    assert!(error.contains("NATS is not connected"), "{error}");
+    let metrics = metrics_text(&gw).await;
+    assert!(
+        metrics.contains(r#"warden_tool_calls_total{tool="get_weather",outcome="error"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_rounds_stops_the_loop_and_says_so() {
+    let nats = NatsServer::start();
+    let _service = tool_service(&nats, false).await;
+    let upstream = Scripted::start(vec![calls(&[(
+        "again",
+        "get_weather",
+        json!({"city": "Oslo"}),
+    )])]);
+    let gw = gateway(&nats, &upstream, "max_rounds = 3");
+    let response = post_chat(&gw, &chat_body(false)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        header(&response, "x-warden-tool-rounds").as_deref(),
+        Some("3")
+    );
+    assert_eq!(
+        header(&response, "x-warden-tool-limit").as_deref(),
+        Some("reached")
+    );
+    let body: Value = response.json().await.unwrap();
+    let choice = &body["choices"][0];
+    assert!(choice["message"].get("tool_calls").is_none(), "{body}");
+    assert_eq!(choice["finish_reason"], "stop");
+    assert_eq!(upstream.requests().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mixed_calls_return_the_clients_and_keep_ours_for_the_follow_up() {
+    let nats = NatsServer::start();
+    let _service = tool_service(&nats, false).await;
+    let upstream = Scripted::start(vec![
+        calls(&[
+            ("call_srv", "get_weather", json!({"city": "Oslo"})),
+            ("call_cli", "read_file", json!({"path": "a.txt"})),
+        ]),
+        says("the file says hi and it is 21 degrees"),
+    ]);
+    let gw = gateway(&nats, &upstream, "");
+    let client_tool = json!({"type": "function", "function": {"name": "read_file",
+        "parameters": {"type": "object", "properties": {"path": {"type": "string"}}}}});
+    let mut request = chat_body(false);
+    request["tools"] = json!([client_tool]);
+    let response = post_chat(&gw, &request).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        header(&response, "x-warden-tool-rounds").as_deref(),
+        Some("1")
+    );
+    let body: Value = response.json().await.unwrap();
+    let message = body["choices"][0]["message"].clone();
+    let ids: Vec<&str> = message["tool_calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["call_cli"], "only the client's call: {body}");
+    assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
+
+    // The client runs its tool and comes back.
+    let mut follow_up = request.clone();
+    let messages = follow_up["messages"].as_array_mut().unwrap();
+    messages.push(message);
+    messages.push(json!({"role": "tool", "tool_call_id": "call_cli", "content": "hi"}));
+    let response = post_chat(&gw, &follow_up).await;
+    assert_eq!(response.status(), 200);
+    let requests = upstream.requests();
+    assert_eq!(requests.len(), 2);
+    let sent = &requests[1]["messages"];
+    let both: Vec<&str> = sent[1]["tool_calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(both, ["call_srv", "call_cli"], "{sent}");
+    assert_eq!(sent[2]["tool_call_id"], "call_srv");
+    assert_eq!(
+        serde_json::from_str::<Value>(sent[2]["content"].as_str().unwrap()).unwrap(),
+        json!({"city": "Oslo", "temp": 21})
+    );
+    assert_eq!(sent[3]["tool_call_id"], "call_cli");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streaming_client_gets_the_last_round_as_chunks() {
+    let nats = NatsServer::start();
+    let _service = tool_service(&nats, false).await;
+    let upstream = Scripted::start(vec![
+        calls(&[("call_1", "get_weather", json!({"city": "Oslo"}))]),
+        says("It is 21 degrees."),
+    ]);
+    let gw = gateway(&nats, &upstream, "");
+    let mut request = chat_body(true);
+    request["stream_options"] = json!({"include_usage": true});
+    let response = post_chat(&gw, &request).await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        header(&response, "content-type")
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let text = response.text().await.unwrap();
+    assert!(text.contains(": x-warden-tool-rounds 2"), "{text}");
+    let data = crate::support::sse_data(&text);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{text}");
+    let chunks: Vec<Value> = data
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, "It is 21 degrees.");
+    let usage = chunks.iter().find(|c| c["usage"].is_object()).unwrap();
+    assert_eq!(usage["usage"]["prompt_tokens"], 20);
+    for request in upstream.requests() {
+        assert_eq!(request["stream"], false, "rounds are asked whole");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_and_nats_clients_get_the_tools_too() {
+    let nats = NatsServer::start();
+    let _service = tool_service(&nats, false).await;
+    let upstream = Scripted::start(vec![
+        calls(&[("call_1", "get_weather", json!({"city": "Oslo"}))]),
+        says("21 degrees"),
+        calls(&[("call_2", "get_weather", json!({"city": "Oslo"}))]),
+        says("21 degrees"),
+    ]);
+    let gw = gateway(&nats, &upstream, "");
+    let response = client()
+        .post(format!("{}/v1/messages", gw.url()))
+        .json(&json!({"model": "gpt-5", "max_tokens": 100,
+                      "messages": [{"role": "user", "content": "weather in Oslo?"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        header(&response, "x-warden-tool-rounds").as_deref(),
+        Some("2")
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["content"][0]["text"], "21 degrees", "{body}");
+
+    let nc = nats.client().await;
+    let reply = tokio::time::timeout(
+        PATIENCE,
+        nc.request("warden.chat", Bytes::from(chat_body(false).to_string())),
+    )
+    .await
+    .expect("a NATS reply")
+    .unwrap();
+    let body: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["content"], "21 degrees",
+        "{body}"
+    );
+    let rounds = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("x-warden-tool-rounds"))
+        .map(|v| v.as_str().to_string());
+    assert_eq!(rounds.as_deref(), Some("2"));
+    assert_eq!(upstream.requests().len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn opting_out_or_a_client_tool_of_the_same_name_offers_no_server_tool() {
+    let nats = NatsServer::start();
+    let _service = tool_service(&nats, false).await;
+    let upstream = Scripted::start(vec![calls(&[(
+        "call_1",
+        "get_weather",
+        json!({"city": "Oslo"}),
+    )])]);
+    let gw = gateway(&nats, &upstream, "");
+    let response = client()
+        .post(format!("{}/v1/chat/completions", gw.url()))
+        .header("x-warden-tools", "none")
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-warden-tool-rounds"), None);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["tool_calls"][0]["id"],
+        "call_1"
+    );
+    assert!(upstream.requests()[0].get("tools").is_none());
+
+    let mut request = chat_body(false);
+    request["tools"] =
+        json!([{"type": "function", "function": {"name": "get_weather", "description": "mine"}}]);
+    let response = post_chat(&gw, &request).await;
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["tool_calls"][0]["id"],
+        "call_1"
+    );
+    let sent = &upstream.requests()[1]["tools"];
+    let weather: Vec<&Value> = sent
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["function"]["name"] == "get_weather")
+        .collect();
+    assert_eq!(weather.len(), 1);
+    assert_eq!(weather[0]["function"]["description"], "mine");
+    assert_eq!(
+        upstream.requests().len(),
+        2,
+        "no loop: the client runs its own"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_responses_client_gets_the_tools_too() {
+    let nats = NatsServer::start();
+    let _service = tool_service(&nats, false).await;
+    let upstream = Scripted::start(vec![
+        calls(&[("call_1", "get_weather", json!({"city": "Oslo"}))]),
+        says("21 degrees"),
+    ]);
+    let gw = gateway(&nats, &upstream, "");
+    let response = client()
+        .post(format!("{}/v1/responses", gw.url()))
+        .json(&json!({"model": "gpt-5", "input": "weather in Oslo?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        header(&response, "x-warden-tool-rounds").as_deref(),
+        Some("2")
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["object"], "response", "{body}");
+    let text = body["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|item| item["type"] == "message")
+        .map(|item| item["content"][0]["text"].clone());
+    assert_eq!(text, Some(json!("21 degrees")), "{body}");
+    let requests = upstream.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        tool_results(&requests[1]),
+        vec![("call_1".to_string(), json!({"city": "Oslo", "temp": 21}))]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replies_past_max_event_bytes_and_calls_past_16_an_answer_are_refused() {
+    let nats = NatsServer::start();
+    let _service = tool_service(&nats, false).await;
+    let mut many: Vec<(String, &str, Value)> = vec![("c_big".to_string(), "big", json!({}))];
+    for i in 0..16 {
+        many.push((format!("c_{i}"), "get_weather", json!({"city": "Oslo"})));
+    }
+    let list: Vec<(&str, &str, Value)> = many
+        .iter()
+        .map(|(id, name, args)| (id.as_str(), *name, args.clone()))
+        .collect();
+    let upstream = Scripted::start(vec![calls(&list), says("ok")]);
+    let gw = gateway_with(&nats, &upstream, "max_event_bytes = 2048", "", "");
+    let response = post_chat(&gw, &chat_body(false)).await;
+    assert_eq!(response.status(), 200);
+    let results = tool_results(&upstream.requests()[1]);
+    assert_eq!(results.len(), 17, "every call has its result");
+    let error = results[0].1["error"].as_str().unwrap();
+    assert!(error.contains("larger than 2048 bytes"), "{error}");
+    assert_eq!(results[1].1, json!({"city": "Oslo", "temp": 21}));
+    let last = results[16].1["error"].as_str().unwrap();
+    assert!(last.contains("more than 16 server tool calls"), "{last}");
+    let metrics = metrics_text(&gw).await;
+    assert!(
+        metrics.contains(r#"warden_tool_calls_total{tool="big",outcome="invalid_reply"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"warden_tool_calls_total{tool="get_weather",outcome="ok"} 15"#));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_call_is_an_execute_tool_span_whose_context_the_service_receives() {
+    use crate::support::otlp::{Collector, Mode};
+    let nats = NatsServer::start();
+    let _service = tool_service(&nats, false).await;
+    let collector = Collector::start(Mode::Accept);
+    let upstream = Scripted::start(vec![
+        calls(&[("call_traced", "get_time", json!({"city": "Oslo"}))]),
+        says("noon"),
+    ]);
+    let telemetry = format!(
+        "[telemetry]\notlp_endpoint = \"{}\"\n",
+        collector.endpoint()
+    );
+    let gw = gateway_with(&nats, &upstream, "", "", &telemetry);
+    let response = post_chat(&gw, &chat_body(false)).await;
+    assert_eq!(response.status(), 200);
+    let spans = collector
+        .until("the execute_tool span", |spans| {
+            spans.iter().any(|s| s.name == "execute_tool get_time")
+        })
+        .await;
+    let tool = spans
+        .iter()
+        .find(|s| s.name == "execute_tool get_time")
+        .unwrap();
+    assert_eq!(tool.attr("gen_ai.operation.name"), "execute_tool");
+    assert_eq!(tool.attr("gen_ai.tool.name"), "get_time");
+    assert_eq!(tool.attr("gen_ai.tool.call.id"), "call_traced");
+    let server = spans
+        .iter()
+        .find(|s| s.trace_id == tool.trace_id && s.parent_span_id.is_empty())
+        .expect("the request's span");
+    assert_eq!(
+        tool.parent_span_id, server.span_id,
+        "inside the request's span"
+    );
+    let sent = TRACEPARENTS.lock().unwrap().clone();
+    assert!(
+        sent.iter()
+            .any(|t| t.contains(&tool.trace_id) && t.contains(&tool.span_id)),
+        "the service got the span's context: {sent:?}"
+    );
+}
