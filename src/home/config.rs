@@ -647,7 +647,8 @@ pub struct ConfigError {
     pub origin: String,
     /// The key or variable, e.g. `server.port` or `WARDEN_PORT`.
     pub key: Option<String>,
-    /// 1-based line and column, for syntax errors.
+    /// 1-based line and column: of a syntax error, or of a bad value's key
+    /// (column 1) when the file writes it.
     pub line_col: Option<(usize, usize)>,
     pub message: String,
 }
@@ -698,8 +699,12 @@ impl Config {
         env: EnvSource,
     ) -> Result<Config, ConfigError> {
         let path = home.config_file();
+        let mut text = String::new();
         let (mut settings, file_present) = match std::fs::read_to_string(&path) {
-            Ok(text) => (parse_settings(&text, &path)?, true),
+            Ok(read) => {
+                text = read;
+                (parse_settings(&text, &path)?, true)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Settings::default(), false),
             Err(e) => {
                 return Err(ConfigError {
@@ -712,8 +717,8 @@ impl Config {
         };
         validate(&settings).map_err(|(key, message)| ConfigError {
             origin: path.display().to_string(),
+            line_col: key_line(&text, &key).map(|line| (line, 1)),
             key: Some(key),
-            line_col: None,
             message,
         })?;
         apply_env(&mut settings, &env)?;
@@ -981,6 +986,50 @@ fn plain_types(message: &str, key: Option<&str>) -> String {
         text = text.replace(rust, plain);
     }
     text
+}
+
+/// The 1-based line where `key` (`table.key`, `array[i].key`, as validation
+/// names keys) is written in `text`, or the header of the table or array it
+/// names; `None` when the file does not write it (a default, a variable).
+pub(crate) fn key_line(text: &str, key: &str) -> Option<usize> {
+    let (table, field) = key.rsplit_once('.')?;
+    let (table, index) = match table.strip_suffix(']').and_then(|t| t.rsplit_once('[')) {
+        Some((name, i)) => (name, i.parse::<usize>().ok()),
+        None => (table, None),
+    };
+    let mut current = String::new();
+    let mut current_index = None;
+    let mut entries: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut header = None;
+    for (n, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if let Some(h) = t.strip_prefix("[[") {
+            current = h.split("]]").next().unwrap_or("").trim().to_string();
+            let seen = entries.entry(current.clone()).or_insert(0);
+            current_index = Some(*seen);
+            *seen += 1;
+            if current == key && header.is_none() {
+                header = Some(n + 1);
+            }
+            continue;
+        }
+        if let Some(h) = t.strip_prefix('[') {
+            current = h.split(']').next().unwrap_or("").trim().to_string();
+            current_index = None;
+            if current == key && header.is_none() {
+                header = Some(n + 1);
+            }
+            continue;
+        }
+        if current == table && (index.is_none() || current_index == index) {
+            if let Some((k, _)) = t.split_once('=') {
+                if k.trim().trim_matches('"') == field {
+                    return Some(n + 1);
+                }
+            }
+        }
+    }
+    header
 }
 
 /// 1-based line and column of a byte offset.

@@ -200,4 +200,33 @@ mod tests {
             assert_eq!(validate(&config, true).unwrap_err().0, key, "{config:?}");
         }
     }
+
+    #[test]
+    fn a_bad_value_in_the_file_is_named_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = crate::home::Home::at(dir.path());
+        let load = |text: &str| {
+            std::fs::write(home.config_file(), text).unwrap();
+            crate::home::config::Config::load_with_env(
+                &home,
+                &crate::home::config::Overrides::default(),
+                crate::home::env::EnvSource::default(),
+            )
+            .unwrap_err()
+        };
+        let nats = "[nats]\nurl = \"nats://127.0.0.1:4222\"\n";
+        let err = load(&format!(
+            "{nats}[tools]\ntimeout = 0\n[[tools.declare]]\nname = \"a\"\n"
+        ));
+        assert_eq!(err.key.as_deref(), Some("tools.timeout"));
+        assert_eq!(err.line_col.map(|(l, _)| l), Some(4), "{err}");
+        let err = load(&format!(
+            "{nats}[[tools.declare]]\nname = \"a\"\n\n[[tools.declare]]\nname = \"a\"\n"
+        ));
+        assert_eq!(err.key.as_deref(), Some("tools.declare[1].name"));
+        assert_eq!(err.line_col.map(|(l, _)| l), Some(7), "{err}");
+        let err = load("[[tools.declare]]\nname = \"a\"\n");
+        assert_eq!(err.key.as_deref(), Some("tools.declare"));
+        assert_eq!(err.line_col.map(|(l, _)| l), Some(1), "{err}");
+    }
 }

@@ -107,7 +107,19 @@ name = "garbled"
 name = "big"
 "#;
 
-fn gateway(nats: &NatsServer, upstream: &Scripted, tools: &str) -> InProcess {
+/// The gateway, with the home it serves (removed after the gateway stops).
+struct Gateway {
+    inner: InProcess,
+    _home: TestHome,
+}
+
+impl Served for Gateway {
+    fn url(&self) -> &str {
+        self.inner.url()
+    }
+}
+
+fn gateway(nats: &NatsServer, upstream: &Scripted, tools: &str) -> Gateway {
     gateway_with(nats, upstream, "", tools, "")
 }
 
@@ -119,14 +131,17 @@ fn gateway_with(
     upstream_extra: &str,
     tools: &str,
     after: &str,
-) -> InProcess {
+) -> Gateway {
     let home = TestHome::new();
     home.config(&format!(
         "[upstream]\nurl = \"{}\"\nattempts = 1\n{upstream_extra}\n\n[nats]\nurl = \"{}\"\n\n[tools]\ntimeout = 1\n{tools}\n{DECLARE}\n{after}",
         upstream.url,
         nats.url()
     ));
-    InProcess::start(&home, &[])
+    Gateway {
+        inner: InProcess::start(&home, &[]),
+        _home: home,
+    }
 }
 
 /// A tool service on the bus: `get_weather` answers `{"city":…,"temp":21}`,
@@ -720,4 +735,59 @@ async fn each_call_is_an_execute_tool_span_whose_context_the_service_receives() 
             .any(|t| t.contains(&tool.trace_id) && t.contains(&tool.span_id)),
         "the service got the span's context: {sent:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_rounds_usage_is_metered_against_the_clients_key() {
+    let nats = NatsServer::start();
+    let _service = tool_service(&nats, false).await;
+    let upstream = Scripted::start(vec![
+        calls(&[("call_1", "get_weather", json!({"city": "Oslo"}))]),
+        says("21 degrees"),
+    ]);
+    let home = TestHome::new();
+    home.config(&format!(
+        "[upstream]\nurl = \"{}\"\nattempts = 1\n\n[nats]\nurl = \"{}\"\n\n[tools]\ntimeout = 1\n{DECLARE}",
+        upstream.url,
+        nats.url()
+    ));
+    let out = crate::support::run("proxy", &home, &["keys", "create", "team", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::support::text(&out.stderr)
+    );
+    let key: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = key["key"].as_str().unwrap().to_string();
+    let gw = InProcess::start(&home, &[]);
+    let response = client()
+        .post(format!("{}/v1/chat/completions", gw.url()))
+        .bearer_auth(&key)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        header(&response, "x-warden-tool-rounds").as_deref(),
+        Some("2")
+    );
+    // The ledger is written in batches: read until the row is there.
+    let path = home.file("data/usage.db");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let row: (String, i64, i64) = loop {
+        let read = || -> rusqlite::Result<(String, i64, i64)> {
+            rusqlite::Connection::open(&path)?.query_row(
+                "SELECT key, input_tokens, output_tokens FROM usage",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+        };
+        if let Ok(row) = read() {
+            break row;
+        }
+        assert!(std::time::Instant::now() < deadline, "no ledger row");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(row, ("team".to_string(), 20, 6), "both model calls' tokens");
 }
