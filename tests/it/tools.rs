@@ -1457,3 +1457,54 @@ async fn a_responses_client_with_its_own_tool_gets_its_call_and_ours_come_back_o
     assert_eq!(results[0]["tool_call_id"], "call_srv");
     assert_eq!(results[1]["tool_call_id"], call_id.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_responses_api_provider_runs_the_loop_through_the_translation() {
+    use crate::support::responses_upstream::{Answer, ResponsesUpstream};
+    let nats = NatsServer::start();
+    let _service = tool_service(&nats, false).await;
+    // It calls get_weather {"city":"Paris"} every time: the second round is the limit.
+    let upstream = ResponsesUpstream::start(Answer::ToolCall);
+    let home = TestHome::new();
+    home.config(&format!(
+        "[upstream]\nurl = \"{}\"\napi = \"responses\"\nattempts = 1\n\n[nats]\nurl = \"{}\"\n\n[tools]\ntimeout = 1\nmax_rounds = 2\n{DECLARE}",
+        upstream.url(),
+        nats.url()
+    ));
+    let gw = InProcess::start(&home, &[]);
+    let response = post_chat(&gw, &chat_body(false)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        header(&response, "x-warden-tool-rounds").as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        header(&response, "x-warden-tool-limit").as_deref(),
+        Some("reached")
+    );
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["choices"][0]["message"].get("tool_calls").is_none(),
+        "{body}"
+    );
+    assert_eq!(upstream.hits(), 2);
+    let input = upstream.last_body()["input"].clone();
+    let output = input
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|item| item["type"] == "function_call_output")
+        .unwrap_or_else(|| panic!("the tool's result went to the provider: {input}"));
+    assert_eq!(
+        serde_json::from_str::<Value>(output["output"].as_str().unwrap()).unwrap(),
+        json!({"city": "Paris", "temp": 21})
+    );
+    assert!(
+        upstream.last_body()["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "get_weather"),
+        "offered in the Responses shape"
+    );
+}
