@@ -248,7 +248,17 @@ pub(super) fn translate_stream<T: Translate>(
             };
             match next {
                 Some(Ok(chunk)) => {
+                    let between_events = !st.parser.mid_event();
                     let events = st.parser.feed(&chunk);
+                    if between_events
+                        && events.is_empty()
+                        && !st.parser.mid_event()
+                        && chunk.starts_with(b":")
+                    {
+                        // Comments alone (the server-tool loop's keep-alives
+                        // and count) go on to the client as they are.
+                        out.push_str(&String::from_utf8_lossy(&chunk));
+                    }
                     st.translate(events, &mut out);
                 }
                 Some(Err(error)) => {

@@ -513,6 +513,21 @@ async fn mixed_calls_return_the_clients_and_keep_ours_for_the_follow_up() {
         .map(|c| c["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["call_cli"], "only the client's call: {body}");
+    let first = upstream.requests()[0].clone();
+    let offered: Vec<&str> = first["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        offered[0], "read_file",
+        "the client's own first: {offered:?}"
+    );
+    assert!(
+        offered.contains(&"get_weather"),
+        "next to ours: {offered:?}"
+    );
     assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
 
     // The client runs its tool and comes back.
@@ -1021,7 +1036,7 @@ fn every_failure_is_a_line_in_the_proxys_log() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_streaming_client_gets_keep_alive_comments_while_tools_run() {
     let nats = NatsServer::start();
-    // A tool that answers only once the client has seen a keep-alive comment.
+    // A tool that answers only once the client has seen a keep-alive.
     let release = Arc::new(tokio::sync::Notify::new());
     let nc = nats.client().await;
     let mut requests = nc.subscribe("tools.execute.get_weather").await.unwrap();
@@ -1036,48 +1051,72 @@ async fn a_streaming_client_gets_keep_alive_comments_while_tools_run() {
             }
         }
     });
-    let upstream = Scripted::start(vec![
+    let round = [
         calls(&[("call_1", "get_weather", json!({"city": "Oslo"}))]),
         says("It is 21 degrees."),
-    ]);
+    ];
+    let upstream = Scripted::start(round.iter().cycle().take(6).cloned().collect());
     let gw = gateway(&nats, &upstream, "timeout = 60");
-    let mut response = post_chat(&gw, &chat_body(true)).await;
-    assert_eq!(
-        response.status(),
-        200,
-        "the answer starts while the tool runs"
-    );
-    let mut text = String::new();
-    let mut released = false;
-    while let Some(chunk) = tokio::time::timeout(PATIENCE, response.chunk())
-        .await
-        .expect("the stream goes on")
-        .unwrap()
-    {
-        text.push_str(std::str::from_utf8(&chunk).unwrap());
-        if !released && text.contains(": keep-alive\n\n") {
-            assert!(
-                !text.contains("data:"),
-                "no chunk before the last round: {text}"
-            );
-            release.notify_one();
-            released = true;
+    let user = json!([{"role": "user", "content": "weather in Oslo?"}]);
+    // (route, body, the keep-alive as the client sees it, and how many of
+    // them come before any keep-alive of the tool loop: Messages starts with a
+    // `ping` of its own.)
+    let routes = [
+        (
+            "/v1/chat/completions",
+            json!({"model": "gpt-5", "stream": true, "messages": user}),
+            ": keep-alive\n\n",
+            0,
+        ),
+        (
+            "/v1/responses",
+            json!({"model": "gpt-5", "stream": true, "input": "weather in Oslo?"}),
+            ": keep-alive\n\n",
+            0,
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "gpt-5", "stream": true, "max_tokens": 100, "messages": user}),
+            "event: ping\n",
+            1,
+        ),
+    ];
+    for (route, body, keep_alive, at_start) in routes {
+        let mut response = client()
+            .post(format!("{}{route}", gw.url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            200,
+            "{route}: the answer starts while the tool runs"
+        );
+        let mut text = String::new();
+        let mut released = false;
+        while let Some(chunk) = tokio::time::timeout(PATIENCE, response.chunk())
+            .await
+            .expect("the stream goes on")
+            .unwrap()
+        {
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+            if !released && text.matches(keep_alive).count() > at_start {
+                assert!(
+                    !text.contains("21 degrees"),
+                    "{route}: no answer before the last round: {text}"
+                );
+                release.notify_one();
+                released = true;
+            }
         }
+        assert!(released, "{route}: a keep-alive while the tool ran: {text}");
+        assert!(text.contains("It is 21 degrees."), "{route}: {text}");
     }
-    assert!(released, "a keep-alive comment while the tool ran: {text}");
-    assert!(text.contains(": x-warden-tool-rounds 2"), "{text}");
-    let content: String = crate::support::sse_data(&text)
-        .iter()
-        .filter(|d| *d != "[DONE]")
-        .filter_map(|d| {
-            serde_json::from_str::<Value>(d).unwrap()["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect();
-    assert_eq!(content, "It is 21 degrees.");
+    let requests = upstream.requests();
+    assert_eq!(requests.len(), 6);
     assert_eq!(
-        tool_results(&upstream.requests()[1]),
+        tool_results(&requests[1]),
         vec![("call_1".to_string(), json!({"temp": 21}))]
     );
 }
@@ -1155,4 +1194,123 @@ async fn streaming_messages_and_responses_clients_get_the_last_round() {
     let requests = upstream.requests();
     assert_eq!(requests.len(), 4);
     assert!(requests.iter().all(|r| r["stream"] == false));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streaming_nats_client_gets_the_count_on_done_and_can_opt_out() {
+    let nats = NatsServer::start();
+    let _service = tool_service(&nats, false).await;
+    let upstream = Scripted::start(vec![
+        calls(&[("call_1", "get_weather", json!({"city": "Oslo"}))]),
+        calls(&[("call_2", "get_weather", json!({"city": "Oslo"}))]),
+        says("21 degrees"),
+    ]);
+    let _gw = gateway(&nats, &upstream, "");
+    let nc = nats.client().await;
+    let header = |m: &async_nats::Message, name: &str| {
+        m.headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_string())
+    };
+
+    // x-warden-tools: none as a NATS header: the model's call comes back.
+    // (Asked again while the gateway has not subscribed yet.)
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let reply = loop {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("x-warden-tools", "none");
+        let body = Bytes::from(chat_body(false).to_string());
+        match tokio::time::timeout(
+            PATIENCE,
+            nc.request_with_headers("warden.chat", headers, body),
+        )
+        .await
+        .expect("a NATS reply")
+        {
+            Ok(reply) => break reply,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "{e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let body: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["tool_calls"][0]["id"], "call_1",
+        "{body}"
+    );
+    assert_eq!(header(&reply, "x-warden-tool-rounds"), None);
+    assert!(
+        upstream.requests()[0].get("tools").is_none(),
+        "no tool offered"
+    );
+
+    // Streamed: chunks of the last round, the count on the `done` message.
+    let inbox = nc.new_inbox();
+    let mut replies = nc.subscribe(inbox.clone()).await.unwrap();
+    nc.publish_with_reply(
+        "warden.chat",
+        inbox,
+        Bytes::from(chat_body(true).to_string()),
+    )
+    .await
+    .unwrap();
+    let mut text = String::new();
+    let done = loop {
+        let message = tokio::time::timeout(PATIENCE, replies.next())
+            .await
+            .expect("a stream message in time")
+            .expect("subscription open");
+        if header(&message, "Warden-Status").as_deref() == Some("done") {
+            break message;
+        }
+        let chunk: Value = serde_json::from_slice(&message.payload).unwrap();
+        if let Some(piece) = chunk["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(piece);
+        }
+    };
+    assert_eq!(text, "21 degrees");
+    assert_eq!(header(&done, "x-warden-tool-rounds").as_deref(), Some("2"));
+    assert_eq!(upstream.requests().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streaming_client_gets_only_its_own_calls_of_a_mixed_answer() {
+    let nats = NatsServer::start();
+    let _service = tool_service(&nats, false).await;
+    let upstream = Scripted::start(vec![calls(&[
+        ("call_srv", "get_weather", json!({"city": "Oslo"})),
+        ("call_cli", "read_file", json!({"path": "a.txt"})),
+    ])]);
+    let gw = gateway(&nats, &upstream, "");
+    let mut request = chat_body(true);
+    request["tools"] = json!([{"type": "function", "function": {"name": "read_file"}}]);
+    let response = post_chat(&gw, &request).await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(text.contains(": x-warden-tool-rounds 1\n"), "{text}");
+    let chunks: Vec<Value> = crate::support::sse_data(&text)
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let ids: Vec<&str> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
+        .flatten()
+        .filter_map(|c| c["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["call_cli"], "only the client's call: {text}");
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c["choices"][0]["finish_reason"] == "tool_calls"),
+        "{text}"
+    );
+    let metrics = metrics_text(&gw).await;
+    assert!(
+        metrics.contains(r#"warden_tool_calls_total{tool="get_weather",outcome="ok"} 1"#),
+        "the server's call ran: {metrics}"
+    );
 }
