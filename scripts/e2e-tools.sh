@@ -4,8 +4,9 @@
 # service examples/tool_service.py (nats-py), a proxy on the built-in mock upstream that
 # declares get_weather (served) and get_stock (served by nobody), and the openai Python SDK
 # as the client (tests/sdk/tools_sdk_check.py): Chat Completions plain and streamed, the
-# Responses API, no responders, a client tool of the same name, x-warden-tools: none. Then
-# /metrics counts the calls by outcome and the log has the failure.
+# Responses API, no responders, a client tool of the same name, x-warden-tools: none; then
+# Codex CLI (`codex exec`, its own tools next to the server's) when scripts/e2e.sh installed
+# it. Then /metrics counts the calls by outcome and the log has the failure.
 # Installs what it lacks (openai and nats-py from PyPI, nats-server from Debian).
 # Everything listens on 127.0.0.1 and is stopped on exit.
 set -euo pipefail
@@ -72,12 +73,44 @@ done
 echo "== server tools with the openai Python SDK"
 python3 tests/sdk/tools_sdk_check.py "$url"
 
+# Codex CLI, when scripts/e2e.sh installed it (pinned, into target/e2e/node): a client with
+# tools of its own, through /v1/responses, is offered get_weather next to them.
+CODEX=$PWD/target/e2e/node/node_modules/.bin/codex
+weather_calls=3
+if [ -x "$CODEX" ]; then
+  echo "== Codex CLI"
+  chome=$work/codex-home
+  mkdir -p "$chome" "$work/codex-wd"
+  cat > "$chome/config.toml" <<TOML
+model = "gpt-5"
+model_provider = "warden"
+
+[model_providers.warden]
+name = "warden"
+base_url = "$url/v1"
+env_key = "WARDEN_E2E_CODEX_KEY"
+wire_api = "responses"
+TOML
+  if ! (cd "$work/codex-wd" && CODEX_HOME="$chome" WARDEN_E2E_CODEX_KEY=unused timeout 180 \
+        "$CODEX" exec --skip-git-repo-check --ephemeral --color never \
+        --dangerously-bypass-approvals-and-sandbox -o "$work/codex-last.txt" \
+        'call get_weather {"city": "Oslo"}' < /dev/null > "$work/codex.out" 2>&1); then
+    echo "e2e-tools: codex exec failed:"; cat "$work/codex.out"; exit 1
+  fi
+  grep -q '^get_weather returned: {"city": "Oslo", "temperature_c": 21' "$work/codex-last.txt" \
+    || { echo "e2e-tools: codex said:"; cat "$work/codex-last.txt" "$work/codex.out"; exit 1; }
+  echo "codex $("$CODEX" --version | awk '{print $2}'): $(cat "$work/codex-last.txt")"
+  weather_calls=4
+else
+  echo "== Codex CLI: not installed here (scripts/e2e.sh installs it), skipped"
+fi
+
 metrics=$(curl -sf "$url/metrics")
-for series in 'warden_tool_calls_total{tool="get_weather",outcome="ok"} 3' \
+for series in "warden_tool_calls_total{tool=\"get_weather\",outcome=\"ok\"} $weather_calls" \
               'warden_tool_calls_total{tool="get_stock",outcome="no_responders"} 1'; do
   grep -qF "$series" <<<"$metrics" || { echo "e2e-tools: /metrics lacks $series"; grep warden_tool <<<"$metrics"; exit 1; }
 done
-echo "/metrics: 3 get_weather calls ok, 1 get_stock without responders"
+echo "/metrics: $weather_calls get_weather calls ok, 1 get_stock without responders"
 for _ in $(seq 50); do
   grep -q 'server tool call failed.*tool="get_stock".*outcome="no_responders"' "$home/logs/proxy.log" 2>/dev/null && break
   sleep 0.1
