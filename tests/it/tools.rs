@@ -1314,3 +1314,197 @@ async fn a_streaming_client_gets_only_its_own_calls_of_a_mixed_answer() {
         "the server's call ran: {metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_messages_client_with_its_own_tool_gets_its_call_and_ours_come_back_on_the_follow_up() {
+    let nats = NatsServer::start();
+    let _service = tool_service(&nats, false).await;
+    let upstream = Scripted::start(vec![
+        calls(&[
+            ("call_srv", "get_weather", json!({"city": "Oslo"})),
+            ("call_cli", "read_file", json!({"path": "a.txt"})),
+        ]),
+        says("the file says hi and it is 21 degrees"),
+    ]);
+    let gw = gateway(&nats, &upstream, "");
+    let tools = json!([{"name": "read_file", "description": "reads a file",
+        "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}}}]);
+    let user = json!({"role": "user", "content": "read a.txt and tell me the weather"});
+    let messages = |extra: Vec<Value>| {
+        let mut all = vec![user.clone()];
+        all.extend(extra);
+        json!({"model": "gpt-5", "max_tokens": 100, "tools": tools, "messages": all})
+    };
+    let post_messages = |body: Value| {
+        client()
+            .post(format!("{}/v1/messages", gw.url()))
+            .json(&body)
+            .send()
+    };
+    let response = post_messages(messages(vec![])).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let uses: Vec<&Value> = body["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["type"] == "tool_use")
+        .collect();
+    assert_eq!(uses.len(), 1, "only the client's call: {body}");
+    assert_eq!(uses[0]["name"], "read_file");
+    assert_eq!(body["stop_reason"], "tool_use");
+    let id = uses[0]["id"].as_str().unwrap().to_string();
+
+    // The client runs read_file and comes back with its result.
+    let follow_up = messages(vec![
+        json!({"role": "assistant", "content": body["content"]}),
+        json!({"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": id, "content": "hi"}]}),
+    ]);
+    let response = post_messages(follow_up).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["content"][0]["text"],
+        "the file says hi and it is 21 degrees"
+    );
+    let requests = upstream.requests();
+    assert_eq!(requests.len(), 2);
+    let sent = requests[1]["messages"].as_array().unwrap();
+    let assistant = sent.iter().find(|m| m["role"] == "assistant").unwrap();
+    let names: Vec<&str> = assistant["tool_calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["function"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["get_weather", "read_file"],
+        "ours put back: {sent:?}"
+    );
+    let results: Vec<&Value> = sent.iter().filter(|m| m["role"] == "tool").collect();
+    assert_eq!(results.len(), 2, "{sent:?}");
+    assert_eq!(results[0]["tool_call_id"], "call_srv");
+    assert_eq!(
+        serde_json::from_str::<Value>(results[0]["content"].as_str().unwrap()).unwrap(),
+        json!({"city": "Oslo", "temp": 21})
+    );
+    assert_eq!(results[1]["tool_call_id"], id.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_responses_client_with_its_own_tool_gets_its_call_and_ours_come_back_on_the_follow_up() {
+    let nats = NatsServer::start();
+    let _service = tool_service(&nats, false).await;
+    let upstream = Scripted::start(vec![
+        calls(&[
+            ("call_srv", "get_weather", json!({"city": "Oslo"})),
+            ("call_cli", "read_file", json!({"path": "a.txt"})),
+        ]),
+        says("the file says hi and it is 21 degrees"),
+    ]);
+    let gw = gateway(&nats, &upstream, "");
+    let tools = json!([{"type": "function", "name": "read_file",
+        "parameters": {"type": "object", "properties": {"path": {"type": "string"}}}}]);
+    let user = json!({"role": "user", "content": "read a.txt and tell me the weather"});
+    let post_responses = |input: Vec<Value>| {
+        client()
+            .post(format!("{}/v1/responses", gw.url()))
+            .json(&json!({"model": "gpt-5", "tools": tools, "input": input}))
+            .send()
+    };
+    let response = post_responses(vec![user.clone()]).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let calls: Vec<Value> = body["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|item| item["type"] == "function_call")
+        .cloned()
+        .collect();
+    assert_eq!(calls.len(), 1, "only the client's call: {body}");
+    assert_eq!(calls[0]["name"], "read_file");
+    let call_id = calls[0]["call_id"].as_str().unwrap().to_string();
+
+    // The client runs read_file and comes back with the whole conversation.
+    let response = post_responses(vec![
+        user,
+        calls[0].clone(),
+        json!({"type": "function_call_output", "call_id": call_id, "output": "hi"}),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    let requests = upstream.requests();
+    assert_eq!(requests.len(), 2);
+    let sent = requests[1]["messages"].as_array().unwrap();
+    let assistant = sent.iter().find(|m| m["role"] == "assistant").unwrap();
+    let names: Vec<&str> = assistant["tool_calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["function"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["get_weather", "read_file"],
+        "ours put back: {sent:?}"
+    );
+    let results: Vec<&Value> = sent.iter().filter(|m| m["role"] == "tool").collect();
+    assert_eq!(results.len(), 2, "{sent:?}");
+    assert_eq!(results[0]["tool_call_id"], "call_srv");
+    assert_eq!(results[1]["tool_call_id"], call_id.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_responses_api_provider_runs_the_loop_through_the_translation() {
+    use crate::support::responses_upstream::{Answer, ResponsesUpstream};
+    let nats = NatsServer::start();
+    let _service = tool_service(&nats, false).await;
+    // It calls get_weather {"city":"Paris"} every time: the second round is the limit.
+    let upstream = ResponsesUpstream::start(Answer::ToolCall);
+    let home = TestHome::new();
+    home.config(&format!(
+        "[upstream]\nurl = \"{}\"\napi = \"responses\"\nattempts = 1\n\n[nats]\nurl = \"{}\"\n\n[tools]\ntimeout = 1\nmax_rounds = 2\n{DECLARE}",
+        upstream.url(),
+        nats.url()
+    ));
+    let gw = InProcess::start(&home, &[]);
+    let response = post_chat(&gw, &chat_body(false)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        header(&response, "x-warden-tool-rounds").as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        header(&response, "x-warden-tool-limit").as_deref(),
+        Some("reached")
+    );
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["choices"][0]["message"].get("tool_calls").is_none(),
+        "{body}"
+    );
+    assert_eq!(upstream.hits(), 2);
+    let input = upstream.last_body()["input"].clone();
+    let output = input
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|item| item["type"] == "function_call_output")
+        .unwrap_or_else(|| panic!("the tool's result went to the provider: {input}"));
+    assert_eq!(
+        serde_json::from_str::<Value>(output["output"].as_str().unwrap()).unwrap(),
+        json!({"city": "Paris", "temp": 21})
+    );
+    assert!(
+        upstream.last_body()["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "get_weather"),
+        "offered in the Responses shape"
+    );
+}
