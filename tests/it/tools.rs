@@ -1508,3 +1508,59 @@ async fn a_responses_api_provider_runs_the_loop_through_the_translation() {
         "offered in the Responses shape"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_jetstream_job_gets_the_tools_too() {
+    let nats = NatsServer::start();
+    let _service = tool_service(&nats, false).await;
+    let upstream = Scripted::start(vec![
+        calls(&[("call_1", "get_weather", json!({"city": "Oslo"}))]),
+        says("21 degrees"),
+    ]);
+    let home = TestHome::new();
+    home.config(&format!(
+        "[upstream]\nurl = \"{}\"\nattempts = 1\n\n[nats]\nurl = \"{}\"\njetstream = true\n\n[tools]\ntimeout = 1\n{DECLARE}",
+        upstream.url,
+        nats.url()
+    ));
+    let _gw = InProcess::start(&home, &[]);
+    let nc = nats.client().await;
+    let js = async_nats::jetstream::new(nc.clone());
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while js.get_stream("WARDEN").await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "no WARDEN stream");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut answers = nc.subscribe("answers.tools").await.unwrap();
+    nc.flush().await.unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Warden-Reply-To", "answers.tools");
+    js.publish_with_headers(
+        "warden.jobs.chat",
+        headers,
+        Bytes::from(chat_body(false).to_string()),
+    )
+    .await
+    .unwrap()
+    .await
+    .expect("the job stream stores the job");
+    let answer = tokio::time::timeout(PATIENCE, answers.next())
+        .await
+        .expect("the job's answer in time")
+        .unwrap();
+    let body: Value = serde_json::from_slice(&answer.payload).unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["content"], "21 degrees",
+        "{body}"
+    );
+    let rounds = answer
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("x-warden-tool-rounds"))
+        .map(|v| v.as_str().to_string());
+    assert_eq!(rounds.as_deref(), Some("2"));
+    assert_eq!(
+        tool_results(&upstream.requests()[1]),
+        vec![("call_1".to_string(), json!({"city": "Oslo", "temp": 21}))]
+    );
+}
