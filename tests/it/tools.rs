@@ -1564,3 +1564,86 @@ async fn a_jetstream_job_gets_the_tools_too() {
         vec![("call_1".to_string(), json!({"city": "Oslo", "temp": 21}))]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_anthropic_provider_runs_the_loop_through_the_translation() {
+    let nats = NatsServer::start();
+    let _service = tool_service(&nats, false).await;
+    // A Messages API that asks for get_weather, then answers in text.
+    let seen: Arc<Mutex<Vec<Value>>> = Arc::new(Mutex::new(Vec::new()));
+    let requests = seen.clone();
+    let app = Router::new().route(
+        "/v1/messages",
+        post(move |body: Bytes| {
+            let requests = requests.clone();
+            async move {
+                let request: Value = serde_json::from_slice(&body).unwrap();
+                let n = {
+                    let mut requests = requests.lock().unwrap();
+                    requests.push(request);
+                    requests.len()
+                };
+                let content = if n == 1 {
+                    json!([{"type": "tool_use", "id": "toolu_01", "name": "get_weather",
+                            "input": {"city": "Oslo"}}])
+                } else {
+                    json!([{"type": "text", "text": "21 degrees"}])
+                };
+                axum::Json(json!({"id": format!("msg_{n}"), "type": "message",
+                    "role": "assistant", "model": "claude-x", "content": content,
+                    "stop_reason": if n == 1 { "tool_use" } else { "end_turn" },
+                    "stop_sequence": null,
+                    "usage": {"input_tokens": 10, "output_tokens": 3}}))
+            }
+        }),
+    );
+    let url = format!("http://{}/v1", serve(app));
+    let home = TestHome::new();
+    home.config(&format!(
+        "[upstream]\nurl = \"{url}\"\napi = \"anthropic\"\napi_key_env = \"ANTHROPIC_API_KEY\"\nattempts = 1\n\n[nats]\nurl = \"{}\"\n\n[tools]\ntimeout = 1\n{DECLARE}",
+        nats.url()
+    ));
+    let gw = InProcess::start(&home, &[("ANTHROPIC_API_KEY", "sk-ant-test")]);
+    let response = post_chat(&gw, &chat_body(false)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        header(&response, "x-warden-tool-rounds").as_deref(),
+        Some("2")
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["content"], "21 degrees",
+        "{body}"
+    );
+    assert_eq!(body["usage"]["prompt_tokens"], 20, "both rounds: {body}");
+    let requests = seen.lock().unwrap().clone();
+    assert_eq!(requests.len(), 2);
+    assert!(
+        requests[0]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "get_weather" && t["input_schema"]["required"] == json!(["city"])),
+        "offered in the Messages shape: {}",
+        requests[0]["tools"]
+    );
+    // The result reaches Claude as a tool_result block after its tool_use.
+    let result = requests[1]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["content"].as_array())
+        .flatten()
+        .find(|block| block["type"] == "tool_result")
+        .cloned()
+        .unwrap_or_else(|| panic!("no tool_result: {}", requests[1]));
+    assert_eq!(result["tool_use_id"], "toolu_01");
+    let content = match &result["content"] {
+        Value::String(text) => text.clone(),
+        blocks => blocks[0]["text"].as_str().unwrap().to_string(),
+    };
+    assert_eq!(
+        serde_json::from_str::<Value>(&content).unwrap(),
+        json!({"city": "Oslo", "temp": 21})
+    );
+}
