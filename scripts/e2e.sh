@@ -24,6 +24,10 @@
 #  10. client keys with real clients (scripts/e2e-keys.sh, which runs alone too): the openai
 #      SDK reads x-ratelimit-* and retries a 429 after Retry-After; the anthropic SDK and
 #      Codex CLI with wk- keys; `proxy usage` counts each key.
+#  11. server tools over NATS (scripts/e2e-tools.sh, which runs alone too): the example tool
+#      service examples/tool_service.py on a real nats-server, a proxy on the built-in upstream
+#      declaring its tool, the openai SDK as a client that brings no tool of its own, and
+#      Codex CLI whose own tools the server's joins.
 # Installs what it needs (Debian's nginx-light and prometheus for promtool; openai and
 # anthropic from PyPI; Claude Code from npm into ~/.cache/warden-e2e; Codex CLI and the openai
 # Node SDK, pinned, from npm into target/e2e/node) when missing. Everything listens on 127.0.0.1 only and is stopped on exit.
@@ -393,4 +397,6 @@ echo "promtool: /metrics accepted"
 bash scripts/e2e-openai-api.sh
 # Client keys with real clients (its own script).
 bash scripts/e2e-keys.sh
+# Server tools over NATS with the example tool service (its own script).
+bash scripts/e2e-tools.sh
 echo "e2e: all passed"

@@ -95,24 +95,25 @@ pub async fn admit_key(
     if matches!(origin.caller, Caller::Open) {
         return Ok(None);
     }
-    gw.keys
-        .admit(
-            &origin.caller,
-            Metered {
-                ingress: origin.ingress.as_str(),
-                route: match &origin.path {
-                    Some(path) => std::borrow::Cow::Owned(path.clone()),
-                    None => std::borrow::Cow::Borrowed(origin.route),
-                },
-                model: model.to_string(),
-                input_estimate: crate::keys::estimate_tokens(input_bytes),
-                max_output: max_output(body),
-                request_id: origin.request_id.clone(),
-                trace_id: origin.trace.as_ref().map(SpanParent::trace_id),
+    // Boxed: the key's admission future is large (shared counters, the
+    // ledger), and an unboxed one would make every request's future as large.
+    Box::pin(gw.keys.admit(
+        &origin.caller,
+        Metered {
+            ingress: origin.ingress.as_str(),
+            route: match &origin.path {
+                Some(path) => std::borrow::Cow::Owned(path.clone()),
+                None => std::borrow::Cow::Borrowed(origin.route),
             },
-        )
-        .await
-        .map_err(denied)
+            model: model.to_string(),
+            input_estimate: crate::keys::estimate_tokens(input_bytes),
+            max_output: max_output(body),
+            request_id: origin.request_id.clone(),
+            trace_id: origin.trace.as_ref().map(SpanParent::trace_id),
+        },
+    ))
+    .await
+    .map_err(denied)
 }
 
 /// A key's refusal in OpenAI's error shape.
@@ -194,8 +195,14 @@ pub async fn chat_with_headers(
     };
     let reply = match gw.tools.as_ref().filter(|_| origin.server_tools) {
         Some(tools) => {
-            crate::tools::run_chat(tools.clone(), model_call(&live), call, origin.trace.clone())
-                .await
+            // Boxed, as the server-tool loop's future is large (see `admit_key`).
+            Box::pin(crate::tools::run_chat(
+                tools.clone(),
+                model_call(&live),
+                call,
+                origin.trace.clone(),
+            ))
+            .await
         }
         None => live.router.chat(call).await,
     };

@@ -161,6 +161,9 @@ fn sse(frames: impl futures_util::Stream<Item = Bytes> + Send + 'static) -> Resp
     sse_response(Body::from_stream(frames.map(Ok::<_, Infallible>)))
 }
 
+/// Anthropic's keep-alive event.
+const PING: &str = "event: ping\ndata: {\"type\":\"ping\"}\n\n";
+
 /// Chat chunk frames → Anthropic events, as they arrive. The stream owns the
 /// slot; `message_start` goes out before the first upstream chunk.
 fn translate(
@@ -191,7 +194,18 @@ fn translate(
             }
             match st.frames.next().await {
                 Some(frame) => {
-                    for event in st.parser.feed(&frame) {
+                    let between_events = !st.parser.mid_event();
+                    let events = st.parser.feed(&frame);
+                    if between_events
+                        && events.is_empty()
+                        && !st.parser.mid_event()
+                        && frame.starts_with(b":")
+                    {
+                        // A comment alone (the server-tool loop's keep-alive):
+                        // Anthropic's own keep-alive event.
+                        out.push_str(PING);
+                    }
+                    for event in events {
                         out.extend(st.translator.on_data(&event.data));
                     }
                 }

@@ -76,7 +76,9 @@ pub struct Gateway {
     /// The last minutes of request figures, for the status page (`GET /ui`).
     pub history: history::History,
     /// Traces (`[telemetry]`); `None` when off, and then no span is ever made.
-    pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
+    /// A reload replaces it: a request takes the current one once, at its
+    /// start, and its spans end on that one (see [`Gateway::telemetry`]).
+    telemetry: std::sync::RwLock<Option<Arc<crate::telemetry::Telemetry>>>,
     /// Server tools run over NATS (`[tools]`); `None` when none is declared.
     pub tools: Option<Arc<crate::tools::Tools>>,
 }
@@ -157,7 +159,7 @@ impl Gateway {
             .map_err(|e| crate::upstream::UpstreamError::Telemetry(e.to_string()))?;
         Ok(Arc::new(Gateway {
             tools: crate::tools::Tools::from_config(&config, metrics.clone()),
-            telemetry,
+            telemetry: std::sync::RwLock::new(telemetry),
             uses_prompts: prompts_in_use(&config),
             prompts,
             live: std::sync::RwLock::new(Arc::new(live)),
@@ -180,6 +182,33 @@ impl Gateway {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
+    }
+
+    /// The tracer new requests use now (`None`: traces are off). A request
+    /// calls this once; the spans it starts keep their tracer alive to their
+    /// end, so a reload never moves a span in flight to another exporter.
+    pub fn telemetry(&self) -> Option<Arc<crate::telemetry::Telemetry>> {
+        self.telemetry
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Puts `next` in place for new requests (its export task started first);
+    /// returns what it replaced. The old tracer's export task sends what is
+    /// still queued and ends once its last span has ended: nobody waits for it.
+    fn swap_telemetry(
+        &self,
+        next: Option<Arc<crate::telemetry::Telemetry>>,
+    ) -> Option<Arc<crate::telemetry::Telemetry>> {
+        if let Some(telemetry) = &next {
+            telemetry.spawn_exporter();
+        }
+        let mut slot = self
+            .telemetry
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        std::mem::replace(&mut *slot, next)
     }
 
     /// Puts `next` in place for new requests; returns what it replaced.
@@ -346,7 +375,6 @@ pub async fn run(
     use hyper_util::server::conn::auto::Builder;
 
     let addr = listener.local_addr()?;
-    let graceful_timeout = Duration::from_secs(gw.config.server.graceful_timeout);
     let app = router(gw.clone());
     let fd_limit = connections::raise_fd_limit();
     let limits = connections::Limits::new(&gw, fd_limit);
@@ -371,7 +399,7 @@ pub async fn run(
         tokio::spawn(async move { prompts.warm().await });
     }
     gw.live().start_catalog();
-    if let Some(telemetry) = &gw.telemetry {
+    if let Some(telemetry) = gw.telemetry() {
         // Exports run on this runtime, off the request path.
         telemetry.spawn_exporter();
     }
@@ -421,6 +449,8 @@ pub async fn run(
     }
     drop(listener);
     tasks.close();
+    // As last (re)loaded: a reload changes it too.
+    let graceful_timeout = Duration::from_secs(gw.live().config.server.graceful_timeout);
     if let Some(ingress) = &nats_ingress {
         ingress.stop_taking();
     }
@@ -471,7 +501,7 @@ pub async fn run(
             "usage ledger: rows still waiting at exit could not be written"
         );
     }
-    if let Some(telemetry) = &gw.telemetry {
+    if let Some(telemetry) = gw.telemetry() {
         // The spans of the last requests, if the collector takes them quickly.
         telemetry.flush(TELEMETRY_FLUSH).await;
     }

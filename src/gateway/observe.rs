@@ -129,7 +129,7 @@ pub async fn observe(State(gw): State<Arc<Gateway>>, mut request: Request, next:
         gw.metrics.request_started();
     }
     // A span for each request that may go to a provider; none at all when off.
-    let trace = match &gw.telemetry {
+    let trace = match gw.telemetry() {
         Some(telemetry) if goes_upstream(route, request.method()) => {
             let method = method_name(request.method());
             let span = telemetry.http_span(method, route, request.headers());
@@ -234,7 +234,7 @@ impl Record {
     /// Starts the request's CONSUMER span (when traces are on), continuing
     /// the trace in the message's headers.
     pub fn trace_nats(&mut self, subject: &str, headers: Option<&async_nats::HeaderMap>) {
-        if let Some(telemetry) = &self.gw.telemetry {
+        if let Some(telemetry) = self.gw.telemetry() {
             let get = |key: &str| headers.and_then(|h| h.get(key)).map(|v| v.as_str());
             self.trace = Some(telemetry.nats_span(subject, get));
         }

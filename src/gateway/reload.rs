@@ -1,32 +1,44 @@
 //! Reloading the configuration while serving (docs/contract.md §17): SIGHUP, or `daemon
-//! reload` through the control socket, re-reads `warden.toml` and `.env` (the
-//! operator token and provider keys included) and puts new providers, routing,
-//! aliases, limits and keys in place for new requests at once. A request in
-//! flight keeps what it started with (see [`super::Live`]).
+//! reload` through the control socket, re-reads `warden.toml`, `.env` (the
+//! operator token and provider keys included) and `keys.toml`, and puts new
+//! providers, routing, aliases, limits, `[keys]` settings, `[prices]`,
+//! `[telemetry]` and the log's format and level in place for new requests at
+//! once. A request in flight keeps what it started with: its [`super::Live`],
+//! the prices it was admitted with, and the tracer its spans began on (the
+//! old tracer's export task sends what is left and ends, off the request path).
+//! Every part is built before anything is swapped, so a reload applies whole
+//! or not at all; a request reads each part once, and nothing on the request
+//! path waits for a reload.
 //!
 //! The outcome has three answers, which are also `daemon reload`'s exit codes:
 //! everything applied (0); what can change live applied, but some settings the
-//! running process was built with (its address, NATS, connection limits, the
-//! routes, the log format) differ and take effect at `daemon restart` (1, naming
-//! them); or the new configuration has an error (2): nothing is applied, the
-//! running configuration keeps serving, and the message names the file, key and
-//! line. Each reload and its outcome is logged.
+//! running process was built with (its address, NATS, the listener's
+//! connection limits, the routes, the prompt cache, server tools, the ledger,
+//! the log's destination) differ and take effect at `daemon restart` (1,
+//! naming them); or the new configuration has an error (2): nothing is
+//! applied, the running configuration keeps serving, and the message names the
+//! file, key and line. Each reload is logged with its cause, what changed
+//! (`section.key` names, never values) and its outcome.
 
 use std::sync::{Arc, Mutex};
 
-use crate::home::config::{Config, ConfigError, Overrides};
+use crate::home::config::{Config, Overrides};
 
 use super::{Gateway, Live};
 
 /// What a reload did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Everything applied.
-    Applied { providers: String },
-    /// The live part applied; these settings changed but take effect only at
+    /// Everything applied; `changed` names what differs from before.
+    Applied {
+        providers: String,
+        changed: Vec<String>,
+    },
+    /// The live part applied; `keys` changed but take effect only at
     /// `daemon restart`.
     NeedsRestart {
         providers: String,
+        changed: Vec<String>,
         keys: Vec<String>,
     },
     /// The new configuration was refused; the running one keeps serving.
@@ -47,15 +59,20 @@ impl Outcome {
     /// One sentence for the operator (and the log).
     pub fn message(&self) -> String {
         match self {
-            Outcome::Applied { providers } => {
-                format!(
-                    "configuration reloaded and applied to new requests (providers: {providers})"
-                )
-            }
-            Outcome::NeedsRestart { providers, keys } => format!(
-                "configuration reloaded and applied to new requests (providers: {providers}), \
-                 except {} — the running proxy was started with the old value; \
+            Outcome::Applied { providers, changed } => format!(
+                "configuration reloaded and applied to new requests (changed: {}; providers: \
+                 {providers})",
+                named(changed)
+            ),
+            Outcome::NeedsRestart {
+                providers,
+                changed,
+                keys,
+            } => format!(
+                "configuration reloaded and applied to new requests (changed: {}; providers: \
+                 {providers}), except {} — the running proxy was started with the old value; \
                  `daemon restart` applies it without refusing a request",
+                named(changed),
                 keys.join(", ")
             ),
             Outcome::Refused { error } => format!(
@@ -63,6 +80,15 @@ impl Outcome {
                  configuration keeps serving — fix it and reload again"
             ),
         }
+    }
+}
+
+/// The changed keys as a log line shows them.
+fn named(changed: &[String]) -> String {
+    if changed.is_empty() {
+        "nothing".into()
+    } else {
+        changed.join(", ")
     }
 }
 
@@ -123,10 +149,21 @@ impl Reloader {
             Ok(next) => next,
             Err(e) => return refused(e.to_string()),
         };
-        if let Err(e) = reload_keys(&next) {
+        if let Err(e) = crate::keys::Keys::check(&next) {
             return refused(e.to_string());
         }
         let current = gw.live();
+        let changed = changed(&current.config, &next);
+        // A new tracer only when `[telemetry]` changed (an unchanged one keeps
+        // its queue and export task).
+        let telemetry = if same(&current.config.telemetry, &next.telemetry) {
+            None
+        } else {
+            match crate::telemetry::Telemetry::from_config(&next.telemetry, &gw.metrics) {
+                Ok(telemetry) => Some(telemetry),
+                Err(e) => return refused(e.to_string()),
+            }
+        };
         // An unchanged limit keeps its semaphore, so requests in flight still count.
         let slots = (next.server.max_concurrent == current.config.server.max_concurrent)
             .then(|| current.slots.clone());
@@ -142,48 +179,98 @@ impl Reloader {
         };
         let keys = needs_restart(&gw.config, &live.config);
         let providers = live.router.summary();
+        // Everything is built: from here on nothing fails.
+        crate::support::logging::reconfigure(live.config.logs.format, live.config.features.verbose);
+        gw.keys.reconfigure(&live.config);
+        if let Some(telemetry) = telemetry {
+            // The old tracer is dropped here or when its last span ends.
+            drop(gw.swap_telemetry(telemetry));
+        }
         live.start_catalog();
         let old = gw.swap_live(Arc::new(live));
         old.stop_catalog();
         if keys.is_empty() {
-            Outcome::Applied { providers }
+            Outcome::Applied { providers, changed }
         } else {
-            Outcome::NeedsRestart { providers, keys }
+            Outcome::NeedsRestart {
+                providers,
+                changed,
+                keys,
+            }
         }
     }
 }
 
-/// The one place a reload reads the client keys (`keys.toml`, docs/keys.md): the
-/// keys module plugs in here, and an error here refuses the whole reload like a
-/// bad `warden.toml` does. Without that module there is nothing more to read.
-fn reload_keys(config: &Config) -> Result<(), ConfigError> {
-    let _ = config;
-    Ok(())
+/// Whether two settings are the same (as the file would write them).
+fn same<T: serde::Serialize>(a: &T, b: &T) -> bool {
+    match (serde_json::to_value(a), serde_json::to_value(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// What differs between `old` and `new`, as `section.key` (a list such as
+/// `providers`, by its section): names only, never a value, so a reload's log
+/// line can say what changed without showing a secret. The operator token and
+/// provider keys come from `.env`, which is not compared.
+pub fn changed(old: &Config, new: &Config) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(old)), Ok(serde_json::Value::Object(new))) = (
+        serde_json::to_value(&old.settings),
+        serde_json::to_value(&new.settings),
+    ) else {
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    let sections: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    for section in sections {
+        let (a, b) = (old.get(section), new.get(section));
+        if a == b {
+            continue;
+        }
+        match (a, b) {
+            (Some(serde_json::Value::Object(a)), Some(serde_json::Value::Object(b))) => {
+                let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                for key in keys {
+                    if a.get(key) != b.get(key) {
+                        names.push(format!("{section}.{key}"));
+                    }
+                }
+            }
+            _ => names.push(section.clone()),
+        }
+    }
+    names
 }
 
 /// The settings that differ between the configuration the process started
 /// with and `next` but that a running process cannot change: what it was built
-/// with at start (the listening address, connection limits, the routes, NATS,
-/// the prompt cache, traces, the log's format and destination). Named `section.key`.
+/// with at start (the listening address and the listener's connection limits,
+/// the routes and body limits, NATS, the prompt cache, server tools, the usage
+/// ledger, the log's destination). Named `section.key`; docs/upgrading.md
+/// lists them.
 pub fn needs_restart(started: &Config, next: &Config) -> Vec<String> {
     /// Sections whose every key is fixed at start, but for the live ones listed.
     const FIXED: &[(&str, &[&str])] = &[
         (
             "server",
-            &["max_concurrent", "default_model", "auth_token_env"],
+            &[
+                "max_concurrent",
+                "default_model",
+                "auth_token_env",
+                "graceful_timeout",
+            ],
         ),
         ("nats", &[]),
         ("prompts", &[]),
-        // The tracer and its exporter are built at start.
-        ("telemetry", &[]),
+        ("tools", &[]),
+        // The ledger's writer and the shared counters are started once.
+        (
+            "keys",
+            &["file", "require", "default_reservation", "fail_closed"],
+        ),
     ];
     /// Single keys fixed at start in sections that are otherwise live.
-    const FIXED_KEYS: &[(&str, &str)] = &[
-        ("features", "enable_responses_api"),
-        ("features", "verbose"),
-        ("logs", "format"),
-        ("logs", "target"),
-    ];
+    const FIXED_KEYS: &[(&str, &str)] = &[("features", "enable_responses_api"), ("logs", "target")];
     let (Ok(old), Ok(new)) = (
         serde_json::to_value(&started.settings),
         serde_json::to_value(&next.settings),
@@ -227,16 +314,44 @@ mod tests {
         let started = config("[server]\nport = 8000\n");
         let live = config(
             "[server]\nport = 8000\nmax_concurrent = 3\ndefault_model = \"m\"\n\
-             [routing]\ncooldown = 9\n[aliases]\na = \"b\"\n[logs]\nmax_bytes = 1000\n",
+             [routing]\ncooldown = 9\n[aliases]\na = \"b\"\n\
+             [logs]\nmax_bytes = 1000\nformat = \"json\"\n[features]\nverbose = true\n\
+             [telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\ncapture_content = true\n\
+             [keys]\nrequire = \"always\"\ndefault_reservation = 10\n\
+             [prices]\n\"m\" = { input = 1.0, output = 2.0 }\n",
         );
         assert!(needs_restart(&started, &live).is_empty());
+        assert_eq!(
+            changed(&started, &live),
+            vec![
+                "aliases.a",
+                "features.verbose",
+                "keys.default_reservation",
+                "keys.require",
+                "logs.format",
+                "logs.max_bytes",
+                "prices.m",
+                "routing.cooldown",
+                "server.default_model",
+                "server.max_concurrent",
+                "telemetry.capture_content",
+                "telemetry.otlp_endpoint",
+            ]
+        );
+        assert!(changed(&started, &started).is_empty());
         let fixed = config(
             "[server]\nport = 9000\nhost = \"127.0.0.2\"\n[nats]\nurl = \"nats://127.0.0.1:4222\"\n\
-             [logs]\nformat = \"json\"\n",
+             [logs]\ntarget = \"stdout\"\n[keys]\nledger = \"other.db\"\n",
         );
         assert_eq!(
             needs_restart(&started, &fixed),
-            vec!["server.host", "server.port", "nats.url", "logs.format"]
+            vec![
+                "server.host",
+                "server.port",
+                "nats.url",
+                "keys.ledger",
+                "logs.target"
+            ]
         );
     }
 
@@ -244,15 +359,18 @@ mod tests {
     fn the_codes_are_those_of_daemon_reload() {
         let applied = Outcome::Applied {
             providers: "a=x".into(),
+            changed: vec!["prices.m".into()],
         };
         let partly = Outcome::NeedsRestart {
             providers: "a=x".into(),
+            changed: vec!["server.port".into()],
             keys: vec!["server.port".into()],
         };
         let refused = Outcome::Refused {
             error: "warden.toml:3:1: bad".into(),
         };
         assert_eq!((applied.code(), partly.code(), refused.code()), (0, 1, 2));
+        assert!(applied.message().contains("changed: prices.m"));
         assert!(partly.message().contains("server.port"));
         assert!(partly.message().contains("daemon restart"));
         assert!(refused.message().contains("warden.toml:3:1: bad"));

@@ -32,7 +32,7 @@ pub struct KeysConfig {
     pub fail_closed: bool,
     /// Ledger rows waiting in memory at most (the ledger cannot be written).
     pub ledger_backlog: usize,
-    /// Keys and counters in JetStream KV, one limit across hosts (not yet served).
+    /// Keys and counters in JetStream KV, one limit across hosts (docs/keys.md).
     pub shared: bool,
     /// Seconds without NATS before `fail_closed` applies (with `shared`).
     pub shared_grace: u64,

@@ -524,15 +524,17 @@ pub fn usage(config: &Config, args: &UsageArgs, out: &mut dyn Write) -> i32 {
                 columns[0], columns[1], columns[2], columns[3], columns[4], columns[5], columns[6]
             )?;
             for r in &rows {
+                // As text first: a JSON value's Display ignores the width.
+                let n = |column: &str| r[column].to_string();
                 writeln!(
                     out,
                     "{:<24} {:>9} {:>8} {:>13} {:>13} {:>13} {:>12.6}",
                     r[columns[0]].as_str().unwrap_or("-"),
-                    r["requests"],
-                    r["refused"],
-                    r["input_tokens"],
-                    r["cached_tokens"],
-                    r["output_tokens"],
+                    n("requests"),
+                    n("refused"),
+                    n("input_tokens"),
+                    n("cached_tokens"),
+                    n("output_tokens"),
                     r["cost_usd"].as_f64().unwrap_or(0.0)
                 )?;
             }

@@ -152,19 +152,51 @@ pub struct KeyStats {
     pub cost_micros: AtomicU64,
 }
 
+/// The `[keys]` and `[prices]` settings a reload changes for new requests (an
+/// admitted request keeps the ones it was admitted with, to its ledger row).
+#[derive(Debug)]
+pub struct Settings {
+    require: Require,
+    /// `keys.toml`, resolved against the home.
+    path: PathBuf,
+    prices: Prices,
+    default_reservation: u64,
+    fail_closed: bool,
+}
+
+impl Settings {
+    fn of(config: &Config) -> Settings {
+        Settings {
+            require: config.keys.require,
+            path: config.home.resolve_path(&config.keys.file),
+            prices: config.prices.clone(),
+            default_reservation: config.keys.default_reservation,
+            fail_closed: config.keys.fail_closed,
+        }
+    }
+
+    /// The price of `tokens` of `model` in millionths of a dollar.
+    fn micros(&self, model: &str, input: u64, cached: u64, output: u64) -> u64 {
+        let Some(p) = price_of(&self.prices, model) else {
+            return 0;
+        };
+        let uncached = input.saturating_sub(cached) as f64;
+        let cached_price = p.cached_input.unwrap_or(p.input);
+        (uncached * p.input + cached as f64 * cached_price + output as f64 * p.output).round()
+            as u64
+    }
+}
+
 /// The keys, counters and ledger of one proxy.
 pub struct Keys {
-    require: Require,
-    path: PathBuf,
+    /// What a reload replaces (see [`Keys::reconfigure`]).
+    settings: RwLock<Arc<Settings>>,
     table: RwLock<Arc<Table>>,
     /// Keys in force (a key is required): mirrors the table, read lock-free.
     enforced: AtomicBool,
     counters: Arc<dyn Counters>,
     /// `keys.shared`: keys and counters in NATS JetStream KV, across hosts.
     shared: Option<Arc<shared::Shared>>,
-    prices: Prices,
-    default_reservation: u64,
-    fail_closed: bool,
     ledger_backlog: usize,
     ledger_path: PathBuf,
     ledger: RwLock<Option<Arc<Ledger>>>,
@@ -192,27 +224,70 @@ impl Keys {
     /// The keys of `config`'s home; a `keys.toml` that cannot be used is an
     /// error naming the file, the key and the line.
     pub fn load(config: &Config) -> Result<Arc<Keys>, KeyFileError> {
-        let path = config.home.resolve_path(&config.keys.file);
+        let settings = Settings::of(config);
         let keys = Keys {
-            require: config.keys.require,
+            seen: std::sync::Mutex::new(fingerprint(&settings.path)),
             table: RwLock::new(Arc::new(Table::default())),
             enforced: AtomicBool::new(config.keys.require == Require::Always),
             counters: Arc::new(LocalCounters::new()),
             shared: shared::Shared::from_config(config),
-            prices: config.prices.clone(),
-            default_reservation: config.keys.default_reservation,
-            fail_closed: config.keys.fail_closed,
             ledger_backlog: config.keys.ledger_backlog,
             ledger_path: config.home.resolve_path(&config.keys.ledger),
             ledger: RwLock::new(None),
             stats: RwLock::new(HashMap::new()),
             book: book::Book::default(),
-            seen: std::sync::Mutex::new(fingerprint(&path)),
-            path,
+            settings: RwLock::new(Arc::new(settings)),
         };
-        let file = KeyFile::load(&keys.path)?;
+        let file = KeyFile::load(&keys.settings().path)?;
         keys.install(file.unwrap_or_default());
         Ok(Arc::new(keys))
+    }
+
+    /// The settings new requests are admitted with.
+    fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Checks the key file `config` names, as a reload must before it applies
+    /// anything: an error names the file, the key and the line.
+    pub fn check(config: &Config) -> Result<(), KeyFileError> {
+        KeyFile::load(&config.home.resolve_path(&config.keys.file)).map(drop)
+    }
+
+    /// Applies `config`'s `[keys]` (`file`, `require`, `default_reservation`,
+    /// `fail_closed`) and `[prices]` to new requests, and re-reads the key file
+    /// (see [`Keys::check`]). Requests already admitted keep what they were
+    /// admitted with. The ledger, its backlog and `shared` are fixed at start.
+    pub fn reconfigure(&self, config: &Config) {
+        let next = Settings::of(config);
+        let moved = next.path != self.settings().path;
+        let require = next.require;
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        if moved {
+            // Another file: read it now whatever its fingerprint (no file has
+            // this one; a missing file's is `None`).
+            *self.seen.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((UNIX_EPOCH, u64::MAX, u64::MAX));
+        }
+        if !self.reload_if_changed() {
+            // The same keys under a new `require`.
+            let enforced = self.enforced_by(require, &self.table());
+            if enforced {
+                self.start_ledger();
+            }
+            self.enforced.store(enforced, Ordering::Release);
+        }
+    }
+
+    fn enforced_by(&self, require: Require, table: &Table) -> bool {
+        match require {
+            Require::Always => true,
+            Require::Never => false,
+            Require::Auto => table.any,
+        }
     }
 
     /// Keys in force: every request needs a key (or the operator's token).
@@ -265,11 +340,7 @@ impl Keys {
                 }),
             );
         }
-        let enforced = match self.require {
-            Require::Always => true,
-            Require::Never => false,
-            Require::Auto => table.any,
-        };
+        let enforced = self.enforced_by(self.settings().require, &table);
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
         // After the table is in place: the ledger's preload reads each key's
         // budget period from it.
@@ -400,7 +471,8 @@ impl Keys {
     /// Re-reads `keys.toml` when it changed (mtime, size or inode); keeps the
     /// keys in force when the new file is not valid, and says why.
     pub fn reload_if_changed(&self) -> bool {
-        let now = fingerprint(&self.path);
+        let path = self.settings().path.clone();
+        let now = fingerprint(&path);
         {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             if *seen == now {
@@ -408,12 +480,12 @@ impl Keys {
             }
             *seen = now;
         }
-        match KeyFile::load(&self.path) {
+        match KeyFile::load(&path) {
             Ok(file) => {
                 let file = file.unwrap_or_default();
                 let count = file.keys.len();
                 self.install(file);
-                tracing::info!(path = %self.path.display(), keys = count, "keys reloaded");
+                tracing::info!(path = %path.display(), keys = count, "keys reloaded");
                 true
             }
             Err(e) => {
@@ -538,17 +610,6 @@ impl Keys {
         self.ledger().is_none_or(|l| l.flush(timeout))
     }
 
-    /// The price of `tokens` of `model` in millionths of a dollar.
-    fn micros(&self, model: &str, input: u64, cached: u64, output: u64) -> u64 {
-        let Some(p) = price_of(&self.prices, model) else {
-            return 0;
-        };
-        let uncached = input.saturating_sub(cached) as f64;
-        let cached_price = p.cached_input.unwrap_or(p.input);
-        (uncached * p.input + cached as f64 * cached_price + output as f64 * p.output).round()
-            as u64
-    }
-
     /// May `caller` send this request? `Ok(None)`: nothing to meter (keys off).
     pub async fn admit(
         self: &Arc<Self>,
@@ -562,9 +623,12 @@ impl Keys {
             Caller::Key(key) => Some(key.clone()),
         };
         let started = Instant::now();
+        // Read once: this request is priced with these to its ledger row.
+        let settings = self.settings();
         let Some(key) = key else {
             return Ok(Some(Ticket::new(
                 self.clone(),
+                settings,
                 None,
                 Grant::default(),
                 request,
@@ -600,7 +664,7 @@ impl Keys {
             return refuse(e, &request);
         }
         if matches!(key.limits.budget, Some(Budget::Micros(_)))
-            && price_of(&self.prices, &request.model).is_none()
+            && price_of(&settings.prices, &request.model).is_none()
         {
             let e = Denied::new(
                 403,
@@ -614,7 +678,7 @@ impl Keys {
             );
             return refuse(e, &request);
         }
-        if self.fail_closed && self.ledger().is_some_and(|l| l.full()) {
+        if settings.fail_closed && self.ledger().is_some_and(|l| l.full()) {
             return Err(Denied {
                 retry_after: Some(5),
                 ..Denied::new(
@@ -627,11 +691,11 @@ impl Keys {
                 )
             });
         }
-        let output = request.max_output.unwrap_or(self.default_reservation);
+        let output = request.max_output.unwrap_or(settings.default_reservation);
         let want = Want {
             input_tokens: request.input_estimate,
             tokens: request.input_estimate + output,
-            micros: self.micros(&request.model, request.input_estimate, 0, output),
+            micros: settings.micros(&request.model, request.input_estimate, 0, output),
         };
         let admitted = match &self.shared {
             Some(shared) => {
@@ -646,6 +710,7 @@ impl Keys {
         match admitted {
             Ok(grant) => Ok(Some(Ticket::new(
                 self.clone(),
+                settings,
                 Some(key),
                 grant,
                 request,
@@ -801,6 +866,8 @@ pub struct Outcome {
 /// [`Ticket::finish`], or until dropped (then settled as cut short).
 pub struct Ticket {
     keys: Arc<Keys>,
+    /// The prices it was admitted with.
+    settings: Arc<Settings>,
     key: Option<Arc<KeyState>>,
     grant: Grant,
     request: Metered,
@@ -819,6 +886,7 @@ impl std::fmt::Debug for Ticket {
 impl Ticket {
     fn new(
         keys: Arc<Keys>,
+        settings: Arc<Settings>,
         key: Option<Arc<KeyState>>,
         grant: Grant,
         request: Metered,
@@ -826,6 +894,7 @@ impl Ticket {
     ) -> Ticket {
         Ticket {
             keys,
+            settings,
             key,
             grant,
             request,
@@ -872,7 +941,9 @@ impl Ticket {
             ),
             None => (0, 0, 0, false),
         };
-        let micros = self.keys.micros(&self.request.model, input, cached, output);
+        let micros = self
+            .settings
+            .micros(&self.request.model, input, cached, output);
         if let Some(key) = &self.key {
             let used = Spend {
                 tokens: input + output,

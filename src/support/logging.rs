@@ -11,17 +11,19 @@
 use std::cell::Cell;
 use std::fs::File;
 use std::io::{IsTerminal, Write};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tracing::field::{Field, Visit};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::{RecordFields, VisitOutput};
-use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
+use tracing_subscriber::fmt::format::{DefaultVisitor, Format, Full, Json, Writer};
 use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::fmt::writer::MakeWriterExt;
-use tracing_subscriber::fmt::{FormatFields, MakeWriter};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
+use tracing_subscriber::registry::LookupSpan;
 
 use crate::home::config::{LogFormat, LogTarget};
 use crate::home::{Home, LogKind};
@@ -29,7 +31,8 @@ use crate::home::{Home, LogKind};
 /// Installs the global subscriber for a binary writing to `logs/<kind>.log`, or
 /// to standard output with `target = Stdout` (containers: `kubectl logs` shows
 /// it; the same batched writer, on a duplicate of fd 1). `verbose` lowers the
-/// level to debug; `RUST_LOG` overrides both.
+/// level to debug; `RUST_LOG` overrides both. [`reconfigure`] changes the
+/// format and the level later (a reload); the destination stays.
 pub fn init(
     home: &Home,
     kind: LogKind,
@@ -37,6 +40,9 @@ pub fn init(
     target: LogTarget,
     verbose: bool,
 ) -> std::io::Result<LogGuard> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let file = match target {
         LogTarget::File => {
             std::fs::create_dir_all(home.logs_dir())?;
@@ -55,31 +61,108 @@ pub fn init(
         }
     };
     let (writer, guard) = batched(file)?;
-    let level = if verbose { "debug" } else { "info" };
-    // Libraries speak at warn and above: their info lines repeat ours (async-nats
-    // logs "event: connected" and "connected successfully" per connection, where
-    // the proxy logs "NATS connected" once).
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(format!(
-            "{level},hyper=warn,reqwest=warn,h2=warn,rustls=warn,async_nats=warn"
-        ))
-    });
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let fixed = from_env.is_some();
+    let (filter, filter_handle) =
+        tracing_subscriber::reload::Layer::new(from_env.unwrap_or_else(|| level_filter(verbose)));
     // On a terminal the file's lines are mirrored to stderr; stdout needs no mirror.
     let mirror = target == LogTarget::File && std::io::stderr().is_terminal();
     let stderr = std::io::stderr.with_filter(move |_| mirror);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_timer(LogTime)
+    let json = Arc::new(AtomicBool::new(format == LogFormat::Json));
+    let lines = tracing_subscriber::fmt::layer()
         .with_ansi(false)
-        .with_target(false)
+        .fmt_fields(PlainFields)
+        .event_format(Switch {
+            json: json.clone(),
+            text: tracing_subscriber::fmt::format()
+                .with_timer(LogTime)
+                .with_ansi(false)
+                .with_target(false),
+            json_format: tracing_subscriber::fmt::format()
+                .json()
+                .flatten_event(true)
+                .with_timer(LogTime)
+                .with_ansi(false)
+                .with_target(false),
+        })
         .with_writer(writer.and(stderr));
-    let result = match format {
-        LogFormat::Text => builder.fmt_fields(PlainFields).try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(lines)
+        .try_init();
     // A second init in the same process (tests) keeps the first subscriber.
-    let _ = result;
+    if installed.is_ok() {
+        let _ = CONTROL.set(Control {
+            filter: filter_handle,
+            fixed_by_env: fixed,
+            json,
+        });
+    }
     Ok(guard)
+}
+
+/// The level of `verbose`: libraries speak at warn and above, as their info
+/// lines repeat ours (async-nats logs "event: connected" and "connected
+/// successfully" per connection, where the proxy logs "NATS connected" once).
+fn level_filter(verbose: bool) -> EnvFilter {
+    let level = if verbose { "debug" } else { "info" };
+    EnvFilter::new(format!(
+        "{level},hyper=warn,reqwest=warn,h2=warn,rustls=warn,async_nats=warn"
+    ))
+}
+
+/// What a reload may change in the installed subscriber.
+struct Control {
+    filter: tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>,
+    /// `RUST_LOG` set the level: `features.verbose` does not change it.
+    fixed_by_env: bool,
+    json: Arc<AtomicBool>,
+}
+
+static CONTROL: OnceLock<Control> = OnceLock::new();
+
+/// Applies a reloaded `logs.format` and `features.verbose` to the lines logged
+/// from now on (no-op before [`init`]). The level is `RUST_LOG`'s when that is
+/// set. A line costs one more atomic load for this; the level is an
+/// [`EnvFilter`] behind tracing's reload layer.
+pub fn reconfigure(format: LogFormat, verbose: bool) {
+    let Some(control) = CONTROL.get() else {
+        return;
+    };
+    control
+        .json
+        .store(format == LogFormat::Json, Ordering::Relaxed);
+    if !control.fixed_by_env {
+        if let Err(e) = control.filter.reload(level_filter(verbose)) {
+            tracing::warn!(error = %e, "cannot change the log level");
+        }
+    }
+}
+
+/// Text or JSON lines, as [`reconfigure`] last said.
+struct Switch {
+    json: Arc<AtomicBool>,
+    text: Format<Full, LogTime>,
+    json_format: Format<Json, LogTime>,
+}
+
+impl<S, N> FormatEvent<S, N> for Switch
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        if self.json.load(Ordering::Relaxed) {
+            self.json_format.format_event(ctx, writer, event)
+        } else {
+            self.text.format_event(ctx, writer, event)
+        }
+    }
 }
 
 /// The logs' timestamps, `2026-01-01T00:00:00.123456Z`: exactly what

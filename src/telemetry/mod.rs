@@ -389,10 +389,13 @@ impl SpanParent {
 impl SpanParent {
     /// Starts the INTERNAL span `execute_tool {name}` of one server tool call
     /// (docs/contract.md §18): `gen_ai.operation.name = execute_tool`,
-    /// `gen_ai.tool.name`, `gen_ai.tool.call.id`.
-    pub fn tool(&self, name: &str, call_id: &str) -> ToolSpan {
+    /// `gen_ai.tool.name`, `gen_ai.tool.call.id`; the call's `arguments` as
+    /// `gen_ai.tool.call.arguments` only with `capture_content` (the model
+    /// writes them from the conversation, so they can quote it).
+    pub fn tool(&self, name: &str, call_id: &str, arguments: &str) -> ToolSpan {
         let tracer = &self.telemetry.tracer;
-        let attributes = vec![
+        let capture = self.telemetry.capture_content;
+        let mut attributes = vec![
             KeyValue::new("gen_ai.operation.name", "execute_tool"),
             KeyValue::new("gen_ai.tool.name", name.to_string()),
             KeyValue::new(
@@ -401,19 +404,30 @@ impl SpanParent {
             ),
             KeyValue::new("gen_ai.tool.type", "function"),
         ];
+        if capture {
+            attributes.push(KeyValue::new(
+                "gen_ai.tool.call.arguments",
+                crate::support::redact::truncate(arguments, CAPTURED_BYTES).to_string(),
+            ));
+        }
         let parent = Context::new().with_remote_span_context(self.context.clone());
         let span = tracer
             .span_builder(format!("execute_tool {name}"))
             .with_kind(SpanKind::Internal)
             .with_attributes(attributes)
             .start_with_context(tracer, &parent);
-        ToolSpan { span }
+        ToolSpan { span, capture }
     }
 }
+
+/// At most this much of a tool call's arguments or result goes into its span
+/// (with `capture_content`).
+const CAPTURED_BYTES: usize = 16 * 1024;
 
 /// The span of one server tool call.
 pub struct ToolSpan {
     span: opentelemetry_sdk::trace::Span,
+    capture: bool,
 }
 
 impl ToolSpan {
@@ -422,12 +436,22 @@ impl ToolSpan {
         propagation::traceparent(self.span.span_context())
     }
 
-    /// Ends the span; a failed call carries its outcome as `error.type`.
-    pub fn finish(mut self, error_type: Option<&str>) {
-        if let Some(error_type) = error_type {
+    /// Ends the span with the call's `outcome` (`warden.tool.outcome`, and
+    /// `error.type` unless it is `ok`) and, with `capture_content`, the
+    /// `result` the model gets (`gen_ai.tool.call.result`).
+    pub fn finish(mut self, outcome: &'static str, result: &str) {
+        self.span
+            .set_attribute(KeyValue::new("warden.tool.outcome", outcome));
+        if outcome != "ok" {
             self.span
-                .set_attribute(KeyValue::new("error.type", error_type.to_string()));
+                .set_attribute(KeyValue::new("error.type", outcome));
             self.span.set_status(Status::error(""));
+        }
+        if self.capture {
+            self.span.set_attribute(KeyValue::new(
+                "gen_ai.tool.call.result",
+                crate::support::redact::truncate(result, CAPTURED_BYTES).to_string(),
+            ));
         }
         self.span.end();
     }

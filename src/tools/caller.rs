@@ -182,7 +182,7 @@ impl NatsCaller {
         trace: Option<&SpanParent>,
     ) -> CallResult {
         let started = Instant::now();
-        let span = trace.map(|t| t.tool(name, call_id));
+        let span = trace.map(|t| t.tool(name, call_id, arguments));
         let wait = match deadline {
             Some(at) => self.timeout.min(at.saturating_duration_since(started)),
             None => self.timeout,
@@ -213,7 +213,7 @@ impl NatsCaller {
             );
         }
         if let Some(span) = span {
-            span.finish((result.outcome != Outcome::Ok).then(|| result.outcome.label()));
+            span.finish(result.outcome.label(), &result.content);
         }
         result
     }

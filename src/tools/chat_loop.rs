@@ -62,49 +62,39 @@ pub async fn run_chat(
     };
     // The first model call before any answer goes out: its errors are the
     // request's, and an answer without server calls is served as it is.
-    let first = state.round().await?;
+    let calls = match state.ask().await? {
+        Step::Final(completion) => {
+            let completion = state.finish(completion);
+            if !client_stream {
+                return Ok(Reply::Complete(Bytes::from(completion.to_string())));
+            }
+            let frames = completion_chunks(&completion, include_usage);
+            return Ok(Reply::Stream(Box::pin(futures_util::stream::iter(frames))));
+        }
+        Step::Tools(calls) => calls,
+    };
     if !client_stream {
-        let completion = match first {
-            Step::Final(c) => c,
-            Step::Again => loop {
-                if let Step::Final(c) = state.round().await? {
-                    break c;
-                }
-            },
-        };
+        let completion = state.answer(calls).await?;
         let completion = state.finish(completion);
         return Ok(Reply::Complete(Bytes::from(completion.to_string())));
-    }
-    if let Step::Final(completion) = first {
-        let completion = state.finish(completion);
-        let frames = completion_chunks(&completion, include_usage);
-        return Ok(Reply::Stream(Box::pin(futures_util::stream::iter(frames))));
     }
     // Tools run: the answer starts now, keep-alive comments until the last round.
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
     tokio::spawn(async move {
+        let mut next = Some(calls);
         let outcome = loop {
-            let step = {
-                let round = state.round();
-                tokio::pin!(round);
-                let mut ticker = tokio::time::interval(KEEP_ALIVE_EVERY);
-                ticker.tick().await;
-                loop {
-                    tokio::select! {
-                        step = &mut round => break step,
-                        _ = ticker.tick() => {
-                            if tx.send(Bytes::from_static(KEEP_ALIVE)).await.is_err() {
-                                return; // the client went away: no more rounds
-                            }
-                        }
-                        () = tx.closed() => return,
-                    }
+            if let Some(calls) = next.take() {
+                match keep_alive(&tx, state.run(calls)).await {
+                    None => return, // the client went away: no more rounds
+                    Some(Some(answer)) => break Ok(answer),
+                    Some(None) => {}
                 }
-            };
-            match step {
-                Ok(Step::Again) => continue,
-                Ok(Step::Final(c)) => break Ok(c),
-                Err(e) => break Err(e),
+            }
+            match keep_alive(&tx, state.ask()).await {
+                None => return,
+                Some(Ok(Step::Final(completion))) => break Ok(completion),
+                Some(Ok(Step::Tools(calls))) => next = Some(calls),
+                Some(Err(e)) => break Err(e),
             }
         };
         let frames = match outcome {
@@ -115,6 +105,12 @@ pub async fn run_chat(
                     ": {} {rounds}\n\n",
                     super::ROUNDS_HEADER
                 ))];
+                if state.call.stats.tool_limit_reached.load(Ordering::Relaxed) {
+                    frames.push(Bytes::from(format!(
+                        ": {} reached\n\n",
+                        super::LIMIT_HEADER
+                    )));
+                }
                 frames.extend(completion_chunks(&completion, include_usage));
                 frames
             }
@@ -132,11 +128,42 @@ pub async fn run_chat(
     Ok(Reply::Stream(Box::pin(frames)))
 }
 
+/// Sends `: keep-alive` comments to a streaming client while `work` runs:
+/// its output, or `None` when the client went away (then `work` is dropped).
+async fn keep_alive<T>(
+    tx: &tokio::sync::mpsc::Sender<Bytes>,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::pin!(work);
+    let mut ticker = tokio::time::interval(KEEP_ALIVE_EVERY);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            done = &mut work => return Some(done),
+            _ = ticker.tick() => {
+                if tx.send(Bytes::from_static(KEEP_ALIVE)).await.is_err() {
+                    return None;
+                }
+            }
+            () = tx.closed() => return None,
+        }
+    }
+}
+
 enum Step {
-    /// Server tools ran: call the model again.
-    Again,
+    /// The model called server tools: run them.
+    Tools(Calls),
     /// The answer for the client.
     Final(Value),
+}
+
+/// A model answer that calls server tools, its calls split by who runs them.
+struct Calls {
+    completion: Value,
+    /// Every call of the answer, in its order.
+    all: Vec<Value>,
+    server: Vec<Value>,
+    client: Vec<Value>,
 }
 
 struct Loop {
@@ -154,10 +181,20 @@ struct Loop {
 }
 
 impl Loop {
-    async fn round(&mut self) -> Result<Step, ApiError> {
+    /// One model call: the answer for the client, or server calls to run.
+    /// At `max_rounds` the answer is final, without its server calls.
+    async fn ask(&mut self) -> Result<Step, ApiError> {
         self.round += 1;
         if self.round > 1 {
             self.call.stats.bank_usage();
+            // Tools used up the request's time: say so, rather than let the
+            // provider's next call fail (and be blamed) for it.
+            if let Some(deadline) = self.call.stats.deadline.get().filter(|d| d.passed()) {
+                return Err(ApiError::gateway_timeout(format!(
+                    "the request's deadline ({} s, upstream.timeout) passed while server tools ran",
+                    deadline.total.as_secs()
+                )));
+            }
         }
         let body = Bytes::from(serde_json::to_vec(&self.request).expect("JSON serialises"));
         let call = ChatCall {
@@ -180,7 +217,7 @@ impl Loop {
         else {
             return Ok(Step::Final(completion));
         };
-        let calls: Vec<Value> = message
+        let all: Vec<Value> = message
             .get("tool_calls")
             .and_then(Value::as_array)
             .cloned()
@@ -190,7 +227,7 @@ impl Loop {
                 .and_then(Value::as_str)
                 .is_some_and(|n| self.offered.contains(n))
         };
-        let (server, client): (Vec<Value>, Vec<Value>) = calls.iter().cloned().partition(is_server);
+        let (server, client): (Vec<Value>, Vec<Value>) = all.iter().cloned().partition(is_server);
         if server.is_empty() {
             return Ok(Step::Final(completion));
         }
@@ -212,25 +249,58 @@ impl Loop {
             }
             return Ok(Step::Final(completion));
         }
-        let results = self.run_calls(&server).await;
+        Ok(Step::Tools(Calls {
+            completion,
+            all,
+            server,
+            client,
+        }))
+    }
+
+    /// Runs one answer's server calls. `None`: the results are in the
+    /// conversation, call the model again. Mixed with client calls: the answer
+    /// for the client, with its own calls only (ours are kept for its follow-up).
+    async fn run(&mut self, calls: Calls) -> Option<Value> {
+        let results = self.run_calls(&calls.server).await;
         self.ran = true;
+        let mut completion = calls.completion;
+        let Some(message) = completion
+            .pointer_mut("/choices/0/message")
+            .and_then(Value::as_object_mut)
+        else {
+            return Some(completion);
+        };
         let mut assistant = message.clone();
         assistant.entry("content").or_insert(Value::Null);
-        if !client.is_empty() {
-            // Mixed: the client runs its own; ours are kept for its follow-up.
-            let ids = client
+        if !calls.client.is_empty() {
+            let ids = calls
+                .client
                 .iter()
                 .filter_map(|c| c["id"].as_str().map(str::to_string))
                 .collect();
-            self.tools.pending.keep(ids, calls, results);
-            message.insert("tool_calls".into(), Value::Array(client));
-            return Ok(Step::Final(completion));
+            self.tools.pending.keep(ids, calls.all, results);
+            message.insert("tool_calls".into(), Value::Array(calls.client));
+            return Some(completion);
         }
         if let Some(Value::Array(messages)) = self.request.get_mut("messages") {
             messages.push(Value::Object(assistant));
             messages.extend(results);
         }
-        Ok(Step::Again)
+        None
+    }
+
+    /// Runs `calls` and goes on (model call, server calls, …) to the answer
+    /// for the client.
+    async fn answer(&mut self, mut calls: Calls) -> Result<Value, ApiError> {
+        loop {
+            if let Some(answer) = self.run(calls).await {
+                return Ok(answer);
+            }
+            match self.ask().await? {
+                Step::Final(completion) => return Ok(completion),
+                Step::Tools(next) => calls = next,
+            }
+        }
     }
 
     /// Runs the server calls of one answer at once; their tool messages, in order.

@@ -40,16 +40,26 @@ impl Pending {
     /// Keeps an answer: `tool_calls` all of its calls, `client_ids` the ids of
     /// the client's among them, `results` the server calls' tool messages.
     pub fn keep(&self, client_ids: Vec<String>, tool_calls: Vec<Value>, results: Vec<Value>) {
+        self.keep_at(client_ids, tool_calls, results, Instant::now());
+    }
+
+    fn keep_at(
+        &self,
+        client_ids: Vec<String>,
+        tool_calls: Vec<Value>,
+        results: Vec<Value>,
+        now: Instant,
+    ) {
         if client_ids.is_empty() {
             return;
         }
         let kept = Arc::new(Kept {
             tool_calls,
             results,
-            at: Instant::now(),
+            at: now,
         });
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.expire();
+        inner.expire(now);
         while inner.order.len() >= MAX_ENTRIES {
             inner.pop_oldest();
         }
@@ -64,8 +74,12 @@ impl Pending {
     /// kept answer gets all of that answer's calls again, followed by the
     /// server calls' results. Returns whether anything was put back.
     pub fn restore(&self, messages: &mut Vec<Value>) -> bool {
+        self.restore_at(messages, Instant::now())
+    }
+
+    fn restore_at(&self, messages: &mut Vec<Value>, now: Instant) -> bool {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.expire();
+        inner.expire(now);
         if inner.by_call.is_empty() {
             return false;
         }
@@ -116,10 +130,10 @@ impl Inner {
         }
     }
 
-    fn expire(&mut self) {
+    fn expire(&mut self, now: Instant) {
         while let Some(first) = self.order.front().and_then(|ids| ids.first()) {
             match self.by_call.get(first) {
-                Some(kept) if kept.at.elapsed() < KEEP_FOR => break,
+                Some(kept) if now.saturating_duration_since(kept.at) < KEEP_FOR => break,
                 _ => self.pop_oldest(),
             }
         }
@@ -160,5 +174,22 @@ mod tests {
             !pending.restore(&mut again),
             "the oldest answer was dropped"
         );
+    }
+
+    #[test]
+    fn a_kept_answer_expires_after_ten_minutes() {
+        let pending = Pending::default();
+        let start = Instant::now();
+        let call =
+            json!({"id": "c1", "type": "function", "function": {"name": "cli", "arguments": "{}"}});
+        let result = json!({"role": "tool", "tool_call_id": "s1", "content": "{}"});
+        pending.keep_at(vec!["c1".into()], vec![call.clone()], vec![result], start);
+        let conversation = || vec![json!({"role": "assistant", "tool_calls": [call.clone()]})];
+        let mut messages = conversation();
+        assert!(pending.restore_at(&mut messages, start + KEEP_FOR - Duration::from_secs(1)));
+        let mut messages = conversation();
+        assert!(!pending.restore_at(&mut messages, start + KEEP_FOR));
+        assert_eq!(messages, conversation(), "left as the client sent it");
+        assert!(pending.is_empty());
     }
 }

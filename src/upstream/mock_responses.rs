@@ -246,26 +246,9 @@ fn decide(request: &Map<String, Value>, items: &[Value]) -> Answer {
             .filter(|name| functions.contains(name)),
         _ => None,
     };
-    let asked = text.trim_start().strip_prefix("call ").and_then(|rest| {
-        let rest = rest.trim_start();
-        let name = rest.split_whitespace().next()?;
-        functions
-            .contains(&name)
-            .then(|| (name, rest[name.len()..].trim()))
-    });
-    let (name, rest) = match (asked, forced) {
-        (Some((name, rest)), None) => (name, rest),
-        (Some((name, rest)), Some(forced)) if name == forced => (name, rest),
-        (_, Some(forced)) => (forced, text.trim()),
-        (None, None) => return Answer::Text(text),
-    };
-    let arguments = match serde_json::from_str::<Value>(rest) {
-        Ok(args @ Value::Object(_)) => args.to_string(),
-        _ => "{}".to_string(),
-    };
-    Answer::Call {
-        name: name.to_string(),
-        arguments,
+    match super::mock::tool_call(&text, &functions, forced) {
+        Some((name, arguments)) => Answer::Call { name, arguments },
+        None => Answer::Text(text),
     }
 }
 

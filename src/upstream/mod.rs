@@ -307,12 +307,15 @@ impl Upstream {
     }
 
     pub async fn chat(&self, call: ChatCall) -> Result<Reply, ApiError> {
+        // The translating kinds' futures are boxed: every request's future is
+        // as large as its largest branch, and moving it costs a copy of that
+        // size (benches/results/perf.md).
         match self {
             Upstream::Mock(m) => m.chat(call),
             Upstream::Chat(c) => c.chat(call).await,
-            Upstream::Responses(r) => r.chat(call).await,
-            Upstream::Anthropic(a) => a.chat(call).await,
-            Upstream::Command(c) => c.chat(call).await,
+            Upstream::Responses(r) => Box::pin(r.chat(call)).await,
+            Upstream::Anthropic(a) => Box::pin(a.chat(call)).await,
+            Upstream::Command(c) => Box::pin(c.chat(call)).await,
         }
     }
 
@@ -325,8 +328,8 @@ impl Upstream {
             Upstream::Mock(m) => return m.responses(call),
             Upstream::Chat(c) => c.http(),
             Upstream::Responses(r) => r.http(),
-            Upstream::Anthropic(a) => return a.responses(call).await,
-            Upstream::Command(c) => return c.responses(call).await,
+            Upstream::Anthropic(a) => return Box::pin(a.responses(call)).await,
+            Upstream::Command(c) => return Box::pin(c.responses(call)).await,
         };
         http.forward(
             http.responses_url(),
@@ -407,7 +410,12 @@ impl Upstream {
                 )
                 .await
             }
-            _ => translated::completions_over_chat(call, |chat| self.chat(chat)).await,
+            _ => {
+                Box::pin(translated::completions_over_chat(call, |chat| {
+                    self.chat(chat)
+                }))
+                .await
+            }
         }
     }
 

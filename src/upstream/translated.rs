@@ -248,7 +248,17 @@ pub(super) fn translate_stream<T: Translate>(
             };
             match next {
                 Some(Ok(chunk)) => {
+                    let between_events = !st.parser.mid_event();
                     let events = st.parser.feed(&chunk);
+                    if between_events
+                        && events.is_empty()
+                        && !st.parser.mid_event()
+                        && chunk.starts_with(b":")
+                    {
+                        // Comments alone (the server-tool loop's keep-alives
+                        // and count) go on to the client as they are.
+                        out.push_str(&String::from_utf8_lossy(&chunk));
+                    }
                     st.translate(events, &mut out);
                 }
                 Some(Err(error)) => {
@@ -503,6 +513,37 @@ event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,
         for _ in 0..3 {
             assert_eq!(frames.next().await.unwrap(), KEEPALIVE_FRAME.as_bytes());
         }
+    }
+
+    #[tokio::test]
+    async fn comments_between_events_go_on_and_a_colon_inside_an_event_does_not() {
+        let chunks: Vec<Result<Bytes, ApiError>> = vec![
+            Ok(Bytes::from_static(b": keep-alive\n\n")),
+            Ok(Bytes::from_static(
+                b"data: {\"choices\":[{\"delta\":{\"content\"",
+            )),
+            // The same event goes on: not a comment.
+            Ok(Bytes::from_static(b":\"hi\"}}]}\n\n")),
+            Ok(Bytes::from_static(b": x-warden-tool-rounds 2\n\n")),
+            Ok(Bytes::from_static(b"data: [DONE]\n\n")),
+        ];
+        let shell = ResponseShell::new("resp_1", 1, "m", &serde_json::Map::new());
+        let frames = translate_stream(
+            Box::pin(futures_util::stream::iter(chunks)),
+            ChatToResponses::new(shell, ToolNames::default()),
+            Arc::new(ExchangeStats::default()),
+            String::new(),
+            None,
+        );
+        let text: String = frames
+            .map(|f| String::from_utf8(f.to_vec()).unwrap())
+            .collect::<Vec<_>>()
+            .await
+            .concat();
+        assert!(text.starts_with(": keep-alive\n\n"), "{text}");
+        assert!(text.contains("\n\n: x-warden-tool-rounds 2\n\n"), "{text}");
+        assert!(!text.contains(":\"hi\"}}]}"), "{text}");
+        assert!(text.contains("\"delta\":\"hi\""), "{text}");
     }
 
     #[test]

@@ -574,3 +574,25 @@ fn with_providers_the_operator_tools_name_them_not_the_unused_upstream() {
     let out = run("daemon", &home, &["stop"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
+
+/// A test that panics after `daemon start` leaves no proxy behind: its
+/// temporary home kills the process its PID file names (identity-checked) as
+/// the panic unwinds.
+#[test]
+fn a_test_that_panics_leaves_no_proxy_of_its_home_running() {
+    let started = std::panic::catch_unwind(|| {
+        let home = home();
+        let out = run("daemon", &home, &["start", "--no-check"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let record = pid_record(&home);
+        assert!(warden::lifecycle::process::is_alive(record.pid));
+        std::panic::panic_any(record);
+    });
+    let record = *started
+        .expect_err("it panicked")
+        .downcast::<pidfile::PidRecord>()
+        .unwrap();
+    crate::support::eventually("the proxy of the panicked test to be gone", || {
+        !warden::lifecycle::process::is_alive(record.pid)
+    });
+}

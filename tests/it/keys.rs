@@ -731,6 +731,15 @@ async fn proxy_usage_totals_equal_the_upstreams_reported_tokens_exactly() {
         text(&out.stdout),
         "model,requests,refused,input_tokens,cached_tokens,output_tokens,cost_usd\ngpt-5,4,0,20,0,8,0.0\n"
     );
+    // The table: every column lined up under its heading.
+    let out = run("proxy", &home, &["usage"]);
+    let table = text(&out.stdout);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(
+        lines.iter().all(|line| line.len() == lines[0].len()),
+        "aligned: {table}"
+    );
     let out = run(
         "proxy",
         &home,

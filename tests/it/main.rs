@@ -39,6 +39,7 @@ mod preflight;
 mod prompts;
 mod properties;
 mod proxy;
+mod reload;
 mod responses;
 mod routing;
 mod safety_doc;

@@ -149,6 +149,48 @@ async fn chromium_renders_two_providers_one_cooling_and_the_request_count() {
     assert_eq!(text_of(&dom, "status"), "pass");
 }
 
+/// Every candidate of a model cooling: the page says "warn", not a green
+/// "pass", and names the cooling entries (what `/health` says, docs/contract.md §17).
+#[tokio::test(flavor = "multi_thread")]
+async fn chromium_shows_warn_and_names_the_models_whose_every_provider_is_cooling() {
+    // `primary` alone serves `m` and answers 500; `backup` (the mock) serves only
+    // `other`, so once `primary` cools, `m` has no candidate left.
+    let failing = Upstream::start(Behaviour::Always(500));
+    let home = TestHome::new();
+    home.config(&format!(
+        "[[providers]]\nname = \"primary\"\nurl = \"{}\"\nmodels = [\"m\"]\nattempts = 1\n\n\
+         [[providers]]\nname = \"backup\"\nurl = \"mock\"\nmodels = [\"other\"]\n",
+        failing.url()
+    ));
+    let proxy = InProcess::start(&home, &[]);
+    let dom = render_once_cooling(&proxy, "primary", |r| {
+        assert!(r.status().is_server_error(), "{}", r.status());
+    })
+    .await;
+    assert!(provider_row(&dom, "primary").contains(">cooling<"));
+    assert!(provider_row(&dom, "backup").contains(">healthy<"));
+    assert_eq!(text_of(&dom, "status"), "warn", "not a green pass");
+    let status = opening_tag(&dom, "status");
+    assert!(status.contains("warn"), "styled as a warning: {status}");
+    assert_eq!(
+        text_of(&dom, "cooling"),
+        "every provider cooling for: m",
+        "{dom}"
+    );
+    let cooling = opening_tag(&dom, "cooling");
+    assert!(!cooling.contains("hidden"), "shown: {cooling}");
+}
+
+/// The opening tag of the element with this id (`<span id=… class=…>`).
+fn opening_tag<'a>(dom: &'a str, id: &str) -> &'a str {
+    let at = dom
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id} in the DOM:\n{dom}"));
+    let start = dom[..at].rfind('<').unwrap();
+    let end = at + dom[at..].find('>').unwrap();
+    &dom[start..=end]
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn chromium_shows_errors_by_kind_when_the_only_provider_fails() {
     let failing = Upstream::start(Behaviour::Always(500));

@@ -295,7 +295,7 @@ fn daemon_start_and_restart_take_host_and_port() {
     assert!(said(&out).contains(&format!(":{port}")), "{}", said(&out));
     assert_eq!(running(&home).port, Some(port));
 
-    // (--no-check from here on: preflight's 1 s port budget is not the point.)
+    // (--no-check from here on: preflight is not the point.)
     let out = run("daemon", &home, &["restart", "--no-check"]);
     assert_eq!(out.status.code(), Some(0), "{}", said(&out));
     assert!(said(&out).contains("without downtime"), "{}", said(&out));

@@ -336,20 +336,22 @@ pub async fn run(home: &Home, opts: &RunOptions) -> Report {
             let outcome = match selected {
                 Err(why) => Outcome::skip(why),
                 Ok(()) => {
-                    let work = async {
-                        match &planned.job {
-                            Job::Builtin => builtin::run(&planned.id, ctx).await,
-                            Job::Operator(check) => operator::run(Arc::clone(check)).await,
-                            Job::Broken(message) => Outcome::fail(message.clone()),
+                    let started = Arc::new(OnceLock::new());
+                    let work = {
+                        let started = started.clone();
+                        let (id, job) = (&planned.id, &planned.job);
+                        async move {
+                            match job {
+                                Job::Builtin => builtin::run(id, ctx, started).await,
+                                Job::Operator(check) => {
+                                    let _ = started.set(Instant::now());
+                                    operator::run(Arc::clone(check)).await
+                                }
+                                Job::Broken(message) => Outcome::fail(message.clone()),
+                            }
                         }
                     };
-                    match tokio::time::timeout(planned.timeout, work).await {
-                        Ok(outcome) => outcome,
-                        Err(_) => Outcome::fail(format!(
-                            "timed out after {} ms without an answer",
-                            planned.timeout.as_millis()
-                        )),
-                    }
+                    within_budget(work, &started, planned.timeout).await
                 }
             };
             finish(planned, outcome, t0.elapsed())
@@ -365,6 +367,51 @@ pub async fn run(home: &Home, opts: &RunOptions) -> Report {
         duration_ms: millis(started.elapsed()),
         summary,
         checks,
+    }
+}
+
+/// How long a blocking check may wait for a thread to run it, at most, on top
+/// of its own budget: on a host whose CPUs are all busy (load far above the
+/// core count) a thread can wait seconds before its first instruction, and
+/// that wait is the host's, not the check's.
+const WAIT_FOR_A_THREAD: Duration = Duration::from_secs(30);
+
+/// Runs `work` with `budget` for the check's own work, counted from when it
+/// began (`started`), not from when it was asked for: a check never fails for
+/// the time it spent waiting for a CPU, and never runs unbounded (at most
+/// [`WAIT_FOR_A_THREAD`] of waiting, then it fails saying so).
+async fn within_budget(
+    work: impl Future<Output = Outcome>,
+    started: &OnceLock<Instant>,
+    budget: Duration,
+) -> Outcome {
+    let asked = Instant::now();
+    tokio::pin!(work);
+    loop {
+        let deadline = match started.get() {
+            Some(at) => *at + budget,
+            // Not running yet: look again a budget from now.
+            None => Instant::now() + budget,
+        };
+        if let Ok(outcome) = tokio::time::timeout_at(deadline.into(), &mut work).await {
+            break outcome;
+        }
+        match started.get() {
+            Some(at) if at.elapsed() >= budget => {
+                break Outcome::fail(format!(
+                    "timed out after {} ms without an answer",
+                    budget.as_millis()
+                ));
+            }
+            Some(_) => {}
+            None if asked.elapsed() >= WAIT_FOR_A_THREAD + budget => {
+                break Outcome::fail(format!(
+                    "did not start within {} s: the host is overloaded (see its load average)",
+                    (WAIT_FOR_A_THREAD + budget).as_secs()
+                ));
+            }
+            None => {}
+        }
     }
 }
 
@@ -402,6 +449,33 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_budget_counts_the_checks_own_work_not_its_wait_to_start() {
+        // Waits for a "thread" longer than its budget, then answers at once: a pass.
+        let started = OnceLock::new();
+        let budget = Duration::from_millis(20);
+        let work = async {
+            tokio::time::sleep(budget * 5).await;
+            let _ = started.set(Instant::now());
+            Outcome::pass("done")
+        };
+        let outcome = within_budget(work, &started, budget).await;
+        assert_eq!(outcome.status, Status::Pass, "{outcome:?}");
+        // Started at once, then past its budget: timed out.
+        let started = OnceLock::new();
+        let _ = started.set(Instant::now());
+        let work = async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Outcome::pass("too late")
+        };
+        let outcome = within_budget(work, &started, budget).await;
+        assert_eq!(outcome.status, Status::Fail, "{outcome:?}");
+        assert!(
+            outcome.message.contains("timed out after 20 ms"),
+            "{outcome:?}"
+        );
+    }
 
     #[test]
     fn builtin_declarations_are_the_ten_of_the_spec_in_order() {

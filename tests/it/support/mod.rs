@@ -23,9 +23,24 @@ use nix::unistd::Pid;
 /// hanging CI. Never used to assert speed.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
-/// A temporary home directory, removed on drop.
+/// A temporary home directory, removed on drop. A proxy or watchdog of this
+/// home still running then (started through `daemon` or `watchdog` by a test
+/// that failed before stopping it) is killed first: only the process its PID
+/// file names, and only after its identity (start time, home) is checked.
 pub struct TestHome {
     pub dir: tempfile::TempDir,
+}
+
+impl Drop for TestHome {
+    fn drop(&mut self) {
+        use warden::lifecycle::{pidfile, process};
+        let run = self.dir.path().join("run");
+        for name in ["watchdog.pid", "proxy.pid"] {
+            if let Ok(pidfile::PidState::Running(record)) = pidfile::inspect(&run.join(name)) {
+                let _ = process::terminate(&record.identity(), Duration::ZERO);
+            }
+        }
+    }
 }
 
 impl TestHome {

@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use super::PATIENCE;
 
 /// OTLP span kinds.
+pub const INTERNAL: i32 = 1;
 pub const SERVER: i32 = 2;
 pub const CLIENT: i32 = 3;
 pub const CONSUMER: i32 = 5;

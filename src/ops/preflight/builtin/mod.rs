@@ -48,12 +48,29 @@ pub fn has_logic(id: &str) -> bool {
     IDS_WITH_LOGIC.contains(&id)
 }
 
-/// Runs the built-in check `id`.
-pub(crate) async fn run(id: &str, ctx: Arc<Context>) -> Outcome {
+/// Runs the built-in check `id`. `started` is set when the check's own work
+/// begins: for a blocking check, once a thread of the blocking pool runs it
+/// (on a loaded host that can be long after it was asked for, see
+/// [`super::run`]); for the others, at once.
+pub(crate) async fn run(
+    id: &str,
+    ctx: Arc<Context>,
+    started: Arc<std::sync::OnceLock<std::time::Instant>>,
+) -> Outcome {
     let sync = |f: fn(&Context) -> Outcome| {
         let ctx = Arc::clone(&ctx);
-        blocking(move || f(&ctx))
+        let started = started.clone();
+        blocking(move || {
+            let _ = started.set(std::time::Instant::now());
+            f(&ctx)
+        })
     };
+    if !matches!(
+        id,
+        "config" | "env" | "dirs" | "writable" | "disk" | "port" | "process"
+    ) {
+        let _ = started.set(std::time::Instant::now());
+    }
     match id {
         "config" => sync(config::check_config).await,
         "env" => sync(env::check_env).await,

@@ -44,7 +44,9 @@ pub(super) fn check_port(ctx: &Context) -> Outcome {
     // Binding (and closing at once) is the only reliable "is it free"; /proc then
     // says who holds it when it is not.
     let bind_error = match std::net::TcpListener::bind(addr) {
-        Ok(_probe) => return Outcome::pass(format!("{addr} is free{note}")),
+        Ok(_probe) => {
+            return Outcome::pass(format!("{addr} is free{}{note}", elsewhere(ctx, addr)));
+        }
         Err(e) => e,
     };
     let holders = ports::listeners_on(addr.port());
@@ -90,6 +92,23 @@ pub(super) fn check_port(ctx: &Context) -> Outcome {
     }
     let all: Vec<&PortHolder> = holders.iter().collect();
     taken(ctx, addr, &all, note)
+}
+
+/// When this home's proxy runs, but on another port than the one checked
+/// (`daemon start --port P`, or `server.port` changed since): says where, so
+/// "free" is not read as "not running".
+fn elsewhere(ctx: &Context, addr: std::net::SocketAddr) -> String {
+    match pidfile::inspect(&ctx.home.proxy_pid_file()) {
+        Ok(PidState::Running(record)) => match record.port {
+            Some(port) if port != addr.port() => format!(
+                "; this home's proxy, PID {}, runs on port {port} (started with `--port`, \
+                 or before server.port changed)",
+                record.pid
+            ),
+            _ => String::new(),
+        },
+        _ => String::new(),
+    }
 }
 
 fn taken(
