@@ -444,18 +444,19 @@ impl Keys {
                 continue;
             }
             let start = key.limits.period.start(now);
-            if !by_start.contains_key(&start) {
-                match ledger::spent_by_key_since(&conn, &ledger::rfc3339(start)) {
-                    Ok(spent) => {
-                        by_start.insert(start, spent);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot read the keys' spend from the usage ledger: budgets start from zero");
-                        return;
+            let spent = match by_start.entry(start) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    match ledger::spent_by_key_since(&conn, &ledger::rfc3339(start)) {
+                        Ok(spent) => e.insert(spent),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read the keys' spend from the usage ledger: budgets start from zero");
+                            return;
+                        }
                     }
                 }
-            }
-            if let Some(&(tokens, usd)) = by_start[&start].get(key.name()) {
+            };
+            if let Some(&(tokens, usd)) = spent.get(key.name()) {
                 self.counters.preload(
                     key.name(),
                     start,
