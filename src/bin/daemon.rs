@@ -23,7 +23,7 @@ use warden::support::cli::HomeArgs;
 ///   daemon start --port 8080   # on another port (restarts and the watchdog keep it)
 ///   daemon status --json       # exit 0 healthy, 1 dead, 3 stopped, 4 unhealthy
 ///   daemon restart             # zero-downtime: the new proxy takes over the socket
-///   daemon reload              # apply warden.toml and .env changes, as SIGHUP does
+///   daemon reload              # apply warden.toml, .env and keys.toml changes, as SIGHUP does
 ///   daemon logs -f             # follow logs/proxy.log
 ///   daemon stop                # SIGTERM, SIGKILL after daemon.stop_timeout
 #[derive(Parser, Debug)]
@@ -70,7 +70,7 @@ enum Cmd {
         #[arg(long, value_name = "P")]
         port: Option<u16>,
     },
-    /// Re-read warden.toml and .env in the running proxy (as SIGHUP does). Exit 0 applied,
+    /// Re-read warden.toml, .env and keys.toml in the running proxy (as SIGHUP does). Exit 0 applied,
     /// 1 applied but some settings need `daemon restart` (named), 2 refused (the running
     /// configuration keeps serving), 3 not running, 4 the proxy could not be asked.
     Reload,

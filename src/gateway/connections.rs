@@ -66,8 +66,12 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The limits a new connection gets: the timeouts and `max_connections` as
+    /// last (re)loaded; `max_body_bytes` as started (the routes' body limit is
+    /// built with it).
     pub fn new(gw: &Gateway, fd_limit: Option<u64>) -> Limits {
-        let server = &gw.config.server;
+        let live = gw.live();
+        let server = &live.config.server;
         let by_fds = fd_limit.map_or(usize::MAX, |fds| {
             let reserve = FD_RESERVE + 2 * server.max_concurrent as u64;
             fds.saturating_sub(reserve).max(16) as usize
@@ -77,7 +81,7 @@ impl Limits {
             body_timeout: Duration::from_secs(server.body_timeout),
             keepalive_timeout: Duration::from_secs(server.keepalive_timeout),
             max_connections: server.max_connections.min(by_fds),
-            max_body_bytes: server.max_body_bytes,
+            max_body_bytes: gw.config.server.max_body_bytes,
         }
     }
 }
@@ -272,8 +276,17 @@ pub struct Shared {
     pub router: axum::Router,
     pub gw: Arc<Gateway>,
     pub builder: Builder<TokioExecutor>,
-    pub limits: Limits,
+    /// The descriptor limit, for [`Shared::limits`].
+    pub fd_limit: Option<u64>,
     pub registry: Arc<Registry>,
+}
+
+impl Shared {
+    /// The limits for a connection accepted now: a reload changes them for
+    /// new connections; one keeps those it was accepted with.
+    pub fn limits(&self) -> Limits {
+        Limits::new(&self.gw, self.fd_limit)
+    }
 }
 
 /// Serves one client connection until it ends, times out, is shed, or the
@@ -286,7 +299,7 @@ pub struct Shared {
 /// keeps an idle or slow-header connection at about 2 KiB of the proxy's memory
 /// plus what it sent (benches/results/hostile.md).
 pub async fn serve(stream: TcpStream, state: Arc<ConnState>, shared: Arc<Shared>) {
-    let limits = shared.limits;
+    let limits = shared.limits();
     let period = limits.keepalive_timeout.min(limits.header_timeout);
     // State changes (a request begins or ends) do not wake this task, which
     // keeps the hot path free of it: it looks again at least every `period`,
@@ -323,6 +336,7 @@ pub async fn serve(stream: TcpStream, state: Arc<ConnState>, shared: Arc<Shared>
         let service = ConnService {
             shared: shared.clone(),
             state: state.clone(),
+            limits,
         };
         let mut conn = Box::pin(shared.builder.serve_connection_with_upgrades(io, service));
         let mut draining = false;
@@ -696,6 +710,8 @@ pub type TrackedBody = EndingBody<Arc<ConnState>>;
 pub struct ConnService {
     shared: Arc<Shared>,
     state: Arc<ConnState>,
+    /// The connection's limits, as when it was accepted.
+    limits: Limits,
 }
 
 /// A declared body length over the limit (`None`: no or an unreadable length).
@@ -720,7 +736,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         use tower::ServiceExt;
         self.state.begin();
         let state = self.state.clone();
-        let limits = &self.shared.limits;
+        let limits = &self.limits;
         if declared_too_large(&request, limits.max_body_bytes) {
             // Answered from the head alone: no `100 Continue`, no body read,
             // and the connection closes (the unread body cannot be skipped).

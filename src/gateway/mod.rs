@@ -387,7 +387,7 @@ pub async fn run(
         router: app,
         gw: gw.clone(),
         builder,
-        limits,
+        fd_limit,
         registry: registry.clone(),
     });
     // `registry.drain()` tells each connection to finish; `tasks` says when they have.
@@ -440,7 +440,8 @@ pub async fn run(
         };
         // Past max_connections the longest-idle connection makes room; when
         // every one is busy the newcomer is closed at once.
-        let Some(state) = registry.admit(limits.max_connections) else {
+        // As last (re)loaded.
+        let Some(state) = registry.admit(shared.limits().max_connections) else {
             drop(stream);
             continue;
         };

@@ -12,9 +12,9 @@
 //!
 //! The outcome has three answers, which are also `daemon reload`'s exit codes:
 //! everything applied (0); what can change live applied, but some settings the
-//! running process was built with (its address, NATS, the listener's
-//! connection limits, the routes, the prompt cache, server tools, the ledger,
-//! the log's destination) differ and take effect at `daemon restart` (1,
+//! running process was built with (its address, NATS, the routes and body
+//! limits, the prompt cache, server tools, the ledger, the log's destination)
+//! differ and take effect at `daemon restart` (1,
 //! naming them); or the new configuration has an error (2): nothing is
 //! applied, the running configuration keeps serving, and the message names the
 //! file, key and line. Each reload is logged with its cause, what changed
@@ -244,8 +244,7 @@ pub fn changed(old: &Config, new: &Config) -> Vec<String> {
 
 /// The settings that differ between the configuration the process started
 /// with and `next` but that a running process cannot change: what it was built
-/// with at start (the listening address and the listener's connection limits,
-/// the routes and body limits, NATS, the prompt cache, server tools, the usage
+/// with at start (the listening address, the routes and body limits, NATS, the prompt cache, server tools, the usage
 /// ledger, the log's destination). Named `section.key`; docs/upgrading.md
 /// lists them.
 pub fn needs_restart(started: &Config, next: &Config) -> Vec<String> {
@@ -258,6 +257,11 @@ pub fn needs_restart(started: &Config, next: &Config) -> Vec<String> {
                 "default_model",
                 "auth_token_env",
                 "graceful_timeout",
+                // Connections accepted from now on get them.
+                "header_timeout",
+                "body_timeout",
+                "keepalive_timeout",
+                "max_connections",
             ],
         ),
         ("nats", &[]),
@@ -314,6 +318,7 @@ mod tests {
         let started = config("[server]\nport = 8000\n");
         let live = config(
             "[server]\nport = 8000\nmax_concurrent = 3\ndefault_model = \"m\"\n\
+             header_timeout = 3\nkeepalive_timeout = 4\nmax_connections = 50\n\
              [routing]\ncooldown = 9\n[aliases]\na = \"b\"\n\
              [logs]\nmax_bytes = 1000\nformat = \"json\"\n[features]\nverbose = true\n\
              [telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\ncapture_content = true\n\
@@ -333,7 +338,10 @@ mod tests {
                 "prices.m",
                 "routing.cooldown",
                 "server.default_model",
+                "server.header_timeout",
+                "server.keepalive_timeout",
                 "server.max_concurrent",
+                "server.max_connections",
                 "telemetry.capture_content",
                 "telemetry.otlp_endpoint",
             ]

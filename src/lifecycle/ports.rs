@@ -160,6 +160,38 @@ pub fn listeners_on(port: u16) -> Vec<PortHolder> {
     holders
 }
 
+/// Whether `pid` holds every listening socket on `port` (and there is one).
+/// Reads the socket tables and `pid`'s own descriptors only, not every
+/// process's: the cheap answer for "is it this home's proxy that holds the
+/// port" ([`listeners_on`] names any holder, at the cost of a scan of `/proc`).
+pub fn only_held_by(port: u16, pid: i32) -> bool {
+    let mut listeners = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        if let Ok(content) = std::fs::read_to_string(table) {
+            listeners.extend(parse_listeners(&content, port));
+        }
+    }
+    if listeners.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let held: std::collections::HashSet<u64> = fds
+        .flatten()
+        .filter_map(|fd| {
+            let target = std::fs::read_link(fd.path()).ok()?;
+            target
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse::<u64>()
+                .ok()
+        })
+        .collect();
+    listeners.iter().all(|l| held.contains(&l.inode))
+}
+
 /// (PID, inode) for every fd of every visible process that is one of `inodes`.
 fn socket_owners(inodes: &[u64]) -> Vec<(i32, u64)> {
     let mut owners = Vec::new();
@@ -216,6 +248,17 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         assert!(holds_listener(std::process::id() as i32));
         drop(listener);
+    }
+
+    #[test]
+    fn only_the_process_holding_the_listener_holds_the_port() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(only_held_by(port, std::process::id() as i32));
+        // PID 1 (init) does not hold a socket of this test.
+        assert!(!only_held_by(port, 1));
+        drop(listener);
+        assert!(!only_held_by(port, std::process::id() as i32), "none left");
     }
 
     #[test]

@@ -596,3 +596,31 @@ fn a_test_that_panics_leaves_no_proxy_of_its_home_running() {
         !warden::lifecycle::process::is_alive(record.pid)
     });
 }
+
+/// A proxy started on another port than the configuration's: preflight's (and
+/// doctor's) port check says the configured port is free *and* where this
+/// home's proxy runs, so "free" is not read as "not running".
+#[test]
+fn the_port_check_says_where_the_homes_proxy_runs_when_not_on_the_configured_port() {
+    let home = home();
+    let _guard = StopOnDrop(&home);
+    let elsewhere = free_port();
+    let out = run(
+        "daemon",
+        &home,
+        &["start", "--no-check", "--port", &elsewhere.to_string()],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let record = pid_record(&home);
+    let out = run("preflight", &home, &["--only", "port"]);
+    let said = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("is free")
+            && said.contains(&format!(
+                "this home's proxy, PID {}, runs on port {elsewhere}",
+                record.pid
+            )),
+        "{said}"
+    );
+}

@@ -141,12 +141,21 @@ async fn a_reload_turns_traces_on_moves_them_and_turns_them_off_for_new_requests
         "nothing more to the first"
     );
 
-    // Off, through `daemon reload`: exit 0, and request 3 has no trace.
-    home.config(&plain);
+    // Off, through `daemon reload`, with the connections' timeouts and cap:
+    // exit 0 (nothing needs a restart), and request 3 has no trace.
+    home.config(&format!(
+        "{plain}[server]\nkeepalive_timeout = 30\nheader_timeout = 5\nmax_connections = 500\n"
+    ));
     let out = run("daemon", &home, &["reload"]);
     let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{said}");
-    assert!(said.contains("changed: telemetry.otlp_endpoint"), "{said}");
+    assert!(
+        said.contains(
+            "changed: server.header_timeout, server.keepalive_timeout, \
+             server.max_connections, telemetry.otlp_endpoint"
+        ),
+        "{said}"
+    );
     let mut response = chat(&proxy, None, true).await;
     let first_chunk = read_until(&mut response, "data:").await;
     upstream.state.release();

@@ -1508,3 +1508,142 @@ async fn a_responses_api_provider_runs_the_loop_through_the_translation() {
         "offered in the Responses shape"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_jetstream_job_gets_the_tools_too() {
+    let nats = NatsServer::start();
+    let _service = tool_service(&nats, false).await;
+    let upstream = Scripted::start(vec![
+        calls(&[("call_1", "get_weather", json!({"city": "Oslo"}))]),
+        says("21 degrees"),
+    ]);
+    let home = TestHome::new();
+    home.config(&format!(
+        "[upstream]\nurl = \"{}\"\nattempts = 1\n\n[nats]\nurl = \"{}\"\njetstream = true\n\n[tools]\ntimeout = 1\n{DECLARE}",
+        upstream.url,
+        nats.url()
+    ));
+    let _gw = InProcess::start(&home, &[]);
+    let nc = nats.client().await;
+    let js = async_nats::jetstream::new(nc.clone());
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while js.get_stream("WARDEN").await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "no WARDEN stream");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut answers = nc.subscribe("answers.tools").await.unwrap();
+    nc.flush().await.unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Warden-Reply-To", "answers.tools");
+    js.publish_with_headers(
+        "warden.jobs.chat",
+        headers,
+        Bytes::from(chat_body(false).to_string()),
+    )
+    .await
+    .unwrap()
+    .await
+    .expect("the job stream stores the job");
+    let answer = tokio::time::timeout(PATIENCE, answers.next())
+        .await
+        .expect("the job's answer in time")
+        .unwrap();
+    let body: Value = serde_json::from_slice(&answer.payload).unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["content"], "21 degrees",
+        "{body}"
+    );
+    let rounds = answer
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("x-warden-tool-rounds"))
+        .map(|v| v.as_str().to_string());
+    assert_eq!(rounds.as_deref(), Some("2"));
+    assert_eq!(
+        tool_results(&upstream.requests()[1]),
+        vec![("call_1".to_string(), json!({"city": "Oslo", "temp": 21}))]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_anthropic_provider_runs_the_loop_through_the_translation() {
+    let nats = NatsServer::start();
+    let _service = tool_service(&nats, false).await;
+    // A Messages API that asks for get_weather, then answers in text.
+    let seen: Arc<Mutex<Vec<Value>>> = Arc::new(Mutex::new(Vec::new()));
+    let requests = seen.clone();
+    let app = Router::new().route(
+        "/v1/messages",
+        post(move |body: Bytes| {
+            let requests = requests.clone();
+            async move {
+                let request: Value = serde_json::from_slice(&body).unwrap();
+                let n = {
+                    let mut requests = requests.lock().unwrap();
+                    requests.push(request);
+                    requests.len()
+                };
+                let content = if n == 1 {
+                    json!([{"type": "tool_use", "id": "toolu_01", "name": "get_weather",
+                            "input": {"city": "Oslo"}}])
+                } else {
+                    json!([{"type": "text", "text": "21 degrees"}])
+                };
+                axum::Json(json!({"id": format!("msg_{n}"), "type": "message",
+                    "role": "assistant", "model": "claude-x", "content": content,
+                    "stop_reason": if n == 1 { "tool_use" } else { "end_turn" },
+                    "stop_sequence": null,
+                    "usage": {"input_tokens": 10, "output_tokens": 3}}))
+            }
+        }),
+    );
+    let url = format!("http://{}/v1", serve(app));
+    let home = TestHome::new();
+    home.config(&format!(
+        "[upstream]\nurl = \"{url}\"\napi = \"anthropic\"\napi_key_env = \"ANTHROPIC_API_KEY\"\nattempts = 1\n\n[nats]\nurl = \"{}\"\n\n[tools]\ntimeout = 1\n{DECLARE}",
+        nats.url()
+    ));
+    let gw = InProcess::start(&home, &[("ANTHROPIC_API_KEY", "sk-ant-test")]);
+    let response = post_chat(&gw, &chat_body(false)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        header(&response, "x-warden-tool-rounds").as_deref(),
+        Some("2")
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["content"], "21 degrees",
+        "{body}"
+    );
+    assert_eq!(body["usage"]["prompt_tokens"], 20, "both rounds: {body}");
+    let requests = seen.lock().unwrap().clone();
+    assert_eq!(requests.len(), 2);
+    assert!(
+        requests[0]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "get_weather" && t["input_schema"]["required"] == json!(["city"])),
+        "offered in the Messages shape: {}",
+        requests[0]["tools"]
+    );
+    // The result reaches Claude as a tool_result block after its tool_use.
+    let result = requests[1]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["content"].as_array())
+        .flatten()
+        .find(|block| block["type"] == "tool_result")
+        .cloned()
+        .unwrap_or_else(|| panic!("no tool_result: {}", requests[1]));
+    assert_eq!(result["tool_use_id"], "toolu_01");
+    let content = match &result["content"] {
+        Value::String(text) => text.clone(),
+        blocks => blocks[0]["text"].as_str().unwrap().to_string(),
+    };
+    assert_eq!(
+        serde_json::from_str::<Value>(&content).unwrap(),
+        json!({"city": "Oslo", "temp": 21})
+    );
+}

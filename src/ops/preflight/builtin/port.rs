@@ -49,6 +49,18 @@ pub(super) fn check_port(ctx: &Context) -> Outcome {
         }
         Err(e) => e,
     };
+    // This home's own proxy holds it (a running home, `daemon restart`): said
+    // from its own descriptors, without reading every process's.
+    let pid_file = ctx.home.proxy_pid_file();
+    if let Ok(PidState::Running(record)) = pidfile::inspect(&pid_file) {
+        if ports::only_held_by(addr.port(), record.pid) {
+            return Outcome::pass(format!(
+                "{addr} is held by this home's proxy, PID {} (per {}){note}",
+                record.pid,
+                pid_file.display()
+            ));
+        }
+    }
     let holders = ports::listeners_on(addr.port());
     if holders.is_empty() {
         return Outcome::fail(format!("cannot listen on {addr}: {bind_error}{note}")).with_hint(
@@ -68,7 +80,6 @@ pub(super) fn check_port(ctx: &Context) -> Outcome {
     }
     // This home's own running proxy holds it: that is fine (a restart hands the
     // socket over, so during one, several of our proxies may share it).
-    let pid_file = ctx.home.proxy_pid_file();
     if let Ok(PidState::Running(record)) = pidfile::inspect(&pid_file) {
         if holders.iter().any(|h| h.pid == Some(record.pid)) {
             let ours: Vec<i32> = process::find_proxies_of_home(&ctx.home, "proxy")
