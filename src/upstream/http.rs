@@ -8,10 +8,11 @@
 //! the same error shapes.
 //!
 //! Requests go through reqwest, except on the hot path to a plain-`http://`
-//! upstream with no HTTP proxy configured: there hyper's pooled client (the one
-//! reqwest wraps) is called directly, which skips reqwest's per-request URL
-//! re-parsing and its redirect and retry layers (about a fifth of the proxy's
-//! instructions per request). What the upstream sees is the same request: one
+//! upstream with no HTTP proxy configured: there hyper's HTTP/1 connections are
+//! used directly, from the upstream's own pool ([`super::pool`]), which skips
+//! reqwest's per-request URL re-parsing, its redirect and retry layers and
+//! hyper-util's keyed pool (together about a third of the proxy's instructions
+//! per request). What the upstream sees is the same request: one
 //! function, [`HttpUpstream::outgoing`], decides its method, headers and body for
 //! both stacks (a test compares what each sends). Redirects are never followed,
 //! by either stack: a 3xx answer is a 502, so a prompt is never re-sent to a
@@ -52,12 +53,6 @@ pub type UsageFn = fn(&[u8]) -> Option<Usage>;
 /// the first `Err` (a broken or stalled stream), which it has already logged.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Bytes, ApiError>> + Send>>;
 
-/// hyper's pooled HTTP/1 client, for [`HttpUpstream::send`]'s fast path.
-type DirectClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    http_body_util::Full<Bytes>,
->;
-
 /// The proxy variables reqwest reads for `http://` URLs: when one is set, every
 /// request goes through reqwest so the proxy keeps being used.
 const HTTP_PROXY_VARS: [&str; 4] = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"];
@@ -65,7 +60,7 @@ const HTTP_PROXY_VARS: [&str; 4] = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "al
 pub struct HttpUpstream {
     client: reqwest::Client,
     /// Set unless an HTTP proxy is configured (see [`HTTP_PROXY_VARS`]).
-    direct: Option<DirectClient>,
+    direct: Option<super::pool::Pool>,
     /// The base URL without a trailing slash, e.g. `http://127.0.0.1:9000/v1`.
     base: String,
     /// The same for messages: userinfo shown as `***` (docs/contract.md §10).
@@ -288,13 +283,13 @@ impl HttpUpstream {
         body: Option<&Bytes>,
         client_headers: &HeaderMap,
     ) -> Result<reqwest::Response, ExchangeError> {
-        if let (Some(client), Some((uri, parsed))) = (&self.direct, url.direct()) {
+        if let (Some(pool), Some(direct)) = (&self.direct, &url.direct) {
             let request = self
                 .outgoing(method.clone(), body, client_headers)
-                .into_hyper(uri);
-            return match client.request(request).await {
+                .into_hyper(direct);
+            return match pool.send(&direct.uri, request).await {
                 // hyper's client never follows a redirect; `send` refuses it.
-                Ok(response) => Ok(into_reqwest(response, parsed)),
+                Ok(response) => Ok(into_reqwest(response, &direct.parsed)),
                 Err(error) => Err(ExchangeError::Direct { error }),
             };
         }
@@ -781,13 +776,18 @@ struct Outgoing {
 }
 
 impl Outgoing {
-    /// For hyper's direct path (an `http://` URL).
-    fn into_hyper(self, uri: &http::Uri) -> http::Request<http_body_util::Full<Bytes>> {
+    /// For the direct path (an `http://` URL): the target in origin form and a
+    /// `Host` header, as hyper-util's client (which reqwest wraps) writes them.
+    fn into_hyper(self, url: &DirectUrl) -> http::Request<http_body_util::Full<Bytes>> {
         let mut request =
             http::Request::new(http_body_util::Full::new(self.body.unwrap_or_default()));
         *request.method_mut() = self.method;
-        *request.uri_mut() = uri.clone();
+        *request.uri_mut() = url.origin.clone();
         *request.headers_mut() = self.headers;
+        request
+            .headers_mut()
+            .entry(reqwest::header::HOST)
+            .or_insert_with(|| url.host.clone());
         request
     }
 
@@ -823,9 +823,7 @@ impl Outgoing {
 enum ExchangeError {
     /// hyper's direct path (plain `http://`).
     #[error("error sending request: {}", error_chain(error))]
-    Direct {
-        error: hyper_util::client::legacy::Error,
-    },
+    Direct { error: super::pool::Error },
     /// reqwest (https, an HTTP proxy), without the URL, which may carry a password.
     #[error("{}", error_chain(error))]
     Reqwest { error: reqwest::Error },
@@ -846,42 +844,71 @@ pub struct UpstreamUrl {
     /// `None` when it does not parse: requests then take the string, and fail
     /// (and are retried and reported) exactly as they always did.
     parsed: Option<reqwest::Url>,
-    /// The same as an `http::Uri`, for `http://` URLs (the direct path).
-    uri: Option<http::Uri>,
+    /// For `http://` URLs (the direct path).
+    direct: Option<DirectUrl>,
+}
+
+/// An `http://` URL as the direct path sends to it, worked out once.
+struct DirectUrl {
+    /// The whole URL: where to connect.
+    uri: http::Uri,
+    /// Its path and query: the request target.
+    origin: http::Uri,
+    /// `host[:port]` (the port when not 80).
+    host: HeaderValue,
+    /// For the response, as reqwest records it.
+    parsed: reqwest::Url,
+}
+
+impl DirectUrl {
+    fn new(parsed: &reqwest::Url) -> Option<DirectUrl> {
+        if parsed.scheme() != "http" {
+            return None;
+        }
+        let uri = parsed.as_str().parse::<http::Uri>().ok()?;
+        let origin = match uri.path_and_query() {
+            Some(target) if !target.as_str().is_empty() => {
+                http::Uri::try_from(target.as_str()).ok()?
+            }
+            _ => http::Uri::from_static("/"),
+        };
+        let host = match (uri.host()?, uri.port_u16()) {
+            (host, Some(port)) if port != 80 => HeaderValue::try_from(format!("{host}:{port}")),
+            (host, _) => HeaderValue::try_from(host),
+        }
+        .ok()?;
+        Some(DirectUrl {
+            uri,
+            origin,
+            host,
+            parsed: parsed.clone(),
+        })
+    }
 }
 
 impl UpstreamUrl {
     pub fn new(text: String) -> UpstreamUrl {
         let parsed = reqwest::Url::parse(&text).ok();
-        let uri = parsed
-            .as_ref()
-            .filter(|u| u.scheme() == "http")
-            .and_then(|u| u.as_str().parse::<http::Uri>().ok());
-        UpstreamUrl { text, parsed, uri }
-    }
-
-    fn direct(&self) -> Option<(&http::Uri, &reqwest::Url)> {
-        Some((self.uri.as_ref()?, self.parsed.as_ref()?))
+        let direct = parsed.as_ref().and_then(DirectUrl::new);
+        UpstreamUrl {
+            text,
+            parsed,
+            direct,
+        }
     }
 }
 
-/// hyper's pooled client, configured as reqwest configures the one it wraps:
+/// The direct path's pool, its connections set up as reqwest sets up its own:
 /// `TCP_NODELAY`, the connect timeout, TCP keep-alive (15 s, 15 s, 3 probes),
 /// idle connections kept 90 s.
-fn direct_client(connect_timeout: Duration, max_idle: usize) -> DirectClient {
-    use hyper_util::rt::{TokioExecutor, TokioTimer};
+fn direct_client(connect_timeout: Duration, max_idle: usize) -> super::pool::Pool {
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(15)));
     http.set_keepalive_interval(Some(Duration::from_secs(15)));
     http.set_keepalive_retries(Some(3));
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(max_idle)
-        .build(http)
+    super::pool::Pool::new(http, max_idle, Duration::from_secs(90))
 }
 
 /// A status an upstream may answer with: 100–599, and no redirect (never followed).
@@ -891,7 +918,7 @@ fn conforming_status(status: reqwest::StatusCode) -> bool {
 
 /// A hyper response as the `reqwest::Response` the rest of this module reads.
 fn into_reqwest(
-    response: http::Response<hyper::body::Incoming>,
+    response: http::Response<super::pool::PooledBody>,
     url: &reqwest::Url,
 ) -> reqwest::Response {
     use reqwest::ResponseBuilderExt;
