@@ -18,29 +18,6 @@ cd "$(dirname "$0")/.."
 need_apt valgrind:valgrind nginx:nginx-light
 start_nginx
 
-# total N: callgrind's instruction total for a proxy that served N requests.
-total() {
-  local n=$1 port
-  port=$(free_port)
-  mkdir -p "$work/home$n"
-  valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.$n" "$BIN" --home "$work/home$n" \
-    --port "$port" --upstream "http://127.0.0.1:$nginx_port/json/v1" >"$work/out$n" 2>&1 &
-  local pid=$!
-  wait_http "http://127.0.0.1:$port/health/ready" 1200 || { cat "$work/out$n" >&2; exit 1; }
-  python3 - "$port" "$n" <<'PY'
-import http.client, sys
-port, n = int(sys.argv[1]), int(sys.argv[2])
-c = http.client.HTTPConnection("127.0.0.1", port)
-body = '{"model":"m","messages":[{"role":"user","content":"hi"}]}'
-for _ in range(n):
-    c.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
-    r = c.getresponse(); r.read(); assert r.status == 200, r.status
-PY
-  kill -TERM "$pid"
-  wait "$pid" || true
-  if [ -n "${CALLGRIND_KEEP:-}" ]; then mkdir -p "$CALLGRIND_KEEP" && cp "$work/callgrind.$n" "$CALLGRIND_KEEP/"; fi
-  echo "$(awk '/^(summary|totals):/ {print $2; exit}' "$work/callgrind.$n") $(python3 benches/callgrind_allocs.py "$work/callgrind.$n")"
-}
-read -r zero zero_allocs < <(total 0)
-read -r many many_allocs < <(total "$N")
+read -r zero zero_allocs < <(callgrind_total "$BIN" "$work/home0" 0)
+read -r many many_allocs < <(callgrind_total "$BIN" "$work/home$N" "$N")
 echo "$BIN: $(((many - zero) / N)) instructions and $(((many_allocs - zero_allocs) / N)) allocations per request (callgrind, N=$N)"

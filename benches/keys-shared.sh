@@ -22,6 +22,7 @@ cd "$(dirname "$0")/.."
 SECS=${KEYS_SECS:-5}
 ROUNDS=${KEYS_ROUNDS:-3}
 OUT=${KEYS_OUT:-benches/results/keys-shared.md}
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
 . benches/lib.sh
 need_apt nginx:nginx-light wrk:wrk nats-server:nats-server
@@ -48,8 +49,8 @@ url = "nats://127.0.0.1:$nats_port"
 [keys]
 shared = $2
 TOML
-  "$BIN" --home "$home" keys create "bench-$1" --rpm 1000000000 --budget-tokens 1000000000000 \
-    --period total --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])' >"$work/$1.key"
+  create_keys "$BIN" "$home" 1 "bench-$1" --rpm 1000000000 --budget-tokens 1000000000000 \
+    --period total >"$work/$1.key"
   port=$(free_port)
   "$BIN" --home "$home" --port "$port" >"$home.out" 2>&1 &
   pids+=($!)
@@ -65,10 +66,7 @@ for _ in $(seq 1 200); do
 done
 
 run() { # NAME CONNECTIONS -> "rps p50_us p99_us errors requests"
-  BENCH_BEARER=$(cat "$work/$1.key") wrk -t1 -c"$2" -d"${SECS}"s --timeout 10s -s benches/wrk/chat.lua \
-    "$(cat "$work/$1.url")/v1/chat/completions" -- json \
-    | awk '/^RESULT/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-                       print v["rps"], v["p50_us"], v["p99_us"], v["errors"] + v["non2xx"], v["requests"] }'
+  BENCH_BEARER=$(cat "$work/$1.key") wrk_chat "$(cat "$work/$1.url")" "$2" "$SECS"
 }
 for r in $(seq "$ROUNDS"); do
   for c in local shared; do
@@ -82,9 +80,9 @@ done
 sleep 0.5 # the last settlements' flush
 curl -s "http://127.0.0.1:$monitor_port/jsz?streams=true" >"$work/jsz.json"
 
-python3 - "$work" "$SECS" "$ROUNDS" "$BIN" >"$OUT" <<'PY'
+python3 - "$work" "$SECS" "$ROUNDS" "$BIN" "$load_start" >"$OUT" <<'PY'
 import json, statistics, sys
-work, secs, rounds, binary = sys.argv[1:5]
+work, secs, rounds, binary, load_start = sys.argv[1:6]
 cells = {}
 shared_requests = 0
 for line in open(f"{work}/results"):
@@ -100,7 +98,8 @@ for account in json.load(open(f"{work}/jsz.json")).get("account_details", []):
 print("# One limit across hosts: what shared key counters cost, one run\n")
 print(f"benches/keys-shared.sh: wrk, {secs} s per run, {rounds} alternating rounds, medians; "
       f"a client key with an rpm and a budget on every request; nats-server -js on loopback; "
-      f"load average at the end: {' '.join(open('/proc/loadavg').read().split()[:3])}.\n")
+      f"load average {load_start} at the start, "
+      f"{' '.join(open('/proc/loadavg').read().split()[:3])} at the end (2 cores, shared with other work).\n")
 print(f"- build: `{binary}`\n")
 print("| counters | connections | req/s | vs local | p50 µs | vs local | p99 µs | errors |")
 print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -119,5 +118,6 @@ for conns in (1, 64):
 print(f"\nKV writes to `WARDEN_LIMITS` (its stream's last sequence): {writes} for "
       f"{shared_requests} requests through the shared proxy, "
       f"{writes / max(shared_requests, 1):.3f} a request (admissions, settlements, renewals).")
+print(f"\nCommand: `KEYS_SECS={secs} KEYS_ROUNDS={rounds} benches/keys-shared.sh {binary}`.")
 PY
 cat "$OUT"

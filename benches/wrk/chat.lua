@@ -5,9 +5,12 @@
 -- `stream` asks for an SSE answer (with stream_options.include_usage); MODEL is the
 -- "model" field (the bench's LiteLLM routes by it; nginx and warden ignore it);
 -- DELAY_MS > 0 makes each connection wait that long between requests (rate-limited
--- soak). done() prints one machine-readable line, latencies in microseconds:
+-- soak). BENCH_BEARER in the environment replaces the bearer token; BENCH_KEYS names a
+-- file of client keys, one a line: then each request sends the next key in turn, cycling
+-- (benches/keys.sh: one client per key). done() prints one machine-readable line, latencies in microseconds:
 --   RESULT rps=<req/s> p50_us=<n> p99_us=<n> requests=<n> errors=<n> non2xx=<n>
 local body, req
+local reqs, next_req = nil, 0
 local delay_ms = 0
 
 function init(args)
@@ -28,9 +31,23 @@ function init(args)
     ["Authorization"] = "Bearer " .. (os.getenv("BENCH_BEARER") or "sk-bench-0123456789"),
   }
   req = wrk.format("POST", nil, headers, body)
+  local keys = os.getenv("BENCH_KEYS")
+  if keys then
+    -- Formatted once here, so cycling costs the load generator nothing per request.
+    reqs = {}
+    for key in io.lines(keys) do
+      headers["Authorization"] = "Bearer " .. key
+      reqs[#reqs + 1] = wrk.format("POST", nil, headers, body)
+    end
+    assert(#reqs > 0, "BENCH_KEYS names an empty file")
+  end
 end
 
 function request()
+  if reqs then
+    next_req = next_req % #reqs + 1
+    return reqs[next_req]
+  end
   return req
 end
 

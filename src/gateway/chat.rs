@@ -120,34 +120,53 @@ fn rate_limit_headers(headers: &mut HeaderMap, rate: &crate::keys::limits::RateH
     }
 }
 
+/// The names of OpenAI's rate headers: limit, remaining and reset, for
+/// requests and for tokens (built once: a metered answer carries up to six).
+static RATE_NAMES: [[axum::http::HeaderName; 3]; 2] = [
+    [
+        axum::http::HeaderName::from_static("x-ratelimit-limit-requests"),
+        axum::http::HeaderName::from_static("x-ratelimit-remaining-requests"),
+        axum::http::HeaderName::from_static("x-ratelimit-reset-requests"),
+    ],
+    [
+        axum::http::HeaderName::from_static("x-ratelimit-limit-tokens"),
+        axum::http::HeaderName::from_static("x-ratelimit-remaining-tokens"),
+        axum::http::HeaderName::from_static("x-ratelimit-reset-tokens"),
+    ],
+];
+
 /// The `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers for
 /// the limits a key has (none for a limit it has not).
 pub(super) fn rate_limit_pairs(
     rate: &crate::keys::limits::RateHeaders,
 ) -> Vec<(axum::http::HeaderName, HeaderValue)> {
-    let mut pairs = Vec::new();
-    for (kind, figures) in [("requests", rate.requests), ("tokens", rate.tokens)] {
+    let mut pairs = Vec::with_capacity(6);
+    for (names, figures) in RATE_NAMES.iter().zip([rate.requests, rate.tokens]) {
         let Some((limit, remaining, reset_ms)) = figures else {
             continue;
         };
-        let reset = format!("{}s", reset_ms as f64 / 1000.0);
-        for (name, value) in [
-            (format!("x-ratelimit-limit-{kind}"), limit.to_string()),
-            (
-                format!("x-ratelimit-remaining-{kind}"),
-                remaining.to_string(),
-            ),
-            (format!("x-ratelimit-reset-{kind}"), reset),
-        ] {
-            if let (Ok(name), Ok(value)) = (
-                axum::http::HeaderName::try_from(name),
-                HeaderValue::try_from(value),
-            ) {
-                pairs.push((name, value));
-            }
-        }
+        pairs.push((names[0].clone(), HeaderValue::from(limit)));
+        pairs.push((names[1].clone(), HeaderValue::from(remaining)));
+        pairs.push((names[2].clone(), reset_value(reset_ms)));
     }
     pairs
+}
+
+/// `reset_ms` as OpenAI writes a reset: seconds with the fraction it needs
+/// ("60s", "0.25s").
+fn reset_value(reset_ms: crate::keys::limits::Millis) -> HeaderValue {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(24);
+    let _ = write!(text, "{}", reset_ms / 1000);
+    let millis = reset_ms % 1000;
+    if millis != 0 {
+        let _ = write!(text, ".{millis:03}");
+        while text.ends_with('0') {
+            text.pop();
+        }
+    }
+    text.push('s');
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("0s"))
 }
 
 /// The HTTP response for an upstream's reply. A stream's body owns the slot:
@@ -301,4 +320,43 @@ pub async fn models(State(gw): State<Arc<Gateway>>) -> Response {
         json,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reset_reads_as_seconds_with_the_fraction_it_needs() {
+        for ms in [
+            0, 1, 10, 100, 250, 999, 1000, 1500, 59_999, 60_000, 86_400_123,
+        ] {
+            assert_eq!(
+                reset_value(ms).to_str().unwrap(),
+                format!("{}s", ms as f64 / 1000.0),
+                "{ms} ms"
+            );
+        }
+    }
+
+    #[test]
+    fn rate_headers_name_only_the_limits_a_key_has() {
+        let rate = crate::keys::limits::RateHeaders {
+            requests: Some((60, 59, 1000)),
+            tokens: None,
+        };
+        let pairs: Vec<(String, String)> = rate_limit_pairs(&rate)
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("x-ratelimit-limit-requests", "60"),
+                ("x-ratelimit-remaining-requests", "59"),
+                ("x-ratelimit-reset-requests", "1s"),
+            ]
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+        );
+    }
 }

@@ -210,10 +210,22 @@ fn same<T: serde::Serialize>(a: &T, b: &T) -> bool {
 }
 
 /// What differs between `old` and `new`, as `section.key` (a list such as
-/// `providers`, by its section): names only, never a value, so a reload's log
-/// line can say what changed without showing a secret. The operator token and
-/// provider keys come from `.env`, which is not compared.
+/// `providers`, by its section), then `.env NAME` for each variable of `.env`
+/// set, changed or removed (a rotated provider key, the operator token): names
+/// only, never a value, so a reload's log line can say what changed without
+/// showing a secret.
 pub fn changed(old: &Config, new: &Config) -> Vec<String> {
+    let mut names = settings_changed(old, new);
+    names.extend(
+        old.env
+            .dotenv_changes(&new.env)
+            .into_iter()
+            .map(|name| format!(".env {name}")),
+    );
+    names
+}
+
+fn settings_changed(old: &Config, new: &Config) -> Vec<String> {
     let (Ok(serde_json::Value::Object(old)), Ok(serde_json::Value::Object(new))) = (
         serde_json::to_value(&old.settings),
         serde_json::to_value(&new.settings),
@@ -361,6 +373,28 @@ mod tests {
                 "logs.target"
             ]
         );
+    }
+
+    #[test]
+    fn a_changed_env_variable_is_named_never_shown() {
+        let load = |pairs: &[(&str, &str)]| {
+            let dir = tempfile::tempdir().unwrap();
+            let home = Home::at(dir.path());
+            let env = crate::home::env::EnvSource::from_pairs(pairs.iter().copied());
+            Config::load_with_env(&home, &Overrides::default(), env).unwrap()
+        };
+        let old = load(&[("OPENAI_API_KEY", "sk-old-1"), ("GONE", "x"), ("SAME", "y")]);
+        let new = load(&[
+            ("OPENAI_API_KEY", "sk-new-2"),
+            ("ADDED", "z"),
+            ("SAME", "y"),
+        ]);
+        let names = changed(&old, &new);
+        assert_eq!(
+            names,
+            vec![".env ADDED", ".env GONE", ".env OPENAI_API_KEY"]
+        );
+        assert!(!format!("{names:?}").contains("sk-"));
     }
 
     #[test]

@@ -144,6 +144,26 @@ impl EnvSource {
     }
 
     /// True when the `.env` file exists and was read.
+    /// The names (never the values) of the `.env` variables set, changed or
+    /// removed between `self` and `next`, sorted: what a reload's log line
+    /// names, so that a rotated provider key shows as applied.
+    pub fn dotenv_changes(&self, next: &EnvSource) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .dotenv
+            .iter()
+            .filter(|(k, v)| next.dotenv.get(*k) != Some(*v))
+            .map(|(k, _)| k.clone())
+            .chain(
+                next.dotenv
+                    .keys()
+                    .filter(|k| !self.dotenv.contains_key(*k))
+                    .cloned(),
+            )
+            .collect();
+        names.sort();
+        names
+    }
+
     pub fn has_dotenv(&self) -> bool {
         self.dotenv_path.is_some()
     }

@@ -297,16 +297,25 @@ fn list(config: &Config, file: &KeyFile, json: bool, out: &mut dyn Write) -> std
     } else {
         Default::default()
     };
+    // Grouped reads: one per period start in use, one for the last uses.
+    let last_used_of = conn
+        .as_ref()
+        .and_then(|c| ledger::last_used_by_key(c).ok())
+        .unwrap_or_default();
+    let mut spent_from: std::collections::HashMap<
+        u64,
+        std::collections::HashMap<String, (u64, f64)>,
+    > = std::collections::HashMap::new();
     let mut rows = Vec::new();
     for k in &file.keys {
-        let since = ledger::rfc3339(k.period.start(now));
-        let (mut spent, last_used) = match &conn {
-            Some(c) => (
-                ledger::spent_since(c, &k.name, &since).unwrap_or_default(),
-                ledger::last_used(c, &k.name).ok().flatten(),
-            ),
-            None => ((0, 0.0), None),
-        };
+        let start = k.period.start(now);
+        let spent_then = spent_from.entry(start).or_insert_with(|| {
+            conn.as_ref()
+                .and_then(|c| ledger::spent_by_key_since(c, &ledger::rfc3339(start)).ok())
+                .unwrap_or_default()
+        });
+        let mut spent = spent_then.get(&k.name).copied().unwrap_or((0, 0.0));
+        let last_used = last_used_of.get(&k.name).cloned();
         if let Some(&(tokens, micros)) = shared_spent.get(&k.name) {
             spent = (tokens, micros as f64 / 1e6);
         }

@@ -24,7 +24,12 @@ const BATCH: usize = 5_000;
 /// A backlog at least this long (or a tenth of the bound, when less) is "behind".
 const BEHIND: usize = 10_000;
 
-/// The table, one column per field of a row.
+/// The table, one column per field of a row, and one index, on `time`: rows
+/// arrive in time order, so it grows at its end only. Per-key reads group
+/// over a time range instead of using an index led by `key`: such an index
+/// takes each row at one of as many places as there are keys, and with a
+/// thousand keys rewrote a thousand pages a batch (ledgers written before
+/// lose it when opened for writing).
 pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS usage (
     time          TEXT    NOT NULL, -- RFC 3339 UTC, milliseconds: when the request ended
     request_id    TEXT,             -- x-request-id
@@ -43,8 +48,8 @@ pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS usage (
     trace_id      TEXT,
     estimated     INTEGER NOT NULL DEFAULT 0 -- 1: tokens estimated (no usage reported)
 );
-CREATE INDEX IF NOT EXISTS usage_key_time ON usage (key, time);
-CREATE INDEX IF NOT EXISTS usage_time ON usage (time);";
+CREATE INDEX IF NOT EXISTS usage_time ON usage (time);
+DROP INDEX IF EXISTS usage_key_time;";
 
 /// One ledger row.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -356,50 +361,92 @@ pub fn in_memory(rows: &[Row]) -> rusqlite::Result<rusqlite::Connection> {
     Ok(conn)
 }
 
+/// Rows per `INSERT` statement in a batch: SQLite opens the table and its
+/// indexes once per statement, so one statement for many rows costs less per
+/// row than one each (a full batch of 32 rows is one statement).
+const ROWS_PER_INSERT: usize = 32;
+
+/// The `INSERT` of `n` rows, 16 parameters a row.
+fn insert_sql(n: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO usage (time, request_id, key, ingress, route, model, provider, status, \
+         input_tokens, output_tokens, cached_tokens, cost_usd, duration_ms, ttft_ms, trace_id, estimated) VALUES ",
+    );
+    for i in 0..n {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+    }
+    sql
+}
+
+/// Binds `r` as the 16 parameters starting at `first` (1-based).
+fn bind_row(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    first: usize,
+    r: &Row,
+) -> rusqlite::Result<()> {
+    stmt.raw_bind_parameter(first, &r.time)?;
+    stmt.raw_bind_parameter(first + 1, &r.request_id)?;
+    stmt.raw_bind_parameter(first + 2, &r.key)?;
+    stmt.raw_bind_parameter(first + 3, r.ingress)?;
+    stmt.raw_bind_parameter(first + 4, &r.route)?;
+    stmt.raw_bind_parameter(first + 5, &r.model)?;
+    stmt.raw_bind_parameter(first + 6, &r.provider)?;
+    stmt.raw_bind_parameter(first + 7, r.status)?;
+    stmt.raw_bind_parameter(first + 8, r.input_tokens as i64)?;
+    stmt.raw_bind_parameter(first + 9, r.output_tokens as i64)?;
+    stmt.raw_bind_parameter(first + 10, r.cached_tokens as i64)?;
+    stmt.raw_bind_parameter(first + 11, r.cost_usd)?;
+    stmt.raw_bind_parameter(first + 12, r.duration_ms)?;
+    stmt.raw_bind_parameter(first + 13, r.ttft_ms)?;
+    stmt.raw_bind_parameter(first + 14, &r.trace_id)?;
+    stmt.raw_bind_parameter(first + 15, r.estimated)
+}
+
 fn insert(conn: &mut rusqlite::Connection, rows: &[Row]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO usage (time, request_id, key, ingress, route, model, provider, status,
-             input_tokens, output_tokens, cached_tokens, cost_usd, duration_ms, ttft_ms, trace_id, estimated)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-        )?;
-        for r in rows {
-            stmt.execute(rusqlite::params![
-                r.time,
-                r.request_id,
-                r.key,
-                r.ingress,
-                r.route,
-                r.model,
-                r.provider,
-                r.status,
-                r.input_tokens as i64,
-                r.output_tokens as i64,
-                r.cached_tokens as i64,
-                r.cost_usd,
-                r.duration_ms,
-                r.ttft_ms,
-                r.trace_id,
-                r.estimated,
-            ])?;
+        let mut chunks = rows.chunks_exact(ROWS_PER_INSERT);
+        if chunks.len() > 0 {
+            let mut stmt = tx.prepare_cached(&insert_sql(ROWS_PER_INSERT))?;
+            for chunk in &mut chunks {
+                for (i, r) in chunk.iter().enumerate() {
+                    bind_row(&mut stmt, i * 16 + 1, r)?;
+                }
+                stmt.raw_execute()?;
+            }
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut stmt = tx.prepare_cached(&insert_sql(1))?;
+            for r in rest {
+                bind_row(&mut stmt, 1, r)?;
+                stmt.raw_execute()?;
+            }
         }
     }
     tx.commit()
 }
 
-/// Tokens and USD spent per key since `since` (RFC 3339), answered requests only.
-pub fn spent_since(
+/// Tokens and USD spent by each key since `since` (RFC 3339): one read of
+/// that time range for every key.
+pub fn spent_by_key_since(
     conn: &rusqlite::Connection,
-    key: &str,
     since: &str,
-) -> rusqlite::Result<(u64, f64)> {
-    conn.query_row(
-        "SELECT COALESCE(SUM(input_tokens + output_tokens), 0), COALESCE(SUM(cost_usd), 0)
-         FROM usage WHERE key = ?1 AND time >= ?2",
-        rusqlite::params![key, since],
-        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, f64>(1)?)),
-    )
+) -> rusqlite::Result<std::collections::HashMap<String, (u64, f64)>> {
+    let mut stmt = conn.prepare(
+        "SELECT key, COALESCE(SUM(input_tokens + output_tokens), 0), COALESCE(SUM(cost_usd), 0)
+         FROM usage WHERE time >= ?1 GROUP BY key",
+    )?;
+    stmt.query_map(rusqlite::params![since], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            (r.get::<_, i64>(1)? as u64, r.get::<_, f64>(2)?),
+        ))
+    })?
+    .collect()
 }
 
 /// A row of a request refused at admission: warden's own 403, 429 or 503
@@ -437,13 +484,13 @@ pub fn aggregate_since(
     .collect()
 }
 
-/// The last time `key` was used, when it was.
-pub fn last_used(conn: &rusqlite::Connection, key: &str) -> rusqlite::Result<Option<String>> {
-    conn.query_row(
-        "SELECT MAX(time) FROM usage WHERE key = ?1",
-        rusqlite::params![key],
-        |r| r.get(0),
-    )
+/// The last time each key was used (keys never used are absent).
+pub fn last_used_by_key(
+    conn: &rusqlite::Connection,
+) -> rusqlite::Result<std::collections::HashMap<String, String>> {
+    let mut stmt = conn.prepare("SELECT key, MAX(time) FROM usage GROUP BY key")?;
+    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+        .collect()
 }
 
 /// RFC 3339 with milliseconds, UTC, for a Unix time in milliseconds.
@@ -459,6 +506,66 @@ pub fn rfc3339(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Batches of many statements of 32 rows and a remainder of single rows
+    /// write every field of every row, in order.
+    #[test]
+    fn a_batch_writes_every_field_of_every_row_in_order() {
+        let rows: Vec<Row> = (0..70u64)
+            .map(|i| Row {
+                time: rfc3339_millis(1_700_000_000_000 + i),
+                request_id: (i % 3 != 0).then(|| format!("req-{i}")),
+                key: format!("key-{}", i % 7),
+                ingress: if i % 2 == 0 { "http" } else { "nats" },
+                route: "/v1/chat/completions".into(),
+                model: (i % 5 != 0).then(|| "gpt-5".to_string()),
+                provider: (i % 4 != 0).then(|| "openai".to_string()),
+                status: 200 + (i % 3) as u16,
+                input_tokens: i,
+                output_tokens: 2 * i,
+                cached_tokens: i / 2,
+                cost_usd: i as f64 / 8.0,
+                duration_ms: i as f64 + 0.5,
+                ttft_ms: (i % 2 == 0).then_some(i as f64 / 4.0),
+                trace_id: (i % 6 == 0).then(|| format!("{i:032x}")),
+                estimated: i % 9 == 0,
+            })
+            .collect();
+        let conn = in_memory(&rows).unwrap();
+        let mut stmt = conn
+            .prepare(
+                "SELECT time, request_id, key, ingress, route, model, provider, status,
+                        input_tokens, output_tokens, cached_tokens, cost_usd, duration_ms,
+                        ttft_ms, trace_id, estimated FROM usage ORDER BY rowid",
+            )
+            .unwrap();
+        let back: Vec<Row> = stmt
+            .query_map([], |r| {
+                let ingress: String = r.get(3)?;
+                Ok(Row {
+                    time: r.get(0)?,
+                    request_id: r.get(1)?,
+                    key: r.get(2)?,
+                    ingress: if ingress == "http" { "http" } else { "nats" },
+                    route: r.get(4)?,
+                    model: r.get(5)?,
+                    provider: r.get(6)?,
+                    status: r.get(7)?,
+                    input_tokens: r.get::<_, i64>(8)? as u64,
+                    output_tokens: r.get::<_, i64>(9)? as u64,
+                    cached_tokens: r.get::<_, i64>(10)? as u64,
+                    cost_usd: r.get(11)?,
+                    duration_ms: r.get(12)?,
+                    ttft_ms: r.get(13)?,
+                    trace_id: r.get(14)?,
+                    estimated: r.get(15)?,
+                })
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(back, rows);
+    }
 
     #[test]
     fn rows_are_written_in_batches_and_flushed() {
@@ -481,8 +588,16 @@ mod tests {
         assert_eq!(ledger.state(), LedgerState::Ok);
         let conn = open_read(&path).unwrap().unwrap();
         assert_eq!(
-            spent_since(&conn, "alice", "1970-01-01T00:00:00Z").unwrap(),
+            spent_by_key_since(&conn, "1970-01-01T00:00:00Z").unwrap()["alice"],
             (70, 0.0)
+        );
+        assert_eq!(
+            spent_by_key_since(&conn, &rfc3339_millis(1_005)).unwrap()["alice"],
+            (35, 0.0)
+        );
+        assert_eq!(
+            last_used_by_key(&conn).unwrap()["alice"],
+            rfc3339_millis(1_009)
         );
     }
 

@@ -437,23 +437,34 @@ impl Keys {
             }
         };
         let now = now_millis() / 1000;
+        // One grouped read per period start (day, week, month, total) in use.
+        let mut by_start: HashMap<u64, HashMap<String, (u64, f64)>> = HashMap::new();
         for key in self.table().by_digest.values() {
             if key.limits.budget.is_none() {
                 continue;
             }
             let start = key.limits.period.start(now);
-            match ledger::spent_since(&conn, key.name(), &ledger::rfc3339(start)) {
-                Ok((tokens, usd)) => self.counters.preload(
+            let spent = match by_start.entry(start) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    match ledger::spent_by_key_since(&conn, &ledger::rfc3339(start)) {
+                        Ok(spent) => e.insert(spent),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read the keys' spend from the usage ledger: budgets start from zero");
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Some(&(tokens, usd)) = spent.get(key.name()) {
+                self.counters.preload(
                     key.name(),
                     start,
                     Spend {
                         tokens,
                         micros: (usd * 1e6).round() as u64,
                     },
-                ),
-                Err(e) => {
-                    tracing::warn!(key = key.name(), error = %e, "cannot read a key's spend from the usage ledger")
-                }
+                );
             }
         }
     }

@@ -1,7 +1,7 @@
 //! One limit per key across hosts (docs/contract.md §14, "Across hosts"): three
 //! proxies sharing a real nats-server with JetStream (`keys.shared = true`)
 //! enforce one rpm, one budget and one revocation between them; a proxy
-//! killed mid-request gives its slot back; NATS stopping follows
+//! killed mid-request gives its slot back, one still running keeps it; NATS stopping follows
 //! `keys.shared_grace` and `keys.fail_closed`.
 
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use warden::keys::shared::{HOLD_TTL, RENEW_EVERY};
 
 use crate::support::gateway::InProcess;
 use crate::support::http::{Served, health};
@@ -223,6 +224,8 @@ async fn a_shared_budget_hit_by_60_concurrent_requests_over_three_proxies_is_not
             let spent =
                 row["input_tokens"].as_u64().unwrap() + row["output_tokens"].as_u64().unwrap();
             assert_eq!(spent, 7 * (3 + more), "{usage}");
+            // Every answer used less than it reserved: the budget bounds the spend.
+            assert!(spent <= 100, "{spent} tokens spent of a budget of 100");
             // keys list on a host that served a third of them: the spend of all.
             if list[0]["spent_tokens"] == spent {
                 break;
@@ -343,6 +346,82 @@ async fn a_proxy_killed_mid_request_gives_its_slot_and_reservation_back_within_t
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The other side of the TTL: a request that runs longer than it keeps its
+/// slot, because its proxy renews the hold while the request runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_running_past_the_hold_ttl_keeps_its_slot_on_every_proxy() {
+    let nats = NatsServer::start();
+    let upstream = Upstream::start(Behaviour::Gated);
+    let (homes, gws) = three(&nats, &upstream);
+    let secret = create_key(&homes[0], "long", &["--max-parallel", "1"]);
+    for gw in &gws {
+        wait_shared(gw, "ok", 1).await;
+    }
+    let (url, key) = (gws[0].url.clone(), secret.clone());
+    let held = tokio::spawn(async move {
+        // Longer than the client's usual patience: this answer takes past the TTL.
+        let patient = warden::support::http_client::client_builder()
+            .timeout(PATIENCE * 3)
+            .build()
+            .unwrap();
+        patient
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&chat_body())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    let deadline = Instant::now() + PATIENCE;
+    while upstream.state.hits() < 1 {
+        assert!(Instant::now() < deadline, "the long request never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The hold was written before the request reached the upstream, so by the
+    // end of this loop its first deadline has passed: only renewals keep it.
+    let running = Instant::now();
+    let past = Duration::from_millis(HOLD_TTL) + RENEW_EVERY;
+    while running.elapsed() < past {
+        for gw in &gws[1..] {
+            let status = chat(&gw.url, &secret).await.status();
+            assert_eq!(
+                status,
+                429,
+                "the slot of a request running for {:?} was handed out again",
+                running.elapsed()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    upstream.state.release();
+    assert_eq!(held.await.unwrap(), 200);
+    // Its answer gives the slot back (the settlement reaches the bucket just
+    // after the answer): another proxy admits the key again.
+    let state = upstream.state.clone();
+    let releaser = tokio::spawn(async move {
+        loop {
+            state.release();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let status = chat(&gws[2].url, &secret).await.status();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 429);
+        assert!(
+            Instant::now() < deadline,
+            "the slot never came back after the answer"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    releaser.abort();
 }
 
 #[tokio::test(flavor = "multi_thread")]

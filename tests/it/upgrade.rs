@@ -207,6 +207,10 @@ async fn sighup_and_daemon_reload_apply_a_new_provider_and_refuse_a_broken_confi
             .contains("configuration reloaded and applied to new requests")
     });
     assert!(
+        home.read("logs/proxy.log").contains(".env KEY_ENV"),
+        "the rotated key is named as changed (not shown)"
+    );
+    assert!(
         process::is_alive(record.pid),
         "SIGHUP did not end the proxy"
     );
