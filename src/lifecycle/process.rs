@@ -704,6 +704,16 @@ pub fn find_proxies_of_home(home: &Home, proxy_exe_name: &str) -> Vec<ProcessIde
     found
 }
 
+/// True when `identity` names a live process (same PID and start time) whose
+/// effective warden home is `home`, resolved as [`find_proxies_of_home`] does.
+/// The start time is read again after the home, so the home read cannot be a
+/// successor's that got the PID in between.
+pub fn runs_with_home(identity: &ProcessIdentity, home: &Home) -> bool {
+    identity.matches_live()
+        && process_home(identity.pid).is_some_and(|h| h == home.root())
+        && identity.matches_live()
+}
+
 /// True when `pid` was started from a program named `name`: the command name
 /// the kernel recorded at `exec` (`/proc/PID/comm`, at most 15 bytes), which
 /// renaming the file later (an upgrade that moves the old binary aside) does not

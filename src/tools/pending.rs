@@ -3,7 +3,9 @@
 //! the assistant message with its own calls only. The whole message and the
 //! server results are kept here, under the client calls' ids, and put back
 //! into the conversation when the client's follow-up brings those ids.
-//! Bounded: at most [`MAX_ENTRIES`] answers, each for [`KEEP_FOR`].
+//! Bounded: at most [`MAX_ENTRIES`] answers and [`MAX_BYTES`] of them, each
+//! for [`KEEP_FOR`]. The count alone would not do: one answer may hold 16
+//! replies of up to `upstream.max_event_bytes` each.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -15,6 +17,9 @@ use serde_json::Value;
 pub const MAX_ENTRIES: usize = 1000;
 /// How long one is kept.
 pub const KEEP_FOR: Duration = Duration::from_secs(600);
+/// How much of their calls and results is kept at most (as JSON text); the
+/// oldest goes first, and an answer larger than this alone is not kept.
+pub const MAX_BYTES: usize = 64 * 1024 * 1024;
 
 /// One mixed answer: every call it made, and the server calls' results.
 #[derive(Debug)]
@@ -27,8 +32,10 @@ struct Kept {
 #[derive(Default)]
 struct Inner {
     by_call: HashMap<String, Arc<Kept>>,
-    /// Insertion order: (first client call id, every client call id).
-    order: VecDeque<Vec<String>>,
+    /// Insertion order: every client call id of an answer, and its size.
+    order: VecDeque<(Vec<String>, usize)>,
+    /// The sizes in `order`, summed.
+    bytes: usize,
 }
 
 #[derive(Default)]
@@ -53,6 +60,15 @@ impl Pending {
         if client_ids.is_empty() {
             return;
         }
+        let size = tool_calls.iter().chain(&results).map(json_size).sum();
+        if size > MAX_BYTES {
+            tracing::warn!(
+                bytes = size,
+                "a mixed answer's server calls and results are too large to keep; \
+                 the client's follow-up goes to the model without them"
+            );
+            return;
+        }
         let kept = Arc::new(Kept {
             tool_calls,
             results,
@@ -60,13 +76,14 @@ impl Pending {
         });
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.expire(now);
-        while inner.order.len() >= MAX_ENTRIES {
+        while inner.order.len() >= MAX_ENTRIES || inner.bytes + size > MAX_BYTES {
             inner.pop_oldest();
         }
         for id in &client_ids {
             inner.by_call.insert(id.clone(), kept.clone());
         }
-        inner.order.push_back(client_ids);
+        inner.order.push_back((client_ids, size));
+        inner.bytes += size;
     }
 
     /// Puts kept server calls back into `messages` (a Chat Completions
@@ -123,7 +140,8 @@ impl Pending {
 
 impl Inner {
     fn pop_oldest(&mut self) {
-        if let Some(ids) = self.order.pop_front() {
+        if let Some((ids, size)) = self.order.pop_front() {
+            self.bytes -= size;
             for id in ids {
                 self.by_call.remove(&id);
             }
@@ -131,11 +149,26 @@ impl Inner {
     }
 
     fn expire(&mut self, now: Instant) {
-        while let Some(first) = self.order.front().and_then(|ids| ids.first()) {
+        while let Some(first) = self.order.front().and_then(|(ids, _)| ids.first()) {
             match self.by_call.get(first) {
                 Some(kept) if now.saturating_duration_since(kept.at) < KEEP_FOR => break,
                 _ => self.pop_oldest(),
             }
+        }
+    }
+}
+
+/// About the length of `value` as JSON text, without writing it out.
+fn json_size(value: &Value) -> usize {
+    match value {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 8,
+        Value::String(s) => s.len() + 2,
+        Value::Array(items) => 2 + items.iter().map(|v| json_size(v) + 1).sum::<usize>(),
+        Value::Object(map) => {
+            2 + map
+                .iter()
+                .map(|(k, v)| k.len() + 4 + json_size(v))
+                .sum::<usize>()
         }
     }
 }
@@ -191,5 +224,30 @@ mod tests {
         assert!(!pending.restore_at(&mut messages, start + KEEP_FOR));
         assert_eq!(messages, conversation(), "left as the client sent it");
         assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn the_kept_answers_are_bounded_in_bytes_too() {
+        let pending = Pending::default();
+        let call = |id: &str| json!({"id": id, "type": "function", "function": {"name": "cli", "arguments": "{}"}});
+        // A little over a third of the bound each: two fit at a time.
+        let big = "x".repeat(MAX_BYTES / 3);
+        let result = json!({"role": "tool", "tool_call_id": "s", "content": big});
+        for id in ["a", "b", "c", "d"] {
+            pending.keep(vec![id.into()], vec![call(id)], vec![result.clone()]);
+        }
+        assert_eq!(pending.len(), 2);
+        let restored = |id: &str| {
+            pending.restore(&mut vec![
+                json!({"role": "assistant", "tool_calls": [call(id)]}),
+            ])
+        };
+        assert!(!restored("a") && !restored("b"), "the oldest went first");
+        assert!(restored("c") && restored("d"));
+        // One answer larger than the bound alone is not kept, and pushes nothing out.
+        let huge = json!({"role": "tool", "tool_call_id": "s", "content": "x".repeat(MAX_BYTES)});
+        pending.keep(vec!["e".into()], vec![call("e")], vec![huge]);
+        assert!(!restored("e"));
+        assert_eq!(pending.len(), 2);
     }
 }

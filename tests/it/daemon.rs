@@ -597,6 +597,41 @@ fn a_test_that_panics_leaves_no_proxy_of_its_home_running() {
     });
 }
 
+/// A temporary home's clean-up never signals a process that is not of this
+/// home, even when a held PID file names it with its true PID and start time
+/// (a stranger that got a recycled PID, or a file copied from elsewhere).
+#[test]
+fn a_test_homes_clean_up_leaves_a_process_of_another_home_alone() {
+    let home = TestHome::new();
+    let other = TestHome::new();
+    let mut stranger = Sleeper(
+        std::process::Command::new("sleep")
+            .arg("300")
+            .env_clear()
+            .env("WARDEN_HOME", other.path())
+            .spawn()
+            .expect("spawn sleep"),
+    );
+    let live = warden::lifecycle::process::ProcessIdentity::of(stranger.pid()).unwrap();
+    let record = pidfile::PidRecord {
+        pid: live.pid,
+        start_time: live.start_time,
+        exe: live.exe,
+        port: None,
+        started_at: "2026-01-01T00:00:00Z".into(),
+        home: home.path().to_path_buf(),
+    };
+    // Held (by this test), so the clean-up reads it as a running process's.
+    let held = pidfile::acquire(&home.file("run/proxy.pid"), &record).unwrap();
+    assert!(matches!(
+        pidfile::inspect(&home.file("run/proxy.pid")),
+        Ok(PidState::Running(_))
+    ));
+    drop(home);
+    drop(held);
+    assert!(stranger.alive(), "a process of another home was signalled");
+}
+
 /// A proxy started on another port than the configuration's: preflight's (and
 /// doctor's) port check says the configured port is free *and* where this
 /// home's proxy runs, so "free" is not read as "not running".

@@ -26,7 +26,9 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 /// A temporary home directory, removed on drop. A proxy or watchdog of this
 /// home still running then (started through `daemon` or `watchdog` by a test
 /// that failed before stopping it) is killed first: only the process its PID
-/// file names, and only after its identity (start time, home) is checked.
+/// file names, and only after its identity is checked: the file's lock is
+/// held, the record names this home, and the live process with the record's
+/// PID and start time runs with this home (`--home` or its environment).
 pub struct TestHome {
     pub dir: tempfile::TempDir,
 }
@@ -34,10 +36,14 @@ pub struct TestHome {
 impl Drop for TestHome {
     fn drop(&mut self) {
         use warden::lifecycle::{pidfile, process};
-        let run = self.dir.path().join("run");
-        for name in ["watchdog.pid", "proxy.pid"] {
-            if let Ok(pidfile::PidState::Running(record)) = pidfile::inspect(&run.join(name)) {
-                let _ = process::terminate(&record.identity(), Duration::ZERO);
+        let home = warden::home::Home::at(self.dir.path());
+        for path in [home.watchdog_pid_file(), home.proxy_pid_file()] {
+            if let Ok(pidfile::PidState::Running(record)) = pidfile::inspect(&path) {
+                let identity = record.identity();
+                // `terminate` checks PID and start time again, through a pidfd.
+                if record.home == home.root() && process::runs_with_home(&identity, &home) {
+                    let _ = process::terminate(&identity, Duration::ZERO);
+                }
             }
         }
     }
