@@ -1112,10 +1112,11 @@ pub(crate) mod tests {
     #[test]
     fn terminate_with_zero_grace_kills_at_once() {
         let kid = Kid::sleep();
-        let start = Instant::now();
-        let r = terminate(&kid.identity(), Duration::ZERO).unwrap();
+        let id = kid.identity();
+        // SIGKILL without a SIGTERM first: `Killed`, not `Exited`.
+        let r = terminate(&id, Duration::ZERO).unwrap();
         assert_eq!(r, Termination::Killed);
-        assert!(start.elapsed() < Duration::from_secs(5));
+        assert!(!id.matches_live());
     }
 
     /// SIGTERM bit in a `SigIgn:` mask of /proc/PID/status.

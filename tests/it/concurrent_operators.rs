@@ -228,7 +228,9 @@ fn status_code(home: &TestHome) -> Option<i32> {
     run("daemon", home, &["status"]).status.code()
 }
 
-/// The invariant of the whole issue, checked once nothing is in flight.
+/// The invariant of concurrent operators (SAFETY.md): at most one proxy of the
+/// home serves, `run/proxy.pid` names it and `daemon status` agrees, checked
+/// once nothing is in flight.
 fn assert_settled(home: &TestHome, port: u16, context: &str) {
     let serving = serving(home);
     assert!(

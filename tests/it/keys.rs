@@ -1,7 +1,7 @@
 //! Keys, limits, budgets and usage (docs/contract.md §14): `proxy keys` and `proxy usage`,
 //! authentication by key on every ingress, per-key limits with reservations,
-//! usage metering (streams included) and the SQLite ledger. Each of the peers'
-//! bugs named in the issue has a test named after what it proves.
+//! usage metering (streams included) and the SQLite ledger. Each test is named
+//! after what it proves.
 
 use std::time::{Duration, Instant};
 
