@@ -170,7 +170,10 @@ async fn request_reply_streaming_models_and_discovery() {
         "{metrics}"
     );
     assert!(metrics.contains("warden_nats_connected 1"), "{metrics}");
-    // The access log names the ingress.
+    // The access log names the ingress (written in batches: wait for it).
+    crate::support::eventually("a NATS access line", || {
+        home.read("logs/proxy.log").contains("ingress=\"nats\"")
+    });
     let log = home.read("logs/proxy.log");
     assert!(log.contains("ingress=\"nats\""), "{log}");
     // Connecting is said once, by warden (async-nats's own lines, one per

@@ -517,14 +517,14 @@ async fn consecutive_failures_cool_a_provider_visibly_until_the_cooldown_ends() 
         m.contains("warden_provider_requests_total{provider=\"backup\"} 3"),
         "{m}"
     );
-    // The access log names the provider and the failovers.
+    // The access log names the provider and the failovers (written in
+    // batches off the request path: wait for the line).
+    crate::support::eventually("the access line of the failover", || {
+        home.read("logs/proxy.log")
+            .lines()
+            .any(|l| l.contains("provider=\"backup\"") && l.contains("failovers=1"))
+    });
     drop(proxy);
-    let log = home.read("logs/proxy.log");
-    assert!(
-        log.lines()
-            .any(|l| l.contains("provider=\"backup\"") && l.contains("failovers=1")),
-        "{log}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -270,6 +270,10 @@ async fn sighup_and_daemon_reload_apply_a_new_provider_and_refuse_a_broken_confi
     home.config(&one_provider(port, "first", &first.url()));
     let out = run("daemon", &home, &["reload"]);
     assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    // The log is written in batches: wait for the reload's line.
+    crate::support::eventually("the daemon reload to be logged", || {
+        home.read("logs/proxy.log").contains("daemon reload")
+    });
     let log = home.read("logs/proxy.log");
     assert!(
         log.contains("SIGHUP") && log.contains("daemon reload"),
