@@ -143,7 +143,6 @@ impl EnvSource {
         self.get_with_origin(key).map(|(v, _)| v)
     }
 
-    /// True when the `.env` file exists and was read.
     /// The names (never the values) of the `.env` variables set, changed or
     /// removed between `self` and `next`, sorted: what a reload's log line
     /// names, so that a rotated provider key shows as applied.
@@ -164,6 +163,7 @@ impl EnvSource {
         names
     }
 
+    /// True when the `.env` file exists and was read.
     pub fn has_dotenv(&self) -> bool {
         self.dotenv_path.is_some()
     }

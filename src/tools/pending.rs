@@ -27,13 +27,17 @@ struct Kept {
     tool_calls: Vec<Value>,
     results: Vec<Value>,
     at: Instant,
+    /// About its size as JSON text.
+    size: usize,
 }
 
 #[derive(Default)]
 struct Inner {
     by_call: HashMap<String, Arc<Kept>>,
-    /// Insertion order: every client call id of an answer, and its size.
-    order: VecDeque<(Vec<String>, usize)>,
+    /// Insertion order: every client call id of an answer, and the answer.
+    /// An id may name a newer answer in `by_call` by then (a provider that
+    /// reuses call ids): that one stays when this one goes.
+    order: VecDeque<(Vec<String>, Arc<Kept>)>,
     /// The sizes in `order`, summed.
     bytes: usize,
 }
@@ -73,6 +77,7 @@ impl Pending {
             tool_calls,
             results,
             at: now,
+            size,
         });
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.expire(now);
@@ -82,7 +87,7 @@ impl Pending {
         for id in &client_ids {
             inner.by_call.insert(id.clone(), kept.clone());
         }
-        inner.order.push_back((client_ids, size));
+        inner.order.push_back((client_ids, kept));
         inner.bytes += size;
     }
 
@@ -140,20 +145,23 @@ impl Pending {
 
 impl Inner {
     fn pop_oldest(&mut self) {
-        if let Some((ids, size)) = self.order.pop_front() {
-            self.bytes -= size;
+        if let Some((ids, kept)) = self.order.pop_front() {
+            self.bytes -= kept.size;
             for id in ids {
-                self.by_call.remove(&id);
+                if self.by_call.get(&id).is_some_and(|k| Arc::ptr_eq(k, &kept)) {
+                    self.by_call.remove(&id);
+                }
             }
         }
     }
 
     fn expire(&mut self, now: Instant) {
-        while let Some(first) = self.order.front().and_then(|(ids, _)| ids.first()) {
-            match self.by_call.get(first) {
-                Some(kept) if now.saturating_duration_since(kept.at) < KEEP_FOR => break,
-                _ => self.pop_oldest(),
-            }
+        while self
+            .order
+            .front()
+            .is_some_and(|(_, kept)| now.saturating_duration_since(kept.at) >= KEEP_FOR)
+        {
+            self.pop_oldest();
         }
     }
 }
@@ -249,5 +257,28 @@ mod tests {
         pending.keep(vec!["e".into()], vec![call("e")], vec![huge]);
         assert!(!restored("e"));
         assert_eq!(pending.len(), 2);
+    }
+
+    #[test]
+    fn an_older_answer_going_does_not_take_a_newer_one_with_the_same_call_id() {
+        let pending = Pending::default();
+        let call =
+            json!({"id": "c1", "type": "function", "function": {"name": "cli", "arguments": "{}"}});
+        let result = |text: &str| json!({"role": "tool", "tool_call_id": "s1", "content": text});
+        pending.keep(vec!["c1".into()], vec![call.clone()], vec![result("old")]);
+        for i in 0..MAX_ENTRIES - 2 {
+            pending.keep(vec![format!("x{i}")], vec![], vec![]);
+        }
+        // The same id again (a provider that reuses ids), then one more: the
+        // old answer is the oldest and goes.
+        pending.keep(vec!["c1".into()], vec![call.clone()], vec![result("new")]);
+        pending.keep(vec!["last".into()], vec![], vec![]);
+        assert_eq!(pending.len(), MAX_ENTRIES);
+        let mut messages = vec![json!({"role": "assistant", "tool_calls": [call]})];
+        assert!(
+            pending.restore(&mut messages),
+            "the newer answer is still kept"
+        );
+        assert_eq!(messages[1], result("new"));
     }
 }
