@@ -201,6 +201,7 @@ pub async fn chat_with_headers(
                 model_call(&live),
                 call,
                 origin.trace.clone(),
+                origin.caller.name().unwrap_or_default().to_string(),
             ))
             .await
         }

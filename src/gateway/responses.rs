@@ -122,8 +122,9 @@ pub async fn responses(
                 dispatch::model_call(&live),
                 origin.trace.clone(),
             );
+            let owner = origin.caller.name().unwrap_or_default().to_string();
             crate::upstream::responses_over_chat(call, move |chat| {
-                crate::tools::run_chat(tools, model, chat, trace)
+                crate::tools::run_chat(tools, model, chat, trace, owner)
             })
             .await
         }

@@ -27,19 +27,22 @@ const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(5);
 
 /// Serves a Chat Completions request with the server tools: `call` is the
 /// admitted request (its body parsed again here), `model` makes one model
-/// call. Without a server tool to offer (all overridden by the client's own)
-/// it is one plain call.
+/// call, `owner` names the caller (its key's name; "" when anyone may call):
+/// server calls kept from a mixed answer go back only into the same caller's
+/// follow-up. Without a server tool to offer (all overridden by the client's
+/// own) it is one plain call.
 pub async fn run_chat(
     tools: Arc<Tools>,
     model: ModelCall,
     call: ChatCall,
     trace: Option<SpanParent>,
+    owner: String,
 ) -> Result<Reply, ApiError> {
     let Ok(Value::Object(mut request)) = serde_json::from_slice::<Value>(&call.body) else {
         return model(call).await;
     };
     if let Some(Value::Array(messages)) = request.get_mut("messages") {
-        tools.pending.restore(messages);
+        tools.pending.restore(&owner, messages);
     }
     let offered = tools.offer(&mut request);
     if offered.is_empty() {
@@ -57,6 +60,7 @@ pub async fn run_chat(
         request,
         offered,
         trace,
+        owner,
         round: 0,
         ran: false,
     };
@@ -175,6 +179,8 @@ struct Loop {
     request: Map<String, Value>,
     offered: HashSet<String>,
     trace: Option<SpanParent>,
+    /// Who asked: what this request keeps is for its follow-up only.
+    owner: String,
     round: u32,
     /// Whether any server tool ran.
     ran: bool,
@@ -278,7 +284,9 @@ impl Loop {
                 .iter()
                 .filter_map(|c| c["id"].as_str().map(str::to_string))
                 .collect();
-            self.tools.pending.keep(ids, calls.all, results);
+            self.tools
+                .pending
+                .keep(&self.owner, ids, calls.all, results);
             message.insert("tool_calls".into(), Value::Array(calls.client));
             return Some(completion);
         }

@@ -1,8 +1,9 @@
 //! Server calls kept while the client runs its own: when one model answer
 //! mixes server and client tool calls, the server ones run and the client gets
 //! the assistant message with its own calls only. The whole message and the
-//! server results are kept here, under the client calls' ids, and put back
-//! into the conversation when the client's follow-up brings those ids.
+//! server results are kept here, under the caller and the client calls' ids,
+//! and put back into the conversation when the same caller's follow-up brings
+//! those ids: another caller who sends the same ids gets nothing of them.
 //! Bounded: at most [`MAX_ENTRIES`] answers and [`MAX_BYTES`] of them, each
 //! for [`KEEP_FOR`]. The count alone would not do: one answer may hold 16
 //! replies of up to `upstream.max_event_bytes` each.
@@ -48,14 +49,22 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// Keeps an answer: `tool_calls` all of its calls, `client_ids` the ids of
-    /// the client's among them, `results` the server calls' tool messages.
-    pub fn keep(&self, client_ids: Vec<String>, tool_calls: Vec<Value>, results: Vec<Value>) {
-        self.keep_at(client_ids, tool_calls, results, Instant::now());
+    /// Keeps an answer for `owner` (the caller): `tool_calls` all of its
+    /// calls, `client_ids` the ids of the client's among them, `results` the
+    /// server calls' tool messages.
+    pub fn keep(
+        &self,
+        owner: &str,
+        client_ids: Vec<String>,
+        tool_calls: Vec<Value>,
+        results: Vec<Value>,
+    ) {
+        self.keep_at(owner, client_ids, tool_calls, results, Instant::now());
     }
 
     fn keep_at(
         &self,
+        owner: &str,
         client_ids: Vec<String>,
         tool_calls: Vec<Value>,
         results: Vec<Value>,
@@ -64,6 +73,7 @@ impl Pending {
         if client_ids.is_empty() {
             return;
         }
+        let client_ids: Vec<String> = client_ids.iter().map(|id| slot(owner, id)).collect();
         let size = tool_calls.iter().chain(&results).map(json_size).sum();
         if size > MAX_BYTES {
             tracing::warn!(
@@ -94,12 +104,13 @@ impl Pending {
     /// Puts kept server calls back into `messages` (a Chat Completions
     /// conversation): an assistant message whose calls are the client's of a
     /// kept answer gets all of that answer's calls again, followed by the
-    /// server calls' results. Returns whether anything was put back.
-    pub fn restore(&self, messages: &mut Vec<Value>) -> bool {
-        self.restore_at(messages, Instant::now())
+    /// server calls' results, when `owner` kept it. Returns whether anything
+    /// was put back.
+    pub fn restore(&self, owner: &str, messages: &mut Vec<Value>) -> bool {
+        self.restore_at(owner, messages, Instant::now())
     }
 
-    fn restore_at(&self, messages: &mut Vec<Value>, now: Instant) -> bool {
+    fn restore_at(&self, owner: &str, messages: &mut Vec<Value>, now: Instant) -> bool {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.expire(now);
         if inner.by_call.is_empty() {
@@ -114,7 +125,7 @@ impl Pending {
                 .and_then(|calls| calls.first())
                 .and_then(|call| call.get("id"))
                 .and_then(Value::as_str)
-                .and_then(|id| inner.by_call.get(id))
+                .and_then(|id| inner.by_call.get(&slot(owner, id)))
                 .cloned();
             if let Some(kept) = kept {
                 messages[i]["tool_calls"] = Value::Array(kept.tool_calls.clone());
@@ -166,6 +177,11 @@ impl Inner {
     }
 }
 
+/// Where a caller's call id is kept: a NUL cannot be in a key's name.
+fn slot(owner: &str, id: &str) -> String {
+    format!("{owner}\0{id}")
+}
+
 /// About the length of `value` as JSON text, without writing it out.
 fn json_size(value: &Value) -> usize {
     match value {
@@ -187,6 +203,35 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn a_kept_answer_goes_back_only_to_the_caller_that_kept_it() {
+        let pending = Pending::default();
+        let calls = vec![
+            json!({"id": "s1", "type": "function", "function": {"name": "srv", "arguments": "{}"}}),
+            json!({"id": "c1", "type": "function", "function": {"name": "cli", "arguments": "{}"}}),
+        ];
+        let result = json!({"role": "tool", "tool_call_id": "s1", "content": "{\"secret\":1}"});
+        pending.keep("alice", vec!["c1".into()], calls.clone(), vec![result]);
+        let follow_up = || {
+            vec![
+                json!({"role": "assistant", "content": null, "tool_calls": [calls[1].clone()]}),
+                json!({"role": "tool", "tool_call_id": "c1", "content": "client"}),
+            ]
+        };
+        // Another key, and a caller without a key, who send alice's call id.
+        for other in ["bob", ""] {
+            let mut messages = follow_up();
+            assert!(
+                !pending.restore(other, &mut messages),
+                "{other:?} got alice's"
+            );
+            assert_eq!(messages, follow_up());
+        }
+        let mut messages = follow_up();
+        assert!(pending.restore("alice", &mut messages));
+        assert_eq!(messages[1]["content"], "{\"secret\":1}");
+    }
+
+    #[test]
     fn a_kept_answer_is_put_back_and_the_store_is_bounded() {
         let pending = Pending::default();
         let calls = vec![
@@ -194,25 +239,25 @@ mod tests {
             json!({"id": "c1", "type": "function", "function": {"name": "cli", "arguments": "{}"}}),
         ];
         let result = json!({"role": "tool", "tool_call_id": "s1", "content": "{\"ok\":1}"});
-        pending.keep(vec!["c1".into()], calls.clone(), vec![result.clone()]);
+        pending.keep("", vec!["c1".into()], calls.clone(), vec![result.clone()]);
         let mut messages = vec![
             json!({"role": "user", "content": "hi"}),
             json!({"role": "assistant", "content": null, "tool_calls": [calls[1]]}),
             json!({"role": "tool", "tool_call_id": "c1", "content": "client"}),
         ];
-        assert!(pending.restore(&mut messages));
+        assert!(pending.restore("", &mut messages));
         assert_eq!(messages.len(), 4);
         assert_eq!(messages[1]["tool_calls"], json!(calls));
         assert_eq!(messages[2], result);
         assert_eq!(messages[3]["tool_call_id"], "c1");
 
         for i in 0..MAX_ENTRIES + 10 {
-            pending.keep(vec![format!("x{i}")], vec![], vec![]);
+            pending.keep("", vec![format!("x{i}")], vec![], vec![]);
         }
         assert_eq!(pending.len(), MAX_ENTRIES);
         let mut again = vec![json!({"role": "assistant", "tool_calls": [calls[1]]})];
         assert!(
-            !pending.restore(&mut again),
+            !pending.restore("", &mut again),
             "the oldest answer was dropped"
         );
     }
@@ -224,12 +269,18 @@ mod tests {
         let call =
             json!({"id": "c1", "type": "function", "function": {"name": "cli", "arguments": "{}"}});
         let result = json!({"role": "tool", "tool_call_id": "s1", "content": "{}"});
-        pending.keep_at(vec!["c1".into()], vec![call.clone()], vec![result], start);
+        pending.keep_at(
+            "",
+            vec!["c1".into()],
+            vec![call.clone()],
+            vec![result],
+            start,
+        );
         let conversation = || vec![json!({"role": "assistant", "tool_calls": [call.clone()]})];
         let mut messages = conversation();
-        assert!(pending.restore_at(&mut messages, start + KEEP_FOR - Duration::from_secs(1)));
+        assert!(pending.restore_at("", &mut messages, start + KEEP_FOR - Duration::from_secs(1)));
         let mut messages = conversation();
-        assert!(!pending.restore_at(&mut messages, start + KEEP_FOR));
+        assert!(!pending.restore_at("", &mut messages, start + KEEP_FOR));
         assert_eq!(messages, conversation(), "left as the client sent it");
         assert!(pending.is_empty());
     }
@@ -242,19 +293,20 @@ mod tests {
         let big = "x".repeat(MAX_BYTES / 3);
         let result = json!({"role": "tool", "tool_call_id": "s", "content": big});
         for id in ["a", "b", "c", "d"] {
-            pending.keep(vec![id.into()], vec![call(id)], vec![result.clone()]);
+            pending.keep("", vec![id.into()], vec![call(id)], vec![result.clone()]);
         }
         assert_eq!(pending.len(), 2);
         let restored = |id: &str| {
-            pending.restore(&mut vec![
-                json!({"role": "assistant", "tool_calls": [call(id)]}),
-            ])
+            pending.restore(
+                "",
+                &mut vec![json!({"role": "assistant", "tool_calls": [call(id)]})],
+            )
         };
         assert!(!restored("a") && !restored("b"), "the oldest went first");
         assert!(restored("c") && restored("d"));
         // One answer larger than the bound alone is not kept, and pushes nothing out.
         let huge = json!({"role": "tool", "tool_call_id": "s", "content": "x".repeat(MAX_BYTES)});
-        pending.keep(vec!["e".into()], vec![call("e")], vec![huge]);
+        pending.keep("", vec!["e".into()], vec![call("e")], vec![huge]);
         assert!(!restored("e"));
         assert_eq!(pending.len(), 2);
     }
@@ -265,18 +317,28 @@ mod tests {
         let call =
             json!({"id": "c1", "type": "function", "function": {"name": "cli", "arguments": "{}"}});
         let result = |text: &str| json!({"role": "tool", "tool_call_id": "s1", "content": text});
-        pending.keep(vec!["c1".into()], vec![call.clone()], vec![result("old")]);
+        pending.keep(
+            "",
+            vec!["c1".into()],
+            vec![call.clone()],
+            vec![result("old")],
+        );
         for i in 0..MAX_ENTRIES - 2 {
-            pending.keep(vec![format!("x{i}")], vec![], vec![]);
+            pending.keep("", vec![format!("x{i}")], vec![], vec![]);
         }
         // The same id again (a provider that reuses ids), then one more: the
         // old answer is the oldest and goes.
-        pending.keep(vec!["c1".into()], vec![call.clone()], vec![result("new")]);
-        pending.keep(vec!["last".into()], vec![], vec![]);
+        pending.keep(
+            "",
+            vec!["c1".into()],
+            vec![call.clone()],
+            vec![result("new")],
+        );
+        pending.keep("", vec!["last".into()], vec![], vec![]);
         assert_eq!(pending.len(), MAX_ENTRIES);
         let mut messages = vec![json!({"role": "assistant", "tool_calls": [call]})];
         assert!(
-            pending.restore(&mut messages),
+            pending.restore("", &mut messages),
             "the newer answer is still kept"
         );
         assert_eq!(messages[1], result("new"));
