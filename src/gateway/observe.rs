@@ -278,42 +278,70 @@ impl Record {
         }
         let ingress = self.ingress.as_str();
         // Microsecond precision is plenty, and keeps log lines short.
-        let duration_ms = (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0;
-        match &self.exchange {
-            Some(x) => {
-                x.settle(status, self.started);
-                let usage = x.stats.usage();
-                metrics.model_usage(&x.model, usage.prompt_tokens, usage.completion_tokens);
-                metrics.exchange_timing(elapsed, x.stats.upstream_time());
-                match &trace_id {
-                    None => tracing::info!(
-                        ingress,
-                        route = self.route,
-                        status,
-                        duration_ms,
-                        model = %crate::support::redact::client(&x.model),
-                        provider = x.stats.provider_name().unwrap_or("-"),
-                        failovers = x.stats.failovers(),
-                        prompt_tokens = usage.prompt_tokens,
-                        completion_tokens = usage.completion_tokens,
-                        "request"
-                    ),
-                    Some(trace_id) => tracing::info!(
-                        ingress,
-                        route = self.route,
-                        status,
-                        duration_ms,
-                        model = %crate::support::redact::client(&x.model),
-                        provider = x.stats.provider_name().unwrap_or("-"),
-                        failovers = x.stats.failovers(),
-                        prompt_tokens = usage.prompt_tokens,
-                        completion_tokens = usage.completion_tokens,
-                        trace_id = %trace_id,
-                        "request"
-                    ),
+        let micros = (elapsed.as_secs_f64() * 1_000_000.0).round();
+        let duration_ms = micros / 1000.0;
+        let usage = self.exchange.as_ref().map(|x| {
+            x.settle(status, self.started);
+            let usage = x.stats.usage();
+            metrics.model_usage(&x.model, usage.prompt_tokens, usage.completion_tokens);
+            metrics.exchange_timing(elapsed, x.stats.upstream_time());
+            usage
+        });
+        if self.exchange.is_none() && !self.api && status < 400 {
+            tracing::debug!(ingress, route = self.route, status, duration_ms, "request");
+            return;
+        }
+        // The line, written directly when the text log is tracing's only
+        // reader; else (JSON lines, tests' subscribers) through tracing.
+        let direct = tracing::enabled!(tracing::Level::INFO)
+            && crate::support::logging::info_line("request", |line| {
+                line.str("ingress", ingress);
+                line.str("route", self.route);
+                line.u64("status", u64::from(status));
+                line.millis("duration_ms", micros);
+                if let (Some(x), Some(usage)) = (&self.exchange, &usage) {
+                    line.client("model", &x.model);
+                    line.str("provider", x.stats.provider_name().unwrap_or("-"));
+                    line.u64("failovers", u64::from(x.stats.failovers()));
+                    line.u64("prompt_tokens", usage.prompt_tokens);
+                    line.u64("completion_tokens", usage.completion_tokens);
                 }
-            }
-            None if self.api || status >= 400 => match &trace_id {
+                if let Some(trace_id) = &trace_id {
+                    line.display("trace_id", trace_id);
+                }
+            });
+        if direct {
+            return;
+        }
+        match (&self.exchange, usage) {
+            (Some(x), Some(usage)) => match &trace_id {
+                None => tracing::info!(
+                    ingress,
+                    route = self.route,
+                    status,
+                    duration_ms,
+                    model = %crate::support::redact::client(&x.model),
+                    provider = x.stats.provider_name().unwrap_or("-"),
+                    failovers = x.stats.failovers(),
+                    prompt_tokens = usage.prompt_tokens,
+                    completion_tokens = usage.completion_tokens,
+                    "request"
+                ),
+                Some(trace_id) => tracing::info!(
+                    ingress,
+                    route = self.route,
+                    status,
+                    duration_ms,
+                    model = %crate::support::redact::client(&x.model),
+                    provider = x.stats.provider_name().unwrap_or("-"),
+                    failovers = x.stats.failovers(),
+                    prompt_tokens = usage.prompt_tokens,
+                    completion_tokens = usage.completion_tokens,
+                    trace_id = %trace_id,
+                    "request"
+                ),
+            },
+            _ => match &trace_id {
                 None => tracing::info!(ingress, route = self.route, status, duration_ms, "request"),
                 Some(trace_id) => tracing::info!(
                     ingress,
@@ -324,7 +352,6 @@ impl Record {
                     "request"
                 ),
             },
-            None => tracing::debug!(ingress, route = self.route, status, duration_ms, "request"),
         }
     }
 }
