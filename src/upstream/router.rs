@@ -546,7 +546,10 @@ impl Router {
     {
         let (model, stream) = (request.model, request.stream);
         let attempts_allowed = max_attempts.clamp(1, self.attempts.max(1));
-        let deadline = Instant::now() + self.chain_timeout;
+        // The chain's start: also the first attempt's (one clock read for both).
+        let begun = Instant::now();
+        let deadline = begun + self.chain_timeout;
+        let mut first_start = Some(begun);
         let mut used = [0u8; MAX_PROVIDERS];
         let mut tried: u64 = 0;
         let mut attempts = 0u32;
@@ -608,7 +611,7 @@ impl Router {
                 .trace
                 .get()
                 .map(|parent| request.attempt_span(parent, provider, attempts, stats));
-            let started = std::time::Instant::now();
+            let started = first_start.take().unwrap_or_else(Instant::now);
             let outcome = tokio::time::timeout_at(deadline, async {
                 match call(provider.clone(), span.as_ref()).await {
                     Ok(answer) if stream => answer.first_event().await,
