@@ -115,9 +115,9 @@ pub(super) fn attach(response: &mut Response, info: ExchangeInfo) {
 
 /// OpenAI's `x-ratelimit-*` headers, for the limits the key has.
 fn rate_limit_headers(headers: &mut HeaderMap, rate: &crate::keys::limits::RateHeaders) {
-    for (name, value) in rate_limit_pairs(rate) {
+    each_rate_header(rate, |name, value| {
         headers.insert(name, value);
-    }
+    });
 }
 
 /// The names of OpenAI's rate headers: limit, remaining and reset, for
@@ -141,33 +141,55 @@ pub(super) fn rate_limit_pairs(
     rate: &crate::keys::limits::RateHeaders,
 ) -> Vec<(axum::http::HeaderName, HeaderValue)> {
     let mut pairs = Vec::with_capacity(6);
+    each_rate_header(rate, |name, value| pairs.push((name, value)));
+    pairs
+}
+
+/// Calls `f` with each of [`rate_limit_pairs`], in order.
+fn each_rate_header(
+    rate: &crate::keys::limits::RateHeaders,
+    mut f: impl FnMut(axum::http::HeaderName, HeaderValue),
+) {
     for (names, figures) in RATE_NAMES.iter().zip([rate.requests, rate.tokens]) {
         let Some((limit, remaining, reset_ms)) = figures else {
             continue;
         };
-        pairs.push((names[0].clone(), HeaderValue::from(limit)));
-        pairs.push((names[1].clone(), HeaderValue::from(remaining)));
-        pairs.push((names[2].clone(), reset_value(reset_ms)));
+        f(names[0].clone(), HeaderValue::from(limit));
+        f(names[1].clone(), HeaderValue::from(remaining));
+        f(names[2].clone(), reset_value(reset_ms));
     }
-    pairs
 }
 
 /// `reset_ms` as OpenAI writes a reset: seconds with the fraction it needs
-/// ("60s", "0.25s").
+/// ("60s", "0.25s"). Written by hand into a buffer on the stack, without `fmt`.
 fn reset_value(reset_ms: crate::keys::limits::Millis) -> HeaderValue {
-    use std::fmt::Write as _;
-    let mut text = String::with_capacity(24);
-    let _ = write!(text, "{}", reset_ms / 1000);
+    // At most 17 digits of seconds, the point, 3 digits and the 's'.
+    let mut buf = [0u8; 24];
+    let mut at = buf.len() - 1;
+    buf[at] = b's';
     let millis = reset_ms % 1000;
     if millis != 0 {
-        let _ = write!(text, ".{millis:03}");
-        while text.ends_with('0') {
-            text.pop();
+        let digits = [millis / 100, millis / 10 % 10, millis % 10].map(|d| b'0' + d as u8);
+        let kept = digits.iter().rposition(|&d| d != b'0').map_or(0, |i| i + 1);
+        at -= kept;
+        buf[at..at + kept].copy_from_slice(&digits[..kept]);
+        at -= 1;
+        buf[at] = b'.';
+    }
+    let mut secs = reset_ms / 1000;
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (secs % 10) as u8;
+        secs /= 10;
+        if secs == 0 {
+            break;
         }
     }
-    text.push('s');
-    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("0s"))
+    HeaderValue::from_bytes(&buf[at..]).unwrap_or_else(|_| HeaderValue::from_static("0s"))
 }
+
+/// The headers a proxied answer has room for from the start.
+const RESPONSE_HEADERS: usize = 12;
 
 /// The HTTP response for an upstream's reply. A stream's body owns the slot:
 /// it is released when the stream ends or the client disconnects (dropping the
@@ -185,14 +207,16 @@ fn respond_reply(reply: Reply, slot: Slot) -> Response {
     match reply {
         Reply::Complete(json) => {
             drop(slot);
-            (
-                [(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                )],
-                json,
-            )
-                .into_response()
+            let mut response = Response::new(Body::from(json));
+            // Room for what `attach` and the layers add (a key's six rate
+            // headers among them) without growing the map.
+            let headers = response.headers_mut();
+            headers.reserve(RESPONSE_HEADERS);
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
         }
         Reply::Stream(frames) => {
             let frames = frames.map(move |frame| {
@@ -353,6 +377,10 @@ mod tests {
                 "{ms} ms"
             );
         }
+        assert_eq!(
+            reset_value(u64::MAX / 1000 * 1000 + 5).to_str().unwrap(),
+            "18446744073709551.005s"
+        );
     }
 
     #[test]

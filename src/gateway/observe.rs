@@ -92,7 +92,7 @@ impl ExchangeInfo {
             status,
             usage,
             streamed_bytes: s.streamed_bytes.load(Relaxed),
-            provider: s.provider_name().map(str::to_string),
+            provider: s.provider.get().map(|p| p.name.clone()),
             ttft: s
                 .first_event_at
                 .get()

@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use super::period::Period;
 
+const DAY: u64 = 86_400;
+
 /// (key, model) pairs kept at most.
 pub const MAX_ENTRIES: usize = 4096;
 
@@ -52,6 +54,8 @@ pub struct Windows {
     day_start: u64,
     month_start: u64,
     period_start: u64,
+    /// The budget period the starts above were found for (`None`: not yet).
+    rolled: Option<Period>,
     pub today: Figures,
     pub month: Figures,
     pub period: Figures,
@@ -60,6 +64,12 @@ pub struct Windows {
 impl Windows {
     /// Starts new windows where `now` is past them.
     fn roll(&mut self, period: Period, now: u64) {
+        // Every window begins at a UTC midnight: within the same day and
+        // period, none has ended.
+        if self.rolled == Some(period) && now.wrapping_sub(self.day_start) < DAY {
+            return;
+        }
+        self.rolled = Some(period);
         let day = Period::Day.start(now);
         if day != self.day_start {
             self.day_start = day;
@@ -78,6 +88,15 @@ impl Windows {
     }
 }
 
+impl Windows {
+    fn record(&mut self, period: Period, now: u64, figures: &Figures) {
+        self.roll(period, now);
+        self.today.add(figures);
+        self.month.add(figures);
+        self.period.add(figures);
+    }
+}
+
 /// Which windows a ledger aggregate read at start belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Window {
@@ -91,6 +110,17 @@ pub enum Window {
 struct KeyBook {
     period: Period,
     models: HashMap<String, Windows>,
+}
+
+/// One key's figures, found by name once (when `keys.toml` is loaded) so that
+/// recording a request needs no lookup by key name.
+#[derive(Clone)]
+pub struct Page(Arc<Mutex<KeyBook>>);
+
+impl std::fmt::Debug for Page {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Page")
+    }
 }
 
 /// The figures per (key, model): one lock per key (as the limits' counters),
@@ -115,6 +145,11 @@ impl Book {
             .clone()
     }
 
+    /// The figures of the key named `key` (the same page for a name, always).
+    pub fn page(&self, key: &str) -> Page {
+        Page(self.key(key))
+    }
+
     fn with_entry<T>(
         &self,
         key: &str,
@@ -122,7 +157,16 @@ impl Book {
         period: Period,
         f: impl FnOnce(&mut Windows) -> T,
     ) -> T {
-        let book = self.key(key);
+        self.with_entry_of(&self.key(key), model, period, f)
+    }
+
+    fn with_entry_of<T>(
+        &self,
+        book: &Mutex<KeyBook>,
+        model: &str,
+        period: Period,
+        f: impl FnOnce(&mut Windows) -> T,
+    ) -> T {
         let mut book = book.lock().unwrap_or_else(|p| p.into_inner());
         book.period = period;
         if let Some(windows) = book.models.get_mut(model) {
@@ -142,12 +186,12 @@ impl Book {
 
     /// Adds one settled or refused request at `now` (Unix seconds).
     pub fn record(&self, key: &str, model: &str, period: Period, now: u64, figures: Figures) {
-        self.with_entry(key, model, period, |w| {
-            w.roll(period, now);
-            w.today.add(&figures);
-            w.month.add(&figures);
-            w.period.add(&figures);
-        });
+        self.with_entry(key, model, period, |w| w.record(period, now, &figures));
+    }
+
+    /// [`Book::record`] on a key's page.
+    pub fn record_on(&self, page: &Page, model: &str, period: Period, now: u64, figures: Figures) {
+        self.with_entry_of(&page.0, model, period, |w| w.record(period, now, &figures));
     }
 
     /// Sets what the ledger holds for a window before this process began.

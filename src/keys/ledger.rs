@@ -8,9 +8,10 @@
 //! tries again; [`Ledger::flush`] waits until everything queued is written
 //! (the drain calls it, so every answered request has its row).
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,16 +52,19 @@ pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS usage (
 CREATE INDEX IF NOT EXISTS usage_time ON usage (time);
 DROP INDEX IF EXISTS usage_key_time;";
 
-/// One ledger row.
+/// One ledger row. Built on the request path without formatting or copying
+/// what it can share: the time is a number (written as RFC 3339 text by the
+/// ledger's thread), the key's name and the provider's are shared.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Row {
-    pub time: String,
+    /// When the request ended, Unix milliseconds (the `time` column: RFC 3339).
+    pub time_ms: u64,
     pub request_id: Option<String>,
-    pub key: String,
+    pub key: Arc<str>,
     pub ingress: &'static str,
-    pub route: String,
+    pub route: Cow<'static, str>,
     pub model: Option<String>,
-    pub provider: Option<String>,
+    pub provider: Option<Arc<str>>,
     pub status: u16,
     pub input_tokens: u64,
     pub output_tokens: u64,
@@ -109,6 +113,15 @@ struct Shared {
     failing: AtomicU8,
     written: AtomicU64,
     dropped: AtomicU64,
+    /// Rows queued and being written, as of the last change to the queue (set
+    /// under its lock): what admission reads without taking the lock.
+    waiting: AtomicUsize,
+}
+
+impl Queue {
+    fn waiting(&self) -> usize {
+        self.rows.len() + self.writing
+    }
 }
 
 /// The ledger of one proxy: a queue and its writer thread.
@@ -138,6 +151,7 @@ impl Ledger {
             failing: AtomicU8::new(0),
             written: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
         });
         let for_thread = shared.clone();
         let thread = std::thread::Builder::new()
@@ -160,20 +174,22 @@ impl Ledger {
     /// Queues a row; `false` (and the row counted as dropped) past the bound.
     pub fn push(&self, row: Row) -> bool {
         let mut q = self.queue();
-        if q.rows.len() + q.writing >= self.shared.max_backlog {
+        if q.waiting() >= self.shared.max_backlog {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             return false;
         }
         q.rows.push_back(row);
+        self.shared.waiting.store(q.waiting(), Ordering::Relaxed);
         if q.rows.len() >= BATCH {
             self.shared.work.notify_one();
         }
         true
     }
 
-    /// Whether the backlog is at its bound (then `fail_closed` applies).
+    /// Whether the backlog is at its bound (then `fail_closed` applies); reads
+    /// no lock, so admission does not wait on the writer.
     pub fn full(&self) -> bool {
-        self.backlog() >= self.shared.max_backlog
+        self.shared.waiting.load(Ordering::Relaxed) >= self.shared.max_backlog
     }
 
     /// Rows waiting in memory at most.
@@ -182,8 +198,7 @@ impl Ledger {
     }
 
     pub fn backlog(&self) -> usize {
-        let q = self.queue();
-        q.rows.len() + q.writing
+        self.queue().waiting()
     }
 
     pub fn state(&self) -> LedgerState {
@@ -278,8 +293,12 @@ pub fn open_read(path: &Path) -> rusqlite::Result<Option<rusqlite::Connection>> 
 fn writer(shared: &Shared) {
     let mut conn: Option<rusqlite::Connection> = None;
     let mut last_error: Option<String> = None;
+    // The rows being written; its buffer becomes the queue's next one, so
+    // taking a batch under the lock moves no rows (and the requests pushing
+    // rows do not wait for it).
+    let mut batch: VecDeque<Row> = VecDeque::new();
     loop {
-        let batch: Vec<Row> = {
+        {
             let mut q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
             if q.rows.is_empty() {
                 shared.idle.notify_all();
@@ -292,28 +311,37 @@ fn writer(shared: &Shared) {
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
             }
-            let n = q.rows.len().min(BATCH);
-            q.writing = n;
-            q.rows.drain(..n).collect()
-        };
+            if q.rows.len() <= BATCH {
+                std::mem::swap(&mut q.rows, &mut batch);
+            } else {
+                batch.extend(q.rows.drain(..BATCH));
+            }
+            q.writing = batch.len();
+        }
         if batch.is_empty() {
             continue;
         }
+        let rows = batch.make_contiguous();
         let result = match conn.as_mut() {
-            Some(c) => insert(c, &batch),
+            Some(c) => insert(c, rows),
             None => open(&shared.path).and_then(|mut c| {
-                let r = insert(&mut c, &batch);
+                let r = insert(&mut c, rows);
                 conn = Some(c);
                 r
             }),
         };
+        if result.is_ok() {
+            shared
+                .written
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            // Freed here, before the lock.
+            batch.clear();
+        }
         let mut q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
         q.writing = 0;
+        shared.waiting.store(q.waiting(), Ordering::Relaxed);
         match result {
             Ok(()) => {
-                shared
-                    .written
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 if shared.failing.swap(0, Ordering::Relaxed) != 0 {
                     tracing::info!(path = %shared.path.display(), "usage ledger writable again");
                 }
@@ -321,13 +349,14 @@ fn writer(shared: &Shared) {
             }
             Err(e) => {
                 // Back at the front, in order; retried after a pause.
-                for row in batch.into_iter().rev() {
+                for row in batch.drain(..).rev() {
                     q.rows.push_front(row);
                 }
                 while q.rows.len() > shared.max_backlog {
                     q.rows.pop_back();
                     shared.dropped.fetch_add(1, Ordering::Relaxed);
                 }
+                shared.waiting.store(q.waiting(), Ordering::Relaxed);
                 shared.failing.store(1, Ordering::Relaxed);
                 conn = None;
                 let message = e.to_string();
@@ -387,13 +416,14 @@ fn bind_row(
     first: usize,
     r: &Row,
 ) -> rusqlite::Result<()> {
-    stmt.raw_bind_parameter(first, &r.time)?;
+    let mut time = [0u8; RFC3339_MILLIS_LEN];
+    stmt.raw_bind_parameter(first, format_rfc3339_millis(r.time_ms, &mut time))?;
     stmt.raw_bind_parameter(first + 1, &r.request_id)?;
-    stmt.raw_bind_parameter(first + 2, &r.key)?;
+    stmt.raw_bind_parameter(first + 2, &*r.key)?;
     stmt.raw_bind_parameter(first + 3, r.ingress)?;
-    stmt.raw_bind_parameter(first + 4, &r.route)?;
+    stmt.raw_bind_parameter(first + 4, &*r.route)?;
     stmt.raw_bind_parameter(first + 5, &r.model)?;
-    stmt.raw_bind_parameter(first + 6, &r.provider)?;
+    stmt.raw_bind_parameter(first + 6, r.provider.as_deref())?;
     stmt.raw_bind_parameter(first + 7, r.status)?;
     stmt.raw_bind_parameter(first + 8, r.input_tokens as i64)?;
     stmt.raw_bind_parameter(first + 9, r.output_tokens as i64)?;
@@ -495,7 +525,53 @@ pub fn last_used_by_key(
 
 /// RFC 3339 with milliseconds, UTC, for a Unix time in milliseconds.
 pub fn rfc3339_millis(ms: u64) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    let mut buf = [0u8; RFC3339_MILLIS_LEN];
+    format_rfc3339_millis(ms, &mut buf).to_string()
+}
+
+/// The length of `2026-12-07T17:11:39.123Z`.
+const RFC3339_MILLIS_LEN: usize = 24;
+
+/// [`rfc3339_millis`] into `buf`, without `fmt` or an allocation (each row's
+/// time is written this way). Years past 9999 are written as 9999-12-31T23:59:59.999Z.
+pub fn format_rfc3339_millis(ms: u64, buf: &mut [u8; RFC3339_MILLIS_LEN]) -> &str {
+    // 10000-01-01T00:00:00Z, less a millisecond.
+    let ms = ms.min(253_402_300_799_999);
+    let secs = ms / 1000;
+    let (year, month, day) = super::period::civil_from_days((secs / 86_400) as i64);
+    let (year, month, day) = (year as u64, u64::from(month), u64::from(day));
+    let of_day = secs % 86_400;
+    let two = |buf: &mut [u8; RFC3339_MILLIS_LEN], at: usize, n: u64| {
+        buf[at] = b'0' + (n / 10) as u8;
+        buf[at + 1] = b'0' + (n % 10) as u8;
+    };
+    two(buf, 0, year / 100);
+    two(buf, 2, year % 100);
+    buf[4] = b'-';
+    two(buf, 5, month);
+    buf[7] = b'-';
+    two(buf, 8, day);
+    buf[10] = b'T';
+    two(buf, 11, of_day / 3600);
+    buf[13] = b':';
+    two(buf, 14, of_day / 60 % 60);
+    buf[16] = b':';
+    two(buf, 17, of_day % 60);
+    buf[19] = b'.';
+    let millis = ms % 1000;
+    buf[20] = b'0' + (millis / 100) as u8;
+    two(buf, 21, millis % 100);
+    buf[23] = b'Z';
+    // Only ASCII digits and separators were written.
+    std::str::from_utf8(buf).unwrap_or("1970-01-01T00:00:00.000Z")
+}
+
+/// The Unix milliseconds of an RFC 3339 time (`None`: not one).
+pub fn parse_rfc3339_millis(text: &str) -> Option<u64> {
+    let t = humantime::parse_rfc3339_weak(text).ok()?;
+    t.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as u64)
 }
 
 /// RFC 3339 (seconds) of a Unix second.
@@ -513,13 +589,13 @@ mod tests {
     fn a_batch_writes_every_field_of_every_row_in_order() {
         let rows: Vec<Row> = (0..70u64)
             .map(|i| Row {
-                time: rfc3339_millis(1_700_000_000_000 + i),
+                time_ms: 1_700_000_000_000 + i,
                 request_id: (i % 3 != 0).then(|| format!("req-{i}")),
-                key: format!("key-{}", i % 7),
+                key: format!("key-{}", i % 7).into(),
                 ingress: if i % 2 == 0 { "http" } else { "nats" },
                 route: "/v1/chat/completions".into(),
                 model: (i % 5 != 0).then(|| "gpt-5".to_string()),
-                provider: (i % 4 != 0).then(|| "openai".to_string()),
+                provider: (i % 4 != 0).then(|| "openai".into()),
                 status: 200 + (i % 3) as u16,
                 input_tokens: i,
                 output_tokens: 2 * i,
@@ -542,14 +618,15 @@ mod tests {
         let back: Vec<Row> = stmt
             .query_map([], |r| {
                 let ingress: String = r.get(3)?;
+                let time: String = r.get(0)?;
                 Ok(Row {
-                    time: r.get(0)?,
+                    time_ms: parse_rfc3339_millis(&time).unwrap(),
                     request_id: r.get(1)?,
-                    key: r.get(2)?,
+                    key: r.get::<_, String>(2)?.into(),
                     ingress: if ingress == "http" { "http" } else { "nats" },
-                    route: r.get(4)?,
+                    route: r.get::<_, String>(4)?.into(),
                     model: r.get(5)?,
-                    provider: r.get(6)?,
+                    provider: r.get::<_, Option<String>>(6)?.map(Into::into),
                     status: r.get(7)?,
                     input_tokens: r.get::<_, i64>(8)? as u64,
                     output_tokens: r.get::<_, i64>(9)? as u64,
@@ -567,6 +644,29 @@ mod tests {
         assert_eq!(back, rows);
     }
 
+    /// The time column is the text humantime writes, for every millisecond
+    /// count (days, leap years, centuries) and the largest one.
+    #[test]
+    fn times_are_written_as_rfc3339_with_milliseconds() {
+        let mut ms = 0u64;
+        while ms < 8_000_000_000_000 {
+            let expected =
+                humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+                    .to_string();
+            assert_eq!(rfc3339_millis(ms), expected);
+            assert_eq!(parse_rfc3339_millis(&expected), Some(ms));
+            ms = ms * 3 / 2 + 86_399_937;
+        }
+        for day in 0..200_000u64 {
+            let ms = day * 86_400_000 + day * 7_919 % 86_400_000;
+            let expected =
+                humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+                    .to_string();
+            assert_eq!(rfc3339_millis(ms), expected);
+        }
+        assert_eq!(rfc3339_millis(u64::MAX), "9999-12-31T23:59:59.999Z");
+    }
+
     #[test]
     fn rows_are_written_in_batches_and_flushed() {
         let dir = tempfile::tempdir().unwrap();
@@ -574,7 +674,7 @@ mod tests {
         let ledger = Ledger::start(path.clone());
         for i in 0..10 {
             assert!(ledger.push(Row {
-                time: rfc3339_millis(1_000 + i),
+                time_ms: 1_000 + i,
                 key: "alice".into(),
                 ingress: "http",
                 route: "/v1/chat/completions".into(),
@@ -612,7 +712,7 @@ mod tests {
         let ledger = Ledger::start_bounded(path.clone(), 100);
         for i in 0..20 {
             assert!(ledger.push(Row {
-                time: rfc3339_millis(1_000 + i),
+                time_ms: 1_000 + i,
                 key: "k".into(),
                 ingress: "http",
                 route: "/v1/chat/completions".into(),

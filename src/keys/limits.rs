@@ -86,12 +86,27 @@ pub enum Refusal {
     Unavailable,
 }
 
+/// One key's counters, found by name once (when `keys.toml` is loaded) so that
+/// a request's admission and settlement need no lookup: a name always has
+/// the same cell, whatever load of `keys.toml` it comes from.
+#[derive(Clone, Default)]
+pub struct Cell(Arc<Mutex<KeyCounters>>);
+
+impl std::fmt::Debug for Cell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cell")
+    }
+}
+
 /// Where the counters are kept.
 pub trait Counters: Send + Sync + 'static {
+    /// The counters of the key named `key`.
+    fn cell(&self, key: &str) -> Cell;
     /// Checks every limit and, only if all pass, takes a slot and reserves.
-    fn admit(&self, key: &str, limits: &Limits, want: Want, now: Millis) -> Result<Grant, Refusal>;
+    fn admit(&self, key: &Cell, limits: &Limits, want: Want, now: Millis)
+    -> Result<Grant, Refusal>;
     /// Gives the slot and the reservation back and adds what was used.
-    fn settle(&self, key: &str, limits: &Limits, grant: &Grant, used: Spend, now: Millis);
+    fn settle(&self, key: &Cell, limits: &Limits, grant: &Grant, used: Spend, now: Millis);
     /// Spent in the period holding `now` (settled only).
     fn spent(&self, key: &str, period: Period, now: Millis) -> Spend;
     /// Sets what was spent since `period_start` before this process began.
@@ -100,7 +115,7 @@ pub trait Counters: Send + Sync + 'static {
     fn in_flight(&self, key: &str) -> u64;
     /// The `x-ratelimit-*` figures of `key` now, without admitting anything
     /// (what a refusal carries).
-    fn headers(&self, _key: &str, _limits: &Limits, _now: Millis) -> RateHeaders {
+    fn headers(&self, _key: &Cell, _limits: &Limits, _now: Millis) -> RateHeaders {
         RateHeaders::default()
     }
 }
@@ -121,6 +136,10 @@ struct KeyCounters {
     in_flight: u64,
     /// Unix second the spend below belongs to.
     period_start: u64,
+    /// The period `period_start` was found for, and the Unix second it ends
+    /// (0: to be found again): until then a request needs no calendar sums.
+    period: Period,
+    period_end: u64,
     spent: Spend,
     reserved_tokens: u64,
     reserved_micros: u64,
@@ -174,7 +193,13 @@ impl KeyCounters {
 
     /// Starts a new period when `now` is past the current one (spend resets).
     fn roll(&mut self, period: Period, now: Millis) {
-        let start = period.start(now / 1000);
+        let secs = now / 1000;
+        if period == self.period && (self.period_start..self.period_end).contains(&secs) {
+            return;
+        }
+        let start = period.start(secs);
+        self.period = period;
+        self.period_end = period.end(secs).unwrap_or(u64::MAX);
         if start != self.period_start {
             self.period_start = start;
             self.spent = Spend::default();
@@ -204,15 +229,28 @@ impl LocalCounters {
     }
 
     fn with<T>(&self, key: &str, f: impl FnOnce(&mut KeyCounters) -> T) -> T {
-        let entry = self.entry(key);
-        let mut c = entry.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut c)
+        with(&Cell(self.entry(key)), f)
     }
 }
 
+fn with<T>(cell: &Cell, f: impl FnOnce(&mut KeyCounters) -> T) -> T {
+    let mut c = cell.0.lock().unwrap_or_else(|p| p.into_inner());
+    f(&mut c)
+}
+
 impl Counters for LocalCounters {
-    fn admit(&self, key: &str, limits: &Limits, want: Want, now: Millis) -> Result<Grant, Refusal> {
-        self.with(key, |c| {
+    fn cell(&self, key: &str) -> Cell {
+        Cell(self.entry(key))
+    }
+
+    fn admit(
+        &self,
+        key: &Cell,
+        limits: &Limits,
+        want: Want,
+        now: Millis,
+    ) -> Result<Grant, Refusal> {
+        with(key, |c| {
             c.prune(now);
             c.roll(limits.period, now);
             if let Some(max) = limits.max_parallel {
@@ -282,8 +320,8 @@ impl Counters for LocalCounters {
         })
     }
 
-    fn settle(&self, key: &str, limits: &Limits, grant: &Grant, used: Spend, now: Millis) {
-        self.with(key, |c| {
+    fn settle(&self, key: &Cell, limits: &Limits, grant: &Grant, used: Spend, now: Millis) {
+        with(key, |c| {
             c.prune(now);
             c.roll(limits.period, now);
             c.in_flight = c.in_flight.saturating_sub(1);
@@ -305,6 +343,7 @@ impl Counters for LocalCounters {
     fn preload(&self, key: &str, period_start: u64, spend: Spend) {
         self.with(key, |c| {
             c.period_start = period_start;
+            c.period_end = 0;
             c.spent = spend;
         });
     }
@@ -313,8 +352,8 @@ impl Counters for LocalCounters {
         self.with(key, |c| c.in_flight)
     }
 
-    fn headers(&self, key: &str, limits: &Limits, now: Millis) -> RateHeaders {
-        self.with(key, |c| {
+    fn headers(&self, key: &Cell, limits: &Limits, now: Millis) -> RateHeaders {
+        with(key, |c| {
             c.prune(now);
             c.headers(limits, now)
         })
@@ -342,10 +381,10 @@ mod tests {
             rpm: Some(2),
             ..Limits::default()
         };
-        let g1 = c.admit("k", &l, want(1), T0).unwrap();
+        let g1 = c.admit(&c.cell("k"), &l, want(1), T0).unwrap();
         assert_eq!(g1.headers.requests.map(|r| r.1), Some(1));
-        c.admit("k", &l, want(1), T0 + 10_000).unwrap();
-        let refused = c.admit("k", &l, want(1), T0 + 30_000).unwrap_err();
+        c.admit(&c.cell("k"), &l, want(1), T0 + 10_000).unwrap();
+        let refused = c.admit(&c.cell("k"), &l, want(1), T0 + 30_000).unwrap_err();
         assert_eq!(
             refused,
             Refusal::Rate {
@@ -353,7 +392,7 @@ mod tests {
                 retry_after: 30
             }
         );
-        c.admit("k", &l, want(1), T0 + 60_000).unwrap();
+        c.admit(&c.cell("k"), &l, want(1), T0 + 60_000).unwrap();
     }
 
     #[test]
@@ -363,11 +402,11 @@ mod tests {
             max_parallel: Some(1),
             ..Limits::default()
         };
-        let g = c.admit("k", &l, want(1), T0).unwrap();
-        assert!(c.admit("k", &l, want(1), T0).is_err());
-        c.settle("k", &l, &g, Spend::default(), T0);
+        let g = c.admit(&c.cell("k"), &l, want(1), T0).unwrap();
+        assert!(c.admit(&c.cell("k"), &l, want(1), T0).is_err());
+        c.settle(&c.cell("k"), &l, &g, Spend::default(), T0);
         assert_eq!(c.in_flight("k"), 0);
-        c.admit("k", &l, want(1), T0).unwrap();
+        c.admit(&c.cell("k"), &l, want(1), T0).unwrap();
     }
 
     #[test]
@@ -378,15 +417,15 @@ mod tests {
             period: Period::Day,
             ..Limits::default()
         };
-        let g1 = c.admit("k", &l, want(60), T0).unwrap();
+        let g1 = c.admit(&c.cell("k"), &l, want(60), T0).unwrap();
         // 60 reserved: another 60 does not fit.
         assert!(matches!(
-            c.admit("k", &l, want(60), T0),
+            c.admit(&c.cell("k"), &l, want(60), T0),
             Err(Refusal::Quota { .. })
         ));
         // Settled at 10 used: the rest of the reservation comes back.
         c.settle(
-            "k",
+            &c.cell("k"),
             &l,
             &g1,
             Spend {
@@ -395,7 +434,7 @@ mod tests {
             },
             T0,
         );
-        c.admit("k", &l, want(90), T0).unwrap();
+        c.admit(&c.cell("k"), &l, want(90), T0).unwrap();
     }
 
     #[test]
@@ -406,9 +445,9 @@ mod tests {
             period: Period::Day,
             ..Limits::default()
         };
-        let g = c.admit("k", &l, want(10), T0).unwrap();
+        let g = c.admit(&c.cell("k"), &l, want(10), T0).unwrap();
         c.settle(
-            "k",
+            &c.cell("k"),
             &l,
             &g,
             Spend {
@@ -417,12 +456,12 @@ mod tests {
             },
             T0,
         );
-        let Err(Refusal::Quota { retry_after }) = c.admit("k", &l, want(1), T0) else {
+        let Err(Refusal::Quota { retry_after }) = c.admit(&c.cell("k"), &l, want(1), T0) else {
             panic!("a spent budget must refuse");
         };
         let midnight = Period::Day.end(T0 / 1000).unwrap() * 1000;
         assert_eq!(retry_after, Some((midnight - T0) / 1000));
-        c.admit("k", &l, want(1), midnight).unwrap();
+        c.admit(&c.cell("k"), &l, want(1), midnight).unwrap();
         assert_eq!(c.spent("k", Period::Day, midnight).tokens, 0);
     }
 }

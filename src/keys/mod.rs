@@ -50,21 +50,51 @@ pub struct KeyState {
     pub limits: Limits,
     digest: [u8; 32],
     expires_at: Option<SystemTime>,
+    /// The name, shared by the key's ledger rows.
+    name: Arc<str>,
+    /// The name's `/metrics` figures, counters and status-page figures (the
+    /// same ones through reloads), so that a request looks up nothing by name.
+    stats: Arc<KeyStats>,
+    counters: limits::Cell,
+    page: book::Page,
 }
 
 impl KeyState {
     pub fn name(&self) -> &str {
-        &self.entry.name
+        &self.name
     }
 }
 
 /// The keys in force: looked up by the SHA-256 of the presented secret.
 #[derive(Default)]
 struct Table {
-    by_digest: HashMap<[u8; 32], Arc<KeyState>>,
+    by_digest: HashMap<[u8; 32], Arc<KeyState>, std::hash::BuildHasherDefault<DigestHasher>>,
     /// keys.toml holds at least one key (revoked ones count).
     any: bool,
     active: usize,
+}
+
+/// Hashes a SHA-256 digest by its first 8 bytes, which are as uniform as a
+/// hash could make them (SipHash over 32 bytes would cost more than the rest of
+/// the lookup). The table is built from `keys.toml`, never from what clients
+/// send: a client's digest only probes it.
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut first = [0u8; 8];
+        let n = bytes.len().min(8);
+        first[..n].copy_from_slice(&bytes[..n]);
+        self.0 ^= u64::from_ne_bytes(first);
+    }
+
+    /// The length a slice's hash starts with (always 32 here).
+    fn write_usize(&mut self, _: usize) {}
 }
 
 /// Who sent a request.
@@ -199,8 +229,11 @@ pub struct Keys {
     shared: Option<Arc<shared::Shared>>,
     ledger_backlog: usize,
     ledger_path: PathBuf,
-    ledger: RwLock<Option<Arc<Ledger>>>,
+    /// Started once, when keys first come into force; read lock-free.
+    ledger: std::sync::OnceLock<Ledger>,
     stats: RwLock<HashMap<String, Arc<KeyStats>>>,
+    /// [`OPERATOR`], shared by the operator's ledger rows.
+    operator_name: Arc<str>,
     /// Per key and model: today, this month, this budget period (for `/ui`).
     book: book::Book,
     /// (mtime, size, inode) of keys.toml when last read.
@@ -233,8 +266,9 @@ impl Keys {
             shared: shared::Shared::from_config(config),
             ledger_backlog: config.keys.ledger_backlog,
             ledger_path: config.home.resolve_path(&config.keys.ledger),
-            ledger: RwLock::new(None),
+            ledger: std::sync::OnceLock::new(),
             stats: RwLock::new(HashMap::new()),
+            operator_name: OPERATOR.into(),
             book: book::Book::default(),
             settings: RwLock::new(Arc::new(settings)),
         };
@@ -329,14 +363,18 @@ impl Keys {
             if entry.revoked.is_none() && expires_at.is_none_or(|t| t > now) {
                 table.active += 1;
             }
-            self.stats_of(&entry.name);
+            let stats = self.stats_of(&entry.name);
             table.by_digest.insert(
                 digest,
                 Arc::new(KeyState {
+                    name: entry.name.as_str().into(),
+                    counters: self.counters.cell(&entry.name),
+                    page: self.book.page(&entry.name),
                     entry,
                     limits,
                     digest,
                     expires_at,
+                    stats,
                 }),
             );
         }
@@ -353,25 +391,18 @@ impl Keys {
     /// The ledger starts when keys first come into force, and loads what each
     /// key spent this period before this process began.
     fn start_ledger(&self) {
-        if self
-            .ledger
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
-        {
+        if self.ledger.get().is_some() {
             return;
         }
-        let mut slot = self.ledger.write().unwrap_or_else(|p| p.into_inner());
-        if slot.is_some() {
-            return;
+        let mut started = false;
+        self.ledger.get_or_init(|| {
+            started = true;
+            Ledger::start_bounded(self.ledger_path.clone(), self.ledger_backlog)
+        });
+        if started {
+            self.preload_spend();
+            self.preload_book();
         }
-        *slot = Some(Arc::new(Ledger::start_bounded(
-            self.ledger_path.clone(),
-            self.ledger_backlog,
-        )));
-        drop(slot);
-        self.preload_spend();
-        self.preload_book();
     }
 
     /// Fills the page's figures with what the ledger holds for today, this
@@ -543,7 +574,7 @@ impl Keys {
             <sha2::Sha256 as sha2::Digest>::new_with_prefix(secret.as_bytes()),
         )
         .into();
-        let table = self.table();
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
         let key = table.by_digest.get(&digest).ok_or(AuthFailure::Unknown)?;
         if !constant_time_eq(&key.digest, &digest) {
             return Err(AuthFailure::Unknown);
@@ -587,11 +618,8 @@ impl Keys {
         v
     }
 
-    fn ledger(&self) -> Option<Arc<Ledger>> {
-        self.ledger
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    fn ledger(&self) -> Option<&Ledger> {
+        self.ledger.get()
     }
 
     /// `/health`'s `keys`: active keys and the ledger's state; `None` while
@@ -640,7 +668,9 @@ impl Keys {
             self.refused(&key, request, e.status);
             e.rate = Some(Box::new(match &self.shared {
                 Some(shared) => shared.headers(key.name(), &key.limits, now_millis()),
-                None => self.counters.headers(key.name(), &key.limits, now_millis()),
+                None => self
+                    .counters
+                    .headers(&key.counters, &key.limits, now_millis()),
             }));
             Err(e)
         };
@@ -706,7 +736,7 @@ impl Keys {
             }
             None => self
                 .counters
-                .admit(key.name(), &key.limits, want, now_millis()),
+                .admit(&key.counters, &key.limits, want, now_millis()),
         };
         match admitted {
             Ok(grant) => Ok(Some(Ticket::new(
@@ -770,11 +800,9 @@ impl Keys {
     }
 
     fn refused(&self, key: &KeyState, request: &Metered, status: u16) {
-        self.stats_of(key.name())
-            .refused
-            .fetch_add(1, Ordering::Relaxed);
-        self.book.record(
-            key.name(),
+        key.stats.refused.fetch_add(1, Ordering::Relaxed);
+        self.book.record_on(
+            &key.page,
             crate::support::redact::truncate(&request.model, 256),
             key.limits.period,
             now_millis() / 1000,
@@ -785,11 +813,11 @@ impl Keys {
         );
         if let Some(ledger) = self.ledger() {
             ledger.push(self.published(Row {
-                time: ledger::rfc3339_millis(now_millis()),
+                time_ms: now_millis(),
                 request_id: request.request_id.clone(),
-                key: key.name().to_string(),
+                key: key.name.clone(),
                 ingress: request.ingress,
-                route: request.route.to_string(),
+                route: request.route.clone(),
                 model: Some(crate::support::redact::truncate(&request.model, 256).to_string()),
                 status,
                 trace_id: request.trace_id.clone(),
@@ -858,7 +886,7 @@ pub struct Outcome {
     pub usage: Option<(u64, u64, u64)>,
     /// Bytes of text (content, tool arguments) streamed to the client.
     pub streamed_bytes: u64,
-    pub provider: Option<String>,
+    pub provider: Option<Arc<str>>,
     pub ttft: Option<Duration>,
     pub trace_id: Option<String>,
 }
@@ -955,7 +983,7 @@ impl Ticket {
                     shared.settle(key.name(), &key.limits, &self.grant, used, now_millis())
                 }
                 None => self.keys.counters.settle(
-                    key.name(),
+                    &key.counters,
                     &key.limits,
                     &self.grant,
                     used,
@@ -963,36 +991,56 @@ impl Ticket {
                 ),
             }
         }
-        let name = self.key_name().to_string();
-        let stats = self.keys.stats_of(&name);
+        let operator_stats;
+        let stats = match &self.key {
+            Some(key) => &key.stats,
+            None => {
+                operator_stats = self.keys.stats_of(OPERATOR);
+                &operator_stats
+            }
+        };
         stats.requests.fetch_add(1, Ordering::Relaxed);
         stats.input_tokens.fetch_add(input, Ordering::Relaxed);
         stats.output_tokens.fetch_add(output, Ordering::Relaxed);
         stats.cost_micros.fetch_add(micros, Ordering::Relaxed);
-        self.keys.book.record(
-            &name,
-            crate::support::redact::truncate(&self.request.model, 256),
-            self.key
-                .as_ref()
-                .map_or_else(period::Period::default, |k| k.limits.period),
-            now_millis() / 1000,
-            book::Figures {
-                requests: 1,
-                refused: 0,
-                input_tokens: input,
-                output_tokens: output,
-                cached_tokens: cached,
-                cost_micros: micros,
-            },
-        );
+        let figures = book::Figures {
+            requests: 1,
+            refused: 0,
+            input_tokens: input,
+            output_tokens: output,
+            cached_tokens: cached,
+            cost_micros: micros,
+        };
+        let model = crate::support::redact::truncate(&self.request.model, 256);
+        let now = now_millis();
+        match &self.key {
+            Some(key) => {
+                self.keys
+                    .book
+                    .record_on(&key.page, model, key.limits.period, now / 1000, figures)
+            }
+            None => self.keys.book.record(
+                OPERATOR,
+                model,
+                period::Period::default(),
+                now / 1000,
+                figures,
+            ),
+        }
         if let Some(ledger) = self.keys.ledger() {
+            // The request's own strings move into the row (no copies).
+            let mut model = std::mem::take(&mut self.request.model);
+            model.truncate(crate::support::redact::truncate(&model, 256).len());
             let pushed = ledger.push(self.keys.published(Row {
-                time: ledger::rfc3339_millis(now_millis()),
+                time_ms: now,
                 request_id: self.request.request_id.take(),
-                key: name,
+                key: match &self.key {
+                    Some(key) => key.name.clone(),
+                    None => self.keys.operator_name.clone(),
+                },
                 ingress: self.request.ingress,
-                route: self.request.route.to_string(),
-                model: Some(crate::support::redact::truncate(&self.request.model, 256).to_string()),
+                route: std::mem::take(&mut self.request.route),
+                model: Some(model),
                 provider: outcome.provider,
                 status: outcome.status,
                 input_tokens: input,

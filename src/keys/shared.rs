@@ -1281,8 +1281,9 @@ pub fn usage_rows_blocking(config: &Config) -> Result<Vec<Row>, String> {
 
 fn row_to_json(r: &Row) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
-        "time": r.time, "request_id": r.request_id, "key": r.key, "ingress": r.ingress,
-        "route": r.route, "model": r.model, "provider": r.provider, "status": r.status,
+        "time": super::ledger::rfc3339_millis(r.time_ms), "request_id": r.request_id,
+        "key": &*r.key, "ingress": r.ingress, "route": &*r.route, "model": r.model,
+        "provider": r.provider.as_deref(), "status": r.status,
         "input_tokens": r.input_tokens, "output_tokens": r.output_tokens,
         "cached_tokens": r.cached_tokens, "cost_usd": r.cost_usd, "duration_ms": r.duration_ms,
         "ttft_ms": r.ttft_ms, "trace_id": r.trace_id, "estimated": r.estimated,
@@ -1295,16 +1296,16 @@ fn row_of_json(bytes: &[u8]) -> Option<Row> {
     let s = |f: &str| v[f].as_str().map(str::to_string);
     let n = |f: &str| v[f].as_u64().unwrap_or(0);
     Some(Row {
-        time: s("time")?,
+        time_ms: super::ledger::parse_rfc3339_millis(v["time"].as_str()?)?,
         request_id: s("request_id"),
-        key: s("key")?,
+        key: s("key")?.into(),
         ingress: match v["ingress"].as_str() {
             Some("nats") => "nats",
             _ => "http",
         },
-        route: s("route").unwrap_or_default(),
+        route: s("route").unwrap_or_default().into(),
         model: s("model"),
-        provider: s("provider"),
+        provider: s("provider").map(Into::into),
         status: n("status") as u16,
         input_tokens: n("input_tokens"),
         output_tokens: n("output_tokens"),
@@ -1408,7 +1409,7 @@ mod tests {
     #[test]
     fn a_ledger_row_survives_the_stream() {
         let row = Row {
-            time: "2026-12-07T00:00:00.000Z".into(),
+            time_ms: crate::keys::ledger::parse_rfc3339_millis("2026-12-07T00:00:00.000Z").unwrap(),
             key: "alice".into(),
             ingress: "nats",
             route: "/v1/chat/completions".into(),
