@@ -3,6 +3,9 @@
 open: `idle` (connected, nothing sent), `slow-header` (900 bytes of a request
 head, never finished) or `keepalive` (one request answered, then idle).
 Usage: hostile.py PORT PID N idle|slow-header|keepalive
+RSS is read SETTLE seconds after the last connection is open (environment
+HOSTILE_SETTLE, default 3: an idle keep-alive connection gives up hyper's
+connection after 1 s idle, see src/gateway/connections.rs).
 Loopback only; bounded in count and time."""
 import socket, sys, time, os, statistics
 port, pid, n, mode = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -38,7 +41,7 @@ for i in range(n):
         while not (b"\r\n\r\n" in reply and reply.endswith(b"}")):
             reply += s.recv(4096)
     conns.append(s)
-time.sleep(1)
+time.sleep(float(os.environ.get("HOSTILE_SETTLE", "3")))
 held = rss()
 p50, p99 = probe()
 alive = 0

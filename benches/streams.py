@@ -2,6 +2,7 @@
 """Memory per long stream: N concurrent SSE streams through a proxy.
 
 Usage: benches/streams.py PROXY [N] [CHUNKS] [INTERVAL_MS]   (defaults 1000 30 100)
+       benches/streams.py nginx [N] [CHUNKS] [INTERVAL_MS]   (nginx as the reverse proxy)
 
 Starts, all on 127.0.0.1: a slow upstream written here (asyncio; every request gets
 an SSE answer of CHUNKS chat.completion.chunk events, one every INTERVAL_MS, then
@@ -11,10 +12,15 @@ reads the proxy's RSS (VmRSS), then opens N client connections that each POST a
 `stream: true` chat request and read the stream to [DONE], sampling RSS every 50 ms.
 Prints: RSS idle, the highest RSS while all N streams were open, (high - idle) / N,
 stream completion p50/p99, and errors. Bounded: every wait has a timeout and
-everything started is stopped on exit."""
+everything started is stopped on exit.
+
+With `nginx` as PROXY the same streams go through nginx configured as a plain
+streaming reverse proxy instead (one process: `master_process off`; `proxy_buffering
+off`, keep-alive to the upstream), for the completion p99 to compare against (and its
+RSS, for reference). Needs nginx (Debian: nginx-light)."""
 import asyncio, os, shutil, signal, socket, subprocess, sys, tempfile, time
 
-PROXY = os.path.realpath(sys.argv[1])
+PROXY = sys.argv[1] if sys.argv[1] == "nginx" else os.path.realpath(sys.argv[1])
 N = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
 CHUNKS = int(sys.argv[3]) if len(sys.argv) > 3 else 30
 INTERVAL = (int(sys.argv[4]) if len(sys.argv) > 4 else 100) / 1000
@@ -82,18 +88,70 @@ async def one_stream(port, opened, started):
     return time.perf_counter() - t0
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def start_nginx(home, up_port):
+    """nginx in one process as a streaming reverse proxy to the upstream; its port."""
+    port = free_port()
+    with open(os.path.join(home, "nginx.conf"), "w") as f:
+        f.write(f"""worker_processes 1;
+master_process off;
+daemon off;
+pid {home}/nginx.pid;
+worker_rlimit_nofile {4 * N + 256};
+events {{ worker_connections {4 * N + 256}; }}
+http {{
+    access_log off;
+    client_body_temp_path {home}/cb; proxy_temp_path {home}/p; fastcgi_temp_path {home}/f;
+    uwsgi_temp_path {home}/u; scgi_temp_path {home}/s;
+    upstream slow {{ server 127.0.0.1:{up_port}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://slow;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 300s;
+        }}
+    }}
+}}
+""")
+    proc = subprocess.Popen(["nginx", "-c", os.path.join(home, "nginx.conf"), "-p", home,
+                             "-e", os.path.join(home, "error.log")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, port
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("nginx did not start: see its error.log")
+            await asyncio.sleep(0.05)
+
+
 async def main():
     server = await asyncio.start_server(upstream, "127.0.0.1", 0, backlog=4096)
     up_port = server.sockets[0].getsockname()[1]
     home = tempfile.mkdtemp()
-    with open(os.path.join(home, "warden.toml"), "w") as f:
-        f.write(f'[server]\nmax_concurrent = {2 * N}\nheader_timeout = 300\n'
-                f'[upstream]\nurl = "http://127.0.0.1:{up_port}/v1"\nattempts = 1\n')
-    proc = subprocess.Popen([PROXY, "--home", home, "--port", "0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
+    if PROXY == "nginx":
+        proc, port = await start_nginx(home, up_port)
+    else:
+        with open(os.path.join(home, "warden.toml"), "w") as f:
+            f.write(f'[server]\nmax_concurrent = {2 * N}\nheader_timeout = 300\n'
+                    f'[upstream]\nurl = "http://127.0.0.1:{up_port}/v1"\nattempts = 1\n')
+        proc = subprocess.Popen([PROXY, "--home", home, "--port", "0"], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL)
     try:
-        line = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, proc.stdout.readline), 30)
-        port = int(line.decode().rsplit(":", 1)[1].strip().strip("/"))
+        if PROXY != "nginx":
+            line = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, proc.stdout.readline), 30)
+            port = int(line.decode().rsplit(":", 1)[1].strip().strip("/"))
         await one_stream(port, [], None)  # warm-up
         await asyncio.sleep(0.5)
         idle = rss(proc.pid)
@@ -109,7 +167,7 @@ async def main():
         times = sorted(t for t in results if isinstance(t, float))
         errors = [r for r in results if not isinstance(r, float)]
         p = lambda q: times[min(len(times) - 1, int(len(times) * q))] * 1000 if times else 0
-        print(f"streams N={N} chunks={CHUNKS}x{int(INTERVAL*1000)}ms: RSS idle {idle/2**20:.1f} MiB, "
+        print(f"{'nginx ' if PROXY == 'nginx' else ''}streams N={N} chunks={CHUNKS}x{int(INTERVAL*1000)}ms: RSS idle {idle/2**20:.1f} MiB, "
               f"peak {peak/2**20:.1f} MiB (with {peak_open} open), "
               f"{(peak-idle)/N/1024:.1f} KiB per stream; completion p50 {p(0.5):.0f} ms "
               f"p99 {p(0.99):.0f} ms; errors {len(errors)}"

@@ -178,6 +178,8 @@ impl Registry {
             active: AtomicU32::new(0),
             since_ms: AtomicU64::new(self.now_ms()),
             in_head: AtomicBool::new(true),
+            body_open: AtomicBool::new(false),
+            write_blocked: AtomicBool::new(false),
             close: Notify::new(),
             registry: self.clone(),
         });
@@ -223,6 +225,12 @@ pub struct ConnState {
     /// No request in progress and a head is expected now (a fresh connection,
     /// or bytes arrived after an idle spell).
     in_head: AtomicBool,
+    /// The current request's body has not been read to its end (hyper is then
+    /// not idle after the answer, so its connection is not given up).
+    body_open: AtomicBool,
+    /// hyper's last write to the socket could not complete (the client is not
+    /// reading): hyper still holds bytes to send.
+    write_blocked: AtomicBool,
     close: Notify,
     registry: Arc<Registry>,
 }
@@ -251,6 +259,27 @@ impl ConnState {
         }
     }
 
+    /// Whether hyper's connection can be given up now: no request in progress
+    /// or begun, nothing left to send, and idle for at least `after`.
+    fn idle_for(&self, after: Duration) -> bool {
+        self.active.load(Ordering::Relaxed) == 0
+            && !self.in_head.load(Ordering::Relaxed)
+            && !self.body_open.load(Ordering::Relaxed)
+            && !self.write_blocked.load(Ordering::Relaxed)
+            && self
+                .registry
+                .now_ms()
+                .saturating_sub(self.since_ms.load(Ordering::Relaxed))
+                >= after.as_millis() as u64
+    }
+
+    /// Records whether a write to the socket completed (stored only on change).
+    fn set_write_blocked(&self, blocked: bool) {
+        if self.write_blocked.load(Ordering::Relaxed) != blocked {
+            self.write_blocked.store(blocked, Ordering::Relaxed);
+        }
+    }
+
     /// When this connection must be closed if nothing changes, and whether that
     /// moment has come. `None`: a request is in progress (its body and answer
     /// have their own bounds); check again later.
@@ -275,7 +304,11 @@ impl ConnState {
 pub struct Shared {
     pub router: axum::Router,
     pub gw: Arc<Gateway>,
+    /// For HTTP/2 (a connection that opens with the HTTP/2 preface).
     pub builder: Builder<TokioExecutor>,
+    /// For HTTP/1 connections: a plain HTTP/1 connection can be taken apart
+    /// when idle ([`serve`]).
+    pub http1: hyper::server::conn::http1::Builder,
     /// The descriptor limit, for [`Shared::limits`].
     pub fd_limit: Option<u64>,
     pub registry: Arc<Registry>,
@@ -289,15 +322,22 @@ impl Shared {
     }
 }
 
+/// How long an HTTP/1 connection stays idle between requests before hyper's
+/// connection (its buffers and state) is given up; the next request head is
+/// then read by [`serve`] again, as a first one is.
+const RELEASE_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 /// Serves one client connection until it ends, times out, is shed, or the
 /// drain closes it.
 ///
-/// Until its first request head is complete a connection holds only its
-/// socket, this small future and the bytes it has sent: hyper's connection
-/// (its 8 KiB read buffer, 8 KiB write buffer and the HTTP/1 and HTTP/2 state
-/// machines) is built, on the heap, once there is a request to serve. That
-/// keeps an idle or slow-header connection at about 2 KiB of the proxy's memory
-/// plus what it sent (benches/results/hostile.md).
+/// Until a request head is complete a connection holds only its socket, this
+/// small future and the bytes it has sent: hyper's connection (its 8 KiB read
+/// buffer, 8 KiB write buffer and its state) is built, on the heap, once there
+/// is a request to serve. An HTTP/1 connection idle for [`RELEASE_IDLE_AFTER`]
+/// after an answer gives hyper's connection up again (what it had read and not
+/// parsed is kept), so an idle keep-alive connection is as small as a fresh
+/// one: about 2 KiB of the proxy's memory plus what it sent
+/// (benches/results/hostile.md). HTTP/2 keeps its connection until it ends.
 pub async fn serve(stream: TcpStream, state: Arc<ConnState>, shared: Arc<Shared>) {
     let limits = shared.limits();
     let period = limits.keepalive_timeout.min(limits.header_timeout);
@@ -308,54 +348,170 @@ pub async fn serve(stream: TcpStream, state: Arc<ConnState>, shared: Arc<Shared>
         let (wait, expired) = state.deadline(&limits);
         (!expired).then(|| wait.unwrap_or(period).min(period) + Duration::from_millis(1))
     };
+    let mut stream = stream;
     let mut head = FirstHead::default();
-    let complete = loop {
-        let Some(wait) = next_wait(&state) else {
-            break false;
+    loop {
+        if !read_head(&stream, &mut head, &state, &shared, &next_wait).await {
+            break;
+        }
+        if head.bytes.starts_with(H2_PREFACE) {
+            serve_h2(stream, head, &state, &shared, limits, &next_wait).await;
+            break;
+        }
+        match serve_h1(stream, head, &state, &shared, limits, &next_wait).await {
+            // Idle: hyper's connection is given up; read the next head here.
+            Some((socket, unread)) => {
+                stream = socket;
+                head = FirstHead::resume(unread);
+            }
+            None => break,
+        }
+    }
+    shared.registry.remove(state.id);
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4) begins with this line.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+/// Reads until `head` holds a whole request head; `false`: the connection is
+/// over (closed, timed out, shed, drained, or answered 431).
+async fn read_head(
+    stream: &TcpStream,
+    head: &mut FirstHead,
+    state: &ConnState,
+    shared: &Shared,
+    next_wait: &impl Fn(&ConnState) -> Option<Duration>,
+) -> bool {
+    if !head.bytes.is_empty() {
+        // Bytes of a next request were read before hyper was given up.
+        state.on_read();
+        if head.scan() {
+            return true;
+        }
+    }
+    loop {
+        let Some(wait) = next_wait(state) else {
+            return false;
         };
         tokio::select! {
-            readable = stream.readable() => match readable.and_then(|()| head.read_from(&stream)) {
-                Ok(Read::Complete) => break true,
+            readable = stream.readable() => match readable.and_then(|()| head.read_from(stream, state)) {
+                Ok(Read::Complete) => return true,
                 Ok(Read::More) => {}
                 Ok(Read::TooLarge) => {
                     // Answered here, from what was read: a fresh socket's send
                     // buffer takes the whole answer at once.
                     shared.gw.metrics.malformed_request(431);
                     let _ = stream.try_write(&super::malformed::head_too_large(super::MAX_HEAD_BYTES));
-                    break false;
+                    return false;
                 }
-                Ok(Read::Closed) | Err(_) => break false,
+                Ok(Read::Closed) | Err(_) => return false,
             },
             // Shed, or the drain: no request was started, nothing is lost.
-            () = state.close.notified() => break false,
+            () = state.close.notified() => return false,
             () = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+/// Serves HTTP/1 requests with hyper until the connection ends (`None`) or has
+/// been idle for [`RELEASE_IDLE_AFTER`]: then hyper's connection is taken apart
+/// and the socket comes back, with the bytes hyper had read and not parsed.
+async fn serve_h1(
+    stream: TcpStream,
+    head: FirstHead,
+    state: &Arc<ConnState>,
+    shared: &Arc<Shared>,
+    limits: Limits,
+    next_wait: &impl Fn(&ConnState) -> Option<Duration>,
+) -> Option<(TcpStream, BytesMut)> {
+    let io = TokioIo::new(WatchedIo::new(stream, head.bytes.freeze(), state.clone()));
+    let service = ConnService {
+        shared: shared.clone(),
+        state: state.clone(),
+        limits,
     };
-    if complete {
-        let io = TokioIo::new(WatchedIo::new(stream, head.bytes.freeze(), state.clone()));
-        let service = ConnService {
-            shared: shared.clone(),
-            state: state.clone(),
-            limits,
-        };
-        let mut conn = Box::pin(shared.builder.serve_connection_with_upgrades(io, service));
-        let mut draining = false;
-        while let Some(wait) = next_wait(&state) {
-            tokio::select! {
-                _ = conn.as_mut() => break,
-                () = state.close.notified() => {
-                    if draining || !shared.registry.is_draining() {
-                        break; // shed to make room
-                    }
-                    // The drain: finish the request in progress, then close.
-                    draining = true;
-                    conn.as_mut().graceful_shutdown();
+    let mut conn = Box::new(shared.http1.serve_connection(io, service));
+    // Whether hyper was asked to stop because the connection is idle.
+    let mut releasing = false;
+    let mut draining = false;
+    while let Some(wait) = next_wait(state) {
+        tokio::select! {
+            ended = std::future::poll_fn(|cx| {
+                if releasing {
+                    conn.poll_without_shutdown(cx)
+                } else {
+                    Pin::new(&mut *conn).poll(cx)
                 }
-                () = tokio::time::sleep(wait) => {}
+            }) => {
+                if !(releasing && ended.is_ok()) {
+                    return None;
+                }
+                let parts = conn.into_parts();
+                let (socket, prefix) = parts.io.into_inner().into_parts();
+                // What hyper read and did not parse comes first, then what it
+                // had not yet read of the bytes handed to it; copied, so that
+                // none of hyper's buffers is kept.
+                let mut unread = BytesMut::new();
+                if !(parts.read_buf.is_empty() && prefix.is_empty()) {
+                    unread.reserve(parts.read_buf.len() + prefix.len());
+                    unread.extend_from_slice(&parts.read_buf);
+                    unread.extend_from_slice(&prefix);
+                }
+                return Some((socket, unread));
+            }
+            () = state.close.notified() => {
+                if draining || !shared.registry.is_draining() {
+                    return None; // shed to make room
+                }
+                // The drain: finish the request in progress, then close.
+                draining = true;
+                releasing = false;
+                Pin::new(&mut *conn).graceful_shutdown();
+            }
+            () = tokio::time::sleep(wait.min(RELEASE_IDLE_AFTER)) => {
+                if !releasing && !draining && state.idle_for(RELEASE_IDLE_AFTER) {
+                    // Idle between requests: hyper closes its side without a
+                    // word to the client and hands the socket back.
+                    releasing = true;
+                    Pin::new(&mut *conn).graceful_shutdown();
+                }
             }
         }
     }
-    shared.registry.remove(state.id);
+    None
+}
+
+/// Serves an HTTP/2 connection until it ends.
+async fn serve_h2(
+    stream: TcpStream,
+    head: FirstHead,
+    state: &Arc<ConnState>,
+    shared: &Arc<Shared>,
+    limits: Limits,
+    next_wait: &impl Fn(&ConnState) -> Option<Duration>,
+) {
+    let io = TokioIo::new(WatchedIo::new(stream, head.bytes.freeze(), state.clone()));
+    let service = ConnService {
+        shared: shared.clone(),
+        state: state.clone(),
+        limits,
+    };
+    let mut conn = Box::pin(shared.builder.serve_connection_with_upgrades(io, service));
+    let mut draining = false;
+    while let Some(wait) = next_wait(state) {
+        tokio::select! {
+            _ = conn.as_mut() => break,
+            () = state.close.notified() => {
+                if draining || !shared.registry.is_draining() {
+                    break; // shed to make room
+                }
+                // The drain: finish the request in progress, then close.
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
 }
 
 /// The first request head of a connection, read before hyper is involved.
@@ -380,25 +536,36 @@ impl FirstHead {
     /// Most first heads fit; a longer one doubles the buffer as it arrives.
     const FIRST_READ: usize = 1024;
 
+    /// Continues with bytes already read (none, usually).
+    fn resume(bytes: BytesMut) -> FirstHead {
+        FirstHead { bytes, searched: 0 }
+    }
+
+    /// Whether the bytes held already end a head (looked for from where the
+    /// last look ended, 2 bytes back, in case the end straddles two reads).
+    fn scan(&mut self) -> bool {
+        let recent = &self.bytes[self.searched.saturating_sub(2)..];
+        let found =
+            recent.windows(2).any(|w| w == b"\n\n") || recent.windows(3).any(|w| w == b"\n\r\n");
+        self.searched = self.bytes.len();
+        found
+    }
+
     /// Reads what the socket has. `Err`: a read error (the connection is over).
-    fn read_from(&mut self, stream: &TcpStream) -> std::io::Result<Read> {
+    fn read_from(&mut self, stream: &TcpStream, state: &ConnState) -> std::io::Result<Read> {
         if self.bytes.len() == self.bytes.capacity() {
             self.bytes
                 .reserve(self.bytes.capacity().max(Self::FIRST_READ));
         }
         match stream.try_read_buf(&mut self.bytes) {
             Ok(0) => return Ok(Read::Closed),
-            Ok(_) => {}
+            // On an idle keep-alive connection, a request head has begun.
+            Ok(_) => state.on_read(),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(Read::More),
             Err(e) => return Err(e),
         }
-        // The end is `\r\n\r\n` (or `\n\n`, which HTTP parsers accept): look
-        // again from 2 bytes back, in case it straddles two reads.
-        let recent = &self.bytes[self.searched.saturating_sub(2)..];
-        let found =
-            recent.windows(2).any(|w| w == b"\n\n") || recent.windows(3).any(|w| w == b"\n\r\n");
-        self.searched = self.bytes.len();
-        Ok(if found {
+        // The end is `\r\n\r\n` (or `\n\n`, which HTTP parsers accept).
+        Ok(if self.scan() {
             Read::Complete
         } else if self.bytes.len() >= super::MAX_HEAD_BYTES {
             Read::TooLarge
@@ -428,6 +595,11 @@ impl<T> WatchedIo<T> {
             state,
             answer: None,
         }
+    }
+
+    /// The socket, and what of the prefix was not read.
+    pub fn into_parts(self) -> (T, Bytes) {
+        (self.inner, self.prefix)
     }
 }
 
@@ -481,6 +653,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for WatchedIo<T> {
         if !self.prefix.is_empty() {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix.split_to(n));
+            if self.prefix.is_empty() {
+                // Its buffer is not kept for the rest of the connection.
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
@@ -502,7 +678,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
         if this.intercept(buf) {
             return this.poll_answer(cx, buf);
         }
-        Pin::new(&mut this.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.state.set_write_blocked(polled.is_pending());
+        polled
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -523,7 +701,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
                 return this.poll_answer(cx, first);
             }
         }
-        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.state.set_write_blocked(polled.is_pending());
+        polled
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -559,6 +739,9 @@ struct TimedBody {
     deadline: tokio::time::Instant,
     timeout_secs: u64,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The connection, told when the body has been read to its end (`None`
+    /// once told, or for a body that was empty).
+    conn: Option<Arc<ConnState>>,
     lease: Arc<Lease>,
     /// Bytes reserved in the budget and not yet used by a chunk.
     credit: usize,
@@ -575,6 +758,13 @@ struct TimedBody {
 }
 
 impl TimedBody {
+    /// The body has been read to its end: the connection is told.
+    fn read_to_end(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.body_open.store(false, Ordering::Relaxed);
+        }
+    }
+
     /// Reserves `n` bytes now, or starts waiting for them (`false`).
     fn reserve(&mut self, n: usize) -> bool {
         if self.lease.try_take(n) {
@@ -649,6 +839,9 @@ impl http_body::Body for TimedBody {
                 if n <= this.credit {
                     this.credit -= n;
                     this.received += n;
+                    if this.inner.is_end_stream() {
+                        this.read_to_end();
+                    }
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 let short = n - this.credit;
@@ -667,6 +860,7 @@ impl http_body::Body for TimedBody {
                 Poll::Ready(None) => {
                     // The reservation the end did not use goes back at once.
                     this.lease.give_back(std::mem::take(&mut this.credit));
+                    this.read_to_end();
                     return Poll::Ready(None);
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
@@ -761,9 +955,13 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         // A handler that streams the body on (pass-through) gives bytes back
         // as they leave, instead of when it answers.
         request.extensions_mut().insert(lease.clone());
+        // Until the body is read to its end, hyper's connection is not idle.
+        let open = !http_body::Body::is_end_stream(request.body());
+        self.state.body_open.store(open, Ordering::Relaxed);
         let request = request.map(|inner| {
             Body::new(TimedBody {
                 inner,
+                conn: open.then(|| self.state.clone()),
                 deadline,
                 timeout_secs,
                 sleep: None,

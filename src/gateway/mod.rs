@@ -376,14 +376,18 @@ pub async fn run(
     let fd_limit = connections::raise_fd_limit();
     let limits = connections::Limits::new(&gw, fd_limit);
     let registry = connections::Registry::new(gw.metrics.clone());
-    let mut builder = Builder::new(TokioExecutor::new());
-    // A later request head on a keep-alive connection larger than this is
-    // refused (431) instead of buffered (the first is read by `connections::serve`).
-    builder.http1().max_buf_size(MAX_HEAD_BYTES);
+    // HTTP/2 (a connection that opens with its preface).
+    let builder = Builder::new(TokioExecutor::new());
+    // HTTP/1: a request head that hyper reads (a pipelined one, or one that
+    // arrives before an idle connection gives hyper up) larger than this is
+    // refused (431) instead of buffered (`connections::serve` reads the others).
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1.max_buf_size(MAX_HEAD_BYTES);
     let shared = Arc::new(connections::Shared {
         router: app,
         gw: gw.clone(),
         builder,
+        http1,
         fd_limit,
         registry: registry.clone(),
     });

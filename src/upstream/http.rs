@@ -61,6 +61,9 @@ pub struct HttpUpstream {
     client: reqwest::Client,
     /// Set unless an HTTP proxy is configured (see [`HTTP_PROXY_VARS`]).
     direct: Option<super::pool::Pool>,
+    /// The same, for streamed Chat Completions answers: connections that read
+    /// [`STREAM_READ_SIZE`] bytes at a time.
+    direct_streams: Option<super::pool::Pool>,
     /// The base URL without a trailing slash, e.g. `http://127.0.0.1:9000/v1`.
     base: String,
     /// The same for messages: userinfo shown as `***` (docs/contract.md §10).
@@ -108,7 +111,9 @@ impl HttpUpstream {
         let proxied = HTTP_PROXY_VARS
             .iter()
             .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
-        let direct = (!proxied).then(|| direct_client(provider.connect_timeout, max_idle));
+        let direct = (!proxied).then(|| direct_client(provider.connect_timeout, max_idle, None));
+        let direct_streams = (!proxied)
+            .then(|| direct_client(provider.connect_timeout, max_idle, Some(STREAM_READ_SIZE)));
         let auth =
             match config.provider_api_key(provider) {
                 Some(key) => {
@@ -124,6 +129,7 @@ impl HttpUpstream {
         Ok(HttpUpstream {
             client,
             direct,
+            direct_streams,
             responses_url: UpstreamUrl::new(format!("{}/responses", provider.base_url())),
             embeddings_url: UpstreamUrl::new(format!("{}/embeddings", provider.base_url())),
             completions_url: UpstreamUrl::new(format!("{}/completions", provider.base_url())),
@@ -201,6 +207,19 @@ impl HttpUpstream {
         stats: &ExchangeStats,
         client_headers: &HeaderMap,
     ) -> Result<reqwest::Response, ApiError> {
+        self.send_on(url, body, stats, client_headers, false).await
+    }
+
+    /// [`HttpUpstream::send`]; `stream`: the answer is a stream of small
+    /// events, sent on a connection of the streams' pool.
+    async fn send_on(
+        &self,
+        url: &UpstreamUrl,
+        body: &Bytes,
+        stats: &ExchangeStats,
+        client_headers: &HeaderMap,
+        stream: bool,
+    ) -> Result<reqwest::Response, ApiError> {
         let mut last_error = String::new();
         let mut last_status: Option<u16> = None;
         let mut deadline = None;
@@ -211,7 +230,7 @@ impl HttpUpstream {
                 *deadline.get_or_insert_with(|| stats.deadline_from(started, self.total_timeout));
             let outcome = tokio::time::timeout_at(
                 (started + self.first_byte_timeout).min(deadline.at),
-                self.exchange(Method::POST, url, Some(body), client_headers),
+                self.exchange(Method::POST, url, Some(body), client_headers, stream),
             )
             .await;
             stats.add_upstream_time(started.elapsed());
@@ -285,8 +304,14 @@ impl HttpUpstream {
         url: &UpstreamUrl,
         body: Option<&Bytes>,
         client_headers: &HeaderMap,
+        stream: bool,
     ) -> Result<reqwest::Response, ExchangeError> {
-        if let (Some(pool), Some(direct)) = (&self.direct, &url.direct) {
+        let pool = if stream {
+            &self.direct_streams
+        } else {
+            &self.direct
+        };
+        if let (Some(pool), Some(direct)) = (pool, &url.direct) {
             let request = self
                 .outgoing(method.clone(), body, client_headers)
                 .into_hyper(direct);
@@ -350,7 +375,9 @@ impl HttpUpstream {
         usage: UsageFn,
         client_headers: &HeaderMap,
     ) -> Result<Reply, ApiError> {
-        let response = self.send(url, body, &stats, client_headers).await?;
+        let response = self
+            .send_on(url, body, &stats, client_headers, stream)
+            .await?;
         if !response.status().is_success() {
             return Err(self.passthrough_error(response).await);
         }
@@ -746,7 +773,7 @@ impl HttpUpstream {
         let url = self.url(path);
         let response = timeout(
             self.first_byte_timeout.min(Duration::from_secs(10)),
-            self.exchange(Method::GET, &url, None, &HeaderMap::new()),
+            self.exchange(Method::GET, &url, None, &HeaderMap::new(), false),
         )
         .await
         .ok()?
@@ -904,15 +931,28 @@ impl UpstreamUrl {
 /// The direct path's pool, its connections set up as reqwest sets up its own:
 /// `TCP_NODELAY`, the connect timeout, TCP keep-alive (15 s, 15 s, 3 probes),
 /// idle connections kept 90 s.
-fn direct_client(connect_timeout: Duration, max_idle: usize) -> super::pool::Pool {
+fn direct_client(
+    connect_timeout: Duration,
+    max_idle: usize,
+    read_size: Option<usize>,
+) -> super::pool::Pool {
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(15)));
     http.set_keepalive_interval(Some(Duration::from_secs(15)));
     http.set_keepalive_retries(Some(3));
-    super::pool::Pool::new(http, max_idle, Duration::from_secs(90))
+    super::pool::Pool::new(http, max_idle, Duration::from_secs(90), read_size)
 }
+
+/// What a connection of the streams' pool reads at a time. A Chat Completions
+/// stream is events of a few hundred bytes, and a connection's read buffer is
+/// held for as long as its stream lasts: 1 KiB instead of hyper's 8 KiB took
+/// 1,000 concurrent streams from 48.6–49.1 to 45.1 KiB each
+/// (benches/streams.py, benches/results/perf.md). A larger event takes a few
+/// reads more; non-streamed answers keep hyper's own buffer, which grows with
+/// them.
+const STREAM_READ_SIZE: usize = 1024;
 
 /// A status an upstream may answer with: 100–599, and no redirect (never followed).
 fn conforming_status(status: reqwest::StatusCode) -> bool {
@@ -1063,6 +1103,7 @@ mod tests {
         let mut upstream = HttpUpstream::new(&provider, &config, Arc::new(Metrics::new())).unwrap();
         if !direct {
             upstream.direct = None;
+            upstream.direct_streams = None;
         }
         assert_eq!(upstream.direct.is_some(), direct, "HTTP_PROXY set here?");
         upstream
@@ -1074,13 +1115,14 @@ mod tests {
         let deadline = Duration::from_secs(30);
         let body = Bytes::from_static(br#"{"model":"gpt-5","messages":[]}"#);
         let mut requests = Vec::new();
-        for direct in [true, false] {
+        // hyper's pool, reqwest, and hyper's pool for streams.
+        for (direct, stream) in [(true, false), (false, false), (true, true)] {
             let upstream = upstream_at(&url, direct);
             let chat = upstream.url("/chat/completions");
             let stats = ExchangeStats::default();
             let response = timeout(
                 deadline,
-                upstream.send(&chat, &body, &stats, &HeaderMap::new()),
+                upstream.send_on(&chat, &body, &stats, &HeaderMap::new(), stream),
             )
             .await
             .expect("answered in time")
@@ -1127,6 +1169,7 @@ mod tests {
             requests[0], requests[1],
             "hyper (left) and reqwest (right) differ"
         );
+        assert_eq!(requests[0], requests[2], "the streams' pool differs");
     }
 
     #[test]

@@ -227,6 +227,82 @@ fn an_idle_keep_alive_connection_is_closed_after_keepalive_timeout() {
     read_until_closed(&mut stream);
 }
 
+/// Reads `n` whole responses (each with a `Content-Length`); returns their status lines.
+fn read_responses(stream: &mut TcpStream, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while got.len() < n {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("a Content-Length");
+            if buf.len() >= end + 4 + length {
+                got.push(head.lines().next().unwrap_or_default().to_string());
+                buf.drain(..end + 4 + length);
+                continue;
+            }
+        }
+        let read = stream.read(&mut chunk).expect("a response within PATIENCE");
+        assert!(read > 0, "closed: {}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..read]);
+    }
+    assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf));
+    got
+}
+
+#[test]
+fn a_keep_alive_connection_serves_on_after_idle_spells() {
+    // An HTTP/1 connection idle for a second gives hyper's connection up and
+    // reads its next request head itself: whether or not that has happened
+    // when a request comes, each is answered on the same connection, a
+    // pipelined pair and a head split across an idle spell too.
+    let home = home_with("keepalive_timeout = 600\nheader_timeout = 600");
+    let proxy = Proxy::start(&home, &[], &[]);
+    let mut stream = connect(&proxy);
+    let request = b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n";
+    let idle = || std::thread::sleep(Duration::from_millis(2500));
+    stream.write_all(request).unwrap();
+    assert_eq!(read_responses(&mut stream, 1), ["HTTP/1.1 200 OK"]);
+    idle();
+    stream.write_all(request).unwrap();
+    assert_eq!(read_responses(&mut stream, 1), ["HTTP/1.1 200 OK"]);
+    idle();
+    stream
+        .write_all(&[&request[..], &request[..]].concat())
+        .unwrap();
+    assert_eq!(
+        read_responses(&mut stream, 2),
+        ["HTTP/1.1 200 OK", "HTTP/1.1 200 OK"]
+    );
+    idle();
+    stream.write_all(b"GET /health/live HTTP/1.1\r\n").unwrap();
+    idle();
+    stream.write_all(b"Host: x\r\n\r\n").unwrap();
+    assert_eq!(read_responses(&mut stream, 1), ["HTTP/1.1 200 OK"]);
+    idle();
+    // A POST with a body, then a malformed head: answered 400 as on a fresh connection.
+    let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream
+        .write_all(&[head.as_bytes(), &body[..]].concat())
+        .unwrap();
+    assert_eq!(read_responses(&mut stream, 1), ["HTTP/1.1 200 OK"]);
+    idle();
+    stream.write_all(b"NOT HTTP\r\n\r\n").unwrap();
+    let reply = read_until_closed(&mut stream);
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+}
+
 #[test]
 fn a_body_that_does_not_arrive_in_time_is_408() {
     let home = home_with("body_timeout = 1");
