@@ -291,7 +291,7 @@ pub fn open_read(path: &Path) -> rusqlite::Result<Option<rusqlite::Connection>> 
 }
 
 fn writer(shared: &Shared) {
-    let mut conn: Option<rusqlite::Connection> = None;
+    let mut conn: Option<Db> = None;
     let mut last_error: Option<String> = None;
     // The rows being written; its buffer becomes the queue's next one, so
     // taking a batch under the lock moves no rows (and the requests pushing
@@ -323,11 +323,13 @@ fn writer(shared: &Shared) {
         }
         let rows = batch.make_contiguous();
         let result = match conn.as_mut() {
-            Some(c) => insert(c, rows),
-            None => open(&shared.path).and_then(|mut c| {
-                let r = insert(&mut c, rows);
-                conn = Some(c);
-                r
+            Some(db) => insert(&mut db.conn, &mut db.inserts, rows),
+            None => open(&shared.path).and_then(|c| {
+                let db = conn.insert(Db {
+                    inserts: Inserts::default(),
+                    conn: c,
+                });
+                insert(&mut db.conn, &mut db.inserts, rows)
             }),
         };
         if result.is_ok() {
@@ -386,19 +388,29 @@ fn writer(shared: &Shared) {
 pub fn in_memory(rows: &[Row]) -> rusqlite::Result<rusqlite::Connection> {
     let mut conn = rusqlite::Connection::open_in_memory()?;
     conn.execute_batch(SCHEMA)?;
-    insert(&mut conn, rows)?;
-    Ok(conn)
+    let mut inserts = Inserts::default();
+    let written = insert(&mut conn, &mut inserts, rows);
+    // The statements go before the connection is handed on.
+    drop(inserts);
+    written.map(|()| conn)
 }
 
 /// Rows per `INSERT` statement in a batch: SQLite opens the table and its
 /// indexes once per statement, so one statement for many rows costs less per
-/// row than one each (a full batch of 32 rows is one statement).
+/// row than one each. A batch is written 32 rows to a statement, and what is
+/// left by statements of 16, 8, 4, 2 and 1 rows (at most five more).
 const ROWS_PER_INSERT: usize = 32;
 
-/// The `INSERT` of `n` rows, 16 parameters a row.
+/// The statement sizes, largest first.
+const INSERT_SIZES: [usize; 6] = [32, 16, 8, 4, 2, 1];
+
+/// The `INSERT` of `n` rows, 16 parameters a row. `OR FAIL`: a statement of
+/// many rows that may abort halfway needs a statement journal (a copy of each
+/// page it changes, to undo its own rows); one that fails stops where it is.
+/// Either way a failed batch's transaction is rolled back as a whole.
 fn insert_sql(n: usize) -> String {
     let mut sql = String::from(
-        "INSERT INTO usage (time, request_id, key, ingress, route, model, provider, status, \
+        "INSERT OR FAIL INTO usage (time, request_id, key, ingress, route, model, provider, status, \
          input_tokens, output_tokens, cached_tokens, cost_usd, duration_ms, ttft_ms, trace_id, estimated) VALUES ",
     );
     for i in 0..n {
@@ -410,51 +422,228 @@ fn insert_sql(n: usize) -> String {
     sql
 }
 
-/// Binds `r` as the 16 parameters starting at `first` (1-based).
-fn bind_row(
-    stmt: &mut rusqlite::CachedStatement<'_>,
-    first: usize,
-    r: &Row,
-) -> rusqlite::Result<()> {
-    let mut time = [0u8; RFC3339_MILLIS_LEN];
-    stmt.raw_bind_parameter(first, format_rfc3339_millis(r.time_ms, &mut time))?;
-    stmt.raw_bind_parameter(first + 1, &r.request_id)?;
-    stmt.raw_bind_parameter(first + 2, &*r.key)?;
-    stmt.raw_bind_parameter(first + 3, r.ingress)?;
-    stmt.raw_bind_parameter(first + 4, &*r.route)?;
-    stmt.raw_bind_parameter(first + 5, &r.model)?;
-    stmt.raw_bind_parameter(first + 6, r.provider.as_deref())?;
-    stmt.raw_bind_parameter(first + 7, r.status)?;
-    stmt.raw_bind_parameter(first + 8, r.input_tokens as i64)?;
-    stmt.raw_bind_parameter(first + 9, r.output_tokens as i64)?;
-    stmt.raw_bind_parameter(first + 10, r.cached_tokens as i64)?;
-    stmt.raw_bind_parameter(first + 11, r.cost_usd)?;
-    stmt.raw_bind_parameter(first + 12, r.duration_ms)?;
-    stmt.raw_bind_parameter(first + 13, r.ttft_ms)?;
-    stmt.raw_bind_parameter(first + 14, &r.trace_id)?;
-    stmt.raw_bind_parameter(first + 15, r.estimated)
+/// The writer's connection and the statements it prepared. Fields drop in
+/// the order they are declared: the statements are finalized before the
+/// connection closes.
+struct Db {
+    inserts: Inserts,
+    conn: rusqlite::Connection,
 }
 
-fn insert(conn: &mut rusqlite::Connection, rows: &[Row]) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
-    {
-        let mut chunks = rows.chunks_exact(ROWS_PER_INSERT);
-        if chunks.len() > 0 {
-            let mut stmt = tx.prepare_cached(&insert_sql(ROWS_PER_INSERT))?;
-            for chunk in &mut chunks {
-                for (i, r) in chunk.iter().enumerate() {
-                    bind_row(&mut stmt, i * 16 + 1, r)?;
+/// The prepared `INSERT`s of one connection, one per size of
+/// [`INSERT_SIZES`], prepared when first needed. They bind each row's text
+/// without copying it (SQLite reads it in place during the statement's step),
+/// which rusqlite's statements cannot: a copy, with its allocation, of each
+/// of a row's seven texts was a third of a row's cost.
+#[derive(Default)]
+struct Inserts {
+    by_size: [Option<Insert>; INSERT_SIZES.len()],
+}
+
+/// One prepared `INSERT` of `rows` rows.
+struct Insert {
+    stmt: std::ptr::NonNull<rusqlite::ffi::sqlite3_stmt>,
+    rows: usize,
+}
+
+impl Drop for Insert {
+    fn drop(&mut self) {
+        // SAFETY: the statement was prepared by `Insert::prepare` and is
+        // finalized once, here; its connection is still open (see `Db` and
+        // `in_memory`: statements drop before their connection).
+        unsafe {
+            rusqlite::ffi::sqlite3_finalize(self.stmt.as_ptr());
+        }
+    }
+}
+
+/// The error SQLite reports for `rc` on `conn`.
+fn sqlite_error(conn: &rusqlite::Connection, rc: std::ffi::c_int) -> rusqlite::Error {
+    // SAFETY: the handle is the open connection's; `sqlite3_errmsg` returns a
+    // NUL-terminated string owned by SQLite, copied before anything else runs
+    // on the connection.
+    let message = unsafe {
+        let text = rusqlite::ffi::sqlite3_errmsg(conn.handle());
+        (!text.is_null()).then(|| {
+            std::ffi::CStr::from_ptr(text)
+                .to_string_lossy()
+                .into_owned()
+        })
+    };
+    rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rc), message)
+}
+
+impl Insert {
+    fn prepare(conn: &rusqlite::Connection, rows: usize) -> rusqlite::Result<Insert> {
+        let sql = insert_sql(rows);
+        let mut stmt = std::ptr::null_mut();
+        // SAFETY: `sql` is valid for its length and outlives the call; SQLite
+        // writes the new statement (or null) into `stmt`.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_prepare_v3(
+                conn.handle(),
+                sql.as_ptr().cast(),
+                sql.len() as std::ffi::c_int,
+                rusqlite::ffi::SQLITE_PREPARE_PERSISTENT,
+                &mut stmt,
+                std::ptr::null_mut(),
+            )
+        };
+        match std::ptr::NonNull::new(stmt) {
+            Some(stmt) if rc == rusqlite::ffi::SQLITE_OK => Ok(Insert { stmt, rows }),
+            Some(stmt) => {
+                // SAFETY: a statement SQLite made despite the error; finalized once.
+                unsafe { rusqlite::ffi::sqlite3_finalize(stmt.as_ptr()) };
+                Err(sqlite_error(conn, rc))
+            }
+            None => Err(sqlite_error(conn, rc)),
+        }
+    }
+
+    /// Inserts `rows` (exactly `self.rows` of them).
+    fn execute(&mut self, conn: &rusqlite::Connection, rows: &[Row]) -> rusqlite::Result<()> {
+        assert_eq!(rows.len(), self.rows, "an INSERT of {} rows", self.rows);
+        let mut times = [[0u8; RFC3339_MILLIS_LEN]; ROWS_PER_INSERT];
+        for (time, r) in times.iter_mut().zip(rows) {
+            format_rfc3339_millis(r.time_ms, time);
+        }
+        let stmt = self.stmt.as_ptr();
+        // SAFETY: every text bound points into `rows` or `times`, both
+        // borrowed until this function returns; the bindings are cleared
+        // before it returns, whatever happened, so the statement never keeps
+        // a pointer past them. SQLite reads bound texts during the step only.
+        unsafe {
+            let mut rc = rusqlite::ffi::SQLITE_OK;
+            for (i, (r, time)) in rows.iter().zip(&times).enumerate() {
+                rc = bind_row(stmt, (i * 16 + 1) as std::ffi::c_int, r, time);
+                if rc != rusqlite::ffi::SQLITE_OK {
+                    break;
                 }
-                stmt.raw_execute()?;
+            }
+            if rc == rusqlite::ffi::SQLITE_OK {
+                rc = rusqlite::ffi::sqlite3_step(stmt);
+            }
+            let error = (rc != rusqlite::ffi::SQLITE_DONE).then(|| sqlite_error(conn, rc));
+            rusqlite::ffi::sqlite3_reset(stmt);
+            rusqlite::ffi::sqlite3_clear_bindings(stmt);
+            error.map_or(Ok(()), Err)
+        }
+    }
+}
+
+/// Binds `text` in place: SQLite reads it where it is, until the bindings are
+/// cleared (`SQLITE_STATIC`).
+///
+/// # Safety
+/// `stmt` is a live statement; `text` outlives its binding.
+unsafe fn bind_text(
+    stmt: *mut rusqlite::ffi::sqlite3_stmt,
+    index: std::ffi::c_int,
+    text: Option<&str>,
+) -> std::ffi::c_int {
+    let Some(text) = text else {
+        // SAFETY: as the caller promised.
+        return unsafe { rusqlite::ffi::sqlite3_bind_null(stmt, index) };
+    };
+    let Ok(len) = std::ffi::c_int::try_from(text.len()) else {
+        return rusqlite::ffi::SQLITE_TOOBIG;
+    };
+    // An empty text gets a pointer to a real (empty, NUL-terminated) string.
+    let ptr = if text.is_empty() {
+        c"".as_ptr()
+    } else {
+        text.as_ptr().cast()
+    };
+    // SAFETY: `ptr` is valid for `len` bytes for as long as the caller keeps
+    // the binding; SQLITE_STATIC tells SQLite not to copy or free it.
+    unsafe {
+        rusqlite::ffi::sqlite3_bind_text(stmt, index, ptr, len, rusqlite::ffi::SQLITE_STATIC())
+    }
+}
+
+/// Binds `r` as the 16 parameters starting at `first` (1-based), its time
+/// being `time` (written by [`format_rfc3339_millis`]).
+///
+/// # Safety
+/// `stmt` is a live statement; `r` and `time` outlive the bindings.
+unsafe fn bind_row(
+    stmt: *mut rusqlite::ffi::sqlite3_stmt,
+    first: std::ffi::c_int,
+    r: &Row,
+    time: &[u8; RFC3339_MILLIS_LEN],
+) -> std::ffi::c_int {
+    use rusqlite::ffi::{sqlite3_bind_double, sqlite3_bind_int64, sqlite3_bind_null};
+    let time = std::str::from_utf8(time).unwrap_or("1970-01-01T00:00:00.000Z");
+    let integers = [
+        i64::from(r.status),
+        r.input_tokens as i64,
+        r.output_tokens as i64,
+        r.cached_tokens as i64,
+    ];
+    // SAFETY: as the caller promised; every text is borrowed from `r` or `time`.
+    unsafe {
+        let texts = [
+            Some(time),
+            r.request_id.as_deref(),
+            Some(&*r.key),
+            Some(r.ingress),
+            Some(&*r.route),
+            r.model.as_deref(),
+            r.provider.as_deref(),
+        ];
+        for (i, text) in texts.into_iter().enumerate() {
+            let rc = bind_text(stmt, first + i as std::ffi::c_int, text);
+            if rc != rusqlite::ffi::SQLITE_OK {
+                return rc;
             }
         }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut stmt = tx.prepare_cached(&insert_sql(1))?;
-            for r in rest {
-                bind_row(&mut stmt, 1, r)?;
-                stmt.raw_execute()?;
+        for (i, n) in integers.into_iter().enumerate() {
+            let rc = sqlite3_bind_int64(stmt, first + 7 + i as std::ffi::c_int, n);
+            if rc != rusqlite::ffi::SQLITE_OK {
+                return rc;
             }
+        }
+        let rc = sqlite3_bind_double(stmt, first + 11, r.cost_usd);
+        if rc != rusqlite::ffi::SQLITE_OK {
+            return rc;
+        }
+        let rc = sqlite3_bind_double(stmt, first + 12, r.duration_ms);
+        if rc != rusqlite::ffi::SQLITE_OK {
+            return rc;
+        }
+        let rc = match r.ttft_ms {
+            Some(ms) => sqlite3_bind_double(stmt, first + 13, ms),
+            None => sqlite3_bind_null(stmt, first + 13),
+        };
+        if rc != rusqlite::ffi::SQLITE_OK {
+            return rc;
+        }
+        let rc = bind_text(stmt, first + 14, r.trace_id.as_deref());
+        if rc != rusqlite::ffi::SQLITE_OK {
+            return rc;
+        }
+        sqlite3_bind_int64(stmt, first + 15, i64::from(r.estimated))
+    }
+}
+
+/// Writes `rows` in one transaction: statements of 32 rows, then the rest by
+/// statements of 16, 8, 4, 2 and 1.
+fn insert(
+    conn: &mut rusqlite::Connection,
+    inserts: &mut Inserts,
+    rows: &[Row],
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    let mut rest = rows;
+    for (slot, size) in inserts.by_size.iter_mut().zip(INSERT_SIZES) {
+        while rest.len() >= size {
+            let insert = match slot {
+                Some(insert) => insert,
+                None => slot.insert(Insert::prepare(&tx, size)?),
+            };
+            let (chunk, after) = rest.split_at(size);
+            insert.execute(&tx, chunk)?;
+            rest = after;
         }
     }
     tx.commit()
@@ -583,17 +772,28 @@ pub fn rfc3339(secs: u64) -> String {
 mod tests {
     use super::*;
 
-    /// Batches of many statements of 32 rows and a remainder of single rows
-    /// write every field of every row, in order.
+    /// Batches of any size (statements of 32 rows, and the rest by 16, 8, 4,
+    /// 2 and 1) write every field of every row, in order; empty texts stay
+    /// empty texts and absent ones NULL.
     #[test]
     fn a_batch_writes_every_field_of_every_row_in_order() {
-        let rows: Vec<Row> = (0..70u64)
+        for n in [0, 1, 2, 3, 31, 32, 33, 63, 70, 100] {
+            batch_of(n);
+        }
+    }
+
+    fn batch_of(n: u64) {
+        let rows: Vec<Row> = (0..n)
             .map(|i| Row {
                 time_ms: 1_700_000_000_000 + i,
                 request_id: (i % 3 != 0).then(|| format!("req-{i}")),
                 key: format!("key-{}", i % 7).into(),
                 ingress: if i % 2 == 0 { "http" } else { "nats" },
-                route: "/v1/chat/completions".into(),
+                route: if i % 11 == 3 {
+                    "".into()
+                } else {
+                    format!("/v1/{}", "x".repeat(i as usize)).into()
+                },
                 model: (i % 5 != 0).then(|| "gpt-5".to_string()),
                 provider: (i % 4 != 0).then(|| "openai".into()),
                 status: 200 + (i % 3) as u16,
