@@ -253,10 +253,25 @@ impl Upstream {
     }
 }
 
-/// A loopback address on which nothing listens (bound, then closed).
+/// A loopback address on which nothing listens: a socket is bound to the port
+/// and never listens, for as long as the test process runs, so a connection to
+/// it is refused and no other test (nor a proxy it starts) can be given the
+/// port meanwhile.
 pub fn closed_port_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    format!("http://{addr}/v1")
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, getsockname, socket,
+    };
+    use std::os::fd::{AsRawFd, OwnedFd};
+    static HELD: Mutex<Vec<OwnedFd>> = Mutex::new(Vec::new());
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("a TCP socket");
+    bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).expect("bind 127.0.0.1:0");
+    let addr: SockaddrIn = getsockname(fd.as_raw_fd()).expect("the bound address");
+    HELD.lock().unwrap().push(fd);
+    format!("http://127.0.0.1:{}/v1", addr.port())
 }
