@@ -8,10 +8,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use std::convert::Infallible;
+use std::future::{Ready, ready};
+use std::task::{Context, Poll};
+
+use axum::extract::Request;
 use axum::http::header::AUTHORIZATION;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::future::Either;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::Gateway;
@@ -20,33 +24,63 @@ use crate::api::openai::ApiError;
 use crate::keys::Caller;
 
 /// Who is calling: a client key (`Authorization: Bearer wk-…`), the
-/// operator's token, or anyone while neither is required. A refused caller gets 401 `invalid_api_key`; an identified one is
-/// handed to the handler as a [`Caller`] extension (none: [`Caller::Open`]).
-pub async fn authenticate(
-    State(gw): State<Arc<Gateway>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    match identify(&gw, request, false) {
-        Ok(request) => next.run(request).await,
-        Err(e) => e.into_response(),
+/// operator's token, or anyone while neither is required. A refused caller
+/// gets 401 `invalid_api_key`; an identified one is handed to the handler as a
+/// [`Caller`] extension (none: [`Caller::Open`]). With `anthropic` (the
+/// `/v1/messages` routes) the key or token may come as `x-api-key` (what the
+/// Anthropic SDKs and Claude Code send) or as Bearer, and a 401 is in
+/// Anthropic's shape.
+///
+/// A tower layer rather than `axum::middleware::from_fn`: no copy of the
+/// inner service and no boxed future per request.
+#[derive(Clone)]
+pub struct AuthLayer {
+    pub gw: Arc<Gateway>,
+    pub anthropic: bool,
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = Authenticate<S>;
+
+    fn layer(&self, inner: S) -> Authenticate<S> {
+        Authenticate {
+            inner,
+            layer: self.clone(),
+        }
     }
 }
 
-/// [`authenticate`] for Anthropic clients (`/v1/messages`): the key or token
-/// as `x-api-key` (what the Anthropic SDKs and Claude Code send) or as Bearer;
-/// a 401 in Anthropic's shape.
-pub async fn authenticate_anthropic(
-    State(gw): State<Arc<Gateway>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    match identify(&gw, request, true) {
-        Ok(request) => next.run(request).await,
-        Err(e) => super::messages::error_response(&ApiError {
-            kind: "authentication_error",
-            ..e
-        }),
+/// [`AuthLayer`]'s service.
+#[derive(Clone)]
+pub struct Authenticate<S> {
+    inner: S,
+    layer: AuthLayer,
+}
+
+impl<S> tower::Service<Request> for Authenticate<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<S::Future, Ready<Result<Response, Infallible>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let anthropic = self.layer.anthropic;
+        match identify(&self.layer.gw, request, anthropic) {
+            Ok(request) => Either::Left(self.inner.call(request)),
+            Err(e) if anthropic => {
+                Either::Right(ready(Ok(super::messages::error_response(&ApiError {
+                    kind: "authentication_error",
+                    ..e
+                }))))
+            }
+            Err(e) => Either::Right(ready(Ok(e.into_response()))),
+        }
     }
 }
 

@@ -26,7 +26,7 @@ pub async fn chat_completions(
     State(gw): State<Arc<Gateway>>,
     caller: Option<Extension<Caller>>,
     trace: Option<Extension<SpanParent>>,
-    headers: HeaderMap,
+    TakenHeaders(headers): TakenHeaders,
     ClientBody(body): ClientBody,
 ) -> Response {
     let origin = dispatch::Origin::http(caller.map(|c| c.0), "/v1/chat/completions", &headers)
@@ -42,7 +42,7 @@ pub async fn embeddings(
     State(gw): State<Arc<Gateway>>,
     caller: Option<Extension<Caller>>,
     trace: Option<Extension<SpanParent>>,
-    headers: HeaderMap,
+    TakenHeaders(headers): TakenHeaders,
     ClientBody(body): ClientBody,
 ) -> Response {
     let origin = dispatch::Origin::http(caller.map(|c| c.0), "/v1/embeddings", &headers)
@@ -56,7 +56,7 @@ pub async fn completions(
     State(gw): State<Arc<Gateway>>,
     caller: Option<Extension<Caller>>,
     trace: Option<Extension<SpanParent>>,
-    headers: HeaderMap,
+    TakenHeaders(headers): TakenHeaders,
     ClientBody(body): ClientBody,
 ) -> Response {
     let origin = dispatch::Origin::http(caller.map(|c| c.0), "/v1/completions", &headers)
@@ -240,6 +240,22 @@ pub(super) fn sse_response(body: Body) -> Response {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
+}
+
+/// The request's headers, moved out of the request instead of copied (as
+/// axum's `HeaderMap` extractor does): for a handler that reads its body
+/// next, so nothing after it needs them on the request.
+pub struct TakenHeaders(pub HeaderMap);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for TakenHeaders {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Infallible> {
+        Ok(TakenHeaders(std::mem::take(&mut parts.headers)))
+    }
 }
 
 /// A request body, read within `server.max_body_bytes` and `server.body_timeout`.

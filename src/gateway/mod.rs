@@ -283,18 +283,18 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     } else {
         api = api.route("/v1/responses", post(responses_disabled));
     }
-    let api = api.route_layer(axum::middleware::from_fn_with_state(
-        gw.clone(),
-        admission::authenticate,
-    ));
+    let api = api.route_layer(admission::AuthLayer {
+        gw: gw.clone(),
+        anthropic: false,
+    });
     // The Anthropic Messages API: its clients send the token as `x-api-key`.
     let anthropic = Router::new()
         .route("/v1/messages", post(messages::messages))
         .route("/v1/messages/count_tokens", post(messages::count_tokens))
-        .route_layer(axum::middleware::from_fn_with_state(
-            gw.clone(),
-            admission::authenticate_anthropic,
-        ));
+        .route_layer(admission::AuthLayer {
+            gw: gw.clone(),
+            anthropic: true,
+        });
     let mut router = Router::new()
         .merge(api)
         .merge(anthropic)
@@ -319,10 +319,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         router = router.layer(axum::middleware::from_fn_with_state(gw.clone(), cors::cors));
     }
     router
-        .layer(axum::middleware::from_fn_with_state(
-            gw.clone(),
-            observe::observe,
-        ))
+        .layer(observe::ObserveLayer(gw.clone()))
         .with_state(gw)
 }
 

@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
@@ -26,7 +25,7 @@ pub async fn responses(
     State(gw): State<Arc<Gateway>>,
     caller: Option<axum::extract::Extension<crate::keys::Caller>>,
     trace: Option<axum::Extension<crate::telemetry::SpanParent>>,
-    headers: HeaderMap,
+    super::chat::TakenHeaders(headers): super::chat::TakenHeaders,
     ClientBody(body): ClientBody,
 ) -> Response {
     let mut request = match serde_json::from_slice::<Value>(&body) {

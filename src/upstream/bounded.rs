@@ -71,10 +71,12 @@ pub async fn read_capped(
     let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
     loop {
-        if deadline.passed() {
+        // One clock read per chunk, for the deadline and the idle timer.
+        let now = Instant::now();
+        if now >= deadline.at {
             return Err(ReadStop::Deadline);
         }
-        match tokio::time::timeout(deadline.wait(idle), response.chunk()).await {
+        match tokio::time::timeout_at((now + idle).min(deadline.at), response.chunk()).await {
             Err(_) if deadline.passed() => return Err(ReadStop::Deadline),
             Err(_) => return Err(ReadStop::Idle),
             Ok(Err(e)) => {

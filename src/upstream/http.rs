@@ -222,11 +222,14 @@ impl HttpUpstream {
     ) -> Result<reqwest::Response, ApiError> {
         let mut last_error = String::new();
         let mut last_status: Option<u16> = None;
-        let deadline = stats.deadline(self.total_timeout);
+        let mut deadline = None;
         for attempt in 1..=self.attempts {
-            let started = Instant::now();
-            let outcome = timeout(
-                deadline.wait(self.first_byte_timeout),
+            // One clock read for the attempt's start, its timer and the deadline.
+            let started = tokio::time::Instant::now();
+            let deadline =
+                *deadline.get_or_insert_with(|| stats.deadline_from(started, self.total_timeout));
+            let outcome = tokio::time::timeout_at(
+                (started + self.first_byte_timeout).min(deadline.at),
                 self.exchange(Method::POST, url, Some(body), client_headers, stream),
             )
             .await;

@@ -151,6 +151,13 @@ impl ExchangeStats {
             .deadline
             .get_or_init(|| bounded::Deadline::after(total))
     }
+    /// [`ExchangeStats::deadline`], `total` after `now` when it starts now.
+    pub fn deadline_from(&self, now: tokio::time::Instant, total: Duration) -> bounded::Deadline {
+        *self.deadline.get_or_init(|| bounded::Deadline {
+            at: now + total,
+            total,
+        })
+    }
     pub fn set_usage(&self, usage: Usage) {
         self.usage_reported.store(true, Ordering::Relaxed);
         self.prompt_tokens

@@ -180,9 +180,10 @@ impl Router {
     /// A Chat Completions request, to the first candidate that answers.
     pub async fn chat(&self, mut call: ChatCall) -> Result<Reply, ApiError> {
         let candidates = self.route_and_rewrite(&mut call.model, &mut call.body)?;
-        let (stats, model, body) = (call.stats.clone(), call.model.clone(), call.body.clone());
-        let request = Request::new("chat", &model, call.stream, &body);
-        self.dispatch(request, candidates, &stats, |provider, span| {
+        // Borrowed by the request and by each attempt (which copies it).
+        let call = &call;
+        let request = Request::new("chat", &call.model, call.stream, &call.body);
+        self.dispatch(request, candidates, &call.stats, |provider, span| {
             let mut call = call.clone();
             trace_headers(&mut call.headers, span);
             async move { provider.upstream.chat(call).await }
@@ -193,9 +194,10 @@ impl Router {
     /// A Responses API request (forwarded as it is), routed by `call.model`.
     pub async fn responses(&self, mut call: ResponsesCall) -> Result<Reply, ApiError> {
         let candidates = self.route_and_rewrite(&mut call.model, &mut call.body)?;
-        let (stats, model, body) = (call.stats.clone(), call.model.clone(), call.body.clone());
-        let request = Request::new("chat", &model, call.stream, &body);
-        self.dispatch(request, candidates, &stats, |provider, span| {
+        // Borrowed by the request and by each attempt (which copies it).
+        let call = &call;
+        let request = Request::new("chat", &call.model, call.stream, &call.body);
+        self.dispatch(request, candidates, &call.stats, |provider, span| {
             let mut call = call.clone();
             trace_headers(&mut call.headers, span);
             async move { provider.upstream.responses(call).await }
@@ -213,9 +215,10 @@ impl Router {
             Upstream::serves_embeddings,
             "embeddings",
         )?;
-        let (stats, model, body) = (call.stats.clone(), call.model.clone(), call.body.clone());
-        let request = Request::new("embeddings", &model, false, &body);
-        self.dispatch(request, candidates, &stats, |provider, span| {
+        // Borrowed by the request and by each attempt (which copies it).
+        let call = &call;
+        let request = Request::new("embeddings", &call.model, false, &call.body);
+        self.dispatch(request, candidates, &call.stats, |provider, span| {
             let mut call = call.clone();
             trace_headers(&mut call.headers, span);
             async move { provider.upstream.embeddings(call).await }
@@ -226,9 +229,10 @@ impl Router {
     /// A legacy completions request, routed by `call.model`.
     pub async fn completions(&self, mut call: CompletionsCall) -> Result<Reply, ApiError> {
         let candidates = self.route_and_rewrite(&mut call.model, &mut call.body)?;
-        let (stats, model, body) = (call.stats.clone(), call.model.clone(), call.body.clone());
-        let request = Request::new("text_completion", &model, call.stream, &body);
-        self.dispatch(request, candidates, &stats, |provider, span| {
+        // Borrowed by the request and by each attempt (which copies it).
+        let call = &call;
+        let request = Request::new("text_completion", &call.model, call.stream, &call.body);
+        self.dispatch(request, candidates, &call.stats, |provider, span| {
             let mut call = call.clone();
             trace_headers(&mut call.headers, span);
             async move { provider.upstream.completions(call).await }
@@ -546,7 +550,10 @@ impl Router {
     {
         let (model, stream) = (request.model, request.stream);
         let attempts_allowed = max_attempts.clamp(1, self.attempts.max(1));
-        let deadline = Instant::now() + self.chain_timeout;
+        // The chain's start: also the first attempt's (one clock read for both).
+        let begun = Instant::now();
+        let deadline = begun + self.chain_timeout;
+        let mut first_start = Some(begun);
         let mut used = [0u8; MAX_PROVIDERS];
         let mut tried: u64 = 0;
         let mut attempts = 0u32;
@@ -608,7 +615,7 @@ impl Router {
                 .trace
                 .get()
                 .map(|parent| request.attempt_span(parent, provider, attempts, stats));
-            let started = std::time::Instant::now();
+            let started = first_start.take().unwrap_or_else(Instant::now);
             let outcome = tokio::time::timeout_at(deadline, async {
                 match call(provider.clone(), span.as_ref()).await {
                     Ok(answer) if stream => answer.first_event().await,
