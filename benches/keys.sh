@@ -22,6 +22,7 @@
 #   benches/keys.sh /tmp/proxy-keys
 #
 # Env: KEYS_COUNT=1000, KEYS_CONNS=64, KEYS_SECS=10, KEYS_ROUNDS=5, KEYS_N=2000,
+#      KEYS_PIN=split (wrk on CPU 0, nginx and the proxies on CPU 1; none: unpinned),
 #      KEYS_OUT=benches/results/keys.md; CALLGRIND_KEEP=DIR keeps the callgrind files
 #      (benches/callgrind_per_request.py DIR/on.callgrind.W DIR/on.callgrind.W+N N: by function).
 # Needs nginx, wrk, valgrind, sqlite3 (Debian). Loopback only; stops what it started.
@@ -41,6 +42,19 @@ load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 need_apt nginx:nginx-light wrk:wrk valgrind:valgrind sqlite3:sqlite3
 start_nginx
 
+# KEYS_PIN=split (the default, on 2 or more CPUs): wrk on CPU 0, nginx and both proxies on
+# CPU 1, as benches/run.sh does: the load generator then takes nothing from the proxies, and
+# each round's req/s is what one core serving nginx and the proxy gives. none: no pinning.
+serve_pin=()
+if [ "${KEYS_PIN:-split}" = split ] && [ "$(nproc)" -ge 2 ]; then
+  wrk_pin=(taskset -c 0)
+  serve_pin=(taskset -c 1)
+  for p in "${pids[@]}" $(pgrep -P "${pids[0]}" || true); do taskset -a -p -c 1 "$p" >/dev/null; done
+  arrangement="wrk pinned to CPU 0, nginx and the proxies to CPU 1 (\`taskset\`)"
+else
+  arrangement="nothing pinned"
+fi
+
 # The keys, in the "on" home; the callgrind homes get a copy of its keys.toml.
 mkdir -p "$work/on" "$work/off"
 create_keys "$BIN" "$work/on" "$COUNT" client --rpm 1000000000 --budget-tokens 1000000000000 \
@@ -51,7 +65,7 @@ create_keys "$BIN" "$work/on" "$COUNT" client --rpm 1000000000 --budget-tokens 1
 start() {
   local port
   port=$(free_port)
-  WARDEN_AUTH_TOKEN=$TOKEN "$BIN" --home "$work/$1" --port "$port" \
+  WARDEN_AUTH_TOKEN=$TOKEN "${serve_pin[@]}" "$BIN" --home "$work/$1" --port "$port" \
     --upstream "http://127.0.0.1:$nginx_port/json/v1" >"$work/$1.out" 2>&1 &
   pids+=($!)
   echo $! >"$work/$1.pid"
@@ -101,10 +115,10 @@ read -r off_ir off_allocs < <(BENCH_BEARER=$TOKEN counts off "")
 read -r on_ir on_allocs < <(counts on "$work/keys.txt")
 
 python3 - "$work" "$BIN" "$COUNT" "$CONNS" "$SECS" "$ROUNDS" "$N" "$load_start" "$load_end" "$rows" \
-  "$off_ir" "$off_allocs" "$on_ir" "$on_allocs" >"$OUT" <<'PY'
+  "$off_ir" "$off_allocs" "$on_ir" "$on_allocs" "$arrangement" "${KEYS_PIN:-split}" >"$OUT" <<'PY'
 import os, statistics, sys
 (work, binary, count, conns, secs, rounds, n, load_start, load_end, rows,
- off_ir, off_allocs, on_ir, on_allocs) = sys.argv[1:15]
+ off_ir, off_allocs, on_ir, on_allocs, arrangement, pin) = sys.argv[1:17]
 cells = {"off": [], "on": []}
 for line in open(f"{work}/results"):
     keys, rps, p50, p99, errors, requests, ticks = line.split()
@@ -118,6 +132,7 @@ print(f"benches/keys.sh: the same build with keys off (the operator's token, not
       f"the ledger), in front of the nginx fixed-answer upstream; wrk, {conns} connections, "
       f"{secs} s per run, {rounds} rounds alternating off and on, medians.\n")
 print(f"- build: `{binary}`")
+print(f"- {arrangement}")
 print(f"- load average: {load_start} at the start, {load_end} after the wrk rounds "
       f"(2 cores, shared with other work)\n")
 hz = os.sysconf("SC_CLK_TCK")
@@ -141,7 +156,7 @@ print("| keys | instructions / request | vs off | allocations / request |")
 print("| --- | ---: | ---: | ---: |")
 for k, ir, allocs in (("off", off_ir, off_allocs), ("on", on_ir, on_allocs)):
     print(f"| {k} | {int(ir):,} | {int(ir) / int(off_ir) * 100:.1f}% | {allocs} |")
-print(f"\nCommand: `KEYS_COUNT={count} KEYS_CONNS={conns} KEYS_SECS={secs} KEYS_ROUNDS={rounds} "
+print(f"\nCommand: `KEYS_PIN={pin} KEYS_COUNT={count} KEYS_CONNS={conns} KEYS_SECS={secs} KEYS_ROUNDS={rounds} "
       f"KEYS_N={n} benches/keys.sh {binary}`.")
 PY
 cat "$OUT"

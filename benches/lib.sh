@@ -43,9 +43,11 @@ start_nginx() {
 # wrk_chat URL CONNECTIONS SECS: wrk (one thread) POSTing benches/wrk/chat.lua's request to
 # URL/v1/chat/completions for SECS s; prints "rps p50_us p99_us errors requests" (errors:
 # socket errors and non-2xx answers). BENCH_BEARER (one key) or BENCH_KEYS (a file of keys,
-# cycled) in the environment choose what each request sends as its bearer.
+# cycled) in the environment choose what each request sends as its bearer. The array
+# wrk_pin (empty unless a script sets it, e.g. wrk_pin=(taskset -c 0)) prefixes the command.
+wrk_pin=()
 wrk_chat() {
-  wrk -t1 -c"$2" -d"$3"s --timeout 10s -s benches/wrk/chat.lua "$1/v1/chat/completions" -- json \
+  "${wrk_pin[@]}" wrk -t1 -c"$2" -d"$3"s --timeout 10s -s benches/wrk/chat.lua "$1/v1/chat/completions" -- json \
     | awk '/^RESULT/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
                        print v["rps"], v["p50_us"], v["p99_us"], v["errors"] + v["non2xx"], v["requests"] }'
 }
