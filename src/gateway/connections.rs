@@ -424,12 +424,7 @@ async fn serve_h1(
     limits: Limits,
     next_wait: &impl Fn(&ConnState) -> Option<Duration>,
 ) -> Option<(TcpStream, BytesMut)> {
-    let io = TokioIo::new(WatchedIo::new(stream, head.bytes.freeze(), state.clone()));
-    let service = ConnService {
-        shared: shared.clone(),
-        state: state.clone(),
-        limits,
-    };
+    let (io, service) = io_and_service(stream, head, state, shared, limits);
     let mut conn = Box::new(shared.http1.serve_connection(io, service));
     // Whether hyper was asked to stop because the connection is idle.
     let mut releasing = false;
@@ -481,6 +476,24 @@ async fn serve_h1(
     None
 }
 
+/// What hyper serves a connection with: its socket (behind the bytes already
+/// read) and the service that answers its requests.
+fn io_and_service(
+    stream: TcpStream,
+    head: FirstHead,
+    state: &Arc<ConnState>,
+    shared: &Arc<Shared>,
+    limits: Limits,
+) -> (TokioIo<WatchedIo<TcpStream>>, ConnService) {
+    let io = TokioIo::new(WatchedIo::new(stream, head.bytes.freeze(), state.clone()));
+    let service = ConnService {
+        shared: shared.clone(),
+        state: state.clone(),
+        limits,
+    };
+    (io, service)
+}
+
 /// Serves an HTTP/2 connection until it ends.
 async fn serve_h2(
     stream: TcpStream,
@@ -490,12 +503,7 @@ async fn serve_h2(
     limits: Limits,
     next_wait: &impl Fn(&ConnState) -> Option<Duration>,
 ) {
-    let io = TokioIo::new(WatchedIo::new(stream, head.bytes.freeze(), state.clone()));
-    let service = ConnService {
-        shared: shared.clone(),
-        state: state.clone(),
-        limits,
-    };
+    let (io, service) = io_and_service(stream, head, state, shared, limits);
     let mut conn = Box::pin(shared.builder.serve_connection_with_upgrades(io, service));
     let mut draining = false;
     while let Some(wait) = next_wait(state) {

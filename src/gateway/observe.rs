@@ -419,45 +419,30 @@ impl Record {
         if direct {
             return;
         }
+        // A field given as `None` is left out of the event.
+        let trace_id = trace_id.as_ref().map(tracing::field::display);
         match (&self.exchange, usage) {
-            (Some(x), Some(usage)) => match &trace_id {
-                None => tracing::info!(
-                    ingress,
-                    route = self.route,
-                    status,
-                    duration_ms,
-                    model = %crate::support::redact::client(&x.model),
-                    provider = x.stats.provider_name().unwrap_or("-"),
-                    failovers = x.stats.failovers(),
-                    prompt_tokens = usage.prompt_tokens,
-                    completion_tokens = usage.completion_tokens,
-                    "request"
-                ),
-                Some(trace_id) => tracing::info!(
-                    ingress,
-                    route = self.route,
-                    status,
-                    duration_ms,
-                    model = %crate::support::redact::client(&x.model),
-                    provider = x.stats.provider_name().unwrap_or("-"),
-                    failovers = x.stats.failovers(),
-                    prompt_tokens = usage.prompt_tokens,
-                    completion_tokens = usage.completion_tokens,
-                    trace_id = %trace_id,
-                    "request"
-                ),
-            },
-            _ => match &trace_id {
-                None => tracing::info!(ingress, route = self.route, status, duration_ms, "request"),
-                Some(trace_id) => tracing::info!(
-                    ingress,
-                    route = self.route,
-                    status,
-                    duration_ms,
-                    trace_id = %trace_id,
-                    "request"
-                ),
-            },
+            (Some(x), Some(usage)) => tracing::info!(
+                ingress,
+                route = self.route,
+                status,
+                duration_ms,
+                model = %crate::support::redact::client(&x.model),
+                provider = x.stats.provider_name().unwrap_or("-"),
+                failovers = x.stats.failovers(),
+                prompt_tokens = usage.prompt_tokens,
+                completion_tokens = usage.completion_tokens,
+                trace_id,
+                "request"
+            ),
+            _ => tracing::info!(
+                ingress,
+                route = self.route,
+                status,
+                duration_ms,
+                trace_id,
+                "request"
+            ),
         }
     }
 }
