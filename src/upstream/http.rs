@@ -9,7 +9,8 @@
 //!
 //! Requests go through reqwest, except on the hot path to a plain-`http://`
 //! upstream with no HTTP proxy configured: there hyper's HTTP/1 connections are
-//! used directly, from the upstream's own pool ([`super::pool`]), which skips
+//! used directly, from the upstream's own pool ([`super::pool`]; streamed
+//! answers have connections of their own, [`super::streams`]), which skips
 //! reqwest's per-request URL re-parsing, its redirect and retry layers and
 //! hyper-util's keyed pool (together about a third of the proxy's instructions
 //! per request). What the upstream sees is the same request: one
@@ -61,9 +62,9 @@ pub struct HttpUpstream {
     client: reqwest::Client,
     /// Set unless an HTTP proxy is configured (see [`HTTP_PROXY_VARS`]).
     direct: Option<super::pool::Pool>,
-    /// The same, for streamed Chat Completions answers: connections that read
-    /// [`STREAM_READ_SIZE`] bytes at a time.
-    direct_streams: Option<super::pool::Pool>,
+    /// The same, for streamed answers: connections of their own, written and
+    /// read without hyper ([`super::streams`]), which hold less per stream.
+    direct_streams: Option<super::streams::Pool>,
     /// The base URL without a trailing slash, e.g. `http://127.0.0.1:9000/v1`.
     base: String,
     /// The same for messages: userinfo shown as `***` (docs/contract.md §10).
@@ -111,9 +112,14 @@ impl HttpUpstream {
         let proxied = HTTP_PROXY_VARS
             .iter()
             .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
-        let direct = (!proxied).then(|| direct_client(provider.connect_timeout, max_idle, None));
-        let direct_streams = (!proxied)
-            .then(|| direct_client(provider.connect_timeout, max_idle, Some(STREAM_READ_SIZE)));
+        let direct = (!proxied).then(|| direct_client(provider.connect_timeout, max_idle));
+        let direct_streams = (!proxied).then(|| {
+            super::streams::Pool::new(
+                connector(provider.connect_timeout),
+                max_idle,
+                Duration::from_secs(90),
+            )
+        });
         let auth =
             match config.provider_api_key(provider) {
                 Some(key) => {
@@ -211,7 +217,7 @@ impl HttpUpstream {
     }
 
     /// [`HttpUpstream::send`]; `stream`: the answer is a stream of small
-    /// events, sent on a connection of the streams' pool.
+    /// events, sent on a connection of the streams' pool ([`super::streams`]).
     async fn send_on(
         &self,
         url: &UpstreamUrl,
@@ -306,12 +312,16 @@ impl HttpUpstream {
         client_headers: &HeaderMap,
         stream: bool,
     ) -> Result<reqwest::Response, ExchangeError> {
-        let pool = if stream {
-            &self.direct_streams
-        } else {
-            &self.direct
-        };
-        if let (Some(pool), Some(direct)) = (pool, &url.direct) {
+        if let (true, Some(pool), Some(direct)) = (stream, &self.direct_streams, &url.direct) {
+            let request = self
+                .outgoing(method.clone(), body, client_headers)
+                .into_hyper(direct);
+            return match pool.send(&direct.uri, request).await {
+                Ok(response) => Ok(into_reqwest(response, &direct.parsed)),
+                Err(error) => Err(ExchangeError::Stream { error }),
+            };
+        }
+        if let (Some(pool), Some(direct)) = (&self.direct, &url.direct) {
             let request = self
                 .outgoing(method.clone(), body, client_headers)
                 .into_hyper(direct);
@@ -854,6 +864,9 @@ enum ExchangeError {
     /// hyper's direct path (plain `http://`).
     #[error("error sending request: {}", error_chain(error))]
     Direct { error: super::pool::Error },
+    /// The streams' direct path ([`super::streams`]).
+    #[error("error sending request: {}", error_chain(error))]
+    Stream { error: super::streams::Error },
     /// reqwest (https, an HTTP proxy), without the URL, which may carry a password.
     #[error("{}", error_chain(error))]
     Reqwest { error: reqwest::Error },
@@ -928,31 +941,27 @@ impl UpstreamUrl {
     }
 }
 
-/// The direct path's pool, its connections set up as reqwest sets up its own:
-/// `TCP_NODELAY`, the connect timeout, TCP keep-alive (15 s, 15 s, 3 probes),
-/// idle connections kept 90 s.
-fn direct_client(
-    connect_timeout: Duration,
-    max_idle: usize,
-    read_size: Option<usize>,
-) -> super::pool::Pool {
+/// The direct path's pool, its connections set up as reqwest sets up its own
+/// ([`connector`]), idle connections kept 90 s.
+fn direct_client(connect_timeout: Duration, max_idle: usize) -> super::pool::Pool {
+    super::pool::Pool::new(
+        connector(connect_timeout),
+        max_idle,
+        Duration::from_secs(90),
+    )
+}
+
+/// Sockets as reqwest sets up its own: `TCP_NODELAY`, the connect timeout,
+/// TCP keep-alive (15 s, 15 s, 3 probes).
+fn connector(connect_timeout: Duration) -> hyper_util::client::legacy::connect::HttpConnector {
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(15)));
     http.set_keepalive_interval(Some(Duration::from_secs(15)));
     http.set_keepalive_retries(Some(3));
-    super::pool::Pool::new(http, max_idle, Duration::from_secs(90), read_size)
+    http
 }
-
-/// What a connection of the streams' pool reads at a time. A Chat Completions
-/// stream is events of a few hundred bytes, and a connection's read buffer is
-/// held for as long as its stream lasts: 1 KiB instead of hyper's 8 KiB took
-/// 1,000 concurrent streams from 48.6–49.1 to 45.1 KiB each
-/// (benches/streams.py, benches/results/perf.md). A larger event takes a few
-/// reads more; non-streamed answers keep hyper's own buffer, which grows with
-/// them.
-const STREAM_READ_SIZE: usize = 1024;
 
 /// A status an upstream may answer with: 100–599, and no redirect (never followed).
 fn conforming_status(status: reqwest::StatusCode) -> bool {
@@ -960,10 +969,11 @@ fn conforming_status(status: reqwest::StatusCode) -> bool {
 }
 
 /// A hyper response as the `reqwest::Response` the rest of this module reads.
-fn into_reqwest(
-    response: http::Response<super::pool::PooledBody>,
-    url: &reqwest::Url,
-) -> reqwest::Response {
+fn into_reqwest<B>(response: http::Response<B>, url: &reqwest::Url) -> reqwest::Response
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     use reqwest::ResponseBuilderExt;
     let (mut parts, body) = response.into_parts();
     // The response's URL, as reqwest would have recorded it.
