@@ -206,7 +206,7 @@ impl HttpUpstream {
         body: &Bytes,
         stats: &ExchangeStats,
         client_headers: &HeaderMap,
-    ) -> Result<reqwest::Response, ApiError> {
+    ) -> Result<Answer, ApiError> {
         self.send_on(url, body, stats, client_headers, false).await
     }
 
@@ -219,7 +219,7 @@ impl HttpUpstream {
         stats: &ExchangeStats,
         client_headers: &HeaderMap,
         stream: bool,
-    ) -> Result<reqwest::Response, ApiError> {
+    ) -> Result<Answer, ApiError> {
         let mut last_error = String::new();
         let mut last_status: Option<u16> = None;
         let mut deadline = None;
@@ -305,7 +305,7 @@ impl HttpUpstream {
         body: Option<&Bytes>,
         client_headers: &HeaderMap,
         stream: bool,
-    ) -> Result<reqwest::Response, ExchangeError> {
+    ) -> Result<Answer, ExchangeError> {
         let pool = if stream {
             &self.direct_streams
         } else {
@@ -317,13 +317,16 @@ impl HttpUpstream {
                 .into_hyper(direct);
             return match pool.send(&direct.uri, request).await {
                 // hyper's client never follows a redirect; `send` refuses it.
-                Ok(response) => Ok(into_reqwest(response, &direct.parsed)),
+                Ok(response) => Ok(Answer {
+                    inner: AnswerInner::Direct(response),
+                }),
                 Err(error) => Err(ExchangeError::Direct { error }),
             };
         }
         self.outgoing(method, body, client_headers)
             .send_reqwest(&self.client, url)
             .await
+            .map(Answer::from)
     }
 
     /// The one place an outgoing upstream request is decided: its method,
@@ -428,7 +431,7 @@ impl HttpUpstream {
     /// timeout between chunks and the exchange's deadline.
     pub async fn read_body(
         &self,
-        response: reqwest::Response,
+        response: Answer,
         stats: &ExchangeStats,
     ) -> Result<Bytes, ApiError> {
         let started = Instant::now();
@@ -483,7 +486,7 @@ impl HttpUpstream {
     }
 
     /// 502 for a redirect (never followed) or a status outside 100–599.
-    fn nonconforming_status(&self, response: &reqwest::Response) -> ApiError {
+    fn nonconforming_status(&self, response: &Answer) -> ApiError {
         let status = response.status();
         if status.is_redirection() {
             let to = response
@@ -513,7 +516,7 @@ impl HttpUpstream {
 
     /// A non-retryable upstream error (4xx, or 429 after all attempts), relayed
     /// with its status; its body is kept when it already is an OpenAI error.
-    pub async fn passthrough_error(&self, response: reqwest::Response) -> ApiError {
+    pub async fn passthrough_error(&self, response: Answer) -> ApiError {
         let status = response.status();
         let retry_after = retry::retry_after(response.headers());
         let deadline = Deadline::after(self.idle_timeout);
@@ -537,7 +540,7 @@ impl HttpUpstream {
     /// The body as chunks, each awaited with the idle timeout; upstream time is
     /// added to `stats`. A broken or stalled stream yields one `Err` and ends.
     /// Dropping the stream closes the upstream connection.
-    pub fn chunks(&self, response: reqwest::Response, stats: Arc<ExchangeStats>) -> ChunkStream {
+    pub fn chunks(&self, response: Answer, stats: Arc<ExchangeStats>) -> ChunkStream {
         let idle = self.idle_timeout;
         let display_url = self.display.clone();
         let deadline = stats.deadline(self.total_timeout);
@@ -558,7 +561,7 @@ impl HttpUpstream {
                         Ok(None) => return None,
                         Ok(Some(Err(e))) => ApiError::bad_gateway(format!(
                             "upstream {display_url} broke off the stream: {}",
-                            crate::support::http_client::describe(e)
+                            e.describe()
                         )),
                         Err(_) if deadline.passed() => ApiError::gateway_timeout(format!(
                             "upstream {display_url} did not finish its stream within {} s (upstream.timeout)",
@@ -588,7 +591,7 @@ impl HttpUpstream {
     /// without `[DONE]`; an unfinished event is never sent.
     pub fn relay(
         &self,
-        response: reqwest::Response,
+        response: Answer,
         stats: Arc<ExchangeStats>,
         usage: UsageFn,
     ) -> FrameStream {
@@ -597,7 +600,7 @@ impl HttpUpstream {
 
     fn relay_events(
         &self,
-        response: reqwest::Response,
+        response: Answer,
         stats: Arc<ExchangeStats>,
         usage: UsageFn,
         expect_done: bool,
@@ -745,7 +748,7 @@ impl HttpUpstream {
                     ExchangeError::reqwest(e)
                 )));
             }
-            Ok(Ok(response)) => response,
+            Ok(Ok(response)) => Answer::from(response),
         };
         if !conforming_status(response.status()) {
             self.metrics.upstream_attempt(AttemptOutcome::Failed);
@@ -886,8 +889,6 @@ struct DirectUrl {
     origin: http::Uri,
     /// `host[:port]` (the port when not 80).
     host: HeaderValue,
-    /// For the response, as reqwest records it.
-    parsed: reqwest::Url,
 }
 
 impl DirectUrl {
@@ -907,12 +908,7 @@ impl DirectUrl {
             (host, _) => HeaderValue::try_from(host),
         }
         .ok()?;
-        Some(DirectUrl {
-            uri,
-            origin,
-            host,
-            parsed: parsed.clone(),
-        })
+        Some(DirectUrl { uri, origin, host })
     }
 }
 
@@ -959,18 +955,98 @@ fn conforming_status(status: reqwest::StatusCode) -> bool {
     (100..=599).contains(&status.as_u16()) && !status.is_redirection()
 }
 
-/// A hyper response as the `reqwest::Response` the rest of this module reads.
-fn into_reqwest(
-    response: http::Response<super::pool::PooledBody>,
-    url: &reqwest::Url,
-) -> reqwest::Response {
-    use reqwest::ResponseBuilderExt;
-    let (mut parts, body) = response.into_parts();
-    // The response's URL, as reqwest would have recorded it.
-    if let Ok(marker) = http::Response::builder().url(url.clone()).body(()) {
-        parts.extensions.extend(marker.into_parts().0.extensions);
+/// An upstream's answer, from either HTTP stack: the direct path's hyper
+/// response as it is (turning it into a `reqwest::Response` cost six
+/// allocations and two more body layers per request), or reqwest's.
+pub struct Answer {
+    inner: AnswerInner,
+}
+
+enum AnswerInner {
+    Direct(http::Response<super::pool::PooledBody>),
+    Reqwest(reqwest::Response),
+}
+
+/// A body that broke off mid-answer, from either stack.
+#[derive(Debug)]
+pub enum BodyError {
+    Direct(hyper::Error),
+    Reqwest(reqwest::Error),
+}
+
+impl BodyError {
+    /// The cause in words, its whole chain on one line, without the URL. The
+    /// direct path's reads the same as reqwest's did for the same failure.
+    pub fn describe(self) -> String {
+        match self {
+            BodyError::Direct(error) => {
+                format!("error decoding response body: {}", error_chain(&error))
+            }
+            BodyError::Reqwest(error) => crate::support::http_client::describe(error),
+        }
     }
-    reqwest::Response::from(http::Response::from_parts(parts, reqwest::Body::wrap(body)))
+}
+
+impl From<reqwest::Response> for Answer {
+    fn from(response: reqwest::Response) -> Answer {
+        Answer {
+            inner: AnswerInner::Reqwest(response),
+        }
+    }
+}
+
+impl Answer {
+    pub fn status(&self) -> reqwest::StatusCode {
+        match &self.inner {
+            AnswerInner::Direct(r) => r.status(),
+            AnswerInner::Reqwest(r) => r.status(),
+        }
+    }
+
+    pub fn headers(&self) -> &HeaderMap {
+        match &self.inner {
+            AnswerInner::Direct(r) => r.headers(),
+            AnswerInner::Reqwest(r) => r.headers(),
+        }
+    }
+
+    /// The body's length when known before reading it.
+    pub fn content_length(&self) -> Option<u64> {
+        match &self.inner {
+            AnswerInner::Direct(r) => http_body::Body::size_hint(r.body()).exact(),
+            AnswerInner::Reqwest(r) => r.content_length(),
+        }
+    }
+
+    /// The body's next chunk of data; `None` at its end.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, BodyError> {
+        match &mut self.inner {
+            AnswerInner::Direct(r) => {
+                use http_body_util::BodyExt;
+                // Trailers and other frames are skipped, as reqwest does.
+                while let Some(frame) = r.body_mut().frame().await {
+                    if let Ok(data) = frame.map_err(BodyError::Direct)?.into_data() {
+                        return Ok(Some(data));
+                    }
+                }
+                Ok(None)
+            }
+            AnswerInner::Reqwest(r) => r.chunk().await.map_err(BodyError::Reqwest),
+        }
+    }
+
+    /// The body as a stream of chunks.
+    pub fn bytes_stream(self) -> impl Stream<Item = Result<Bytes, BodyError>> + Send + use<> {
+        match self.inner {
+            AnswerInner::Direct(r) => futures_util::future::Either::Left(
+                http_body_util::BodyDataStream::new(r.into_body())
+                    .map(|c| c.map_err(BodyError::Direct)),
+            ),
+            AnswerInner::Reqwest(r) => futures_util::future::Either::Right(
+                r.bytes_stream().map(|c| c.map_err(BodyError::Reqwest)),
+            ),
+        }
+    }
 }
 
 /// Finds `usage` in relayed SSE without buffering the stream: only the current
