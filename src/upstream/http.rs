@@ -212,7 +212,7 @@ impl HttpUpstream {
         body: &Bytes,
         stats: &ExchangeStats,
         client_headers: &HeaderMap,
-    ) -> Result<reqwest::Response, ApiError> {
+    ) -> Result<Answer, ApiError> {
         self.send_on(url, body, stats, client_headers, false).await
     }
 
@@ -225,7 +225,7 @@ impl HttpUpstream {
         stats: &ExchangeStats,
         client_headers: &HeaderMap,
         stream: bool,
-    ) -> Result<reqwest::Response, ApiError> {
+    ) -> Result<Answer, ApiError> {
         let mut last_error = String::new();
         let mut last_status: Option<u16> = None;
         let mut deadline = None;
@@ -311,13 +311,15 @@ impl HttpUpstream {
         body: Option<&Bytes>,
         client_headers: &HeaderMap,
         stream: bool,
-    ) -> Result<reqwest::Response, ExchangeError> {
+    ) -> Result<Answer, ExchangeError> {
         if let (true, Some(pool), Some(direct)) = (stream, &self.direct_streams, &url.direct) {
             let request = self
                 .outgoing(method.clone(), body, client_headers)
                 .into_hyper(direct);
             return match pool.send(&direct.uri, request).await {
-                Ok(response) => Ok(into_reqwest(response, &direct.parsed)),
+                Ok(response) => Ok(Answer {
+                    inner: AnswerInner::Stream(response),
+                }),
                 Err(error) => Err(ExchangeError::Stream { error }),
             };
         }
@@ -327,13 +329,16 @@ impl HttpUpstream {
                 .into_hyper(direct);
             return match pool.send(&direct.uri, request).await {
                 // hyper's client never follows a redirect; `send` refuses it.
-                Ok(response) => Ok(into_reqwest(response, &direct.parsed)),
+                Ok(response) => Ok(Answer {
+                    inner: AnswerInner::Direct(response),
+                }),
                 Err(error) => Err(ExchangeError::Direct { error }),
             };
         }
         self.outgoing(method, body, client_headers)
             .send_reqwest(&self.client, url)
             .await
+            .map(Answer::from)
     }
 
     /// The one place an outgoing upstream request is decided: its method,
@@ -438,7 +443,7 @@ impl HttpUpstream {
     /// timeout between chunks and the exchange's deadline.
     pub async fn read_body(
         &self,
-        response: reqwest::Response,
+        response: Answer,
         stats: &ExchangeStats,
     ) -> Result<Bytes, ApiError> {
         let started = Instant::now();
@@ -493,7 +498,7 @@ impl HttpUpstream {
     }
 
     /// 502 for a redirect (never followed) or a status outside 100–599.
-    fn nonconforming_status(&self, response: &reqwest::Response) -> ApiError {
+    fn nonconforming_status(&self, response: &Answer) -> ApiError {
         let status = response.status();
         if status.is_redirection() {
             let to = response
@@ -523,7 +528,7 @@ impl HttpUpstream {
 
     /// A non-retryable upstream error (4xx, or 429 after all attempts), relayed
     /// with its status; its body is kept when it already is an OpenAI error.
-    pub async fn passthrough_error(&self, response: reqwest::Response) -> ApiError {
+    pub async fn passthrough_error(&self, response: Answer) -> ApiError {
         let status = response.status();
         let retry_after = retry::retry_after(response.headers());
         let deadline = Deadline::after(self.idle_timeout);
@@ -547,7 +552,7 @@ impl HttpUpstream {
     /// The body as chunks, each awaited with the idle timeout; upstream time is
     /// added to `stats`. A broken or stalled stream yields one `Err` and ends.
     /// Dropping the stream closes the upstream connection.
-    pub fn chunks(&self, response: reqwest::Response, stats: Arc<ExchangeStats>) -> ChunkStream {
+    pub fn chunks(&self, response: Answer, stats: Arc<ExchangeStats>) -> ChunkStream {
         let idle = self.idle_timeout;
         let display_url = self.display.clone();
         let deadline = stats.deadline(self.total_timeout);
@@ -568,7 +573,7 @@ impl HttpUpstream {
                         Ok(None) => return None,
                         Ok(Some(Err(e))) => ApiError::bad_gateway(format!(
                             "upstream {display_url} broke off the stream: {}",
-                            crate::support::http_client::describe(e)
+                            e.describe()
                         )),
                         Err(_) if deadline.passed() => ApiError::gateway_timeout(format!(
                             "upstream {display_url} did not finish its stream within {} s (upstream.timeout)",
@@ -598,7 +603,7 @@ impl HttpUpstream {
     /// without `[DONE]`; an unfinished event is never sent.
     pub fn relay(
         &self,
-        response: reqwest::Response,
+        response: Answer,
         stats: Arc<ExchangeStats>,
         usage: UsageFn,
     ) -> FrameStream {
@@ -607,7 +612,7 @@ impl HttpUpstream {
 
     fn relay_events(
         &self,
-        response: reqwest::Response,
+        response: Answer,
         stats: Arc<ExchangeStats>,
         usage: UsageFn,
         expect_done: bool,
@@ -755,7 +760,7 @@ impl HttpUpstream {
                     ExchangeError::reqwest(e)
                 )));
             }
-            Ok(Ok(response)) => response,
+            Ok(Ok(response)) => Answer::from(response),
         };
         if !conforming_status(response.status()) {
             self.metrics.upstream_attempt(AttemptOutcome::Failed);
@@ -899,8 +904,6 @@ struct DirectUrl {
     origin: http::Uri,
     /// `host[:port]` (the port when not 80).
     host: HeaderValue,
-    /// For the response, as reqwest records it.
-    parsed: reqwest::Url,
 }
 
 impl DirectUrl {
@@ -920,12 +923,7 @@ impl DirectUrl {
             (host, _) => HeaderValue::try_from(host),
         }
         .ok()?;
-        Some(DirectUrl {
-            uri,
-            origin,
-            host,
-            parsed: parsed.clone(),
-        })
+        Some(DirectUrl { uri, origin, host })
     }
 }
 
@@ -968,19 +966,121 @@ fn conforming_status(status: reqwest::StatusCode) -> bool {
     (100..=599).contains(&status.as_u16()) && !status.is_redirection()
 }
 
-/// A hyper response as the `reqwest::Response` the rest of this module reads.
-fn into_reqwest<B>(response: http::Response<B>, url: &reqwest::Url) -> reqwest::Response
-where
-    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    use reqwest::ResponseBuilderExt;
-    let (mut parts, body) = response.into_parts();
-    // The response's URL, as reqwest would have recorded it.
-    if let Ok(marker) = http::Response::builder().url(url.clone()).body(()) {
-        parts.extensions.extend(marker.into_parts().0.extensions);
+/// An upstream's answer, from either HTTP stack: the direct path's hyper
+/// response as it is (turning it into a `reqwest::Response` cost six
+/// allocations and two more body layers per request), or reqwest's.
+pub struct Answer {
+    inner: AnswerInner,
+}
+
+enum AnswerInner {
+    Direct(http::Response<super::pool::PooledBody>),
+    /// A streamed answer's ([`super::streams`]).
+    Stream(http::Response<super::streams::StreamBody>),
+    Reqwest(reqwest::Response),
+}
+
+/// A body that broke off mid-answer, from either stack.
+#[derive(Debug)]
+pub enum BodyError {
+    Direct(hyper::Error),
+    Stream(std::io::Error),
+    Reqwest(reqwest::Error),
+}
+
+impl BodyError {
+    /// The cause in words, its whole chain on one line, without the URL. The
+    /// direct path's reads the same as reqwest's did for the same failure.
+    pub fn describe(self) -> String {
+        match self {
+            BodyError::Direct(error) => {
+                format!("error decoding response body: {}", error_chain(&error))
+            }
+            BodyError::Stream(error) => {
+                format!("error decoding response body: {}", error_chain(&error))
+            }
+            BodyError::Reqwest(error) => crate::support::http_client::describe(error),
+        }
     }
-    reqwest::Response::from(http::Response::from_parts(parts, reqwest::Body::wrap(body)))
+}
+
+impl From<reqwest::Response> for Answer {
+    fn from(response: reqwest::Response) -> Answer {
+        Answer {
+            inner: AnswerInner::Reqwest(response),
+        }
+    }
+}
+
+impl Answer {
+    pub fn status(&self) -> reqwest::StatusCode {
+        match &self.inner {
+            AnswerInner::Direct(r) => r.status(),
+            AnswerInner::Stream(r) => r.status(),
+            AnswerInner::Reqwest(r) => r.status(),
+        }
+    }
+
+    pub fn headers(&self) -> &HeaderMap {
+        match &self.inner {
+            AnswerInner::Direct(r) => r.headers(),
+            AnswerInner::Stream(r) => r.headers(),
+            AnswerInner::Reqwest(r) => r.headers(),
+        }
+    }
+
+    /// The body's length when known before reading it.
+    pub fn content_length(&self) -> Option<u64> {
+        match &self.inner {
+            AnswerInner::Direct(r) => http_body::Body::size_hint(r.body()).exact(),
+            AnswerInner::Stream(r) => http_body::Body::size_hint(r.body()).exact(),
+            AnswerInner::Reqwest(r) => r.content_length(),
+        }
+    }
+
+    /// The body's next chunk of data; `None` at its end.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, BodyError> {
+        match &mut self.inner {
+            AnswerInner::Direct(r) => {
+                use http_body_util::BodyExt;
+                // Trailers and other frames are skipped, as reqwest does.
+                while let Some(frame) = r.body_mut().frame().await {
+                    if let Ok(data) = frame.map_err(BodyError::Direct)?.into_data() {
+                        return Ok(Some(data));
+                    }
+                }
+                Ok(None)
+            }
+            AnswerInner::Stream(r) => {
+                use http_body_util::BodyExt;
+                while let Some(frame) = r.body_mut().frame().await {
+                    if let Ok(data) = frame.map_err(BodyError::Stream)?.into_data() {
+                        return Ok(Some(data));
+                    }
+                }
+                Ok(None)
+            }
+            AnswerInner::Reqwest(r) => r.chunk().await.map_err(BodyError::Reqwest),
+        }
+    }
+
+    /// The body as a stream of chunks.
+    pub fn bytes_stream(self) -> impl Stream<Item = Result<Bytes, BodyError>> + Send + use<> {
+        use futures_util::future::Either;
+        match self.inner {
+            AnswerInner::Direct(r) => Either::Left(
+                http_body_util::BodyDataStream::new(r.into_body())
+                    .map(|c| c.map_err(BodyError::Direct)),
+            ),
+            AnswerInner::Stream(r) => Either::Right(Either::Left(
+                http_body_util::BodyDataStream::new(r.into_body())
+                    .map(|c| c.map_err(BodyError::Stream)),
+            )),
+            AnswerInner::Reqwest(r) => Either::Right(Either::Right(
+                r.bytes_stream().map(|c| c.map_err(BodyError::Reqwest)),
+            )),
+        }
+    }
 }
 
 /// Finds `usage` in relayed SSE without buffering the stream: only the current
