@@ -216,12 +216,22 @@ pub fn serve_control(
     Ok(ControlSocket { path, task })
 }
 
-/// Reads one request line (bounded by [`MAX_REQUEST`]).
+/// Reads one request line (bounded by [`MAX_REQUEST`]). Empty when the asker
+/// closed before sending anything: a probe, such as the sweep for stale control
+/// sockets (`remove_stale_control_sockets`) connecting to see who listens.
 fn read_request(stream: &mut UnixStream) -> std::io::Result<Vec<u8>> {
     let mut request = Vec::new();
     let mut byte = [0u8; 1];
     while request.len() < MAX_REQUEST {
-        stream.read_exact(&mut byte)?;
+        if stream.read(&mut byte)? == 0 {
+            if request.is_empty() {
+                return Ok(request);
+            }
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the asker closed the connection in the middle of a request",
+            ));
+        }
         request.push(byte[0]);
         if byte[0] == b'\n' {
             break;
@@ -234,6 +244,9 @@ fn answer(mut stream: UnixStream, listener_fd: RawFd, requests: &Requests) -> st
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let request = read_request(&mut stream)?;
+    if request.is_empty() {
+        return Ok(()); // a probe: someone checked that this proxy listens
+    }
     if request == RELOAD {
         let (code, message) = (requests.reload)();
         return stream.write_all(format!("{code} {message}").as_bytes());
@@ -371,5 +384,37 @@ mod tests {
         drop(std::os::unix::net::UnixListener::bind(&other).unwrap());
         assert_eq!(remove_stale_control_sockets(&home), vec![dead_path.clone()]);
         assert!(live_path.exists() && !dead_path.exists() && other.exists());
+    }
+
+    fn refusing_requests() -> Requests {
+        Requests {
+            reclaim: std::sync::Arc::new(|| Err(ReclaimError::ShuttingDown)),
+            reload: std::sync::Arc::new(|| (2, "refused".to_string())),
+        }
+    }
+
+    /// The sweep for stale sockets connects and closes: no request, no failure
+    /// (which the proxy would log as a warning an operator has no reason for).
+    #[test]
+    fn a_connection_closed_without_a_request_is_a_probe_not_a_failure() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        drop(theirs);
+        answer(ours, -1, &refusing_requests()).expect("a probe is answered with nothing");
+    }
+
+    #[test]
+    fn a_request_cut_short_is_a_failure_and_a_whole_one_is_answered() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        theirs.write_all(&RECLAIM[..3]).unwrap();
+        drop(theirs);
+        let err = answer(ours, -1, &refusing_requests()).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
+
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        theirs.write_all(RECLAIM).unwrap();
+        answer(ours, -1, &refusing_requests()).unwrap();
+        let mut reply = String::new();
+        theirs.read_to_string(&mut reply).unwrap();
+        assert_eq!(reply, "no this proxy is shutting down");
     }
 }

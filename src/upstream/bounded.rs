@@ -59,7 +59,7 @@ pub enum ReadStop {
 /// Reads a whole body: at most `cap` bytes (a declared `Content-Length` over
 /// it stops before reading), each chunk within `idle`, all before `deadline`.
 pub async fn read_capped(
-    mut response: reqwest::Response,
+    mut response: super::http::Answer,
     cap: usize,
     idle: Duration,
     deadline: Deadline,
@@ -80,7 +80,7 @@ pub async fn read_capped(
             Err(_) if deadline.passed() => return Err(ReadStop::Deadline),
             Err(_) => return Err(ReadStop::Idle),
             Ok(Err(e)) => {
-                return Err(ReadStop::Broken(crate::support::http_client::describe(e)));
+                return Err(ReadStop::Broken(e.describe()));
             }
             Ok(Ok(None)) if buf.is_empty() => return Ok(first.unwrap_or_default()),
             Ok(Ok(None)) => return Ok(buf.freeze()),

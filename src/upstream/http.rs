@@ -9,7 +9,8 @@
 //!
 //! Requests go through reqwest, except on the hot path to a plain-`http://`
 //! upstream with no HTTP proxy configured: there hyper's HTTP/1 connections are
-//! used directly, from the upstream's own pool ([`super::pool`]), which skips
+//! used directly, from the upstream's own pool ([`super::pool`]; streamed
+//! answers have connections of their own, [`super::streams`]), which skips
 //! reqwest's per-request URL re-parsing, its redirect and retry layers and
 //! hyper-util's keyed pool (together about a third of the proxy's instructions
 //! per request). What the upstream sees is the same request: one
@@ -61,9 +62,9 @@ pub struct HttpUpstream {
     client: reqwest::Client,
     /// Set unless an HTTP proxy is configured (see [`HTTP_PROXY_VARS`]).
     direct: Option<super::pool::Pool>,
-    /// The same, for streamed Chat Completions answers: connections that read
-    /// [`STREAM_READ_SIZE`] bytes at a time.
-    direct_streams: Option<super::pool::Pool>,
+    /// The same, for streamed answers: connections of their own, written and
+    /// read without hyper ([`super::streams`]), which hold less per stream.
+    direct_streams: Option<super::streams::Pool>,
     /// The base URL without a trailing slash, e.g. `http://127.0.0.1:9000/v1`.
     base: String,
     /// The same for messages: userinfo shown as `***` (docs/contract.md §10).
@@ -111,9 +112,14 @@ impl HttpUpstream {
         let proxied = HTTP_PROXY_VARS
             .iter()
             .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
-        let direct = (!proxied).then(|| direct_client(provider.connect_timeout, max_idle, None));
-        let direct_streams = (!proxied)
-            .then(|| direct_client(provider.connect_timeout, max_idle, Some(STREAM_READ_SIZE)));
+        let direct = (!proxied).then(|| direct_client(provider.connect_timeout, max_idle));
+        let direct_streams = (!proxied).then(|| {
+            super::streams::Pool::new(
+                connector(provider.connect_timeout),
+                max_idle,
+                Duration::from_secs(90),
+            )
+        });
         let auth =
             match config.provider_api_key(provider) {
                 Some(key) => {
@@ -206,12 +212,12 @@ impl HttpUpstream {
         body: &Bytes,
         stats: &ExchangeStats,
         client_headers: &HeaderMap,
-    ) -> Result<reqwest::Response, ApiError> {
+    ) -> Result<Answer, ApiError> {
         self.send_on(url, body, stats, client_headers, false).await
     }
 
     /// [`HttpUpstream::send`]; `stream`: the answer is a stream of small
-    /// events, sent on a connection of the streams' pool.
+    /// events, sent on a connection of the streams' pool ([`super::streams`]).
     async fn send_on(
         &self,
         url: &UpstreamUrl,
@@ -219,7 +225,7 @@ impl HttpUpstream {
         stats: &ExchangeStats,
         client_headers: &HeaderMap,
         stream: bool,
-    ) -> Result<reqwest::Response, ApiError> {
+    ) -> Result<Answer, ApiError> {
         let mut last_error = String::new();
         let mut last_status: Option<u16> = None;
         let mut deadline = None;
@@ -305,25 +311,34 @@ impl HttpUpstream {
         body: Option<&Bytes>,
         client_headers: &HeaderMap,
         stream: bool,
-    ) -> Result<reqwest::Response, ExchangeError> {
-        let pool = if stream {
-            &self.direct_streams
-        } else {
-            &self.direct
-        };
-        if let (Some(pool), Some(direct)) = (pool, &url.direct) {
+    ) -> Result<Answer, ExchangeError> {
+        if let (true, Some(pool), Some(direct)) = (stream, &self.direct_streams, &url.direct) {
+            let request = self
+                .outgoing(method.clone(), body, client_headers)
+                .into_hyper(direct);
+            return match pool.send(&direct.uri, request).await {
+                Ok(response) => Ok(Answer {
+                    inner: AnswerInner::Stream(response),
+                }),
+                Err(error) => Err(ExchangeError::Stream { error }),
+            };
+        }
+        if let (Some(pool), Some(direct)) = (&self.direct, &url.direct) {
             let request = self
                 .outgoing(method.clone(), body, client_headers)
                 .into_hyper(direct);
             return match pool.send(&direct.uri, request).await {
                 // hyper's client never follows a redirect; `send` refuses it.
-                Ok(response) => Ok(into_reqwest(response, &direct.parsed)),
+                Ok(response) => Ok(Answer {
+                    inner: AnswerInner::Direct(response),
+                }),
                 Err(error) => Err(ExchangeError::Direct { error }),
             };
         }
         self.outgoing(method, body, client_headers)
             .send_reqwest(&self.client, url)
             .await
+            .map(Answer::from)
     }
 
     /// The one place an outgoing upstream request is decided: its method,
@@ -428,7 +443,7 @@ impl HttpUpstream {
     /// timeout between chunks and the exchange's deadline.
     pub async fn read_body(
         &self,
-        response: reqwest::Response,
+        response: Answer,
         stats: &ExchangeStats,
     ) -> Result<Bytes, ApiError> {
         let started = Instant::now();
@@ -483,7 +498,7 @@ impl HttpUpstream {
     }
 
     /// 502 for a redirect (never followed) or a status outside 100–599.
-    fn nonconforming_status(&self, response: &reqwest::Response) -> ApiError {
+    fn nonconforming_status(&self, response: &Answer) -> ApiError {
         let status = response.status();
         if status.is_redirection() {
             let to = response
@@ -513,7 +528,7 @@ impl HttpUpstream {
 
     /// A non-retryable upstream error (4xx, or 429 after all attempts), relayed
     /// with its status; its body is kept when it already is an OpenAI error.
-    pub async fn passthrough_error(&self, response: reqwest::Response) -> ApiError {
+    pub async fn passthrough_error(&self, response: Answer) -> ApiError {
         let status = response.status();
         let retry_after = retry::retry_after(response.headers());
         let deadline = Deadline::after(self.idle_timeout);
@@ -537,7 +552,7 @@ impl HttpUpstream {
     /// The body as chunks, each awaited with the idle timeout; upstream time is
     /// added to `stats`. A broken or stalled stream yields one `Err` and ends.
     /// Dropping the stream closes the upstream connection.
-    pub fn chunks(&self, response: reqwest::Response, stats: Arc<ExchangeStats>) -> ChunkStream {
+    pub fn chunks(&self, response: Answer, stats: Arc<ExchangeStats>) -> ChunkStream {
         let idle = self.idle_timeout;
         let display_url = self.display.clone();
         let deadline = stats.deadline(self.total_timeout);
@@ -558,7 +573,7 @@ impl HttpUpstream {
                         Ok(None) => return None,
                         Ok(Some(Err(e))) => ApiError::bad_gateway(format!(
                             "upstream {display_url} broke off the stream: {}",
-                            crate::support::http_client::describe(e)
+                            e.describe()
                         )),
                         Err(_) if deadline.passed() => ApiError::gateway_timeout(format!(
                             "upstream {display_url} did not finish its stream within {} s (upstream.timeout)",
@@ -588,7 +603,7 @@ impl HttpUpstream {
     /// without `[DONE]`; an unfinished event is never sent.
     pub fn relay(
         &self,
-        response: reqwest::Response,
+        response: Answer,
         stats: Arc<ExchangeStats>,
         usage: UsageFn,
     ) -> FrameStream {
@@ -597,7 +612,7 @@ impl HttpUpstream {
 
     fn relay_events(
         &self,
-        response: reqwest::Response,
+        response: Answer,
         stats: Arc<ExchangeStats>,
         usage: UsageFn,
         expect_done: bool,
@@ -745,7 +760,7 @@ impl HttpUpstream {
                     ExchangeError::reqwest(e)
                 )));
             }
-            Ok(Ok(response)) => response,
+            Ok(Ok(response)) => Answer::from(response),
         };
         if !conforming_status(response.status()) {
             self.metrics.upstream_attempt(AttemptOutcome::Failed);
@@ -854,6 +869,9 @@ enum ExchangeError {
     /// hyper's direct path (plain `http://`).
     #[error("error sending request: {}", error_chain(error))]
     Direct { error: super::pool::Error },
+    /// The streams' direct path ([`super::streams`]).
+    #[error("error sending request: {}", error_chain(error))]
+    Stream { error: super::streams::Error },
     /// reqwest (https, an HTTP proxy), without the URL, which may carry a password.
     #[error("{}", error_chain(error))]
     Reqwest { error: reqwest::Error },
@@ -886,8 +904,6 @@ struct DirectUrl {
     origin: http::Uri,
     /// `host[:port]` (the port when not 80).
     host: HeaderValue,
-    /// For the response, as reqwest records it.
-    parsed: reqwest::Url,
 }
 
 impl DirectUrl {
@@ -907,12 +923,7 @@ impl DirectUrl {
             (host, _) => HeaderValue::try_from(host),
         }
         .ok()?;
-        Some(DirectUrl {
-            uri,
-            origin,
-            host,
-            parsed: parsed.clone(),
-        })
+        Some(DirectUrl { uri, origin, host })
     }
 }
 
@@ -928,49 +939,148 @@ impl UpstreamUrl {
     }
 }
 
-/// The direct path's pool, its connections set up as reqwest sets up its own:
-/// `TCP_NODELAY`, the connect timeout, TCP keep-alive (15 s, 15 s, 3 probes),
-/// idle connections kept 90 s.
-fn direct_client(
-    connect_timeout: Duration,
-    max_idle: usize,
-    read_size: Option<usize>,
-) -> super::pool::Pool {
+/// The direct path's pool, its connections set up as reqwest sets up its own
+/// ([`connector`]), idle connections kept 90 s.
+fn direct_client(connect_timeout: Duration, max_idle: usize) -> super::pool::Pool {
+    super::pool::Pool::new(
+        connector(connect_timeout),
+        max_idle,
+        Duration::from_secs(90),
+    )
+}
+
+/// Sockets as reqwest sets up its own: `TCP_NODELAY`, the connect timeout,
+/// TCP keep-alive (15 s, 15 s, 3 probes).
+fn connector(connect_timeout: Duration) -> hyper_util::client::legacy::connect::HttpConnector {
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(15)));
     http.set_keepalive_interval(Some(Duration::from_secs(15)));
     http.set_keepalive_retries(Some(3));
-    super::pool::Pool::new(http, max_idle, Duration::from_secs(90), read_size)
+    http
 }
-
-/// What a connection of the streams' pool reads at a time. A Chat Completions
-/// stream is events of a few hundred bytes, and a connection's read buffer is
-/// held for as long as its stream lasts: 1 KiB instead of hyper's 8 KiB took
-/// 1,000 concurrent streams from 48.6–49.1 to 45.1 KiB each
-/// (benches/streams.py, benches/results/perf.md). A larger event takes a few
-/// reads more; non-streamed answers keep hyper's own buffer, which grows with
-/// them.
-const STREAM_READ_SIZE: usize = 1024;
 
 /// A status an upstream may answer with: 100–599, and no redirect (never followed).
 fn conforming_status(status: reqwest::StatusCode) -> bool {
     (100..=599).contains(&status.as_u16()) && !status.is_redirection()
 }
 
-/// A hyper response as the `reqwest::Response` the rest of this module reads.
-fn into_reqwest(
-    response: http::Response<super::pool::PooledBody>,
-    url: &reqwest::Url,
-) -> reqwest::Response {
-    use reqwest::ResponseBuilderExt;
-    let (mut parts, body) = response.into_parts();
-    // The response's URL, as reqwest would have recorded it.
-    if let Ok(marker) = http::Response::builder().url(url.clone()).body(()) {
-        parts.extensions.extend(marker.into_parts().0.extensions);
+/// An upstream's answer, from either HTTP stack: the direct path's hyper
+/// response as it is (turning it into a `reqwest::Response` cost six
+/// allocations and two more body layers per request), or reqwest's.
+pub struct Answer {
+    inner: AnswerInner,
+}
+
+enum AnswerInner {
+    Direct(http::Response<super::pool::PooledBody>),
+    /// A streamed answer's ([`super::streams`]).
+    Stream(http::Response<super::streams::StreamBody>),
+    Reqwest(reqwest::Response),
+}
+
+/// A body that broke off mid-answer, from either stack.
+#[derive(Debug)]
+pub enum BodyError {
+    Direct(hyper::Error),
+    Stream(std::io::Error),
+    Reqwest(reqwest::Error),
+}
+
+impl BodyError {
+    /// The cause in words, its whole chain on one line, without the URL. The
+    /// direct path's reads the same as reqwest's did for the same failure.
+    pub fn describe(self) -> String {
+        match self {
+            BodyError::Direct(error) => {
+                format!("error decoding response body: {}", error_chain(&error))
+            }
+            BodyError::Stream(error) => {
+                format!("error decoding response body: {}", error_chain(&error))
+            }
+            BodyError::Reqwest(error) => crate::support::http_client::describe(error),
+        }
     }
-    reqwest::Response::from(http::Response::from_parts(parts, reqwest::Body::wrap(body)))
+}
+
+impl From<reqwest::Response> for Answer {
+    fn from(response: reqwest::Response) -> Answer {
+        Answer {
+            inner: AnswerInner::Reqwest(response),
+        }
+    }
+}
+
+impl Answer {
+    pub fn status(&self) -> reqwest::StatusCode {
+        match &self.inner {
+            AnswerInner::Direct(r) => r.status(),
+            AnswerInner::Stream(r) => r.status(),
+            AnswerInner::Reqwest(r) => r.status(),
+        }
+    }
+
+    pub fn headers(&self) -> &HeaderMap {
+        match &self.inner {
+            AnswerInner::Direct(r) => r.headers(),
+            AnswerInner::Stream(r) => r.headers(),
+            AnswerInner::Reqwest(r) => r.headers(),
+        }
+    }
+
+    /// The body's length when known before reading it.
+    pub fn content_length(&self) -> Option<u64> {
+        match &self.inner {
+            AnswerInner::Direct(r) => http_body::Body::size_hint(r.body()).exact(),
+            AnswerInner::Stream(r) => http_body::Body::size_hint(r.body()).exact(),
+            AnswerInner::Reqwest(r) => r.content_length(),
+        }
+    }
+
+    /// The body's next chunk of data; `None` at its end.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, BodyError> {
+        match &mut self.inner {
+            AnswerInner::Direct(r) => {
+                use http_body_util::BodyExt;
+                // Trailers and other frames are skipped, as reqwest does.
+                while let Some(frame) = r.body_mut().frame().await {
+                    if let Ok(data) = frame.map_err(BodyError::Direct)?.into_data() {
+                        return Ok(Some(data));
+                    }
+                }
+                Ok(None)
+            }
+            AnswerInner::Stream(r) => {
+                use http_body_util::BodyExt;
+                while let Some(frame) = r.body_mut().frame().await {
+                    if let Ok(data) = frame.map_err(BodyError::Stream)?.into_data() {
+                        return Ok(Some(data));
+                    }
+                }
+                Ok(None)
+            }
+            AnswerInner::Reqwest(r) => r.chunk().await.map_err(BodyError::Reqwest),
+        }
+    }
+
+    /// The body as a stream of chunks.
+    pub fn bytes_stream(self) -> impl Stream<Item = Result<Bytes, BodyError>> + Send + use<> {
+        use futures_util::future::Either;
+        match self.inner {
+            AnswerInner::Direct(r) => Either::Left(
+                http_body_util::BodyDataStream::new(r.into_body())
+                    .map(|c| c.map_err(BodyError::Direct)),
+            ),
+            AnswerInner::Stream(r) => Either::Right(Either::Left(
+                http_body_util::BodyDataStream::new(r.into_body())
+                    .map(|c| c.map_err(BodyError::Stream)),
+            )),
+            AnswerInner::Reqwest(r) => Either::Right(Either::Right(
+                r.bytes_stream().map(|c| c.map_err(BodyError::Reqwest)),
+            )),
+        }
+    }
 }
 
 /// Finds `usage` in relayed SSE without buffering the stream: only the current

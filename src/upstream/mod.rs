@@ -34,6 +34,7 @@ pub(crate) mod provider;
 pub(crate) mod responses;
 mod retry;
 pub(crate) mod router;
+mod streams;
 mod translated;
 pub use translated::responses_over_chat;
 

@@ -43,9 +43,6 @@ pub struct Pool {
 struct Shared {
     idle: Mutex<Idle>,
     connector: HttpConnector,
-    /// The size of every read of an answer (`None`: hyper's own, 8 KiB and
-    /// growing with large answers).
-    read_size: Option<usize>,
     max_idle: usize,
     /// Half the idle timeout: how often the sweep runs.
     sweep_every: Duration,
@@ -71,22 +68,12 @@ pub enum Error {
 
 impl Pool {
     /// A pool opening its connections with `connector`, keeping at most
-    /// `max_idle` idle ones, none longer than about `idle_timeout`. With a
-    /// `read_size`, its connections read answers that many bytes at a time at
-    /// most, into a buffer of that size (instead of hyper's 8 KiB, which grows
-    /// for large answers): for streams of small events, where each
-    /// connection's buffer is held for as long as its stream lasts.
-    pub fn new(
-        connector: HttpConnector,
-        max_idle: usize,
-        idle_timeout: Duration,
-        read_size: Option<usize>,
-    ) -> Pool {
+    /// `max_idle` idle ones, none longer than about `idle_timeout`.
+    pub fn new(connector: HttpConnector, max_idle: usize, idle_timeout: Duration) -> Pool {
         Pool {
             shared: Arc::new(Shared {
                 idle: Mutex::new(Idle::default()),
                 connector,
-                read_size,
                 max_idle,
                 sweep_every: idle_timeout / 2,
             }),
@@ -129,11 +116,7 @@ impl Pool {
             .call(authority.clone())
             .await
             .map_err(|e| Error::Connect(Box::new(e)))?;
-        let mut builder = http1::Builder::new();
-        if let Some(size) = self.shared.read_size {
-            builder.read_buf_exact_size(Some(size));
-        }
-        let (sender, connection) = builder
+        let (sender, connection) = http1::Builder::new()
             .handshake(io)
             .await
             .map_err(|e| Error::Connect(Box::new(e)))?;
@@ -331,7 +314,7 @@ mod tests {
     }
 
     fn pool() -> Pool {
-        Pool::new(HttpConnector::new(), 2, Duration::from_secs(90), None)
+        Pool::new(HttpConnector::new(), 2, Duration::from_secs(90))
     }
 
     #[tokio::test]
@@ -344,19 +327,6 @@ mod tests {
         }
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert_eq!(pool.idle(), 1);
-    }
-
-    #[tokio::test]
-    async fn a_small_read_size_still_reads_a_large_answer_whole() {
-        static ANSWER: std::sync::LazyLock<Vec<u8>> =
-            std::sync::LazyLock::new(|| (0..200_000u32).map(|i| (i % 251) as u8).collect());
-        let (uri, accepted) = upstream(&ANSWER).await;
-        let pool = Pool::new(HttpConnector::new(), 2, Duration::from_secs(90), Some(1024));
-        for _ in 0..2 {
-            let response = pool.send(&uri, get(&uri)).await.unwrap();
-            assert_eq!(read_all(response.into_body()).await, ANSWER.as_slice());
-        }
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

@@ -175,7 +175,7 @@ pub(super) fn fresh_id(prefix: &str) -> String {
 /// provider's `max_event_bytes` (a longer one ends the stream with an error).
 pub(super) fn event_chunks(
     http: &HttpUpstream,
-    response: reqwest::Response,
+    response: super::http::Answer,
     stats: &Arc<ExchangeStats>,
 ) -> ChunkStream {
     super::bounded::limit_events(

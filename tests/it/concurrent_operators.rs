@@ -228,6 +228,18 @@ fn status_code(home: &TestHome) -> Option<i32> {
     run("daemon", home, &["status"]).status.code()
 }
 
+/// The last 40 lines of a log in the home (or why it could not be read), for a
+/// failure message.
+fn log_tail(home: &TestHome, rel: &str) -> String {
+    match std::fs::read_to_string(home.file(rel)) {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        }
+        Err(e) => format!("({rel}: {e})"),
+    }
+}
+
 /// The invariant of concurrent operators (SAFETY.md): at most one proxy of the
 /// home serves, `run/proxy.pid` names it and `daemon status` agrees, checked
 /// once nothing is in flight.
@@ -930,9 +942,21 @@ fn a_frozen_old_proxy_takes_its_pid_file_back_once_continued() {
     );
     assert!(locked_record(&home).is_none_or(|r| r.pid != old.pid));
     signal_proxy(&home, &old.identity(), Signal::SIGCONT);
-    eventually("the continued proxy to hold run/proxy.pid again", || {
-        locked_record(&home).is_some_and(|r| r.pid == old.pid)
-    });
+    // Bounded like `eventually`, but a timeout says what the proxy and the
+    // daemon logged and who holds the file, so a rare failure can be read.
+    let deadline = Instant::now() + PATIENCE;
+    while locked_record(&home).is_none_or(|r| r.pid != old.pid) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the continued proxy to hold run/proxy.pid again; \
+             the file: {:?}; serving: {:?}\n--- proxy.log:\n{}\n--- daemon.log:\n{}",
+            pid_state(&home),
+            serving(&home),
+            log_tail(&home, "logs/proxy.log"),
+            log_tail(&home, "logs/daemon.log"),
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(status_code(&home), Some(0));
     assert_settled(&home, port, "after SIGCONT");
     stop_and_check(&home, port);

@@ -1,0 +1,985 @@
+//! The keep-alive connections that carry streamed answers from one
+//! plain-`http://` upstream: HTTP/1.1 written and read here, on the socket
+//! itself, with no connection task.
+//!
+//! Why not hyper's client connection, as [`super::pool`] uses for everything
+//! else: a stream holds its upstream connection for as long as it lasts (seconds
+//! to minutes), and hyper's holds, for all that time, an 8 KiB write buffer
+//! (allocated when the connection is made, never shrunk), the first block of its
+//! request channel (~9 KiB) and a spawned task, to read events of a few hundred
+//! bytes. Here a stream's connection is its socket and a read buffer of
+//! [`READ_SIZE`] bytes (larger only for an event or head that needs it); the
+//! request is written from one buffer that is freed once sent.
+//!
+//! What it does as hyper did: the request exactly as hyper writes it (the target
+//! in origin form, the headers as given, `content-length`), interim 1xx answers
+//! skipped, bodies delimited by `transfer-encoding: chunked`, `content-length`
+//! or the end of the connection (RFC 9112 §6.3), trailers read and dropped (as
+//! reqwest's body stream drops them); a connection is reused only when its
+//! answer was read to its end and neither side said `connection: close`. The
+//! pool keeps at most `max_idle` idle connections, none idle longer than about
+//! the idle timeout, and a connection found closed when taken is replaced, as
+//! [`super::pool`] does.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use bytes::{Buf, Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tower::Service;
+
+/// What a connection reads at a time: a stream is events of a few hundred
+/// bytes, and the buffer is held for as long as the stream lasts.
+pub const READ_SIZE: usize = 1024;
+
+/// The largest answer head read (hyper's client allows about as much).
+const MAX_HEAD: usize = 64 * 1024;
+/// The most headers an answer head may have (hyper's default).
+const MAX_HEADERS: usize = 100;
+/// The longest chunk-size line or trailer line.
+const MAX_LINE: usize = 4 * 1024;
+/// A body of at most this many bytes is sent in the same write as the head.
+const COALESCE_BODY: usize = 16 * 1024;
+
+/// Why a request got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("client error (Connect)")]
+    Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("client error (SendRequest)")]
+    Send(#[source] io::Error),
+}
+
+/// The idle connections to one upstream, and how to open another.
+pub struct Pool {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    idle: Mutex<Idle>,
+    connector: HttpConnector,
+    max_idle: usize,
+    /// Half the idle timeout: how often the sweep runs.
+    sweep_every: Duration,
+}
+
+#[derive(Default)]
+struct Idle {
+    /// Each with the sweep count when it was put back; the last is reused first.
+    sockets: Vec<(TcpStream, u64)>,
+    sweeps: u64,
+    /// Whether a sweep task is running (it stops when nothing is idle).
+    sweeping: bool,
+}
+
+impl Pool {
+    /// A pool opening its connections with `connector`, keeping at most
+    /// `max_idle` idle ones, none longer than about `idle_timeout`.
+    pub fn new(connector: HttpConnector, max_idle: usize, idle_timeout: Duration) -> Pool {
+        Pool {
+            shared: Arc::new(Shared {
+                idle: Mutex::new(Idle::default()),
+                connector,
+                max_idle,
+                sweep_every: idle_timeout / 2,
+            }),
+        }
+    }
+
+    /// Sends `request` (its target in origin form, its `Host` header set) to
+    /// the upstream at `authority` (an absolute URI, for connecting) on an idle
+    /// connection, else on a new one, and reads the answer's head. The
+    /// answer's body gives the connection back when read to its end.
+    pub async fn send(
+        &self,
+        authority: &Uri,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<StreamBody>, Error> {
+        let (parts, body) = request.into_parts();
+        let body = body_bytes(body);
+        let close_asked = asks_close(&parts.headers);
+        let head = encode_head(&parts, body.len());
+        loop {
+            let (mut socket, reused) = match self.shared.take() {
+                Some(socket) => (socket, true),
+                None => (self.connect(authority).await?, false),
+            };
+            match write_request(&mut socket, &head, &body).await {
+                Ok(()) => {}
+                // A reused connection the upstream closed meanwhile: another.
+                Err(_) if reused => continue,
+                Err(e) => return Err(Error::Send(e)),
+            }
+            let (response, buf) = read_head(&mut socket).await.map_err(Error::Send)?;
+            return Ok(self.shared.wrap(response, socket, buf, close_asked));
+        }
+    }
+
+    async fn connect(&self, authority: &Uri) -> Result<TcpStream, Error> {
+        let io = self
+            .shared
+            .connector
+            .clone()
+            .call(authority.clone())
+            .await
+            .map_err(|e| Error::Connect(Box::new(e)))?;
+        Ok(io.into_inner())
+    }
+
+    /// Idle connections now (for tests).
+    #[cfg(test)]
+    fn idle(&self) -> usize {
+        self.shared.lock().sockets.len()
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The most recently used idle connection that is still open.
+    fn take(&self) -> Option<TcpStream> {
+        let mut idle = self.lock();
+        while let Some((socket, _)) = idle.sockets.pop() {
+            if is_open(&socket) {
+                return Some(socket);
+            }
+        }
+        None
+    }
+
+    fn wrap(
+        self: &Arc<Self>,
+        response: Response<Framing>,
+        socket: TcpStream,
+        buf: BytesMut,
+        close_asked: bool,
+    ) -> Response<StreamBody> {
+        let keep_alive = !close_asked
+            && response.version() == Version::HTTP_11
+            && !asks_close(response.headers());
+        response.map(|framing| {
+            let mut body = StreamBody {
+                socket: Some(socket),
+                buf,
+                framing,
+                keep_alive,
+                pool: Arc::downgrade(self),
+            };
+            if body.framing.is_done() {
+                body.release();
+            }
+            body
+        })
+    }
+
+    /// A connection whose answer was read to its end: kept for the next
+    /// request, unless `max_idle` are idle already.
+    fn put(self: &Arc<Self>, socket: TcpStream) {
+        let mut idle = self.lock();
+        if idle.sockets.len() >= self.max_idle {
+            return;
+        }
+        let sweeps = idle.sweeps;
+        idle.sockets.push((socket, sweeps));
+        if !idle.sweeping {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                idle.sweeping = true;
+                runtime.spawn(sweep(Arc::downgrade(self), self.sweep_every));
+            }
+        }
+    }
+}
+
+/// Every `every`, closes the connections idle since before the previous sweep
+/// (so none stays idle for more than twice `every`) and those the upstream
+/// closed; stops when none is idle or the pool is gone.
+async fn sweep(pool: Weak<Shared>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(pool) = pool.upgrade() else { return };
+        let mut idle = pool.lock();
+        idle.sweeps += 1;
+        let now = idle.sweeps;
+        idle.sockets
+            .retain(|(socket, since)| now - since < 2 && is_open(socket));
+        if idle.sockets.is_empty() {
+            idle.sweeping = false;
+            return;
+        }
+    }
+}
+
+/// Whether an idle connection can carry a request: the upstream has neither
+/// closed it nor sent anything unasked.
+fn is_open(socket: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(socket.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
+/// A `Full` body's bytes (it is one frame, or none).
+fn body_bytes(body: Full<Bytes>) -> Bytes {
+    let mut body = body;
+    let waker = std::task::Waker::noop();
+    let mut cx = Context::from_waker(waker);
+    match Pin::new(&mut body).poll_frame(&mut cx) {
+        Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+        _ => Bytes::new(),
+    }
+}
+
+/// Whether a `Connection` header says `close`.
+fn asks_close(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(axum::http::header::CONNECTION)
+        .iter()
+        .any(|v| has_token(v, "close"))
+}
+
+/// Whether a comma-separated header value holds `token` (any case).
+fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// The request line and headers, as hyper's client writes them: the headers
+/// as given (names in lower case), then `content-length` unless given (a
+/// `GET` with no body has none).
+fn encode_head(parts: &axum::http::request::Parts, body_len: usize) -> Vec<u8> {
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |target| target.as_str());
+    let mut head = Vec::with_capacity(
+        64 + target.len()
+            + parts
+                .headers
+                .iter()
+                .map(|(name, value)| name.as_str().len() + value.len() + 4)
+                .sum::<usize>(),
+    );
+    head.extend_from_slice(parts.method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    let has_body = body_len > 0
+        || !matches!(
+            parts.method,
+            axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::CONNECT
+        );
+    if has_body
+        && !parts
+            .headers
+            .contains_key(axum::http::header::CONTENT_LENGTH)
+    {
+        head.extend_from_slice(format!("content-length: {body_len}\r\n").as_bytes());
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// Writes the head and body (in one write when the body is small).
+async fn write_request(socket: &mut TcpStream, head: &[u8], body: &Bytes) -> io::Result<()> {
+    if body.len() <= COALESCE_BODY {
+        let mut all = Vec::with_capacity(head.len() + body.len());
+        all.extend_from_slice(head);
+        all.extend_from_slice(body);
+        socket.write_all(&all).await
+    } else {
+        socket.write_all(head).await?;
+        socket.write_all(body).await
+    }
+}
+
+fn invalid(message: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+/// Reads more into `buf` (at least [`READ_SIZE`] bytes of room); `Ok(0)`: the
+/// upstream closed the connection.
+fn poll_read_more(
+    socket: &TcpStream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_SIZE {
+        buf.reserve(READ_SIZE);
+    }
+    loop {
+        ready!(socket.poll_read_ready(cx))?;
+        match socket.try_read_buf(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            other => return Poll::Ready(other),
+        }
+    }
+}
+
+/// Reads an answer's head (after any interim 1xx answers): the answer, with
+/// how its body is delimited, and the bytes read past the head.
+async fn read_head(socket: &mut TcpStream) -> io::Result<(Response<Framing>, BytesMut)> {
+    let mut buf = BytesMut::new();
+    loop {
+        if let Some((response, head_len)) = parse_head(&buf)? {
+            buf.advance(head_len);
+            let status = response.status();
+            if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+                continue; // 100 Continue, 103 Early Hints: the answer follows
+            }
+            if buf.is_empty() {
+                // Nothing of the body yet: the buffer is allocated afresh at
+                // the first read, [`READ_SIZE`] bytes, whatever the head took.
+                buf = BytesMut::new();
+            }
+            return Ok((response, buf));
+        }
+        if buf.len() >= MAX_HEAD {
+            return Err(invalid("message head is too large"));
+        }
+        let read = std::future::poll_fn(|cx| poll_read_more(socket, &mut buf, cx)).await?;
+        if read == 0 {
+            return Err(if buf.is_empty() {
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed before message completed",
+                )
+            } else {
+                io::Error::new(io::ErrorKind::UnexpectedEof, "incomplete message head")
+            });
+        }
+    }
+}
+
+/// Parses an answer head from the start of `buf`; `None`: it is incomplete.
+fn parse_head(buf: &[u8]) -> io::Result<Option<(Response<Framing>, usize)>> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let head_len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(invalid("invalid message head")),
+    };
+    let status = parsed
+        .code
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or_else(|| invalid("invalid status"))?;
+    let version = match parsed.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    let mut map = HeaderMap::with_capacity(parsed.headers.len());
+    for header in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(header.name.as_bytes())
+            .map_err(|_| invalid("invalid header name"))?;
+        let value =
+            HeaderValue::from_bytes(header.value).map_err(|_| invalid("invalid header value"))?;
+        map.append(name, value);
+    }
+    let framing = Framing::of(status, &map)?;
+    let mut response = Response::new(framing);
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    *response.headers_mut() = map;
+    Ok(Some((response, head_len)))
+}
+
+/// How an answer's body ends, and how far it has been read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `content-length`: this many bytes are still to come.
+    Length(u64),
+    /// `transfer-encoding: chunked`.
+    Chunked(Chunk),
+    /// Neither: the body ends when the upstream closes the connection.
+    UntilClose,
+    Done,
+}
+
+/// Where a chunked body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    /// A chunk-size line is next.
+    Size,
+    /// This many bytes of the current chunk are still to come.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// The trailer section (after the last, empty chunk).
+    Trailers,
+}
+
+impl Framing {
+    /// RFC 9112 §6.3, for answers to requests other than `HEAD` and `CONNECT`.
+    fn of(status: StatusCode, headers: &HeaderMap) -> io::Result<Framing> {
+        if status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Ok(Framing::Done);
+        }
+        let encodings = headers.get_all(axum::http::header::TRANSFER_ENCODING);
+        if encodings.iter().next().is_some() {
+            let last_is_chunked = encodings
+                .iter()
+                .next_back()
+                .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
+                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            return Ok(if last_is_chunked {
+                Framing::Chunked(Chunk::Size)
+            } else {
+                Framing::UntilClose
+            });
+        }
+        let mut lengths = headers.get_all(axum::http::header::CONTENT_LENGTH).iter();
+        let Some(first) = lengths.next() else {
+            return Ok(Framing::UntilClose);
+        };
+        let length = parse_length(first)?;
+        if lengths.any(|other| parse_length(other).ok() != Some(length)) {
+            return Err(invalid("conflicting content-length"));
+        }
+        Ok(if length == 0 {
+            Framing::Done
+        } else {
+            Framing::Length(length)
+        })
+    }
+
+    fn is_done(&self) -> bool {
+        *self == Framing::Done
+    }
+}
+
+fn parse_length(value: &HeaderValue) -> io::Result<u64> {
+    let text = value
+        .to_str()
+        .map_err(|_| invalid("invalid content-length"))?;
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid("invalid content-length"));
+    }
+    text.parse().map_err(|_| invalid("invalid content-length"))
+}
+
+/// What [`decode`] found in the buffer.
+enum Decoded {
+    /// Body bytes.
+    Data(Bytes),
+    /// The body has ended.
+    End,
+    /// More bytes are needed (the upstream closed: `UntilClose` ends).
+    NeedMore,
+}
+
+/// Takes what it can of the body from `buf`, advancing `framing`.
+fn decode(framing: &mut Framing, buf: &mut BytesMut) -> io::Result<Decoded> {
+    loop {
+        match framing {
+            Framing::Done => return Ok(Decoded::End),
+            Framing::Length(left) => {
+                if buf.is_empty() {
+                    return Ok(Decoded::NeedMore);
+                }
+                let n = (*left).min(buf.len() as u64) as usize;
+                *left -= n as u64;
+                if *left == 0 {
+                    *framing = Framing::Done;
+                }
+                return Ok(Decoded::Data(buf.split_to(n).freeze()));
+            }
+            Framing::UntilClose => {
+                if buf.is_empty() {
+                    return Ok(Decoded::NeedMore);
+                }
+                return Ok(Decoded::Data(buf.split().freeze()));
+            }
+            Framing::Chunked(Chunk::Data(left)) => {
+                if buf.is_empty() {
+                    return Ok(Decoded::NeedMore);
+                }
+                let n = (*left).min(buf.len() as u64) as usize;
+                *left -= n as u64;
+                if *left == 0 {
+                    *framing = Framing::Chunked(Chunk::DataEnd);
+                }
+                return Ok(Decoded::Data(buf.split_to(n).freeze()));
+            }
+            Framing::Chunked(Chunk::DataEnd) => {
+                let Some(line) = take_line(buf)? else {
+                    return Ok(Decoded::NeedMore);
+                };
+                if !line.is_empty() {
+                    return Err(invalid("invalid chunk end"));
+                }
+                *framing = Framing::Chunked(Chunk::Size);
+            }
+            Framing::Chunked(Chunk::Size) => {
+                let Some(line) = take_line(buf)? else {
+                    return Ok(Decoded::NeedMore);
+                };
+                let size = chunk_size(&line)?;
+                *framing = Framing::Chunked(if size == 0 {
+                    Chunk::Trailers
+                } else {
+                    Chunk::Data(size)
+                });
+            }
+            Framing::Chunked(Chunk::Trailers) => {
+                let Some(line) = take_line(buf)? else {
+                    return Ok(Decoded::NeedMore);
+                };
+                if line.is_empty() {
+                    *framing = Framing::Done;
+                }
+            }
+        }
+    }
+}
+
+/// The next line of `buf` without its line end (CRLF, or a bare LF as hyper
+/// accepts); `None`: not all there yet.
+fn take_line(buf: &mut BytesMut) -> io::Result<Option<BytesMut>> {
+    match buf.iter().position(|&b| b == b'\n') {
+        Some(end) => {
+            let mut line = buf.split_to(end + 1);
+            line.truncate(end);
+            if line.last() == Some(&b'\r') {
+                line.truncate(end - 1);
+            }
+            Ok(Some(line))
+        }
+        None if buf.len() > MAX_LINE => Err(invalid("chunk size line too long")),
+        None => Ok(None),
+    }
+}
+
+/// A chunk-size line's size (hex, then maybe `;` extensions).
+fn chunk_size(line: &[u8]) -> io::Result<u64> {
+    let digits = line
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    if digits.is_empty() || digits.len() > 15 {
+        return Err(invalid("invalid chunk size line"));
+    }
+    let mut size = 0u64;
+    for &b in digits {
+        let digit = (b as char)
+            .to_digit(16)
+            .ok_or_else(|| invalid("invalid chunk size line"))?;
+        size = size * 16 + u64::from(digit);
+    }
+    Ok(size)
+}
+
+/// An answer's body, read from its connection as it is polled (no task reads
+/// ahead). Read to its end, it gives the connection back; dropped before that,
+/// the connection is closed.
+pub struct StreamBody {
+    /// `None` once given back or closed.
+    socket: Option<TcpStream>,
+    /// Bytes read and not yet handed out.
+    buf: BytesMut,
+    framing: Framing,
+    /// Whether the connection may carry another request once this body ends.
+    keep_alive: bool,
+    pool: Weak<Shared>,
+}
+
+impl StreamBody {
+    fn release(&mut self) {
+        let socket = self.socket.take();
+        // Bytes past the answer's end: the connection is out of step; closed.
+        if let (Some(socket), true, true) = (socket, self.keep_alive, self.buf.is_empty()) {
+            if let Some(pool) = self.pool.upgrade() {
+                pool.put(socket);
+            }
+        }
+        self.buf = BytesMut::new();
+    }
+
+    fn fail(&mut self, error: io::Error) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.socket = None;
+        self.framing = Framing::Done;
+        self.buf = BytesMut::new();
+        Poll::Ready(Some(Err(error)))
+    }
+}
+
+impl Body for StreamBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        loop {
+            match decode(&mut this.framing, &mut this.buf) {
+                Err(e) => return this.fail(e),
+                Ok(Decoded::Data(data)) => {
+                    if this.framing.is_done() {
+                        this.release();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Decoded::End) => {
+                    this.release();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::NeedMore) => {}
+            }
+            let Some(socket) = &this.socket else {
+                return Poll::Ready(None);
+            };
+            match ready!(poll_read_more(socket, &mut this.buf, cx)) {
+                Err(e) => return this.fail(e),
+                Ok(0) if this.framing == Framing::UntilClose => {
+                    this.socket = None;
+                    this.framing = Framing::Done;
+                    this.buf = BytesMut::new();
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    return this.fail(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "end of file before message length reached",
+                    ));
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.framing.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(left) => SizeHint::with_exact(left),
+            Framing::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncReadExt;
+
+    /// Feeds `wire` to the decoder `step` bytes at a time; the body's bytes,
+    /// and whether it ended.
+    fn decode_all(mut framing: Framing, wire: &[u8], step: usize) -> io::Result<(Vec<u8>, bool)> {
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        for piece in wire.chunks(step) {
+            buf.extend_from_slice(piece);
+            loop {
+                match decode(&mut framing, &mut buf)? {
+                    Decoded::Data(data) => body.extend_from_slice(&data),
+                    Decoded::End => return Ok((body, buf.is_empty())),
+                    Decoded::NeedMore => break,
+                }
+            }
+        }
+        Ok((body, false))
+    }
+
+    const CHUNKED: &[u8] =
+        b"6\r\nhello \r\n1a;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\ntrailer: x\r\n\r\n";
+
+    #[test]
+    fn a_chunked_body_is_decoded_however_it_arrives() {
+        for step in 1..=CHUNKED.len() {
+            let (body, clean) = decode_all(Framing::Chunked(Chunk::Size), CHUNKED, step).unwrap();
+            assert_eq!(body, b"hello abcdefghijklmnopqrstuvwxyz", "step {step}");
+            assert!(clean, "step {step}: the trailers and last CRLF were read");
+        }
+        // Bare LFs, as hyper accepts them.
+        let lf = b"3\nabc\n0\n\n";
+        let (body, clean) = decode_all(Framing::Chunked(Chunk::Size), lf, 1).unwrap();
+        assert_eq!((body.as_slice(), clean), (&b"abc"[..], true));
+    }
+
+    #[test]
+    fn a_broken_chunked_body_is_an_error() {
+        for wire in [
+            &b"zz\r\nab\r\n0\r\n\r\n"[..],
+            b"\r\nab\r\n",
+            b"2\r\nabX\r\n0\r\n\r\n",
+            b"fffffffffffffffff\r\n",
+        ] {
+            assert!(
+                decode_all(Framing::Chunked(Chunk::Size), wire, 1).is_err(),
+                "{}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+        let endless = vec![b'1'; MAX_LINE + 2];
+        assert!(decode_all(Framing::Chunked(Chunk::Size), &endless, 64).is_err());
+    }
+
+    #[test]
+    fn a_length_body_ends_at_its_length() {
+        let (body, clean) = decode_all(Framing::Length(5), b"hello", 2).unwrap();
+        assert_eq!((body.as_slice(), clean), (&b"hello"[..], true));
+        // Bytes past the end stay in the buffer (the connection is not reused).
+        let (body, clean) = decode_all(Framing::Length(5), b"helloEXTRA", 10).unwrap();
+        assert_eq!((body.as_slice(), clean), (&b"hello"[..], false));
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut map = HeaderMap::new();
+            for (k, v) in pairs {
+                map.append(*k, HeaderValue::from_static(v));
+            }
+            map
+        };
+        let ok = StatusCode::OK;
+        let of = |status, pairs| Framing::of(status, &headers(pairs)).ok();
+        assert_eq!(
+            of(
+                ok,
+                &[("transfer-encoding", "chunked"), ("content-length", "3")]
+            ),
+            Some(Framing::Chunked(Chunk::Size))
+        );
+        assert_eq!(
+            of(ok, &[("transfer-encoding", "gzip, chunked")]),
+            Some(Framing::Chunked(Chunk::Size))
+        );
+        assert_eq!(
+            of(ok, &[("transfer-encoding", "gzip")]),
+            Some(Framing::UntilClose)
+        );
+        assert_eq!(of(ok, &[("content-length", "7")]), Some(Framing::Length(7)));
+        assert_eq!(of(ok, &[("content-length", "0")]), Some(Framing::Done));
+        assert_eq!(of(ok, &[]), Some(Framing::UntilClose));
+        assert_eq!(of(StatusCode::NO_CONTENT, &[]), Some(Framing::Done));
+        assert_eq!(of(ok, &[("content-length", "x")]), None);
+        assert_eq!(of(ok, &[("content-length", "+1")]), None);
+        assert_eq!(
+            of(ok, &[("content-length", "1"), ("content-length", "2")]),
+            None
+        );
+    }
+
+    /// An upstream answering each request (a head and a `content-length`
+    /// body) with the next of `answers` (the last one repeated), on the same
+    /// connection unless `close_after`; it counts connections accepted and
+    /// keeps the requests' bytes.
+    async fn upstream(
+        answers: Vec<&'static [u8]>,
+        close_after: bool,
+    ) -> (Uri, Arc<AtomicUsize>, Arc<Mutex<Vec<u8>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri: Uri = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (counter, record) = (accepted.clone(), seen.clone());
+        tokio::spawn(async move {
+            let answered = Arc::new(AtomicUsize::new(0));
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let (answers, answered, record) =
+                    (answers.clone(), answered.clone(), record.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut pending = Vec::new();
+                    loop {
+                        // A whole request: head, then its content-length body.
+                        let request_len = loop {
+                            if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                                let head = String::from_utf8_lossy(&pending[..end]).to_lowercase();
+                                let length = head
+                                    .lines()
+                                    .find_map(|l| l.strip_prefix("content-length: "))
+                                    .map_or(0, |n| n.trim().parse::<usize>().unwrap());
+                                if pending.len() >= end + 4 + length {
+                                    break end + 4 + length;
+                                }
+                            }
+                            match socket.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => pending.extend_from_slice(&buf[..n]),
+                            }
+                        };
+                        record.lock().unwrap().extend(pending.drain(..request_len));
+                        let i = answered.fetch_add(1, Ordering::SeqCst);
+                        let answer = answers[i.min(answers.len() - 1)];
+                        if socket.write_all(answer).await.is_err() || close_after {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (uri, accepted, seen)
+    }
+
+    fn post(uri: &Uri, body: &'static str) -> Request<Full<Bytes>> {
+        Request::builder()
+            .method("POST")
+            .uri("/v1/chat/completions")
+            .header("host", uri.authority().unwrap().as_str())
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    }
+
+    fn pool() -> Pool {
+        Pool::new(HttpConnector::new(), 2, Duration::from_secs(90))
+    }
+
+    async fn read_all(body: StreamBody) -> io::Result<Bytes> {
+        use http_body_util::BodyExt;
+        tokio::time::timeout(Duration::from_secs(30), body.collect())
+            .await
+            .expect("read in time")
+            .map(|c| c.to_bytes())
+    }
+
+    async fn send(pool: &Pool, uri: &Uri) -> Result<Response<StreamBody>, Error> {
+        tokio::time::timeout(Duration::from_secs(30), pool.send(uri, post(uri, "{}")))
+            .await
+            .expect("answered in time")
+    }
+
+    const STREAM: &[u8] =
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n\
+        e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n";
+
+    #[tokio::test]
+    async fn a_stream_is_read_and_its_connection_reused() {
+        let (uri, accepted, seen) = upstream(vec![STREAM], false).await;
+        let pool = pool();
+        for _ in 0..3 {
+            let response = send(&pool, &uri).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.headers()["content-type"], "text/event-stream");
+            assert_eq!(
+                read_all(response.into_body()).await.unwrap(),
+                "data: [DONE]\n\n"
+            );
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.idle(), 1);
+        let host = uri.authority().unwrap().as_str();
+        let one = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: {host}\r\ncontent-length: 2\r\n\r\n{{}}"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&seen.lock().unwrap()),
+            one.repeat(3)
+        );
+    }
+
+    #[tokio::test]
+    async fn interim_answers_are_skipped_and_lengths_kept() {
+        let answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 400 Bad Request\r\ncontent-length: 5\r\n\r\nerror";
+        let (uri, accepted, _) = upstream(vec![answer], false).await;
+        let pool = pool();
+        for _ in 0..2 {
+            let response = send(&pool, &uri).await.unwrap();
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+            assert_eq!(response.body().size_hint().exact(), Some(5));
+            assert_eq!(read_all(response.into_body()).await.unwrap(), "error");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_by_either_side_is_not_reused() {
+        // The upstream says close, then closes.
+        let close = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok";
+        let (uri, accepted, _) = upstream(vec![close], true).await;
+        let pool = pool();
+        for _ in 0..2 {
+            let response = send(&pool, &uri).await.unwrap();
+            assert_eq!(read_all(response.into_body()).await.unwrap(), "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.idle(), 0);
+        // The upstream closes without a word after answering: found closed when
+        // taken, so the next request goes on a new connection.
+        let quiet = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let (uri, accepted, _) = upstream(vec![quiet], true).await;
+        for _ in 0..3 {
+            let response = send(&pool, &uri).await.unwrap();
+            assert_eq!(read_all(response.into_body()).await.unwrap(), "ok");
+            // Its close may not have arrived yet when the next is sent: wait
+            // (with a deadline) until it did.
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while pool.shared.lock().sockets.iter().any(|(s, _)| is_open(s)) {
+                assert!(std::time::Instant::now() < deadline, "the close arrived");
+                tokio::task::yield_now().await;
+            }
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_body_until_close_and_a_cut_stream() {
+        let until_close = b"HTTP/1.1 200 OK\r\n\r\nall of it";
+        let (uri, _, _) = upstream(vec![until_close], true).await;
+        let pool = pool();
+        let response = send(&pool, &uri).await.unwrap();
+        assert_eq!(read_all(response.into_body()).await.unwrap(), "all of it");
+        assert_eq!(pool.idle(), 0);
+
+        let cut = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel";
+        let (uri, _, _) = upstream(vec![cut], true).await;
+        let response = send(&pool, &uri).await.unwrap();
+        let error = read_all(response.into_body()).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+
+        let nothing: &[u8] = b"";
+        let (uri, _, _) = upstream(vec![nothing], true).await;
+        let Err(error) = send(&pool, &uri).await else {
+            panic!("an answer from an upstream that sent nothing");
+        };
+        assert!(
+            crate::support::http_client::error_chain(&error).contains("closed before"),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unread_answer_keeps_its_connection_out_of_the_pool() {
+        let (uri, accepted, _) = upstream(vec![STREAM], false).await;
+        let pool = pool();
+        let first = send(&pool, &uri).await.unwrap();
+        let second = send(&pool, &uri).await.unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        drop(first);
+        read_all(second.into_body()).await.unwrap();
+        assert_eq!(
+            pool.idle(),
+            1,
+            "only the connection read to its end is kept"
+        );
+    }
+}
