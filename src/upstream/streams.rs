@@ -335,17 +335,18 @@ fn invalid(message: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
-/// Reads more into `buf` (at least [`READ_SIZE`] bytes of room); `Ok(0)`: the
-/// upstream closed the connection.
+/// Reads at most [`READ_SIZE`] bytes more into `buf`; `Ok(0)`: the upstream
+/// closed the connection. Never more at a time, whatever room `buf` has: a
+/// stream keeps its buffer's allocation while it lasts (`BytesMut` reuses or
+/// copies its first capacity), so a read must not fill a buffer grown for a
+/// large head or line with bytes of the body.
 fn poll_read_more(
     socket: &TcpStream,
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
     if buf.is_empty() && buf.capacity() > READ_SIZE {
-        // A buffer grown for a large head or line, now read: dropped, as a
-        // reserve would allocate its like again (`BytesMut` keeps a buffer's
-        // first capacity), and a stream holds its buffer while it lasts.
+        // What is left of a buffer grown for a large head or line: let go.
         *buf = BytesMut::new();
     }
     if buf.capacity() - buf.len() < READ_SIZE {
@@ -353,7 +354,7 @@ fn poll_read_more(
     }
     loop {
         ready!(socket.poll_read_ready(cx))?;
-        match socket.try_read_buf(buf) {
+        match socket.try_read_buf(&mut bytes::BufMut::limit(&mut *buf, READ_SIZE)) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             other => return Poll::Ready(other),
         }
@@ -383,8 +384,11 @@ async fn read_head(socket: &mut TcpStream) -> io::Result<(Response<Framing>, Byt
                 // the first read, [`READ_SIZE`] bytes, whatever the head took.
                 buf = BytesMut::new();
             } else if buf.capacity() > READ_SIZE {
-                // The body's first bytes, out of a buffer grown for the head.
-                buf = BytesMut::from(&buf[..]);
+                // The body's first bytes (at most one read), out of a buffer
+                // grown for the head.
+                let mut body = BytesMut::with_capacity(READ_SIZE.max(buf.len()));
+                body.extend_from_slice(&buf);
+                buf = body;
             }
             return Ok((response, buf));
         }
