@@ -145,47 +145,134 @@ pub(super) fn rate_limit_pairs(
     pairs
 }
 
-/// Calls `f` with each of [`rate_limit_pairs`], in order.
+/// Calls `f` with each of [`rate_limit_pairs`], in order. The values (up to
+/// six) are written into one buffer on the stack, moved into a single
+/// allocation that each value shares: one allocation a request instead of one
+/// per value.
 fn each_rate_header(
     rate: &crate::keys::limits::RateHeaders,
     mut f: impl FnMut(axum::http::HeaderName, HeaderValue),
 ) {
-    for (names, figures) in RATE_NAMES.iter().zip([rate.requests, rate.tokens]) {
-        let Some((limit, remaining, reset_ms)) = figures else {
+    let mut text = RateText::default();
+    // Where each value ends in `text`, per family (requests, tokens).
+    let mut ends = [[0usize; 3]; 2];
+    let families = [rate.requests, rate.tokens];
+    for (family, figures) in families.iter().enumerate() {
+        let Some((limit, remaining, reset_ms)) = *figures else {
             continue;
         };
-        f(names[0].clone(), HeaderValue::from(limit));
-        f(names[1].clone(), HeaderValue::from(remaining));
-        f(names[2].clone(), reset_value(reset_ms));
+        text.push_number(limit);
+        ends[family][0] = text.len;
+        text.push_number(remaining);
+        ends[family][1] = text.len;
+        text.push_reset(reset_ms);
+        ends[family][2] = text.len;
+    }
+    if text.len == 0 {
+        return;
+    }
+    let shared = Bytes::from_owner(text);
+    let mut at = 0;
+    for ((names, figures), ends) in RATE_NAMES.iter().zip(families).zip(ends) {
+        if figures.is_none() {
+            continue;
+        }
+        for (name, end) in names.iter().zip(ends) {
+            let value = HeaderValue::from_maybe_shared(shared.slice(at..end))
+                .unwrap_or_else(|_| HeaderValue::from_static("0"));
+            f(name.clone(), value);
+            at = end;
+        }
     }
 }
 
-/// `reset_ms` as OpenAI writes a reset: seconds with the fraction it needs
-/// ("60s", "0.25s"). Written by hand into a buffer on the stack, without `fmt`.
-fn reset_value(reset_ms: crate::keys::limits::Millis) -> HeaderValue {
-    // At most 17 digits of seconds, the point, 3 digits and the 's'.
-    let mut buf = [0u8; 24];
-    let mut at = buf.len() - 1;
-    buf[at] = b's';
-    let millis = reset_ms % 1000;
-    if millis != 0 {
-        let digits = [millis / 100, millis / 10 % 10, millis % 10].map(|d| b'0' + d as u8);
-        let kept = digits.iter().rposition(|&d| d != b'0').map_or(0, |i| i + 1);
-        at -= kept;
-        buf[at..at + kept].copy_from_slice(&digits[..kept]);
-        at -= 1;
-        buf[at] = b'.';
+/// "00" to "99", one after the other.
+const DIGIT_PAIRS: [u8; 200] = {
+    let mut pairs = [0u8; 200];
+    let mut i = 0;
+    while i < 100 {
+        pairs[i * 2] = b'0' + (i / 10) as u8;
+        pairs[i * 2 + 1] = b'0' + (i % 10) as u8;
+        i += 1;
     }
-    let mut secs = reset_ms / 1000;
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (secs % 10) as u8;
-        secs /= 10;
-        if secs == 0 {
-            break;
+    pairs
+};
+
+/// The text of a request's rate headers, digits written by hand (no `fmt`):
+/// six values of at most 22 bytes.
+struct RateText {
+    buf: [u8; 6 * 22],
+    len: usize,
+}
+
+impl Default for RateText {
+    fn default() -> RateText {
+        RateText {
+            buf: [0; 6 * 22],
+            len: 0,
         }
     }
-    HeaderValue::from_bytes(&buf[at..]).unwrap_or_else(|_| HeaderValue::from_static("0s"))
+}
+
+impl AsRef<[u8]> for RateText {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl RateText {
+    /// Appends `n` in decimal, two digits at a time.
+    fn push_number(&mut self, n: u64) {
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut n = n;
+        while n >= 100 {
+            let pair = (n % 100) as usize * 2;
+            n /= 100;
+            at -= 2;
+            digits[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+        }
+        if n >= 10 {
+            let pair = n as usize * 2;
+            at -= 2;
+            digits[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+        } else {
+            at -= 1;
+            digits[at] = b'0' + n as u8;
+        }
+        self.push(&digits[at..]);
+    }
+
+    /// Appends `reset_ms` as OpenAI writes a reset: seconds with the
+    /// fraction it needs ("60s", "0.25s").
+    fn push_reset(&mut self, reset_ms: crate::keys::limits::Millis) {
+        self.push_number(reset_ms / 1000);
+        let millis = reset_ms % 1000;
+        if millis != 0 {
+            let digits = [
+                b'.',
+                b'0' + (millis / 100) as u8,
+                b'0' + (millis / 10 % 10) as u8,
+                b'0' + (millis % 10) as u8,
+            ];
+            let kept = digits.iter().rposition(|&d| d != b'0').map_or(1, |i| i + 1);
+            self.push(&digits[..kept]);
+        }
+        self.push(b"s");
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+}
+
+/// `reset_ms` as a header value on its own (what [`each_rate_header`] writes).
+#[cfg(test)]
+fn reset_value(reset_ms: crate::keys::limits::Millis) -> HeaderValue {
+    let mut text = RateText::default();
+    text.push_reset(reset_ms);
+    HeaderValue::from_bytes(text.as_ref()).unwrap()
 }
 
 /// The headers a proxied answer has room for from the start.
@@ -381,6 +468,32 @@ mod tests {
             reset_value(u64::MAX / 1000 * 1000 + 5).to_str().unwrap(),
             "18446744073709551.005s"
         );
+    }
+
+    #[test]
+    fn both_families_of_rate_headers_share_one_buffer_in_order() {
+        let rate = crate::keys::limits::RateHeaders {
+            requests: Some((u64::MAX, 0, u64::MAX)),
+            tokens: Some((1_000_000, 999_999, 1_250)),
+        };
+        let pairs: Vec<(String, String)> = rate_limit_pairs(&rate)
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("x-ratelimit-limit-requests", "18446744073709551615"),
+                ("x-ratelimit-remaining-requests", "0"),
+                ("x-ratelimit-reset-requests", "18446744073709551.615s"),
+                ("x-ratelimit-limit-tokens", "1000000"),
+                ("x-ratelimit-remaining-tokens", "999999"),
+                ("x-ratelimit-reset-tokens", "1.25s"),
+            ]
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+        );
+        let none = crate::keys::limits::RateHeaders::default();
+        assert!(rate_limit_pairs(&none).is_empty());
     }
 
     #[test]

@@ -509,9 +509,13 @@ impl Insert {
         }
         let stmt = self.stmt.as_ptr();
         // SAFETY: every text bound points into `rows` or `times`, both
-        // borrowed until this function returns; the bindings are cleared
-        // before it returns, whatever happened, so the statement never keeps
-        // a pointer past them. SQLite reads bound texts during the step only.
+        // borrowed until this function returns. SQLite reads a bound text
+        // during a step only (reset, finalize and rebinding a parameter do
+        // not read the text a binding points to), and this function is the
+        // only one that steps the statement, after binding every one of its
+        // parameters anew: the pointers the bindings keep after it returns
+        // are never read. (Clearing them, 16 a row, cost about 240
+        // instructions a row.)
         unsafe {
             let mut rc = rusqlite::ffi::SQLITE_OK;
             for (i, (r, time)) in rows.iter().zip(&times).enumerate() {
@@ -525,7 +529,6 @@ impl Insert {
             }
             let error = (rc != rusqlite::ffi::SQLITE_DONE).then(|| sqlite_error(conn, rc));
             rusqlite::ffi::sqlite3_reset(stmt);
-            rusqlite::ffi::sqlite3_clear_bindings(stmt);
             error.map_or(Ok(()), Err)
         }
     }

@@ -973,22 +973,21 @@ impl Ticket {
         let micros = self
             .settings
             .micros(&self.request.model, input, cached, output);
+        // One reading of the clock: when the request ended, for the counters,
+        // the book and the ledger row alike.
+        let now = now_millis();
         if let Some(key) = &self.key {
             let used = Spend {
                 tokens: input + output,
                 micros,
             };
             match &self.keys.shared {
-                Some(shared) => {
-                    shared.settle(key.name(), &key.limits, &self.grant, used, now_millis())
+                Some(shared) => shared.settle(key.name(), &key.limits, &self.grant, used, now),
+                None => {
+                    self.keys
+                        .counters
+                        .settle(&key.counters, &key.limits, &self.grant, used, now)
                 }
-                None => self.keys.counters.settle(
-                    &key.counters,
-                    &key.limits,
-                    &self.grant,
-                    used,
-                    now_millis(),
-                ),
             }
         }
         let operator_stats;
@@ -1012,7 +1011,6 @@ impl Ticket {
             cost_micros: micros,
         };
         let model = crate::support::redact::truncate(&self.request.model, 256);
-        let now = now_millis();
         match &self.key {
             Some(key) => {
                 self.keys
