@@ -1347,11 +1347,13 @@ mod tests {
         assert!(pool.shared.lock().sweeping);
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let idle = pool.shared.lock();
-            if idle.sockets.is_empty() && !idle.sweeping {
+            let swept = {
+                let idle = pool.shared.lock();
+                idle.sockets.is_empty() && !idle.sweeping
+            };
+            if swept {
                 break;
             }
-            drop(idle);
             assert!(std::time::Instant::now() < deadline, "swept in time");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
