@@ -628,7 +628,7 @@ fn take_line(buf: &mut BytesMut) -> io::Result<Option<BytesMut>> {
             }
             Ok(Some(line))
         }
-        None if buf.len() > MAX_LINE => Err(invalid("chunk size line too long")),
+        None if buf.len() > MAX_LINE => Err(invalid("chunk size or trailer line too long")),
         None => Ok(None),
     }
 }
@@ -1362,5 +1362,21 @@ mod tests {
         read_all(response.into_body()).await.unwrap();
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         assert!(pool.shared.lock().sweeping);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_says_close_does_not_keep_its_connection() {
+        let (uri, accepted, _) = upstream(vec![STREAM], false).await;
+        let pool = pool();
+        for _ in 0..2 {
+            let mut request = post(&uri, "{}");
+            request
+                .headers_mut()
+                .insert("connection", HeaderValue::from_static("keep-alive, Close"));
+            let response = pool.send(&uri, request).await.unwrap();
+            read_all(response.into_body()).await.unwrap();
+            assert_eq!(pool.idle(), 0);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 }
