@@ -347,8 +347,8 @@ pub fn begin(
     if let Some(trace) = &origin.trace {
         let _ = stats.trace.set(trace.clone());
     }
-    if let Some(name) = origin.caller.name() {
-        let _ = stats.key_name.set(std::sync::Arc::from(name));
+    if let Some(name) = origin.caller.shared_name() {
+        let _ = stats.key_name.set(name);
     }
     (info, stats)
 }

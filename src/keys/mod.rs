@@ -114,6 +114,18 @@ impl Caller {
             Caller::Key(k) => Some(k.name()),
         }
     }
+
+    /// [`Caller::name`], shared rather than copied (a request's figures
+    /// carry it without an allocation of their own).
+    pub fn shared_name(&self) -> Option<Arc<str>> {
+        static OPERATOR_NAME: std::sync::LazyLock<Arc<str>> =
+            std::sync::LazyLock::new(|| Arc::from(OPERATOR));
+        match self {
+            Caller::Open => None,
+            Caller::Operator => Some(OPERATOR_NAME.clone()),
+            Caller::Key(k) => Some(k.name.clone()),
+        }
+    }
 }
 
 /// Why a request was refused at the door (401).

@@ -16,7 +16,13 @@
 //! skipped, bodies delimited by `transfer-encoding: chunked`, `content-length`
 //! or the end of the connection (RFC 9112 §6.3), trailers read and dropped (as
 //! reqwest's body stream drops them); a connection is reused only when its
-//! answer was read to its end and neither side said `connection: close`. The
+//! answer was read exactly to its end, with nothing past it, and neither side
+//! said `connection: close` (see [`reusable`] for the rest). What an upstream
+//! can make it read and drop is bounded as hyper bounds it: the head
+//! ([`MAX_HEAD`], interim answers included), lines ([`MAX_LINE`]), chunk
+//! extensions and trailers ([`MAX_CHUNK_EXTENSIONS`], [`MAX_TRAILERS`]); the
+//! body itself is handed on as it arrives, so a huge event never grows the
+//! read buffer (the relay's `upstream.max_event_bytes` bounds events). The
 //! pool keeps at most `max_idle` idle connections, none idle longer than about
 //! the idle timeout, and a connection found closed when taken is replaced, as
 //! [`super::pool`] does.
@@ -46,6 +52,13 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// The longest chunk-size line or trailer line.
 const MAX_LINE: usize = 4 * 1024;
+/// The chunk extensions of one body, all together (hyper's limit): they are
+/// read and dropped, so without a limit an upstream could send kilobytes of
+/// them for every byte of the answer.
+const MAX_CHUNK_EXTENSIONS: usize = 16 * 1024;
+/// The trailer section of one body (hyper's limit), read and dropped; at most
+/// [`MAX_HEADERS`] fields.
+const MAX_TRAILERS: usize = 16 * 1024;
 /// A body of at most this many bytes is sent in the same write as the head.
 const COALESCE_BODY: usize = 16 * 1024;
 
@@ -164,14 +177,13 @@ impl Shared {
         buf: BytesMut,
         close_asked: bool,
     ) -> Response<StreamBody> {
-        let keep_alive = !close_asked
-            && response.version() == Version::HTTP_11
-            && !asks_close(response.headers());
+        let keep_alive = !close_asked && reusable(&response);
         response.map(|framing| {
             let mut body = StreamBody {
                 socket: Some(socket),
                 buf,
                 framing,
+                spent: Spent::default(),
                 keep_alive,
                 pool: Arc::downgrade(self),
             };
@@ -237,6 +249,21 @@ fn body_bytes(body: Full<Bytes>) -> Bytes {
     }
 }
 
+/// Whether the connection of `response` may carry another request once its
+/// body ends: HTTP/1.1, no `connection: close`, not a `101 Switching
+/// Protocols` (the connection speaks something else after it), and not both
+/// `transfer-encoding` and `content-length` (RFC 9112 §6.3: the body is
+/// chunked, and the connection is closed after it, as the two disagreeing
+/// is how a request is smuggled).
+fn reusable(response: &Response<Framing>) -> bool {
+    let headers = response.headers();
+    response.version() == Version::HTTP_11
+        && response.status() != StatusCode::SWITCHING_PROTOCOLS
+        && !asks_close(headers)
+        && !(headers.contains_key(axum::http::header::TRANSFER_ENCODING)
+            && headers.contains_key(axum::http::header::CONTENT_LENGTH))
+}
+
 /// Whether a `Connection` header says `close`.
 fn asks_close(headers: &HeaderMap) -> bool {
     headers
@@ -254,8 +281,9 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
 }
 
 /// The request line and headers, as hyper's client writes them: the headers
-/// as given (names in lower case), then `content-length` unless given (a
-/// `GET` with no body has none).
+/// as given (names in lower case), then `content-length` unless given; an
+/// empty body has none, whatever the method (hyper writes no length for a
+/// body that has ended before it is sent).
 fn encode_head(parts: &axum::http::request::Parts, body_len: usize) -> Vec<u8> {
     let target = parts
         .uri
@@ -279,12 +307,7 @@ fn encode_head(parts: &axum::http::request::Parts, body_len: usize) -> Vec<u8> {
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
     }
-    let has_body = body_len > 0
-        || !matches!(
-            parts.method,
-            axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::CONNECT
-        );
-    if has_body
+    if body_len > 0
         && !parts
             .headers
             .contains_key(axum::http::header::CONTENT_LENGTH)
@@ -312,32 +335,46 @@ fn invalid(message: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
-/// Reads more into `buf` (at least [`READ_SIZE`] bytes of room); `Ok(0)`: the
-/// upstream closed the connection.
+/// Reads at most [`READ_SIZE`] bytes more into `buf`; `Ok(0)`: the upstream
+/// closed the connection. Never more at a time, whatever room `buf` has: a
+/// stream keeps its buffer's allocation while it lasts (`BytesMut` reuses or
+/// copies its first capacity), so a read must not fill a buffer grown for a
+/// large head or line with bytes of the body.
 fn poll_read_more(
     socket: &TcpStream,
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
+    if buf.is_empty() && buf.capacity() > READ_SIZE {
+        // What is left of a buffer grown for a large head or line: let go.
+        *buf = BytesMut::new();
+    }
     if buf.capacity() - buf.len() < READ_SIZE {
         buf.reserve(READ_SIZE);
     }
     loop {
         ready!(socket.poll_read_ready(cx))?;
-        match socket.try_read_buf(buf) {
+        match socket.try_read_buf(&mut bytes::BufMut::limit(&mut *buf, READ_SIZE)) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             other => return Poll::Ready(other),
         }
     }
 }
 
-/// Reads an answer's head (after any interim 1xx answers): the answer, with
-/// how its body is delimited, and the bytes read past the head.
+/// Reads an answer's head (after any interim 1xx answers, which count
+/// towards its [`MAX_HEAD`]): the answer, with how its body is delimited, and
+/// the bytes read past the head.
 async fn read_head(socket: &mut TcpStream) -> io::Result<(Response<Framing>, BytesMut)> {
     let mut buf = BytesMut::new();
+    // The bytes of the interim answers before this head.
+    let mut interim = 0;
     loop {
         if let Some((response, head_len)) = parse_head(&buf)? {
             buf.advance(head_len);
+            interim += head_len;
+            if interim > MAX_HEAD {
+                return Err(invalid("message head is too large"));
+            }
             let status = response.status();
             if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
                 continue; // 100 Continue, 103 Early Hints: the answer follows
@@ -346,10 +383,16 @@ async fn read_head(socket: &mut TcpStream) -> io::Result<(Response<Framing>, Byt
                 // Nothing of the body yet: the buffer is allocated afresh at
                 // the first read, [`READ_SIZE`] bytes, whatever the head took.
                 buf = BytesMut::new();
+            } else if buf.capacity() > READ_SIZE {
+                // The body's first bytes (at most one read), out of a buffer
+                // grown for the head.
+                let mut body = BytesMut::with_capacity(READ_SIZE.max(buf.len()));
+                body.extend_from_slice(&buf);
+                buf = body;
             }
             return Ok((response, buf));
         }
-        if buf.len() >= MAX_HEAD {
+        if interim + buf.len() >= MAX_HEAD {
             return Err(invalid("message head is too large"));
         }
         let read = std::future::poll_fn(|cx| poll_read_more(socket, &mut buf, cx)).await?;
@@ -486,8 +529,17 @@ enum Decoded {
     NeedMore,
 }
 
+/// What a chunked body has spent so far of its [`MAX_CHUNK_EXTENSIONS`] and
+/// [`MAX_TRAILERS`].
+#[derive(Debug, Default)]
+struct Spent {
+    extensions: usize,
+    trailers: usize,
+    trailer_fields: usize,
+}
+
 /// Takes what it can of the body from `buf`, advancing `framing`.
-fn decode(framing: &mut Framing, buf: &mut BytesMut) -> io::Result<Decoded> {
+fn decode(framing: &mut Framing, buf: &mut BytesMut, spent: &mut Spent) -> io::Result<Decoded> {
     loop {
         match framing {
             Framing::Done => return Ok(Decoded::End),
@@ -533,6 +585,13 @@ fn decode(framing: &mut Framing, buf: &mut BytesMut) -> io::Result<Decoded> {
                     return Ok(Decoded::NeedMore);
                 };
                 let size = chunk_size(&line)?;
+                spent.extensions += line
+                    .iter()
+                    .position(|&b| b == b';')
+                    .map_or(0, |at| line.len() - at);
+                if spent.extensions > MAX_CHUNK_EXTENSIONS {
+                    return Err(invalid("chunk extensions too large"));
+                }
                 *framing = Framing::Chunked(if size == 0 {
                     Chunk::Trailers
                 } else {
@@ -545,6 +604,12 @@ fn decode(framing: &mut Framing, buf: &mut BytesMut) -> io::Result<Decoded> {
                 };
                 if line.is_empty() {
                     *framing = Framing::Done;
+                } else {
+                    spent.trailers += line.len() + 2;
+                    spent.trailer_fields += 1;
+                    if spent.trailers > MAX_TRAILERS || spent.trailer_fields > MAX_HEADERS {
+                        return Err(invalid("trailers too large"));
+                    }
                 }
             }
         }
@@ -597,6 +662,7 @@ pub struct StreamBody {
     /// Bytes read and not yet handed out.
     buf: BytesMut,
     framing: Framing,
+    spent: Spent,
     /// Whether the connection may carry another request once this body ends.
     keep_alive: bool,
     pool: Weak<Shared>,
@@ -632,7 +698,7 @@ impl Body for StreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
         loop {
-            match decode(&mut this.framing, &mut this.buf) {
+            match decode(&mut this.framing, &mut this.buf, &mut this.spent) {
                 Err(e) => return this.fail(e),
                 Ok(Decoded::Data(data)) => {
                     if this.framing.is_done() {
@@ -692,10 +758,11 @@ mod tests {
     fn decode_all(mut framing: Framing, wire: &[u8], step: usize) -> io::Result<(Vec<u8>, bool)> {
         let mut buf = BytesMut::new();
         let mut body = Vec::new();
+        let mut spent = Spent::default();
         for piece in wire.chunks(step) {
             buf.extend_from_slice(piece);
             loop {
-                match decode(&mut framing, &mut buf)? {
+                match decode(&mut framing, &mut buf, &mut spent)? {
                     Decoded::Data(data) => body.extend_from_slice(&data),
                     Decoded::End => return Ok((body, buf.is_empty())),
                     Decoded::NeedMore => break,
@@ -787,9 +854,9 @@ mod tests {
     }
 
     /// An upstream answering each request (a head and a `content-length`
-    /// body) with the next of `answers` (the last one repeated), on the same
-    /// connection unless `close_after`; it counts connections accepted and
-    /// keeps the requests' bytes.
+    /// body) with the next of `answers` (the last one repeated; an empty one
+    /// closes the connection), on the same connection unless `close_after`;
+    /// it counts connections accepted and keeps the requests' bytes.
     async fn upstream(
         answers: Vec<&'static [u8]>,
         close_after: bool,
@@ -831,7 +898,12 @@ mod tests {
                         record.lock().unwrap().extend(pending.drain(..request_len));
                         let i = answered.fetch_add(1, Ordering::SeqCst);
                         let answer = answers[i.min(answers.len() - 1)];
-                        if socket.write_all(answer).await.is_err() || close_after {
+                        // An empty answer: the request is read, and the
+                        // connection closed without a word.
+                        if answer.is_empty()
+                            || socket.write_all(answer).await.is_err()
+                            || close_after
+                        {
                             return;
                         }
                     }
@@ -981,5 +1053,287 @@ mod tests {
             1,
             "only the connection read to its end is kept"
         );
+    }
+
+    /// `bytes` as a `'static` answer (tests build long ones).
+    fn leak(bytes: Vec<u8>) -> &'static [u8] {
+        Box::leak(bytes.into_boxed_slice())
+    }
+
+    #[tokio::test]
+    async fn chunked_and_a_length_together_read_chunked_and_close() {
+        // RFC 9112 §6.3: transfer-encoding wins, and the connection is not
+        // kept, as the two disagreeing is how requests are smuggled.
+        let both = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n\
+            3\r\nabc\r\n0\r\n\r\n";
+        let (uri, accepted, _) = upstream(vec![both], false).await;
+        let pool = pool();
+        for _ in 0..2 {
+            let response = send(&pool, &uri).await.unwrap();
+            assert_eq!(read_all(response.into_body()).await.unwrap(), "abc");
+            assert_eq!(pool.idle(), 0);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // The same with `gzip, chunked` (the body is passed on as it came,
+        // as hyper does: transfer codings other than chunked are not undone).
+        let gzip =
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        let (uri, accepted, _) = upstream(vec![gzip], false).await;
+        for _ in 0..2 {
+            let response = send(&pool, &uri).await.unwrap();
+            assert_eq!(read_all(response.into_body()).await.unwrap(), "abc");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn switching_protocols_and_http_1_0_are_not_reused() {
+        let switching =
+            b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: x\r\n\r\n";
+        let old = b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        for answer in [&switching[..], &old[..]] {
+            let (uri, accepted, _) = upstream(vec![answer], false).await;
+            let pool = pool();
+            for _ in 0..2 {
+                let response = send(&pool, &uri).await.unwrap();
+                read_all(response.into_body()).await.unwrap();
+                assert_eq!(pool.idle(), 0);
+            }
+            assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_past_an_answer_are_never_the_next_answer() {
+        // In the same write as the answer (a length body, a chunked one): the
+        // connection is closed, the next request goes on a new one.
+        let length = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok\
+            HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstale";
+        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n\
+            HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstale";
+        let fresh = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh";
+        for first in [&length[..], &chunked[..]] {
+            let (uri, accepted, _) = upstream(vec![first, fresh], false).await;
+            let pool = pool();
+            let response = send(&pool, &uri).await.unwrap();
+            assert_eq!(read_all(response.into_body()).await.unwrap(), "ok");
+            assert_eq!(pool.idle(), 0);
+            let response = send(&pool, &uri).await.unwrap();
+            assert_eq!(read_all(response.into_body()).await.unwrap(), "fresh");
+            assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        }
+
+        // After it, while the connection is idle: found when it is taken.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri: Uri = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let (go, went) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let (mut first, _) = listener.accept().await.unwrap();
+            let _ = first.read(&mut buf).await;
+            first
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            let _ = went.await;
+            first
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstale")
+                .await
+                .unwrap();
+            let (mut second, _) = listener.accept().await.unwrap();
+            let _ = second.read(&mut buf).await;
+            second.write_all(fresh).await.unwrap();
+            // Both held open until the test ends.
+            let _ = first.read(&mut buf).await;
+        });
+        let pool = pool();
+        let response = send(&pool, &uri).await.unwrap();
+        assert_eq!(read_all(response.into_body()).await.unwrap(), "ok");
+        assert_eq!(pool.idle(), 1);
+        go.send(()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while pool.shared.lock().sockets.iter().all(|(s, _)| is_open(s)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the stale bytes arrived"
+            );
+            tokio::task::yield_now().await;
+        }
+        let response = send(&pool, &uri).await.unwrap();
+        assert_eq!(read_all(response.into_body()).await.unwrap(), "fresh");
+    }
+
+    #[tokio::test]
+    async fn a_request_written_on_a_reused_connection_is_not_sent_again() {
+        // The upstream reads the second request, then closes without an
+        // answer: it may have acted on it, so it is an error, not a retry.
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let (uri, accepted, seen) = upstream(vec![ok, b""], false).await;
+        let pool = pool();
+        let response = send(&pool, &uri).await.unwrap();
+        assert_eq!(read_all(response.into_body()).await.unwrap(), "ok");
+        let Err(error) = send(&pool, &uri).await else {
+            panic!("an answer from an upstream that closed");
+        };
+        assert!(
+            crate::support::http_client::error_chain(&error).contains("closed before"),
+            "{error:?}"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        let requests = String::from_utf8_lossy(&seen.lock().unwrap())
+            .matches("POST ")
+            .count();
+        assert_eq!(requests, 2);
+    }
+
+    #[tokio::test]
+    async fn interim_answers_count_towards_the_head_limit() {
+        let mut flood = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(MAX_HEAD / 25 + 1);
+        flood.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        let (uri, _, _) = upstream(vec![leak(flood)], false).await;
+        let Err(error) = send(&pool(), &uri).await else {
+            panic!("an answer after {} bytes of interim answers", MAX_HEAD);
+        };
+        assert!(
+            crate::support::http_client::error_chain(&error).contains("too large"),
+            "{error:?}"
+        );
+        // A head of too many headers, or too long.
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("x-{i}: 1\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"content-length: 0\r\n\r\n");
+        let mut long = b"HTTP/1.1 200 OK\r\nx: ".to_vec();
+        long.resize(MAX_HEAD + 10, b'a');
+        long.extend_from_slice(b"\r\ncontent-length: 0\r\n\r\n");
+        for answer in [many, long] {
+            let (uri, _, _) = upstream(vec![leak(answer)], false).await;
+            assert!(send(&pool(), &uri).await.is_err());
+        }
+    }
+
+    #[test]
+    fn chunk_extensions_and_trailers_are_bounded() {
+        let chunked = Framing::Chunked(Chunk::Size);
+        // Extensions: each line under MAX_LINE, together over the body's limit.
+        let extension = "x".repeat(MAX_LINE / 2);
+        let one = format!("1;{extension}\r\na\r\n");
+        let under = format!("{}0\r\n\r\n", one.repeat(MAX_CHUNK_EXTENSIONS / one.len()));
+        let (body, clean) = decode_all(chunked, under.as_bytes(), 100).unwrap();
+        assert!(clean && body.iter().all(|&b| b == b'a'));
+        let over = format!(
+            "{}0\r\n\r\n",
+            one.repeat(MAX_CHUNK_EXTENSIONS / one.len() + 2)
+        );
+        let error = decode_all(chunked, over.as_bytes(), 100).unwrap_err();
+        assert!(error.to_string().contains("extensions"), "{error}");
+        // Trailers: too many fields, or too many bytes.
+        let fields = format!("0\r\n{}\r\n", "t: 1\r\n".repeat(MAX_HEADERS + 1));
+        let field = format!("t: {}\r\n", "v".repeat(MAX_LINE / 2));
+        let bytes = format!("0\r\n{}\r\n", field.repeat(MAX_TRAILERS / field.len() + 1));
+        for wire in [fields, bytes] {
+            let error = decode_all(chunked, wire.as_bytes(), 100).unwrap_err();
+            assert!(error.to_string().contains("trailers"), "{error}");
+        }
+        let few = format!("0\r\n{}\r\n", "t: 1\r\n".repeat(MAX_HEADERS));
+        assert!(decode_all(chunked, few.as_bytes(), 100).unwrap().1);
+    }
+
+    #[tokio::test]
+    async fn a_huge_chunk_or_event_is_passed_on_through_a_small_buffer() {
+        use http_body_util::BodyExt;
+        // One 1 MiB chunk (one SSE event), after a head of 32 KiB whose last
+        // read also brought the body's first bytes.
+        let event = {
+            let mut event = b"data: ".to_vec();
+            event.resize(1 << 20, b'x');
+            event.extend_from_slice(b"\n\n");
+            event
+        };
+        let mut answer = format!(
+            "HTTP/1.1 200 OK\r\nx-big: {}\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n",
+            "h".repeat(32 * 1024),
+            event.len()
+        )
+        .into_bytes();
+        answer.extend_from_slice(&event);
+        answer.extend_from_slice(b"\r\n0\r\n\r\n");
+        let (uri, _, _) = upstream(vec![leak(answer)], false).await;
+        let pool = pool();
+        let response = send(&pool, &uri).await.unwrap();
+        let mut body = response.into_body();
+        let (mut read, mut largest) = (Vec::new(), 0);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while let Some(frame) = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .expect("read in time")
+        {
+            read.extend_from_slice(&frame.unwrap().into_data().unwrap());
+            largest = largest.max(body.buf.capacity());
+        }
+        assert_eq!(read, event);
+        assert!(
+            largest <= 4 * READ_SIZE,
+            "the read buffer grew to {largest} bytes"
+        );
+        assert_eq!(pool.idle(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_request_is_written_as_hyper_writes_it() {
+        use hyper_util::rt::TokioIo;
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let requests = |uri: &Uri| {
+            let host = uri.authority().unwrap().as_str().to_owned();
+            let request = |method: &str, body: &'static str| {
+                Request::builder()
+                    .method(method)
+                    .uri("/v1/chat/completions?x=1")
+                    .header("authorization", "Bearer k")
+                    .header("accept", "*/*")
+                    .header("x-many", "1")
+                    .header("x-many", "2")
+                    .header("host", host.as_str())
+                    .body(Full::new(Bytes::from_static(body.as_bytes())))
+                    .unwrap()
+            };
+            let mut given = request("POST", "{\"a\":1}");
+            given
+                .headers_mut()
+                .insert("content-length", HeaderValue::from_static("7"));
+            vec![
+                request("POST", "{\"stream\":true}"),
+                request("POST", ""),
+                request("GET", ""),
+                request("GET", "{}"),
+                given,
+            ]
+        };
+        let (mine, _, mine_seen) = upstream(vec![ok], false).await;
+        let pool = pool();
+        for request in requests(&mine) {
+            let response = pool.send(&mine, request).await.unwrap();
+            read_all(response.into_body()).await.unwrap();
+        }
+        let (theirs, _, theirs_seen) = upstream(vec![ok], false).await;
+        let address = theirs.authority().unwrap().as_str().to_owned();
+        let io = TokioIo::new(TcpStream::connect(address).await.unwrap());
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(connection);
+        for request in requests(&theirs) {
+            let response = sender.send_request(request).await.unwrap();
+            http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .unwrap();
+        }
+        let port = |uri: &Uri| uri.port_u16().unwrap().to_string();
+        let mine =
+            String::from_utf8_lossy(&mine_seen.lock().unwrap()).replace(&port(&mine), "PORT");
+        let theirs =
+            String::from_utf8_lossy(&theirs_seen.lock().unwrap()).replace(&port(&theirs), "PORT");
+        assert_eq!(mine, theirs);
     }
 }
