@@ -1336,4 +1336,31 @@ mod tests {
             String::from_utf8_lossy(&theirs_seen.lock().unwrap()).replace(&port(&theirs), "PORT");
         assert_eq!(mine, theirs);
     }
+
+    #[tokio::test]
+    async fn the_idle_sweep_closes_old_connections_and_then_ends() {
+        let (uri, accepted, _) = upstream(vec![STREAM], false).await;
+        let pool = Pool::new(HttpConnector::new(), 2, Duration::from_millis(20));
+        let response = send(&pool, &uri).await.unwrap();
+        read_all(response.into_body()).await.unwrap();
+        assert_eq!(pool.idle(), 1);
+        assert!(pool.shared.lock().sweeping);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let swept = {
+                let idle = pool.shared.lock();
+                idle.sockets.is_empty() && !idle.sweeping
+            };
+            if swept {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "swept in time");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The next request opens a new connection, and the sweep starts again.
+        let response = send(&pool, &uri).await.unwrap();
+        read_all(response.into_body()).await.unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert!(pool.shared.lock().sweeping);
+    }
 }

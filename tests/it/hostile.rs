@@ -30,6 +30,15 @@ async fn a_password_in_the_upstream_url_is_shown_nowhere() {
     let body = reply.text().await.unwrap();
     assert!(!body.contains("s3cr3tpw"), "{body}");
     assert!(body.contains("***@127.0.0.1"), "{body}");
+    // The same for a streamed answer (its upstream connections are its own).
+    let reply = post_chat(
+        &proxy,
+        &json!({"model": "gpt-5", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(reply.status(), 502);
+    let body = reply.text().await.unwrap();
+    assert!(!body.contains("s3cr3tpw"), "{body}");
     let health = get_text(&format!("{}/health", proxy.url)).await;
     assert!(!health.contains("s3cr3tpw"), "{health}");
     assert!(health.contains("http://***@127.0.0.1"), "{health}");
@@ -1094,4 +1103,67 @@ async fn cr_and_crlf_event_endings_are_relayed_whole() {
             String::from_utf8_lossy(&body)
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamed_answer_both_chunked_and_sized_closes_its_upstream_connection() {
+    // The first connection's answer is chunked and also declares a length
+    // (RFC 9112 §6.3: read chunked, then close), and every request that comes
+    // after it on that connection gets an answer of another length; a new
+    // connection gets its own answer.
+    fn stream(word: &str) -> String {
+        format!(
+            "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{word}\"}},\"finish_reason\":null}}]}}\n\ndata: [DONE]\n\n"
+        )
+    }
+    fn chunked(body: &str, extra_head: &str) -> String {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n{extra_head}\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            body.len()
+        )
+    }
+    fn stale() -> String {
+        let body = stream("stale");
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    let (url, hits) = raw_upstream(move |mut s| {
+        let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
+        async move {
+            if first {
+                let answer = chunked(&stream("first"), "content-length: 5\r\n");
+                s.write_all(answer.as_bytes()).await.ok();
+                while read_request(&mut s).await {
+                    s.write_all(stale().as_bytes()).await.ok();
+                }
+            } else {
+                s.write_all(chunked(&stream("fresh"), "").as_bytes())
+                    .await
+                    .ok();
+                let mut rest = Vec::new();
+                let _ = s.read_to_end(&mut rest).await;
+            }
+        }
+    })
+    .await;
+    let (_home, proxy) = proxy_for(&url, "");
+    let first = post_chat(&proxy, &chat(true)).await.text().await.unwrap();
+    assert_eq!(
+        whole_events(&first)[0]["choices"][0]["delta"]["content"],
+        "first",
+        "{first}"
+    );
+    let second = post_chat(&proxy, &chat(true)).await.text().await.unwrap();
+    assert!(!second.contains("stale"), "{second}");
+    assert_eq!(
+        whole_events(&second)[0]["choices"][0]["delta"]["content"],
+        "fresh",
+        "{second}"
+    );
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
 }
