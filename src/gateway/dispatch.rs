@@ -191,7 +191,7 @@ pub async fn chat_with_headers(
         stream,
         include_usage,
         stats,
-        headers,
+        headers: std::sync::Arc::new(headers),
     };
     let reply = match gw.tools.as_ref().filter(|_| origin.server_tools) {
         Some(tools) => {

@@ -225,8 +225,10 @@ pub struct ChatCall {
     pub stream: bool,
     pub include_usage: bool,
     pub stats: Arc<ExchangeStats>,
-    /// The client's headers that go upstream ([`forward::client_headers`]).
-    pub headers: axum::http::HeaderMap,
+    /// The client's headers that go upstream ([`forward::client_headers`]),
+    /// shared by the copies each attempt makes (an attempt that adds trace
+    /// headers copies them first).
+    pub headers: Arc<axum::http::HeaderMap>,
 }
 
 /// One `POST /v1/responses` request as the gateway hands it on: the body is

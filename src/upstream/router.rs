@@ -185,7 +185,9 @@ impl Router {
         let request = Request::new("chat", &call.model, call.stream, &call.body);
         self.dispatch(request, candidates, &call.stats, |provider, span| {
             let mut call = call.clone();
-            trace_headers(&mut call.headers, span);
+            if span.is_some() {
+                trace_headers(Arc::make_mut(&mut call.headers), span);
+            }
             async move { provider.upstream.chat(call).await }
         })
         .await

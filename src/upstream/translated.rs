@@ -308,7 +308,7 @@ where
         stream: call.stream,
         include_usage: call.stream,
         stats: call.stats,
-        headers: call.headers,
+        headers: Arc::new(call.headers),
     })
     .await?;
     Ok(match reply {
@@ -391,7 +391,7 @@ where
         stream: call.stream,
         include_usage: call.include_usage,
         stats: call.stats,
-        headers: call.headers,
+        headers: Arc::new(call.headers),
     })
     .await?;
     Ok(match reply {
