@@ -24,6 +24,7 @@ pub(crate) mod chat;
 pub mod command;
 pub(crate) mod forward;
 pub(crate) mod http;
+mod idle;
 pub mod metering;
 pub(crate) mod mock;
 mod mock_embeddings;

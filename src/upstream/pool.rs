@@ -20,10 +20,11 @@
 //! timeout) are the connector's, as before.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use super::idle::{Connection, Idle};
 use axum::http::{Request, Response, Uri};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -41,20 +42,8 @@ pub struct Pool {
 }
 
 struct Shared {
-    idle: Mutex<Idle>,
+    idle: Arc<Idle<Sender>>,
     connector: HttpConnector,
-    max_idle: usize,
-    /// Half the idle timeout: how often the sweep runs.
-    sweep_every: Duration,
-}
-
-#[derive(Default)]
-struct Idle {
-    /// Each with the sweep count when it was put back; the last is reused first.
-    senders: Vec<(Sender, u64)>,
-    sweeps: u64,
-    /// Whether a sweep task is running (it stops when nothing is idle).
-    sweeping: bool,
 }
 
 /// Why a request got no answer.
@@ -72,10 +61,8 @@ impl Pool {
     pub fn new(connector: HttpConnector, max_idle: usize, idle_timeout: Duration) -> Pool {
         Pool {
             shared: Arc::new(Shared {
-                idle: Mutex::new(Idle::default()),
+                idle: Idle::new(max_idle, idle_timeout),
                 connector,
-                max_idle,
-                sweep_every: idle_timeout / 2,
             }),
         }
     }
@@ -131,24 +118,14 @@ impl Pool {
     /// Idle connections now (for tests).
     #[cfg(test)]
     fn idle(&self) -> usize {
-        self.shared.lock().senders.len()
+        self.shared.idle.len()
     }
 }
 
 impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// The most recently used idle connection that is still open.
     fn take(&self) -> Option<Sender> {
-        let mut idle = self.lock();
-        while let Some((sender, _)) = idle.senders.pop() {
-            if !sender.is_closed() {
-                return Some(sender);
-            }
-        }
-        None
+        self.idle.take()
     }
 
     fn wrap(
@@ -171,41 +148,16 @@ impl Shared {
 
     /// A connection whose answer was read to its end: kept for the next
     /// request, unless closed or `max_idle` are idle already.
-    fn put(self: &Arc<Self>, sender: Sender) {
-        if sender.is_closed() {
-            return;
-        }
-        let mut idle = self.lock();
-        if idle.senders.len() >= self.max_idle {
-            return;
-        }
-        let sweeps = idle.sweeps;
-        idle.senders.push((sender, sweeps));
-        if !idle.sweeping {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                idle.sweeping = true;
-                runtime.spawn(sweep(Arc::downgrade(self), self.sweep_every));
-            }
+    fn put(&self, sender: Sender) {
+        if !sender.is_closed() {
+            self.idle.put(sender);
         }
     }
 }
 
-/// Every `every`, closes the connections idle since before the previous sweep
-/// (so none stays idle for more than twice `every`); stops when none is idle
-/// or the pool is gone.
-async fn sweep(pool: Weak<Shared>, every: Duration) {
-    loop {
-        tokio::time::sleep(every).await;
-        let Some(pool) = pool.upgrade() else { return };
-        let mut idle = pool.lock();
-        idle.sweeps += 1;
-        let now = idle.sweeps;
-        idle.senders
-            .retain(|(sender, since)| now - since < 2 && !sender.is_closed());
-        if idle.senders.is_empty() {
-            idle.sweeping = false;
-            return;
-        }
+impl Connection for Sender {
+    fn is_open(&self) -> bool {
+        !self.is_closed()
     }
 }
 

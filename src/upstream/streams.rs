@@ -29,10 +29,11 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use super::idle::{Connection, Idle};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use bytes::{Buf, Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
@@ -77,20 +78,8 @@ pub struct Pool {
 }
 
 struct Shared {
-    idle: Mutex<Idle>,
+    idle: Arc<Idle<TcpStream>>,
     connector: HttpConnector,
-    max_idle: usize,
-    /// Half the idle timeout: how often the sweep runs.
-    sweep_every: Duration,
-}
-
-#[derive(Default)]
-struct Idle {
-    /// Each with the sweep count when it was put back; the last is reused first.
-    sockets: Vec<(TcpStream, u64)>,
-    sweeps: u64,
-    /// Whether a sweep task is running (it stops when nothing is idle).
-    sweeping: bool,
 }
 
 impl Pool {
@@ -99,10 +88,8 @@ impl Pool {
     pub fn new(connector: HttpConnector, max_idle: usize, idle_timeout: Duration) -> Pool {
         Pool {
             shared: Arc::new(Shared {
-                idle: Mutex::new(Idle::default()),
+                idle: Idle::new(max_idle, idle_timeout),
                 connector,
-                max_idle,
-                sweep_every: idle_timeout / 2,
             }),
         }
     }
@@ -150,24 +137,14 @@ impl Pool {
     /// Idle connections now (for tests).
     #[cfg(test)]
     fn idle(&self) -> usize {
-        self.shared.lock().sockets.len()
+        self.shared.idle.len()
     }
 }
 
 impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// The most recently used idle connection that is still open.
     fn take(&self) -> Option<TcpStream> {
-        let mut idle = self.lock();
-        while let Some((socket, _)) = idle.sockets.pop() {
-            if is_open(&socket) {
-                return Some(socket);
-            }
-        }
-        None
+        self.idle.take()
     }
 
     fn wrap(
@@ -196,38 +173,14 @@ impl Shared {
 
     /// A connection whose answer was read to its end: kept for the next
     /// request, unless `max_idle` are idle already.
-    fn put(self: &Arc<Self>, socket: TcpStream) {
-        let mut idle = self.lock();
-        if idle.sockets.len() >= self.max_idle {
-            return;
-        }
-        let sweeps = idle.sweeps;
-        idle.sockets.push((socket, sweeps));
-        if !idle.sweeping {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                idle.sweeping = true;
-                runtime.spawn(sweep(Arc::downgrade(self), self.sweep_every));
-            }
-        }
+    fn put(&self, socket: TcpStream) {
+        self.idle.put(socket);
     }
 }
 
-/// Every `every`, closes the connections idle since before the previous sweep
-/// (so none stays idle for more than twice `every`) and those the upstream
-/// closed; stops when none is idle or the pool is gone.
-async fn sweep(pool: Weak<Shared>, every: Duration) {
-    loop {
-        tokio::time::sleep(every).await;
-        let Some(pool) = pool.upgrade() else { return };
-        let mut idle = pool.lock();
-        idle.sweeps += 1;
-        let now = idle.sweeps;
-        idle.sockets
-            .retain(|(socket, since)| now - since < 2 && is_open(socket));
-        if idle.sockets.is_empty() {
-            idle.sweeping = false;
-            return;
-        }
+impl Connection for TcpStream {
+    fn is_open(&self) -> bool {
+        is_open(self)
     }
 }
 
@@ -750,6 +703,7 @@ impl Body for StreamBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::AsyncReadExt;
 
@@ -1005,7 +959,11 @@ mod tests {
             // Its close may not have arrived yet when the next is sent: wait
             // (with a deadline) until it did.
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while pool.shared.lock().sockets.iter().any(|(s, _)| is_open(s)) {
+            while pool
+                .shared
+                .idle
+                .inspect(|conns, _| conns.iter().any(|(s, _)| is_open(s)))
+            {
                 assert!(std::time::Instant::now() < deadline, "the close arrived");
                 tokio::task::yield_now().await;
             }
@@ -1154,7 +1112,11 @@ mod tests {
         assert_eq!(pool.idle(), 1);
         go.send(()).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while pool.shared.lock().sockets.iter().all(|(s, _)| is_open(s)) {
+        while pool
+            .shared
+            .idle
+            .inspect(|conns, _| conns.iter().all(|(s, _)| is_open(s)))
+        {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the stale bytes arrived"
@@ -1344,13 +1306,13 @@ mod tests {
         let response = send(&pool, &uri).await.unwrap();
         read_all(response.into_body()).await.unwrap();
         assert_eq!(pool.idle(), 1);
-        assert!(pool.shared.lock().sweeping);
+        assert!(pool.shared.idle.inspect(|_, sweeping| sweeping));
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let swept = {
-                let idle = pool.shared.lock();
-                idle.sockets.is_empty() && !idle.sweeping
-            };
+            let swept = pool
+                .shared
+                .idle
+                .inspect(|conns, sweeping| conns.is_empty() && !sweeping);
             if swept {
                 break;
             }
@@ -1361,7 +1323,7 @@ mod tests {
         let response = send(&pool, &uri).await.unwrap();
         read_all(response.into_body()).await.unwrap();
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
-        assert!(pool.shared.lock().sweeping);
+        assert!(pool.shared.idle.inspect(|_, sweeping| sweeping));
     }
 
     #[tokio::test]
