@@ -476,10 +476,7 @@ mod tests {
             requests: Some((u64::MAX, 0, u64::MAX)),
             tokens: Some((1_000_000, 999_999, 1_250)),
         };
-        let pairs: Vec<(String, String)> = rate_limit_pairs(&rate)
-            .into_iter()
-            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
-            .collect();
+        let pairs = pairs_of(&rate);
         assert_eq!(
             pairs,
             [
@@ -496,16 +493,21 @@ mod tests {
         assert!(rate_limit_pairs(&none).is_empty());
     }
 
+    /// The rate headers of `rate` as text, in order.
+    fn pairs_of(rate: &crate::keys::limits::RateHeaders) -> Vec<(String, String)> {
+        rate_limit_pairs(rate)
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+            .collect()
+    }
+
     #[test]
     fn rate_headers_name_only_the_limits_a_key_has() {
         let rate = crate::keys::limits::RateHeaders {
             requests: Some((60, 59, 1000)),
             tokens: None,
         };
-        let pairs: Vec<(String, String)> = rate_limit_pairs(&rate)
-            .into_iter()
-            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
-            .collect();
+        let pairs = pairs_of(&rate);
         assert_eq!(
             pairs,
             [
