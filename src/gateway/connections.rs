@@ -249,7 +249,7 @@ impl ConnState {
     }
 
     /// A request head was parsed and is being served.
-    fn begin(&self) {
+    pub(crate) fn begin(&self) {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.in_head.store(false, Ordering::Relaxed);
     }

@@ -24,7 +24,12 @@ pub fn automatic(status: StatusCode, max_head_bytes: usize) -> Bytes {
         status.as_str(),
         status.canonical_reason().unwrap_or("<none>")
     );
-    answer(status, &status_line, &["connection: close", &date], max_head_bytes)
+    answer(
+        status,
+        &status_line,
+        &["connection: close", &date],
+        max_head_bytes,
+    )
 }
 
 /// `status_line`, `headers` and the JSON error body for `status`.
@@ -74,12 +79,18 @@ mod tests {
         for (status, code) in [
             (StatusCode::BAD_REQUEST, "malformed_request"),
             (StatusCode::URI_TOO_LONG, "uri_too_long"),
-            (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request_header_fields_too_large"),
+            (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request_header_fields_too_large",
+            ),
         ] {
             let out = automatic(status, 65536);
             let text = std::str::from_utf8(&out).unwrap();
             let (head, body) = text.split_once("\r\n\r\n").unwrap();
-            assert!(head.starts_with(&format!("HTTP/1.1 {} ", status.as_str())), "{head}");
+            assert!(
+                head.starts_with(&format!("HTTP/1.1 {} ", status.as_str())),
+                "{head}"
+            );
             assert!(head.contains("\r\nconnection: close"));
             assert!(head.contains("\r\ndate: "));
             assert!(head.contains(&format!("\r\ncontent-length: {}", body.len())));

@@ -123,7 +123,11 @@ pub(crate) struct Spent {
 }
 
 /// Takes what it can of the body from `buf`, advancing `framing`.
-pub(crate) fn decode(framing: &mut Framing, buf: &mut BytesMut, spent: &mut Spent) -> io::Result<Decoded> {
+pub(crate) fn decode(
+    framing: &mut Framing,
+    buf: &mut BytesMut,
+    spent: &mut Spent,
+) -> io::Result<Decoded> {
     loop {
         match framing {
             Framing::Done => return Ok(Decoded::End),
@@ -236,4 +240,3 @@ pub(crate) fn chunk_size(line: &[u8]) -> io::Result<u64> {
     }
     Ok(size)
 }
-

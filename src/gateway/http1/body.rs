@@ -25,6 +25,10 @@ use crate::upstream::framing::{Decoded, Framing, Spent, decode};
 /// in few system calls, freed as the handler consumes it.
 const READ_SIZE: usize = 16 * 1024;
 
+/// The most of a body the handler did not read that is read and dropped
+/// (if it has arrived), before the connection is closed instead.
+const DRAIN_MAX: usize = 64 * 1024;
+
 /// hyper's interim answer to `Expect: 100-continue`.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -104,24 +108,43 @@ impl Io {
     }
 
     pub fn into_parts(self) -> (TcpStream, ReadSide) {
-        let read = self.read.into_inner().unwrap_or_else(PoisonError::into_inner);
+        let read = self
+            .read
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
         (self.stream, read)
     }
 
-    /// What the body has not read, without waiting: `true` if that ended it.
-    /// (hyper does the same when a handler drops a body unread.)
+    /// The rest of a body the handler dropped, as far as it has arrived
+    /// (at most [`DRAIN_MAX`] bytes): `true` if that ended it, so the
+    /// connection can serve a next request.
     pub fn drain_available(&self) -> bool {
         let mut read = self.lock();
-        read.continue_sent = None;
+        let side = &mut *read;
+        let expecting = side.continue_sent.take().is_some();
+        let mut tried_read = false;
+        let mut drained = 0;
         loop {
-            if read.failed {
+            if side.failed {
                 return false;
             }
-            let side = &mut *read;
             match decode(&mut side.framing, &mut side.buf, &mut side.spent) {
                 Ok(Decoded::End) => return true,
-                Ok(Decoded::Data(_)) => {}
-                Ok(Decoded::NeedMore) => {
+                Ok(Decoded::Data(data)) => {
+                    drained += data.len();
+                    // After an unanswered `Expect: 100-continue` hyper has
+                    // read nothing of the body: one step, as it does. Else it
+                    // has read ahead; here what has arrived is read on.
+                    if side.framing.is_done() || expecting {
+                        return side.framing.is_done();
+                    }
+                    if drained > DRAIN_MAX {
+                        return false;
+                    }
+                    tried_read = false;
+                }
+                Ok(Decoded::NeedMore) if !tried_read => {
+                    tried_read = true;
                     let want = side.want();
                     side.buf.reserve(want);
                     match self.stream.try_read_buf(&mut (&mut side.buf).limit(want)) {
@@ -129,6 +152,7 @@ impl Io {
                         _ => return false,
                     }
                 }
+                Ok(Decoded::NeedMore) => return false,
                 Err(_) => {
                     side.failed = true;
                     return false;
@@ -143,7 +167,9 @@ impl ReadSide {
     /// length (the bytes after it are the next request's).
     fn want(&self) -> usize {
         match self.framing {
-            Framing::Length(left) => (left as usize).saturating_sub(self.buf.len()).clamp(1, READ_SIZE),
+            Framing::Length(left) => (left as usize)
+                .saturating_sub(self.buf.len())
+                .clamp(1, READ_SIZE),
             _ => READ_SIZE,
         }
     }
@@ -235,7 +261,9 @@ fn poll_body(
     cx: &mut Context<'_>,
 ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
     if read.failed {
-        return Poll::Ready(Some(Err(BodyError(io::Error::other("the request body was cut off")))));
+        return Poll::Ready(Some(Err(BodyError(io::Error::other(
+            "the request body was cut off",
+        )))));
     }
     if let Some(sent) = read.continue_sent {
         if read.answered {

@@ -48,9 +48,12 @@ pub async fn serve_one(
             if let Some(status) = refused {
                 // hyper's automatic answer, with an OpenAI-shaped body.
                 state.metrics().malformed_request(status.as_u16());
-                let answer = crate::gateway::malformed::automatic(status, crate::gateway::MAX_HEAD_BYTES);
+                let answer =
+                    crate::gateway::malformed::automatic(status, crate::gateway::MAX_HEAD_BYTES);
                 let mut slices = [IoSlice::new(&answer)];
-                let _ = tokio::time::timeout(header_timeout, write_all(&stream, state, &mut slices)).await;
+                let _ =
+                    tokio::time::timeout(header_timeout, write_all(&stream, state, &mut slices))
+                        .await;
             }
             return None;
         }
@@ -140,12 +143,11 @@ async fn exchange(
     if state.registry.is_draining() {
         keep_alive = false;
     }
-    if !io.answering(Arc::strong_count(io) == 1) {
-        // The handler dropped the body before its end: what has arrived is
-        // read; if that does not end it, the connection closes after this
-        // answer (hyper does the same).
-        keep_alive = false;
-    }
+    // A body the handler dropped before its end: what has arrived is read;
+    // if that does not end it, or the body could not be read, the connection
+    // closes after this answer, which does not say so (as hyper's does not:
+    // it finds out after writing the head).
+    let reusable = io.answering(Arc::strong_count(io) == 1);
     let mut head = Vec::new();
     let encoder = response::encode(
         &mut parts,
@@ -158,9 +160,13 @@ async fn exchange(
         &mut head,
     );
     drop(parts);
+    keep_alive &= reusable;
     if encoder == Encoder::Length(0) {
         drop(body);
-        return write_all(&io.stream, state, &mut [IoSlice::new(&head)]).await.is_ok() && keep_alive;
+        return write_all(&io.stream, state, &mut [IoSlice::new(&head)])
+            .await
+            .is_ok()
+            && keep_alive;
     }
     let mut left = match encoder {
         Encoder::Length(n) => n,
@@ -195,9 +201,13 @@ async fn exchange(
                     }
                     _ => b"",
                 };
-                return write_all(&io.stream, state, &mut [IoSlice::new(head_slice), IoSlice::new(end)])
-                    .await
-                    .is_ok()
+                return write_all(
+                    &io.stream,
+                    state,
+                    &mut [IoSlice::new(head_slice), IoSlice::new(end)],
+                )
+                .await
+                .is_ok()
                     && keep_alive;
             }
             Next::Frame(Some(Ok(frame))) => {
@@ -233,7 +243,11 @@ async fn exchange(
                         } else {
                             b"\r\n"
                         };
-                        let size: &[u8] = if data.is_empty() { b"" } else { size.as_bytes() };
+                        let size: &[u8] = if data.is_empty() {
+                            b""
+                        } else {
+                            size.as_bytes()
+                        };
                         let end = if data.is_empty() { &end[2..] } else { end };
                         let written = write_all(
                             &io.stream,
@@ -311,7 +325,11 @@ impl Watch {
 }
 
 /// Writes all of `bufs`, recording whether the client is not reading.
-async fn write_all(stream: &TcpStream, state: &ConnState, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+async fn write_all(
+    stream: &TcpStream,
+    state: &ConnState,
+    mut bufs: &mut [IoSlice<'_>],
+) -> io::Result<()> {
     // Empty slices cost nothing to the kernel, but skip them when done.
     while bufs.iter().any(|b| !b.is_empty()) {
         match stream.try_write_vectored(bufs) {

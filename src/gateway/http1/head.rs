@@ -12,7 +12,9 @@
 
 use std::mem::MaybeUninit;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header};
+use axum::http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header,
+};
 use bytes::{Bytes, BytesMut};
 
 use crate::upstream::framing::{Chunk, Framing};
@@ -43,11 +45,8 @@ pub type Refused = Option<StatusCode>;
 pub fn parse(buf: &mut BytesMut) -> Result<Parsed, Refused> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
-    let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
-        &mut req,
-        buf,
-        &mut slots,
-    );
+    let parsed = httparse::ParserConfig::default()
+        .parse_request_with_uninit_headers(&mut req, buf, &mut slots);
     let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         // The caller found the end of the head; httparse disagrees (a bare
@@ -89,7 +88,8 @@ pub fn parse(buf: &mut BytesMut) -> Result<Parsed, Refused> {
     };
     buf.truncate(len);
     let head: Bytes = std::mem::replace(buf, rest).freeze();
-    let uri = Uri::from_maybe_shared(head.slice(path_at)).map_err(|_| Some(StatusCode::BAD_REQUEST))?;
+    let uri =
+        Uri::from_maybe_shared(head.slice(path_at)).map_err(|_| Some(StatusCode::BAD_REQUEST))?;
 
     let mut keep_alive = is_http_11;
     let mut framing = Framing::Done;
@@ -170,7 +170,7 @@ pub fn parse(buf: &mut BytesMut) -> Result<Parsed, Refused> {
     *request.headers_mut() = headers;
     Ok(Parsed {
         request,
-        expect_continue: expect_continue && !framing.is_done(),
+        expect_continue: expect_continue && is_http_11 && !framing.is_done(),
         framing,
         keep_alive,
     })
@@ -201,8 +201,7 @@ fn is_chunked(value: &HeaderValue) -> bool {
 
 /// Whether a comma-separated header value holds `token` (any case).
 pub fn has_token(value: &HeaderValue, token: &str) -> bool {
-    value.to_str().is_ok_and(|s| {
-        s.split(',')
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    })
+    value
+        .to_str()
+        .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
