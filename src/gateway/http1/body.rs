@@ -115,15 +115,19 @@ impl Io {
         (self.stream, read)
     }
 
-    /// The rest of a body the handler dropped, as far as it has arrived
-    /// (at most [`DRAIN_MAX`] bytes): `true` if that ended it, so the
-    /// connection can serve a next request.
+    /// The rest of a body the handler dropped, as far as it has arrived:
+    /// `true` if that ended it, so the connection can serve a next request.
+    /// A chunked body: as far as hyper would have read it (two chunks, or one
+    /// after an unanswered `Expect: 100-continue`). A declared length: what
+    /// has arrived, up to [`DRAIN_MAX`] bytes (hyper: what its read buffer
+    /// holds, and one read more).
     pub fn drain_available(&self) -> bool {
         let mut read = self.lock();
         let side = &mut *read;
         let expecting = side.continue_sent.take().is_some();
         let mut tried_read = false;
         let mut drained = 0;
+        let mut chunk_steps: u8 = if expecting { 1 } else { 2 };
         loop {
             if side.failed {
                 return false;
@@ -132,11 +136,17 @@ impl Io {
                 Ok(Decoded::End) => return true,
                 Ok(Decoded::Data(data)) => {
                     drained += data.len();
-                    // After an unanswered `Expect: 100-continue` hyper has
-                    // read nothing of the body: one step, as it does. Else it
-                    // has read ahead; here what has arrived is read on.
-                    if side.framing.is_done() || expecting {
-                        return side.framing.is_done();
+                    if side.framing.is_done() {
+                        return true;
+                    }
+                    // As hyper: it has read one chunk ahead of the handler
+                    // (none after an unanswered `Expect: 100-continue`) and
+                    // decodes one more when the body is dropped; the end of
+                    // a chunked body is a step of its own.
+                    chunk_steps = chunk_steps.saturating_sub(1);
+                    let chunked = matches!(side.framing, Framing::Chunked(_));
+                    if (chunked && chunk_steps == 0) || (expecting && !chunked) {
+                        return false;
                     }
                     if drained > DRAIN_MAX {
                         return false;

@@ -237,17 +237,14 @@ async fn exchange(
                         written
                     }
                     Encoder::Chunked => {
-                        let size = format!("{:X}\r\n", data.len());
+                        let mut line = [0u8; 18];
+                        let size = chunk_size_line(data.len(), &mut line);
                         let end: &[u8] = if body.is_end_stream() {
                             b"\r\n0\r\n\r\n"
                         } else {
                             b"\r\n"
                         };
-                        let size: &[u8] = if data.is_empty() {
-                            b""
-                        } else {
-                            size.as_bytes()
-                        };
+                        let size: &[u8] = if data.is_empty() { b"" } else { size };
                         let end = if data.is_empty() { &end[2..] } else { end };
                         let written = write_all(
                             &io.stream,
@@ -280,7 +277,35 @@ async fn exchange(
         if written.is_err() {
             return false;
         }
-        head_pending = false;
+        if head_pending {
+            // Sent: nothing of the head is held while the body streams.
+            head_pending = false;
+            head = Vec::new();
+        }
+    }
+}
+
+/// A chunk's size line, `{len:X}\r\n` as hyper writes it, in `buf`.
+fn chunk_size_line(len: usize, buf: &mut [u8; 18]) -> &[u8] {
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
+    for (i, slot) in buf.iter_mut().take(digits).enumerate() {
+        let nibble = (len >> (4 * (digits - 1 - i))) & 0xf;
+        *slot = b"0123456789ABCDEF"[nibble];
+    }
+    buf[digits] = b'\r';
+    buf[digits + 1] = b'\n';
+    &buf[..digits + 2]
+}
+
+#[cfg(test)]
+#[test]
+fn chunk_size_lines_are_upper_case_hex() {
+    let mut buf = [0u8; 18];
+    for len in [0, 1, 9, 10, 255, 4096, 0xABCDEF, usize::MAX] {
+        assert_eq!(
+            chunk_size_line(len, &mut buf),
+            format!("{len:X}\r\n").as_bytes()
+        );
     }
 }
 
