@@ -185,6 +185,11 @@ impl ReadSide {
     }
 
     fn end(&mut self) {
+        if self.buf.is_empty() {
+            // Its spare room may be the rest of a large read: not kept for
+            // the rest of the exchange.
+            self.buf = BytesMut::new();
+        }
         if let Some(waker) = self.waker.take() {
             waker.wake();
         }
