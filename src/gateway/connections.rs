@@ -346,10 +346,22 @@ pub(crate) async fn serve_with(
         let (wait, expired) = state.deadline(&limits);
         (!expired).then(|| wait.unwrap_or(period).min(period) + Duration::from_millis(1))
     };
+    // One timer and one close signal for the whole connection, armed again
+    // only when they fire: a request costs neither.
+    let timer = tokio::time::sleep(period + Duration::from_millis(1));
+    tokio::pin!(timer);
+    let close = state.close.notified();
+    tokio::pin!(close);
+    let mut waits = Waits {
+        timer: timer.as_mut(),
+        close: close.as_mut(),
+        state: &state,
+        next_wait: &next_wait,
+    };
     let mut stream = stream;
     let mut head = FirstHead::default();
     loop {
-        if !read_head(&stream, &mut head, &state, &next_wait).await {
+        if !read_head(&stream, &mut head, &state, &mut waits).await {
             break;
         }
         if head.bytes.starts_with(H2_PREFACE) {
@@ -363,7 +375,7 @@ pub(crate) async fn serve_with(
             head.bytes,
             &state,
             service,
-            &next_wait,
+            &mut waits,
             limits.header_timeout,
         )
         .await
@@ -389,19 +401,16 @@ async fn read_head(
     stream: &TcpStream,
     head: &mut FirstHead,
     state: &ConnState,
-    next_wait: &impl Fn(&ConnState) -> Option<Duration>,
+    waits: &mut Waits<'_, '_>,
 ) -> bool {
     if !head.bytes.is_empty() {
-        // Bytes of a next request were read before hyper was given up.
+        // Bytes of a next request were read with the last one.
         state.on_read();
         if head.scan() {
             return true;
         }
     }
     loop {
-        let Some(wait) = next_wait(state) else {
-            return false;
-        };
         tokio::select! {
             readable = stream.readable() => match readable.and_then(|()| head.read_from(stream, state)) {
                 Ok(Read::Complete) => return true,
@@ -419,9 +428,43 @@ async fn read_head(
                 Ok(Read::Closed) | Err(_) => return false,
             },
             // Shed, or the drain: no request was started, nothing is lost.
-            () = state.close.notified() => return false,
-            () = tokio::time::sleep(wait) => {}
+            () = waits.close.as_mut() => return false,
+            () = waits.timer.as_mut() => if waits.expired() {
+                return false;
+            },
         }
+    }
+}
+
+/// What a connection waits on besides its socket: its one timer, re-armed
+/// only when it fires (at least every `min(header_timeout,
+/// keepalive_timeout)`), and the signal to close (shedding, the drain).
+pub(crate) struct Waits<'a, 's> {
+    pub(crate) timer: Pin<&'a mut tokio::time::Sleep>,
+    pub(crate) close: Pin<&'a mut tokio::sync::futures::Notified<'s>>,
+    state: &'s ConnState,
+    next_wait: &'a (dyn Fn(&ConnState) -> Option<Duration> + Send + Sync),
+}
+
+impl Waits<'_, '_> {
+    /// The timer fired: whether the connection's deadline has passed (it is
+    /// then closed); if not, the timer is armed again.
+    pub(crate) fn expired(&mut self) -> bool {
+        match (self.next_wait)(self.state) {
+            None => true,
+            Some(wait) => {
+                self.timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + wait);
+                false
+            }
+        }
+    }
+
+    /// The close signal fired and was handled: listen for the next one.
+    pub(crate) fn rearm_close(&mut self) {
+        let state = self.state;
+        self.close.set(state.close.notified());
     }
 }
 
@@ -501,9 +544,12 @@ impl FirstHead {
     /// Whether the bytes held already end a head (looked for from where the
     /// last look ended, 2 bytes back, in case the end straddles two reads).
     fn scan(&mut self) -> bool {
-        let recent = &self.bytes[self.searched.saturating_sub(2)..];
-        let found =
-            recent.windows(2).any(|w| w == b"\n\n") || recent.windows(3).any(|w| w == b"\n\r\n");
+        let from = self.searched.saturating_sub(2);
+        let recent = &self.bytes[from..];
+        let found = memchr::memchr_iter(b'\n', recent).any(|at| {
+            let after = &recent[at + 1..];
+            after.first() == Some(&b'\n') || after.starts_with(b"\r\n")
+        });
         self.searched = self.bytes.len();
         found
     }

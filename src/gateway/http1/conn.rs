@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use super::body::{Io, RequestBody};
 use super::head::{self, Parsed};
 use super::response::{self, BodyLength, Encoder, Exchange};
-use crate::gateway::connections::ConnState;
+use crate::gateway::connections::{ConnState, Waits};
 
 use crate::gateway::connections::ServiceFuture;
 
@@ -39,7 +39,7 @@ pub async fn serve_one(
     mut bytes: BytesMut,
     state: &Arc<ConnState>,
     service: Service<'_>,
-    next_wait: &impl Fn(&ConnState) -> Option<Duration>,
+    waits: &mut Waits<'_, '_>,
     header_timeout: Duration,
 ) -> Option<(TcpStream, BytesMut)> {
     let parsed = match head::parse(&mut bytes) {
@@ -72,20 +72,20 @@ pub async fn serve_one(
     let mut exchange = Box::pin(exchange(&io, state, future, method, version, keep_alive));
     let mut told = false;
     let kept = loop {
-        let Some(wait) = next_wait(state) else {
-            break false;
-        };
         tokio::select! {
             kept = &mut exchange => break kept,
-            () = state.close.notified() => {
+            () = waits.close.as_mut() => {
                 if told || !state.registry.is_draining() {
                     break false; // shed to make room
                 }
                 // The drain: the exchange finishes (its answer says
                 // `connection: close`), then the connection closes.
                 told = true;
+                waits.rearm_close();
             }
-            () = tokio::time::sleep(wait) => {}
+            () = waits.timer.as_mut() => if waits.expired() {
+                break false;
+            },
         }
     };
     drop(exchange);
@@ -334,7 +334,8 @@ impl Watch {
                 self.stopped = true;
                 return false;
             }
-            let mut chunk = [0u8; 1024];
+            // Small: the rest of a next request is read with its head.
+            let mut chunk = [0u8; 64];
             match io.stream.try_read(&mut chunk) {
                 Ok(0) => return true,
                 Ok(n) => {

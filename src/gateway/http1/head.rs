@@ -7,15 +7,15 @@
 //! so keeping that one allocation while the request's headers live costs what
 //! the client sent, no more; copying each value would instead cost one
 //! allocation per header on every request. Bytes past the head (the start of
-//! the body, or a pipelined request) are copied out, so that buffer is freed
-//! as soon as the headers are.
+//! the body, or a pipelined request) are copied out, so they do not keep that
+//! buffer once the headers are gone.
 
 use std::mem::MaybeUninit;
 
 use axum::http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header,
 };
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 use crate::upstream::framing::{Chunk, Framing};
 
@@ -43,10 +43,11 @@ pub type Refused = Option<StatusCode>;
 /// Parses the head at the start of `buf` (which must hold a whole one), leaving
 /// in `buf` only the bytes after it.
 pub fn parse(buf: &mut BytesMut) -> Result<Parsed, Refused> {
+    let bytes = std::mem::take(buf).freeze();
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let parsed = httparse::ParserConfig::default()
-        .parse_request_with_uninit_headers(&mut req, buf, &mut slots);
+        .parse_request_with_uninit_headers(&mut req, &bytes, &mut slots);
     let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         // The caller found the end of the head; httparse disagrees (a bare
@@ -58,49 +59,29 @@ pub fn parse(buf: &mut BytesMut) -> Result<Parsed, Refused> {
         Err(httparse::Error::Status) => return Err(None),
         Err(_) => return Err(Some(StatusCode::BAD_REQUEST)),
     };
-    let base = buf.as_ptr() as usize;
-    let offset = |s: &[u8]| s.as_ptr() as usize - base;
+    if bytes.len() > len {
+        *buf = BytesMut::from(&bytes[len..]);
+    }
     let path = req.path.unwrap_or_default();
     if path.len() > MAX_URI_LEN {
         return Err(Some(StatusCode::URI_TOO_LONG));
     }
     let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
         .map_err(|_| Some(StatusCode::BAD_REQUEST))?;
-    let path_at = offset(path.as_bytes())..offset(path.as_bytes()) + path.len();
     let is_http_11 = req.version == Some(1);
-    // Where each name and value lies, before the buffer is split.
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-    let count = req.headers.len();
-    for (span, h) in spans.iter_mut().zip(req.headers.iter()) {
-        let name = offset(h.name.as_bytes());
-        let value = offset(h.value);
-        *span = (
-            name as u32,
-            (name + h.name.len()) as u32,
-            value as u32,
-            (value + h.value.len()) as u32,
-        );
-    }
-    let rest = if buf.len() > len {
-        BytesMut::from(&buf[len..])
-    } else {
-        BytesMut::new()
-    };
-    buf.truncate(len);
-    let head: Bytes = std::mem::replace(buf, rest).freeze();
-    let uri =
-        Uri::from_maybe_shared(head.slice(path_at)).map_err(|_| Some(StatusCode::BAD_REQUEST))?;
+    let uri = Uri::from_maybe_shared(bytes.slice_ref(path.as_bytes()))
+        .map_err(|_| Some(StatusCode::BAD_REQUEST))?;
 
     let mut keep_alive = is_http_11;
     let mut framing = Framing::Done;
     let mut expect_continue = false;
     let mut length: Option<u64> = None;
     let (mut is_cl, mut is_te, mut is_te_chunked, mut saw_close) = (false, false, false, false);
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(n0, n1, v0, v1) in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[n0 as usize..n1 as usize])
-            .map_err(|_| Some(StatusCode::BAD_REQUEST))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(v0 as usize..v1 as usize))
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let name =
+            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Some(StatusCode::BAD_REQUEST))?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice_ref(h.value))
             .map_err(|_| Some(StatusCode::BAD_REQUEST))?;
         match name {
             header::TRANSFER_ENCODING => {
