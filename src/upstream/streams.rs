@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use super::idle::{Connection, Idle};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -116,7 +116,7 @@ impl Pool {
         let body = body_bytes(body);
         let close_asked = asks_close(&parts.headers);
         let bodiless = parts.method == axum::http::Method::HEAD;
-        let head = encode_head(&parts, body.len());
+        let head = encode_head(&parts, &body);
         loop {
             let (mut socket, reused) = match self.shared.take() {
                 Some(socket) => (socket, true),
@@ -272,14 +272,22 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
 /// The request line and headers, as hyper's client writes them: the headers
 /// as given (names in lower case), then `content-length` unless given; an
 /// empty body has none, whatever the method (hyper writes no length for a
-/// body that has ended before it is sent).
-fn encode_head(parts: &axum::http::request::Parts, body_len: usize) -> Vec<u8> {
+/// body that has ended before it is sent). A body of at most
+/// [`COALESCE_BODY`] bytes follows in the same buffer, to go in one write.
+fn encode_head(parts: &axum::http::request::Parts, body: &Bytes) -> Vec<u8> {
+    let body_len = body.len();
+    let coalesced = if body_len <= COALESCE_BODY {
+        body_len
+    } else {
+        0
+    };
     let target = parts
         .uri
         .path_and_query()
         .map_or("/", |target| target.as_str());
     let mut head = Vec::with_capacity(
         64 + target.len()
+            + coalesced
             + parts
                 .headers
                 .iter()
@@ -301,23 +309,36 @@ fn encode_head(parts: &axum::http::request::Parts, body_len: usize) -> Vec<u8> {
             .headers
             .contains_key(axum::http::header::CONTENT_LENGTH)
     {
-        head.extend_from_slice(format!("content-length: {body_len}\r\n").as_bytes());
+        head.extend_from_slice(b"content-length: ");
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut left = body_len;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (left % 10) as u8;
+            left /= 10;
+            if left == 0 {
+                break;
+            }
+        }
+        head.extend_from_slice(&digits[at..]);
+        head.extend_from_slice(b"\r\n");
     }
     head.extend_from_slice(b"\r\n");
+    if coalesced > 0 {
+        head.extend_from_slice(body);
+    }
     head
 }
 
-/// Writes the head and body (in one write when the body is small).
+/// Writes the request: `head` from [`encode_head`], then the body unless it
+/// went with the head.
 async fn write_request(socket: &mut TcpStream, head: &[u8], body: &Bytes) -> io::Result<()> {
-    if body.len() <= COALESCE_BODY {
-        let mut all = Vec::with_capacity(head.len() + body.len());
-        all.extend_from_slice(head);
-        all.extend_from_slice(body);
-        socket.write_all(&all).await
-    } else {
-        socket.write_all(head).await?;
-        socket.write_all(body).await
+    socket.write_all(head).await?;
+    if body.len() > COALESCE_BODY {
+        socket.write_all(body).await?;
     }
+    Ok(())
 }
 
 fn invalid(message: &'static str) -> io::Error {
@@ -359,8 +380,7 @@ async fn read_head(socket: &mut TcpStream) -> io::Result<(Response<Framing>, Byt
     // The bytes of the interim answers before this head.
     let mut interim = 0;
     loop {
-        if let Some((response, head_len)) = parse_head(&buf)? {
-            buf.advance(head_len);
+        if let Some((response, head_len)) = parse_head(&mut buf)? {
             interim += head_len;
             if interim > MAX_HEAD {
                 return Err(invalid("message head is too large"));
@@ -400,8 +420,10 @@ async fn read_head(socket: &mut TcpStream) -> io::Result<(Response<Framing>, Byt
     }
 }
 
-/// Parses an answer head from the start of `buf`; `None`: it is incomplete.
-fn parse_head(buf: &[u8]) -> io::Result<Option<(Response<Framing>, usize)>> {
+/// Parses an answer head from the start of `buf` and takes it off;
+/// `None`: it is incomplete. The header values are slices of the head's
+/// bytes (one allocation for them all, as hyper does).
+fn parse_head(buf: &mut BytesMut) -> io::Result<Option<(Response<Framing>, usize)>> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut headers);
     let head_len = match parsed.parse(buf) {
@@ -417,12 +439,25 @@ fn parse_head(buf: &[u8]) -> io::Result<Option<(Response<Framing>, usize)>> {
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
-    let mut map = HeaderMap::with_capacity(parsed.headers.len());
-    for header in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(header.name.as_bytes())
-            .map_err(|_| invalid("invalid header name"))?;
-        let value =
-            HeaderValue::from_bytes(header.value).map_err(|_| invalid("invalid header value"))?;
+    // Where each name and value is in `buf`, to be sliced out of the head
+    // once it is taken off.
+    let start = buf.as_ptr() as usize;
+    let at = |part: &[u8]| match part.len() {
+        0 => 0..0,
+        len => part.as_ptr() as usize - start..part.as_ptr() as usize - start + len,
+    };
+    let count = parsed.headers.len();
+    let mut places = [const { (0..0, 0..0) }; MAX_HEADERS];
+    for (header, place) in parsed.headers.iter().zip(places.iter_mut()) {
+        *place = (at(header.name.as_bytes()), at(header.value));
+    }
+    let head = buf.split_to(head_len).freeze();
+    let mut map = HeaderMap::with_capacity(count);
+    for (name, value) in places.into_iter().take(count) {
+        let name =
+            HeaderName::from_bytes(&head[name]).map_err(|_| invalid("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value))
+            .map_err(|_| invalid("invalid header value"))?;
         map.append(name, value);
     }
     let framing = Framing::of(status, &map)?;
