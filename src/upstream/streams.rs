@@ -424,9 +424,17 @@ async fn read_head(socket: &mut TcpStream) -> io::Result<(Response<Framing>, Byt
 /// `None`: it is incomplete. The header values are slices of the head's
 /// bytes (one allocation for them all, as hyper does).
 fn parse_head(buf: &mut BytesMut) -> io::Result<Option<(Response<Framing>, usize)>> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut headers);
-    let head_len = match parsed.parse(buf) {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    // Left uninitialised: filling 100 headers costs more than parsing a few.
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(invalid("invalid message head")),
@@ -439,24 +447,24 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<(Response<Framing>, usize
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
-    // Where each name and value is in `buf`, to be sliced out of the head
-    // once it is taken off.
+    // Where each name and value is in `buf` (offset, length), to be sliced
+    // out of the head once it is taken off.
     let start = buf.as_ptr() as usize;
     let at = |part: &[u8]| match part.len() {
-        0 => 0..0,
-        len => part.as_ptr() as usize - start..part.as_ptr() as usize - start + len,
+        0 => (0, 0),
+        len => (part.as_ptr() as usize - start, len),
     };
     let count = parsed.headers.len();
-    let mut places = [const { (0..0, 0..0) }; MAX_HEADERS];
+    let mut places = [((0, 0), (0, 0)); MAX_HEADERS];
     for (header, place) in parsed.headers.iter().zip(places.iter_mut()) {
         *place = (at(header.name.as_bytes()), at(header.value));
     }
     let head = buf.split_to(head_len).freeze();
     let mut map = HeaderMap::with_capacity(count);
-    for (name, value) in places.into_iter().take(count) {
-        let name =
-            HeaderName::from_bytes(&head[name]).map_err(|_| invalid("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value))
+    for ((name, name_len), (value, value_len)) in places.into_iter().take(count) {
+        let name = HeaderName::from_bytes(&head[name..name + name_len])
+            .map_err(|_| invalid("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
             .map_err(|_| invalid("invalid header value"))?;
         map.append(name, value);
     }
