@@ -1443,10 +1443,10 @@ mod tests {
             rpm: Some(n),
             ..Limits::default()
         };
-        // Three counted; a limit of 1 needs the two oldest gone (at 70 s).
+        // Three counted; a limit of 2 needs the two oldest gone (at 70 s).
         assert_eq!(
             s.clone()
-                .admit(&rpm(1), want(1), T0 + 30_000, None)
+                .admit(&rpm(2), want(1), T0 + 30_000, None)
                 .unwrap_err(),
             Refusal::Rate {
                 what: "rpm",
@@ -1455,11 +1455,11 @@ mod tests {
         );
         assert!(
             s.clone()
-                .admit(&rpm(1), want(1), T0 + 69_999, None)
+                .admit(&rpm(2), want(1), T0 + 69_999, None)
                 .is_err()
         );
         s.clone()
-            .admit(&rpm(1), want(1), T0 + 70_000, None)
+            .admit(&rpm(2), want(1), T0 + 70_000, None)
             .unwrap();
         // 60 tokens counted against 100: 41 more fit once the 10 leave (60 s),
         // 51 only once the 50 leave too (80 s).
