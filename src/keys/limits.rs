@@ -1,5 +1,7 @@
-//! Per-key counters: requests and tokens over a sliding minute, calls in
-//! flight, and budget spend per period with reservations.
+//! Per-key counters: requests and tokens over the last minute (counted by the
+//! second and by the tenth of a second, so their memory is bounded by the
+//! number of keys, not by the traffic), calls in flight, and budget spend per
+//! period with reservations.
 //!
 //! They live behind the [`Counters`] trait so that where they are kept can
 //! change (today: this process's memory, [`LocalCounters`]) without touching
@@ -15,9 +17,12 @@ use super::period::Period;
 pub type Millis = u64;
 
 const MINUTE: Millis = 60_000;
-/// Token counts within this many milliseconds share one entry of the window,
-/// so a window holds at most 600 entries whatever the traffic.
-const BUCKET: Millis = 100;
+/// Requests admitted within one second share one entry of the rpm window, so
+/// it holds at most 60 entries whatever the traffic.
+const REQUEST_BUCKET: Millis = 1_000;
+/// Token counts within this many milliseconds share one entry of the tpm
+/// window, so it holds at most 600 entries whatever the traffic.
+const TOKEN_BUCKET: Millis = 100;
 
 /// What a key may do.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -126,13 +131,71 @@ pub struct LocalCounters {
     keys: RwLock<HashMap<String, Arc<Mutex<KeyCounters>>>>,
 }
 
+/// Counts over the last minute, in buckets: an entry (its bucket's start,
+/// its count) counts until a minute after its bucket's start, so a count
+/// added at `now` counts for between `MINUTE - bucket` and `MINUTE`.
+#[derive(Default)]
+struct Window {
+    /// Oldest first; at most one entry per bucket.
+    counts: VecDeque<(Millis, u64)>,
+    total: u64,
+}
+
+impl Window {
+    fn prune(&mut self, now: Millis) {
+        while let Some(&(t, n)) = self.counts.front() {
+            if t + MINUTE > now {
+                break;
+            }
+            self.total -= n;
+            self.counts.pop_front();
+        }
+    }
+
+    fn add(&mut self, bucket: Millis, now: Millis, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let start = now - now % bucket;
+        match self.counts.back_mut() {
+            // `>=`: a clock that stepped back counts in the newest bucket
+            // (a little longer), keeping the entries in order.
+            Some((t, count)) if *t >= start => *count += n,
+            _ => self.counts.push_back((start, n)),
+        }
+        self.total += n;
+    }
+
+    /// Milliseconds until the oldest entry leaves the window (0: empty).
+    fn reset(&self, now: Millis) -> Millis {
+        self.counts
+            .front()
+            .map_or(0, |&(t, _)| (t + MINUTE).saturating_sub(now))
+    }
+
+    /// When, as seconds from `now` (at least 1), enough entries have left
+    /// the window for `fits` to hold of what is left: the earliest time a
+    /// refused request can be admitted (entries leave only as time passes).
+    fn retry_after(&self, now: Millis, fits: impl Fn(u64) -> bool) -> u64 {
+        let mut left = self.total;
+        for &(t, n) in &self.counts {
+            left -= n;
+            if fits(left) {
+                return secs_until(t + MINUTE, now);
+            }
+        }
+        // Nothing fits even in an empty window (a limit of 0).
+        secs_until(now + MINUTE, now)
+    }
+}
+
 #[derive(Default)]
 struct KeyCounters {
-    /// Admission times within the last minute (tracked only with an rpm).
-    requests: VecDeque<Millis>,
-    /// (bucket start, tokens) within the last minute.
-    tokens: VecDeque<(Millis, u64)>,
-    window_tokens: u64,
+    /// Requests admitted in the last minute, by the second (tracked only
+    /// with an rpm).
+    requests: Window,
+    /// Tokens in the last minute, by the tenth of a second.
+    tokens: Window,
     in_flight: u64,
     /// Unix second the spend below belongs to.
     period_start: u64,
@@ -147,46 +210,30 @@ struct KeyCounters {
 
 impl KeyCounters {
     fn prune(&mut self, now: Millis) {
-        while self.requests.front().is_some_and(|&t| t + MINUTE <= now) {
-            self.requests.pop_front();
-        }
-        while let Some(&(t, n)) = self.tokens.front() {
-            if t + MINUTE > now {
-                break;
-            }
-            self.window_tokens -= n;
-            self.tokens.pop_front();
-        }
+        self.requests.prune(now);
+        self.tokens.prune(now);
     }
 
     fn add_tokens(&mut self, now: Millis, n: u64) {
-        if n == 0 {
-            return;
-        }
-        let bucket = now - now % BUCKET;
-        match self.tokens.back_mut() {
-            Some((t, count)) if *t == bucket => *count += n,
-            _ => self.tokens.push_back((bucket, n)),
-        }
-        self.window_tokens += n;
+        self.tokens.add(TOKEN_BUCKET, now, n);
     }
 
     /// The `x-ratelimit-*` figures for the limits a key has.
     fn headers(&self, limits: &Limits, now: Millis) -> RateHeaders {
         RateHeaders {
             requests: limits.rpm.map(|rpm| {
-                let reset = self
-                    .requests
-                    .front()
-                    .map_or(0, |&t| (t + MINUTE).saturating_sub(now));
-                (rpm, rpm.saturating_sub(self.requests.len() as u64), reset)
+                (
+                    rpm,
+                    rpm.saturating_sub(self.requests.total),
+                    self.requests.reset(now),
+                )
             }),
             tokens: limits.tpm.map(|tpm| {
-                let reset = self
-                    .tokens
-                    .front()
-                    .map_or(0, |&(t, _)| (t + MINUTE).saturating_sub(now));
-                (tpm, tpm.saturating_sub(self.window_tokens), reset)
+                (
+                    tpm,
+                    tpm.saturating_sub(self.tokens.total),
+                    self.tokens.reset(now),
+                )
             }),
         }
     }
@@ -262,22 +309,23 @@ impl Counters for LocalCounters {
                 }
             }
             if let Some(rpm) = limits.rpm {
-                if c.requests.len() as u64 >= rpm {
-                    let oldest = c.requests.front().copied().unwrap_or(now);
+                if c.requests.total >= rpm {
                     return Err(Refusal::Rate {
                         what: "rpm",
-                        retry_after: secs_until(oldest + MINUTE, now),
+                        retry_after: c.requests.retry_after(now, |left| left < rpm),
                     });
                 }
             }
             if let Some(tpm) = limits.tpm {
-                let over = c.window_tokens >= tpm
-                    || (c.window_tokens > 0 && c.window_tokens + want.input_tokens > tpm);
-                if over {
-                    let oldest = c.tokens.front().map_or(now, |&(t, _)| t);
+                // A request fits when the window is empty (however large its
+                // estimate) or its estimate fits under the limit.
+                let fits = |window: u64| {
+                    window < tpm && (window == 0 || window + want.input_tokens <= tpm)
+                };
+                if !fits(c.tokens.total) {
                     return Err(Refusal::Rate {
                         what: "tpm",
-                        retry_after: secs_until(oldest + MINUTE, now),
+                        retry_after: c.tokens.retry_after(now, fits),
                     });
                 }
             }
@@ -296,7 +344,7 @@ impl Counters for LocalCounters {
             // Every check passed: commit, under the same lock.
             c.in_flight += 1;
             if limits.rpm.is_some() {
-                c.requests.push_back(now);
+                c.requests.add(REQUEST_BUCKET, now, 1);
             }
             c.add_tokens(now, want.input_tokens);
             if limits.budget.is_some() {
@@ -374,15 +422,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn rpm_is_a_sliding_minute() {
-        let c = LocalCounters::new();
-        let l = Limits {
-            rpm: Some(2),
+    fn rpm(n: u64) -> Limits {
+        Limits {
+            rpm: Some(n),
             ..Limits::default()
-        };
+        }
+    }
+
+    /// T0 is the start of a second: requests are counted by the second, each
+    /// until a minute after the start of its own.
+    #[test]
+    fn rpm_counts_the_last_minute_by_the_second() {
+        let c = LocalCounters::new();
+        let l = rpm(2);
         let g1 = c.admit(&c.cell("k"), &l, want(1), T0).unwrap();
-        assert_eq!(g1.headers.requests.map(|r| r.1), Some(1));
+        assert_eq!(g1.headers.requests, Some((2, 1, 60_000)));
         c.admit(&c.cell("k"), &l, want(1), T0 + 10_000).unwrap();
         let refused = c.admit(&c.cell("k"), &l, want(1), T0 + 30_000).unwrap_err();
         assert_eq!(
@@ -393,6 +447,144 @@ mod tests {
             }
         );
         c.admit(&c.cell("k"), &l, want(1), T0 + 60_000).unwrap();
+    }
+
+    /// A request admitted late in a second (59.9 s) counts until the start of
+    /// that second a minute on (at 119 s): at least 59 s, never 60 or more.
+    #[test]
+    fn a_request_late_in_a_second_counts_until_that_second_a_minute_on() {
+        let c = LocalCounters::new();
+        let l = rpm(1);
+        let g = c.admit(&c.cell("k"), &l, want(1), T0 + 59_900).unwrap();
+        // The reset is when its second leaves the window: 59.1 s from now.
+        assert_eq!(g.headers.requests, Some((1, 0, 59_100)));
+        for (at, retry_after) in [(59_901, 60), (60_000, 59), (118_001, 1), (118_999, 1)] {
+            assert_eq!(
+                c.admit(&c.cell("k"), &l, want(1), T0 + at).unwrap_err(),
+                Refusal::Rate {
+                    what: "rpm",
+                    retry_after
+                },
+                "at {at} ms"
+            );
+        }
+        let g = c.admit(&c.cell("k"), &l, want(1), T0 + 119_000).unwrap();
+        assert_eq!(g.headers.requests, Some((1, 0, 60_000)));
+    }
+
+    /// Requests within one second share one entry: the window holds at most
+    /// 60 entries, whatever the rate.
+    #[test]
+    fn the_rpm_window_holds_one_entry_per_second() {
+        let c = LocalCounters::new();
+        let l = rpm(1_000_000);
+        let cell = c.cell("k");
+        for i in 0..120_000u64 {
+            c.admit(&cell, &l, want(1), T0 + i).unwrap();
+        }
+        let held = with(&cell, |k| (k.requests.counts.len(), k.requests.total));
+        // The last 60 seconds (60 to 119): 60,000 requests in 60 entries.
+        assert_eq!(held, (60, 60_000));
+        let h = c.headers(&cell, &l, T0 + 119_999);
+        assert_eq!(h.requests, Some((1_000_000, 940_000, 1)));
+    }
+
+    /// Whenever a request is refused for rpm, a request at Retry-After is
+    /// admitted, and not a second before: over an irregular stream of
+    /// requests (bursts, pauses, several in one second), with a limit lowered
+    /// while requests are counted.
+    #[test]
+    fn retry_after_for_rpm_is_exactly_when_a_request_fits_again() {
+        let c = LocalCounters::new();
+        let cell = c.cell("k");
+        let mut now = T0 + 123;
+        let mut state = 7u64;
+        let mut refusals = 0;
+        let mut admitted: Vec<Millis> = Vec::new();
+        for i in 0..3_000u64 {
+            // Lowered from 5 to 3 halfway: more than one second must leave.
+            let l = rpm(if i < 1_500 { 5 } else { 3 });
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            now += [0, 1, 150, 999, 1_000, 7_777, 20_000][(state >> 33) as usize % 7];
+            match c.admit(&cell, &l, want(1), now) {
+                Ok(_) => admitted.push(now),
+                Err(Refusal::Rate { what, retry_after }) => {
+                    assert_eq!(what, "rpm");
+                    assert!((1..=60).contains(&retry_after), "{retry_after}");
+                    refusals += 1;
+                    // A second earlier is still refused...
+                    let before = now + (retry_after - 1) * 1000;
+                    assert!(c.admit(&cell, &l, want(1), before).is_err());
+                    // ...and at Retry-After the request is admitted.
+                    now += retry_after * 1000;
+                    c.admit(&cell, &l, want(1), now).unwrap();
+                    admitted.push(now);
+                }
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        assert!(refusals > 100, "{refusals}");
+        // No 59 seconds ever held more than the limit (5, then 3).
+        for (i, &t) in admitted.iter().enumerate() {
+            let within = admitted[i..]
+                .iter()
+                .take_while(|&&u| u < t + 59_000)
+                .count();
+            assert!(within <= 5, "{within} requests within 59 s of {t}");
+        }
+    }
+
+    /// The same for tpm: Retry-After waits until the request's estimate fits,
+    /// not only until the oldest tokens leave.
+    #[test]
+    fn retry_after_for_tpm_waits_until_the_estimate_fits() {
+        let c = LocalCounters::new();
+        let cell = c.cell("k");
+        let l = Limits {
+            tpm: Some(100),
+            ..Limits::default()
+        };
+        let want = |n| Want {
+            input_tokens: n,
+            tokens: n,
+            micros: 0,
+        };
+        c.admit(&cell, &l, want(10), T0).unwrap();
+        c.admit(&cell, &l, want(50), T0 + 20_000).unwrap();
+        // 60 in the window: 51 more do not fit until the 50 leave (at 80 s),
+        // though the first 10 leave at 60 s, when 41 more fit.
+        assert_eq!(
+            c.admit(&cell, &l, want(51), T0 + 30_000).unwrap_err(),
+            Refusal::Rate {
+                what: "tpm",
+                retry_after: 50
+            }
+        );
+        assert_eq!(
+            c.admit(&cell, &l, want(41), T0 + 30_000).unwrap_err(),
+            Refusal::Rate {
+                what: "tpm",
+                retry_after: 30
+            }
+        );
+        assert!(c.admit(&cell, &l, want(51), T0 + 79_999).is_err());
+        c.admit(&cell, &l, want(51), T0 + 80_000).unwrap();
+        // An empty window admits any estimate; a limit of 0 nothing.
+        let cell = c.cell("big");
+        c.admit(&cell, &l, want(1_000), T0).unwrap();
+        let zero = Limits {
+            tpm: Some(0),
+            ..Limits::default()
+        };
+        assert_eq!(
+            c.admit(&c.cell("none"), &zero, want(1), T0).unwrap_err(),
+            Refusal::Rate {
+                what: "tpm",
+                retry_after: 60
+            }
+        );
     }
 
     #[test]

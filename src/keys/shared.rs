@@ -350,6 +350,24 @@ fn secs_until(at: Millis, now: Millis) -> u64 {
     at.saturating_sub(now).div_ceil(1000).max(1)
 }
 
+/// Seconds from `now` (at least 1) until enough of `window` has left it for
+/// `fits` to hold of what is left: when a refused request can be admitted.
+/// The entries are taken oldest first (proxies' clocks may put them out of
+/// order).
+fn retry_after(window: &[(Millis, u64)], now: Millis, fits: impl Fn(u64) -> bool) -> u64 {
+    let mut entries = window.to_vec();
+    entries.sort_unstable_by_key(|&(t, _)| t);
+    let mut left = State::window(&entries);
+    for (t, n) in entries {
+        left -= n;
+        if fits(left) {
+            return secs_until(t + MINUTE, now);
+        }
+    }
+    // Nothing fits even in an empty window (a limit of 0).
+    secs_until(now + MINUTE, now)
+}
+
 impl State {
     fn prune(&mut self, period: Period, now: Millis) {
         self.requests.retain(|&(t, _)| t + MINUTE > now);
@@ -394,20 +412,20 @@ impl State {
         let requests = State::window(&self.requests);
         if let Some(rpm) = limits.rpm {
             if requests >= rpm {
-                let oldest = self.requests.first().map_or(now, |&(t, _)| t);
                 return Err(Refusal::Rate {
                     what: "rpm",
-                    retry_after: secs_until(oldest + MINUTE, now),
+                    retry_after: retry_after(&self.requests, now, |left| left < rpm),
                 });
             }
         }
         let tokens = State::window(&self.tokens);
         if let Some(tpm) = limits.tpm {
-            if tokens >= tpm || (tokens > 0 && tokens + want.input_tokens > tpm) {
-                let oldest = self.tokens.first().map_or(now, |&(t, _)| t);
+            let fits =
+                |window: u64| window < tpm && (window == 0 || window + want.input_tokens <= tpm);
+            if !fits(tokens) {
                 return Err(Refusal::Rate {
                     what: "tpm",
-                    retry_after: secs_until(oldest + MINUTE, now),
+                    retry_after: retry_after(&self.tokens, now, fits),
                 });
             }
         }
@@ -1404,6 +1422,63 @@ mod tests {
         s.admit(&limits, want, T0, Some("p.3")).unwrap();
         s.admit(&limits, want, T0, Some("p.4")).unwrap();
         assert!(s.admit(&limits, want, T0, Some("p.5")).is_err());
+    }
+
+    /// Retry-After waits until enough of the window has left for the request
+    /// to fit (a lowered rpm, a large estimate), taking entries oldest first
+    /// even when proxies' clocks wrote them out of order.
+    #[test]
+    fn retry_after_is_when_the_request_fits_again() {
+        let mut s = State {
+            requests: vec![(T0 + 20_000, 1), (T0, 1), (T0 + 10_000, 1)],
+            tokens: vec![(T0, 10), (T0 + 20_000, 50)],
+            ..State::default()
+        };
+        let want = |n| Want {
+            input_tokens: n,
+            tokens: n,
+            micros: 0,
+        };
+        let rpm = |n| Limits {
+            rpm: Some(n),
+            ..Limits::default()
+        };
+        // Three counted; a limit of 2 needs the two oldest gone (at 70 s).
+        assert_eq!(
+            s.clone()
+                .admit(&rpm(2), want(1), T0 + 30_000, None)
+                .unwrap_err(),
+            Refusal::Rate {
+                what: "rpm",
+                retry_after: 40
+            }
+        );
+        assert!(
+            s.clone()
+                .admit(&rpm(2), want(1), T0 + 69_999, None)
+                .is_err()
+        );
+        s.clone()
+            .admit(&rpm(2), want(1), T0 + 70_000, None)
+            .unwrap();
+        // 60 tokens counted against 100: 41 more fit once the 10 leave (60 s),
+        // 51 only once the 50 leave too (80 s).
+        let tpm = Limits {
+            tpm: Some(100),
+            ..Limits::default()
+        };
+        for (n, retry_after) in [(41, 30), (51, 50)] {
+            assert_eq!(
+                s.clone()
+                    .admit(&tpm, want(n), T0 + 30_000, None)
+                    .unwrap_err(),
+                Refusal::Rate {
+                    what: "tpm",
+                    retry_after
+                }
+            );
+        }
+        s.admit(&tpm, want(51), T0 + 80_000, None).unwrap();
     }
 
     #[test]
