@@ -7,13 +7,12 @@
 //! only until response headers arrive), the same idle timeout between chunks and
 //! the same error shapes.
 //!
-//! Requests go through reqwest, except on the hot path to a plain-`http://`
-//! upstream with no HTTP proxy configured: there hyper's HTTP/1 connections are
-//! used directly, from the upstream's own pool ([`super::pool`]; streamed
-//! answers have connections of their own, [`super::streams`]), which skips
-//! reqwest's per-request URL re-parsing, its redirect and retry layers and
-//! hyper-util's keyed pool (together about a third of the proxy's instructions
-//! per request). What the upstream sees is the same request: one
+//! Requests go through reqwest, except to a plain-`http://` upstream with no
+//! HTTP proxy configured: there they go on the upstream's own keep-alive
+//! connections, HTTP/1.1 written and read by [`super::streams`], streamed
+//! answers and whole ones alike, which skips reqwest's per-request URL
+//! re-parsing, its redirect and retry layers, hyper-util's keyed pool and
+//! hyper's connection task. What the upstream sees is the same request: one
 //! function, [`HttpUpstream::outgoing`], decides its method, headers and body for
 //! both stacks (a test compares what each sends). Redirects are never followed,
 //! by either stack: a 3xx answer is a 502, so a prompt is never re-sent to a
@@ -60,11 +59,9 @@ const HTTP_PROXY_VARS: [&str; 4] = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "al
 
 pub struct HttpUpstream {
     client: reqwest::Client,
-    /// Set unless an HTTP proxy is configured (see [`HTTP_PROXY_VARS`]).
-    direct: Option<super::pool::Pool>,
-    /// The same, for streamed answers: connections of their own, written and
-    /// read without hyper ([`super::streams`]), which hold less per stream.
-    direct_streams: Option<super::streams::Pool>,
+    /// The keep-alive connections for `http://` URLs ([`super::streams`]);
+    /// set unless an HTTP proxy is configured (see [`HTTP_PROXY_VARS`]).
+    direct: Option<super::streams::Pool>,
     /// The base URL without a trailing slash, e.g. `http://127.0.0.1:9000/v1`.
     base: String,
     /// The same for messages: userinfo shown as `***` (docs/contract.md §10).
@@ -112,8 +109,7 @@ impl HttpUpstream {
         let proxied = HTTP_PROXY_VARS
             .iter()
             .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
-        let direct = (!proxied).then(|| direct_client(provider.connect_timeout, max_idle));
-        let direct_streams = (!proxied).then(|| {
+        let direct = (!proxied).then(|| {
             super::streams::Pool::new(
                 connector(provider.connect_timeout),
                 max_idle,
@@ -135,7 +131,6 @@ impl HttpUpstream {
         Ok(HttpUpstream {
             client,
             direct,
-            direct_streams,
             responses_url: UpstreamUrl::new(format!("{}/responses", provider.base_url())),
             embeddings_url: UpstreamUrl::new(format!("{}/embeddings", provider.base_url())),
             completions_url: UpstreamUrl::new(format!("{}/completions", provider.base_url())),
@@ -213,18 +208,16 @@ impl HttpUpstream {
         stats: &ExchangeStats,
         client_headers: &HeaderMap,
     ) -> Result<Answer, ApiError> {
-        self.send_on(url, body, stats, client_headers, false).await
+        self.send_on(url, body, stats, client_headers).await
     }
 
-    /// [`HttpUpstream::send`]; `stream`: the answer is a stream of small
-    /// events, sent on a connection of the streams' pool ([`super::streams`]).
+    /// [`HttpUpstream::send`].
     async fn send_on(
         &self,
         url: &UpstreamUrl,
         body: &Bytes,
         stats: &ExchangeStats,
         client_headers: &HeaderMap,
-        stream: bool,
     ) -> Result<Answer, ApiError> {
         let mut last_error = String::new();
         let mut last_status: Option<u16> = None;
@@ -236,7 +229,7 @@ impl HttpUpstream {
                 *deadline.get_or_insert_with(|| stats.deadline_from(started, self.total_timeout));
             let outcome = tokio::time::timeout_at(
                 (started + self.first_byte_timeout).min(deadline.at),
-                self.exchange(Method::POST, url, Some(body), client_headers, stream),
+                self.exchange(Method::POST, url, Some(body), client_headers),
             )
             .await;
             stats.add_upstream_time(started.elapsed());
@@ -310,25 +303,13 @@ impl HttpUpstream {
         url: &UpstreamUrl,
         body: Option<&Bytes>,
         client_headers: &HeaderMap,
-        stream: bool,
     ) -> Result<Answer, ExchangeError> {
-        if let (true, Some(pool), Some(direct)) = (stream, &self.direct_streams, &url.direct) {
-            let request = self
-                .outgoing(method.clone(), body, client_headers)
-                .into_hyper(direct);
-            return match pool.send(&direct.uri, request).await {
-                Ok(response) => Ok(Answer {
-                    inner: AnswerInner::Stream(response),
-                }),
-                Err(error) => Err(ExchangeError::Stream { error }),
-            };
-        }
         if let (Some(pool), Some(direct)) = (&self.direct, &url.direct) {
             let request = self
                 .outgoing(method.clone(), body, client_headers)
                 .into_hyper(direct);
             return match pool.send(&direct.uri, request).await {
-                // hyper's client never follows a redirect; `send` refuses it.
+                // Never follows a redirect; `send` refuses it.
                 Ok(response) => Ok(Answer {
                     inner: AnswerInner::Direct(response),
                 }),
@@ -390,9 +371,7 @@ impl HttpUpstream {
         usage: UsageFn,
         client_headers: &HeaderMap,
     ) -> Result<Reply, ApiError> {
-        let response = self
-            .send_on(url, body, &stats, client_headers, stream)
-            .await?;
+        let response = self.send_on(url, body, &stats, client_headers).await?;
         if !response.status().is_success() {
             return Err(self.passthrough_error(response).await);
         }
@@ -788,7 +767,7 @@ impl HttpUpstream {
         let url = self.url(path);
         let response = timeout(
             self.first_byte_timeout.min(Duration::from_secs(10)),
-            self.exchange(Method::GET, &url, None, &HeaderMap::new(), false),
+            self.exchange(Method::GET, &url, None, &HeaderMap::new()),
         )
         .await
         .ok()?
@@ -866,12 +845,9 @@ impl Outgoing {
 /// which upstream it was.
 #[derive(Debug, thiserror::Error)]
 enum ExchangeError {
-    /// hyper's direct path (plain `http://`).
+    /// The direct path (plain `http://`, [`super::streams`]).
     #[error("error sending request: {}", error_chain(error))]
-    Direct { error: super::pool::Error },
-    /// The streams' direct path ([`super::streams`]).
-    #[error("error sending request: {}", error_chain(error))]
-    Stream { error: super::streams::Error },
+    Direct { error: super::streams::Error },
     /// reqwest (https, an HTTP proxy), without the URL, which may carry a password.
     #[error("{}", error_chain(error))]
     Reqwest { error: reqwest::Error },
@@ -939,16 +915,6 @@ impl UpstreamUrl {
     }
 }
 
-/// The direct path's pool, its connections set up as reqwest sets up its own
-/// ([`connector`]), idle connections kept 90 s.
-fn direct_client(connect_timeout: Duration, max_idle: usize) -> super::pool::Pool {
-    super::pool::Pool::new(
-        connector(connect_timeout),
-        max_idle,
-        Duration::from_secs(90),
-    )
-}
-
 /// Sockets as reqwest sets up its own: `TCP_NODELAY`, the connect timeout,
 /// TCP keep-alive (15 s, 15 s, 3 probes).
 fn connector(connect_timeout: Duration) -> hyper_util::client::legacy::connect::HttpConnector {
@@ -966,39 +932,35 @@ fn conforming_status(status: reqwest::StatusCode) -> bool {
     (100..=599).contains(&status.as_u16()) && !status.is_redirection()
 }
 
-/// An upstream's answer, from either HTTP stack: the direct path's hyper
-/// response as it is (turning it into a `reqwest::Response` cost six
-/// allocations and two more body layers per request), or reqwest's.
+/// An upstream's answer, from either HTTP stack: the direct path's
+/// ([`super::streams`]) as it is (turning it into a `reqwest::Response` would
+/// cost allocations and body layers per request), or reqwest's.
 pub struct Answer {
     inner: AnswerInner,
 }
 
 enum AnswerInner {
-    Direct(http::Response<super::pool::PooledBody>),
-    /// A streamed answer's ([`super::streams`]).
-    Stream(http::Response<super::streams::StreamBody>),
+    Direct(http::Response<super::streams::StreamBody>),
     Reqwest(reqwest::Response),
 }
 
 /// A body that broke off mid-answer, from either stack.
 #[derive(Debug)]
 pub enum BodyError {
-    Direct(hyper::Error),
-    Stream(std::io::Error),
+    Direct(std::io::Error),
     Reqwest(reqwest::Error),
 }
 
 impl BodyError {
     /// The cause in words, its whole chain on one line, without the URL. The
-    /// direct path's reads the same as reqwest's did for the same failure.
+    /// direct path's reads the same as reqwest's for the same failure.
     pub fn describe(self) -> String {
         match self {
-            BodyError::Direct(error) => {
-                format!("error decoding response body: {}", error_chain(&error))
-            }
-            BodyError::Stream(error) => {
-                format!("error decoding response body: {}", error_chain(&error))
-            }
+            // As reqwest words the same failure of its hyper connection.
+            BodyError::Direct(error) => format!(
+                "error decoding response body: error reading a body from connection: {}",
+                error_chain(&error)
+            ),
             BodyError::Reqwest(error) => crate::support::http_client::describe(error),
         }
     }
@@ -1016,7 +978,6 @@ impl Answer {
     pub fn status(&self) -> reqwest::StatusCode {
         match &self.inner {
             AnswerInner::Direct(r) => r.status(),
-            AnswerInner::Stream(r) => r.status(),
             AnswerInner::Reqwest(r) => r.status(),
         }
     }
@@ -1024,7 +985,6 @@ impl Answer {
     pub fn headers(&self) -> &HeaderMap {
         match &self.inner {
             AnswerInner::Direct(r) => r.headers(),
-            AnswerInner::Stream(r) => r.headers(),
             AnswerInner::Reqwest(r) => r.headers(),
         }
     }
@@ -1033,7 +993,6 @@ impl Answer {
     pub fn content_length(&self) -> Option<u64> {
         match &self.inner {
             AnswerInner::Direct(r) => http_body::Body::size_hint(r.body()).exact(),
-            AnswerInner::Stream(r) => http_body::Body::size_hint(r.body()).exact(),
             AnswerInner::Reqwest(r) => r.content_length(),
         }
     }
@@ -1051,15 +1010,6 @@ impl Answer {
                 }
                 Ok(None)
             }
-            AnswerInner::Stream(r) => {
-                use http_body_util::BodyExt;
-                while let Some(frame) = r.body_mut().frame().await {
-                    if let Ok(data) = frame.map_err(BodyError::Stream)?.into_data() {
-                        return Ok(Some(data));
-                    }
-                }
-                Ok(None)
-            }
             AnswerInner::Reqwest(r) => r.chunk().await.map_err(BodyError::Reqwest),
         }
     }
@@ -1072,13 +1022,9 @@ impl Answer {
                 http_body_util::BodyDataStream::new(r.into_body())
                     .map(|c| c.map_err(BodyError::Direct)),
             ),
-            AnswerInner::Stream(r) => Either::Right(Either::Left(
-                http_body_util::BodyDataStream::new(r.into_body())
-                    .map(|c| c.map_err(BodyError::Stream)),
-            )),
-            AnswerInner::Reqwest(r) => Either::Right(Either::Right(
-                r.bytes_stream().map(|c| c.map_err(BodyError::Reqwest)),
-            )),
+            AnswerInner::Reqwest(r) => {
+                Either::Right(r.bytes_stream().map(|c| c.map_err(BodyError::Reqwest)))
+            }
         }
     }
 }
@@ -1213,7 +1159,6 @@ mod tests {
         let mut upstream = HttpUpstream::new(&provider, &config, Arc::new(Metrics::new())).unwrap();
         if !direct {
             upstream.direct = None;
-            upstream.direct_streams = None;
         }
         assert_eq!(upstream.direct.is_some(), direct, "HTTP_PROXY set here?");
         upstream
@@ -1225,14 +1170,14 @@ mod tests {
         let deadline = Duration::from_secs(30);
         let body = Bytes::from_static(br#"{"model":"gpt-5","messages":[]}"#);
         let mut requests = Vec::new();
-        // hyper's pool, reqwest, and hyper's pool for streams.
-        for (direct, stream) in [(true, false), (false, false), (true, true)] {
+        // The direct path, then reqwest.
+        for direct in [true, false] {
             let upstream = upstream_at(&url, direct);
             let chat = upstream.url("/chat/completions");
             let stats = ExchangeStats::default();
             let response = timeout(
                 deadline,
-                upstream.send_on(&chat, &body, &stats, &HeaderMap::new(), stream),
+                upstream.send_on(&chat, &body, &stats, &HeaderMap::new()),
             )
             .await
             .expect("answered in time")
@@ -1277,14 +1222,158 @@ mod tests {
         );
         assert_eq!(
             requests[0], requests[1],
-            "hyper (left) and reqwest (right) differ"
+            "the direct path (left) and reqwest (right) differ"
         );
-        assert_eq!(requests[0], requests[2], "the streams' pool differs");
     }
 
     #[test]
     fn null_usage_is_not_an_error() {
         let mut scanner = UsageScanner::new(chat_usage);
         assert_eq!(scanner.scan(b"data: {\"usage\":null}\n"), None);
+    }
+
+    /// An upstream answering with the next of `answers` (see the streams'
+    /// test upstream), and the direct-path `HttpUpstream` in front of it.
+    async fn scripted(
+        answers: Vec<&'static [u8]>,
+        close_after: bool,
+    ) -> (HttpUpstream, Arc<std::sync::atomic::AtomicUsize>) {
+        let (uri, accepted, _) = super::super::streams::tests::upstream(answers, close_after).await;
+        let url = format!("http://{}/v1", uri.authority().unwrap());
+        (upstream_at(&url, true), accepted)
+    }
+
+    /// One non-streamed chat request through `forward`: the whole body.
+    async fn whole(upstream: &HttpUpstream) -> Result<Bytes, ApiError> {
+        let chat = upstream.url("/chat/completions");
+        let body = Bytes::from_static(br#"{"model":"m","messages":[]}"#);
+        let stats = Arc::new(ExchangeStats::default());
+        let reply = timeout(
+            Duration::from_secs(30),
+            upstream.forward(&chat, &body, false, stats, chat_usage, &HeaderMap::new()),
+        )
+        .await
+        .expect("answered in time")?;
+        match reply {
+            Reply::Complete(body) => Ok(body),
+            Reply::Stream(_) => panic!("a stream for a whole answer"),
+        }
+    }
+
+    fn accepted(counter: &std::sync::atomic::AtomicUsize) -> usize {
+        counter.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    const JSON: &str = r#"{"id":"x","choices":[]}"#;
+
+    #[tokio::test]
+    async fn whole_answers_are_read_on_kept_connections_however_delimited() {
+        let sized = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 23\r\n\r\n{\"id\":\"x\",\"choices\":[]}";
+        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+            9\r\n{\"id\":\"x\"\r\ne\r\n,\"choices\":[]}\r\n0\r\n\r\n";
+        // 1xx answers before it are skipped.
+        let interim =
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n\
+            HTTP/1.1 200 OK\r\ncontent-length: 23\r\n\r\n{\"id\":\"x\",\"choices\":[]}";
+        for answer in [&sized[..], &chunked[..], &interim[..]] {
+            let (upstream, counter) = scripted(vec![answer], false).await;
+            for _ in 0..3 {
+                assert_eq!(whole(&upstream).await.unwrap(), JSON);
+            }
+            assert_eq!(accepted(&counter), 1, "{}", String::from_utf8_lossy(answer));
+            assert_eq!(upstream.direct.as_ref().unwrap().idle(), 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_whole_answer_without_a_length_is_read_until_close() {
+        let until_close = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"id\":\"x\",\"choices\":[]}";
+        let (upstream, counter) = scripted(vec![until_close], true).await;
+        for _ in 0..2 {
+            assert_eq!(whole(&upstream).await.unwrap(), JSON);
+            assert_eq!(upstream.direct.as_ref().unwrap().idle(), 0);
+        }
+        assert_eq!(accepted(&counter), 2);
+    }
+
+    #[tokio::test]
+    async fn a_body_longer_than_its_length_is_cut_there_and_its_connection_closed() {
+        let longer =
+            b"HTTP/1.1 200 OK\r\ncontent-length: 23\r\n\r\n{\"id\":\"x\",\"choices\":[]}garbage";
+        let (upstream, counter) = scripted(vec![longer], false).await;
+        for _ in 0..2 {
+            assert_eq!(whole(&upstream).await.unwrap(), JSON);
+            assert_eq!(upstream.direct.as_ref().unwrap().idle(), 0);
+        }
+        assert_eq!(accepted(&counter), 2);
+    }
+
+    #[tokio::test]
+    async fn a_truncated_body_is_a_502_and_its_connection_closed() {
+        let short = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"id\":";
+        let (upstream, counter) = scripted(vec![short], true).await;
+        let error = whole(&upstream).await.unwrap_err();
+        assert_eq!(error.status, http::StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            error.message,
+            format!(
+                "upstream {} broke off its answer: error decoding response body: \
+                 error reading a body from connection: end of file before message length reached",
+                upstream.display_url()
+            )
+        );
+        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n9\r\n{\"id\":";
+        let (upstream, _) = scripted(vec![chunked], true).await;
+        let error = whole(&upstream).await.unwrap_err();
+        assert!(
+            error.message.contains("broke off its answer"),
+            "{}",
+            error.message
+        );
+        assert_eq!(upstream.direct.as_ref().unwrap().idle(), 0);
+        assert_eq!(accepted(&counter), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_over_max_response_bytes_is_a_502() {
+        // Declared (not read), or sent without a length.
+        let declared = b"HTTP/1.1 200 OK\r\ncontent-length: 99999999\r\n\r\n{";
+        let undeclared: &'static [u8] = {
+            let mut answer = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+            answer.resize(answer.len() + (1 << 20) + 1, b' ');
+            Box::leak(answer.into_boxed_slice())
+        };
+        for answer in [&declared[..], undeclared] {
+            let (mut upstream, _) = scripted(vec![answer], true).await;
+            upstream.max_response_bytes = 1 << 20;
+            let error = whole(&upstream).await.unwrap_err();
+            assert_eq!(error.status, http::StatusCode::BAD_GATEWAY);
+            assert!(
+                error
+                    .message
+                    .contains("more than upstream.max_response_bytes (1048576 bytes)"),
+                "{}",
+                error.message
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_after_its_answer_is_replaced() {
+        // Answered without a word of closing, then closed.
+        let quiet = b"HTTP/1.1 200 OK\r\ncontent-length: 23\r\n\r\n{\"id\":\"x\",\"choices\":[]}";
+        let (upstream, counter) = scripted(vec![quiet], true).await;
+        let pool = upstream.direct.as_ref().unwrap();
+        for round in 1..=3 {
+            assert_eq!(whole(&upstream).await.unwrap(), JSON);
+            assert_eq!(pool.idle(), 1, "kept: nothing said it would close");
+            pool.until_idle_closed().await;
+            assert_eq!(accepted(&counter), round);
+        }
+        let metrics = upstream.metrics.render_text();
+        assert!(
+            metrics.contains("warden_upstream_attempts_total{outcome=\"retried\"} 0\n"),
+            "no attempt failed: the closed connection was never written to\n{metrics}"
+        );
     }
 }

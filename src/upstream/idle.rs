@@ -1,11 +1,8 @@
-//! The idle side of a keep-alive pool, shared by [`super::pool`] (hyper's
-//! client connections) and [`super::streams`] (sockets read by hand).
-//!
-//! Why one place: both pools keep the same promises to an upstream — at most
-//! `max_idle` idle connections, the most recently used reused first, none kept
-//! idle for longer than about the idle timeout (a sweep every half of it closes
-//! those idle since the sweep before last, and those the upstream closed), and
-//! no sweep task while nothing is idle.
+//! The idle side of the keep-alive pool of [`super::streams`]: at most
+//! `max_idle` idle connections to one upstream, the most recently used reused
+//! first, none kept idle for longer than about the idle timeout (a sweep every
+//! half of it closes those idle since the sweep before last, and those the
+//! upstream closed), and no sweep task while nothing is idle.
 
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;

@@ -30,7 +30,6 @@ pub(crate) mod mock;
 mod mock_embeddings;
 mod mock_responses;
 pub mod passthrough;
-mod pool;
 pub(crate) mod provider;
 pub(crate) mod responses;
 mod retry;

@@ -1,31 +1,36 @@
-//! The keep-alive connections that carry streamed answers from one
-//! plain-`http://` upstream: HTTP/1.1 written and read here, on the socket
-//! itself, with no connection task.
+//! The keep-alive connections to one plain-`http://` upstream: HTTP/1.1
+//! written and read here, on the socket itself, with no connection task. Every
+//! request to such an upstream goes this way, streamed or not (`https://`
+//! upstreams and those behind an HTTP proxy go through reqwest).
 //!
-//! Why not hyper's client connection, as [`super::pool`] uses for everything
-//! else: a stream holds its upstream connection for as long as it lasts (seconds
-//! to minutes), and hyper's holds, for all that time, an 8 KiB write buffer
-//! (allocated when the connection is made, never shrunk), the first block of its
-//! request channel (~9 KiB) and a spawned task, to read events of a few hundred
-//! bytes. Here a stream's connection is its socket and a read buffer of
-//! [`READ_SIZE`] bytes (larger only for an event or head that needs it); the
-//! request is written from one buffer that is freed once sent.
+//! Why not hyper's client connection: it is a task of its own, woken for every
+//! request and answer (often on the other worker thread), and it holds, for as
+//! long as the connection lives, an 8 KiB write buffer (allocated when the
+//! connection is made, never shrunk) and the first block of its request channel
+//! (~9 KiB). Here a connection is its socket and a read buffer of
+//! [`READ_SIZE`] bytes (larger only for a head or line that needs it, or for a
+//! body whose `content-length` says it is larger); the request is written from
+//! one buffer that is freed once sent, and the answer is read by whoever polls
+//! its body.
 //!
 //! What it does as hyper did: the request exactly as hyper writes it (the target
 //! in origin form, the headers as given, `content-length`), interim 1xx answers
 //! skipped, bodies delimited by `transfer-encoding: chunked`, `content-length`
-//! or the end of the connection (RFC 9112 §6.3), trailers read and dropped (as
-//! reqwest's body stream drops them); a connection is reused only when its
-//! answer was read exactly to its end, with nothing past it, and neither side
-//! said `connection: close` (see [`reusable`] for the rest). What an upstream
-//! can make it read and drop is bounded as hyper bounds it: the head
-//! ([`MAX_HEAD`], interim answers included), lines ([`MAX_LINE`]), chunk
-//! extensions and trailers ([`MAX_CHUNK_EXTENSIONS`], [`MAX_TRAILERS`]); the
-//! body itself is handed on as it arrives, so a huge event never grows the
-//! read buffer (the relay's `upstream.max_event_bytes` bounds events). The
-//! pool keeps at most `max_idle` idle connections, none idle longer than about
-//! the idle timeout, and a connection found closed when taken is replaced, as
-//! [`super::pool`] does.
+//! or the end of the connection (RFC 9112 §6.3; an answer to `HEAD` has none),
+//! trailers read and dropped (as reqwest's body stream drops them); a connection
+//! is reused only when its answer was read exactly to its end, with nothing past
+//! it, and neither side said `connection: close` (see [`reusable`] for the
+//! rest). What an upstream can make it read and drop is bounded as hyper bounds
+//! it: the head ([`MAX_HEAD`], interim answers included), lines ([`MAX_LINE`]),
+//! chunk extensions and trailers ([`MAX_CHUNK_EXTENSIONS`], [`MAX_TRAILERS`]);
+//! the body itself is handed on as it arrives, so a huge event never grows the
+//! read buffer (the relay's `upstream.max_event_bytes` bounds events, and
+//! `upstream.max_response_bytes` a whole body). The pool keeps at most
+//! `max_idle` idle connections, none idle longer than about the idle timeout
+//! ([`super::idle`]); a connection found closed when taken is replaced, and a
+//! request that could not be written on a reused connection is written on
+//! another (one that was written is never sent again: the upstream may have
+//! acted on it).
 
 use std::io;
 use std::pin::Pin;
@@ -35,7 +40,7 @@ use std::time::Duration;
 
 use super::idle::{Connection, Idle};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -46,6 +51,10 @@ use tower::Service;
 /// What a connection reads at a time: a stream is events of a few hundred
 /// bytes, and the buffer is held for as long as the stream lasts.
 pub const READ_SIZE: usize = 1024;
+/// The most read at a time of a body whose `content-length` is larger than
+/// [`READ_SIZE`] (a whole answer, read to its end at once; a stream has no
+/// length).
+const MAX_SIZED_READ: usize = 64 * 1024;
 
 /// The largest answer head read (hyper's client allows about as much).
 const MAX_HEAD: usize = 64 * 1024;
@@ -106,7 +115,8 @@ impl Pool {
         let (parts, body) = request.into_parts();
         let body = body_bytes(body);
         let close_asked = asks_close(&parts.headers);
-        let head = encode_head(&parts, body.len());
+        let bodiless = parts.method == axum::http::Method::HEAD;
+        let head = encode_head(&parts, &body);
         loop {
             let (mut socket, reused) = match self.shared.take() {
                 Some(socket) => (socket, true),
@@ -118,7 +128,12 @@ impl Pool {
                 Err(_) if reused => continue,
                 Err(e) => return Err(Error::Send(e)),
             }
-            let (response, buf) = read_head(&mut socket).await.map_err(Error::Send)?;
+            let (mut response, buf) = read_head(&mut socket).await.map_err(Error::Send)?;
+            if bodiless {
+                // RFC 9112 §6.3: an answer to HEAD ends with its head,
+                // whatever its `content-length` says.
+                *response.body_mut() = Framing::Done;
+            }
             return Ok(self.shared.wrap(response, socket, buf, close_asked));
         }
     }
@@ -136,8 +151,23 @@ impl Pool {
 
     /// Idle connections now (for tests).
     #[cfg(test)]
-    fn idle(&self) -> usize {
+    pub(super) fn idle(&self) -> usize {
         self.shared.idle.len()
+    }
+
+    /// Waits (30 s at most) until every idle connection is found closed by
+    /// its upstream (for tests).
+    #[cfg(test)]
+    pub(super) async fn until_idle_closed(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self
+            .shared
+            .idle
+            .inspect(|conns, _| conns.iter().any(|(s, _)| is_open(s)))
+        {
+            assert!(std::time::Instant::now() < deadline, "the close arrived");
+            tokio::task::yield_now().await;
+        }
     }
 }
 
@@ -156,9 +186,15 @@ impl Shared {
     ) -> Response<StreamBody> {
         let keep_alive = !close_asked && reusable(&response);
         response.map(|framing| {
+            let read_size = match framing {
+                Framing::Length(left) => usize::try_from(left)
+                    .map_or(MAX_SIZED_READ, |n| n.clamp(READ_SIZE, MAX_SIZED_READ)),
+                _ => READ_SIZE,
+            };
             let mut body = StreamBody {
                 socket: Some(socket),
                 buf,
+                read_size,
                 framing,
                 spent: Spent::default(),
                 keep_alive,
@@ -236,14 +272,22 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
 /// The request line and headers, as hyper's client writes them: the headers
 /// as given (names in lower case), then `content-length` unless given; an
 /// empty body has none, whatever the method (hyper writes no length for a
-/// body that has ended before it is sent).
-fn encode_head(parts: &axum::http::request::Parts, body_len: usize) -> Vec<u8> {
+/// body that has ended before it is sent). A body of at most
+/// [`COALESCE_BODY`] bytes follows in the same buffer, to go in one write.
+fn encode_head(parts: &axum::http::request::Parts, body: &Bytes) -> Vec<u8> {
+    let body_len = body.len();
+    let coalesced = if body_len <= COALESCE_BODY {
+        body_len
+    } else {
+        0
+    };
     let target = parts
         .uri
         .path_and_query()
         .map_or("/", |target| target.as_str());
     let mut head = Vec::with_capacity(
         64 + target.len()
+            + coalesced
             + parts
                 .headers
                 .iter()
@@ -265,49 +309,63 @@ fn encode_head(parts: &axum::http::request::Parts, body_len: usize) -> Vec<u8> {
             .headers
             .contains_key(axum::http::header::CONTENT_LENGTH)
     {
-        head.extend_from_slice(format!("content-length: {body_len}\r\n").as_bytes());
+        head.extend_from_slice(b"content-length: ");
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut left = body_len;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (left % 10) as u8;
+            left /= 10;
+            if left == 0 {
+                break;
+            }
+        }
+        head.extend_from_slice(&digits[at..]);
+        head.extend_from_slice(b"\r\n");
     }
     head.extend_from_slice(b"\r\n");
+    if coalesced > 0 {
+        head.extend_from_slice(body);
+    }
     head
 }
 
-/// Writes the head and body (in one write when the body is small).
+/// Writes the request: `head` from [`encode_head`], then the body unless it
+/// went with the head.
 async fn write_request(socket: &mut TcpStream, head: &[u8], body: &Bytes) -> io::Result<()> {
-    if body.len() <= COALESCE_BODY {
-        let mut all = Vec::with_capacity(head.len() + body.len());
-        all.extend_from_slice(head);
-        all.extend_from_slice(body);
-        socket.write_all(&all).await
-    } else {
-        socket.write_all(head).await?;
-        socket.write_all(body).await
+    socket.write_all(head).await?;
+    if body.len() > COALESCE_BODY {
+        socket.write_all(body).await?;
     }
+    Ok(())
 }
 
 fn invalid(message: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
-/// Reads at most [`READ_SIZE`] bytes more into `buf`; `Ok(0)`: the upstream
-/// closed the connection. Never more at a time, whatever room `buf` has: a
-/// stream keeps its buffer's allocation while it lasts (`BytesMut` reuses or
-/// copies its first capacity), so a read must not fill a buffer grown for a
-/// large head or line with bytes of the body.
+/// Reads at most `limit` bytes more into `buf`; `Ok(0)`: the upstream closed
+/// the connection. Never more at a time, whatever room `buf` has: a stream
+/// keeps its buffer's allocation while it lasts (`BytesMut` reuses or copies
+/// its first capacity), so a read must not fill a buffer grown for a large
+/// head or line with bytes of the body.
 fn poll_read_more(
     socket: &TcpStream,
     buf: &mut BytesMut,
+    limit: usize,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
-    if buf.is_empty() && buf.capacity() > READ_SIZE {
+    if buf.is_empty() && buf.capacity() > limit {
         // What is left of a buffer grown for a large head or line: let go.
         *buf = BytesMut::new();
     }
-    if buf.capacity() - buf.len() < READ_SIZE {
-        buf.reserve(READ_SIZE);
+    if buf.capacity() - buf.len() < limit {
+        buf.reserve(limit);
     }
     loop {
         ready!(socket.poll_read_ready(cx))?;
-        match socket.try_read_buf(&mut bytes::BufMut::limit(&mut *buf, READ_SIZE)) {
+        match socket.try_read_buf(&mut bytes::BufMut::limit(&mut *buf, limit)) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             other => return Poll::Ready(other),
         }
@@ -322,8 +380,7 @@ async fn read_head(socket: &mut TcpStream) -> io::Result<(Response<Framing>, Byt
     // The bytes of the interim answers before this head.
     let mut interim = 0;
     loop {
-        if let Some((response, head_len)) = parse_head(&buf)? {
-            buf.advance(head_len);
+        if let Some((response, head_len)) = parse_head(&mut buf)? {
             interim += head_len;
             if interim > MAX_HEAD {
                 return Err(invalid("message head is too large"));
@@ -348,7 +405,8 @@ async fn read_head(socket: &mut TcpStream) -> io::Result<(Response<Framing>, Byt
         if interim + buf.len() >= MAX_HEAD {
             return Err(invalid("message head is too large"));
         }
-        let read = std::future::poll_fn(|cx| poll_read_more(socket, &mut buf, cx)).await?;
+        let read =
+            std::future::poll_fn(|cx| poll_read_more(socket, &mut buf, READ_SIZE, cx)).await?;
         if read == 0 {
             return Err(if buf.is_empty() {
                 io::Error::new(
@@ -362,11 +420,21 @@ async fn read_head(socket: &mut TcpStream) -> io::Result<(Response<Framing>, Byt
     }
 }
 
-/// Parses an answer head from the start of `buf`; `None`: it is incomplete.
-fn parse_head(buf: &[u8]) -> io::Result<Option<(Response<Framing>, usize)>> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut headers);
-    let head_len = match parsed.parse(buf) {
+/// Parses an answer head from the start of `buf` and takes it off;
+/// `None`: it is incomplete. The header values are slices of the head's
+/// bytes (one allocation for them all, as hyper does).
+fn parse_head(buf: &mut BytesMut) -> io::Result<Option<(Response<Framing>, usize)>> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    // Left uninitialised: filling 100 headers costs more than parsing a few.
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(invalid("invalid message head")),
@@ -379,12 +447,25 @@ fn parse_head(buf: &[u8]) -> io::Result<Option<(Response<Framing>, usize)>> {
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
-    let mut map = HeaderMap::with_capacity(parsed.headers.len());
-    for header in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(header.name.as_bytes())
+    // Where each name and value is in `buf` (offset, length), to be sliced
+    // out of the head once it is taken off.
+    let start = buf.as_ptr() as usize;
+    let at = |part: &[u8]| match part.len() {
+        0 => (0, 0),
+        len => (part.as_ptr() as usize - start, len),
+    };
+    let count = parsed.headers.len();
+    let mut places = [((0, 0), (0, 0)); MAX_HEADERS];
+    for (header, place) in parsed.headers.iter().zip(places.iter_mut()) {
+        *place = (at(header.name.as_bytes()), at(header.value));
+    }
+    let head = buf.split_to(head_len).freeze();
+    let mut map = HeaderMap::with_capacity(count);
+    for ((name, name_len), (value, value_len)) in places.into_iter().take(count) {
+        let name = HeaderName::from_bytes(&head[name..name + name_len])
             .map_err(|_| invalid("invalid header name"))?;
-        let value =
-            HeaderValue::from_bytes(header.value).map_err(|_| invalid("invalid header value"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
+            .map_err(|_| invalid("invalid header value"))?;
         map.append(name, value);
     }
     let framing = Framing::of(status, &map)?;
@@ -614,6 +695,8 @@ pub struct StreamBody {
     socket: Option<TcpStream>,
     /// Bytes read and not yet handed out.
     buf: BytesMut,
+    /// The most read at a time ([`READ_SIZE`], more for a large sized body).
+    read_size: usize,
     framing: Framing,
     spent: Spent,
     /// Whether the connection may carry another request once this body ends.
@@ -668,7 +751,7 @@ impl Body for StreamBody {
             let Some(socket) = &this.socket else {
                 return Poll::Ready(None);
             };
-            match ready!(poll_read_more(socket, &mut this.buf, cx)) {
+            match ready!(poll_read_more(socket, &mut this.buf, this.read_size, cx)) {
                 Err(e) => return this.fail(e),
                 Ok(0) if this.framing == Framing::UntilClose => {
                     this.socket = None;
@@ -701,7 +784,7 @@ impl Body for StreamBody {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -811,7 +894,7 @@ mod tests {
     /// body) with the next of `answers` (the last one repeated; an empty one
     /// closes the connection), on the same connection unless `close_after`;
     /// it counts connections accepted and keeps the requests' bytes.
-    async fn upstream(
+    pub(in crate::upstream) async fn upstream(
         answers: Vec<&'static [u8]>,
         close_after: bool,
     ) -> (Uri, Arc<AtomicUsize>, Arc<Mutex<Vec<u8>>>) {
@@ -958,15 +1041,7 @@ mod tests {
             assert_eq!(read_all(response.into_body()).await.unwrap(), "ok");
             // Its close may not have arrived yet when the next is sent: wait
             // (with a deadline) until it did.
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while pool
-                .shared
-                .idle
-                .inspect(|conns, _| conns.iter().any(|(s, _)| is_open(s)))
-            {
-                assert!(std::time::Instant::now() < deadline, "the close arrived");
-                tokio::task::yield_now().await;
-            }
+            pool.until_idle_closed().await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
     }
@@ -1340,5 +1415,101 @@ mod tests {
             assert_eq!(pool.idle(), 0);
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_once_its_answer_was_read() {
+        // A sized answer to a GET without a body (a whole answer, not a stream).
+        let hello = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
+        let (uri, accepted, _) = upstream(vec![hello], false).await;
+        let pool = pool();
+        for _ in 0..3 {
+            let get = Request::builder()
+                .uri("/")
+                .header("host", uri.authority().unwrap().as_str())
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let response = pool.send(&uri, get).await.unwrap();
+            assert_eq!(read_all(response.into_body()).await.unwrap(), "hello");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.idle(), 1);
+    }
+
+    #[tokio::test]
+    async fn at_most_max_idle_connections_are_kept() {
+        let (uri, accepted, _) = upstream(
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nx"],
+            false,
+        )
+        .await;
+        let pool = pool();
+        let mut answers = Vec::new();
+        for _ in 0..4 {
+            answers.push(send(&pool, &uri).await.unwrap());
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 4);
+        for answer in answers {
+            read_all(answer.into_body()).await.unwrap();
+        }
+        assert_eq!(pool.idle(), 2, "max_idle is 2");
+        // The most recently given back is taken first, and they all serve.
+        for _ in 0..3 {
+            let response = send(&pool, &uri).await.unwrap();
+            read_all(response.into_body()).await.unwrap();
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn an_answer_to_head_has_no_body_whatever_its_length_says() {
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n";
+        let (uri, accepted, _) = upstream(vec![head], false).await;
+        let pool = pool();
+        for _ in 0..2 {
+            let request = Request::builder()
+                .method("HEAD")
+                .uri("/")
+                .header("host", uri.authority().unwrap().as_str())
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let response = pool.send(&uri, request).await.unwrap();
+            assert_eq!(response.headers()["content-length"], "5");
+            assert_eq!(read_all(response.into_body()).await.unwrap(), "");
+            assert_eq!(pool.idle(), 1, "the connection is kept");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_large_sized_body_is_read_in_larger_pieces() {
+        // A whole answer of 200 KiB with its length: read at most
+        // MAX_SIZED_READ at a time, all of it, and the connection kept.
+        let mut answer =
+            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", 200 * 1024).into_bytes();
+        answer.resize(answer.len() + 200 * 1024, b'j');
+        let (uri, accepted, _) = upstream(vec![leak(answer)], false).await;
+        let pool = pool();
+        for _ in 0..2 {
+            let response = send(&pool, &uri).await.unwrap();
+            let mut body = response.into_body();
+            assert_eq!(body.read_size, MAX_SIZED_READ);
+            let (mut read, mut largest) = (0, 0);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while let Some(frame) =
+                tokio::time::timeout_at(deadline, http_body_util::BodyExt::frame(&mut body))
+                    .await
+                    .expect("read in time")
+            {
+                let data = frame.unwrap().into_data().unwrap();
+                assert!(data.iter().all(|&b| b == b'j'));
+                largest = largest.max(data.len());
+                read += data.len();
+            }
+            assert_eq!(read, 200 * 1024);
+            assert!(largest <= MAX_SIZED_READ, "{largest}");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.idle(), 1);
     }
 }
