@@ -402,7 +402,7 @@ pub fn in_memory(rows: &[Row]) -> rusqlite::Result<rusqlite::Connection> {
 const ROWS_PER_INSERT: usize = 32;
 
 /// The statement sizes, largest first.
-const INSERT_SIZES: [usize; 6] = [32, 16, 8, 4, 2, 1];
+const INSERT_SIZES: [usize; 6] = [ROWS_PER_INSERT, 16, 8, 4, 2, 1];
 
 /// The `INSERT` of `n` rows, 16 parameters a row. `OR FAIL`: a statement of
 /// many rows that may abort halfway needs a statement journal (a copy of each
@@ -444,6 +444,43 @@ struct Inserts {
 struct Insert {
     stmt: std::ptr::NonNull<rusqlite::ffi::sqlite3_stmt>,
     rows: usize,
+    /// What each parameter holds, as last bound: a parameter that would be
+    /// bound to what it already holds is left as it is (SQLite keeps
+    /// bindings from one step to the next). Many of a row's values are the
+    /// same as those of the row bound there before (the ingress, route and
+    /// provider, a status of 200, no trace id, no time to first event, the
+    /// times' buffer below): each bind costs 40 to 100 instructions.
+    bound: Vec<Bound>,
+    /// The rows' times as text; a fixed place, so the parameters that hold
+    /// them need binding once.
+    times: Box<[[u8; RFC3339_MILLIS_LEN]]>,
+}
+
+/// A parameter's value as bound. A text is known by where it is and its
+/// length only: see [`Insert::execute`] for why that is enough.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Bound {
+    Unset,
+    Null,
+    Text(usize, usize),
+    Int(i64),
+    /// An `f64`'s bits.
+    Real(u64),
+}
+
+impl Bound {
+    fn text(text: Option<&str>) -> Bound {
+        match text {
+            None => Bound::Null,
+            // An empty text gets a pointer to a real (empty, NUL-terminated) string.
+            Some("") => Bound::Text(c"".as_ptr() as usize, 0),
+            Some(text) => Bound::Text(text.as_ptr() as usize, text.len()),
+        }
+    }
+
+    fn real(value: Option<f64>) -> Bound {
+        value.map_or(Bound::Null, |v| Bound::Real(v.to_bits()))
+    }
 }
 
 impl Drop for Insert {
@@ -490,7 +527,12 @@ impl Insert {
             )
         };
         match std::ptr::NonNull::new(stmt) {
-            Some(stmt) if rc == rusqlite::ffi::SQLITE_OK => Ok(Insert { stmt, rows }),
+            Some(stmt) if rc == rusqlite::ffi::SQLITE_OK => Ok(Insert {
+                stmt,
+                rows,
+                bound: vec![Bound::Unset; rows * COLUMNS],
+                times: vec![[0u8; RFC3339_MILLIS_LEN]; rows].into_boxed_slice(),
+            }),
             Some(stmt) => {
                 // SAFETY: a statement SQLite made despite the error; finalized once.
                 unsafe { rusqlite::ffi::sqlite3_finalize(stmt.as_ptr()) };
@@ -503,23 +545,42 @@ impl Insert {
     /// Inserts `rows` (exactly `self.rows` of them).
     fn execute(&mut self, conn: &rusqlite::Connection, rows: &[Row]) -> rusqlite::Result<()> {
         assert_eq!(rows.len(), self.rows, "an INSERT of {} rows", self.rows);
-        let mut times = [[0u8; RFC3339_MILLIS_LEN]; ROWS_PER_INSERT];
-        for (time, r) in times.iter_mut().zip(rows) {
+        for (time, r) in self.times.iter_mut().zip(rows) {
             format_rfc3339_millis(r.time_ms, time);
         }
         let stmt = self.stmt.as_ptr();
-        // SAFETY: every text bound points into `rows` or `times`, both
-        // borrowed until this function returns. SQLite reads a bound text
-        // during a step only (reset, finalize and rebinding a parameter do
-        // not read the text a binding points to), and this function is the
-        // only one that steps the statement, after binding every one of its
-        // parameters anew: the pointers the bindings keep after it returns
-        // are never read. (Clearing them, 16 a row, cost about 240
-        // instructions a row.)
+        // SAFETY: every text bound points into `rows` or `self.times`. SQLite
+        // reads a bound text during a step only (reset, finalize and
+        // rebinding a parameter do not read the text a binding points to),
+        // and this function is the only one that steps the statement, after
+        // making every parameter hold the row's value: it is bound anew, or
+        // it already holds that value. A text parameter is left as it is only
+        // when it points at the very bytes the row's text is (the same place
+        // and length), which `rows` or `self.times` hold until this function
+        // returns; so every pointer SQLite reads during the step is into
+        // them, and the pointers the bindings keep after it returns are never
+        // read. (Clearing them, 16 a row, cost about 240 instructions a row.)
         unsafe {
             let mut rc = rusqlite::ffi::SQLITE_OK;
-            for (i, (r, time)) in rows.iter().zip(&times).enumerate() {
-                rc = bind_row(stmt, (i * 16 + 1) as std::ffi::c_int, r, time);
+            for (i, r) in rows.iter().enumerate() {
+                let time =
+                    std::str::from_utf8(&self.times[i]).unwrap_or("1970-01-01T00:00:00.000Z");
+                let values = row_values(r, time);
+                for (j, value) in values.into_iter().enumerate() {
+                    let at = i * COLUMNS + j;
+                    if self.bound[at] == value {
+                        continue;
+                    }
+                    rc = bind(stmt, (at + 1) as std::ffi::c_int, value);
+                    self.bound[at] = if rc == rusqlite::ffi::SQLITE_OK {
+                        value
+                    } else {
+                        Bound::Unset
+                    };
+                    if rc != rusqlite::ffi::SQLITE_OK {
+                        break;
+                    }
+                }
                 if rc != rusqlite::ffi::SQLITE_OK {
                     break;
                 }
@@ -534,98 +595,63 @@ impl Insert {
     }
 }
 
-/// Binds `text` in place: SQLite reads it where it is, until the bindings are
-/// cleared (`SQLITE_STATIC`).
-///
-/// # Safety
-/// `stmt` is a live statement; `text` outlives its binding.
-unsafe fn bind_text(
-    stmt: *mut rusqlite::ffi::sqlite3_stmt,
-    index: std::ffi::c_int,
-    text: Option<&str>,
-) -> std::ffi::c_int {
-    let Some(text) = text else {
-        // SAFETY: as the caller promised.
-        return unsafe { rusqlite::ffi::sqlite3_bind_null(stmt, index) };
-    };
-    let Ok(len) = std::ffi::c_int::try_from(text.len()) else {
-        return rusqlite::ffi::SQLITE_TOOBIG;
-    };
-    // An empty text gets a pointer to a real (empty, NUL-terminated) string.
-    let ptr = if text.is_empty() {
-        c"".as_ptr()
-    } else {
-        text.as_ptr().cast()
-    };
-    // SAFETY: `ptr` is valid for `len` bytes for as long as the caller keeps
-    // the binding; SQLITE_STATIC tells SQLite not to copy or free it.
-    unsafe {
-        rusqlite::ffi::sqlite3_bind_text(stmt, index, ptr, len, rusqlite::ffi::SQLITE_STATIC())
-    }
+/// Columns of the `usage` table, parameters of a row.
+const COLUMNS: usize = 16;
+
+/// The 16 parameters of `r`, in the order of the columns of [`insert_sql`],
+/// its time being `time` (written by [`format_rfc3339_millis`]).
+fn row_values(r: &Row, time: &str) -> [Bound; COLUMNS] {
+    [
+        Bound::text(Some(time)),
+        Bound::text(r.request_id.as_deref()),
+        Bound::text(Some(&r.key)),
+        Bound::text(Some(r.ingress)),
+        Bound::text(Some(&r.route)),
+        Bound::text(r.model.as_deref()),
+        Bound::text(r.provider.as_deref()),
+        Bound::Int(i64::from(r.status)),
+        Bound::Int(r.input_tokens as i64),
+        Bound::Int(r.output_tokens as i64),
+        Bound::Int(r.cached_tokens as i64),
+        Bound::real(Some(r.cost_usd)),
+        Bound::real(Some(r.duration_ms)),
+        Bound::real(r.ttft_ms),
+        Bound::text(r.trace_id.as_deref()),
+        Bound::Int(i64::from(r.estimated)),
+    ]
 }
 
-/// Binds `r` as the 16 parameters starting at `first` (1-based), its time
-/// being `time` (written by [`format_rfc3339_millis`]).
+/// Binds `value` as the parameter `index` (1-based); a text in place, read
+/// where it is until the parameter is bound again (`SQLITE_STATIC`).
 ///
 /// # Safety
-/// `stmt` is a live statement; `r` and `time` outlive the bindings.
-unsafe fn bind_row(
+/// `stmt` is a live statement; a text's bytes stay where they are for as
+/// long as SQLite may read them (see [`Insert::execute`]).
+unsafe fn bind(
     stmt: *mut rusqlite::ffi::sqlite3_stmt,
-    first: std::ffi::c_int,
-    r: &Row,
-    time: &[u8; RFC3339_MILLIS_LEN],
+    index: std::ffi::c_int,
+    value: Bound,
 ) -> std::ffi::c_int {
     use rusqlite::ffi::{sqlite3_bind_double, sqlite3_bind_int64, sqlite3_bind_null};
-    let time = std::str::from_utf8(time).unwrap_or("1970-01-01T00:00:00.000Z");
-    let integers = [
-        i64::from(r.status),
-        r.input_tokens as i64,
-        r.output_tokens as i64,
-        r.cached_tokens as i64,
-    ];
-    // SAFETY: as the caller promised; every text is borrowed from `r` or `time`.
+    // SAFETY: as the caller promised.
     unsafe {
-        let texts = [
-            Some(time),
-            r.request_id.as_deref(),
-            Some(&*r.key),
-            Some(r.ingress),
-            Some(&*r.route),
-            r.model.as_deref(),
-            r.provider.as_deref(),
-        ];
-        for (i, text) in texts.into_iter().enumerate() {
-            let rc = bind_text(stmt, first + i as std::ffi::c_int, text);
-            if rc != rusqlite::ffi::SQLITE_OK {
-                return rc;
+        match value {
+            Bound::Unset | Bound::Null => sqlite3_bind_null(stmt, index),
+            Bound::Text(ptr, len) => {
+                let Ok(len) = std::ffi::c_int::try_from(len) else {
+                    return rusqlite::ffi::SQLITE_TOOBIG;
+                };
+                rusqlite::ffi::sqlite3_bind_text(
+                    stmt,
+                    index,
+                    ptr as *const std::ffi::c_char,
+                    len,
+                    rusqlite::ffi::SQLITE_STATIC(),
+                )
             }
+            Bound::Int(n) => sqlite3_bind_int64(stmt, index, n),
+            Bound::Real(bits) => sqlite3_bind_double(stmt, index, f64::from_bits(bits)),
         }
-        for (i, n) in integers.into_iter().enumerate() {
-            let rc = sqlite3_bind_int64(stmt, first + 7 + i as std::ffi::c_int, n);
-            if rc != rusqlite::ffi::SQLITE_OK {
-                return rc;
-            }
-        }
-        let rc = sqlite3_bind_double(stmt, first + 11, r.cost_usd);
-        if rc != rusqlite::ffi::SQLITE_OK {
-            return rc;
-        }
-        let rc = sqlite3_bind_double(stmt, first + 12, r.duration_ms);
-        if rc != rusqlite::ffi::SQLITE_OK {
-            return rc;
-        }
-        let rc = match r.ttft_ms {
-            Some(ms) => sqlite3_bind_double(stmt, first + 13, ms),
-            None => sqlite3_bind_null(stmt, first + 13),
-        };
-        if rc != rusqlite::ffi::SQLITE_OK {
-            return rc;
-        }
-        let rc = bind_text(stmt, first + 14, r.trace_id.as_deref());
-        if rc != rusqlite::ffi::SQLITE_OK {
-            return rc;
-        }
-        sqlite3_bind_int64(stmt, first + 15, i64::from(r.estimated))
     }
 }
 
@@ -811,6 +837,11 @@ mod tests {
             })
             .collect();
         let conn = in_memory(&rows).unwrap();
+        assert_eq!(read_back(&conn), rows);
+    }
+
+    /// What a ledger holds, in the order written.
+    fn read_back(conn: &rusqlite::Connection) -> Vec<Row> {
         let mut stmt = conn
             .prepare(
                 "SELECT time, request_id, key, ingress, route, model, provider, status,
@@ -818,33 +849,90 @@ mod tests {
                         ttft_ms, trace_id, estimated FROM usage ORDER BY rowid",
             )
             .unwrap();
-        let back: Vec<Row> = stmt
-            .query_map([], |r| {
-                let ingress: String = r.get(3)?;
-                let time: String = r.get(0)?;
-                Ok(Row {
-                    time_ms: parse_rfc3339_millis(&time).unwrap(),
-                    request_id: r.get(1)?,
-                    key: r.get::<_, String>(2)?.into(),
-                    ingress: if ingress == "http" { "http" } else { "nats" },
-                    route: r.get::<_, String>(4)?.into(),
-                    model: r.get(5)?,
-                    provider: r.get::<_, Option<String>>(6)?.map(Into::into),
-                    status: r.get(7)?,
-                    input_tokens: r.get::<_, i64>(8)? as u64,
-                    output_tokens: r.get::<_, i64>(9)? as u64,
-                    cached_tokens: r.get::<_, i64>(10)? as u64,
-                    cost_usd: r.get(11)?,
-                    duration_ms: r.get(12)?,
-                    ttft_ms: r.get(13)?,
-                    trace_id: r.get(14)?,
-                    estimated: r.get(15)?,
-                })
+        stmt.query_map([], |r| {
+            let ingress: String = r.get(3)?;
+            let time: String = r.get(0)?;
+            Ok(Row {
+                time_ms: parse_rfc3339_millis(&time).unwrap(),
+                request_id: r.get(1)?,
+                key: r.get::<_, String>(2)?.into(),
+                ingress: if ingress == "http" { "http" } else { "nats" },
+                route: r.get::<_, String>(4)?.into(),
+                model: r.get(5)?,
+                provider: r.get::<_, Option<String>>(6)?.map(Into::into),
+                status: r.get(7)?,
+                input_tokens: r.get::<_, i64>(8)? as u64,
+                output_tokens: r.get::<_, i64>(9)? as u64,
+                cached_tokens: r.get::<_, i64>(10)? as u64,
+                cost_usd: r.get(11)?,
+                duration_ms: r.get(12)?,
+                ttft_ms: r.get(13)?,
+                trace_id: r.get(14)?,
+                estimated: r.get(15)?,
             })
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert_eq!(back, rows);
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    /// A statement keeps the parameters that hold what the next row has
+    /// there (SQLite keeps bindings between steps): across batches, with
+    /// texts shared by every row, texts rewritten in place (the same place
+    /// and length, other bytes) and values that change or stay, every row is
+    /// written with its own values.
+    #[test]
+    fn bindings_kept_from_one_statement_to_the_next_write_each_rows_own_values() {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        let mut inserts = Inserts::default();
+        let key: Arc<str> = "alice".into();
+        let provider: Arc<str> = "openai".into();
+        let mut rows: Vec<Row> = (0..45)
+            .map(|i| Row {
+                time_ms: 1_700_000_000_000 + i,
+                request_id: Some(format!("req-{i:04}")),
+                key: key.clone(),
+                ingress: "http",
+                route: "/v1/chat/completions".into(),
+                model: Some("gpt-5".to_string()),
+                provider: Some(provider.clone()),
+                status: 200,
+                input_tokens: 3,
+                output_tokens: 4,
+                ..Row::default()
+            })
+            .collect();
+        let mut expected = Vec::new();
+        for round in 0..5u64 {
+            for (i, r) in rows.iter_mut().enumerate() {
+                r.time_ms += 1_000;
+                // In place: the same allocation and length, other bytes.
+                let model = r.model.as_mut().unwrap();
+                let before = model.as_ptr();
+                model.clear();
+                model.push_str(&format!("gpt-{round}"));
+                assert_eq!(model.as_ptr(), before);
+                let id = r.request_id.as_mut().unwrap();
+                id.clear();
+                id.push_str(&format!("r{round}-{i:03}"));
+                r.status = if i % 3 == 0 { 200 } else { 500 + round as u16 };
+                r.ttft_ms = (round == 2).then_some(1.5);
+                r.trace_id = (round % 2 == 1).then(|| format!("{i:032x}"));
+                r.estimated = round == 3;
+                r.cost_usd = (round * i as u64) as f64 / 8.0;
+                r.route = if round == 4 {
+                    format!("/v1/other/{i}").into()
+                } else {
+                    "/v1/chat/completions".into()
+                };
+            }
+            // 45 rows: a statement of 32, then 8, 4 and 1.
+            insert(&mut conn, &mut inserts, &rows).unwrap();
+            expected.extend(rows.iter().cloned());
+        }
+        drop(inserts);
+        assert_eq!(read_back(&conn), expected);
     }
 
     /// The time column is the text humantime writes, for every millisecond

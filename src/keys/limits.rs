@@ -194,7 +194,8 @@ struct KeyCounters {
     /// Requests admitted in the last minute, by the second (tracked only
     /// with an rpm).
     requests: Window,
-    /// Tokens in the last minute, by the tenth of a second.
+    /// Tokens in the last minute, by the tenth of a second (tracked only
+    /// with a tpm: up to 600 entries a key).
     tokens: Window,
     in_flight: u64,
     /// Unix second the spend below belongs to.
@@ -346,7 +347,9 @@ impl Counters for LocalCounters {
             if limits.rpm.is_some() {
                 c.requests.add(REQUEST_BUCKET, now, 1);
             }
-            c.add_tokens(now, want.input_tokens);
+            if limits.tpm.is_some() {
+                c.add_tokens(now, want.input_tokens);
+            }
             if limits.budget.is_some() {
                 c.reserved_tokens += want.tokens;
                 c.reserved_micros += want.micros;
@@ -377,7 +380,9 @@ impl Counters for LocalCounters {
             c.reserved_micros = c.reserved_micros.saturating_sub(grant.reserved.micros);
             c.spent.tokens += used.tokens;
             c.spent.micros += used.micros;
-            c.add_tokens(now, used.tokens.saturating_sub(grant.reserved.input_tokens));
+            if limits.tpm.is_some() {
+                c.add_tokens(now, used.tokens.saturating_sub(grant.reserved.input_tokens));
+            }
         });
     }
 
@@ -473,7 +478,7 @@ mod tests {
     }
 
     /// Requests within one second share one entry: the window holds at most
-    /// 60 entries, whatever the rate.
+    /// 60 entries, whatever the rate; a key without a tpm keeps no tokens.
     #[test]
     fn the_rpm_window_holds_one_entry_per_second() {
         let c = LocalCounters::new();
@@ -485,8 +490,21 @@ mod tests {
         let held = with(&cell, |k| (k.requests.counts.len(), k.requests.total));
         // The last 60 seconds (60 to 119): 60,000 requests in 60 entries.
         assert_eq!(held, (60, 60_000));
+        // Without a tpm no tokens are counted at all, admitted or settled.
+        let g = c.admit(&cell, &l, want(5), T0 + 119_999).unwrap();
+        c.settle(
+            &cell,
+            &l,
+            &g,
+            Spend {
+                tokens: 9,
+                micros: 0,
+            },
+            T0 + 119_999,
+        );
+        assert_eq!(with(&cell, |k| k.tokens.counts.len()), 0);
         let h = c.headers(&cell, &l, T0 + 119_999);
-        assert_eq!(h.requests, Some((1_000_000, 940_000, 1)));
+        assert_eq!(h.requests, Some((1_000_000, 939_999, 1)));
     }
 
     /// Whenever a request is refused for rpm, a request at Retry-After is
