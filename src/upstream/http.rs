@@ -305,10 +305,21 @@ impl HttpUpstream {
         client_headers: &HeaderMap,
     ) -> Result<Answer, ExchangeError> {
         if let (Some(pool), Some(direct)) = (&self.direct, &url.direct) {
-            let request = self
-                .outgoing(method.clone(), body, client_headers)
-                .into_hyper(direct);
-            return match pool.send(&direct.uri, request).await {
+            let sent = match self.direct_head(&method, direct, body, client_headers) {
+                Some(head) => {
+                    let body = body.cloned().unwrap_or_default();
+                    let bodiless = method == Method::HEAD;
+                    pool.send_head(&direct.uri, head, body, false, bodiless)
+                        .await
+                }
+                None => {
+                    let request = self
+                        .outgoing(method.clone(), body, client_headers)
+                        .into_hyper(direct);
+                    pool.send(&direct.uri, request).await
+                }
+            };
+            return match sent {
                 // Never follows a redirect; `send` refuses it.
                 Ok(response) => Ok(Answer {
                     inner: AnswerInner::Direct(response),
@@ -320,6 +331,74 @@ impl HttpUpstream {
             .send_reqwest(&self.client, url)
             .await
             .map(Answer::from)
+    }
+
+    /// [`HttpUpstream::outgoing`]'s request as the direct path writes it
+    /// ([`Outgoing::into_hyper`], then [`super::streams::Pool::send`]),
+    /// byte for byte, without building its header map: the client's headers
+    /// in their order, then the gateway's own and `Host` (a test compares
+    /// the two). `None` when a client header has a name the gateway sets
+    /// itself or one about the connection (the allow-list of
+    /// [`super::forward`] lets none through): then the map decides.
+    fn direct_head(
+        &self,
+        method: &Method,
+        url: &DirectUrl,
+        body: Option<&Bytes>,
+        client_headers: &HeaderMap,
+    ) -> Option<Vec<u8>> {
+        let own = |name: &HeaderName| {
+            [
+                &CONTENT_TYPE,
+                &AUTHORIZATION,
+                &USER_AGENT,
+                &ACCEPT,
+                &reqwest::header::HOST,
+                &reqwest::header::CONTENT_LENGTH,
+                &reqwest::header::CONNECTION,
+            ]
+            .contains(&name)
+                || self.extra_headers.iter().any(|(own, _)| own == name)
+        };
+        let mut more = 0;
+        for (name, value) in client_headers {
+            if own(name) {
+                return None;
+            }
+            more += name.as_str().len() + value.len() + 4;
+        }
+        let empty = Bytes::new();
+        let body_given = body.is_some();
+        let body = body.unwrap_or(&empty);
+        more += 128
+            + url.host.len()
+            + self.auth.as_ref().map_or(0, HeaderValue::len)
+            + self
+                .extra_headers
+                .iter()
+                .map(|(name, value)| name.as_str().len() + value.len() + 4)
+                .sum::<usize>()
+            + body.len().min(16 * 1024 + 1);
+        let mut head = super::streams::RequestHead::new(method, url.origin_str(), more);
+        for (name, value) in client_headers {
+            head.header(name, value);
+        }
+        if body_given {
+            head.header(&CONTENT_TYPE, &HeaderValue::from_static("application/json"));
+        }
+        if let Some(auth) = &self.auth {
+            head.header(&AUTHORIZATION, auth);
+        }
+        for (name, value) in &self.extra_headers {
+            head.header(name, value);
+        }
+        head.header(
+            &USER_AGENT,
+            &HeaderValue::from_static(crate::support::http_client::USER_AGENT),
+        );
+        head.header(&ACCEPT, &HeaderValue::from_static("*/*"));
+        head.header(&reqwest::header::HOST, &url.host);
+        Some(head.finish(true, body))
     }
 
     /// The one place an outgoing upstream request is decided: its method,
@@ -883,6 +962,13 @@ struct DirectUrl {
 }
 
 impl DirectUrl {
+    /// The request target.
+    fn origin_str(&self) -> &str {
+        self.origin
+            .path_and_query()
+            .map_or("/", |target| target.as_str())
+    }
+
     fn new(parsed: &reqwest::Url) -> Option<DirectUrl> {
         if parsed.scheme() != "http" {
             return None;
@@ -1374,6 +1460,68 @@ mod tests {
         assert!(
             metrics.contains("warden_upstream_attempts_total{outcome=\"retried\"} 0\n"),
             "no attempt failed: the closed connection was never written to\n{metrics}"
+        );
+    }
+
+    #[test]
+    fn the_direct_head_is_what_the_header_map_would_write() {
+        let plain = upstream_at("http://127.0.0.1:9/v1", true);
+        let anthropic = upstream_at("http://example.test:8080/v1", true)
+            .anthropic_auth(Some("sk-ant"), "ANTHROPIC_API_KEY")
+            .unwrap();
+        let mut client = HeaderMap::new();
+        client.insert("x-request-id", HeaderValue::from_static("req_1"));
+        client.append("openai-beta", HeaderValue::from_static("a"));
+        client.append("openai-beta", HeaderValue::from_static("b"));
+        client.insert("x-codex-turn", HeaderValue::from_static("3"));
+        let body = Bytes::from_static(br#"{"model":"m"}"#);
+        let large = Bytes::from(vec![b' '; 20 * 1024]);
+        for upstream in [&plain, &anthropic] {
+            let url = upstream.url("/chat/completions?x=1");
+            let direct = url.direct.as_ref().unwrap();
+            for headers in [HeaderMap::new(), client.clone()] {
+                for (method, body) in [
+                    (Method::POST, Some(&body)),
+                    (Method::POST, Some(&large)),
+                    (Method::GET, None),
+                    (Method::HEAD, None),
+                ] {
+                    let written = upstream
+                        .direct_head(&method, direct, body, &headers)
+                        .expect("no client header of the gateway's own");
+                    let (parts, _) = upstream
+                        .outgoing(method.clone(), body, &headers)
+                        .into_hyper(direct)
+                        .into_parts();
+                    let mapped = super::super::streams::encode_head(
+                        &parts,
+                        &body.cloned().unwrap_or_default(),
+                    );
+                    assert_eq!(
+                        String::from_utf8_lossy(&written),
+                        String::from_utf8_lossy(&mapped)
+                    );
+                }
+            }
+            // A client header the gateway sets itself: the map decides.
+            let mut own = client.clone();
+            own.insert("user-agent", HeaderValue::from_static("theirs"));
+            let url = upstream.url("/models");
+            let direct = url.direct.as_ref().unwrap();
+            assert!(
+                upstream
+                    .direct_head(&Method::GET, direct, None, &own)
+                    .is_none()
+            );
+        }
+        let mut extra = client.clone();
+        extra.insert("anthropic-version", HeaderValue::from_static("1"));
+        let url = anthropic.url("/messages");
+        let direct = url.direct.as_ref().unwrap();
+        assert!(
+            anthropic
+                .direct_head(&Method::GET, direct, None, &extra)
+                .is_none()
         );
     }
 }

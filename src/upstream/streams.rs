@@ -117,6 +117,21 @@ impl Pool {
         let close_asked = asks_close(&parts.headers);
         let bodiless = parts.method == axum::http::Method::HEAD;
         let head = encode_head(&parts, &body);
+        self.send_head(authority, head, body, close_asked, bodiless)
+            .await
+    }
+
+    /// [`Pool::send`] for a request already written out: `head` is a
+    /// [`RequestHead`]'s, `body` what it was finished with; `close_asked`:
+    /// its headers say `connection: close`; `bodiless`: it is a `HEAD`.
+    pub async fn send_head(
+        &self,
+        authority: &Uri,
+        head: Vec<u8>,
+        body: Bytes,
+        close_asked: bool,
+        bodiless: bool,
+    ) -> Result<Response<StreamBody>, Error> {
         loop {
             let (mut socket, reused) = match self.shared.take() {
                 Some(socket) => (socket, true),
@@ -272,67 +287,87 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
 /// The request line and headers, as hyper's client writes them: the headers
 /// as given (names in lower case), then `content-length` unless given; an
 /// empty body has none, whatever the method (hyper writes no length for a
-/// body that has ended before it is sent). A body of at most
-/// [`COALESCE_BODY`] bytes follows in the same buffer, to go in one write.
-fn encode_head(parts: &axum::http::request::Parts, body: &Bytes) -> Vec<u8> {
-    let body_len = body.len();
-    let coalesced = if body_len <= COALESCE_BODY {
-        body_len
-    } else {
-        0
-    };
+/// body that has ended before it is sent).
+pub(super) fn encode_head(parts: &axum::http::request::Parts, body: &Bytes) -> Vec<u8> {
     let target = parts
         .uri
         .path_and_query()
         .map_or("/", |target| target.as_str());
-    let mut head = Vec::with_capacity(
-        64 + target.len()
-            + coalesced
-            + parts
-                .headers
-                .iter()
-                .map(|(name, value)| name.as_str().len() + value.len() + 4)
-                .sum::<usize>(),
-    );
-    head.extend_from_slice(parts.method.as_str().as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(target.as_bytes());
-    head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    if body_len > 0
-        && !parts
+    let mut head = RequestHead::new(
+        &parts.method,
+        target,
+        parts
             .headers
-            .contains_key(axum::http::header::CONTENT_LENGTH)
-    {
-        head.extend_from_slice(b"content-length: ");
-        let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        let mut left = body_len;
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (left % 10) as u8;
-            left /= 10;
-            if left == 0 {
-                break;
-            }
-        }
-        head.extend_from_slice(&digits[at..]);
-        head.extend_from_slice(b"\r\n");
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum::<usize>()
+            + 4 * parts.headers.len()
+            + body.len().min(COALESCE_BODY + 1),
+    );
+    for (name, value) in &parts.headers {
+        head.header(name, value);
     }
-    head.extend_from_slice(b"\r\n");
-    if coalesced > 0 {
-        head.extend_from_slice(body);
-    }
-    head
+    let length_given = parts
+        .headers
+        .contains_key(axum::http::header::CONTENT_LENGTH);
+    head.finish(!length_given, body)
 }
 
-/// Writes the request: `head` from [`encode_head`], then the body unless it
-/// went with the head.
+/// A request's head being written out, as hyper's client writes it.
+pub struct RequestHead {
+    buf: Vec<u8>,
+}
+
+impl RequestHead {
+    /// The request line; `more`: about how many bytes the headers and body
+    /// will take.
+    pub fn new(method: &axum::http::Method, target: &str, more: usize) -> RequestHead {
+        let mut buf = Vec::with_capacity(64 + target.len() + more);
+        buf.extend_from_slice(method.as_str().as_bytes());
+        buf.push(b' ');
+        buf.extend_from_slice(target.as_bytes());
+        buf.extend_from_slice(b" HTTP/1.1\r\n");
+        RequestHead { buf }
+    }
+
+    pub fn header(&mut self, name: &HeaderName, value: &HeaderValue) {
+        self.buf.extend_from_slice(name.as_str().as_bytes());
+        self.buf.extend_from_slice(b": ");
+        self.buf.extend_from_slice(value.as_bytes());
+        self.buf.extend_from_slice(b"\r\n");
+    }
+
+    /// The head's end, after `content-length` when `length` and the body is
+    /// not empty; a body of at most [`COALESCE_BODY`] bytes follows in the
+    /// same buffer, to go in one write ([`write_request`] writes a larger one).
+    pub fn finish(mut self, length: bool, body: &Bytes) -> Vec<u8> {
+        let head = &mut self.buf;
+        if length && !body.is_empty() {
+            head.extend_from_slice(b"content-length: ");
+            let mut digits = [0u8; 20];
+            let mut at = digits.len();
+            let mut left = body.len();
+            loop {
+                at -= 1;
+                digits[at] = b'0' + (left % 10) as u8;
+                left /= 10;
+                if left == 0 {
+                    break;
+                }
+            }
+            head.extend_from_slice(&digits[at..]);
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+        if body.len() <= COALESCE_BODY {
+            head.extend_from_slice(body);
+        }
+        self.buf
+    }
+}
+
+/// Writes the request: `head` from [`RequestHead::finish`], then the body
+/// unless it went with the head.
 async fn write_request(socket: &mut TcpStream, head: &[u8], body: &Bytes) -> io::Result<()> {
     socket.write_all(head).await?;
     if body.len() > COALESCE_BODY {
