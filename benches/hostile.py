@@ -4,8 +4,7 @@ open: `idle` (connected, nothing sent), `slow-header` (900 bytes of a request
 head, never finished) or `keepalive` (one request answered, then idle).
 Usage: hostile.py PORT PID N idle|slow-header|keepalive
 RSS is read SETTLE seconds after the last connection is open (environment
-HOSTILE_SETTLE, default 3: an idle keep-alive connection gives up hyper's
-connection after 1 s idle, see src/gateway/connections.rs).
+HOSTILE_SETTLE, default 3: freed memory may take a moment to leave the RSS).
 Loopback only; bounded in count and time."""
 import socket, sys, time, os, statistics
 port, pid, n, mode = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]

@@ -204,7 +204,7 @@ impl Registry {
         }
     }
 
-    fn is_draining(&self) -> bool {
+    pub(super) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
 
@@ -225,17 +225,20 @@ pub struct ConnState {
     /// No request in progress and a head is expected now (a fresh connection,
     /// or bytes arrived after an idle spell).
     in_head: AtomicBool,
-    /// The current request's body has not been read to its end (hyper is then
-    /// not idle after the answer, so its connection is not given up).
+    /// The current request's body has not been read to its end.
     body_open: AtomicBool,
-    /// hyper's last write to the socket could not complete (the client is not
-    /// reading): hyper still holds bytes to send.
+    /// The last write to the socket could not complete (the client is not
+    /// reading): an answer still has bytes to send.
     write_blocked: AtomicBool,
-    close: Notify,
-    registry: Arc<Registry>,
+    pub(super) close: Notify,
+    pub(super) registry: Arc<Registry>,
 }
 
 impl ConnState {
+    pub(super) fn metrics(&self) -> &Metrics {
+        &self.registry.metrics
+    }
+
     /// Bytes arrived: if the connection was idle, a request head has begun.
     fn on_read(&self) {
         if self.active.load(Ordering::Relaxed) == 0 && !self.in_head.load(Ordering::Relaxed) {
@@ -246,7 +249,7 @@ impl ConnState {
     }
 
     /// A request head was parsed and is being served.
-    fn begin(&self) {
+    pub(crate) fn begin(&self) {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.in_head.store(false, Ordering::Relaxed);
     }
@@ -259,22 +262,8 @@ impl ConnState {
         }
     }
 
-    /// Whether hyper's connection can be given up now: no request in progress
-    /// or begun, nothing left to send, and idle for at least `after`.
-    fn idle_for(&self, after: Duration) -> bool {
-        self.active.load(Ordering::Relaxed) == 0
-            && !self.in_head.load(Ordering::Relaxed)
-            && !self.body_open.load(Ordering::Relaxed)
-            && !self.write_blocked.load(Ordering::Relaxed)
-            && self
-                .registry
-                .now_ms()
-                .saturating_sub(self.since_ms.load(Ordering::Relaxed))
-                >= after.as_millis() as u64
-    }
-
     /// Records whether a write to the socket completed (stored only on change).
-    fn set_write_blocked(&self, blocked: bool) {
+    pub(super) fn set_write_blocked(&self, blocked: bool) {
         if self.write_blocked.load(Ordering::Relaxed) != blocked {
             self.write_blocked.store(blocked, Ordering::Relaxed);
         }
@@ -306,9 +295,6 @@ pub struct Shared {
     pub gw: Arc<Gateway>,
     /// For HTTP/2 (a connection that opens with the HTTP/2 preface).
     pub builder: Builder<TokioExecutor>,
-    /// For HTTP/1 connections: a plain HTTP/1 connection can be taken apart
-    /// when idle ([`serve`]).
-    pub http1: hyper::server::conn::http1::Builder,
     /// The descriptor limit, for [`Shared::limits`].
     pub fd_limit: Option<u64>,
     pub registry: Arc<Registry>,
@@ -322,24 +308,36 @@ impl Shared {
     }
 }
 
-/// How long an HTTP/1 connection stays idle between requests before hyper's
-/// connection (its buffers and state) is given up; the next request head is
-/// then read by [`serve`] again, as a first one is.
-const RELEASE_IDLE_AFTER: Duration = Duration::from_secs(1);
-
 /// Serves one client connection until it ends, times out, is shed, or the
 /// drain closes it.
 ///
 /// Until a request head is complete a connection holds only its socket, this
-/// small future and the bytes it has sent: hyper's connection (its 8 KiB read
-/// buffer, 8 KiB write buffer and its state) is built, on the heap, once there
-/// is a request to serve. An HTTP/1 connection idle for [`RELEASE_IDLE_AFTER`]
-/// after an answer gives hyper's connection up again (what it had read and not
-/// parsed is kept), so an idle keep-alive connection is as small as a fresh
-/// one: about 2 KiB of the proxy's memory plus what it sent
-/// (benches/results/hostile.md). HTTP/2 keeps its connection until it ends.
+/// small future and the bytes it has sent. An HTTP/1 request is then served by
+/// the gateway's own server connection ([`super::http1`]), which holds no
+/// buffer of its own between requests: after each answer the next head is
+/// read here again, as a first one is, so an idle keep-alive connection is as
+/// small as a fresh one: about 2 KiB of the proxy's memory plus what it sent
+/// (benches/results/hostile.md). HTTP/2 is served by hyper's connection,
+/// kept until it ends.
 pub async fn serve(stream: TcpStream, state: Arc<ConnState>, shared: Arc<Shared>) {
     let limits = shared.limits();
+    let service = ConnService {
+        shared: shared.clone(),
+        state: state.clone(),
+        limits,
+    };
+    let call = move |request| service.route(request);
+    serve_with(stream, state, limits, &call, Some(&shared)).await;
+}
+
+/// [`serve`], with `service` answering HTTP/1 requests (HTTP/2 only with `h2`).
+pub(crate) async fn serve_with(
+    stream: TcpStream,
+    state: Arc<ConnState>,
+    limits: Limits,
+    service: super::http1::Service<'_>,
+    h2: Option<&Arc<Shared>>,
+) {
     let period = limits.keepalive_timeout.min(limits.header_timeout);
     // State changes (a request begins or ends) do not wake this task, which
     // keeps the hot path free of it: it looks again at least every `period`,
@@ -348,18 +346,42 @@ pub async fn serve(stream: TcpStream, state: Arc<ConnState>, shared: Arc<Shared>
         let (wait, expired) = state.deadline(&limits);
         (!expired).then(|| wait.unwrap_or(period).min(period) + Duration::from_millis(1))
     };
+    // One timer and one close signal for the whole connection, armed again
+    // only when they fire: a request costs neither.
+    let timer = tokio::time::sleep(period + Duration::from_millis(1));
+    tokio::pin!(timer);
+    let close = state.close.notified();
+    tokio::pin!(close);
+    let mut waits = Waits {
+        timer: timer.as_mut(),
+        close: close.as_mut(),
+        state: &state,
+        next_wait: &next_wait,
+    };
     let mut stream = stream;
     let mut head = FirstHead::default();
     loop {
-        if !read_head(&stream, &mut head, &state, &shared, &next_wait).await {
+        if !read_head(&stream, &mut head, &state, &mut waits).await {
             break;
         }
         if head.bytes.starts_with(H2_PREFACE) {
-            serve_h2(stream, head, &state, &shared, limits, &next_wait).await;
+            if let Some(shared) = h2 {
+                serve_h2(stream, head, &state, shared, limits, &next_wait).await;
+            }
             break;
         }
-        match serve_h1(stream, head, &state, &shared, limits, &next_wait).await {
-            // Idle: hyper's connection is given up; read the next head here.
+        match super::http1::serve_one(
+            stream,
+            head.bytes,
+            &state,
+            service,
+            &mut waits,
+            limits.header_timeout,
+        )
+        .await
+        {
+            // The answer is sent and the connection stays open: the next
+            // head is read here, with the bytes of it already read.
             Some((socket, unread)) => {
                 stream = socket;
                 head = FirstHead::resume(unread);
@@ -367,7 +389,7 @@ pub async fn serve(stream: TcpStream, state: Arc<ConnState>, shared: Arc<Shared>
             None => break,
         }
     }
-    shared.registry.remove(state.id);
+    state.registry.remove(state.id);
 }
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4) begins with this line.
@@ -379,20 +401,16 @@ async fn read_head(
     stream: &TcpStream,
     head: &mut FirstHead,
     state: &ConnState,
-    shared: &Shared,
-    next_wait: &impl Fn(&ConnState) -> Option<Duration>,
+    waits: &mut Waits<'_, '_>,
 ) -> bool {
     if !head.bytes.is_empty() {
-        // Bytes of a next request were read before hyper was given up.
+        // Bytes of a next request were read with the last one.
         state.on_read();
         if head.scan() {
             return true;
         }
     }
     loop {
-        let Some(wait) = next_wait(state) else {
-            return false;
-        };
         tokio::select! {
             readable = stream.readable() => match readable.and_then(|()| head.read_from(stream, state)) {
                 Ok(Read::Complete) => return true,
@@ -400,80 +418,54 @@ async fn read_head(
                 Ok(Read::TooLarge) => {
                     // Answered here, from what was read: a fresh socket's send
                     // buffer takes the whole answer at once.
-                    shared.gw.metrics.malformed_request(431);
-                    let _ = stream.try_write(&super::malformed::head_too_large(super::MAX_HEAD_BYTES));
+                    state.metrics().malformed_request(431);
+                    let _ = stream.try_write(&super::malformed::automatic(
+                        axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        super::MAX_HEAD_BYTES,
+                    ));
                     return false;
                 }
                 Ok(Read::Closed) | Err(_) => return false,
             },
             // Shed, or the drain: no request was started, nothing is lost.
-            () = state.close.notified() => return false,
-            () = tokio::time::sleep(wait) => {}
+            () = waits.close.as_mut() => return false,
+            () = waits.timer.as_mut() => if waits.expired() {
+                return false;
+            },
         }
     }
 }
 
-/// Serves HTTP/1 requests with hyper until the connection ends (`None`) or has
-/// been idle for [`RELEASE_IDLE_AFTER`]: then hyper's connection is taken apart
-/// and the socket comes back, with the bytes hyper had read and not parsed.
-async fn serve_h1(
-    stream: TcpStream,
-    head: FirstHead,
-    state: &Arc<ConnState>,
-    shared: &Arc<Shared>,
-    limits: Limits,
-    next_wait: &impl Fn(&ConnState) -> Option<Duration>,
-) -> Option<(TcpStream, BytesMut)> {
-    let (io, service) = io_and_service(stream, head, state, shared, limits);
-    let mut conn = Box::new(shared.http1.serve_connection(io, service));
-    // Whether hyper was asked to stop because the connection is idle.
-    let mut releasing = false;
-    let mut draining = false;
-    while let Some(wait) = next_wait(state) {
-        tokio::select! {
-            ended = std::future::poll_fn(|cx| {
-                if releasing {
-                    conn.poll_without_shutdown(cx)
-                } else {
-                    Pin::new(&mut *conn).poll(cx)
-                }
-            }) => {
-                if !(releasing && ended.is_ok()) {
-                    return None;
-                }
-                let parts = conn.into_parts();
-                let (socket, prefix) = parts.io.into_inner().into_parts();
-                // What hyper read and did not parse comes first, then what it
-                // had not yet read of the bytes handed to it; copied, so that
-                // none of hyper's buffers is kept.
-                let mut unread = BytesMut::new();
-                if !(parts.read_buf.is_empty() && prefix.is_empty()) {
-                    unread.reserve(parts.read_buf.len() + prefix.len());
-                    unread.extend_from_slice(&parts.read_buf);
-                    unread.extend_from_slice(&prefix);
-                }
-                return Some((socket, unread));
-            }
-            () = state.close.notified() => {
-                if draining || !shared.registry.is_draining() {
-                    return None; // shed to make room
-                }
-                // The drain: finish the request in progress, then close.
-                draining = true;
-                releasing = false;
-                Pin::new(&mut *conn).graceful_shutdown();
-            }
-            () = tokio::time::sleep(wait.min(RELEASE_IDLE_AFTER)) => {
-                if !releasing && !draining && state.idle_for(RELEASE_IDLE_AFTER) {
-                    // Idle between requests: hyper closes its side without a
-                    // word to the client and hands the socket back.
-                    releasing = true;
-                    Pin::new(&mut *conn).graceful_shutdown();
-                }
+/// What a connection waits on besides its socket: its one timer, re-armed
+/// only when it fires (at least every `min(header_timeout,
+/// keepalive_timeout)`), and the signal to close (shedding, the drain).
+pub(crate) struct Waits<'a, 's> {
+    pub(crate) timer: Pin<&'a mut tokio::time::Sleep>,
+    pub(crate) close: Pin<&'a mut tokio::sync::futures::Notified<'s>>,
+    state: &'s ConnState,
+    next_wait: &'a (dyn Fn(&ConnState) -> Option<Duration> + Send + Sync),
+}
+
+impl Waits<'_, '_> {
+    /// The timer fired: whether the connection's deadline has passed (it is
+    /// then closed); if not, the timer is armed again.
+    pub(crate) fn expired(&mut self) -> bool {
+        match (self.next_wait)(self.state) {
+            None => true,
+            Some(wait) => {
+                self.timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + wait);
+                false
             }
         }
     }
-    None
+
+    /// The close signal fired and was handled: listen for the next one.
+    pub(crate) fn rearm_close(&mut self) {
+        let state = self.state;
+        self.close.set(state.close.notified());
+    }
 }
 
 /// What hyper serves a connection with: its socket (behind the bytes already
@@ -552,9 +544,12 @@ impl FirstHead {
     /// Whether the bytes held already end a head (looked for from where the
     /// last look ended, 2 bytes back, in case the end straddles two reads).
     fn scan(&mut self) -> bool {
-        let recent = &self.bytes[self.searched.saturating_sub(2)..];
-        let found =
-            recent.windows(2).any(|w| w == b"\n\n") || recent.windows(3).any(|w| w == b"\n\r\n");
+        let from = self.searched.saturating_sub(2);
+        let recent = &self.bytes[from..];
+        let found = memchr::memchr_iter(b'\n', recent).any(|at| {
+            let after = &recent[at + 1..];
+            after.first() == Some(&b'\n') || after.starts_with(b"\r\n")
+        });
         self.searched = self.bytes.len();
         found
     }
@@ -583,16 +578,14 @@ impl FirstHead {
     }
 }
 
-/// The socket as hyper sees it. Bytes read on a connection mark the start of a
-/// request head when it was idle; hyper's own empty-bodied 400/414/431 answer
-/// is sent with a JSON error body instead ([`super::malformed`]).
+/// The socket as hyper's HTTP/2 connection sees it: what was read before
+/// hyper took over comes first, and bytes read on an idle connection mark the
+/// start of a request.
 pub struct WatchedIo<T> {
     inner: T,
     /// What was read before hyper took over (the first request head), read first.
     prefix: Bytes,
     state: Arc<ConnState>,
-    /// The rewritten automatic answer being sent, and how much of it is out.
-    answer: Option<(Bytes, usize)>,
 }
 
 impl<T> WatchedIo<T> {
@@ -601,54 +594,7 @@ impl<T> WatchedIo<T> {
             inner,
             prefix,
             state,
-            answer: None,
         }
-    }
-
-    /// The socket, and what of the prefix was not read.
-    pub fn into_parts(self) -> (T, Bytes) {
-        (self.inner, self.prefix)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> WatchedIo<T> {
-    /// Whether `buf` is hyper's automatic answer: it is only ever written while
-    /// no request is in progress (a cheap check first on the hot path).
-    fn intercept(&mut self, buf: &[u8]) -> bool {
-        if self.answer.is_some() {
-            return true;
-        }
-        if self.state.active.load(Ordering::Relaxed) != 0 || !buf.starts_with(b"HTTP/1.1 4") {
-            return false;
-        }
-        match super::malformed::rewrite(buf, super::MAX_HEAD_BYTES) {
-            Some((status, answer)) => {
-                self.state
-                    .registry
-                    .metrics
-                    .malformed_request(status.as_u16());
-                self.answer = Some((answer, 0));
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Sends the rewritten answer in place of `buf`; `buf` counts as written
-    /// once all of it is out.
-    fn poll_answer(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        while let Some((answer, sent)) = &mut self.answer {
-            if *sent == answer.len() {
-                self.answer = None;
-                break;
-            }
-            match Pin::new(&mut self.inner).poll_write(cx, &answer[*sent..]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(0)),
-                Poll::Ready(Ok(n)) => *sent += n,
-                other => return other,
-            }
-        }
-        Poll::Ready(Ok(buf.len()))
     }
 }
 
@@ -683,9 +629,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        if this.intercept(buf) {
-            return this.poll_answer(cx, buf);
-        }
         let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
         this.state.set_write_blocked(polled.is_pending());
         polled
@@ -702,13 +645,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        // hyper writes its automatic answer as one slice (there is no body).
-        let mut filled = bufs.iter().filter(|b| !b.is_empty());
-        if let (Some(first), None) = (filled.next(), filled.next()) {
-            if this.intercept(first) {
-                return this.poll_answer(cx, first);
-            }
-        }
         let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         this.state.set_write_blocked(polled.is_pending());
         polled
@@ -742,8 +678,8 @@ type BodyError = Box<dyn std::error::Error + Send + Sync>;
 /// A request body with a deadline, drawing on `server.max_body_memory` before
 /// each chunk is read ([`super::body_budget`]). The timer is only armed if the
 /// body is not already all there when first read.
-struct TimedBody {
-    inner: Incoming,
+struct TimedBody<B> {
+    inner: B,
     deadline: tokio::time::Instant,
     timeout_secs: u64,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -765,7 +701,11 @@ struct TimedBody {
     waiting: Option<Acquire>,
 }
 
-impl TimedBody {
+impl<B> TimedBody<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BodyError>,
+{
     /// The body has been read to its end: the connection is told.
     fn read_to_end(&mut self) {
         if let Some(conn) = self.conn.take() {
@@ -817,7 +757,11 @@ impl TimedBody {
     }
 }
 
-impl http_body::Body for TimedBody {
+impl<B> http_body::Body for TimedBody<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BodyError>,
+{
     type Data = Bytes;
     type Error = BodyError;
 
@@ -917,7 +861,7 @@ pub struct ConnService {
 }
 
 /// A declared body length over the limit (`None`: no or an unreadable length).
-fn declared_too_large(request: &Request<Incoming>, max: usize) -> bool {
+fn declared_too_large<B>(request: &Request<B>, max: usize) -> bool {
     request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -926,7 +870,8 @@ fn declared_too_large(request: &Request<Incoming>, max: usize) -> bool {
         .is_some_and(|len| len > max as u64)
 }
 
-type ServiceFuture =
+/// What the connection's service returns for a request.
+pub type ServiceFuture =
     Pin<Box<dyn Future<Output = Result<Response<TrackedBody>, std::convert::Infallible>> + Send>>;
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
@@ -935,6 +880,17 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Future = ServiceFuture;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
+        self.route(request)
+    }
+}
+
+impl ConnService {
+    /// The router's answer to `request`, with the request-level bounds.
+    pub(crate) fn route<B>(&self, request: Request<B>) -> ServiceFuture
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BodyError>,
+    {
         use tower::ServiceExt;
         self.state.begin();
         let state = self.state.clone();

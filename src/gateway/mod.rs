@@ -18,6 +18,7 @@ pub mod connections;
 mod cors;
 pub(crate) mod dispatch;
 pub(crate) mod history;
+mod http1;
 mod malformed;
 mod messages;
 pub(crate) mod nats;
@@ -378,16 +379,10 @@ pub async fn run(
     let registry = connections::Registry::new(gw.metrics.clone());
     // HTTP/2 (a connection that opens with its preface).
     let builder = Builder::new(TokioExecutor::new());
-    // HTTP/1: a request head that hyper reads (a pipelined one, or one that
-    // arrives before an idle connection gives hyper up) larger than this is
-    // refused (431) instead of buffered (`connections::serve` reads the others).
-    let mut http1 = hyper::server::conn::http1::Builder::new();
-    http1.max_buf_size(MAX_HEAD_BYTES);
     let shared = Arc::new(connections::Shared {
         router: app,
         gw: gw.clone(),
         builder,
-        http1,
         fd_limit,
         registry: registry.clone(),
     });

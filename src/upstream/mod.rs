@@ -23,6 +23,7 @@ pub(crate) mod catalog;
 pub(crate) mod chat;
 pub mod command;
 pub(crate) mod forward;
+pub(crate) mod framing;
 pub(crate) mod http;
 mod idle;
 pub mod metering;

@@ -21,8 +21,10 @@
 //! is reused only when its answer was read exactly to its end, with nothing past
 //! it, and neither side said `connection: close` (see [`reusable`] for the
 //! rest). What an upstream can make it read and drop is bounded as hyper bounds
-//! it: the head ([`MAX_HEAD`], interim answers included), lines ([`MAX_LINE`]),
-//! chunk extensions and trailers ([`MAX_CHUNK_EXTENSIONS`], [`MAX_TRAILERS`]);
+//! it: the head ([`MAX_HEAD`], interim answers included), lines ([`MAX_LINE`](super::framing::MAX_LINE)),
+//! chunk extensions and trailers
+//! ([`MAX_CHUNK_EXTENSIONS`](super::framing::MAX_CHUNK_EXTENSIONS),
+//! [`MAX_TRAILERS`](super::framing::MAX_TRAILERS));
 //! the body itself is handed on as it arrives, so a huge event never grows the
 //! read buffer (the relay's `upstream.max_event_bytes` bounds events, and
 //! `upstream.max_response_bytes` a whole body). The pool keeps at most
@@ -38,6 +40,7 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use super::framing::{Decoded, Framing, Spent, decode, invalid};
 use super::idle::{Connection, Idle};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use bytes::{Bytes, BytesMut};
@@ -59,16 +62,7 @@ const MAX_SIZED_READ: usize = 64 * 1024;
 /// The largest answer head read (hyper's client allows about as much).
 const MAX_HEAD: usize = 64 * 1024;
 /// The most headers an answer head may have (hyper's default).
-const MAX_HEADERS: usize = 100;
-/// The longest chunk-size line or trailer line.
-const MAX_LINE: usize = 4 * 1024;
-/// The chunk extensions of one body, all together (hyper's limit): they are
-/// read and dropped, so without a limit an upstream could send kilobytes of
-/// them for every byte of the answer.
-const MAX_CHUNK_EXTENSIONS: usize = 16 * 1024;
-/// The trailer section of one body (hyper's limit), read and dropped; at most
-/// [`MAX_HEADERS`] fields.
-const MAX_TRAILERS: usize = 16 * 1024;
+pub(crate) const MAX_HEADERS: usize = 100;
 /// A body of at most this many bytes is sent in the same write as the head.
 const COALESCE_BODY: usize = 16 * 1024;
 
@@ -376,10 +370,6 @@ async fn write_request(socket: &mut TcpStream, head: &[u8], body: &Bytes) -> io:
     Ok(())
 }
 
-fn invalid(message: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, message)
-}
-
 /// Reads at most `limit` bytes more into `buf`; `Ok(0)`: the upstream closed
 /// the connection. Never more at a time, whatever room `buf` has: a stream
 /// keeps its buffer's allocation while it lasts (`BytesMut` reuses or copies
@@ -514,217 +504,6 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<(Response<Framing>, usize
     Ok(Some((response, head_len)))
 }
 
-/// How an answer's body ends, and how far it has been read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
-    /// `content-length`: this many bytes are still to come.
-    Length(u64),
-    /// `transfer-encoding: chunked`.
-    Chunked(Chunk),
-    /// Neither: the body ends when the upstream closes the connection.
-    UntilClose,
-    Done,
-}
-
-/// Where a chunked body is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Chunk {
-    /// A chunk-size line is next.
-    Size,
-    /// This many bytes of the current chunk are still to come.
-    Data(u64),
-    /// The CRLF after a chunk's data.
-    DataEnd,
-    /// The trailer section (after the last, empty chunk).
-    Trailers,
-}
-
-impl Framing {
-    /// RFC 9112 §6.3, for answers to requests other than `HEAD` and `CONNECT`.
-    fn of(status: StatusCode, headers: &HeaderMap) -> io::Result<Framing> {
-        if status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED
-        {
-            return Ok(Framing::Done);
-        }
-        let encodings = headers.get_all(axum::http::header::TRANSFER_ENCODING);
-        if encodings.iter().next().is_some() {
-            let last_is_chunked = encodings
-                .iter()
-                .next_back()
-                .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
-                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            return Ok(if last_is_chunked {
-                Framing::Chunked(Chunk::Size)
-            } else {
-                Framing::UntilClose
-            });
-        }
-        let mut lengths = headers.get_all(axum::http::header::CONTENT_LENGTH).iter();
-        let Some(first) = lengths.next() else {
-            return Ok(Framing::UntilClose);
-        };
-        let length = parse_length(first)?;
-        if lengths.any(|other| parse_length(other).ok() != Some(length)) {
-            return Err(invalid("conflicting content-length"));
-        }
-        Ok(if length == 0 {
-            Framing::Done
-        } else {
-            Framing::Length(length)
-        })
-    }
-
-    fn is_done(&self) -> bool {
-        *self == Framing::Done
-    }
-}
-
-fn parse_length(value: &HeaderValue) -> io::Result<u64> {
-    let text = value
-        .to_str()
-        .map_err(|_| invalid("invalid content-length"))?;
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(invalid("invalid content-length"));
-    }
-    text.parse().map_err(|_| invalid("invalid content-length"))
-}
-
-/// What [`decode`] found in the buffer.
-enum Decoded {
-    /// Body bytes.
-    Data(Bytes),
-    /// The body has ended.
-    End,
-    /// More bytes are needed (the upstream closed: `UntilClose` ends).
-    NeedMore,
-}
-
-/// What a chunked body has spent so far of its [`MAX_CHUNK_EXTENSIONS`] and
-/// [`MAX_TRAILERS`].
-#[derive(Debug, Default)]
-struct Spent {
-    extensions: usize,
-    trailers: usize,
-    trailer_fields: usize,
-}
-
-/// Takes what it can of the body from `buf`, advancing `framing`.
-fn decode(framing: &mut Framing, buf: &mut BytesMut, spent: &mut Spent) -> io::Result<Decoded> {
-    loop {
-        match framing {
-            Framing::Done => return Ok(Decoded::End),
-            Framing::Length(left) => {
-                if buf.is_empty() {
-                    return Ok(Decoded::NeedMore);
-                }
-                let n = (*left).min(buf.len() as u64) as usize;
-                *left -= n as u64;
-                if *left == 0 {
-                    *framing = Framing::Done;
-                }
-                return Ok(Decoded::Data(buf.split_to(n).freeze()));
-            }
-            Framing::UntilClose => {
-                if buf.is_empty() {
-                    return Ok(Decoded::NeedMore);
-                }
-                return Ok(Decoded::Data(buf.split().freeze()));
-            }
-            Framing::Chunked(Chunk::Data(left)) => {
-                if buf.is_empty() {
-                    return Ok(Decoded::NeedMore);
-                }
-                let n = (*left).min(buf.len() as u64) as usize;
-                *left -= n as u64;
-                if *left == 0 {
-                    *framing = Framing::Chunked(Chunk::DataEnd);
-                }
-                return Ok(Decoded::Data(buf.split_to(n).freeze()));
-            }
-            Framing::Chunked(Chunk::DataEnd) => {
-                let Some(line) = take_line(buf)? else {
-                    return Ok(Decoded::NeedMore);
-                };
-                if !line.is_empty() {
-                    return Err(invalid("invalid chunk end"));
-                }
-                *framing = Framing::Chunked(Chunk::Size);
-            }
-            Framing::Chunked(Chunk::Size) => {
-                let Some(line) = take_line(buf)? else {
-                    return Ok(Decoded::NeedMore);
-                };
-                let size = chunk_size(&line)?;
-                spent.extensions += line
-                    .iter()
-                    .position(|&b| b == b';')
-                    .map_or(0, |at| line.len() - at);
-                if spent.extensions > MAX_CHUNK_EXTENSIONS {
-                    return Err(invalid("chunk extensions too large"));
-                }
-                *framing = Framing::Chunked(if size == 0 {
-                    Chunk::Trailers
-                } else {
-                    Chunk::Data(size)
-                });
-            }
-            Framing::Chunked(Chunk::Trailers) => {
-                let Some(line) = take_line(buf)? else {
-                    return Ok(Decoded::NeedMore);
-                };
-                if line.is_empty() {
-                    *framing = Framing::Done;
-                } else {
-                    spent.trailers += line.len() + 2;
-                    spent.trailer_fields += 1;
-                    if spent.trailers > MAX_TRAILERS || spent.trailer_fields > MAX_HEADERS {
-                        return Err(invalid("trailers too large"));
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The next line of `buf` without its line end (CRLF, or a bare LF as hyper
-/// accepts); `None`: not all there yet.
-fn take_line(buf: &mut BytesMut) -> io::Result<Option<BytesMut>> {
-    match buf.iter().position(|&b| b == b'\n') {
-        Some(end) => {
-            let mut line = buf.split_to(end + 1);
-            line.truncate(end);
-            if line.last() == Some(&b'\r') {
-                line.truncate(end - 1);
-            }
-            Ok(Some(line))
-        }
-        None if buf.len() > MAX_LINE => Err(invalid("chunk size or trailer line too long")),
-        None => Ok(None),
-    }
-}
-
-/// A chunk-size line's size (hex, then maybe `;` extensions).
-fn chunk_size(line: &[u8]) -> io::Result<u64> {
-    let digits = line
-        .split(|&b| b == b';')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii();
-    if digits.is_empty() || digits.len() > 15 {
-        return Err(invalid("invalid chunk size line"));
-    }
-    let mut size = 0u64;
-    for &b in digits {
-        let digit = (b as char)
-            .to_digit(16)
-            .ok_or_else(|| invalid("invalid chunk size line"))?;
-        size = size * 16 + u64::from(digit);
-    }
-    Ok(size)
-}
-
 /// An answer's body, read from its connection as it is polled (no task reads
 /// ahead). Read to its end, it gives the connection back; dropped before that,
 /// the connection is closed.
@@ -823,6 +602,7 @@ impl Body for StreamBody {
 
 #[cfg(test)]
 pub(super) mod tests {
+    use super::super::framing::{Chunk, MAX_CHUNK_EXTENSIONS, MAX_LINE, MAX_TRAILERS};
     use super::*;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
