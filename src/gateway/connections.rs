@@ -179,8 +179,6 @@ impl Registry {
             active: AtomicU32::new(0),
             since_ms: AtomicU64::new(self.now_ms()),
             in_head: AtomicBool::new(true),
-            body_open: AtomicBool::new(false),
-            write_blocked: AtomicBool::new(false),
             close: Notify::new(),
             registry: self.clone(),
         });
@@ -226,11 +224,6 @@ pub struct ConnState {
     /// No request in progress and a head is expected now (a fresh connection,
     /// or bytes arrived after an idle spell).
     in_head: AtomicBool,
-    /// The current request's body has not been read to its end.
-    body_open: AtomicBool,
-    /// The last write to the socket could not complete (the client is not
-    /// reading): an answer still has bytes to send.
-    write_blocked: AtomicBool,
     pub(super) close: Notify,
     pub(super) registry: Arc<Registry>,
 }
@@ -260,13 +253,6 @@ impl ConnState {
         if self.active.fetch_sub(1, Ordering::Relaxed) == 1 {
             self.since_ms
                 .store(self.registry.now_ms(), Ordering::Relaxed);
-        }
-    }
-
-    /// Records whether a write to the socket completed (stored only on change).
-    pub(super) fn set_write_blocked(&self, blocked: bool) {
-        if self.write_blocked.load(Ordering::Relaxed) != blocked {
-            self.write_blocked.store(blocked, Ordering::Relaxed);
         }
     }
 
@@ -629,10 +615,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.state.set_write_blocked(polled.is_pending());
-        polled
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -645,10 +628,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.state.set_write_blocked(polled.is_pending());
-        polled
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -684,9 +664,6 @@ struct TimedBody<B> {
     deadline: tokio::time::Instant,
     timeout_secs: u64,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// The connection, told when the body has been read to its end (`None`
-    /// once told, or for a body that was empty).
-    conn: Option<Arc<ConnState>>,
     lease: Arc<Lease>,
     /// Bytes reserved in the budget and not yet used by a chunk.
     credit: usize,
@@ -707,13 +684,6 @@ where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: Into<BodyError>,
 {
-    /// The body has been read to its end: the connection is told.
-    fn read_to_end(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            conn.body_open.store(false, Ordering::Relaxed);
-        }
-    }
-
     /// Reserves `n` bytes now, or starts waiting for them (`false`).
     fn reserve(&mut self, n: usize) -> bool {
         if self.lease.try_take(n) {
@@ -792,9 +762,6 @@ where
                 if n <= this.credit {
                     this.credit -= n;
                     this.received += n;
-                    if this.inner.is_end_stream() {
-                        this.read_to_end();
-                    }
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 let short = n - this.credit;
@@ -813,7 +780,6 @@ where
                 Poll::Ready(None) => {
                     // The reservation the end did not use goes back at once.
                     this.lease.give_back(std::mem::take(&mut this.credit));
-                    this.read_to_end();
                     return Poll::Ready(None);
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
@@ -920,13 +886,9 @@ impl ConnService {
         // A handler that streams the body on (pass-through) gives bytes back
         // as they leave, instead of when it answers.
         request.extensions_mut().insert(lease.clone());
-        // Until the body is read to its end, the connection is not idle.
-        let open = !http_body::Body::is_end_stream(request.body());
-        self.state.body_open.store(open, Ordering::Relaxed);
         let request = request.map(|inner| {
             Body::new(TimedBody {
                 inner,
-                conn: open.then(|| self.state.clone()),
                 deadline,
                 timeout_secs,
                 sleep: None,

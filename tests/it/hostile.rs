@@ -268,10 +268,10 @@ fn read_responses(stream: &mut TcpStream, n: usize) -> Vec<String> {
 
 #[test]
 fn a_keep_alive_connection_serves_on_after_idle_spells() {
-    // An HTTP/1 connection idle for a second gives hyper's connection up and
-    // reads its next request head itself: whether or not that has happened
-    // when a request comes, each is answered on the same connection, a
-    // pipelined pair and a head split across an idle spell too.
+    // An HTTP/1 connection idle between requests holds only its socket and
+    // reads its next request head afresh: after idle spells, each request is
+    // answered on the same connection, a pipelined pair and a head split
+    // across an idle spell too.
     let home = home_with("keepalive_timeout = 600\nheader_timeout = 600");
     let proxy = Proxy::start(&home, &[], &[]);
     let mut stream = connect(&proxy);

@@ -51,9 +51,7 @@ pub async fn serve_one(
                 let answer =
                     crate::gateway::malformed::automatic(status, crate::gateway::MAX_HEAD_BYTES);
                 let mut slices = [IoSlice::new(&answer)];
-                let _ =
-                    tokio::time::timeout(header_timeout, write_all(&stream, state, &mut slices))
-                        .await;
+                let _ = tokio::time::timeout(header_timeout, write_all(&stream, &mut slices)).await;
             }
             return None;
         }
@@ -163,7 +161,7 @@ async fn exchange(
     keep_alive &= reusable;
     if encoder == Encoder::Length(0) {
         drop(body);
-        return write_all(&io.stream, state, &mut [IoSlice::new(&head)])
+        return write_all(&io.stream, &mut [IoSlice::new(&head)])
             .await
             .is_ok()
             && keep_alive;
@@ -190,20 +188,19 @@ async fn exchange(
         let head_slice: &[u8] = if head_pending { &head } else { &[] };
         let written = match next {
             Next::HungUp | Next::Frame(Some(Err(_))) => return false,
-            Next::Head => write_all(&io.stream, state, &mut [IoSlice::new(head_slice)]).await,
+            Next::Head => write_all(&io.stream, &mut [IoSlice::new(head_slice)]).await,
             Next::Frame(None) => {
                 let end: &[u8] = match encoder {
                     Encoder::Chunked => b"0\r\n\r\n",
                     // Short of its declared length, or delimited by the close.
                     _ if left != 0 => {
-                        let _ = write_all(&io.stream, state, &mut [IoSlice::new(head_slice)]).await;
+                        let _ = write_all(&io.stream, &mut [IoSlice::new(head_slice)]).await;
                         return false;
                     }
                     _ => b"",
                 };
                 return write_all(
                     &io.stream,
-                    state,
                     &mut [IoSlice::new(head_slice), IoSlice::new(end)],
                 )
                 .await
@@ -226,7 +223,6 @@ async fn exchange(
                         let done = left == 0;
                         let written = write_all(
                             &io.stream,
-                            state,
                             &mut [IoSlice::new(head_slice), IoSlice::new(&data)],
                         )
                         .await;
@@ -248,7 +244,6 @@ async fn exchange(
                         let end = if data.is_empty() { &end[2..] } else { end };
                         let written = write_all(
                             &io.stream,
-                            state,
                             &mut [
                                 IoSlice::new(head_slice),
                                 IoSlice::new(size),
@@ -266,7 +261,6 @@ async fn exchange(
                     Encoder::CloseDelimited => {
                         write_all(
                             &io.stream,
-                            state,
                             &mut [IoSlice::new(head_slice), IoSlice::new(&data)],
                         )
                         .await
@@ -350,24 +344,18 @@ impl Watch {
     }
 }
 
-/// Writes all of `bufs`, recording whether the client is not reading.
-async fn write_all(
-    stream: &TcpStream,
-    state: &ConnState,
-    mut bufs: &mut [IoSlice<'_>],
-) -> io::Result<()> {
+/// Writes all of `bufs`, waiting while the client is not reading.
+async fn write_all(stream: &TcpStream, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
     // Empty slices cost nothing to the kernel, but skip them when done.
     while bufs.iter().any(|b| !b.is_empty()) {
         match stream.try_write_vectored(bufs) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => IoSlice::advance_slices(&mut bufs, n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                state.set_write_blocked(true);
                 stream.writable().await?;
             }
             Err(e) => return Err(e),
         }
     }
-    state.set_write_blocked(false);
     Ok(())
 }
