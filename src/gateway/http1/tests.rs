@@ -104,6 +104,29 @@ fn router() -> Router {
                 r
             }),
         )
+        .route(
+            "/length-then-chunked",
+            get(|| async {
+                let mut r = "abc".into_response();
+                r.headers_mut()
+                    .insert("content-length", HeaderValue::from_static("3"));
+                r.headers_mut()
+                    .insert("transfer-encoding", HeaderValue::from_static("chunked"));
+                r
+            }),
+        )
+        .route(
+            "/chunked-then-length",
+            get(|| async {
+                let parts = ["abc"].map(|s| Ok::<_, std::io::Error>(Bytes::from(s)));
+                let mut r = Body::from_stream(futures_util::stream::iter(parts)).into_response();
+                r.headers_mut()
+                    .insert("transfer-encoding", HeaderValue::from_static("chunked"));
+                r.headers_mut()
+                    .insert("content-length", HeaderValue::from_static("3"));
+                r
+            }),
+        )
         .route("/sentinel", get(|| async { "<<sentinel>>" }))
 }
 
@@ -435,6 +458,8 @@ fn corpus() -> Vec<(&'static str, Vec<u8>, Vec<bool>)> {
         ("head stream", "HEAD /stream HTTP/1.1\r\nhost: x\r\n\r\n".into(), vec![true]),
         ("204", "GET /empty HTTP/1.1\r\nhost: x\r\n\r\n".into(), vec![false]),
         ("304", "GET /not-modified HTTP/1.1\r\nhost: x\r\n\r\n".into(), vec![false]),
+        ("answer with length then chunked", "GET /length-then-chunked HTTP/1.1\r\nhost: x\r\n\r\n".into(), vec![false]),
+        ("answer with chunked then length", "GET /chunked-then-length HTTP/1.1\r\nhost: x\r\n\r\n".into(), vec![false]),
         ("multi headers", "GET /multi HTTP/1.1\r\nhost: x\r\n\r\n".into(), vec![false]),
         ("404", "GET /nowhere HTTP/1.1\r\nhost: x\r\n\r\n".into(), vec![false]),
         ("405", "DELETE /multi HTTP/1.1\r\nhost: x\r\n\r\n".into(), vec![false]),
