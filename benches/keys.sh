@@ -27,6 +27,9 @@
 # Env: KEYS_COUNT=1000, KEYS_CONNS=64, KEYS_SECS=5, KEYS_ROUNDS=10 (pairs), KEYS_N=2000,
 #      KEYS_PIN=split (wrk on CPU 0, nginx and the proxies on CPU 1; none: unpinned),
 #      KEYS_CALLGRIND=1 (0: skip the callgrind figures),
+#      KEYS_TIMELINE=0 (S > 0: then a fresh keys-on proxy serves wrk runs of 10 s back to back
+#      for S s, and the report gives, per 10 s, req/s, its CPU µs per request and its resident
+#      memory: whether what keys cost grows as a key's windows fill over the first minute),
 #      KEYS_OUT=benches/results/keys.md (written between its markers `<!-- keys.sh begin -->`
 #      and `<!-- keys.sh end -->`: what the file holds outside them is kept);
 #      CALLGRIND_KEEP=DIR keeps the callgrind files
@@ -128,6 +131,22 @@ counts() { # NAME KEYS_FILE -> "instructions allocations" per request, steady st
   read -r many many_a < <(WARDEN_AUTH_TOKEN=$TOKEN callgrind_total "$BIN" "$work/cg-$1-$((COUNT + N))" "$((COUNT + N))" "$2" "$1")
   echo "$(((many - zero) / N)) $(((many_a - zero_a) / N))"
 }
+# The timeline: a fresh keys-on proxy (home "tl", the same keys.toml), wrk runs of 10 s.
+TIMELINE=${KEYS_TIMELINE:-0}
+: >"$work/timeline"
+if [ "$TIMELINE" -gt 0 ]; then
+  mkdir -p "$work/tl"
+  cp -p "$work/keys.toml" "$work/tl/keys.toml"
+  start tl
+  tl_pid=$(cat "$work/tl.pid")
+  for t in $(seq 10 10 "$TIMELINE"); do
+    before=$(cpu_ticks "$tl_pid")
+    line=$(BENCH_KEYS=$work/keys.txt wrk_chat "$(cat "$work/tl.url")" "$CONNS" 10)
+    echo "$t $line $(($(cpu_ticks "$tl_pid") - before)) $(awk '/^VmRSS/ {print $2}' "/proc/$tl_pid/status")" >>"$work/timeline"
+  done
+  kill -TERM "$tl_pid"
+fi
+
 off_ir=- off_allocs=- on_ir=- on_allocs=-
 if [ "$CALLGRIND" != 0 ]; then
   read -r off_ir off_allocs < <(BENCH_BEARER=$TOKEN counts off "")
@@ -137,10 +156,11 @@ fi
 # The generated part goes between the markers; what the file holds outside them stays
 # (a file without them keeps its old text after the new part).
 python3 - "$work" "$BIN" "$COUNT" "$CONNS" "$SECS" "$ROUNDS" "$N" "$load_start" "$load_end" "$rows" \
-  "$off_ir" "$off_allocs" "$on_ir" "$on_allocs" "$arrangement" "${KEYS_PIN:-split}" "$CALLGRIND" >"$work/report.md" <<'PY'
+  "$off_ir" "$off_allocs" "$on_ir" "$on_allocs" "$arrangement" "${KEYS_PIN:-split}" "$CALLGRIND" \
+  "$TIMELINE" >"$work/report.md" <<'PY'
 import os, statistics, sys
 (work, binary, count, conns, secs, rounds, n, load_start, load_end, rows,
- off_ir, off_allocs, on_ir, on_allocs, arrangement, pin, callgrind) = sys.argv[1:18]
+ off_ir, off_allocs, on_ir, on_allocs, arrangement, pin, callgrind, timeline) = sys.argv[1:19]
 hz = os.sysconf("SC_CLK_TCK")
 runs = []  # (pair, keys, rps, p50, p99, errors, requests, cpu_ticks, steal, total, load1)
 for line in open(f"{work}/results"):
@@ -218,8 +238,18 @@ if callgrind != "0":
     for k, ir, allocs in (("off", off_ir, off_allocs), ("on", on_ir, on_allocs)):
         print(f"| {k} | {int(ir):,} | {int(ir) / int(off_ir) * 100:.1f}% | {allocs} |")
     print()
+steps = [line.split() for line in open(f"{work}/timeline") if line.strip()]
+if steps:
+    print(f"Over time: a fresh keys-on proxy serving wrk runs of 10 s back to back (the same keys and "
+          f"connections), per run its req/s, its CPU time per request and its resident memory:\n")
+    print("| seconds | req/s | proxy CPU µs / request | RSS MiB |")
+    print("| ---: | ---: | ---: | ---: |")
+    for f in steps:  # t rps p50 p99 errors requests cpu_ticks rss_kib
+        print(f"| {f[0]} | {float(f[1]):.0f} | {int(f[6]) / hz * 1e6 / max(int(f[5]), 1):.1f} | "
+              f"{int(f[7]) / 1024:.0f} |")
+    print()
 print(f"Command: `KEYS_PIN={pin} KEYS_COUNT={count} KEYS_CONNS={conns} KEYS_SECS={secs} KEYS_ROUNDS={rounds} "
-      f"KEYS_N={n} KEYS_CALLGRIND={callgrind} benches/keys.sh {binary}`.")
+      f"KEYS_N={n} KEYS_CALLGRIND={callgrind} KEYS_TIMELINE={timeline} benches/keys.sh {binary}`.")
 print("<!-- keys.sh end -->")
 PY
 python3 - "$OUT" "$work/report.md" <<'PY'

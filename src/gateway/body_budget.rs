@@ -3,7 +3,7 @@
 //!
 //! Each request body draws on the budget before it is read further: a
 //! connection reserves room for its next chunk (the rest of a declared
-//! `Content-Length`, at most [`CHUNK`]) and only then lets hyper read from the
+//! `Content-Length`, at most [`CHUNK`]) and only then lets the body read from the
 //! socket. When the budget is spent the body is simply not read (the client
 //! meets TCP backpressure) until another request gives bytes back; one still
 //! waiting at its `server.body_timeout` is answered 503 with `Retry-After`
@@ -19,8 +19,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::Semaphore;
 
-/// The most one reservation asks for: a chunk of a body is at most what hyper
-/// reads at once, and its read buffer is capped at this (`MAX_HEAD_BYTES`).
+/// The most one reservation asks for (a chunk of a body that arrives larger
+/// reserves the rest before it is handed on; the HTTP/1 server connection
+/// reads at most 16 KiB at once).
 pub const CHUNK: usize = super::MAX_HEAD_BYTES;
 
 /// The budget of one gateway.

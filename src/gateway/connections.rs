@@ -1,5 +1,6 @@
 //! Connection-level bounds (docs/contract.md §10): what a client can make the proxy hold
-//! before and after auth, enforced in the accept loop and around hyper.
+//! before and after auth, enforced in the accept loop and around the server
+//! connection (the gateway's own for HTTP/1, [`super::http1`]; hyper's for HTTP/2).
 //!
 //! - `server.header_timeout`: a fresh connection, or one whose next request has
 //!   begun, must deliver the request head within this; else it is closed.
@@ -15,9 +16,9 @@
 //! - `server.max_body_memory`: every body draws on one budget before each chunk
 //!   is read; past it the body waits (TCP backpressure), then 503
 //!   ([`super::body_budget`]).
-//! - Memory: a connection's first request head is read here ([`serve`]), into a
-//!   buffer the size of what arrived (64 KiB at most, else 431); hyper's
-//!   connection (16 KiB of buffers and more of state) exists only from then on.
+//! - Memory: every request head is read here ([`serve`]), into a buffer the
+//!   size of what arrived (64 KiB at most, else 431); the HTTP/1 server
+//!   connection holds nothing else between requests ([`super::http1`]).
 //!
 //! Each connection has a [`ConnState`]: two atomics touched per request, one
 //! per read while idle, and one timer per connection that is re-armed only
@@ -514,7 +515,7 @@ async fn serve_h2(
     }
 }
 
-/// The first request head of a connection, read before hyper is involved.
+/// A request head, read before any server connection is involved.
 #[derive(Default)]
 struct FirstHead {
     bytes: BytesMut,
@@ -524,7 +525,7 @@ struct FirstHead {
 
 /// What one read of [`FirstHead`] found.
 enum Read {
-    /// The head is all there (and maybe more: it all goes to hyper).
+    /// The head is all there (and maybe more: it all goes to the server connection).
     Complete,
     More,
     /// `MAX_HEAD_BYTES` and still no end of the head: 431.
@@ -919,7 +920,7 @@ impl ConnService {
         // A handler that streams the body on (pass-through) gives bytes back
         // as they leave, instead of when it answers.
         request.extensions_mut().insert(lease.clone());
-        // Until the body is read to its end, hyper's connection is not idle.
+        // Until the body is read to its end, the connection is not idle.
         let open = !http_body::Body::is_end_stream(request.body());
         self.state.body_open.store(open, Ordering::Relaxed);
         let request = request.map(|inner| {
