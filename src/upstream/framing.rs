@@ -204,15 +204,22 @@ pub(crate) fn decode(
     }
 }
 
-/// The next line of `buf` without its line end (CRLF, or a bare LF as hyper
-/// accepts); `None`: not all there yet.
+/// The next line of `buf` without its CRLF; `None`: not all there yet.
+///
+/// A bare LF or CR is refused, as hyper refuses it: a peer that ends a chunk
+/// line (or hides one in an extension) with a bare LF would otherwise have
+/// its body end at one place here and another in a proxy in front that reads
+/// lines by CRLF, and the rest would be taken as a smuggled request.
 fn take_line(buf: &mut BytesMut) -> io::Result<Option<BytesMut>> {
     match buf.iter().position(|&b| b == b'\n') {
         Some(end) => {
+            if end == 0 || buf[end - 1] != b'\r' {
+                return Err(invalid("chunk line ended by a bare LF"));
+            }
             let mut line = buf.split_to(end + 1);
-            line.truncate(end);
-            if line.last() == Some(&b'\r') {
-                line.truncate(end - 1);
+            line.truncate(end - 1);
+            if line.contains(&b'\r') {
+                return Err(invalid("bare CR in a chunk line"));
             }
             Ok(Some(line))
         }
@@ -221,13 +228,13 @@ fn take_line(buf: &mut BytesMut) -> io::Result<Option<BytesMut>> {
     }
 }
 
-/// A chunk-size line's size (hex, then maybe `;` extensions).
+/// A chunk-size line's size (hex digits first, then maybe spaces or tabs, then
+/// maybe `;` extensions).
 pub(crate) fn chunk_size(line: &[u8]) -> io::Result<u64> {
-    let digits = line
-        .split(|&b| b == b';')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii();
+    let mut digits = line.split(|&b| b == b';').next().unwrap_or_default();
+    while let [rest @ .., b' ' | b'\t'] = digits {
+        digits = rest;
+    }
     if digits.is_empty() || digits.len() > 15 {
         return Err(invalid("invalid chunk size line"));
     }

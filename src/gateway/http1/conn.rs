@@ -147,7 +147,7 @@ async fn exchange(
     // it finds out after writing the head).
     let reusable = io.answering(Arc::strong_count(io) == 1);
     let mut head = Vec::new();
-    let encoder = response::encode(
+    let Some(encoder) = response::encode(
         &mut parts,
         length,
         Exchange {
@@ -156,7 +156,9 @@ async fn exchange(
             keep_alive: &mut keep_alive,
         },
         &mut head,
-    );
+    ) else {
+        return false;
+    };
     drop(parts);
     keep_alive &= reusable;
     if encoder == Encoder::Length(0) {

@@ -61,8 +61,16 @@ fn can_have_content_length(method: &Method, status: StatusCode) -> bool {
         || matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED))
 }
 
-/// Writes the head of `parts` (its headers are taken) to `dst`; the body's encoding.
-pub fn encode(parts: &mut Parts, body: BodyLength, ex: Exchange<'_>, dst: &mut Vec<u8>) -> Encoder {
+/// Writes the head of `parts` (its headers are taken) to `dst`; the body's
+/// encoding. `None`: the handler's headers frame the body both by
+/// `content-length` and `transfer-encoding`; as hyper, nothing is sent and the
+/// connection closes (an answer with both would desync whoever reads it).
+pub fn encode(
+    parts: &mut Parts,
+    body: BodyLength,
+    ex: Exchange<'_>,
+    dst: &mut Vec<u8>,
+) -> Option<Encoder> {
     let mut response_version = parts.version;
     // hyper's `enforce_version`.
     if ex.version == Version::HTTP_10 {
@@ -135,6 +143,9 @@ pub fn encode(parts: &mut Parts, body: BodyLength, ex: Exchange<'_>, dst: &mut V
         let Some(name) = cur.as_ref() else { continue };
         match *name {
             header::CONTENT_LENGTH => {
+                if wrote_len && !open {
+                    return None;
+                }
                 match body {
                     BodyLength::Known(n) => {
                         if !open {
@@ -170,6 +181,9 @@ pub fn encode(parts: &mut Parts, body: BodyLength, ex: Exchange<'_>, dst: &mut V
                 wrote_len = true;
             }
             header::TRANSFER_ENCODING => {
+                if wrote_len && !open {
+                    return None;
+                }
                 if response_version == Version::HTTP_10 || !can_chunk(method, status) {
                     continue;
                 }
@@ -254,7 +268,7 @@ pub fn encode(parts: &mut Parts, body: BodyLength, ex: Exchange<'_>, dst: &mut V
     if is_last || encoder == Encoder::CloseDelimited {
         *ex.keep_alive = false;
     }
-    encoder
+    Some(encoder)
 }
 
 fn is_chunked(value: &HeaderValue) -> bool {

@@ -104,6 +104,29 @@ fn router() -> Router {
                 r
             }),
         )
+        .route(
+            "/length-then-chunked",
+            get(|| async {
+                let mut r = "abc".into_response();
+                r.headers_mut()
+                    .insert("content-length", HeaderValue::from_static("3"));
+                r.headers_mut()
+                    .insert("transfer-encoding", HeaderValue::from_static("chunked"));
+                r
+            }),
+        )
+        .route(
+            "/chunked-then-length",
+            get(|| async {
+                let parts = ["abc"].map(|s| Ok::<_, std::io::Error>(Bytes::from(s)));
+                let mut r = Body::from_stream(futures_util::stream::iter(parts)).into_response();
+                r.headers_mut()
+                    .insert("transfer-encoding", HeaderValue::from_static("chunked"));
+                r.headers_mut()
+                    .insert("content-length", HeaderValue::from_static("3"));
+                r
+            }),
+        )
         .route("/sentinel", get(|| async { "<<sentinel>>" }))
 }
 
@@ -398,6 +421,28 @@ fn corpus() -> Vec<(&'static str, Vec<u8>, Vec<bool>)> {
         ("te not chunked", "POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip\r\n\r\n".into(), vec![false]),
         ("bad chunk size", "POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n".into(), vec![false]),
         ("bad chunk end", "POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabcX\r\n0\r\n\r\n".into(), vec![false]),
+        ("chunk size bare lf", "POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n".into(), vec![false]),
+        ("chunk data bare lf", "POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\n0\r\n\r\n".into(), vec![false]),
+        ("last chunk bare lf", "POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\n\n".into(), vec![false]),
+        ("lf in chunk extension", "POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n3;a\nxx\r\nabc\r\n0\r\n\r\n".into(), vec![false]),
+        ("cr in chunk extension", "POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n3;a\rxx\r\nabc\r\n0\r\n\r\n".into(), vec![false]),
+        ("space before chunk size", "POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n 3\r\nabc\r\n0\r\n\r\n".into(), vec![false]),
+        ("space after chunk size", "POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n3 \t;e\r\nabc\r\n0\r\n\r\n".into(), vec![false]),
+        ("space inside chunk size", "POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n1 0\r\n0123456789abcdef\r\n0\r\n\r\n".into(), vec![false]),
+        ("negative chunk size", "POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n-3\r\nabc\r\n0\r\n\r\n".into(), vec![false]),
+        ("0x chunk size", "POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n0x3\r\nabc\r\n0\r\n\r\n".into(), vec![false]),
+        ("chunk size overflow", "POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n10000000000000003\r\nabc\r\n0\r\n\r\n".into(), vec![false]),
+        ("chunked not last", "POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked, gzip\r\n\r\n3\r\nabc\r\n0\r\n\r\n".into(), vec![false]),
+        ("chunked then gzip lines", "POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\ntransfer-encoding: gzip\r\n\r\n3\r\nabc\r\n0\r\n\r\n".into(), vec![false]),
+        ("smuggle via bare lf ext", "POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n2;\nxx\r\n45\r\n0\r\n\r\nGET /echo?smuggled HTTP/1.1\r\nhost: x\r\n\r\n0\r\n\r\n".into(), vec![false]),
+        ("pipelined after te and cl", "POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 30\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /echo?smuggled HTTP/1.1\r\nhost: x\r\n\r\n".into(), vec![false]),
+        ("pipelined after short cl", "POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nabcGET /echo HTTP/1.1\r\nhost: x\r\n\r\n".into(), vec![false, false]),
+        ("te with spaces and case", "POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding:  Chunked \r\n\r\n3\r\nabc\r\n0\r\n\r\n".into(), vec![false]),
+        ("te empty", "POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding:\r\n\r\n".into(), vec![false]),
+        ("cl with space inside", "POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 1 2\r\n\r\nabcdefghijkl".into(), vec![false]),
+        ("cl empty", "POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length:\r\n\r\n".into(), vec![false]),
+        ("expect, chunked not read", "POST /ignore HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n".into(), vec![false]),
+        ("trailer bare cr", "POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-t: a\rb\r\n\r\n".into(), vec![false]),
         ("te and cl", "POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n".into(), vec![false]),
         ("cl after te", "POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\n".into(), vec![false]),
         ("same cl twice", "POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\nabc".into(), vec![false]),
@@ -421,6 +466,8 @@ fn corpus() -> Vec<(&'static str, Vec<u8>, Vec<bool>)> {
         ("head stream", "HEAD /stream HTTP/1.1\r\nhost: x\r\n\r\n".into(), vec![true]),
         ("204", "GET /empty HTTP/1.1\r\nhost: x\r\n\r\n".into(), vec![false]),
         ("304", "GET /not-modified HTTP/1.1\r\nhost: x\r\n\r\n".into(), vec![false]),
+        ("answer with length then chunked", "GET /length-then-chunked HTTP/1.1\r\nhost: x\r\n\r\n".into(), vec![false]),
+        ("answer with chunked then length", "GET /chunked-then-length HTTP/1.1\r\nhost: x\r\n\r\n".into(), vec![false]),
         ("multi headers", "GET /multi HTTP/1.1\r\nhost: x\r\n\r\n".into(), vec![false]),
         ("404", "GET /nowhere HTTP/1.1\r\nhost: x\r\n\r\n".into(), vec![false]),
         ("405", "DELETE /multi HTTP/1.1\r\nhost: x\r\n\r\n".into(), vec![false]),
