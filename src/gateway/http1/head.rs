@@ -172,7 +172,7 @@ pub fn digits(bytes: &[u8]) -> Option<u64> {
 }
 
 /// Whether the last transfer coding is `chunked`.
-fn is_chunked(value: &HeaderValue) -> bool {
+pub fn is_chunked(value: &HeaderValue) -> bool {
     value
         .to_str()
         .ok()

@@ -17,7 +17,7 @@ use axum::http::header::{self, Entry};
 use axum::http::response::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, Version};
 
-use super::head::has_token;
+use super::head::{has_token, is_chunked};
 
 /// How the body is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,14 +269,6 @@ pub fn encode(
         *ex.keep_alive = false;
     }
     Some(encoder)
-}
-
-fn is_chunked(value: &HeaderValue) -> bool {
-    value
-        .to_str()
-        .ok()
-        .and_then(|s| s.rsplit(',').next())
-        .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
 }
 
 thread_local! {
